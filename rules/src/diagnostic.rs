@@ -1,0 +1,190 @@
+//! Diagnostics for user-written input: every problem carries a file, a
+//! position and a stable code, and all of them are reported at once.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A position in a source file, 1-based like every editor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize)]
+pub struct Pos {
+    pub line: u32,
+    pub col: u32,
+}
+
+impl Pos {
+    pub fn new(line: u32, col: u32) -> Pos {
+        Pos { line, col }
+    }
+}
+
+/// Stable diagnostic codes; each is documented in `docs/rules.md`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    /// Syntax error in a rule file.
+    Syntax,
+    /// Syntax error in a Rhai section or constraint.
+    Script,
+    /// A variable that is neither a binding, a local nor a builtin.
+    UndefinedVariable,
+    /// A function that is neither a builtin nor defined in the script.
+    UnknownFunction,
+    /// `call` names a function the manifest does not declare.
+    UndeclaredFunction,
+    /// Manifest (`pack.toml`) problem.
+    Manifest,
+    /// A test file problem.
+    TestFile,
+    /// A fact that violates its schema.
+    Schema,
+    /// Two rules with the same name.
+    DuplicateRule,
+    /// A pack-level problem (missing files, unreadable directory).
+    Pack,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Syntax => "E0001",
+            Code::Script => "E0002",
+            Code::UndefinedVariable => "E0003",
+            Code::UnknownFunction => "E0004",
+            Code::UndeclaredFunction => "E0005",
+            Code::Manifest => "E0006",
+            Code::TestFile => "E0007",
+            Code::Schema => "E0008",
+            Code::DuplicateRule => "E0009",
+            Code::Pack => "E0010",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub path: PathBuf,
+    pub pos: Pos,
+    pub severity: Severity,
+    pub code: Code,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn error(path: &Path, pos: Pos, code: Code, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            path: path.to_path_buf(),
+            pos,
+            severity: Severity::Error,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn warning(path: &Path, pos: Pos, code: Code, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(path, pos, code, message)
+        }
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+
+    /// `path:line:col: error[CODE]: message`, then the source line and a caret
+    /// under the column when the source is known.
+    pub fn render(&self, source: Option<&str>) -> String {
+        let mut out = self.to_string();
+        if let Some(src) = source {
+            if let Some(line) = src.lines().nth(self.pos.line.saturating_sub(1) as usize) {
+                let gutter = self.pos.line.to_string();
+                let pad = " ".repeat(gutter.len());
+                let caret_at: usize = line
+                    .chars()
+                    .take(self.pos.col.saturating_sub(1) as usize)
+                    .map(|c| if c == '\t' { 4 } else { 1 })
+                    .sum();
+                let shown = line.replace('\t', "    ");
+                out.push_str(&format!("\n{pad} |\n{gutter} | {shown}\n{pad} | {}^", " ".repeat(caret_at)));
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(
+            f,
+            "{}:{}:{}: {}[{}]: {}",
+            self.path.display(),
+            self.pos.line,
+            self.pos.col,
+            sev,
+            self.code.as_str(),
+            self.message
+        )
+    }
+}
+
+/// Maps byte offsets of one source text to line/column positions.
+#[derive(Clone, Debug)]
+pub struct SourceMap {
+    pub text: Arc<str>,
+    line_starts: Vec<usize>,
+}
+
+impl SourceMap {
+    pub fn new(text: &str) -> SourceMap {
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        SourceMap {
+            text: Arc::from(text),
+            line_starts,
+        }
+    }
+
+    pub fn pos(&self, offset: usize) -> Pos {
+        let line = match self.line_starts.binary_search(&offset) {
+            Ok(l) => l,
+            Err(l) => l - 1,
+        };
+        let start = self.line_starts[line];
+        let col = self.text[start..offset.min(self.text.len())].chars().count() + 1;
+        Pos::new(line as u32 + 1, col as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_line_and_caret() {
+        let d = Diagnostic::error(Path::new("p/r.rules"), Pos::new(2, 5), Code::Syntax, "expected `{`");
+        expect_test::expect![[r#"
+            p/r.rules:2:5: error[E0001]: expected `{`
+              |
+            2 | abc defg
+              |     ^"#]]
+        .assert_eq(&d.render(Some("first\nabc defg\n")));
+    }
+
+    #[test]
+    fn offsets_map_to_positions() {
+        let m = SourceMap::new("ab\ncdé\nx");
+        assert_eq!(m.pos(0), Pos::new(1, 1));
+        assert_eq!(m.pos(3), Pos::new(2, 1));
+        assert_eq!(m.pos(8), Pos::new(3, 1));
+    }
+}

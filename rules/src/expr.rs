@@ -1,0 +1,558 @@
+//! Constraint expressions: a small native evaluator for the common shapes
+//! (field comparisons, joins, boolean logic, arithmetic) so that matching does
+//! not enter Rhai; anything else falls back to a compiled Rhai expression.
+
+use std::sync::Arc;
+
+use crate::value::{Sym, Value};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Tok {
+    Ident(String),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Op(&'static str),
+}
+
+/// Tokens with their byte offsets into the expression text.
+pub fn tokenize(src: &str) -> Result<Vec<(usize, Tok)>, (usize, String)> {
+    const OPS: [&str; 22] = [
+        "==", "!=", "<=", ">=", "&&", "||", "<", ">", "!", "+", "-", "*", "/", "%", "(", ")", "[", "]", ",", ".",
+        "#{", ":",
+    ];
+    let b = src.as_bytes();
+    let mut i = 0;
+    let mut out = Vec::new();
+    'outer: while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        if c.is_ascii_alphabetic() || c == b'_' {
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                i += 1;
+            }
+            out.push((start, Tok::Ident(src[start..i].to_string())));
+            continue;
+        }
+        if c.is_ascii_digit() {
+            while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'_') {
+                i += 1;
+            }
+            let mut float = false;
+            if i + 1 < b.len() && b[i] == b'.' && b[i + 1].is_ascii_digit() {
+                float = true;
+                i += 1;
+                while i < b.len() && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+            }
+            let text = src[start..i].replace('_', "");
+            let tok = if float {
+                Tok::Float(text.parse().map_err(|_| (start, "bad number".to_string()))?)
+            } else {
+                Tok::Int(text.parse().map_err(|_| (start, "integer out of range".to_string()))?)
+            };
+            out.push((start, tok));
+            continue;
+        }
+        if c == b'"' {
+            i += 1;
+            let mut s = String::new();
+            let mut chars = src[i..].char_indices();
+            while let Some((j, ch)) = chars.next() {
+                match ch {
+                    '"' => {
+                        i += j + 1;
+                        out.push((start, Tok::Str(s)));
+                        continue 'outer;
+                    }
+                    '\\' => match chars.next() {
+                        Some((_, 'n')) => s.push('\n'),
+                        Some((_, 't')) => s.push('\t'),
+                        Some((_, c)) => s.push(c),
+                        None => break,
+                    },
+                    c => s.push(c),
+                }
+            }
+            return Err((start, "unterminated string".into()));
+        }
+        for op in OPS {
+            if src[i..].starts_with(op) {
+                i += op.len();
+                out.push((start, Tok::Op(op)));
+                continue 'outer;
+            }
+        }
+        return Err((start, format!("unexpected character `{}`", &src[i..].chars().next().unwrap_or(' '))));
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    And,
+    Or,
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Rem,
+    In,
+}
+
+/// A constraint expression the engine can evaluate without Rhai.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    Lit(Value),
+    /// A field of the fact being matched.
+    Field(Sym),
+    /// A field of an earlier fact binding (index into the rule's bindings).
+    BoundField(usize, Sym),
+    /// The value of an earlier binding (an aggregate result or a whole fact).
+    Bound(usize),
+    /// `x.field` on a map value.
+    Member(Box<Expr>, Sym),
+    Not(Box<Expr>),
+    Neg(Box<Expr>),
+    Bin(BinOp, Box<Expr>, Box<Expr>),
+    Array(Vec<Expr>),
+}
+
+/// What an identifier in a constraint may refer to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindingKind {
+    Fact,
+    Value,
+}
+
+/// Resolves names while parsing a constraint.
+pub trait Scope {
+    /// Index and kind of a binding visible at this point of the rule.
+    fn binding(&self, name: &str) -> Option<(usize, BindingKind)>;
+    /// Whether bare identifiers name fields of a current fact (pattern
+    /// constraints) or nothing (a `test` condition).
+    fn has_current_fact(&self) -> bool;
+}
+
+/// Why a constraint cannot be evaluated natively (then Rhai takes it).
+#[derive(Debug)]
+pub struct Unsupported;
+
+struct Parser<'a, S> {
+    toks: &'a [(usize, Tok)],
+    i: usize,
+    scope: &'a S,
+}
+
+pub fn parse(src: &str, scope: &impl Scope) -> Result<Expr, Unsupported> {
+    let toks = tokenize(src).map_err(|_| Unsupported)?;
+    let mut p = Parser { toks: &toks, i: 0, scope };
+    let e = p.expr(0)?;
+    if p.i != toks.len() {
+        return Err(Unsupported);
+    }
+    Ok(e)
+}
+
+fn binop(t: &Tok) -> Option<(BinOp, u8)> {
+    Some(match t {
+        Tok::Op("||") => (BinOp::Or, 1),
+        Tok::Op("&&") => (BinOp::And, 2),
+        Tok::Op("==") => (BinOp::Eq, 3),
+        Tok::Op("!=") => (BinOp::Ne, 3),
+        Tok::Op("<") => (BinOp::Lt, 4),
+        Tok::Op("<=") => (BinOp::Le, 4),
+        Tok::Op(">") => (BinOp::Gt, 4),
+        Tok::Op(">=") => (BinOp::Ge, 4),
+        Tok::Ident(s) if s == "in" => (BinOp::In, 4),
+        Tok::Op("+") => (BinOp::Add, 5),
+        Tok::Op("-") => (BinOp::Sub, 5),
+        Tok::Op("*") => (BinOp::Mul, 6),
+        Tok::Op("/") => (BinOp::Div, 6),
+        Tok::Op("%") => (BinOp::Rem, 6),
+        _ => return None,
+    })
+}
+
+impl<S: Scope> Parser<'_, S> {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.i).map(|t| &t.1)
+    }
+
+    fn next(&mut self) -> Option<&Tok> {
+        self.i += 1;
+        self.toks.get(self.i - 1).map(|t| &t.1)
+    }
+
+    fn expect(&mut self, op: &str) -> Result<(), Unsupported> {
+        match self.next() {
+            Some(Tok::Op(o)) if *o == op => Ok(()),
+            _ => Err(Unsupported),
+        }
+    }
+
+    fn expr(&mut self, min: u8) -> Result<Expr, Unsupported> {
+        let mut lhs = self.unary()?;
+        while let Some((op, prec)) = self.peek().and_then(binop) {
+            if prec < min {
+                break;
+            }
+            self.i += 1;
+            let rhs = self.expr(prec + 1)?;
+            lhs = Expr::Bin(op, Box::new(lhs), Box::new(rhs));
+        }
+        Ok(lhs)
+    }
+
+    fn unary(&mut self) -> Result<Expr, Unsupported> {
+        match self.peek() {
+            Some(Tok::Op("!")) => {
+                self.i += 1;
+                Ok(Expr::Not(Box::new(self.unary()?)))
+            }
+            Some(Tok::Op("-")) => {
+                self.i += 1;
+                Ok(match self.unary()? {
+                    Expr::Lit(Value::Int(i)) => Expr::Lit(Value::Int(-i)),
+                    Expr::Lit(Value::Float(f)) => Expr::Lit(Value::Float(-f)),
+                    e => Expr::Neg(Box::new(e)),
+                })
+            }
+            _ => self.postfix(),
+        }
+    }
+
+    fn postfix(&mut self) -> Result<Expr, Unsupported> {
+        let mut e = self.primary()?;
+        while let Some(Tok::Op(".")) = self.peek() {
+            self.i += 1;
+            let Some(Tok::Ident(name)) = self.next() else {
+                return Err(Unsupported);
+            };
+            let name = Sym::new(name);
+            if let Some(Tok::Op("(")) = self.peek() {
+                return Err(Unsupported); // method call: Rhai
+            }
+            e = match e {
+                Expr::Bound(i) => Expr::BoundField(i, name),
+                e => Expr::Member(Box::new(e), name),
+            };
+        }
+        if let Some(Tok::Op("(" | "[")) = self.peek() {
+            return Err(Unsupported);
+        }
+        Ok(e)
+    }
+
+    fn primary(&mut self) -> Result<Expr, Unsupported> {
+        let tok = self.next().cloned().ok_or(Unsupported)?;
+        Ok(match tok {
+            Tok::Int(i) => Expr::Lit(Value::Int(i)),
+            Tok::Float(f) => Expr::Lit(Value::Float(f)),
+            Tok::Str(s) => Expr::Lit(Value::str(&s)),
+            Tok::Ident(id) => match id.as_str() {
+                "true" => Expr::Lit(Value::Bool(true)),
+                "false" => Expr::Lit(Value::Bool(false)),
+                "this" if self.scope.has_current_fact() => {
+                    self.expect(".")?;
+                    let Some(Tok::Ident(f)) = self.next().cloned() else {
+                        return Err(Unsupported);
+                    };
+                    Expr::Field(Sym::new(&f))
+                }
+                _ => {
+                    let followed_by_dot = matches!(self.peek(), Some(Tok::Op(".")));
+                    match self.scope.binding(&id) {
+                        Some((i, BindingKind::Value)) => Expr::Bound(i),
+                        Some((i, BindingKind::Fact)) if followed_by_dot || !self.scope.has_current_fact() => {
+                            Expr::Bound(i)
+                        }
+                        _ if self.scope.has_current_fact() => Expr::Field(Sym::new(&id)),
+                        _ => return Err(Unsupported),
+                    }
+                }
+            },
+            Tok::Op("(") => {
+                let e = self.expr(0)?;
+                self.expect(")")?;
+                e
+            }
+            Tok::Op("[") => {
+                let mut items = Vec::new();
+                if let Some(Tok::Op("]")) = self.peek() {
+                    self.i += 1;
+                    return Ok(Expr::Array(items));
+                }
+                loop {
+                    items.push(self.expr(0)?);
+                    match self.next() {
+                        Some(Tok::Op(",")) => continue,
+                        Some(Tok::Op("]")) => break,
+                        _ => return Err(Unsupported),
+                    }
+                }
+                Expr::Array(items)
+            }
+            _ => return Err(Unsupported),
+        })
+    }
+}
+
+/// Rewrites a constraint into a Rhai expression: bare field names of the
+/// current fact become `this.field`. Returns `None` if the text does not
+/// tokenize (then it is handed to Rhai unchanged).
+pub fn rewrite_for_rhai(src: &str, scope: &impl Scope) -> Option<String> {
+    let toks = tokenize(src).ok()?;
+    let mut out = String::with_capacity(src.len() + 16);
+    let mut last = 0;
+    for (k, (off, tok)) in toks.iter().enumerate() {
+        let Tok::Ident(id) = tok else { continue };
+        let prev_dot = k > 0 && toks[k - 1].1 == Tok::Op(".");
+        let next = toks.get(k + 1).map(|t| &t.1);
+        let is_call = matches!(next, Some(Tok::Op("(")));
+        let is_key = matches!(next, Some(Tok::Op(":")));
+        if prev_dot || is_call || is_key || is_keyword(id) || !scope.has_current_fact() {
+            continue;
+        }
+        let field = match scope.binding(id) {
+            Some((_, BindingKind::Value)) => false,
+            Some((_, BindingKind::Fact)) => !matches!(next, Some(Tok::Op("."))),
+            None => true,
+        };
+        if field {
+            out.push_str(&src[last..*off]);
+            out.push_str("this.");
+            last = *off;
+        }
+    }
+    out.push_str(&src[last..]);
+    Some(out)
+}
+
+fn is_keyword(id: &str) -> bool {
+    matches!(
+        id,
+        "true" | "false" | "this" | "in" | "if" | "else" | "let" | "const" | "fn" | "return" | "for" | "while"
+            | "loop" | "break" | "continue" | "switch" | "do" | "until" | "throw" | "try" | "catch"
+    )
+}
+
+/// Values the native evaluator reads: the current fact and the bindings.
+pub trait Env {
+    fn field(&self, name: Sym) -> Option<Value>;
+    fn bound_field(&self, binding: usize, name: Sym) -> Option<Value>;
+    fn bound(&self, binding: usize) -> Value;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalError(pub String);
+
+impl Expr {
+    /// Evaluates to a value. A missing field is `null`; type mismatches in
+    /// comparisons are `false` (a constraint that cannot hold), while
+    /// arithmetic on non-numbers is an error.
+    pub fn eval(&self, env: &impl Env) -> Result<Value, EvalError> {
+        Ok(match self {
+            Expr::Lit(v) => v.clone(),
+            Expr::Field(f) => env.field(*f).unwrap_or(Value::Null),
+            Expr::BoundField(b, f) => env.bound_field(*b, *f).unwrap_or(Value::Null),
+            Expr::Bound(b) => env.bound(*b),
+            Expr::Member(e, f) => match e.eval(env)? {
+                Value::Map(m) => m.get(&*f.name()).cloned().unwrap_or(Value::Null),
+                _ => Value::Null,
+            },
+            Expr::Not(e) => Value::Bool(!e.eval(env)?.is_truthy()),
+            Expr::Neg(e) => match e.eval(env)? {
+                Value::Int(i) => Value::Int(i.wrapping_neg()),
+                Value::Float(f) => Value::Float(-f),
+                v => return Err(EvalError(format!("cannot negate {}", v.type_name()))),
+            },
+            Expr::Array(items) => Value::Array(Arc::new(items.iter().map(|e| e.eval(env)).collect::<Result<_, _>>()?)),
+            Expr::Bin(op, a, b) => {
+                match op {
+                    BinOp::And => return Ok(Value::Bool(a.eval(env)?.is_truthy() && b.eval(env)?.is_truthy())),
+                    BinOp::Or => return Ok(Value::Bool(a.eval(env)?.is_truthy() || b.eval(env)?.is_truthy())),
+                    _ => {}
+                }
+                let (x, y) = (a.eval(env)?, b.eval(env)?);
+                binary(*op, &x, &y)?
+            }
+        })
+    }
+
+    /// Evaluates as a condition: anything but `true` fails it.
+    pub fn test(&self, env: &impl Env) -> Result<bool, EvalError> {
+        Ok(self.eval(env)?.is_truthy())
+    }
+
+    /// Whether the expression reads bindings (else it depends on the current
+    /// fact alone and is an alpha test).
+    pub fn uses_bindings(&self) -> bool {
+        match self {
+            Expr::Lit(_) | Expr::Field(_) => false,
+            Expr::BoundField(..) | Expr::Bound(_) => true,
+            Expr::Member(e, _) | Expr::Not(e) | Expr::Neg(e) => e.uses_bindings(),
+            Expr::Bin(_, a, b) => a.uses_bindings() || b.uses_bindings(),
+            Expr::Array(items) => items.iter().any(Expr::uses_bindings),
+        }
+    }
+
+    /// Largest binding index read, for ordering checks.
+    pub fn max_binding(&self) -> Option<usize> {
+        match self {
+            Expr::Lit(_) | Expr::Field(_) => None,
+            Expr::BoundField(b, _) | Expr::Bound(b) => Some(*b),
+            Expr::Member(e, _) | Expr::Not(e) | Expr::Neg(e) => e.max_binding(),
+            Expr::Bin(_, a, b) => a.max_binding().max(b.max_binding()),
+            Expr::Array(items) => items.iter().filter_map(Expr::max_binding).max(),
+        }
+    }
+
+    /// Fields of the current fact read by this expression.
+    pub fn fields(&self, out: &mut Vec<Sym>) {
+        match self {
+            Expr::Field(f) => out.push(*f),
+            Expr::Member(e, _) | Expr::Not(e) | Expr::Neg(e) => e.fields(out),
+            Expr::Bin(_, a, b) => {
+                a.fields(out);
+                b.fields(out);
+            }
+            Expr::Array(items) => items.iter().for_each(|e| e.fields(out)),
+            _ => {}
+        }
+    }
+}
+
+fn binary(op: BinOp, x: &Value, y: &Value) -> Result<Value, EvalError> {
+    use std::cmp::Ordering::*;
+    let cmp = || x.partial_cmp_value(y);
+    Ok(Value::Bool(match op {
+        BinOp::Eq => x == y,
+        BinOp::Ne => x != y,
+        BinOp::Lt => cmp() == Some(Less),
+        BinOp::Le => matches!(cmp(), Some(Less | Equal)),
+        BinOp::Gt => cmp() == Some(Greater),
+        BinOp::Ge => matches!(cmp(), Some(Greater | Equal)),
+        BinOp::In => match y {
+            Value::Array(a) => a.contains(x),
+            Value::Str(s) => x.as_str().is_some_and(|x| s.contains(x)),
+            Value::Map(m) => x.as_str().is_some_and(|x| m.contains_key(x)),
+            _ => false,
+        },
+        BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem => return arith(op, x, y),
+        BinOp::And | BinOp::Or => unreachable!("short-circuited"),
+    }))
+}
+
+fn arith(op: BinOp, x: &Value, y: &Value) -> Result<Value, EvalError> {
+    match (x, y) {
+        (Value::Int(a), Value::Int(b)) => {
+            let r = match op {
+                BinOp::Add => a.checked_add(*b),
+                BinOp::Sub => a.checked_sub(*b),
+                BinOp::Mul => a.checked_mul(*b),
+                BinOp::Div => a.checked_div(*b),
+                _ => a.checked_rem(*b),
+            };
+            r.map(Value::Int).ok_or_else(|| EvalError("integer overflow or division by zero".into()))
+        }
+        (Value::Str(a), Value::Str(b)) if op == BinOp::Add => Ok(Value::Str(Arc::from(format!("{a}{b}")))),
+        _ => match (x.as_f64(), y.as_f64()) {
+            (Some(a), Some(b)) => Ok(Value::Float(match op {
+                BinOp::Add => a + b,
+                BinOp::Sub => a - b,
+                BinOp::Mul => a * b,
+                BinOp::Div => a / b,
+                _ => a % b,
+            })),
+            _ => Err(EvalError(format!("cannot apply arithmetic to {} and {}", x.type_name(), y.type_name()))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct S;
+    impl Scope for S {
+        fn binding(&self, name: &str) -> Option<(usize, BindingKind)> {
+            match name {
+                "job" => Some((0, BindingKind::Fact)),
+                "n" => Some((1, BindingKind::Value)),
+                _ => None,
+            }
+        }
+        fn has_current_fact(&self) -> bool {
+            true
+        }
+    }
+
+    fn check(src: &str, expect: expect_test::Expect) {
+        let got = match parse(src, &S) {
+            Ok(e) => format!("{e:?}"),
+            Err(_) => format!("rhai: {}", rewrite_for_rhai(src, &S).unwrap_or_else(|| src.to_string())),
+        };
+        expect.assert_eq(&got);
+    }
+
+    #[test]
+    fn field_against_binding_is_a_join() {
+        check(
+            r#"job == job.id"#,
+            expect_test::expect![[r#"Bin(Eq, Field(job), BoundField(0, id))"#]],
+        );
+    }
+
+    #[test]
+    fn precedence() {
+        check(
+            r#"a + 1 * 2 > 3 && !b || c in [1, 2]"#,
+            expect_test::expect![[r#"Bin(Or, Bin(And, Bin(Gt, Bin(Add, Field(a), Bin(Mul, Lit(1), Lit(2))), Lit(3)), Not(Field(b))), Bin(In, Field(c), Array([Lit(1), Lit(2)])))"#]],
+        );
+    }
+
+    #[test]
+    fn value_bindings_are_read_bare() {
+        check("count == n", expect_test::expect![[r#"Bin(Eq, Field(count), Bound(1))"#]]);
+    }
+
+    #[test]
+    fn method_calls_fall_back_to_rhai_with_fields_rewritten() {
+        check(
+            r#"name.len() > job.limit && tags.contains("x")"#,
+            expect_test::expect![[r#"rhai: this.name.len() > job.limit && this.tags.contains("x")"#]],
+        );
+    }
+
+    #[test]
+    fn comparisons_across_types_fail_quietly() {
+        struct E;
+        impl Env for E {
+            fn field(&self, _: Sym) -> Option<Value> {
+                Some(Value::str("x"))
+            }
+            fn bound_field(&self, _: usize, _: Sym) -> Option<Value> {
+                None
+            }
+            fn bound(&self, _: usize) -> Value {
+                Value::Null
+            }
+        }
+        let e = parse("a < 3", &S).unwrap();
+        assert_eq!(e.test(&E), Ok(false));
+        let e = parse("a - 3 > 0", &S).unwrap();
+        assert!(e.test(&E).is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! Stoa's rule-pack language: values, manifest, rule-file parser, compiler,
+//! the Rhai sandbox and the test-case format.
+
+pub mod diagnostic;
+pub mod expr;
+pub mod manifest;
+pub mod sandbox;
+pub mod syntax;
+pub mod value;
+
+pub use diagnostic::{Code, Diagnostic, Pos, Severity};
+pub use value::{Fields, Sym, Value};

@@ -1,0 +1,366 @@
+//! `pack.toml`: the pack's name and version, the functions its rules may
+//! call (with timeout and retry policy), optional fact schemas and limits.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::diagnostic::{Code, Diagnostic, SourceMap};
+use crate::value::{Fields, Sym, Value};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub functions: BTreeMap<String, FunctionSpec>,
+    pub facts: BTreeMap<String, Schema>,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FunctionSpec {
+    /// Start-to-close timeout of one attempt.
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included; 1 means no retry.
+    pub max_attempts: u32,
+    #[serde(with = "millis")]
+    pub initial_backoff: Duration,
+    #[serde(with = "millis")]
+    pub max_backoff: Duration,
+    pub multiplier: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            multiplier: 2.0,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Backoff before attempt `attempt + 1` (attempts count from 1), without jitter.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let f = self.multiplier.max(1.0).powi(attempt.saturating_sub(1) as i32);
+        self.initial_backoff.mul_f64(f).min(self.max_backoff)
+    }
+}
+
+/// Field types a schema can require.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    String,
+    Int,
+    Float,
+    Number,
+    Bool,
+    Array,
+    Map,
+    Any,
+}
+
+impl FieldType {
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldType::String => "string",
+            FieldType::Int => "int",
+            FieldType::Float => "float",
+            FieldType::Number => "number",
+            FieldType::Bool => "bool",
+            FieldType::Array => "array",
+            FieldType::Map => "map",
+            FieldType::Any => "any",
+        }
+    }
+
+    fn accepts(self, v: &Value) -> bool {
+        matches!(
+            (self, v),
+            (FieldType::Any, _)
+                | (FieldType::String, Value::Str(_))
+                | (FieldType::Int, Value::Int(_))
+                | (FieldType::Float | FieldType::Number, Value::Float(_) | Value::Int(_))
+                | (FieldType::Bool, Value::Bool(_))
+                | (FieldType::Array, Value::Array(_))
+                | (FieldType::Map, Value::Map(_))
+        )
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FieldSpec {
+    pub ty: FieldType,
+    pub optional: bool,
+}
+
+/// A fact schema: declared fields with types; unknown fields are rejected.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct Schema {
+    pub fields: BTreeMap<String, FieldSpec>,
+}
+
+impl Schema {
+    /// Checks a whole fact; the message names the field.
+    pub fn check(&self, ty: &str, fields: &Fields) -> Result<(), String> {
+        for (name, spec) in &self.fields {
+            match fields.get(Sym::new(name)) {
+                None | Some(Value::Null) if spec.optional => {}
+                None => return Err(format!("{ty}.{name} is required by the schema")),
+                Some(v) if !spec.ty.accepts(v) => {
+                    return Err(format!(
+                        "{ty}.{name} must be {}, found {} {v}",
+                        spec.ty.name(),
+                        v.type_name()
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        for (k, _) in fields.iter() {
+            if !self.fields.contains_key(&*k.name()) {
+                return Err(format!("{ty}.{k} is not a field of the schema of {ty}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Limits on one workflow's turns and scripts.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_firings_per_turn: u64,
+    pub max_operations: u64,
+    pub max_call_depth: usize,
+    pub max_string_size: usize,
+    pub max_array_size: usize,
+    pub max_map_size: usize,
+    pub max_facts: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_firings_per_turn: 1_000_000,
+            max_operations: 1_000_000,
+            max_call_depth: 32,
+            max_string_size: 1 << 20,
+            max_array_size: 100_000,
+            max_map_size: 10_000,
+            max_facts: 10_000_000,
+        }
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(serde::Deserialize::deserialize(d)?))
+    }
+}
+
+// The file format, as written by users.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    pack: RawPack,
+    #[serde(default)]
+    functions: BTreeMap<String, toml::Spanned<RawFunction>>,
+    #[serde(default)]
+    facts: BTreeMap<String, BTreeMap<String, toml::Spanned<String>>>,
+    #[serde(default)]
+    limits: Limits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPack {
+    name: toml::Spanned<String>,
+    version: toml::Spanned<String>,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFunction {
+    timeout: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    retry: Option<RawRetry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    max_attempts: Option<u32>,
+    initial_backoff: Option<toml::Spanned<String>>,
+    max_backoff: Option<toml::Spanned<String>>,
+    multiplier: Option<f64>,
+}
+
+/// Parses a manifest; on failure returns every problem found.
+pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic>> {
+    let map = SourceMap::new(src);
+    let at = |span: std::ops::Range<usize>| map.pos(span.start);
+    let raw: RawManifest = match toml::from_str(src) {
+        Ok(r) => r,
+        Err(e) => {
+            let pos = e.span().map(at).unwrap_or_default();
+            let msg = e.message().trim().to_string();
+            return Err(vec![Diagnostic::error(path, pos, Code::Manifest, msg)]);
+        }
+    };
+    let diags = std::cell::RefCell::new(Vec::new());
+    let duration = |s: &toml::Spanned<String>| match humantime::parse_duration(s.get_ref()) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            diags.borrow_mut().push(Diagnostic::error(
+                path,
+                at(s.span()),
+                Code::Manifest,
+                format!("`{}` is not a duration ({e}); write e.g. \"30s\", \"5m\", \"1h\"", s.get_ref()),
+            ));
+            None
+        }
+    };
+    let name = raw.pack.name.get_ref().clone();
+    let name_ok = !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    let mut functions = BTreeMap::new();
+    for (fname, f) in &raw.functions {
+        let span = f.span();
+        let f = f.get_ref();
+        let d = RetryPolicy::default();
+        let retry = match &f.retry {
+            None => d,
+            Some(r) => RetryPolicy {
+                max_attempts: r.max_attempts.unwrap_or(d.max_attempts).max(1),
+                initial_backoff: r.initial_backoff.as_ref().and_then(duration).unwrap_or(d.initial_backoff),
+                max_backoff: r.max_backoff.as_ref().and_then(duration).unwrap_or(d.max_backoff),
+                multiplier: r.multiplier.unwrap_or(d.multiplier),
+            },
+        };
+        let timeout = f.timeout.as_ref().and_then(duration).unwrap_or(Duration::from_secs(300));
+        if fname.is_empty() {
+            diags.borrow_mut().push(Diagnostic::error(path, at(span), Code::Manifest, "a function name cannot be empty"));
+        }
+        functions.insert(fname.clone(), FunctionSpec { timeout, retry });
+    }
+    let mut diags = diags.into_inner();
+    let mut facts = BTreeMap::new();
+    for (ty, fields) in &raw.facts {
+        let mut schema = Schema::default();
+        for (fname, spec) in fields {
+            let text = spec.get_ref().trim();
+            let (base, optional) = match text.strip_suffix('?') {
+                Some(b) => (b, true),
+                None => (text, false),
+            };
+            let ty_parsed: Result<FieldType, _> = serde_json::from_value(serde_json::Value::String(base.to_string()));
+            match ty_parsed {
+                Ok(t) => {
+                    schema.fields.insert(fname.clone(), FieldSpec { ty: t, optional });
+                }
+                Err(_) => diags.push(Diagnostic::error(
+                    path,
+                    at(spec.span()),
+                    Code::Manifest,
+                    format!("unknown field type `{text}` for {ty}.{fname}; expected string, int, float, number, bool, array, map or any (add `?` for optional)"),
+                )),
+            }
+        }
+        facts.insert(ty.clone(), schema);
+    }
+    if !name_ok {
+        diags.push(Diagnostic::error(
+            path,
+            at(raw.pack.name.span()),
+            Code::Manifest,
+            "a pack name is letters, digits, `-`, `_` or `.`",
+        ));
+    }
+    if raw.pack.version.get_ref().trim().is_empty() {
+        diags.push(Diagnostic::error(path, at(raw.pack.version.span()), Code::Manifest, "the pack version cannot be empty"));
+    }
+    if !diags.is_empty() {
+        diags.sort_by_key(|d| d.pos);
+        return Err(diags);
+    }
+    Ok(Manifest {
+        name,
+        version: raw.pack.version.into_inner(),
+        description: raw.pack.description,
+        functions,
+        facts,
+        limits: raw.limits,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(src: &str, expect: expect_test::Expect) {
+        let got = match parse_manifest(Path::new("pack.toml"), src) {
+            Ok(m) => format!("{m:?}"),
+            Err(ds) => ds.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"),
+        };
+        expect.assert_eq(&got);
+    }
+
+    #[test]
+    fn bad_durations_and_types_are_all_reported() {
+        check(
+            r#"
+[pack]
+name = "p"
+version = "1"
+
+[functions."media.encode"]
+timeout = "ten minutes"
+retry = { max_attempts = 5, initial_backoff = "2x" }
+
+[facts.Chunk]
+index = "integer"
+"#,
+            expect_test::expect![[r#"
+                pack.toml:7:11: error[E0006]: `ten minutes` is not a duration (expected number at 0); write e.g. "30s", "5m", "1h"
+                pack.toml:8:47: error[E0006]: `2x` is not a duration (unknown time unit "x", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); write e.g. "30s", "5m", "1h"
+                pack.toml:11:9: error[E0006]: unknown field type `integer` for Chunk.index; expected string, int, float, number, bool, array, map or any (add `?` for optional)"#]],
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_position() {
+        check(
+            "[pack]\nname = \"p\"\nversion = \"1\"\nauthor = \"me\"\n",
+            expect_test::expect![[r#"pack.toml:4:1: error[E0006]: unknown field `author`, expected one of `name`, `version`, `description`"#]],
+        );
+    }
+
+    #[test]
+    fn schema_names_the_field() {
+        let mut s = Schema::default();
+        s.fields.insert("index".into(), FieldSpec { ty: FieldType::Int, optional: false });
+        let f = Fields::from_json(&serde_json::json!({"index": "3"})).unwrap();
+        assert_eq!(s.check("Chunk", &f).unwrap_err(), "Chunk.index must be int, found string \"3\"");
+    }
+}

@@ -1,0 +1,352 @@
+//! The data model of facts: compact JSON-like values and interned field names.
+//!
+//! Facts are JSON objects, but the matching core compares and hashes their
+//! fields millions of times per second, so they are kept as `Value`s (cheap to
+//! clone: strings and containers are reference counted) with field names
+//! interned to `Sym`s.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use rustc_hash::FxHashMap;
+
+/// An interned name (fact type or field). Interning is process-wide so that
+/// names compare as integers everywhere.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sym(u32);
+
+struct Interner {
+    ids: FxHashMap<Arc<str>, u32>,
+    names: Vec<Arc<str>>,
+}
+
+fn interner() -> &'static RwLock<Interner> {
+    static I: OnceLock<RwLock<Interner>> = OnceLock::new();
+    I.get_or_init(|| {
+        RwLock::new(Interner {
+            ids: FxHashMap::default(),
+            names: Vec::new(),
+        })
+    })
+}
+
+impl Sym {
+    pub fn new(name: &str) -> Sym {
+        if let Some(&id) = interner().read().expect("interner").ids.get(name) {
+            return Sym(id);
+        }
+        let mut w = interner().write().expect("interner");
+        if let Some(&id) = w.ids.get(name) {
+            return Sym(id);
+        }
+        let id = w.names.len() as u32;
+        let name: Arc<str> = Arc::from(name);
+        w.names.push(name.clone());
+        w.ids.insert(name, id);
+        Sym(id)
+    }
+
+    pub fn name(self) -> Arc<str> {
+        interner().read().expect("interner").names[self.0 as usize].clone()
+    }
+}
+
+impl fmt::Debug for Sym {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl fmt::Display for Sym {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl serde::Serialize for Sym {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Sym {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Ok(Sym::new(&s))
+    }
+}
+
+/// A JSON-like value. Numbers keep the integer/float distinction of JSON;
+/// equality and hashing treat `1` and `1.0` as the same number so joins on
+/// numbers behave as users expect.
+#[derive(Clone, Default)]
+pub enum Value {
+    #[default]
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(Arc<str>),
+    Array(Arc<Vec<Value>>),
+    Map(Arc<BTreeMap<Arc<str>, Value>>),
+}
+
+impl Value {
+    pub fn str(s: &str) -> Value {
+        Value::Str(Arc::from(s))
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::Int(i) => Some(i as f64),
+            Value::Float(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn is_truthy(&self) -> bool {
+        matches!(self, Value::Bool(true))
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "bool",
+            Value::Int(_) => "int",
+            Value::Float(_) => "float",
+            Value::Str(_) => "string",
+            Value::Array(_) => "array",
+            Value::Map(_) => "map",
+        }
+    }
+
+    /// Total order used by `min`/`max` aggregates and comparisons: numbers
+    /// compare numerically, strings lexically; other mixes are unordered.
+    pub fn partial_cmp_value(&self, other: &Value) -> Option<std::cmp::Ordering> {
+        match (self, other) {
+            (Value::Int(a), Value::Int(b)) => Some(a.cmp(b)),
+            (Value::Str(a), Value::Str(b)) => Some(a.cmp(b)),
+            (Value::Bool(a), Value::Bool(b)) => Some(a.cmp(b)),
+            _ => match (self.as_f64(), other.as_f64()) {
+                (Some(a), Some(b)) => a.partial_cmp(&b),
+                _ => None,
+            },
+        }
+    }
+
+    pub fn from_json(v: &serde_json::Value) -> Value {
+        match v {
+            serde_json::Value::Null => Value::Null,
+            serde_json::Value::Bool(b) => Value::Bool(*b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => Value::Int(i),
+                None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            serde_json::Value::String(s) => Value::str(s),
+            serde_json::Value::Array(a) => Value::Array(Arc::new(a.iter().map(Value::from_json).collect())),
+            serde_json::Value::Object(o) => Value::Map(Arc::new(
+                o.iter().map(|(k, v)| (Arc::from(k.as_str()), Value::from_json(v))).collect(),
+            )),
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Null => serde_json::Value::Null,
+            Value::Bool(b) => serde_json::Value::Bool(*b),
+            Value::Int(i) => serde_json::Value::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            Value::Str(s) => serde_json::Value::String(s.to_string()),
+            Value::Array(a) => serde_json::Value::Array(a.iter().map(Value::to_json).collect()),
+            Value::Map(m) => serde_json::Value::Object(
+                m.iter().map(|(k, v)| (k.to_string(), v.to_json())).collect(),
+            ),
+        }
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Null, Value::Null) => true,
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::Str(a), Value::Str(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Value::Array(a), Value::Array(b)) => a == b,
+            (Value::Map(a), Value::Map(b)) => a == b,
+            (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
+                self.as_f64() == other.as_f64()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Value {}
+
+impl Hash for Value {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        match self {
+            Value::Null => 0u8.hash(h),
+            Value::Bool(b) => b.hash(h),
+            Value::Int(i) => i.hash(h),
+            Value::Float(f) => {
+                // Integral floats hash like the equal integer.
+                if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                    (*f as i64).hash(h)
+                } else {
+                    f.to_bits().hash(h)
+                }
+            }
+            Value::Str(s) => s.hash(h),
+            Value::Array(a) => a.hash(h),
+            Value::Map(m) => {
+                for (k, v) in m.iter() {
+                    k.hash(h);
+                    v.hash(h);
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.to_json())
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.to_json())
+    }
+}
+
+impl serde::Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let j = serde_json::Value::deserialize(d)?;
+        Ok(Value::from_json(&j))
+    }
+}
+
+/// The fields of one fact, sorted by name symbol for lookups without hashing.
+#[derive(Clone, Default, PartialEq)]
+pub struct Fields(Vec<(Sym, Value)>);
+
+impl Fields {
+    pub fn new() -> Fields {
+        Fields(Vec::new())
+    }
+
+    pub fn get(&self, name: Sym) -> Option<&Value> {
+        // Facts have few fields: a linear scan beats a binary search here.
+        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+
+    pub fn set(&mut self, name: Sym, value: Value) {
+        match self.0.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    pub fn remove(&mut self, name: Sym) {
+        self.0.retain(|(k, _)| *k != name);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Sym, &Value)> {
+        self.0.iter().map(|(k, v)| (*k, v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Fields from a JSON object; `None` if `v` is not an object.
+    pub fn from_json(v: &serde_json::Value) -> Option<Fields> {
+        let obj = v.as_object()?;
+        Some(Fields(obj.iter().map(|(k, v)| (Sym::new(k), Value::from_json(v))).collect()))
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut sorted: Vec<_> = self.0.iter().map(|(k, v)| (k.name(), v)).collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        serde_json::Value::Object(sorted.into_iter().map(|(k, v)| (k.to_string(), v.to_json())).collect())
+    }
+}
+
+impl FromIterator<(Sym, Value)> for Fields {
+    fn from_iter<T: IntoIterator<Item = (Sym, Value)>>(iter: T) -> Self {
+        let mut f = Fields::new();
+        for (k, v) in iter {
+            f.set(k, v);
+        }
+        f
+    }
+}
+
+impl fmt::Debug for Fields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.to_json())
+    }
+}
+
+impl serde::Serialize for Fields {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Fields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let j = serde_json::Value::deserialize(d)?;
+        Fields::from_json(&j).ok_or_else(|| serde::de::Error::custom("fact fields must be an object"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_join_across_int_and_float() {
+        use std::collections::hash_map::DefaultHasher;
+        let h = |v: &Value| {
+            let mut s = DefaultHasher::new();
+            v.hash(&mut s);
+            s.finish()
+        };
+        assert_eq!(Value::Int(3), Value::Float(3.0));
+        assert_eq!(h(&Value::Int(3)), h(&Value::Float(3.0)));
+        assert_ne!(Value::Int(3), Value::str("3"));
+    }
+
+    #[test]
+    fn fields_round_trip_json() {
+        let j = serde_json::json!({"b": 1, "a": [true, null, "x"], "c": {"d": 2.5}});
+        let f = Fields::from_json(&j).unwrap();
+        assert_eq!(f.to_json(), j);
+        assert_eq!(f.get(Sym::new("b")), Some(&Value::Int(1)));
+    }
+}
