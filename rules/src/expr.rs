@@ -313,7 +313,14 @@ impl<S: Scope> Parser<'_, S> {
 /// current fact become `this.field`. Returns `None` if the text does not
 /// tokenize (then it is handed to Rhai unchanged).
 pub fn rewrite_for_rhai(src: &str, scope: &impl Scope) -> Option<String> {
+    rewrite_with_offsets(src, scope).map(|r| r.0)
+}
+
+/// Like `rewrite_for_rhai`, also returning the offsets (in the original
+/// text) where `this.` was inserted, to map error positions back.
+pub fn rewrite_with_offsets(src: &str, scope: &impl Scope) -> Option<(String, Vec<usize>)> {
     let toks = tokenize(src).ok()?;
+    let mut inserted = Vec::new();
     let mut out = String::with_capacity(src.len() + 16);
     let mut last = 0;
     for (k, (off, tok)) in toks.iter().enumerate() {
@@ -333,11 +340,26 @@ pub fn rewrite_for_rhai(src: &str, scope: &impl Scope) -> Option<String> {
         if field {
             out.push_str(&src[last..*off]);
             out.push_str("this.");
+            inserted.push(*off);
             last = *off;
         }
     }
     out.push_str(&src[last..]);
-    Some(out)
+    Some((out, inserted))
+}
+
+/// Identifiers of an expression that are not member names (after `.`).
+pub fn free_identifiers(src: &str) -> Option<Vec<String>> {
+    let toks = tokenize(src).ok()?;
+    Some(
+        toks.iter()
+            .enumerate()
+            .filter_map(|(k, (_, t))| match t {
+                Tok::Ident(id) if !(k > 0 && toks[k - 1].1 == Tok::Op(".")) => Some(id.clone()),
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
 fn is_keyword(id: &str) -> bool {

@@ -6,6 +6,8 @@ pub mod expr;
 pub mod manifest;
 pub mod sandbox;
 pub mod syntax;
+pub mod testcase;
+pub mod compile;
 pub mod value;
 
 pub use diagnostic::{Code, Diagnostic, Pos, Severity};

@@ -1,0 +1,541 @@
+//! From pack files to a compiled `Pack`: rules with classified constraints
+//! (alpha tests, a hash-join key, beta tests; native or Rhai), compiled
+//! sections, parsed tests, and every diagnostic found on the way.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::diagnostic::{Code, Diagnostic, Pos};
+use crate::expr::{self, BinOp, BindingKind, Expr};
+use crate::manifest::{parse_manifest, Manifest};
+use crate::sandbox::{CompileError, CompileErrorKind, Sandbox, Script};
+use crate::syntax::{parse_rules, AggFn, ConditionAst, PatternAst, RuleAst, Text};
+use crate::testcase::{parse_tests, TestCase};
+use crate::value::Sym;
+
+/// The files of a pack, by path relative to the pack root.
+#[derive(Clone, Debug, Default)]
+pub struct PackSource {
+    /// Shown in diagnostics before each relative path.
+    pub root: PathBuf,
+    pub files: BTreeMap<PathBuf, String>,
+}
+
+impl PackSource {
+    /// Reads `pack.toml`, every `*.rules` file and `tests/**/*.toml`.
+    pub fn read_dir(root: &Path) -> std::io::Result<PackSource> {
+        let mut files = BTreeMap::new();
+        fn walk(root: &Path, dir: &Path, files: &mut BTreeMap<PathBuf, String>) -> std::io::Result<()> {
+            let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+            entries.sort_by_key(|e| e.path());
+            for e in entries {
+                let p = e.path();
+                let rel = p.strip_prefix(root).unwrap_or(&p).to_path_buf();
+                if e.file_type()?.is_dir() {
+                    if !e.file_name().to_string_lossy().starts_with('.') {
+                        walk(root, &p, files)?;
+                    }
+                } else if rel == Path::new("pack.toml")
+                    || p.extension().is_some_and(|x| x == "rules")
+                    || (rel.starts_with("tests") && p.extension().is_some_and(|x| x == "toml"))
+                {
+                    files.insert(rel, std::fs::read_to_string(&p)?);
+                }
+            }
+            Ok(())
+        }
+        walk(root, root, &mut files)?;
+        Ok(PackSource { root: root.to_path_buf(), files })
+    }
+
+    pub fn display_path(&self, rel: &Path) -> PathBuf {
+        self.root.join(rel)
+    }
+}
+
+/// A constraint, evaluated natively when it can be.
+#[derive(Clone, Debug)]
+pub enum Constraint {
+    Native(Expr),
+    /// A Rhai expression; its variables are `this` then the rule's named
+    /// slots in order (see `Rule::script_slots`).
+    Script { script: Script, text: String },
+}
+
+/// A hash-join: `field` of the current fact equals `key` computed from the
+/// earlier bindings.
+#[derive(Clone, Debug)]
+pub struct JoinKey {
+    pub field: Sym,
+    pub key: Expr,
+}
+
+#[derive(Clone, Debug)]
+pub struct Pattern {
+    pub ty: Sym,
+    /// Tests on the fact alone.
+    pub alpha: Vec<Constraint>,
+    pub join: Option<JoinKey>,
+    /// Tests that read earlier bindings.
+    pub beta: Vec<Constraint>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Condition {
+    Pattern { slot: usize, pattern: Pattern },
+    Not(Pattern),
+    Exists(Pattern),
+    Aggregate { slot: usize, func: AggFn, pattern: Pattern, over: Option<Constraint> },
+    Test(Constraint),
+}
+
+#[derive(Clone, Debug)]
+pub struct Slot {
+    pub name: Option<String>,
+    pub kind: BindingKind,
+}
+
+#[derive(Clone, Debug)]
+pub struct Section {
+    pub script: Script,
+    pub file: PathBuf,
+    pub pos: Pos,
+}
+
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub name: String,
+    /// Declaration order in the pack.
+    pub index: usize,
+    pub salience: i32,
+    pub no_loop: bool,
+    pub slots: Vec<Slot>,
+    pub conditions: Vec<Condition>,
+    pub action: Option<Section>,
+    pub reaction: Option<Section>,
+    pub error: Option<Section>,
+    /// Stable hash of the rule's text: same identity, same rule (used to
+    /// decide what already fired when a pack version changes).
+    pub identity: u64,
+    pub file: PathBuf,
+    pub pos: Pos,
+}
+
+impl Rule {
+    /// Slots visible to scripts (named ones), in order.
+    pub fn script_slots(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.slots.iter().enumerate().filter_map(|(i, s)| s.name.as_deref().map(|n| (i, n)))
+    }
+}
+
+#[derive(Debug)]
+pub struct Pack {
+    pub manifest: Manifest,
+    pub rules: Vec<Rule>,
+    pub tests: Vec<(PathBuf, TestCase)>,
+    pub sandbox: Arc<Sandbox>,
+    pub source: PackSource,
+    /// Stable hash of every file of the pack.
+    pub digest: u64,
+}
+
+/// FNV-1a: a fixed, documented hash, so identities persist across builds.
+pub fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+const FNV_SEED: u64 = 0xcbf29ce484222325;
+
+/// Compiles a pack; returns it only if there is no error. Diagnostics (errors
+/// and warnings) are sorted by file and position.
+pub fn compile(source: PackSource) -> (Option<Pack>, Vec<Diagnostic>) {
+    let mut diags = Vec::new();
+    let manifest_path = source.display_path(Path::new("pack.toml"));
+    let manifest = match source.files.get(Path::new("pack.toml")) {
+        None => {
+            diags.push(Diagnostic::error(&manifest_path, Pos::new(1, 1), Code::Pack, "the pack has no pack.toml"));
+            None
+        }
+        Some(text) => match parse_manifest(&manifest_path, text) {
+            Ok(m) => Some(m),
+            Err(ds) => {
+                diags.extend(ds);
+                None
+            }
+        },
+    };
+    let limits = manifest.as_ref().map(|m| m.limits.clone()).unwrap_or_default();
+    let sandbox = Arc::new(Sandbox::new(&limits));
+    let mut rules: Vec<Rule> = Vec::new();
+    let mut seen: BTreeMap<String, (PathBuf, Pos)> = BTreeMap::new();
+    let rule_files: Vec<_> = source.files.iter().filter(|(p, _)| p.extension().is_some_and(|x| x == "rules")).collect();
+    if rule_files.is_empty() {
+        diags.push(Diagnostic::error(&source.root, Pos::new(1, 1), Code::Pack, "the pack has no `*.rules` file"));
+    }
+    for (rel, text) in rule_files {
+        let path = source.display_path(rel);
+        let (asts, errors) = parse_rules(text);
+        for e in errors {
+            diags.push(Diagnostic::error(&path, e.pos, Code::Syntax, e.message));
+        }
+        for ast in asts {
+            if let Some((p, at)) = seen.get(&ast.name) {
+                diags.push(Diagnostic::error(
+                    &path,
+                    ast.pos,
+                    Code::DuplicateRule,
+                    format!("rule \"{}\" is already defined at {}:{}:{}", ast.name, p.display(), at.line, at.col),
+                ));
+                continue;
+            }
+            seen.insert(ast.name.clone(), (path.clone(), ast.pos));
+            let mut c = RuleCompiler { sandbox: &sandbox, path: &path, diags: &mut diags, slots: Vec::new() };
+            if let Some(rule) = c.rule(&ast, rules.len()) {
+                if let Some(m) = &manifest {
+                    for s in [&rule.action, &rule.reaction, &rule.error].into_iter().flatten() {
+                        for (f, p) in Sandbox::called_functions(&s.script) {
+                            if !m.functions.contains_key(&f) {
+                                let declared: Vec<_> = m.functions.keys().map(|k| format!("`{k}`")).collect();
+                                diags.push(Diagnostic::error(
+                                    &path,
+                                    file_pos(s.pos, p),
+                                    Code::UndeclaredFunction,
+                                    format!(
+                                        "function `{f}` is not declared in pack.toml (declared: {})",
+                                        if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                }
+                if rule.reaction.is_some() || rule.error.is_some() {
+                    let calls = rule.action.as_ref().is_some_and(|a| !Sandbox::called_functions(&a.script).is_empty());
+                    if !calls {
+                        diags.push(Diagnostic::warning(
+                            &path,
+                            rule.pos,
+                            Code::Script,
+                            format!("rule \"{}\" has a `reaction` or `error` section but its action calls no function", rule.name),
+                        ));
+                    }
+                }
+                rules.push(rule);
+            }
+        }
+    }
+    let mut tests = Vec::new();
+    for (rel, text) in source.files.iter().filter(|(p, _)| p.starts_with("tests")) {
+        let path = source.display_path(rel);
+        match parse_tests(&path, text) {
+            Err(d) => diags.push(d),
+            Ok(cases) => {
+                if let Some(m) = &manifest {
+                    check_tests(&path, text, &cases, m, &rules, &mut diags);
+                }
+                tests.extend(cases.into_iter().map(|c| (path.clone(), c)));
+            }
+        }
+    }
+    diags.sort_by(|a, b| (&a.path, a.pos).cmp(&(&b.path, b.pos)));
+    let ok = !diags.iter().any(Diagnostic::is_error);
+    let digest = source.files.iter().fold(FNV_SEED, |h, (p, t)| {
+        fnv1a(t.as_bytes(), fnv1a(p.to_string_lossy().as_bytes(), h))
+    });
+    let pack = match (ok, manifest) {
+        (true, Some(manifest)) => Some(Pack { manifest, rules, tests, sandbox, source, digest }),
+        _ => None,
+    };
+    (pack, diags)
+}
+
+fn check_tests(path: &Path, text: &str, cases: &[TestCase], m: &Manifest, rules: &[Rule], diags: &mut Vec<Diagnostic>) {
+    let map = crate::diagnostic::SourceMap::new(text);
+    let rule_known = |name: &toml::Spanned<String>, diags: &mut Vec<Diagnostic>| {
+        if !rules.iter().any(|r| &r.name == name.get_ref()) {
+            diags.push(Diagnostic::error(
+                path,
+                map.pos(name.span().start),
+                Code::TestFile,
+                format!("no rule is named \"{}\"", name.get_ref()),
+            ));
+        }
+    };
+    for case in cases {
+        for f in &case.facts {
+            let at = map.pos(f.span().start);
+            let spec = f.get_ref();
+            if !spec.ty.starts_with(|c: char| c.is_ascii_uppercase()) {
+                diags.push(Diagnostic::error(path, at, Code::TestFile, format!("a fact type starts with an upper-case letter: `{}`", spec.ty)));
+            }
+            if let Some(schema) = m.facts.get(&spec.ty) {
+                if let Err(e) = schema.check(&spec.ty, &spec.fields) {
+                    diags.push(Diagnostic::error(path, at, Code::Schema, format!("test \"{}\": {e}", case.name)));
+                }
+            }
+        }
+        for mock in &case.mocks {
+            if !m.functions.contains_key(mock.function.get_ref()) {
+                diags.push(Diagnostic::error(
+                    path,
+                    map.pos(mock.function.span().start),
+                    Code::UndeclaredFunction,
+                    format!("test \"{}\" mocks `{}`, which pack.toml does not declare", case.name, mock.function.get_ref()),
+                ));
+            }
+        }
+        for name in case.expect.fired.iter().flatten().chain(&case.expect.not_fired) {
+            rule_known(name, diags);
+        }
+        for (name, count) in case.expect.fired_count.iter().flatten() {
+            rule_known(&toml::Spanned::new(count.span(), name.clone()), diags);
+        }
+        if let Some(s) = &case.expect.status {
+            if !matches!(s.as_str(), "running" | "completed" | "failed") {
+                diags.push(Diagnostic::error(path, case.pos, Code::TestFile, format!("test \"{}\": status `{s}` is not one of running, completed, failed", case.name)));
+            }
+        }
+    }
+}
+
+/// Maps a position inside a script that starts at `start` to the file.
+fn file_pos(start: Pos, rel: Pos) -> Pos {
+    if rel.line <= 1 {
+        Pos::new(start.line, start.col + rel.col.saturating_sub(1))
+    } else {
+        Pos::new(start.line + rel.line - 1, rel.col)
+    }
+}
+
+struct RuleCompiler<'a> {
+    sandbox: &'a Sandbox,
+    path: &'a Path,
+    diags: &'a mut Vec<Diagnostic>,
+    slots: Vec<Slot>,
+}
+
+/// The scope for parsing constraints: the slots bound so far.
+struct SlotScope<'a> {
+    slots: &'a [Slot],
+    current_fact: bool,
+}
+
+impl expr::Scope for SlotScope<'_> {
+    fn binding(&self, name: &str) -> Option<(usize, BindingKind)> {
+        self.slots.iter().position(|s| s.name.as_deref() == Some(name)).map(|i| (i, self.slots[i].kind))
+    }
+    fn has_current_fact(&self) -> bool {
+        self.current_fact
+    }
+}
+
+impl RuleCompiler<'_> {
+    fn error(&mut self, pos: Pos, code: Code, msg: impl Into<String>) {
+        self.diags.push(Diagnostic::error(self.path, pos, code, msg));
+    }
+
+    fn script_errors(&mut self, start: Pos, errs: Vec<CompileError>, shift: impl Fn(Pos) -> Pos) {
+        for e in errs {
+            let code = match e.kind {
+                CompileErrorKind::Syntax => Code::Script,
+                CompileErrorKind::UndefinedVariable => Code::UndefinedVariable,
+                CompileErrorKind::UnknownFunction => Code::UnknownFunction,
+            };
+            self.error(file_pos(start, shift(e.pos)), code, e.message);
+        }
+    }
+
+    fn rule(&mut self, ast: &RuleAst, index: usize) -> Option<Rule> {
+        let before = self.diags.len();
+        let mut conditions = Vec::new();
+        for c in &ast.conditions {
+            if let Some(c) = self.condition(c) {
+                conditions.push(c);
+            }
+        }
+        let names: Vec<String> = self.slots.iter().filter_map(|s| s.name.clone()).collect();
+        let mut section = |t: &Option<Text>, extra: Option<&str>| -> Option<Section> {
+            let t = t.as_ref()?;
+            let mut vars: Vec<&str> = names.iter().map(String::as_str).collect();
+            if let Some(x) = extra {
+                vars.push(x);
+                vars.push("invocation");
+            }
+            match self.sandbox.compile(&t.text, &vars, false) {
+                Ok(script) => Some(Section { script, file: self.path.to_path_buf(), pos: t.pos }),
+                Err(errs) => {
+                    self.script_errors(t.pos, errs, |p| p);
+                    None
+                }
+            }
+        };
+        let action = section(&ast.action, None);
+        let reaction = section(&ast.reaction, Some("result"));
+        let error = section(&ast.error, Some("error"));
+        if self.diags[before..].iter().any(Diagnostic::is_error) {
+            return None;
+        }
+        // Identity: the rule's own text, whitespace-normalized.
+        let mut h = fnv1a(ast.name.as_bytes(), FNV_SEED);
+        h = fnv1a(&ast.salience.to_le_bytes(), h);
+        h = fnv1a(&[ast.no_loop as u8], h);
+        h = fnv1a(format!("{:?}", strip_positions(&ast.conditions)).as_bytes(), h);
+        for s in [&ast.action, &ast.reaction, &ast.error] {
+            let norm: String = s.as_ref().map(|t| t.text.split_whitespace().collect::<Vec<_>>().join(" ")).unwrap_or_default();
+            h = fnv1a(norm.as_bytes(), fnv1a(b"|", h));
+        }
+        Some(Rule {
+            name: ast.name.clone(),
+            index,
+            salience: ast.salience,
+            no_loop: ast.no_loop,
+            slots: std::mem::take(&mut self.slots),
+            conditions,
+            action,
+            reaction,
+            error,
+            identity: h,
+            file: self.path.to_path_buf(),
+            pos: ast.pos,
+        })
+    }
+
+    fn bind(&mut self, name: Option<&Text>, kind: BindingKind) -> usize {
+        if let Some(n) = name {
+            if self.slots.iter().any(|s| s.name.as_deref() == Some(&n.text)) {
+                self.error(n.pos, Code::Syntax, format!("`{}` is already bound in this rule", n.text));
+            }
+            if matches!(n.text.as_str(), "this" | "result" | "error" | "invocation") {
+                self.error(n.pos, Code::Syntax, format!("`{}` is reserved and cannot name a binding", n.text));
+            }
+        }
+        self.slots.push(Slot { name: name.map(|n| n.text.clone()), kind });
+        self.slots.len() - 1
+    }
+
+    fn condition(&mut self, c: &ConditionAst) -> Option<Condition> {
+        Some(match c {
+            ConditionAst::Pattern { binding, pattern } => {
+                let p = self.pattern(pattern)?;
+                let slot = self.bind(binding.as_ref(), BindingKind::Fact);
+                Condition::Pattern { slot, pattern: p }
+            }
+            ConditionAst::Not(p) => Condition::Not(self.pattern(p)?),
+            ConditionAst::Exists(p) => Condition::Exists(self.pattern(p)?),
+            ConditionAst::Aggregate { binding, func, pattern, over } => {
+                let p = self.pattern(pattern)?;
+                let over = match over {
+                    Some(t) => Some(self.constraint(t, true)?),
+                    None => None,
+                };
+                let slot = self.bind(Some(binding), BindingKind::Value);
+                Condition::Aggregate { slot, func: *func, pattern: p, over }
+            }
+            ConditionAst::Test(t) => Condition::Test(self.constraint(t, false)?),
+        })
+    }
+
+    fn pattern(&mut self, p: &PatternAst) -> Option<Pattern> {
+        let mut out = Pattern { ty: Sym::new(&p.type_name), alpha: Vec::new(), join: None, beta: Vec::new() };
+        let mut ok = true;
+        for t in &p.constraints {
+            let Some(c) = self.constraint(t, true) else {
+                ok = false;
+                continue;
+            };
+            match c {
+                Constraint::Native(e) if !e.uses_bindings() => out.alpha.push(Constraint::Native(e)),
+                Constraint::Native(Expr::Bin(BinOp::Eq, a, b)) if out.join.is_none() && join_shape(&a, &b).is_some() => {
+                    let (field, key) = join_shape(&a, &b).expect("checked");
+                    out.join = Some(JoinKey { field, key });
+                }
+                Constraint::Native(e) => out.beta.push(Constraint::Native(e)),
+                Constraint::Script { ref text, .. } => {
+                    let reads_bindings = expr::free_identifiers(text).is_none_or(|ids| {
+                        ids.iter().any(|id| self.slots.iter().any(|s| s.name.as_deref() == Some(id.as_str())))
+                    });
+                    if reads_bindings {
+                        out.beta.push(c)
+                    } else {
+                        out.alpha.push(c)
+                    }
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// Parses a constraint natively, else compiles it as Rhai.
+    fn constraint(&mut self, t: &Text, current_fact: bool) -> Option<Constraint> {
+        let scope = SlotScope { slots: &self.slots, current_fact };
+        if let Ok(e) = expr::parse(&t.text, &scope) {
+            return Some(Constraint::Native(e));
+        }
+        let (code, inserted) = match current_fact.then(|| expr::rewrite_with_offsets(&t.text, &scope)).flatten() {
+            Some(r) => r,
+            None => (t.text.clone(), Vec::new()),
+        };
+        let mut vars: Vec<&str> = Vec::new();
+        if current_fact {
+            vars.push("this");
+        }
+        vars.extend(self.slots.iter().filter_map(|s| s.name.as_deref()));
+        match self.sandbox.compile(&code, &vars, true) {
+            Ok(script) => Some(Constraint::Script { script, text: code }),
+            Err(errs) => {
+                // Map columns in the rewritten text back to the original.
+                let shift = |p: Pos| {
+                    if p.line != 1 {
+                        return p;
+                    }
+                    let mut col = p.col as usize;
+                    for (k, off) in inserted.iter().enumerate() {
+                        if off + 5 * (k + 1) < col {
+                            col -= 5;
+                        }
+                    }
+                    Pos::new(1, col as u32)
+                };
+                self.script_errors(t.pos, errs, shift);
+                None
+            }
+        }
+    }
+}
+
+/// `field == <expr over bindings>` (either way round).
+fn join_shape(a: &Expr, b: &Expr) -> Option<(Sym, Expr)> {
+    match (a, b) {
+        (Expr::Field(f), k) | (k, Expr::Field(f)) if k.uses_bindings() && {
+            let mut fs = Vec::new();
+            k.fields(&mut fs);
+            fs.is_empty()
+        } =>
+        {
+            Some((*f, k.clone()))
+        }
+        _ => None,
+    }
+}
+
+/// Conditions without source positions, for rule identity.
+fn strip_positions(cs: &[ConditionAst]) -> String {
+    let norm = |t: &Text| t.text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let pat = |p: &PatternAst| format!("{}({})", p.type_name, p.constraints.iter().map(norm).collect::<Vec<_>>().join(","));
+    cs.iter()
+        .map(|c| match c {
+            ConditionAst::Pattern { binding, pattern } => format!("{}:{}", binding.as_ref().map(norm).unwrap_or_default(), pat(pattern)),
+            ConditionAst::Not(p) => format!("not {}", pat(p)),
+            ConditionAst::Exists(p) => format!("exists {}", pat(p)),
+            ConditionAst::Aggregate { binding, func, pattern, over } => {
+                format!("{}:{func:?}({},{})", norm(binding), pat(pattern), over.as_ref().map(norm).unwrap_or_default())
+            }
+            ConditionAst::Test(t) => format!("test({})", norm(t)),
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}

@@ -1,0 +1,160 @@
+//! The test-case format of a pack (`tests/*.toml`): initial facts, function
+//! mocks and expectations, run by `stoa test`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::diagnostic::{Code, Diagnostic, Pos, SourceMap};
+use crate::value::{Fields, Sym, Value};
+
+/// A fact as written in test files, fact files and API requests:
+/// `{ type = "Chunk", fields = { index = 3 } }`.
+#[derive(Clone, Debug, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactSpec {
+    #[serde(rename = "type")]
+    pub ty: String,
+    #[serde(default)]
+    pub fields: Fields,
+}
+
+impl FactSpec {
+    pub fn sym(&self) -> Sym {
+        Sym::new(&self.ty)
+    }
+}
+
+/// One scripted answer of a mock.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Answer {
+    #[serde(default)]
+    pub returns: Option<Value>,
+    #[serde(default)]
+    pub error: Option<MockError>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MockError {
+    pub message: String,
+    #[serde(default = "yes")]
+    pub retryable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Answers calls of one function, optionally only those whose arguments
+/// contain `args`. `returns`/`error` answer every call; `answers` answers
+/// calls in turn and repeats its last answer.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mock {
+    pub function: toml::Spanned<String>,
+    #[serde(default)]
+    pub args: Option<Value>,
+    #[serde(default)]
+    pub returns: Option<Value>,
+    #[serde(default)]
+    pub error: Option<MockError>,
+    #[serde(default)]
+    pub answers: Vec<Answer>,
+}
+
+impl Mock {
+    pub fn answers(&self) -> Vec<Answer> {
+        if !self.answers.is_empty() {
+            return self.answers.clone();
+        }
+        vec![Answer { returns: self.returns.clone(), error: self.error.clone() }]
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactExpectation {
+    #[serde(rename = "type")]
+    pub ty: String,
+    #[serde(default)]
+    pub fields: Option<Value>,
+    /// Exactly this many facts match; without it, at least one.
+    #[serde(default)]
+    pub count: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// `running`, `completed` or `failed`.
+    pub status: Option<String>,
+    /// Partial match of the completion result.
+    pub result: Option<Value>,
+    /// Substring of the failure reason.
+    pub reason: Option<String>,
+    /// Rules fired, exactly in this order.
+    pub fired: Option<Vec<toml::Spanned<String>>>,
+    /// Rules fired and how often, in any order; rules not named may fire too.
+    pub fired_count: Option<BTreeMap<String, toml::Spanned<u64>>>,
+    /// Rules that must not fire.
+    #[serde(default)]
+    pub not_fired: Vec<toml::Spanned<String>>,
+    /// Invocations made, by function, with counts.
+    pub calls: Option<BTreeMap<String, u64>>,
+    #[serde(default)]
+    pub facts: Vec<FactExpectation>,
+    /// Types of which no fact may remain.
+    #[serde(default)]
+    pub no_facts: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestCase {
+    pub name: String,
+    #[serde(default)]
+    pub facts: Vec<toml::Spanned<FactSpec>>,
+    #[serde(default, rename = "mock")]
+    pub mocks: Vec<Mock>,
+    #[serde(default)]
+    pub expect: Expect,
+    /// Filled in after parsing: where the case starts.
+    #[serde(skip)]
+    pub pos: Pos,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestFile {
+    #[serde(default, rename = "test")]
+    tests: Vec<toml::Spanned<TestCase>>,
+}
+
+/// Parses a test file; positions of facts and names are kept for checks.
+pub fn parse_tests(path: &Path, src: &str) -> Result<Vec<TestCase>, Diagnostic> {
+    let map = SourceMap::new(src);
+    let file: TestFile = toml::from_str(src).map_err(|e| {
+        let pos = e.span().map(|s| map.pos(s.start)).unwrap_or_default();
+        Diagnostic::error(path, pos, Code::TestFile, e.message().trim().to_string())
+    })?;
+    Ok(file
+        .tests
+        .into_iter()
+        .map(|t| {
+            let pos = map.pos(t.span().start);
+            TestCase { pos, ..t.into_inner() }
+        })
+        .collect())
+}
+
+/// Whether `actual` contains `expected`: maps by key recursively, everything
+/// else by equality.
+pub fn partial_match(expected: &Value, actual: &Value) -> bool {
+    match (expected, actual) {
+        (Value::Map(e), Value::Map(a)) => e.iter().all(|(k, v)| a.get(k).is_some_and(|av| partial_match(v, av))),
+        _ => expected == actual,
+    }
+}
