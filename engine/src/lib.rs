@@ -1,1 +1,16 @@
-pub fn _x(){}
+//! Stoa's engine core: facts, the matching network, the agenda, turns,
+//! workflows, the timeline, storage and the dispatcher interface.
+//!
+//! Architecture invariant: nothing here does network I/O or spawns tasks;
+//! the only I/O is the store, behind the `Store` trait.
+
+pub mod fact;
+pub mod network;
+pub mod timeline;
+pub mod workflow;
+
+#[cfg(test)]
+mod testing;
+
+pub use fact::{Fact, FactId, InvocationId, WorkflowId};
+pub use workflow::{Input, Invocation, Outcome, Rejected, Status, TurnOutput, Workflow};

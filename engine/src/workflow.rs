@@ -1,0 +1,988 @@
+//! A workflow: the working memory of one pack instance and its turns.
+//!
+//! A turn applies one input, fires rules to quiescence and yields a
+//! `TurnOutput`: the exact delta to commit (facts, waiting activations,
+//! metadata), its timeline entries and its outgoing invocations. If any rule
+//! fails (a script error, a sandbox limit, the firing limit, a schema
+//! violation) the turn is rolled back whole: the workflow keeps the facts it
+//! had before the turn and is marked failed with the error.
+//!
+//! Invariant: no I/O here. Time comes in with the input.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use stoa_rules::compile::{Pack, Rule, Section};
+use stoa_rules::manifest::RetryPolicy;
+use stoa_rules::sandbox::{Effect, ScriptValue};
+use stoa_rules::testcase::FactSpec;
+use stoa_rules::{Fields, Sym, Value};
+
+use crate::fact::{Fact, FactId, InvocationId, WorkflowId};
+use crate::network::{Bound, Network};
+use crate::timeline::{Entry, Event, SectionKind};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Running,
+    Completed,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// Everything about a workflow except its facts, waiting activations and
+/// timeline; committed with every turn.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    pub id: WorkflowId,
+    pub pack: String,
+    pub pack_version: String,
+    pub status: Status,
+    pub result: Value,
+    pub reason: Option<String>,
+    pub next_fact_id: FactId,
+    pub next_invocation: u64,
+    pub turn: u64,
+    pub timeline_seq: u64,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// Work handed to a function worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Invocation {
+    pub id: InvocationId,
+    pub workflow: WorkflowId,
+    pub function: String,
+    pub args: Value,
+    pub priority: i64,
+    pub timeout_ms: u64,
+    pub retry: RetryPolicy,
+    pub rule: String,
+    pub created_ms: u64,
+}
+
+/// What a waiting activation bound, slot by slot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Binding {
+    Fact(FactId),
+    Value(Value),
+    Unbound,
+}
+
+/// An activation waiting for the answer of one invocation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Waiting {
+    pub invocation: Invocation,
+    pub rule: String,
+    pub bindings: Vec<Binding>,
+    /// Facts matched when the action fired (ids and versions).
+    pub matched: Vec<(FactId, u32)>,
+}
+
+/// How an invocation ended, as the dispatcher reports it after retries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum Outcome {
+    Ok { value: Value, attempts: u32 },
+    Error { kind: ErrorKind, message: String, attempts: u32, retryable: bool },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorKind {
+    /// The function reported an error.
+    Failed,
+    /// An attempt ran past its start-to-close or heartbeat timeout.
+    Timeout,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Input {
+    Start { facts: Vec<FactSpec> },
+    Assert { facts: Vec<FactSpec> },
+    Retract { ids: Vec<FactId> },
+    Result { invocation: InvocationId, outcome: Outcome },
+    Cancel { reason: String },
+}
+
+impl Input {
+    fn summary(&self) -> String {
+        match self {
+            Input::Start { facts } => format!("start with {} fact(s)", facts.len()),
+            Input::Assert { facts } => format!("assert {} fact(s)", facts.len()),
+            Input::Retract { ids } => format!("retract {ids:?}"),
+            Input::Result { invocation, outcome: Outcome::Ok { .. } } => format!("result of {invocation}"),
+            Input::Result { invocation, outcome: Outcome::Error { kind, .. } } => {
+                format!("error ({kind:?}) of {invocation}").to_lowercase()
+            }
+            Input::Cancel { reason } => format!("cancel: {reason}"),
+        }
+    }
+}
+
+/// An input the workflow refuses; nothing changes and no turn is recorded.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Rejected {
+    #[error("workflow is {0}, not running")]
+    NotRunning(&'static str),
+    #[error("invocation {0} is not awaited by this workflow (already answered, cancelled, or unknown)")]
+    UnknownInvocation(InvocationId),
+    #[error("fact {0}: {1}")]
+    InvalidFact(usize, String),
+    #[error("fact f{0} does not exist")]
+    UnknownFact(FactId),
+}
+
+/// The delta of one committed turn.
+#[derive(Clone, Debug, Default)]
+pub struct TurnOutput {
+    pub turn: u64,
+    /// The turn was rolled back; the workflow failed with this error.
+    pub error: Option<String>,
+    pub entries: Vec<Entry>,
+    pub facts_put: Vec<Fact>,
+    pub facts_deleted: Vec<FactId>,
+    pub waiting_put: Vec<Waiting>,
+    pub waiting_deleted: Vec<InvocationId>,
+    /// New invocations, for the outbox.
+    pub invocations: Vec<Invocation>,
+    /// Invocations no longer awaited (their answers will be ignored).
+    pub cancelled: Vec<InvocationId>,
+    pub meta: Option<Meta>,
+    pub firings: u64,
+}
+
+/// A failure inside a turn: the turn is rolled back.
+struct TurnError(String);
+
+impl<E: std::fmt::Display> From<E> for TurnError {
+    fn from(e: E) -> TurnError {
+        TurnError(e.to_string())
+    }
+}
+
+pub struct Workflow {
+    pack: Arc<Pack>,
+    net: Network,
+    meta: Meta,
+    waiting: BTreeMap<InvocationId, Waiting>,
+    /// Waiting invocations by the facts they bound (to cancel on retract).
+    waiting_by_fact: FxHashMap<FactId, Vec<InvocationId>>,
+    turn: TurnState,
+}
+
+#[derive(Default)]
+struct TurnState {
+    now: u64,
+    entries: Vec<Entry>,
+    /// Pre-turn state of every fact touched.
+    undo_facts: FxHashMap<FactId, Option<Fact>>,
+    undo_waiting: FxHashMap<InvocationId, Option<Waiting>>,
+    invocations: Vec<Invocation>,
+    cancelled: Vec<InvocationId>,
+    firings: u64,
+}
+
+/// A workflow as stored: enough to rebuild it exactly.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub meta: Meta,
+    pub facts: Vec<Fact>,
+    pub waiting: Vec<Waiting>,
+}
+
+impl Workflow {
+    /// A new workflow; call `apply(Input::Start { .. })` next.
+    pub fn new(id: WorkflowId, pack: Arc<Pack>, now_ms: u64) -> Workflow {
+        let meta = Meta {
+            id,
+            pack: pack.manifest.name.clone(),
+            pack_version: pack.manifest.version.clone(),
+            status: Status::Running,
+            result: Value::Null,
+            reason: None,
+            next_fact_id: 1,
+            next_invocation: 1,
+            turn: 0,
+            timeline_seq: 0,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+        };
+        Workflow {
+            net: Network::new(pack.clone()),
+            pack,
+            meta,
+            waiting: BTreeMap::new(),
+            waiting_by_fact: FxHashMap::default(),
+            turn: TurnState::default(),
+        }
+    }
+
+    /// Rebuilds a workflow from its stored state. The state was committed at
+    /// quiescence, so every match found now has already fired.
+    pub fn restore(pack: Arc<Pack>, snap: Snapshot) -> Result<Workflow, String> {
+        let mut wf = Workflow::new(snap.meta.id.clone(), pack, snap.meta.created_ms);
+        wf.meta = snap.meta;
+        let mut facts = snap.facts;
+        facts.sort_by_key(|f| f.id);
+        wf.rebuild(facts).map_err(|e| e.0)?;
+        for w in snap.waiting {
+            wf.index_waiting(&w);
+            wf.waiting.insert(w.invocation.id.clone(), w);
+        }
+        Ok(wf)
+    }
+
+    fn rebuild(&mut self, facts: Vec<Fact>) -> Result<(), TurnError> {
+        let mut net = Network::new(self.pack.clone());
+        net.refract_all = true;
+        net.prime()?;
+        for f in facts {
+            net.insert(f)?;
+        }
+        net.refract_all = false;
+        self.net = net;
+        Ok(())
+    }
+
+    pub fn id(&self) -> &WorkflowId {
+        &self.meta.id
+    }
+
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    pub fn pack(&self) -> &Arc<Pack> {
+        &self.pack
+    }
+
+    pub fn status(&self) -> Status {
+        self.meta.status
+    }
+
+    /// Facts in id order.
+    pub fn facts(&self) -> Vec<&Fact> {
+        let mut v: Vec<&Fact> = self.net.facts().collect();
+        v.sort_by_key(|f| f.id);
+        v
+    }
+
+    pub fn fact(&self, id: FactId) -> Option<&Fact> {
+        self.net.fact(id)
+    }
+
+    pub fn fact_count(&self) -> usize {
+        self.net.fact_count()
+    }
+
+    pub fn waiting(&self) -> impl Iterator<Item = &Waiting> {
+        self.waiting.values()
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            meta: self.meta.clone(),
+            facts: self.facts().into_iter().cloned().collect(),
+            waiting: self.waiting.values().cloned().collect(),
+        }
+    }
+
+    fn validate(&self, facts: &[FactSpec]) -> Result<(), Rejected> {
+        for (i, f) in facts.iter().enumerate() {
+            if !f.ty.starts_with(|c: char| c.is_ascii_uppercase()) {
+                return Err(Rejected::InvalidFact(i, format!("type `{}` must start with an upper-case letter", f.ty)));
+            }
+            if let Some((k, _)) = f.fields.iter().find(|(k, _)| k.name().starts_with('_')) {
+                return Err(Rejected::InvalidFact(i, format!("field `{k}` starts with `_`, which is reserved")));
+            }
+            if let Some(schema) = self.pack.manifest.facts.get(&f.ty) {
+                schema.check(&f.ty, &f.fields).map_err(|e| Rejected::InvalidFact(i, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one input as a turn.
+    pub fn apply(&mut self, input: Input, now_ms: u64) -> Result<TurnOutput, Rejected> {
+        if self.meta.status != Status::Running {
+            return Err(Rejected::NotRunning(self.meta.status.as_str()));
+        }
+        match &input {
+            Input::Start { facts } | Input::Assert { facts } => self.validate(facts)?,
+            Input::Retract { ids } => {
+                if let Some(id) = ids.iter().find(|id| self.net.fact(**id).is_none()) {
+                    return Err(Rejected::UnknownFact(*id));
+                }
+            }
+            Input::Result { invocation, .. } => {
+                if !self.waiting.contains_key(invocation) {
+                    return Err(Rejected::UnknownInvocation(invocation.clone()));
+                }
+            }
+            Input::Cancel { .. } => {}
+        }
+        self.meta.turn += 1;
+        self.turn = TurnState { now: now_ms, ..TurnState::default() };
+        let meta_before = self.meta.clone();
+        self.record(Event::TurnStarted { input: input.summary() });
+        let result = self.run(input).and_then(|()| self.fire_all());
+        let mut out = TurnOutput { turn: self.meta.turn, firings: self.turn.firings, ..TurnOutput::default() };
+        match result {
+            Ok(()) => {
+                let firings = self.turn.firings;
+                self.record(Event::TurnCommitted { firings });
+                self.collect_delta(&mut out);
+            }
+            Err(TurnError(error)) => {
+                self.rollback(meta_before);
+                let firings = self.turn.firings;
+                let started = self.turn.entries.first().cloned();
+                self.turn.entries.clear();
+                self.meta.timeline_seq = started.as_ref().map(|e| e.seq - 1).unwrap_or(self.meta.timeline_seq);
+                if let Some(s) = started {
+                    self.record(s.event);
+                }
+                self.record(Event::TurnFailed { error: error.clone(), firings });
+                self.meta.status = Status::Failed;
+                self.meta.reason = Some(error.clone());
+                self.record(Event::Failed { reason: error.clone() });
+                out.error = Some(error);
+                // Nothing else is committed: facts and waiting stay as they were.
+                self.turn.undo_facts.clear();
+                self.turn.undo_waiting.clear();
+                self.turn.invocations.clear();
+                self.turn.cancelled.clear();
+                // Waiting invocations of a failed workflow are abandoned.
+                out.cancelled = self.waiting.keys().cloned().collect();
+            }
+        }
+        self.meta.updated_ms = now_ms;
+        out.entries = std::mem::take(&mut self.turn.entries);
+        out.invocations = std::mem::take(&mut self.turn.invocations);
+        out.cancelled.extend(std::mem::take(&mut self.turn.cancelled));
+        out.meta = Some(self.meta.clone());
+        Ok(out)
+    }
+
+    fn collect_delta(&mut self, out: &mut TurnOutput) {
+        let mut ids: Vec<FactId> = self.turn.undo_facts.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            match self.net.fact(id) {
+                Some(f) => out.facts_put.push(f.clone()),
+                None if self.turn.undo_facts[&id].is_some() => out.facts_deleted.push(id),
+                None => {}
+            }
+        }
+        let mut invs: Vec<InvocationId> = self.turn.undo_waiting.keys().cloned().collect();
+        invs.sort();
+        for inv in invs {
+            match self.waiting.get(&inv) {
+                Some(w) => out.waiting_put.push(w.clone()),
+                None if self.turn.undo_waiting[&inv].is_some() => out.waiting_deleted.push(inv),
+                None => {}
+            }
+        }
+    }
+
+    fn rollback(&mut self, meta_before: Meta) {
+        let mut facts: FxHashMap<FactId, Fact> = self.net.facts().map(|f| (f.id, f.clone())).collect();
+        for (id, before) in self.turn.undo_facts.drain() {
+            match before {
+                Some(f) => facts.insert(id, f),
+                None => facts.remove(&id),
+            };
+        }
+        let mut facts: Vec<Fact> = facts.into_values().collect();
+        facts.sort_by_key(|f| f.id);
+        for (inv, before) in std::mem::take(&mut self.turn.undo_waiting) {
+            match before {
+                Some(w) => {
+                    self.waiting.insert(inv, w);
+                }
+                None => {
+                    self.waiting.remove(&inv);
+                }
+            }
+        }
+        self.waiting_by_fact.clear();
+        let ws: Vec<Waiting> = self.waiting.values().cloned().collect();
+        for w in &ws {
+            self.index_waiting(w);
+        }
+        let seq = self.meta.timeline_seq;
+        self.meta = Meta { timeline_seq: seq, ..meta_before };
+        // The pre-turn state was quiescent and valid, so rebuilding cannot fail.
+        let _ = self.rebuild(facts);
+    }
+
+    fn record(&mut self, event: Event) {
+        self.meta.timeline_seq += 1;
+        self.turn.entries.push(Entry { seq: self.meta.timeline_seq, turn: self.meta.turn, at_ms: self.turn.now, event });
+    }
+
+    fn run(&mut self, input: Input) -> Result<(), TurnError> {
+        match input {
+            Input::Start { facts } => {
+                self.net.prime()?;
+                for f in facts {
+                    self.insert_new(f.sym(), f.fields)?;
+                }
+            }
+            Input::Assert { facts } => {
+                for f in facts {
+                    self.insert_new(f.sym(), f.fields)?;
+                }
+            }
+            Input::Retract { ids } => {
+                for id in ids {
+                    self.retract(id, "retracted by request")?;
+                }
+            }
+            Input::Result { invocation, outcome } => self.apply_result(invocation, outcome)?,
+            Input::Cancel { reason } => {
+                self.finish(Status::Failed, Value::Null, Some(format!("cancelled: {reason}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn fire_all(&mut self) -> Result<(), TurnError> {
+        let limit = self.pack.manifest.limits.max_firings_per_turn;
+        while self.meta.status == Status::Running {
+            let Some(act) = self.net.pop() else { break };
+            self.turn.firings += 1;
+            if self.turn.firings > limit {
+                return Err(TurnError(format!(
+                    "the turn exceeded {limit} firings (limit `max_firings_per_turn`); last rule: \"{}\"",
+                    self.pack.rules[act.rule].name
+                )));
+            }
+            let pack = self.pack.clone();
+            let rule = &pack.rules[act.rule];
+            let bindings: Vec<Binding> = self
+                .net
+                .bindings(act.token)
+                .into_iter()
+                .map(|b| match b {
+                    Bound::Fact(f) => Binding::Fact(f),
+                    Bound::Value(v) => Binding::Value(v),
+                    Bound::Unbound => Binding::Unbound,
+                })
+                .collect();
+            let matched = self.net.matched_facts(act.token);
+            self.record(Event::Fired { rule: rule.name.clone(), section: SectionKind::Action, facts: matched.clone() });
+            if let Some(section) = &rule.action {
+                let values = self.script_values(rule, &bindings, None);
+                self.run_section(rule, section, SectionKind::Action, values, &bindings, &matched)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn script_values(&self, rule: &Rule, bindings: &[Binding], extra: Option<(Value, Value)>) -> Vec<ScriptValue> {
+        let mut values: Vec<ScriptValue> = rule
+            .script_slots()
+            .map(|(slot, _)| match &bindings[slot] {
+                Binding::Fact(id) => match self.net.fact(*id) {
+                    Some(f) => ScriptValue::fact(f.id, f.ty, &f.fields),
+                    None => ScriptValue::value(&Value::Null),
+                },
+                Binding::Value(v) => ScriptValue::value(v),
+                Binding::Unbound => ScriptValue::value(&Value::Null),
+            })
+            .collect();
+        if let Some((a, b)) = extra {
+            values.push(ScriptValue::value(&a));
+            values.push(ScriptValue::value(&b));
+        }
+        values
+    }
+
+    fn run_section(
+        &mut self,
+        rule: &Rule,
+        section: &Section,
+        kind: SectionKind,
+        values: Vec<ScriptValue>,
+        bindings: &[Binding],
+        matched: &[(FactId, u32)],
+    ) -> Result<(), TurnError> {
+        let effects = self.pack.sandbox.run(&section.script, values, self.meta.next_fact_id).map_err(|e| {
+            let at = e
+                .pos
+                .map(|p| {
+                    let line = section.pos.line + p.line - 1;
+                    let col = if p.line == 1 { section.pos.col + p.col - 1 } else { p.col };
+                    format!(" at {}:{line}:{col}", section.file.display())
+                })
+                .unwrap_or_default();
+            TurnError(format!("rule \"{}\" {}{at}: {}", rule.name, kind.as_str(), e.message))
+        })?;
+        if rule.no_loop {
+            self.net.suppress_rule = Some(rule.index);
+        }
+        let res = self.apply_effects(rule, effects, bindings, matched);
+        self.net.suppress_rule = None;
+        res.map_err(|TurnError(e)| TurnError(format!("rule \"{}\": {e}", rule.name)))
+    }
+
+    fn apply_effects(
+        &mut self,
+        rule: &Rule,
+        effects: Vec<Effect>,
+        bindings: &[Binding],
+        matched: &[(FactId, u32)],
+    ) -> Result<(), TurnError> {
+        for e in effects {
+            match e {
+                Effect::Insert { id, ty, fields } => {
+                    debug_assert_eq!(id, self.meta.next_fact_id);
+                    self.insert_new(ty, fields)?;
+                }
+                Effect::Modify { id, changes } => self.modify(id, changes)?,
+                Effect::Retract { id } => {
+                    if self.net.fact(id).is_none() {
+                        return Err(TurnError(format!("retract: fact f{id} does not exist")));
+                    }
+                    self.retract(id, &format!("rule \"{}\" retracted a fact it bound", rule.name))?;
+                }
+                Effect::Call { function, args, options } => {
+                    let Some(spec) = self.pack.manifest.functions.get(&function) else {
+                        return Err(TurnError(format!("call: function `{function}` is not declared in pack.toml")));
+                    };
+                    let id = InvocationId::of(&self.meta.id, self.meta.next_invocation);
+                    self.meta.next_invocation += 1;
+                    let inv = Invocation {
+                        id: id.clone(),
+                        workflow: self.meta.id.clone(),
+                        function: function.clone(),
+                        args: args.clone(),
+                        priority: options.priority,
+                        timeout_ms: options.timeout_ms.unwrap_or(spec.timeout.as_millis() as u64),
+                        retry: spec.retry.clone(),
+                        rule: rule.name.clone(),
+                        created_ms: self.turn.now,
+                    };
+                    self.record(Event::Invoked {
+                        invocation: id.clone(),
+                        function,
+                        args,
+                        priority: options.priority,
+                        rule: rule.name.clone(),
+                    });
+                    let w = Waiting {
+                        invocation: inv.clone(),
+                        rule: rule.name.clone(),
+                        bindings: bindings.to_vec(),
+                        matched: matched.to_vec(),
+                    };
+                    self.put_waiting(w);
+                    self.turn.invocations.push(inv);
+                }
+                Effect::Complete { result } => self.finish(Status::Completed, result, None),
+                Effect::Fail { reason } => self.finish(Status::Failed, Value::Null, Some(reason)),
+                Effect::Log { message } => self.record(Event::Log { rule: rule.name.clone(), message }),
+            }
+            if self.net.fact_count() > self.pack.manifest.limits.max_facts {
+                return Err(TurnError(format!(
+                    "the workflow exceeded {} facts (limit `max_facts`)",
+                    self.pack.manifest.limits.max_facts
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, status: Status, result: Value, reason: Option<String>) {
+        if self.meta.status != Status::Running {
+            return;
+        }
+        self.meta.status = status;
+        match status {
+            Status::Completed => self.record(Event::Completed { result: result.clone() }),
+            _ => self.record(Event::Failed { reason: reason.clone().unwrap_or_default() }),
+        }
+        self.meta.result = result;
+        self.meta.reason = reason;
+        let pending: Vec<InvocationId> = self.waiting.keys().cloned().collect();
+        for inv in pending {
+            self.take_waiting(&inv);
+            self.turn.cancelled.push(inv.clone());
+            self.record(Event::InvocationCancelled { invocation: inv, reason: format!("workflow {}", status.as_str()) });
+        }
+    }
+
+    fn touch_fact(&mut self, id: FactId) {
+        if !self.turn.undo_facts.contains_key(&id) {
+            let before = self.net.fact(id).cloned();
+            self.turn.undo_facts.insert(id, before);
+        }
+    }
+
+    fn check_schema(&self, ty: Sym, fields: &Fields) -> Result<(), TurnError> {
+        if let Some(schema) = self.pack.manifest.facts.get(&*ty.name()) {
+            schema.check(&ty.name(), fields).map_err(TurnError)?;
+        }
+        Ok(())
+    }
+
+    fn insert_new(&mut self, ty: Sym, fields: Fields) -> Result<FactId, TurnError> {
+        self.check_schema(ty, &fields)?;
+        let id = self.meta.next_fact_id;
+        self.meta.next_fact_id += 1;
+        self.touch_fact(id);
+        self.record(Event::Inserted { id, ty, fields: fields.clone() });
+        self.net.insert(Fact { id, ty, version: 1, fields })?;
+        Ok(id)
+    }
+
+    fn modify(&mut self, id: FactId, changes: Fields) -> Result<(), TurnError> {
+        let Some(old) = self.net.fact(id).cloned() else {
+            return Err(TurnError(format!("modify: fact f{id} does not exist (was it retracted?)")));
+        };
+        let mut fields = old.fields.clone();
+        let (mut before, mut after) = (Fields::new(), Fields::new());
+        for (k, v) in changes.iter() {
+            let prev = old.fields.get(k).cloned().unwrap_or(Value::Null);
+            if prev == *v && !(matches!(prev, Value::Null) && old.fields.get(k).is_some()) {
+                continue;
+            }
+            before.set(k, prev);
+            after.set(k, v.clone());
+            if matches!(v, Value::Null) {
+                fields.remove(k);
+            } else {
+                fields.set(k, v.clone());
+            }
+        }
+        if after.is_empty() {
+            return Ok(()); // nothing changed: no new version, nothing re-activates
+        }
+        self.check_schema(old.ty, &fields)?;
+        self.touch_fact(id);
+        let version = old.version + 1;
+        self.record(Event::Modified { id, ty: old.ty, version, before, after });
+        self.net.retract(id)?;
+        self.net.insert(Fact { id, ty: old.ty, version, fields })?;
+        Ok(())
+    }
+
+    fn retract(&mut self, id: FactId, reason: &str) -> Result<(), TurnError> {
+        self.touch_fact(id);
+        if let Some(f) = self.net.retract(id)? {
+            self.record(Event::Retracted { id, ty: f.ty, version: f.version });
+        }
+        // Activations waiting on this fact lose their purpose.
+        if let Some(invs) = self.waiting_by_fact.get(&id).cloned() {
+            for inv in invs {
+                if self.take_waiting(&inv).is_some() {
+                    self.turn.cancelled.push(inv.clone());
+                    self.record(Event::InvocationCancelled {
+                        invocation: inv,
+                        reason: format!("fact f{id} it waited on was retracted ({reason})"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn index_waiting(&mut self, w: &Waiting) {
+        for b in &w.bindings {
+            if let Binding::Fact(f) = b {
+                self.waiting_by_fact.entry(*f).or_default().push(w.invocation.id.clone());
+            }
+        }
+    }
+
+    fn put_waiting(&mut self, w: Waiting) {
+        let id = w.invocation.id.clone();
+        self.turn.undo_waiting.entry(id.clone()).or_insert(None);
+        self.index_waiting(&w);
+        self.waiting.insert(id, w);
+    }
+
+    fn take_waiting(&mut self, inv: &InvocationId) -> Option<Waiting> {
+        let w = self.waiting.remove(inv)?;
+        self.turn.undo_waiting.entry(inv.clone()).or_insert_with(|| Some(w.clone()));
+        for b in &w.bindings {
+            if let Binding::Fact(f) = b {
+                if let Some(v) = self.waiting_by_fact.get_mut(f) {
+                    v.retain(|i| i != inv);
+                    if v.is_empty() {
+                        self.waiting_by_fact.remove(f);
+                    }
+                }
+            }
+        }
+        Some(w)
+    }
+
+    fn apply_result(&mut self, inv: InvocationId, outcome: Outcome) -> Result<(), TurnError> {
+        let w = self.take_waiting(&inv).expect("checked in apply");
+        let pack = self.pack.clone();
+        let Some(rule) = pack.rules.iter().find(|r| r.name == w.rule) else {
+            return Err(TurnError(format!("rule \"{}\" that made {inv} is no longer in the pack", w.rule)));
+        };
+        let invocation = {
+            let mut m = BTreeMap::new();
+            m.insert(Arc::from("id"), Value::str(inv.as_str()));
+            m.insert(Arc::from("function"), Value::str(&w.invocation.function));
+            m.insert(Arc::from("args"), w.invocation.args.clone());
+            Value::Map(Arc::new(m))
+        };
+        let matched: Vec<(FactId, u32)> = w
+            .matched
+            .iter()
+            .map(|(id, v)| (*id, self.net.fact(*id).map(|f| f.version).unwrap_or(*v)))
+            .collect();
+        match outcome {
+            Outcome::Ok { value, attempts } => {
+                self.record(Event::ResultApplied { invocation: inv, ok: true, value: value.clone(), attempts });
+                if let Some(section) = &rule.reaction {
+                    self.record(Event::Fired { rule: rule.name.clone(), section: SectionKind::Reaction, facts: matched.clone() });
+                    let values = self.script_values(rule, &w.bindings, Some((value, invocation)));
+                    self.run_section(rule, section, SectionKind::Reaction, values, &w.bindings, &matched)?;
+                }
+            }
+            Outcome::Error { kind, message, attempts, retryable } => {
+                let err = {
+                    let mut m = BTreeMap::new();
+                    m.insert(Arc::from("kind"), Value::str(&format!("{kind:?}").to_lowercase()));
+                    m.insert(Arc::from("message"), Value::str(&message));
+                    m.insert(Arc::from("attempts"), Value::Int(attempts as i64));
+                    m.insert(Arc::from("retryable"), Value::Bool(retryable));
+                    Value::Map(Arc::new(m))
+                };
+                self.record(Event::ResultApplied { invocation: inv, ok: false, value: err.clone(), attempts });
+                match &rule.error {
+                    Some(section) => {
+                        self.record(Event::Fired { rule: rule.name.clone(), section: SectionKind::Error, facts: matched.clone() });
+                        let values = self.script_values(rule, &w.bindings, Some((err, invocation)));
+                        self.run_section(rule, section, SectionKind::Error, values, &w.bindings, &matched)?;
+                    }
+                    None => {
+                        // An unhandled function error fails the workflow, like an
+                        // uncaught exception: silently going on would hide it.
+                        let reason = format!(
+                            "rule \"{}\": function `{}` failed after {attempts} attempt(s) and the rule has no `error` section: {message}",
+                            rule.name, w.invocation.function
+                        );
+                        self.finish(Status::Failed, Value::Null, Some(reason));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{pack, run_to_end, Answers};
+    use expect_test::expect;
+
+    fn facts(json: serde_json::Value) -> Vec<FactSpec> {
+        serde_json::from_value(json).unwrap()
+    }
+
+    /// Runs a pack on facts; functions answer `{"echo": args}`; returns the
+    /// timeline as text.
+    fn check(rules: &str, start: serde_json::Value, expect: expect_test::Expect) {
+        let p = pack(rules, "");
+        let (wf, timeline) = run_to_end(p, facts(start), &mut Answers::echo());
+        let mut out: Vec<String> = timeline.iter().map(|e| e.line()).collect();
+        out.push(format!("status: {} {}", wf.status().as_str(), wf.meta().reason.clone().unwrap_or_default()));
+        expect.assert_eq(&(out.join("\n") + "\n"));
+    }
+
+    #[test]
+    fn join_negation_and_salience() {
+        check(
+            r#"
+rule "pair" {
+    match {
+        a: A()
+        b: B(key == a.key)
+        not Block(key == a.key)
+    }
+    action { insert("Pair", #{ a: a.n, b: b.n }); }
+}
+rule "urgent first" {
+    salience 10
+    match { b: B(n > 100) }
+    action { log("urgent " + b.n); }
+}
+"#,
+            serde_json::json!([
+                {"type": "A", "fields": {"key": 1, "n": 1}},
+                {"type": "A", "fields": {"key": 2, "n": 2}},
+                {"type": "B", "fields": {"key": 1, "n": 10}},
+                {"type": "B", "fields": {"key": 2, "n": 200}},
+                {"type": "Block", "fields": {"key": 2}}
+            ]),
+            expect![[r#"
+                turn 1 ── start with 5 fact(s)
+                  +      f1 A {"key":1,"n":1}
+                  +      f2 A {"key":2,"n":2}
+                  +      f3 B {"key":1,"n":10}
+                  +      f4 B {"key":2,"n":200}
+                  +      f5 Block {"key":2}
+                  fire   urgent first (f4@1)
+                  log    [urgent first] urgent 200
+                  fire   pair (f1@1, f3@1)
+                  +      f6 Pair {"a":1,"b":10}
+                  commit (2 firing(s))
+                status: running 
+            "#]],
+        );
+    }
+
+    #[test]
+    fn aggregates_follow_changes() {
+        check(
+            r#"
+rule "count done" {
+    match {
+        job: Job()
+        n: count(Task(job == job.name, done == true))
+        total: count(Task(job == job.name))
+        size: sum(Task(job == job.name), size)
+        test(n == total)
+    }
+    action { complete(#{ tasks: n, size: size }); }
+}
+rule "do task" {
+    match { t: Task(done == false) }
+    action { modify(t, #{ done: true }); }
+}
+"#,
+            serde_json::json!([
+                {"type": "Job", "fields": {"name": "j"}},
+                {"type": "Task", "fields": {"job": "j", "done": false, "size": 2}},
+                {"type": "Task", "fields": {"job": "j", "done": false, "size": 3}}
+            ]),
+            expect![[r#"
+                turn 1 ── start with 3 fact(s)
+                  +      f1 Job {"name":"j"}
+                  +      f2 Task {"done":false,"job":"j","size":2}
+                  +      f3 Task {"done":false,"job":"j","size":3}
+                  fire   do task (f3@1)
+                  ~      f3@2 Task {"done":false} -> {"done":true}
+                  fire   do task (f2@1)
+                  ~      f2@2 Task {"done":false} -> {"done":true}
+                  fire   count done (f1@1)
+                  done   completed: {"size":5,"tasks":2}
+                  commit (3 firing(s))
+                status: completed 
+            "#]],
+        );
+    }
+
+    #[test]
+    fn calls_wait_and_reactions_see_results() {
+        check(
+            r#"
+rule "encode" {
+    match { c: Chunk(status == "pending") }
+    action { modify(c, #{ status: "encoding" }); call("media.encode", #{ i: c.i }); }
+    reaction { modify(c, #{ status: "done", out: result.echo.i }); }
+}
+rule "all done" {
+    match { not Chunk(status != "done") exists Chunk() }
+    action { complete(); }
+}
+"#,
+            serde_json::json!([
+                {"type": "Chunk", "fields": {"i": 1, "status": "pending"}},
+                {"type": "Chunk", "fields": {"i": 2, "status": "pending"}}
+            ]),
+            expect![[r#"
+                turn 1 ── start with 2 fact(s)
+                  +      f1 Chunk {"i":1,"status":"pending"}
+                  +      f2 Chunk {"i":2,"status":"pending"}
+                  fire   encode (f2@1)
+                  ~      f2@2 Chunk {"status":"pending"} -> {"status":"encoding"}
+                  call   media.encode {"i":2} (priority 0) inv_test.1
+                  fire   encode (f1@1)
+                  ~      f1@2 Chunk {"status":"pending"} -> {"status":"encoding"}
+                  call   media.encode {"i":1} (priority 0) inv_test.2
+                  commit (2 firing(s))
+                turn 2 ── result of inv_test.1
+                  result  inv_test.1 after 1 attempt(s): {"echo":{"i":2}}
+                  fire   encode [reaction] (f2@2)
+                  ~      f2@3 Chunk {"out":null,"status":"encoding"} -> {"out":2,"status":"done"}
+                  commit (0 firing(s))
+                turn 3 ── result of inv_test.2
+                  result  inv_test.2 after 1 attempt(s): {"echo":{"i":1}}
+                  fire   encode [reaction] (f1@2)
+                  ~      f1@3 Chunk {"out":null,"status":"encoding"} -> {"out":1,"status":"done"}
+                  fire   all done ()
+                  done   completed: null
+                  commit (1 firing(s))
+                status: completed 
+            "#]],
+        );
+    }
+
+    #[test]
+    fn runaway_rule_rolls_the_turn_back() {
+        let p = pack(
+            r#"
+rule "spin" {
+    match { c: Counter() }
+    action { modify(c, #{ n: c.n + 1 }); }
+}
+"#,
+            "[limits]\nmax_firings_per_turn = 50\n",
+        );
+        let (wf, timeline) = run_to_end(p, facts(serde_json::json!([{"type": "Counter", "fields": {"n": 0}}])), &mut Answers::echo());
+        let lines: Vec<String> = timeline.iter().map(|e| e.line()).collect();
+        expect![[r#"
+            turn 1 ── start with 1 fact(s)
+              ERROR  turn rolled back after 51 firing(s): the turn exceeded 50 firings (limit `max_firings_per_turn`); last rule: "spin"
+              done   failed: the turn exceeded 50 firings (limit `max_firings_per_turn`); last rule: "spin""#]]
+        .assert_eq(&lines.join("\n"));
+        assert_eq!(wf.status(), Status::Failed);
+        assert_eq!(wf.fact_count(), 0, "the start turn's facts are rolled back too");
+    }
+
+    #[test]
+    fn no_loop_stops_self_reactivation() {
+        check(
+            r#"
+rule "bump" {
+    no-loop
+    match { c: Counter(n < 100) }
+    action { modify(c, #{ n: c.n + 1 }); }
+}
+"#,
+            serde_json::json!([{"type": "Counter", "fields": {"n": 0}}]),
+            expect![[r#"
+                turn 1 ── start with 1 fact(s)
+                  +      f1 Counter {"n":0}
+                  fire   bump (f1@1)
+                  ~      f1@2 Counter {"n":0} -> {"n":1}
+                  commit (1 firing(s))
+                status: running 
+            "#]],
+        );
+    }
+}
