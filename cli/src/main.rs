@@ -1,1 +1,87 @@
-fn main(){}
+//! `stoa`: check, test and run rule packs.
+
+mod pack;
+mod run;
+mod test;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "stoa", version, about = "Stoa: workflows as packs of forward-chaining rules", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a pack without running it: syntax of every file, undefined
+    /// variables, unknown functions, calls to undeclared functions, schema
+    /// violations in test data. Prints every problem as
+    /// `path:line:col: error[CODE]: message`; exits 1 if there is an error.
+    Check {
+        /// The pack directory (holding pack.toml).
+        pack: PathBuf,
+    },
+    /// Run the pack's test cases (tests/*.toml) in-process with mocked
+    /// functions on virtual time. Ends with `N passed, N failed` and lists
+    /// the rules no test fired; exits 1 if any test failed.
+    Test {
+        pack: PathBuf,
+        /// Run only the tests whose name contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Run one workflow in-process with mocked functions and print its
+    /// timeline. With --data it is stored and can be resumed with --id.
+    Run(run::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("STOA_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { pack } => check(&pack),
+        Command::Test { pack, filter } => test::run(&pack, filter.as_deref()),
+        Command::Run(args) => run::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn check(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let (pack, diags) = pack::load(dir)?;
+    let errors = diags.iter().filter(|d| d.is_error()).count();
+    let warnings = diags.len() - errors;
+    match pack {
+        Some(p) => {
+            println!(
+                "{} {}: {} rule(s), {} test(s), {} warning(s), no errors",
+                p.manifest.name,
+                p.manifest.version,
+                p.rules.len(),
+                p.tests.len(),
+                warnings
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            println!(
+                "{}: {errors} error(s), {warnings} warning(s)",
+                dir.display()
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -4,8 +4,12 @@
 //! Architecture invariant: nothing here does network I/O or spawns tasks;
 //! the only I/O is the store, behind the `Store` trait.
 
+pub mod dispatch;
 pub mod fact;
+pub mod harness;
+pub mod local;
 pub mod network;
+pub mod store;
 pub mod timeline;
 pub mod workflow;
 

@@ -39,19 +39,68 @@ impl SectionKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
-    TurnStarted { input: String },
-    Fired { rule: String, section: SectionKind, facts: Vec<(FactId, u32)> },
-    Inserted { id: FactId, #[serde(rename = "type")] ty: Sym, fields: Fields },
-    Modified { id: FactId, #[serde(rename = "type")] ty: Sym, version: u32, before: Fields, after: Fields },
-    Retracted { id: FactId, #[serde(rename = "type")] ty: Sym, version: u32 },
-    Invoked { invocation: InvocationId, function: String, args: Value, priority: i64, rule: String },
-    ResultApplied { invocation: InvocationId, ok: bool, value: Value, attempts: u32 },
-    InvocationCancelled { invocation: InvocationId, reason: String },
-    Log { rule: String, message: String },
-    Completed { result: Value },
-    Failed { reason: String },
-    TurnFailed { error: String, firings: u64 },
-    TurnCommitted { firings: u64 },
+    TurnStarted {
+        input: String,
+    },
+    Fired {
+        rule: String,
+        section: SectionKind,
+        facts: Vec<(FactId, u32)>,
+    },
+    Inserted {
+        id: FactId,
+        #[serde(rename = "type")]
+        ty: Sym,
+        fields: Fields,
+    },
+    Modified {
+        id: FactId,
+        #[serde(rename = "type")]
+        ty: Sym,
+        version: u32,
+        before: Fields,
+        after: Fields,
+    },
+    Retracted {
+        id: FactId,
+        #[serde(rename = "type")]
+        ty: Sym,
+        version: u32,
+    },
+    Invoked {
+        invocation: InvocationId,
+        function: String,
+        args: Value,
+        priority: i64,
+        rule: String,
+    },
+    ResultApplied {
+        invocation: InvocationId,
+        ok: bool,
+        value: Value,
+        attempts: u32,
+    },
+    InvocationCancelled {
+        invocation: InvocationId,
+        reason: String,
+    },
+    Log {
+        rule: String,
+        message: String,
+    },
+    Completed {
+        result: Value,
+    },
+    Failed {
+        reason: String,
+    },
+    TurnFailed {
+        error: String,
+        firings: u64,
+    },
+    TurnCommitted {
+        firings: u64,
+    },
 }
 
 impl Entry {
@@ -59,7 +108,11 @@ impl Entry {
     pub fn line(&self) -> String {
         match &self.event {
             Event::TurnStarted { input } => format!("turn {} ── {input}", self.turn),
-            Event::Fired { rule, section, facts } => {
+            Event::Fired {
+                rule,
+                section,
+                facts,
+            } => {
                 let fs: Vec<String> = facts.iter().map(|(id, v)| format!("f{id}@{v}")).collect();
                 let sec = match section {
                     SectionKind::Action => "",
@@ -69,21 +122,45 @@ impl Entry {
                 format!("  fire   {rule}{sec} ({})", fs.join(", "))
             }
             Event::Inserted { id, ty, fields } => format!("  +      f{id} {ty} {fields:?}"),
-            Event::Modified { id, ty, version, before, after } => {
+            Event::Modified {
+                id,
+                ty,
+                version,
+                before,
+                after,
+            } => {
                 format!("  ~      f{id}@{version} {ty} {before:?} -> {after:?}")
             }
             Event::Retracted { id, ty, version } => format!("  -      f{id}@{version} {ty}"),
-            Event::Invoked { invocation, function, args, priority, .. } => {
+            Event::Invoked {
+                invocation,
+                function,
+                args,
+                priority,
+                ..
+            } => {
                 format!("  call   {function} {args} (priority {priority}) {invocation}")
             }
-            Event::ResultApplied { invocation, ok, value, attempts } => {
-                format!("  {}  {invocation} after {attempts} attempt(s): {value}", if *ok { "result" } else { "error " })
+            Event::ResultApplied {
+                invocation,
+                ok,
+                value,
+                attempts,
+            } => {
+                format!(
+                    "  {}  {invocation} after {attempts} attempt(s): {value}",
+                    if *ok { "result" } else { "error " }
+                )
             }
-            Event::InvocationCancelled { invocation, reason } => format!("  cancel {invocation}: {reason}"),
+            Event::InvocationCancelled { invocation, reason } => {
+                format!("  cancel {invocation}: {reason}")
+            }
             Event::Log { rule, message } => format!("  log    [{rule}] {message}"),
             Event::Completed { result } => format!("  done   completed: {result}"),
             Event::Failed { reason } => format!("  done   failed: {reason}"),
-            Event::TurnFailed { error, firings } => format!("  ERROR  turn rolled back after {firings} firing(s): {error}"),
+            Event::TurnFailed { error, firings } => {
+                format!("  ERROR  turn rolled back after {firings} firing(s): {error}")
+            }
             Event::TurnCommitted { firings } => format!("  commit ({firings} firing(s))"),
         }
     }

@@ -19,6 +19,7 @@ use crate::value::Sym;
 pub struct PackSource {
     /// Shown in diagnostics before each relative path.
     pub root: PathBuf,
+    /// Relative path to file text.
     pub files: BTreeMap<PathBuf, String>,
 }
 
@@ -26,7 +27,11 @@ impl PackSource {
     /// Reads `pack.toml`, every `*.rules` file and `tests/**/*.toml`.
     pub fn read_dir(root: &Path) -> std::io::Result<PackSource> {
         let mut files = BTreeMap::new();
-        fn walk(root: &Path, dir: &Path, files: &mut BTreeMap<PathBuf, String>) -> std::io::Result<()> {
+        fn walk(
+            root: &Path,
+            dir: &Path,
+            files: &mut BTreeMap<PathBuf, String>,
+        ) -> std::io::Result<()> {
             let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
             entries.sort_by_key(|e| e.path());
             for e in entries {
@@ -46,11 +51,20 @@ impl PackSource {
             Ok(())
         }
         walk(root, root, &mut files)?;
-        Ok(PackSource { root: root.to_path_buf(), files })
+        Ok(PackSource {
+            root: root.to_path_buf(),
+            files,
+        })
     }
 
     pub fn display_path(&self, rel: &Path) -> PathBuf {
         self.root.join(rel)
+    }
+
+    /// The text of a file, by the path diagnostics show.
+    pub fn text_at(&self, shown: &Path) -> Option<&str> {
+        let rel = shown.strip_prefix(&self.root).unwrap_or(shown);
+        self.files.get(rel).map(String::as_str)
     }
 }
 
@@ -60,7 +74,10 @@ pub enum Constraint {
     Native(Expr),
     /// A Rhai expression; its variables are `this` then the rule's named
     /// slots in order (see `Rule::script_slots`).
-    Script { script: Script, text: String },
+    Script {
+        script: Script,
+        text: String,
+    },
 }
 
 /// A hash-join: `field` of the current fact equals `key` computed from the
@@ -83,10 +100,18 @@ pub struct Pattern {
 
 #[derive(Clone, Debug)]
 pub enum Condition {
-    Pattern { slot: usize, pattern: Pattern },
+    Pattern {
+        slot: usize,
+        pattern: Pattern,
+    },
     Not(Pattern),
     Exists(Pattern),
-    Aggregate { slot: usize, func: AggFn, pattern: Pattern, over: Option<Constraint> },
+    Aggregate {
+        slot: usize,
+        func: AggFn,
+        pattern: Pattern,
+        over: Option<Constraint>,
+    },
     Test(Constraint),
 }
 
@@ -125,7 +150,10 @@ pub struct Rule {
 impl Rule {
     /// Slots visible to scripts (named ones), in order.
     pub fn script_slots(&self) -> impl Iterator<Item = (usize, &str)> {
-        self.slots.iter().enumerate().filter_map(|(i, s)| s.name.as_deref().map(|n| (i, n)))
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.name.as_deref().map(|n| (i, n)))
     }
 }
 
@@ -152,12 +180,17 @@ const FNV_SEED: u64 = 0xcbf29ce484222325;
 
 /// Compiles a pack; returns it only if there is no error. Diagnostics (errors
 /// and warnings) are sorted by file and position.
-pub fn compile(source: PackSource) -> (Option<Pack>, Vec<Diagnostic>) {
+pub fn compile(source: &PackSource) -> (Option<Pack>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let manifest_path = source.display_path(Path::new("pack.toml"));
     let manifest = match source.files.get(Path::new("pack.toml")) {
         None => {
-            diags.push(Diagnostic::error(&manifest_path, Pos::new(1, 1), Code::Pack, "the pack has no pack.toml"));
+            diags.push(Diagnostic::error(
+                &manifest_path,
+                Pos::new(1, 1),
+                Code::Pack,
+                "the pack has no pack.toml",
+            ));
             None
         }
         Some(text) => match parse_manifest(&manifest_path, text) {
@@ -168,13 +201,25 @@ pub fn compile(source: PackSource) -> (Option<Pack>, Vec<Diagnostic>) {
             }
         },
     };
-    let limits = manifest.as_ref().map(|m| m.limits.clone()).unwrap_or_default();
+    let limits = manifest
+        .as_ref()
+        .map(|m| m.limits.clone())
+        .unwrap_or_default();
     let sandbox = Arc::new(Sandbox::new(&limits));
     let mut rules: Vec<Rule> = Vec::new();
     let mut seen: BTreeMap<String, (PathBuf, Pos)> = BTreeMap::new();
-    let rule_files: Vec<_> = source.files.iter().filter(|(p, _)| p.extension().is_some_and(|x| x == "rules")).collect();
+    let rule_files: Vec<_> = source
+        .files
+        .iter()
+        .filter(|(p, _)| p.extension().is_some_and(|x| x == "rules"))
+        .collect();
     if rule_files.is_empty() {
-        diags.push(Diagnostic::error(&source.root, Pos::new(1, 1), Code::Pack, "the pack has no `*.rules` file"));
+        diags.push(Diagnostic::error(
+            &source.root,
+            Pos::new(1, 1),
+            Code::Pack,
+            "the pack has no `*.rules` file",
+        ));
     }
     for (rel, text) in rule_files {
         let path = source.display_path(rel);
@@ -188,18 +233,33 @@ pub fn compile(source: PackSource) -> (Option<Pack>, Vec<Diagnostic>) {
                     &path,
                     ast.pos,
                     Code::DuplicateRule,
-                    format!("rule \"{}\" is already defined at {}:{}:{}", ast.name, p.display(), at.line, at.col),
+                    format!(
+                        "rule \"{}\" is already defined at {}:{}:{}",
+                        ast.name,
+                        p.display(),
+                        at.line,
+                        at.col
+                    ),
                 ));
                 continue;
             }
             seen.insert(ast.name.clone(), (path.clone(), ast.pos));
-            let mut c = RuleCompiler { sandbox: &sandbox, path: &path, diags: &mut diags, slots: Vec::new() };
+            let mut c = RuleCompiler {
+                sandbox: &sandbox,
+                path: &path,
+                diags: &mut diags,
+                slots: Vec::new(),
+            };
             if let Some(rule) = c.rule(&ast, rules.len()) {
                 if let Some(m) = &manifest {
-                    for s in [&rule.action, &rule.reaction, &rule.error].into_iter().flatten() {
+                    for s in [&rule.action, &rule.reaction, &rule.error]
+                        .into_iter()
+                        .flatten()
+                    {
                         for (f, p) in Sandbox::called_functions(&s.script) {
                             if !m.functions.contains_key(&f) {
-                                let declared: Vec<_> = m.functions.keys().map(|k| format!("`{k}`")).collect();
+                                let declared: Vec<_> =
+                                    m.functions.keys().map(|k| format!("`{k}`")).collect();
                                 diags.push(Diagnostic::error(
                                     &path,
                                     file_pos(s.pos, p),
@@ -214,7 +274,10 @@ pub fn compile(source: PackSource) -> (Option<Pack>, Vec<Diagnostic>) {
                     }
                 }
                 if rule.reaction.is_some() || rule.error.is_some() {
-                    let calls = rule.action.as_ref().is_some_and(|a| !Sandbox::called_functions(&a.script).is_empty());
+                    let calls = rule
+                        .action
+                        .as_ref()
+                        .is_some_and(|a| !Sandbox::called_functions(&a.script).is_empty());
                     if !calls {
                         diags.push(Diagnostic::warning(
                             &path,
@@ -247,13 +310,27 @@ pub fn compile(source: PackSource) -> (Option<Pack>, Vec<Diagnostic>) {
         fnv1a(t.as_bytes(), fnv1a(p.to_string_lossy().as_bytes(), h))
     });
     let pack = match (ok, manifest) {
-        (true, Some(manifest)) => Some(Pack { manifest, rules, tests, sandbox, source, digest }),
+        (true, Some(manifest)) => Some(Pack {
+            manifest,
+            rules,
+            tests,
+            sandbox,
+            source: source.clone(),
+            digest,
+        }),
         _ => None,
     };
     (pack, diags)
 }
 
-fn check_tests(path: &Path, text: &str, cases: &[TestCase], m: &Manifest, rules: &[Rule], diags: &mut Vec<Diagnostic>) {
+fn check_tests(
+    path: &Path,
+    text: &str,
+    cases: &[TestCase],
+    m: &Manifest,
+    rules: &[Rule],
+    diags: &mut Vec<Diagnostic>,
+) {
     let map = crate::diagnostic::SourceMap::new(text);
     let rule_known = |name: &toml::Spanned<String>, diags: &mut Vec<Diagnostic>| {
         if !rules.iter().any(|r| &r.name == name.get_ref()) {
@@ -270,11 +347,24 @@ fn check_tests(path: &Path, text: &str, cases: &[TestCase], m: &Manifest, rules:
             let at = map.pos(f.span().start);
             let spec = f.get_ref();
             if !spec.ty.starts_with(|c: char| c.is_ascii_uppercase()) {
-                diags.push(Diagnostic::error(path, at, Code::TestFile, format!("a fact type starts with an upper-case letter: `{}`", spec.ty)));
+                diags.push(Diagnostic::error(
+                    path,
+                    at,
+                    Code::TestFile,
+                    format!(
+                        "a fact type starts with an upper-case letter: `{}`",
+                        spec.ty
+                    ),
+                ));
             }
             if let Some(schema) = m.facts.get(&spec.ty) {
                 if let Err(e) = schema.check(&spec.ty, &spec.fields) {
-                    diags.push(Diagnostic::error(path, at, Code::Schema, format!("test \"{}\": {e}", case.name)));
+                    diags.push(Diagnostic::error(
+                        path,
+                        at,
+                        Code::Schema,
+                        format!("test \"{}\": {e}", case.name),
+                    ));
                 }
             }
         }
@@ -284,11 +374,21 @@ fn check_tests(path: &Path, text: &str, cases: &[TestCase], m: &Manifest, rules:
                     path,
                     map.pos(mock.function.span().start),
                     Code::UndeclaredFunction,
-                    format!("test \"{}\" mocks `{}`, which pack.toml does not declare", case.name, mock.function.get_ref()),
+                    format!(
+                        "test \"{}\" mocks `{}`, which pack.toml does not declare",
+                        case.name,
+                        mock.function.get_ref()
+                    ),
                 ));
             }
         }
-        for name in case.expect.fired.iter().flatten().chain(&case.expect.not_fired) {
+        for name in case
+            .expect
+            .fired
+            .iter()
+            .flatten()
+            .chain(&case.expect.not_fired)
+        {
             rule_known(name, diags);
         }
         for (name, count) in case.expect.fired_count.iter().flatten() {
@@ -296,7 +396,15 @@ fn check_tests(path: &Path, text: &str, cases: &[TestCase], m: &Manifest, rules:
         }
         if let Some(s) = &case.expect.status {
             if !matches!(s.as_str(), "running" | "completed" | "failed") {
-                diags.push(Diagnostic::error(path, case.pos, Code::TestFile, format!("test \"{}\": status `{s}` is not one of running, completed, failed", case.name)));
+                diags.push(Diagnostic::error(
+                    path,
+                    case.pos,
+                    Code::TestFile,
+                    format!(
+                        "test \"{}\": status `{s}` is not one of running, completed, failed",
+                        case.name
+                    ),
+                ));
             }
         }
     }
@@ -326,7 +434,10 @@ struct SlotScope<'a> {
 
 impl expr::Scope for SlotScope<'_> {
     fn binding(&self, name: &str) -> Option<(usize, BindingKind)> {
-        self.slots.iter().position(|s| s.name.as_deref() == Some(name)).map(|i| (i, self.slots[i].kind))
+        self.slots
+            .iter()
+            .position(|s| s.name.as_deref() == Some(name))
+            .map(|i| (i, self.slots[i].kind))
     }
     fn has_current_fact(&self) -> bool {
         self.current_fact
@@ -335,7 +446,8 @@ impl expr::Scope for SlotScope<'_> {
 
 impl RuleCompiler<'_> {
     fn error(&mut self, pos: Pos, code: Code, msg: impl Into<String>) {
-        self.diags.push(Diagnostic::error(self.path, pos, code, msg));
+        self.diags
+            .push(Diagnostic::error(self.path, pos, code, msg));
     }
 
     fn script_errors(&mut self, start: Pos, errs: Vec<CompileError>, shift: impl Fn(Pos) -> Pos) {
@@ -366,7 +478,11 @@ impl RuleCompiler<'_> {
                 vars.push("invocation");
             }
             match self.sandbox.compile(&t.text, &vars, false) {
-                Ok(script) => Some(Section { script, file: self.path.to_path_buf(), pos: t.pos }),
+                Ok(script) => Some(Section {
+                    script,
+                    file: self.path.to_path_buf(),
+                    pos: t.pos,
+                }),
                 Err(errs) => {
                     self.script_errors(t.pos, errs, |p| p);
                     None
@@ -383,9 +499,15 @@ impl RuleCompiler<'_> {
         let mut h = fnv1a(ast.name.as_bytes(), FNV_SEED);
         h = fnv1a(&ast.salience.to_le_bytes(), h);
         h = fnv1a(&[ast.no_loop as u8], h);
-        h = fnv1a(format!("{:?}", strip_positions(&ast.conditions)).as_bytes(), h);
+        h = fnv1a(
+            format!("{:?}", strip_positions(&ast.conditions)).as_bytes(),
+            h,
+        );
         for s in [&ast.action, &ast.reaction, &ast.error] {
-            let norm: String = s.as_ref().map(|t| t.text.split_whitespace().collect::<Vec<_>>().join(" ")).unwrap_or_default();
+            let norm: String = s
+                .as_ref()
+                .map(|t| t.text.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_default();
             h = fnv1a(norm.as_bytes(), fnv1a(b"|", h));
         }
         Some(Rule {
@@ -406,14 +528,29 @@ impl RuleCompiler<'_> {
 
     fn bind(&mut self, name: Option<&Text>, kind: BindingKind) -> usize {
         if let Some(n) = name {
-            if self.slots.iter().any(|s| s.name.as_deref() == Some(&n.text)) {
-                self.error(n.pos, Code::Syntax, format!("`{}` is already bound in this rule", n.text));
+            if self
+                .slots
+                .iter()
+                .any(|s| s.name.as_deref() == Some(&n.text))
+            {
+                self.error(
+                    n.pos,
+                    Code::Syntax,
+                    format!("`{}` is already bound in this rule", n.text),
+                );
             }
             if matches!(n.text.as_str(), "this" | "result" | "error" | "invocation") {
-                self.error(n.pos, Code::Syntax, format!("`{}` is reserved and cannot name a binding", n.text));
+                self.error(
+                    n.pos,
+                    Code::Syntax,
+                    format!("`{}` is reserved and cannot name a binding", n.text),
+                );
             }
         }
-        self.slots.push(Slot { name: name.map(|n| n.text.clone()), kind });
+        self.slots.push(Slot {
+            name: name.map(|n| n.text.clone()),
+            kind,
+        });
         self.slots.len() - 1
     }
 
@@ -426,21 +563,36 @@ impl RuleCompiler<'_> {
             }
             ConditionAst::Not(p) => Condition::Not(self.pattern(p)?),
             ConditionAst::Exists(p) => Condition::Exists(self.pattern(p)?),
-            ConditionAst::Aggregate { binding, func, pattern, over } => {
+            ConditionAst::Aggregate {
+                binding,
+                func,
+                pattern,
+                over,
+            } => {
                 let p = self.pattern(pattern)?;
                 let over = match over {
                     Some(t) => Some(self.constraint(t, true)?),
                     None => None,
                 };
                 let slot = self.bind(Some(binding), BindingKind::Value);
-                Condition::Aggregate { slot, func: *func, pattern: p, over }
+                Condition::Aggregate {
+                    slot,
+                    func: *func,
+                    pattern: p,
+                    over,
+                }
             }
             ConditionAst::Test(t) => Condition::Test(self.constraint(t, false)?),
         })
     }
 
     fn pattern(&mut self, p: &PatternAst) -> Option<Pattern> {
-        let mut out = Pattern { ty: Sym::new(&p.type_name), alpha: Vec::new(), join: None, beta: Vec::new() };
+        let mut out = Pattern {
+            ty: Sym::new(&p.type_name),
+            alpha: Vec::new(),
+            join: None,
+            beta: Vec::new(),
+        };
         let mut ok = true;
         for t in &p.constraints {
             let Some(c) = self.constraint(t, true) else {
@@ -448,15 +600,23 @@ impl RuleCompiler<'_> {
                 continue;
             };
             match c {
-                Constraint::Native(e) if !e.uses_bindings() => out.alpha.push(Constraint::Native(e)),
-                Constraint::Native(Expr::Bin(BinOp::Eq, a, b)) if out.join.is_none() && join_shape(&a, &b).is_some() => {
+                Constraint::Native(e) if !e.uses_bindings() => {
+                    out.alpha.push(Constraint::Native(e))
+                }
+                Constraint::Native(Expr::Bin(BinOp::Eq, a, b))
+                    if out.join.is_none() && join_shape(&a, &b).is_some() =>
+                {
                     let (field, key) = join_shape(&a, &b).expect("checked");
                     out.join = Some(JoinKey { field, key });
                 }
                 Constraint::Native(e) => out.beta.push(Constraint::Native(e)),
                 Constraint::Script { ref text, .. } => {
                     let reads_bindings = expr::free_identifiers(text).is_none_or(|ids| {
-                        ids.iter().any(|id| self.slots.iter().any(|s| s.name.as_deref() == Some(id.as_str())))
+                        ids.iter().any(|id| {
+                            self.slots
+                                .iter()
+                                .any(|s| s.name.as_deref() == Some(id.as_str()))
+                        })
                     });
                     if reads_bindings {
                         out.beta.push(c)
@@ -471,11 +631,17 @@ impl RuleCompiler<'_> {
 
     /// Parses a constraint natively, else compiles it as Rhai.
     fn constraint(&mut self, t: &Text, current_fact: bool) -> Option<Constraint> {
-        let scope = SlotScope { slots: &self.slots, current_fact };
+        let scope = SlotScope {
+            slots: &self.slots,
+            current_fact,
+        };
         if let Ok(e) = expr::parse(&t.text, &scope) {
             return Some(Constraint::Native(e));
         }
-        let (code, inserted) = match current_fact.then(|| expr::rewrite_with_offsets(&t.text, &scope)).flatten() {
+        let (code, inserted) = match current_fact
+            .then(|| expr::rewrite_with_offsets(&t.text, &scope))
+            .flatten()
+        {
             Some(r) => r,
             None => (t.text.clone(), Vec::new()),
         };
@@ -510,11 +676,12 @@ impl RuleCompiler<'_> {
 /// `field == <expr over bindings>` (either way round).
 fn join_shape(a: &Expr, b: &Expr) -> Option<(Sym, Expr)> {
     match (a, b) {
-        (Expr::Field(f), k) | (k, Expr::Field(f)) if k.uses_bindings() && {
-            let mut fs = Vec::new();
-            k.fields(&mut fs);
-            fs.is_empty()
-        } =>
+        (Expr::Field(f), k) | (k, Expr::Field(f))
+            if k.uses_bindings() && {
+                let mut fs = Vec::new();
+                k.fields(&mut fs);
+                fs.is_empty()
+            } =>
         {
             Some((*f, k.clone()))
         }
@@ -525,14 +692,34 @@ fn join_shape(a: &Expr, b: &Expr) -> Option<(Sym, Expr)> {
 /// Conditions without source positions, for rule identity.
 fn strip_positions(cs: &[ConditionAst]) -> String {
     let norm = |t: &Text| t.text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let pat = |p: &PatternAst| format!("{}({})", p.type_name, p.constraints.iter().map(norm).collect::<Vec<_>>().join(","));
+    let pat = |p: &PatternAst| {
+        format!(
+            "{}({})",
+            p.type_name,
+            p.constraints.iter().map(norm).collect::<Vec<_>>().join(",")
+        )
+    };
     cs.iter()
         .map(|c| match c {
-            ConditionAst::Pattern { binding, pattern } => format!("{}:{}", binding.as_ref().map(norm).unwrap_or_default(), pat(pattern)),
+            ConditionAst::Pattern { binding, pattern } => format!(
+                "{}:{}",
+                binding.as_ref().map(norm).unwrap_or_default(),
+                pat(pattern)
+            ),
             ConditionAst::Not(p) => format!("not {}", pat(p)),
             ConditionAst::Exists(p) => format!("exists {}", pat(p)),
-            ConditionAst::Aggregate { binding, func, pattern, over } => {
-                format!("{}:{func:?}({},{})", norm(binding), pat(pattern), over.as_ref().map(norm).unwrap_or_default())
+            ConditionAst::Aggregate {
+                binding,
+                func,
+                pattern,
+                over,
+            } => {
+                format!(
+                    "{}:{func:?}({},{})",
+                    norm(binding),
+                    pat(pattern),
+                    over.as_ref().map(norm).unwrap_or_default()
+                )
             }
             ConditionAst::Test(t) => format!("test({})", norm(t)),
         })

@@ -6,7 +6,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A position in a source file, 1-based like every editor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Pos {
     pub line: u32,
     pub col: u32,
@@ -111,7 +122,10 @@ impl Diagnostic {
                     .map(|c| if c == '\t' { 4 } else { 1 })
                     .sum();
                 let shown = line.replace('\t', "    ");
-                out.push_str(&format!("\n{pad} |\n{gutter} | {shown}\n{pad} | {}^", " ".repeat(caret_at)));
+                out.push_str(&format!(
+                    "\n{pad} |\n{gutter} | {shown}\n{pad} | {}^",
+                    " ".repeat(caret_at)
+                ));
             }
         }
         out
@@ -160,7 +174,10 @@ impl SourceMap {
             Err(l) => l - 1,
         };
         let start = self.line_starts[line];
-        let col = self.text[start..offset.min(self.text.len())].chars().count() + 1;
+        let col = self.text[start..offset.min(self.text.len())]
+            .chars()
+            .count()
+            + 1;
         Pos::new(line as u32 + 1, col as u32)
     }
 }
@@ -171,7 +188,12 @@ mod tests {
 
     #[test]
     fn renders_line_and_caret() {
-        let d = Diagnostic::error(Path::new("p/r.rules"), Pos::new(2, 5), Code::Syntax, "expected `{`");
+        let d = Diagnostic::error(
+            Path::new("p/r.rules"),
+            Pos::new(2, 5),
+            Code::Syntax,
+            "expected `{`",
+        );
         expect_test::expect![[r#"
             p/r.rules:2:5: error[E0001]: expected `{`
               |

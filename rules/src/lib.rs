@@ -1,13 +1,13 @@
 //! Stoa's rule-pack language: values, manifest, rule-file parser, compiler,
 //! the Rhai sandbox and the test-case format.
 
+pub mod compile;
 pub mod diagnostic;
 pub mod expr;
 pub mod manifest;
 pub mod sandbox;
 pub mod syntax;
 pub mod testcase;
-pub mod compile;
 pub mod value;
 
 pub use diagnostic::{Code, Diagnostic, Pos, Severity};

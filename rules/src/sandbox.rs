@@ -19,13 +19,32 @@ use crate::value::{Fields, Sym, Value};
 /// What a rule section asked for, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
-    Insert { id: u64, ty: Sym, fields: Fields },
-    Modify { id: u64, changes: Fields },
-    Retract { id: u64 },
-    Call { function: String, args: Value, options: CallOptions },
-    Complete { result: Value },
-    Fail { reason: String },
-    Log { message: String },
+    Insert {
+        id: u64,
+        ty: Sym,
+        fields: Fields,
+    },
+    Modify {
+        id: u64,
+        changes: Fields,
+    },
+    Retract {
+        id: u64,
+    },
+    Call {
+        function: String,
+        args: Value,
+        options: CallOptions,
+    },
+    Complete {
+        result: Value,
+    },
+    Fail {
+        reason: String,
+    },
+    Log {
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Default, serde::Serialize, serde::Deserialize)]
@@ -59,7 +78,10 @@ impl ScriptValue {
             m.insert(k.name().as_ref().into(), to_dynamic(v));
         }
         m.insert("_id".into(), Dynamic::from_int(id as i64));
-        m.insert("_type".into(), Dynamic::from(ImmutableString::from(ty.name().as_ref())));
+        m.insert(
+            "_type".into(),
+            Dynamic::from(ImmutableString::from(ty.name().as_ref())),
+        );
         ScriptValue(Dynamic::from_map(m))
     }
 
@@ -110,7 +132,9 @@ fn with_buffer<T>(f: impl FnOnce(&mut Buffer) -> T) -> Result<T, Box<EvalAltResu
 }
 
 /// Names of the builtins scripts may call, besides Rhai's standard library.
-pub const BUILTINS: &[&str] = &["insert", "modify", "retract", "call", "complete", "fail", "log"];
+pub const BUILTINS: &[&str] = &[
+    "insert", "modify", "retract", "call", "complete", "fail", "log",
+];
 
 /// The sandboxed Rhai engine of one pack.
 pub struct Sandbox {
@@ -145,12 +169,24 @@ impl Sandbox {
             .filter_map(|s| s.split('(').next().map(|n| n.trim().to_string()))
             .collect();
         for k in [
-            "print", "debug", "type_of", "is_def_var", "is_def_fn", "is_shared", "Fn", "call", "curry", "sleep",
+            "print",
+            "debug",
+            "type_of",
+            "is_def_var",
+            "is_def_fn",
+            "is_shared",
+            "Fn",
+            "call",
+            "curry",
+            "sleep",
         ] {
             known_fns.insert(k.to_string());
         }
         known_fns.remove("sleep");
-        Sandbox { engine: e, known_fns }
+        Sandbox {
+            engine: e,
+            known_fns,
+        }
     }
 
     fn scope(vars: &[&str]) -> Scope<'static> {
@@ -163,7 +199,12 @@ impl Sandbox {
 
     /// Compiles a block (a section) or an expression (a constraint) with the
     /// variables in scope; checks undefined variables and unknown functions.
-    pub fn compile(&self, code: &str, vars: &[&str], expression: bool) -> Result<Script, Vec<CompileError>> {
+    pub fn compile(
+        &self,
+        code: &str,
+        vars: &[&str],
+        expression: bool,
+    ) -> Result<Script, Vec<CompileError>> {
         let scope = Self::scope(vars);
         let code = rename_call(code);
         let code = code.as_ref();
@@ -181,9 +222,14 @@ impl Sandbox {
                 rhai::ParseErrorType::VariableUndefined(v) => format!("undefined variable `{v}`"),
                 other => other.to_string(),
             };
-            vec![CompileError { pos: pos(e.position()).unwrap_or(Pos::new(1, 1)), message, kind }]
+            vec![CompileError {
+                pos: pos(e.position()).unwrap_or(Pos::new(1, 1)),
+                message,
+                kind,
+            }]
         })?;
-        let defined: rustc_hash::FxHashSet<String> = ast.iter_functions().map(|f| f.name.to_string()).collect();
+        let defined: rustc_hash::FxHashSet<String> =
+            ast.iter_functions().map(|f| f.name.to_string()).collect();
         let mut errors = Vec::new();
         ast.walk(&mut |path| {
             if let Some((f, p)) = fn_call(path.last()) {
@@ -205,7 +251,11 @@ impl Sandbox {
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(Script { ast: Arc::new(ast), vars: vars.iter().map(|s| s.to_string()).collect(), expression })
+        Ok(Script {
+            ast: Arc::new(ast),
+            vars: vars.iter().map(|s| s.to_string()).collect(),
+            expression,
+        })
     }
 
     /// Every `call("name", ...)` with a literal name in a script, with positions.
@@ -233,11 +283,23 @@ impl Sandbox {
     }
 
     /// Runs a section; returns its effects, or the error and no effects.
-    pub fn run(&self, script: &Script, values: Vec<ScriptValue>, next_fact_id: u64) -> Result<Vec<Effect>, ScriptError> {
+    pub fn run(
+        &self,
+        script: &Script,
+        values: Vec<ScriptValue>,
+        next_fact_id: u64,
+    ) -> Result<Vec<Effect>, ScriptError> {
         let mut scope = Self::run_scope(script, values);
-        BUFFER.with(|b| *b.borrow_mut() = Some(Buffer { effects: Vec::new(), next_fact_id }));
+        BUFFER.with(|b| {
+            *b.borrow_mut() = Some(Buffer {
+                effects: Vec::new(),
+                next_fact_id,
+            })
+        });
         let res = self.engine.run_ast_with_scope(&mut scope, &script.ast);
-        let buf = BUFFER.with(|b| b.borrow_mut().take()).expect("buffer set above");
+        let buf = BUFFER
+            .with(|b| b.borrow_mut().take())
+            .expect("buffer set above");
         res.map_err(script_error)?;
         Ok(buf.effects)
     }
@@ -249,7 +311,11 @@ impl Sandbox {
             .engine
             .eval_ast_with_scope(&mut scope, &script.ast)
             .map_err(script_error)?;
-        from_dynamic(&d).map_err(|message| ScriptError { message, pos: None, limit: false })
+        from_dynamic(&d).map_err(|message| ScriptError {
+            message,
+            pos: None,
+            limit: false,
+        })
     }
 }
 
@@ -285,7 +351,10 @@ fn rename_call(code: &str) -> std::borrow::Cow<'_, str> {
                 }
             }
             b'c' if code[i..].starts_with("call")
-                && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'.'))
+                && (i == 0
+                    || !(b[i - 1].is_ascii_alphanumeric()
+                        || b[i - 1] == b'_'
+                        || b[i - 1] == b'.'))
                 && code[i + 4..].trim_start().starts_with('(') =>
             {
                 out[i] = b'C';
@@ -296,7 +365,9 @@ fn rename_call(code: &str) -> std::borrow::Cow<'_, str> {
         }
         i += 1;
     }
-    String::from_utf8(out).expect("ascii edit keeps utf-8").into()
+    String::from_utf8(out)
+        .expect("ascii edit keeps utf-8")
+        .into()
 }
 
 fn pos(p: Position) -> Option<Pos> {
@@ -323,7 +394,11 @@ fn script_error(e: Box<EvalAltResult>) -> ScriptError {
     if let Some(i) = message.rfind(" (line ") {
         message.truncate(i);
     }
-    ScriptError { message, pos: p, limit }
+    ScriptError {
+        message,
+        pos: p,
+        limit,
+    }
 }
 
 pub fn to_dynamic(v: &Value) -> Dynamic {
@@ -334,7 +409,11 @@ pub fn to_dynamic(v: &Value) -> Dynamic {
         Value::Float(f) => Dynamic::from_float(*f),
         Value::Str(s) => Dynamic::from(ImmutableString::from(s.as_ref())),
         Value::Array(a) => Dynamic::from_array(a.iter().map(to_dynamic).collect()),
-        Value::Map(m) => Dynamic::from_map(m.iter().map(|(k, v)| (k.as_ref().into(), to_dynamic(v))).collect()),
+        Value::Map(m) => Dynamic::from_map(
+            m.iter()
+                .map(|(k, v)| (k.as_ref().into(), to_dynamic(v)))
+                .collect(),
+        ),
     }
 }
 
@@ -355,11 +434,18 @@ pub fn from_dynamic(d: &Dynamic) -> Result<Value, String> {
         return Ok(Value::str(&c.to_string()));
     }
     if d.is_string() {
-        return Ok(Value::Str(Arc::from(d.clone().into_immutable_string().map_err(|e| e.to_string())?.as_str())));
+        return Ok(Value::Str(Arc::from(
+            d.clone()
+                .into_immutable_string()
+                .map_err(|e| e.to_string())?
+                .as_str(),
+        )));
     }
     if d.is_array() {
         let a = d.read_lock::<rhai::Array>().ok_or("array is locked")?;
-        return Ok(Value::Array(Arc::new(a.iter().map(from_dynamic).collect::<Result<_, _>>()?)));
+        return Ok(Value::Array(Arc::new(
+            a.iter().map(from_dynamic).collect::<Result<_, _>>()?,
+        )));
     }
     if d.is_map() {
         let m = d.read_lock::<Map>().ok_or("map is locked")?;
@@ -379,9 +465,15 @@ fn fields_of(m: &Map, what: &str) -> Result<Fields, Box<EvalAltResult>> {
             if k == "_id" || k == "_type" {
                 continue;
             }
-            return Err(format!("{what}: field `{k}` starts with `_`, which is reserved for the engine").into());
+            return Err(format!(
+                "{what}: field `{k}` starts with `_`, which is reserved for the engine"
+            )
+            .into());
         }
-        f.set(Sym::new(k), from_dynamic(v).map_err(|e| format!("{what}: field `{k}`: {e}"))?);
+        f.set(
+            Sym::new(k),
+            from_dynamic(v).map_err(|e| format!("{what}: field `{k}`: {e}"))?,
+        );
     }
     Ok(f)
 }
@@ -390,31 +482,54 @@ fn fact_id(m: &Map, what: &str) -> Result<u64, Box<EvalAltResult>> {
     m.get("_id")
         .and_then(|d| d.as_int().ok())
         .map(|i| i as u64)
-        .ok_or_else(|| format!("{what} needs a fact bound in `match` or an id returned by `insert`").into())
+        .ok_or_else(|| {
+            format!("{what} needs a fact bound in `match` or an id returned by `insert`").into()
+        })
 }
 
 fn register_builtins(e: &mut Engine) {
-    e.register_fn("insert", |ty: &str, fields: Map| -> Result<i64, Box<EvalAltResult>> {
-        if !ty.starts_with(|c: char| c.is_ascii_uppercase()) {
-            return Err(format!("insert: a fact type starts with an upper-case letter: `{ty}`").into());
-        }
-        let fields = fields_of(&fields, "insert")?;
-        with_buffer(|b| {
-            let id = b.next_fact_id;
-            b.next_fact_id += 1;
-            b.effects.push(Effect::Insert { id, ty: Sym::new(ty), fields });
-            id as i64
-        })
-    });
-    e.register_fn("modify", |fact: Map, changes: Map| -> Result<(), Box<EvalAltResult>> {
-        let id = fact_id(&fact, "modify")?;
-        let changes = fields_of(&changes, "modify")?;
-        with_buffer(|b| b.effects.push(Effect::Modify { id, changes }))
-    });
-    e.register_fn("modify", |id: i64, changes: Map| -> Result<(), Box<EvalAltResult>> {
-        let changes = fields_of(&changes, "modify")?;
-        with_buffer(|b| b.effects.push(Effect::Modify { id: id as u64, changes }))
-    });
+    e.register_fn(
+        "insert",
+        |ty: &str, fields: Map| -> Result<i64, Box<EvalAltResult>> {
+            if !ty.starts_with(|c: char| c.is_ascii_uppercase()) {
+                return Err(format!(
+                    "insert: a fact type starts with an upper-case letter: `{ty}`"
+                )
+                .into());
+            }
+            let fields = fields_of(&fields, "insert")?;
+            with_buffer(|b| {
+                let id = b.next_fact_id;
+                b.next_fact_id += 1;
+                b.effects.push(Effect::Insert {
+                    id,
+                    ty: Sym::new(ty),
+                    fields,
+                });
+                id as i64
+            })
+        },
+    );
+    e.register_fn(
+        "modify",
+        |fact: Map, changes: Map| -> Result<(), Box<EvalAltResult>> {
+            let id = fact_id(&fact, "modify")?;
+            let changes = fields_of(&changes, "modify")?;
+            with_buffer(|b| b.effects.push(Effect::Modify { id, changes }))
+        },
+    );
+    e.register_fn(
+        "modify",
+        |id: i64, changes: Map| -> Result<(), Box<EvalAltResult>> {
+            let changes = fields_of(&changes, "modify")?;
+            with_buffer(|b| {
+                b.effects.push(Effect::Modify {
+                    id: id as u64,
+                    changes,
+                })
+            })
+        },
+    );
     e.register_fn("retract", |fact: Map| -> Result<(), Box<EvalAltResult>> {
         let id = fact_id(&fact, "retract")?;
         with_buffer(|b| b.effects.push(Effect::Retract { id }))
@@ -427,21 +542,48 @@ fn register_builtins(e: &mut Engine) {
         let mut options = CallOptions::default();
         for (k, v) in opts.iter() {
             match k.as_str() {
-                "priority" => options.priority = v.as_int().map_err(|_| "call: `priority` must be an integer")?,
+                "priority" => {
+                    options.priority = v
+                        .as_int()
+                        .map_err(|_| "call: `priority` must be an integer")?
+                }
                 "timeout" => {
-                    let s = v.clone().into_string().map_err(|_| "call: `timeout` must be a duration string like \"30s\"")?;
-                    let d = humantime::parse_duration(&s).map_err(|e| format!("call: `timeout`: {e}"))?;
+                    let s = v
+                        .clone()
+                        .into_string()
+                        .map_err(|_| "call: `timeout` must be a duration string like \"30s\"")?;
+                    let d = humantime::parse_duration(&s)
+                        .map_err(|e| format!("call: `timeout`: {e}"))?;
                     options.timeout_ms = Some(d.as_millis() as u64);
                 }
-                other => return Err(format!("call: unknown option `{other}`; expected `priority` or `timeout`").into()),
+                other => {
+                    return Err(format!(
+                        "call: unknown option `{other}`; expected `priority` or `timeout`"
+                    )
+                    .into())
+                }
             }
         }
         let function = function.to_string();
-        with_buffer(|b| b.effects.push(Effect::Call { function, args, options }))
+        with_buffer(|b| {
+            b.effects.push(Effect::Call {
+                function,
+                args,
+                options,
+            })
+        })
     }
     e.register_fn("Call", |f: &str, args: Dynamic| call(f, &args, &Map::new()));
-    e.register_fn("Call", |f: &str, args: Dynamic, opts: Map| call(f, &args, &opts));
-    e.register_fn("complete", || with_buffer(|b| b.effects.push(Effect::Complete { result: Value::Null })));
+    e.register_fn("Call", |f: &str, args: Dynamic, opts: Map| {
+        call(f, &args, &opts)
+    });
+    e.register_fn("complete", || {
+        with_buffer(|b| {
+            b.effects.push(Effect::Complete {
+                result: Value::Null,
+            })
+        })
+    });
     e.register_fn("complete", |r: Dynamic| -> Result<(), Box<EvalAltResult>> {
         let result = from_dynamic(&r).map_err(|e| format!("complete: {e}"))?;
         with_buffer(|b| b.effects.push(Effect::Complete { result }))
@@ -451,7 +593,11 @@ fn register_builtins(e: &mut Engine) {
         with_buffer(|b| b.effects.push(Effect::Fail { reason }))
     });
     e.register_fn("log", |msg: Dynamic| {
-        let message = if msg.is_string() { msg.to_string() } else { format!("{msg:?}") };
+        let message = if msg.is_string() {
+            msg.to_string()
+        } else {
+            format!("{msg:?}")
+        };
         with_buffer(|b| b.effects.push(Effect::Log { message }))
     });
 }
@@ -461,7 +607,10 @@ mod tests {
     use super::*;
 
     fn sandbox() -> Sandbox {
-        Sandbox::new(&Limits { max_operations: 10_000, ..Limits::default() })
+        Sandbox::new(&Limits {
+            max_operations: 10_000,
+            ..Limits::default()
+        })
     }
 
     #[test]
@@ -475,7 +624,9 @@ mod tests {
         assert_eq!(eff.len(), 4);
         assert!(matches!(&eff[0], Effect::Insert { id: 100, .. }));
         assert!(matches!(&eff[1], Effect::Modify { id: 7, .. }));
-        assert!(matches!(&eff[2], Effect::Call { options: CallOptions { priority: 5, .. }, args, .. } if args.to_string() == r#"{"a":100}"#));
+        assert!(
+            matches!(&eff[2], Effect::Call { options: CallOptions { priority: 5, .. }, args, .. } if args.to_string() == r#"{"a":100}"#)
+        );
     }
 
     #[test]
@@ -484,9 +635,20 @@ mod tests {
         let err = sb.compile("let x = y + 1;", &["job"], false).unwrap_err();
         assert_eq!(err[0].message, "undefined variable `y`");
         assert_eq!(err[0].kind, CompileErrorKind::UndefinedVariable);
-        let err = sb.compile("job.x = 1;\nfrobnicate(job);", &["job"], false).unwrap_err();
-        assert_eq!((err[0].message.as_str(), err[0].pos), ("unknown function `frobnicate`", Pos::new(2, 1)));
-        assert!(sb.compile("fn f(a) { a + 1 } let z = f(1); log(z.to_string());", &[], false).is_ok());
+        let err = sb
+            .compile("job.x = 1;\nfrobnicate(job);", &["job"], false)
+            .unwrap_err();
+        assert_eq!(
+            (err[0].message.as_str(), err[0].pos),
+            ("unknown function `frobnicate`", Pos::new(2, 1))
+        );
+        assert!(sb
+            .compile(
+                "fn f(a) { a + 1 } let z = f(1); log(z.to_string());",
+                &[],
+                false
+            )
+            .is_ok());
         assert!(sb.compile(r#"eval("1")"#, &[], false).is_err());
     }
 
@@ -495,10 +657,17 @@ mod tests {
         let sb = sandbox();
         let s = sb.compile("loop { }", &[], false).unwrap();
         let e = sb.run(&s, vec![], 0).unwrap_err();
-        assert!(e.limit && e.message.contains("too many operations"), "{e:?}");
-        let s = sb.compile("fn f(x) { f(x + 1) } f(0);", &[], false).unwrap();
+        assert!(
+            e.limit && e.message.contains("too many operations"),
+            "{e:?}"
+        );
+        let s = sb
+            .compile("fn f(x) { f(x + 1) } f(0);", &[], false)
+            .unwrap();
         assert!(sb.run(&s, vec![], 0).unwrap_err().limit);
-        let s = sb.compile(r#"let s = "x"; loop { s += s; }"#, &[], false).unwrap();
+        let s = sb
+            .compile(r#"let s = "x"; loop { s += s; }"#, &[], false)
+            .unwrap();
         assert!(sb.run(&s, vec![], 0).unwrap_err().limit);
     }
 }

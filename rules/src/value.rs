@@ -152,9 +152,13 @@ impl Value {
                 None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
             },
             serde_json::Value::String(s) => Value::str(s),
-            serde_json::Value::Array(a) => Value::Array(Arc::new(a.iter().map(Value::from_json).collect())),
+            serde_json::Value::Array(a) => {
+                Value::Array(Arc::new(a.iter().map(Value::from_json).collect()))
+            }
             serde_json::Value::Object(o) => Value::Map(Arc::new(
-                o.iter().map(|(k, v)| (Arc::from(k.as_str()), Value::from_json(v))).collect(),
+                o.iter()
+                    .map(|(k, v)| (Arc::from(k.as_str()), Value::from_json(v)))
+                    .collect(),
             )),
         }
     }
@@ -170,7 +174,9 @@ impl Value {
             Value::Str(s) => serde_json::Value::String(s.to_string()),
             Value::Array(a) => serde_json::Value::Array(a.iter().map(Value::to_json).collect()),
             Value::Map(m) => serde_json::Value::Object(
-                m.iter().map(|(k, v)| (k.to_string(), v.to_json())).collect(),
+                m.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_json()))
+                    .collect(),
             ),
         }
     }
@@ -286,13 +292,22 @@ impl Fields {
     /// Fields from a JSON object; `None` if `v` is not an object.
     pub fn from_json(v: &serde_json::Value) -> Option<Fields> {
         let obj = v.as_object()?;
-        Some(Fields(obj.iter().map(|(k, v)| (Sym::new(k), Value::from_json(v))).collect()))
+        Some(Fields(
+            obj.iter()
+                .map(|(k, v)| (Sym::new(k), Value::from_json(v)))
+                .collect(),
+        ))
     }
 
     pub fn to_json(&self) -> serde_json::Value {
         let mut sorted: Vec<_> = self.0.iter().map(|(k, v)| (k.name(), v)).collect();
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
-        serde_json::Value::Object(sorted.into_iter().map(|(k, v)| (k.to_string(), v.to_json())).collect())
+        serde_json::Value::Object(
+            sorted
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_json()))
+                .collect(),
+        )
     }
 }
 
@@ -321,7 +336,8 @@ impl serde::Serialize for Fields {
 impl<'de> serde::Deserialize<'de> for Fields {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let j = serde_json::Value::deserialize(d)?;
-        Fields::from_json(&j).ok_or_else(|| serde::de::Error::custom("fact fields must be an object"))
+        Fields::from_json(&j)
+            .ok_or_else(|| serde::de::Error::custom("fact fields must be an object"))
     }
 }
 

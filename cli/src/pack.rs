@@ -1,0 +1,35 @@
+//! Loading a pack from disk and printing its diagnostics.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use stoa_rules::compile::{compile, Pack, PackSource};
+use stoa_rules::Diagnostic;
+
+/// Compiles the pack at `dir`; prints every diagnostic (with the source line
+/// and a caret) to stderr. Returns the pack if it has no error.
+pub fn load(dir: &Path) -> anyhow::Result<(Option<Arc<Pack>>, Vec<Diagnostic>)> {
+    if !dir.is_dir() {
+        anyhow::bail!("{}: not a pack directory", dir.display());
+    }
+    let source =
+        PackSource::read_dir(dir).with_context(|| format!("reading pack {}", dir.display()))?;
+    let (pack, diags) = compile(&source);
+    for d in &diags {
+        eprintln!("{}\n", d.render(source.text_at(&d.path)));
+    }
+    Ok((pack.map(Arc::new), diags))
+}
+
+/// Like `load`, but a pack with errors is an error.
+pub fn load_ok(dir: &Path) -> anyhow::Result<Arc<Pack>> {
+    let (pack, diags) = load(dir)?;
+    let errors = diags.iter().filter(|d| d.is_error()).count();
+    pack.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: {errors} error(s); fix them first (`stoa check` lists them)",
+            dir.display()
+        )
+    })
+}

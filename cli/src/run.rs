@@ -1,0 +1,142 @@
+//! `stoa run`: one workflow in-process, with mocks, optionally stored.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use stoa_engine::dispatch::MockDispatcher;
+use stoa_engine::local::Local;
+use stoa_engine::store::{SledStore, Store};
+use stoa_engine::workflow::{Input, Status};
+use stoa_engine::WorkflowId;
+use stoa_rules::testcase::{FactSpec, Mock};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The pack directory.
+    pack: PathBuf,
+    /// Initial facts: a JSON array of `{"type": "T", "fields": {...}}`, or a
+    /// TOML file of `[[fact]]` tables with `type` and `fields`. When resuming,
+    /// these facts are asserted into the workflow.
+    #[arg(long)]
+    facts: Option<PathBuf>,
+    /// Function mocks: a TOML file of `[[mock]]` tables, in the format of test
+    /// files. Calls no mock answers fail (and run the rule's `error` section).
+    #[arg(long)]
+    mocks: Option<PathBuf>,
+    /// Store the workflow in this directory (sled), so it can be resumed.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Workflow id. With --data and an existing id, the workflow is resumed:
+    /// its pending invocations are answered again by the mocks.
+    #[arg(long)]
+    id: Option<String>,
+    /// Print timeline entries as JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FactsToml {
+    #[serde(default)]
+    fact: Vec<FactSpec>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MocksToml {
+    #[serde(default)]
+    mock: Vec<Mock>,
+}
+
+pub fn read_facts(path: &Path) -> anyhow::Result<Vec<FactSpec>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "toml") {
+        let f: FactsToml =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e))?;
+        Ok(f.fact)
+    } else {
+        serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}:{}:{}: {}", path.display(), e.line(), e.column(), e))
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let pack = crate::pack::load_ok(&args.pack)?;
+    let facts = match &args.facts {
+        Some(p) => read_facts(p)?,
+        None => Vec::new(),
+    };
+    let mocks = match &args.mocks {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str::<MocksToml>(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e))?
+                .mock
+        }
+        None => Vec::new(),
+    };
+    let mut dispatcher = MockDispatcher::new(&mocks);
+    let store = match &args.data {
+        Some(d) => {
+            Some(SledStore::open(d, 64).with_context(|| format!("opening store {}", d.display()))?)
+        }
+        None => None,
+    };
+    let id = match &args.id {
+        Some(i) => WorkflowId::parse(i).map_err(anyhow::Error::msg)?,
+        None => WorkflowId::new(format!("run-{}", std::process::id())),
+    };
+    let store_ref: Option<&dyn Store> = store.as_ref().map(|s| s as &dyn Store);
+    let existing = match store_ref {
+        Some(s) => s.load(&id)?.is_some(),
+        None => false,
+    };
+    let mut local = if existing {
+        let s = store_ref.expect("existing implies a store");
+        let mut l = Local::resume(pack, id.clone(), s, &mut dispatcher)?;
+        println!(
+            "resumed {id}: {} fact(s), {} waiting invocation(s)",
+            l.workflow.fact_count(),
+            l.workflow.waiting().count()
+        );
+        if !facts.is_empty() {
+            l.apply(Input::Assert { facts }, &mut dispatcher)?;
+        }
+        l
+    } else {
+        if args.facts.is_none() {
+            anyhow::bail!("--facts is required to start a workflow");
+        }
+        Local::start(pack, id.clone(), facts, store_ref, false, &mut dispatcher)?
+    };
+    local.drive(&mut dispatcher)?;
+    for e in &local.timeline {
+        if args.json {
+            println!("{}", serde_json::to_string(e)?);
+        } else {
+            println!("{}", e.line());
+        }
+    }
+    let meta = local.workflow.meta();
+    let extra = match meta.status {
+        Status::Completed => format!(" result {}", meta.result),
+        Status::Failed => format!(": {}", meta.reason.clone().unwrap_or_default()),
+        Status::Running => format!(
+            ", {} invocation(s) waiting",
+            local.workflow.waiting().count()
+        ),
+    };
+    println!("workflow {id} {}{extra}", meta.status.as_str());
+    for (f, a) in &dispatcher.unmocked {
+        eprintln!("warning: no mock answered `{f}` with args {a}");
+    }
+    Ok(if meta.status == Status::Failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,170 @@
+//! Runs one workflow in this process: each turn is committed to an optional
+//! store before its invocations are handed to the dispatcher, and answers
+//! are fed back as turns until nothing is left to do.
+
+use std::sync::Arc;
+
+use stoa_rules::compile::Pack;
+use stoa_rules::testcase::FactSpec;
+
+use crate::dispatch::Dispatcher;
+use crate::fact::WorkflowId;
+use crate::store::{self, Commit, Store};
+use crate::timeline::Entry;
+use crate::workflow::{Input, Rejected, TurnOutput, Workflow};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Rejected(#[from] Rejected),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("workflow {0} is not in the store")]
+    NotFound(WorkflowId),
+    #[error("workflow {0} already exists in the store; resume it instead")]
+    Exists(WorkflowId),
+    #[error("workflow {id} was stored by pack {stored}, not {given}")]
+    WrongPack {
+        id: WorkflowId,
+        stored: String,
+        given: String,
+    },
+    #[error("cannot rebuild workflow: {0}")]
+    Restore(String),
+}
+
+/// Virtual time: every turn is one millisecond after the previous one, so
+/// timelines of test runs are the same every time.
+pub struct Local<'s> {
+    pub workflow: Workflow,
+    store: Option<&'s dyn Store>,
+    /// Entries of the turns run by this `Local` (not earlier ones).
+    pub timeline: Vec<Entry>,
+    now: u64,
+    virtual_time: bool,
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl<'s> Local<'s> {
+    /// Starts a workflow; its invocations go to `dispatcher`.
+    pub fn start(
+        pack: Arc<Pack>,
+        id: WorkflowId,
+        facts: Vec<FactSpec>,
+        store: Option<&'s dyn Store>,
+        virtual_time: bool,
+        dispatcher: &mut dyn Dispatcher,
+    ) -> Result<Local<'s>, Error> {
+        if let Some(s) = store {
+            if s.load(&id)?.is_some() {
+                return Err(Error::Exists(id));
+            }
+        }
+        let now = if virtual_time { 0 } else { wall_ms() };
+        let mut local = Local {
+            workflow: Workflow::new(id, pack, now),
+            store,
+            timeline: Vec::new(),
+            now,
+            virtual_time,
+        };
+        local.apply(Input::Start { facts }, dispatcher)?;
+        Ok(local)
+    }
+
+    /// Reopens a stored workflow and hands its pending invocations to
+    /// `dispatcher` again (they are delivered at least once).
+    pub fn resume(
+        pack: Arc<Pack>,
+        id: WorkflowId,
+        store: &'s dyn Store,
+        dispatcher: &mut dyn Dispatcher,
+    ) -> Result<Local<'s>, Error> {
+        let snap = store
+            .load(&id)?
+            .ok_or_else(|| Error::NotFound(id.clone()))?;
+        if snap.meta.pack != pack.manifest.name {
+            return Err(Error::WrongPack {
+                id,
+                stored: snap.meta.pack,
+                given: pack.manifest.name.clone(),
+            });
+        }
+        let now = wall_ms();
+        let workflow = Workflow::restore(pack, snap).map_err(Error::Restore)?;
+        let mut pending: Vec<_> = workflow.waiting().map(|w| w.invocation.clone()).collect();
+        pending.sort_by_key(|i| i.created_ms);
+        for inv in pending {
+            dispatcher.dispatch(inv);
+        }
+        Ok(Local {
+            workflow,
+            store: Some(store),
+            timeline: Vec::new(),
+            now,
+            virtual_time: false,
+        })
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.now = if self.virtual_time {
+            self.now + 1
+        } else {
+            wall_ms().max(self.now)
+        };
+        self.now
+    }
+
+    /// One turn: apply, commit, then dispatch.
+    pub fn apply(
+        &mut self,
+        input: Input,
+        dispatcher: &mut dyn Dispatcher,
+    ) -> Result<TurnOutput, Error> {
+        let now = self.tick();
+        let out = self.workflow.apply(input, now)?;
+        if let Some(s) = self.store {
+            s.commit(&[Commit {
+                workflow: self.workflow.id(),
+                output: &out,
+                request_id: None,
+            }])?;
+        }
+        for id in &out.cancelled {
+            dispatcher.cancel(id);
+        }
+        for inv in &out.invocations {
+            if !out.cancelled.contains(&inv.id) {
+                dispatcher.dispatch(inv.clone());
+            }
+        }
+        self.timeline.extend(out.entries.iter().cloned());
+        Ok(out)
+    }
+
+    /// Feeds outcomes back until the dispatcher has none. A duplicate or
+    /// late answer is ignored, as the exactly-once rule requires.
+    pub fn drive(&mut self, dispatcher: &mut dyn Dispatcher) -> Result<(), Error> {
+        while let Some((inv, outcome)) = dispatcher.next_outcome() {
+            match self.apply(
+                Input::Result {
+                    invocation: inv.id,
+                    outcome,
+                },
+                dispatcher,
+            ) {
+                Ok(_)
+                | Err(Error::Rejected(Rejected::UnknownInvocation(_) | Rejected::NotRunning(_))) => {
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,60 @@
+//! Durable state behind one trait, so the embedded store (sled) can give
+//! way to a distributed SQL engine without touching the engine.
+//!
+//! Invariant: only `store::sled` knows about sled. Every record is encoded
+//! with a format version byte first (see `codec`).
+
+mod codec;
+mod sled_store;
+
+pub use sled_store::SledStore;
+
+use crate::fact::{InvocationId, WorkflowId};
+use crate::timeline::Entry;
+use crate::workflow::{Invocation, Meta, Snapshot, TurnOutput};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("storage I/O: {0}")]
+    Io(String),
+    #[error("corrupt record {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("record {key} has format version {found}; this build reads version {expected}")]
+    Version {
+        key: String,
+        found: u8,
+        expected: u8,
+    },
+}
+
+/// One turn to commit.
+pub struct Commit<'a> {
+    pub workflow: &'a WorkflowId,
+    pub output: &'a TurnOutput,
+    /// A client request id that this turn answers (idempotent starts).
+    pub request_id: Option<&'a str>,
+}
+
+pub trait Store: Send + Sync {
+    /// Commits the turns: each one whole or not at all, and all of them
+    /// durable when this returns.
+    fn commit(&self, turns: &[Commit<'_>]) -> Result<(), Error>;
+
+    /// The stored state of a workflow.
+    fn load(&self, id: &WorkflowId) -> Result<Option<Snapshot>, Error>;
+
+    /// Metadata of every workflow, in id order.
+    fn workflows(&self) -> Result<Vec<Meta>, Error>;
+
+    /// Timeline entries with `seq >= from`, at most `limit`.
+    fn timeline(&self, id: &WorkflowId, from: u64, limit: usize) -> Result<Vec<Entry>, Error>;
+
+    /// Invocations made and not yet answered or cancelled.
+    fn outbox(&self) -> Result<Vec<Invocation>, Error>;
+
+    /// The workflow a client request id started, if any.
+    fn request(&self, request_id: &str) -> Result<Option<WorkflowId>, Error>;
+
+    /// Whether an invocation is still pending.
+    fn pending(&self, id: &InvocationId) -> Result<bool, Error>;
+}
