@@ -77,10 +77,7 @@ fn check(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         None => {
-            println!(
-                "{}: {errors} error(s), {warnings} warning(s)",
-                dir.display()
-            );
+            println!("{}: {errors} error(s), {warnings} warning(s)", dir.display());
             Ok(ExitCode::from(1))
         }
     }

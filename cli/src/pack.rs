@@ -13,8 +13,7 @@ pub fn load(dir: &Path) -> anyhow::Result<(Option<Arc<Pack>>, Vec<Diagnostic>)> 
     if !dir.is_dir() {
         anyhow::bail!("{}: not a pack directory", dir.display());
     }
-    let source =
-        PackSource::read_dir(dir).with_context(|| format!("reading pack {}", dir.display()))?;
+    let source = PackSource::read_dir(dir).with_context(|| format!("reading pack {}", dir.display()))?;
     let (pack, diags) = compile(&source);
     for d in &diags {
         eprintln!("{}\n", d.render(source.text_at(&d.path)));
@@ -27,9 +26,6 @@ pub fn load_ok(dir: &Path) -> anyhow::Result<Arc<Pack>> {
     let (pack, diags) = load(dir)?;
     let errors = diags.iter().filter(|d| d.is_error()).count();
     pack.ok_or_else(|| {
-        anyhow::anyhow!(
-            "{}: {errors} error(s); fix them first (`stoa check` lists them)",
-            dir.display()
-        )
+        anyhow::anyhow!("{}: {errors} error(s); fix them first (`stoa check` lists them)", dir.display())
     })
 }

@@ -51,11 +51,9 @@ struct MocksToml {
 }
 
 pub fn read_facts(path: &Path) -> anyhow::Result<Vec<FactSpec>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     if path.extension().is_some_and(|e| e == "toml") {
-        let f: FactsToml =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e))?;
+        let f: FactsToml = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e))?;
         Ok(f.fact)
     } else {
         serde_json::from_str(&text)
@@ -71,19 +69,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mocks = match &args.mocks {
         Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            toml::from_str::<MocksToml>(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e))?
-                .mock
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str::<MocksToml>(&text).map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e))?.mock
         }
         None => Vec::new(),
     };
     let mut dispatcher = MockDispatcher::new(&mocks);
     let store = match &args.data {
-        Some(d) => {
-            Some(SledStore::open(d, 64).with_context(|| format!("opening store {}", d.display()))?)
-        }
+        Some(d) => Some(SledStore::open(d, 64).with_context(|| format!("opening store {}", d.display()))?),
         None => None,
     };
     let id = match &args.id {
@@ -95,48 +88,53 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(s) => s.load(&id)?.is_some(),
         None => false,
     };
+    let json = args.json;
+    let print = move |entries: &[stoa_engine::timeline::Entry]| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for e in entries {
+            let line = if json { serde_json::to_string(e).expect("entries serialize") } else { e.line() };
+            // A closed pipe (e.g. `| head`) ends the output, not the run.
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = out.flush();
+    };
     let mut local = if existing {
         let s = store_ref.expect("existing implies a store");
         let mut l = Local::resume(pack, id.clone(), s, &mut dispatcher)?;
-        println!(
+        eprintln!(
             "resumed {id}: {} fact(s), {} waiting invocation(s)",
             l.workflow.fact_count(),
             l.workflow.waiting().count()
         );
         if !facts.is_empty() {
-            l.apply(Input::Assert { facts }, &mut dispatcher)?;
+            let out = l.apply(Input::Assert { facts }, &mut dispatcher)?;
+            print(&out.entries);
         }
         l
     } else {
         if args.facts.is_none() {
             anyhow::bail!("--facts is required to start a workflow");
         }
-        Local::start(pack, id.clone(), facts, store_ref, false, &mut dispatcher)?
+        let l = Local::start(pack, id.clone(), facts, store_ref, false, &mut dispatcher)?;
+        print(&l.timeline);
+        l
     };
-    local.drive(&mut dispatcher)?;
-    for e in &local.timeline {
-        if args.json {
-            println!("{}", serde_json::to_string(e)?);
-        } else {
-            println!("{}", e.line());
-        }
-    }
+    // Entries are printed as each turn commits: a `commit` line means the
+    // turn is durable (with --data).
+    local.drive(&mut dispatcher, &mut |out| print(&out.entries))?;
     let meta = local.workflow.meta();
     let extra = match meta.status {
         Status::Completed => format!(" result {}", meta.result),
         Status::Failed => format!(": {}", meta.reason.clone().unwrap_or_default()),
-        Status::Running => format!(
-            ", {} invocation(s) waiting",
-            local.workflow.waiting().count()
-        ),
+        Status::Running => format!(", {} invocation(s) waiting", local.workflow.waiting().count()),
     };
-    println!("workflow {id} {}{extra}", meta.status.as_str());
+    {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "workflow {id} {}{extra}", meta.status.as_str());
+    }
     for (f, a) in &dispatcher.unmocked {
         eprintln!("warning: no mock answered `{f}` with args {a}");
     }
-    Ok(if meta.status == Status::Failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if meta.status == Status::Failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

@@ -9,16 +9,8 @@ pub fn run(dir: &Path, filter: Option<&str>) -> anyhow::Result<ExitCode> {
     let pack = crate::pack::load_ok(dir)?;
     let reports = run_tests(&pack, filter);
     for r in &reports {
-        let file = r
-            .file
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        println!(
-            "test {file} :: {} ... {}",
-            r.name,
-            if r.passed() { "ok" } else { "FAILED" }
-        );
+        let file = r.file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        println!("test {file} :: {} ... {}", r.name, if r.passed() { "ok" } else { "FAILED" });
     }
     let failed: Vec<_> = reports.iter().filter(|r| !r.passed()).collect();
     if !failed.is_empty() {
@@ -42,14 +34,6 @@ pub fn run(dir: &Path, filter: Option<&str>) -> anyhow::Result<ExitCode> {
             println!("rules no test fired: {}", names.join(", "));
         }
     }
-    println!(
-        "{} passed, {} failed",
-        reports.len() - failed.len(),
-        failed.len()
-    );
-    Ok(if failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    println!("{} passed, {} failed", reports.len() - failed.len(), failed.len());
+    Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -79,12 +79,7 @@ impl Dispatcher for MockDispatcher {
                 };
             };
             match answer.error {
-                None => {
-                    break Outcome::Ok {
-                        value: answer.returns.unwrap_or(Value::Null),
-                        attempts: attempt,
-                    }
-                }
+                None => break Outcome::Ok { value: answer.returns.unwrap_or(Value::Null), attempts: attempt },
                 Some(e) if e.retryable && attempt < max => continue,
                 Some(e) => {
                     break Outcome::Error {

@@ -69,15 +69,9 @@ impl WorkflowId {
     /// Checks a user-chosen id: letters, digits, `-`, `_`, `.`; at most 128.
     pub fn parse(s: &str) -> Result<WorkflowId, String> {
         let body = s.strip_prefix(Self::PREFIX).unwrap_or(s);
-        if body.is_empty()
-            || body.len() > 128
-            || !body
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        if body.is_empty() || body.len() > 128 || !body.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
-            return Err(format!(
-                "invalid workflow id `{s}`: use 1 to 128 letters, digits, `-`, `_` or `.`"
-            ));
+            return Err(format!("invalid workflow id `{s}`: use 1 to 128 letters, digits, `-`, `_` or `.`"));
         }
         Ok(WorkflowId::new(s))
     }
@@ -88,10 +82,7 @@ impl InvocationId {
     /// Invocation ids are derived from the workflow and a per-workflow
     /// counter, so a replayed turn produces the same ids (dedup relies on it).
     pub fn of(wf: &WorkflowId, seq: u64) -> InvocationId {
-        InvocationId(format!(
-            "inv_{}.{seq}",
-            &wf.as_str()[WorkflowId::PREFIX.len()..]
-        ))
+        InvocationId(format!("inv_{}.{seq}", &wf.as_str()[WorkflowId::PREFIX.len()..]))
     }
 
     pub fn workflow(&self) -> Option<WorkflowId> {

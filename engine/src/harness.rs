@@ -63,33 +63,22 @@ pub fn run_case(pack: &Arc<Pack>, file: &std::path::Path, case: &TestCase) -> Re
         timeline: Vec::new(),
         fired: Vec::new(),
     };
-    let run = Local::start(
-        pack.clone(),
-        WorkflowId::new("test"),
-        facts,
-        None,
-        true,
-        &mut dispatcher,
-    )
-    .and_then(|mut l| {
-        l.drive(&mut dispatcher)?;
-        Ok(l)
-    });
+    let run =
+        Local::start(pack.clone(), WorkflowId::new("test"), facts, None, true, &mut dispatcher).and_then(|mut l| {
+            l.drive(&mut dispatcher, &mut |_| {})?;
+            Ok(l)
+        });
     let local = match run {
         Ok(l) => l,
         Err(e) => {
-            report
-                .failures
-                .push(format!("the workflow could not run: {e}"));
+            report.failures.push(format!("the workflow could not run: {e}"));
             return report;
         }
     };
     report.timeline = local.timeline.clone();
     report.fired = fired(&report.timeline);
     for (f, args) in &dispatcher.unmocked {
-        report.failures.push(format!(
-            "no mock answers `{f}` with args {args}; add a [[test.mock]] for it"
-        ));
+        report.failures.push(format!("no mock answers `{f}` with args {args}; add a [[test.mock]] for it"));
     }
     check_expectations(case, &local, &mut report);
     report
@@ -99,11 +88,7 @@ fn fired(timeline: &[Entry]) -> Vec<String> {
     timeline
         .iter()
         .filter_map(|e| match &e.event {
-            Event::Fired {
-                rule,
-                section: SectionKind::Action,
-                ..
-            } => Some(rule.clone()),
+            Event::Fired { rule, section: SectionKind::Action, .. } => Some(rule.clone()),
             _ => None,
         })
         .collect()
@@ -115,60 +100,39 @@ fn check_expectations(case: &TestCase, local: &Local, r: &mut Report) {
     let meta = wf.meta();
     if let Some(s) = &x.status {
         if s != meta.status.as_str() {
-            let why = meta
-                .reason
-                .as_ref()
-                .map(|r| format!(" (reason: {r})"))
-                .unwrap_or_default();
-            r.failures.push(format!(
-                "status: expected {s}, got {}{why}",
-                meta.status.as_str()
-            ));
+            let why = meta.reason.as_ref().map(|r| format!(" (reason: {r})")).unwrap_or_default();
+            r.failures.push(format!("status: expected {s}, got {}{why}", meta.status.as_str()));
         }
     }
     if let Some(res) = &x.result {
         if !partial_match(res, &meta.result) {
-            r.failures.push(format!(
-                "result: expected to contain {res}\n           got {}",
-                meta.result
-            ));
+            r.failures.push(format!("result: expected to contain {res}\n           got {}", meta.result));
         }
     }
     if let Some(reason) = &x.reason {
         let got = meta.reason.clone().unwrap_or_default();
         if !got.contains(reason.as_str()) {
-            r.failures.push(format!(
-                "reason: expected to contain {reason:?}, got {got:?}"
-            ));
+            r.failures.push(format!("reason: expected to contain {reason:?}, got {got:?}"));
         }
     }
     if let Some(expected) = &x.fired {
         let expected: Vec<String> = expected.iter().map(|s| s.get_ref().clone()).collect();
         if expected != r.fired {
-            r.failures.push(format!(
-                "fired rules differ (- expected, + actual):\n{}",
-                diff(&expected, &r.fired)
-            ));
+            r.failures.push(format!("fired rules differ (- expected, + actual):\n{}", diff(&expected, &r.fired)));
         }
     }
     if let Some(counts) = &x.fired_count {
         for (rule, n) in counts {
             let got = r.fired.iter().filter(|f| *f == rule).count() as u64;
             if got != *n.get_ref() {
-                r.failures.push(format!(
-                    "rule \"{rule}\" fired {got} time(s), expected {}",
-                    n.get_ref()
-                ));
+                r.failures.push(format!("rule \"{rule}\" fired {got} time(s), expected {}", n.get_ref()));
             }
         }
     }
     for rule in &x.not_fired {
         let got = r.fired.iter().filter(|f| *f == rule.get_ref()).count();
         if got > 0 {
-            r.failures.push(format!(
-                "rule \"{}\" fired {got} time(s), expected never",
-                rule.get_ref()
-            ));
+            r.failures.push(format!("rule \"{}\" fired {got} time(s), expected never", rule.get_ref()));
         }
     }
     if let Some(calls) = &x.calls {
@@ -181,9 +145,7 @@ fn check_expectations(case: &TestCase, local: &Local, r: &mut Report) {
         for (f, n) in calls {
             let g = got.get(f).copied().unwrap_or(0);
             if g != *n {
-                r.failures.push(format!(
-                    "function `{f}` was called {g} time(s), expected {n}"
-                ));
+                r.failures.push(format!("function `{f}` was called {g} time(s), expected {n}"));
             }
         }
     }
@@ -192,26 +154,15 @@ fn check_expectations(case: &TestCase, local: &Local, r: &mut Report) {
             .facts()
             .into_iter()
             .filter(|f| *f.ty.name() == *fx.ty)
-            .filter(|f| {
-                fx.fields
-                    .as_ref()
-                    .is_none_or(|want| partial_match(want, &fields_value(&f.fields)))
-            })
+            .filter(|f| fx.fields.as_ref().is_none_or(|want| partial_match(want, &fields_value(&f.fields))))
             .collect();
         let ok = match fx.count {
             Some(n) => matching.len() == n,
             None => !matching.is_empty(),
         };
         if !ok {
-            let want = fx
-                .fields
-                .as_ref()
-                .map(|v| format!(" with {v}"))
-                .unwrap_or_default();
-            let count = fx
-                .count
-                .map(|n| format!("exactly {n}"))
-                .unwrap_or_else(|| "at least one".into());
+            let want = fx.fields.as_ref().map(|v| format!(" with {v}")).unwrap_or_default();
+            let count = fx.count.map(|n| format!("exactly {n}")).unwrap_or_else(|| "at least one".into());
             let of_type: Vec<String> = wf
                 .facts()
                 .into_iter()
@@ -223,23 +174,15 @@ fn check_expectations(case: &TestCase, local: &Local, r: &mut Report) {
                 "facts: expected {count} {}{want}, found {}; {} fact(s) of that type{}",
                 fx.ty,
                 matching.len(),
-                wf.facts()
-                    .into_iter()
-                    .filter(|f| *f.ty.name() == *fx.ty)
-                    .count(),
+                wf.facts().into_iter().filter(|f| *f.ty.name() == *fx.ty).count(),
                 of_type.concat()
             ));
         }
     }
     for ty in &x.no_facts {
-        let n = wf
-            .facts()
-            .into_iter()
-            .filter(|f| *f.ty.name() == **ty)
-            .count();
+        let n = wf.facts().into_iter().filter(|f| *f.ty.name() == **ty).count();
         if n > 0 {
-            r.failures
-                .push(format!("facts: expected no {ty}, found {n}"));
+            r.failures.push(format!("facts: expected no {ty}, found {n}"));
         }
     }
 }
@@ -253,11 +196,7 @@ fn diff(a: &[String], b: &[String]) -> String {
     let mut lcs = vec![vec![0u32; m + 1]; n + 1];
     for i in (0..n).rev() {
         for j in (0..m).rev() {
-            lcs[i][j] = if a[i] == b[j] {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
-            };
+            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
         }
     }
     let (mut i, mut j, mut out) = (0, 0, Vec::new());

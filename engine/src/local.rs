@@ -24,11 +24,7 @@ pub enum Error {
     #[error("workflow {0} already exists in the store; resume it instead")]
     Exists(WorkflowId),
     #[error("workflow {id} was stored by pack {stored}, not {given}")]
-    WrongPack {
-        id: WorkflowId,
-        stored: String,
-        given: String,
-    },
+    WrongPack { id: WorkflowId, stored: String, given: String },
     #[error("cannot rebuild workflow: {0}")]
     Restore(String),
 }
@@ -45,10 +41,7 @@ pub struct Local<'s> {
 }
 
 fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl<'s> Local<'s> {
@@ -67,13 +60,8 @@ impl<'s> Local<'s> {
             }
         }
         let now = if virtual_time { 0 } else { wall_ms() };
-        let mut local = Local {
-            workflow: Workflow::new(id, pack, now),
-            store,
-            timeline: Vec::new(),
-            now,
-            virtual_time,
-        };
+        let mut local =
+            Local { workflow: Workflow::new(id, pack, now), store, timeline: Vec::new(), now, virtual_time };
         local.apply(Input::Start { facts }, dispatcher)?;
         Ok(local)
     }
@@ -86,15 +74,9 @@ impl<'s> Local<'s> {
         store: &'s dyn Store,
         dispatcher: &mut dyn Dispatcher,
     ) -> Result<Local<'s>, Error> {
-        let snap = store
-            .load(&id)?
-            .ok_or_else(|| Error::NotFound(id.clone()))?;
+        let snap = store.load(&id)?.ok_or_else(|| Error::NotFound(id.clone()))?;
         if snap.meta.pack != pack.manifest.name {
-            return Err(Error::WrongPack {
-                id,
-                stored: snap.meta.pack,
-                given: pack.manifest.name.clone(),
-            });
+            return Err(Error::WrongPack { id, stored: snap.meta.pack, given: pack.manifest.name.clone() });
         }
         let now = wall_ms();
         let workflow = Workflow::restore(pack, snap).map_err(Error::Restore)?;
@@ -103,38 +85,20 @@ impl<'s> Local<'s> {
         for inv in pending {
             dispatcher.dispatch(inv);
         }
-        Ok(Local {
-            workflow,
-            store: Some(store),
-            timeline: Vec::new(),
-            now,
-            virtual_time: false,
-        })
+        Ok(Local { workflow, store: Some(store), timeline: Vec::new(), now, virtual_time: false })
     }
 
     fn tick(&mut self) -> u64 {
-        self.now = if self.virtual_time {
-            self.now + 1
-        } else {
-            wall_ms().max(self.now)
-        };
+        self.now = if self.virtual_time { self.now + 1 } else { wall_ms().max(self.now) };
         self.now
     }
 
     /// One turn: apply, commit, then dispatch.
-    pub fn apply(
-        &mut self,
-        input: Input,
-        dispatcher: &mut dyn Dispatcher,
-    ) -> Result<TurnOutput, Error> {
+    pub fn apply(&mut self, input: Input, dispatcher: &mut dyn Dispatcher) -> Result<TurnOutput, Error> {
         let now = self.tick();
         let out = self.workflow.apply(input, now)?;
         if let Some(s) = self.store {
-            s.commit(&[Commit {
-                workflow: self.workflow.id(),
-                output: &out,
-                request_id: None,
-            }])?;
+            s.commit(&[Commit { workflow: self.workflow.id(), output: &out, request_id: None }])?;
         }
         for id in &out.cancelled {
             dispatcher.cancel(id);
@@ -148,20 +112,14 @@ impl<'s> Local<'s> {
         Ok(out)
     }
 
-    /// Feeds outcomes back until the dispatcher has none. A duplicate or
-    /// late answer is ignored, as the exactly-once rule requires.
-    pub fn drive(&mut self, dispatcher: &mut dyn Dispatcher) -> Result<(), Error> {
+    /// Feeds outcomes back until the dispatcher has none; `on_turn` sees
+    /// each turn once it is committed. A duplicate or late answer is
+    /// ignored, as the exactly-once rule requires.
+    pub fn drive(&mut self, dispatcher: &mut dyn Dispatcher, on_turn: &mut dyn FnMut(&TurnOutput)) -> Result<(), Error> {
         while let Some((inv, outcome)) = dispatcher.next_outcome() {
-            match self.apply(
-                Input::Result {
-                    invocation: inv.id,
-                    outcome,
-                },
-                dispatcher,
-            ) {
-                Ok(_)
-                | Err(Error::Rejected(Rejected::UnknownInvocation(_) | Rejected::NotRunning(_))) => {
-                }
+            match self.apply(Input::Result { invocation: inv.id, outcome }, dispatcher) {
+                Ok(out) => on_turn(&out),
+                Err(Error::Rejected(Rejected::UnknownInvocation(_) | Rejected::NotRunning(_))) => {}
                 Err(e) => return Err(e),
             }
         }

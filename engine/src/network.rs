@@ -172,11 +172,7 @@ impl Network {
                 }
             }
             alpha_of.push(per_cond);
-            mems.push(
-                (0..=rule.conditions.len())
-                    .map(|_| FxHashMap::default())
-                    .collect(),
-            );
+            mems.push((0..=rule.conditions.len()).map(|_| FxHashMap::default()).collect());
             slot_level.push(levels);
         }
         let mut net = Network {
@@ -237,14 +233,7 @@ impl Network {
 
     // ---- tokens -------------------------------------------------------
 
-    fn new_tok(
-        &mut self,
-        rule: u32,
-        level: u16,
-        parent: TokId,
-        fact: FactId,
-        value: Option<Value>,
-    ) -> TokId {
+    fn new_tok(&mut self, rule: u32, level: u16, parent: TokId, fact: FactId, value: Option<Value>) -> TokId {
         let tok = Tok {
             rule,
             level,
@@ -289,14 +278,8 @@ impl Network {
             self.delete_tok(c);
         }
         let tok = &mut self.toks[t as usize];
-        let (rule, level, parent, fact, child_pos, fact_pos) = (
-            tok.rule,
-            tok.level,
-            tok.parent,
-            tok.fact,
-            tok.child_pos,
-            tok.fact_pos,
-        );
+        let (rule, level, parent, fact, child_pos, fact_pos) =
+            (tok.rule, tok.level, tok.parent, tok.fact, tok.child_pos, tok.fact_pos);
         let mem = tok.mem.take();
         if let Some(key) = tok.agenda.take() {
             self.agenda.remove(&key);
@@ -321,9 +304,7 @@ impl Network {
             }
         }
         if let Some((key, pos)) = mem {
-            let bucket = self.mems[rule as usize][level as usize]
-                .get_mut(&key)
-                .expect("token bucket");
+            let bucket = self.mems[rule as usize][level as usize].get_mut(&key).expect("token bucket");
             bucket.swap_remove(pos as usize);
             if let Some(&moved) = bucket.get(pos as usize) {
                 if let Some((_, p)) = &mut self.toks[moved as usize].mem {
@@ -369,12 +350,7 @@ impl Network {
     // ---- evaluation ---------------------------------------------------
 
     fn env<'a>(&'a self, rule: usize, tok: TokId, current: Option<&'a Fact>) -> NetEnv<'a> {
-        NetEnv {
-            net: self,
-            rule,
-            tok,
-            current,
-        }
+        NetEnv { net: self, rule, tok, current }
     }
 
     fn check(&self, c: &Constraint, env: &NetEnv) -> R<bool> {
@@ -420,10 +396,7 @@ impl Network {
     }
 
     fn err(&self, rule: usize, message: String) -> MatchError {
-        MatchError {
-            rule: self.pack.rules[rule].name.clone(),
-            message,
-        }
+        MatchError { rule: self.pack.rules[rule].name.clone(), message }
     }
 
     fn alpha_pass(&self, mem: &AlphaMem, f: &Fact) -> R<bool> {
@@ -459,14 +432,9 @@ impl Network {
     /// Join key of token `t` for condition `cond`, or null without a join.
     fn token_key(&self, rule: usize, cond: usize, t: TokId) -> R<Value> {
         match self.pack.rules[rule].conditions.get(cond) {
-            Some(
-                Condition::Pattern { pattern: p, .. } | Condition::Aggregate { pattern: p, .. },
-            )
+            Some(Condition::Pattern { pattern: p, .. } | Condition::Aggregate { pattern: p, .. })
             | Some(Condition::Not(p) | Condition::Exists(p)) => match &p.join {
-                Some(j) => j
-                    .key
-                    .eval(&self.env(rule, t, None))
-                    .map_err(|e| self.err(rule, e.0)),
+                Some(j) => j.key.eval(&self.env(rule, t, None)).map_err(|e| self.err(rule, e.0)),
                 None => Ok(Value::Null),
             },
             _ => Ok(Value::Null),
@@ -486,14 +454,7 @@ impl Network {
     pub fn insert(&mut self, fact: Fact) -> R<()> {
         let id = fact.id;
         let ty = fact.ty;
-        self.facts.insert(
-            id,
-            FactRec {
-                fact,
-                alpha: Vec::new(),
-                tokens: Vec::new(),
-            },
-        );
+        self.facts.insert(id, FactRec { fact, alpha: Vec::new(), tokens: Vec::new() });
         let mems = self.by_type.get(&ty).cloned().unwrap_or_default();
         for m in mems {
             let f = &self.facts[&id].fact;
@@ -504,11 +465,7 @@ impl Network {
             let bucket = self.alpha[m as usize].buckets.entry(key).or_default();
             let pos = bucket.len() as u32;
             bucket.push(id);
-            self.facts
-                .get_mut(&id)
-                .expect("inserted")
-                .alpha
-                .push((m, pos));
+            self.facts.get_mut(&id).expect("inserted").alpha.push((m, pos));
             self.right_activate(m, id)?;
         }
         self.end_change();
@@ -527,16 +484,8 @@ impl Network {
         for (m, _) in alpha {
             let key = Self::fact_key(&self.alpha[m as usize], &self.facts[&id].fact);
             // Find our current position (it may have moved by swap-removes).
-            let pos = self.facts[&id]
-                .alpha
-                .iter()
-                .find(|(mm, _)| *mm == m)
-                .map(|(_, p)| *p)
-                .expect("member");
-            let bucket = self.alpha[m as usize]
-                .buckets
-                .get_mut(&key)
-                .expect("alpha bucket");
+            let pos = self.facts[&id].alpha.iter().find(|(mm, _)| *mm == m).map(|(_, p)| *p).expect("member");
+            let bucket = self.alpha[m as usize].buckets.get_mut(&key).expect("alpha bucket");
             bucket.swap_remove(pos as usize);
             if let Some(&moved) = bucket.get(pos as usize) {
                 let rec = self.facts.get_mut(&moved).expect("moved fact");
@@ -595,10 +544,7 @@ impl Network {
     pub fn pop(&mut self) -> Option<Activation> {
         let (_, t) = self.agenda.pop_first()?;
         self.toks[t as usize].agenda = None;
-        Some(Activation {
-            rule: self.toks[t as usize].rule as usize,
-            token: t,
-        })
+        Some(Activation { rule: self.toks[t as usize].rule as usize, token: t })
     }
 
     /// Whether a token is still a live complete match.
@@ -618,11 +564,7 @@ impl Network {
     }
 
     fn candidates_facts(&self, m: u32, key: &Value) -> Vec<FactId> {
-        self.alpha[m as usize]
-            .buckets
-            .get(key)
-            .cloned()
-            .unwrap_or_default()
+        self.alpha[m as usize].buckets.get(key).cloned().unwrap_or_default()
     }
 
     /// A token arrived at `level`: join it with the next condition.
@@ -649,12 +591,7 @@ impl Network {
             cond => {
                 self.add_to_mem(t)?;
                 let m = self.alpha_of[rule][level];
-                let key = self.toks[t as usize]
-                    .mem
-                    .as_ref()
-                    .expect("in memory")
-                    .0
-                    .clone();
+                let key = self.toks[t as usize].mem.as_ref().expect("in memory").0.clone();
                 let p = self.pattern(rule, level);
                 let mut matches = Vec::new();
                 for f in self.candidates_facts(m, &key) {
@@ -701,11 +638,7 @@ impl Network {
         match over {
             Some(c) => self.eval(c, &self.env(rule, t, Some(fact))),
             None => {
-                let mut m: BTreeMap<Arc<str>, Value> = fact
-                    .fields
-                    .iter()
-                    .map(|(k, v)| (k.name(), v.clone()))
-                    .collect();
+                let mut m: BTreeMap<Arc<str>, Value> = fact.fields.iter().map(|(k, v)| (k.name(), v.clone())).collect();
                 m.insert(Arc::from("_id"), Value::Int(f as i64));
                 Ok(Value::Map(Arc::new(m)))
             }
@@ -721,9 +654,7 @@ impl Network {
         let Condition::Aggregate { func, .. } = &self.pack.rules[rule].conditions[level] else {
             unreachable!("aggregate")
         };
-        let Side::Items(items) = &self.toks[t as usize].side else {
-            unreachable!("items")
-        };
+        let Side::Items(items) = &self.toks[t as usize].side else { unreachable!("items") };
         let value = aggregate(*func, items).map_err(|m| self.err(rule, m))?;
         if let Some(&c) = self.toks[t as usize].children.first() {
             if value.as_ref() == self.toks[c as usize].value.as_ref() {
@@ -757,10 +688,7 @@ impl Network {
 
     /// A fact entered alpha memory `m`: join it with the waiting tokens.
     fn right_activate(&mut self, m: u32, f: FactId) -> R<()> {
-        let (rule, cond) = (
-            self.alpha[m as usize].rule as usize,
-            self.alpha[m as usize].cond as usize,
-        );
+        let (rule, cond) = (self.alpha[m as usize].rule as usize, self.alpha[m as usize].cond as usize);
         let pack = self.pack.clone();
         let next = cond as u16 + 1;
         for t in self.matching_tokens(m, f)? {
@@ -770,9 +698,7 @@ impl Network {
                     self.left_activate(child)?;
                 }
                 Condition::Not(_) | Condition::Exists(_) => {
-                    let Side::Count(n) = &mut self.toks[t as usize].side else {
-                        unreachable!("count")
-                    };
+                    let Side::Count(n) = &mut self.toks[t as usize].side else { unreachable!("count") };
                     *n += 1;
                     if *n == 1 {
                         if matches!(pack.rules[rule].conditions[cond], Condition::Not(_)) {
@@ -787,9 +713,7 @@ impl Network {
                 }
                 Condition::Aggregate { .. } => {
                     let v = self.operand(rule, cond, t, f)?;
-                    let Side::Items(items) = &mut self.toks[t as usize].side else {
-                        unreachable!("items")
-                    };
+                    let Side::Items(items) = &mut self.toks[t as usize].side else { unreachable!("items") };
                     let at = items.partition_point(|i| i.0 < f);
                     items.insert(at, (f, v));
                     self.refresh_aggregate(t)?;
@@ -802,19 +726,14 @@ impl Network {
 
     /// A fact is leaving alpha memory `m` (it is still readable).
     fn right_retract(&mut self, m: u32, f: FactId) -> R<()> {
-        let (rule, cond) = (
-            self.alpha[m as usize].rule as usize,
-            self.alpha[m as usize].cond as usize,
-        );
+        let (rule, cond) = (self.alpha[m as usize].rule as usize, self.alpha[m as usize].cond as usize);
         let pack = self.pack.clone();
         let next = cond as u16 + 1;
         match &pack.rules[rule].conditions[cond] {
             Condition::Pattern { .. } => {} // its tokens were deleted with the fact
             Condition::Not(_) | Condition::Exists(_) => {
                 for t in self.matching_tokens(m, f)? {
-                    let Side::Count(n) = &mut self.toks[t as usize].side else {
-                        unreachable!("count")
-                    };
+                    let Side::Count(n) = &mut self.toks[t as usize].side else { unreachable!("count") };
                     *n -= 1;
                     if *n == 0 {
                         if matches!(pack.rules[rule].conditions[cond], Condition::Not(_)) {
@@ -832,9 +751,7 @@ impl Network {
                 // The fact's fields are unchanged since it was counted, so the
                 // same tokens match; drop it from each.
                 for t in self.matching_tokens(m, f)? {
-                    let Side::Items(items) = &mut self.toks[t as usize].side else {
-                        unreachable!("items")
-                    };
+                    let Side::Items(items) = &mut self.toks[t as usize].side else { unreachable!("items") };
                     if let Ok(at) = items.binary_search_by_key(&f, |i| i.0) {
                         items.remove(at);
                         self.refresh_aggregate(t)?;
@@ -865,9 +782,7 @@ impl Network {
 fn aggregate(func: AggFn, items: &[(FactId, Value)]) -> Result<Option<Value>, String> {
     Ok(match func {
         AggFn::Count => Some(Value::Int(items.len() as i64)),
-        AggFn::Collect => Some(Value::Array(Arc::new(
-            items.iter().map(|i| i.1.clone()).collect(),
-        ))),
+        AggFn::Collect => Some(Value::Array(Arc::new(items.iter().map(|i| i.1.clone()).collect()))),
         AggFn::Sum => {
             let mut int: Option<i64> = Some(0);
             let mut float = 0.0;
@@ -896,14 +811,10 @@ fn aggregate(func: AggFn, items: &[(FactId, Value)]) -> Result<Option<Value>, St
                 best = match best {
                     None => Some(v),
                     Some(b) => {
-                        let ord = v.partial_cmp_value(b).ok_or_else(|| {
-                            format!("cannot compare {} with {}", v.type_name(), b.type_name())
-                        })?;
-                        let better = if func == AggFn::Min {
-                            ord.is_lt()
-                        } else {
-                            ord.is_gt()
-                        };
+                        let ord = v
+                            .partial_cmp_value(b)
+                            .ok_or_else(|| format!("cannot compare {} with {}", v.type_name(), b.type_name()))?;
+                        let better = if func == AggFn::Min { ord.is_lt() } else { ord.is_gt() };
                         Some(if better { v } else { b })
                     }
                 };
@@ -959,7 +870,5 @@ impl Env for NetEnv<'_> {
 
 /// Fields of a fact as a `Value::Map` (for `collect` and reports).
 pub fn fields_value(fields: &Fields) -> Value {
-    Value::Map(Arc::new(
-        fields.iter().map(|(k, v)| (k.name(), v.clone())).collect(),
-    ))
+    Value::Map(Arc::new(fields.iter().map(|(k, v)| (k.name(), v.clone())).collect()))
 }

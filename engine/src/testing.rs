@@ -14,28 +14,16 @@ use crate::WorkflowId;
 
 /// A pack with one rule file and a manifest declaring `media.*` functions.
 pub fn pack(rules: &str, manifest_extra: &str) -> Arc<Pack> {
-    let mut src = PackSource {
-        root: PathBuf::from("test"),
-        ..PackSource::default()
-    };
+    let mut src = PackSource { root: PathBuf::from("test"), ..PackSource::default() };
     src.files.insert(
         PathBuf::from("pack.toml"),
         format!(
             "[pack]\nname = \"test\"\nversion = \"1\"\n\n[functions.\"media.encode\"]\ntimeout = \"1m\"\n\n[functions.\"media.split\"]\n{manifest_extra}"
         ),
     );
-    src.files
-        .insert(PathBuf::from("main.rules"), rules.to_string());
+    src.files.insert(PathBuf::from("main.rules"), rules.to_string());
     let (pack, diags) = compile(&src);
-    assert!(
-        pack.is_some(),
-        "{}",
-        diags
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert!(pack.is_some(), "{}", diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"));
     Arc::new(pack.unwrap())
 }
 
@@ -47,19 +35,12 @@ impl Answers {
         Answers(Box::new(|_, args| {
             let mut m = std::collections::BTreeMap::new();
             m.insert(Arc::from("echo"), args.clone());
-            Outcome::Ok {
-                value: Value::Map(Arc::new(m)),
-                attempts: 1,
-            }
+            Outcome::Ok { value: Value::Map(Arc::new(m)), attempts: 1 }
         }))
     }
 }
 
-pub fn run_to_end(
-    pack: Arc<Pack>,
-    facts: Vec<FactSpec>,
-    answers: &mut Answers,
-) -> (Workflow, Vec<Entry>) {
+pub fn run_to_end(pack: Arc<Pack>, facts: Vec<FactSpec>, answers: &mut Answers) -> (Workflow, Vec<Entry>) {
     let mut wf = Workflow::new(WorkflowId::new("test"), pack, 0);
     let mut timeline = Vec::new();
     let mut queue = std::collections::VecDeque::new();
@@ -73,10 +54,7 @@ pub fn run_to_end(
         }
         while let Some(inv) = queue.pop_front() {
             if wf.waiting().any(|w| w.invocation.id == inv.id) {
-                input = Some(Input::Result {
-                    outcome: (answers.0)(&inv.function, &inv.args),
-                    invocation: inv.id,
-                });
+                input = Some(Input::Result { outcome: (answers.0)(&inv.function, &inv.args), invocation: inv.id });
                 break;
             }
         }

@@ -108,11 +108,7 @@ impl Entry {
     pub fn line(&self) -> String {
         match &self.event {
             Event::TurnStarted { input } => format!("turn {} ── {input}", self.turn),
-            Event::Fired {
-                rule,
-                section,
-                facts,
-            } => {
+            Event::Fired { rule, section, facts } => {
                 let fs: Vec<String> = facts.iter().map(|(id, v)| format!("f{id}@{v}")).collect();
                 let sec = match section {
                     SectionKind::Action => "",
@@ -122,31 +118,14 @@ impl Entry {
                 format!("  fire   {rule}{sec} ({})", fs.join(", "))
             }
             Event::Inserted { id, ty, fields } => format!("  +      f{id} {ty} {fields:?}"),
-            Event::Modified {
-                id,
-                ty,
-                version,
-                before,
-                after,
-            } => {
+            Event::Modified { id, ty, version, before, after } => {
                 format!("  ~      f{id}@{version} {ty} {before:?} -> {after:?}")
             }
             Event::Retracted { id, ty, version } => format!("  -      f{id}@{version} {ty}"),
-            Event::Invoked {
-                invocation,
-                function,
-                args,
-                priority,
-                ..
-            } => {
+            Event::Invoked { invocation, function, args, priority, .. } => {
                 format!("  call   {function} {args} (priority {priority}) {invocation}")
             }
-            Event::ResultApplied {
-                invocation,
-                ok,
-                value,
-                attempts,
-            } => {
+            Event::ResultApplied { invocation, ok, value, attempts } => {
                 format!(
                     "  {}  {invocation} after {attempts} attempt(s): {value}",
                     if *ok { "result" } else { "error " }

@@ -96,16 +96,8 @@ pub struct Waiting {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "lowercase")]
 pub enum Outcome {
-    Ok {
-        value: Value,
-        attempts: u32,
-    },
-    Error {
-        kind: ErrorKind,
-        message: String,
-        attempts: u32,
-        retryable: bool,
-    },
+    Ok { value: Value, attempts: u32 },
+    Error { kind: ErrorKind, message: String, attempts: u32, retryable: bool },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,22 +111,11 @@ pub enum ErrorKind {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Input {
-    Start {
-        facts: Vec<FactSpec>,
-    },
-    Assert {
-        facts: Vec<FactSpec>,
-    },
-    Retract {
-        ids: Vec<FactId>,
-    },
-    Result {
-        invocation: InvocationId,
-        outcome: Outcome,
-    },
-    Cancel {
-        reason: String,
-    },
+    Start { facts: Vec<FactSpec> },
+    Assert { facts: Vec<FactSpec> },
+    Retract { ids: Vec<FactId> },
+    Result { invocation: InvocationId, outcome: Outcome },
+    Cancel { reason: String },
 }
 
 impl Input {
@@ -143,14 +124,10 @@ impl Input {
             Input::Start { facts } => format!("start with {} fact(s)", facts.len()),
             Input::Assert { facts } => format!("assert {} fact(s)", facts.len()),
             Input::Retract { ids } => format!("retract {ids:?}"),
-            Input::Result {
-                invocation,
-                outcome: Outcome::Ok { .. },
-            } => format!("result of {invocation}"),
-            Input::Result {
-                invocation,
-                outcome: Outcome::Error { kind, .. },
-            } => format!("error ({kind:?}) of {invocation}").to_lowercase(),
+            Input::Result { invocation, outcome: Outcome::Ok { .. } } => format!("result of {invocation}"),
+            Input::Result { invocation, outcome: Outcome::Error { kind, .. } } => {
+                format!("error ({kind:?}) of {invocation}").to_lowercase()
+            }
             Input::Cancel { reason } => format!("cancel: {reason}"),
         }
     }
@@ -161,9 +138,7 @@ impl Input {
 pub enum Rejected {
     #[error("workflow is {0}, not running")]
     NotRunning(&'static str),
-    #[error(
-        "invocation {0} is not awaited by this workflow (already answered, cancelled, or unknown)"
-    )]
+    #[error("invocation {0} is not awaited by this workflow (already answered, cancelled, or unknown)")]
     UnknownInvocation(InvocationId),
     #[error("fact {0}: {1}")]
     InvalidFact(usize, String),
@@ -329,21 +304,13 @@ impl Workflow {
     fn validate(&self, facts: &[FactSpec]) -> Result<(), Rejected> {
         for (i, f) in facts.iter().enumerate() {
             if !f.ty.starts_with(|c: char| c.is_ascii_uppercase()) {
-                return Err(Rejected::InvalidFact(
-                    i,
-                    format!("type `{}` must start with an upper-case letter", f.ty),
-                ));
+                return Err(Rejected::InvalidFact(i, format!("type `{}` must start with an upper-case letter", f.ty)));
             }
             if let Some((k, _)) = f.fields.iter().find(|(k, _)| k.name().starts_with('_')) {
-                return Err(Rejected::InvalidFact(
-                    i,
-                    format!("field `{k}` starts with `_`, which is reserved"),
-                ));
+                return Err(Rejected::InvalidFact(i, format!("field `{k}` starts with `_`, which is reserved")));
             }
             if let Some(schema) = self.pack.manifest.facts.get(&f.ty) {
-                schema
-                    .check(&f.ty, &f.fields)
-                    .map_err(|e| Rejected::InvalidFact(i, e))?;
+                schema.check(&f.ty, &f.fields).map_err(|e| Rejected::InvalidFact(i, e))?;
             }
         }
         Ok(())
@@ -369,20 +336,11 @@ impl Workflow {
             Input::Cancel { .. } => {}
         }
         self.meta.turn += 1;
-        self.turn = TurnState {
-            now: now_ms,
-            ..TurnState::default()
-        };
+        self.turn = TurnState { now: now_ms, ..TurnState::default() };
         let meta_before = self.meta.clone();
-        self.record(Event::TurnStarted {
-            input: input.summary(),
-        });
+        self.record(Event::TurnStarted { input: input.summary() });
         let result = self.run(input).and_then(|()| self.fire_all());
-        let mut out = TurnOutput {
-            turn: self.meta.turn,
-            firings: self.turn.firings,
-            ..TurnOutput::default()
-        };
+        let mut out = TurnOutput { turn: self.meta.turn, firings: self.turn.firings, ..TurnOutput::default() };
         match result {
             Ok(()) => {
                 let firings = self.turn.firings;
@@ -394,22 +352,14 @@ impl Workflow {
                 let firings = self.turn.firings;
                 let started = self.turn.entries.first().cloned();
                 self.turn.entries.clear();
-                self.meta.timeline_seq = started
-                    .as_ref()
-                    .map(|e| e.seq - 1)
-                    .unwrap_or(self.meta.timeline_seq);
+                self.meta.timeline_seq = started.as_ref().map(|e| e.seq - 1).unwrap_or(self.meta.timeline_seq);
                 if let Some(s) = started {
                     self.record(s.event);
                 }
-                self.record(Event::TurnFailed {
-                    error: error.clone(),
-                    firings,
-                });
+                self.record(Event::TurnFailed { error: error.clone(), firings });
                 self.meta.status = Status::Failed;
                 self.meta.reason = Some(error.clone());
-                self.record(Event::Failed {
-                    reason: error.clone(),
-                });
+                self.record(Event::Failed { reason: error.clone() });
                 out.error = Some(error);
                 // Nothing else is committed: facts and waiting stay as they were.
                 self.turn.undo_facts.clear();
@@ -423,8 +373,7 @@ impl Workflow {
         self.meta.updated_ms = now_ms;
         out.entries = std::mem::take(&mut self.turn.entries);
         out.invocations = std::mem::take(&mut self.turn.invocations);
-        out.cancelled
-            .extend(std::mem::take(&mut self.turn.cancelled));
+        out.cancelled.extend(std::mem::take(&mut self.turn.cancelled));
         out.meta = Some(self.meta.clone());
         Ok(out)
     }
@@ -451,8 +400,7 @@ impl Workflow {
     }
 
     fn rollback(&mut self, meta_before: Meta) {
-        let mut facts: FxHashMap<FactId, Fact> =
-            self.net.facts().map(|f| (f.id, f.clone())).collect();
+        let mut facts: FxHashMap<FactId, Fact> = self.net.facts().map(|f| (f.id, f.clone())).collect();
         for (id, before) in self.turn.undo_facts.drain() {
             match before {
                 Some(f) => facts.insert(id, f),
@@ -477,10 +425,7 @@ impl Workflow {
             self.index_waiting(w);
         }
         let seq = self.meta.timeline_seq;
-        self.meta = Meta {
-            timeline_seq: seq,
-            ..meta_before
-        };
+        self.meta = Meta { timeline_seq: seq, ..meta_before };
         // The pre-turn state was quiescent and valid, so rebuilding cannot fail.
         let _ = self.rebuild(facts);
     }
@@ -513,16 +458,9 @@ impl Workflow {
                     self.retract(id, "retracted by request")?;
                 }
             }
-            Input::Result {
-                invocation,
-                outcome,
-            } => self.apply_result(invocation, outcome)?,
+            Input::Result { invocation, outcome } => self.apply_result(invocation, outcome)?,
             Input::Cancel { reason } => {
-                self.finish(
-                    Status::Failed,
-                    Value::Null,
-                    Some(format!("cancelled: {reason}")),
-                );
+                self.finish(Status::Failed, Value::Null, Some(format!("cancelled: {reason}")));
             }
         }
         Ok(())
@@ -552,32 +490,16 @@ impl Workflow {
                 })
                 .collect();
             let matched = self.net.matched_facts(act.token);
-            self.record(Event::Fired {
-                rule: rule.name.clone(),
-                section: SectionKind::Action,
-                facts: matched.clone(),
-            });
+            self.record(Event::Fired { rule: rule.name.clone(), section: SectionKind::Action, facts: matched.clone() });
             if let Some(section) = &rule.action {
                 let values = self.script_values(rule, &bindings, None);
-                self.run_section(
-                    rule,
-                    section,
-                    SectionKind::Action,
-                    values,
-                    &bindings,
-                    &matched,
-                )?;
+                self.run_section(rule, section, SectionKind::Action, values, &bindings, &matched)?;
             }
         }
         Ok(())
     }
 
-    fn script_values(
-        &self,
-        rule: &Rule,
-        bindings: &[Binding],
-        extra: Option<(Value, Value)>,
-    ) -> Vec<ScriptValue> {
+    fn script_values(&self, rule: &Rule, bindings: &[Binding], extra: Option<(Value, Value)>) -> Vec<ScriptValue> {
         let mut values: Vec<ScriptValue> = rule
             .script_slots()
             .map(|(slot, _)| match &bindings[slot] {
@@ -605,30 +527,17 @@ impl Workflow {
         bindings: &[Binding],
         matched: &[(FactId, u32)],
     ) -> Result<(), TurnError> {
-        let effects = self
-            .pack
-            .sandbox
-            .run(&section.script, values, self.meta.next_fact_id)
-            .map_err(|e| {
-                let at = e
-                    .pos
-                    .map(|p| {
-                        let line = section.pos.line + p.line - 1;
-                        let col = if p.line == 1 {
-                            section.pos.col + p.col - 1
-                        } else {
-                            p.col
-                        };
-                        format!(" at {}:{line}:{col}", section.file.display())
-                    })
-                    .unwrap_or_default();
-                TurnError(format!(
-                    "rule \"{}\" {}{at}: {}",
-                    rule.name,
-                    kind.as_str(),
-                    e.message
-                ))
-            })?;
+        let effects = self.pack.sandbox.run(&section.script, values, self.meta.next_fact_id).map_err(|e| {
+            let at = e
+                .pos
+                .map(|p| {
+                    let line = section.pos.line + p.line - 1;
+                    let col = if p.line == 1 { section.pos.col + p.col - 1 } else { p.col };
+                    format!(" at {}:{line}:{col}", section.file.display())
+                })
+                .unwrap_or_default();
+            TurnError(format!("rule \"{}\" {}{at}: {}", rule.name, kind.as_str(), e.message))
+        })?;
         if rule.no_loop {
             self.net.suppress_rule = Some(rule.index);
         }
@@ -655,20 +564,11 @@ impl Workflow {
                     if self.net.fact(id).is_none() {
                         return Err(TurnError(format!("retract: fact f{id} does not exist")));
                     }
-                    self.retract(
-                        id,
-                        &format!("rule \"{}\" retracted a fact it bound", rule.name),
-                    )?;
+                    self.retract(id, &format!("rule \"{}\" retracted a fact it bound", rule.name))?;
                 }
-                Effect::Call {
-                    function,
-                    args,
-                    options,
-                } => {
+                Effect::Call { function, args, options } => {
                     let Some(spec) = self.pack.manifest.functions.get(&function) else {
-                        return Err(TurnError(format!(
-                            "call: function `{function}` is not declared in pack.toml"
-                        )));
+                        return Err(TurnError(format!("call: function `{function}` is not declared in pack.toml")));
                     };
                     let id = InvocationId::of(&self.meta.id, self.meta.next_invocation);
                     self.meta.next_invocation += 1;
@@ -678,9 +578,7 @@ impl Workflow {
                         function: function.clone(),
                         args: args.clone(),
                         priority: options.priority,
-                        timeout_ms: options
-                            .timeout_ms
-                            .unwrap_or(spec.timeout.as_millis() as u64),
+                        timeout_ms: options.timeout_ms.unwrap_or(spec.timeout.as_millis() as u64),
                         retry: spec.retry.clone(),
                         rule: rule.name.clone(),
                         created_ms: self.turn.now,
@@ -703,10 +601,7 @@ impl Workflow {
                 }
                 Effect::Complete { result } => self.finish(Status::Completed, result, None),
                 Effect::Fail { reason } => self.finish(Status::Failed, Value::Null, Some(reason)),
-                Effect::Log { message } => self.record(Event::Log {
-                    rule: rule.name.clone(),
-                    message,
-                }),
+                Effect::Log { message } => self.record(Event::Log { rule: rule.name.clone(), message }),
             }
             if self.net.fact_count() > self.pack.manifest.limits.max_facts {
                 return Err(TurnError(format!(
@@ -724,12 +619,8 @@ impl Workflow {
         }
         self.meta.status = status;
         match status {
-            Status::Completed => self.record(Event::Completed {
-                result: result.clone(),
-            }),
-            _ => self.record(Event::Failed {
-                reason: reason.clone().unwrap_or_default(),
-            }),
+            Status::Completed => self.record(Event::Completed { result: result.clone() }),
+            _ => self.record(Event::Failed { reason: reason.clone().unwrap_or_default() }),
         }
         self.meta.result = result;
         self.meta.reason = reason;
@@ -763,25 +654,14 @@ impl Workflow {
         let id = self.meta.next_fact_id;
         self.meta.next_fact_id += 1;
         self.touch_fact(id);
-        self.record(Event::Inserted {
-            id,
-            ty,
-            fields: fields.clone(),
-        });
-        self.net.insert(Fact {
-            id,
-            ty,
-            version: 1,
-            fields,
-        })?;
+        self.record(Event::Inserted { id, ty, fields: fields.clone() });
+        self.net.insert(Fact { id, ty, version: 1, fields })?;
         Ok(id)
     }
 
     fn modify(&mut self, id: FactId, changes: Fields) -> Result<(), TurnError> {
         let Some(old) = self.net.fact(id).cloned() else {
-            return Err(TurnError(format!(
-                "modify: fact f{id} does not exist (was it retracted?)"
-            )));
+            return Err(TurnError(format!("modify: fact f{id} does not exist (was it retracted?)")));
         };
         let mut fields = old.fields.clone();
         let (mut before, mut after) = (Fields::new(), Fields::new());
@@ -804,31 +684,16 @@ impl Workflow {
         self.check_schema(old.ty, &fields)?;
         self.touch_fact(id);
         let version = old.version + 1;
-        self.record(Event::Modified {
-            id,
-            ty: old.ty,
-            version,
-            before,
-            after,
-        });
+        self.record(Event::Modified { id, ty: old.ty, version, before, after });
         self.net.retract(id)?;
-        self.net.insert(Fact {
-            id,
-            ty: old.ty,
-            version,
-            fields,
-        })?;
+        self.net.insert(Fact { id, ty: old.ty, version, fields })?;
         Ok(())
     }
 
     fn retract(&mut self, id: FactId, reason: &str) -> Result<(), TurnError> {
         self.touch_fact(id);
         if let Some(f) = self.net.retract(id)? {
-            self.record(Event::Retracted {
-                id,
-                ty: f.ty,
-                version: f.version,
-            });
+            self.record(Event::Retracted { id, ty: f.ty, version: f.version });
         }
         // Activations waiting on this fact lose their purpose.
         if let Some(invs) = self.waiting_by_fact.get(&id).cloned() {
@@ -848,10 +713,7 @@ impl Workflow {
     fn index_waiting(&mut self, w: &Waiting) {
         for b in &w.bindings {
             if let Binding::Fact(f) = b {
-                self.waiting_by_fact
-                    .entry(*f)
-                    .or_default()
-                    .push(w.invocation.id.clone());
+                self.waiting_by_fact.entry(*f).or_default().push(w.invocation.id.clone());
             }
         }
     }
@@ -865,10 +727,7 @@ impl Workflow {
 
     fn take_waiting(&mut self, inv: &InvocationId) -> Option<Waiting> {
         let w = self.waiting.remove(inv)?;
-        self.turn
-            .undo_waiting
-            .entry(inv.clone())
-            .or_insert_with(|| Some(w.clone()));
+        self.turn.undo_waiting.entry(inv.clone()).or_insert_with(|| Some(w.clone()));
         for b in &w.bindings {
             if let Binding::Fact(f) = b {
                 if let Some(v) = self.waiting_by_fact.get_mut(f) {
@@ -886,10 +745,7 @@ impl Workflow {
         let w = self.take_waiting(&inv).expect("checked in apply");
         let pack = self.pack.clone();
         let Some(rule) = pack.rules.iter().find(|r| r.name == w.rule) else {
-            return Err(TurnError(format!(
-                "rule \"{}\" that made {inv} is no longer in the pack",
-                w.rule
-            )));
+            return Err(TurnError(format!("rule \"{}\" that made {inv} is no longer in the pack", w.rule)));
         };
         let invocation = {
             let mut m = BTreeMap::new();
@@ -898,19 +754,11 @@ impl Workflow {
             m.insert(Arc::from("args"), w.invocation.args.clone());
             Value::Map(Arc::new(m))
         };
-        let matched: Vec<(FactId, u32)> = w
-            .matched
-            .iter()
-            .map(|(id, v)| (*id, self.net.fact(*id).map(|f| f.version).unwrap_or(*v)))
-            .collect();
+        let matched: Vec<(FactId, u32)> =
+            w.matched.iter().map(|(id, v)| (*id, self.net.fact(*id).map(|f| f.version).unwrap_or(*v))).collect();
         match outcome {
             Outcome::Ok { value, attempts } => {
-                self.record(Event::ResultApplied {
-                    invocation: inv,
-                    ok: true,
-                    value: value.clone(),
-                    attempts,
-                });
+                self.record(Event::ResultApplied { invocation: inv, ok: true, value: value.clone(), attempts });
                 if let Some(section) = &rule.reaction {
                     self.record(Event::Fired {
                         rule: rule.name.clone(),
@@ -918,39 +766,19 @@ impl Workflow {
                         facts: matched.clone(),
                     });
                     let values = self.script_values(rule, &w.bindings, Some((value, invocation)));
-                    self.run_section(
-                        rule,
-                        section,
-                        SectionKind::Reaction,
-                        values,
-                        &w.bindings,
-                        &matched,
-                    )?;
+                    self.run_section(rule, section, SectionKind::Reaction, values, &w.bindings, &matched)?;
                 }
             }
-            Outcome::Error {
-                kind,
-                message,
-                attempts,
-                retryable,
-            } => {
+            Outcome::Error { kind, message, attempts, retryable } => {
                 let err = {
                     let mut m = BTreeMap::new();
-                    m.insert(
-                        Arc::from("kind"),
-                        Value::str(&format!("{kind:?}").to_lowercase()),
-                    );
+                    m.insert(Arc::from("kind"), Value::str(&format!("{kind:?}").to_lowercase()));
                     m.insert(Arc::from("message"), Value::str(&message));
                     m.insert(Arc::from("attempts"), Value::Int(attempts as i64));
                     m.insert(Arc::from("retryable"), Value::Bool(retryable));
                     Value::Map(Arc::new(m))
                 };
-                self.record(Event::ResultApplied {
-                    invocation: inv,
-                    ok: false,
-                    value: err.clone(),
-                    attempts,
-                });
+                self.record(Event::ResultApplied { invocation: inv, ok: false, value: err.clone(), attempts });
                 match &rule.error {
                     Some(section) => {
                         self.record(Event::Fired {
@@ -959,14 +787,7 @@ impl Workflow {
                             facts: matched.clone(),
                         });
                         let values = self.script_values(rule, &w.bindings, Some((err, invocation)));
-                        self.run_section(
-                            rule,
-                            section,
-                            SectionKind::Error,
-                            values,
-                            &w.bindings,
-                            &matched,
-                        )?;
+                        self.run_section(rule, section, SectionKind::Error, values, &w.bindings, &matched)?;
                     }
                     None => {
                         // An unhandled function error fails the workflow, like an
@@ -1000,11 +821,7 @@ mod tests {
         let p = pack(rules, "");
         let (wf, timeline) = run_to_end(p, facts(start), &mut Answers::echo());
         let mut out: Vec<String> = timeline.iter().map(|e| e.line()).collect();
-        out.push(format!(
-            "status: {} {}",
-            wf.status().as_str(),
-            wf.meta().reason.clone().unwrap_or_default()
-        ));
+        out.push(format!("status: {} {}", wf.status().as_str(), wf.meta().reason.clone().unwrap_or_default()));
         expect.assert_eq(&(out.join("\n") + "\n"));
     }
 
@@ -1148,11 +965,8 @@ rule "spin" {
 "#,
             "[limits]\nmax_firings_per_turn = 50\n",
         );
-        let (wf, timeline) = run_to_end(
-            p,
-            facts(serde_json::json!([{"type": "Counter", "fields": {"n": 0}}])),
-            &mut Answers::echo(),
-        );
+        let (wf, timeline) =
+            run_to_end(p, facts(serde_json::json!([{"type": "Counter", "fields": {"n": 0}}])), &mut Answers::echo());
         let lines: Vec<String> = timeline.iter().map(|e| e.line()).collect();
         expect![[r#"
             turn 1 ── start with 1 fact(s)
@@ -1160,11 +974,7 @@ rule "spin" {
               done   failed: the turn exceeded 50 firings (limit `max_firings_per_turn`); last rule: "spin""#]]
         .assert_eq(&lines.join("\n"));
         assert_eq!(wf.status(), Status::Failed);
-        assert_eq!(
-            wf.fact_count(),
-            0,
-            "the start turn's facts are rolled back too"
-        );
+        assert_eq!(wf.fact_count(), 0, "the start turn's facts are rolled back too");
     }
 
     #[test]

@@ -27,11 +27,7 @@ impl PackSource {
     /// Reads `pack.toml`, every `*.rules` file and `tests/**/*.toml`.
     pub fn read_dir(root: &Path) -> std::io::Result<PackSource> {
         let mut files = BTreeMap::new();
-        fn walk(
-            root: &Path,
-            dir: &Path,
-            files: &mut BTreeMap<PathBuf, String>,
-        ) -> std::io::Result<()> {
+        fn walk(root: &Path, dir: &Path, files: &mut BTreeMap<PathBuf, String>) -> std::io::Result<()> {
             let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
             entries.sort_by_key(|e| e.path());
             for e in entries {
@@ -51,10 +47,7 @@ impl PackSource {
             Ok(())
         }
         walk(root, root, &mut files)?;
-        Ok(PackSource {
-            root: root.to_path_buf(),
-            files,
-        })
+        Ok(PackSource { root: root.to_path_buf(), files })
     }
 
     pub fn display_path(&self, rel: &Path) -> PathBuf {
@@ -100,18 +93,10 @@ pub struct Pattern {
 
 #[derive(Clone, Debug)]
 pub enum Condition {
-    Pattern {
-        slot: usize,
-        pattern: Pattern,
-    },
+    Pattern { slot: usize, pattern: Pattern },
     Not(Pattern),
     Exists(Pattern),
-    Aggregate {
-        slot: usize,
-        func: AggFn,
-        pattern: Pattern,
-        over: Option<Constraint>,
-    },
+    Aggregate { slot: usize, func: AggFn, pattern: Pattern, over: Option<Constraint> },
     Test(Constraint),
 }
 
@@ -150,10 +135,7 @@ pub struct Rule {
 impl Rule {
     /// Slots visible to scripts (named ones), in order.
     pub fn script_slots(&self) -> impl Iterator<Item = (usize, &str)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.name.as_deref().map(|n| (i, n)))
+        self.slots.iter().enumerate().filter_map(|(i, s)| s.name.as_deref().map(|n| (i, n)))
     }
 }
 
@@ -185,12 +167,7 @@ pub fn compile(source: &PackSource) -> (Option<Pack>, Vec<Diagnostic>) {
     let manifest_path = source.display_path(Path::new("pack.toml"));
     let manifest = match source.files.get(Path::new("pack.toml")) {
         None => {
-            diags.push(Diagnostic::error(
-                &manifest_path,
-                Pos::new(1, 1),
-                Code::Pack,
-                "the pack has no pack.toml",
-            ));
+            diags.push(Diagnostic::error(&manifest_path, Pos::new(1, 1), Code::Pack, "the pack has no pack.toml"));
             None
         }
         Some(text) => match parse_manifest(&manifest_path, text) {
@@ -201,25 +178,13 @@ pub fn compile(source: &PackSource) -> (Option<Pack>, Vec<Diagnostic>) {
             }
         },
     };
-    let limits = manifest
-        .as_ref()
-        .map(|m| m.limits.clone())
-        .unwrap_or_default();
+    let limits = manifest.as_ref().map(|m| m.limits.clone()).unwrap_or_default();
     let sandbox = Arc::new(Sandbox::new(&limits));
     let mut rules: Vec<Rule> = Vec::new();
     let mut seen: BTreeMap<String, (PathBuf, Pos)> = BTreeMap::new();
-    let rule_files: Vec<_> = source
-        .files
-        .iter()
-        .filter(|(p, _)| p.extension().is_some_and(|x| x == "rules"))
-        .collect();
+    let rule_files: Vec<_> = source.files.iter().filter(|(p, _)| p.extension().is_some_and(|x| x == "rules")).collect();
     if rule_files.is_empty() {
-        diags.push(Diagnostic::error(
-            &source.root,
-            Pos::new(1, 1),
-            Code::Pack,
-            "the pack has no `*.rules` file",
-        ));
+        diags.push(Diagnostic::error(&source.root, Pos::new(1, 1), Code::Pack, "the pack has no `*.rules` file"));
     }
     for (rel, text) in rule_files {
         let path = source.display_path(rel);
@@ -233,33 +198,18 @@ pub fn compile(source: &PackSource) -> (Option<Pack>, Vec<Diagnostic>) {
                     &path,
                     ast.pos,
                     Code::DuplicateRule,
-                    format!(
-                        "rule \"{}\" is already defined at {}:{}:{}",
-                        ast.name,
-                        p.display(),
-                        at.line,
-                        at.col
-                    ),
+                    format!("rule \"{}\" is already defined at {}:{}:{}", ast.name, p.display(), at.line, at.col),
                 ));
                 continue;
             }
             seen.insert(ast.name.clone(), (path.clone(), ast.pos));
-            let mut c = RuleCompiler {
-                sandbox: &sandbox,
-                path: &path,
-                diags: &mut diags,
-                slots: Vec::new(),
-            };
+            let mut c = RuleCompiler { sandbox: &sandbox, path: &path, diags: &mut diags, slots: Vec::new() };
             if let Some(rule) = c.rule(&ast, rules.len()) {
                 if let Some(m) = &manifest {
-                    for s in [&rule.action, &rule.reaction, &rule.error]
-                        .into_iter()
-                        .flatten()
-                    {
+                    for s in [&rule.action, &rule.reaction, &rule.error].into_iter().flatten() {
                         for (f, p) in Sandbox::called_functions(&s.script) {
                             if !m.functions.contains_key(&f) {
-                                let declared: Vec<_> =
-                                    m.functions.keys().map(|k| format!("`{k}`")).collect();
+                                let declared: Vec<_> = m.functions.keys().map(|k| format!("`{k}`")).collect();
                                 diags.push(Diagnostic::error(
                                     &path,
                                     file_pos(s.pos, p),
@@ -274,16 +224,16 @@ pub fn compile(source: &PackSource) -> (Option<Pack>, Vec<Diagnostic>) {
                     }
                 }
                 if rule.reaction.is_some() || rule.error.is_some() {
-                    let calls = rule
-                        .action
-                        .as_ref()
-                        .is_some_and(|a| !Sandbox::called_functions(&a.script).is_empty());
+                    let calls = rule.action.as_ref().is_some_and(|a| !Sandbox::called_functions(&a.script).is_empty());
                     if !calls {
                         diags.push(Diagnostic::warning(
                             &path,
                             rule.pos,
                             Code::Script,
-                            format!("rule \"{}\" has a `reaction` or `error` section but its action calls no function", rule.name),
+                            format!(
+                                "rule \"{}\" has a `reaction` or `error` section but its action calls no function",
+                                rule.name
+                            ),
                         ));
                     }
                 }
@@ -306,31 +256,16 @@ pub fn compile(source: &PackSource) -> (Option<Pack>, Vec<Diagnostic>) {
     }
     diags.sort_by(|a, b| (&a.path, a.pos).cmp(&(&b.path, b.pos)));
     let ok = !diags.iter().any(Diagnostic::is_error);
-    let digest = source.files.iter().fold(FNV_SEED, |h, (p, t)| {
-        fnv1a(t.as_bytes(), fnv1a(p.to_string_lossy().as_bytes(), h))
-    });
+    let digest =
+        source.files.iter().fold(FNV_SEED, |h, (p, t)| fnv1a(t.as_bytes(), fnv1a(p.to_string_lossy().as_bytes(), h)));
     let pack = match (ok, manifest) {
-        (true, Some(manifest)) => Some(Pack {
-            manifest,
-            rules,
-            tests,
-            sandbox,
-            source: source.clone(),
-            digest,
-        }),
+        (true, Some(manifest)) => Some(Pack { manifest, rules, tests, sandbox, source: source.clone(), digest }),
         _ => None,
     };
     (pack, diags)
 }
 
-fn check_tests(
-    path: &Path,
-    text: &str,
-    cases: &[TestCase],
-    m: &Manifest,
-    rules: &[Rule],
-    diags: &mut Vec<Diagnostic>,
-) {
+fn check_tests(path: &Path, text: &str, cases: &[TestCase], m: &Manifest, rules: &[Rule], diags: &mut Vec<Diagnostic>) {
     let map = crate::diagnostic::SourceMap::new(text);
     let rule_known = |name: &toml::Spanned<String>, diags: &mut Vec<Diagnostic>| {
         if !rules.iter().any(|r| &r.name == name.get_ref()) {
@@ -351,20 +286,12 @@ fn check_tests(
                     path,
                     at,
                     Code::TestFile,
-                    format!(
-                        "a fact type starts with an upper-case letter: `{}`",
-                        spec.ty
-                    ),
+                    format!("a fact type starts with an upper-case letter: `{}`", spec.ty),
                 ));
             }
             if let Some(schema) = m.facts.get(&spec.ty) {
                 if let Err(e) = schema.check(&spec.ty, &spec.fields) {
-                    diags.push(Diagnostic::error(
-                        path,
-                        at,
-                        Code::Schema,
-                        format!("test \"{}\": {e}", case.name),
-                    ));
+                    diags.push(Diagnostic::error(path, at, Code::Schema, format!("test \"{}\": {e}", case.name)));
                 }
             }
         }
@@ -382,13 +309,7 @@ fn check_tests(
                 ));
             }
         }
-        for name in case
-            .expect
-            .fired
-            .iter()
-            .flatten()
-            .chain(&case.expect.not_fired)
-        {
+        for name in case.expect.fired.iter().flatten().chain(&case.expect.not_fired) {
             rule_known(name, diags);
         }
         for (name, count) in case.expect.fired_count.iter().flatten() {
@@ -400,10 +321,7 @@ fn check_tests(
                     path,
                     case.pos,
                     Code::TestFile,
-                    format!(
-                        "test \"{}\": status `{s}` is not one of running, completed, failed",
-                        case.name
-                    ),
+                    format!("test \"{}\": status `{s}` is not one of running, completed, failed", case.name),
                 ));
             }
         }
@@ -434,10 +352,7 @@ struct SlotScope<'a> {
 
 impl expr::Scope for SlotScope<'_> {
     fn binding(&self, name: &str) -> Option<(usize, BindingKind)> {
-        self.slots
-            .iter()
-            .position(|s| s.name.as_deref() == Some(name))
-            .map(|i| (i, self.slots[i].kind))
+        self.slots.iter().position(|s| s.name.as_deref() == Some(name)).map(|i| (i, self.slots[i].kind))
     }
     fn has_current_fact(&self) -> bool {
         self.current_fact
@@ -446,8 +361,7 @@ impl expr::Scope for SlotScope<'_> {
 
 impl RuleCompiler<'_> {
     fn error(&mut self, pos: Pos, code: Code, msg: impl Into<String>) {
-        self.diags
-            .push(Diagnostic::error(self.path, pos, code, msg));
+        self.diags.push(Diagnostic::error(self.path, pos, code, msg));
     }
 
     fn script_errors(&mut self, start: Pos, errs: Vec<CompileError>, shift: impl Fn(Pos) -> Pos) {
@@ -478,11 +392,7 @@ impl RuleCompiler<'_> {
                 vars.push("invocation");
             }
             match self.sandbox.compile(&t.text, &vars, false) {
-                Ok(script) => Some(Section {
-                    script,
-                    file: self.path.to_path_buf(),
-                    pos: t.pos,
-                }),
+                Ok(script) => Some(Section { script, file: self.path.to_path_buf(), pos: t.pos }),
                 Err(errs) => {
                     self.script_errors(t.pos, errs, |p| p);
                     None
@@ -499,15 +409,10 @@ impl RuleCompiler<'_> {
         let mut h = fnv1a(ast.name.as_bytes(), FNV_SEED);
         h = fnv1a(&ast.salience.to_le_bytes(), h);
         h = fnv1a(&[ast.no_loop as u8], h);
-        h = fnv1a(
-            format!("{:?}", strip_positions(&ast.conditions)).as_bytes(),
-            h,
-        );
+        h = fnv1a(format!("{:?}", strip_positions(&ast.conditions)).as_bytes(), h);
         for s in [&ast.action, &ast.reaction, &ast.error] {
-            let norm: String = s
-                .as_ref()
-                .map(|t| t.text.split_whitespace().collect::<Vec<_>>().join(" "))
-                .unwrap_or_default();
+            let norm: String =
+                s.as_ref().map(|t| t.text.split_whitespace().collect::<Vec<_>>().join(" ")).unwrap_or_default();
             h = fnv1a(norm.as_bytes(), fnv1a(b"|", h));
         }
         Some(Rule {
@@ -528,29 +433,14 @@ impl RuleCompiler<'_> {
 
     fn bind(&mut self, name: Option<&Text>, kind: BindingKind) -> usize {
         if let Some(n) = name {
-            if self
-                .slots
-                .iter()
-                .any(|s| s.name.as_deref() == Some(&n.text))
-            {
-                self.error(
-                    n.pos,
-                    Code::Syntax,
-                    format!("`{}` is already bound in this rule", n.text),
-                );
+            if self.slots.iter().any(|s| s.name.as_deref() == Some(&n.text)) {
+                self.error(n.pos, Code::Syntax, format!("`{}` is already bound in this rule", n.text));
             }
             if matches!(n.text.as_str(), "this" | "result" | "error" | "invocation") {
-                self.error(
-                    n.pos,
-                    Code::Syntax,
-                    format!("`{}` is reserved and cannot name a binding", n.text),
-                );
+                self.error(n.pos, Code::Syntax, format!("`{}` is reserved and cannot name a binding", n.text));
             }
         }
-        self.slots.push(Slot {
-            name: name.map(|n| n.text.clone()),
-            kind,
-        });
+        self.slots.push(Slot { name: name.map(|n| n.text.clone()), kind });
         self.slots.len() - 1
     }
 
@@ -563,36 +453,21 @@ impl RuleCompiler<'_> {
             }
             ConditionAst::Not(p) => Condition::Not(self.pattern(p)?),
             ConditionAst::Exists(p) => Condition::Exists(self.pattern(p)?),
-            ConditionAst::Aggregate {
-                binding,
-                func,
-                pattern,
-                over,
-            } => {
+            ConditionAst::Aggregate { binding, func, pattern, over } => {
                 let p = self.pattern(pattern)?;
                 let over = match over {
                     Some(t) => Some(self.constraint(t, true)?),
                     None => None,
                 };
                 let slot = self.bind(Some(binding), BindingKind::Value);
-                Condition::Aggregate {
-                    slot,
-                    func: *func,
-                    pattern: p,
-                    over,
-                }
+                Condition::Aggregate { slot, func: *func, pattern: p, over }
             }
             ConditionAst::Test(t) => Condition::Test(self.constraint(t, false)?),
         })
     }
 
     fn pattern(&mut self, p: &PatternAst) -> Option<Pattern> {
-        let mut out = Pattern {
-            ty: Sym::new(&p.type_name),
-            alpha: Vec::new(),
-            join: None,
-            beta: Vec::new(),
-        };
+        let mut out = Pattern { ty: Sym::new(&p.type_name), alpha: Vec::new(), join: None, beta: Vec::new() };
         let mut ok = true;
         for t in &p.constraints {
             let Some(c) = self.constraint(t, true) else {
@@ -600,9 +475,7 @@ impl RuleCompiler<'_> {
                 continue;
             };
             match c {
-                Constraint::Native(e) if !e.uses_bindings() => {
-                    out.alpha.push(Constraint::Native(e))
-                }
+                Constraint::Native(e) if !e.uses_bindings() => out.alpha.push(Constraint::Native(e)),
                 Constraint::Native(Expr::Bin(BinOp::Eq, a, b))
                     if out.join.is_none() && join_shape(&a, &b).is_some() =>
                 {
@@ -612,11 +485,7 @@ impl RuleCompiler<'_> {
                 Constraint::Native(e) => out.beta.push(Constraint::Native(e)),
                 Constraint::Script { ref text, .. } => {
                     let reads_bindings = expr::free_identifiers(text).is_none_or(|ids| {
-                        ids.iter().any(|id| {
-                            self.slots
-                                .iter()
-                                .any(|s| s.name.as_deref() == Some(id.as_str()))
-                        })
+                        ids.iter().any(|id| self.slots.iter().any(|s| s.name.as_deref() == Some(id.as_str())))
                     });
                     if reads_bindings {
                         out.beta.push(c)
@@ -631,17 +500,11 @@ impl RuleCompiler<'_> {
 
     /// Parses a constraint natively, else compiles it as Rhai.
     fn constraint(&mut self, t: &Text, current_fact: bool) -> Option<Constraint> {
-        let scope = SlotScope {
-            slots: &self.slots,
-            current_fact,
-        };
+        let scope = SlotScope { slots: &self.slots, current_fact };
         if let Ok(e) = expr::parse(&t.text, &scope) {
             return Some(Constraint::Native(e));
         }
-        let (code, inserted) = match current_fact
-            .then(|| expr::rewrite_with_offsets(&t.text, &scope))
-            .flatten()
-        {
+        let (code, inserted) = match current_fact.then(|| expr::rewrite_with_offsets(&t.text, &scope)).flatten() {
             Some(r) => r,
             None => (t.text.clone(), Vec::new()),
         };
@@ -692,34 +555,17 @@ fn join_shape(a: &Expr, b: &Expr) -> Option<(Sym, Expr)> {
 /// Conditions without source positions, for rule identity.
 fn strip_positions(cs: &[ConditionAst]) -> String {
     let norm = |t: &Text| t.text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let pat = |p: &PatternAst| {
-        format!(
-            "{}({})",
-            p.type_name,
-            p.constraints.iter().map(norm).collect::<Vec<_>>().join(",")
-        )
-    };
+    let pat =
+        |p: &PatternAst| format!("{}({})", p.type_name, p.constraints.iter().map(norm).collect::<Vec<_>>().join(","));
     cs.iter()
         .map(|c| match c {
-            ConditionAst::Pattern { binding, pattern } => format!(
-                "{}:{}",
-                binding.as_ref().map(norm).unwrap_or_default(),
-                pat(pattern)
-            ),
+            ConditionAst::Pattern { binding, pattern } => {
+                format!("{}:{}", binding.as_ref().map(norm).unwrap_or_default(), pat(pattern))
+            }
             ConditionAst::Not(p) => format!("not {}", pat(p)),
             ConditionAst::Exists(p) => format!("exists {}", pat(p)),
-            ConditionAst::Aggregate {
-                binding,
-                func,
-                pattern,
-                over,
-            } => {
-                format!(
-                    "{}:{func:?}({},{})",
-                    norm(binding),
-                    pat(pattern),
-                    over.as_ref().map(norm).unwrap_or_default()
-                )
+            ConditionAst::Aggregate { binding, func, pattern, over } => {
+                format!("{}:{func:?}({},{})", norm(binding), pat(pattern), over.as_ref().map(norm).unwrap_or_default())
             }
             ConditionAst::Test(t) => format!("test({})", norm(t)),
         })

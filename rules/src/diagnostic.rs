@@ -6,18 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A position in a source file, 1-based like every editor.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize)]
 pub struct Pos {
     pub line: u32,
     pub col: u32,
@@ -88,20 +77,11 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn error(path: &Path, pos: Pos, code: Code, message: impl Into<String>) -> Diagnostic {
-        Diagnostic {
-            path: path.to_path_buf(),
-            pos,
-            severity: Severity::Error,
-            code,
-            message: message.into(),
-        }
+        Diagnostic { path: path.to_path_buf(), pos, severity: Severity::Error, code, message: message.into() }
     }
 
     pub fn warning(path: &Path, pos: Pos, code: Code, message: impl Into<String>) -> Diagnostic {
-        Diagnostic {
-            severity: Severity::Warning,
-            ..Diagnostic::error(path, pos, code, message)
-        }
+        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(path, pos, code, message) }
     }
 
     pub fn is_error(&self) -> bool {
@@ -122,10 +102,7 @@ impl Diagnostic {
                     .map(|c| if c == '\t' { 4 } else { 1 })
                     .sum();
                 let shown = line.replace('\t', "    ");
-                out.push_str(&format!(
-                    "\n{pad} |\n{gutter} | {shown}\n{pad} | {}^",
-                    " ".repeat(caret_at)
-                ));
+                out.push_str(&format!("\n{pad} |\n{gutter} | {shown}\n{pad} | {}^", " ".repeat(caret_at)));
             }
         }
         out
@@ -162,10 +139,7 @@ impl SourceMap {
     pub fn new(text: &str) -> SourceMap {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        SourceMap {
-            text: Arc::from(text),
-            line_starts,
-        }
+        SourceMap { text: Arc::from(text), line_starts }
     }
 
     pub fn pos(&self, offset: usize) -> Pos {
@@ -174,10 +148,7 @@ impl SourceMap {
             Err(l) => l - 1,
         };
         let start = self.line_starts[line];
-        let col = self.text[start..offset.min(self.text.len())]
-            .chars()
-            .count()
-            + 1;
+        let col = self.text[start..offset.min(self.text.len())].chars().count() + 1;
         Pos::new(line as u32 + 1, col as u32)
     }
 }
@@ -188,12 +159,7 @@ mod tests {
 
     #[test]
     fn renders_line_and_caret() {
-        let d = Diagnostic::error(
-            Path::new("p/r.rules"),
-            Pos::new(2, 5),
-            Code::Syntax,
-            "expected `{`",
-        );
+        let d = Diagnostic::error(Path::new("p/r.rules"), Pos::new(2, 5), Code::Syntax, "expected `{`");
         expect_test::expect![[r#"
             p/r.rules:2:5: error[E0001]: expected `{`
               |

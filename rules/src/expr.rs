@@ -18,8 +18,8 @@ pub enum Tok {
 /// Tokens with their byte offsets into the expression text.
 pub fn tokenize(src: &str) -> Result<Vec<(usize, Tok)>, (usize, String)> {
     const OPS: [&str; 22] = [
-        "==", "!=", "<=", ">=", "&&", "||", "<", ">", "!", "+", "-", "*", "/", "%", "(", ")", "[",
-        "]", ",", ".", "#{", ":",
+        "==", "!=", "<=", ">=", "&&", "||", "<", ">", "!", "+", "-", "*", "/", "%", "(", ")", "[", "]", ",", ".", "#{",
+        ":",
     ];
     let b = src.as_bytes();
     let mut i = 0;
@@ -52,15 +52,9 @@ pub fn tokenize(src: &str) -> Result<Vec<(usize, Tok)>, (usize, String)> {
             }
             let text = src[start..i].replace('_', "");
             let tok = if float {
-                Tok::Float(
-                    text.parse()
-                        .map_err(|_| (start, "bad number".to_string()))?,
-                )
+                Tok::Float(text.parse().map_err(|_| (start, "bad number".to_string()))?)
             } else {
-                Tok::Int(
-                    text.parse()
-                        .map_err(|_| (start, "integer out of range".to_string()))?,
-                )
+                Tok::Int(text.parse().map_err(|_| (start, "integer out of range".to_string()))?)
             };
             out.push((start, tok));
             continue;
@@ -94,13 +88,7 @@ pub fn tokenize(src: &str) -> Result<Vec<(usize, Tok)>, (usize, String)> {
                 continue 'outer;
             }
         }
-        return Err((
-            start,
-            format!(
-                "unexpected character `{}`",
-                &src[i..].chars().next().unwrap_or(' ')
-            ),
-        ));
+        return Err((start, format!("unexpected character `{}`", &src[i..].chars().next().unwrap_or(' '))));
     }
     Ok(out)
 }
@@ -169,11 +157,7 @@ struct Parser<'a, S> {
 
 pub fn parse(src: &str, scope: &impl Scope) -> Result<Expr, Unsupported> {
     let toks = tokenize(src).map_err(|_| Unsupported)?;
-    let mut p = Parser {
-        toks: &toks,
-        i: 0,
-        scope,
-    };
+    let mut p = Parser { toks: &toks, i: 0, scope };
     let e = p.expr(0)?;
     if p.i != toks.len() {
         return Err(Unsupported);
@@ -291,9 +275,7 @@ impl<S: Scope> Parser<'_, S> {
                     let followed_by_dot = matches!(self.peek(), Some(Tok::Op(".")));
                     match self.scope.binding(&id) {
                         Some((i, BindingKind::Value)) => Expr::Bound(i),
-                        Some((i, BindingKind::Fact))
-                            if followed_by_dot || !self.scope.has_current_fact() =>
-                        {
+                        Some((i, BindingKind::Fact)) if followed_by_dot || !self.scope.has_current_fact() => {
                             Expr::Bound(i)
                         }
                         _ if self.scope.has_current_fact() => Expr::Field(Sym::new(&id)),
@@ -437,24 +419,11 @@ impl Expr {
                 Value::Float(f) => Value::Float(-f),
                 v => return Err(EvalError(format!("cannot negate {}", v.type_name()))),
             },
-            Expr::Array(items) => Value::Array(Arc::new(
-                items
-                    .iter()
-                    .map(|e| e.eval(env))
-                    .collect::<Result<_, _>>()?,
-            )),
+            Expr::Array(items) => Value::Array(Arc::new(items.iter().map(|e| e.eval(env)).collect::<Result<_, _>>()?)),
             Expr::Bin(op, a, b) => {
                 match op {
-                    BinOp::And => {
-                        return Ok(Value::Bool(
-                            a.eval(env)?.is_truthy() && b.eval(env)?.is_truthy(),
-                        ))
-                    }
-                    BinOp::Or => {
-                        return Ok(Value::Bool(
-                            a.eval(env)?.is_truthy() || b.eval(env)?.is_truthy(),
-                        ))
-                    }
+                    BinOp::And => return Ok(Value::Bool(a.eval(env)?.is_truthy() && b.eval(env)?.is_truthy())),
+                    BinOp::Or => return Ok(Value::Bool(a.eval(env)?.is_truthy() || b.eval(env)?.is_truthy())),
                     _ => {}
                 }
                 let (x, y) = (a.eval(env)?, b.eval(env)?);
@@ -537,12 +506,9 @@ fn arith(op: BinOp, x: &Value, y: &Value) -> Result<Value, EvalError> {
                 BinOp::Div => a.checked_div(*b),
                 _ => a.checked_rem(*b),
             };
-            r.map(Value::Int)
-                .ok_or_else(|| EvalError("integer overflow or division by zero".into()))
+            r.map(Value::Int).ok_or_else(|| EvalError("integer overflow or division by zero".into()))
         }
-        (Value::Str(a), Value::Str(b)) if op == BinOp::Add => {
-            Ok(Value::Str(Arc::from(format!("{a}{b}"))))
-        }
+        (Value::Str(a), Value::Str(b)) if op == BinOp::Add => Ok(Value::Str(Arc::from(format!("{a}{b}")))),
         _ => match (x.as_f64(), y.as_f64()) {
             (Some(a), Some(b)) => Ok(Value::Float(match op {
                 BinOp::Add => a + b,
@@ -551,11 +517,7 @@ fn arith(op: BinOp, x: &Value, y: &Value) -> Result<Value, EvalError> {
                 BinOp::Div => a / b,
                 _ => a % b,
             })),
-            _ => Err(EvalError(format!(
-                "cannot apply arithmetic to {} and {}",
-                x.type_name(),
-                y.type_name()
-            ))),
+            _ => Err(EvalError(format!("cannot apply arithmetic to {} and {}", x.type_name(), y.type_name()))),
         },
     }
 }
@@ -581,20 +543,14 @@ mod tests {
     fn check(src: &str, expect: expect_test::Expect) {
         let got = match parse(src, &S) {
             Ok(e) => format!("{e:?}"),
-            Err(_) => format!(
-                "rhai: {}",
-                rewrite_for_rhai(src, &S).unwrap_or_else(|| src.to_string())
-            ),
+            Err(_) => format!("rhai: {}", rewrite_for_rhai(src, &S).unwrap_or_else(|| src.to_string())),
         };
         expect.assert_eq(&got);
     }
 
     #[test]
     fn field_against_binding_is_a_join() {
-        check(
-            r#"job == job.id"#,
-            expect_test::expect![[r#"Bin(Eq, Field(job), BoundField(0, id))"#]],
-        );
+        check(r#"job == job.id"#, expect_test::expect![[r#"Bin(Eq, Field(job), BoundField(0, id))"#]]);
     }
 
     #[test]
@@ -609,19 +565,14 @@ mod tests {
 
     #[test]
     fn value_bindings_are_read_bare() {
-        check(
-            "count == n",
-            expect_test::expect![[r#"Bin(Eq, Field(count), Bound(1))"#]],
-        );
+        check("count == n", expect_test::expect![[r#"Bin(Eq, Field(count), Bound(1))"#]]);
     }
 
     #[test]
     fn method_calls_fall_back_to_rhai_with_fields_rewritten() {
         check(
             r#"name.len() > job.limit && tags.contains("x")"#,
-            expect_test::expect![[
-                r#"rhai: this.name.len() > job.limit && this.tags.contains("x")"#
-            ]],
+            expect_test::expect![[r#"rhai: this.name.len() > job.limit && this.tags.contains("x")"#]],
         );
     }
 

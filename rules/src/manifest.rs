@@ -53,10 +53,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// Backoff before attempt `attempt + 1` (attempts count from 1), without jitter.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let f = self
-            .multiplier
-            .max(1.0)
-            .powi(attempt.saturating_sub(1) as i32);
+        let f = self.multiplier.max(1.0).powi(attempt.saturating_sub(1) as i32);
         self.initial_backoff.mul_f64(f).min(self.max_backoff)
     }
 }
@@ -95,10 +92,7 @@ impl FieldType {
             (FieldType::Any, _)
                 | (FieldType::String, Value::Str(_))
                 | (FieldType::Int, Value::Int(_))
-                | (
-                    FieldType::Float | FieldType::Number,
-                    Value::Float(_) | Value::Int(_)
-                )
+                | (FieldType::Float | FieldType::Number, Value::Float(_) | Value::Int(_))
                 | (FieldType::Bool, Value::Bool(_))
                 | (FieldType::Array, Value::Array(_))
                 | (FieldType::Map, Value::Map(_))
@@ -126,11 +120,7 @@ impl Schema {
                 None | Some(Value::Null) if spec.optional => {}
                 None => return Err(format!("{ty}.{name} is required by the schema")),
                 Some(v) if !spec.ty.accepts(v) => {
-                    return Err(format!(
-                        "{ty}.{name} must be {}, found {} {v}",
-                        spec.ty.name(),
-                        v.type_name()
-                    ))
+                    return Err(format!("{ty}.{name} must be {}, found {} {v}", spec.ty.name(), v.type_name()))
                 }
                 Some(_) => {}
             }
@@ -242,19 +232,14 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
                 path,
                 at(s.span()),
                 Code::Manifest,
-                format!(
-                    "`{}` is not a duration ({e}); write e.g. \"30s\", \"5m\", \"1h\"",
-                    s.get_ref()
-                ),
+                format!("`{}` is not a duration ({e}); write e.g. \"30s\", \"5m\", \"1h\"", s.get_ref()),
             ));
             None
         }
     };
     let name = raw.pack.name.get_ref().clone();
-    let name_ok = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    let name_ok =
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     let mut functions = BTreeMap::new();
     for (fname, f) in &raw.functions {
         let span = f.span();
@@ -264,24 +249,12 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
             None => d,
             Some(r) => RetryPolicy {
                 max_attempts: r.max_attempts.unwrap_or(d.max_attempts).max(1),
-                initial_backoff: r
-                    .initial_backoff
-                    .as_ref()
-                    .and_then(duration)
-                    .unwrap_or(d.initial_backoff),
-                max_backoff: r
-                    .max_backoff
-                    .as_ref()
-                    .and_then(duration)
-                    .unwrap_or(d.max_backoff),
+                initial_backoff: r.initial_backoff.as_ref().and_then(duration).unwrap_or(d.initial_backoff),
+                max_backoff: r.max_backoff.as_ref().and_then(duration).unwrap_or(d.max_backoff),
                 multiplier: r.multiplier.unwrap_or(d.multiplier),
             },
         };
-        let timeout = f
-            .timeout
-            .as_ref()
-            .and_then(duration)
-            .unwrap_or(Duration::from_secs(300));
+        let timeout = f.timeout.as_ref().and_then(duration).unwrap_or(Duration::from_secs(300));
         if fname.is_empty() {
             diags.borrow_mut().push(Diagnostic::error(
                 path,
@@ -302,8 +275,7 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
                 Some(b) => (b, true),
                 None => (text, false),
             };
-            let ty_parsed: Result<FieldType, _> =
-                serde_json::from_value(serde_json::Value::String(base.to_string()));
+            let ty_parsed: Result<FieldType, _> = serde_json::from_value(serde_json::Value::String(base.to_string()));
             match ty_parsed {
                 Ok(t) => {
                     schema.fields.insert(fname.clone(), FieldSpec { ty: t, optional });
@@ -355,11 +327,7 @@ mod tests {
     fn check(src: &str, expect: expect_test::Expect) {
         let got = match parse_manifest(Path::new("pack.toml"), src) {
             Ok(m) => format!("{m:?}"),
-            Err(ds) => ds
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("\n"),
+            Err(ds) => ds.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"),
         };
         expect.assert_eq(&got);
     }
@@ -399,17 +367,8 @@ index = "integer"
     #[test]
     fn schema_names_the_field() {
         let mut s = Schema::default();
-        s.fields.insert(
-            "index".into(),
-            FieldSpec {
-                ty: FieldType::Int,
-                optional: false,
-            },
-        );
+        s.fields.insert("index".into(), FieldSpec { ty: FieldType::Int, optional: false });
         let f = Fields::from_json(&serde_json::json!({"index": "3"})).unwrap();
-        assert_eq!(
-            s.check("Chunk", &f).unwrap_err(),
-            "Chunk.index must be int, found string \"3\""
-        );
+        assert_eq!(s.check("Chunk", &f).unwrap_err(), "Chunk.index must be int, found string \"3\"");
     }
 }

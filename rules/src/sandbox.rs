@@ -19,32 +19,13 @@ use crate::value::{Fields, Sym, Value};
 /// What a rule section asked for, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
-    Insert {
-        id: u64,
-        ty: Sym,
-        fields: Fields,
-    },
-    Modify {
-        id: u64,
-        changes: Fields,
-    },
-    Retract {
-        id: u64,
-    },
-    Call {
-        function: String,
-        args: Value,
-        options: CallOptions,
-    },
-    Complete {
-        result: Value,
-    },
-    Fail {
-        reason: String,
-    },
-    Log {
-        message: String,
-    },
+    Insert { id: u64, ty: Sym, fields: Fields },
+    Modify { id: u64, changes: Fields },
+    Retract { id: u64 },
+    Call { function: String, args: Value, options: CallOptions },
+    Complete { result: Value },
+    Fail { reason: String },
+    Log { message: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Default, serde::Serialize, serde::Deserialize)]
@@ -78,10 +59,7 @@ impl ScriptValue {
             m.insert(k.name().as_ref().into(), to_dynamic(v));
         }
         m.insert("_id".into(), Dynamic::from_int(id as i64));
-        m.insert(
-            "_type".into(),
-            Dynamic::from(ImmutableString::from(ty.name().as_ref())),
-        );
+        m.insert("_type".into(), Dynamic::from(ImmutableString::from(ty.name().as_ref())));
         ScriptValue(Dynamic::from_map(m))
     }
 
@@ -132,9 +110,7 @@ fn with_buffer<T>(f: impl FnOnce(&mut Buffer) -> T) -> Result<T, Box<EvalAltResu
 }
 
 /// Names of the builtins scripts may call, besides Rhai's standard library.
-pub const BUILTINS: &[&str] = &[
-    "insert", "modify", "retract", "call", "complete", "fail", "log",
-];
+pub const BUILTINS: &[&str] = &["insert", "modify", "retract", "call", "complete", "fail", "log"];
 
 /// The sandboxed Rhai engine of one pack.
 pub struct Sandbox {
@@ -168,25 +144,11 @@ impl Sandbox {
             .into_iter()
             .filter_map(|s| s.split('(').next().map(|n| n.trim().to_string()))
             .collect();
-        for k in [
-            "print",
-            "debug",
-            "type_of",
-            "is_def_var",
-            "is_def_fn",
-            "is_shared",
-            "Fn",
-            "call",
-            "curry",
-            "sleep",
-        ] {
+        for k in ["print", "debug", "type_of", "is_def_var", "is_def_fn", "is_shared", "Fn", "call", "curry", "sleep"] {
             known_fns.insert(k.to_string());
         }
         known_fns.remove("sleep");
-        Sandbox {
-            engine: e,
-            known_fns,
-        }
+        Sandbox { engine: e, known_fns }
     }
 
     fn scope(vars: &[&str]) -> Scope<'static> {
@@ -199,12 +161,7 @@ impl Sandbox {
 
     /// Compiles a block (a section) or an expression (a constraint) with the
     /// variables in scope; checks undefined variables and unknown functions.
-    pub fn compile(
-        &self,
-        code: &str,
-        vars: &[&str],
-        expression: bool,
-    ) -> Result<Script, Vec<CompileError>> {
+    pub fn compile(&self, code: &str, vars: &[&str], expression: bool) -> Result<Script, Vec<CompileError>> {
         let scope = Self::scope(vars);
         let code = rename_call(code);
         let code = code.as_ref();
@@ -222,14 +179,9 @@ impl Sandbox {
                 rhai::ParseErrorType::VariableUndefined(v) => format!("undefined variable `{v}`"),
                 other => other.to_string(),
             };
-            vec![CompileError {
-                pos: pos(e.position()).unwrap_or(Pos::new(1, 1)),
-                message,
-                kind,
-            }]
+            vec![CompileError { pos: pos(e.position()).unwrap_or(Pos::new(1, 1)), message, kind }]
         })?;
-        let defined: rustc_hash::FxHashSet<String> =
-            ast.iter_functions().map(|f| f.name.to_string()).collect();
+        let defined: rustc_hash::FxHashSet<String> = ast.iter_functions().map(|f| f.name.to_string()).collect();
         let mut errors = Vec::new();
         ast.walk(&mut |path| {
             if let Some((f, p)) = fn_call(path.last()) {
@@ -251,11 +203,7 @@ impl Sandbox {
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(Script {
-            ast: Arc::new(ast),
-            vars: vars.iter().map(|s| s.to_string()).collect(),
-            expression,
-        })
+        Ok(Script { ast: Arc::new(ast), vars: vars.iter().map(|s| s.to_string()).collect(), expression })
     }
 
     /// Every `call("name", ...)` with a literal name in a script, with positions.
@@ -290,16 +238,9 @@ impl Sandbox {
         next_fact_id: u64,
     ) -> Result<Vec<Effect>, ScriptError> {
         let mut scope = Self::run_scope(script, values);
-        BUFFER.with(|b| {
-            *b.borrow_mut() = Some(Buffer {
-                effects: Vec::new(),
-                next_fact_id,
-            })
-        });
+        BUFFER.with(|b| *b.borrow_mut() = Some(Buffer { effects: Vec::new(), next_fact_id }));
         let res = self.engine.run_ast_with_scope(&mut scope, &script.ast);
-        let buf = BUFFER
-            .with(|b| b.borrow_mut().take())
-            .expect("buffer set above");
+        let buf = BUFFER.with(|b| b.borrow_mut().take()).expect("buffer set above");
         res.map_err(script_error)?;
         Ok(buf.effects)
     }
@@ -307,15 +248,8 @@ impl Sandbox {
     /// Evaluates an expression to a value (constraints, aggregate operands).
     pub fn eval(&self, script: &Script, values: Vec<ScriptValue>) -> Result<Value, ScriptError> {
         let mut scope = Self::run_scope(script, values);
-        let d: Dynamic = self
-            .engine
-            .eval_ast_with_scope(&mut scope, &script.ast)
-            .map_err(script_error)?;
-        from_dynamic(&d).map_err(|message| ScriptError {
-            message,
-            pos: None,
-            limit: false,
-        })
+        let d: Dynamic = self.engine.eval_ast_with_scope(&mut scope, &script.ast).map_err(script_error)?;
+        from_dynamic(&d).map_err(|message| ScriptError { message, pos: None, limit: false })
     }
 }
 
@@ -351,10 +285,7 @@ fn rename_call(code: &str) -> std::borrow::Cow<'_, str> {
                 }
             }
             b'c' if code[i..].starts_with("call")
-                && (i == 0
-                    || !(b[i - 1].is_ascii_alphanumeric()
-                        || b[i - 1] == b'_'
-                        || b[i - 1] == b'.'))
+                && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'.'))
                 && code[i + 4..].trim_start().starts_with('(') =>
             {
                 out[i] = b'C';
@@ -365,9 +296,7 @@ fn rename_call(code: &str) -> std::borrow::Cow<'_, str> {
         }
         i += 1;
     }
-    String::from_utf8(out)
-        .expect("ascii edit keeps utf-8")
-        .into()
+    String::from_utf8(out).expect("ascii edit keeps utf-8").into()
 }
 
 fn pos(p: Position) -> Option<Pos> {
@@ -384,8 +313,14 @@ fn script_error(e: Box<EvalAltResult>) -> ScriptError {
     );
     let p = pos(e.position());
     let mut message = match &*e {
-        EvalAltResult::ErrorTooManyOperations(_) => "too many operations (the sandbox limit `max_operations` was reached; is there an endless loop?)".to_string(),
-        EvalAltResult::ErrorStackOverflow(_) => "call stack too deep (the sandbox limit `max_call_depth` was reached; is there an endless recursion?)".to_string(),
+        EvalAltResult::ErrorTooManyOperations(_) => {
+            "too many operations (the sandbox limit `max_operations` was reached; is there an endless loop?)"
+                .to_string()
+        }
+        EvalAltResult::ErrorStackOverflow(_) => {
+            "call stack too deep (the sandbox limit `max_call_depth` was reached; is there an endless recursion?)"
+                .to_string()
+        }
         EvalAltResult::ErrorDataTooLarge(what, _) => format!("{what} exceeds the sandbox size limit"),
         EvalAltResult::ErrorRuntime(v, _) => v.to_string(),
         other => other.to_string(),
@@ -394,11 +329,7 @@ fn script_error(e: Box<EvalAltResult>) -> ScriptError {
     if let Some(i) = message.rfind(" (line ") {
         message.truncate(i);
     }
-    ScriptError {
-        message,
-        pos: p,
-        limit,
-    }
+    ScriptError { message, pos: p, limit }
 }
 
 pub fn to_dynamic(v: &Value) -> Dynamic {
@@ -409,11 +340,7 @@ pub fn to_dynamic(v: &Value) -> Dynamic {
         Value::Float(f) => Dynamic::from_float(*f),
         Value::Str(s) => Dynamic::from(ImmutableString::from(s.as_ref())),
         Value::Array(a) => Dynamic::from_array(a.iter().map(to_dynamic).collect()),
-        Value::Map(m) => Dynamic::from_map(
-            m.iter()
-                .map(|(k, v)| (k.as_ref().into(), to_dynamic(v)))
-                .collect(),
-        ),
+        Value::Map(m) => Dynamic::from_map(m.iter().map(|(k, v)| (k.as_ref().into(), to_dynamic(v))).collect()),
     }
 }
 
@@ -434,18 +361,11 @@ pub fn from_dynamic(d: &Dynamic) -> Result<Value, String> {
         return Ok(Value::str(&c.to_string()));
     }
     if d.is_string() {
-        return Ok(Value::Str(Arc::from(
-            d.clone()
-                .into_immutable_string()
-                .map_err(|e| e.to_string())?
-                .as_str(),
-        )));
+        return Ok(Value::Str(Arc::from(d.clone().into_immutable_string().map_err(|e| e.to_string())?.as_str())));
     }
     if d.is_array() {
         let a = d.read_lock::<rhai::Array>().ok_or("array is locked")?;
-        return Ok(Value::Array(Arc::new(
-            a.iter().map(from_dynamic).collect::<Result<_, _>>()?,
-        )));
+        return Ok(Value::Array(Arc::new(a.iter().map(from_dynamic).collect::<Result<_, _>>()?)));
     }
     if d.is_map() {
         let m = d.read_lock::<Map>().ok_or("map is locked")?;
@@ -465,15 +385,9 @@ fn fields_of(m: &Map, what: &str) -> Result<Fields, Box<EvalAltResult>> {
             if k == "_id" || k == "_type" {
                 continue;
             }
-            return Err(format!(
-                "{what}: field `{k}` starts with `_`, which is reserved for the engine"
-            )
-            .into());
+            return Err(format!("{what}: field `{k}` starts with `_`, which is reserved for the engine").into());
         }
-        f.set(
-            Sym::new(k),
-            from_dynamic(v).map_err(|e| format!("{what}: field `{k}`: {e}"))?,
-        );
+        f.set(Sym::new(k), from_dynamic(v).map_err(|e| format!("{what}: field `{k}`: {e}"))?);
     }
     Ok(f)
 }
@@ -482,54 +396,31 @@ fn fact_id(m: &Map, what: &str) -> Result<u64, Box<EvalAltResult>> {
     m.get("_id")
         .and_then(|d| d.as_int().ok())
         .map(|i| i as u64)
-        .ok_or_else(|| {
-            format!("{what} needs a fact bound in `match` or an id returned by `insert`").into()
-        })
+        .ok_or_else(|| format!("{what} needs a fact bound in `match` or an id returned by `insert`").into())
 }
 
 fn register_builtins(e: &mut Engine) {
-    e.register_fn(
-        "insert",
-        |ty: &str, fields: Map| -> Result<i64, Box<EvalAltResult>> {
-            if !ty.starts_with(|c: char| c.is_ascii_uppercase()) {
-                return Err(format!(
-                    "insert: a fact type starts with an upper-case letter: `{ty}`"
-                )
-                .into());
-            }
-            let fields = fields_of(&fields, "insert")?;
-            with_buffer(|b| {
-                let id = b.next_fact_id;
-                b.next_fact_id += 1;
-                b.effects.push(Effect::Insert {
-                    id,
-                    ty: Sym::new(ty),
-                    fields,
-                });
-                id as i64
-            })
-        },
-    );
-    e.register_fn(
-        "modify",
-        |fact: Map, changes: Map| -> Result<(), Box<EvalAltResult>> {
-            let id = fact_id(&fact, "modify")?;
-            let changes = fields_of(&changes, "modify")?;
-            with_buffer(|b| b.effects.push(Effect::Modify { id, changes }))
-        },
-    );
-    e.register_fn(
-        "modify",
-        |id: i64, changes: Map| -> Result<(), Box<EvalAltResult>> {
-            let changes = fields_of(&changes, "modify")?;
-            with_buffer(|b| {
-                b.effects.push(Effect::Modify {
-                    id: id as u64,
-                    changes,
-                })
-            })
-        },
-    );
+    e.register_fn("insert", |ty: &str, fields: Map| -> Result<i64, Box<EvalAltResult>> {
+        if !ty.starts_with(|c: char| c.is_ascii_uppercase()) {
+            return Err(format!("insert: a fact type starts with an upper-case letter: `{ty}`").into());
+        }
+        let fields = fields_of(&fields, "insert")?;
+        with_buffer(|b| {
+            let id = b.next_fact_id;
+            b.next_fact_id += 1;
+            b.effects.push(Effect::Insert { id, ty: Sym::new(ty), fields });
+            id as i64
+        })
+    });
+    e.register_fn("modify", |fact: Map, changes: Map| -> Result<(), Box<EvalAltResult>> {
+        let id = fact_id(&fact, "modify")?;
+        let changes = fields_of(&changes, "modify")?;
+        with_buffer(|b| b.effects.push(Effect::Modify { id, changes }))
+    });
+    e.register_fn("modify", |id: i64, changes: Map| -> Result<(), Box<EvalAltResult>> {
+        let changes = fields_of(&changes, "modify")?;
+        with_buffer(|b| b.effects.push(Effect::Modify { id: id as u64, changes }))
+    });
     e.register_fn("retract", |fact: Map| -> Result<(), Box<EvalAltResult>> {
         let id = fact_id(&fact, "retract")?;
         with_buffer(|b| b.effects.push(Effect::Retract { id }))
@@ -542,48 +433,24 @@ fn register_builtins(e: &mut Engine) {
         let mut options = CallOptions::default();
         for (k, v) in opts.iter() {
             match k.as_str() {
-                "priority" => {
-                    options.priority = v
-                        .as_int()
-                        .map_err(|_| "call: `priority` must be an integer")?
-                }
+                "priority" => options.priority = v.as_int().map_err(|_| "call: `priority` must be an integer")?,
                 "timeout" => {
                     let s = v
                         .clone()
                         .into_string()
                         .map_err(|_| "call: `timeout` must be a duration string like \"30s\"")?;
-                    let d = humantime::parse_duration(&s)
-                        .map_err(|e| format!("call: `timeout`: {e}"))?;
+                    let d = humantime::parse_duration(&s).map_err(|e| format!("call: `timeout`: {e}"))?;
                     options.timeout_ms = Some(d.as_millis() as u64);
                 }
-                other => {
-                    return Err(format!(
-                        "call: unknown option `{other}`; expected `priority` or `timeout`"
-                    )
-                    .into())
-                }
+                other => return Err(format!("call: unknown option `{other}`; expected `priority` or `timeout`").into()),
             }
         }
         let function = function.to_string();
-        with_buffer(|b| {
-            b.effects.push(Effect::Call {
-                function,
-                args,
-                options,
-            })
-        })
+        with_buffer(|b| b.effects.push(Effect::Call { function, args, options }))
     }
     e.register_fn("Call", |f: &str, args: Dynamic| call(f, &args, &Map::new()));
-    e.register_fn("Call", |f: &str, args: Dynamic, opts: Map| {
-        call(f, &args, &opts)
-    });
-    e.register_fn("complete", || {
-        with_buffer(|b| {
-            b.effects.push(Effect::Complete {
-                result: Value::Null,
-            })
-        })
-    });
+    e.register_fn("Call", |f: &str, args: Dynamic, opts: Map| call(f, &args, &opts));
+    e.register_fn("complete", || with_buffer(|b| b.effects.push(Effect::Complete { result: Value::Null })));
     e.register_fn("complete", |r: Dynamic| -> Result<(), Box<EvalAltResult>> {
         let result = from_dynamic(&r).map_err(|e| format!("complete: {e}"))?;
         with_buffer(|b| b.effects.push(Effect::Complete { result }))
@@ -593,11 +460,7 @@ fn register_builtins(e: &mut Engine) {
         with_buffer(|b| b.effects.push(Effect::Fail { reason }))
     });
     e.register_fn("log", |msg: Dynamic| {
-        let message = if msg.is_string() {
-            msg.to_string()
-        } else {
-            format!("{msg:?}")
-        };
+        let message = if msg.is_string() { msg.to_string() } else { format!("{msg:?}") };
         with_buffer(|b| b.effects.push(Effect::Log { message }))
     });
 }
@@ -607,10 +470,7 @@ mod tests {
     use super::*;
 
     fn sandbox() -> Sandbox {
-        Sandbox::new(&Limits {
-            max_operations: 10_000,
-            ..Limits::default()
-        })
+        Sandbox::new(&Limits { max_operations: 10_000, ..Limits::default() })
     }
 
     #[test]
@@ -635,20 +495,9 @@ mod tests {
         let err = sb.compile("let x = y + 1;", &["job"], false).unwrap_err();
         assert_eq!(err[0].message, "undefined variable `y`");
         assert_eq!(err[0].kind, CompileErrorKind::UndefinedVariable);
-        let err = sb
-            .compile("job.x = 1;\nfrobnicate(job);", &["job"], false)
-            .unwrap_err();
-        assert_eq!(
-            (err[0].message.as_str(), err[0].pos),
-            ("unknown function `frobnicate`", Pos::new(2, 1))
-        );
-        assert!(sb
-            .compile(
-                "fn f(a) { a + 1 } let z = f(1); log(z.to_string());",
-                &[],
-                false
-            )
-            .is_ok());
+        let err = sb.compile("job.x = 1;\nfrobnicate(job);", &["job"], false).unwrap_err();
+        assert_eq!((err[0].message.as_str(), err[0].pos), ("unknown function `frobnicate`", Pos::new(2, 1)));
+        assert!(sb.compile("fn f(a) { a + 1 } let z = f(1); log(z.to_string());", &[], false).is_ok());
         assert!(sb.compile(r#"eval("1")"#, &[], false).is_err());
     }
 
@@ -657,17 +506,10 @@ mod tests {
         let sb = sandbox();
         let s = sb.compile("loop { }", &[], false).unwrap();
         let e = sb.run(&s, vec![], 0).unwrap_err();
-        assert!(
-            e.limit && e.message.contains("too many operations"),
-            "{e:?}"
-        );
-        let s = sb
-            .compile("fn f(x) { f(x + 1) } f(0);", &[], false)
-            .unwrap();
+        assert!(e.limit && e.message.contains("too many operations"), "{e:?}");
+        let s = sb.compile("fn f(x) { f(x + 1) } f(0);", &[], false).unwrap();
         assert!(sb.run(&s, vec![], 0).unwrap_err().limit);
-        let s = sb
-            .compile(r#"let s = "x"; loop { s += s; }"#, &[], false)
-            .unwrap();
+        let s = sb.compile(r#"let s = "x"; loop { s += s; }"#, &[], false).unwrap();
         assert!(sb.run(&s, vec![], 0).unwrap_err().limit);
     }
 }

@@ -34,18 +34,10 @@ pub struct PatternAst {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum ConditionAst {
-    Pattern {
-        binding: Option<Text>,
-        pattern: PatternAst,
-    },
+    Pattern { binding: Option<Text>, pattern: PatternAst },
     Not(PatternAst),
     Exists(PatternAst),
-    Aggregate {
-        binding: Text,
-        func: AggFn,
-        pattern: PatternAst,
-        over: Option<Text>,
-    },
+    Aggregate { binding: Text, func: AggFn, pattern: PatternAst, over: Option<Text> },
     Test(Text),
 }
 
@@ -69,13 +61,7 @@ pub struct SyntaxError {
 
 pub fn parse_rules(src: &str) -> (Vec<RuleAst>, Vec<SyntaxError>) {
     let map = SourceMap::new(src);
-    let mut p = P {
-        src,
-        b: src.as_bytes(),
-        i: 0,
-        map: &map,
-        errors: Vec::new(),
-    };
+    let mut p = P { src, b: src.as_bytes(), i: 0, map: &map, errors: Vec::new() };
     let mut rules = Vec::new();
     loop {
         p.skip_ws();
@@ -108,10 +94,7 @@ type R<T> = Result<T, SyntaxError>;
 
 impl<'a> P<'a> {
     fn err<T>(&self, at: usize, msg: impl Into<String>) -> R<T> {
-        Err(SyntaxError {
-            pos: self.map.pos(at),
-            message: msg.into(),
-        })
+        Err(SyntaxError { pos: self.map.pos(at), message: msg.into() })
     }
 
     fn recover(&mut self) {
@@ -148,9 +131,7 @@ impl<'a> P<'a> {
         self.skip_ws();
         let s = self.i;
         let mut e = s;
-        while e < self.b.len()
-            && (self.b[e].is_ascii_alphanumeric() || self.b[e] == b'_' || self.b[e] == b'-')
-        {
+        while e < self.b.len() && (self.b[e].is_ascii_alphanumeric() || self.b[e] == b'_' || self.b[e] == b'-') {
             e += 1;
         }
         (e > s).then(|| &self.src[s..e])
@@ -188,20 +169,14 @@ impl<'a> P<'a> {
         if self.eat(c) {
             Ok(())
         } else {
-            self.err(
-                self.i,
-                format!("expected `{}`, found {}", c as char, self.found()),
-            )
+            self.err(self.i, format!("expected `{}`, found {}", c as char, self.found()))
         }
     }
 
     fn string(&mut self) -> R<String> {
         self.skip_ws();
         if self.b.get(self.i) != Some(&b'"') {
-            return self.err(
-                self.i,
-                format!("expected a quoted rule name, found {}", self.found()),
-            );
+            return self.err(self.i, format!("expected a quoted rule name, found {}", self.found()));
         }
         let start = self.i;
         self.i += 1;
@@ -248,25 +223,17 @@ impl<'a> P<'a> {
                     }
                     continue;
                 }
-                b'/' if self.b.get(self.i + 1) == Some(&b'*') => {
-                    match self.src[self.i + 2..].find("*/") {
-                        Some(e) => self.i += e + 3,
-                        None => self.i = self.b.len(),
-                    }
-                }
-                _ if c == open || (open == b'(' && c == b'[') || (open == b'(' && c == b'{') => {
-                    depth += 1
-                }
+                b'/' if self.b.get(self.i + 1) == Some(&b'*') => match self.src[self.i + 2..].find("*/") {
+                    Some(e) => self.i += e + 3,
+                    None => self.i = self.b.len(),
+                },
+                _ if c == open || (open == b'(' && c == b'[') || (open == b'(' && c == b'{') => depth += 1,
                 _ if c == close || (open == b'(' && (c == b']' || c == b'}')) => {
                     depth -= 1;
                     if depth == 0 {
                         let text = self.src[start..self.i].to_string();
                         self.i += 1;
-                        return Ok(Text {
-                            text,
-                            pos: self.map.pos(start),
-                            offset: start,
-                        });
+                        return Ok(Text { text, pos: self.map.pos(start), offset: start });
                     }
                 }
                 _ => {}
@@ -357,10 +324,7 @@ impl<'a> P<'a> {
             }
         }
         if rule.action.is_none() && (rule.reaction.is_some() || rule.error.is_some()) {
-            return self.err(
-                name_at,
-                "`reaction` and `error` need an `action` that calls a function",
-            );
+            return self.err(name_at, "`reaction` and `error` need an `action` that calls a function");
         }
         Ok(rule)
     }
@@ -383,11 +347,7 @@ impl<'a> P<'a> {
                     ConditionAst::Test(self.balanced(b'(', b')', "test")?)
                 }
                 _ if self.eat(b':') => {
-                    let binding = Text {
-                        text: w.to_string(),
-                        pos: self.map.pos(at),
-                        offset: at,
-                    };
+                    let binding = Text { text: w.to_string(), pos: self.map.pos(at), offset: at };
                     check_ident(self, w, at)?;
                     let agg = match self.peek_word() {
                         Some("count") => Some(AggFn::Count),
@@ -405,38 +365,28 @@ impl<'a> P<'a> {
                             let over = if self.eat(b',') {
                                 self.skip_ws();
                                 let t = self.balanced(b'(', b')', "aggregate")?;
-                                Some(Text {
-                                    text: t.text.trim_end().to_string(),
-                                    ..t
-                                })
+                                Some(Text { text: t.text.trim_end().to_string(), ..t })
                             } else {
                                 self.expect(b')')?;
                                 None
                             };
-                            if matches!(func, AggFn::Sum | AggFn::Min | AggFn::Max)
-                                && over.is_none()
-                            {
-                                return self.err(at, format!("`{func:?}` needs a field or expression: `{}(Type(...), field)`", format!("{func:?}").to_lowercase()));
+                            if matches!(func, AggFn::Sum | AggFn::Min | AggFn::Max) && over.is_none() {
+                                return self.err(
+                                    at,
+                                    format!(
+                                        "`{func:?}` needs a field or expression: `{}(Type(...), field)`",
+                                        format!("{func:?}").to_lowercase()
+                                    ),
+                                );
                             }
-                            ConditionAst::Aggregate {
-                                binding,
-                                func,
-                                pattern,
-                                over,
-                            }
+                            ConditionAst::Aggregate { binding, func, pattern, over }
                         }
-                        None => ConditionAst::Pattern {
-                            binding: Some(binding),
-                            pattern: self.pattern()?,
-                        },
+                        None => ConditionAst::Pattern { binding: Some(binding), pattern: self.pattern()? },
                     }
                 }
                 _ => {
                     self.i = at;
-                    ConditionAst::Pattern {
-                        binding: None,
-                        pattern: self.pattern()?,
-                    }
+                    ConditionAst::Pattern { binding: None, pattern: self.pattern()? }
                 }
             };
             out.push(cond);
@@ -447,21 +397,14 @@ impl<'a> P<'a> {
         let (ty, at) = self.word()?;
         check_ident(self, ty, at)?;
         if !ty.starts_with(|c: char| c.is_ascii_uppercase()) {
-            return self.err(
-                at,
-                format!("a fact type starts with an upper-case letter: `{ty}`"),
-            );
+            return self.err(at, format!("a fact type starts with an upper-case letter: `{ty}`"));
         }
         let mut constraints = Vec::new();
         if self.eat(b'(') {
             let inner = self.balanced(b'(', b')', "pattern")?;
             constraints = split_top_level(&inner, self.map);
         }
-        Ok(PatternAst {
-            type_name: ty.to_string(),
-            pos: self.map.pos(at),
-            constraints,
-        })
+        Ok(PatternAst { type_name: ty.to_string(), pos: self.map.pos(at), constraints })
     }
 }
 
@@ -483,11 +426,7 @@ fn split_top_level(t: &Text, map: &SourceMap) -> Vec<Text> {
         let text = raw.trim();
         if !text.is_empty() {
             let offset = t.offset + s + lead;
-            out.push(Text {
-                text: text.to_string(),
-                pos: map.pos(offset),
-                offset,
-            });
+            out.push(Text { text: text.to_string(), pos: map.pos(offset), offset });
         }
     };
     while i < b.len() {
@@ -530,26 +469,14 @@ mod tests {
             for c in &r.conditions {
                 out.push_str(&format!("  {c:?}\n"));
             }
-            for (n, s) in [
-                ("action", &r.action),
-                ("reaction", &r.reaction),
-                ("error", &r.error),
-            ] {
+            for (n, s) in [("action", &r.action), ("reaction", &r.reaction), ("error", &r.error)] {
                 if let Some(s) = s {
-                    out.push_str(&format!(
-                        "  {n} @{}:{} {:?}\n",
-                        s.pos.line,
-                        s.pos.col,
-                        s.text.trim()
-                    ));
+                    out.push_str(&format!("  {n} @{}:{} {:?}\n", s.pos.line, s.pos.col, s.text.trim()));
                 }
             }
         }
         for e in errors {
-            out.push_str(&format!(
-                "error @{}:{}: {}\n",
-                e.pos.line, e.pos.col, e.message
-            ));
+            out.push_str(&format!("error @{}:{}: {}\n", e.pos.line, e.pos.col, e.message));
         }
         expect.assert_eq(&out);
     }

@@ -70,10 +70,7 @@ impl Mock {
         if !self.answers.is_empty() {
             return self.answers.clone();
         }
-        vec![Answer {
-            returns: self.returns.clone(),
-            error: self.error.clone(),
-        }]
+        vec![Answer { returns: self.returns.clone(), error: self.error.clone() }]
     }
 }
 
@@ -148,10 +145,7 @@ pub fn parse_tests(path: &Path, src: &str) -> Result<Vec<TestCase>, Diagnostic> 
         .into_iter()
         .map(|t| {
             let pos = map.pos(t.span().start);
-            TestCase {
-                pos,
-                ..t.into_inner()
-            }
+            TestCase { pos, ..t.into_inner() }
         })
         .collect())
 }
@@ -160,9 +154,7 @@ pub fn parse_tests(path: &Path, src: &str) -> Result<Vec<TestCase>, Diagnostic> 
 /// else by equality.
 pub fn partial_match(expected: &Value, actual: &Value) -> bool {
     match (expected, actual) {
-        (Value::Map(e), Value::Map(a)) => e
-            .iter()
-            .all(|(k, v)| a.get(k).is_some_and(|av| partial_match(v, av))),
+        (Value::Map(e), Value::Map(a)) => e.iter().all(|(k, v)| a.get(k).is_some_and(|av| partial_match(v, av))),
         _ => expected == actual,
     }
 }

@@ -24,12 +24,7 @@ struct Interner {
 
 fn interner() -> &'static RwLock<Interner> {
     static I: OnceLock<RwLock<Interner>> = OnceLock::new();
-    I.get_or_init(|| {
-        RwLock::new(Interner {
-            ids: FxHashMap::default(),
-            names: Vec::new(),
-        })
-    })
+    I.get_or_init(|| RwLock::new(Interner { ids: FxHashMap::default(), names: Vec::new() }))
 }
 
 impl Sym {
@@ -152,14 +147,10 @@ impl Value {
                 None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
             },
             serde_json::Value::String(s) => Value::str(s),
-            serde_json::Value::Array(a) => {
-                Value::Array(Arc::new(a.iter().map(Value::from_json).collect()))
+            serde_json::Value::Array(a) => Value::Array(Arc::new(a.iter().map(Value::from_json).collect())),
+            serde_json::Value::Object(o) => {
+                Value::Map(Arc::new(o.iter().map(|(k, v)| (Arc::from(k.as_str()), Value::from_json(v))).collect()))
             }
-            serde_json::Value::Object(o) => Value::Map(Arc::new(
-                o.iter()
-                    .map(|(k, v)| (Arc::from(k.as_str()), Value::from_json(v)))
-                    .collect(),
-            )),
         }
     }
 
@@ -168,16 +159,12 @@ impl Value {
             Value::Null => serde_json::Value::Null,
             Value::Bool(b) => serde_json::Value::Bool(*b),
             Value::Int(i) => serde_json::Value::from(*i),
-            Value::Float(f) => serde_json::Number::from_f64(*f)
-                .map(serde_json::Value::Number)
-                .unwrap_or(serde_json::Value::Null),
+            Value::Float(f) => {
+                serde_json::Number::from_f64(*f).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null)
+            }
             Value::Str(s) => serde_json::Value::String(s.to_string()),
             Value::Array(a) => serde_json::Value::Array(a.iter().map(Value::to_json).collect()),
-            Value::Map(m) => serde_json::Value::Object(
-                m.iter()
-                    .map(|(k, v)| (k.to_string(), v.to_json()))
-                    .collect(),
-            ),
+            Value::Map(m) => serde_json::Value::Object(m.iter().map(|(k, v)| (k.to_string(), v.to_json())).collect()),
         }
     }
 }
@@ -191,9 +178,7 @@ impl PartialEq for Value {
             (Value::Str(a), Value::Str(b)) => Arc::ptr_eq(a, b) || a == b,
             (Value::Array(a), Value::Array(b)) => a == b,
             (Value::Map(a), Value::Map(b)) => a == b,
-            (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
-                self.as_f64() == other.as_f64()
-            }
+            (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => self.as_f64() == other.as_f64(),
             _ => false,
         }
     }
@@ -292,22 +277,13 @@ impl Fields {
     /// Fields from a JSON object; `None` if `v` is not an object.
     pub fn from_json(v: &serde_json::Value) -> Option<Fields> {
         let obj = v.as_object()?;
-        Some(Fields(
-            obj.iter()
-                .map(|(k, v)| (Sym::new(k), Value::from_json(v)))
-                .collect(),
-        ))
+        Some(Fields(obj.iter().map(|(k, v)| (Sym::new(k), Value::from_json(v))).collect()))
     }
 
     pub fn to_json(&self) -> serde_json::Value {
         let mut sorted: Vec<_> = self.0.iter().map(|(k, v)| (k.name(), v)).collect();
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
-        serde_json::Value::Object(
-            sorted
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_json()))
-                .collect(),
-        )
+        serde_json::Value::Object(sorted.into_iter().map(|(k, v)| (k.to_string(), v.to_json())).collect())
     }
 }
 
@@ -336,8 +312,7 @@ impl serde::Serialize for Fields {
 impl<'de> serde::Deserialize<'de> for Fields {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let j = serde_json::Value::deserialize(d)?;
-        Fields::from_json(&j)
-            .ok_or_else(|| serde::de::Error::custom("fact fields must be an object"))
+        Fields::from_json(&j).ok_or_else(|| serde::de::Error::custom("fact fields must be an object"))
     }
 }
 

@@ -19,19 +19,11 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 pub fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, Error> {
     let key = || String::from_utf8_lossy(key).into_owned();
     match bytes.first() {
-        Some(&FORMAT) => serde_json::from_slice(&bytes[1..]).map_err(|e| Error::Corrupt {
-            key: key(),
-            reason: e.to_string(),
-        }),
-        Some(&found) => Err(Error::Version {
-            key: key(),
-            found,
-            expected: FORMAT,
-        }),
-        None => Err(Error::Corrupt {
-            key: key(),
-            reason: "empty record".into(),
-        }),
+        Some(&FORMAT) => {
+            serde_json::from_slice(&bytes[1..]).map_err(|e| Error::Corrupt { key: key(), reason: e.to_string() })
+        }
+        Some(&found) => Err(Error::Version { key: key(), found, expected: FORMAT }),
+        None => Err(Error::Corrupt { key: key(), reason: "empty record".into() }),
     }
 }
 

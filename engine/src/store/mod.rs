@@ -20,11 +20,7 @@ pub enum Error {
     #[error("corrupt record {key}: {reason}")]
     Corrupt { key: String, reason: String },
     #[error("record {key} has format version {found}; this build reads version {expected}")]
-    Version {
-        key: String,
-        found: u8,
-        expected: u8,
-    },
+    Version { key: String, found: u8, expected: u8 },
 }
 
 /// One turn to commit.

@@ -106,11 +106,7 @@ impl Store for SledStore {
         let meta: Meta = decode(&mk, &meta)?;
         let facts = self.scan(&key(&["f", wf, ""]))?;
         let waiting: Vec<Waiting> = self.scan(&key(&["w", wf, ""]))?;
-        Ok(Some(Snapshot {
-            meta,
-            facts,
-            waiting,
-        }))
+        Ok(Some(Snapshot { meta, facts, waiting }))
     }
 
     fn workflows(&self) -> Result<Vec<Meta>, Error> {
@@ -122,11 +118,7 @@ impl Store for SledStore {
         let prefix = key(&["t", id.as_str(), ""]);
         self.tree
             .range(start..)
-            .take_while(|kv| {
-                kv.as_ref()
-                    .map(|(k, _)| k.starts_with(&prefix))
-                    .unwrap_or(true)
-            })
+            .take_while(|kv| kv.as_ref().map(|(k, _)| k.starts_with(&prefix)).unwrap_or(true))
             .take(limit)
             .map(|kv| {
                 let (k, v) = kv.map_err(io)?;
