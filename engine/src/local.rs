@@ -115,7 +115,11 @@ impl<'s> Local<'s> {
     /// Feeds outcomes back until the dispatcher has none; `on_turn` sees
     /// each turn once it is committed. A duplicate or late answer is
     /// ignored, as the exactly-once rule requires.
-    pub fn drive(&mut self, dispatcher: &mut dyn Dispatcher, on_turn: &mut dyn FnMut(&TurnOutput)) -> Result<(), Error> {
+    pub fn drive(
+        &mut self,
+        dispatcher: &mut dyn Dispatcher,
+        on_turn: &mut dyn FnMut(&TurnOutput),
+    ) -> Result<(), Error> {
         while let Some((inv, outcome)) = dispatcher.next_outcome() {
             match self.apply(Input::Result { invocation: inv.id, outcome }, dispatcher) {
                 Ok(out) => on_turn(&out),

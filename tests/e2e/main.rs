@@ -1,0 +1,4 @@
+//! End-to-end tests over real `stoa` processes.
+
+mod crash;
+mod support;
