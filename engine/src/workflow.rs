@@ -999,3 +999,69 @@ rule "bump" {
         );
     }
 }
+
+#[cfg(test)]
+mod sandbox_tests {
+    use super::*;
+    use crate::testing::pack;
+
+    const RUNAWAYS: [(&str, &str); 4] = [
+        ("an endless loop", "loop { }"),
+        ("deep recursion", "fn f(x) { f(x + 1) } f(0);"),
+        ("a huge string", r#"let s = "x"; loop { s += s; }"#),
+        ("a huge array", "let a = [1]; loop { a += a; }"),
+    ];
+
+    /// Runs `body` in `section` of a rule that first changes a fact; the
+    /// turn must fail with a sandbox error and leave the facts untouched.
+    fn check(section: &str, what: &str, body: &str) {
+        let rules = match section {
+            "action" => format!(
+                r#"rule "r" {{ match {{ c: C() }} action {{ modify(c, #{{ n: 1 }}); insert("X", #{{}}); {body} }} }}"#
+            ),
+            _ => format!(
+                r#"rule "r" {{
+                    match {{ c: C() }}
+                    action {{ call("media.encode", #{{}}); }}
+                    {section} {{ modify(c, #{{ n: 1 }}); insert("X", #{{}}); {body} }}
+                }}"#
+            ),
+        };
+        let p = pack(&rules, "[limits]\nmax_operations = 100000\nmax_array_size = 10000\nmax_string_size = 10000\n");
+        let mut wf = Workflow::new(WorkflowId::new("sb"), p, 0);
+        let start = vec![FactSpec { ty: "C".into(), fields: Fields::from_json(&serde_json::json!({"n": 0})).unwrap() }];
+        let out = wf.apply(Input::Start { facts: start }, 1).unwrap();
+        let before: Vec<Fact> = wf.facts().into_iter().cloned().collect();
+        let out = if section == "action" {
+            out
+        } else {
+            let inv = out.invocations[0].id.clone();
+            let outcome = if section == "reaction" {
+                Outcome::Ok { value: Value::Null, attempts: 1 }
+            } else {
+                Outcome::Error { kind: ErrorKind::Failed, message: "x".into(), attempts: 1, retryable: false }
+            };
+            wf.apply(Input::Result { invocation: inv, outcome }, 2).unwrap()
+        };
+        let err = out.error.unwrap_or_else(|| panic!("{section} with {what}: the turn did not fail"));
+        assert!(err.contains(&format!("rule \"r\" {section} at test/main.rules:")), "{section} with {what}: {err}");
+        assert!(
+            err.contains("too many operations") || err.contains("call stack too deep") || err.contains("size limit"),
+            "{section} with {what}: {err}"
+        );
+        assert!(out.facts_put.is_empty() && out.facts_deleted.is_empty(), "{section} with {what}: facts changed");
+        let after: Vec<Fact> = wf.facts().into_iter().cloned().collect();
+        let expected = if section == "action" { vec![] } else { before };
+        assert_eq!(after, expected, "{section} with {what}: facts differ from before the turn");
+        assert_eq!(wf.status(), Status::Failed);
+    }
+
+    #[test]
+    fn runaway_scripts_end_the_turn_in_every_section() {
+        for section in ["action", "reaction", "error"] {
+            for (what, body) in RUNAWAYS {
+                check(section, what, body);
+            }
+        }
+    }
+}

@@ -143,3 +143,99 @@ impl Store for SledStore {
         self.tree.contains_key(key(&["o", id.as_str()])).map_err(io)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::pack;
+    use crate::workflow::{Input, Outcome, Workflow};
+    use stoa_rules::testcase::FactSpec;
+    use stoa_rules::Value;
+
+    const RULES: &str = r#"
+rule "encode" {
+    match { c: Chunk(status == "pending") }
+    action { modify(c, #{ status: "encoding" }); call("media.encode", #{ i: c.i }); }
+    reaction { modify(c, #{ status: "done" }); insert("Output", #{ i: c.i }); }
+}
+rule "all done" {
+    match { not Chunk(status != "done") n: count(Output()) test(n > 0) }
+    action { complete(#{ outputs: n }); }
+}
+"#;
+
+    fn chunks(n: i64) -> Vec<FactSpec> {
+        (0..n)
+            .map(|i| {
+                serde_json::from_value(serde_json::json!({"type": "Chunk", "fields": {"i": i, "status": "pending"}}))
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    fn ok() -> Outcome {
+        Outcome::Ok { value: Value::Null, attempts: 1 }
+    }
+
+    fn commit(store: &SledStore, wf: &Workflow, out: &crate::workflow::TurnOutput) {
+        store.commit(&[Commit { workflow: wf.id(), output: out, request_id: None }]).unwrap();
+    }
+
+    #[test]
+    fn reopening_restores_the_workflow_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pack(RULES, "");
+        let id = WorkflowId::new("w1");
+        let mut live = Workflow::new(id.clone(), p.clone(), 0);
+        {
+            let store = SledStore::open(dir.path(), 8).unwrap();
+            let out = live.apply(Input::Start { facts: chunks(5) }, 1).unwrap();
+            commit(&store, &live, &out);
+            let first = out.invocations[0].id.clone();
+            let out = live.apply(Input::Result { invocation: first.clone(), outcome: ok() }, 2).unwrap();
+            commit(&store, &live, &out);
+            // The same answer again is refused: exactly-once application.
+            assert!(matches!(
+                live.apply(Input::Result { invocation: first, outcome: ok() }, 3),
+                Err(crate::workflow::Rejected::UnknownInvocation(_))
+            ));
+        }
+        let store = SledStore::open(dir.path(), 8).unwrap();
+        let snap = store.load(&id).unwrap().unwrap();
+        assert_eq!(snap.meta, *live.meta());
+        assert_eq!(snap.facts, live.snapshot().facts);
+        assert_eq!(snap.waiting, live.snapshot().waiting);
+        assert_eq!(store.outbox().unwrap().len(), 4);
+        assert_eq!(store.timeline(&id, 1, 1000).unwrap().len() as u64, live.meta().timeline_seq);
+        let mut restored = Workflow::restore(p, snap).unwrap();
+        // Both go on identically: same firings, same ids, nothing re-fires.
+        let pending: Vec<_> = live.waiting().map(|w| w.invocation.id.clone()).collect();
+        for (k, inv) in pending.into_iter().enumerate() {
+            let a = live.apply(Input::Result { invocation: inv.clone(), outcome: ok() }, 10 + k as u64).unwrap();
+            let b = restored.apply(Input::Result { invocation: inv, outcome: ok() }, 10 + k as u64).unwrap();
+            assert_eq!(a.entries, b.entries);
+            commit(&store, &restored, &b);
+        }
+        assert_eq!(restored.status(), crate::workflow::Status::Completed);
+        assert_eq!(restored.meta().result.to_string(), r#"{"outputs":5}"#);
+        assert!(store.outbox().unwrap().is_empty());
+    }
+
+    #[test]
+    fn retracting_a_bound_fact_cancels_its_invocation() {
+        let p = pack(RULES, "");
+        let mut wf = Workflow::new(WorkflowId::new("w2"), p, 0);
+        let out = wf.apply(Input::Start { facts: chunks(2) }, 1).unwrap();
+        let inv = out.invocations.iter().find(|i| i.args.to_string() == r#"{"i":0}"#).unwrap().id.clone();
+        let out = wf.apply(Input::Retract { ids: vec![1] }, 2).unwrap();
+        assert_eq!(out.cancelled, vec![inv.clone()]);
+        assert_eq!(out.waiting_deleted, vec![inv.clone()]);
+        let lines: Vec<String> = out.entries.iter().map(|e| e.line()).collect();
+        assert!(
+            lines.iter().any(|l| l.contains("cancel") && l.contains("fact f1 it waited on was retracted")),
+            "{lines:?}"
+        );
+        // Its late answer changes nothing.
+        assert!(wf.apply(Input::Result { invocation: inv, outcome: ok() }, 3).is_err());
+    }
+}
