@@ -363,7 +363,7 @@ impl Network {
             Constraint::Script { script, text } => {
                 let rule = &self.pack.rules[env.rule];
                 let mut values = Vec::with_capacity(script.vars.len());
-                if script.vars.first().is_some_and(|v| v == "this") {
+                if script.vars.first().is_some_and(|v| v == stoa_rules::expr::CURRENT) {
                     values.push(match env.current {
                         Some(f) => ScriptValue::fact(f.id, f.ty, &f.fields),
                         None => ScriptValue::value(&Value::Null),

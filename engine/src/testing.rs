@@ -27,20 +27,15 @@ pub fn pack(rules: &str, manifest_extra: &str) -> Arc<Pack> {
     Arc::new(pack.unwrap())
 }
 
-/// Answers invocations in the order they were made.
-pub struct Answers(Box<dyn FnMut(&str, &Value) -> Outcome>);
-
-impl Answers {
-    pub fn echo() -> Answers {
-        Answers(Box::new(|_, args| {
-            let mut m = std::collections::BTreeMap::new();
-            m.insert(Arc::from("echo"), args.clone());
-            Outcome::Ok { value: Value::Map(Arc::new(m)), attempts: 1 }
-        }))
-    }
+/// Every function answers `{"echo": args}`.
+fn echo(args: &Value) -> Outcome {
+    let mut m = std::collections::BTreeMap::new();
+    m.insert(Arc::from("echo"), args.clone());
+    Outcome::Ok { value: Value::Map(Arc::new(m)), attempts: 1 }
 }
 
-pub fn run_to_end(pack: Arc<Pack>, facts: Vec<FactSpec>, answers: &mut Answers) -> (Workflow, Vec<Entry>) {
+/// Runs a workflow, answering its invocations in the order they were made.
+pub fn run_to_end(pack: Arc<Pack>, facts: Vec<FactSpec>) -> (Workflow, Vec<Entry>) {
     let mut wf = Workflow::new(WorkflowId::new("test"), pack, 0);
     let mut timeline = Vec::new();
     let mut queue = std::collections::VecDeque::new();
@@ -54,7 +49,7 @@ pub fn run_to_end(pack: Arc<Pack>, facts: Vec<FactSpec>, answers: &mut Answers) 
         }
         while let Some(inv) = queue.pop_front() {
             if wf.waiting().any(|w| w.invocation.id == inv.id) {
-                input = Some(Input::Result { outcome: (answers.0)(&inv.function, &inv.args), invocation: inv.id });
+                input = Some(Input::Result { outcome: echo(&inv.args), invocation: inv.id });
                 break;
             }
         }

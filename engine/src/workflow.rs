@@ -808,7 +808,7 @@ impl Workflow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{pack, run_to_end, Answers};
+    use crate::testing::{pack, run_to_end};
     use expect_test::expect;
 
     fn facts(json: serde_json::Value) -> Vec<FactSpec> {
@@ -819,7 +819,7 @@ mod tests {
     /// timeline as text.
     fn check(rules: &str, start: serde_json::Value, expect: expect_test::Expect) {
         let p = pack(rules, "");
-        let (wf, timeline) = run_to_end(p, facts(start), &mut Answers::echo());
+        let (wf, timeline) = run_to_end(p, facts(start));
         let mut out: Vec<String> = timeline.iter().map(|e| e.line()).collect();
         out.push(format!("status: {} {}", wf.status().as_str(), wf.meta().reason.clone().unwrap_or_default()));
         expect.assert_eq(&(out.join("\n") + "\n"));
@@ -965,8 +965,7 @@ rule "spin" {
 "#,
             "[limits]\nmax_firings_per_turn = 50\n",
         );
-        let (wf, timeline) =
-            run_to_end(p, facts(serde_json::json!([{"type": "Counter", "fields": {"n": 0}}])), &mut Answers::echo());
+        let (wf, timeline) = run_to_end(p, facts(serde_json::json!([{"type": "Counter", "fields": {"n": 0}}])));
         let lines: Vec<String> = timeline.iter().map(|e| e.line()).collect();
         expect![[r#"
             turn 1 ── start with 1 fact(s)

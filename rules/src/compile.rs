@@ -436,7 +436,7 @@ impl RuleCompiler<'_> {
             if self.slots.iter().any(|s| s.name.as_deref() == Some(&n.text)) {
                 self.error(n.pos, Code::Syntax, format!("`{}` is already bound in this rule", n.text));
             }
-            if matches!(n.text.as_str(), "this" | "result" | "error" | "invocation") {
+            if matches!(n.text.as_str(), "this" | "result" | "error" | "invocation" | expr::CURRENT) {
                 self.error(n.pos, Code::Syntax, format!("`{}` is reserved and cannot name a binding", n.text));
             }
         }
@@ -446,21 +446,24 @@ impl RuleCompiler<'_> {
 
     fn condition(&mut self, c: &ConditionAst) -> Option<Condition> {
         Some(match c {
+            // The binding is made even if the pattern has errors, so that
+            // later uses of it are not reported as undefined too.
             ConditionAst::Pattern { binding, pattern } => {
-                let p = self.pattern(pattern)?;
+                let p = self.pattern(pattern);
                 let slot = self.bind(binding.as_ref(), BindingKind::Fact);
-                Condition::Pattern { slot, pattern: p }
+                Condition::Pattern { slot, pattern: p? }
             }
             ConditionAst::Not(p) => Condition::Not(self.pattern(p)?),
             ConditionAst::Exists(p) => Condition::Exists(self.pattern(p)?),
             ConditionAst::Aggregate { binding, func, pattern, over } => {
-                let p = self.pattern(pattern)?;
+                let p = self.pattern(pattern);
+                let over = over.as_ref().map(|t| self.constraint(t, true));
+                let slot = self.bind(Some(binding), BindingKind::Value);
                 let over = match over {
-                    Some(t) => Some(self.constraint(t, true)?),
+                    Some(c) => Some(c?),
                     None => None,
                 };
-                let slot = self.bind(Some(binding), BindingKind::Value);
-                Condition::Aggregate { slot, func: *func, pattern: p, over }
+                Condition::Aggregate { slot, func: *func, pattern: p?, over }
             }
             ConditionAst::Test(t) => Condition::Test(self.constraint(t, false)?),
         })
@@ -510,7 +513,7 @@ impl RuleCompiler<'_> {
         };
         let mut vars: Vec<&str> = Vec::new();
         if current_fact {
-            vars.push("this");
+            vars.push(expr::CURRENT);
         }
         vars.extend(self.slots.iter().filter_map(|s| s.name.as_deref()));
         match self.sandbox.compile(&code, &vars, true) {

@@ -309,8 +309,11 @@ impl<S: Scope> Parser<'_, S> {
     }
 }
 
+/// The Rhai variable holding the fact being matched (`this` is taken by Rhai).
+pub const CURRENT: &str = "__it";
+
 /// Rewrites a constraint into a Rhai expression: bare field names of the
-/// current fact become `this.field`. Returns `None` if the text does not
+/// current fact (and `this`) become `__it.field`. Returns `None` if the text does not
 /// tokenize (then it is handed to Rhai unchanged).
 pub fn rewrite_for_rhai(src: &str, scope: &impl Scope) -> Option<String> {
     rewrite_with_offsets(src, scope).map(|r| r.0)
@@ -329,6 +332,13 @@ pub fn rewrite_with_offsets(src: &str, scope: &impl Scope) -> Option<(String, Ve
         let next = toks.get(k + 1).map(|t| &t.1);
         let is_call = matches!(next, Some(Tok::Op("(")));
         let is_key = matches!(next, Some(Tok::Op(":")));
+        if id == "this" && !prev_dot && scope.has_current_fact() {
+            // `this` is a Rhai keyword; the current fact is `__it` (same length).
+            out.push_str(&src[last..*off]);
+            out.push_str(CURRENT);
+            last = *off + 4;
+            continue;
+        }
         if prev_dot || is_call || is_key || is_keyword(id) || !scope.has_current_fact() {
             continue;
         }
@@ -339,7 +349,8 @@ pub fn rewrite_with_offsets(src: &str, scope: &impl Scope) -> Option<(String, Ve
         };
         if field {
             out.push_str(&src[last..*off]);
-            out.push_str("this.");
+            out.push_str(CURRENT);
+            out.push('.');
             inserted.push(*off);
             last = *off;
         }
@@ -572,7 +583,7 @@ mod tests {
     fn method_calls_fall_back_to_rhai_with_fields_rewritten() {
         check(
             r#"name.len() > job.limit && tags.contains("x")"#,
-            expect_test::expect![[r#"rhai: this.name.len() > job.limit && this.tags.contains("x")"#]],
+            expect_test::expect![[r#"rhai: __it.name.len() > job.limit && __it.tags.contains("x")"#]],
         );
     }
 

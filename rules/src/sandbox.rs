@@ -303,6 +303,7 @@ fn pos(p: Position) -> Option<Pos> {
     Some(Pos::new(p.line()? as u32, p.position().unwrap_or(1) as u32))
 }
 
+#[allow(clippy::boxed_local)] // Rhai hands its errors over boxed
 fn script_error(e: Box<EvalAltResult>) -> ScriptError {
     let limit = matches!(
         *e,

@@ -1,0 +1,97 @@
+//! The examples of docs/rules.md are packs: each group of consecutive
+//! ```rules / ```toml pack / ```toml test blocks is compiled, and its tests
+//! must pass, so the reference cannot drift from the engine.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use stoa_engine::harness::run_tests;
+use stoa_rules::compile::{compile, PackSource};
+
+use crate::support::repo;
+
+#[derive(Default)]
+struct Example {
+    line: usize,
+    rules: Vec<String>,
+    pack: Option<String>,
+    tests: Vec<String>,
+}
+
+fn examples(doc: &str) -> Vec<Example> {
+    let mut out: Vec<Example> = Vec::new();
+    let mut prose_since_block = true;
+    let mut lines = doc.lines().enumerate();
+    while let Some((n, line)) = lines.next() {
+        let tag = line.strip_prefix("```").map(str::trim);
+        match tag {
+            Some(t @ ("rules" | "toml pack" | "toml test")) => {
+                let mut body = String::new();
+                for (_, l) in lines.by_ref() {
+                    if l.starts_with("```") {
+                        break;
+                    }
+                    body.push_str(l);
+                    body.push('\n');
+                }
+                if prose_since_block {
+                    out.push(Example { line: n + 1, ..Example::default() });
+                }
+                let ex = out.last_mut().expect("pushed");
+                match t {
+                    "rules" => ex.rules.push(body),
+                    "toml pack" => ex.pack = Some(body),
+                    _ => ex.tests.push(body),
+                }
+                prose_since_block = false;
+            }
+            Some(_) => {
+                // Another kind of block: skip it, it separates examples.
+                for (_, l) in lines.by_ref() {
+                    if l.starts_with("```") {
+                        break;
+                    }
+                }
+                prose_since_block = true;
+            }
+            None if !line.trim().is_empty() => prose_since_block = true,
+            None => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn docs_examples_compile_and_their_tests_pass() {
+    let path = repo().join("docs/rules.md");
+    let doc = std::fs::read_to_string(&path).expect("docs/rules.md");
+    let examples = examples(&doc);
+    assert!(examples.len() >= 5, "found only {} examples", examples.len());
+    for ex in examples {
+        let at = format!("docs/rules.md:{}", ex.line);
+        assert!(!ex.rules.is_empty(), "{at}: an example without a ```rules block");
+        assert!(!ex.tests.is_empty(), "{at}: an example without a ```toml test block");
+        let mut src = PackSource { root: PathBuf::from(&at), ..PackSource::default() };
+        let manifest = ex.pack.clone().unwrap_or_else(|| "[pack]\nname = \"doc\"\nversion = \"1\"\n".into());
+        src.files.insert("pack.toml".into(), manifest);
+        for (i, r) in ex.rules.iter().enumerate() {
+            src.files.insert(format!("example{i}.rules").into(), r.clone());
+        }
+        for (i, t) in ex.tests.iter().enumerate() {
+            src.files.insert(format!("tests/example{i}.toml").into(), t.clone());
+        }
+        let (pack, diags) = compile(&src);
+        let errors: Vec<String> = diags.iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect();
+        let pack =
+            Arc::new(pack.unwrap_or_else(|| panic!("{at}: the example does not compile:\n{}", errors.join("\n"))));
+        for r in run_tests(&pack, None) {
+            assert!(
+                r.passed(),
+                "{at}: test \"{}\" failed:\n{}\n{}",
+                r.name,
+                r.failures.join("\n"),
+                r.timeline_excerpt(30).join("\n")
+            );
+        }
+    }
+}
