@@ -1,5 +1,6 @@
 //! `stoa`: check, test and run rule packs.
 
+mod bench;
 mod pack;
 mod run;
 mod test;
@@ -38,6 +39,17 @@ enum Command {
     /// Run one workflow in-process with mocked functions and print its
     /// timeline. With --data it is stored and can be resumed with --id.
     Run(run::Args),
+    /// Benchmarks. `stoa bench engine` prints the engine's figures
+    /// (firings per second, insert cost and bytes per fact, durable turns
+    /// per second); timers cover the turns, not process start.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The engine alone, in this process.
+    Engine(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +62,7 @@ fn main() -> ExitCode {
         Command::Check { pack } => check(&pack),
         Command::Test { pack, filter } => test::run(&pack, filter.as_deref()),
         Command::Run(args) => run::run(args),
+        Command::Bench(BenchCommand::Engine(args)) => bench::run(args),
     };
     match result {
         Ok(code) => code,
