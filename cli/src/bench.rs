@@ -148,7 +148,8 @@ fn tempfile_dir() -> PathBuf {
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let n = |x: f64| ((x * args.scale) as u64).max(1);
-    let cases: Vec<(&str, Box<dyn Fn() -> Figure>)> = vec![
+    type Case = Box<dyn Fn() -> Figure>;
+    let cases: Vec<(&str, Case)> = vec![
         ("throughput", Box::new(move || throughput(n(100_000.0)))),
         ("insert-100k", Box::new(move || insert_scale(n(100_000.0)))),
         ("insert-1m", Box::new(move || insert_scale(n(1_000_000.0)))),
