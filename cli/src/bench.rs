@@ -147,7 +147,8 @@ fn tempfile_dir() -> PathBuf {
 }
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
-    let n = |x: f64| ((x * args.scale) as u64).max(1);
+    let scale = args.scale;
+    let n = move |x: f64| ((x * scale) as u64).max(1);
     type Case = Box<dyn Fn() -> Figure>;
     let cases: Vec<(&str, Case)> = vec![
         ("throughput", Box::new(move || throughput(n(100_000.0)))),
