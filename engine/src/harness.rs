@@ -99,6 +99,7 @@ fn check_expectations(case: &TestCase, local: &Local, r: &mut Report) {
     let wf = &local.workflow;
     let meta = wf.meta();
     if let Some(s) = &x.status {
+        let s = s.get_ref();
         if s != meta.status.as_str() {
             let why = meta.reason.as_ref().map(|r| format!(" (reason: {r})")).unwrap_or_default();
             r.failures.push(format!("status: expected {s}, got {}{why}", meta.status.as_str()));
@@ -123,9 +124,10 @@ fn check_expectations(case: &TestCase, local: &Local, r: &mut Report) {
     }
     if let Some(counts) = &x.fired_count {
         for (rule, n) in counts {
+            let rule = rule.get_ref();
             let got = r.fired.iter().filter(|f| *f == rule).count() as u64;
-            if got != *n.get_ref() {
-                r.failures.push(format!("rule \"{rule}\" fired {got} time(s), expected {}", n.get_ref()));
+            if got != *n {
+                r.failures.push(format!("rule \"{rule}\" fired {got} time(s), expected {n}"));
             }
         }
     }
@@ -143,6 +145,7 @@ fn check_expectations(case: &TestCase, local: &Local, r: &mut Report) {
             }
         }
         for (f, n) in calls {
+            let f = f.get_ref();
             let g = got.get(f).copied().unwrap_or(0);
             if g != *n {
                 r.failures.push(format!("function `{f}` was called {g} time(s), expected {n}"));

@@ -125,8 +125,12 @@ pub struct Network {
     new_acts: Vec<(TokId, u32)>,
     change: u64,
     seq: u64,
-    /// While set, new activations of this rule are refracted at once (no-loop).
-    pub suppress_rule: Option<usize>,
+    /// While set, new activations of this rule over these facts (sorted ids)
+    /// are refracted at once: the `no-loop` of the firing activation.
+    pub suppress: Option<(usize, Vec<FactId>)>,
+    /// While set (inside `modify`), aggregate tokens to refresh at the end,
+    /// so a modify that leaves an aggregate unchanged does not re-activate.
+    deferred: Option<Vec<(TokId, u32)>>,
     /// Whether new activations are marked fired instead of scheduled (used
     /// to rebuild a quiescent workflow from its facts).
     pub refract_all: bool,
@@ -189,7 +193,8 @@ impl Network {
             new_acts: Vec::new(),
             change: 0,
             seq: 0,
-            suppress_rule: None,
+            suppress: None,
+            deferred: None,
             refract_all: false,
             id_sym: Sym::new("_id"),
         };
@@ -450,8 +455,40 @@ impl Network {
 
     // ---- changes ------------------------------------------------------
 
-    /// Adds a fact (a new one, or a new version of a modified one).
+    /// Adds a new fact.
     pub fn insert(&mut self, fact: Fact) -> R<()> {
+        self.insert_inner(fact)?;
+        self.end_change();
+        Ok(())
+    }
+
+    /// Removes a fact and everything that depended on it.
+    pub fn retract(&mut self, id: FactId) -> R<Option<Fact>> {
+        let f = self.retract_inner(id)?;
+        self.end_change();
+        Ok(f)
+    }
+
+    /// Replaces a fact by its next version: a retraction and an insertion
+    /// seen as one change. Aggregates are recomputed once, at the end, so a
+    /// result that ends up unchanged keeps its activation.
+    pub fn modify(&mut self, fact: Fact) -> R<()> {
+        self.deferred = Some(Vec::new());
+        let res = self.retract_inner(fact.id).and_then(|_| self.insert_inner(fact));
+        let dirty = self.deferred.take().unwrap_or_default();
+        res?;
+        let mut seen = rustc_hash::FxHashSet::default();
+        for (t, gen) in dirty {
+            let tok = &self.toks[t as usize];
+            if tok.alive && tok.gen == gen && seen.insert(t) {
+                self.refresh_aggregate(t)?;
+            }
+        }
+        self.end_change();
+        Ok(())
+    }
+
+    fn insert_inner(&mut self, fact: Fact) -> R<()> {
         let id = fact.id;
         let ty = fact.ty;
         self.facts.insert(id, FactRec { fact, alpha: Vec::new(), tokens: Vec::new() });
@@ -468,12 +505,10 @@ impl Network {
             self.facts.get_mut(&id).expect("inserted").alpha.push((m, pos));
             self.right_activate(m, id)?;
         }
-        self.end_change();
         Ok(())
     }
 
-    /// Removes a fact and everything that depended on it.
-    pub fn retract(&mut self, id: FactId) -> R<Option<Fact>> {
+    fn retract_inner(&mut self, id: FactId) -> R<Option<Fact>> {
         if !self.facts.contains_key(&id) {
             return Ok(None);
         }
@@ -499,7 +534,6 @@ impl Network {
             self.right_retract(m, id)?;
         }
         let rec = self.facts.remove(&id).expect("present");
-        self.end_change();
         Ok(Some(rec.fact))
     }
 
@@ -525,9 +559,9 @@ impl Network {
             })
             .collect();
         acts.sort();
-        for (rule, _, t) in acts {
+        for (rule, ids, t) in acts {
             self.seq += 1;
-            if self.refract_all || self.suppress_rule == Some(rule) {
+            if self.refract_all || self.suppressed(rule, ids) {
                 continue;
             }
             let key = AgendaKey {
@@ -538,6 +572,16 @@ impl Network {
             self.toks[t as usize].agenda = Some(key);
             self.agenda.insert(key, t);
         }
+    }
+
+    fn suppressed(&self, rule: usize, mut ids: Vec<FactId>) -> bool {
+        let Some((r, facts)) = &self.suppress else { return false };
+        if *r != rule {
+            return false;
+        }
+        ids.retain(|&f| f != 0);
+        ids.sort_unstable();
+        ids == *facts
     }
 
     /// Takes the activation to fire next (refraction: it will not return).
@@ -647,6 +691,10 @@ impl Network {
 
     /// Replaces the child of an aggregate token with one carrying the new value.
     fn refresh_aggregate(&mut self, t: TokId) -> R<()> {
+        if let Some(d) = &mut self.deferred {
+            d.push((t, self.toks[t as usize].gen));
+            return Ok(());
+        }
         let (rule, level) = {
             let tok = &self.toks[t as usize];
             (tok.rule as usize, tok.level as usize)

@@ -94,9 +94,11 @@ pub enum Event {
     Failed {
         reason: String,
     },
+    /// The turn was rolled back; `fired` counts what fired in it, by rule.
     TurnFailed {
         error: String,
         firings: u64,
+        fired: Vec<(String, u64)>,
     },
     TurnCommitted {
         firings: u64,
@@ -137,8 +139,10 @@ impl Entry {
             Event::Log { rule, message } => format!("  log    [{rule}] {message}"),
             Event::Completed { result } => format!("  done   completed: {result}"),
             Event::Failed { reason } => format!("  done   failed: {reason}"),
-            Event::TurnFailed { error, firings } => {
-                format!("  ERROR  turn rolled back after {firings} firing(s): {error}")
+            Event::TurnFailed { error, firings, fired } => {
+                let what: Vec<String> = fired.iter().map(|(r, n)| format!("{r} ×{n}")).collect();
+                let what = if what.is_empty() { String::new() } else { format!(" [{}]", what.join(", ")) };
+                format!("  ERROR  turn rolled back after {firings} firing(s){what}: {error}")
             }
             Event::TurnCommitted { firings } => format!("  commit ({firings} firing(s))"),
         }

@@ -194,6 +194,8 @@ struct TurnState {
     invocations: Vec<Invocation>,
     cancelled: Vec<InvocationId>,
     firings: u64,
+    /// Firings of this turn by rule index (to explain a rolled-back turn).
+    fired_by_rule: BTreeMap<usize, u64>,
 }
 
 /// A workflow as stored: enough to rebuild it exactly.
@@ -356,7 +358,10 @@ impl Workflow {
                 if let Some(s) = started {
                     self.record(s.event);
                 }
-                self.record(Event::TurnFailed { error: error.clone(), firings });
+                let mut fired: Vec<(String, u64)> =
+                    self.turn.fired_by_rule.iter().map(|(r, n)| (self.pack.rules[*r].name.clone(), *n)).collect();
+                fired.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                self.record(Event::TurnFailed { error: error.clone(), firings, fired });
                 self.meta.status = Status::Failed;
                 self.meta.reason = Some(error.clone());
                 self.record(Event::Failed { reason: error.clone() });
@@ -471,6 +476,7 @@ impl Workflow {
         while self.meta.status == Status::Running {
             let Some(act) = self.net.pop() else { break };
             self.turn.firings += 1;
+            *self.turn.fired_by_rule.entry(act.rule).or_default() += 1;
             if self.turn.firings > limit {
                 return Err(TurnError(format!(
                     "the turn exceeded {limit} firings (limit `max_firings_per_turn`); last rule: \"{}\"",
@@ -539,10 +545,12 @@ impl Workflow {
             TurnError(format!("rule \"{}\" {}{at}: {}", rule.name, kind.as_str(), e.message))
         })?;
         if rule.no_loop {
-            self.net.suppress_rule = Some(rule.index);
+            let mut ids: Vec<FactId> = matched.iter().map(|m| m.0).collect();
+            ids.sort_unstable();
+            self.net.suppress = Some((rule.index, ids));
         }
         let res = self.apply_effects(rule, effects, bindings, matched);
-        self.net.suppress_rule = None;
+        self.net.suppress = None;
         res.map_err(|TurnError(e)| TurnError(format!("rule \"{}\": {e}", rule.name)))
     }
 
@@ -685,8 +693,7 @@ impl Workflow {
         self.touch_fact(id);
         let version = old.version + 1;
         self.record(Event::Modified { id, ty: old.ty, version, before, after });
-        self.net.retract(id)?;
-        self.net.insert(Fact { id, ty: old.ty, version, fields })?;
+        self.net.modify(Fact { id, ty: old.ty, version, fields })?;
         Ok(())
     }
 
@@ -969,11 +976,82 @@ rule "spin" {
         let lines: Vec<String> = timeline.iter().map(|e| e.line()).collect();
         expect![[r#"
             turn 1 ── start with 1 fact(s)
-              ERROR  turn rolled back after 51 firing(s): the turn exceeded 50 firings (limit `max_firings_per_turn`); last rule: "spin"
+              ERROR  turn rolled back after 51 firing(s) [spin ×51]: the turn exceeded 50 firings (limit `max_firings_per_turn`); last rule: "spin"
               done   failed: the turn exceeded 50 firings (limit `max_firings_per_turn`); last rule: "spin""#]]
         .assert_eq(&lines.join("\n"));
         assert_eq!(wf.status(), Status::Failed);
         assert_eq!(wf.fact_count(), 0, "the start turn's facts are rolled back too");
+    }
+
+    #[test]
+    fn an_unchanged_aggregate_does_not_fire_again_after_a_modify() {
+        check(
+            r#"
+rule "count" {
+    match { n: count(Item()) }
+    action { log(`items: ${n}`); }
+}
+rule "see" {
+    salience -1
+    match { i: Item(seen == ()) }
+    action { modify(i, #{ seen: true }); }
+}
+"#,
+            serde_json::json!([{"type": "Item", "fields": {}}, {"type": "Item", "fields": {}}]),
+            expect![[r#"
+                turn 1 ── start with 2 fact(s)
+                  +      f1 Item {}
+                  +      f2 Item {}
+                  fire   count ()
+                  log    [count] items: 2
+                  fire   see (f2@1)
+                  ~      f2@2 Item {"seen":null} -> {"seen":true}
+                  fire   see (f1@1)
+                  ~      f1@2 Item {"seen":null} -> {"seen":true}
+                  commit (3 firing(s))
+                status: running 
+            "#]],
+        );
+    }
+
+    #[test]
+    fn no_loop_blocks_only_the_same_facts() {
+        // Reserving line 1 modifies the stock; the match of line 2 with the
+        // new stock version must still fire.
+        check(
+            r#"
+rule "reserve" {
+    no-loop
+    match {
+        line: Line(status == "open")
+        stock: Stock(sku == line.sku, qty >= line.qty)
+    }
+    action {
+        modify(stock, #{ qty: stock.qty - line.qty });
+        modify(line, #{ status: "reserved" });
+    }
+}
+"#,
+            serde_json::json!([
+                {"type": "Stock", "fields": {"sku": "a", "qty": 5}},
+                {"type": "Line", "fields": {"sku": "a", "qty": 2, "status": "open"}},
+                {"type": "Line", "fields": {"sku": "a", "qty": 2, "status": "open"}}
+            ]),
+            expect![[r#"
+                turn 1 ── start with 3 fact(s)
+                  +      f1 Stock {"qty":5,"sku":"a"}
+                  +      f2 Line {"qty":2,"sku":"a","status":"open"}
+                  +      f3 Line {"qty":2,"sku":"a","status":"open"}
+                  fire   reserve (f3@1, f1@1)
+                  ~      f1@2 Stock {"qty":5} -> {"qty":3}
+                  ~      f3@2 Line {"status":"open"} -> {"status":"reserved"}
+                  fire   reserve (f2@1, f1@2)
+                  ~      f1@3 Stock {"qty":3} -> {"qty":1}
+                  ~      f2@2 Line {"status":"open"} -> {"status":"reserved"}
+                  commit (2 firing(s))
+                status: running 
+            "#]],
+        );
     }
 
     #[test]

@@ -188,23 +188,36 @@ pub fn compile(source: &PackSource) -> (Option<Pack>, Vec<Diagnostic>) {
     }
     for (rel, text) in rule_files {
         let path = source.display_path(rel);
-        let (asts, errors) = parse_rules(text);
-        for e in errors {
+        let parsed = parse_rules(text);
+        for e in parsed.errors {
             diags.push(Diagnostic::error(&path, e.pos, Code::Syntax, e.message));
         }
+        for (name, pos) in parsed.broken {
+            seen.entry(name).or_insert((path.clone(), pos));
+        }
+        let asts = parsed.rules;
+        let map = crate::diagnostic::SourceMap::new(text);
         for ast in asts {
-            if let Some((p, at)) = seen.get(&ast.name) {
-                diags.push(Diagnostic::error(
+            let duplicate = seen.get(&ast.name).cloned();
+            match &duplicate {
+                Some((p, at)) => diags.push(Diagnostic::error(
                     &path,
                     ast.pos,
                     Code::DuplicateRule,
                     format!("rule \"{}\" is already defined at {}:{}:{}", ast.name, p.display(), at.line, at.col),
-                ));
+                )),
+                None => {
+                    seen.insert(ast.name.clone(), (path.clone(), ast.pos));
+                }
+            }
+            // A duplicate is still compiled, so its own errors show too.
+            let mut c =
+                RuleCompiler { sandbox: &sandbox, map: &map, path: &path, diags: &mut diags, slots: Vec::new() };
+            let compiled = c.rule(&ast, rules.len());
+            if duplicate.is_some() {
                 continue;
             }
-            seen.insert(ast.name.clone(), (path.clone(), ast.pos));
-            let mut c = RuleCompiler { sandbox: &sandbox, path: &path, diags: &mut diags, slots: Vec::new() };
-            if let Some(rule) = c.rule(&ast, rules.len()) {
+            if let Some(rule) = compiled {
                 if let Some(m) = &manifest {
                     for s in [&rule.action, &rule.reaction, &rule.error].into_iter().flatten() {
                         for (f, p) in Sandbox::called_functions(&s.script) {
@@ -247,9 +260,7 @@ pub fn compile(source: &PackSource) -> (Option<Pack>, Vec<Diagnostic>) {
         match parse_tests(&path, text) {
             Err(d) => diags.push(d),
             Ok(cases) => {
-                if let Some(m) = &manifest {
-                    check_tests(&path, text, &cases, m, &rules, &mut diags);
-                }
+                check_tests(&path, text, &cases, manifest.as_ref(), &seen, &mut diags);
                 tests.extend(cases.into_iter().map(|c| (path.clone(), c)));
             }
         }
@@ -265,64 +276,67 @@ pub fn compile(source: &PackSource) -> (Option<Pack>, Vec<Diagnostic>) {
     (pack, diags)
 }
 
-fn check_tests(path: &Path, text: &str, cases: &[TestCase], m: &Manifest, rules: &[Rule], diags: &mut Vec<Diagnostic>) {
+/// Checks test cases against the manifest (when it parsed) and the rule
+/// names (every rule that parsed, compiled or not).
+fn check_tests(
+    path: &Path,
+    text: &str,
+    cases: &[TestCase],
+    m: Option<&Manifest>,
+    rule_names: &BTreeMap<String, (PathBuf, Pos)>,
+    diags: &mut Vec<Diagnostic>,
+) {
     let map = crate::diagnostic::SourceMap::new(text);
-    let rule_known = |name: &toml::Spanned<String>, diags: &mut Vec<Diagnostic>| {
-        if !rules.iter().any(|r| &r.name == name.get_ref()) {
-            diags.push(Diagnostic::error(
-                path,
-                map.pos(name.span().start),
-                Code::TestFile,
-                format!("no rule is named \"{}\"", name.get_ref()),
-            ));
-        }
-    };
+    let at = |span: std::ops::Range<usize>| map.pos(span.start);
+    let mut error = |pos: Pos, code: Code, msg: String| diags.push(Diagnostic::error(path, pos, code, msg));
     for case in cases {
+        let x = &case.expect;
         for f in &case.facts {
-            let at = map.pos(f.span().start);
             let spec = f.get_ref();
             if !spec.ty.starts_with(|c: char| c.is_ascii_uppercase()) {
-                diags.push(Diagnostic::error(
-                    path,
-                    at,
+                error(
+                    at(f.span()),
                     Code::TestFile,
                     format!("a fact type starts with an upper-case letter: `{}`", spec.ty),
-                ));
+                );
             }
-            if let Some(schema) = m.facts.get(&spec.ty) {
-                if let Err(e) = schema.check(&spec.ty, &spec.fields) {
-                    diags.push(Diagnostic::error(path, at, Code::Schema, format!("test \"{}\": {e}", case.name)));
+            if let Some(schema) = m.and_then(|m| m.facts.get(&spec.ty)) {
+                for v in schema.violations(&spec.ty, &spec.fields) {
+                    error(at(f.span()), Code::Schema, format!("test \"{}\": {v}", case.name));
                 }
             }
         }
-        for mock in &case.mocks {
-            if !m.functions.contains_key(mock.function.get_ref()) {
-                diags.push(Diagnostic::error(
-                    path,
-                    map.pos(mock.function.span().start),
+        let functions = case
+            .mocks
+            .iter()
+            .map(|m| (&m.function, "mocks"))
+            .chain(x.calls.iter().flatten().map(|(f, _)| (f, "expects calls of")));
+        for (f, verb) in functions {
+            if m.is_some_and(|m| !m.functions.contains_key(f.get_ref())) {
+                error(
+                    at(f.span()),
                     Code::UndeclaredFunction,
-                    format!(
-                        "test \"{}\" mocks `{}`, which pack.toml does not declare",
-                        case.name,
-                        mock.function.get_ref()
-                    ),
-                ));
+                    format!("test \"{}\" {verb} `{}`, which pack.toml does not declare", case.name, f.get_ref()),
+                );
             }
         }
-        for name in case.expect.fired.iter().flatten().chain(&case.expect.not_fired) {
-            rule_known(name, diags);
+        let named = x.fired.iter().flatten().chain(&x.not_fired).chain(x.fired_count.iter().flatten().map(|(n, _)| n));
+        for name in named {
+            if !rule_names.contains_key(name.get_ref()) {
+                error(at(name.span()), Code::TestFile, format!("no rule is named \"{}\"", name.get_ref()));
+            }
         }
-        for (name, count) in case.expect.fired_count.iter().flatten() {
-            rule_known(&toml::Spanned::new(count.span(), name.clone()), diags);
-        }
-        if let Some(s) = &case.expect.status {
-            if !matches!(s.as_str(), "running" | "completed" | "failed") {
-                diags.push(Diagnostic::error(
-                    path,
-                    case.pos,
+        if let Some(s) = &x.status {
+            if !matches!(s.get_ref().as_str(), "running" | "completed" | "failed") {
+                error(
+                    at(s.span()),
                     Code::TestFile,
-                    format!("test \"{}\": status `{s}` is not one of running, completed, failed", case.name),
-                ));
+                    format!(
+                        "test \"{}\": status `{}` is not one of running, completed, failed",
+                        case.name,
+                        s.get_ref()
+                    ),
+                );
             }
         }
     }
@@ -339,6 +353,7 @@ fn file_pos(start: Pos, rel: Pos) -> Pos {
 
 struct RuleCompiler<'a> {
     sandbox: &'a Sandbox,
+    map: &'a crate::diagnostic::SourceMap,
     path: &'a Path,
     diags: &'a mut Vec<Diagnostic>,
     slots: Vec<Slot>,
@@ -364,14 +379,15 @@ impl RuleCompiler<'_> {
         self.diags.push(Diagnostic::error(self.path, pos, code, msg));
     }
 
-    fn script_errors(&mut self, start: Pos, errs: Vec<CompileError>, shift: impl Fn(Pos) -> Pos) {
+    /// Reports script errors; `to_file` maps a position in the script to the file.
+    fn script_errors(&mut self, errs: Vec<CompileError>, to_file: impl Fn(Pos) -> Pos) {
         for e in errs {
             let code = match e.kind {
                 CompileErrorKind::Syntax => Code::Script,
                 CompileErrorKind::UndefinedVariable => Code::UndefinedVariable,
                 CompileErrorKind::UnknownFunction => Code::UnknownFunction,
             };
-            self.error(file_pos(start, shift(e.pos)), code, e.message);
+            self.error(to_file(e.pos), code, e.message);
         }
     }
 
@@ -394,7 +410,7 @@ impl RuleCompiler<'_> {
             match self.sandbox.compile(&t.text, &vars, false) {
                 Ok(script) => Some(Section { script, file: self.path.to_path_buf(), pos: t.pos }),
                 Err(errs) => {
-                    self.script_errors(t.pos, errs, |p| p);
+                    self.script_errors(errs, |p| file_pos(t.pos, p));
                     None
                 }
             }
@@ -520,19 +536,16 @@ impl RuleCompiler<'_> {
             Ok(script) => Some(Constraint::Script { script, text: code }),
             Err(errs) => {
                 // Map columns in the rewritten text back to the original.
-                let shift = |p: Pos| {
-                    if p.line != 1 {
-                        return p;
-                    }
-                    let mut col = p.col as usize;
-                    for (k, off) in inserted.iter().enumerate() {
-                        if off + 5 * (k + 1) < col {
-                            col -= 5;
-                        }
-                    }
-                    Pos::new(1, col as u32)
+                // Map positions in the rewritten text back through the
+                // `__it.` insertions (5 bytes each) to the file.
+                let rewritten = crate::diagnostic::SourceMap::new(&code);
+                let (map, base) = (self.map, t.offset);
+                let to_file = |p: Pos| {
+                    let r = rewritten.offset(p);
+                    let before = inserted.iter().enumerate().filter(|(k, off)| **off + 5 * (k + 1) <= r).count();
+                    map.pos(base + r - 5 * before)
                 };
-                self.script_errors(t.pos, errs, shift);
+                self.script_errors(errs, to_file);
                 None
             }
         }

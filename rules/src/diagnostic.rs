@@ -142,6 +142,14 @@ impl SourceMap {
         SourceMap { text: Arc::from(text), line_starts }
     }
 
+    /// The byte offset of a position (the inverse of `pos`).
+    pub fn offset(&self, pos: Pos) -> usize {
+        let line = (pos.line.max(1) as usize - 1).min(self.line_starts.len() - 1);
+        let start = self.line_starts[line];
+        let rest = &self.text[start..];
+        start + rest.char_indices().nth(pos.col.max(1) as usize - 1).map(|(i, _)| i).unwrap_or(rest.len())
+    }
+
     pub fn pos(&self, offset: usize) -> Pos {
         let line = match self.line_starts.binary_search(&offset) {
             Ok(l) => l,

@@ -115,22 +115,31 @@ pub struct Schema {
 impl Schema {
     /// Checks a whole fact; the message names the field.
     pub fn check(&self, ty: &str, fields: &Fields) -> Result<(), String> {
+        match self.violations(ty, fields).into_iter().next() {
+            Some(v) => Err(v),
+            None => Ok(()),
+        }
+    }
+
+    /// Every way a fact violates the schema, each naming its field.
+    pub fn violations(&self, ty: &str, fields: &Fields) -> Vec<String> {
+        let mut out = Vec::new();
         for (name, spec) in &self.fields {
             match fields.get(Sym::new(name)) {
                 None | Some(Value::Null) if spec.optional => {}
-                None => return Err(format!("{ty}.{name} is required by the schema")),
+                None => out.push(format!("{ty}.{name} is required by the schema")),
                 Some(v) if !spec.ty.accepts(v) => {
-                    return Err(format!("{ty}.{name} must be {}, found {} {v}", spec.ty.name(), v.type_name()))
+                    out.push(format!("{ty}.{name} must be {}, found {} {v}", spec.ty.name(), v.type_name()))
                 }
                 Some(_) => {}
             }
         }
         for (k, _) in fields.iter() {
             if !self.fields.contains_key(&*k.name()) {
-                return Err(format!("{ty}.{k} is not a field of the schema of {ty}"));
+                out.push(format!("{ty}.{k} is not a field of the schema of {ty}"));
             }
         }
-        Ok(())
+        out
     }
 }
 
@@ -220,7 +229,7 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
         Ok(r) => r,
         Err(e) => {
             let pos = e.span().map(at).unwrap_or_default();
-            let msg = e.message().trim().to_string();
+            let msg = crate::testcase::one_line(e.message());
             return Err(vec![Diagnostic::error(path, pos, Code::Manifest, msg)]);
         }
     };

@@ -212,8 +212,8 @@ impl Sandbox {
         script.ast.walk(&mut |path| {
             if let Some((f, p)) = fn_call(path.last()) {
                 if f.name == "Call" && !f.args.is_empty() {
-                    if let rhai::Expr::StringConstant(s, _) = &f.args[0] {
-                        out.push((s.to_string(), pos(p).unwrap_or(Pos::new(1, 1))));
+                    if let rhai::Expr::StringConstant(s, at) = &f.args[0] {
+                        out.push((s.to_string(), pos(*at).or(pos(p)).unwrap_or(Pos::new(1, 1))));
                     }
                 }
             }

@@ -59,9 +59,20 @@ pub struct SyntaxError {
     pub message: String,
 }
 
-pub fn parse_rules(src: &str) -> (Vec<RuleAst>, Vec<SyntaxError>) {
+/// The result of parsing a rule file.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub rules: Vec<RuleAst>,
+    pub errors: Vec<SyntaxError>,
+    /// Names (and positions) of rules that have syntax errors, so that
+    /// references to them are not reported as unknown too.
+    pub broken: Vec<(String, Pos)>,
+}
+
+pub fn parse_rules(src: &str) -> Parsed {
     let map = SourceMap::new(src);
-    let mut p = P { src, b: src.as_bytes(), i: 0, map: &map, errors: Vec::new() };
+    let mut p = P { src, b: src.as_bytes(), i: 0, map: &map, errors: Vec::new(), name: None };
+    let mut broken = Vec::new();
     let mut rules = Vec::new();
     loop {
         p.skip_ws();
@@ -69,17 +80,19 @@ pub fn parse_rules(src: &str) -> (Vec<RuleAst>, Vec<SyntaxError>) {
             break;
         }
         let start = p.i;
+        p.name = None;
         match p.rule() {
             Ok(r) => rules.push(r),
             Err(e) => {
                 p.errors.push(e);
+                broken.extend(p.name.take());
                 // Recover: continue at the next `rule` keyword at line start.
                 p.i = start + 1;
                 p.recover();
             }
         }
     }
-    (rules, p.errors)
+    Parsed { rules, errors: p.errors, broken }
 }
 
 struct P<'a> {
@@ -88,6 +101,8 @@ struct P<'a> {
     i: usize,
     map: &'a SourceMap,
     errors: Vec<SyntaxError>,
+    /// The name of the rule being parsed, once read.
+    name: Option<(String, Pos)>,
 }
 
 type R<T> = Result<T, SyntaxError>;
@@ -119,7 +134,11 @@ impl<'a> P<'a> {
             } else if self.src[self.i..].starts_with("/*") {
                 match self.src[self.i + 2..].find("*/") {
                     Some(e) => self.i += e + 4,
-                    None => self.i = self.b.len(),
+                    None => {
+                        let pos = self.map.pos(self.i);
+                        self.errors.push(SyntaxError { pos, message: "unclosed comment `/*`".into() });
+                        self.i = self.b.len();
+                    }
                 }
             } else {
                 return;
@@ -149,8 +168,11 @@ impl<'a> P<'a> {
     }
 
     fn found(&self) -> String {
-        match self.src[self.i..].chars().next() {
+        let rest = &self.src[self.i..];
+        let word: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '-').collect();
+        match rest.chars().next() {
             None => "end of file".into(),
+            Some(_) if !word.is_empty() => format!("`{word}`"),
             Some(c) => format!("`{c}`"),
         }
     }
@@ -198,23 +220,46 @@ impl<'a> P<'a> {
         self.err(start, "unterminated string")
     }
 
-    /// Text up to the matching close bracket, skipping strings and comments.
-    /// Leaves `i` after the closer; returns the inner text.
+    /// Text up to the bracket that closes the one just read, skipping
+    /// strings and comments. Leaves `i` after the closer; returns the inner
+    /// text. A mismatched closer, or a `rule "` at the start of a line,
+    /// means the opener was never closed: the error points at it.
     fn balanced(&mut self, open: u8, close: u8, what: &str) -> R<Text> {
-        let open_at = self.i - 1;
+        self.balanced_at(self.i - 1, open, close, what)
+    }
+
+    /// `balanced`, for an opener at `open_at` (text may start later).
+    fn balanced_at(&mut self, open_at: usize, open: u8, close: u8, what: &str) -> R<Text> {
         let start = self.i;
-        let mut depth = 1;
+        let mut stack: Vec<(u8, usize)> = vec![(open, open_at)];
+        let unclosed = |p: &Self, (c, at): (u8, usize)| {
+            p.err::<Text>(
+                at,
+                format!(
+                    "unclosed `{}` in {what}",
+                    if c == b'{' && at > 0 && p.b[at - 1] == b'#' { "#{".to_string() } else { (c as char).to_string() }
+                ),
+            )
+        };
         while self.i < self.b.len() {
             let c = self.b[self.i];
+            let line_start = self.i == 0 || self.b[self.i - 1] == b'\n';
+            if line_start && self.src[self.i..].starts_with("rule \"") {
+                return unclosed(self, *stack.last().expect("non-empty"));
+            }
             match c {
                 b'"' | b'`' | b'\'' => {
                     let q = c;
+                    let at = self.i;
                     self.i += 1;
-                    while self.i < self.b.len() && self.b[self.i] != q {
+                    while self.i < self.b.len() && self.b[self.i] != q && !(q != b'`' && self.b[self.i] == b'\n') {
                         if self.b[self.i] == b'\\' {
                             self.i += 1;
                         }
                         self.i += 1;
+                    }
+                    if self.i >= self.b.len() || self.b[self.i] != q {
+                        return self.err(at, "unterminated string");
                     }
                 }
                 b'/' if self.b.get(self.i + 1) == Some(&b'/') => {
@@ -225,12 +270,28 @@ impl<'a> P<'a> {
                 }
                 b'/' if self.b.get(self.i + 1) == Some(&b'*') => match self.src[self.i + 2..].find("*/") {
                     Some(e) => self.i += e + 3,
-                    None => self.i = self.b.len(),
+                    None => return self.err(self.i, "unclosed comment `/*`"),
                 },
-                _ if c == open || (open == b'(' && c == b'[') || (open == b'(' && c == b'{') => depth += 1,
-                _ if c == close || (open == b'(' && (c == b']' || c == b'}')) => {
-                    depth -= 1;
-                    if depth == 0 {
+                b'(' | b'[' | b'{' => stack.push((c, self.i)),
+                b')' | b']' | b'}' => {
+                    let opener = match c {
+                        b')' => b'(',
+                        b']' => b'[',
+                        _ => b'{',
+                    };
+                    let (o, at) = *stack.last().expect("non-empty");
+                    if o != opener {
+                        // If an outer bracket matches, the inner one was left
+                        // open; otherwise this closer is the stray one.
+                        return if stack.iter().any(|(x, _)| *x == opener) {
+                            unclosed(self, (o, at))
+                        } else {
+                            self.err(self.i, format!("unexpected `{}`", c as char))
+                        };
+                    }
+                    stack.pop();
+                    if stack.is_empty() {
+                        debug_assert_eq!(c, close);
                         let text = self.src[start..self.i].to_string();
                         self.i += 1;
                         return Ok(Text { text, pos: self.map.pos(start), offset: start });
@@ -240,7 +301,7 @@ impl<'a> P<'a> {
             }
             self.i += 1;
         }
-        self.err(open_at, format!("unclosed `{}` in {what}", open as char))
+        unclosed(self, *stack.last().expect("non-empty"))
     }
 
     fn rule(&mut self) -> R<RuleAst> {
@@ -256,6 +317,7 @@ impl<'a> P<'a> {
         if name.trim().is_empty() {
             return self.err(name_at, "a rule name cannot be empty");
         }
+        self.name = Some((name.clone(), self.map.pos(name_at)));
         self.expect(b'{')?;
         let mut rule = RuleAst {
             name,
@@ -359,12 +421,13 @@ impl<'a> P<'a> {
                     };
                     match agg {
                         Some(func) => {
-                            self.word()?;
+                            let (name, func_at) = self.word()?;
                             self.expect(b'(')?;
+                            let paren_at = self.i - 1;
                             let pattern = self.pattern()?;
                             let over = if self.eat(b',') {
                                 self.skip_ws();
-                                let t = self.balanced(b'(', b')', "aggregate")?;
+                                let t = self.balanced_at(paren_at, b'(', b')', "aggregate")?;
                                 Some(Text { text: t.text.trim_end().to_string(), ..t })
                             } else {
                                 self.expect(b')')?;
@@ -372,11 +435,8 @@ impl<'a> P<'a> {
                             };
                             if matches!(func, AggFn::Sum | AggFn::Min | AggFn::Max) && over.is_none() {
                                 return self.err(
-                                    at,
-                                    format!(
-                                        "`{func:?}` needs a field or expression: `{}(Type(...), field)`",
-                                        format!("{func:?}").to_lowercase()
-                                    ),
+                                    func_at,
+                                    format!("`{name}` needs a field or expression: `{name}(Type(...), field)`"),
                                 );
                             }
                             ConditionAst::Aggregate { binding, func, pattern, over }
@@ -459,7 +519,7 @@ mod tests {
     use super::*;
 
     fn check(src: &str, expect: expect_test::Expect) {
-        let (rules, errors) = parse_rules(src);
+        let Parsed { rules, errors, .. } = parse_rules(src);
         let mut out = String::new();
         for r in &rules {
             out.push_str(&format!(
@@ -533,7 +593,7 @@ rule "c" {
                   action @7:21 "log(\"hi\")"
                 error @2:14: `salience` takes an integer
                 error @5:18: a fact type starts with an upper-case letter: `job`
-                error @9:14: unclosed `(` in pattern
+                error @9:20: unterminated string
             "#]],
         );
     }

@@ -90,7 +90,7 @@ pub struct FactExpectation {
 #[serde(deny_unknown_fields)]
 pub struct Expect {
     /// `running`, `completed` or `failed`.
-    pub status: Option<String>,
+    pub status: Option<toml::Spanned<String>>,
     /// Partial match of the completion result.
     pub result: Option<Value>,
     /// Substring of the failure reason.
@@ -98,12 +98,12 @@ pub struct Expect {
     /// Rules fired, exactly in this order.
     pub fired: Option<Vec<toml::Spanned<String>>>,
     /// Rules fired and how often, in any order; rules not named may fire too.
-    pub fired_count: Option<BTreeMap<String, toml::Spanned<u64>>>,
+    pub fired_count: Option<BTreeMap<toml::Spanned<String>, u64>>,
     /// Rules that must not fire.
     #[serde(default)]
     pub not_fired: Vec<toml::Spanned<String>>,
     /// Invocations made, by function, with counts.
-    pub calls: Option<BTreeMap<String, u64>>,
+    pub calls: Option<BTreeMap<toml::Spanned<String>, u64>>,
     #[serde(default)]
     pub facts: Vec<FactExpectation>,
     /// Types of which no fact may remain.
@@ -138,7 +138,7 @@ pub fn parse_tests(path: &Path, src: &str) -> Result<Vec<TestCase>, Diagnostic> 
     let map = SourceMap::new(src);
     let file: TestFile = toml::from_str(src).map_err(|e| {
         let pos = e.span().map(|s| map.pos(s.start)).unwrap_or_default();
-        Diagnostic::error(path, pos, Code::TestFile, e.message().trim().to_string())
+        Diagnostic::error(path, pos, Code::TestFile, one_line(e.message()))
     })?;
     Ok(file
         .tests
@@ -157,4 +157,9 @@ pub fn partial_match(expected: &Value, actual: &Value) -> bool {
         (Value::Map(e), Value::Map(a)) => e.iter().all(|(k, v)| a.get(k).is_some_and(|av| partial_match(v, av))),
         _ => expected == actual,
     }
+}
+
+/// TOML's messages may span lines; a diagnostic is one line.
+pub(crate) fn one_line(msg: &str) -> String {
+    msg.trim().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
 }

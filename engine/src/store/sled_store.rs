@@ -32,12 +32,21 @@ impl SledStore {
     /// Opens (or creates) the store in `dir`. `cache_mb` bounds sled's page
     /// cache (its default is 1 GiB).
     pub fn open(dir: &Path, cache_mb: u64) -> Result<SledStore, Error> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_mb * 1024 * 1024)
-            .flush_every_ms(None)
-            .open()
-            .map_err(io)?;
+        let config = sled::Config::new().path(dir).cache_capacity(cache_mb * 1024 * 1024).flush_every_ms(None);
+        // The lock of a store closed a moment ago (by this process's
+        // background threads, or a process that is exiting) is released
+        // shortly; wait for it a little instead of failing at once.
+        let mut tries = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(io(e)),
+            }
+        };
         let tree = db.open_tree("stoa.v1").map_err(io)?;
         Ok(SledStore { db, tree })
     }
