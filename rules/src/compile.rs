@@ -588,3 +588,63 @@ fn strip_positions(cs: &[ConditionAst]) -> String {
         .collect::<Vec<_>>()
         .join(";")
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+
+    /// Mangled versions of real packs (truncated, bytes flipped, brackets
+    /// and quotes inserted) must give diagnostics, never a panic: a bad
+    /// upload must not take a server down.
+    #[test]
+    fn mangled_packs_never_panic() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/packs");
+        let mut sources = Vec::new();
+        for pack in ["video-encode", "inventory"] {
+            if let Ok(src) = PackSource::read_dir(&root.join(pack)) {
+                sources.push(src);
+            }
+        }
+        assert!(!sources.is_empty());
+        let mut seed: u64 = 0x9e3779b97f4a7c15;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n.max(1) as u64) as usize
+        };
+        const INSERTS: [&str; 12] = ["{", "}", "(", ")", "\"", "`", "/*", "#{", ",", "\n", "rule \"", "é"];
+        for round in 0..rounds() {
+            let mut src = sources[round % sources.len()].clone();
+            let keys: Vec<PathBuf> = src.files.keys().cloned().collect();
+            let key = &keys[next(keys.len())];
+            let text = src.files.get_mut(key).expect("file");
+            for _ in 0..1 + next(4) {
+                let mut at = next(text.len() + 1);
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                match next(3) {
+                    0 => text.truncate(at),
+                    1 => text.insert_str(at, INSERTS[next(INSERTS.len())]),
+                    _ => {
+                        let end = (at + next(20)).min(text.len());
+                        let end = (end..=text.len()).find(|e| text.is_char_boundary(*e)).unwrap_or(text.len());
+                        text.replace_range(at..end, "");
+                    }
+                }
+            }
+            let (_, diags) = compile(&src);
+            for d in diags {
+                // Rendering must not panic either, wherever the position is.
+                let _ = d.render(src.text_at(&d.path));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+fn rounds() -> usize {
+    // STOA_FUZZ_ROUNDS runs longer, e.g. before a release.
+    std::env::var("STOA_FUZZ_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200)
+}
