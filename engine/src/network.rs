@@ -492,8 +492,9 @@ impl Network {
         let id = fact.id;
         let ty = fact.ty;
         self.facts.insert(id, FactRec { fact, alpha: Vec::new(), tokens: Vec::new() });
-        let mems = self.by_type.get(&ty).cloned().unwrap_or_default();
-        for m in mems {
+        let listeners = self.by_type.get(&ty).map_or(0, Vec::len);
+        for k in 0..listeners {
+            let m = self.by_type[&ty][k];
             let f = &self.facts[&id].fact;
             if !self.alpha_pass(&self.alpha[m as usize], f)? {
                 continue;
@@ -607,10 +608,6 @@ impl Network {
         Ok(())
     }
 
-    fn candidates_facts(&self, m: u32, key: &Value) -> Vec<FactId> {
-        self.alpha[m as usize].buckets.get(key).cloned().unwrap_or_default()
-    }
-
     /// A token arrived at `level`: join it with the next condition.
     fn left_activate(&mut self, t: TokId) -> R<()> {
         let (rule, level) = {
@@ -638,7 +635,7 @@ impl Network {
                 let key = self.toks[t as usize].mem.as_ref().expect("in memory").0.clone();
                 let p = self.pattern(rule, level);
                 let mut matches = Vec::new();
-                for f in self.candidates_facts(m, &key) {
+                for &f in self.alpha[m as usize].buckets.get(&key).into_iter().flatten() {
                     if self.beta_pass(rule, p, t, &self.facts[&f].fact)? {
                         matches.push(f);
                     }
