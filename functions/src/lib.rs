@@ -1,0 +1,1 @@
+//! SDK for Stoa function workers (being written).
