@@ -69,6 +69,9 @@ pub struct Invocation {
     pub args: Value,
     pub priority: i64,
     pub timeout_ms: u64,
+    /// Heartbeat timeout of an attempt; zero: none.
+    #[serde(default)]
+    pub heartbeat_ms: u64,
     pub retry: RetryPolicy,
     pub rule: String,
     pub created_ms: u64,
@@ -587,6 +590,7 @@ impl Workflow {
                         args: args.clone(),
                         priority: options.priority,
                         timeout_ms: options.timeout_ms.unwrap_or(spec.timeout.as_millis() as u64),
+                        heartbeat_ms: spec.heartbeat.as_millis() as u64,
                         retry: spec.retry.clone(),
                         rule: rule.name.clone(),
                         created_ms: self.turn.now,

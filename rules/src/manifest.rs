@@ -25,6 +25,9 @@ pub struct FunctionSpec {
     /// Start-to-close timeout of one attempt.
     #[serde(with = "millis")]
     pub timeout: Duration,
+    /// A running attempt must heartbeat at least this often (zero: never).
+    #[serde(with = "millis", default)]
+    pub heartbeat: Duration,
     pub retry: RetryPolicy,
 }
 
@@ -208,6 +211,7 @@ struct RawPack {
 #[serde(deny_unknown_fields)]
 struct RawFunction {
     timeout: Option<toml::Spanned<String>>,
+    heartbeat: Option<toml::Spanned<String>>,
     #[serde(default)]
     retry: Option<RawRetry>,
 }
@@ -272,7 +276,8 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
                 "a function name cannot be empty",
             ));
         }
-        functions.insert(fname.clone(), FunctionSpec { timeout, retry });
+        let heartbeat = f.heartbeat.as_ref().and_then(duration).unwrap_or(Duration::ZERO);
+        functions.insert(fname.clone(), FunctionSpec { timeout, heartbeat, retry });
     }
     let mut diags = diags.into_inner();
     let mut facts = BTreeMap::new();

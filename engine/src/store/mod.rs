@@ -23,6 +23,19 @@ pub enum Error {
     Version { key: String, found: u8, expected: u8 },
 }
 
+/// A deployed pack version: its files, as uploaded.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PackRecord {
+    pub tenant: String,
+    pub name: String,
+    pub version: String,
+    /// Deploy order within the pack, from 1.
+    pub seq: u64,
+    pub digest: u64,
+    pub deployed_ms: u64,
+    pub files: std::collections::BTreeMap<String, String>,
+}
+
 /// One turn to commit.
 pub struct Commit<'a> {
     pub workflow: &'a WorkflowId,
@@ -39,8 +52,15 @@ pub trait Store: Send + Sync {
     /// The stored state of a workflow.
     fn load(&self, id: &WorkflowId) -> Result<Option<Snapshot>, Error>;
 
-    /// Metadata of every workflow, in id order.
-    fn workflows(&self) -> Result<Vec<Meta>, Error>;
+    /// Metadata of workflows whose id starts with `prefix`, in id order,
+    /// after `after` (exclusive), at most `limit`.
+    fn workflows(&self, prefix: &str, after: Option<&WorkflowId>, limit: usize) -> Result<Vec<Meta>, Error>;
+
+    /// Stores a deployed pack version (durably).
+    fn put_pack(&self, pack: &PackRecord) -> Result<(), Error>;
+
+    /// Every deployed version of every pack of a tenant, oldest first per pack.
+    fn packs(&self, tenant: &str) -> Result<Vec<PackRecord>, Error>;
 
     /// Timeline entries with `seq >= from`, at most `limit`.
     fn timeline(&self, id: &WorkflowId, from: u64, limit: usize) -> Result<Vec<Entry>, Error>;

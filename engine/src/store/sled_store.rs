@@ -13,7 +13,7 @@ use crate::timeline::Entry;
 use crate::workflow::{Invocation, Meta, Snapshot, Waiting};
 
 use super::codec::{decode, encode};
-use super::{Commit, Error, Store};
+use super::{Commit, Error, PackRecord, Store};
 
 pub struct SledStore {
     db: sled::Db,
@@ -118,8 +118,37 @@ impl Store for SledStore {
         Ok(Some(Snapshot { meta, facts, waiting }))
     }
 
-    fn workflows(&self) -> Result<Vec<Meta>, Error> {
-        self.scan(b"m/")
+    fn workflows(&self, prefix: &str, after: Option<&WorkflowId>, limit: usize) -> Result<Vec<Meta>, Error> {
+        let start = match after {
+            // The first key after `m/<after>`.
+            Some(a) => {
+                let mut k = key(&["m", a.as_str()]);
+                k.push(0);
+                k
+            }
+            None => key(&["m", prefix]),
+        };
+        let prefix = key(&["m", prefix]);
+        self.tree
+            .range(start..)
+            .take_while(|kv| kv.as_ref().map(|(k, _)| k.starts_with(&prefix)).unwrap_or(true))
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv.map_err(io)?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn put_pack(&self, pack: &PackRecord) -> Result<(), Error> {
+        let k = key(&["p", &pack.tenant, &pack.name, &format!("{:016x}", pack.seq)]);
+        self.tree.insert(k, encode(pack)).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+
+    fn packs(&self, tenant: &str) -> Result<Vec<PackRecord>, Error> {
+        self.scan(&key(&["p", tenant, ""]))
     }
 
     fn timeline(&self, id: &WorkflowId, from: u64, limit: usize) -> Result<Vec<Entry>, Error> {

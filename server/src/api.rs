@@ -1,0 +1,334 @@
+//! The `Stoa` service: what clients call. Each handler checks its input
+//! (naming the field that is wrong), then asks the runtime.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use stoa_engine::timeline::{Entry, Event};
+use stoa_engine::workflow::{Input, Status as WfStatus};
+use stoa_engine::{Fact, WorkflowId};
+use stoa_proto::v1 as pb;
+use stoa_rules::testcase::FactSpec;
+use stoa_rules::Fields;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::auth::tenant;
+use crate::runtime::Runtime;
+
+pub struct StoaService {
+    pub runtime: Arc<Runtime>,
+}
+
+fn facts_in(facts: Vec<pb::FactInput>) -> Result<Vec<FactSpec>, Status> {
+    facts
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if f.r#type.is_empty() {
+                return Err(Status::invalid_argument(format!("facts[{i}].type: required")));
+            }
+            let json = if f.fields_json.trim().is_empty() { "{}" } else { f.fields_json.as_str() };
+            let v: serde_json::Value = serde_json::from_str(json)
+                .map_err(|e| Status::invalid_argument(format!("facts[{i}].fields_json: not JSON: {e}")))?;
+            let fields = Fields::from_json(&v)
+                .ok_or_else(|| Status::invalid_argument(format!("facts[{i}].fields_json: must be a JSON object")))?;
+            Ok(FactSpec { ty: f.r#type, fields })
+        })
+        .collect()
+}
+
+fn workflow_id(s: &str) -> Result<WorkflowId, Status> {
+    if s.is_empty() {
+        return Err(Status::invalid_argument("workflow_id: required"));
+    }
+    WorkflowId::parse(s).map_err(|e| Status::invalid_argument(format!("workflow_id: {e}")))
+}
+
+fn fact_out(f: &Fact) -> pb::Fact {
+    pb::Fact { id: f.id, r#type: f.ty.to_string(), version: f.version, fields_json: f.fields.to_json().to_string() }
+}
+
+pub fn entry_out(e: &Entry) -> pb::TimelineEntry {
+    let json = serde_json::to_value(e).unwrap_or_default();
+    pb::TimelineEntry {
+        seq: e.seq,
+        turn: e.turn,
+        at_ms: e.at_ms,
+        kind: json["event"]["kind"].as_str().unwrap_or_default().to_string(),
+        json: json.to_string(),
+        text: e.line(),
+    }
+}
+
+fn turn_out(out: &stoa_engine::TurnOutput) -> pb::TurnResponse {
+    pb::TurnResponse {
+        turn: out.turn,
+        status: out.meta.as_ref().map(|m| m.status.as_str()).unwrap_or_default().to_string(),
+        error: out.error.clone().unwrap_or_default(),
+    }
+}
+
+fn diag_out(d: &stoa_rules::Diagnostic) -> pb::Diagnostic {
+    pb::Diagnostic {
+        path: d.path.display().to_string(),
+        line: d.pos.line,
+        col: d.pos.col,
+        severity: if d.is_error() { "error" } else { "warning" }.into(),
+        code: d.code.as_str().into(),
+        message: d.message.clone(),
+    }
+}
+
+type Watch = Pin<Box<dyn Stream<Item = Result<pb::TimelineEntry, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::stoa_server::Stoa for StoaService {
+    async fn deploy_pack(&self, req: Request<pb::DeployPackRequest>) -> Result<Response<pb::DeployPackResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let req = req.into_inner();
+        if req.files.is_empty() {
+            return Err(Status::invalid_argument("files: the pack has no files"));
+        }
+        let mut files = BTreeMap::new();
+        for (i, f) in req.files.into_iter().enumerate() {
+            if f.path.is_empty() || f.path.starts_with('/') || f.path.split('/').any(|p| p == "..") {
+                return Err(Status::invalid_argument(format!("files[{i}].path: `{}` must be relative, without `..`", f.path)));
+            }
+            let text = String::from_utf8(f.content)
+                .map_err(|_| Status::invalid_argument(format!("files[{i}].content: {} is not UTF-8 text", f.path)))?;
+            files.insert(f.path, text);
+        }
+        let rt = self.runtime.clone();
+        let (pack, diags, changed) =
+            tokio::task::spawn_blocking(move || rt.deploy(&tenant, files, req.dry_run)).await.map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(pb::DeployPackResponse {
+            name: pack.manifest.name.clone(),
+            version: pack.manifest.version.clone(),
+            digest: format!("{:016x}", pack.digest),
+            diagnostics: diags.iter().map(diag_out).collect(),
+            changed,
+        }))
+    }
+
+    async fn list_packs(&self, req: Request<pb::ListPacksRequest>) -> Result<Response<pb::ListPacksResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let packs = self
+            .runtime
+            .packs(&tenant)
+            .into_iter()
+            .map(|(name, versions, p)| pb::PackInfo {
+                name,
+                versions,
+                description: p.manifest.description.clone(),
+                functions: p.manifest.functions.keys().cloned().collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListPacksResponse { packs }))
+    }
+
+    async fn start_workflow(
+        &self,
+        req: Request<pb::StartWorkflowRequest>,
+    ) -> Result<Response<pb::StartWorkflowResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let req = req.into_inner();
+        if req.pack.is_empty() {
+            return Err(Status::invalid_argument("pack: required"));
+        }
+        let facts = facts_in(req.facts)?;
+        let (id, created) = self.runtime.start(&tenant, &req.pack, facts, &req.request_id).await?;
+        Ok(Response::new(pb::StartWorkflowResponse { workflow_id: id.to_string(), created }))
+    }
+
+    async fn assert_facts(&self, req: Request<pb::AssertFactsRequest>) -> Result<Response<pb::TurnResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let req = req.into_inner();
+        let id = workflow_id(&req.workflow_id)?;
+        if req.facts.is_empty() {
+            return Err(Status::invalid_argument("facts: nothing to assert"));
+        }
+        let facts = facts_in(req.facts)?;
+        let out = self.runtime.turn(&tenant, &id, Input::Assert { facts }).await?;
+        Ok(Response::new(turn_out(&out)))
+    }
+
+    async fn retract_facts(&self, req: Request<pb::RetractFactsRequest>) -> Result<Response<pb::TurnResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let req = req.into_inner();
+        let id = workflow_id(&req.workflow_id)?;
+        if req.fact_ids.is_empty() {
+            return Err(Status::invalid_argument("fact_ids: nothing to retract"));
+        }
+        let out = self.runtime.turn(&tenant, &id, Input::Retract { ids: req.fact_ids }).await?;
+        Ok(Response::new(turn_out(&out)))
+    }
+
+    async fn get_workflow(&self, req: Request<pb::GetWorkflowRequest>) -> Result<Response<pb::Workflow>, Status> {
+        let tenant = tenant(&req)?;
+        let req = req.into_inner();
+        let id = workflow_id(&req.workflow_id)?;
+        let snap = self.runtime.get(&tenant, &id)?;
+        let m = &snap.meta;
+        Ok(Response::new(pb::Workflow {
+            id: m.id.to_string(),
+            pack: m.pack.clone(),
+            pack_version: m.pack_version.clone(),
+            status: m.status.as_str().into(),
+            result_json: m.result.to_string(),
+            reason: m.reason.clone().unwrap_or_default(),
+            turn: m.turn,
+            created_ms: m.created_ms,
+            updated_ms: m.updated_ms,
+            fact_count: snap.facts.len() as u64,
+            facts: if req.without_facts { vec![] } else { snap.facts.iter().map(fact_out).collect() },
+            waiting: snap
+                .waiting
+                .iter()
+                .map(|w| pb::WaitingActivation {
+                    invocation_id: w.invocation.id.to_string(),
+                    rule: w.rule.clone(),
+                    function: w.invocation.function.clone(),
+                    args_json: w.invocation.args.to_string(),
+                    fact_ids: w.matched.iter().map(|(id, _)| *id).collect(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_workflows(
+        &self,
+        req: Request<pb::ListWorkflowsRequest>,
+    ) -> Result<Response<pb::ListWorkflowsResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let req = req.into_inner();
+        let size = match req.page_size {
+            0 => 100,
+            n if n > 1000 => return Err(Status::invalid_argument("page_size: at most 1000")),
+            n => n as usize,
+        };
+        if !req.status.is_empty() && !matches!(req.status.as_str(), "running" | "completed" | "failed") {
+            return Err(Status::invalid_argument("status: one of running, completed, failed"));
+        }
+        let mut after = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(workflow_id(&req.page_token).map_err(|_| Status::invalid_argument("page_token: not a token from this API"))?)
+        };
+        // Filters apply while scanning, so a page is full unless the scan ends.
+        let mut out = Vec::new();
+        let mut next = String::new();
+        'scan: loop {
+            let metas = self.runtime.list(&tenant, after.as_ref(), 1000)?;
+            let done = metas.len() < 1000;
+            for m in metas {
+                after = Some(m.id.clone());
+                let keep = (req.pack.is_empty() || m.pack == req.pack) && (req.status.is_empty() || m.status.as_str() == req.status);
+                if keep {
+                    out.push(pb::WorkflowSummary {
+                        id: m.id.to_string(),
+                        pack: m.pack,
+                        pack_version: m.pack_version,
+                        status: m.status.as_str().into(),
+                        updated_ms: m.updated_ms,
+                    });
+                    if out.len() == size {
+                        next = m.id.to_string();
+                        break 'scan;
+                    }
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        Ok(Response::new(pb::ListWorkflowsResponse { workflows: out, next_page_token: next }))
+    }
+
+    type WatchWorkflowStream = Watch;
+
+    async fn watch_workflow(&self, req: Request<pb::WatchWorkflowRequest>) -> Result<Response<Watch>, Status> {
+        let tenant = tenant(&req)?;
+        let req = req.into_inner();
+        let id = workflow_id(&req.workflow_id)?;
+        // Subscribe before reading the stored part, so nothing falls between.
+        let mut live = self.runtime.subscribe(&id);
+        let stored = match self.runtime.timeline(&tenant, &id, req.from_seq.max(1), usize::MAX) {
+            Ok(s) => s,
+            Err(e) => {
+                drop(live);
+                self.runtime.unsubscribe_if_idle(&id);
+                return Err(e.into());
+            }
+        };
+        let snap = self.runtime.get(&tenant, &id)?;
+        let (tx, rx) = mpsc::channel(256);
+        let runtime = self.runtime.clone();
+        tokio::spawn(async move {
+            let mut next = req.from_seq.max(1);
+            let ended = |e: &Entry| matches!(e.event, Event::Completed { .. } | Event::Failed { .. });
+            for e in &stored {
+                if tx.send(Ok(entry_out(e))).await.is_err() {
+                    return;
+                }
+                next = e.seq + 1;
+            }
+            if snap.meta.status != WfStatus::Running && next > snap.meta.timeline_seq {
+                return;
+            }
+            loop {
+                match live.recv().await {
+                    Ok(e) if e.seq < next => {}
+                    Ok(e) => {
+                        next = e.seq + 1;
+                        let end = ended(&e);
+                        if tx.send(Ok(entry_out(&e))).await.is_err() || end {
+                            break;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Too slow a reader: catch up from the store.
+                        let Ok(missed) = runtime.timeline(&tenant, &id, next, usize::MAX) else { break };
+                        for e in missed {
+                            next = e.seq + 1;
+                            if tx.send(Ok(entry_out(&e))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            drop(live);
+            runtime.unsubscribe_if_idle(&id);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_timeline(&self, req: Request<pb::GetTimelineRequest>) -> Result<Response<pb::GetTimelineResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let req = req.into_inner();
+        let id = workflow_id(&req.workflow_id)?;
+        let limit = match req.limit {
+            0 => 1000,
+            n => n as usize,
+        };
+        let entries = self.runtime.timeline(&tenant, &id, req.from_seq.max(1), limit)?;
+        if entries.is_empty() {
+            self.runtime.get(&tenant, &id)?; // NOT_FOUND for a workflow that does not exist
+        }
+        Ok(Response::new(pb::GetTimelineResponse { entries: entries.iter().map(entry_out).collect() }))
+    }
+
+    async fn cancel_workflow(&self, req: Request<pb::CancelWorkflowRequest>) -> Result<Response<pb::TurnResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let req = req.into_inner();
+        let id = workflow_id(&req.workflow_id)?;
+        let reason = if req.reason.is_empty() { "cancelled by request".to_string() } else { req.reason };
+        let out = self.runtime.turn(&tenant, &id, Input::Cancel { reason }).await?;
+        Ok(Response::new(turn_out(&out)))
+    }
+}

@@ -1,0 +1,95 @@
+//! Group commit: one thread owns the store's write path; turns from many
+//! workflows queue up while a flush runs, and the next flush takes them all.
+//! A turn is acknowledged only after the flush that made it durable.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use stoa_engine::store::{Commit, Store};
+use stoa_engine::workflow::TurnOutput;
+use stoa_engine::WorkflowId;
+use tokio::sync::oneshot;
+
+enum Msg {
+    Job(Job),
+    /// Commit what is queued, then stop.
+    Close,
+}
+
+struct Job {
+    workflow: WorkflowId,
+    output: TurnOutput,
+    request_id: Option<String>,
+    done: oneshot::Sender<Result<TurnOutput, String>>,
+}
+
+/// A cheap handle; the thread ends at `close` (or when every handle is
+/// dropped), after committing what was queued.
+#[derive(Clone)]
+pub struct Committer {
+    tx: mpsc::Sender<Msg>,
+}
+
+/// Turns per flush at most: bounds the latency of the first turn of a batch.
+const MAX_BATCH: usize = 4096;
+
+impl Committer {
+    pub fn spawn(store: Arc<dyn Store>) -> (Committer, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let thread = std::thread::Builder::new()
+            .name("stoa-committer".into())
+            .spawn(move || {
+                let mut closing = false;
+                while !closing {
+                    let mut jobs = match rx.recv() {
+                        Ok(Msg::Job(j)) => vec![j],
+                        Ok(Msg::Close) | Err(_) => break,
+                    };
+                    while jobs.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(Msg::Job(j)) => jobs.push(j),
+                            Ok(Msg::Close) => {
+                                closing = true;
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let commits: Vec<Commit> = jobs
+                        .iter()
+                        .map(|j| Commit { workflow: &j.workflow, output: &j.output, request_id: j.request_id.as_deref() })
+                        .collect();
+                    let res = store.commit(&commits).map_err(|e| e.to_string());
+                    drop(commits);
+                    if let Err(e) = &res {
+                        tracing::error!(error = %e, turns = jobs.len(), "commit failed");
+                    }
+                    for j in jobs {
+                        let _ = j.done.send(res.clone().map(|()| j.output));
+                    }
+                }
+            })
+            .expect("spawn committer thread");
+        (Committer { tx }, thread)
+    }
+
+    /// Queues a turn; the receiver resolves once it is durable.
+    pub fn submit(
+        &self,
+        workflow: WorkflowId,
+        output: TurnOutput,
+        request_id: Option<String>,
+    ) -> oneshot::Receiver<Result<TurnOutput, String>> {
+        let (done, rx) = oneshot::channel();
+        if let Err(mpsc::SendError(Msg::Job(job))) = self.tx.send(Msg::Job(Job { workflow, output, request_id, done })) {
+            let _ = job.done.send(Err("the server is shutting down".into()));
+        }
+        rx
+    }
+
+    /// Commits what is queued, then stops the thread; later turns fail.
+    pub fn close(&self) {
+        let _ = self.tx.send(Msg::Close);
+    }
+}

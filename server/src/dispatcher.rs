@@ -1,0 +1,447 @@
+//! The dispatcher: per-tenant, per-function priority queues of invocations,
+//! leases to worker sessions, retries with backoff and jitter, timeouts.
+//!
+//! One task owns all of its state and handles one closed set of events;
+//! others talk to it through a cheap `DispatchHandle`. Final outcomes go to
+//! the runtime as turns, from tasks the dispatcher owns (a `JoinSet`).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use stoa_engine::workflow::{ErrorKind, Invocation, Outcome};
+use stoa_engine::InvocationId;
+use stoa_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::Runtime;
+
+pub type SessionId = u64;
+
+pub enum Event {
+    Enqueue { tenant: String, invocations: Vec<Invocation> },
+    Cancel(Vec<InvocationId>),
+    Connect { session: SessionId, tenant: String, functions: Vec<String>, max_in_flight: usize, tx: mpsc::Sender<pb::ServerMessage> },
+    Disconnect(SessionId),
+    Result { session: SessionId, result: pb::InvocationResult },
+    Heartbeat { session: SessionId, invocation: String, attempt: u32 },
+}
+
+/// A cheap, cloneable handle to the dispatcher task.
+#[derive(Clone)]
+pub struct DispatchHandle {
+    tx: mpsc::UnboundedSender<Event>,
+    pending: Arc<DashMap<String, AtomicUsize>>,
+}
+
+impl DispatchHandle {
+    pub fn enqueue(&self, tenant: String, invocations: Vec<Invocation>) {
+        self.pending.entry(tenant.clone()).or_default().fetch_add(invocations.len(), Ordering::Relaxed);
+        let _ = self.tx.send(Event::Enqueue { tenant, invocations });
+    }
+
+    pub fn cancel(&self, ids: Vec<InvocationId>) {
+        let _ = self.tx.send(Event::Cancel(ids));
+    }
+
+    pub fn send(&self, e: Event) {
+        let _ = self.tx.send(e);
+    }
+
+    /// Invocations of a tenant queued, backing off or running.
+    pub fn pending(&self, tenant: &str) -> usize {
+        self.pending.get(tenant).map(|p| p.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+}
+
+pub struct Options {
+    pub tenant_max_in_flight: usize,
+    pub function_concurrency: BTreeMap<String, usize>,
+    pub max_batch: usize,
+}
+
+enum State {
+    Queued,
+    Leased { session: SessionId, deadline: Instant, heartbeat_deadline: Option<Instant> },
+    Backoff { until: Instant },
+}
+
+struct Item {
+    inv: Invocation,
+    tenant: String,
+    /// The attempt being (or to be) delivered, from 1.
+    attempt: u32,
+    /// Attempts that ended in a function failure or timeout (retry budget).
+    failures: u32,
+    state: State,
+}
+
+/// Queue order: higher priority, then older (smaller sequence number).
+type QueueKey = (i64, Reverse<u64>, InvocationId);
+
+struct Session {
+    tenant: String,
+    functions: Vec<String>,
+    max_in_flight: usize,
+    in_flight: HashSet<InvocationId>,
+    tx: mpsc::Sender<pb::ServerMessage>,
+}
+
+struct Dispatcher {
+    opts: Options,
+    runtime: Arc<Runtime>,
+    items: HashMap<InvocationId, Item>,
+    queues: HashMap<(String, String), BinaryHeap<QueueKey>>,
+    sessions: BTreeMap<SessionId, Session>,
+    tenant_in_flight: HashMap<String, usize>,
+    function_in_flight: HashMap<String, usize>,
+    pending: Arc<DashMap<String, AtomicUsize>>,
+    seq: u64,
+    deliveries: JoinSet<()>,
+}
+
+/// The handle and the receiving end; `run` consumes the latter.
+pub fn channel() -> (DispatchHandle, mpsc::UnboundedReceiver<Event>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (DispatchHandle { tx, pending: Arc::new(DashMap::new()) }, rx)
+}
+
+/// Runs the dispatcher until `shutdown`.
+pub async fn run(
+    opts: Options,
+    handle: DispatchHandle,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    runtime: Arc<Runtime>,
+    shutdown: CancellationToken,
+) {
+    let mut d = Dispatcher {
+        opts,
+        runtime,
+        items: HashMap::new(),
+        queues: HashMap::new(),
+        sessions: BTreeMap::new(),
+        tenant_in_flight: HashMap::new(),
+        function_in_flight: HashMap::new(),
+        pending: handle.pending.clone(),
+        seq: 0,
+        deliveries: JoinSet::new(),
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            ev = rx.recv() => {
+                let Some(ev) = ev else { break };
+                d.handle(ev);
+                // Take whatever else is queued before scheduling once.
+                while let Ok(ev) = rx.try_recv() {
+                    d.handle(ev);
+                }
+                d.pump();
+            }
+            _ = tick.tick() => {
+                d.expire(Instant::now());
+                d.pump();
+            }
+            Some(_) = d.deliveries.join_next(), if !d.deliveries.is_empty() => {}
+        }
+    }
+    // Let outcomes already decided reach their workflows.
+    while d.deliveries.join_next().await.is_some() {}
+}
+
+fn jitter(d: Duration, seed: u64) -> Duration {
+    // ±20% without a random number crate: the low bits of a hash of the id
+    // and the clock are spread enough for backoff.
+    let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u64).unwrap_or(0);
+    let x = (seed ^ clock).wrapping_mul(0x9E3779B97F4A7C15) >> 54;
+    let f = 0.8 + (x as f64 / 1024.0) * 0.4;
+    d.mul_f64(f)
+}
+
+impl Dispatcher {
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Enqueue { tenant, invocations } => {
+                for inv in invocations {
+                    let id = inv.id.clone();
+                    if self.items.contains_key(&id) {
+                        self.dec_pending(&tenant, 1); // delivered twice: once is enough
+                        continue;
+                    }
+                    self.items.insert(id.clone(), Item { inv, tenant: tenant.clone(), attempt: 1, failures: 0, state: State::Queued });
+                    self.queue(&id);
+                }
+            }
+            Event::Cancel(ids) => {
+                for id in ids {
+                    if let Some(item) = self.items.remove(&id) {
+                        if let State::Leased { session, .. } = item.state {
+                            self.release(session, &item);
+                            if let Some(s) = self.sessions.get(&session) {
+                                let _ = s.tx.try_send(msg(pb::server_message::Msg::Cancel(pb::Cancel { invocation_id: id.to_string() })));
+                            }
+                        }
+                        self.dec_pending(&item.tenant, 1);
+                    }
+                }
+            }
+            Event::Connect { session, tenant, functions, max_in_flight, tx } => {
+                self.sessions.insert(session, Session { tenant, functions, max_in_flight: max_in_flight.max(1), in_flight: HashSet::new(), tx });
+            }
+            Event::Disconnect(session) => {
+                if let Some(s) = self.sessions.remove(&session) {
+                    // The worker is gone: its invocations go to another one
+                    // at once. Not a function failure: no retry budget used.
+                    for id in s.in_flight {
+                        if let Some(item) = self.items.get_mut(&id) {
+                            item.attempt += 1;
+                            item.state = State::Queued;
+                            let (t, f) = (item.tenant.clone(), item.inv.function.clone());
+                            self.dec_in_flight(&t, &f);
+                            self.queue(&id);
+                        }
+                    }
+                }
+            }
+            Event::Result { session, result } => self.result(session, result),
+            Event::Heartbeat { session, invocation, attempt } => {
+                let id = InvocationId::new(invocation);
+                if let Some(Item { state: State::Leased { session: s, heartbeat_deadline: Some(hb), .. }, attempt: a, inv, .. }) =
+                    self.items.get_mut(&id)
+                {
+                    if *s == session && *a == attempt {
+                        *hb = Instant::now() + Duration::from_millis(inv.heartbeat_ms);
+                    }
+                }
+            }
+        }
+    }
+
+    fn queue(&mut self, id: &InvocationId) {
+        let item = &self.items[id];
+        self.seq += 1;
+        self.queues
+            .entry((item.tenant.clone(), item.inv.function.clone()))
+            .or_default()
+            .push((item.inv.priority, Reverse(self.seq), id.clone()));
+    }
+
+    fn dec_pending(&self, tenant: &str, n: usize) {
+        if let Some(p) = self.pending.get(tenant) {
+            let _ = p.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(n)));
+        }
+    }
+
+    fn dec_in_flight(&mut self, tenant: &str, function: &str) {
+        if let Some(n) = self.tenant_in_flight.get_mut(tenant) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(n) = self.function_in_flight.get_mut(function) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    fn release(&mut self, session: SessionId, item: &Item) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.in_flight.remove(&item.inv.id);
+        }
+        let (t, f) = (item.tenant.clone(), item.inv.function.clone());
+        self.dec_in_flight(&t, &f);
+    }
+
+    fn result(&mut self, session: SessionId, r: pb::InvocationResult) {
+        let id = InvocationId::new(r.invocation_id.clone());
+        let holds = matches!(
+            self.items.get(&id),
+            Some(Item { state: State::Leased { session: s, .. }, attempt, .. }) if *s == session && *attempt == r.attempt
+        );
+        if !holds {
+            if let Some(s) = self.sessions.get(&session) {
+                let _ = s.tx.try_send(msg(pb::server_message::Msg::Rejected(pb::Rejected {
+                    invocation_id: r.invocation_id.clone(),
+                    message: format!(
+                        "this session does not hold invocation {} attempt {} (unknown, answered, cancelled, timed out or leased elsewhere); the answer is ignored",
+                        r.invocation_id, r.attempt
+                    ),
+                })));
+            }
+            return;
+        }
+        let item = self.items.remove(&id).expect("held");
+        self.release(session, &item);
+        match r.outcome {
+            Some(pb::invocation_result::Outcome::ValueJson(json)) => match serde_json::from_str::<serde_json::Value>(&json) {
+                Ok(v) => {
+                    let attempts = item.attempt;
+                    self.finish(item, Outcome::Ok { value: stoa_rules::Value::from_json(&v), attempts })
+                }
+                Err(e) => self.fail(item, ErrorKind::Failed, format!("the worker's answer is not JSON: {e}"), false),
+            },
+            Some(pb::invocation_result::Outcome::Failure(f)) => self.fail(item, ErrorKind::Failed, f.message, f.retryable),
+            None => self.fail(item, ErrorKind::Failed, "the worker sent a result without an outcome".into(), false),
+        }
+    }
+
+    /// A failed attempt: retry after a backoff if the policy allows, else
+    /// the final outcome is an error.
+    fn fail(&mut self, mut item: Item, kind: ErrorKind, message: String, retryable: bool) {
+        item.failures += 1;
+        if retryable && item.failures < item.inv.retry.max_attempts.max(1) {
+            let delay = jitter(item.inv.retry.backoff(item.failures), self.seq ^ item.failures as u64);
+            tracing::debug!(invocation = %item.inv.id, attempt = item.attempt, ?delay, %message, "retrying");
+            item.attempt += 1;
+            item.state = State::Backoff { until: Instant::now() + delay };
+            self.items.insert(item.inv.id.clone(), item);
+        } else {
+            let attempts = item.attempt;
+            self.finish(item, Outcome::Error { kind, message, attempts, retryable });
+        }
+    }
+
+    /// Hands the final outcome to the workflow, as a turn of its own.
+    fn finish(&mut self, item: Item, outcome: Outcome) {
+        self.dec_pending(&item.tenant, 1);
+        let runtime = self.runtime.clone();
+        let id = item.inv.id;
+        self.deliveries.spawn(async move {
+            if let Err(e) = runtime.deliver(&id, outcome).await {
+                tracing::error!(invocation = %id, error = %e, "could not apply an outcome");
+            }
+        });
+    }
+
+    /// Leases past their deadline time out; backoffs that are due requeue.
+    fn expire(&mut self, now: Instant) {
+        let mut timed_out = Vec::new();
+        let mut due = Vec::new();
+        for (id, item) in &self.items {
+            match item.state {
+                State::Leased { deadline, heartbeat_deadline, .. } => {
+                    if now >= deadline || heartbeat_deadline.is_some_and(|h| now >= h) {
+                        timed_out.push(id.clone());
+                    }
+                }
+                State::Backoff { until } if now >= until => due.push(id.clone()),
+                _ => {}
+            }
+        }
+        for id in due {
+            if let Some(item) = self.items.get_mut(&id) {
+                item.state = State::Queued;
+                self.queue(&id);
+            }
+        }
+        for id in timed_out {
+            let item = self.items.remove(&id).expect("listed");
+            let State::Leased { session, deadline, .. } = item.state else { unreachable!("leased") };
+            self.release(session, &item);
+            if let Some(s) = self.sessions.get(&session) {
+                let _ = s.tx.try_send(msg(pb::server_message::Msg::Cancel(pb::Cancel { invocation_id: id.to_string() })));
+            }
+            let what = if now >= deadline { "start-to-close timeout" } else { "heartbeat timeout" };
+            let message = format!("attempt {} ran past its {what}", item.attempt);
+            self.fail(item, ErrorKind::Timeout, message, true);
+        }
+    }
+
+    /// Leases queued invocations to sessions with room: per session, the
+    /// highest priority first, in micro-batches.
+    fn pump(&mut self) {
+        let now = Instant::now();
+        let session_ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for sid in session_ids {
+            let mut batch = Vec::new();
+            loop {
+                let s = &self.sessions[&sid];
+                if s.in_flight.len() >= s.max_in_flight || batch.len() >= self.opts.max_batch {
+                    break;
+                }
+                if self.tenant_in_flight.get(&s.tenant).copied().unwrap_or(0) >= self.opts.tenant_max_in_flight {
+                    break;
+                }
+                let Some(id) = self.best_for(sid) else { break };
+                let item = self.items.get_mut(&id).expect("queued item");
+                let hb = (item.inv.heartbeat_ms > 0).then(|| now + Duration::from_millis(item.inv.heartbeat_ms));
+                item.state = State::Leased {
+                    session: sid,
+                    deadline: now + Duration::from_millis(item.inv.timeout_ms.max(1)),
+                    heartbeat_deadline: hb,
+                };
+                let (tenant, function) = (item.tenant.clone(), item.inv.function.clone());
+                batch.push(pb::Invocation {
+                    id: id.to_string(),
+                    function: item.inv.function.clone(),
+                    args_json: item.inv.args.to_string(),
+                    attempt: item.attempt,
+                    priority: item.inv.priority,
+                    timeout_ms: item.inv.timeout_ms,
+                    heartbeat_timeout_ms: item.inv.heartbeat_ms,
+                    workflow_id: item.inv.workflow.to_string(),
+                });
+                *self.tenant_in_flight.entry(tenant).or_default() += 1;
+                *self.function_in_flight.entry(function).or_default() += 1;
+                self.sessions.get_mut(&sid).expect("session").in_flight.insert(id);
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let m = msg(pb::server_message::Msg::Invocations(pb::InvocationBatch { invocations: batch }));
+            if let Err(e) = self.sessions[&sid].tx.try_send(m) {
+                // The session cannot take more now (or is closing): undo.
+                let pb::ServerMessage { msg: Some(pb::server_message::Msg::Invocations(b)) } = e.into_inner() else {
+                    unreachable!("sent a batch")
+                };
+                for inv in b.invocations {
+                    let id = InvocationId::new(inv.id);
+                    if let Some(item) = self.items.get_mut(&id) {
+                        item.state = State::Queued;
+                        let (t, f) = (item.tenant.clone(), item.inv.function.clone());
+                        self.dec_in_flight(&t, &f);
+                        self.sessions.get_mut(&sid).expect("session").in_flight.remove(&id);
+                        self.queue(&id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The best queued invocation this session may take, popped from its queue.
+    fn best_for(&mut self, sid: SessionId) -> Option<InvocationId> {
+        let s = &self.sessions[&sid];
+        let mut best: Option<(QueueKey, (String, String))> = None;
+        for f in &s.functions {
+            let limit = self.opts.function_concurrency.get(f).copied().unwrap_or(usize::MAX);
+            if self.function_in_flight.get(f).copied().unwrap_or(0) >= limit {
+                continue;
+            }
+            let key = (s.tenant.clone(), f.clone());
+            let Some(q) = self.queues.get_mut(&key) else { continue };
+            // Drop entries whose item was answered, cancelled or requeued.
+            while let Some(top) = q.peek() {
+                if matches!(self.items.get(&top.2), Some(Item { state: State::Queued, .. })) {
+                    break;
+                }
+                q.pop();
+            }
+            if let Some(top) = q.peek() {
+                if best.as_ref().is_none_or(|(b, _)| top > b) {
+                    best = Some((top.clone(), key));
+                }
+            }
+        }
+        let (top, key) = best?;
+        self.queues.get_mut(&key).expect("queue").pop();
+        Some(top.2)
+    }
+}
+
+fn msg(m: pb::server_message::Msg) -> pb::ServerMessage {
+    pb::ServerMessage { msg: Some(m) }
+}

@@ -1,0 +1,132 @@
+//! The Stoa server: the `Stoa` and `Workers` gRPC services over the engine,
+//! with the embedded store, group commit and the function dispatcher.
+//!
+//! Architecture invariant: this crate is the only one that knows both the
+//! engine and the wire types; the engine knows neither gRPC nor protobuf.
+
+mod api;
+mod auth;
+pub mod config;
+mod committer;
+mod dispatcher;
+mod error;
+mod runtime;
+mod workers;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use stoa_engine::store::{SledStore, Store};
+use stoa_proto::v1 as pb;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// Runs the server until `shutdown` is cancelled. `on_listen` receives the
+/// bound address (useful with port 0). On shutdown, in-flight turns finish
+/// committing before this returns.
+pub async fn serve(
+    config: Config,
+    shutdown: CancellationToken,
+    on_listen: impl FnOnce(SocketAddr),
+) -> Result<(), String> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+    let store = Arc::new(
+        SledStore::open(&config.data_dir, config.cache_mb).map_err(|e| format!("opening {}: {e}", config.data_dir.display()))?,
+    );
+    let (committer, committer_thread) = committer::Committer::spawn(store.clone() as Arc<dyn Store>);
+    let closer = committer.clone();
+    let (dispatch, dispatch_rx) = dispatcher::channel();
+    let tenants: Vec<String> = config.tenants.iter().map(|t| t.name.clone()).collect();
+    let runtime = Arc::new(runtime::Runtime::new(
+        store.clone(),
+        committer,
+        dispatch.clone(),
+        &tenants,
+        config.limits.tenant_max_pending,
+    )?);
+    // Invocations that were pending when the server stopped go out again.
+    let outbox = runtime.stored_outbox()?;
+    let mut by_tenant: HashMap<String, Vec<_>> = HashMap::new();
+    for inv in outbox {
+        by_tenant.entry(runtime::tenant_of(&inv.workflow).to_string()).or_default().push(inv);
+    }
+    for (t, invs) in by_tenant {
+        tracing::info!(tenant = %t, invocations = invs.len(), "dispatching stored invocations again");
+        dispatch.enqueue(t, invs);
+    }
+    let dispatcher_task = tokio::spawn(dispatcher::run(
+        dispatcher::Options {
+            tenant_max_in_flight: config.limits.tenant_max_in_flight,
+            function_concurrency: config.function_concurrency.clone(),
+            max_batch: config.limits.max_batch.max(1),
+        },
+        dispatch.clone(),
+        dispatch_rx,
+        runtime.clone(),
+        shutdown.child_token(),
+    ));
+
+    let mut tokens = HashMap::new();
+    for t in &config.tenants {
+        for tok in &t.tokens {
+            tokens.insert(tok.clone(), t.name.clone());
+        }
+    }
+    let auth = auth::Auth::new(tokens);
+    let max = config.limits.max_request_bytes;
+    use tonic::service::interceptor::InterceptedService;
+    let stoa = InterceptedService::new(
+        pb::stoa_server::StoaServer::new(api::StoaService { runtime: runtime.clone() }).max_decoding_message_size(max),
+        {
+            let a = auth.clone();
+            move |r| a.check(r)
+        },
+    );
+    let workers = InterceptedService::new(
+        pb::workers_server::WorkersServer::new(workers::WorkersService {
+            dispatch: dispatch.clone(),
+            next_session: Arc::new(AtomicU64::new(1)),
+            shutdown: shutdown.clone(),
+        })
+        .max_decoding_message_size(max),
+        move |r| auth.check(r),
+    );
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<pb::stoa_server::StoaServer<api::StoaService>>().await;
+    health_reporter.set_serving::<pb::workers_server::WorkersServer<workers::WorkersService>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| e.to_string())?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| e.to_string())?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    on_listen(addr);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(stoa)
+        .add_service(workers)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
+        .await
+        .map_err(|e| e.to_string());
+    // Stop dispatching, let decided outcomes commit, then drain the committer.
+    let _ = dispatcher_task.await;
+    closer.close();
+    let _ = tokio::task::spawn_blocking(move || committer_thread.join()).await;
+    drop(runtime);
+    result
+}
