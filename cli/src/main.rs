@@ -2,7 +2,9 @@
 
 mod bench;
 mod pack;
+mod remote;
 mod run;
+mod serve;
 mod test;
 
 use std::path::PathBuf;
@@ -44,6 +46,11 @@ enum Command {
     /// per second); timers cover the turns, not process start.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run the server: multi-tenant gRPC API, function dispatcher, embedded
+    /// store. Stops gracefully on SIGINT/SIGTERM.
+    Serve(serve::Args),
+    #[command(flatten)]
+    Remote(remote::Command),
 }
 
 #[derive(Subcommand)]
@@ -63,6 +70,8 @@ fn main() -> ExitCode {
         Command::Test { pack, filter } => test::run(&pack, filter.as_deref()),
         Command::Run(args) => run::run(args),
         Command::Bench(BenchCommand::Engine(args)) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Remote(cmd) => remote::run(cmd),
     };
     match result {
         Ok(code) => code,
@@ -93,5 +102,14 @@ fn check(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
             println!("{}: {errors} error(s), {warnings} warning(s)", dir.display());
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -198,10 +198,10 @@ fn e0001_unbalanced_brackets() {
             8 |         modify(job, #{ status: "done" );
               |                      ^
 
-            tests/data/broken/unbalanced/bad.rules:15:5: error[E0001]: unexpected `}`
+            tests/data/broken/unbalanced/bad.rules:14:17: error[E0001]: unclosed `(` in pattern
                |
-            15 |     }
-               |     ^
+            14 |         job: Job(status == "new"
+               |                 ^
 
         "#]],
     );

@@ -641,10 +641,9 @@ mod robustness {
             }
         }
     }
-}
 
-#[cfg(test)]
-fn rounds() -> usize {
-    // STOA_FUZZ_ROUNDS runs longer, e.g. before a release.
-    std::env::var("STOA_FUZZ_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200)
+    fn rounds() -> usize {
+        // STOA_FUZZ_ROUNDS runs longer, e.g. before a release.
+        std::env::var("STOA_FUZZ_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200)
+    }
 }

@@ -283,7 +283,8 @@ impl<'a> P<'a> {
                     if o != opener {
                         // If an outer bracket matches, the inner one was left
                         // open; otherwise this closer is the stray one.
-                        return if stack.iter().any(|(x, _)| *x == opener) {
+                        // In a pattern (opened by `(`), the outer rule closes it.
+                        return if stack.iter().any(|(x, _)| *x == opener) || (stack.len() == 1 && open == b'(') {
                             unclosed(self, (o, at))
                         } else {
                             self.err(self.i, format!("unexpected `{}`", c as char))

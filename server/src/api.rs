@@ -87,7 +87,10 @@ type Watch = Pin<Box<dyn Stream<Item = Result<pb::TimelineEntry, Status>> + Send
 
 #[tonic::async_trait]
 impl pb::stoa_server::Stoa for StoaService {
-    async fn deploy_pack(&self, req: Request<pb::DeployPackRequest>) -> Result<Response<pb::DeployPackResponse>, Status> {
+    async fn deploy_pack(
+        &self,
+        req: Request<pb::DeployPackRequest>,
+    ) -> Result<Response<pb::DeployPackResponse>, Status> {
         let tenant = tenant(&req)?;
         let req = req.into_inner();
         if req.files.is_empty() {
@@ -96,15 +99,19 @@ impl pb::stoa_server::Stoa for StoaService {
         let mut files = BTreeMap::new();
         for (i, f) in req.files.into_iter().enumerate() {
             if f.path.is_empty() || f.path.starts_with('/') || f.path.split('/').any(|p| p == "..") {
-                return Err(Status::invalid_argument(format!("files[{i}].path: `{}` must be relative, without `..`", f.path)));
+                return Err(Status::invalid_argument(format!(
+                    "files[{i}].path: `{}` must be relative, without `..`",
+                    f.path
+                )));
             }
             let text = String::from_utf8(f.content)
                 .map_err(|_| Status::invalid_argument(format!("files[{i}].content: {} is not UTF-8 text", f.path)))?;
             files.insert(f.path, text);
         }
         let rt = self.runtime.clone();
-        let (pack, diags, changed) =
-            tokio::task::spawn_blocking(move || rt.deploy(&tenant, files, req.dry_run)).await.map_err(|e| Status::internal(e.to_string()))??;
+        let (pack, diags, changed) = tokio::task::spawn_blocking(move || rt.deploy(&tenant, files, req.dry_run))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(pb::DeployPackResponse {
             name: pack.manifest.name.clone(),
             version: pack.manifest.version.clone(),
@@ -216,7 +223,10 @@ impl pb::stoa_server::Stoa for StoaService {
         let mut after = if req.page_token.is_empty() {
             None
         } else {
-            Some(workflow_id(&req.page_token).map_err(|_| Status::invalid_argument("page_token: not a token from this API"))?)
+            Some(
+                workflow_id(&req.page_token)
+                    .map_err(|_| Status::invalid_argument("page_token: not a token from this API"))?,
+            )
         };
         // Filters apply while scanning, so a page is full unless the scan ends.
         let mut out = Vec::new();
@@ -226,7 +236,8 @@ impl pb::stoa_server::Stoa for StoaService {
             let done = metas.len() < 1000;
             for m in metas {
                 after = Some(m.id.clone());
-                let keep = (req.pack.is_empty() || m.pack == req.pack) && (req.status.is_empty() || m.status.as_str() == req.status);
+                let keep = (req.pack.is_empty() || m.pack == req.pack)
+                    && (req.status.is_empty() || m.status.as_str() == req.status);
                 if keep {
                     out.push(pb::WorkflowSummary {
                         id: m.id.to_string(),
@@ -308,7 +319,10 @@ impl pb::stoa_server::Stoa for StoaService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn get_timeline(&self, req: Request<pb::GetTimelineRequest>) -> Result<Response<pb::GetTimelineResponse>, Status> {
+    async fn get_timeline(
+        &self,
+        req: Request<pb::GetTimelineRequest>,
+    ) -> Result<Response<pb::GetTimelineResponse>, Status> {
         let tenant = tenant(&req)?;
         let req = req.into_inner();
         let id = workflow_id(&req.workflow_id)?;
@@ -323,7 +337,10 @@ impl pb::stoa_server::Stoa for StoaService {
         Ok(Response::new(pb::GetTimelineResponse { entries: entries.iter().map(entry_out).collect() }))
     }
 
-    async fn cancel_workflow(&self, req: Request<pb::CancelWorkflowRequest>) -> Result<Response<pb::TurnResponse>, Status> {
+    async fn cancel_workflow(
+        &self,
+        req: Request<pb::CancelWorkflowRequest>,
+    ) -> Result<Response<pb::TurnResponse>, Status> {
         let tenant = tenant(&req)?;
         let req = req.into_inner();
         let id = workflow_id(&req.workflow_id)?;

@@ -12,7 +12,7 @@ use stoa_engine::WorkflowId;
 use tokio::sync::oneshot;
 
 enum Msg {
-    Job(Job),
+    Job(Box<Job>),
     /// Commit what is queued, then stop.
     Close,
 }
@@ -43,12 +43,12 @@ impl Committer {
                 let mut closing = false;
                 while !closing {
                     let mut jobs = match rx.recv() {
-                        Ok(Msg::Job(j)) => vec![j],
+                        Ok(Msg::Job(j)) => vec![*j],
                         Ok(Msg::Close) | Err(_) => break,
                     };
                     while jobs.len() < MAX_BATCH {
                         match rx.try_recv() {
-                            Ok(Msg::Job(j)) => jobs.push(j),
+                            Ok(Msg::Job(j)) => jobs.push(*j),
                             Ok(Msg::Close) => {
                                 closing = true;
                                 break;
@@ -58,7 +58,11 @@ impl Committer {
                     }
                     let commits: Vec<Commit> = jobs
                         .iter()
-                        .map(|j| Commit { workflow: &j.workflow, output: &j.output, request_id: j.request_id.as_deref() })
+                        .map(|j| Commit {
+                            workflow: &j.workflow,
+                            output: &j.output,
+                            request_id: j.request_id.as_deref(),
+                        })
                         .collect();
                     let res = store.commit(&commits).map_err(|e| e.to_string());
                     drop(commits);
@@ -82,7 +86,9 @@ impl Committer {
         request_id: Option<String>,
     ) -> oneshot::Receiver<Result<TurnOutput, String>> {
         let (done, rx) = oneshot::channel();
-        if let Err(mpsc::SendError(Msg::Job(job))) = self.tx.send(Msg::Job(Job { workflow, output, request_id, done })) {
+        if let Err(mpsc::SendError(Msg::Job(job))) =
+            self.tx.send(Msg::Job(Box::new(Job { workflow, output, request_id, done })))
+        {
             let _ = job.done.send(Err("the server is shutting down".into()));
         }
         rx

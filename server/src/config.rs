@@ -45,7 +45,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_request_bytes: 4 << 20, tenant_max_in_flight: 10_000, tenant_max_pending: 1_000_000, max_batch: 64 }
+        Limits {
+            max_request_bytes: 4 << 20,
+            tenant_max_in_flight: 10_000,
+            tenant_max_pending: 1_000_000,
+            max_batch: 64,
+        }
     }
 }
 

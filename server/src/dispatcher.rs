@@ -24,12 +24,28 @@ use crate::runtime::Runtime;
 pub type SessionId = u64;
 
 pub enum Event {
-    Enqueue { tenant: String, invocations: Vec<Invocation> },
+    Enqueue {
+        tenant: String,
+        invocations: Vec<Invocation>,
+    },
     Cancel(Vec<InvocationId>),
-    Connect { session: SessionId, tenant: String, functions: Vec<String>, max_in_flight: usize, tx: mpsc::Sender<pb::ServerMessage> },
+    Connect {
+        session: SessionId,
+        tenant: String,
+        functions: Vec<String>,
+        max_in_flight: usize,
+        tx: mpsc::Sender<pb::ServerMessage>,
+    },
     Disconnect(SessionId),
-    Result { session: SessionId, result: pb::InvocationResult },
-    Heartbeat { session: SessionId, invocation: String, attempt: u32 },
+    Result {
+        session: SessionId,
+        result: pb::InvocationResult,
+    },
+    Heartbeat {
+        session: SessionId,
+        invocation: String,
+        attempt: u32,
+    },
 }
 
 /// A cheap, cloneable handle to the dispatcher task.
@@ -159,7 +175,10 @@ pub async fn run(
 fn jitter(d: Duration, seed: u64) -> Duration {
     // ±20% without a random number crate: the low bits of a hash of the id
     // and the clock are spread enough for backoff.
-    let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u64).unwrap_or(0);
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
     let x = (seed ^ clock).wrapping_mul(0x9E3779B97F4A7C15) >> 54;
     let f = 0.8 + (x as f64 / 1024.0) * 0.4;
     d.mul_f64(f)
@@ -175,7 +194,10 @@ impl Dispatcher {
                         self.dec_pending(&tenant, 1); // delivered twice: once is enough
                         continue;
                     }
-                    self.items.insert(id.clone(), Item { inv, tenant: tenant.clone(), attempt: 1, failures: 0, state: State::Queued });
+                    self.items.insert(
+                        id.clone(),
+                        Item { inv, tenant: tenant.clone(), attempt: 1, failures: 0, state: State::Queued },
+                    );
                     self.queue(&id);
                 }
             }
@@ -185,7 +207,9 @@ impl Dispatcher {
                         if let State::Leased { session, .. } = item.state {
                             self.release(session, &item);
                             if let Some(s) = self.sessions.get(&session) {
-                                let _ = s.tx.try_send(msg(pb::server_message::Msg::Cancel(pb::Cancel { invocation_id: id.to_string() })));
+                                let _ = s.tx.try_send(msg(pb::server_message::Msg::Cancel(pb::Cancel {
+                                    invocation_id: id.to_string(),
+                                })));
                             }
                         }
                         self.dec_pending(&item.tenant, 1);
@@ -193,7 +217,10 @@ impl Dispatcher {
                 }
             }
             Event::Connect { session, tenant, functions, max_in_flight, tx } => {
-                self.sessions.insert(session, Session { tenant, functions, max_in_flight: max_in_flight.max(1), in_flight: HashSet::new(), tx });
+                self.sessions.insert(
+                    session,
+                    Session { tenant, functions, max_in_flight: max_in_flight.max(1), in_flight: HashSet::new(), tx },
+                );
             }
             Event::Disconnect(session) => {
                 if let Some(s) = self.sessions.remove(&session) {
@@ -213,8 +240,12 @@ impl Dispatcher {
             Event::Result { session, result } => self.result(session, result),
             Event::Heartbeat { session, invocation, attempt } => {
                 let id = InvocationId::new(invocation);
-                if let Some(Item { state: State::Leased { session: s, heartbeat_deadline: Some(hb), .. }, attempt: a, inv, .. }) =
-                    self.items.get_mut(&id)
+                if let Some(Item {
+                    state: State::Leased { session: s, heartbeat_deadline: Some(hb), .. },
+                    attempt: a,
+                    inv,
+                    ..
+                }) = self.items.get_mut(&id)
                 {
                     if *s == session && *a == attempt {
                         *hb = Instant::now() + Duration::from_millis(inv.heartbeat_ms);
@@ -227,10 +258,11 @@ impl Dispatcher {
     fn queue(&mut self, id: &InvocationId) {
         let item = &self.items[id];
         self.seq += 1;
-        self.queues
-            .entry((item.tenant.clone(), item.inv.function.clone()))
-            .or_default()
-            .push((item.inv.priority, Reverse(self.seq), id.clone()));
+        self.queues.entry((item.tenant.clone(), item.inv.function.clone())).or_default().push((
+            item.inv.priority,
+            Reverse(self.seq),
+            id.clone(),
+        ));
     }
 
     fn dec_pending(&self, tenant: &str, n: usize) {
@@ -277,14 +309,20 @@ impl Dispatcher {
         let item = self.items.remove(&id).expect("held");
         self.release(session, &item);
         match r.outcome {
-            Some(pb::invocation_result::Outcome::ValueJson(json)) => match serde_json::from_str::<serde_json::Value>(&json) {
-                Ok(v) => {
-                    let attempts = item.attempt;
-                    self.finish(item, Outcome::Ok { value: stoa_rules::Value::from_json(&v), attempts })
+            Some(pb::invocation_result::Outcome::ValueJson(json)) => {
+                match serde_json::from_str::<serde_json::Value>(&json) {
+                    Ok(v) => {
+                        let attempts = item.attempt;
+                        self.finish(item, Outcome::Ok { value: stoa_rules::Value::from_json(&v), attempts })
+                    }
+                    Err(e) => {
+                        self.fail(item, ErrorKind::Failed, format!("the worker's answer is not JSON: {e}"), false)
+                    }
                 }
-                Err(e) => self.fail(item, ErrorKind::Failed, format!("the worker's answer is not JSON: {e}"), false),
-            },
-            Some(pb::invocation_result::Outcome::Failure(f)) => self.fail(item, ErrorKind::Failed, f.message, f.retryable),
+            }
+            Some(pb::invocation_result::Outcome::Failure(f)) => {
+                self.fail(item, ErrorKind::Failed, f.message, f.retryable)
+            }
             None => self.fail(item, ErrorKind::Failed, "the worker sent a result without an outcome".into(), false),
         }
     }
@@ -323,10 +361,10 @@ impl Dispatcher {
         let mut due = Vec::new();
         for (id, item) in &self.items {
             match item.state {
-                State::Leased { deadline, heartbeat_deadline, .. } => {
-                    if now >= deadline || heartbeat_deadline.is_some_and(|h| now >= h) {
-                        timed_out.push(id.clone());
-                    }
+                State::Leased { deadline, heartbeat_deadline, .. }
+                    if now >= deadline || heartbeat_deadline.is_some_and(|h| now >= h) =>
+                {
+                    timed_out.push(id.clone())
                 }
                 State::Backoff { until } if now >= until => due.push(id.clone()),
                 _ => {}
@@ -343,7 +381,8 @@ impl Dispatcher {
             let State::Leased { session, deadline, .. } = item.state else { unreachable!("leased") };
             self.release(session, &item);
             if let Some(s) = self.sessions.get(&session) {
-                let _ = s.tx.try_send(msg(pb::server_message::Msg::Cancel(pb::Cancel { invocation_id: id.to_string() })));
+                let _ =
+                    s.tx.try_send(msg(pb::server_message::Msg::Cancel(pb::Cancel { invocation_id: id.to_string() })));
             }
             let what = if now >= deadline { "start-to-close timeout" } else { "heartbeat timeout" };
             let message = format!("attempt {} ran past its {what}", item.attempt);

@@ -6,8 +6,8 @@
 
 mod api;
 mod auth;
-pub mod config;
 mod committer;
+pub mod config;
 mod dispatcher;
 mod error;
 mod runtime;
@@ -35,7 +35,8 @@ pub async fn serve(
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
     let store = Arc::new(
-        SledStore::open(&config.data_dir, config.cache_mb).map_err(|e| format!("opening {}: {e}", config.data_dir.display()))?,
+        SledStore::open(&config.data_dir, config.cache_mb)
+            .map_err(|e| format!("opening {}: {e}", config.data_dir.display()))?,
     );
     let (committer, committer_thread) = committer::Committer::spawn(store.clone() as Arc<dyn Store>);
     let closer = committer.clone();
@@ -109,7 +110,8 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| e.to_string())?;
 
-    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("listen on {}: {e}", config.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     on_listen(addr);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

@@ -101,10 +101,14 @@ impl Runtime {
         files: BTreeMap<String, String>,
         dry_run: bool,
     ) -> Result<(Arc<Pack>, Vec<stoa_rules::Diagnostic>, bool), ApiError> {
-        let src = PackSource { root: PathBuf::new(), files: files.iter().map(|(k, v)| (PathBuf::from(k), v.clone())).collect() };
+        let src = PackSource {
+            root: PathBuf::new(),
+            files: files.iter().map(|(k, v)| (PathBuf::from(k), v.clone())).collect(),
+        };
         let (pack, diags) = compile(&src);
         let Some(pack) = pack else {
-            let text: Vec<String> = diags.iter().filter(|d| d.is_error()).map(|d| d.render(src.text_at(&d.path))).collect();
+            let text: Vec<String> =
+                diags.iter().filter(|d| d.is_error()).map(|d| d.render(src.text_at(&d.path))).collect();
             return Err(ApiError::InvalidArgument(format!(
                 "the pack has {} error(s); the deployed version is unchanged\n{}",
                 text.len(),
@@ -152,7 +156,11 @@ impl Runtime {
             .filter(|e| e.key().0 == tenant)
             .filter_map(|e| {
                 let (_, current) = e.value().list.last()?;
-                Some((e.key().1.clone(), e.value().list.iter().map(|(r, _)| r.version.clone()).collect(), current.clone()))
+                Some((
+                    e.key().1.clone(),
+                    e.value().list.iter().map(|(r, _)| r.version.clone()).collect(),
+                    current.clone(),
+                ))
             })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));

@@ -43,7 +43,9 @@ impl pb::workers_server::Workers for WorkersService {
         // Room for a few batches plus control messages; past that the
         // dispatcher holds work back (backpressure on slow workers).
         let (tx, rx) = mpsc::channel(16);
-        let welcome = pb::ServerMessage { msg: Some(pb::server_message::Msg::Welcome(pb::Welcome { session_id: session.to_string() })) };
+        let welcome = pb::ServerMessage {
+            msg: Some(pb::server_message::Msg::Welcome(pb::Welcome { session_id: session.to_string() })),
+        };
         tx.send(welcome).await.map_err(|_| Status::unavailable("session closed"))?;
         tracing::info!(session, %tenant, name = %hello.name, functions = ?hello.functions, max_in_flight, "worker connected");
         self.dispatch.send(Event::Connect { session, tenant, functions: hello.functions, max_in_flight, tx });

@@ -1,0 +1,339 @@
+//! Client commands: talk to a Stoa server over gRPC.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use stoa_proto::v1 as pb;
+use stoa_proto::v1::stoa_client::StoaClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+#[derive(clap::Args, Clone)]
+pub struct Conn {
+    /// Server address.
+    #[arg(long, env = "STOA_SERVER", default_value = "http://127.0.0.1:7233")]
+    pub server: String,
+    /// Bearer token; it names your tenant.
+    #[arg(long, env = "STOA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print JSON for scripts instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Upload a pack; the server checks it like `stoa check` and rejects it
+    /// whole if it has errors (the deployed version stays).
+    Deploy {
+        #[command(flatten)]
+        conn: Conn,
+        pack: PathBuf,
+        /// Check on the server only; deploy nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List deployed packs and their versions.
+    Packs {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Start a workflow of a deployed pack.
+    Start {
+        #[command(flatten)]
+        conn: Conn,
+        /// Pack name.
+        pack: String,
+        /// Start facts: JSON array of {"type", "fields"}, or TOML [[fact]].
+        #[arg(long)]
+        facts: PathBuf,
+        /// Idempotency key: the same id starts one workflow. Default: random.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Follow the timeline until the workflow ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Show a workflow: status, facts, waiting activations.
+    Get {
+        #[command(flatten)]
+        conn: Conn,
+        workflow: String,
+        /// Leave the facts out.
+        #[arg(long)]
+        no_facts: bool,
+    },
+    /// List workflows.
+    Ls {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        pack: Option<String>,
+        /// running, completed or failed.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Follow a workflow's timeline live (from the start, or from --from).
+    Watch {
+        #[command(flatten)]
+        conn: Conn,
+        workflow: String,
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+    },
+    /// Cancel a running workflow.
+    Cancel {
+        #[command(flatten)]
+        conn: Conn,
+        workflow: String,
+        #[arg(long, default_value = "cancelled by stoa cancel")]
+        reason: String,
+    },
+}
+
+type Client = StoaClient<InterceptedService<Channel, Bearer>>;
+
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+async fn connect(c: &Conn) -> anyhow::Result<Client> {
+    let token = c.token.clone().context("no token: pass --token or set STOA_TOKEN")?;
+    let bearer = Bearer(format!("Bearer {token}").parse().context("the token is not valid ASCII")?);
+    let channel = Channel::from_shared(c.server.clone())
+        .with_context(|| format!("bad server address {}", c.server))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the Stoa server at {}", c.server))?;
+    Ok(StoaClient::with_interceptor(channel, bearer).max_decoding_message_size(64 << 20))
+}
+
+fn status_err(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+pub fn pack_files(dir: &Path) -> anyhow::Result<Vec<pb::PackFile>> {
+    let src = stoa_rules::compile::PackSource::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    Ok(src
+        .files
+        .into_iter()
+        .map(|(p, t)| pb::PackFile { path: p.to_string_lossy().replace('\\', "/"), content: t.into_bytes() })
+        .collect())
+}
+
+fn facts_in(path: &Path) -> anyhow::Result<Vec<pb::FactInput>> {
+    Ok(crate::run::read_facts(path)?
+        .into_iter()
+        .map(|f| pb::FactInput { r#type: f.ty, fields_json: f.fields.to_json().to_string() })
+        .collect())
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string(v).expect("serializable"));
+}
+
+impl Command {
+    fn conn(&self) -> &Conn {
+        match self {
+            Command::Deploy { conn, .. }
+            | Command::Packs { conn }
+            | Command::Start { conn, .. }
+            | Command::Get { conn, .. }
+            | Command::Ls { conn, .. }
+            | Command::Watch { conn, .. }
+            | Command::Cancel { conn, .. } => conn,
+        }
+    }
+}
+
+pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(run_async(cmd))
+}
+
+async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
+    let conn = cmd.conn().clone();
+    let mut c = connect(&conn).await?;
+    let json = conn.json;
+    match cmd {
+        Command::Deploy { pack, dry_run, .. } => {
+            let files = pack_files(&pack)?;
+            let r = c.deploy_pack(pb::DeployPackRequest { files, dry_run }).await;
+            let r = match r {
+                Ok(r) => r.into_inner(),
+                Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                    eprintln!("{}", s.message());
+                    return Ok(ExitCode::from(1));
+                }
+                Err(s) => return Err(status_err(s)),
+            };
+            for d in &r.diagnostics {
+                eprintln!("{}:{}:{}: {}[{}]: {}", d.path, d.line, d.col, d.severity, d.code, d.message);
+            }
+            if json {
+                print_json(
+                    &serde_json::json!({"name": r.name, "version": r.version, "digest": r.digest, "changed": r.changed, "dry_run": dry_run}),
+                );
+            } else {
+                let what = match (dry_run, r.changed) {
+                    (true, _) => "checked (dry run)",
+                    (false, true) => "deployed",
+                    (false, false) => "already deployed (no change)",
+                };
+                println!("{} {} {what}", r.name, r.version);
+            }
+        }
+        Command::Packs { .. } => {
+            let r = c.list_packs(pb::ListPacksRequest {}).await.map_err(status_err)?.into_inner();
+            for p in r.packs {
+                if json {
+                    print_json(&serde_json::json!({"name": p.name, "versions": p.versions, "functions": p.functions}));
+                } else {
+                    println!(
+                        "{:<24} {:<12} {}",
+                        p.name,
+                        p.versions.last().cloned().unwrap_or_default(),
+                        p.versions.join(", ")
+                    );
+                }
+            }
+        }
+        Command::Start { pack, facts, request_id, watch, .. } => {
+            let request_id = request_id.unwrap_or_else(|| {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                format!("cli-{}-{t}", std::process::id())
+            });
+            let facts = facts_in(&facts)?;
+            let r = c
+                .start_workflow(pb::StartWorkflowRequest { pack, facts, request_id: request_id.clone() })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            if json {
+                print_json(
+                    &serde_json::json!({"workflow_id": r.workflow_id, "created": r.created, "request_id": request_id}),
+                );
+            } else {
+                println!(
+                    "{} {}",
+                    r.workflow_id,
+                    if r.created { "started" } else { "already started by this request id" }
+                );
+            }
+            if watch {
+                return follow(&mut c, &r.workflow_id, 1, json).await;
+            }
+        }
+        Command::Get { workflow, no_facts, .. } => {
+            let w = c
+                .get_workflow(pb::GetWorkflowRequest { workflow_id: workflow, without_facts: no_facts })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            if json {
+                let facts: Vec<_> = w
+                    .facts
+                    .iter()
+                    .map(|f| serde_json::json!({"id": f.id, "type": f.r#type, "version": f.version, "fields": serde_json::from_str::<serde_json::Value>(&f.fields_json).unwrap_or_default()}))
+                    .collect();
+                let waiting: Vec<_> = w.waiting.iter().map(|x| serde_json::json!({"invocation": x.invocation_id, "rule": x.rule, "function": x.function, "facts": x.fact_ids})).collect();
+                print_json(
+                    &serde_json::json!({"id": w.id, "pack": w.pack, "pack_version": w.pack_version, "status": w.status, "result": serde_json::from_str::<serde_json::Value>(&w.result_json).unwrap_or_default(), "reason": w.reason, "turn": w.turn, "fact_count": w.fact_count, "facts": facts, "waiting": waiting}),
+                );
+            } else {
+                println!("{}  {} {}  {}  turn {}", w.id, w.pack, w.pack_version, w.status, w.turn);
+                if !w.reason.is_empty() {
+                    println!("reason: {}", w.reason);
+                }
+                if w.result_json != "null" {
+                    println!("result: {}", w.result_json);
+                }
+                println!("{} fact(s)", w.fact_count);
+                for f in &w.facts {
+                    println!("  f{}@{} {} {}", f.id, f.version, f.r#type, f.fields_json);
+                }
+                if !w.waiting.is_empty() {
+                    println!("{} waiting activation(s)", w.waiting.len());
+                    for x in &w.waiting {
+                        println!("  {} {} <- rule \"{}\" {}", x.invocation_id, x.function, x.rule, x.args_json);
+                    }
+                }
+            }
+        }
+        Command::Ls { pack, status, limit, .. } => {
+            let mut token = String::new();
+            let mut shown = 0;
+            loop {
+                let page = (limit - shown).min(1000);
+                let r = c
+                    .list_workflows(pb::ListWorkflowsRequest {
+                        pack: pack.clone().unwrap_or_default(),
+                        status: status.clone().unwrap_or_default(),
+                        page_size: page,
+                        page_token: token,
+                    })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner();
+                for w in &r.workflows {
+                    if json {
+                        print_json(
+                            &serde_json::json!({"id": w.id, "pack": w.pack, "pack_version": w.pack_version, "status": w.status, "updated_ms": w.updated_ms}),
+                        );
+                    } else {
+                        println!("{:<40} {:<20} {:<8} {}", w.id, w.pack, w.pack_version, w.status);
+                    }
+                }
+                shown += r.workflows.len() as u32;
+                token = r.next_page_token;
+                if token.is_empty() || shown >= limit {
+                    break;
+                }
+            }
+        }
+        Command::Watch { workflow, from, .. } => return follow(&mut c, &workflow, from, json).await,
+        Command::Cancel { workflow, reason, .. } => {
+            let r = c
+                .cancel_workflow(pb::CancelWorkflowRequest { workflow_id: workflow.clone(), reason })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            if json {
+                print_json(&serde_json::json!({"workflow_id": workflow, "turn": r.turn, "status": r.status}));
+            } else {
+                println!("{workflow} {}", r.status);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn follow(c: &mut Client, workflow: &str, from: u64, json: bool) -> anyhow::Result<ExitCode> {
+    let mut stream = c
+        .watch_workflow(pb::WatchWorkflowRequest { workflow_id: workflow.to_string(), from_seq: from })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let mut failed = false;
+    while let Some(e) = stream.message().await.map_err(status_err)? {
+        failed |= e.kind == "failed";
+        if json {
+            println!("{}", e.json);
+        } else {
+            println!("{}", e.text);
+        }
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}

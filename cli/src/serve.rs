@@ -1,0 +1,70 @@
+//! `stoa serve`: the server, with the embedded store.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use stoa_server::config::TenantConfig;
+use stoa_server::Config;
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Config file (TOML): listen, data_dir, cache_mb, [[tenants]] with
+    /// name and tokens, [limits], [function_concurrency]. Flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free port; the address is
+    /// printed as `listening on ADDR`).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Directory of the embedded store.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// A tenant and one of its tokens, as TENANT=TOKEN; repeatable.
+    #[arg(long = "token", value_name = "TENANT=TOKEN")]
+    tokens: Vec<String>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut config = match &args.config {
+        Some(p) => Config::load(p).map_err(anyhow::Error::msg)?,
+        None => Config::default(),
+    };
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(d) = args.data {
+        config.data_dir = d;
+    }
+    for t in &args.tokens {
+        let (tenant, token) = t.split_once('=').with_context(|| format!("--token {t}: expected TENANT=TOKEN"))?;
+        match config.tenants.iter_mut().find(|x| x.name == tenant) {
+            Some(x) => x.tokens.push(token.to_string()),
+            None => config.tenants.push(TenantConfig { name: tenant.to_string(), tokens: vec![token.to_string()] }),
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("shutting down: finishing in-flight commits");
+            signals.cancel();
+        });
+        stoa_server::serve(config, shutdown, |addr| {
+            use std::io::Write;
+            println!("listening on {addr}");
+            let _ = std::io::stdout().flush();
+        })
+        .await
+        .map_err(anyhow::Error::msg)
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
