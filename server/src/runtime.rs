@@ -233,9 +233,20 @@ impl Runtime {
             if self.ensure_loaded(&id, &mut g)? {
                 return Ok((id, false));
             }
-            let pack = self.pack(tenant, pack, None)?;
-            let mut wf = Workflow::new(id.clone(), pack, now_ms());
-            let out = wf.apply(Input::Start { facts }, now_ms()).map_err(reject)?;
+            let created = self.pack(tenant, pack, None).and_then(|pack| {
+                let mut wf = Workflow::new(id.clone(), pack, now_ms());
+                let out = wf.apply(Input::Start { facts }, now_ms()).map_err(reject)?;
+                Ok((wf, out))
+            });
+            let (wf, out) = match created {
+                Ok(x) => x,
+                Err(e) => {
+                    drop(g);
+                    // Nothing was created: leave no empty slot behind.
+                    self.workflows.remove_if(&id, |_, s| s.wf.lock().map(|w| w.is_none()).unwrap_or(false));
+                    return Err(e);
+                }
+            };
             *g = Some(wf);
             self.committer.submit(id.clone(), out, Some(format!("{tenant}/{request_id}")))
         };

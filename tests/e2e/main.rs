@@ -1,6 +1,8 @@
 //! End-to-end tests over real `stoa` processes.
 
+mod client;
 mod crash;
 mod docs;
 mod examples;
+mod server;
 mod support;

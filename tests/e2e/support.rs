@@ -33,3 +33,72 @@ impl Rng {
         self.0.wrapping_mul(0x2545F4914F6CDD1D) % n.max(1)
     }
 }
+
+/// A `stoa serve` process on 127.0.0.1 with an ephemeral port; killed
+/// (SIGKILL) when dropped, unless stopped first.
+pub struct Server {
+    pub child: std::process::Child,
+    pub addr: String,
+    pub data: PathBuf,
+}
+
+pub const TOKEN_A: &str = "token-tenant-a";
+pub const TOKEN_B: &str = "token-tenant-b";
+
+impl Server {
+    pub fn start(data: &std::path::Path) -> Server {
+        Server::start_with(data, &[])
+    }
+
+    pub fn start_with(data: &std::path::Path, extra: &[&str]) -> Server {
+        use std::io::BufRead;
+        let mut child = stoa()
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--token",
+                &format!("a={TOKEN_A}"),
+                "--token",
+                &format!("b={TOKEN_B}"),
+            ])
+            .arg("--data")
+            .arg(data)
+            .args(extra)
+            .env("STOA_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn stoa serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(a.to_string());
+                }
+            }
+        });
+        let addr = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the server did not start within 30 s");
+        Server { child, addr: format!("http://{addr}"), data: data.to_path_buf() }
+    }
+
+    /// SIGKILL, then wait.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM (graceful), then wait.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY-free: `kill` the command, as any shell would.
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

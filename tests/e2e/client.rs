@@ -1,0 +1,121 @@
+//! A gRPC client for tests, and a scripted raw worker session.
+
+use std::time::Duration;
+
+use stoa_proto::v1 as pb;
+use stoa_proto::v1::stoa_client::StoaClient;
+use stoa_proto::v1::workers_client::WorkersClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+#[derive(Clone)]
+pub struct Bearer(pub String);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", format!("Bearer {}", self.0).parse().expect("ascii"));
+        Ok(req)
+    }
+}
+
+pub type Client = StoaClient<InterceptedService<Channel, Bearer>>;
+
+pub async fn channel(addr: &str) -> Channel {
+    Channel::from_shared(addr.to_string()).expect("addr").connect().await.expect("connect")
+}
+
+pub async fn client(addr: &str, token: &str) -> Client {
+    StoaClient::with_interceptor(channel(addr).await, Bearer(token.into()))
+}
+
+pub fn pack_files(dir: &str) -> Vec<pb::PackFile> {
+    let src = stoa_rules::compile::PackSource::read_dir(&crate::support::repo().join(dir)).expect("pack");
+    src.files
+        .into_iter()
+        .map(|(p, t)| pb::PackFile { path: p.to_string_lossy().into_owned(), content: t.into_bytes() })
+        .collect()
+}
+
+pub fn facts(json: serde_json::Value) -> Vec<pb::FactInput> {
+    json.as_array()
+        .expect("array")
+        .iter()
+        .map(|f| pb::FactInput {
+            r#type: f["type"].as_str().expect("type").into(),
+            fields_json: f["fields"].to_string(),
+        })
+        .collect()
+}
+
+pub fn video_facts(uri: &str) -> Vec<pb::FactInput> {
+    facts(serde_json::json!([
+        {"type": "Source", "fields": {"uri": uri}},
+        {"type": "Recipe", "fields": {"codec": "h264", "chunk_seconds": 10, "max_chunk_retries": 2}}
+    ]))
+}
+
+/// A worker session driven by the test, message by message.
+pub struct RawWorker {
+    pub tx: mpsc::Sender<pb::WorkerMessage>,
+    pub rx: tonic::Streaming<pb::ServerMessage>,
+}
+
+impl RawWorker {
+    pub async fn connect(
+        addr: &str,
+        token: &str,
+        functions: &[&str],
+        max_in_flight: u32,
+    ) -> Result<RawWorker, tonic::Status> {
+        let mut c = WorkersClient::with_interceptor(channel(addr).await, Bearer(token.into()));
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(pb::WorkerMessage {
+            msg: Some(pb::worker_message::Msg::Hello(pb::Hello {
+                functions: functions.iter().map(|s| s.to_string()).collect(),
+                max_in_flight,
+                name: "test".into(),
+            })),
+        })
+        .await
+        .expect("queue hello");
+        let mut rx = c.session(ReceiverStream::new(rx)).await?.into_inner();
+        match rx.message().await? {
+            Some(pb::ServerMessage { msg: Some(pb::server_message::Msg::Welcome(_)) }) => {}
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        Ok(RawWorker { tx, rx })
+    }
+
+    /// The next server message within `wait`, if any.
+    pub async fn next(&mut self, wait: Duration) -> Option<pb::ServerMessage> {
+        tokio::time::timeout(wait, self.rx.message()).await.ok().and_then(|r| r.ok().flatten())
+    }
+
+    /// The next invocations within `wait` (skipping other messages).
+    pub async fn invocations(&mut self, wait: Duration) -> Vec<pb::Invocation> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(pb::ServerMessage { msg: Some(pb::server_message::Msg::Invocations(b)) }) => return b.invocations,
+                Some(_) => continue,
+                None => return vec![],
+            }
+        }
+    }
+
+    pub async fn answer(&self, inv: &pb::Invocation, value: serde_json::Value) {
+        self.tx
+            .send(pb::WorkerMessage {
+                msg: Some(pb::worker_message::Msg::Result(pb::InvocationResult {
+                    invocation_id: inv.id.clone(),
+                    attempt: inv.attempt,
+                    outcome: Some(pb::invocation_result::Outcome::ValueJson(value.to_string())),
+                })),
+            })
+            .await
+            .expect("send result");
+    }
+}
