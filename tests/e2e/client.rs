@@ -106,7 +106,8 @@ impl RawWorker {
         }
     }
 
-    pub async fn answer(&self, inv: &pb::Invocation, value: serde_json::Value) {
+    /// Sends a result; `false` if the session is gone.
+    pub async fn answer(&self, inv: &pb::Invocation, value: serde_json::Value) -> bool {
         self.tx
             .send(pb::WorkerMessage {
                 msg: Some(pb::worker_message::Msg::Result(pb::InvocationResult {
@@ -116,6 +117,57 @@ impl RawWorker {
                 })),
             })
             .await
-            .expect("send result");
+            .is_ok()
+    }
+}
+
+/// What the example media functions answer (as the example worker would).
+pub fn media_answer(inv: &pb::Invocation) -> serde_json::Value {
+    let args: serde_json::Value = serde_json::from_str(&inv.args_json).unwrap_or_default();
+    match inv.function.as_str() {
+        "media.split" => {
+            serde_json::json!({"chunks": 3, "prefix": format!("{}/chunks", args["uri"].as_str().unwrap_or(""))})
+        }
+        "media.encode" => serde_json::json!({"uri": format!("{}.mp4", args["uri"].as_str().unwrap_or(""))}),
+        "media.assemble" => serde_json::json!({"uri": format!("{}.out.mp4", args["source"].as_str().unwrap_or(""))}),
+        "media.index" => serde_json::json!({"index": format!("{}.idx", args["uri"].as_str().unwrap_or(""))}),
+        _ => serde_json::json!({}),
+    }
+}
+
+/// A worker inside the test: answers every media invocation, reconnecting
+/// whenever the server goes away, until `stop` is cancelled.
+pub async fn media_worker(
+    addr: String,
+    token: &'static str,
+    delay: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    const ALL: [&str; 4] = ["media.split", "media.encode", "media.assemble", "media.index"];
+    while !stop.is_cancelled() {
+        let Ok(Ok(mut w)) =
+            tokio::time::timeout(Duration::from_secs(2), RawWorker::connect(&addr, token, &ALL, 32)).await
+        else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        loop {
+            let msg = tokio::select! {
+                _ = stop.cancelled() => return,
+                m = w.rx.message() => m,
+            };
+            match msg {
+                Ok(Some(pb::ServerMessage { msg: Some(pb::server_message::Msg::Invocations(b)) })) => {
+                    for inv in b.invocations {
+                        tokio::time::sleep(delay).await;
+                        if !w.answer(&inv, media_answer(&inv)).await {
+                            break;
+                        }
+                    }
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
     }
 }

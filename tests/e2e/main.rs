@@ -5,4 +5,5 @@ mod crash;
 mod docs;
 mod examples;
 mod server;
+mod server_crash;
 mod support;

@@ -195,7 +195,7 @@ fn bad_requests_get_precise_errors_and_change_nothing() {
         let wf = start(&mut a, "r-hold").await;
         let w = RawWorker::connect(&server.addr, TOKEN_A, &["media.encode"], 1).await.expect("worker");
         let fake = pb::Invocation { id: format!("inv_{}.1", &wf[3..]), attempt: 1, ..Default::default() };
-        w.answer(&fake, serde_json::json!({"chunks": 2, "prefix": "p"})).await;
+        assert!(w.answer(&fake, serde_json::json!({"chunks": 2, "prefix": "p"})).await);
         let mut w = w;
         let msg = w.next(Duration::from_secs(5)).await.expect("an answer from the server");
         let Some(pb::server_message::Msg::Rejected(r)) = msg.msg else { panic!("expected rejected, got {msg:?}") };

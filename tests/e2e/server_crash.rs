@@ -1,0 +1,110 @@
+//! The server is SIGKILLed while 100 workflows are in flight, then
+//! restarted on the same data: every acknowledged start is there, every
+//! workflow completes, and no result is applied twice.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use stoa_proto::v1 as pb;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{client, media_worker, pack_files, video_facts};
+use crate::support::{Server, TOKEN_A};
+
+#[test]
+fn server_sigkill_with_100_workflows_in_flight() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    let mut server = Server::start(dir.path());
+    let mut acked = Vec::new();
+    rt.block_on(async {
+        let mut a = client(&server.addr, TOKEN_A).await;
+        a.deploy_pack(pb::DeployPackRequest { files: pack_files("examples/packs/video-encode"), dry_run: false })
+            .await
+            .expect("deploy");
+        let stop = CancellationToken::new();
+        for i in 0..100 {
+            let r = a
+                .start_workflow(pb::StartWorkflowRequest {
+                    pack: "video-encode".into(),
+                    facts: video_facts(&format!("s3://in/{i}.mov")),
+                    request_id: format!("crash-{i}"),
+                })
+                .await
+                .expect("start")
+                .into_inner();
+            acked.push(r.workflow_id);
+        }
+        // Work starts now; kill the server in the middle of it.
+        let worker = tokio::spawn(media_worker(server.addr.clone(), TOKEN_A, Duration::from_millis(1), stop.clone()));
+        let mut completed = 0;
+        for _ in 0..2000 {
+            completed = a
+                .list_workflows(pb::ListWorkflowsRequest {
+                    status: "completed".into(),
+                    page_size: 1000,
+                    ..Default::default()
+                })
+                .await
+                .expect("ls")
+                .into_inner()
+                .workflows
+                .len();
+            if completed >= 5 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        eprintln!("killing the server with {completed} of 100 workflows completed");
+        assert!((1..100).contains(&completed), "the kill did not land in the middle of the work");
+        server.kill();
+        stop.cancel();
+        let _ = worker.await;
+    });
+    let server = Server::start(dir.path());
+    rt.block_on(async {
+        let mut a = client(&server.addr, TOKEN_A).await;
+        let stop = CancellationToken::new();
+        let worker = tokio::spawn(media_worker(server.addr.clone(), TOKEN_A, Duration::ZERO, stop.clone()));
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut done = 0;
+        while Instant::now() < deadline {
+            done = 0;
+            for id in &acked {
+                let w = a
+                    .get_workflow(pb::GetWorkflowRequest { workflow_id: id.clone(), without_facts: true })
+                    .await
+                    .unwrap_or_else(|e| panic!("acknowledged start {id} lost: {e}"))
+                    .into_inner();
+                assert_ne!(w.status, "failed", "{id} failed: {}", w.reason);
+                done += (w.status == "completed") as usize;
+            }
+            if done == acked.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(done, acked.len(), "not every workflow completed after the restart");
+        for id in &acked {
+            let t = a
+                .get_timeline(pb::GetTimelineRequest { workflow_id: id.clone(), from_seq: 1, limit: 10_000 })
+                .await
+                .expect("timeline")
+                .into_inner();
+            let mut applied: BTreeMap<String, usize> = BTreeMap::new();
+            for e in &t.entries {
+                if e.kind == "result_applied" {
+                    let v: serde_json::Value = serde_json::from_str(&e.json).expect("json");
+                    *applied.entry(v["event"]["invocation"].as_str().expect("inv").to_string()).or_default() += 1;
+                }
+            }
+            assert!(applied.values().all(|n| *n == 1), "{id}: a result was applied twice: {applied:?}");
+            // split + 3 encodes + assemble + index.
+            assert_eq!(applied.len(), 6, "{id}: {applied:?}");
+            let seqs: Vec<u64> = t.entries.iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{id}: timeline has gaps");
+        }
+        stop.cancel();
+        let _ = worker.await;
+    });
+}
