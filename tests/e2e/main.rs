@@ -7,3 +7,4 @@ mod examples;
 mod server;
 mod server_crash;
 mod support;
+mod workers;

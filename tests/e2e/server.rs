@@ -279,3 +279,31 @@ fn health_and_reflection_answer() {
         assert!(stream.message().await.expect("message").is_some());
     });
 }
+
+#[test]
+fn sigterm_stops_gracefully_and_keeps_every_acknowledged_turn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start(dir.path());
+    let ids = rt().block_on(async {
+        let mut a = client(&server.addr, TOKEN_A).await;
+        deploy(&mut a, "examples/packs/video-encode").await;
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            ids.push(start(&mut a, &format!("g-{i}")).await);
+        }
+        ids
+    });
+    let status = server.terminate();
+    assert!(status.success(), "stoa serve exited with {status} on SIGTERM");
+    let server = Server::start(dir.path());
+    rt().block_on(async {
+        let mut a = client(&server.addr, TOKEN_A).await;
+        for id in ids {
+            let w = a
+                .get_workflow(pb::GetWorkflowRequest { workflow_id: id.clone(), without_facts: true })
+                .await
+                .expect("kept");
+            assert_eq!(w.into_inner().waiting.len(), 1, "{id}");
+        }
+    });
+}

@@ -39,7 +39,6 @@ impl Rng {
 pub struct Server {
     pub child: std::process::Child,
     pub addr: String,
-    pub data: PathBuf,
 }
 
 pub const TOKEN_A: &str = "token-tenant-a";
@@ -65,7 +64,7 @@ impl Server {
             .arg("--data")
             .arg(data)
             .args(extra)
-            .env("STOA_LOG", "warn")
+            .env("STOA_LOG", std::env::var("STOA_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()
@@ -80,7 +79,7 @@ impl Server {
             }
         });
         let addr = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the server did not start within 30 s");
-        Server { child, addr: format!("http://{addr}"), data: data.to_path_buf() }
+        Server { child, addr: format!("http://{addr}") }
     }
 
     /// SIGKILL, then wait.
@@ -100,5 +99,40 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The example worker binary, built on first use (it belongs to another
+/// package, so this test binary does not build it by itself).
+pub fn worker_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-q", "-p", "stoa-functions", "--bin", "stoa-worker-media"])
+                .current_dir(repo())
+                .status()
+                .expect("cargo build");
+            assert!(status.success(), "building stoa-worker-media failed");
+            PathBuf::from(env!("CARGO_BIN_EXE_stoa")).with_file_name("stoa-worker-media")
+        })
+        .clone()
+}
+
+/// The Python worker's interpreter; `functions/python/setup.sh` makes it
+/// (the README's test command runs it first).
+pub fn python() -> PathBuf {
+    let p = repo().join("functions/python/.venv/bin/python");
+    assert!(p.exists(), "{} is missing: run functions/python/setup.sh (the README's test command does)", p.display());
+    p
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
