@@ -1,6 +1,7 @@
 //! `stoa`: check, test and run rule packs.
 
 mod bench;
+mod bench_e2e;
 mod pack;
 mod remote;
 mod run;
@@ -57,6 +58,9 @@ enum Command {
 enum BenchCommand {
     /// The engine alone, in this process.
     Engine(bench::Args),
+    /// The platform end to end: a server process, worker processes and
+    /// this client over loopback gRPC (run from the repository root).
+    E2e(bench_e2e::Args),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         Command::Test { pack, filter } => test::run(&pack, filter.as_deref()),
         Command::Run(args) => run::run(args),
         Command::Bench(BenchCommand::Engine(args)) => bench::run(args),
+        Command::Bench(BenchCommand::E2e(args)) => bench_e2e::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Remote(cmd) => remote::run(cmd),
     };

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The main job, end to end: a Stoa server with the embedded store, the
+# video-encode pack deployed, an example worker connected, and one workflow
+# followed live until it completes. Stops everything it started on exit.
+#
+#   examples/demo.sh            # STOA_DEMO_PORT, STOA_DEMO_DATA to change where
+set -euo pipefail
+cd "$(dirname "$0")/.."
+port="${STOA_DEMO_PORT:-7233}"
+data="${STOA_DEMO_DATA:-./stoa-data}"
+token="demo-token-0001"
+export STOA_SERVER="http://127.0.0.1:$port" STOA_TOKEN="$token"
+
+cargo build --release -q -p stoa-cli -p stoa-functions
+bin=target/release
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+"$bin/stoa" serve --listen "127.0.0.1:$port" --data "$data" --token "demo=$token" > "$data.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do grep -q "listening on" "$data.log" 2>/dev/null && break; sleep 0.1; done
+grep "listening on" "$data.log"
+
+"$bin/stoa" deploy examples/packs/video-encode
+"$bin/stoa-worker-media" --concurrency 8 > "$data.worker.log" 2>&1 &
+pids+=($!)
+
+# A fresh request id each run; --watch follows the timeline until the end.
+"$bin/stoa" start video-encode --facts examples/packs/video-encode/facts.json \
+    --request-id "demo-$(date +%s%N)" --watch
+"$bin/stoa" ls --limit 5
