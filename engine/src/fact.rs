@@ -17,6 +17,10 @@ pub struct Fact {
     pub ty: Sym,
     pub version: u32,
     pub fields: Fields,
+    /// Recency: when this version was made, on the workflow's own clock of
+    /// changes (the conflict resolution prefers newer facts).
+    #[serde(default)]
+    pub tag: u64,
 }
 
 impl Fact {

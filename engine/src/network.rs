@@ -544,23 +544,33 @@ impl Network {
             return;
         }
         self.change += 1;
-        let mut acts: Vec<(usize, Vec<FactId>, TokId)> = std::mem::take(&mut self.new_acts)
+        // Order within one change: newer facts first (OPS5's LEX, which is
+        // what makes CLIPS's depth strategy search depth-first), then rule
+        // declaration order, then fact ids, so the order never depends on
+        // memory layout.
+        type Key = (std::cmp::Reverse<Vec<u64>>, usize, Vec<FactId>, TokId);
+        let mut acts: Vec<Key> = std::mem::take(&mut self.new_acts)
             .into_iter()
             .filter(|&(t, gen)| self.toks[t as usize].alive && self.toks[t as usize].gen == gen)
             .map(|(t, _)| {
                 let rule = self.toks[t as usize].rule as usize;
-                let mut ids = Vec::new();
+                let (mut ids, mut tags) = (Vec::new(), Vec::new());
                 let mut cur = t;
                 while cur != NONE {
-                    ids.push(self.toks[cur as usize].fact);
+                    let f = self.toks[cur as usize].fact;
+                    ids.push(f);
+                    if f != 0 {
+                        tags.push(self.facts.get(&f).map_or(0, |r| r.fact.tag));
+                    }
                     cur = self.toks[cur as usize].parent;
                 }
                 ids.reverse();
-                (rule, ids, t)
+                tags.sort_unstable_by(|a, b| b.cmp(a));
+                (std::cmp::Reverse(tags), rule, ids, t)
             })
             .collect();
         acts.sort();
-        for (rule, ids, t) in acts {
+        for (_, rule, ids, t) in acts {
             self.seq += 1;
             if self.refract_all || self.suppressed(rule, ids) {
                 continue;

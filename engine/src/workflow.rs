@@ -56,6 +56,9 @@ pub struct Meta {
     pub next_invocation: u64,
     pub turn: u64,
     pub timeline_seq: u64,
+    /// The clock of fact changes, for recency (`Fact::tag`).
+    #[serde(default)]
+    pub next_tag: u64,
     pub created_ms: u64,
     pub updated_ms: u64,
 }
@@ -223,6 +226,7 @@ impl Workflow {
             next_invocation: 1,
             turn: 0,
             timeline_seq: 0,
+            next_tag: 1,
             created_ms: now_ms,
             updated_ms: now_ms,
         };
@@ -661,13 +665,19 @@ impl Workflow {
         Ok(())
     }
 
+    fn next_tag(&mut self) -> u64 {
+        self.meta.next_tag += 1;
+        self.meta.next_tag
+    }
+
     fn insert_new(&mut self, ty: Sym, fields: Fields) -> Result<FactId, TurnError> {
         self.check_schema(ty, &fields)?;
         let id = self.meta.next_fact_id;
         self.meta.next_fact_id += 1;
         self.touch_fact(id);
         self.record(Event::Inserted { id, ty, fields: fields.clone() });
-        self.net.insert(Fact { id, ty, version: 1, fields })?;
+        let tag = self.next_tag();
+        self.net.insert(Fact { id, ty, version: 1, fields, tag })?;
         Ok(id)
     }
 
@@ -697,7 +707,8 @@ impl Workflow {
         self.touch_fact(id);
         let version = old.version + 1;
         self.record(Event::Modified { id, ty: old.ty, version, before, after });
-        self.net.modify(Fact { id, ty: old.ty, version, fields })?;
+        let tag = self.next_tag();
+        self.net.modify(Fact { id, ty: old.ty, version, fields, tag })?;
         Ok(())
     }
 
