@@ -48,8 +48,9 @@ struct FactRec {
 struct AlphaMem {
     rule: u32,
     cond: u32,
-    /// The field whose value keys `buckets`; `None`: one bucket (key null).
-    index: Option<Sym>,
+    /// The fields whose values key `buckets` (one: the value itself; several:
+    /// an array of them); empty: one bucket, keyed null.
+    index: Vec<Sym>,
     buckets: FxHashMap<Value, Vec<FactId>>,
 }
 
@@ -166,7 +167,7 @@ impl Network {
                         alpha.push(AlphaMem {
                             rule: r as u32,
                             cond: c as u32,
-                            index: p.join.as_ref().map(|j| j.field),
+                            index: p.joins.iter().map(|j| j.field).collect(),
                             buckets: FxHashMap::default(),
                         });
                         by_type.entry(p.ty).or_default().push(id);
@@ -438,18 +439,31 @@ impl Network {
     fn token_key(&self, rule: usize, cond: usize, t: TokId) -> R<Value> {
         match self.pack.rules[rule].conditions.get(cond) {
             Some(Condition::Pattern { pattern: p, .. } | Condition::Aggregate { pattern: p, .. })
-            | Some(Condition::Not(p) | Condition::Exists(p)) => match &p.join {
-                Some(j) => j.key.eval(&self.env(rule, t, None)).map_err(|e| self.err(rule, e.0)),
-                None => Ok(Value::Null),
-            },
+            | Some(Condition::Not(p) | Condition::Exists(p)) => {
+                let env = self.env(rule, t, None);
+                let eval = |j: &stoa_rules::compile::JoinKey| j.key.eval(&env).map_err(|e| self.err(rule, e.0));
+                match p.joins.as_slice() {
+                    [] => Ok(Value::Null),
+                    [j] => eval(j),
+                    js => Ok(Value::Array(Arc::new(js.iter().map(eval).collect::<R<_>>()?))),
+                }
+            }
             _ => Ok(Value::Null),
         }
     }
 
-    fn fact_key(mem: &AlphaMem, f: &Fact) -> Value {
-        match mem.index {
-            Some(field) => f.fields.get(field).cloned().unwrap_or(Value::Null),
-            None => Value::Null,
+    fn fact_key(&self, mem: &AlphaMem, f: &Fact) -> Value {
+        let field = |s: Sym| {
+            if s == self.id_sym {
+                Value::Int(f.id as i64)
+            } else {
+                f.fields.get(s).cloned().unwrap_or(Value::Null)
+            }
+        };
+        match mem.index.as_slice() {
+            [] => Value::Null,
+            [one] => field(*one),
+            many => Value::Array(Arc::new(many.iter().map(|s| field(*s)).collect())),
         }
     }
 
@@ -499,7 +513,7 @@ impl Network {
             if !self.alpha_pass(&self.alpha[m as usize], f)? {
                 continue;
             }
-            let key = Self::fact_key(&self.alpha[m as usize], f);
+            let key = self.fact_key(&self.alpha[m as usize], f);
             let bucket = self.alpha[m as usize].buckets.entry(key).or_default();
             let pos = bucket.len() as u32;
             bucket.push(id);
@@ -518,7 +532,7 @@ impl Network {
         }
         let alpha = self.facts[&id].alpha.clone();
         for (m, _) in alpha {
-            let key = Self::fact_key(&self.alpha[m as usize], &self.facts[&id].fact);
+            let key = self.fact_key(&self.alpha[m as usize], &self.facts[&id].fact);
             // Find our current position (it may have moved by swap-removes).
             let pos = self.facts[&id].alpha.iter().find(|(mm, _)| *mm == m).map(|(_, p)| *p).expect("member");
             let bucket = self.alpha[m as usize].buckets.get_mut(&key).expect("alpha bucket");
@@ -728,7 +742,7 @@ impl Network {
         let mem = &self.alpha[m as usize];
         let (rule, cond) = (mem.rule as usize, mem.cond as usize);
         let fact = &self.facts[&f].fact;
-        let key = Self::fact_key(mem, fact);
+        let key = self.fact_key(mem, fact);
         let p = self.pattern(rule, cond);
         let mut out = Vec::new();
         if let Some(bucket) = self.mems[rule][cond].get(&key) {

@@ -86,7 +86,9 @@ pub struct Pattern {
     pub ty: Sym,
     /// Tests on the fact alone.
     pub alpha: Vec<Constraint>,
-    pub join: Option<JoinKey>,
+    /// Every equality join of the pattern: together they key its hash
+    /// indexes (a composite key when there are several).
+    pub joins: Vec<JoinKey>,
     /// Tests that read earlier bindings.
     pub beta: Vec<Constraint>,
 }
@@ -486,7 +488,7 @@ impl RuleCompiler<'_> {
     }
 
     fn pattern(&mut self, p: &PatternAst) -> Option<Pattern> {
-        let mut out = Pattern { ty: Sym::new(&p.type_name), alpha: Vec::new(), join: None, beta: Vec::new() };
+        let mut out = Pattern { ty: Sym::new(&p.type_name), alpha: Vec::new(), joins: Vec::new(), beta: Vec::new() };
         let mut ok = true;
         for t in &p.constraints {
             let Some(c) = self.constraint(t, true) else {
@@ -495,11 +497,9 @@ impl RuleCompiler<'_> {
             };
             match c {
                 Constraint::Native(e) if !e.uses_bindings() => out.alpha.push(Constraint::Native(e)),
-                Constraint::Native(Expr::Bin(BinOp::Eq, a, b))
-                    if out.join.is_none() && join_shape(&a, &b).is_some() =>
-                {
+                Constraint::Native(Expr::Bin(BinOp::Eq, a, b)) if join_shape(&a, &b).is_some() => {
                     let (field, key) = join_shape(&a, &b).expect("checked");
-                    out.join = Some(JoinKey { field, key });
+                    out.joins.push(JoinKey { field, key });
                 }
                 Constraint::Native(e) => out.beta.push(Constraint::Native(e)),
                 Constraint::Script { ref text, .. } => {
