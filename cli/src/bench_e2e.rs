@@ -3,8 +3,8 @@
 //! `bench.noop`), and this process as the client.
 //!
 //! Cases: N workflows of K sequential durable steps (workflows and steps per
-//! second); one workflow of K steps followed live (the latency of one
-//! action → worker → reaction hop: the time between consecutive results
+//! second); one workflow of K steps followed live (the mean latency of one
+//! action → worker → reaction hop, and the tail of the gaps between results
 //! arriving on the watch stream); one workflow fanning out F invocations
 //! in parallel. The server's peak RSS is read from /proc.
 
@@ -258,12 +258,15 @@ async fn cases(args: &Args, addr: &str, server_pid: u32) -> anyhow::Result<Vec<s
     }
     let secs = t.elapsed().as_secs_f64();
     gaps.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    // The watch stream delivers several turns' entries at once, so the gaps
+    // between arrivals bound the tail, not the median; the mean hop is the
+    // honest central figure.
     figures.push(serde_json::json!({
         "case": format!("1 workflow x {} steps, hop latency", args.hops),
         "seconds": secs,
-        "hop_p50_ms": percentile(&gaps, 0.5),
-        "hop_p99_ms": percentile(&gaps, 0.99),
-        "hop_max_ms": gaps.last().copied().unwrap_or(0.0),
+        "hop_mean_ms": secs * 1000.0 / args.hops.max(1) as f64,
+        "watch_gap_p99_ms": percentile(&gaps, 0.99),
+        "watch_gap_max_ms": gaps.last().copied().unwrap_or(0.0),
     }));
 
     // 3. Fan-out: one workflow, F invocations in parallel.
