@@ -171,3 +171,8 @@ pub async fn media_worker(
         }
     }
 }
+
+/// Deploys a pack from the repository; panics on failure.
+pub async fn deploy(c: &mut Client, dir: &str) -> pb::DeployPackResponse {
+    c.deploy_pack(pb::DeployPackRequest { files: pack_files(dir), dry_run: false }).await.expect("deploy").into_inner()
+}

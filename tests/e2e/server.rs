@@ -6,15 +6,11 @@ use std::time::Duration;
 use stoa_proto::v1 as pb;
 use tonic::Code;
 
-use crate::client::{client, facts, pack_files, video_facts, RawWorker};
+use crate::client::{client, deploy, facts, pack_files, video_facts, RawWorker};
 use crate::support::{Server, TOKEN_A, TOKEN_B};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
-}
-
-async fn deploy(c: &mut crate::client::Client, dir: &str) -> pb::DeployPackResponse {
-    c.deploy_pack(pb::DeployPackRequest { files: pack_files(dir), dry_run: false }).await.expect("deploy").into_inner()
 }
 
 async fn start(c: &mut crate::client::Client, request_id: &str) -> String {

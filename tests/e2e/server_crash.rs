@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use stoa_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{client, media_worker, pack_files, video_facts};
+use crate::client::{client, deploy, media_worker, video_facts};
 use crate::support::{Server, TOKEN_A};
 
 #[test]
@@ -19,9 +19,7 @@ fn server_sigkill_with_100_workflows_in_flight() {
     let mut acked = Vec::new();
     rt.block_on(async {
         let mut a = client(&server.addr, TOKEN_A).await;
-        a.deploy_pack(pb::DeployPackRequest { files: pack_files("examples/packs/video-encode"), dry_run: false })
-            .await
-            .expect("deploy");
+        deploy(&mut a, "examples/packs/video-encode").await;
         let stop = CancellationToken::new();
         for i in 0..100 {
             let r = a

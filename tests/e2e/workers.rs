@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use stoa_proto::v1 as pb;
 
-use crate::client::{client, facts, pack_files, Client};
+use crate::client::{client, deploy, facts, Client};
 use crate::support::{python, repo, worker_bin, Proc, Server, TOKEN_A};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -69,9 +69,7 @@ async fn applied(c: &mut Client, id: &str) -> BTreeMap<String, (usize, u64)> {
 
 async fn run_three(addr: &str) {
     let mut a = client(addr, TOKEN_A).await;
-    a.deploy_pack(pb::DeployPackRequest { files: pack_files("examples/packs/video-encode"), dry_run: false })
-        .await
-        .expect("deploy");
+    deploy(&mut a, "examples/packs/video-encode").await;
     let mut ids = Vec::new();
     for i in 0..3 {
         let r = a
@@ -130,9 +128,7 @@ fn a_worker_killed_mid_invocation_loses_it_to_another() {
     let server = Server::start(dir.path());
     rt().block_on(async {
         let mut a = client(&server.addr, TOKEN_A).await;
-        a.deploy_pack(pb::DeployPackRequest { files: pack_files("examples/packs/video-encode"), dry_run: false })
-            .await
-            .expect("deploy");
+        deploy(&mut a, "examples/packs/video-encode").await;
         // One chunk (chunk_seconds past any source's length), slow work.
         let id = a
             .start_workflow(pb::StartWorkflowRequest {

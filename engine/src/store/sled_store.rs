@@ -61,6 +61,24 @@ impl SledStore {
             .collect()
     }
 
+    /// Records from `start` on, while their keys have `prefix`, at most `limit`.
+    fn range<T: serde::de::DeserializeOwned>(
+        &self,
+        start: Vec<u8>,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<T>, Error> {
+        self.tree
+            .range(start..)
+            .take_while(|kv| kv.as_ref().map(|(k, _)| k.starts_with(prefix)).unwrap_or(true))
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv.map_err(io)?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
     /// Bytes on disk (sled's estimate).
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
@@ -128,16 +146,7 @@ impl Store for SledStore {
             }
             None => key(&["m", prefix]),
         };
-        let prefix = key(&["m", prefix]);
-        self.tree
-            .range(start..)
-            .take_while(|kv| kv.as_ref().map(|(k, _)| k.starts_with(&prefix)).unwrap_or(true))
-            .take(limit)
-            .map(|kv| {
-                let (k, v) = kv.map_err(io)?;
-                decode(&k, &v)
-            })
-            .collect()
+        self.range(start, &key(&["m", prefix]), limit)
     }
 
     fn put_pack(&self, pack: &PackRecord) -> Result<(), Error> {
@@ -152,17 +161,7 @@ impl Store for SledStore {
     }
 
     fn timeline(&self, id: &WorkflowId, from: u64, limit: usize) -> Result<Vec<Entry>, Error> {
-        let start = key(&["t", id.as_str(), &format!("{from:016x}")]);
-        let prefix = key(&["t", id.as_str(), ""]);
-        self.tree
-            .range(start..)
-            .take_while(|kv| kv.as_ref().map(|(k, _)| k.starts_with(&prefix)).unwrap_or(true))
-            .take(limit)
-            .map(|kv| {
-                let (k, v) = kv.map_err(io)?;
-                decode(&k, &v)
-            })
-            .collect()
+        self.range(key(&["t", id.as_str(), &format!("{from:016x}")]), &key(&["t", id.as_str(), ""]), limit)
     }
 
     fn outbox(&self) -> Result<Vec<Invocation>, Error> {
