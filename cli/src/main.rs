@@ -13,6 +13,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// Matching allocates and frees many small, short-lived objects (tokens,
+// keys, values); mimalloc is much better at that than glibc's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "stoa", version, about = "Stoa: workflows as packs of forward-chaining rules", long_about = None)]
 struct Cli {
