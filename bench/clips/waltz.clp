@@ -11,7 +11,8 @@
 ;;; 18-line drawing) is kept for completeness and does not fire with them.
 ;;;
 ;;; A point is an integer x * 100 + y. The geometry helpers reproduce the
-;;; original C code (including its atan2, which subtracts pi for x < 0).
+;;; original C code, including its atan2, which subtracts pi whenever x < 0
+;;; (named ops5-atan2 here: CLIPS 6.4 has a built-in atan2).
 
 (deftemplate stage    (slot value))
 (deftemplate line     (slot p1) (slot p2))
@@ -20,7 +21,7 @@
 
 (defglobal ?*MOD-NUM* = 100)
 
-(deffunction atan2 (?y ?x)
+(deffunction ops5-atan2 (?y ?x)
    (if (> ?x 0) then (return (atan (/ ?y ?x))))
    (if (< ?x 0) then (return (- (atan (/ ?y ?x)) (pi))))
    (if (> ?y 0) then (return (pi)))
@@ -46,7 +47,7 @@
             then (return 0.0)
             else (if (< ?dx 0) then (return (pi))))
          else
-         (return (atan2 ?dy ?dx)))))
+         (return (ops5-atan2 ?dy ?dx)))))
 
 ;; The smaller angle between the lines base->p1 and base->p2.
 (deffunction inscribed-angle (?base ?p1 ?p2)

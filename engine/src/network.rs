@@ -558,8 +558,9 @@ impl Network {
             return;
         }
         self.change += 1;
-        // Order within one change: newer facts first (OPS5's LEX, which is
-        // what makes CLIPS's depth strategy search depth-first), then rule
+        // Order within one change: newer facts first, compared condition by
+        // condition (what makes CLIPS's depth strategy search depth-first, and
+        // gives its firing sequences on Manners and Waltz), then rule
         // declaration order, then fact ids, so the order never depends on
         // memory layout.
         type Key = (std::cmp::Reverse<Vec<u64>>, usize, Vec<FactId>, TokId);
@@ -579,7 +580,7 @@ impl Network {
                     cur = self.toks[cur as usize].parent;
                 }
                 ids.reverse();
-                tags.sort_unstable_by(|a, b| b.cmp(a));
+                tags.reverse();
                 (std::cmp::Reverse(tags), rule, ids, t)
             })
             .collect();

@@ -1,6 +1,8 @@
 //! A small correctness run of the engine benchmark programs: Miss Manners
 //! on 16 guests fires exactly as many rules as CLIPS (183) and its seating
-//! is valid. (The timed runs are `stoa bench engine`, not tests.)
+//! is valid, and Waltz on 12 regions fires as many as CLIPS (3,576).
+//! (`bench/compare.sh` checks every size, result and firing sequence against
+//! CLIPS; the timed runs are a benchmark, not tests.)
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,4 +44,19 @@ fn manners_16_fires_as_clips_and_seats_everyone_validly() {
         assert_ne!(a.0, b.0, "{} and {} sit together with the same sex", pair[0], pair[1]);
         assert!(!a.1.is_disjoint(&b.1), "{} and {} share no hobby", pair[0], pair[1]);
     }
+}
+
+#[test]
+fn waltz_12_fires_as_clips() {
+    let out = stoa()
+        .args(["run", "bench/waltz", "--facts", "bench/waltz/data/waltz12.json", "--json"])
+        .output()
+        .expect("stoa run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fired = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"]["kind"] == "fired")
+        .count();
+    assert_eq!(fired, 3576, "CLIPS fires 3,576 rules on waltz12");
 }
