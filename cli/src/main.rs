@@ -61,8 +61,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// The engine alone, in this process.
+    /// The engine side by side with CLIPS 6.30 and 6.4: Miss Manners, Waltz,
+    /// throughput, insert scale; and durable turns (run from the repository
+    /// root).
     Engine(bench::Args),
+    /// One run of one engine case, in this process (used by `bench engine`).
+    #[command(hide = true)]
+    Case(bench::CaseArgs),
     /// The platform end to end: a server process, worker processes and
     /// this client over loopback gRPC (run from the repository root).
     E2e(bench_e2e::Args),
@@ -80,6 +85,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Bench(BenchCommand::Engine(args)) => bench::run(args),
         Command::Bench(BenchCommand::E2e(args)) => bench_e2e::run(args),
+        Command::Bench(BenchCommand::Case(args)) => bench::run_case(args),
         Command::Serve(args) => serve::run(args),
         Command::Remote(cmd) => remote::run(cmd),
     };
