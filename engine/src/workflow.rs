@@ -1157,3 +1157,30 @@ mod sandbox_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod schema_tests {
+    use super::*;
+    use crate::testing::pack;
+
+    #[test]
+    fn a_rule_that_breaks_a_schema_fails_its_turn_and_changes_nothing() {
+        let p = pack(
+            r#"rule "bad" { match { c: C() } action { modify(c, #{ n: "two" }); insert("C", #{ n: 3 }); } }"#,
+            "[facts.C]\nn = \"int\"\n",
+        );
+        let mut wf = Workflow::new(WorkflowId::new("schema"), p, 0);
+        let start = vec![FactSpec { ty: "C".into(), fields: Fields::from_json(&serde_json::json!({"n": 1})).unwrap() }];
+        let out = wf.apply(Input::Start { facts: start }, 1).unwrap();
+        assert_eq!(out.error.as_deref(), Some("rule \"bad\": C.n must be int, found string \"two\""));
+        assert!(out.facts_put.is_empty() && wf.fact_count() == 0);
+        // A request with a bad fact is refused before any turn.
+        let mut wf = Workflow::new(WorkflowId::new("schema2"), wf.pack().clone(), 0);
+        let bad = vec![FactSpec { ty: "C".into(), fields: Fields::from_json(&serde_json::json!({"n": 1.5})).unwrap() }];
+        assert_eq!(
+            wf.apply(Input::Start { facts: bad }, 1).unwrap_err().to_string(),
+            "fact 0: C.n must be int, found float 1.5"
+        );
+        assert_eq!(wf.meta().turn, 0);
+    }
+}
