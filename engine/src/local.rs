@@ -112,6 +112,46 @@ impl<'s> Local<'s> {
         Ok(out)
     }
 
+    /// Moves the clock forward by `by_ms`: each timer due by then fires as
+    /// a turn, in due order, with the clock at its due time; answers are
+    /// fed back after each. Virtual time does not wait; wall time sleeps.
+    pub fn advance(
+        &mut self,
+        by_ms: u64,
+        dispatcher: &mut dyn Dispatcher,
+        on_turn: &mut dyn FnMut(&TurnOutput),
+    ) -> Result<(), Error> {
+        let until = self.now.saturating_add(by_ms);
+        while let Some(t) = self.next_timer().filter(|t| t.1 <= until) {
+            self.wait_until(t.1);
+            match self.apply(Input::Timer { id: t.0 }, dispatcher) {
+                Ok(out) => on_turn(&out),
+                Err(Error::Rejected(Rejected::NotRunning(_))) => break,
+                Err(e) => return Err(e),
+            }
+            self.drive(dispatcher, on_turn)?;
+        }
+        self.wait_until(until);
+        Ok(())
+    }
+
+    /// (id, due) of the timer due first.
+    pub fn next_timer(&self) -> Option<(u64, u64)> {
+        self.workflow.timers().map(|t| (t.id, t.due_ms)).min_by_key(|&(id, due)| (due, id))
+    }
+
+    fn wait_until(&mut self, at_ms: u64) {
+        if self.virtual_time {
+            // `apply` ticks once more, so the turn runs at `at_ms`.
+            self.now = self.now.max(at_ms.saturating_sub(1));
+        } else {
+            let now = wall_ms();
+            if at_ms > now {
+                std::thread::sleep(std::time::Duration::from_millis(at_ms - now));
+            }
+        }
+    }
+
     /// Feeds outcomes back until the dispatcher has none; `on_turn` sees
     /// each turn once it is committed. A duplicate or late answer is
     /// ignored, as the exactly-once rule requires.

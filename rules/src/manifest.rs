@@ -18,6 +18,19 @@ pub struct Manifest {
     pub functions: BTreeMap<String, FunctionSpec>,
     pub facts: BTreeMap<String, Schema>,
     pub limits: Limits,
+    /// What signals of each name do to this pack (`[signals."name"]`).
+    #[serde(default)]
+    pub signals: BTreeMap<String, SignalSub>,
+}
+
+/// A pack's subscription to one signal name.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignalSub {
+    /// Start one workflow per signal id, with the signal as its first fact.
+    pub start: bool,
+    /// Assert the signal as a fact into every running workflow of the pack.
+    pub deliver: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -196,6 +209,8 @@ struct RawManifest {
     facts: BTreeMap<String, BTreeMap<String, toml::Spanned<String>>>,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    signals: BTreeMap<String, toml::Spanned<SignalSub>>,
 }
 
 #[derive(Deserialize)]
@@ -320,6 +335,16 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
             "the pack version cannot be empty",
         ));
     }
+    for (sig, sub) in &raw.signals {
+        if !sub.get_ref().start && !sub.get_ref().deliver {
+            diags.push(Diagnostic::error(
+                path,
+                at(sub.span()),
+                Code::Manifest,
+                format!("signal `{sig}`: set `start = true` (a workflow per signal), `deliver = true` (into running workflows), or both"),
+            ));
+        }
+    }
     if !diags.is_empty() {
         diags.sort_by_key(|d| d.pos);
         return Err(diags);
@@ -331,6 +356,7 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
         functions,
         facts,
         limits: raw.limits,
+        signals: raw.signals.into_iter().map(|(k, v)| (k, v.into_inner())).collect(),
     })
 }
 

@@ -11,7 +11,7 @@ pub use sled_store::SledStore;
 
 use crate::fact::{InvocationId, WorkflowId};
 use crate::timeline::Entry;
-use crate::workflow::{Invocation, Meta, Snapshot, TurnOutput};
+use crate::workflow::{Invocation, Meta, Snapshot, Timer, TurnOutput};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -73,4 +73,19 @@ pub trait Store: Send + Sync {
 
     /// Whether an invocation is still pending.
     fn pending(&self, id: &InvocationId) -> Result<bool, Error>;
+
+    /// Every pending timer of every workflow.
+    fn timers(&self) -> Result<Vec<Timer>, Error>;
+
+    /// Server records outside workflows (signals to route, lineage, upgrade
+    /// jobs), by kind and key. Turns write kind `signal-out` themselves:
+    /// a signal a rule emitted, until it is routed.
+    fn put_aux(&self, kind: &str, key: &str, value: &serde_json::Value) -> Result<(), Error>;
+    fn get_aux(&self, kind: &str, key: &str) -> Result<Option<serde_json::Value>, Error>;
+    /// Records of `kind` whose key starts with `prefix`, in key order.
+    fn scan_aux(&self, kind: &str, prefix: &str) -> Result<Vec<(String, serde_json::Value)>, Error>;
+    fn delete_aux(&self, kind: &str, key: &str) -> Result<(), Error>;
 }
+
+/// The aux kind under which a commit keeps emitted signals until routed.
+pub const SIGNAL_OUTBOX: &str = "signal-out";

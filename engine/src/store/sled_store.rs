@@ -3,17 +3,18 @@
 //! One tree, keys prefixed by record kind and workflow id:
 //! `m/<wf>` meta, `f/<wf>/<fact id hex>` facts, `w/<wf>/<inv>` waiting
 //! activations, `t/<wf>/<seq hex>` timeline, `o/<inv>` outbox,
-//! `r/<request id>` idempotent starts. A group of turns is one sled batch
+//! `r/<request id>` idempotent starts, `x/<wf>/<timer id hex>` timers,
+//! `a/<kind>/<key>` server records (see `Store::put_aux`). A group of turns is one sled batch
 //! (atomic) followed by one flush (durable): sled syncs only on flush.
 
 use std::path::Path;
 
 use crate::fact::{InvocationId, WorkflowId};
 use crate::timeline::Entry;
-use crate::workflow::{Invocation, Meta, Snapshot, Waiting};
+use crate::workflow::{Invocation, Meta, Snapshot, Timer, Waiting};
 
 use super::codec::{decode, encode};
-use super::{Commit, Error, PackRecord, Store};
+use super::{Commit, Error, PackRecord, Store, SIGNAL_OUTBOX};
 
 pub struct SledStore {
     db: sled::Db,
@@ -115,6 +116,15 @@ impl Store for SledStore {
             for e in &out.entries {
                 batch.insert(key(&["t", wf, &format!("{:016x}", e.seq)]), encode(e));
             }
+            for t in &out.timers_put {
+                batch.insert(key(&["x", wf, &format!("{:016x}", t.id)]), encode(t));
+            }
+            for id in &out.timers_deleted {
+                batch.remove(key(&["x", wf, &format!("{id:016x}")]));
+            }
+            for s in &out.signals {
+                batch.insert(key(&["a", SIGNAL_OUTBOX, &s.id]), encode(s));
+            }
             if let Some(r) = c.request_id {
                 batch.insert(key(&["r", r]), encode(&c.workflow));
             }
@@ -133,7 +143,8 @@ impl Store for SledStore {
         let meta: Meta = decode(&mk, &meta)?;
         let facts = self.scan(&key(&["f", wf, ""]))?;
         let waiting: Vec<Waiting> = self.scan(&key(&["w", wf, ""]))?;
-        Ok(Some(Snapshot { meta, facts, waiting }))
+        let timers: Vec<Timer> = self.scan(&key(&["x", wf, ""]))?;
+        Ok(Some(Snapshot { meta, facts, waiting, timers }))
     }
 
     fn workflows(&self, prefix: &str, after: Option<&WorkflowId>, limit: usize) -> Result<Vec<Meta>, Error> {
@@ -178,6 +189,42 @@ impl Store for SledStore {
 
     fn pending(&self, id: &InvocationId) -> Result<bool, Error> {
         self.tree.contains_key(key(&["o", id.as_str()])).map_err(io)
+    }
+
+    fn timers(&self) -> Result<Vec<Timer>, Error> {
+        self.scan(b"x/")
+    }
+
+    fn put_aux(&self, kind: &str, k: &str, value: &serde_json::Value) -> Result<(), Error> {
+        self.tree.insert(key(&["a", kind, k]), encode(value)).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+
+    fn get_aux(&self, kind: &str, k: &str) -> Result<Option<serde_json::Value>, Error> {
+        let k = key(&["a", kind, k]);
+        match self.tree.get(&k).map_err(io)? {
+            Some(v) => Ok(Some(decode(&k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn scan_aux(&self, kind: &str, prefix: &str) -> Result<Vec<(String, serde_json::Value)>, Error> {
+        let skip = key(&["a", kind, ""]).len();
+        self.tree
+            .scan_prefix(key(&["a", kind, prefix]))
+            .map(|kv| {
+                let (k, v) = kv.map_err(io)?;
+                let name = String::from_utf8_lossy(&k[skip..]).into_owned();
+                Ok((name, decode(&k, &v)?))
+            })
+            .collect()
+    }
+
+    fn delete_aux(&self, kind: &str, k: &str) -> Result<(), Error> {
+        self.tree.remove(key(&["a", kind, k])).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(())
     }
 }
 
