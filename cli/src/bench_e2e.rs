@@ -207,7 +207,7 @@ async fn cases(args: &Args, addr: &str, server_pid: u32) -> anyhow::Result<Vec<s
     for p in ["bench/e2e/steps", "bench/e2e/fanout"] {
         let dir = Path::new(p);
         anyhow::ensure!(dir.is_dir(), "{p} not found: run `stoa bench e2e` from the repository root");
-        c.deploy_pack(pb::DeployPackRequest { files: pack_files(dir)?, dry_run: false }).await?;
+        c.deploy_pack(pb::DeployPackRequest { files: pack_files(dir)?, ..Default::default() }).await?;
     }
     let mut figures = Vec::new();
     let steps_facts =

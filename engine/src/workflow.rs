@@ -146,6 +146,9 @@ impl Signal {
 /// The function name under which a child workflow of `pack` is awaited.
 pub const CHILD_PREFIX: &str = "workflow:";
 
+/// How deep workflows may start workflows (the root is depth 0).
+pub const MAX_CHILD_DEPTH: usize = 8;
+
 /// Work handed to a function worker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Invocation {
@@ -772,8 +775,29 @@ impl Workflow {
                     self.invoke(rule, function, args, options, heartbeat.as_millis() as u64, retry, bindings, matched);
                 }
                 Effect::StartChild { pack, facts, options } => {
+                    let mut ancestry = match &self.meta.origin {
+                        Origin::Parent { ancestry, .. } => ancestry.clone(),
+                        _ => Vec::new(),
+                    };
+                    ancestry.push(self.meta.pack.clone());
+                    if ancestry.contains(&pack) {
+                        return Err(TurnError(format!(
+                            "start_workflow: start cycle {} -> {pack}: a pack may not start itself, directly or through others",
+                            ancestry.join(" -> ")
+                        )));
+                    }
+                    if ancestry.len() >= MAX_CHILD_DEPTH {
+                        return Err(TurnError(format!(
+                            "start_workflow: workflows nest at most {MAX_CHILD_DEPTH} deep ({} -> {pack})",
+                            ancestry.join(" -> ")
+                        )));
+                    }
                     let mut args = BTreeMap::new();
                     args.insert(Arc::from("facts"), facts);
+                    args.insert(
+                        Arc::from("ancestry"),
+                        Value::Array(Arc::new(ancestry.iter().map(|p| Value::str(p)).collect())),
+                    );
                     let args = Value::Map(Arc::new(args));
                     // A child is started once; its own rules handle its failures.
                     let retry = RetryPolicy { max_attempts: 1, ..RetryPolicy::default() };
@@ -1694,11 +1718,24 @@ rule "fan out" {
         let out = wf.apply(Input::Start { facts: facts(serde_json::json!([{"type": "Job"}])) }, 1).unwrap();
         let inv = &out.invocations[0];
         assert_eq!(inv.function, "workflow:child");
-        assert_eq!(inv.args.to_string(), r#"{"facts":[{"fields":{"n":1},"type":"Part"}]}"#);
+        assert_eq!(inv.args.to_string(), r#"{"ancestry":["test"],"facts":[{"fields":{"n":1},"type":"Part"}]}"#);
         assert_eq!(inv.retry.max_attempts, 1);
         let done = Outcome::Ok { value: Value::Int(7), attempts: 1 };
         wf.apply(Input::Result { invocation: inv.id.clone(), outcome: done }, 2).unwrap();
         assert_eq!(wf.meta().result.to_string(), r#"{"child":7}"#);
+    }
+
+    #[test]
+    fn a_start_cycle_fails_the_turn_with_the_chain() {
+        let p = pack(r#"rule "again" { match { j: Job() } action { start_workflow("other", []); } }"#, "");
+        let origin =
+            Origin::Parent { invocation: InvocationId::of(&WorkflowId::new("a"), 1), ancestry: vec!["other".into()] };
+        let mut wf = Workflow::new(WorkflowId::new("b"), p, 0).with_origin(origin);
+        let out = wf.apply(Input::Start { facts: facts(serde_json::json!([{"type": "Job"}])) }, 1).unwrap();
+        assert_eq!(
+            out.error.as_deref(),
+            Some("rule \"again\": start_workflow: start cycle other -> test -> other: a pack may not start itself, directly or through others")
+        );
     }
 
     const V1: &str = r#"

@@ -6,11 +6,15 @@
 
 mod api;
 mod auth;
+mod background;
+mod children;
 mod committer;
 pub mod config;
 mod dispatcher;
 mod error;
 mod runtime;
+mod signals;
+mod upgrade;
 mod workers;
 
 use std::collections::HashMap;
@@ -42,12 +46,14 @@ pub async fn serve(
     let closer = committer.clone();
     let (dispatch, dispatch_rx) = dispatcher::channel();
     let tenants: Vec<String> = config.tenants.iter().map(|t| t.name.clone()).collect();
+    let (background_tx, background_rx) = tokio::sync::mpsc::unbounded_channel();
     let runtime = Arc::new(runtime::Runtime::new(
         store.clone(),
         committer,
         dispatch.clone(),
         &tenants,
         config.limits.tenant_max_pending,
+        background_tx,
     )?);
     // Invocations that were pending when the server stopped go out again.
     let outbox = runtime.stored_outbox()?;
@@ -59,6 +65,7 @@ pub async fn serve(
         tracing::info!(tenant = %t, invocations = invs.len(), "dispatching stored invocations again");
         dispatch.enqueue(t, invs);
     }
+    let background_task = tokio::spawn(background::run(runtime.clone(), background_rx, shutdown.child_token()));
     let dispatcher_task = tokio::spawn(dispatcher::run(
         dispatcher::Options {
             tenant_max_in_flight: config.limits.tenant_max_in_flight,
@@ -127,6 +134,7 @@ pub async fn serve(
         .map_err(|e| e.to_string());
     // Stop dispatching, let decided outcomes commit, then drain the committer.
     let _ = dispatcher_task.await;
+    let _ = background_task.await;
     closer.close();
     let _ = tokio::task::spawn_blocking(move || committer_thread.join()).await;
     drop(runtime);

@@ -174,5 +174,8 @@ pub async fn media_worker(
 
 /// Deploys a pack from the repository; panics on failure.
 pub async fn deploy(c: &mut Client, dir: &str) -> pb::DeployPackResponse {
-    c.deploy_pack(pb::DeployPackRequest { files: pack_files(dir), dry_run: false }).await.expect("deploy").into_inner()
+    c.deploy_pack(pb::DeployPackRequest { files: pack_files(dir), ..Default::default() })
+        .await
+        .expect("deploy")
+        .into_inner()
 }

@@ -119,7 +119,7 @@ fn bad_requests_get_precise_errors_and_change_nothing() {
         for f in files.iter_mut().filter(|f| f.path == "pack.toml") {
             f.content = String::from_utf8(f.content.clone()).expect("utf8").replace("1.0.0", "1.0.1").into_bytes();
         }
-        let e = a.deploy_pack(pb::DeployPackRequest { files, dry_run: false }).await.expect_err("broken pack");
+        let e = a.deploy_pack(pb::DeployPackRequest { files, ..Default::default() }).await.expect_err("broken pack");
         assert_eq!(e.code(), Code::InvalidArgument);
         assert!(e.message().contains("encode.rules:") && e.message().contains("error[E0002]"), "{}", e.message());
         assert!(e.message().contains("the deployed version is unchanged"), "{}", e.message());
