@@ -1,5 +1,6 @@
 //! End-to-end tests over real `stoa` processes.
 
+mod always_on;
 mod bench_programs;
 mod client;
 mod crash;
