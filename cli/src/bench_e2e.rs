@@ -44,9 +44,9 @@ pub struct Args {
     json: bool,
 }
 
-const TOKEN: &str = "bench-token-0001";
+pub(crate) const TOKEN: &str = "bench-token-0001";
 
-struct Kill(Child);
+pub(crate) struct Kill(pub Child);
 
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -55,7 +55,7 @@ impl Drop for Kill {
     }
 }
 
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let p = me.with_file_name(name);
     anyhow::ensure!(
@@ -67,7 +67,7 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Peak and current resident set of a process, in MiB.
-fn rss_mib(pid: u32) -> (f64, f64) {
+pub(crate) fn rss_mib(pid: u32) -> (f64, f64) {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb = |key: &str| {
         s.lines()
@@ -80,17 +80,22 @@ fn rss_mib(pid: u32) -> (f64, f64) {
     (kb("VmHWM:"), kb("VmRSS:"))
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-type Client =
+pub(crate) type Client =
     pb::stoa_client::StoaClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
 
-async fn start(c: &mut Client, pack: &str, facts: serde_json::Value, request_id: String) -> anyhow::Result<String> {
+pub(crate) async fn start(
+    c: &mut Client,
+    pack: &str,
+    facts: serde_json::Value,
+    request_id: String,
+) -> anyhow::Result<String> {
     let facts = facts
         .as_array()
         .context("facts")?
@@ -106,7 +111,7 @@ async fn start(c: &mut Client, pack: &str, facts: serde_json::Value, request_id:
         .workflow_id)
 }
 
-async fn wait_completed(c: &mut Client, pack: &str, n: usize, limit: Duration) -> anyhow::Result<()> {
+pub(crate) async fn wait_completed(c: &mut Client, pack: &str, n: usize, limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         let mut done = 0;
@@ -136,29 +141,9 @@ async fn wait_completed(c: &mut Client, pack: &str, n: usize, limit: Duration) -
 }
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
-    let stoa = std::env::current_exe()?;
     let worker = sibling("stoa-worker-media")?;
     let dir = std::env::temp_dir().join(format!("stoa-bench-e2e-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut server = Command::new(&stoa)
-        .args(["serve", "--listen", "127.0.0.1:0", "--token", &format!("bench={TOKEN}")])
-        .arg("--data")
-        .arg(&dir)
-        .env("STOA_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting stoa serve")?;
-    let out = server.stdout.take().context("server stdout")?;
-    let server = Kill(server);
-    let mut addr = String::new();
-    for line in std::io::BufReader::new(out).lines() {
-        let line = line?;
-        if let Some(a) = line.strip_prefix("listening on ") {
-            addr = format!("http://{a}");
-            break;
-        }
-    }
-    anyhow::ensure!(!addr.is_empty(), "the server did not start");
+    let (server, addr) = spawn_server(&dir)?;
     let _workers: Vec<Kill> = (0..args.worker_processes)
         .map(|_| {
             Command::new(&worker)
@@ -185,7 +170,33 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-fn summary(f: &serde_json::Value) -> String {
+/// A release `stoa serve` on an ephemeral loopback port over `dir`
+/// (emptied first); killed when dropped.
+pub(crate) fn spawn_server(dir: &Path) -> anyhow::Result<(Kill, String)> {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut server = Command::new(std::env::current_exe()?)
+        .args(["serve", "--listen", "127.0.0.1:0", "--token", &format!("bench={TOKEN}")])
+        .arg("--data")
+        .arg(dir)
+        .env("STOA_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting stoa serve")?;
+    let out = server.stdout.take().context("server stdout")?;
+    let server = Kill(server);
+    for line in std::io::BufReader::new(out).lines() {
+        if let Some(a) = line?.strip_prefix("listening on ") {
+            return Ok((server, format!("http://{a}")));
+        }
+    }
+    anyhow::bail!("the server did not start")
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub(crate) fn summary(f: &serde_json::Value) -> String {
     let mut parts = Vec::new();
     for (k, v) in f.as_object().into_iter().flatten() {
         if k == "case" {
