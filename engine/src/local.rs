@@ -121,7 +121,8 @@ impl<'s> Local<'s> {
         dispatcher: &mut dyn Dispatcher,
         on_turn: &mut dyn FnMut(&TurnOutput),
     ) -> Result<(), Error> {
-        let until = self.now.saturating_add(by_ms);
+        let base = if self.virtual_time { self.now } else { wall_ms().max(self.now) };
+        let until = base.saturating_add(by_ms);
         while let Some(t) = self.next_timer().filter(|t| t.1 <= until) {
             self.wait_until(t.1);
             match self.apply(Input::Timer { id: t.0 }, dispatcher) {

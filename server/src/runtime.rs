@@ -332,6 +332,18 @@ impl Runtime {
     /// Applies one input to a workflow of `tenant` as a turn and waits until
     /// it is durable.
     pub async fn turn(&self, tenant: &str, id: &WorkflowId, input: Input) -> Result<TurnOutput, ApiError> {
+        self.turn_keyed(tenant, id, input, None).await
+    }
+
+    /// `turn`, recording `key` in the same commit (see `Store::request`), so
+    /// that whoever retries the input can see it was applied.
+    pub(crate) async fn turn_keyed(
+        &self,
+        tenant: &str,
+        id: &WorkflowId,
+        input: Input,
+        key: Option<String>,
+    ) -> Result<TurnOutput, ApiError> {
         if tenant_of(id) != tenant {
             return Err(ApiError::NotFound(format!("workflow {id} does not exist")));
         }
@@ -348,7 +360,7 @@ impl Runtime {
             }
             let wf = g.as_mut().expect("loaded");
             let out = wf.apply(input, now_ms()).map_err(reject)?;
-            self.committer.submit(id.clone(), out, None)
+            self.committer.submit(id.clone(), out, key)
         };
         let out = rx.await.map_err(|_| ApiError::Internal("commit lost".into()))?.map_err(ApiError::Internal)?;
         self.after_commit(id, &out);

@@ -77,7 +77,10 @@ impl Runtime {
         self.put_signal_record(tenant, &rec)?;
         match target {
             Some(wf) => {
-                self.turn(tenant, &wf, Input::Signal { signal: signal.clone() }).await?;
+                let key = format!("signal/{tenant}/{}/{wf}", signal.id);
+                if self.store.request(&key).map_err(internal)?.is_none() {
+                    self.turn_keyed(tenant, &wf, Input::Signal { signal: signal.clone() }, Some(key)).await?;
+                }
                 rec.delivered.push(wf);
             }
             None => self.route_to_subscribers(tenant, &signal, &mut rec).await?,
@@ -125,7 +128,14 @@ impl Runtime {
                     if rec.delivered.contains(&wf) || rec.started.contains(&wf) {
                         continue;
                     }
-                    match self.turn(tenant, &wf, Input::Signal { signal: signal.clone() }).await {
+                    // Applied before a restart interrupted this routing: not again.
+                    let key = format!("signal/{tenant}/{}/{wf}", signal.id);
+                    if self.store.request(&key).map_err(internal)?.is_some() {
+                        rec.delivered.push(wf);
+                        continue;
+                    }
+                    let input = Input::Signal { signal: signal.clone() };
+                    match self.turn_keyed(tenant, &wf, input, Some(key)).await {
                         Ok(_) => rec.delivered.push(wf),
                         // Finished meanwhile: it no longer takes signals.
                         Err(ApiError::Rejected(_)) | Err(ApiError::NotFound(_)) => {}
