@@ -499,3 +499,52 @@ rule "two days" { match { n: count(Report()) test(n == 2) } action { complete(#{
         assert_eq!(up.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["day-1", lineage[1].id.as_str()]);
     });
 }
+
+/// The CLI side, as docs/always-on.md shows it: a dry run's preview, the
+/// deploy's progress to the end, a signal and its lineage.
+#[test]
+fn the_cli_previews_upgrades_and_shows_lineage() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (v1, v2) = (tmp.path().join("v1"), tmp.path().join("v2"));
+    let rules = r#"rule "wait" { match { s: Signal(name == "go") } action { call("never", #{}); } }"#;
+    for (dir, version) in [(&v1, "1"), (&v2, "2")] {
+        let manifest = format!(
+            "[pack]\nname = \"cli-up\"\nversion = \"{version}\"\n[functions.never]\n[signals.go]\nstart = true\n"
+        );
+        write_pack(dir, &[("pack.toml", &manifest), ("main.rules", rules)]);
+    }
+    write_pack(
+        &v2,
+        &[("tag.rules", r#"rule "tag" { match { s: Signal() not Tag() } action { insert("Tag", #{}); } }"#)],
+    );
+    let server = Server::start(&tmp.path().join("data"));
+    let stoa = |args: &[&str]| {
+        let out = crate::support::stoa()
+            .args(args)
+            .env("STOA_SERVER", &server.addr)
+            .env("STOA_TOKEN", TOKEN_A)
+            .output()
+            .expect("stoa");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "stoa {args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        text
+    };
+    stoa(&["deploy", v1.to_str().expect("utf-8")]);
+    for i in 0..3 {
+        stoa(&["signal", "go", "--id", &format!("go-{i}"), "--payload", "{}"]);
+    }
+    let dry = stoa(&["deploy", "--dry-run", v2.to_str().expect("utf-8")]);
+    expect_test::expect![[r#"
+        cli-up 2 checked (dry run)
+          new rules: tag
+          3 live workflow(s) would be upgraded
+          rule "tag" would gain 3 activation(s) in 3 workflow(s)
+    "#]]
+    .assert_eq(&dry);
+    let out = stoa(&["deploy", v2.to_str().expect("utf-8")]);
+    assert!(out.contains("upgrade of cli-up to 2: done — 3 of 3 looked at, 3 upgraded, 0 failed"), "{out}");
+    let lineage = stoa(&["lineage", "go-1"]);
+    assert!(lineage.starts_with("signal go (go-1) {} sent through the API\n  started   wf_a."), "{lineage}");
+    let again = stoa(&["signal", "go", "--id", "go-1"]);
+    assert!(again.starts_with("go-1 already sent (nothing done again)"), "{again}");
+}
