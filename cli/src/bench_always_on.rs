@@ -169,9 +169,20 @@ async fn cases(args: &Args, addr: &str, pid: u32) -> anyhow::Result<Vec<serde_js
             }
         }
     };
+    let mut set = tokio::task::JoinSet::new();
     for id in ids {
-        let t = c.get_timeline(pb::GetTimelineRequest { workflow_id: id, from_seq: 1, limit: 0 }).await?.into_inner();
-        delays.extend(t.entries.iter().filter(|e| e.kind == "timer_fired").map(|e| e.at_ms.saturating_sub(due) as f64));
+        let mut c = c.clone();
+        set.spawn(async move {
+            let t = c.get_timeline(pb::GetTimelineRequest { workflow_id: id, from_seq: 1, limit: 0 }).await?;
+            let fired = t.into_inner().entries.into_iter().filter(|e| e.kind == "timer_fired");
+            anyhow::Ok(fired.map(|e| e.at_ms.saturating_sub(due) as f64).collect::<Vec<_>>())
+        });
+        if set.len() >= 32 {
+            delays.extend(set.join_next().await.context("task")???);
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        delays.extend(r??);
     }
     anyhow::ensure!(delays.len() == w * k, "{} of {} timers fired", delays.len(), w * k);
     delays.sort_by(f64::total_cmp);

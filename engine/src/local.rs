@@ -112,8 +112,8 @@ impl<'s> Local<'s> {
         Ok(out)
     }
 
-    /// Moves the clock forward by `by_ms`: each timer due by then fires as
-    /// a turn, in due order, with the clock at its due time; answers are
+    /// Moves the clock forward by `by_ms`: the timers due by then fire, in
+    /// due order, one turn per due instant, with the clock at its due time; answers are
     /// fed back after each. Virtual time does not wait; wall time sleeps.
     pub fn advance(
         &mut self,
@@ -125,7 +125,8 @@ impl<'s> Local<'s> {
         let until = base.saturating_add(by_ms);
         while let Some(t) = self.next_timer().filter(|t| t.1 <= until) {
             self.wait_until(t.1);
-            match self.apply(Input::Timer { id: t.0 }, dispatcher) {
+            let ids = self.workflow.timers().filter(|x| x.due_ms == t.1).map(|x| x.id).collect();
+            match self.apply(Input::Timers { ids }, dispatcher) {
                 Ok(out) => on_turn(&out),
                 Err(Error::Rejected(Rejected::NotRunning(_))) => break,
                 Err(e) => return Err(e),

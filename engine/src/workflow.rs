@@ -219,9 +219,10 @@ pub enum Input {
     Cancel {
         reason: String,
     },
-    /// A timer is due.
-    Timer {
-        id: u64,
+    /// Timers are due: those of one workflow due at the same instant fire
+    /// in one turn, in id order.
+    Timers {
+        ids: Vec<u64>,
     },
     /// A signal arrives: asserted as a `Signal` fact.
     Signal {
@@ -240,7 +241,10 @@ impl Input {
                 format!("error ({kind:?}) of {invocation}").to_lowercase()
             }
             Input::Cancel { reason } => format!("cancel: {reason}"),
-            Input::Timer { id } => format!("timer {id} is due"),
+            Input::Timers { ids } => match ids.as_slice() {
+                [id] => format!("timer {id} is due"),
+                _ => format!("timers {ids:?} are due"),
+            },
             Input::Signal { signal } => format!("signal {} ({})", signal.name, signal.id),
         }
     }
@@ -487,8 +491,11 @@ impl Workflow {
                     return Err(Rejected::UnknownInvocation(invocation.clone()));
                 }
             }
-            Input::Timer { id } => {
-                if !self.timers.contains_key(id) {
+            Input::Timers { ids } => {
+                if ids.is_empty() {
+                    return Err(Rejected::UnknownTimer(0));
+                }
+                if let Some(id) = ids.iter().find(|id| !self.timers.contains_key(id)) {
                     return Err(Rejected::UnknownTimer(*id));
                 }
             }
@@ -646,10 +653,14 @@ impl Workflow {
             Input::Cancel { reason } => {
                 self.finish(Status::Failed, Value::Null, Some(format!("cancelled: {reason}")));
             }
-            Input::Timer { id } => {
-                let t = self.take_timer(id).expect("checked in apply");
-                self.record(Event::TimerFired { id, ty: t.ty });
-                self.insert_new(t.ty, t.fields)?;
+            Input::Timers { mut ids } => {
+                ids.sort_unstable();
+                ids.dedup();
+                for id in ids {
+                    let t = self.take_timer(id).expect("checked in apply");
+                    self.record(Event::TimerFired { id, ty: t.ty });
+                    self.insert_new(t.ty, t.fields)?;
+                }
             }
             Input::Signal { signal } => {
                 let f = signal.fact();
@@ -1634,17 +1645,17 @@ rule "disarm" {
               ~      f1@3 Job {"timer":null} -> {"timer":1}
               commit (1 firing(s))"#]]
         .assert_eq(&lines(&out));
-        let out = wf.apply(Input::Timer { id: 1 }, 901_000).unwrap();
+        let out = wf.apply(Input::Timers { ids: vec![1] }, 901_000).unwrap();
         assert_eq!(out.timers_deleted, [1]);
         assert!(lines(&out).contains("timer  1 Timeout fired"), "{}", lines(&out));
         assert!(lines(&out).contains("fire   time out"), "{}", lines(&out));
         // Fired once: the same timer again is refused.
-        assert_eq!(wf.apply(Input::Timer { id: 1 }, 901_001).unwrap_err(), Rejected::UnknownTimer(1));
+        assert_eq!(wf.apply(Input::Timers { ids: vec![1] }, 901_001).unwrap_err(), Rejected::UnknownTimer(1));
         // Restored from a snapshot, the pending timers come back.
         let snap = wf.snapshot();
         assert_eq!(snap.timers.len(), 2);
         let mut wf = Workflow::restore(wf.pack().clone(), snap).unwrap();
-        let out = wf.apply(Input::Timer { id: 3 }, 902_000).unwrap();
+        let out = wf.apply(Input::Timers { ids: vec![3] }, 902_000).unwrap();
         assert_eq!(wf.status(), Status::Completed);
         // Completing drops the remaining timer (cancel_timer of a fired one is no error).
         assert_eq!(out.timers_deleted, [2, 3]);

@@ -2,14 +2,15 @@
 //! to route, child workflows to start, cancel or answer for. Turns send it
 //! here after they commit; at start-up it is rebuilt from the store, so
 //! none of it is lost to a restart (each kind is idempotent: a timer fires
-//! once because its turn deletes it, a child starts once because its id
+//! once because its turn deletes it (timers of a workflow due at the same
+//! instant share one turn), a child starts once because its id
 //! derives from the parent's invocation, a signal routes once per id).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use stoa_engine::store::{Store, SIGNAL_OUTBOX};
-use stoa_engine::workflow::{Input, Invocation, Outcome, Signal};
+use stoa_engine::workflow::{Input, Invocation, Outcome, Rejected, Signal};
 use stoa_engine::{InvocationId, WorkflowId};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -56,10 +57,16 @@ pub async fn run(rt: Arc<Runtime>, mut rx: mpsc::UnboundedReceiver<Background>, 
                 let now = now_ms();
                 while due.first().is_some_and(|t| t.0 <= now) {
                     let (at, wf, id) = due.pop_first().expect("checked");
+                    // Timers of one workflow due at the same instant: one turn.
+                    let mut ids = vec![id];
+                    while let Some(next) = due.first().filter(|t| t.0 == at && t.1 == wf) {
+                        ids.push(next.2);
+                        due.pop_first();
+                    }
                     let permit = permits.clone().acquire_owned().await.expect("never closed");
                     let rt = rt.clone();
                     tokio::spawn(async move {
-                        fire(&rt, wf, id, at).await;
+                        fire(&rt, wf, ids, at).await;
                         drop(permit);
                     });
                 }
@@ -68,15 +75,28 @@ pub async fn run(rt: Arc<Runtime>, mut rx: mpsc::UnboundedReceiver<Background>, 
     }
 }
 
-async fn fire(rt: &Runtime, wf: WorkflowId, id: u64, due_ms: u64) {
+async fn fire(rt: &Runtime, wf: WorkflowId, mut ids: Vec<u64>, due_ms: u64) {
     let tenant = tenant_of(&wf).to_string();
-    match rt.turn(&tenant, &wf, Input::Timer { id }).await {
-        // Gone, finished, or already fired/cancelled: nothing to do.
-        Ok(_) | Err(ApiError::Rejected(_)) | Err(ApiError::NotFound(_)) => {}
-        Err(e) => {
-            // Late rather than never: try again in a second.
-            tracing::warn!(workflow = %wf, timer = id, error = %e, "timer turn failed; retrying");
-            let _ = rt.background.send(Background::Timer { workflow: wf, id, due_ms: due_ms.max(now_ms() + 1000) });
+    loop {
+        match rt.turn(&tenant, &wf, Input::Timers { ids: ids.clone() }).await {
+            // Gone or finished: nothing to do.
+            Ok(_) | Err(ApiError::NotFound(_)) | Err(ApiError::Rejected(Rejected::NotRunning(_))) => return,
+            // One was cancelled meanwhile: fire the others.
+            Err(ApiError::Rejected(Rejected::UnknownTimer(gone))) => {
+                ids.retain(|i| *i != gone);
+                if ids.is_empty() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // Late rather than never: try again in a second.
+                tracing::warn!(workflow = %wf, timers = ?ids, error = %e, "timer turn failed; retrying");
+                for id in ids {
+                    let (workflow, due_ms) = (wf.clone(), due_ms.max(now_ms() + 1000));
+                    let _ = rt.background.send(Background::Timer { workflow, id, due_ms });
+                }
+                return;
+            }
         }
     }
 }
