@@ -445,8 +445,14 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
                     .map(|f| serde_json::json!({"id": f.id, "type": f.r#type, "version": f.version, "fields": serde_json::from_str::<serde_json::Value>(&f.fields_json).unwrap_or_default()}))
                     .collect();
                 let waiting: Vec<_> = w.waiting.iter().map(|x| serde_json::json!({"invocation": x.invocation_id, "rule": x.rule, "function": x.function, "facts": x.fact_ids})).collect();
+                let timers: Vec<_> = w
+                    .timers
+                    .iter()
+                    .map(|t| serde_json::json!({"id": t.id, "type": t.r#type, "due_ms": t.due_ms, "rule": t.rule}))
+                    .collect();
+                let origin = serde_json::from_str::<serde_json::Value>(&w.origin_json).unwrap_or_default();
                 print_json(
-                    &serde_json::json!({"id": w.id, "pack": w.pack, "pack_version": w.pack_version, "status": w.status, "result": serde_json::from_str::<serde_json::Value>(&w.result_json).unwrap_or_default(), "reason": w.reason, "turn": w.turn, "fact_count": w.fact_count, "facts": facts, "waiting": waiting}),
+                    &serde_json::json!({"id": w.id, "pack": w.pack, "pack_version": w.pack_version, "status": w.status, "result": serde_json::from_str::<serde_json::Value>(&w.result_json).unwrap_or_default(), "reason": w.reason, "turn": w.turn, "fact_count": w.fact_count, "facts": facts, "waiting": waiting, "timers": timers, "origin": origin}),
                 );
             } else {
                 println!("{}  {} {}  {}  turn {}", w.id, w.pack, w.pack_version, w.status, w.turn);
@@ -465,6 +471,15 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
                     for x in &w.waiting {
                         println!("  {} {} <- rule \"{}\" {}", x.invocation_id, x.function, x.rule, x.args_json);
                     }
+                }
+                if !w.timers.is_empty() {
+                    println!("{} pending timer(s)", w.timers.len());
+                    for t in &w.timers {
+                        println!("  timer {} {} due at {} ms <- rule \"{}\"", t.id, t.r#type, t.due_ms, t.rule);
+                    }
+                }
+                if !w.origin_json.is_empty() && !w.origin_json.contains(r#""by":"request""#) {
+                    println!("started by: {}", w.origin_json);
                 }
             }
         }

@@ -1663,6 +1663,42 @@ rule "disarm" {
     }
 
     #[test]
+    fn timers_due_at_the_same_instant_share_a_turn() {
+        let p = pack(
+            r#"
+rule "arm" { match { j: Job() } action { at(100, "B", #{}); at(100, "A", #{}); at(200, "C", #{}); } }
+rule "seen" { match { a: A() b: B() } action { log("both"); } }
+"#,
+            "",
+        );
+        let mut l = crate::local::Local::start(
+            p,
+            WorkflowId::new("t"),
+            facts(serde_json::json!([{"type": "Job"}])),
+            None,
+            true,
+            &mut crate::dispatch::MockDispatcher::new(&[]),
+        )
+        .unwrap();
+        let mut turns = Vec::new();
+        l.advance(1000, &mut crate::dispatch::MockDispatcher::new(&[]), &mut |out| turns.push(lines(out))).unwrap();
+        expect![[r#"
+            turn 2 ── timers [1, 2] are due
+              timer  1 B fired
+              +      f2 B {}
+              timer  2 A fired
+              +      f3 A {}
+              fire   seen (f3@1, f2@1)
+              log    [seen] both
+              commit (1 firing(s))
+            turn 3 ── timer 3 is due
+              timer  3 C fired
+              +      f4 C {}
+              commit (0 firing(s))"#]]
+        .assert_eq(&turns.join("\n"));
+    }
+
+    #[test]
     fn a_failed_turn_keeps_its_timers_out() {
         let p = pack(
             r#"
