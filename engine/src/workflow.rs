@@ -501,18 +501,11 @@ impl Workflow {
             }
             Input::Cancel { .. } | Input::Signal { .. } => {}
         }
-        self.meta.turn += 1;
-        self.turn = TurnState { now: now_ms, ..TurnState::default() };
-        let meta_before = self.meta.clone();
-        self.record(Event::TurnStarted { input: input.summary() });
+        let meta_before = self.begin_turn(now_ms, input.summary());
         let result = self.run(input).and_then(|()| self.fire_all());
         let mut out = TurnOutput { turn: self.meta.turn, firings: self.turn.firings, ..TurnOutput::default() };
         match result {
-            Ok(()) => {
-                let firings = self.turn.firings;
-                self.record(Event::TurnCommitted { firings });
-                self.collect_delta(&mut out);
-            }
+            Ok(()) => self.committed(&mut out),
             Err(TurnError(error)) => {
                 self.rollback(meta_before);
                 let firings = self.turn.firings;
@@ -541,13 +534,33 @@ impl Workflow {
                 out.timers_deleted = std::mem::take(&mut self.timers).into_keys().collect();
             }
         }
+        Ok(self.end_turn(out, now_ms))
+    }
+
+    /// Opens a turn; returns the metadata to restore if it is rolled back.
+    fn begin_turn(&mut self, now_ms: u64, input: String) -> Meta {
+        self.meta.turn += 1;
+        self.turn = TurnState { now: now_ms, ..TurnState::default() };
+        let before = self.meta.clone();
+        self.record(Event::TurnStarted { input });
+        before
+    }
+
+    fn committed(&mut self, out: &mut TurnOutput) {
+        let firings = self.turn.firings;
+        self.record(Event::TurnCommitted { firings });
+        self.collect_delta(out);
+    }
+
+    /// Hands the turn's entries, invocations and signals to its output.
+    fn end_turn(&mut self, mut out: TurnOutput, now_ms: u64) -> TurnOutput {
         self.meta.updated_ms = now_ms;
         out.entries = std::mem::take(&mut self.turn.entries);
         out.invocations = std::mem::take(&mut self.turn.invocations);
         out.cancelled.extend(std::mem::take(&mut self.turn.cancelled));
         out.signals = std::mem::take(&mut self.turn.signals);
         out.meta = Some(self.meta.clone());
-        Ok(out)
+        out
     }
 
     fn collect_delta(&mut self, out: &mut TurnOutput) {
@@ -1100,11 +1113,8 @@ impl Workflow {
         if self.meta.status != Status::Running {
             return Err(Rejected::NotRunning(self.meta.status.as_str()));
         }
-        self.meta.turn += 1;
-        self.turn = TurnState { now: now_ms, ..TurnState::default() };
-        let meta_before = self.meta.clone();
         let (from, to) = (self.meta.pack_version.clone(), pack.manifest.version.clone());
-        self.record(Event::TurnStarted { input: format!("upgrade {} {from} -> {to}", pack.manifest.name) });
+        let meta_before = self.begin_turn(now_ms, format!("upgrade {} {from} -> {to}", pack.manifest.name));
         let changes = Self::rule_changes(&self.pack, &pack);
         self.record(Event::Upgraded {
             from: from.clone(),
@@ -1139,11 +1149,7 @@ impl Workflow {
         })();
         let mut out = TurnOutput { turn: self.meta.turn, firings: self.turn.firings, ..TurnOutput::default() };
         match result {
-            Ok(()) => {
-                let firings = self.turn.firings;
-                self.record(Event::TurnCommitted { firings });
-                self.collect_delta(&mut out);
-            }
+            Ok(()) => self.committed(&mut out),
             Err(TurnError(error)) => {
                 self.pack = old_pack;
                 self.rollback(meta_before);
@@ -1156,13 +1162,7 @@ impl Workflow {
                 out.error = Some(error);
             }
         }
-        self.meta.updated_ms = now_ms;
-        out.entries = std::mem::take(&mut self.turn.entries);
-        out.invocations = std::mem::take(&mut self.turn.invocations);
-        out.cancelled.extend(std::mem::take(&mut self.turn.cancelled));
-        out.signals = std::mem::take(&mut self.turn.signals);
-        out.meta = Some(self.meta.clone());
-        Ok(out)
+        Ok(self.end_turn(out, now_ms))
     }
 
     fn apply_result(&mut self, inv: InvocationId, outcome: Outcome) -> Result<(), TurnError> {

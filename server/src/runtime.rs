@@ -350,21 +350,36 @@ impl Runtime {
         if matches!(input, Input::Assert { .. }) {
             self.check_backpressure(tenant)?;
         }
+        let turn = |wf: &mut Workflow| wf.apply(input, now_ms()).map(Some).map_err(reject);
+        self.locked_turn(id, key, turn)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("workflow {id} does not exist")))
+    }
+
+    /// Runs `f` as a turn under the workflow's lock (loading it if needed),
+    /// queues its output for commit before releasing the lock (so one
+    /// workflow's turns commit in order), and acts on it once durable.
+    /// `Ok(None)`: no such workflow, or `f` made no turn.
+    async fn locked_turn(
+        &self,
+        id: &WorkflowId,
+        key: Option<String>,
+        f: impl FnOnce(&mut Workflow) -> Result<Option<TurnOutput>, ApiError>,
+    ) -> Result<Option<TurnOutput>, ApiError> {
         let slot = self.slot(id);
         let rx = {
             let mut g = slot.wf.lock().expect("workflow lock");
             if !self.ensure_loaded(id, &mut g)? {
                 drop(g);
                 self.workflows.remove(id);
-                return Err(ApiError::NotFound(format!("workflow {id} does not exist")));
+                return Ok(None);
             }
-            let wf = g.as_mut().expect("loaded");
-            let out = wf.apply(input, now_ms()).map_err(reject)?;
+            let Some(out) = f(g.as_mut().expect("loaded"))? else { return Ok(None) };
             self.committer.submit(id.clone(), out, key)
         };
         let out = rx.await.map_err(|_| ApiError::Internal("commit lost".into()))?.map_err(ApiError::Internal)?;
         self.after_commit(id, &out);
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// Applies a function's final outcome; a duplicate or late one is
@@ -387,24 +402,13 @@ impl Runtime {
         id: &WorkflowId,
         pack: Arc<Pack>,
     ) -> Result<Option<TurnOutput>, ApiError> {
-        let slot = self.slot(id);
-        let rx = {
-            let mut g = slot.wf.lock().expect("workflow lock");
-            if !self.ensure_loaded(id, &mut g)? {
-                drop(g);
-                self.workflows.remove(id);
-                return Ok(None);
-            }
-            let wf = g.as_mut().expect("loaded");
+        self.locked_turn(id, None, |wf| {
             if wf.status() != Status::Running || wf.meta().pack_version == pack.manifest.version {
                 return Ok(None);
             }
-            let out = wf.upgrade(pack, now_ms()).map_err(reject)?;
-            self.committer.submit(id.clone(), out, None)
-        };
-        let out = rx.await.map_err(|_| ApiError::Internal("commit lost".into()))?.map_err(ApiError::Internal)?;
-        self.after_commit(id, &out);
-        Ok(Some(out))
+            wf.upgrade(pack, now_ms()).map(Some).map_err(reject)
+        })
+        .await
     }
 
     /// Runs `f` on a workflow's current state (loading it if needed).

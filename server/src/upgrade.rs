@@ -271,3 +271,20 @@ fn tally(job: &mut UpgradeJob, r: Option<Result<Upgraded, tokio::task::JoinError
         _ => job.failed += 1,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_canary_fraction_selects_about_that_share_and_always_the_same_workflows() {
+        let ids: Vec<WorkflowId> = (0..20_000).map(|i| WorkflowId::new(format!("a.{i:016x}"))).collect();
+        for f in [0.01, 0.1, 0.5] {
+            let n = ids.iter().filter(|id| in_fraction(id, f)).count() as f64 / ids.len() as f64;
+            assert!((n - f).abs() < f * 0.2 + 0.002, "fraction {f}: {n}");
+        }
+        // Growing a canary keeps the workflows already in it.
+        assert!(ids.iter().filter(|id| in_fraction(id, 0.1)).all(|id| in_fraction(id, 0.5)));
+        assert!(ids.iter().all(|id| in_fraction(id, 1.0)));
+    }
+}
