@@ -3,8 +3,8 @@
 //! One tree, keys prefixed by record kind and workflow id:
 //! `m/<wf>` meta, `f/<wf>/<fact id hex>` facts, `w/<wf>/<inv>` waiting
 //! activations, `t/<wf>/<seq hex>` timeline, `o/<inv>` outbox,
-//! `r/<request id>` idempotent starts, `x/<wf>/<timer id hex>` timers,
-//! `a/<kind>/<key>` server records (see `Store::put_aux`). A group of turns is one sled batch
+//! `r/<request id>` idempotent starts, `c/<wf>/<timer id hex>` timers,
+//! `x/<kind>/<key>` server records (see `Store::put_aux`). A group of turns is one sled batch
 //! (atomic) followed by one flush (durable): sled syncs only on flush.
 
 use std::path::Path;
@@ -117,13 +117,13 @@ impl Store for SledStore {
                 batch.insert(key(&["t", wf, &format!("{:016x}", e.seq)]), encode(e));
             }
             for t in &out.timers_put {
-                batch.insert(key(&["x", wf, &format!("{:016x}", t.id)]), encode(t));
+                batch.insert(key(&["c", wf, &format!("{:016x}", t.id)]), encode(t));
             }
             for id in &out.timers_deleted {
-                batch.remove(key(&["x", wf, &format!("{id:016x}")]));
+                batch.remove(key(&["c", wf, &format!("{id:016x}")]));
             }
             for s in &out.signals {
-                batch.insert(key(&["a", SIGNAL_OUTBOX, &s.id]), encode(s));
+                batch.insert(key(&["x", SIGNAL_OUTBOX, &s.id]), encode(s));
             }
             if let Some(r) = c.request_id {
                 batch.insert(key(&["r", r]), encode(&c.workflow));
@@ -143,7 +143,7 @@ impl Store for SledStore {
         let meta: Meta = decode(&mk, &meta)?;
         let facts = self.scan(&key(&["f", wf, ""]))?;
         let waiting: Vec<Waiting> = self.scan(&key(&["w", wf, ""]))?;
-        let timers: Vec<Timer> = self.scan(&key(&["x", wf, ""]))?;
+        let timers: Vec<Timer> = self.scan(&key(&["c", wf, ""]))?;
         Ok(Some(Snapshot { meta, facts, waiting, timers }))
     }
 
@@ -192,17 +192,17 @@ impl Store for SledStore {
     }
 
     fn timers(&self) -> Result<Vec<Timer>, Error> {
-        self.scan(b"x/")
+        self.scan(b"c/")
     }
 
     fn put_aux(&self, kind: &str, k: &str, value: &serde_json::Value) -> Result<(), Error> {
-        self.tree.insert(key(&["a", kind, k]), encode(value)).map_err(io)?;
+        self.tree.insert(key(&["x", kind, k]), encode(value)).map_err(io)?;
         self.db.flush().map_err(io)?;
         Ok(())
     }
 
     fn get_aux(&self, kind: &str, k: &str) -> Result<Option<serde_json::Value>, Error> {
-        let k = key(&["a", kind, k]);
+        let k = key(&["x", kind, k]);
         match self.tree.get(&k).map_err(io)? {
             Some(v) => Ok(Some(decode(&k, &v)?)),
             None => Ok(None),
@@ -210,9 +210,9 @@ impl Store for SledStore {
     }
 
     fn scan_aux(&self, kind: &str, prefix: &str) -> Result<Vec<(String, serde_json::Value)>, Error> {
-        let skip = key(&["a", kind, ""]).len();
+        let skip = key(&["x", kind, ""]).len();
         self.tree
-            .scan_prefix(key(&["a", kind, prefix]))
+            .scan_prefix(key(&["x", kind, prefix]))
             .map(|kv| {
                 let (k, v) = kv.map_err(io)?;
                 let name = String::from_utf8_lossy(&k[skip..]).into_owned();
@@ -222,7 +222,7 @@ impl Store for SledStore {
     }
 
     fn delete_aux(&self, kind: &str, k: &str) -> Result<(), Error> {
-        self.tree.remove(key(&["a", kind, k])).map_err(io)?;
+        self.tree.remove(key(&["x", kind, k])).map_err(io)?;
         self.db.flush().map_err(io)?;
         Ok(())
     }
