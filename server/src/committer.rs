@@ -31,6 +31,10 @@ pub struct Committer {
     tx: mpsc::Sender<Msg>,
 }
 
+fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
 /// Turns per flush at most: bounds the latency of the first turn of a batch.
 const MAX_BATCH: usize = 4096;
 
@@ -54,6 +58,12 @@ impl Committer {
                                 break;
                             }
                             Err(_) => break,
+                        }
+                    }
+                    let at_us = now_us();
+                    for j in &mut jobs {
+                        for e in &mut j.output.entries {
+                            e.at_us = at_us;
                         }
                     }
                     let commits: Vec<Commit> = jobs
