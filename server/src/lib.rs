@@ -11,6 +11,8 @@ pub mod config;
 mod dispatcher;
 mod error;
 mod runtime;
+#[cfg(test)]
+mod tests;
 mod workers;
 
 use std::collections::HashMap;

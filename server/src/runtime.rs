@@ -228,10 +228,16 @@ impl Runtime {
         // same slot, even while the first is still committing.
         let id = WorkflowId::new(format!("{tenant}.{:016x}", fnv1a(request_id.as_bytes(), 0xcbf29ce484222325)));
         let slot = self.slot(&id);
-        let rx = {
+        let request = format!("{tenant}/{request_id}");
+        let mut first = true;
+        let rx = 'start: {
             let mut g = slot.wf.lock().expect("workflow lock");
             if self.ensure_loaded(&id, &mut g)? {
-                return Ok((id, false));
+                // The first start may still be committing. The committer
+                // flushes in order, so an empty turn queued now is durable
+                // only once the first start is.
+                first = false;
+                break 'start self.committer.submit(id.clone(), TurnOutput::default(), None);
             }
             let created = self.pack(tenant, pack, None).and_then(|pack| {
                 let mut wf = Workflow::new(id.clone(), pack, now_ms());
@@ -248,9 +254,15 @@ impl Runtime {
                 }
             };
             *g = Some(wf);
-            self.committer.submit(id.clone(), out, Some(format!("{tenant}/{request_id}")))
+            self.committer.submit(id.clone(), out, Some(request.clone()))
         };
         let out = rx.await.map_err(|_| ApiError::Internal("commit lost".into()))?.map_err(ApiError::Internal)?;
+        if !first {
+            return match self.store.request(&request).map_err(|e| ApiError::Internal(e.to_string()))? {
+                Some(_) => Ok((id, false)),
+                None => Err(ApiError::Internal(format!("the first start of request {request} did not commit"))),
+            };
+        }
         self.after_commit(&id, &out);
         Ok((id, true))
     }
