@@ -41,6 +41,9 @@ pub struct Limits {
     pub tenant_max_pending: usize,
     /// Invocations in one micro-batch to a worker.
     pub max_batch: usize,
+    /// On shutdown, how long workers get to answer the invocations they
+    /// hold (they are sent a Drain) before the server stops, in milliseconds.
+    pub worker_drain_ms: u64,
 }
 
 impl Default for Limits {
@@ -50,6 +53,7 @@ impl Default for Limits {
             tenant_max_in_flight: 10_000,
             tenant_max_pending: 1_000_000,
             max_batch: 64,
+            worker_drain_ms: 5_000,
         }
     }
 }
