@@ -59,7 +59,7 @@ fn pack(name: &str, version: &str, rules: &[&str]) -> Vec<pb::PackFile> {
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let dir = std::env::temp_dir().join(format!("stoa-bench-always-on-{}", std::process::id()));
-    let (server, addr) = spawn_server(&dir)?;
+    let (server, addr) = spawn_server(&dir, None, None)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let figures = rt.block_on(cases(&args, &addr, server.0.id()))?;
     drop(server);

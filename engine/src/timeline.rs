@@ -14,7 +14,17 @@ pub struct Entry {
     pub turn: u64,
     /// Milliseconds since the Unix epoch (virtual in tests).
     pub at_ms: u64,
+    /// Microseconds since the Unix epoch at which the server started to
+    /// commit the turn; zero outside the server. Consecutive turns' stamps
+    /// give the latency of each hop, which `at_ms` is too coarse for and a
+    /// watcher's arrival times blur (it receives turns in bursts).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub at_us: u64,
     pub event: Event,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Which section of a rule ran.

@@ -640,6 +640,7 @@ impl Workflow {
             seq: self.meta.timeline_seq,
             turn: self.meta.turn,
             at_ms: self.turn.now,
+            at_us: 0,
             event,
         });
     }

@@ -302,10 +302,16 @@ impl Runtime {
     ) -> Result<(WorkflowId, bool), ApiError> {
         let id = Self::id_for_request(tenant, request_id);
         let slot = self.slot(&id);
-        let rx = {
+        let request = format!("{tenant}/{request_id}");
+        let mut first = true;
+        let rx = 'start: {
             let mut g = slot.wf.lock().expect("workflow lock");
             if self.ensure_loaded(&id, &mut g)? {
-                return Ok((id, false));
+                // The first start may still be committing. The committer
+                // flushes in order, so an empty turn queued now is durable
+                // only once the first start is.
+                first = false;
+                break 'start self.committer.submit(id.clone(), TurnOutput::default(), None);
             }
             let created = self.pack_for_new(tenant, pack, &id).and_then(|pack| {
                 let mut wf = Workflow::new(id.clone(), pack, now_ms()).with_origin(origin);
@@ -322,9 +328,15 @@ impl Runtime {
                 }
             };
             *g = Some(wf);
-            self.committer.submit(id.clone(), out, Some(format!("{tenant}/{request_id}")))
+            self.committer.submit(id.clone(), out, Some(request.clone()))
         };
         let out = rx.await.map_err(|_| ApiError::Internal("commit lost".into()))?.map_err(ApiError::Internal)?;
+        if !first {
+            return match self.store.request(&request).map_err(|e| ApiError::Internal(e.to_string()))? {
+                Some(_) => Ok((id, false)),
+                None => Err(ApiError::Internal(format!("the first start of request {request} did not commit"))),
+            };
+        }
         self.after_commit(&id, &out);
         Ok((id, true))
     }

@@ -6,6 +6,7 @@ mod client;
 mod crash;
 mod docs;
 mod examples;
+mod protocol;
 mod server;
 mod server_crash;
 mod support;

@@ -36,6 +36,18 @@ pub struct PackRecord {
     pub files: std::collections::BTreeMap<String, String>,
 }
 
+/// The delivery history of a pending invocation, kept so that its retry
+/// budget and backoff survive a restart of the dispatcher.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attempts {
+    /// Attempts delivered that ended without a final outcome.
+    pub made: u32,
+    /// Those of them that count against the retry policy.
+    pub failures: u32,
+    /// The next attempt is not due before this (milliseconds since the epoch).
+    pub retry_at_ms: u64,
+}
+
 /// One turn to commit.
 pub struct Commit<'a> {
     pub workflow: &'a WorkflowId,
@@ -67,6 +79,13 @@ pub trait Store: Send + Sync {
 
     /// Invocations made and not yet answered or cancelled.
     fn outbox(&self) -> Result<Vec<Invocation>, Error>;
+
+    /// Records how far pending invocations got; durable with the next
+    /// `commit`, and dropped when the invocation stops pending.
+    fn record_attempts(&self, attempts: &[(InvocationId, Attempts)]) -> Result<(), Error>;
+
+    /// The recorded attempts of pending invocations.
+    fn attempts(&self) -> Result<Vec<(InvocationId, Attempts)>, Error>;
 
     /// The workflow a client request id started, if any.
     fn request(&self, request_id: &str) -> Result<Option<WorkflowId>, Error>;
