@@ -392,14 +392,14 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
             let r = c.list_packs(pb::ListPacksRequest {}).await.map_err(status_err)?.into_inner();
             for p in r.packs {
                 if json {
-                    print_json(&serde_json::json!({"name": p.name, "versions": p.versions, "functions": p.functions}));
+                    print_json(&serde_json::json!({"name": p.name, "versions": p.versions, "functions": p.functions,
+                        "stable": p.stable, "canary_version": p.canary_version, "canary_fraction": p.canary_fraction}));
                 } else {
-                    println!(
-                        "{:<24} {:<12} {}",
-                        p.name,
-                        p.versions.last().cloned().unwrap_or_default(),
-                        p.versions.join(", ")
-                    );
+                    let canary = match p.canary_version.as_str() {
+                        "" => String::new(),
+                        v => format!(" (canary {v} on {:.1}%)", p.canary_fraction * 100.0),
+                    };
+                    println!("{:<24} {:<12} {}{canary}", p.name, p.stable, p.versions.join(", "));
                 }
             }
         }

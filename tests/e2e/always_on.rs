@@ -543,6 +543,13 @@ fn the_cli_previews_upgrades_and_shows_lineage() {
     .assert_eq(&dry);
     let out = stoa(&["deploy", v2.to_str().expect("utf-8")]);
     assert!(out.contains("upgrade of cli-up to 2: done — 3 of 3 looked at, 3 upgraded, 0 failed"), "{out}");
+    assert_eq!(stoa(&["packs"]), format!("{:<24} {:<12} 1, 2\n", "cli-up", "2"));
+    stoa(&["rollout", "cli-up", "1", "--canary", "0.5"]);
+    assert!(stoa(&["packs"]).ends_with("1, 2 (canary 1 on 50.0%)\n"));
+    let back = stoa(&["rollback", "cli-up"]);
+    assert!(back.starts_with("stable: 2\n"), "{back}");
+    assert!(back.contains("0 failed"), "{back}");
+    assert!(stoa(&["packs"]).ends_with("1, 2\n"));
     let lineage = stoa(&["lineage", "go-1"]);
     assert!(lineage.starts_with("signal go (go-1) {} sent through the API\n  started   wf_a."), "{lineage}");
     let again = stoa(&["signal", "go", "--id", "go-1"]);
