@@ -36,6 +36,15 @@ pub struct PackRecord {
     pub files: std::collections::BTreeMap<String, String>,
 }
 
+/// A record the engine does not interpret, written by the server (its
+/// schedules, for one): JSON under a kind and a key.
+pub struct Record<'a> {
+    pub kind: &'a str,
+    pub key: &'a str,
+    /// `None` deletes the record.
+    pub value: Option<&'a serde_json::Value>,
+}
+
 /// One turn to commit.
 pub struct Commit<'a> {
     pub workflow: &'a WorkflowId,
@@ -73,4 +82,11 @@ pub trait Store: Send + Sync {
 
     /// Whether an invocation is still pending.
     fn pending(&self, id: &InvocationId) -> Result<bool, Error>;
+
+    /// Writes (or deletes) server records: all or none, durable when this
+    /// returns.
+    fn put_records(&self, records: &[Record<'_>]) -> Result<(), Error>;
+
+    /// Every record of a kind, as (key, value), in key order.
+    fn records(&self, kind: &str) -> Result<Vec<(String, serde_json::Value)>, Error>;
 }

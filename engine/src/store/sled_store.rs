@@ -3,7 +3,7 @@
 //! One tree, keys prefixed by record kind and workflow id:
 //! `m/<wf>` meta, `f/<wf>/<fact id hex>` facts, `w/<wf>/<inv>` waiting
 //! activations, `t/<wf>/<seq hex>` timeline, `o/<inv>` outbox,
-//! `r/<request id>` idempotent starts. A group of turns is one sled batch
+//! `r/<request id>` idempotent starts, `x/<kind>/<key>` server records. A group of turns is one sled batch
 //! (atomic) followed by one flush (durable): sled syncs only on flush.
 
 use std::path::Path;
@@ -13,7 +13,7 @@ use crate::timeline::Entry;
 use crate::workflow::{Invocation, Meta, Snapshot, Waiting};
 
 use super::codec::{decode, encode};
-use super::{Commit, Error, PackRecord, Store};
+use super::{Commit, Error, PackRecord, Record, Store};
 
 pub struct SledStore {
     db: sled::Db,
@@ -179,6 +179,32 @@ impl Store for SledStore {
     fn pending(&self, id: &InvocationId) -> Result<bool, Error> {
         self.tree.contains_key(key(&["o", id.as_str()])).map_err(io)
     }
+
+    fn put_records(&self, records: &[Record<'_>]) -> Result<(), Error> {
+        let mut batch = sled::Batch::default();
+        for r in records {
+            let k = key(&["x", r.kind, r.key]);
+            match r.value {
+                Some(v) => batch.insert(k, encode(v)),
+                None => batch.remove(k),
+            }
+        }
+        self.tree.apply_batch(batch).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+
+    fn records(&self, kind: &str) -> Result<Vec<(String, serde_json::Value)>, Error> {
+        let prefix = key(&["x", kind, ""]);
+        self.tree
+            .scan_prefix(&prefix)
+            .map(|kv| {
+                let (k, v) = kv.map_err(io)?;
+                let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                Ok((name, decode(&k, &v)?))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -256,6 +282,27 @@ rule "all done" {
         assert_eq!(restored.status(), crate::workflow::Status::Completed);
         assert_eq!(restored.meta().result.to_string(), r#"{"outputs":5}"#);
         assert!(store.outbox().unwrap().is_empty());
+    }
+
+    #[test]
+    fn server_records_survive_reopening_and_stay_in_their_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (serde_json::json!({"n": 1}), serde_json::json!({"n": 2}));
+        {
+            let store = SledStore::open(dir.path(), 8).unwrap();
+            let put = |kind, key, value| Record { kind, key, value };
+            store
+                .put_records(&[
+                    put("sched", "t/a", Some(&a)),
+                    put("sched", "t/b", Some(&b)),
+                    put("other", "t/a", Some(&b)),
+                ])
+                .unwrap();
+            store.put_records(&[put("sched", "t/b", None)]).unwrap();
+        }
+        let store = SledStore::open(dir.path(), 8).unwrap();
+        assert_eq!(store.records("sched").unwrap(), vec![("t/a".to_string(), a)]);
+        assert_eq!(store.records("other").unwrap().len(), 1);
     }
 
     #[test]
