@@ -11,6 +11,7 @@ pub mod config;
 mod dispatcher;
 mod error;
 mod runtime;
+mod schedule;
 mod workers;
 
 use std::collections::HashMap;
@@ -59,6 +60,8 @@ pub async fn serve(
         tracing::info!(tenant = %t, invocations = invs.len(), "dispatching stored invocations again");
         dispatch.enqueue(t, invs);
     }
+    let schedules = Arc::new(schedule::Scheduler::load(runtime.clone(), store.clone() as Arc<dyn Store>)?);
+    let scheduler_task = tokio::spawn(schedules.clone().run(shutdown.child_token()));
     let dispatcher_task = tokio::spawn(dispatcher::run(
         dispatcher::Options {
             tenant_max_in_flight: config.limits.tenant_max_in_flight,
@@ -81,7 +84,8 @@ pub async fn serve(
     let max = config.limits.max_request_bytes;
     use tonic::service::interceptor::InterceptedService;
     let stoa = InterceptedService::new(
-        pb::stoa_server::StoaServer::new(api::StoaService { runtime: runtime.clone() }).max_decoding_message_size(max),
+        pb::stoa_server::StoaServer::new(api::StoaService { runtime: runtime.clone(), schedules })
+            .max_decoding_message_size(max),
         {
             let a = auth.clone();
             move |r| a.check(r)
@@ -125,7 +129,9 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await
         .map_err(|e| e.to_string());
-    // Stop dispatching, let decided outcomes commit, then drain the committer.
+    // Stop ticking and dispatching, let decided outcomes commit, then drain
+    // the committer.
+    let _ = scheduler_task.await;
     let _ = dispatcher_task.await;
     closer.close();
     let _ = tokio::task::spawn_blocking(move || committer_thread.join()).await;
