@@ -5,6 +5,7 @@ mod bench_e2e;
 mod pack;
 mod remote;
 mod run;
+mod schedule;
 mod serve;
 mod test;
 
@@ -57,6 +58,12 @@ enum Command {
     Serve(serve::Args),
     #[command(flatten)]
     Remote(remote::Command),
+    /// Cron schedules of your tenant: each tick starts one workflow of a
+    /// pack with the schedule's facts, exactly once even across server
+    /// restarts. A pack can define them too (`[schedules.NAME]` in
+    /// pack.toml; see docs/schedules.md).
+    #[command(subcommand)]
+    Schedule(schedule::Command),
 }
 
 #[derive(Subcommand)]
@@ -88,6 +95,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Case(args)) => bench::run_case(args),
         Command::Serve(args) => serve::run(args),
         Command::Remote(cmd) => remote::run(cmd),
+        Command::Schedule(cmd) => schedule::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -5,6 +5,7 @@ mod client;
 mod crash;
 mod docs;
 mod examples;
+mod schedules;
 mod server;
 mod server_crash;
 mod support;
