@@ -46,7 +46,7 @@ pub struct Args {
 
 const TOKEN: &str = "bench-token-0001";
 
-struct Kill(Child);
+pub(crate) struct Kill(pub(crate) Child);
 
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -67,7 +67,7 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Peak and current resident set of a process, in MiB.
-fn rss_mib(pid: u32) -> (f64, f64) {
+pub(crate) fn rss_mib(pid: u32) -> (f64, f64) {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb = |key: &str| {
         s.lines()
@@ -80,7 +80,7 @@ fn rss_mib(pid: u32) -> (f64, f64) {
     (kb("VmHWM:"), kb("VmRSS:"))
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

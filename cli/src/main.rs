@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_e2e;
+mod bench_schedules;
 mod pack;
 mod remote;
 mod run;
@@ -78,6 +79,10 @@ enum BenchCommand {
     /// The platform end to end: a server process, worker processes and
     /// this client over loopback gRPC (run from the repository root).
     E2e(bench_e2e::Args),
+    /// The delay the scheduler adds to cron ticks: many schedules due at
+    /// the same instant, a server process, p50/p99/max of start time minus
+    /// due time (run from the repository root).
+    Schedules(bench_schedules::Args),
 }
 
 fn main() -> ExitCode {
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Engine(args)) => bench::run(args),
         Command::Bench(BenchCommand::E2e(args)) => bench_e2e::run(args),
         Command::Bench(BenchCommand::Case(args)) => bench::run_case(args),
+        Command::Bench(BenchCommand::Schedules(args)) => bench_schedules::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Remote(cmd) => remote::run(cmd),
         Command::Schedule(cmd) => schedule::run(cmd),

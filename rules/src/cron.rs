@@ -314,7 +314,7 @@ fn parse_timing(expr: &str) -> Result<Timing, String> {
         let d = humantime::parse_duration(rest.trim())
             .map_err(|e| format!("`@every {}`: not a duration ({e}); write e.g. \"@every 30s\"", rest.trim()))?;
         let ms = d.as_millis() as u64;
-        if ms < 1000 || ms % 1000 != 0 {
+        if ms < 1000 || !ms.is_multiple_of(1000) {
             return Err(format!("`{expr}`: the interval must be a whole number of seconds, at least 1s"));
         }
         return Ok(Timing::Every(ms));

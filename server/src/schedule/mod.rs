@@ -33,6 +33,10 @@ use plan::{plan, request_id, RunKind};
 const KIND: &str = "schedule";
 /// Runs kept per schedule, for `get` and for tests that count them.
 const RUNS_KEPT: usize = 32;
+/// Ticks starting at once at most. Starts share group commits, so many in
+/// flight is fast; but all of a burst in flight at once finish together at
+/// the end, while waves let the first ones finish early.
+const MAX_STARTS_IN_FLIGHT: usize = 512;
 /// A start that failed for a passing reason (backpressure, storage) is
 /// tried again after this.
 const RETRY_MS: i64 = 1000;
@@ -193,10 +197,15 @@ impl Scheduler {
                 jobs.push((t, n, e.rec.pack.clone(), e.rec.facts.clone(), p));
             }
         }
+        let started = std::time::Instant::now();
+        let schedules = jobs.len();
         let mut set = tokio::task::JoinSet::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_STARTS_IN_FLIGHT));
         for (tenant, name, pack, facts, p) in jobs {
             let rt = self.runtime.clone();
+            let permits = permits.clone();
             set.spawn(async move {
+                let _permit = permits.acquire_owned().await.expect("never closed");
                 let mut runs = Vec::new();
                 let mut cursor = p.cursor;
                 let mut error = None;
@@ -235,6 +244,7 @@ impl Scheduler {
         if done.is_empty() {
             return;
         }
+        let ran = started.elapsed();
         let mut st = self.state.lock().expect("scheduler lock");
         let mut keys = Vec::new();
         for (tenant, name, cursor, runs, error, retry) in done {
@@ -257,6 +267,13 @@ impl Scheduler {
             // again by their request ids.
             tracing::error!(error = %e, "recording schedule ticks failed");
         }
+        tracing::debug!(
+            schedules,
+            late_ms = now_ms() as i64 - now,
+            starts_ms = ran.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "schedule pass"
+        );
     }
 
     // ---- changes ------------------------------------------------------------
