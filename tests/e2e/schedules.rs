@@ -274,3 +274,63 @@ fn pause_resume_trigger_tenants_and_errors() {
         assert!(a.list_schedules(pb::ListSchedulesRequest {}).await.expect("ls").into_inner().schedules.is_empty());
     });
 }
+
+/// docs/schedules.md: its pack (the ```toml pack and ```rules blocks) is
+/// deployed to a real server and its ```sh session commands run against it.
+#[test]
+fn docs_example_runs() {
+    let doc = std::fs::read_to_string(crate::support::repo().join("docs/schedules.md")).expect("docs/schedules.md");
+    let block = |tag: &str| {
+        let start = doc.find(&format!("```{tag}\n")).unwrap_or_else(|| panic!("no ```{tag} block")) + tag.len() + 4;
+        doc[start..start + doc[start..].find("```").expect("closed")].to_string()
+    };
+    let work = tempfile::tempdir().expect("tempdir");
+    let pack = work.path().join("reports");
+    std::fs::create_dir_all(&pack).expect("mkdir");
+    std::fs::write(pack.join("pack.toml"), block("toml pack")).expect("write");
+    std::fs::write(pack.join("reports.rules"), block("rules")).expect("write");
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(data.path());
+    let commands: Vec<String> =
+        block("sh session").lines().filter_map(|l| l.strip_prefix("$ stoa ")).map(str::to_string).collect();
+    assert!(commands.len() >= 8, "{commands:?}");
+    for cmd in commands {
+        let out = crate::support::stoa()
+            .current_dir(work.path())
+            .args(split(&cmd))
+            .env("STOA_SERVER", &server.addr)
+            .env("STOA_TOKEN", TOKEN_A)
+            .output()
+            .expect("run stoa");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "stoa {cmd}: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+        if cmd == "schedule ls" {
+            assert!(text.contains("nightly") && text.contains("quarter"), "{text}");
+        }
+        if cmd.starts_with("schedule get nightly") {
+            assert!(text.contains("Europe/Paris") && text.contains("next "), "{text}");
+        }
+    }
+}
+
+/// Words of a command line; double quotes group.
+fn split(cmd: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    for c in cmd.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !word.is_empty() {
+                    out.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        out.push(word);
+    }
+    out
+}
