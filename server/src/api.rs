@@ -115,7 +115,8 @@ impl pb::stoa_server::Stoa for StoaService {
         let (pack, diags, changed) = tokio::task::spawn_blocking(move || rt.deploy(&t, files, req.dry_run))
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
-        if changed && !req.dry_run {
+        // Also when unchanged: a deploy restores the pack's schedules.
+        if !req.dry_run {
             self.schedules.install_pack(&tenant, &pack.manifest.name, &pack.manifest.schedules);
         }
         Ok(Response::new(pb::DeployPackResponse {
