@@ -134,7 +134,15 @@ impl Scheduler {
         let mut state = State::default();
         for (key, value) in store.records(KIND).map_err(|e| e.to_string())? {
             let rec: Schedule = serde_json::from_value(value).map_err(|e| format!("schedule record {key}: {e}"))?;
-            let spec = Spec::parse(&rec.cron, &rec.timezone).map_err(|e| format!("schedule {key}: {e}"))?;
+            // One schedule this build cannot read must not keep the server
+            // (and every other schedule) down: it stays stored, inactive.
+            let spec = match Spec::parse(&rec.cron, &rec.timezone) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(schedule = %key, error = %e, "stored schedule no longer parses; it will not run");
+                    continue;
+                }
+            };
             let k = key_of(&rec.tenant, &rec.name);
             state.entries.insert(k.clone(), Entry { rec, spec, due: None });
             state.requeue(&k, None);
