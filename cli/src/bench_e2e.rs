@@ -3,10 +3,11 @@
 //! `bench.noop`), and this process as the client.
 //!
 //! Cases: N workflows of K sequential durable steps (workflows and steps per
-//! second); one workflow of K steps followed live (the mean latency of one
-//! action → worker → reaction hop, and the tail of the gaps between results
-//! arriving on the watch stream); one workflow fanning out F invocations
-//! in parallel. The server's peak RSS is read from /proc.
+//! second); one workflow of K steps followed live (p50, p99 and mean of one
+//! action → worker → reaction hop, from the server's commit stamps); a long
+//! run of R invocations (W workflows of R/W steps) with the server's RSS
+//! sampled along the way; one workflow fanning out F invocations in
+//! parallel. The server's peak RSS is read from /proc.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,21 @@ pub struct Args {
     /// Parallel invocations of the fan-out case.
     #[arg(long, default_value_t = 10_000)]
     fanout: usize,
+    /// Invocations of the long-run case...
+    #[arg(long, default_value_t = 100_000)]
+    run_invocations: usize,
+    /// ...spread over this many workflows of sequential steps.
+    #[arg(long, default_value_t = 1000)]
+    run_workflows: usize,
+    /// Cases to run, in this order: steps, latency, run, fanout.
+    #[arg(long, value_delimiter = ',', default_value = "steps,latency,run,fanout")]
+    cases: Vec<String>,
+    /// The server's page cache (`stoa serve --cache-mb`); its default if unset.
+    #[arg(long)]
+    cache_mb: Option<u64>,
+    /// The `stoa` binary that serves (default: this one), to compare builds.
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
     /// Worker processes.
     #[arg(long, default_value_t = 1)]
     worker_processes: usize,
@@ -44,9 +60,9 @@ pub struct Args {
     json: bool,
 }
 
-const TOKEN: &str = "bench-token-0001";
+pub(crate) const TOKEN: &str = "bench-token-0001";
 
-pub(crate) struct Kill(pub(crate) Child);
+pub(crate) struct Kill(pub Child);
 
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -55,7 +71,7 @@ impl Drop for Kill {
     }
 }
 
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let p = me.with_file_name(name);
     anyhow::ensure!(
@@ -87,10 +103,15 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-type Client =
+pub(crate) type Client =
     pb::stoa_client::StoaClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
 
-async fn start(c: &mut Client, pack: &str, facts: serde_json::Value, request_id: String) -> anyhow::Result<String> {
+pub(crate) async fn start(
+    c: &mut Client,
+    pack: &str,
+    facts: serde_json::Value,
+    request_id: String,
+) -> anyhow::Result<String> {
     let facts = facts
         .as_array()
         .context("facts")?
@@ -106,27 +127,32 @@ async fn start(c: &mut Client, pack: &str, facts: serde_json::Value, request_id:
         .workflow_id)
 }
 
-async fn wait_completed(c: &mut Client, pack: &str, n: usize, limit: Duration) -> anyhow::Result<()> {
+/// Completed workflows of `pack`.
+async fn count_completed(c: &mut Client, pack: &str) -> anyhow::Result<usize> {
+    let mut done = 0;
+    let mut token = String::new();
+    loop {
+        let r = c
+            .list_workflows(pb::ListWorkflowsRequest {
+                pack: pack.into(),
+                status: "completed".into(),
+                page_size: 1000,
+                page_token: token,
+            })
+            .await?
+            .into_inner();
+        done += r.workflows.len();
+        token = r.next_page_token;
+        if token.is_empty() {
+            return Ok(done);
+        }
+    }
+}
+
+pub(crate) async fn wait_completed(c: &mut Client, pack: &str, n: usize, limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
-        let mut done = 0;
-        let mut token = String::new();
-        loop {
-            let r = c
-                .list_workflows(pb::ListWorkflowsRequest {
-                    pack: pack.into(),
-                    status: "completed".into(),
-                    page_size: 1000,
-                    page_token: token,
-                })
-                .await?
-                .into_inner();
-            done += r.workflows.len();
-            token = r.next_page_token;
-            if token.is_empty() {
-                break;
-            }
-        }
+        let done = count_completed(c, pack).await?;
         if done >= n {
             return Ok(());
         }
@@ -136,29 +162,12 @@ async fn wait_completed(c: &mut Client, pack: &str, n: usize, limit: Duration) -
 }
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
-    let stoa = std::env::current_exe()?;
     let worker = sibling("stoa-worker-media")?;
     let dir = std::env::temp_dir().join(format!("stoa-bench-e2e-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut server = Command::new(&stoa)
-        .args(["serve", "--listen", "127.0.0.1:0", "--token", &format!("bench={TOKEN}")])
-        .arg("--data")
-        .arg(&dir)
-        .env("STOA_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting stoa serve")?;
-    let out = server.stdout.take().context("server stdout")?;
-    let server = Kill(server);
-    let mut addr = String::new();
-    for line in std::io::BufReader::new(out).lines() {
-        let line = line?;
-        if let Some(a) = line.strip_prefix("listening on ") {
-            addr = format!("http://{a}");
-            break;
-        }
+    for c in &args.cases {
+        anyhow::ensure!(["steps", "latency", "run", "fanout"].contains(&c.as_str()), "--cases: unknown case `{c}`");
     }
-    anyhow::ensure!(!addr.is_empty(), "the server did not start");
+    let (server, addr) = spawn_server(&dir, args.server_bin.as_deref(), args.cache_mb)?;
     let _workers: Vec<Kill> = (0..args.worker_processes)
         .map(|_| {
             Command::new(&worker)
@@ -185,7 +194,35 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-fn summary(f: &serde_json::Value) -> String {
+/// A `stoa serve` (this binary unless `bin`) on an ephemeral loopback
+/// port over `dir` (emptied first); killed when dropped.
+pub(crate) fn spawn_server(dir: &Path, bin: Option<&Path>, cache_mb: Option<u64>) -> anyhow::Result<(Kill, String)> {
+    let _ = std::fs::remove_dir_all(dir);
+    let me = std::env::current_exe()?;
+    let mut server = Command::new(bin.unwrap_or(&me))
+        .args(["serve", "--listen", "127.0.0.1:0", "--token", &format!("bench={TOKEN}")])
+        .arg("--data")
+        .arg(dir)
+        .args(cache_mb.map(|c| format!("--cache-mb={c}")))
+        .env("STOA_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting stoa serve")?;
+    let out = server.stdout.take().context("server stdout")?;
+    let server = Kill(server);
+    for line in std::io::BufReader::new(out).lines() {
+        if let Some(a) = line?.strip_prefix("listening on ") {
+            return Ok((server, format!("http://{a}")));
+        }
+    }
+    anyhow::bail!("the server did not start")
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub(crate) fn summary(f: &serde_json::Value) -> String {
     let mut parts = Vec::new();
     for (k, v) in f.as_object().into_iter().flatten() {
         if k == "case" {
@@ -207,7 +244,7 @@ async fn cases(args: &Args, addr: &str, server_pid: u32) -> anyhow::Result<Vec<s
     for p in ["bench/e2e/steps", "bench/e2e/fanout"] {
         let dir = Path::new(p);
         anyhow::ensure!(dir.is_dir(), "{p} not found: run `stoa bench e2e` from the repository root");
-        c.deploy_pack(pb::DeployPackRequest { files: pack_files(dir)?, dry_run: false }).await?;
+        c.deploy_pack(pb::DeployPackRequest { files: pack_files(dir)?, ..Default::default() }).await?;
     }
     let mut figures = Vec::new();
     let steps_facts =
@@ -217,72 +254,125 @@ async fn cases(args: &Args, addr: &str, server_pid: u32) -> anyhow::Result<Vec<s
     start(&mut c, "bench-steps", steps_facts(5), "warm".into()).await?;
     wait_completed(&mut c, "bench-steps", 1, Duration::from_secs(30)).await?;
 
+    let want = |c: &str| args.cases.iter().any(|x| x == c);
+    // Completed bench-steps workflows so far (the warm-up's).
+    let mut finished = 1;
+
     // 1. N workflows × K sequential steps, started together.
-    let t = Instant::now();
-    let mut starts = Vec::new();
-    for i in 0..args.workflows {
-        let mut c2 = c.clone();
-        let facts = steps_facts(args.steps);
-        starts.push(tokio::spawn(async move { start(&mut c2, "bench-steps", facts, format!("s-{i}")).await }));
+    if want("steps") {
+        let t = Instant::now();
+        start_many(&c, "s", args.workflows, steps_facts(args.steps)).await?;
+        finished += args.workflows;
+        wait_completed(&mut c, "bench-steps", finished, Duration::from_secs(600)).await?;
+        let secs = t.elapsed().as_secs_f64();
+        let steps = (args.workflows * args.steps) as f64;
+        let (peak, now) = rss_mib(server_pid);
+        figures.push(serde_json::json!({
+            "case": format!("{} workflows x {} sequential steps", args.workflows, args.steps),
+            "seconds": secs,
+            "workflows_per_s": args.workflows as f64 / secs,
+            "steps_per_s": steps / secs,
+            "server_rss_mib": now,
+            "server_peak_rss_mib": peak,
+        }));
     }
-    for s in starts {
-        s.await??;
-    }
-    wait_completed(&mut c, "bench-steps", args.workflows + 1, Duration::from_secs(600)).await?;
-    let secs = t.elapsed().as_secs_f64();
-    let steps = (args.workflows * args.steps) as f64;
-    let (peak, now) = rss_mib(server_pid);
-    figures.push(serde_json::json!({
-        "case": format!("{} workflows x {} sequential steps", args.workflows, args.steps),
-        "seconds": secs,
-        "workflows_per_s": args.workflows as f64 / secs,
-        "steps_per_s": steps / secs,
-        "server_rss_mib": now,
-        "server_peak_rss_mib": peak,
-    }));
 
-    // 2. Hop latency: one workflow, its results followed live.
-    let id = start(&mut c, "bench-steps", steps_facts(args.hops), "latency".into()).await?;
-    let mut stream = c.watch_workflow(pb::WatchWorkflowRequest { workflow_id: id, from_seq: 1 }).await?.into_inner();
-    let t = Instant::now();
-    let mut last: Option<Instant> = None;
-    let mut gaps = Vec::with_capacity(args.hops);
-    while let Some(e) = stream.message().await? {
-        if e.kind == "result_applied" {
-            let now = Instant::now();
-            if let Some(l) = last {
-                gaps.push(now.duration_since(l).as_secs_f64() * 1000.0);
+    // 2. Hop latency: one workflow of sequential steps. Each hop (commit of
+    // the action's turn → worker → commit of the reaction's turn) is the
+    // gap between the server's commit stamps of consecutive results.
+    if want("latency") {
+        let id = start(&mut c, "bench-steps", steps_facts(args.hops), "latency".into()).await?;
+        let mut stream =
+            c.watch_workflow(pb::WatchWorkflowRequest { workflow_id: id, from_seq: 1 }).await?.into_inner();
+        let t = Instant::now();
+        let mut stamps = Vec::with_capacity(args.hops);
+        while let Some(e) = stream.message().await? {
+            if e.kind == "result_applied" {
+                let v: serde_json::Value = serde_json::from_str(&e.json)?;
+                stamps.push(v["at_us"].as_u64().context("a result entry without at_us")?);
             }
-            last = Some(now);
         }
+        finished += 1;
+        let secs = t.elapsed().as_secs_f64();
+        let mut hops: Vec<f64> = stamps.windows(2).map(|w| w[1].saturating_sub(w[0]) as f64 / 1000.0).collect();
+        hops.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+        figures.push(serde_json::json!({
+            "case": format!("1 workflow x {} steps, hop latency", args.hops),
+            "seconds": secs,
+            "hop_p50_ms": percentile(&hops, 0.50),
+            "hop_p99_ms": percentile(&hops, 0.99),
+            "hop_max_ms": hops.last().copied().unwrap_or(0.0),
+            "hop_mean_ms": hops.iter().sum::<f64>() / hops.len().max(1) as f64,
+        }));
     }
-    let secs = t.elapsed().as_secs_f64();
-    gaps.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    // The watch stream delivers several turns' entries at once, so the gaps
-    // between arrivals bound the tail, not the median; the mean hop is the
-    // honest central figure.
-    figures.push(serde_json::json!({
-        "case": format!("1 workflow x {} steps, hop latency", args.hops),
-        "seconds": secs,
-        "hop_mean_ms": secs * 1000.0 / args.hops.max(1) as f64,
-        "watch_gap_p99_ms": percentile(&gaps, 0.99),
-        "watch_gap_max_ms": gaps.last().copied().unwrap_or(0.0),
-    }));
 
-    // 3. Fan-out: one workflow, F invocations in parallel.
-    let tasks: Vec<serde_json::Value> =
-        (0..args.fanout).map(|n| serde_json::json!({"type": "Task", "fields": {"n": n, "state": "new"}})).collect();
-    let t = Instant::now();
-    start(&mut c, "bench-fanout", serde_json::Value::Array(tasks), "fanout".into()).await?;
-    wait_completed(&mut c, "bench-fanout", 1, Duration::from_secs(600)).await?;
-    let secs = t.elapsed().as_secs_f64();
-    let (peak, now) = rss_mib(server_pid);
-    figures.push(serde_json::json!({
-        "case": format!("1 workflow fanning out {} invocations", args.fanout),
-        "seconds": secs,
-        "invocations_per_s": args.fanout as f64 / secs,
-        "server_rss_mib": now,
-        "server_peak_rss_mib": peak,
-    }));
+    // 3. A long run: W workflows of R/W sequential steps, the server's RSS
+    // sampled as it goes; steady memory keeps the late samples near the
+    // early ones.
+    if want("run") {
+        let per = (args.run_invocations / args.run_workflows.max(1)).max(1);
+        let n = args.run_invocations / per;
+        let (_, before) = rss_mib(server_pid);
+        let t = Instant::now();
+        start_many(&c, "r", n, steps_facts(per)).await?;
+        finished += n;
+        let mut samples = vec![(0.0, before)];
+        let deadline = t + Duration::from_secs(1200);
+        loop {
+            let done = count_completed(&mut c, "bench-steps").await?;
+            samples.push((t.elapsed().as_secs_f64(), rss_mib(server_pid).1));
+            if done >= finished {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the long run did not finish within 20 minutes");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let at = |f: f64| samples.iter().find(|(s, _)| *s >= secs * f).map(|(_, r)| *r).unwrap_or(0.0);
+        let (peak, now) = rss_mib(server_pid);
+        figures.push(serde_json::json!({
+            "case": format!("{} invocations: {n} workflows x {per} steps", n * per),
+            "seconds": secs,
+            "invocations_per_s": (n * per) as f64 / secs,
+            "server_rss_mib_start": before,
+            "server_rss_mib_25pct": at(0.25),
+            "server_rss_mib_50pct": at(0.50),
+            "server_rss_mib_75pct": at(0.75),
+            "server_rss_mib": now,
+            "server_peak_rss_mib": peak,
+        }));
+    }
+
+    // 4. Fan-out: one workflow, F invocations in parallel.
+    if want("fanout") {
+        let tasks: Vec<serde_json::Value> =
+            (0..args.fanout).map(|n| serde_json::json!({"type": "Task", "fields": {"n": n, "state": "new"}})).collect();
+        let t = Instant::now();
+        start(&mut c, "bench-fanout", serde_json::Value::Array(tasks), "fanout".into()).await?;
+        wait_completed(&mut c, "bench-fanout", 1, Duration::from_secs(600)).await?;
+        let secs = t.elapsed().as_secs_f64();
+        let (peak, now) = rss_mib(server_pid);
+        figures.push(serde_json::json!({
+            "case": format!("1 workflow fanning out {} invocations", args.fanout),
+            "seconds": secs,
+            "invocations_per_s": args.fanout as f64 / secs,
+            "server_rss_mib": now,
+            "server_peak_rss_mib": peak,
+        }));
+    }
     Ok(figures)
+}
+
+/// Starts `n` workflows of `pack` at once, with request ids `<tag>-<i>`.
+async fn start_many(c: &Client, tag: &str, n: usize, facts: serde_json::Value) -> anyhow::Result<()> {
+    let mut starts = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let mut c2 = c.clone();
+        let (facts, id) = (facts.clone(), format!("{tag}-{i}"));
+        starts.spawn(async move { start(&mut c2, "bench-steps", facts, id).await });
+    }
+    while let Some(r) = starts.join_next().await {
+        r??;
+    }
+    Ok(())
 }

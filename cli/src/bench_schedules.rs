@@ -81,7 +81,7 @@ async fn measure(args: &Args, addr: &str, server_pid: u32) -> anyhow::Result<ser
     let mut c = pb::stoa_client::StoaClient::with_interceptor(channel, bearer).max_decoding_message_size(256 << 20);
     c.deploy_pack(pb::DeployPackRequest {
         files: pack_files(std::path::Path::new("bench/schedules"))?,
-        dry_run: false,
+        ..Default::default()
     })
     .await
     .context("deploying bench/schedules (run from the repository root)")?;

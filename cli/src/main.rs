@@ -1,6 +1,7 @@
 //! `stoa`: check, test and run rule packs.
 
 mod bench;
+mod bench_always_on;
 mod bench_e2e;
 mod bench_schedules;
 mod pack;
@@ -79,6 +80,9 @@ enum BenchCommand {
     /// The platform end to end: a server process, worker processes and
     /// this client over loopback gRPC (run from the repository root).
     E2e(bench_e2e::Args),
+    /// Always-on workflows: upgrading 10,000 live workflows, and the delay
+    /// of 100,000 timers due at once (a server process over loopback).
+    AlwaysOn(bench_always_on::Args),
     /// The delay the scheduler adds to cron ticks: many schedules due at
     /// the same instant, a server process, p50/p99/max of start time minus
     /// due time (run from the repository root).
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Bench(BenchCommand::Engine(args)) => bench::run(args),
         Command::Bench(BenchCommand::E2e(args)) => bench_e2e::run(args),
+        Command::Bench(BenchCommand::AlwaysOn(args)) => bench_always_on::run(args),
         Command::Bench(BenchCommand::Case(args)) => bench::run_case(args),
         Command::Bench(BenchCommand::Schedules(args)) => bench_schedules::run(args),
         Command::Serve(args) => serve::run(args),

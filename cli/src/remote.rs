@@ -30,9 +30,67 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
         pack: PathBuf,
-        /// Check on the server only; deploy nothing.
+        /// Check on the server and preview the upgrade: which rules would
+        /// gain activations in live workflows, and how many. Changes nothing.
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        rollout: RolloutArgs,
+    },
+    /// Make a deployed version the one workflows run (promote a canary,
+    /// or go to any deployed version); live workflows are upgraded.
+    Rollout {
+        #[command(flatten)]
+        conn: Conn,
+        /// Pack name.
+        name: String,
+        version: String,
+        #[command(flatten)]
+        rollout: RolloutArgs,
+    },
+    /// Drop the pack's canary, or else go back to the version stable
+    /// before the current one; live workflows move back, keeping their facts.
+    Rollback {
+        #[command(flatten)]
+        conn: Conn,
+        /// Pack name.
+        name: String,
+        /// Return at once instead of showing the upgrade's progress.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show the progress of a pack's newest upgrade.
+    Upgrade {
+        #[command(flatten)]
+        conn: Conn,
+        /// Pack name.
+        name: String,
+        /// Follow it until it is done.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Send a signal: to one workflow (--workflow), or to every pack that
+    /// subscribes to its name. The same --id is acted on once.
+    Signal {
+        #[command(flatten)]
+        conn: Conn,
+        /// Signal name, e.g. partition.ready.
+        name: String,
+        /// Idempotency key. Default: random.
+        #[arg(long)]
+        id: Option<String>,
+        /// JSON payload.
+        #[arg(long, default_value = "null")]
+        payload: String,
+        #[arg(long)]
+        workflow: Option<String>,
+    },
+    /// Show a signal's lineage: what led to it, the workflows it started or
+    /// unblocked, and the signals those emitted, as a tree.
+    Lineage {
+        #[command(flatten)]
+        conn: Conn,
+        signal: String,
     },
     /// List deployed packs and their versions.
     Packs {
@@ -94,6 +152,30 @@ pub enum Command {
     },
 }
 
+/// Which workflows run a version.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RolloutArgs {
+    /// Run it on this fraction (0 < F <= 1) of live and new workflows only.
+    #[arg(long, value_name = "F", conflicts_with = "new_only")]
+    canary: Option<f64>,
+    /// Start new workflows on it; leave live ones on their version.
+    #[arg(long)]
+    new_only: bool,
+    /// Return at once instead of showing the upgrade's progress.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+impl RolloutArgs {
+    fn mode(&self) -> (i32, f64) {
+        match (self.canary, self.new_only) {
+            (Some(f), _) => (pb::Rollout::Canary as i32, f),
+            (None, true) => (pb::Rollout::NewOnly as i32, 0.0),
+            (None, false) => (pb::Rollout::All as i32, 0.0),
+        }
+    }
+}
+
 type Client = StoaClient<InterceptedService<Channel, Bearer>>;
 
 #[derive(Clone)]
@@ -145,6 +227,11 @@ impl Command {
     fn conn(&self) -> &Conn {
         match self {
             Command::Deploy { conn, .. }
+            | Command::Rollout { conn, .. }
+            | Command::Rollback { conn, .. }
+            | Command::Upgrade { conn, .. }
+            | Command::Signal { conn, .. }
+            | Command::Lineage { conn, .. }
             | Command::Packs { conn }
             | Command::Start { conn, .. }
             | Command::Get { conn, .. }
@@ -165,9 +252,10 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
     let mut c = connect(&conn).await?;
     let json = conn.json;
     match cmd {
-        Command::Deploy { pack, dry_run, .. } => {
+        Command::Deploy { pack, dry_run, rollout, .. } => {
             let files = pack_files(&pack)?;
-            let r = c.deploy_pack(pb::DeployPackRequest { files, dry_run }).await;
+            let (mode, canary_fraction) = rollout.mode();
+            let r = c.deploy_pack(pb::DeployPackRequest { files, dry_run, rollout: mode, canary_fraction }).await;
             let r = match r {
                 Ok(r) => r.into_inner(),
                 Err(s) if s.code() == tonic::Code::InvalidArgument => {
@@ -180,8 +268,17 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
                 eprintln!("{}:{}:{}: {}[{}]: {}", d.path, d.line, d.col, d.severity, d.code, d.message);
             }
             if json {
+                let preview: Vec<_> = r
+                    .preview
+                    .iter()
+                    .map(
+                        |g| serde_json::json!({"rule": g.rule, "activations": g.activations, "workflows": g.workflows}),
+                    )
+                    .collect();
                 print_json(
-                    &serde_json::json!({"name": r.name, "version": r.version, "digest": r.digest, "changed": r.changed, "dry_run": dry_run}),
+                    &serde_json::json!({"name": r.name, "version": r.version, "digest": r.digest, "changed": r.changed, "dry_run": dry_run,
+                        "rules_added": r.rules_added, "rules_changed": r.rules_changed, "rules_removed": r.rules_removed,
+                        "live_workflows": r.live_workflows, "preview": preview}),
                 );
             } else {
                 let what = match (dry_run, r.changed) {
@@ -190,6 +287,105 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
                     (false, false) => "already deployed (no change)",
                 };
                 println!("{} {} {what}", r.name, r.version);
+                for (what, list) in
+                    [("new", &r.rules_added), ("changed", &r.rules_changed), ("removed", &r.rules_removed)]
+                {
+                    if !list.is_empty() {
+                        println!("  {what} rules: {}", list.join(", "));
+                    }
+                }
+                if dry_run {
+                    println!("  {} live workflow(s) would be upgraded", r.live_workflows);
+                    for g in &r.preview {
+                        println!(
+                            "  rule \"{}\" would gain {} activation(s) in {} workflow(s)",
+                            g.rule, g.activations, g.workflows
+                        );
+                    }
+                }
+            }
+            if let Some(job) = r.upgrade.filter(|_| !rollout.no_wait && !json) {
+                progress(&mut c, job).await?;
+            }
+        }
+        Command::Rollout { name, version, rollout, .. } => {
+            let (mode, canary_fraction) = rollout.mode();
+            let r = c
+                .rollout_pack(pb::RolloutPackRequest { name, version, rollout: mode, canary_fraction })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            rollout_done(&mut c, r, rollout.no_wait, json).await?;
+        }
+        Command::Rollback { name, no_wait, .. } => {
+            let r = c.rollback_pack(pb::RollbackPackRequest { name }).await.map_err(status_err)?.into_inner();
+            rollout_done(&mut c, r, no_wait, json).await?;
+        }
+        Command::Upgrade { name, wait, .. } => {
+            let job = c.get_upgrade(pb::GetUpgradeRequest { name }).await.map_err(status_err)?.into_inner();
+            if wait && !json {
+                progress(&mut c, job).await?;
+            } else if json {
+                print_json(&job_json(&job));
+            } else {
+                println!("{}", job_line(&job));
+            }
+        }
+        Command::Signal { name, id, payload, workflow, .. } => {
+            serde_json::from_str::<serde_json::Value>(&payload).context("--payload is not JSON")?;
+            let signal_id = id.unwrap_or_else(|| {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                format!("cli-{}-{t}", std::process::id())
+            });
+            let r = c
+                .send_signal(pb::SendSignalRequest {
+                    name,
+                    signal_id: signal_id.clone(),
+                    payload_json: payload,
+                    workflow_id: workflow.unwrap_or_default(),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            if json {
+                print_json(
+                    &serde_json::json!({"signal_id": signal_id, "created": r.created, "started": r.started, "delivered": r.delivered}),
+                );
+            } else {
+                println!("{signal_id} {}", if r.created { "sent" } else { "already sent (nothing done again)" });
+                for w in &r.started {
+                    println!("  started   {w}");
+                }
+                for w in &r.delivered {
+                    println!("  delivered {w}");
+                }
+            }
+        }
+        Command::Lineage { signal, .. } => {
+            let r = c.get_lineage(pb::GetLineageRequest { signal_id: signal }).await.map_err(status_err)?.into_inner();
+            for s in &r.signals {
+                if json {
+                    print_json(
+                        &serde_json::json!({"id": s.id, "name": s.name, "depth": s.depth, "from": s.from_workflow, "started": s.started, "delivered": s.delivered, "payload": serde_json::from_str::<serde_json::Value>(&s.payload_json).unwrap_or_default()}),
+                    );
+                    continue;
+                }
+                let pad = "  ".repeat(s.depth as usize);
+                let from = if s.from_workflow.is_empty() {
+                    "sent through the API".to_string()
+                } else {
+                    format!("emitted by {}", s.from_workflow)
+                };
+                println!("{pad}signal {} ({}) {} {from}", s.name, s.id, s.payload_json);
+                for w in &s.started {
+                    println!("{pad}  started   {w}");
+                }
+                for w in &s.delivered {
+                    println!("{pad}  unblocked {w}");
+                }
             }
         }
         Command::Packs { .. } => {
@@ -249,8 +445,14 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
                     .map(|f| serde_json::json!({"id": f.id, "type": f.r#type, "version": f.version, "fields": serde_json::from_str::<serde_json::Value>(&f.fields_json).unwrap_or_default()}))
                     .collect();
                 let waiting: Vec<_> = w.waiting.iter().map(|x| serde_json::json!({"invocation": x.invocation_id, "rule": x.rule, "function": x.function, "facts": x.fact_ids})).collect();
+                let timers: Vec<_> = w
+                    .timers
+                    .iter()
+                    .map(|t| serde_json::json!({"id": t.id, "type": t.r#type, "due_ms": t.due_ms, "rule": t.rule}))
+                    .collect();
+                let origin = serde_json::from_str::<serde_json::Value>(&w.origin_json).unwrap_or_default();
                 print_json(
-                    &serde_json::json!({"id": w.id, "pack": w.pack, "pack_version": w.pack_version, "status": w.status, "result": serde_json::from_str::<serde_json::Value>(&w.result_json).unwrap_or_default(), "reason": w.reason, "turn": w.turn, "fact_count": w.fact_count, "facts": facts, "waiting": waiting}),
+                    &serde_json::json!({"id": w.id, "pack": w.pack, "pack_version": w.pack_version, "status": w.status, "result": serde_json::from_str::<serde_json::Value>(&w.result_json).unwrap_or_default(), "reason": w.reason, "turn": w.turn, "fact_count": w.fact_count, "facts": facts, "waiting": waiting, "timers": timers, "origin": origin}),
                 );
             } else {
                 println!("{}  {} {}  {}  turn {}", w.id, w.pack, w.pack_version, w.status, w.turn);
@@ -269,6 +471,15 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
                     for x in &w.waiting {
                         println!("  {} {} <- rule \"{}\" {}", x.invocation_id, x.function, x.rule, x.args_json);
                     }
+                }
+                if !w.timers.is_empty() {
+                    println!("{} pending timer(s)", w.timers.len());
+                    for t in &w.timers {
+                        println!("  timer {} {} due at {} ms <- rule \"{}\"", t.id, t.r#type, t.due_ms, t.rule);
+                    }
+                }
+                if !w.origin_json.is_empty() && !w.origin_json.contains(r#""by":"request""#) {
+                    println!("started by: {}", w.origin_json);
                 }
             }
         }
@@ -318,6 +529,57 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn job_line(j: &pb::UpgradeJob) -> String {
+    format!(
+        "upgrade of {} to {}: {} — {} of {} looked at, {} upgraded, {} failed (rolled back), {} left alone, {} firing(s)",
+        j.pack, j.version, j.state, j.scanned, j.total, j.upgraded, j.failed, j.skipped, j.firings
+    )
+}
+
+fn job_json(j: &pb::UpgradeJob) -> serde_json::Value {
+    serde_json::json!({"pack": j.pack, "version": j.version, "state": j.state, "total": j.total, "scanned": j.scanned,
+        "upgraded": j.upgraded, "failed": j.failed, "skipped": j.skipped, "firings": j.firings,
+        "started_ms": j.started_ms, "finished_ms": j.finished_ms})
+}
+
+async fn rollout_done(c: &mut Client, r: pb::RolloutPackResponse, no_wait: bool, json: bool) -> anyhow::Result<()> {
+    if json {
+        print_json(
+            &serde_json::json!({"stable": r.stable, "canary_version": r.canary_version, "canary_fraction": r.canary_fraction, "upgrade": r.upgrade.as_ref().map(job_json)}),
+        );
+        return Ok(());
+    }
+    match r.canary_version.as_str() {
+        "" => println!("stable: {}", r.stable),
+        v => println!("stable: {}, canary: {v} on {:.1}% of workflows", r.stable, r.canary_fraction * 100.0),
+    }
+    match r.upgrade {
+        Some(job) if !no_wait => progress(c, job).await,
+        _ => Ok(()),
+    }
+}
+
+/// A progress bar over an upgrade until it is done.
+async fn progress(c: &mut Client, mut job: pb::UpgradeJob) -> anyhow::Result<()> {
+    let bar = indicatif::ProgressBar::new(job.total.max(1));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("upgrading {msg} [{bar:30}] {pos}/{len} workflows ({elapsed})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("{} to {}", job.pack, job.version));
+    let name = job.pack.clone();
+    while job.state != "done" {
+        bar.set_position(job.scanned.min(job.total));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        job = c.get_upgrade(pb::GetUpgradeRequest { name: name.clone() }).await.map_err(status_err)?.into_inner();
+    }
+    bar.set_length(job.scanned.max(1));
+    bar.finish_with_message(format!("{} to {}", job.pack, job.version));
+    println!("{}", job_line(&job));
+    Ok(())
 }
 
 async fn follow(c: &mut Client, workflow: &str, from: u64, json: bool) -> anyhow::Result<ExitCode> {

@@ -34,6 +34,11 @@ pub struct Args {
     /// Print timeline entries as JSON lines instead of text.
     #[arg(long)]
     json: bool,
+    /// Stay until no timer is pending, firing each when it comes due (in
+    /// real time). Without it, the run ends when no answer is left to feed
+    /// back, and pending timers are listed.
+    #[arg(long)]
+    wait_timers: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -123,11 +128,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Entries are printed as each turn commits: a `commit` line means the
     // turn is durable (with --data).
     local.drive(&mut dispatcher, &mut |out| print(&out.entries))?;
+    while args.wait_timers && local.workflow.status() == Status::Running {
+        let Some((_, due)) = local.next_timer() else { break };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+        local.advance(due.saturating_sub(now), &mut dispatcher, &mut |out| print(&out.entries))?;
+    }
     let meta = local.workflow.meta();
     let extra = match meta.status {
         Status::Completed => format!(" result {}", meta.result),
         Status::Failed => format!(": {}", meta.reason.clone().unwrap_or_default()),
-        Status::Running => format!(", {} invocation(s) waiting", local.workflow.waiting().count()),
+        Status::Running => {
+            let timers = match local.next_timer() {
+                Some((_, due)) => format!(
+                    ", {} timer(s) pending (next due at {due} ms; --wait-timers waits for them)",
+                    local.workflow.timers().count()
+                ),
+                None => String::new(),
+            };
+            format!(", {} invocation(s) waiting{timers}", local.workflow.waiting().count())
+        }
     };
     {
         use std::io::Write;

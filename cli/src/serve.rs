@@ -21,6 +21,9 @@ pub struct Args {
     /// Directory of the embedded store.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// sled's page cache, in MiB.
+    #[arg(long)]
+    cache_mb: Option<u64>,
     /// A tenant and one of its tokens, as TENANT=TOKEN; repeatable.
     #[arg(long = "token", value_name = "TENANT=TOKEN")]
     tokens: Vec<String>,
@@ -36,6 +39,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(d) = args.data {
         config.data_dir = d;
+    }
+    if let Some(c) = args.cache_mb {
+        config.cache_mb = c;
     }
     for t in &args.tokens {
         let (tenant, token) = t.split_once('=').with_context(|| format!("--token {t}: expected TENANT=TOKEN"))?;

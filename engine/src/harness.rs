@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use stoa_rules::compile::Pack;
-use stoa_rules::testcase::{partial_match, TestCase};
+use stoa_rules::testcase::{partial_match, Step, TestCase};
 
 use crate::dispatch::MockDispatcher;
 use crate::fact::WorkflowId;
-use crate::local::Local;
+use crate::local::{self, Local};
 use crate::network::fields_value;
 use crate::timeline::{Entry, Event, SectionKind};
+use crate::workflow::{Input, Rejected, Signal};
 
 /// The outcome of one test case.
 #[derive(Debug)]
@@ -66,6 +67,9 @@ pub fn run_case(pack: &Arc<Pack>, file: &std::path::Path, case: &TestCase) -> Re
     let run =
         Local::start(pack.clone(), WorkflowId::new("test"), facts, None, true, &mut dispatcher).and_then(|mut l| {
             l.drive(&mut dispatcher, &mut |_| {})?;
+            for (n, step) in case.steps.iter().enumerate() {
+                run_step(&mut l, n, step, &mut dispatcher)?;
+            }
             Ok(l)
         });
     let local = match run {
@@ -82,6 +86,34 @@ pub fn run_case(pack: &Arc<Pack>, file: &std::path::Path, case: &TestCase) -> Re
     }
     check_expectations(case, &local, &mut report);
     report
+}
+
+fn run_step(l: &mut Local, n: usize, step: &Step, dispatcher: &mut MockDispatcher) -> Result<(), local::Error> {
+    let ignore_finished = |r: Result<_, local::Error>| match r {
+        Err(local::Error::Rejected(Rejected::NotRunning(_))) => Ok(()),
+        Err(e) => Err(e),
+        Ok(_) => Ok(()),
+    };
+    if !step.assert.is_empty() {
+        ignore_finished(l.apply(Input::Assert { facts: step.assert.clone() }, dispatcher))?;
+    }
+    if let Some(sig) = &step.signal {
+        let signal = Signal {
+            id: sig.id.clone().unwrap_or_else(|| format!("test-signal-{}", n + 1)),
+            name: sig.name.clone(),
+            payload: sig.payload.clone(),
+            from: None,
+            at_ms: 0,
+        };
+        ignore_finished(l.apply(Input::Signal { signal }, dispatcher))?;
+    }
+    l.drive(dispatcher, &mut |_| {})?;
+    if let Some(d) = &step.advance {
+        // Checked by `stoa check` (compile), so a bad duration here is a bug.
+        let by = humantime::parse_duration(d.get_ref()).map(|d| d.as_millis() as u64).unwrap_or(0);
+        l.advance(by, dispatcher, &mut |_| {})?;
+    }
+    Ok(())
 }
 
 fn fired(timeline: &[Entry]) -> Vec<String> {
@@ -180,6 +212,25 @@ fn check_expectations(case: &TestCase, local: &Local, r: &mut Report) {
                 wf.facts().into_iter().filter(|f| *f.ty.name() == *fx.ty).count(),
                 of_type.concat()
             ));
+        }
+    }
+    if let Some(want) = &x.emitted {
+        let got: Vec<String> = r
+            .timeline
+            .iter()
+            .filter_map(|e| match &e.event {
+                Event::SignalEmitted { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        if *want != got {
+            r.failures.push(format!("emitted signals: expected {want:?}, got {got:?}"));
+        }
+    }
+    if let Some(n) = x.pending_timers {
+        let got = wf.timers().count();
+        if got != n {
+            r.failures.push(format!("pending timers: expected {n}, got {got}"));
         }
     }
     for ty in &x.no_facts {

@@ -112,6 +112,48 @@ impl<'s> Local<'s> {
         Ok(out)
     }
 
+    /// Moves the clock forward by `by_ms`: the timers due by then fire, in
+    /// due order, one turn per due instant, with the clock at its due time; answers are
+    /// fed back after each. Virtual time does not wait; wall time sleeps.
+    pub fn advance(
+        &mut self,
+        by_ms: u64,
+        dispatcher: &mut dyn Dispatcher,
+        on_turn: &mut dyn FnMut(&TurnOutput),
+    ) -> Result<(), Error> {
+        let base = if self.virtual_time { self.now } else { wall_ms().max(self.now) };
+        let until = base.saturating_add(by_ms);
+        while let Some(t) = self.next_timer().filter(|t| t.1 <= until) {
+            self.wait_until(t.1);
+            let ids = self.workflow.timers().filter(|x| x.due_ms == t.1).map(|x| x.id).collect();
+            match self.apply(Input::Timers { ids }, dispatcher) {
+                Ok(out) => on_turn(&out),
+                Err(Error::Rejected(Rejected::NotRunning(_))) => break,
+                Err(e) => return Err(e),
+            }
+            self.drive(dispatcher, on_turn)?;
+        }
+        self.wait_until(until);
+        Ok(())
+    }
+
+    /// (id, due) of the timer due first.
+    pub fn next_timer(&self) -> Option<(u64, u64)> {
+        self.workflow.timers().map(|t| (t.id, t.due_ms)).min_by_key(|&(id, due)| (due, id))
+    }
+
+    fn wait_until(&mut self, at_ms: u64) {
+        if self.virtual_time {
+            // `apply` ticks once more, so the turn runs at `at_ms`.
+            self.now = self.now.max(at_ms.saturating_sub(1));
+        } else {
+            let now = wall_ms();
+            if at_ms > now {
+                std::thread::sleep(std::time::Duration::from_millis(at_ms - now));
+            }
+        }
+    }
+
     /// Feeds outcomes back until the dispatcher has none; `on_turn` sees
     /// each turn once it is committed. A duplicate or late answer is
     /// ignored, as the exactly-once rule requires.

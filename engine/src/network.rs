@@ -135,6 +135,8 @@ pub struct Network {
     /// Whether new activations are marked fired instead of scheduled (used
     /// to rebuild a quiescent workflow from its facts).
     pub refract_all: bool,
+    /// Rules (by index) exempt from `refract_all`: new in a pack upgrade.
+    pub fresh_rules: Vec<bool>,
     id_sym: Sym,
 }
 
@@ -197,6 +199,7 @@ impl Network {
             suppress: None,
             deferred: None,
             refract_all: false,
+            fresh_rules: Vec::new(),
             id_sym: Sym::new("_id"),
         };
         // One root token per rule; rules whose conditions need no fact (only
@@ -587,7 +590,8 @@ impl Network {
         acts.sort();
         for (_, rule, ids, t) in acts {
             self.seq += 1;
-            if self.refract_all || self.suppressed(rule, ids) {
+            let refracted = self.refract_all && !self.fresh_rules.get(rule).copied().unwrap_or(false);
+            if refracted || self.suppressed(rule, ids) {
                 continue;
             }
             let key = AgendaKey {
@@ -608,6 +612,15 @@ impl Network {
         ids.retain(|&f| f != 0);
         ids.sort_unstable();
         ids == *facts
+    }
+
+    /// Scheduled activations, counted by rule index.
+    pub fn agenda_by_rule(&self) -> Vec<u64> {
+        let mut n = vec![0; self.pack.rules.len()];
+        for t in self.agenda.values() {
+            n[self.toks[*t as usize].rule as usize] += 1;
+        }
+        n
     }
 
     /// Takes the activation to fire next (refraction: it will not return).

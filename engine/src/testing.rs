@@ -14,11 +14,16 @@ use crate::WorkflowId;
 
 /// A pack with one rule file and a manifest declaring `media.*` functions.
 pub fn pack(rules: &str, manifest_extra: &str) -> Arc<Pack> {
+    pack_version(rules, manifest_extra, "1")
+}
+
+/// `pack` at a given version, for upgrades.
+pub fn pack_version(rules: &str, manifest_extra: &str, version: &str) -> Arc<Pack> {
     let mut src = PackSource { root: PathBuf::from("test"), ..PackSource::default() };
     src.files.insert(
         PathBuf::from("pack.toml"),
         format!(
-            "[pack]\nname = \"test\"\nversion = \"1\"\n\n[functions.\"media.encode\"]\ntimeout = \"1m\"\n\n[functions.\"media.split\"]\n{manifest_extra}"
+            "[pack]\nname = \"test\"\nversion = \"{version}\"\n\n[functions.\"media.encode\"]\ntimeout = \"1m\"\n\n[functions.\"media.split\"]\n{manifest_extra}"
         ),
     );
     src.files.insert(PathBuf::from("main.rules"), rules.to_string());

@@ -14,7 +14,17 @@ pub struct Entry {
     pub turn: u64,
     /// Milliseconds since the Unix epoch (virtual in tests).
     pub at_ms: u64,
+    /// Microseconds since the Unix epoch at which the server started to
+    /// commit the turn; zero outside the server. Consecutive turns' stamps
+    /// give the latency of each hop, which `at_ms` is too coarse for and a
+    /// watcher's arrival times blur (it receives turns in bursts).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub at_us: u64,
     pub event: Event,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Which section of a rule ran.
@@ -103,9 +113,52 @@ pub enum Event {
     TurnCommitted {
         firings: u64,
     },
+    TimerSet {
+        id: u64,
+        due_ms: u64,
+        #[serde(rename = "type")]
+        ty: Sym,
+        rule: String,
+    },
+    TimerFired {
+        id: u64,
+        #[serde(rename = "type")]
+        ty: Sym,
+    },
+    TimerCancelled {
+        id: u64,
+        rule: String,
+    },
+    SignalEmitted {
+        signal: String,
+        name: String,
+        payload: Value,
+    },
+    /// The workflow moved to another version of its pack.
+    Upgraded {
+        from: String,
+        to: String,
+        added: Vec<String>,
+        changed: Vec<String>,
+        removed: Vec<String>,
+    },
+    /// The upgrade's turn failed and was rolled back; the version stays.
+    UpgradeFailed {
+        to: String,
+        error: String,
+    },
 }
 
 impl Entry {
+    /// A due time relative to this entry, so test timelines read the same
+    /// on every run: `+15m` (or the absolute milliseconds when earlier).
+    fn relative(&self, due_ms: u64) -> String {
+        match due_ms.checked_sub(self.at_ms) {
+            Some(d) => format!("+{}", humantime::format_duration(std::time::Duration::from_millis(d))),
+            None => format!("{due_ms} ms (past)"),
+        }
+    }
+
     /// One line for humans, as `stoa run` and `stoa watch` print it.
     pub fn line(&self) -> String {
         match &self.event {
@@ -145,6 +198,28 @@ impl Entry {
                 format!("  ERROR  turn rolled back after {firings} firing(s){what}: {error}")
             }
             Event::TurnCommitted { firings } => format!("  commit ({firings} firing(s))"),
+            Event::TimerSet { id, due_ms, ty, .. } => {
+                format!("  timer  {id} {ty} due at {}", self.relative(*due_ms))
+            }
+            Event::TimerFired { id, ty } => format!("  timer  {id} {ty} fired"),
+            Event::TimerCancelled { id, rule } => format!("  timer  {id} cancelled by \"{rule}\""),
+            Event::SignalEmitted { signal, name, payload } => format!("  emit   {name} {payload} ({signal})"),
+            Event::Upgraded { from, to, added, changed, removed } => {
+                let list = |what: &str, v: &[String]| {
+                    if v.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {what}: {}", v.join(", "))
+                    }
+                };
+                format!(
+                    "  upgrade {from} -> {to}{}{}{}",
+                    list("new", added),
+                    list("changed", changed),
+                    list("removed", removed)
+                )
+            }
+            Event::UpgradeFailed { to, error } => format!("  ERROR  upgrade to {to} rolled back: {error}"),
         }
     }
 }

@@ -16,7 +16,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use stoa_rules::compile::{Pack, Rule, Section};
 use stoa_rules::manifest::RetryPolicy;
-use stoa_rules::sandbox::{Effect, ScriptValue};
+use stoa_rules::sandbox::{CallOptions, Due, Effect, NextIds, ScriptValue};
 use stoa_rules::testcase::FactSpec;
 use stoa_rules::{Fields, Sym, Value};
 
@@ -61,7 +61,93 @@ pub struct Meta {
     pub next_tag: u64,
     pub created_ms: u64,
     pub updated_ms: u64,
+    #[serde(default = "one")]
+    pub next_timer: u64,
+    #[serde(default = "one")]
+    pub next_signal: u64,
+    /// What started this workflow.
+    #[serde(default)]
+    pub origin: Origin,
 }
+
+fn one() -> u64 {
+    1
+}
+
+/// What started a workflow: lineage for `stoa lineage` and for cancelling
+/// children with their parent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "lowercase")]
+pub enum Origin {
+    /// A client's start request.
+    #[default]
+    Request,
+    /// A parent workflow's `start_workflow`; the parent awaits `invocation`.
+    Parent {
+        invocation: InvocationId,
+        /// Packs from the root workflow down to the parent (cycle check).
+        ancestry: Vec<String>,
+    },
+    /// A signal this pack subscribes to with `start = true`.
+    Signal { signal: String },
+    /// A tick of a cron schedule.
+    Schedule { schedule: String },
+}
+
+impl Origin {
+    /// How many workflows are above this one.
+    pub fn depth(&self) -> usize {
+        match self {
+            Origin::Parent { ancestry, .. } => ancestry.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// A durable timer: when due, a turn inserts its fact.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Timer {
+    pub workflow: WorkflowId,
+    /// Unique within the workflow.
+    pub id: u64,
+    pub due_ms: u64,
+    #[serde(rename = "type")]
+    pub ty: Sym,
+    pub fields: Fields,
+    pub rule: String,
+}
+
+/// A named signal with a payload: sent through the API or emitted by a rule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Signal {
+    /// Unique per tenant; the same id is acted on once.
+    pub id: String,
+    pub name: String,
+    pub payload: Value,
+    /// The workflow whose rule emitted it.
+    pub from: Option<WorkflowId>,
+    pub at_ms: u64,
+}
+
+impl Signal {
+    /// The fact a signal becomes in a workflow: `Signal { name, id, payload, from }`.
+    pub fn fact(&self) -> FactSpec {
+        let mut fields = Fields::new();
+        fields.set(Sym::new("name"), Value::str(&self.name));
+        fields.set(Sym::new("id"), Value::str(&self.id));
+        fields.set(Sym::new("payload"), self.payload.clone());
+        if let Some(f) = &self.from {
+            fields.set(Sym::new("from"), Value::str(f.as_str()));
+        }
+        FactSpec { ty: "Signal".into(), fields }
+    }
+}
+
+/// The function name under which a child workflow of `pack` is awaited.
+pub const CHILD_PREFIX: &str = "workflow:";
+
+/// How deep workflows may start workflows (the root is depth 0).
+pub const MAX_CHILD_DEPTH: usize = 8;
 
 /// Work handed to a function worker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -117,11 +203,31 @@ pub enum ErrorKind {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Input {
-    Start { facts: Vec<FactSpec> },
-    Assert { facts: Vec<FactSpec> },
-    Retract { ids: Vec<FactId> },
-    Result { invocation: InvocationId, outcome: Outcome },
-    Cancel { reason: String },
+    Start {
+        facts: Vec<FactSpec>,
+    },
+    Assert {
+        facts: Vec<FactSpec>,
+    },
+    Retract {
+        ids: Vec<FactId>,
+    },
+    Result {
+        invocation: InvocationId,
+        outcome: Outcome,
+    },
+    Cancel {
+        reason: String,
+    },
+    /// Timers are due: those of one workflow due at the same instant fire
+    /// in one turn, in id order.
+    Timers {
+        ids: Vec<u64>,
+    },
+    /// A signal arrives: asserted as a `Signal` fact.
+    Signal {
+        signal: Signal,
+    },
 }
 
 impl Input {
@@ -135,6 +241,11 @@ impl Input {
                 format!("error ({kind:?}) of {invocation}").to_lowercase()
             }
             Input::Cancel { reason } => format!("cancel: {reason}"),
+            Input::Timers { ids } => match ids.as_slice() {
+                [id] => format!("timer {id} is due"),
+                _ => format!("timers {ids:?} are due"),
+            },
+            Input::Signal { signal } => format!("signal {} ({})", signal.name, signal.id),
         }
     }
 }
@@ -150,6 +261,8 @@ pub enum Rejected {
     InvalidFact(usize, String),
     #[error("fact f{0} does not exist")]
     UnknownFact(FactId),
+    #[error("timer {0} is not pending (already fired or cancelled)")]
+    UnknownTimer(u64),
 }
 
 /// The delta of one committed turn.
@@ -167,8 +280,20 @@ pub struct TurnOutput {
     pub invocations: Vec<Invocation>,
     /// Invocations no longer awaited (their answers will be ignored).
     pub cancelled: Vec<InvocationId>,
+    pub timers_put: Vec<Timer>,
+    pub timers_deleted: Vec<u64>,
+    /// Signals emitted by rules, to route after commit.
+    pub signals: Vec<Signal>,
     pub meta: Option<Meta>,
     pub firings: u64,
+}
+
+/// Rules of a new pack version compared with the old, by name.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RuleChanges {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
 }
 
 /// A failure inside a turn: the turn is rolled back.
@@ -187,6 +312,7 @@ pub struct Workflow {
     waiting: BTreeMap<InvocationId, Waiting>,
     /// Waiting invocations by the facts they bound (to cancel on retract).
     waiting_by_fact: FxHashMap<FactId, Vec<InvocationId>>,
+    timers: BTreeMap<u64, Timer>,
     turn: TurnState,
 }
 
@@ -197,6 +323,8 @@ struct TurnState {
     /// Pre-turn state of every fact touched.
     undo_facts: FxHashMap<FactId, Option<Fact>>,
     undo_waiting: FxHashMap<InvocationId, Option<Waiting>>,
+    undo_timers: FxHashMap<u64, Option<Timer>>,
+    signals: Vec<Signal>,
     invocations: Vec<Invocation>,
     cancelled: Vec<InvocationId>,
     firings: u64,
@@ -210,6 +338,7 @@ pub struct Snapshot {
     pub meta: Meta,
     pub facts: Vec<Fact>,
     pub waiting: Vec<Waiting>,
+    pub timers: Vec<Timer>,
 }
 
 impl Workflow {
@@ -229,6 +358,9 @@ impl Workflow {
             next_tag: 1,
             created_ms: now_ms,
             updated_ms: now_ms,
+            next_timer: 1,
+            next_signal: 1,
+            origin: Origin::Request,
         };
         Workflow {
             net: Network::new(pack.clone()),
@@ -236,8 +368,15 @@ impl Workflow {
             meta,
             waiting: BTreeMap::new(),
             waiting_by_fact: FxHashMap::default(),
+            timers: BTreeMap::new(),
             turn: TurnState::default(),
         }
+    }
+
+    /// Sets what started the workflow; call before its start turn.
+    pub fn with_origin(mut self, origin: Origin) -> Workflow {
+        self.meta.origin = origin;
+        self
     }
 
     /// Rebuilds a workflow from its stored state. The state was committed at
@@ -247,22 +386,27 @@ impl Workflow {
         wf.meta = snap.meta;
         let mut facts = snap.facts;
         facts.sort_by_key(|f| f.id);
-        wf.rebuild(facts).map_err(|e| e.0)?;
+        wf.rebuild(facts, &[]).map_err(|e| e.0)?;
         for w in snap.waiting {
             wf.index_waiting(&w);
             wf.waiting.insert(w.invocation.id.clone(), w);
         }
+        wf.timers = snap.timers.into_iter().map(|t| (t.id, t)).collect();
         Ok(wf)
     }
 
-    fn rebuild(&mut self, facts: Vec<Fact>) -> Result<(), TurnError> {
+    /// A network over `facts` in which every match has already fired, but
+    /// those of the rules flagged in `fresh` (by index), which are scheduled.
+    fn rebuild(&mut self, facts: Vec<Fact>, fresh: &[bool]) -> Result<(), TurnError> {
         let mut net = Network::new(self.pack.clone());
         net.refract_all = true;
+        net.fresh_rules = fresh.to_vec();
         net.prime()?;
         for f in facts {
             net.insert(f)?;
         }
         net.refract_all = false;
+        net.fresh_rules.clear();
         self.net = net;
         Ok(())
     }
@@ -307,7 +451,12 @@ impl Workflow {
             meta: self.meta.clone(),
             facts: self.facts().into_iter().cloned().collect(),
             waiting: self.waiting.values().cloned().collect(),
+            timers: self.timers.values().cloned().collect(),
         }
+    }
+
+    pub fn timers(&self) -> impl Iterator<Item = &Timer> {
+        self.timers.values()
     }
 
     fn validate(&self, facts: &[FactSpec]) -> Result<(), Rejected> {
@@ -342,20 +491,21 @@ impl Workflow {
                     return Err(Rejected::UnknownInvocation(invocation.clone()));
                 }
             }
-            Input::Cancel { .. } => {}
+            Input::Timers { ids } => {
+                if ids.is_empty() {
+                    return Err(Rejected::UnknownTimer(0));
+                }
+                if let Some(id) = ids.iter().find(|id| !self.timers.contains_key(id)) {
+                    return Err(Rejected::UnknownTimer(*id));
+                }
+            }
+            Input::Cancel { .. } | Input::Signal { .. } => {}
         }
-        self.meta.turn += 1;
-        self.turn = TurnState { now: now_ms, ..TurnState::default() };
-        let meta_before = self.meta.clone();
-        self.record(Event::TurnStarted { input: input.summary() });
+        let meta_before = self.begin_turn(now_ms, input.summary());
         let result = self.run(input).and_then(|()| self.fire_all());
         let mut out = TurnOutput { turn: self.meta.turn, firings: self.turn.firings, ..TurnOutput::default() };
         match result {
-            Ok(()) => {
-                let firings = self.turn.firings;
-                self.record(Event::TurnCommitted { firings });
-                self.collect_delta(&mut out);
-            }
+            Ok(()) => self.committed(&mut out),
             Err(TurnError(error)) => {
                 self.rollback(meta_before);
                 let firings = self.turn.firings;
@@ -378,16 +528,39 @@ impl Workflow {
                 self.turn.undo_waiting.clear();
                 self.turn.invocations.clear();
                 self.turn.cancelled.clear();
-                // Waiting invocations of a failed workflow are abandoned.
+                self.turn.signals.clear();
+                // Waiting invocations and timers of a failed workflow are abandoned.
                 out.cancelled = self.waiting.keys().cloned().collect();
+                out.timers_deleted = std::mem::take(&mut self.timers).into_keys().collect();
             }
         }
+        Ok(self.end_turn(out, now_ms))
+    }
+
+    /// Opens a turn; returns the metadata to restore if it is rolled back.
+    fn begin_turn(&mut self, now_ms: u64, input: String) -> Meta {
+        self.meta.turn += 1;
+        self.turn = TurnState { now: now_ms, ..TurnState::default() };
+        let before = self.meta.clone();
+        self.record(Event::TurnStarted { input });
+        before
+    }
+
+    fn committed(&mut self, out: &mut TurnOutput) {
+        let firings = self.turn.firings;
+        self.record(Event::TurnCommitted { firings });
+        self.collect_delta(out);
+    }
+
+    /// Hands the turn's entries, invocations and signals to its output.
+    fn end_turn(&mut self, mut out: TurnOutput, now_ms: u64) -> TurnOutput {
         self.meta.updated_ms = now_ms;
         out.entries = std::mem::take(&mut self.turn.entries);
         out.invocations = std::mem::take(&mut self.turn.invocations);
         out.cancelled.extend(std::mem::take(&mut self.turn.cancelled));
+        out.signals = std::mem::take(&mut self.turn.signals);
         out.meta = Some(self.meta.clone());
-        Ok(out)
+        out
     }
 
     fn collect_delta(&mut self, out: &mut TurnOutput) {
@@ -406,6 +579,15 @@ impl Workflow {
             match self.waiting.get(&inv) {
                 Some(w) => out.waiting_put.push(w.clone()),
                 None if self.turn.undo_waiting[&inv].is_some() => out.waiting_deleted.push(inv),
+                None => {}
+            }
+        }
+        let mut timers: Vec<u64> = self.turn.undo_timers.keys().copied().collect();
+        timers.sort_unstable();
+        for id in timers {
+            match self.timers.get(&id) {
+                Some(t) => out.timers_put.push(t.clone()),
+                None if self.turn.undo_timers[&id].is_some() => out.timers_deleted.push(id),
                 None => {}
             }
         }
@@ -431,6 +613,16 @@ impl Workflow {
                 }
             }
         }
+        for (id, before) in std::mem::take(&mut self.turn.undo_timers) {
+            match before {
+                Some(t) => {
+                    self.timers.insert(id, t);
+                }
+                None => {
+                    self.timers.remove(&id);
+                }
+            }
+        }
         self.waiting_by_fact.clear();
         let ws: Vec<Waiting> = self.waiting.values().cloned().collect();
         for w in &ws {
@@ -439,7 +631,7 @@ impl Workflow {
         let seq = self.meta.timeline_seq;
         self.meta = Meta { timeline_seq: seq, ..meta_before };
         // The pre-turn state was quiescent and valid, so rebuilding cannot fail.
-        let _ = self.rebuild(facts);
+        let _ = self.rebuild(facts, &[]);
     }
 
     fn record(&mut self, event: Event) {
@@ -448,6 +640,7 @@ impl Workflow {
             seq: self.meta.timeline_seq,
             turn: self.meta.turn,
             at_ms: self.turn.now,
+            at_us: 0,
             event,
         });
     }
@@ -473,6 +666,19 @@ impl Workflow {
             Input::Result { invocation, outcome } => self.apply_result(invocation, outcome)?,
             Input::Cancel { reason } => {
                 self.finish(Status::Failed, Value::Null, Some(format!("cancelled: {reason}")));
+            }
+            Input::Timers { mut ids } => {
+                ids.sort_unstable();
+                ids.dedup();
+                for id in ids {
+                    let t = self.take_timer(id).expect("checked in apply");
+                    self.record(Event::TimerFired { id, ty: t.ty });
+                    self.insert_new(t.ty, t.fields)?;
+                }
+            }
+            Input::Signal { signal } => {
+                let f = signal.fact();
+                self.insert_new(f.sym(), f.fields)?;
             }
         }
         Ok(())
@@ -540,7 +746,8 @@ impl Workflow {
         bindings: &[Binding],
         matched: &[(FactId, u32)],
     ) -> Result<(), TurnError> {
-        let effects = self.pack.sandbox.run(&section.script, values, self.meta.next_fact_id).map_err(|e| {
+        let next = NextIds { fact: self.meta.next_fact_id, timer: self.meta.next_timer };
+        let effects = self.pack.sandbox.run(&section.script, values, next).map_err(|e| {
             let at = e
                 .pos
                 .map(|p| {
@@ -585,35 +792,71 @@ impl Workflow {
                     let Some(spec) = self.pack.manifest.functions.get(&function) else {
                         return Err(TurnError(format!("call: function `{function}` is not declared in pack.toml")));
                     };
-                    let id = InvocationId::of(&self.meta.id, self.meta.next_invocation);
-                    self.meta.next_invocation += 1;
-                    let inv = Invocation {
-                        id: id.clone(),
-                        workflow: self.meta.id.clone(),
-                        function: function.clone(),
-                        args: args.clone(),
-                        priority: options.priority,
-                        timeout_ms: options.timeout_ms.unwrap_or(spec.timeout.as_millis() as u64),
-                        heartbeat_ms: spec.heartbeat.as_millis() as u64,
-                        retry: spec.retry.clone(),
-                        rule: rule.name.clone(),
-                        created_ms: self.turn.now,
+                    let (timeout, heartbeat, retry) = (spec.timeout, spec.heartbeat, spec.retry.clone());
+                    let options = CallOptions {
+                        timeout_ms: Some(options.timeout_ms.unwrap_or(timeout.as_millis() as u64)),
+                        ..options
                     };
-                    self.record(Event::Invoked {
-                        invocation: id.clone(),
-                        function,
-                        args,
-                        priority: options.priority,
-                        rule: rule.name.clone(),
+                    self.invoke(rule, function, args, options, heartbeat.as_millis() as u64, retry, bindings, matched);
+                }
+                Effect::StartChild { pack, facts, options } => {
+                    let mut ancestry = match &self.meta.origin {
+                        Origin::Parent { ancestry, .. } => ancestry.clone(),
+                        _ => Vec::new(),
+                    };
+                    ancestry.push(self.meta.pack.clone());
+                    if ancestry.contains(&pack) {
+                        return Err(TurnError(format!(
+                            "start_workflow: start cycle {} -> {pack}: a pack may not start itself, directly or through others",
+                            ancestry.join(" -> ")
+                        )));
+                    }
+                    if ancestry.len() >= MAX_CHILD_DEPTH {
+                        return Err(TurnError(format!(
+                            "start_workflow: workflows nest at most {MAX_CHILD_DEPTH} deep ({} -> {pack})",
+                            ancestry.join(" -> ")
+                        )));
+                    }
+                    let mut args = BTreeMap::new();
+                    args.insert(Arc::from("facts"), facts);
+                    args.insert(
+                        Arc::from("ancestry"),
+                        Value::Array(Arc::new(ancestry.iter().map(|p| Value::str(p)).collect())),
+                    );
+                    let args = Value::Map(Arc::new(args));
+                    // A child is started once; its own rules handle its failures.
+                    let retry = RetryPolicy { max_attempts: 1, ..RetryPolicy::default() };
+                    self.invoke(rule, format!("{CHILD_PREFIX}{pack}"), args, options, 0, retry, bindings, matched);
+                }
+                Effect::Timer { id, due, ty, fields } => {
+                    debug_assert_eq!(id, self.meta.next_timer);
+                    self.meta.next_timer += 1;
+                    let due_ms = match due {
+                        Due::After(ms) => self.turn.now.saturating_add(ms),
+                        Due::At(ms) => ms,
+                    };
+                    self.check_schema(ty, &fields)?;
+                    self.record(Event::TimerSet { id, due_ms, ty, rule: rule.name.clone() });
+                    let t = Timer { workflow: self.meta.id.clone(), id, due_ms, ty, fields, rule: rule.name.clone() };
+                    self.turn.undo_timers.entry(id).or_insert(None);
+                    self.timers.insert(id, t);
+                }
+                Effect::CancelTimer { id } => {
+                    // Cancelling a timer that already fired is a normal race: no error.
+                    if self.take_timer(id).is_some() {
+                        self.record(Event::TimerCancelled { id, rule: rule.name.clone() });
+                    }
+                }
+                Effect::Emit { name, payload } => {
+                    let id = format!("{}/s{}", self.meta.id, self.meta.next_signal);
+                    self.meta.next_signal += 1;
+                    self.record(Event::SignalEmitted {
+                        signal: id.clone(),
+                        name: name.clone(),
+                        payload: payload.clone(),
                     });
-                    let w = Waiting {
-                        invocation: inv.clone(),
-                        rule: rule.name.clone(),
-                        bindings: bindings.to_vec(),
-                        matched: matched.to_vec(),
-                    };
-                    self.put_waiting(w);
-                    self.turn.invocations.push(inv);
+                    let from = Some(self.meta.id.clone());
+                    self.turn.signals.push(Signal { id, name, payload, from, at_ms: self.turn.now });
                 }
                 Effect::Complete { result } => self.finish(Status::Completed, result, None),
                 Effect::Fail { reason } => self.finish(Status::Failed, Value::Null, Some(reason)),
@@ -640,6 +883,10 @@ impl Workflow {
         }
         self.meta.result = result;
         self.meta.reason = reason;
+        let timers: Vec<u64> = self.timers.keys().copied().collect();
+        for id in timers {
+            self.take_timer(id);
+        }
         let pending: Vec<InvocationId> = self.waiting.keys().cloned().collect();
         for inv in pending {
             self.take_waiting(&inv);
@@ -747,6 +994,56 @@ impl Workflow {
         self.waiting.insert(id, w);
     }
 
+    fn take_timer(&mut self, id: u64) -> Option<Timer> {
+        let t = self.timers.remove(&id)?;
+        self.turn.undo_timers.entry(id).or_insert_with(|| Some(t.clone()));
+        Some(t)
+    }
+
+    /// Makes an invocation and the activation that waits for its answer.
+    #[allow(clippy::too_many_arguments)]
+    fn invoke(
+        &mut self,
+        rule: &Rule,
+        function: String,
+        args: Value,
+        options: CallOptions,
+        heartbeat_ms: u64,
+        retry: RetryPolicy,
+        bindings: &[Binding],
+        matched: &[(FactId, u32)],
+    ) {
+        let id = InvocationId::of(&self.meta.id, self.meta.next_invocation);
+        self.meta.next_invocation += 1;
+        let inv = Invocation {
+            id: id.clone(),
+            workflow: self.meta.id.clone(),
+            function: function.clone(),
+            args: args.clone(),
+            priority: options.priority,
+            timeout_ms: options.timeout_ms.unwrap_or(0),
+            heartbeat_ms,
+            retry,
+            rule: rule.name.clone(),
+            created_ms: self.turn.now,
+        };
+        self.record(Event::Invoked {
+            invocation: id,
+            function,
+            args,
+            priority: options.priority,
+            rule: rule.name.clone(),
+        });
+        let w = Waiting {
+            invocation: inv.clone(),
+            rule: rule.name.clone(),
+            bindings: bindings.to_vec(),
+            matched: matched.to_vec(),
+        };
+        self.put_waiting(w);
+        self.turn.invocations.push(inv);
+    }
+
     fn take_waiting(&mut self, inv: &InvocationId) -> Option<Waiting> {
         let w = self.waiting.remove(inv)?;
         self.turn.undo_waiting.entry(inv.clone()).or_insert_with(|| Some(w.clone()));
@@ -761,6 +1058,112 @@ impl Workflow {
             }
         }
         Some(w)
+    }
+
+    /// What a change of pack does to rules: by name, which are new, which
+    /// changed (same name, other identity) and which are gone.
+    pub fn rule_changes(old: &Pack, new: &Pack) -> RuleChanges {
+        let old_by_name: FxHashMap<&str, u64> = old.rules.iter().map(|r| (r.name.as_str(), r.identity)).collect();
+        let new_names: rustc_hash::FxHashSet<&str> = new.rules.iter().map(|r| r.name.as_str()).collect();
+        let mut c = RuleChanges::default();
+        for r in &new.rules {
+            match old_by_name.get(r.name.as_str()) {
+                None => c.added.push(r.name.clone()),
+                Some(id) if *id != r.identity => c.changed.push(r.name.clone()),
+                Some(_) => {}
+            }
+        }
+        c.removed = old.rules.iter().filter(|r| !new_names.contains(r.name.as_str())).map(|r| r.name.clone()).collect();
+        c
+    }
+
+    /// Rules of `pack` whose identity the current pack does not have: their
+    /// matches are new work after an upgrade.
+    fn fresh_rules(&self, pack: &Pack) -> Vec<bool> {
+        let known: rustc_hash::FxHashSet<u64> = self.pack.rules.iter().map(|r| r.identity).collect();
+        pack.rules.iter().map(|r| !known.contains(&r.identity)).collect()
+    }
+
+    /// Activations an upgrade to `pack` would schedule at once, by rule
+    /// (what they then cause is not counted). Changes nothing.
+    pub fn upgrade_preview(&self, pack: &Arc<Pack>) -> Result<BTreeMap<String, u64>, String> {
+        let fresh = self.fresh_rules(pack);
+        let mut net = Network::new(pack.clone());
+        net.refract_all = true;
+        net.fresh_rules = fresh;
+        net.prime().map_err(|e| e.to_string())?;
+        for f in self.facts() {
+            net.insert(f.clone()).map_err(|e| e.to_string())?;
+        }
+        let mut out = BTreeMap::new();
+        for (rule, n) in net.agenda_by_rule().into_iter().enumerate() {
+            if n > 0 {
+                out.insert(pack.rules[rule].name.clone(), n);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves the workflow to another version of its pack, as a turn: rules
+    /// whose identity (name and text) is unknown to the current version fire
+    /// on the facts as they are; unchanged rules do not fire again. Waiting
+    /// activations of a removed rule are cancelled; those of a changed rule
+    /// get the new version's `reaction`/`error`. If the turn fails it is
+    /// rolled back and the workflow stays, running, on its version.
+    pub fn upgrade(&mut self, pack: Arc<Pack>, now_ms: u64) -> Result<TurnOutput, Rejected> {
+        if self.meta.status != Status::Running {
+            return Err(Rejected::NotRunning(self.meta.status.as_str()));
+        }
+        let (from, to) = (self.meta.pack_version.clone(), pack.manifest.version.clone());
+        let meta_before = self.begin_turn(now_ms, format!("upgrade {} {from} -> {to}", pack.manifest.name));
+        let changes = Self::rule_changes(&self.pack, &pack);
+        self.record(Event::Upgraded {
+            from: from.clone(),
+            to: to.clone(),
+            added: changes.added.clone(),
+            changed: changes.changed.clone(),
+            removed: changes.removed.clone(),
+        });
+        let old_pack = std::mem::replace(&mut self.pack, pack.clone());
+        let result = (|| {
+            let orphans: Vec<InvocationId> = self
+                .waiting
+                .values()
+                .filter(|w| changes.removed.contains(&w.rule))
+                .map(|w| w.invocation.id.clone())
+                .collect();
+            for inv in orphans {
+                let w = self.take_waiting(&inv).expect("listed above");
+                self.turn.cancelled.push(inv.clone());
+                self.record(Event::InvocationCancelled {
+                    invocation: inv,
+                    reason: format!("rule \"{}\" is not in version {to}", w.rule),
+                });
+            }
+            let facts: Vec<Fact> = self.facts().into_iter().cloned().collect();
+            self.pack = old_pack.clone();
+            let fresh = self.fresh_rules(&pack);
+            self.pack = pack.clone();
+            self.rebuild(facts, &fresh)?;
+            self.meta.pack_version = to.clone();
+            self.fire_all()
+        })();
+        let mut out = TurnOutput { turn: self.meta.turn, firings: self.turn.firings, ..TurnOutput::default() };
+        match result {
+            Ok(()) => self.committed(&mut out),
+            Err(TurnError(error)) => {
+                self.pack = old_pack;
+                self.rollback(meta_before);
+                self.turn.entries.retain(|e| matches!(e.event, Event::TurnStarted { .. } | Event::Upgraded { .. }));
+                self.meta.timeline_seq = self.turn.entries.last().map(|e| e.seq).unwrap_or(self.meta.timeline_seq);
+                self.record(Event::UpgradeFailed { to: to.clone(), error: error.clone() });
+                self.turn.invocations.clear();
+                self.turn.cancelled.clear();
+                self.turn.signals.clear();
+                out.error = Some(error);
+            }
+        }
+        Ok(self.end_turn(out, now_ms))
     }
 
     fn apply_result(&mut self, inv: InvocationId, outcome: Outcome) -> Result<(), TurnError> {
@@ -1182,5 +1585,296 @@ mod schema_tests {
             "fact 0: C.n must be int, found float 1.5"
         );
         assert_eq!(wf.meta().turn, 0);
+    }
+}
+
+/// Timers, signals, child workflows and upgrades.
+#[cfg(test)]
+mod always_on_tests {
+    use super::*;
+    use crate::testing::{pack, pack_version};
+    use expect_test::expect;
+
+    fn facts(json: serde_json::Value) -> Vec<FactSpec> {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn lines(out: &TurnOutput) -> String {
+        out.entries.iter().map(|e| e.line()).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn timers_fire_once_as_facts_and_die_with_the_workflow() {
+        let p = pack(
+            r#"
+rule "arm" {
+    match { j: Job(state == "new") }
+    action {
+        modify(j, #{ state: "waiting" });
+        let t = after("15m", "Timeout", #{ job: j.name });
+        after("1h", "Late", #{});
+        at(5000, "Early", #{});
+        modify(j, #{ timer: t });
+    }
+}
+rule "time out" {
+    match { t: Timeout() j: Job(name == t.job, state == "waiting") }
+    action { modify(j, #{ state: "timed out" }); retract(t); }
+}
+rule "disarm" {
+    match { e: Early() j: Job(state == "timed out") }
+    action { cancel_timer(j.timer); complete(); }
+}
+"#,
+            "",
+        );
+        let mut wf = Workflow::new(WorkflowId::new("t"), p, 0);
+        let start = facts(serde_json::json!([{"type": "Job", "fields": {"name": "a", "state": "new"}}]));
+        let out = wf.apply(Input::Start { facts: start }, 1000).unwrap();
+        assert_eq!(
+            out.timers_put.iter().map(|t| (t.id, t.due_ms)).collect::<Vec<_>>(),
+            [(1, 901_000), (2, 3_601_000), (3, 5000)]
+        );
+        expect![[r#"
+            turn 1 ── start with 1 fact(s)
+              +      f1 Job {"name":"a","state":"new"}
+              fire   arm (f1@1)
+              ~      f1@2 Job {"state":"new"} -> {"state":"waiting"}
+              timer  1 Timeout due at +15m
+              timer  2 Late due at +1h
+              timer  3 Early due at +4s
+              ~      f1@3 Job {"timer":null} -> {"timer":1}
+              commit (1 firing(s))"#]]
+        .assert_eq(&lines(&out));
+        let out = wf.apply(Input::Timers { ids: vec![1] }, 901_000).unwrap();
+        assert_eq!(out.timers_deleted, [1]);
+        assert!(lines(&out).contains("timer  1 Timeout fired"), "{}", lines(&out));
+        assert!(lines(&out).contains("fire   time out"), "{}", lines(&out));
+        // Fired once: the same timer again is refused.
+        assert_eq!(wf.apply(Input::Timers { ids: vec![1] }, 901_001).unwrap_err(), Rejected::UnknownTimer(1));
+        // Restored from a snapshot, the pending timers come back.
+        let snap = wf.snapshot();
+        assert_eq!(snap.timers.len(), 2);
+        let mut wf = Workflow::restore(wf.pack().clone(), snap).unwrap();
+        let out = wf.apply(Input::Timers { ids: vec![3] }, 902_000).unwrap();
+        assert_eq!(wf.status(), Status::Completed);
+        // Completing drops the remaining timer (cancel_timer of a fired one is no error).
+        assert_eq!(out.timers_deleted, [2, 3]);
+        assert_eq!(wf.timers().count(), 0);
+    }
+
+    #[test]
+    fn timers_due_at_the_same_instant_share_a_turn() {
+        let p = pack(
+            r#"
+rule "arm" { match { j: Job() } action { at(100, "B", #{}); at(100, "A", #{}); at(200, "C", #{}); } }
+rule "seen" { match { a: A() b: B() } action { log("both"); } }
+"#,
+            "",
+        );
+        let mut l = crate::local::Local::start(
+            p,
+            WorkflowId::new("t"),
+            facts(serde_json::json!([{"type": "Job"}])),
+            None,
+            true,
+            &mut crate::dispatch::MockDispatcher::new(&[]),
+        )
+        .unwrap();
+        let mut turns = Vec::new();
+        l.advance(1000, &mut crate::dispatch::MockDispatcher::new(&[]), &mut |out| turns.push(lines(out))).unwrap();
+        expect![[r#"
+            turn 2 ── timers [1, 2] are due
+              timer  1 B fired
+              +      f2 B {}
+              timer  2 A fired
+              +      f3 A {}
+              fire   seen (f3@1, f2@1)
+              log    [seen] both
+              commit (1 firing(s))
+            turn 3 ── timer 3 is due
+              timer  3 C fired
+              +      f4 C {}
+              commit (0 firing(s))"#]]
+        .assert_eq(&turns.join("\n"));
+    }
+
+    #[test]
+    fn a_failed_turn_keeps_its_timers_out() {
+        let p = pack(
+            r#"
+rule "arm and fail" {
+    match { j: Job() }
+    action { after("1m", "Tick", #{}); emit("started", #{ n: 1 }); let x = 1 / 0; }
+}
+"#,
+            "",
+        );
+        let mut wf = Workflow::new(WorkflowId::new("t"), p, 0);
+        let out = wf.apply(Input::Start { facts: facts(serde_json::json!([{"type": "Job"}])) }, 1).unwrap();
+        assert!(out.error.is_some());
+        assert!(out.timers_put.is_empty() && out.signals.is_empty());
+    }
+
+    #[test]
+    fn signals_arrive_as_facts_and_rules_emit_them() {
+        let p = pack(
+            r#"
+rule "gate" {
+    match { s: Signal(name == "partition.ready") p: Partition(day == s.payload.day, ready != true) }
+    action { modify(p, #{ ready: true }); emit("partition.loaded", #{ day: p.day }); }
+}
+"#,
+            "",
+        );
+        let mut wf = Workflow::new(WorkflowId::new("acme.w"), p, 0);
+        wf.apply(Input::Start { facts: facts(serde_json::json!([{"type": "Partition", "fields": {"day": 3}}])) }, 1)
+            .unwrap();
+        let signal = Signal {
+            id: "sig-1".into(),
+            name: "partition.ready".into(),
+            payload: Value::from_json(&serde_json::json!({"day": 3})),
+            from: None,
+            at_ms: 2,
+        };
+        let out = wf.apply(Input::Signal { signal }, 2).unwrap();
+        expect![[r#"
+            turn 2 ── signal partition.ready (sig-1)
+              +      f2 Signal {"id":"sig-1","name":"partition.ready","payload":{"day":3}}
+              fire   gate (f2@1, f1@1)
+              ~      f1@2 Partition {"ready":null} -> {"ready":true}
+              emit   partition.loaded {"day":3} (wf_acme.w/s1)
+              commit (1 firing(s))"#]]
+        .assert_eq(&lines(&out));
+        assert_eq!(out.signals.len(), 1);
+        assert_eq!(out.signals[0].from.as_ref().map(|w| w.as_str()), Some("wf_acme.w"));
+    }
+
+    #[test]
+    fn children_are_awaited_like_calls() {
+        let p = pack(
+            r#"
+rule "fan out" {
+    match { j: Job() }
+    action { start_workflow("child", [#{ type: "Part", fields: #{ n: 1 } }]); }
+    reaction { complete(#{ child: result }); }
+}
+"#,
+            "",
+        );
+        let mut wf = Workflow::new(WorkflowId::new("p"), p, 0);
+        let out = wf.apply(Input::Start { facts: facts(serde_json::json!([{"type": "Job"}])) }, 1).unwrap();
+        let inv = &out.invocations[0];
+        assert_eq!(inv.function, "workflow:child");
+        assert_eq!(inv.args.to_string(), r#"{"ancestry":["test"],"facts":[{"fields":{"n":1},"type":"Part"}]}"#);
+        assert_eq!(inv.retry.max_attempts, 1);
+        let done = Outcome::Ok { value: Value::Int(7), attempts: 1 };
+        wf.apply(Input::Result { invocation: inv.id.clone(), outcome: done }, 2).unwrap();
+        assert_eq!(wf.meta().result.to_string(), r#"{"child":7}"#);
+    }
+
+    #[test]
+    fn a_start_cycle_fails_the_turn_with_the_chain() {
+        let p = pack(r#"rule "again" { match { j: Job() } action { start_workflow("other", []); } }"#, "");
+        let origin =
+            Origin::Parent { invocation: InvocationId::of(&WorkflowId::new("a"), 1), ancestry: vec!["other".into()] };
+        let mut wf = Workflow::new(WorkflowId::new("b"), p, 0).with_origin(origin);
+        let out = wf.apply(Input::Start { facts: facts(serde_json::json!([{"type": "Job"}])) }, 1).unwrap();
+        assert_eq!(
+            out.error.as_deref(),
+            Some("rule \"again\": start_workflow: start cycle other -> test -> other: a pack may not start itself, directly or through others")
+        );
+    }
+
+    const V1: &str = r#"
+rule "encode" {
+    match { s: Source(state == "new") }
+    action { modify(s, #{ state: "encoding" }); call("media.encode", #{ codec: "h264" }); }
+    reaction { modify(s, #{ state: "encoded" }); insert("Rendition", #{ codec: "h264" }); }
+}
+rule "old" {
+    match { s: Source(state == "encoding") }
+    action { call("media.split", #{}); }
+}
+"#;
+
+    const V2: &str = r#"
+rule "encode" {
+    match { s: Source(state == "new") }
+    action { modify(s, #{ state: "encoding" }); call("media.encode", #{ codec: "h264" }); }
+    reaction { modify(s, #{ state: "encoded" }); insert("Rendition", #{ codec: "h264" }); }
+}
+rule "av1" {
+    match { s: Source(state == "encoded") not Rendition(codec == "av1") }
+    action { insert("Rendition", #{ codec: "av1" }); }
+}
+"#;
+
+    #[test]
+    fn an_upgrade_fires_new_rules_only_and_a_rollback_keeps_the_facts() {
+        let (v1, v2) = (pack_version(V1, "", "1"), pack_version(V2, "", "2"));
+        let changes = Workflow::rule_changes(&v1, &v2);
+        assert_eq!((changes.added, changes.changed, changes.removed), (vec!["av1".into()], vec![], vec!["old".into()]));
+        let start = |id: &str| {
+            let mut wf = Workflow::new(WorkflowId::new(id), v1.clone(), 0);
+            let f = facts(serde_json::json!([{"type": "Source", "fields": {"state": "new"}}]));
+            let out = wf.apply(Input::Start { facts: f }, 1).unwrap();
+            (wf, out)
+        };
+        // One workflow already encoded, one still waiting on both calls.
+        let (mut done, out) = start("done");
+        for inv in &out.invocations {
+            let _ = done.apply(
+                Input::Result { invocation: inv.id.clone(), outcome: Outcome::Ok { value: Value::Null, attempts: 1 } },
+                2,
+            );
+        }
+        let (mut busy, _) = start("busy");
+        assert_eq!(busy.waiting().count(), 2);
+        assert_eq!(done.upgrade_preview(&v2).unwrap(), BTreeMap::from([("av1".to_string(), 1)]));
+        assert!(busy.upgrade_preview(&v2).unwrap().is_empty());
+
+        let out = done.upgrade(v2.clone(), 10).unwrap();
+        expect![[r#"
+            turn 4 ── upgrade test 1 -> 2
+              upgrade 1 -> 2; new: av1; removed: old
+              fire   av1 (f1@3)
+              +      f3 Rendition {"codec":"av1"}
+              commit (1 firing(s))"#]]
+        .assert_eq(&lines(&out));
+        assert_eq!(done.meta().pack_version, "2");
+        // The removed rule's waiting activation is cancelled; encode's stays.
+        let out = busy.upgrade(v2.clone(), 10).unwrap();
+        assert_eq!(out.cancelled.len(), 1);
+        assert_eq!(busy.waiting().count(), 1);
+        assert_eq!(out.firings, 0);
+
+        // Back to v1: nothing fires, no fact is lost.
+        let before = done.facts().len();
+        let out = done.upgrade(v1.clone(), 11).unwrap();
+        assert_eq!(out.firings, 0, "{}", lines(&out));
+        assert_eq!(done.facts().len(), before);
+        // Upgrading again to v2 does not redo av1: its work is in the facts.
+        let out = done.upgrade(v2, 12).unwrap();
+        assert_eq!(out.firings, 0, "{}", lines(&out));
+    }
+
+    #[test]
+    fn a_failing_upgrade_is_rolled_back_and_the_workflow_keeps_running() {
+        let v1 = pack_version(V2, "", "1");
+        let broken = pack_version(
+            &format!("{V2}\nrule \"boom\" {{ match {{ s: Source() }} action {{ let x = 1 / 0; }} }}"),
+            "",
+            "2",
+        );
+        let mut wf = Workflow::new(WorkflowId::new("w"), v1, 0);
+        wf.apply(Input::Start { facts: facts(serde_json::json!([{"type": "Source", "fields": {"state": "x"}}])) }, 1)
+            .unwrap();
+        let out = wf.upgrade(broken, 2).unwrap();
+        assert!(out.error.is_some());
+        assert_eq!(wf.status(), Status::Running);
+        assert_eq!(wf.meta().pack_version, "1");
+        assert!(lines(&out).contains("ERROR  upgrade to 2 rolled back"), "{}", lines(&out));
+        assert!(out.facts_put.is_empty());
     }
 }

@@ -56,16 +56,23 @@ class Failure(Exception):
     """A handler's failure; `retryable` says whether another attempt may
     succeed. `Failure(msg)` is retryable, `Failure.fatal(msg)` is not. Any
     other exception a handler raises becomes a retryable failure.
+    `Failure.not_started(msg)` says the work was not started at all: the
+    server offers the same attempt again, and it does not count.
     """
 
-    def __init__(self, message: str, retryable: bool = True):
+    def __init__(self, message: str, retryable: bool = True, not_started: bool = False):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+        self.not_started = not_started
 
     @classmethod
     def fatal(cls, message: str) -> "Failure":
         return cls(message, retryable=False)
+
+    @classmethod
+    def not_started(cls, message: str) -> "Failure":
+        return cls(message, not_started=True)
 
 
 class Refused(Exception):
@@ -262,6 +269,8 @@ class _Session:
         self.lock = threading.Condition()
         self.in_flight: Dict[str, list] = {}  # id -> [ctx, heartbeat period, next beat]
         self.draining = False
+        # Set when the server asked for the drain (the worker reconnects after).
+        self.server_drain = threading.Event()
         self.dead = threading.Event()
 
     def requests(self):
@@ -313,7 +322,12 @@ class _Session:
         if first is None or first.WhichOneof("msg") != "welcome":
             raise _SessionLost(f"expected Welcome, got {first}")
         self.backoff.reset()
-        log.info("session %s open, serving %s", first.welcome.session_id, list(self.worker.functions))
+        log.info(
+            "session %s open, serving %s, %d at once",
+            first.welcome.session_id,
+            list(self.worker.functions),
+            first.welcome.max_in_flight,
+        )
         for target in (self._heartbeats, self._drain_on_stop):
             threading.Thread(target=target, args=(call,), daemon=True).start()
         try:
@@ -326,6 +340,8 @@ class _Session:
         if not self.draining:
             raise _SessionLost("the server ended the session")
         log.info("session closed")
+        if self.server_drain.is_set() and not self.stop.is_set():
+            raise _SessionLost("drained at the server's request")
 
     def _received(self, message) -> None:
         kind = message.WhichOneof("msg")
@@ -333,24 +349,40 @@ class _Session:
             for invocation in message.invocations.invocations:
                 self._start(invocation)
         elif kind == "cancel":
+            cancel = message.cancel
             with self.lock:
-                entry = self.in_flight.pop(message.cancel.invocation_id, None)
+                entry = self.in_flight.get(cancel.invocation_id)
+                # Another attempt than the running one: that one goes on.
+                if entry is not None and cancel.attempt in (0, entry[0].attempt):
+                    del self.in_flight[cancel.invocation_id]
+                else:
+                    entry = None
                 self.lock.notify_all()
             if entry is not None:
                 entry[0]._cancelled.set()
         elif kind == "rejected":
-            log.warning("server rejected a message for %s: %s", message.rejected.invocation_id, message.rejected.message)
+            rejected = message.rejected
+            log.warning(
+                "server rejected a message for %s attempt %d (%s): %s",
+                rejected.invocation_id,
+                rejected.attempt,
+                stoa_pb2.RejectedCode.Name(rejected.code),
+                rejected.message,
+            )
+        elif kind == "drain":
+            log.info("the server asks for a drain: %s", message.drain.reason)
+            self.server_drain.set()
         else:
             log.debug("ignored a %s message", kind)
 
     def _start(self, invocation) -> None:
         function = self.worker.functions.get(invocation.function)
-        if self.draining:
-            # Answering at once lets the server give it to another worker now,
-            # instead of after its lease runs out.
-            return self._answer(invocation.id, invocation.attempt, Failure("the worker is shutting down"))
+        if self.draining or self.server_drain.is_set():
+            # Refusing at once lets the server give it to another worker now,
+            # as the same attempt, instead of after its lease runs out.
+            return self._answer(invocation.id, invocation.attempt, Failure.not_started("the worker is draining"))
         if function is None:
-            failure = Failure(f"this worker does not serve `{invocation.function}`")
+            failure = Failure.not_started(f"this worker does not serve `{invocation.function}`")
             return self._answer(invocation.id, invocation.attempt, failure)
         ctx = Context(invocation, self)
         period = invocation.heartbeat_timeout_ms / 3000 if invocation.heartbeat_timeout_ms else None
@@ -393,7 +425,11 @@ class _Session:
             result = stoa_pb2.InvocationResult(
                 invocation_id=invocation_id,
                 attempt=attempt,
-                failure=stoa_pb2.Failure(message=outcome.message, retryable=outcome.retryable),
+                failure=stoa_pb2.Failure(
+                    message=outcome.message,
+                    retryable=outcome.retryable,
+                    kind=stoa_pb2.FAILURE_KIND_NOT_STARTED if outcome.not_started else stoa_pb2.FAILURE_KIND_FAILED,
+                ),
             )
         else:
             result = stoa_pb2.InvocationResult(invocation_id=invocation_id, attempt=attempt, value_json=outcome)
@@ -419,13 +455,17 @@ class _Session:
                 ctx.heartbeat()
 
     def _drain_on_stop(self, call) -> None:
-        """On stop: take no new work, wait for the work in flight, close."""
-        while not self.stop.wait(0.1):
+        """On stop, or when the server asks: take no new work, wait for the
+        work in flight, close."""
+        while not (self.stop.wait(0.1) or self.server_drain.is_set()):
             if self.dead.is_set():
                 return
+        if self.stop.is_set():
+            # Tells the server to lease nothing more here.
+            self.outbound.put(stoa_pb2.WorkerMessage(drain=stoa_pb2.Drain(reason="the worker is shutting down")))
         with self.lock:
             self.draining = True
-            log.info("shutting down: finishing %d invocations in flight", len(self.in_flight))
+            log.info("draining: finishing %d invocations in flight", len(self.in_flight))
             deadline = None if self.worker.drain_timeout is None else time.monotonic() + self.worker.drain_timeout
             while self.in_flight and not self.dead.is_set():
                 left = None if deadline is None else deadline - time.monotonic()

@@ -12,18 +12,32 @@ use stoa_proto::v1 as proto;
 pub struct Failure {
     message: String,
     retryable: bool,
+    not_started: bool,
 }
 
 impl Failure {
     /// A failure that another attempt may not repeat (a timeout, a busy
     /// dependency).
     pub fn retryable(message: impl Into<String>) -> Failure {
-        Failure { message: message.into(), retryable: true }
+        Failure { message: message.into(), retryable: true, not_started: false }
     }
 
     /// A failure that every attempt would repeat (bad input, a missing file).
     pub fn fatal(message: impl Into<String>) -> Failure {
-        Failure { message: message.into(), retryable: false }
+        Failure { message: message.into(), retryable: false, not_started: false }
+    }
+
+    /// The worker did not start the work (a local resource is missing, it
+    /// is overloaded): the server offers the same attempt again, to another
+    /// worker if it can, and it counts neither as an attempt nor against the
+    /// retry policy. Only correct if nothing of the work was done.
+    pub fn not_started(message: impl Into<String>) -> Failure {
+        Failure { message: message.into(), retryable: true, not_started: true }
+    }
+
+    /// Whether this is a [`Failure::not_started`].
+    pub fn is_not_started(&self) -> bool {
+        self.not_started
     }
 
     /// The message, as the rule's `error.message` will see it.
@@ -37,13 +51,18 @@ impl Failure {
     }
 
     pub(crate) fn into_proto(self) -> proto::Failure {
-        proto::Failure { message: self.message, retryable: self.retryable }
+        let kind = if self.not_started { proto::FailureKind::NotStarted } else { proto::FailureKind::Failed };
+        proto::Failure { message: self.message, retryable: self.retryable, kind: kind.into() }
     }
 }
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = if self.retryable { "retryable" } else { "fatal" };
+        let kind = match (self.not_started, self.retryable) {
+            (true, _) => "not started",
+            (false, true) => "retryable",
+            (false, false) => "fatal",
+        };
         write!(f, "{kind}: {}", self.message)
     }
 }
@@ -78,7 +97,10 @@ mod tests {
     #[test]
     fn maps_to_the_wire() {
         let wire = Failure::fatal("no such file").into_proto();
-        assert_eq!(wire, proto::Failure { message: "no such file".into(), retryable: false });
+        assert_eq!(wire, proto::Failure { message: "no such file".into(), retryable: false, kind: 0 });
+        let wire = Failure::not_started("draining").into_proto();
+        assert_eq!(wire.kind(), proto::FailureKind::NotStarted);
+        assert_eq!(Failure::not_started("draining").to_string(), "not started: draining");
         assert_eq!(Failure::retryable("busy").to_string(), "retryable: busy");
     }
 }

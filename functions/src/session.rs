@@ -39,6 +39,10 @@ pub(crate) enum SessionError {
     Broken(Status),
     #[error("the server ended the session")]
     Ended,
+    /// The server asked for a drain (it is going away); the work in flight
+    /// was answered.
+    #[error("drained at the server's request")]
+    Drained,
     #[error("protocol error: {0}")]
     Protocol(String),
 }
@@ -88,7 +92,19 @@ pub(crate) async fn run(
         Err(_) => return Err(SessionError::Protocol(format!("no Welcome within {WELCOME_TIMEOUT:?}"))),
     };
     backoff.reset();
-    tracing::info!(session_id = %welcome.session_id, functions = ?config.function_names, "session open");
+    tracing::info!(
+        session_id = %welcome.session_id,
+        functions = ?config.function_names,
+        max_in_flight = welcome.max_in_flight,
+        "session open"
+    );
+    if welcome.max_in_flight != 0 && welcome.max_in_flight < config.max_in_flight {
+        tracing::warn!(
+            asked = config.max_in_flight,
+            granted = welcome.max_in_flight,
+            "the server leases fewer invocations at once than asked"
+        );
+    }
 
     let session = Session {
         config,
@@ -97,7 +113,7 @@ pub(crate) async fn run(
         tasks: JoinSet::new(),
         by_task: HashMap::new(),
         by_invocation: HashMap::new(),
-        draining: false,
+        draining: None,
     };
     session.serve(inbound, shutdown).await
 }
@@ -112,8 +128,19 @@ struct Session<'a> {
     slots: Arc<Semaphore>,
     tasks: JoinSet<Answer>,
     by_task: HashMap<task::Id, Running>,
-    by_invocation: HashMap<String, AbortHandle>,
-    draining: bool,
+    /// Each running invocation's attempt and task.
+    by_invocation: HashMap<String, (u32, AbortHandle)>,
+    /// Set once draining: who asked for it.
+    draining: Option<Drain>,
+}
+
+/// Who asked the session to drain.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// This worker is shutting down.
+    Shutdown,
+    /// The server asked; the worker reconnects afterwards.
+    Server,
 }
 
 /// What to answer when a task ends.
@@ -130,7 +157,7 @@ impl Session<'_> {
     ) -> Result<(), SessionError> {
         let mut drain_deadline = None;
         loop {
-            if self.draining && self.tasks.is_empty() {
+            if self.draining.is_some() && self.tasks.is_empty() {
                 break;
             }
             tokio::select! {
@@ -138,14 +165,28 @@ impl Session<'_> {
                 biased;
                 Some(joined) = self.tasks.join_next_with_id() => self.finished(joined).await,
                 received = inbound.message() => match received {
+                    Ok(Some(proto::ServerMessage { msg: Some(server_message::Msg::Drain(drain)) })) => {
+                        if self.draining.is_none() {
+                            tracing::info!(in_flight = self.tasks.len(), reason = %drain.reason, "the server asks for a drain: finishing the work in flight");
+                            self.draining = Some(Drain::Server);
+                            // The server stops taking answers at its deadline.
+                            let theirs = (drain.deadline_ms > 0).then(|| Duration::from_millis(drain.deadline_ms));
+                            drain_deadline = theirs.or(self.config.drain_timeout).map(|timeout| Instant::now() + timeout);
+                        }
+                    }
                     Ok(Some(message)) => self.received(message).await,
                     Ok(None) => return Err(SessionError::Ended),
                     Err(status) => return Err(classify(status)),
                 },
-                () = shutdown.cancelled(), if !self.draining => {
+                () = shutdown.cancelled(), if self.draining != Some(Drain::Shutdown) => {
                     tracing::info!(in_flight = self.tasks.len(), "shutting down: finishing the work in flight");
-                    self.draining = true;
-                    drain_deadline = self.config.drain_timeout.map(|timeout| Instant::now() + timeout);
+                    // Tells the server to lease nothing more here.
+                    let drain = proto::Drain { reason: "the worker is shutting down".into(), deadline_ms: 0 };
+                    let _ = self.outbound.send(message(worker_message::Msg::Drain(drain))).await;
+                    if self.draining.is_none() {
+                        drain_deadline = self.config.drain_timeout.map(|timeout| Instant::now() + timeout);
+                    }
+                    self.draining = Some(Drain::Shutdown);
                 }
                 () = sleep_until(drain_deadline), if drain_deadline.is_some() => {
                     tracing::warn!(dropped = self.tasks.len(), "drain timeout: dropping the work still in flight");
@@ -153,6 +194,7 @@ impl Session<'_> {
                 }
             }
         }
+        let drained = self.draining;
         // Our side of the stream ends once its last sender is gone (contexts
         // hold only weak ones); the answers queued before still go out.
         drop(self);
@@ -166,7 +208,10 @@ impl Session<'_> {
             tracing::warn!("the server did not close the session within {CLOSE_TIMEOUT:?}");
         }
         tracing::info!("session closed");
-        Ok(())
+        match drained {
+            Some(Drain::Server) if !shutdown.is_cancelled() => Err(SessionError::Drained),
+            _ => Ok(()),
+        }
     }
 
     async fn received(&mut self, message: proto::ServerMessage) {
@@ -176,18 +221,33 @@ impl Session<'_> {
                     self.start(invocation).await;
                 }
             }
-            Some(server_message::Msg::Cancel(cancel)) => match self.by_invocation.remove(&cancel.invocation_id) {
+            Some(server_message::Msg::Cancel(cancel)) => match self.by_invocation.get(&cancel.invocation_id) {
                 // The task's end is reaped in `finished`, which answers
                 // nothing for an aborted task.
-                Some(task) => {
+                Some((attempt, task)) if cancel.attempt == 0 || cancel.attempt == *attempt => {
                     task.abort();
-                    tracing::debug!(invocation_id = %cancel.invocation_id, "cancelled");
+                    self.by_invocation.remove(&cancel.invocation_id);
+                    tracing::debug!(invocation_id = %cancel.invocation_id, attempt = cancel.attempt, "cancelled");
                 }
+                Some((attempt, _)) => tracing::debug!(
+                    invocation_id = %cancel.invocation_id,
+                    cancelled = cancel.attempt,
+                    running = attempt,
+                    "cancel for another attempt: the running one goes on"
+                ),
                 None => tracing::debug!(invocation_id = %cancel.invocation_id, "cancel for nothing in flight"),
             },
             Some(server_message::Msg::Rejected(rejected)) => {
-                tracing::warn!(invocation_id = %rejected.invocation_id, message = %rejected.message, "server rejected a message");
+                tracing::warn!(
+                    invocation_id = %rejected.invocation_id,
+                    attempt = rejected.attempt,
+                    code = ?rejected.code(),
+                    message = %rejected.message,
+                    "server rejected a message"
+                );
             }
+            // Handled in `serve`, which owns the drain deadline.
+            Some(server_message::Msg::Drain(_)) => {}
             Some(server_message::Msg::Welcome(_)) => tracing::warn!("ignored a second Welcome"),
             // A message kind newer than this SDK.
             None => tracing::debug!("ignored an empty server message"),
@@ -195,19 +255,19 @@ impl Session<'_> {
     }
 
     async fn start(&mut self, invocation: proto::Invocation) {
-        if self.draining {
-            // Running it would hold up the shutdown; dropping it would leave
-            // it waiting for its lease to run out. Answering at once lets the
-            // server give it to another worker now.
-            let failure = Failure::retryable("the worker is shutting down");
+        if self.draining.is_some() {
+            // Running it would hold up the drain; dropping it would leave it
+            // waiting for its lease to run out. Refusing it at once lets the
+            // server give it to another worker now, as the same attempt.
+            let failure = Failure::not_started("the worker is draining");
             return self.answer(invocation.id, invocation.attempt, Err(failure)).await;
         }
         let Some(handler) = self.config.functions.get(&invocation.function).map(Handler::clone) else {
-            // Retryable: another worker may serve it (a rolling upgrade).
-            let failure = Failure::retryable(format!("this worker does not serve `{}`", invocation.function));
+            // Another worker may serve it (a rolling upgrade).
+            let failure = Failure::not_started(format!("this worker does not serve `{}`", invocation.function));
             return self.answer(invocation.id, invocation.attempt, Err(failure)).await;
         };
-        if let Some(previous) = self.by_invocation.remove(&invocation.id) {
+        if let Some((_, previous)) = self.by_invocation.remove(&invocation.id) {
             // A newer attempt of something still running here: only the newer
             // attempt's answer counts.
             previous.abort();
@@ -231,7 +291,7 @@ impl Session<'_> {
             heartbeat_every,
         ));
         self.by_task.insert(task.id(), Running { invocation_id: invocation.id.clone(), attempt: invocation.attempt });
-        self.by_invocation.insert(invocation.id, task);
+        self.by_invocation.insert(invocation.id, (invocation.attempt, task));
     }
 
     async fn finished(&mut self, joined: Result<(task::Id, Answer), JoinError>) {
@@ -256,7 +316,7 @@ impl Session<'_> {
     fn forget(&mut self, id: task::Id) -> Option<Running> {
         let running = self.by_task.remove(&id)?;
         // Only if it is this task's: a newer attempt may have taken the slot.
-        if self.by_invocation.get(&running.invocation_id).is_some_and(|task| task.id() == id) {
+        if self.by_invocation.get(&running.invocation_id).is_some_and(|(_, task)| task.id() == id) {
             self.by_invocation.remove(&running.invocation_id);
         }
         Some(running)

@@ -72,7 +72,9 @@ impl Worker {
     /// A broken session, or a server that is not up, is retried with
     /// exponential backoff; invocations in flight on a broken session are
     /// dropped, since the server hands them out again when their lease runs
-    /// out. Returns an error only when the server refuses the worker for good
+    /// out. A server that asks for a drain (it is shutting down) gets the
+    /// work in flight answered, then the worker reconnects with backoff, so
+    /// it serves the server again once it is back. Returns an error only when the server refuses the worker for good
     /// (`UNAUTHENTICATED`, `PERMISSION_DENIED`, `INVALID_ARGUMENT`), since
     /// reconnecting with the same token and Hello cannot fix that.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {

@@ -22,9 +22,22 @@ pub struct Manifest {
     pub functions: BTreeMap<String, FunctionSpec>,
     pub facts: BTreeMap<String, Schema>,
     pub limits: Limits,
+    /// What signals of each name do to this pack (`[signals."name"]`).
+    #[serde(default)]
+    pub signals: BTreeMap<String, SignalSub>,
     /// `[schedules.NAME]`: workflows this pack starts on a clock.
     #[serde(default)]
     pub schedules: BTreeMap<String, ScheduleSpec>,
+}
+
+/// A pack's subscription to one signal name.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignalSub {
+    /// Start one workflow per signal id, with the signal as its first fact.
+    pub start: bool,
+    /// Assert the signal as a fact into every running workflow of the pack.
+    pub deliver: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -204,6 +217,8 @@ struct RawManifest {
     #[serde(default)]
     limits: Limits,
     #[serde(default)]
+    signals: BTreeMap<String, toml::Spanned<SignalSub>>,
+    #[serde(default)]
     schedules: BTreeMap<String, toml::Spanned<RawSchedule>>,
 }
 
@@ -329,6 +344,16 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
             "the pack version cannot be empty",
         ));
     }
+    for (sig, sub) in &raw.signals {
+        if !sub.get_ref().start && !sub.get_ref().deliver {
+            diags.push(Diagnostic::error(
+                path,
+                at(sub.span()),
+                Code::Manifest,
+                format!("signal `{sig}`: set `start = true` (a workflow per signal), `deliver = true` (into running workflows), or both"),
+            ));
+        }
+    }
     let schedules = schedules(path, &map, &raw.schedules, &mut diags);
     if !diags.is_empty() {
         diags.sort_by_key(|d| d.pos);
@@ -341,6 +366,7 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
         functions,
         facts,
         limits: raw.limits,
+        signals: raw.signals.into_iter().map(|(k, v)| (k, v.into_inner())).collect(),
         schedules,
     })
 }

@@ -19,13 +19,71 @@ use crate::value::{Fields, Sym, Value};
 /// What a rule section asked for, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
-    Insert { id: u64, ty: Sym, fields: Fields },
-    Modify { id: u64, changes: Fields },
-    Retract { id: u64 },
-    Call { function: String, args: Value, options: CallOptions },
-    Complete { result: Value },
-    Fail { reason: String },
-    Log { message: String },
+    Insert {
+        id: u64,
+        ty: Sym,
+        fields: Fields,
+    },
+    Modify {
+        id: u64,
+        changes: Fields,
+    },
+    Retract {
+        id: u64,
+    },
+    Call {
+        function: String,
+        args: Value,
+        options: CallOptions,
+    },
+    Complete {
+        result: Value,
+    },
+    Fail {
+        reason: String,
+    },
+    Log {
+        message: String,
+    },
+    /// A durable timer: when due, a fact of type `ty` with `fields` is
+    /// inserted in a turn of its own.
+    Timer {
+        id: u64,
+        due: Due,
+        ty: Sym,
+        fields: Fields,
+    },
+    CancelTimer {
+        id: u64,
+    },
+    /// A named signal with a payload, routed by the server after commit.
+    Emit {
+        name: String,
+        payload: Value,
+    },
+    /// Starts a workflow of another pack; it answers like a call.
+    StartChild {
+        pack: String,
+        facts: Value,
+        options: CallOptions,
+    },
+}
+
+/// When a timer is due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Due {
+    /// Milliseconds after the turn's time.
+    After(u64),
+    /// Milliseconds since the Unix epoch.
+    At(u64),
+}
+
+/// The first ids a section hands out (`insert` returns fact ids, `after`
+/// and `at` timer ids), so scripts can refer to what they just made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextIds {
+    pub fact: u64,
+    pub timer: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Default, serde::Serialize, serde::Deserialize)]
@@ -95,7 +153,7 @@ pub enum CompileErrorKind {
 
 struct Buffer {
     effects: Vec<Effect>,
-    next_fact_id: u64,
+    next: NextIds,
 }
 
 thread_local! {
@@ -110,7 +168,20 @@ fn with_buffer<T>(f: impl FnOnce(&mut Buffer) -> T) -> Result<T, Box<EvalAltResu
 }
 
 /// Names of the builtins scripts may call, besides Rhai's standard library.
-pub const BUILTINS: &[&str] = &["insert", "modify", "retract", "call", "complete", "fail", "log"];
+pub const BUILTINS: &[&str] = &[
+    "insert",
+    "modify",
+    "retract",
+    "call",
+    "complete",
+    "fail",
+    "log",
+    "after",
+    "at",
+    "cancel_timer",
+    "emit",
+    "start_workflow",
+];
 
 /// The sandboxed Rhai engine of one pack.
 pub struct Sandbox {
@@ -231,14 +302,9 @@ impl Sandbox {
     }
 
     /// Runs a section; returns its effects, or the error and no effects.
-    pub fn run(
-        &self,
-        script: &Script,
-        values: Vec<ScriptValue>,
-        next_fact_id: u64,
-    ) -> Result<Vec<Effect>, ScriptError> {
+    pub fn run(&self, script: &Script, values: Vec<ScriptValue>, next: NextIds) -> Result<Vec<Effect>, ScriptError> {
         let mut scope = Self::run_scope(script, values);
-        BUFFER.with(|b| *b.borrow_mut() = Some(Buffer { effects: Vec::new(), next_fact_id }));
+        BUFFER.with(|b| *b.borrow_mut() = Some(Buffer { effects: Vec::new(), next }));
         let res = self.engine.run_ast_with_scope(&mut scope, &script.ast);
         let buf = BUFFER.with(|b| b.borrow_mut().take()).expect("buffer set above");
         res.map_err(script_error)?;
@@ -407,8 +473,8 @@ fn register_builtins(e: &mut Engine) {
         }
         let fields = fields_of(&fields, "insert")?;
         with_buffer(|b| {
-            let id = b.next_fact_id;
-            b.next_fact_id += 1;
+            let id = b.next.fact;
+            b.next.fact += 1;
             b.effects.push(Effect::Insert { id, ty: Sym::new(ty), fields });
             id as i64
         })
@@ -431,21 +497,7 @@ fn register_builtins(e: &mut Engine) {
     });
     fn call(function: &str, args: &Dynamic, opts: &Map) -> Result<(), Box<EvalAltResult>> {
         let args = from_dynamic(args).map_err(|e| format!("call: arguments: {e}"))?;
-        let mut options = CallOptions::default();
-        for (k, v) in opts.iter() {
-            match k.as_str() {
-                "priority" => options.priority = v.as_int().map_err(|_| "call: `priority` must be an integer")?,
-                "timeout" => {
-                    let s = v
-                        .clone()
-                        .into_string()
-                        .map_err(|_| "call: `timeout` must be a duration string like \"30s\"")?;
-                    let d = humantime::parse_duration(&s).map_err(|e| format!("call: `timeout`: {e}"))?;
-                    options.timeout_ms = Some(d.as_millis() as u64);
-                }
-                other => return Err(format!("call: unknown option `{other}`; expected `priority` or `timeout`").into()),
-            }
-        }
+        let options = call_options(opts, "call")?;
         let function = function.to_string();
         with_buffer(|b| b.effects.push(Effect::Call { function, args, options }))
     }
@@ -464,6 +516,79 @@ fn register_builtins(e: &mut Engine) {
         let message = if msg.is_string() { msg.to_string() } else { format!("{msg:?}") };
         with_buffer(|b| b.effects.push(Effect::Log { message }))
     });
+    fn timer(due: Due, ty: &str, fields: &Map, what: &str) -> Result<i64, Box<EvalAltResult>> {
+        if !ty.starts_with(|c: char| c.is_ascii_uppercase()) {
+            return Err(format!("{what}: a fact type starts with an upper-case letter: `{ty}`").into());
+        }
+        let fields = fields_of(fields, what)?;
+        with_buffer(|b| {
+            let id = b.next.timer;
+            b.next.timer += 1;
+            b.effects.push(Effect::Timer { id, due, ty: Sym::new(ty), fields });
+            id as i64
+        })
+    }
+    e.register_fn("after", |d: &str, ty: &str, fields: Map| -> Result<i64, Box<EvalAltResult>> {
+        let d = humantime::parse_duration(d)
+            .map_err(|e| format!("after: `{d}` is not a duration like \"15m\" or \"1h 30m\": {e}"))?;
+        timer(Due::After(d.as_millis() as u64), ty, &fields, "after")
+    });
+    e.register_fn("at", |t: i64, ty: &str, fields: Map| -> Result<i64, Box<EvalAltResult>> {
+        if t < 0 {
+            return Err(format!("at: {t} is before 1970; give milliseconds since the Unix epoch").into());
+        }
+        timer(Due::At(t as u64), ty, &fields, "at")
+    });
+    e.register_fn("at", |t: &str, ty: &str, fields: Map| -> Result<i64, Box<EvalAltResult>> {
+        let when = humantime::parse_rfc3339_weak(t)
+            .map_err(|e| format!("at: `{t}` is not a time like \"2026-11-26T09:00:00Z\": {e}"))?;
+        let ms = when.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        timer(Due::At(ms), ty, &fields, "at")
+    });
+    e.register_fn("cancel_timer", |id: i64| with_buffer(|b| b.effects.push(Effect::CancelTimer { id: id as u64 })));
+    e.register_fn("emit", |name: &str, payload: Dynamic| -> Result<(), Box<EvalAltResult>> {
+        if name.is_empty() || name.len() > 200 {
+            return Err("emit: a signal name is 1 to 200 characters".into());
+        }
+        let payload = from_dynamic(&payload).map_err(|e| format!("emit: payload: {e}"))?;
+        let name = name.to_string();
+        with_buffer(|b| b.effects.push(Effect::Emit { name, payload }))
+    });
+    fn start_child(pack: &str, facts: &Dynamic, opts: &Map) -> Result<(), Box<EvalAltResult>> {
+        if pack.is_empty() {
+            return Err("start_workflow: the pack name is empty".into());
+        }
+        let facts = from_dynamic(facts).map_err(|e| format!("start_workflow: facts: {e}"))?;
+        if !matches!(facts, Value::Array(_)) {
+            return Err("start_workflow: facts must be an array like [#{ type: \"Job\", fields: #{ n: 1 } }]".into());
+        }
+        let options = call_options(opts, "start_workflow")?;
+        let pack = pack.to_string();
+        with_buffer(|b| b.effects.push(Effect::StartChild { pack, facts, options }))
+    }
+    e.register_fn("start_workflow", |p: &str, facts: Dynamic| start_child(p, &facts, &Map::new()));
+    e.register_fn("start_workflow", |p: &str, facts: Dynamic, opts: Map| start_child(p, &facts, &opts));
+}
+
+fn call_options(opts: &Map, what: &str) -> Result<CallOptions, Box<EvalAltResult>> {
+    let mut options = CallOptions::default();
+    for (k, v) in opts.iter() {
+        match k.as_str() {
+            "priority" => {
+                options.priority = v.as_int().map_err(|_| format!("{what}: `priority` must be an integer"))?
+            }
+            "timeout" => {
+                let s = v
+                    .clone()
+                    .into_string()
+                    .map_err(|_| format!("{what}: `timeout` must be a duration string like \"30s\""))?;
+                let d = humantime::parse_duration(&s).map_err(|e| format!("{what}: `timeout`: {e}"))?;
+                options.timeout_ms = Some(d.as_millis() as u64);
+            }
+            other => return Err(format!("{what}: unknown option `{other}`; expected `priority` or `timeout`").into()),
+        }
+    }
+    Ok(options)
 }
 
 #[cfg(test)]
@@ -481,7 +606,7 @@ mod tests {
             .compile(r#"let id = insert("Job", #{ n: 1 }); modify(chunk, #{ s: "x" }); call("f", #{ a: id }, #{ priority: 5 }); complete(#{ ok: true });"#, &["chunk"], false)
             .unwrap();
         let chunk = ScriptValue::fact(7, Sym::new("Chunk"), &Fields::new());
-        let eff = sb.run(&s, vec![chunk], 100).unwrap();
+        let eff = sb.run(&s, vec![chunk], NextIds { fact: 100, timer: 1 }).unwrap();
         assert_eq!(eff.len(), 4);
         assert!(matches!(&eff[0], Effect::Insert { id: 100, .. }));
         assert!(matches!(&eff[1], Effect::Modify { id: 7, .. }));
@@ -506,11 +631,11 @@ mod tests {
     fn runaway_scripts_hit_limits() {
         let sb = sandbox();
         let s = sb.compile("loop { }", &[], false).unwrap();
-        let e = sb.run(&s, vec![], 0).unwrap_err();
+        let e = sb.run(&s, vec![], NextIds::default()).unwrap_err();
         assert!(e.limit && e.message.contains("too many operations"), "{e:?}");
         let s = sb.compile("fn f(x) { f(x + 1) } f(0);", &[], false).unwrap();
-        assert!(sb.run(&s, vec![], 0).unwrap_err().limit);
+        assert!(sb.run(&s, vec![], NextIds::default()).unwrap_err().limit);
         let s = sb.compile(r#"let s = "x"; loop { s += s; }"#, &[], false).unwrap();
-        assert!(sb.run(&s, vec![], 0).unwrap_err().limit);
+        assert!(sb.run(&s, vec![], NextIds::default()).unwrap_err().limit);
     }
 }

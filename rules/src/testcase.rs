@@ -109,6 +109,10 @@ pub struct Expect {
     /// Types of which no fact may remain.
     #[serde(default)]
     pub no_facts: Vec<String>,
+    /// Signal names emitted by rules, in order.
+    pub emitted: Option<Vec<String>>,
+    /// Timers still pending at the end.
+    pub pending_timers: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -121,9 +125,37 @@ pub struct TestCase {
     pub mocks: Vec<Mock>,
     #[serde(default)]
     pub expect: Expect,
+    /// What happens after the start, in order; answers are drained after each.
+    #[serde(default, rename = "step")]
+    pub steps: Vec<Step>,
     /// Filled in after parsing: where the case starts.
     #[serde(skip)]
     pub pos: Pos,
+}
+
+/// One step of a test after the start: move the virtual clock (due timers
+/// fire in order), assert facts, or send a signal.
+#[derive(Clone, Debug, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// A duration such as "15m": timers due by then fire, in due order.
+    #[serde(default)]
+    pub advance: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    pub assert: Vec<FactSpec>,
+    #[serde(default)]
+    pub signal: Option<SignalSpec>,
+}
+
+/// A signal sent by a test step.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalSpec {
+    pub name: String,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub payload: Value,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +172,14 @@ pub fn parse_tests(path: &Path, src: &str) -> Result<Vec<TestCase>, Diagnostic> 
         let pos = e.span().map(|s| map.pos(s.start)).unwrap_or_default();
         Diagnostic::error(path, pos, Code::TestFile, one_line(e.message()))
     })?;
+    for t in &file.tests {
+        for d in t.get_ref().steps.iter().filter_map(|s| s.advance.as_ref()) {
+            if let Err(e) = humantime::parse_duration(d.get_ref()) {
+                let msg = format!("`advance = \"{}\"` is not a duration ({e}); write e.g. \"15m\"", d.get_ref());
+                return Err(Diagnostic::error(path, map.pos(d.span().start), Code::TestFile, msg));
+            }
+        }
+    }
     Ok(file
         .tests
         .into_iter()

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use stoa_engine::timeline::{Entry, Event};
-use stoa_engine::workflow::{Input, Status as WfStatus};
+use stoa_engine::workflow::{Input, Signal, Status as WfStatus, Workflow};
 use stoa_engine::{Fact, WorkflowId};
 use stoa_proto::v1 as pb;
 use stoa_rules::testcase::FactSpec;
@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::tenant;
 use crate::runtime::Runtime;
 use crate::schedule::api as sched;
+use crate::upgrade::{Mode, Rollout, UpgradeJob};
 
 pub struct StoaService {
     pub runtime: Arc<Runtime>,
@@ -85,6 +86,53 @@ fn diag_out(d: &stoa_rules::Diagnostic) -> pb::Diagnostic {
     }
 }
 
+fn rollout_mode(rollout: i32, fraction: f64) -> Result<Mode, Status> {
+    match pb::Rollout::try_from(rollout) {
+        Ok(pb::Rollout::All) => Ok(Mode::All),
+        Ok(pb::Rollout::NewOnly) => Ok(Mode::NewOnly),
+        Ok(pb::Rollout::Canary) => {
+            if fraction > 0.0 && fraction <= 1.0 {
+                Ok(Mode::Canary(fraction))
+            } else {
+                Err(Status::invalid_argument(format!("canary_fraction: {fraction} is not in (0, 1]")))
+            }
+        }
+        Err(_) => Err(Status::invalid_argument(format!("rollout: unknown value {rollout}"))),
+    }
+}
+
+fn same_rollout(r: &Rollout, version: &str, mode: Mode) -> bool {
+    match mode {
+        Mode::All | Mode::NewOnly => r.stable == version && r.canary.is_none(),
+        Mode::Canary(f) => r.canary.as_ref().is_some_and(|c| c.version == version && c.fraction == f),
+    }
+}
+
+fn job_out(j: &UpgradeJob) -> pb::UpgradeJob {
+    pb::UpgradeJob {
+        pack: j.pack.clone(),
+        version: j.version.clone(),
+        state: j.state.clone(),
+        total: j.total,
+        scanned: j.scanned,
+        upgraded: j.upgraded,
+        failed: j.failed,
+        skipped: j.skipped,
+        started_ms: j.started_ms,
+        finished_ms: j.finished_ms,
+        firings: j.firings,
+    }
+}
+
+fn rollout_out(r: Rollout, job: Option<UpgradeJob>) -> pb::RolloutPackResponse {
+    pb::RolloutPackResponse {
+        stable: r.stable,
+        canary_version: r.canary.as_ref().map(|c| c.version.clone()).unwrap_or_default(),
+        canary_fraction: r.canary.map(|c| c.fraction).unwrap_or_default(),
+        upgrade: job.as_ref().map(job_out),
+    }
+}
+
 type Watch = Pin<Box<dyn Stream<Item = Result<pb::TimelineEntry, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -110,22 +158,158 @@ impl pb::stoa_server::Stoa for StoaService {
                 .map_err(|_| Status::invalid_argument(format!("files[{i}].content: {} is not UTF-8 text", f.path)))?;
             files.insert(f.path, text);
         }
+        let mode = rollout_mode(req.rollout, req.canary_fraction)?;
         let rt = self.runtime.clone();
         let t = tenant.clone();
         let (pack, diags, changed) = tokio::task::spawn_blocking(move || rt.deploy(&t, files, req.dry_run))
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
-        // Also when unchanged: a deploy restores the pack's schedules.
-        if !req.dry_run {
-            self.schedules.install_pack(&tenant, &pack.manifest.name, &pack.manifest.schedules);
-        }
-        Ok(Response::new(pb::DeployPackResponse {
-            name: pack.manifest.name.clone(),
+        let name = pack.manifest.name.clone();
+        let stable =
+            self.runtime.rollout_of(&tenant, &name).and_then(|r| self.runtime.pack_version(&tenant, &name, &r.stable));
+        let changes = stable.as_ref().map(|old| Workflow::rule_changes(old, &pack)).unwrap_or_default();
+        let mut resp = pb::DeployPackResponse {
+            name: name.clone(),
             version: pack.manifest.version.clone(),
             digest: format!("{:016x}", pack.digest),
             diagnostics: diags.iter().map(diag_out).collect(),
             changed,
+            rules_added: changes.added,
+            rules_changed: changes.changed,
+            rules_removed: changes.removed,
+            ..Default::default()
+        };
+        // Also when unchanged: a deploy restores the pack's schedules.
+        if !req.dry_run {
+            self.schedules.install_pack(&tenant, &name, &pack.manifest.schedules);
+        }
+        if req.dry_run {
+            let rt = self.runtime.clone();
+            let p = pack.clone();
+            let preview = tokio::task::spawn_blocking(move || rt.preview(&tenant, &p, mode))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
+            resp.live_workflows = preview.workflows;
+            resp.preview = preview
+                .gains
+                .into_iter()
+                .map(|(rule, (activations, workflows))| pb::RuleGain { rule, activations, workflows })
+                .collect();
+        } else if changed
+            || self.runtime.rollout_of(&tenant, &name).is_some_and(|r| !same_rollout(&r, &pack.manifest.version, mode))
+        {
+            // A new version, or the same one rolled out another way (say, a canary promoted).
+            let (_, job) = self.runtime.rollout(&tenant, &name, &pack.manifest.version, mode)?;
+            resp.upgrade = job.as_ref().map(job_out);
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn rollout_pack(
+        &self,
+        req: Request<pb::RolloutPackRequest>,
+    ) -> Result<Response<pb::RolloutPackResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let req = req.into_inner();
+        if req.name.is_empty() {
+            return Err(Status::invalid_argument("name: required"));
+        }
+        if req.version.is_empty() {
+            return Err(Status::invalid_argument("version: required"));
+        }
+        let mode = rollout_mode(req.rollout, req.canary_fraction)?;
+        let (rollout, job) = self.runtime.rollout(&tenant, &req.name, &req.version, mode)?;
+        Ok(Response::new(rollout_out(rollout, job)))
+    }
+
+    async fn rollback_pack(
+        &self,
+        req: Request<pb::RollbackPackRequest>,
+    ) -> Result<Response<pb::RolloutPackResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let req = req.into_inner();
+        if req.name.is_empty() {
+            return Err(Status::invalid_argument("name: required"));
+        }
+        let (rollout, job) = self.runtime.rollback(&tenant, &req.name)?;
+        Ok(Response::new(rollout_out(rollout, job)))
+    }
+
+    async fn get_upgrade(&self, req: Request<pb::GetUpgradeRequest>) -> Result<Response<pb::UpgradeJob>, Status> {
+        let tenant = tenant(&req)?;
+        let req = req.into_inner();
+        if req.name.is_empty() {
+            return Err(Status::invalid_argument("name: required"));
+        }
+        let job = self
+            .runtime
+            .upgrade_job(&tenant, &req.name)?
+            .ok_or_else(|| Status::not_found(format!("pack `{}` has no upgrade", req.name)))?;
+        Ok(Response::new(job_out(&job)))
+    }
+
+    async fn send_signal(
+        &self,
+        req: Request<pb::SendSignalRequest>,
+    ) -> Result<Response<pb::SendSignalResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let req = req.into_inner();
+        if req.name.is_empty() || req.name.len() > 200 {
+            return Err(Status::invalid_argument("name: required, at most 200 bytes"));
+        }
+        if req.signal_id.is_empty() || req.signal_id.len() > 256 || req.signal_id.contains('/') {
+            return Err(Status::invalid_argument("signal_id: required, at most 256 bytes, without `/`"));
+        }
+        let payload = if req.payload_json.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&req.payload_json)
+                .map_err(|e| Status::invalid_argument(format!("payload_json: not JSON: {e}")))?
+        };
+        let target = if req.workflow_id.is_empty() { None } else { Some(workflow_id(&req.workflow_id)?) };
+        if let Some(t) = &target {
+            // Another tenant's workflow does not exist for this caller.
+            self.runtime.get(&tenant, t)?;
+        }
+        let signal = Signal {
+            id: req.signal_id,
+            name: req.name,
+            payload: stoa_rules::Value::from_json(&payload),
+            from: None,
+            at_ms: crate::runtime::now_ms(),
+        };
+        let (rec, created) = self.runtime.route_signal(&tenant, signal, target).await?;
+        Ok(Response::new(pb::SendSignalResponse {
+            created,
+            started: rec.started.iter().map(|w| w.to_string()).collect(),
+            delivered: rec.delivered.iter().map(|w| w.to_string()).collect(),
         }))
+    }
+
+    async fn get_lineage(
+        &self,
+        req: Request<pb::GetLineageRequest>,
+    ) -> Result<Response<pb::GetLineageResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let req = req.into_inner();
+        if req.signal_id.is_empty() {
+            return Err(Status::invalid_argument("signal_id: required"));
+        }
+        let chain = self.runtime.lineage(&tenant, &req.signal_id)?;
+        let signals = chain
+            .into_iter()
+            .map(|(depth, r)| pb::LineageSignal {
+                id: r.signal.id,
+                name: r.signal.name,
+                payload_json: r.signal.payload.to_string(),
+                from_workflow: r.signal.from.map(|w| w.to_string()).unwrap_or_default(),
+                started: r.started.iter().map(|w| w.to_string()).collect(),
+                delivered: r.delivered.iter().map(|w| w.to_string()).collect(),
+                at_ms: r.signal.at_ms,
+                depth,
+            })
+            .collect();
+        Ok(Response::new(pb::GetLineageResponse { signals }))
     }
 
     async fn list_packs(&self, req: Request<pb::ListPacksRequest>) -> Result<Response<pb::ListPacksResponse>, Status> {
@@ -134,11 +318,18 @@ impl pb::stoa_server::Stoa for StoaService {
             .runtime
             .packs(&tenant)
             .into_iter()
-            .map(|(name, versions, p)| pb::PackInfo {
-                name,
-                versions,
-                description: p.manifest.description.clone(),
-                functions: p.manifest.functions.keys().cloned().collect(),
+            .map(|(name, versions, p)| {
+                let rollout = self.runtime.rollout_of(&tenant, &name);
+                let canary = rollout.as_ref().and_then(|r| r.canary.clone());
+                pb::PackInfo {
+                    stable: rollout.map(|r| r.stable).unwrap_or_default(),
+                    canary_version: canary.as_ref().map(|c| c.version.clone()).unwrap_or_default(),
+                    canary_fraction: canary.map(|c| c.fraction).unwrap_or_default(),
+                    name,
+                    versions,
+                    description: p.manifest.description.clone(),
+                    functions: p.manifest.functions.keys().cloned().collect(),
+                }
             })
             .collect();
         Ok(Response::new(pb::ListPacksResponse { packs }))
@@ -208,6 +399,17 @@ impl pb::stoa_server::Stoa for StoaService {
                     function: w.invocation.function.clone(),
                     args_json: w.invocation.args.to_string(),
                     fact_ids: w.matched.iter().map(|(id, _)| *id).collect(),
+                })
+                .collect(),
+            origin_json: serde_json::to_string(&m.origin).unwrap_or_default(),
+            timers: snap
+                .timers
+                .iter()
+                .map(|t| pb::PendingTimer {
+                    id: t.id,
+                    due_ms: t.due_ms,
+                    r#type: t.ty.to_string(),
+                    rule: t.rule.clone(),
                 })
                 .collect(),
         }))

@@ -6,13 +6,15 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use stoa_engine::store::{Commit, Store};
+use stoa_engine::store::{Attempts, Commit, Store};
 use stoa_engine::workflow::TurnOutput;
-use stoa_engine::WorkflowId;
+use stoa_engine::{InvocationId, WorkflowId};
 use tokio::sync::oneshot;
 
 enum Msg {
     Job(Box<Job>),
+    /// Written with the next flush; nobody waits for it.
+    Attempts(InvocationId, Attempts),
     /// Commit what is queued, then stop.
     Close,
 }
@@ -31,6 +33,10 @@ pub struct Committer {
     tx: mpsc::Sender<Msg>,
 }
 
+fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
 /// Turns per flush at most: bounds the latency of the first turn of a batch.
 const MAX_BATCH: usize = 4096;
 
@@ -42,18 +48,27 @@ impl Committer {
             .spawn(move || {
                 let mut closing = false;
                 while !closing {
-                    let mut jobs = match rx.recv() {
-                        Ok(Msg::Job(j)) => vec![*j],
+                    let (mut jobs, mut attempts) = (Vec::new(), Vec::new());
+                    match rx.recv() {
+                        Ok(Msg::Job(j)) => jobs.push(*j),
+                        Ok(Msg::Attempts(id, a)) => attempts.push((id, a)),
                         Ok(Msg::Close) | Err(_) => break,
-                    };
+                    }
                     while jobs.len() < MAX_BATCH {
                         match rx.try_recv() {
                             Ok(Msg::Job(j)) => jobs.push(*j),
+                            Ok(Msg::Attempts(id, a)) => attempts.push((id, a)),
                             Ok(Msg::Close) => {
                                 closing = true;
                                 break;
                             }
                             Err(_) => break,
+                        }
+                    }
+                    let at_us = now_us();
+                    for j in &mut jobs {
+                        for e in &mut j.output.entries {
+                            e.at_us = at_us;
                         }
                     }
                     let commits: Vec<Commit> = jobs
@@ -64,7 +79,12 @@ impl Committer {
                             request_id: j.request_id.as_deref(),
                         })
                         .collect();
-                    let res = store.commit(&commits).map_err(|e| e.to_string());
+                    // Before the turns: a turn of this flush that ends an
+                    // invocation also drops its attempts record.
+                    let mut res = store.record_attempts(&attempts).map_err(|e| e.to_string());
+                    if res.is_ok() {
+                        res = store.commit(&commits).map_err(|e| e.to_string());
+                    }
                     drop(commits);
                     if let Err(e) = &res {
                         tracing::error!(error = %e, turns = jobs.len(), "commit failed");
@@ -92,6 +112,11 @@ impl Committer {
             let _ = job.done.send(Err("the server is shutting down".into()));
         }
         rx
+    }
+
+    /// Records how far an invocation got, durably with the next flush.
+    pub fn record_attempts(&self, id: InvocationId, attempts: Attempts) {
+        let _ = self.tx.send(Msg::Attempts(id, attempts));
     }
 
     /// Commits what is queued, then stops the thread; later turns fail.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use stoa_engine::store::Attempts;
 use stoa_engine::workflow::{ErrorKind, Invocation, Outcome};
 use stoa_engine::InvocationId;
 use stoa_proto::v1 as pb;
@@ -19,7 +20,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::Runtime;
+use crate::committer::Committer;
+use crate::runtime::{now_ms, Runtime};
 
 pub type SessionId = u64;
 
@@ -27,6 +29,11 @@ pub enum Event {
     Enqueue {
         tenant: String,
         invocations: Vec<Invocation>,
+    },
+    /// Invocations from the store after a restart, with how far they got.
+    Restore {
+        tenant: String,
+        invocations: Vec<(Invocation, Attempts)>,
     },
     Cancel(Vec<InvocationId>),
     Connect {
@@ -37,6 +44,13 @@ pub enum Event {
         tx: mpsc::Sender<pb::ServerMessage>,
     },
     Disconnect(SessionId),
+    /// The worker drains: lease it nothing more.
+    Drain(SessionId),
+    /// A message with no place in the session; the worker is told.
+    Unexpected {
+        session: SessionId,
+        what: String,
+    },
     Result {
         session: SessionId,
         result: pb::InvocationResult,
@@ -61,6 +75,11 @@ impl DispatchHandle {
         let _ = self.tx.send(Event::Enqueue { tenant, invocations });
     }
 
+    pub fn restore(&self, tenant: String, invocations: Vec<(Invocation, Attempts)>) {
+        self.pending.entry(tenant.clone()).or_default().fetch_add(invocations.len(), Ordering::Relaxed);
+        let _ = self.tx.send(Event::Restore { tenant, invocations });
+    }
+
     pub fn cancel(&self, ids: Vec<InvocationId>) {
         let _ = self.tx.send(Event::Cancel(ids));
     }
@@ -79,6 +98,8 @@ pub struct Options {
     pub tenant_max_in_flight: usize,
     pub function_concurrency: BTreeMap<String, usize>,
     pub max_batch: usize,
+    /// On shutdown, how long workers get to answer what they hold.
+    pub drain: Duration,
 }
 
 enum State {
@@ -94,6 +115,9 @@ struct Item {
     attempt: u32,
     /// Attempts that ended in a function failure or timeout (retry budget).
     failures: u32,
+    /// Workers that refused this attempt in a row (`NOT_STARTED`); paces
+    /// the next offer so that refusals cannot spin.
+    refusals: u32,
     state: State,
 }
 
@@ -106,11 +130,16 @@ struct Session {
     max_in_flight: usize,
     in_flight: HashSet<InvocationId>,
     tx: mpsc::Sender<pb::ServerMessage>,
+    /// It announced a drain: it gets no new leases.
+    draining: bool,
 }
 
 struct Dispatcher {
     opts: Options,
     runtime: Arc<Runtime>,
+    committer: Committer,
+    /// Set at shutdown: no new leases; answers are taken until then.
+    draining_until: Option<Instant>,
     items: HashMap<InvocationId, Item>,
     queues: HashMap<(String, String), BinaryHeap<QueueKey>>,
     sessions: BTreeMap<SessionId, Session>,
@@ -133,11 +162,14 @@ pub async fn run(
     handle: DispatchHandle,
     mut rx: mpsc::UnboundedReceiver<Event>,
     runtime: Arc<Runtime>,
+    committer: Committer,
     shutdown: CancellationToken,
 ) {
     let mut d = Dispatcher {
         opts,
         runtime,
+        committer,
+        draining_until: None,
         items: HashMap::new(),
         queues: HashMap::new(),
         sessions: BTreeMap::new(),
@@ -150,8 +182,11 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if d.draining_until.is_some_and(|until| Instant::now() >= until || d.leased() == 0) {
+            break;
+        }
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled(), if d.draining_until.is_none() => d.drain_all(),
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
                 d.handle(ev);
@@ -189,16 +224,27 @@ impl Dispatcher {
         match ev {
             Event::Enqueue { tenant, invocations } => {
                 for inv in invocations {
-                    let id = inv.id.clone();
-                    if self.items.contains_key(&id) {
-                        self.dec_pending(&tenant, 1); // delivered twice: once is enough
-                        continue;
-                    }
-                    self.items.insert(
-                        id.clone(),
-                        Item { inv, tenant: tenant.clone(), attempt: 1, failures: 0, state: State::Queued },
-                    );
-                    self.queue(&id);
+                    self.add(&tenant, inv, Attempts::default());
+                }
+            }
+            Event::Restore { tenant, invocations } => {
+                for (inv, attempts) in invocations {
+                    self.add(&tenant, inv, attempts);
+                }
+            }
+            Event::Drain(session) => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.draining = true;
+                }
+            }
+            Event::Unexpected { session, what } => {
+                if let Some(s) = self.sessions.get(&session) {
+                    let _ = s.tx.try_send(msg(pb::server_message::Msg::Rejected(pb::Rejected {
+                        invocation_id: String::new(),
+                        message: format!("unexpected {what}; ignored"),
+                        code: pb::RejectedCode::Unexpected.into(),
+                        attempt: 0,
+                    })));
                 }
             }
             Event::Cancel(ids) => {
@@ -209,6 +255,7 @@ impl Dispatcher {
                             if let Some(s) = self.sessions.get(&session) {
                                 let _ = s.tx.try_send(msg(pb::server_message::Msg::Cancel(pb::Cancel {
                                     invocation_id: id.to_string(),
+                                    attempt: item.attempt,
                                 })));
                             }
                         }
@@ -217,10 +264,18 @@ impl Dispatcher {
                 }
             }
             Event::Connect { session, tenant, functions, max_in_flight, tx } => {
-                self.sessions.insert(
-                    session,
-                    Session { tenant, functions, max_in_flight: max_in_flight.max(1), in_flight: HashSet::new(), tx },
-                );
+                let s = Session {
+                    tenant,
+                    functions,
+                    max_in_flight: max_in_flight.max(1),
+                    in_flight: HashSet::new(),
+                    tx,
+                    draining: false,
+                };
+                if let Some(until) = self.draining_until {
+                    let _ = s.tx.try_send(drain_msg(until));
+                }
+                self.sessions.insert(session, s);
             }
             Event::Disconnect(session) => {
                 if let Some(s) = self.sessions.remove(&session) {
@@ -228,6 +283,8 @@ impl Dispatcher {
                     // at once. Not a function failure: no retry budget used.
                     for id in s.in_flight {
                         if let Some(item) = self.items.get_mut(&id) {
+                            let made = Attempts { made: item.attempt, failures: item.failures, retry_at_ms: 0 };
+                            self.committer.record_attempts(id.clone(), made);
                             item.attempt += 1;
                             item.state = State::Queued;
                             let (t, f) = (item.tenant.clone(), item.inv.function.clone());
@@ -252,6 +309,50 @@ impl Dispatcher {
                     }
                 }
             }
+        }
+    }
+
+    /// Takes an invocation on, unless it is here already.
+    fn add(&mut self, tenant: &str, inv: Invocation, attempts: Attempts) {
+        let id = inv.id.clone();
+        if self.items.contains_key(&id) {
+            self.dec_pending(tenant, 1); // delivered twice: once is enough
+            return;
+        }
+        let now = now_ms();
+        let state = if attempts.retry_at_ms > now {
+            State::Backoff { until: Instant::now() + Duration::from_millis(attempts.retry_at_ms - now) }
+        } else {
+            State::Queued
+        };
+        let queued = matches!(state, State::Queued);
+        let item = Item {
+            inv,
+            tenant: tenant.to_string(),
+            attempt: attempts.made + 1,
+            failures: attempts.failures,
+            refusals: 0,
+            state,
+        };
+        self.items.insert(id.clone(), item);
+        if queued {
+            self.queue(&id);
+        }
+    }
+
+    /// Leases held by workers.
+    fn leased(&self) -> usize {
+        self.sessions.values().map(|s| s.in_flight.len()).sum()
+    }
+
+    /// Shutdown: every worker is asked to answer what it holds, and nothing
+    /// new is leased.
+    fn drain_all(&mut self) {
+        let until = Instant::now() + self.opts.drain;
+        self.draining_until = Some(until);
+        tracing::info!(leased = self.leased(), "draining workers");
+        for s in self.sessions.values() {
+            let _ = s.tx.try_send(drain_msg(until));
         }
     }
 
@@ -298,6 +399,8 @@ impl Dispatcher {
             if let Some(s) = self.sessions.get(&session) {
                 let _ = s.tx.try_send(msg(pb::server_message::Msg::Rejected(pb::Rejected {
                     invocation_id: r.invocation_id.clone(),
+                    code: pb::RejectedCode::NotHeld.into(),
+                    attempt: r.attempt,
                     message: format!(
                         "this session does not hold invocation {} attempt {} (unknown, answered, cancelled, timed out or leased elsewhere); the answer is ignored",
                         r.invocation_id, r.attempt
@@ -320,6 +423,9 @@ impl Dispatcher {
                     }
                 }
             }
+            Some(pb::invocation_result::Outcome::Failure(f)) if f.kind() == pb::FailureKind::NotStarted => {
+                self.refused(item, &f.message)
+            }
             Some(pb::invocation_result::Outcome::Failure(f)) => {
                 self.fail(item, ErrorKind::Failed, f.message, f.retryable)
             }
@@ -327,13 +433,32 @@ impl Dispatcher {
         }
     }
 
+    /// A worker did not start the attempt: it is offered again, after a
+    /// pause that doubles with each refusal in a row (10 ms to 2.5 s), and
+    /// counts neither as an attempt nor against the retry budget.
+    fn refused(&mut self, mut item: Item, message: &str) {
+        item.refusals += 1;
+        let delay = jitter(Duration::from_millis(10 << item.refusals.min(8)), self.seq ^ item.refusals as u64);
+        tracing::debug!(invocation = %item.inv.id, attempt = item.attempt, ?delay, %message, "not started");
+        item.state = State::Backoff { until: Instant::now() + delay };
+        self.items.insert(item.inv.id.clone(), item);
+    }
+
     /// A failed attempt: retry after a backoff if the policy allows, else
     /// the final outcome is an error.
     fn fail(&mut self, mut item: Item, kind: ErrorKind, message: String, retryable: bool) {
         item.failures += 1;
+        item.refusals = 0;
         if retryable && item.failures < item.inv.retry.max_attempts.max(1) {
             let delay = jitter(item.inv.retry.backoff(item.failures), self.seq ^ item.failures as u64);
             tracing::debug!(invocation = %item.inv.id, attempt = item.attempt, ?delay, %message, "retrying");
+            // Kept so that a restart neither resets the budget nor skips the backoff.
+            let made = Attempts {
+                made: item.attempt,
+                failures: item.failures,
+                retry_at_ms: now_ms() + delay.as_millis() as u64,
+            };
+            self.committer.record_attempts(item.inv.id.clone(), made);
             item.attempt += 1;
             item.state = State::Backoff { until: Instant::now() + delay };
             self.items.insert(item.inv.id.clone(), item);
@@ -381,8 +506,10 @@ impl Dispatcher {
             let State::Leased { session, deadline, .. } = item.state else { unreachable!("leased") };
             self.release(session, &item);
             if let Some(s) = self.sessions.get(&session) {
-                let _ =
-                    s.tx.try_send(msg(pb::server_message::Msg::Cancel(pb::Cancel { invocation_id: id.to_string() })));
+                let _ = s.tx.try_send(msg(pb::server_message::Msg::Cancel(pb::Cancel {
+                    invocation_id: id.to_string(),
+                    attempt: item.attempt,
+                })));
             }
             let what = if now >= deadline { "start-to-close timeout" } else { "heartbeat timeout" };
             let message = format!("attempt {} ran past its {what}", item.attempt);
@@ -393,13 +520,16 @@ impl Dispatcher {
     /// Leases queued invocations to sessions with room: per session, the
     /// highest priority first, in micro-batches.
     fn pump(&mut self) {
+        if self.draining_until.is_some() {
+            return;
+        }
         let now = Instant::now();
         let session_ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for sid in session_ids {
             let mut batch = Vec::new();
             loop {
                 let s = &self.sessions[&sid];
-                if s.in_flight.len() >= s.max_in_flight || batch.len() >= self.opts.max_batch {
+                if s.draining || s.in_flight.len() >= s.max_in_flight || batch.len() >= self.opts.max_batch {
                     break;
                 }
                 if self.tenant_in_flight.get(&s.tenant).copied().unwrap_or(0) >= self.opts.tenant_max_in_flight {
@@ -479,6 +609,13 @@ impl Dispatcher {
         self.queues.get_mut(&key).expect("queue").pop();
         Some(top.2)
     }
+}
+
+fn drain_msg(until: Instant) -> pb::ServerMessage {
+    msg(pb::server_message::Msg::Drain(pb::Drain {
+        reason: "the server is shutting down".into(),
+        deadline_ms: until.saturating_duration_since(Instant::now()).as_millis() as u64,
+    }))
 }
 
 fn msg(m: pb::server_message::Msg) -> pb::ServerMessage {

@@ -6,12 +6,18 @@
 
 mod api;
 mod auth;
+mod background;
+mod children;
 mod committer;
 pub mod config;
 mod dispatcher;
 mod error;
 mod runtime;
 mod schedule;
+mod signals;
+#[cfg(test)]
+mod tests;
+mod upgrade;
 mod workers;
 
 use std::collections::HashMap;
@@ -41,38 +47,56 @@ pub async fn serve(
     );
     let (committer, committer_thread) = committer::Committer::spawn(store.clone() as Arc<dyn Store>);
     let closer = committer.clone();
+    let attempts_writer = committer.clone();
     let (dispatch, dispatch_rx) = dispatcher::channel();
     let tenants: Vec<String> = config.tenants.iter().map(|t| t.name.clone()).collect();
+    let (background_tx, background_rx) = tokio::sync::mpsc::unbounded_channel();
+    let attempts: HashMap<_, _> = store.attempts().map_err(|e| e.to_string())?.into_iter().collect();
     let runtime = Arc::new(runtime::Runtime::new(
         store.clone(),
         committer,
         dispatch.clone(),
         &tenants,
         config.limits.tenant_max_pending,
+        background_tx,
     )?);
     // Invocations that were pending when the server stopped go out again.
     let outbox = runtime.stored_outbox()?;
     let mut by_tenant: HashMap<String, Vec<_>> = HashMap::new();
     for inv in outbox {
-        by_tenant.entry(runtime::tenant_of(&inv.workflow).to_string()).or_default().push(inv);
+        let tried = attempts.get(&inv.id).copied().unwrap_or_default();
+        by_tenant.entry(runtime::tenant_of(&inv.workflow).to_string()).or_default().push((inv, tried));
     }
     for (t, invs) in by_tenant {
         tracing::info!(tenant = %t, invocations = invs.len(), "dispatching stored invocations again");
-        dispatch.enqueue(t, invs);
+        dispatch.restore(t, invs);
     }
     let schedules = Arc::new(schedule::Scheduler::load(runtime.clone(), store.clone() as Arc<dyn Store>)?);
     let scheduler_task = tokio::spawn(schedules.clone().run(shutdown.child_token()));
-    let dispatcher_task = tokio::spawn(dispatcher::run(
+    let background_task = tokio::spawn(background::run(runtime.clone(), background_rx, shutdown.child_token()));
+    // Worker sessions outlive the shutdown signal by the drain: their
+    // answers still count until the dispatcher stops, and then they end.
+    let sessions_closed = CancellationToken::new();
+    let dispatcher_run = dispatcher::run(
         dispatcher::Options {
             tenant_max_in_flight: config.limits.tenant_max_in_flight,
             function_concurrency: config.function_concurrency.clone(),
             max_batch: config.limits.max_batch.max(1),
+            drain: std::time::Duration::from_millis(config.limits.worker_drain_ms),
         },
         dispatch.clone(),
         dispatch_rx,
         runtime.clone(),
+        attempts_writer,
         shutdown.child_token(),
-    ));
+    );
+    let dispatcher_task = tokio::spawn({
+        let closed = sessions_closed.clone();
+        async move {
+            dispatcher_run.await;
+            closed.cancel();
+        }
+    });
 
     let mut tokens = HashMap::new();
     for t in &config.tenants {
@@ -95,7 +119,7 @@ pub async fn serve(
         pb::workers_server::WorkersServer::new(workers::WorkersService {
             dispatch: dispatch.clone(),
             next_session: Arc::new(AtomicU64::new(1)),
-            shutdown: shutdown.clone(),
+            closed: sessions_closed.clone(),
         })
         .max_decoding_message_size(max),
         move |r| auth.check(r),
@@ -129,10 +153,11 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await
         .map_err(|e| e.to_string());
-    // Stop ticking and dispatching, let decided outcomes commit, then drain
+    // Stop ticking, drain the workers, let decided outcomes commit, then
     // the committer.
     let _ = scheduler_task.await;
     let _ = dispatcher_task.await;
+    let _ = background_task.await;
     closer.close();
     let _ = tokio::task::spawn_blocking(move || committer_thread.join()).await;
     drop(runtime);

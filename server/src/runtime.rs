@@ -12,24 +12,50 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 use stoa_engine::store::{PackRecord, SledStore, Store};
 use stoa_engine::timeline::Entry;
-use stoa_engine::workflow::{Input, Meta, Outcome, Rejected, Status, TurnOutput, Workflow};
+use stoa_engine::workflow::{Input, Meta, Origin, Outcome, Rejected, Status, TurnOutput, Workflow, CHILD_PREFIX};
 use stoa_engine::{InvocationId, WorkflowId};
 use stoa_rules::compile::{compile, fnv1a, Pack, PackSource};
 use stoa_rules::testcase::FactSpec;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
+use crate::background::Background;
 use crate::committer::Committer;
 use crate::dispatcher::DispatchHandle;
 use crate::error::ApiError;
+use crate::upgrade::Rollout;
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// The deployed versions of one pack, oldest first; the last is current.
+/// The deployed versions of one pack, oldest first, and which of them new
+/// and live workflows run.
 #[derive(Default)]
-struct Versions {
-    list: Vec<(PackRecord, Arc<Pack>)>,
+pub(crate) struct Versions {
+    pub list: Vec<(PackRecord, Arc<Pack>)>,
+    /// Unset: the newest version is stable.
+    pub rollout: Option<Rollout>,
+}
+
+impl Versions {
+    pub fn get(&self, version: &str) -> Option<&Arc<Pack>> {
+        self.list.iter().rev().find(|(r, _)| r.version == version).map(|(_, p)| p)
+    }
+
+    pub fn stable(&self) -> Option<&Arc<Pack>> {
+        match &self.rollout {
+            Some(r) => self.get(&r.stable),
+            None => self.list.last().map(|(_, p)| p),
+        }
+    }
+
+    /// The version a workflow with this id runs on (canary by id hash).
+    pub fn for_workflow(&self, id: &WorkflowId) -> Option<&Arc<Pack>> {
+        match self.rollout.as_ref().and_then(|r| r.canary.as_ref()) {
+            Some(c) if crate::upgrade::in_fraction(id, c.fraction) => self.get(&c.version),
+            _ => self.stable(),
+        }
+    }
 }
 
 /// A workflow's place in memory; `None` until loaded or created.
@@ -39,13 +65,16 @@ struct Slot {
 }
 
 pub struct Runtime {
-    store: Arc<SledStore>,
+    pub(crate) store: Arc<SledStore>,
     committer: Committer,
-    packs: DashMap<(String, String), Versions>,
+    pub(crate) packs: DashMap<(String, String), Versions>,
     workflows: DashMap<WorkflowId, Arc<Slot>>,
     watchers: DashMap<WorkflowId, broadcast::Sender<Arc<Entry>>>,
     dispatch: DispatchHandle,
     max_pending: usize,
+    /// Work that outlives a turn: timers, signals, children, upgrades.
+    pub(crate) background: mpsc::UnboundedSender<Background>,
+    pub(crate) route_locks: crate::signals::RouteLocks,
 }
 
 /// The tenant part of a workflow id (`wf_<tenant>.<key>`).
@@ -70,6 +99,7 @@ impl Runtime {
         dispatch: DispatchHandle,
         tenants: &[String],
         max_pending: usize,
+        background: mpsc::UnboundedSender<Background>,
     ) -> Result<Runtime, String> {
         let rt = Runtime {
             store,
@@ -79,13 +109,20 @@ impl Runtime {
             watchers: DashMap::new(),
             dispatch,
             max_pending,
+            background,
+            route_locks: Default::default(),
         };
         for t in tenants {
             for rec in rt.store.packs(t).map_err(|e| e.to_string())? {
                 let pack = compile_record(&rec).map_err(|d| {
                     format!("stored pack {}/{} {} no longer compiles: {}", t, rec.name, rec.version, d[0])
                 })?;
-                rt.packs.entry((t.clone(), rec.name.clone())).or_default().list.push((rec, Arc::new(pack)));
+                let name = rec.name.clone();
+                let mut v = rt.packs.entry((t.clone(), name.clone())).or_default();
+                v.list.push((rec, Arc::new(pack)));
+                if v.rollout.is_none() {
+                    v.rollout = rt.load_rollout(t, &name)?;
+                }
             }
         }
         Ok(rt)
@@ -148,14 +185,14 @@ impl Runtime {
         Ok((pack, diags, true))
     }
 
-    /// (name, versions oldest first, current pack) of each of a tenant's packs.
+    /// (name, versions oldest first, stable pack) of each of a tenant's packs.
     pub fn packs(&self, tenant: &str) -> Vec<(String, Vec<String>, Arc<Pack>)> {
         let mut out: Vec<_> = self
             .packs
             .iter()
             .filter(|e| e.key().0 == tenant)
             .filter_map(|e| {
-                let (_, current) = e.value().list.last()?;
+                let current = e.value().stable()?;
                 Some((
                     e.key().1.clone(),
                     e.value().list.iter().map(|(r, _)| r.version.clone()).collect(),
@@ -167,18 +204,39 @@ impl Runtime {
         out
     }
 
-    fn pack(&self, tenant: &str, name: &str, version: Option<&str>) -> Result<Arc<Pack>, ApiError> {
+    pub(crate) fn pack(&self, tenant: &str, name: &str, version: Option<&str>) -> Result<Arc<Pack>, ApiError> {
         let versions = self
             .packs
             .get(&(tenant.to_string(), name.to_string()))
             .ok_or_else(|| ApiError::NotFound(format!("pack `{name}` is not deployed")))?;
         let found = match version {
-            None => versions.list.last(),
-            Some(v) => versions.list.iter().rev().find(|(r, _)| r.version == v),
+            None => versions.stable(),
+            Some(v) => versions.get(v),
         };
-        found.map(|(_, p)| p.clone()).ok_or_else(|| {
+        found.cloned().ok_or_else(|| {
             ApiError::NotFound(format!("pack `{name}` has no version {}", version.unwrap_or("deployed")))
         })
+    }
+
+    /// One deployed version of a pack.
+    pub fn pack_version(&self, tenant: &str, name: &str, version: &str) -> Option<Arc<Pack>> {
+        self.packs.get(&(tenant.to_string(), name.to_string()))?.get(version).cloned()
+    }
+
+    /// The version a new workflow with this id starts on.
+    fn pack_for_new(&self, tenant: &str, name: &str, id: &WorkflowId) -> Result<Arc<Pack>, ApiError> {
+        let versions = self
+            .packs
+            .get(&(tenant.to_string(), name.to_string()))
+            .ok_or_else(|| ApiError::NotFound(format!("pack `{name}` is not deployed")))?;
+        versions.for_workflow(id).cloned().ok_or_else(|| ApiError::NotFound(format!("pack `{name}` is not deployed")))
+    }
+
+    /// The rollout of a pack (stable version and canary).
+    pub fn rollout_of(&self, tenant: &str, name: &str) -> Option<crate::upgrade::Rollout> {
+        let v = self.packs.get(&(tenant.to_string(), name.to_string()))?;
+        let stable = v.stable()?.manifest.version.clone();
+        Some(v.rollout.clone().unwrap_or(crate::upgrade::Rollout { stable, canary: None }))
     }
 
     // ---- workflows ------------------------------------------------------
@@ -224,17 +282,39 @@ impl Runtime {
             return Err(ApiError::InvalidArgument("request_id: required, at most 256 bytes".into()));
         }
         self.check_backpressure(tenant)?;
-        // The id derives from the request id: a repeated request finds the
-        // same slot, even while the first is still committing.
-        let id = WorkflowId::new(format!("{tenant}.{:016x}", fnv1a(request_id.as_bytes(), 0xcbf29ce484222325)));
+        self.start_as(tenant, pack, facts, request_id, Origin::Request).await
+    }
+
+    /// The id of the workflow a request id starts: a repeated request finds
+    /// the same slot, even while the first is still committing.
+    pub(crate) fn id_for_request(tenant: &str, request_id: &str) -> WorkflowId {
+        WorkflowId::new(format!("{tenant}.{:016x}", fnv1a(request_id.as_bytes(), 0xcbf29ce484222325)))
+    }
+
+    /// `start` for the server's own starts (children, signals, schedules).
+    pub(crate) async fn start_as(
+        &self,
+        tenant: &str,
+        pack: &str,
+        facts: Vec<FactSpec>,
+        request_id: &str,
+        origin: Origin,
+    ) -> Result<(WorkflowId, bool), ApiError> {
+        let id = Self::id_for_request(tenant, request_id);
         let slot = self.slot(&id);
-        let rx = {
+        let request = format!("{tenant}/{request_id}");
+        let mut first = true;
+        let rx = 'start: {
             let mut g = slot.wf.lock().expect("workflow lock");
             if self.ensure_loaded(&id, &mut g)? {
-                return Ok((id, false));
+                // The first start may still be committing. The committer
+                // flushes in order, so an empty turn queued now is durable
+                // only once the first start is.
+                first = false;
+                break 'start self.committer.submit(id.clone(), TurnOutput::default(), None);
             }
-            let created = self.pack(tenant, pack, None).and_then(|pack| {
-                let mut wf = Workflow::new(id.clone(), pack, now_ms());
+            let created = self.pack_for_new(tenant, pack, &id).and_then(|pack| {
+                let mut wf = Workflow::new(id.clone(), pack, now_ms()).with_origin(origin);
                 let out = wf.apply(Input::Start { facts }, now_ms()).map_err(reject)?;
                 Ok((wf, out))
             });
@@ -248,9 +328,15 @@ impl Runtime {
                 }
             };
             *g = Some(wf);
-            self.committer.submit(id.clone(), out, Some(format!("{tenant}/{request_id}")))
+            self.committer.submit(id.clone(), out, Some(request.clone()))
         };
         let out = rx.await.map_err(|_| ApiError::Internal("commit lost".into()))?.map_err(ApiError::Internal)?;
+        if !first {
+            return match self.store.request(&request).map_err(|e| ApiError::Internal(e.to_string()))? {
+                Some(_) => Ok((id, false)),
+                None => Err(ApiError::Internal(format!("the first start of request {request} did not commit"))),
+            };
+        }
         self.after_commit(&id, &out);
         Ok((id, true))
     }
@@ -258,27 +344,54 @@ impl Runtime {
     /// Applies one input to a workflow of `tenant` as a turn and waits until
     /// it is durable.
     pub async fn turn(&self, tenant: &str, id: &WorkflowId, input: Input) -> Result<TurnOutput, ApiError> {
+        self.turn_keyed(tenant, id, input, None).await
+    }
+
+    /// `turn`, recording `key` in the same commit (see `Store::request`), so
+    /// that whoever retries the input can see it was applied.
+    pub(crate) async fn turn_keyed(
+        &self,
+        tenant: &str,
+        id: &WorkflowId,
+        input: Input,
+        key: Option<String>,
+    ) -> Result<TurnOutput, ApiError> {
         if tenant_of(id) != tenant {
             return Err(ApiError::NotFound(format!("workflow {id} does not exist")));
         }
         if matches!(input, Input::Assert { .. }) {
             self.check_backpressure(tenant)?;
         }
+        let turn = |wf: &mut Workflow| wf.apply(input, now_ms()).map(Some).map_err(reject);
+        self.locked_turn(id, key, turn)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("workflow {id} does not exist")))
+    }
+
+    /// Runs `f` as a turn under the workflow's lock (loading it if needed),
+    /// queues its output for commit before releasing the lock (so one
+    /// workflow's turns commit in order), and acts on it once durable.
+    /// `Ok(None)`: no such workflow, or `f` made no turn.
+    async fn locked_turn(
+        &self,
+        id: &WorkflowId,
+        key: Option<String>,
+        f: impl FnOnce(&mut Workflow) -> Result<Option<TurnOutput>, ApiError>,
+    ) -> Result<Option<TurnOutput>, ApiError> {
         let slot = self.slot(id);
         let rx = {
             let mut g = slot.wf.lock().expect("workflow lock");
             if !self.ensure_loaded(id, &mut g)? {
                 drop(g);
                 self.workflows.remove(id);
-                return Err(ApiError::NotFound(format!("workflow {id} does not exist")));
+                return Ok(None);
             }
-            let wf = g.as_mut().expect("loaded");
-            let out = wf.apply(input, now_ms()).map_err(reject)?;
-            self.committer.submit(id.clone(), out, None)
+            let Some(out) = f(g.as_mut().expect("loaded"))? else { return Ok(None) };
+            self.committer.submit(id.clone(), out, key)
         };
         let out = rx.await.map_err(|_| ApiError::Internal("commit lost".into()))?.map_err(ApiError::Internal)?;
         self.after_commit(id, &out);
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// Applies a function's final outcome; a duplicate or late one is
@@ -293,13 +406,66 @@ impl Runtime {
         }
     }
 
+    /// Moves a loaded or stored workflow to `pack` (another version of its
+    /// pack) as a turn. `Ok(None)`: it no longer needs it (finished, gone,
+    /// or already on that version).
+    pub(crate) async fn upgrade_workflow(
+        &self,
+        id: &WorkflowId,
+        pack: Arc<Pack>,
+    ) -> Result<Option<TurnOutput>, ApiError> {
+        self.locked_turn(id, None, |wf| {
+            if wf.status() != Status::Running || wf.meta().pack_version == pack.manifest.version {
+                return Ok(None);
+            }
+            wf.upgrade(pack, now_ms()).map(Some).map_err(reject)
+        })
+        .await
+    }
+
+    /// Runs `f` on a workflow's current state (loading it if needed).
+    pub(crate) fn inspect<T>(&self, id: &WorkflowId, f: impl FnOnce(&Workflow) -> T) -> Result<Option<T>, ApiError> {
+        let slot = self.slot(id);
+        let mut g = slot.wf.lock().expect("workflow lock");
+        if !self.ensure_loaded(id, &mut g)? {
+            drop(g);
+            self.workflows.remove(id);
+            return Ok(None);
+        }
+        Ok(Some(f(g.as_ref().expect("loaded"))))
+    }
+
     fn after_commit(&self, id: &WorkflowId, out: &TurnOutput) {
         if !out.cancelled.is_empty() {
             self.dispatch.cancel(out.cancelled.clone());
+            for inv in &out.cancelled {
+                let _ = self.background.send(Background::CancelChild(inv.clone()));
+            }
         }
-        let live: Vec<_> = out.invocations.iter().filter(|i| !out.cancelled.contains(&i.id)).cloned().collect();
+        let (children, live): (Vec<_>, Vec<_>) = out
+            .invocations
+            .iter()
+            .filter(|i| !out.cancelled.contains(&i.id))
+            .cloned()
+            .partition(|i| i.function.starts_with(CHILD_PREFIX));
         if !live.is_empty() {
             self.dispatch.enqueue(tenant_of(id).to_string(), live);
+        }
+        for inv in children {
+            let _ = self.background.send(Background::StartChild(inv));
+        }
+        for t in &out.timers_put {
+            let _ = self.background.send(Background::Timer { workflow: id.clone(), id: t.id, due_ms: t.due_ms });
+        }
+        for s in &out.signals {
+            let _ = self.background.send(Background::Signal { tenant: tenant_of(id).to_string(), signal: s.clone() });
+        }
+        if let Some(meta) = out.meta.as_ref().filter(|m| m.status != Status::Running) {
+            if let Origin::Parent { invocation, .. } = &meta.origin {
+                let _ = self
+                    .background
+                    .send(Background::ChildDone { parent: invocation.clone(), outcome: child_outcome(meta) });
+            }
         }
         if let Some(tx) = self.watchers.get(id) {
             for e in &out.entries {
@@ -349,9 +515,38 @@ impl Runtime {
         self.watchers.remove_if(id, |_, tx| tx.receiver_count() == 0);
     }
 
-    /// Invocations waiting in the store (to dispatch again after a restart).
+    /// Invocations waiting in the store (to dispatch again after a
+    /// restart); children to start (or whose end to deliver) go to the
+    /// background.
     pub fn stored_outbox(&self) -> Result<Vec<stoa_engine::workflow::Invocation>, String> {
-        self.store.outbox().map_err(|e| e.to_string())
+        let (children, functions): (Vec<_>, Vec<_>) = self
+            .store
+            .outbox()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .partition(|i| i.function.starts_with(CHILD_PREFIX));
+        for inv in children {
+            let _ = self.background.send(Background::StartChild(inv));
+        }
+        Ok(functions)
+    }
+
+    pub(crate) fn load_rollout(&self, tenant: &str, name: &str) -> Result<Option<Rollout>, String> {
+        let v = self.store.get_aux("rollout", &format!("{tenant}/{name}")).map_err(|e| e.to_string())?;
+        v.map(|v| serde_json::from_value(v).map_err(|e| e.to_string())).transpose()
+    }
+}
+
+/// What a finished child workflow answers its parent.
+pub(crate) fn child_outcome(meta: &Meta) -> Outcome {
+    match meta.status {
+        Status::Completed => Outcome::Ok { value: meta.result.clone(), attempts: 1 },
+        _ => Outcome::Error {
+            kind: stoa_engine::workflow::ErrorKind::Failed,
+            message: format!("child workflow {} failed: {}", meta.id, meta.reason.clone().unwrap_or_default()),
+            attempts: 1,
+            retryable: false,
+        },
     }
 }
 

@@ -17,7 +17,8 @@ use crate::dispatcher::{DispatchHandle, Event};
 pub struct WorkersService {
     pub dispatch: DispatchHandle,
     pub next_session: Arc<AtomicU64>,
-    pub shutdown: CancellationToken,
+    /// Cancelled once the dispatcher has stopped: sessions end then.
+    pub closed: CancellationToken,
 }
 
 type Out = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
@@ -44,19 +45,22 @@ impl pb::workers_server::Workers for WorkersService {
         // dispatcher holds work back (backpressure on slow workers).
         let (tx, rx) = mpsc::channel(16);
         let welcome = pb::ServerMessage {
-            msg: Some(pb::server_message::Msg::Welcome(pb::Welcome { session_id: session.to_string() })),
+            msg: Some(pb::server_message::Msg::Welcome(pb::Welcome {
+                session_id: session.to_string(),
+                max_in_flight: max_in_flight as u32,
+            })),
         };
         tx.send(welcome).await.map_err(|_| Status::unavailable("session closed"))?;
         tracing::info!(session, %tenant, name = %hello.name, functions = ?hello.functions, max_in_flight, "worker connected");
         self.dispatch.send(Event::Connect { session, tenant, functions: hello.functions, max_in_flight, tx });
         let dispatch = self.dispatch.clone();
-        let shutdown = self.shutdown.clone();
-        // The reader ends with the stream (or at shutdown); it owns nothing
-        // else, and always reports the disconnect.
+        let closed = self.closed.clone();
+        // The reader ends with the stream (or once the dispatcher stopped);
+        // it owns nothing else, and always reports the disconnect.
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
-                    _ = shutdown.cancelled() => break,
+                    _ = closed.cancelled() => break,
                     m = inbound.next() => m,
                 };
                 match next {
@@ -66,7 +70,16 @@ impl pb::workers_server::Workers for WorkersService {
                     Some(Ok(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(h)) })) => {
                         dispatch.send(Event::Heartbeat { session, invocation: h.invocation_id, attempt: h.attempt })
                     }
-                    Some(Ok(_)) => tracing::warn!(session, "ignoring an unexpected worker message"),
+                    Some(Ok(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Drain(d)) })) => {
+                        tracing::info!(session, reason = %d.reason, "worker draining");
+                        dispatch.send(Event::Drain(session))
+                    }
+                    Some(Ok(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Hello(_)) })) => {
+                        dispatch.send(Event::Unexpected { session, what: "second hello".into() })
+                    }
+                    Some(Ok(pb::WorkerMessage { msg: None })) => {
+                        dispatch.send(Event::Unexpected { session, what: "empty message".into() })
+                    }
                     Some(Err(e)) => {
                         tracing::info!(session, error = %e, "worker stream broke");
                         break;

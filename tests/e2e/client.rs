@@ -60,6 +60,7 @@ pub fn video_facts(uri: &str) -> Vec<pb::FactInput> {
 pub struct RawWorker {
     pub tx: mpsc::Sender<pb::WorkerMessage>,
     pub rx: tonic::Streaming<pb::ServerMessage>,
+    pub welcome: pb::Welcome,
 }
 
 impl RawWorker {
@@ -81,11 +82,11 @@ impl RawWorker {
         .await
         .expect("queue hello");
         let mut rx = c.session(ReceiverStream::new(rx)).await?.into_inner();
-        match rx.message().await? {
-            Some(pb::ServerMessage { msg: Some(pb::server_message::Msg::Welcome(_)) }) => {}
+        let welcome = match rx.message().await? {
+            Some(pb::ServerMessage { msg: Some(pb::server_message::Msg::Welcome(w)) }) => w,
             other => panic!("expected welcome, got {other:?}"),
-        }
-        Ok(RawWorker { tx, rx })
+        };
+        Ok(RawWorker { tx, rx, welcome })
     }
 
     /// The next server message within `wait`, if any.
@@ -104,6 +105,25 @@ impl RawWorker {
                 None => return vec![],
             }
         }
+    }
+
+    /// Sends a message; `false` if the session is gone.
+    pub async fn send(&self, msg: pb::worker_message::Msg) -> bool {
+        self.tx.send(pb::WorkerMessage { msg: Some(msg) }).await.is_ok()
+    }
+
+    /// Answers with a failure of `kind`.
+    pub async fn fail(&self, inv: &pb::Invocation, retryable: bool, kind: pb::FailureKind) -> bool {
+        self.send(pb::worker_message::Msg::Result(pb::InvocationResult {
+            invocation_id: inv.id.clone(),
+            attempt: inv.attempt,
+            outcome: Some(pb::invocation_result::Outcome::Failure(pb::Failure {
+                message: "test failure".into(),
+                retryable,
+                kind: kind.into(),
+            })),
+        }))
+        .await
     }
 
     /// Sends a result; `false` if the session is gone.
@@ -174,5 +194,8 @@ pub async fn media_worker(
 
 /// Deploys a pack from the repository; panics on failure.
 pub async fn deploy(c: &mut Client, dir: &str) -> pb::DeployPackResponse {
-    c.deploy_pack(pb::DeployPackRequest { files: pack_files(dir), dry_run: false }).await.expect("deploy").into_inner()
+    c.deploy_pack(pb::DeployPackRequest { files: pack_files(dir), ..Default::default() })
+        .await
+        .expect("deploy")
+        .into_inner()
 }

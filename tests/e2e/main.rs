@@ -1,10 +1,12 @@
 //! End-to-end tests over real `stoa` processes.
 
+mod always_on;
 mod bench_programs;
 mod client;
 mod crash;
 mod docs;
 mod examples;
+mod protocol;
 mod schedules;
 mod server;
 mod server_crash;

@@ -19,7 +19,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 async fn deploy_ticker(c: &mut Client) {
-    c.deploy_pack(pb::DeployPackRequest { files: pack_files("tests/packs/ticker"), dry_run: false })
+    c.deploy_pack(pb::DeployPackRequest { files: pack_files("tests/packs/ticker"), ..Default::default() })
         .await
         .expect("deploy");
 }

@@ -42,7 +42,9 @@ fn tenants_are_isolated() {
         let not_found = |r: Result<_, tonic::Status>, what: &str| {
             let e = r.err().unwrap_or_else(|| panic!("{what}: tenant B got an answer"));
             assert_eq!(e.code(), Code::NotFound, "{what}: {e:?}");
-            assert!(!e.message().contains("video-encode") || what == "start", "{what} leaks: {}", e.message());
+            // Messages may echo the name the caller gave, never more.
+            let echoes = ["start", "upgrade", "rollback", "rollout"].contains(&what);
+            assert!(!e.message().contains("video-encode") || echoes, "{what} leaks: {}", e.message());
         };
         not_found(
             b.get_workflow(pb::GetWorkflowRequest { workflow_id: wf.clone(), without_facts: false }).await.map(|_| ()),
@@ -78,6 +80,40 @@ fn tenants_are_isolated() {
             .await
             .map(|_| ()),
             "start",
+        );
+        // Nor signal, upgrade, roll back or read the lineage of A's.
+        let signal = |workflow_id: &str, id: &str| pb::SendSignalRequest {
+            name: "go".into(),
+            signal_id: id.into(),
+            payload_json: String::new(),
+            workflow_id: workflow_id.into(),
+        };
+        not_found(b.send_signal(signal(&wf, "s1")).await.map(|_| ()), "signal");
+        a.send_signal(signal("", "a-only")).await.expect("A's own signal");
+        not_found(b.get_lineage(pb::GetLineageRequest { signal_id: "a-only".into() }).await.map(|_| ()), "lineage");
+        not_found(b.get_upgrade(pb::GetUpgradeRequest { name: "video-encode".into() }).await.map(|_| ()), "upgrade");
+        let (theirs, none) = (
+            b.get_upgrade(pb::GetUpgradeRequest { name: "video-encode".into() }).await.expect_err("B"),
+            b.get_upgrade(pb::GetUpgradeRequest { name: "no-such-pack".into() }).await.expect_err("B"),
+        );
+        assert_eq!(
+            theirs.message().replace("video-encode", "no-such-pack"),
+            none.message(),
+            "same answer as for nothing"
+        );
+        not_found(
+            b.rollback_pack(pb::RollbackPackRequest { name: "video-encode".into() }).await.map(|_| ()),
+            "rollback",
+        );
+        not_found(
+            b.rollout_pack(pb::RolloutPackRequest {
+                name: "video-encode".into(),
+                version: "1.0.0".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+            "rollout",
         );
 
         // B's worker for the same function gets nothing of A's work; A's does.
@@ -119,7 +155,7 @@ fn bad_requests_get_precise_errors_and_change_nothing() {
         for f in files.iter_mut().filter(|f| f.path == "pack.toml") {
             f.content = String::from_utf8(f.content.clone()).expect("utf8").replace("1.0.0", "1.0.1").into_bytes();
         }
-        let e = a.deploy_pack(pb::DeployPackRequest { files, dry_run: false }).await.expect_err("broken pack");
+        let e = a.deploy_pack(pb::DeployPackRequest { files, ..Default::default() }).await.expect_err("broken pack");
         assert_eq!(e.code(), Code::InvalidArgument);
         assert!(e.message().contains("encode.rules:") && e.message().contains("error[E0002]"), "{}", e.message());
         assert!(e.message().contains("the deployed version is unchanged"), "{}", e.message());
@@ -202,6 +238,39 @@ fn bad_requests_get_precise_errors_and_change_nothing() {
             .expect("get")
             .into_inner();
         assert_eq!((got.turn, got.waiting.len(), got.fact_count), (1, 1, 3));
+
+        // Signals and rollouts name the field that is wrong.
+        let bad = |r: Result<(), tonic::Status>, code: Code, field: &str| {
+            let e = r.expect_err(field);
+            assert_eq!(e.code(), code, "{field}: {e:?}");
+            assert!(e.message().contains(field), "{field}: {}", e.message());
+        };
+        let sig = |name: &str, id: &str, payload: &str| pb::SendSignalRequest {
+            name: name.into(),
+            signal_id: id.into(),
+            payload_json: payload.into(),
+            workflow_id: String::new(),
+        };
+        bad(a.send_signal(sig("", "x", "")).await.map(|_| ()), Code::InvalidArgument, "name");
+        bad(a.send_signal(sig("go", "", "")).await.map(|_| ()), Code::InvalidArgument, "signal_id");
+        bad(a.send_signal(sig("go", "x", "{nope")).await.map(|_| ()), Code::InvalidArgument, "payload_json");
+        let rollout = |version: &str, rollout: pb::Rollout, canary_fraction: f64| pb::RolloutPackRequest {
+            name: "video-encode".into(),
+            version: version.into(),
+            rollout: rollout as i32,
+            canary_fraction,
+        };
+        bad(
+            a.rollout_pack(rollout("1.0.0", pb::Rollout::Canary, 1.5)).await.map(|_| ()),
+            Code::InvalidArgument,
+            "canary_fraction",
+        );
+        bad(a.rollout_pack(rollout("9.9", pb::Rollout::All, 0.0)).await.map(|_| ()), Code::NotFound, "no version 9.9");
+        bad(
+            a.rollback_pack(pb::RollbackPackRequest { name: "video-encode".into() }).await.map(|_| ()),
+            Code::FailedPrecondition,
+            "no version before",
+        );
     });
 }
 

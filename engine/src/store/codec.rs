@@ -1,13 +1,18 @@
 //! Record encoding: one format-version byte, then JSON. JSON keeps records
 //! readable with standard tools while the format is young; the version byte
 //! lets a later build migrate or refuse old records instead of misreading.
+//!
+//! Version 2 stores the timeline in runs of entries and the outbox inside
+//! the waiting activations. It stays JSON on purpose: sled's memory grows
+//! with the number of records written, not with their size (see
+//! `sled_store`), so a binary codec would save disk, not memory.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::Error;
 
-pub const FORMAT: u8 = 1;
+pub const FORMAT: u8 = 2;
 
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
@@ -38,7 +43,7 @@ mod tests {
         b[0] = 9;
         assert_eq!(
             decode::<Vec<i32>>(b"k", &b).unwrap_err().to_string(),
-            "record k has format version 9; this build reads version 1"
+            "record k has format version 9; this build reads version 2"
         );
     }
 }

@@ -11,7 +11,7 @@ pub use sled_store::SledStore;
 
 use crate::fact::{InvocationId, WorkflowId};
 use crate::timeline::Entry;
-use crate::workflow::{Invocation, Meta, Snapshot, TurnOutput};
+use crate::workflow::{Invocation, Meta, Snapshot, Timer, TurnOutput};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -36,13 +36,16 @@ pub struct PackRecord {
     pub files: std::collections::BTreeMap<String, String>,
 }
 
-/// A record the engine does not interpret, written by the server (its
-/// schedules, for one): JSON under a kind and a key.
-pub struct Record<'a> {
-    pub kind: &'a str,
-    pub key: &'a str,
-    /// `None` deletes the record.
-    pub value: Option<&'a serde_json::Value>,
+/// The delivery history of a pending invocation, kept so that its retry
+/// budget and backoff survive a restart of the dispatcher.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attempts {
+    /// Attempts delivered that ended without a final outcome.
+    pub made: u32,
+    /// Those of them that count against the retry policy.
+    pub failures: u32,
+    /// The next attempt is not due before this (milliseconds since the epoch).
+    pub retry_at_ms: u64,
 }
 
 /// One turn to commit.
@@ -77,16 +80,44 @@ pub trait Store: Send + Sync {
     /// Invocations made and not yet answered or cancelled.
     fn outbox(&self) -> Result<Vec<Invocation>, Error>;
 
+    /// Records how far pending invocations got; durable with the next
+    /// `commit`, and dropped when the invocation stops pending.
+    fn record_attempts(&self, attempts: &[(InvocationId, Attempts)]) -> Result<(), Error>;
+
+    /// The recorded attempts of pending invocations.
+    fn attempts(&self) -> Result<Vec<(InvocationId, Attempts)>, Error>;
+
     /// The workflow a client request id started, if any.
     fn request(&self, request_id: &str) -> Result<Option<WorkflowId>, Error>;
 
     /// Whether an invocation is still pending.
     fn pending(&self, id: &InvocationId) -> Result<bool, Error>;
 
-    /// Writes (or deletes) server records: all or none, durable when this
-    /// returns.
-    fn put_records(&self, records: &[Record<'_>]) -> Result<(), Error>;
+    /// Every pending timer of every workflow.
+    fn timers(&self) -> Result<Vec<Timer>, Error>;
 
-    /// Every record of a kind, as (key, value), in key order.
-    fn records(&self, kind: &str) -> Result<Vec<(String, serde_json::Value)>, Error>;
+    /// Server records outside workflows (signals to route, lineage, upgrade
+    /// jobs), by kind and key. Turns write kind `signal-out` themselves:
+    /// a signal a rule emitted, until it is routed.
+    fn put_aux(&self, kind: &str, key: &str, value: &serde_json::Value) -> Result<(), Error>;
+    fn get_aux(&self, kind: &str, key: &str) -> Result<Option<serde_json::Value>, Error>;
+    /// Records of `kind` whose key starts with `prefix`, in key order.
+    fn scan_aux(&self, kind: &str, prefix: &str) -> Result<Vec<(String, serde_json::Value)>, Error>;
+    fn delete_aux(&self, kind: &str, key: &str) -> Result<(), Error>;
+    /// Writes many server records at once, `None` deleting one (kind, key,
+    /// value). `SledStore` makes it all or none with one flush (a scheduler
+    /// pass records thousands of schedules); this default writes them one
+    /// by one.
+    fn put_aux_batch(&self, records: &[(&str, &str, Option<&serde_json::Value>)]) -> Result<(), Error> {
+        for (kind, key, value) in records {
+            match value {
+                Some(v) => self.put_aux(kind, key, v)?,
+                None => self.delete_aux(kind, key)?,
+            }
+        }
+        Ok(())
+    }
 }
+
+/// The aux kind under which a commit keeps emitted signals until routed.
+pub const SIGNAL_OUTBOX: &str = "signal-out";

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use stoa_proto::v1::{Invocation, InvocationResult};
 
-use crate::fake::{failure, invocation, value, FakeServer, Session, TOKEN, WAIT};
+use crate::fake::{failure, failure_kind, invocation, value, FakeServer, Session, TOKEN, WAIT};
 
 const FUNCTIONS: &str = "media.split,media.encode,media.assemble,media.index,bench.noop";
 
@@ -189,5 +189,44 @@ async fn the_python_worker_heartbeats_reconnects_and_drains_on_sigterm() {
     let results = session.closed().await;
     assert_eq!(results.len(), 1, "{results:?}");
     assert!(value(&results[0])["uri"].as_str().unwrap().ends_with("/00000-av1.mp4"));
+    assert_eq!(session.drains, 1, "the worker announces its drain to the server");
     worker.exited().await;
+}
+
+#[tokio::test]
+async fn the_python_worker_drains_when_the_server_asks_then_reconnects() {
+    let python = python_dir().join(".venv/bin/python");
+    if !python.exists() {
+        eprintln!("skipped: {} does not exist; run functions/python/setup.sh", python.display());
+        return;
+    }
+    let mut server = FakeServer::start();
+    let mut command = Command::new(python);
+    command.current_dir(python_dir()).arg("media_worker.py");
+    let worker = Worker::start(command, &server, "50");
+    let mut session = server.session().await;
+    let mut encode =
+        invocation("encode", "media.encode", json!({ "uri": "s3://chunks/m/0.mov", "codec": "av1", "index": 0 }));
+    encode.heartbeat_timeout_ms = 90;
+    session.invoke(vec![encode]).await;
+    match session.recv().await.msg {
+        Some(stoa_proto::v1::worker_message::Msg::Heartbeat(beat)) => assert_eq!(beat.invocation_id, "encode"),
+        other => panic!("expected a heartbeat first, got {other:?}"),
+    }
+    session.drain(10_000).await;
+    let late = invocation("late", "bench.noop", json!({ "n": 1 }));
+    session.invoke(vec![late.clone()]).await;
+    // A cancel of another attempt than the running one changes nothing.
+    session.cancel_attempt("encode", 9).await;
+    let mut results = session.closed().await;
+    results.sort_by(|a, b| a.invocation_id.cmp(&b.invocation_id));
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert!(value(&results[0])["uri"].as_str().unwrap().ends_with("/00000-av1.mp4"));
+    assert_eq!(failure_kind(&results[1]), stoa_proto::v1::FailureKind::NotStarted);
+    assert_eq!(session.drains, 0, "the worker itself is not stopping");
+    // It comes back for more.
+    let mut again = server.session().await;
+    again.invoke(vec![late]).await;
+    value(&again.result().await);
+    worker.terminate().await;
 }

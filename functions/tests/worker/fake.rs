@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use stoa_proto::v1::workers_server::{Workers, WorkersServer};
 use stoa_proto::v1::{
-    invocation_result::Outcome, server_message, worker_message, Cancel, Hello, Invocation, InvocationBatch,
-    InvocationResult, ServerMessage, Welcome, WorkerMessage,
+    invocation_result::Outcome, server_message, worker_message, Cancel, Drain, FailureKind, Hello, Invocation,
+    InvocationBatch, InvocationResult, ServerMessage, Welcome, WorkerMessage,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -116,9 +116,8 @@ impl Workers for Fake {
         let (to_worker, mut from_test) = mpsc::channel::<Result<ServerMessage, Status>>(64);
         let (out, response) = mpsc::channel(64);
         let (from_worker_tx, from_worker) = mpsc::unbounded_channel();
-        out.send(Ok(ServerMessage { msg: Some(server_message::Msg::Welcome(Welcome { session_id: "s-1".into() })) }))
-            .await
-            .unwrap();
+        let welcome = Welcome { session_id: "s-1".into(), max_in_flight: hello.max_in_flight };
+        out.send(Ok(ServerMessage { msg: Some(server_message::Msg::Welcome(welcome)) })).await.unwrap();
         // Relays both ways; when the worker ends its side, ends ours, as the
         // real server does.
         tokio::spawn(async move {
@@ -135,7 +134,7 @@ impl Workers for Fake {
                 }
             }
         });
-        let _ = self.sessions.send(Session { hello, to_worker, from_worker });
+        let _ = self.sessions.send(Session { hello, to_worker, from_worker, drains: 0 });
         Ok(Response::new(ReceiverStream::new(response)))
     }
 }
@@ -145,6 +144,8 @@ pub struct Session {
     pub hello: Hello,
     to_worker: mpsc::Sender<Result<ServerMessage, Status>>,
     from_worker: mpsc::UnboundedReceiver<WorkerMessage>,
+    /// Drain messages the worker sent, seen by `result` or `closed`.
+    pub drains: usize,
 }
 
 impl Session {
@@ -157,7 +158,16 @@ impl Session {
     }
 
     pub async fn cancel(&self, invocation_id: &str) {
-        self.send(server_message::Msg::Cancel(Cancel { invocation_id: invocation_id.into() })).await;
+        self.cancel_attempt(invocation_id, 0).await;
+    }
+
+    pub async fn cancel_attempt(&self, invocation_id: &str, attempt: u32) {
+        self.send(server_message::Msg::Cancel(Cancel { invocation_id: invocation_id.into(), attempt })).await;
+    }
+
+    /// Asks the worker to drain.
+    pub async fn drain(&self, deadline_ms: u64) {
+        self.send(server_message::Msg::Drain(Drain { reason: "test".into(), deadline_ms })).await;
     }
 
     /// The worker's next message; panics if none comes within the wait.
@@ -174,12 +184,13 @@ impl Session {
         }
     }
 
-    /// The next result, skipping heartbeats.
+    /// The next result, skipping heartbeats and counting drains.
     pub async fn result(&mut self) -> InvocationResult {
         loop {
             match self.recv().await.msg {
                 Some(worker_message::Msg::Result(result)) => return result,
                 Some(worker_message::Msg::Heartbeat(_)) => continue,
+                Some(worker_message::Msg::Drain(_)) => self.drains += 1,
                 other => panic!("expected a result, got {other:?}"),
             }
         }
@@ -196,14 +207,17 @@ impl Session {
     }
 
     /// Waits for the worker to end its side of the stream, failing on any
-    /// message but heartbeats and results (which are returned).
-    pub async fn closed(mut self) -> Vec<InvocationResult> {
+    /// message but heartbeats, drains (counted) and results (returned).
+    pub async fn closed(&mut self) -> Vec<InvocationResult> {
         let mut results = Vec::new();
+        let drains = &mut self.drains;
+        let from_worker = &mut self.from_worker;
         let end = tokio::time::timeout(WAIT, async {
-            while let Some(message) = self.from_worker.recv().await {
+            while let Some(message) = from_worker.recv().await {
                 match message.msg {
                     Some(worker_message::Msg::Result(result)) => results.push(result),
                     Some(worker_message::Msg::Heartbeat(_)) => {}
+                    Some(worker_message::Msg::Drain(_)) => *drains += 1,
                     other => panic!("unexpected message while closing: {other:?}"),
                 }
             }
@@ -232,6 +246,14 @@ pub fn value(result: &InvocationResult) -> serde_json::Value {
     match &result.outcome {
         Some(Outcome::ValueJson(json)) => serde_json::from_str(json).expect("the value is JSON"),
         other => panic!("expected a value for {}, got {other:?}", result.invocation_id),
+    }
+}
+
+/// The result's failure kind; panics on a value.
+pub fn failure_kind(result: &InvocationResult) -> FailureKind {
+    match &result.outcome {
+        Some(Outcome::Failure(failure)) => failure.kind(),
+        other => panic!("expected a failure for {}, got {other:?}", result.invocation_id),
     }
 }
 

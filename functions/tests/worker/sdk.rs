@@ -12,7 +12,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::fake::{failure, invocation, value, FakeServer, TOKEN, WAIT};
+use stoa_proto::v1::FailureKind;
+
+use crate::fake::{failure, failure_kind, invocation, value, FakeServer, TOKEN, WAIT};
 
 #[derive(Debug, Deserialize)]
 struct EncodeArgs {
@@ -136,13 +138,14 @@ async fn a_panicking_handler_is_a_retryable_failure_and_the_worker_goes_on() {
 }
 
 #[tokio::test]
-async fn an_unknown_function_is_a_retryable_failure() {
+async fn an_unknown_function_is_not_started() {
     let mut server = FakeServer::start();
     let (shutdown, run) = spawn(encode(builder(&server.url())));
     let mut session = server.session().await;
     session.invoke(vec![invocation("inv_1", "media.unknown", json!({}))]).await;
-    let (message, retryable) = failure(&session.result().await);
-    assert!(retryable);
+    let result = session.result().await;
+    assert_eq!(failure_kind(&result), FailureKind::NotStarted);
+    let (message, _) = failure(&result);
     assert!(message.contains("media.unknown"), "{message}");
     stopped(shutdown, run).await;
 }
@@ -297,12 +300,15 @@ async fn shutdown_finishes_the_work_in_flight_then_closes() {
     session.invoke(vec![invocation("inv_slow", "slow", json!({}))]).await;
     tokio::time::timeout(WAIT, started.recv()).await.unwrap().unwrap();
     shutdown.cancel();
-    // Work that arrives after the shutdown began is handed back at once.
+    // Work that arrives after the shutdown began is handed back at once,
+    // as not started.
     session.invoke(vec![invocation("inv_late", "slow", json!({}))]).await;
     let results = session.results(2).await;
     assert_eq!(value(&results["inv_slow"]), json!("finished"));
-    assert_eq!(failure(&results["inv_late"]), ("the worker is shutting down".to_owned(), true));
+    assert_eq!(failure(&results["inv_late"]).0, "the worker is draining");
+    assert_eq!(failure_kind(&results["inv_late"]), FailureKind::NotStarted);
     assert!(session.closed().await.is_empty());
+    assert_eq!(session.drains, 1, "the worker announces its drain to the server");
     tokio::time::timeout(WAIT, run).await.expect("run did not return").unwrap().unwrap();
 }
 
@@ -317,4 +323,52 @@ async fn a_refused_token_stops_the_worker_with_an_error() {
     }
     let no_session = tokio::time::timeout(Duration::from_millis(50), server.session());
     assert!(no_session.await.is_err());
+}
+
+#[tokio::test]
+async fn a_cancel_of_another_attempt_leaves_the_running_one() {
+    let mut server = FakeServer::start();
+    let worker = builder(&server.url()).function("wait", |_: serde_json::Value, _ctx: Context| async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok::<_, Failure>(json!("done"))
+    });
+    let (shutdown, run) = spawn(worker);
+    let mut session = server.session().await;
+    let mut second = invocation("inv_1", "wait", json!({}));
+    second.attempt = 2;
+    session.invoke(vec![second]).await;
+    session.cancel_attempt("inv_1", 1).await;
+    let result = session.result().await;
+    assert_eq!((result.attempt, value(&result)), (2, json!("done")));
+    stopped(shutdown, run).await;
+}
+
+#[tokio::test]
+async fn a_drain_from_the_server_finishes_the_work_then_reconnects() {
+    let mut server = FakeServer::start();
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let worker = builder(&server.url()).function("slow", move |_: serde_json::Value, _ctx: Context| {
+        let started = started_tx.clone();
+        async move {
+            let _ = started.send(());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok::<_, Failure>(json!("finished"))
+        }
+    });
+    let (shutdown, run) = spawn(worker);
+    let mut session = server.session().await;
+    session.invoke(vec![invocation("inv_slow", "slow", json!({}))]).await;
+    tokio::time::timeout(WAIT, started.recv()).await.unwrap().unwrap();
+    session.drain(10_000).await;
+    session.invoke(vec![invocation("inv_late", "slow", json!({}))]).await;
+    let results = session.results(2).await;
+    assert_eq!(value(&results["inv_slow"]), json!("finished"));
+    assert_eq!(failure_kind(&results["inv_late"]), FailureKind::NotStarted);
+    assert!(session.closed().await.is_empty());
+    assert_eq!(session.drains, 0, "the worker itself is not shutting down");
+    // It comes back for more.
+    let mut again = server.session().await;
+    again.invoke(vec![invocation("inv_next", "slow", json!({}))]).await;
+    assert_eq!(value(&again.result().await), json!("finished"));
+    stopped(shutdown, run).await;
 }

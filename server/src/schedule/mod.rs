@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use stoa_engine::store::{Record, Store};
+use stoa_engine::store::Store;
 use stoa_rules::cron::{Spec, SpecError};
 use stoa_rules::manifest::{valid_schedule_name, CatchUp, ScheduleSpec};
 use stoa_rules::testcase::FactSpec;
@@ -132,7 +132,7 @@ impl Scheduler {
     /// are due at once, and the first pass applies their policies.
     pub fn load(runtime: Arc<Runtime>, store: Arc<dyn Store>) -> Result<Scheduler, String> {
         let mut state = State::default();
-        for (key, value) in store.records(KIND).map_err(|e| e.to_string())? {
+        for (key, value) in store.scan_aux(KIND, "").map_err(|e| e.to_string())? {
             let rec: Schedule = serde_json::from_value(value).map_err(|e| format!("schedule record {key}: {e}"))?;
             // One schedule this build cannot read must not keep the server
             // (and every other schedule) down: it stays stored, inactive.
@@ -155,9 +155,8 @@ impl Scheduler {
             .iter()
             .map(|r| (format!("{}/{}", r.tenant, r.name), serde_json::to_value(r).expect("schedules serialize")))
             .collect();
-        let records: Vec<Record<'_>> =
-            values.iter().map(|(k, v)| Record { kind: KIND, key: k, value: Some(v) }).collect();
-        self.store.put_records(&records).map_err(internal)
+        let records: Vec<_> = values.iter().map(|(k, v)| (KIND, k.as_str(), Some(v))).collect();
+        self.store.put_aux_batch(&records).map_err(internal)
     }
 
     // ---- the clock --------------------------------------------------------
@@ -391,7 +390,7 @@ impl Scheduler {
             return Err(not_found(name));
         }
         let key = format!("{tenant}/{name}");
-        self.store.put_records(&[Record { kind: KIND, key: &key, value: None }]).map_err(internal)?;
+        self.store.delete_aux(KIND, &key).map_err(internal)?;
         if let Some(e) = st.entries.remove(&k) {
             if let Some(d) = e.due {
                 st.queue.remove(&(d, k.0, k.1));

@@ -1,0 +1,143 @@
+//! Work that outlives the turn that caused it: timers coming due, signals
+//! to route, child workflows to start, cancel or answer for. Turns send it
+//! here after they commit; at start-up it is rebuilt from the store, so
+//! none of it is lost to a restart (each kind is idempotent: a timer fires
+//! once because its turn deletes it (timers of a workflow due at the same
+//! instant share one turn), a child starts once because its id
+//! derives from the parent's invocation, a signal routes once per id).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use stoa_engine::store::{Store, SIGNAL_OUTBOX};
+use stoa_engine::workflow::{Input, Invocation, Outcome, Rejected, Signal};
+use stoa_engine::{InvocationId, WorkflowId};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::runtime::{now_ms, tenant_of, Runtime};
+
+pub enum Background {
+    Timer { workflow: WorkflowId, id: u64, due_ms: u64 },
+    Signal { tenant: String, signal: Signal },
+    StartChild(Invocation),
+    CancelChild(InvocationId),
+    ChildDone { parent: InvocationId, outcome: Outcome },
+}
+
+/// Timer turns in flight at most: a burst of due timers queues here
+/// instead of flooding the committer.
+const TIMER_CONCURRENCY: usize = 512;
+
+/// Runs until `shutdown`; `rx` receives what turns ask for.
+pub async fn run(rt: Arc<Runtime>, mut rx: mpsc::UnboundedReceiver<Background>, shutdown: CancellationToken) {
+    let mut due: BTreeSet<(u64, WorkflowId, u64)> = BTreeSet::new();
+    match rt.store.timers() {
+        Ok(ts) => due.extend(ts.into_iter().map(|t| (t.due_ms, t.workflow, t.id))),
+        Err(e) => tracing::error!(error = %e, "loading timers"),
+    }
+    resume(&rt);
+    let permits = Arc::new(Semaphore::new(TIMER_CONCURRENCY));
+    loop {
+        let wait = match due.first() {
+            Some((at, _, _)) => std::time::Duration::from_millis(at.saturating_sub(now_ms())),
+            None => std::time::Duration::from_secs(3600),
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            msg = rx.recv() => match msg {
+                None => break,
+                Some(Background::Timer { workflow, id, due_ms }) => {
+                    due.insert((due_ms, workflow, id));
+                }
+                Some(other) => handle(&rt, other),
+            },
+            _ = tokio::time::sleep(wait) => {
+                let now = now_ms();
+                while due.first().is_some_and(|t| t.0 <= now) {
+                    let (at, wf, id) = due.pop_first().expect("checked");
+                    // Timers of one workflow due at the same instant: one turn.
+                    let mut ids = vec![id];
+                    while let Some(next) = due.first().filter(|t| t.0 == at && t.1 == wf) {
+                        ids.push(next.2);
+                        due.pop_first();
+                    }
+                    let permit = permits.clone().acquire_owned().await.expect("never closed");
+                    let rt = rt.clone();
+                    tokio::spawn(async move {
+                        fire(&rt, wf, ids, at).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+}
+
+async fn fire(rt: &Runtime, wf: WorkflowId, mut ids: Vec<u64>, due_ms: u64) {
+    let tenant = tenant_of(&wf).to_string();
+    loop {
+        match rt.turn(&tenant, &wf, Input::Timers { ids: ids.clone() }).await {
+            // Gone or finished: nothing to do.
+            Ok(_) | Err(ApiError::NotFound(_)) | Err(ApiError::Rejected(Rejected::NotRunning(_))) => return,
+            // One was cancelled meanwhile: fire the others.
+            Err(ApiError::Rejected(Rejected::UnknownTimer(gone))) => {
+                ids.retain(|i| *i != gone);
+                if ids.is_empty() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // Late rather than never: try again in a second.
+                tracing::warn!(workflow = %wf, timers = ?ids, error = %e, "timer turn failed; retrying");
+                for id in ids {
+                    let (workflow, due_ms) = (wf.clone(), due_ms.max(now_ms() + 1000));
+                    let _ = rt.background.send(Background::Timer { workflow, id, due_ms });
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn handle(rt: &Arc<Runtime>, msg: Background) {
+    let rt = rt.clone();
+    tokio::spawn(async move {
+        match msg {
+            Background::Timer { .. } => unreachable!("handled by the loop"),
+            Background::Signal { tenant, signal } => {
+                if let Err(e) = rt.route_signal(&tenant, signal, None).await {
+                    tracing::error!(error = %e, "routing a signal");
+                }
+            }
+            Background::StartChild(inv) => rt.start_child(inv).await,
+            Background::CancelChild(inv) => rt.cancel_child(inv).await,
+            Background::ChildDone { parent, outcome } => {
+                if let Err(e) = rt.deliver(&parent, outcome).await {
+                    tracing::error!(invocation = %parent, error = %e, "answering a parent");
+                }
+            }
+        }
+    });
+}
+
+/// Re-sends what was interrupted by a stop: emitted signals not yet
+/// routed, and upgrades not finished.
+fn resume(rt: &Arc<Runtime>) {
+    match rt.store.scan_aux(SIGNAL_OUTBOX, "") {
+        Ok(list) => {
+            for (_, v) in list {
+                match serde_json::from_value::<Signal>(v) {
+                    Ok(signal) => {
+                        let tenant = signal.from.as_ref().map(|w| tenant_of(w).to_string()).unwrap_or_default();
+                        handle(rt, Background::Signal { tenant, signal });
+                    }
+                    Err(e) => tracing::error!(error = %e, "a stored signal does not decode"),
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "loading signals to route"),
+    }
+    rt.resume_upgrades();
+}

@@ -1,0 +1,65 @@
+//! Child workflows: a rule's `start_workflow(pack, facts)` is an invocation
+//! whose function is `workflow:<pack>`. The server starts the child with
+//! the invocation id as its request id (so a restart cannot start it
+//! twice), answers the parent when the child ends, and cancels the child
+//! when the parent stops waiting for it.
+
+use stoa_engine::store::Store;
+use stoa_engine::workflow::{ErrorKind, Input, Invocation, Origin, Outcome, Status, CHILD_PREFIX};
+use stoa_engine::InvocationId;
+use stoa_rules::testcase::FactSpec;
+
+use crate::runtime::{child_outcome, tenant_of, Runtime};
+
+fn child_request(inv: &InvocationId) -> String {
+    format!("child:{inv}")
+}
+
+impl Runtime {
+    pub(crate) async fn start_child(&self, inv: Invocation) {
+        let tenant = tenant_of(&inv.workflow).to_string();
+        let pack = &inv.function[CHILD_PREFIX.len()..];
+        let args = inv.args.to_json();
+        let facts: Result<Vec<FactSpec>, _> = serde_json::from_value(args["facts"].clone());
+        let ancestry: Vec<String> = serde_json::from_value(args["ancestry"].clone()).unwrap_or_default();
+        let fail = |message: String| Outcome::Error { kind: ErrorKind::Failed, message, attempts: 1, retryable: false };
+        let origin = Origin::Parent { invocation: inv.id.clone(), ancestry };
+        let started = match facts {
+            Err(e) => Err(format!("start_workflow(\"{pack}\"): facts: {e}")),
+            Ok(facts) => self
+                .start_as(&tenant, pack, facts, &child_request(&inv.id), origin)
+                .await
+                .map_err(|e| format!("start_workflow(\"{pack}\"): {e}")),
+        };
+        let outcome = match started {
+            // The parent stopped waiting while the child was starting.
+            Ok((child, _)) if !self.store.pending(&inv.id).unwrap_or(true) => {
+                let reason = format!("its parent {} no longer waits for it", inv.workflow);
+                let _ = self.turn(&tenant, &child, Input::Cancel { reason }).await;
+                return;
+            }
+            // A new child answers when it ends (see `after_commit`).
+            Ok((_, true)) => return,
+            // Started before a restart: if it already ended, answer now.
+            Ok((child, false)) => match self.get(&tenant, &child) {
+                Ok(snap) if snap.meta.status != Status::Running => child_outcome(&snap.meta),
+                _ => return,
+            },
+            Err(message) => fail(message),
+        };
+        if let Err(e) = self.deliver(&inv.id, outcome).await {
+            tracing::error!(invocation = %inv.id, error = %e, "answering a parent");
+        }
+    }
+
+    /// The parent no longer waits for `inv`; if it was a child, cancel it
+    /// (its own children follow the same way).
+    pub(crate) async fn cancel_child(&self, inv: InvocationId) {
+        let Some(parent) = inv.workflow() else { return };
+        let tenant = tenant_of(&parent).to_string();
+        let child = Runtime::id_for_request(&tenant, &child_request(&inv));
+        // A function's invocation has no workflow under that id: NOT_FOUND.
+        let reason = format!("its parent {parent} no longer waits for it");
+        let _ = self.turn(&tenant, &child, Input::Cancel { reason }).await;
+    }
+}

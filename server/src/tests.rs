@@ -1,0 +1,142 @@
+//! The runtime with a store whose commits the test holds back, to pin
+//! down what is acknowledged before it is durable.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::task::Poll;
+
+use stoa_engine::store::{Attempts, Commit, Error, PackRecord, SledStore, Store};
+use stoa_engine::timeline::Entry;
+use stoa_engine::workflow::{Invocation, Meta, Snapshot, Timer};
+use stoa_engine::{InvocationId, WorkflowId};
+use stoa_rules::testcase::FactSpec;
+
+use crate::committer::Committer;
+use crate::runtime::Runtime;
+
+/// Holds the first commit until the test opens the gate; tells the test
+/// when a commit begins.
+struct Gate {
+    inner: Arc<SledStore>,
+    entered: Mutex<mpsc::Sender<()>>,
+    open: Mutex<mpsc::Receiver<()>>,
+    opened: AtomicBool,
+}
+
+impl Store for Gate {
+    fn commit(&self, turns: &[Commit<'_>]) -> Result<(), Error> {
+        let _ = self.entered.lock().unwrap().send(());
+        if !self.opened.load(Ordering::SeqCst) {
+            let _ = self.open.lock().unwrap().recv();
+            self.opened.store(true, Ordering::SeqCst);
+        }
+        self.inner.commit(turns)
+    }
+    fn load(&self, id: &WorkflowId) -> Result<Option<Snapshot>, Error> {
+        self.inner.load(id)
+    }
+    fn workflows(&self, prefix: &str, after: Option<&WorkflowId>, limit: usize) -> Result<Vec<Meta>, Error> {
+        self.inner.workflows(prefix, after, limit)
+    }
+    fn put_pack(&self, pack: &PackRecord) -> Result<(), Error> {
+        self.inner.put_pack(pack)
+    }
+    fn packs(&self, tenant: &str) -> Result<Vec<PackRecord>, Error> {
+        self.inner.packs(tenant)
+    }
+    fn timeline(&self, id: &WorkflowId, from: u64, limit: usize) -> Result<Vec<Entry>, Error> {
+        self.inner.timeline(id, from, limit)
+    }
+    fn outbox(&self) -> Result<Vec<Invocation>, Error> {
+        self.inner.outbox()
+    }
+    fn record_attempts(&self, attempts: &[(InvocationId, Attempts)]) -> Result<(), Error> {
+        self.inner.record_attempts(attempts)
+    }
+    fn attempts(&self) -> Result<Vec<(InvocationId, Attempts)>, Error> {
+        self.inner.attempts()
+    }
+    fn request(&self, request_id: &str) -> Result<Option<WorkflowId>, Error> {
+        self.inner.request(request_id)
+    }
+    fn pending(&self, id: &InvocationId) -> Result<bool, Error> {
+        self.inner.pending(id)
+    }
+    fn timers(&self) -> Result<Vec<Timer>, Error> {
+        self.inner.timers()
+    }
+    fn put_aux(&self, kind: &str, key: &str, value: &serde_json::Value) -> Result<(), Error> {
+        self.inner.put_aux(kind, key, value)
+    }
+    fn get_aux(&self, kind: &str, key: &str) -> Result<Option<serde_json::Value>, Error> {
+        self.inner.get_aux(kind, key)
+    }
+    fn scan_aux(&self, kind: &str, prefix: &str) -> Result<Vec<(String, serde_json::Value)>, Error> {
+        self.inner.scan_aux(kind, prefix)
+    }
+    fn delete_aux(&self, kind: &str, key: &str) -> Result<(), Error> {
+        self.inner.delete_aux(kind, key)
+    }
+}
+
+fn steps_pack() -> BTreeMap<String, String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/e2e/steps");
+    ["pack.toml", "steps.rules"]
+        .iter()
+        .map(|f| (f.to_string(), std::fs::read_to_string(dir.join(f)).expect("bench pack")))
+        .collect()
+}
+
+fn steps(total: i64) -> Vec<FactSpec> {
+    let f = serde_json::json!([{"type": "Steps", "fields": {"done": 0, "total": total, "waiting": false}}]);
+    serde_json::from_value(f).expect("facts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_start_is_answered_only_once_the_first_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path(), 8).unwrap());
+    let (entered_tx, entered) = mpsc::channel();
+    let (open, open_rx) = mpsc::channel();
+    let gate = Gate {
+        inner: store.clone(),
+        entered: Mutex::new(entered_tx),
+        open: Mutex::new(open_rx),
+        opened: AtomicBool::new(false),
+    };
+    let (committer, thread) = Committer::spawn(Arc::new(gate));
+    let (dispatch, _queued) = crate::dispatcher::channel();
+    let (background, _later) = tokio::sync::mpsc::unbounded_channel();
+    let rt =
+        Arc::new(Runtime::new(store.clone(), committer.clone(), dispatch, &["a".into()], 1000, background).unwrap());
+    rt.deploy("a", steps_pack(), false).unwrap();
+
+    let first = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.start("a", "bench-steps", steps(2), "req-1").await }
+    });
+    // The first start's turn is in its commit, held at the gate.
+    tokio::task::spawn_blocking(move || {
+        entered.recv().unwrap();
+        entered
+    })
+    .await
+    .unwrap();
+    let second = rt.start("a", "bench-steps", steps(2), "req-1");
+    tokio::pin!(second);
+    let early =
+        std::future::poll_fn(|cx| Poll::Ready(second.as_mut().poll(cx).map(|r| r.map_err(|e| e.to_string())))).await;
+    assert!(early.is_pending(), "the repeat was answered while the first start was not durable: {early:?}");
+    assert_eq!(store.request("a/req-1").unwrap(), None, "nothing is durable yet");
+
+    open.send(()).unwrap();
+    let (id2, created2) = second.await.unwrap();
+    let (id1, created1) = first.await.unwrap().unwrap();
+    assert_eq!((id1.clone(), created1, created2), (id2, true, false));
+    assert_eq!(store.request("a/req-1").unwrap(), Some(id1));
+    committer.close();
+    thread.join().unwrap();
+}

@@ -1,0 +1,290 @@
+//! Rollouts and the background upgrade of live workflows.
+//!
+//! A pack's rollout says which deployed version runs: `stable` for every
+//! workflow, except a canary fraction (chosen by a hash of the workflow id,
+//! so a workflow stays in or out) that runs the canary version. A rollout
+//! change starts an upgrade job that walks the pack's live workflows in id
+//! order and moves each to the version the rollout gives it, one turn per
+//! workflow (see `Workflow::upgrade`). The job's cursor is stored after
+//! every page, so a restart resumes it; upgrading a workflow twice is
+//! harmless (it is already on the version).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use stoa_engine::store::Store;
+use stoa_engine::workflow::{Status, Workflow};
+use stoa_engine::WorkflowId;
+use stoa_rules::compile::{fnv1a, Pack};
+
+use crate::error::ApiError;
+use crate::runtime::{now_ms, Runtime};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub stable: String,
+    pub canary: Option<Canary>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Canary {
+    pub version: String,
+    pub fraction: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    All,
+    Canary(f64),
+    NewOnly,
+}
+
+/// Whether a workflow is in a canary of `fraction` (stable per id).
+pub fn in_fraction(id: &WorkflowId, fraction: f64) -> bool {
+    let bucket = fnv1a(id.as_str().as_bytes(), 0x9e3779b97f4a7c15) % 10_000;
+    (bucket as f64) < fraction * 10_000.0
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UpgradeJob {
+    pub tenant: String,
+    pub pack: String,
+    pub version: String,
+    /// "running" or "done".
+    pub state: String,
+    pub cursor: Option<WorkflowId>,
+    pub total: u64,
+    pub scanned: u64,
+    pub upgraded: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub firings: u64,
+    pub started_ms: u64,
+    pub finished_ms: u64,
+}
+
+/// Workflows upgraded at once: their turns commit in the same flushes.
+const PAGE: usize = 256;
+const CONCURRENCY: usize = 32;
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+/// What an upgrade to a version would schedule over the live workflows.
+#[derive(Debug, Default)]
+pub struct Preview {
+    pub workflows: u64,
+    /// rule → (activations, workflows)
+    pub gains: std::collections::BTreeMap<String, (u64, u64)>,
+}
+
+impl Runtime {
+    /// Changes which version runs and upgrades live workflows to match in
+    /// the background. Returns the job (None for `NewOnly`).
+    pub fn rollout(
+        self: &Arc<Self>,
+        tenant: &str,
+        name: &str,
+        version: &str,
+        mode: Mode,
+    ) -> Result<(Rollout, Option<UpgradeJob>), ApiError> {
+        if let Mode::Canary(f) = mode {
+            if !(f > 0.0 && f <= 1.0) {
+                return Err(ApiError::InvalidArgument(format!("canary_fraction: {f} is not in (0, 1]")));
+            }
+        }
+        let rollout = {
+            let key = (tenant.to_string(), name.to_string());
+            let mut versions =
+                self.packs.get_mut(&key).ok_or_else(|| ApiError::NotFound(format!("pack `{name}` is not deployed")))?;
+            if versions.get(version).is_none() {
+                return Err(ApiError::NotFound(format!("pack `{name}` has no version {version}")));
+            }
+            let stable = versions.stable().map(|p| p.manifest.version.clone()).unwrap_or_else(|| version.to_string());
+            let rollout = match mode {
+                Mode::All | Mode::NewOnly => Rollout { stable: version.to_string(), canary: None },
+                Mode::Canary(fraction) => {
+                    Rollout { stable, canary: Some(Canary { version: version.to_string(), fraction }) }
+                }
+            };
+            let v = serde_json::to_value(&rollout).map_err(internal)?;
+            self.store.put_aux("rollout", &format!("{tenant}/{name}"), &v).map_err(internal)?;
+            versions.rollout = Some(rollout.clone());
+            rollout
+        };
+        if mode == Mode::NewOnly {
+            return Ok((rollout, None));
+        }
+        let live = self.running_of(tenant, name)?.len() as u64;
+        let job = UpgradeJob {
+            tenant: tenant.to_string(),
+            pack: name.to_string(),
+            version: version.to_string(),
+            state: "running".into(),
+            total: live,
+            started_ms: now_ms(),
+            ..UpgradeJob::default()
+        };
+        self.save_job(&job)?;
+        tokio::spawn(self.clone().run_job(job.clone()));
+        Ok((rollout, Some(job)))
+    }
+
+    /// Drops a canary, or else returns to the version that was stable
+    /// before the current one.
+    pub fn rollback(self: &Arc<Self>, tenant: &str, name: &str) -> Result<(Rollout, Option<UpgradeJob>), ApiError> {
+        let target = {
+            let versions = self
+                .packs
+                .get(&(tenant.to_string(), name.to_string()))
+                .ok_or_else(|| ApiError::NotFound(format!("pack `{name}` is not deployed")))?;
+            let stable = versions.stable().map(|p| p.manifest.version.clone()).unwrap_or_default();
+            if versions.rollout.as_ref().is_some_and(|r| r.canary.is_some()) {
+                stable
+            } else {
+                let pos = versions.list.iter().rposition(|(r, _)| r.version == stable).unwrap_or(0);
+                match pos.checked_sub(1).map(|p| versions.list[p].0.version.clone()) {
+                    Some(v) => v,
+                    None => {
+                        return Err(ApiError::FailedPrecondition(format!(
+                            "pack `{name}` has no version before {stable} to roll back to"
+                        )))
+                    }
+                }
+            }
+        };
+        self.rollout(tenant, name, &target, Mode::All)
+    }
+
+    fn save_job(&self, job: &UpgradeJob) -> Result<(), ApiError> {
+        let v = serde_json::to_value(job).map_err(internal)?;
+        self.store.put_aux("upgrade", &format!("{}/{}", job.tenant, job.pack), &v).map_err(internal)
+    }
+
+    pub fn upgrade_job(&self, tenant: &str, name: &str) -> Result<Option<UpgradeJob>, ApiError> {
+        let v = self.store.get_aux("upgrade", &format!("{tenant}/{name}")).map_err(internal)?;
+        v.map(|v| serde_json::from_value(v).map_err(internal)).transpose()
+    }
+
+    /// Restarts the jobs a stop interrupted, from their cursors.
+    pub(crate) fn resume_upgrades(self: &Arc<Self>) {
+        let jobs = match self.store.scan_aux("upgrade", "") {
+            Ok(j) => j,
+            Err(e) => return tracing::error!(error = %e, "loading upgrade jobs"),
+        };
+        for (_, v) in jobs {
+            if let Ok(job) = serde_json::from_value::<UpgradeJob>(v) {
+                if job.state == "running" {
+                    tracing::info!(pack = %job.pack, version = %job.version, scanned = job.scanned, "resuming upgrade");
+                    tokio::spawn(self.clone().run_job(job));
+                }
+            }
+        }
+    }
+
+    async fn run_job(self: Arc<Self>, mut job: UpgradeJob) {
+        if let Err(e) = self.drive_job(&mut job).await {
+            tracing::error!(pack = %job.pack, error = %e, "upgrade stopped; it resumes at the next start");
+        }
+    }
+
+    async fn drive_job(self: &Arc<Self>, job: &mut UpgradeJob) -> Result<(), ApiError> {
+        loop {
+            // A newer rollout of the same pack replaced this job.
+            if self.upgrade_job(&job.tenant, &job.pack)?.is_some_and(|j| j.started_ms != job.started_ms) {
+                return Ok(());
+            }
+            let page = self.list(&job.tenant, job.cursor.as_ref(), PAGE)?;
+            let Some(last) = page.last() else { break };
+            job.cursor = Some(last.id.clone());
+            let mut set = tokio::task::JoinSet::new();
+            for meta in page {
+                if meta.pack != job.pack || meta.status != Status::Running {
+                    continue;
+                }
+                job.scanned += 1;
+                let target = {
+                    let versions = self.packs.get(&(job.tenant.clone(), job.pack.clone()));
+                    versions.and_then(|v| v.for_workflow(&meta.id).cloned())
+                };
+                let Some(target) = target else { continue };
+                if set.len() >= CONCURRENCY {
+                    tally(job, set.join_next().await);
+                }
+                let rt = self.clone();
+                set.spawn(async move { rt.upgrade_workflow(&meta.id, target).await });
+            }
+            while let Some(r) = set.join_next().await {
+                tally(job, Some(r));
+            }
+            self.save_job(job)?;
+        }
+        job.state = "done".into();
+        job.finished_ms = now_ms();
+        self.save_job(job)?;
+        tracing::info!(pack = %job.pack, version = %job.version, upgraded = job.upgraded, failed = job.failed, "upgrade done");
+        Ok(())
+    }
+
+    /// What moving the pack's live workflows (those `mode` selects) to
+    /// `pack` would schedule. Loads each; changes nothing.
+    pub fn preview(&self, tenant: &str, pack: &Arc<Pack>, mode: Mode) -> Result<Preview, ApiError> {
+        let mut p = Preview::default();
+        if mode == Mode::NewOnly {
+            return Ok(p);
+        }
+        for id in self.running_of(tenant, &pack.manifest.name)? {
+            if let Mode::Canary(f) = mode {
+                if !in_fraction(&id, f) {
+                    continue;
+                }
+            }
+            let gains = self.inspect(&id, |wf: &Workflow| {
+                if wf.meta().pack_version == pack.manifest.version {
+                    Ok(None)
+                } else {
+                    wf.upgrade_preview(pack).map(Some)
+                }
+            })?;
+            let Some(Ok(Some(gains))) = gains else { continue };
+            p.workflows += 1;
+            for (rule, n) in gains {
+                let e = p.gains.entry(rule).or_default();
+                e.0 += n;
+                e.1 += 1;
+            }
+        }
+        Ok(p)
+    }
+}
+
+type Upgraded = Result<Option<stoa_engine::TurnOutput>, ApiError>;
+
+fn tally(job: &mut UpgradeJob, r: Option<Result<Upgraded, tokio::task::JoinError>>) {
+    match r {
+        Some(Ok(Ok(Some(out)))) if out.error.is_none() => {
+            job.upgraded += 1;
+            job.firings += out.firings;
+        }
+        Some(Ok(Ok(None))) => job.skipped += 1,
+        _ => job.failed += 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_canary_fraction_selects_about_that_share_and_always_the_same_workflows() {
+        let ids: Vec<WorkflowId> = (0..20_000).map(|i| WorkflowId::new(format!("a.{i:016x}"))).collect();
+        for f in [0.01, 0.1, 0.5] {
+            let n = ids.iter().filter(|id| in_fraction(id, f)).count() as f64 / ids.len() as f64;
+            assert!((n - f).abs() < f * 0.2 + 0.002, "fraction {f}: {n}");
+        }
+        // Growing a canary keeps the workflows already in it.
+        assert!(ids.iter().filter(|id| in_fraction(id, 0.1)).all(|id| in_fraction(id, 0.5)));
+        assert!(ids.iter().all(|id| in_fraction(id, 1.0)));
+    }
+}
