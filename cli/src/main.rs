@@ -3,9 +3,11 @@
 mod bench;
 mod bench_always_on;
 mod bench_e2e;
+mod bench_schedules;
 mod pack;
 mod remote;
 mod run;
+mod schedule;
 mod serve;
 mod test;
 
@@ -58,6 +60,12 @@ enum Command {
     Serve(serve::Args),
     #[command(flatten)]
     Remote(remote::Command),
+    /// Cron schedules of your tenant: each tick starts one workflow of a
+    /// pack with the schedule's facts, exactly once even across server
+    /// restarts. A pack can define them too (`[schedules.NAME]` in
+    /// pack.toml; see docs/schedules.md).
+    #[command(subcommand)]
+    Schedule(schedule::Command),
 }
 
 #[derive(Subcommand)]
@@ -75,6 +83,10 @@ enum BenchCommand {
     /// Always-on workflows: upgrading 10,000 live workflows, and the delay
     /// of 100,000 timers due at once (a server process over loopback).
     AlwaysOn(bench_always_on::Args),
+    /// The delay the scheduler adds to cron ticks: many schedules due at
+    /// the same instant, a server process, p50/p99/max of start time minus
+    /// due time (run from the repository root).
+    Schedules(bench_schedules::Args),
 }
 
 fn main() -> ExitCode {
@@ -91,8 +103,10 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::E2e(args)) => bench_e2e::run(args),
         Command::Bench(BenchCommand::AlwaysOn(args)) => bench_always_on::run(args),
         Command::Bench(BenchCommand::Case(args)) => bench::run_case(args),
+        Command::Bench(BenchCommand::Schedules(args)) => bench_schedules::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Remote(cmd) => remote::run(cmd),
+        Command::Schedule(cmd) => schedule::run(cmd),
     };
     match result {
         Ok(code) => code,

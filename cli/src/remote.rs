@@ -188,7 +188,7 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
-async fn connect(c: &Conn) -> anyhow::Result<Client> {
+pub(crate) async fn connect(c: &Conn) -> anyhow::Result<Client> {
     let token = c.token.clone().context("no token: pass --token or set STOA_TOKEN")?;
     let bearer = Bearer(format!("Bearer {token}").parse().context("the token is not valid ASCII")?);
     let channel = Channel::from_shared(c.server.clone())
@@ -199,7 +199,7 @@ async fn connect(c: &Conn) -> anyhow::Result<Client> {
     Ok(StoaClient::with_interceptor(channel, bearer).max_decoding_message_size(64 << 20))
 }
 
-fn status_err(s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", s.code(), s.message())
 }
 
@@ -212,14 +212,14 @@ pub fn pack_files(dir: &Path) -> anyhow::Result<Vec<pb::PackFile>> {
         .collect())
 }
 
-fn facts_in(path: &Path) -> anyhow::Result<Vec<pb::FactInput>> {
+pub(crate) fn facts_in(path: &Path) -> anyhow::Result<Vec<pb::FactInput>> {
     Ok(crate::run::read_facts(path)?
         .into_iter()
         .map(|f| pb::FactInput { r#type: f.ty, fields_json: f.fields.to_json().to_string() })
         .collect())
 }
 
-fn print_json(v: &impl serde::Serialize) {
+pub(crate) fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string(v).expect("serializable"));
 }
 

@@ -815,3 +815,32 @@ fn many_errors_sorted_by_file_and_position() {
         "#]],
     );
 }
+
+/// E0011: a `[schedules.NAME]` entry with a bad cron, time zone and policy.
+#[test]
+fn e0011_schedule() {
+    check(
+        "tests/data/broken/schedule",
+        expect![[r#"
+        exit: 1
+        --- stdout
+        tests/data/broken/schedule: 3 error(s), 0 warning(s)
+        --- stderr
+        tests/data/broken/schedule/pack.toml:6:8: error[E0011]: schedule `report`: cron: `0 25 * * *`: hour field `25`: 25 is out of range 0-23
+          |
+        6 | cron = "0 25 * * *"
+          |        ^
+
+        tests/data/broken/schedule/pack.toml:7:12: error[E0011]: schedule `report`: timezone: `Europe/Pariss` is not a time zone of the IANA database; write e.g. "UTC" or "Europe/Paris"
+          |
+        7 | timezone = "Europe/Pariss"
+          |            ^
+
+        tests/data/broken/schedule/pack.toml:8:12: error[E0011]: schedule `report`: catch_up `sometimes`: expected "skip", "one" or "all"
+          |
+        8 | catch_up = "sometimes"
+          |            ^
+
+    "#]],
+    );
+}

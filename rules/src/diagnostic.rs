@@ -41,6 +41,8 @@ pub enum Code {
     DuplicateRule,
     /// A pack-level problem (missing files, unreadable directory).
     Pack,
+    /// A `[schedules.NAME]` entry of `pack.toml`: cron, time zone, policy.
+    Schedule,
 }
 
 impl Code {
@@ -56,6 +58,7 @@ impl Code {
             Code::Schema => "E0008",
             Code::DuplicateRule => "E0009",
             Code::Pack => "E0010",
+            Code::Schedule => "E0011",
         }
     }
 }

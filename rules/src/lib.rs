@@ -2,6 +2,7 @@
 //! the Rhai sandbox and the test-case format.
 
 pub mod compile;
+pub mod cron;
 pub mod diagnostic;
 pub mod expr;
 pub mod manifest;

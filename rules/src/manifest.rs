@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 use crate::diagnostic::{Code, Diagnostic, SourceMap};
 use crate::value::{Fields, Sym, Value};
 
+mod schedule;
+use schedule::{schedules, RawSchedule};
+pub use schedule::{valid_schedule_name, CatchUp, ScheduleSpec};
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
     pub name: String,
@@ -21,6 +25,9 @@ pub struct Manifest {
     /// What signals of each name do to this pack (`[signals."name"]`).
     #[serde(default)]
     pub signals: BTreeMap<String, SignalSub>,
+    /// `[schedules.NAME]`: workflows this pack starts on a clock.
+    #[serde(default)]
+    pub schedules: BTreeMap<String, ScheduleSpec>,
 }
 
 /// A pack's subscription to one signal name.
@@ -211,6 +218,8 @@ struct RawManifest {
     limits: Limits,
     #[serde(default)]
     signals: BTreeMap<String, toml::Spanned<SignalSub>>,
+    #[serde(default)]
+    schedules: BTreeMap<String, toml::Spanned<RawSchedule>>,
 }
 
 #[derive(Deserialize)]
@@ -345,6 +354,7 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
             ));
         }
     }
+    let schedules = schedules(path, &map, &raw.schedules, &mut diags);
     if !diags.is_empty() {
         diags.sort_by_key(|d| d.pos);
         return Err(diags);
@@ -357,6 +367,7 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
         facts,
         limits: raw.limits,
         signals: raw.signals.into_iter().map(|(k, v)| (k, v.into_inner())).collect(),
+        schedules,
     })
 }
 
@@ -401,6 +412,57 @@ index = "integer"
             expect_test::expect![[
                 r#"pack.toml:4:1: error[E0006]: unknown field `author`, expected one of `name`, `version`, `description`"#
             ]],
+        );
+    }
+
+    #[test]
+    fn schedules_are_parsed_and_checked() {
+        let m = parse_manifest(
+            Path::new("pack.toml"),
+            r#"
+[pack]
+name = "p"
+version = "1"
+
+[schedules.nightly]
+cron = "0 30 2 * * *"
+timezone = "Europe/Paris"
+facts = [{ type = "Report", fields = { kind = "daily" } }]
+catch_up = "all"
+max_catch_up = 3
+"#,
+        )
+        .unwrap();
+        let s = &m.schedules["nightly"];
+        assert_eq!(
+            (s.cron.as_str(), s.timezone.as_str(), s.catch_up, s.max_catch_up),
+            ("0 30 2 * * *", "Europe/Paris", CatchUp::All, Some(3))
+        );
+        assert_eq!(s.facts[0].ty, "Report");
+        check(
+            r#"
+[pack]
+name = "p"
+version = "1"
+
+[schedules.a]
+cron = "0 61 * * *"
+timezone = "Europe/Pariss"
+
+[schedules.b]
+cron = "@hourly"
+catch_up = "twice"
+max_catch_up = 0
+
+[schedules."bad name"]
+cron = "@daily"
+"#,
+            expect_test::expect![[r#"
+                pack.toml:7:8: error[E0011]: schedule `a`: cron: `0 61 * * *`: hour field `61`: 61 is out of range 0-23
+                pack.toml:8:12: error[E0011]: schedule `a`: timezone: `Europe/Pariss` is not a time zone of the IANA database; write e.g. "UTC" or "Europe/Paris"
+                pack.toml:12:12: error[E0011]: schedule `b`: catch_up `twice`: expected "skip", "one" or "all"
+                pack.toml:13:16: error[E0011]: schedule `b`: max_catch_up must be between 1 and 100000
+                pack.toml:15:1: error[E0011]: schedule name `bad name`: use letters, digits, `-`, `_` or `.` (at most 128)"#]],
         );
     }
 

@@ -18,13 +18,15 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::tenant;
 use crate::runtime::Runtime;
+use crate::schedule::api as sched;
 use crate::upgrade::{Mode, Rollout, UpgradeJob};
 
 pub struct StoaService {
     pub runtime: Arc<Runtime>,
+    pub schedules: Arc<crate::schedule::Scheduler>,
 }
 
-fn facts_in(facts: Vec<pb::FactInput>) -> Result<Vec<FactSpec>, Status> {
+pub(crate) fn facts_in(facts: Vec<pb::FactInput>) -> Result<Vec<FactSpec>, Status> {
     facts
         .into_iter()
         .enumerate()
@@ -177,6 +179,10 @@ impl pb::stoa_server::Stoa for StoaService {
             rules_removed: changes.removed,
             ..Default::default()
         };
+        // Also when unchanged: a deploy restores the pack's schedules.
+        if !req.dry_run {
+            self.schedules.install_pack(&tenant, &name, &pack.manifest.schedules);
+        }
         if req.dry_run {
             let rt = self.runtime.clone();
             let p = pack.clone();
@@ -550,5 +556,51 @@ impl pb::stoa_server::Stoa for StoaService {
         let reason = if req.reason.is_empty() { "cancelled by request".to_string() } else { req.reason };
         let out = self.runtime.turn(&tenant, &id, Input::Cancel { reason }).await?;
         Ok(Response::new(turn_out(&out)))
+    }
+
+    // ---- schedules (crate::schedule::api)
+
+    async fn put_schedule(&self, req: Request<pb::PutScheduleRequest>) -> Result<Response<pb::Schedule>, Status> {
+        let tenant = tenant(&req)?;
+        Ok(Response::new(sched::put(&self.schedules, &tenant, req.into_inner())?))
+    }
+
+    async fn list_schedules(
+        &self,
+        req: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        let tenant = tenant(&req)?;
+        Ok(Response::new(sched::list(&self.schedules, &tenant)))
+    }
+
+    async fn get_schedule(&self, req: Request<pb::ScheduleRef>) -> Result<Response<pb::Schedule>, Status> {
+        let tenant = tenant(&req)?;
+        Ok(Response::new(sched::get(&self.schedules, &tenant, req.into_inner())?))
+    }
+
+    async fn pause_schedule(&self, req: Request<pb::ScheduleRef>) -> Result<Response<pb::Schedule>, Status> {
+        let tenant = tenant(&req)?;
+        Ok(Response::new(sched::pause(&self.schedules, &tenant, req.into_inner(), true)?))
+    }
+
+    async fn resume_schedule(&self, req: Request<pb::ScheduleRef>) -> Result<Response<pb::Schedule>, Status> {
+        let tenant = tenant(&req)?;
+        Ok(Response::new(sched::pause(&self.schedules, &tenant, req.into_inner(), false)?))
+    }
+
+    async fn trigger_schedule(
+        &self,
+        req: Request<pb::TriggerScheduleRequest>,
+    ) -> Result<Response<pb::TriggerScheduleResponse>, Status> {
+        let tenant = tenant(&req)?;
+        Ok(Response::new(sched::trigger(&self.schedules, &tenant, req.into_inner()).await?))
+    }
+
+    async fn delete_schedule(
+        &self,
+        req: Request<pb::ScheduleRef>,
+    ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
+        let tenant = tenant(&req)?;
+        Ok(Response::new(sched::delete(&self.schedules, &tenant, req.into_inner())?))
     }
 }

@@ -13,6 +13,7 @@ pub mod config;
 mod dispatcher;
 mod error;
 mod runtime;
+mod schedule;
 mod signals;
 #[cfg(test)]
 mod tests;
@@ -70,6 +71,8 @@ pub async fn serve(
         tracing::info!(tenant = %t, invocations = invs.len(), "dispatching stored invocations again");
         dispatch.restore(t, invs);
     }
+    let schedules = Arc::new(schedule::Scheduler::load(runtime.clone(), store.clone() as Arc<dyn Store>)?);
+    let scheduler_task = tokio::spawn(schedules.clone().run(shutdown.child_token()));
     let background_task = tokio::spawn(background::run(runtime.clone(), background_rx, shutdown.child_token()));
     // Worker sessions outlive the shutdown signal by the drain: their
     // answers still count until the dispatcher stops, and then they end.
@@ -105,7 +108,8 @@ pub async fn serve(
     let max = config.limits.max_request_bytes;
     use tonic::service::interceptor::InterceptedService;
     let stoa = InterceptedService::new(
-        pb::stoa_server::StoaServer::new(api::StoaService { runtime: runtime.clone() }).max_decoding_message_size(max),
+        pb::stoa_server::StoaServer::new(api::StoaService { runtime: runtime.clone(), schedules })
+            .max_decoding_message_size(max),
         {
             let a = auth.clone();
             move |r| a.check(r)
@@ -149,7 +153,9 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await
         .map_err(|e| e.to_string());
-    // Drain the workers, let decided outcomes commit, then the committer.
+    // Stop ticking, drain the workers, let decided outcomes commit, then
+    // the committer.
+    let _ = scheduler_task.await;
     let _ = dispatcher_task.await;
     let _ = background_task.await;
     closer.close();

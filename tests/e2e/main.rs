@@ -7,6 +7,7 @@ mod crash;
 mod docs;
 mod examples;
 mod protocol;
+mod schedules;
 mod server;
 mod server_crash;
 mod support;

@@ -50,6 +50,10 @@ impl Server {
     }
 
     pub fn start_with(data: &std::path::Path, extra: &[&str]) -> Server {
+        Server::start_env(data, extra, &[])
+    }
+
+    pub fn start_env(data: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         use std::io::BufRead;
         let mut child = stoa()
             .args([
@@ -64,6 +68,7 @@ impl Server {
             .arg("--data")
             .arg(data)
             .args(extra)
+            .envs(env.iter().copied())
             .env("STOA_LOG", std::env::var("STOA_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())

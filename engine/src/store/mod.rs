@@ -104,6 +104,19 @@ pub trait Store: Send + Sync {
     /// Records of `kind` whose key starts with `prefix`, in key order.
     fn scan_aux(&self, kind: &str, prefix: &str) -> Result<Vec<(String, serde_json::Value)>, Error>;
     fn delete_aux(&self, kind: &str, key: &str) -> Result<(), Error>;
+    /// Writes many server records at once, `None` deleting one (kind, key,
+    /// value). `SledStore` makes it all or none with one flush (a scheduler
+    /// pass records thousands of schedules); this default writes them one
+    /// by one.
+    fn put_aux_batch(&self, records: &[(&str, &str, Option<&serde_json::Value>)]) -> Result<(), Error> {
+        for (kind, key, value) in records {
+            match value {
+                Some(v) => self.put_aux(kind, key, v)?,
+                None => self.delete_aux(kind, key)?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The aux kind under which a commit keeps emitted signals until routed.

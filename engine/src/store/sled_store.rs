@@ -400,6 +400,19 @@ impl Store for SledStore {
         self.db.flush().map_err(io)?;
         Ok(())
     }
+
+    fn put_aux_batch(&self, records: &[(&str, &str, Option<&serde_json::Value>)]) -> Result<(), Error> {
+        let mut batch = sled::Batch::default();
+        for (kind, k, value) in records {
+            match value {
+                Some(v) => batch.insert(key(&["x", kind, k]), encode(*v)),
+                None => batch.remove(key(&["x", kind, k])),
+            }
+        }
+        self.tree.apply_batch(batch).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -532,6 +545,22 @@ rule "all done" {
         direct.commit(&[Commit { workflow: &id, output: &out, request_id: Some("req") }]).unwrap();
         let dump = |s: &SledStore| s.tree.iter().map(|kv| kv.unwrap()).collect::<Vec<_>>();
         assert_eq!(dump(&direct), dump(&store));
+    }
+
+    #[test]
+    fn a_batch_of_server_records_survives_reopening_and_stays_in_its_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (serde_json::json!({"n": 1}), serde_json::json!({"n": 2}));
+        {
+            let store = SledStore::open(dir.path(), 8).unwrap();
+            store
+                .put_aux_batch(&[("sched", "t/a", Some(&a)), ("sched", "t/b", Some(&b)), ("other", "t/a", Some(&b))])
+                .unwrap();
+            store.put_aux_batch(&[("sched", "t/b", None)]).unwrap();
+        }
+        let store = SledStore::open(dir.path(), 8).unwrap();
+        assert_eq!(store.scan_aux("sched", "").unwrap(), vec![("t/a".to_string(), a)]);
+        assert_eq!(store.scan_aux("other", "").unwrap().len(), 1);
     }
 
     #[test]

@@ -1,0 +1,477 @@
+//! Cron schedules: each tick starts one workflow, exactly once, even across
+//! restarts and crashes.
+//!
+//! One task sleeps until the earliest due tick of all schedules (a
+//! `BTreeSet` by due time) and is woken when a schedule changes. A tick
+//! starts its workflow through the runtime's idempotent start, with a
+//! request id derived from the schedule and the tick; only then is the
+//! schedule's cursor ("done up to") recorded. A crash in between re-runs the
+//! tick after the restart, and the request id finds the workflow it started.
+//! Ticks missed while the server was down go through the schedule's
+//! catch-up policy (`plan`).
+
+pub mod api;
+pub mod plan;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use stoa_engine::store::Store;
+use stoa_rules::cron::{Spec, SpecError};
+use stoa_rules::manifest::{valid_schedule_name, CatchUp, ScheduleSpec};
+use stoa_rules::testcase::FactSpec;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::runtime::{now_ms, Runtime};
+use plan::{plan, request_id, RunKind};
+
+/// Record kind in the store; keys are `<tenant>/<name>`.
+const KIND: &str = "schedule";
+/// Runs kept per schedule, for `get` and for tests that count them.
+const RUNS_KEPT: usize = 32;
+/// Ticks starting at once at most. Starts share group commits, so many in
+/// flight is fast; but all of a burst in flight at once finish together at
+/// the end, while waves let the first ones finish early.
+const MAX_STARTS_IN_FLIGHT: usize = 512;
+/// A start that failed for a passing reason (backpressure, storage) is
+/// tried again after this.
+const RETRY_MS: i64 = 1000;
+
+/// A schedule as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Schedule {
+    pub tenant: String,
+    pub name: String,
+    pub pack: String,
+    pub cron: String,
+    pub timezone: String,
+    pub facts: Vec<FactSpec>,
+    pub catch_up: CatchUp,
+    pub max_catch_up: Option<u32>,
+    pub paused: bool,
+    pub from_pack: bool,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// Every tick at or before this instant is done: started, or skipped
+    /// by the policy.
+    pub cursor_ms: i64,
+    pub runs: VecDeque<Run>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Run {
+    pub due_ms: i64,
+    pub started_ms: u64,
+    pub workflow_id: String,
+    pub created: bool,
+    pub kind: RunKind,
+}
+
+/// What an API call or a pack asks for.
+#[derive(Clone, Debug)]
+pub struct Definition {
+    pub name: String,
+    pub pack: String,
+    pub spec: ScheduleSpec,
+    pub paused: bool,
+}
+
+struct Entry {
+    rec: Schedule,
+    spec: Spec,
+    /// Its key in the queue, if queued.
+    due: Option<i64>,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<(String, String), Entry>,
+    queue: BTreeSet<(i64, String, String)>,
+}
+
+impl State {
+    /// (Re)queues an entry at its next tick (or retry time).
+    fn requeue(&mut self, key: &(String, String), at: Option<i64>) {
+        let Some(e) = self.entries.get_mut(key) else { return };
+        if let Some(d) = e.due.take() {
+            self.queue.remove(&(d, key.0.clone(), key.1.clone()));
+        }
+        if e.rec.paused {
+            return;
+        }
+        let due = at.or_else(|| e.spec.next_after(e.rec.cursor_ms));
+        if let Some(d) = due {
+            e.due = Some(d);
+            self.queue.insert((d, key.0.clone(), key.1.clone()));
+        }
+    }
+}
+
+pub struct Scheduler {
+    runtime: Arc<Runtime>,
+    store: Arc<dyn Store>,
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+fn key_of(tenant: &str, name: &str) -> (String, String) {
+    (tenant.to_string(), name.to_string())
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+impl Scheduler {
+    /// Loads the stored schedules; ticks missed while the server was down
+    /// are due at once, and the first pass applies their policies.
+    pub fn load(runtime: Arc<Runtime>, store: Arc<dyn Store>) -> Result<Scheduler, String> {
+        let mut state = State::default();
+        for (key, value) in store.scan_aux(KIND, "").map_err(|e| e.to_string())? {
+            let rec: Schedule = serde_json::from_value(value).map_err(|e| format!("schedule record {key}: {e}"))?;
+            // One schedule this build cannot read must not keep the server
+            // (and every other schedule) down: it stays stored, inactive.
+            let spec = match Spec::parse(&rec.cron, &rec.timezone) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(schedule = %key, error = %e, "stored schedule no longer parses; it will not run");
+                    continue;
+                }
+            };
+            let k = key_of(&rec.tenant, &rec.name);
+            state.entries.insert(k.clone(), Entry { rec, spec, due: None });
+            state.requeue(&k, None);
+        }
+        Ok(Scheduler { runtime, store, state: Mutex::new(state), wake: Notify::new() })
+    }
+
+    fn persist(&self, recs: &[&Schedule]) -> Result<(), ApiError> {
+        let values: Vec<(String, serde_json::Value)> = recs
+            .iter()
+            .map(|r| (format!("{}/{}", r.tenant, r.name), serde_json::to_value(r).expect("schedules serialize")))
+            .collect();
+        let records: Vec<_> = values.iter().map(|(k, v)| (KIND, k.as_str(), Some(v))).collect();
+        self.store.put_aux_batch(&records).map_err(internal)
+    }
+
+    // ---- the clock --------------------------------------------------------
+
+    /// Runs until `shutdown`. A pass in progress finishes first, so its
+    /// ticks are recorded.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let first = self.state.lock().expect("scheduler lock").queue.first().map(|(d, _, _)| *d);
+            let now = now_ms() as i64;
+            match first {
+                Some(due) if due <= now => self.pass(now).await,
+                Some(due) => {
+                    let wait = Duration::from_millis((due - now) as u64);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.wake.notified() => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts every tick due by `now`: schedules in parallel, each one's
+    /// ticks in order; then records the cursors in one durable write.
+    async fn pass(&self, now: i64) {
+        let mut jobs = Vec::new();
+        {
+            let mut st = self.state.lock().expect("scheduler lock");
+            while let Some((due, t, n)) = st.queue.first().cloned() {
+                if due > now {
+                    break;
+                }
+                st.queue.remove(&(due, t.clone(), n.clone()));
+                let Some(e) = st.entries.get_mut(&(t.clone(), n.clone())) else { continue };
+                e.due = None;
+                let p = plan(&e.spec, e.rec.cursor_ms, now, e.rec.catch_up, e.rec.max_catch_up);
+                jobs.push((t, n, e.rec.pack.clone(), e.rec.facts.clone(), p));
+            }
+        }
+        let started = std::time::Instant::now();
+        let schedules = jobs.len();
+        let mut set = tokio::task::JoinSet::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_STARTS_IN_FLIGHT));
+        for (tenant, name, pack, facts, p) in jobs {
+            let rt = self.runtime.clone();
+            let permits = permits.clone();
+            set.spawn(async move {
+                let _permit = permits.acquire_owned().await.expect("never closed");
+                let mut runs = Vec::new();
+                let mut cursor = p.cursor;
+                let mut error = None;
+                let mut retry = false;
+                for (due, kind) in p.run {
+                    match rt.start(&tenant, &pack, facts.clone(), &request_id(&name, due)).await {
+                        Ok((id, created)) => {
+                            crash_point(&name, created);
+                            runs.push(Run { due_ms: due, started_ms: now_ms(), workflow_id: id.to_string(), created, kind });
+                        }
+                        Err(e @ (ApiError::ResourceExhausted(_) | ApiError::Internal(_))) => {
+                            // Late rather than never: this tick and the
+                            // next are tried again.
+                            tracing::warn!(tenant = %tenant, schedule = %name, error = %e, "schedule tick will be retried");
+                            error = Some(e.to_string());
+                            cursor = due - 1;
+                            retry = true;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(tenant = %tenant, schedule = %name, error = %e, "schedule tick could not start");
+                            error = Some(e.to_string());
+                        }
+                    }
+                }
+                (tenant, name, cursor, runs, error, retry)
+            });
+        }
+        let mut done = Vec::new();
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(r) => done.push(r),
+                Err(e) => tracing::error!(error = %e, "a schedule tick task failed"),
+            }
+        }
+        if done.is_empty() {
+            return;
+        }
+        let ran = started.elapsed();
+        let mut st = self.state.lock().expect("scheduler lock");
+        let mut keys = Vec::new();
+        for (tenant, name, cursor, runs, error, retry) in done {
+            let k = key_of(&tenant, &name);
+            let Some(e) = st.entries.get_mut(&k) else { continue }; // deleted meanwhile
+            e.rec.cursor_ms = e.rec.cursor_ms.max(cursor);
+            e.rec.runs.extend(runs);
+            while e.rec.runs.len() > RUNS_KEPT {
+                e.rec.runs.pop_front();
+            }
+            if error.is_some() || !retry {
+                e.rec.last_error = error;
+            }
+            st.requeue(&k, retry.then(|| now_ms() as i64 + RETRY_MS));
+            keys.push(k);
+        }
+        let recs: Vec<&Schedule> = keys.iter().filter_map(|k| st.entries.get(k)).map(|e| &e.rec).collect();
+        if let Err(e) = self.persist(&recs) {
+            // The ticks' workflows exist; after a restart they are found
+            // again by their request ids.
+            tracing::error!(error = %e, "recording schedule ticks failed");
+        }
+        tracing::debug!(
+            schedules,
+            late_ms = now_ms() as i64 - now,
+            starts_ms = ran.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "schedule pass"
+        );
+    }
+
+    // ---- changes ------------------------------------------------------------
+
+    /// Creates or replaces a schedule. Its ticks count from now, unless it
+    /// existed with the same timing (a redeploy keeps its place).
+    pub fn put(&self, tenant: &str, def: Definition, from_pack: bool) -> Result<Schedule, ApiError> {
+        let spec = validate(&def)?;
+        if !from_pack && !self.runtime.packs(tenant).iter().any(|(n, _, _)| *n == def.pack) {
+            return Err(ApiError::InvalidArgument(format!("pack: `{}` is not deployed", def.pack)));
+        }
+        let now = now_ms();
+        let k = key_of(tenant, &def.name);
+        let mut st = self.state.lock().expect("scheduler lock");
+        let old = st.entries.get(&k).map(|e| &e.rec);
+        let same_timing = old.is_some_and(|o| o.cron == def.spec.cron && o.timezone == def.spec.timezone);
+        let rec = Schedule {
+            tenant: tenant.to_string(),
+            name: def.name.clone(),
+            pack: def.pack,
+            cron: def.spec.cron,
+            timezone: def.spec.timezone,
+            facts: def.spec.facts,
+            catch_up: def.spec.catch_up,
+            max_catch_up: def.spec.max_catch_up,
+            paused: def.paused,
+            from_pack,
+            created_ms: old.map(|o| o.created_ms).unwrap_or(now),
+            updated_ms: now,
+            cursor_ms: match old {
+                Some(o) if same_timing && !o.paused => o.cursor_ms,
+                _ => now as i64,
+            },
+            runs: old.map(|o| o.runs.clone()).unwrap_or_default(),
+            last_error: None,
+        };
+        self.persist(&[&rec])?;
+        let due = st.entries.get(&k).and_then(|e| e.due);
+        st.entries.insert(k.clone(), Entry { rec: rec.clone(), spec, due });
+        st.requeue(&k, None);
+        drop(st);
+        self.wake.notify_one();
+        Ok(rec)
+    }
+
+    /// Installs the `[schedules]` of a deployed pack version, and removes the
+    /// ones an earlier version defined and this one does not. A pack's
+    /// schedule keeps its pause and its place across deploys.
+    pub fn install_pack(&self, tenant: &str, pack: &str, schedules: &BTreeMap<String, ScheduleSpec>) {
+        for (name, spec) in schedules {
+            let paused = {
+                let st = self.state.lock().expect("scheduler lock");
+                st.entries.get(&key_of(tenant, name)).is_some_and(|e| e.rec.paused && e.rec.from_pack)
+            };
+            let def = Definition { name: name.clone(), pack: pack.to_string(), spec: spec.clone(), paused };
+            if let Err(e) = self.put(tenant, def, true) {
+                tracing::error!(tenant, pack, schedule = %name, error = %e, "installing a pack's schedule failed");
+            }
+        }
+        let stale: Vec<String> = {
+            let st = self.state.lock().expect("scheduler lock");
+            st.entries
+                .values()
+                .filter(|e| e.rec.tenant == tenant && e.rec.from_pack && e.rec.pack == pack)
+                .filter(|e| !schedules.contains_key(&e.rec.name))
+                .map(|e| e.rec.name.clone())
+                .collect()
+        };
+        for name in stale {
+            let _ = self.delete(tenant, &name);
+        }
+    }
+
+    fn update(&self, tenant: &str, name: &str, f: impl FnOnce(&mut Schedule)) -> Result<Schedule, ApiError> {
+        let k = key_of(tenant, name);
+        let mut st = self.state.lock().expect("scheduler lock");
+        let e = st.entries.get(&k).ok_or_else(|| not_found(name))?;
+        let mut rec = e.rec.clone();
+        f(&mut rec);
+        rec.updated_ms = now_ms();
+        self.persist(&[&rec])?;
+        st.entries.get_mut(&k).expect("present").rec = rec.clone();
+        st.requeue(&k, None);
+        drop(st);
+        self.wake.notify_one();
+        Ok(rec)
+    }
+
+    pub fn pause(&self, tenant: &str, name: &str) -> Result<Schedule, ApiError> {
+        self.update(tenant, name, |r| r.paused = true)
+    }
+
+    /// The ticks of the pause are not run: the schedule goes on from now.
+    pub fn resume(&self, tenant: &str, name: &str) -> Result<Schedule, ApiError> {
+        self.update(tenant, name, |r| {
+            if r.paused {
+                r.paused = false;
+                r.cursor_ms = r.cursor_ms.max(now_ms() as i64);
+            }
+        })
+    }
+
+    pub fn delete(&self, tenant: &str, name: &str) -> Result<(), ApiError> {
+        let k = key_of(tenant, name);
+        let mut st = self.state.lock().expect("scheduler lock");
+        if !st.entries.contains_key(&k) {
+            return Err(not_found(name));
+        }
+        let key = format!("{tenant}/{name}");
+        self.store.delete_aux(KIND, &key).map_err(internal)?;
+        if let Some(e) = st.entries.remove(&k) {
+            if let Some(d) = e.due {
+                st.queue.remove(&(d, k.0, k.1));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the schedule's workflow now; `request` makes it idempotent.
+    pub async fn trigger(&self, tenant: &str, name: &str, request: &str) -> Result<(String, bool), ApiError> {
+        let (pack, facts) = {
+            let st = self.state.lock().expect("scheduler lock");
+            let e = st.entries.get(&key_of(tenant, name)).ok_or_else(|| not_found(name))?;
+            (e.rec.pack.clone(), e.rec.facts.clone())
+        };
+        let now = now_ms();
+        let (id, created) =
+            self.runtime.start(tenant, &pack, facts, &format!("schedule:{name}:manual:{request}")).await?;
+        let run = Run {
+            due_ms: now as i64,
+            started_ms: now_ms(),
+            workflow_id: id.to_string(),
+            created,
+            kind: RunKind::Manual,
+        };
+        self.update(tenant, name, |r| {
+            r.runs.push_back(run);
+            while r.runs.len() > RUNS_KEPT {
+                r.runs.pop_front();
+            }
+        })?;
+        Ok((id.to_string(), created))
+    }
+
+    pub fn get(&self, tenant: &str, name: &str) -> Result<(Schedule, Vec<i64>), ApiError> {
+        let st = self.state.lock().expect("scheduler lock");
+        let e = st.entries.get(&key_of(tenant, name)).ok_or_else(|| not_found(name))?;
+        Ok((e.rec.clone(), next_ticks(e)))
+    }
+
+    pub fn list(&self, tenant: &str) -> Vec<(Schedule, Vec<i64>)> {
+        let st = self.state.lock().expect("scheduler lock");
+        let mut out: Vec<_> =
+            st.entries.values().filter(|e| e.rec.tenant == tenant).map(|e| (e.rec.clone(), next_ticks(e))).collect();
+        out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        out
+    }
+}
+
+fn next_ticks(e: &Entry) -> Vec<i64> {
+    if e.rec.paused {
+        return Vec::new();
+    }
+    e.spec.ticks(e.rec.cursor_ms.max(now_ms() as i64 - plan::GRACE_MS), i64::MAX, 5)
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::NotFound(format!("schedule `{name}` does not exist"))
+}
+
+fn validate(def: &Definition) -> Result<Spec, ApiError> {
+    if !valid_schedule_name(&def.name) {
+        return Err(ApiError::InvalidArgument("name: required; letters, digits, `-`, `_` or `.` (at most 128)".into()));
+    }
+    if def.pack.is_empty() {
+        return Err(ApiError::InvalidArgument("pack: required".into()));
+    }
+    Spec::parse(&def.spec.cron, &def.spec.timezone).map_err(|e| match e {
+        SpecError::Cron(m) => ApiError::InvalidArgument(format!("cron: {m}")),
+        SpecError::TimeZone(m) => ApiError::InvalidArgument(format!("timezone: {m}")),
+    })
+}
+
+/// Test hook: `STOA_TEST_CRASH_AFTER_TICK=<schedule>` aborts the process
+/// right after that schedule's tick started a new workflow and before the
+/// tick is recorded, the window the deterministic request ids protect.
+fn crash_point(name: &str, created: bool) {
+    static TARGET: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let target = TARGET.get_or_init(|| std::env::var("STOA_TEST_CRASH_AFTER_TICK").ok());
+    if created && target.as_deref() == Some(name) {
+        eprintln!("STOA_TEST_CRASH_AFTER_TICK: aborting after a tick of {name}");
+        std::process::abort();
+    }
+}
