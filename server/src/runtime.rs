@@ -285,6 +285,19 @@ impl Runtime {
         self.start_as(tenant, pack, facts, request_id, Origin::Request).await
     }
 
+    /// `start` for a schedule's tick: its workflow records the schedule.
+    pub(crate) async fn start_scheduled(
+        &self,
+        tenant: &str,
+        pack: &str,
+        facts: Vec<FactSpec>,
+        request_id: &str,
+        schedule: &str,
+    ) -> Result<(WorkflowId, bool), ApiError> {
+        self.check_backpressure(tenant)?;
+        self.start_as(tenant, pack, facts, request_id, Origin::Schedule { schedule: schedule.to_string() }).await
+    }
+
     /// The id of the workflow a request id starts: a repeated request finds
     /// the same slot, even while the first is still committing.
     pub(crate) fn id_for_request(tenant: &str, request_id: &str) -> WorkflowId {

@@ -243,6 +243,12 @@ fn pause_resume_trigger_tenants_and_errors() {
             .expect("trigger again")
             .into_inner();
         assert!(t1.created && !t2.created && t1.workflow_id == t2.workflow_id, "{t1:?} {t2:?}");
+        let started = a
+            .get_workflow(pb::GetWorkflowRequest { workflow_id: t1.workflow_id.clone(), without_facts: true })
+            .await
+            .expect("the triggered workflow")
+            .into_inner();
+        assert_eq!(started.origin_json, r#"{"by":"schedule","schedule":"heartbeat"}"#);
         let hb = get(&mut a, "heartbeat").await;
         assert!(hb.paused && hb.next_ms.is_empty());
         assert_eq!(hb.runs.iter().filter(|r| r.kind == "manual").count(), 2);

@@ -218,7 +218,7 @@ impl Scheduler {
                 let mut error = None;
                 let mut retry = false;
                 for (due, kind) in p.run {
-                    match rt.start(&tenant, &pack, facts.clone(), &request_id(&name, due)).await {
+                    match rt.start_scheduled(&tenant, &pack, facts.clone(), &request_id(&name, due), &name).await {
                         Ok((id, created)) => {
                             crash_point(&name, created);
                             runs.push(Run { due_ms: due, started_ms: now_ms(), workflow_id: id.to_string(), created, kind });
@@ -407,8 +407,10 @@ impl Scheduler {
             (e.rec.pack.clone(), e.rec.facts.clone())
         };
         let now = now_ms();
-        let (id, created) =
-            self.runtime.start(tenant, &pack, facts, &format!("schedule:{name}:manual:{request}")).await?;
+        let (id, created) = self
+            .runtime
+            .start_scheduled(tenant, &pack, facts, &format!("schedule:{name}:manual:{request}"), name)
+            .await?;
         let run = Run {
             due_ms: now as i64,
             started_ms: now_ms(),
