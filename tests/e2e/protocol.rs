@@ -68,20 +68,31 @@ async fn finished(c: &mut Client, id: &str) -> pb::Workflow {
     }
 }
 
-/// `attempts` of each applied result, in order.
+/// `attempts` of each applied result, in order, once there is one.
+/// (GetWorkflow shows the workflow in memory, where a turn is applied a
+/// moment before the timeline read from the store has it.)
 async fn applied_attempts(c: &mut Client, id: &str) -> Vec<u64> {
-    let t = c
-        .get_timeline(pb::GetTimelineRequest { workflow_id: id.into(), from_seq: 1, limit: 1000 })
-        .await
-        .expect("timeline")
-        .into_inner();
-    t.entries
-        .iter()
-        .filter(|e| e.kind == "result_applied")
-        .map(|e| {
-            serde_json::from_str::<serde_json::Value>(&e.json).expect("json")["event"]["attempts"].as_u64().unwrap()
-        })
-        .collect()
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let t = c
+            .get_timeline(pb::GetTimelineRequest { workflow_id: id.into(), from_seq: 1, limit: 1000 })
+            .await
+            .expect("timeline")
+            .into_inner();
+        let attempts: Vec<u64> = t
+            .entries
+            .iter()
+            .filter(|e| e.kind == "result_applied")
+            .map(|e| {
+                let v: serde_json::Value = serde_json::from_str(&e.json).expect("json");
+                v["event"]["attempts"].as_u64().expect("attempts")
+            })
+            .collect();
+        if !attempts.is_empty() || Instant::now() > deadline {
+            return attempts;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[test]
@@ -219,6 +230,6 @@ fn attempts_continue_after_a_server_sigkill() {
         assert!(w.fail(&inv, true, pb::FailureKind::Failed).await);
         let wf = finished(&mut a, &id).await;
         assert_eq!(wf.status, "failed", "the retry budget was reset by the restart");
-        assert_eq!(applied_attempts(&mut a, &id).await, [2]);
+        assert_eq!(applied_attempts(&mut a, &id).await, [2], "{}", wf.reason);
     });
 }

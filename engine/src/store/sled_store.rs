@@ -52,33 +52,27 @@ fn key(parts: &[&str]) -> Vec<u8> {
     parts.join("/").into_bytes()
 }
 
-/// One write: a put, or a removal when the value is `None`.
-type Write = (Vec<u8>, Option<Vec<u8>>);
-
 /// The journal of a large commit: the format byte, then per write the key
 /// length (u32 LE), the key, then 0 for a removal, or 1, the value length
 /// (u32 LE) and the value. Written by hand: the records inside are already
 /// encoded, and a generic codec would only wrap them again.
-fn encode_journal(writes: &[Write]) -> Vec<u8> {
-    let len = writes.iter().map(|(k, v)| 9 + k.len() + v.as_ref().map_or(0, Vec::len)).sum::<usize>();
-    let mut out = Vec::with_capacity(1 + len);
-    out.push(FORMAT);
-    for (k, v) in writes {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(k);
-        match v {
-            None => out.push(0),
-            Some(v) => {
-                out.push(1);
-                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-                out.extend_from_slice(v);
-            }
+fn push_write(journal: &mut Vec<u8>, k: &[u8], v: Option<&[u8]>) {
+    journal.extend_from_slice(&(k.len() as u32).to_le_bytes());
+    journal.extend_from_slice(k);
+    match v {
+        None => journal.push(0),
+        Some(v) => {
+            journal.push(1);
+            journal.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            journal.extend_from_slice(v);
         }
     }
-    out
 }
 
-fn decode_journal(jkey: &[u8], bytes: &[u8]) -> Result<Vec<Write>, Error> {
+/// The writes of a journal, borrowed from it.
+type JournalWrites<'a> = Vec<(&'a [u8], Option<&'a [u8]>)>;
+
+fn decode_journal<'a>(jkey: &[u8], bytes: &'a [u8]) -> Result<JournalWrites<'a>, Error> {
     let corrupt =
         |reason: &str| Error::Corrupt { key: String::from_utf8_lossy(jkey).into_owned(), reason: reason.into() };
     match bytes.first() {
@@ -104,12 +98,12 @@ fn decode_journal(jkey: &[u8], bytes: &[u8]) -> Result<Vec<Write>, Error> {
     while !rest.is_empty() {
         let write = (|| {
             let klen = len(&mut rest)?;
-            let k = take(&mut rest, klen)?.to_vec();
+            let k = take(&mut rest, klen)?;
             let v = match take(&mut rest, 1)?[0] {
                 0 => None,
                 1 => {
                     let vlen = len(&mut rest)?;
-                    Some(take(&mut rest, vlen)?.to_vec())
+                    Some(take(&mut rest, vlen)?)
                 }
                 _ => return None,
             };
@@ -157,13 +151,13 @@ impl SledStore {
     /// harmless, since nothing else writes until it is removed, and sled
     /// recovers a prefix of its log, so the removal is durable before any
     /// later commit is.
-    fn apply_in_batches(&self, writes: &[Write], jkey: &[u8]) -> Result<(), Error> {
+    fn apply_in_batches(&self, writes: &JournalWrites<'_>, jkey: &[u8]) -> Result<(), Error> {
         for chunk in writes.chunks(MAX_BATCH_WRITES) {
             let mut batch = sled::Batch::default();
-            for (k, v) in chunk {
+            for &(k, v) in chunk {
                 match v {
-                    Some(v) => batch.insert(k.as_slice(), v.as_slice()),
-                    None => batch.remove(k.as_slice()),
+                    Some(v) => batch.insert(k, v),
+                    None => batch.remove(k),
                 }
             }
             self.tree.apply_batch(batch).map_err(io)?;
@@ -208,30 +202,47 @@ impl SledStore {
     }
 }
 
-/// The writes of a group of turns, in order.
-fn writes(turns: &[Commit<'_>]) -> Vec<Write> {
-    let mut w: Vec<Write> = Vec::new();
+/// How many writes `each_write` makes, without encoding anything.
+fn count_writes(turns: &[Commit<'_>]) -> usize {
+    turns
+        .iter()
+        .map(|c| {
+            let out = c.output;
+            usize::from(out.meta.is_some())
+                + out.facts_put.len()
+                + out.facts_deleted.len()
+                + out.waiting_put.len()
+                + 2 * (out.waiting_deleted.len() + out.cancelled.len())
+                + out.entries.len().div_ceil(TIMELINE_RUN)
+                + usize::from(c.request_id.is_some())
+        })
+        .sum()
+}
+
+/// The writes of a group of turns, in order, one at a time: a large group
+/// goes straight into its journal, never held twice.
+fn each_write(turns: &[Commit<'_>], mut w: impl FnMut(Vec<u8>, Option<Vec<u8>>)) {
     for c in turns {
         let wf = c.workflow.as_str();
         let out = c.output;
         if let Some(meta) = &out.meta {
-            w.push((key(&["m", wf]), Some(encode(meta))));
+            w(key(&["m", wf]), Some(encode(meta)));
         }
         for f in &out.facts_put {
-            w.push((key(&["f", wf, &format!("{:016x}", f.id)]), Some(encode(f))));
+            w(key(&["f", wf, &format!("{:016x}", f.id)]), Some(encode(f)));
         }
         for id in &out.facts_deleted {
-            w.push((key(&["f", wf, &format!("{id:016x}")]), None));
+            w(key(&["f", wf, &format!("{id:016x}")]), None);
         }
         for wt in &out.waiting_put {
-            w.push((key(&["w", wf, wt.invocation.id.as_str()]), Some(encode(wt))));
+            w(key(&["w", wf, wt.invocation.id.as_str()]), Some(encode(wt)));
         }
         for inv in out.waiting_deleted.iter().chain(&out.cancelled) {
-            w.push((key(&["w", wf, inv.as_str()]), None));
-            w.push((key(&["a", inv.as_str()]), None));
+            w(key(&["w", wf, inv.as_str()]), None);
+            w(key(&["a", inv.as_str()]), None);
         }
         for run in out.entries.chunks(TIMELINE_RUN) {
-            w.push((key(&["t", wf, &format!("{:016x}", run[0].seq)]), Some(encode(&run))));
+            w(key(&["t", wf, &format!("{:016x}", run[0].seq)]), Some(encode(&run)));
         }
         for t in &out.timers_put {
             w.push((key(&["c", wf, &format!("{:016x}", t.id)]), Some(encode(t))));
@@ -243,31 +254,30 @@ fn writes(turns: &[Commit<'_>]) -> Vec<Write> {
             w.push((key(&["x", SIGNAL_OUTBOX, &s.id]), Some(encode(s))));
         }
         if let Some(r) = c.request_id {
-            w.push((key(&["r", r]), Some(encode(&c.workflow))));
+            w(key(&["r", r]), Some(encode(&c.workflow)));
         }
     }
-    w
 }
 
 impl Store for SledStore {
     fn commit(&self, turns: &[Commit<'_>]) -> Result<(), Error> {
-        let writes = writes(turns);
-        if writes.len() <= MAX_BATCH_WRITES {
+        if count_writes(turns) <= MAX_BATCH_WRITES {
             let mut batch = sled::Batch::default();
-            for (k, v) in writes {
-                match v {
-                    Some(v) => batch.insert(k, v),
-                    None => batch.remove(k),
-                }
-            }
+            each_write(turns, |k, v| match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            });
             self.tree.apply_batch(batch).map_err(io)?;
         } else {
             // Durable and atomic once the journal is flushed; the batches
             // after it only spread the writes out.
+            let mut journal = vec![FORMAT];
+            each_write(turns, |k, v| push_write(&mut journal, &k, v.as_deref()));
+            let journal = sled::IVec::from(journal);
             let jkey = self.next_journal.fetch_add(1, Ordering::Relaxed).to_be_bytes();
-            self.journal.insert(jkey, encode_journal(&writes)).map_err(io)?;
+            self.journal.insert(jkey, journal.clone()).map_err(io)?;
             self.db.flush().map_err(io)?;
-            self.apply_in_batches(&writes, &jkey)?;
+            self.apply_in_batches(&decode_journal(&jkey, &journal)?, &jkey)?;
         }
         self.db.flush().map_err(io)?;
         Ok(())
@@ -517,12 +527,22 @@ rule "all done" {
         let id = WorkflowId::new("big");
         let mut wf = Workflow::new(id.clone(), p, 0);
         let out = wf.apply(Input::Start { facts: chunks(700) }, 1).unwrap();
-        let all = writes(&[Commit { workflow: &id, output: &out, request_id: Some("req") }]);
+        let turns = [Commit { workflow: &id, output: &out, request_id: Some("req") }];
+        let mut all: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        each_write(&turns, |k, v| all.push((k, v)));
+        assert_eq!(all.len(), count_writes(&turns));
         assert!(all.len() > MAX_BATCH_WRITES, "{} writes", all.len());
+        let mut journal = vec![FORMAT];
+        for (k, v) in &all {
+            push_write(&mut journal, k, v.as_deref());
+        }
+        let decoded = decode_journal(b"j", &journal).unwrap();
+        assert_eq!(decoded.len(), all.len());
+        assert!(decoded.iter().zip(&all).all(|(d, a)| d.0 == a.0 && d.1 == a.1.as_deref()));
         {
             let store = SledStore::open(dir.path(), 8).unwrap();
             // As if the process died right after the journal's flush.
-            store.journal.insert(b"j", encode_journal(&all)).unwrap();
+            store.journal.insert(b"j", journal).unwrap();
             store.db.flush().unwrap();
         }
         let store = SledStore::open(dir.path(), 8).unwrap();
