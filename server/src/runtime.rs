@@ -491,16 +491,13 @@ impl Runtime {
         }
     }
 
-    /// Reads a workflow of `tenant` (from memory if loaded, else the store).
+    /// Reads a workflow of `tenant` as it is durable. Not from memory: a
+    /// loaded workflow may hold a turn still being committed, and a reader
+    /// must never see what a crash could take back.
     pub fn get(&self, tenant: &str, id: &WorkflowId) -> Result<stoa_engine::workflow::Snapshot, ApiError> {
         let missing = || ApiError::NotFound(format!("workflow {id} does not exist"));
         if tenant_of(id) != tenant {
             return Err(missing());
-        }
-        if let Some(slot) = self.workflows.get(id).map(|s| s.clone()) {
-            if let Some(wf) = slot.wf.lock().expect("workflow lock").as_ref() {
-                return Ok(wf.snapshot());
-            }
         }
         self.store.load(id).map_err(|e| ApiError::Internal(e.to_string()))?.ok_or_else(missing)
     }

@@ -245,13 +245,13 @@ fn each_write(turns: &[Commit<'_>], mut w: impl FnMut(Vec<u8>, Option<Vec<u8>>))
             w(key(&["t", wf, &format!("{:016x}", run[0].seq)]), Some(encode(&run)));
         }
         for t in &out.timers_put {
-            w.push((key(&["c", wf, &format!("{:016x}", t.id)]), Some(encode(t))));
+            w(key(&["c", wf, &format!("{:016x}", t.id)]), Some(encode(t)));
         }
         for id in &out.timers_deleted {
-            w.push((key(&["c", wf, &format!("{id:016x}")]), None));
+            w(key(&["c", wf, &format!("{id:016x}")]), None);
         }
         for s in &out.signals {
-            w.push((key(&["x", SIGNAL_OUTBOX, &s.id]), Some(encode(s))));
+            w(key(&["x", SIGNAL_OUTBOX, &s.id]), Some(encode(s)));
         }
         if let Some(r) = c.request_id {
             w(key(&["r", r]), Some(encode(&c.workflow)));
