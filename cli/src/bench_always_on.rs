@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use stoa_proto::v1 as pb;
 
-use crate::bench_e2e::{percentile, rss_mib, spawn_server, start, summary, wait_completed, Client, TOKEN};
+use crate::bench_e2e::{count_completed, percentile, rss_mib, spawn_server, start, summary, Client, TOKEN};
 use crate::remote::Bearer;
 
 #[derive(clap::Args)]
@@ -135,7 +135,6 @@ async fn cases(args: &Args, addr: &str, pid: u32) -> anyhow::Result<Vec<serde_js
     // Due once every workflow is started (measured: starting takes a while).
     let margin_ms = (start_s / args.upgrade_workflows.max(1) as f64 * w as f64 * 1000.0 * 1.5) as u64 + 2000;
     let due = crate::bench_e2e::now_ms() + margin_ms;
-    let t = Instant::now();
     start_many(
         &c,
         "timers",
@@ -145,9 +144,13 @@ async fn cases(args: &Args, addr: &str, pid: u32) -> anyhow::Result<Vec<serde_js
     .await?;
     let armed_at = crate::bench_e2e::now_ms();
     anyhow::ensure!(armed_at < due, "starting took longer than the margin; lower --timer-workflows");
-    wait_completed(&mut c, "timers", w, Duration::from_secs(600)).await?;
-    let burst_s = (crate::bench_e2e::now_ms() - due) as f64 / 1000.0;
-    let _ = t;
+    // Polled slowly: listing 10,000 workflows is work for the server too,
+    // and the delays are read from the timelines afterwards anyway.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while count_completed(&mut c, "timers").await? < w {
+        anyhow::ensure!(Instant::now() < deadline, "the timers did not all fire within 10 minutes");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let mut delays = Vec::with_capacity(w * k);
     let ids: Vec<String> = {
         let mut ids = Vec::new();
@@ -191,7 +194,8 @@ async fn cases(args: &Args, addr: &str, pid: u32) -> anyhow::Result<Vec<serde_js
         "delay_p50_ms": percentile(&delays, 0.5),
         "delay_p99_ms": percentile(&delays, 0.99),
         "delay_max_ms": delays.last().copied().unwrap_or(0.0),
-        "timer_turns_per_s": (w * k) as f64 / burst_s.max(0.001),
+        // All fired within the largest delay.
+        "timers_per_s": (w * k) as f64 / (delays.last().copied().unwrap_or(0.0) / 1000.0).max(0.001),
         "server_peak_rss_mib": rss_mib(pid).0,
     }));
     Ok(out)

@@ -128,7 +128,7 @@ pub(crate) async fn start(
 }
 
 /// Completed workflows of `pack`.
-async fn count_completed(c: &mut Client, pack: &str) -> anyhow::Result<usize> {
+pub(crate) async fn count_completed(c: &mut Client, pack: &str) -> anyhow::Result<usize> {
     let mut done = 0;
     let mut token = String::new();
     loop {
