@@ -86,6 +86,18 @@ fn diag_out(d: &stoa_rules::Diagnostic) -> pb::Diagnostic {
     }
 }
 
+/// Runs a turn on its own task: a client that hangs up must not cancel it
+/// between its commit and what follows (dispatching its invocations,
+/// timers, signals), which only a restart would otherwise redo.
+async fn detached<T: Send + 'static>(
+    f: impl std::future::Future<Output = Result<T, crate::error::ApiError>> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::spawn(f).await {
+        Ok(r) => r.map_err(Status::from),
+        Err(e) => Err(Status::internal(format!("the turn's task ended: {e}"))),
+    }
+}
+
 fn rollout_mode(rollout: i32, fraction: f64) -> Result<Mode, Status> {
     match pb::Rollout::try_from(rollout) {
         Ok(pb::Rollout::All) => Ok(Mode::All),
@@ -278,7 +290,8 @@ impl pb::stoa_server::Stoa for StoaService {
             from: None,
             at_ms: crate::runtime::now_ms(),
         };
-        let (rec, created) = self.runtime.route_signal(&tenant, signal, target).await?;
+        let rt = self.runtime.clone();
+        let (rec, created) = detached(async move { rt.route_signal(&tenant, signal, target).await }).await?;
         Ok(Response::new(pb::SendSignalResponse {
             created,
             started: rec.started.iter().map(|w| w.to_string()).collect(),
@@ -345,7 +358,8 @@ impl pb::stoa_server::Stoa for StoaService {
             return Err(Status::invalid_argument("pack: required"));
         }
         let facts = facts_in(req.facts)?;
-        let (id, created) = self.runtime.start(&tenant, &req.pack, facts, &req.request_id).await?;
+        let rt = self.runtime.clone();
+        let (id, created) = detached(async move { rt.start(&tenant, &req.pack, facts, &req.request_id).await }).await?;
         Ok(Response::new(pb::StartWorkflowResponse { workflow_id: id.to_string(), created }))
     }
 
@@ -357,7 +371,8 @@ impl pb::stoa_server::Stoa for StoaService {
             return Err(Status::invalid_argument("facts: nothing to assert"));
         }
         let facts = facts_in(req.facts)?;
-        let out = self.runtime.turn(&tenant, &id, Input::Assert { facts }).await?;
+        let rt = self.runtime.clone();
+        let out = detached(async move { rt.turn(&tenant, &id, Input::Assert { facts }).await }).await?;
         Ok(Response::new(turn_out(&out)))
     }
 
@@ -368,7 +383,8 @@ impl pb::stoa_server::Stoa for StoaService {
         if req.fact_ids.is_empty() {
             return Err(Status::invalid_argument("fact_ids: nothing to retract"));
         }
-        let out = self.runtime.turn(&tenant, &id, Input::Retract { ids: req.fact_ids }).await?;
+        let rt = self.runtime.clone();
+        let out = detached(async move { rt.turn(&tenant, &id, Input::Retract { ids: req.fact_ids }).await }).await?;
         Ok(Response::new(turn_out(&out)))
     }
 
@@ -554,7 +570,8 @@ impl pb::stoa_server::Stoa for StoaService {
         let req = req.into_inner();
         let id = workflow_id(&req.workflow_id)?;
         let reason = if req.reason.is_empty() { "cancelled by request".to_string() } else { req.reason };
-        let out = self.runtime.turn(&tenant, &id, Input::Cancel { reason }).await?;
+        let rt = self.runtime.clone();
+        let out = detached(async move { rt.turn(&tenant, &id, Input::Cancel { reason }).await }).await?;
         Ok(Response::new(turn_out(&out)))
     }
 
