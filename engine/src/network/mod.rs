@@ -4,18 +4,29 @@
 //! Each rule is a chain of conditions. A token is a partial match of a rule:
 //! the facts (or aggregate values) bound by its first `level` conditions.
 //! Alpha memories hold the facts that pass a condition's own tests, indexed
-//! by the field of its equality join; token memories hold the tokens waiting
-//! at a condition, indexed by the join key computed from their bindings. A
-//! change to a fact only visits the memories of its type and, through the
-//! indexes, the tokens it joins with: nothing re-scans working memory.
+//! by the fields of its equality joins; token memories hold the tokens
+//! waiting at a condition, indexed by the join key computed from their
+//! bindings. A change to a fact only visits the memories of its type and,
+//! through the indexes, the tokens it joins with: nothing re-scans working
+//! memory.
+//!
+//! Modifying a fact is retracting and re-inserting it, so creating and
+//! deleting tokens must be cheap: tokens live in one vector with a free list,
+//! are linked to their parent's and their fact's other tokens by indices (no
+//! per-token collections), and facts live in a slab that tokens and memories
+//! address by slot, not through the id map.
 //!
 //! Invariant: the network does no I/O and runs only the sandboxed scripts of
-//! constraints. Modifying a fact is retracting and re-inserting it.
+//! constraints.
 
+mod index;
+
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 use stoa_rules::compile::{Condition, Constraint, Pack, Pattern};
 use stoa_rules::expr::Env;
 use stoa_rules::sandbox::ScriptValue;
@@ -23,9 +34,12 @@ use stoa_rules::syntax::AggFn;
 use stoa_rules::{Fields, Sym, Value};
 
 use crate::fact::{Fact, FactId};
+use index::Index;
 
 pub type TokId = u32;
+/// No token, no fact slot, not in a memory.
 const NONE: u32 = u32::MAX;
+static NULL: Value = Value::Null;
 
 /// A constraint failed to evaluate (a script error or a type error).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -37,21 +51,31 @@ pub struct MatchError {
 
 type R<T> = Result<T, MatchError>;
 
+/// Where a fact sits in one alpha memory.
+#[derive(Clone, Copy)]
+struct AlphaRef {
+    mem: u32,
+    pos: u32,
+    hash: u64,
+}
+
 struct FactRec {
     fact: Fact,
-    /// (alpha memory, position in its list) for every memory holding it.
-    alpha: Vec<(u32, u32)>,
-    /// Tokens whose own fact is this one.
-    tokens: Vec<TokId>,
+    alpha: SmallVec<[AlphaRef; 2]>,
+    /// First of the tokens whose own fact is this one (linked through
+    /// `Tok::next_of_fact`).
+    toks: TokId,
 }
 
 struct AlphaMem {
     rule: u32,
     cond: u32,
-    /// The fields whose values key `buckets` (one: the value itself; several:
-    /// an array of them); empty: one bucket, keyed null.
-    index: Vec<Sym>,
-    buckets: FxHashMap<Value, Vec<FactId>>,
+    /// Memories with the same type and alpha tests share one evaluation of
+    /// the tests per fact: the first such memory's number.
+    tests_of: u32,
+    /// The fields whose values key `index`, in join order.
+    fields: Vec<Sym>,
+    index: Index,
 }
 
 /// State a token keeps for the condition after it.
@@ -59,28 +83,33 @@ enum Side {
     None,
     /// Matching facts of a `not`/`exists`.
     Count(u32),
-    /// Matching facts of an aggregate and their operand values.
+    /// Matching facts of an aggregate and their operand values, by fact id.
     Items(Vec<(FactId, Value)>),
 }
 
 struct Tok {
     rule: u32,
     level: u16,
+    alive: bool,
     parent: TokId,
-    fact: FactId,
+    /// Slot of the fact bound at this level, or `NONE`.
+    fact: u32,
     value: Option<Value>,
-    children: Vec<TokId>,
-    /// Position in the parent's `children`.
-    child_pos: u32,
-    /// Position in the fact's `tokens`.
-    fact_pos: u32,
-    /// Key of the bucket of the token memory at `level`, and position in it.
-    mem: Option<(Value, u32)>,
-    side: Side,
-    agenda: Option<AgendaKey>,
+    first_child: TokId,
+    /// Siblings (children of the same parent).
+    prev: TokId,
+    next: TokId,
+    /// Other tokens of the same fact.
+    prev_of_fact: TokId,
+    next_of_fact: TokId,
+    /// Bucket hash and position in the token memory at `level`; the position
+    /// is `NONE` when not in a memory.
+    mem_hash: u64,
+    mem_pos: u32,
     /// Generation, bumped when the slot is freed, so stale references die.
     gen: u32,
-    alive: bool,
+    side: Side,
+    agenda: Option<AgendaKey>,
 }
 
 /// Conflict resolution: higher salience first, then the newest change
@@ -110,16 +139,19 @@ pub enum Bound {
 
 pub struct Network {
     pack: Arc<Pack>,
-    facts: FxHashMap<FactId, FactRec>,
+    /// Facts by slot; a retracted fact's slot is reused.
+    facts: Vec<Option<FactRec>>,
+    free_facts: Vec<u32>,
+    slot_of: FxHashMap<FactId, u32>,
     toks: Vec<Tok>,
     free: Vec<TokId>,
     alpha: Vec<AlphaMem>,
     /// Alpha memories listening to each fact type, in rule/condition order.
-    by_type: FxHashMap<Sym, Vec<u32>>,
+    by_type: FxHashMap<Sym, Arc<[u32]>>,
     /// Alpha memory of each (rule, condition), if it has one.
     alpha_of: Vec<Vec<u32>>,
-    /// Token memories: `[rule][level]` buckets keyed by join key.
-    mems: Vec<Vec<FxHashMap<Value, Vec<TokId>>>>,
+    /// Token memories: `[rule][level]`, indexed by join key.
+    mems: Vec<Vec<Index>>,
     /// For each rule and slot, the level whose token binds it.
     slot_level: Vec<Vec<u16>>,
     agenda: BTreeMap<AgendaKey, TokId>,
@@ -138,13 +170,24 @@ pub struct Network {
     id_sym: Sym,
 }
 
+/// Whether two alpha test lists are the same tests (native ones only:
+/// scripts are compared by nothing cheaper than running them).
+fn same_tests(a: &[Constraint], b: &[Constraint]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| match (x, y) {
+            (Constraint::Native(x), Constraint::Native(y)) => x == y,
+            _ => false,
+        })
+}
+
 impl Network {
     pub fn new(pack: Arc<Pack>) -> Network {
-        let mut alpha = Vec::new();
+        let mut alpha: Vec<AlphaMem> = Vec::new();
         let mut by_type: FxHashMap<Sym, Vec<u32>> = FxHashMap::default();
         let mut alpha_of = Vec::new();
         let mut mems = Vec::new();
         let mut slot_level = Vec::new();
+        let mut tests: Vec<(Sym, &[Constraint], u32)> = Vec::new();
         for (r, rule) in pack.rules.iter().enumerate() {
             let mut per_cond = Vec::new();
             let mut levels = vec![0u16; rule.slots.len()];
@@ -164,11 +207,19 @@ impl Network {
                 match pattern {
                     Some(p) => {
                         let id = alpha.len() as u32;
+                        let tests_of = match tests.iter().find(|t| t.0 == p.ty && same_tests(t.1, &p.alpha)) {
+                            Some(t) => t.2,
+                            None => {
+                                tests.push((p.ty, &p.alpha, id));
+                                id
+                            }
+                        };
                         alpha.push(AlphaMem {
                             rule: r as u32,
                             cond: c as u32,
-                            index: p.joins.iter().map(|j| j.field).collect(),
-                            buckets: FxHashMap::default(),
+                            tests_of,
+                            fields: p.joins.iter().map(|j| j.field).collect(),
+                            index: Index::default(),
                         });
                         by_type.entry(p.ty).or_default().push(id);
                         per_cond.push(id);
@@ -177,16 +228,18 @@ impl Network {
                 }
             }
             alpha_of.push(per_cond);
-            mems.push((0..=rule.conditions.len()).map(|_| FxHashMap::default()).collect());
+            mems.push((0..=rule.conditions.len()).map(|_| Index::default()).collect());
             slot_level.push(levels);
         }
         let mut net = Network {
-            pack,
-            facts: FxHashMap::default(),
+            pack: pack.clone(),
+            facts: Vec::new(),
+            free_facts: Vec::new(),
+            slot_of: FxHashMap::default(),
             toks: Vec::new(),
             free: Vec::new(),
             alpha,
-            by_type,
+            by_type: by_type.into_iter().map(|(k, v)| (k, Arc::from(v))).collect(),
             alpha_of,
             mems,
             slot_level,
@@ -202,7 +255,7 @@ impl Network {
         // One root token per rule; rules whose conditions need no fact (only
         // `not` or `test`) may match at once.
         for r in 0..net.pack.rules.len() {
-            let root = net.new_tok(r as u32, 0, NONE, 0, None);
+            let root = net.new_tok(r as u32, 0, NONE, NONE, None);
             debug_assert_eq!(root as usize, r);
         }
         net
@@ -221,72 +274,96 @@ impl Network {
         Ok(())
     }
 
+    /// Room for `n` more facts (a large start turn).
+    pub fn reserve(&mut self, n: usize) {
+        self.slot_of.reserve(n);
+        self.facts.reserve(n.saturating_sub(self.free_facts.len()));
+    }
+
     pub fn fact(&self, id: FactId) -> Option<&Fact> {
-        self.facts.get(&id).map(|r| &r.fact)
+        self.slot_of.get(&id).map(|&s| &self.rec(s).fact)
     }
 
     pub fn facts(&self) -> impl Iterator<Item = &Fact> {
-        self.facts.values().map(|r| &r.fact)
+        self.facts.iter().flatten().map(|r| &r.fact)
     }
 
     pub fn fact_count(&self) -> usize {
-        self.facts.len()
+        self.slot_of.len()
     }
 
     pub fn agenda_len(&self) -> usize {
         self.agenda.len()
     }
 
+    fn rec(&self, slot: u32) -> &FactRec {
+        self.facts[slot as usize].as_ref().expect("live fact slot")
+    }
+
+    fn rec_mut(&mut self, slot: u32) -> &mut FactRec {
+        self.facts[slot as usize].as_mut().expect("live fact slot")
+    }
+
     // ---- tokens -------------------------------------------------------
 
-    fn new_tok(&mut self, rule: u32, level: u16, parent: TokId, fact: FactId, value: Option<Value>) -> TokId {
+    fn new_tok(&mut self, rule: u32, level: u16, parent: TokId, fact: u32, value: Option<Value>) -> TokId {
+        let id = match self.free.last() {
+            Some(&id) => id,
+            None => self.toks.len() as TokId,
+        };
+        let next = if parent != NONE { self.toks[parent as usize].first_child } else { NONE };
+        let next_of_fact = if fact != NONE { self.rec(fact).toks } else { NONE };
         let tok = Tok {
             rule,
             level,
+            alive: true,
             parent,
             fact,
             value,
-            children: Vec::new(),
-            child_pos: NONE,
-            fact_pos: NONE,
-            mem: None,
+            first_child: NONE,
+            prev: NONE,
+            next,
+            prev_of_fact: NONE,
+            next_of_fact,
+            mem_hash: 0,
+            mem_pos: NONE,
+            gen: 0,
             side: Side::None,
             agenda: None,
-            gen: 0,
-            alive: true,
         };
-        let id = match self.free.pop() {
-            Some(id) => {
-                let gen = self.toks[id as usize].gen;
-                self.toks[id as usize] = Tok { gen, ..tok };
-                id
-            }
-            None => {
-                self.toks.push(tok);
-                (self.toks.len() - 1) as TokId
-            }
-        };
-        if parent != NONE {
-            let pos = self.toks[parent as usize].children.len() as u32;
-            self.toks[parent as usize].children.push(id);
-            self.toks[id as usize].child_pos = pos;
+        if self.free.pop().is_some() {
+            let gen = self.toks[id as usize].gen;
+            self.toks[id as usize] = Tok { gen, ..tok };
+        } else {
+            self.toks.push(tok);
         }
-        if fact != 0 {
-            let rec = self.facts.get_mut(&fact).expect("token of a live fact");
-            self.toks[id as usize].fact_pos = rec.tokens.len() as u32;
-            rec.tokens.push(id);
+        if parent != NONE {
+            if next != NONE {
+                self.toks[next as usize].prev = id;
+            }
+            self.toks[parent as usize].first_child = id;
+        }
+        if fact != NONE {
+            if next_of_fact != NONE {
+                self.toks[next_of_fact as usize].prev_of_fact = id;
+            }
+            self.rec_mut(fact).toks = id;
         }
         id
     }
 
     fn delete_tok(&mut self, t: TokId) {
-        while let Some(&c) = self.toks[t as usize].children.last() {
+        loop {
+            let c = self.toks[t as usize].first_child;
+            if c == NONE {
+                break;
+            }
             self.delete_tok(c);
         }
         let tok = &mut self.toks[t as usize];
-        let (rule, level, parent, fact, child_pos, fact_pos) =
-            (tok.rule, tok.level, tok.parent, tok.fact, tok.child_pos, tok.fact_pos);
-        let mem = tok.mem.take();
+        let (rule, level, parent, fact) = (tok.rule, tok.level, tok.parent, tok.fact);
+        let (prev, next, prev_of_fact, next_of_fact) = (tok.prev, tok.next, tok.prev_of_fact, tok.next_of_fact);
+        let (mem_hash, mem_pos) = (tok.mem_hash, tok.mem_pos);
         if let Some(key) = tok.agenda.take() {
             self.agenda.remove(&key);
         }
@@ -294,38 +371,47 @@ impl Network {
         tok.gen = tok.gen.wrapping_add(1);
         tok.side = Side::None;
         tok.value = None;
+        tok.mem_pos = NONE;
         if parent != NONE {
-            let siblings = &mut self.toks[parent as usize].children;
-            siblings.swap_remove(child_pos as usize);
-            if let Some(&moved) = siblings.get(child_pos as usize) {
-                self.toks[moved as usize].child_pos = child_pos;
+            if prev != NONE {
+                self.toks[prev as usize].next = next;
+            } else {
+                self.toks[parent as usize].first_child = next;
+            }
+            if next != NONE {
+                self.toks[next as usize].prev = prev;
             }
         }
-        if fact != 0 {
-            if let Some(rec) = self.facts.get_mut(&fact) {
-                rec.tokens.swap_remove(fact_pos as usize);
-                if let Some(&moved) = rec.tokens.get(fact_pos as usize) {
-                    self.toks[moved as usize].fact_pos = fact_pos;
-                }
+        if fact != NONE {
+            if prev_of_fact != NONE {
+                self.toks[prev_of_fact as usize].next_of_fact = next_of_fact;
+            } else {
+                self.rec_mut(fact).toks = next_of_fact;
+            }
+            if next_of_fact != NONE {
+                self.toks[next_of_fact as usize].prev_of_fact = prev_of_fact;
             }
         }
-        if let Some((key, pos)) = mem {
-            let bucket = self.mems[rule as usize][level as usize].get_mut(&key).expect("token bucket");
-            bucket.swap_remove(pos as usize);
-            if let Some(&moved) = bucket.get(pos as usize) {
-                if let Some((_, p)) = &mut self.toks[moved as usize].mem {
-                    *p = pos;
-                }
-            }
-            if bucket.is_empty() {
-                self.mems[rule as usize][level as usize].remove(&key);
+        if mem_pos != NONE {
+            if let Some(moved) = self.mems[rule as usize][level as usize].remove(mem_hash, mem_pos, t) {
+                self.toks[moved as usize].mem_pos = mem_pos;
             }
         }
         self.free.push(t);
     }
 
-    /// The value bound at `slot` as seen from token `t`.
-    fn bound_at(&self, t: TokId, rule: usize, slot: usize) -> Option<(FactId, Option<&Value>)> {
+    fn delete_children(&mut self, t: TokId) {
+        loop {
+            let c = self.toks[t as usize].first_child;
+            if c == NONE {
+                break;
+            }
+            self.delete_tok(c);
+        }
+    }
+
+    /// The fact slot or value bound at `slot` as seen from token `t`.
+    fn bound_at(&self, t: TokId, rule: usize, slot: usize) -> Option<(u32, Option<&Value>)> {
         let level = self.slot_level[rule][slot];
         let mut cur = t;
         while cur != NONE {
@@ -346,7 +432,7 @@ impl Network {
         let rule = self.toks[t as usize].rule as usize;
         (0..self.slot_level[rule].len())
             .map(|s| match self.bound_at(t, rule, s) {
-                Some((f, _)) if f != 0 => Bound::Fact(f),
+                Some((f, _)) if f != NONE => Bound::Fact(self.rec(f).fact.id),
                 Some((_, Some(v))) => Bound::Value(v.clone()),
                 _ => Bound::Unbound,
             })
@@ -392,8 +478,8 @@ impl Network {
             return ScriptValue::value(&Value::Null);
         }
         match self.bound_at(env.tok, env.rule, slot) {
-            Some((f, _)) if f != 0 => {
-                let fact = &self.facts[&f].fact;
+            Some((f, _)) if f != NONE => {
+                let fact = &self.rec(f).fact;
                 ScriptValue::fact(fact.id, fact.ty, &fact.fields)
             }
             Some((_, Some(v))) => ScriptValue::value(v),
@@ -435,36 +521,16 @@ impl Network {
         }
     }
 
-    /// Join key of token `t` for condition `cond`, or null without a join.
-    fn token_key(&self, rule: usize, cond: usize, t: TokId) -> R<Value> {
-        match self.pack.rules[rule].conditions.get(cond) {
-            Some(Condition::Pattern { pattern: p, .. } | Condition::Aggregate { pattern: p, .. })
-            | Some(Condition::Not(p) | Condition::Exists(p)) => {
-                let env = self.env(rule, t, None);
-                let eval = |j: &stoa_rules::compile::JoinKey| j.key.eval(&env).map_err(|e| self.err(rule, e.0));
-                match p.joins.as_slice() {
-                    [] => Ok(Value::Null),
-                    [j] => eval(j),
-                    js => Ok(Value::Array(Arc::new(js.iter().map(eval).collect::<R<_>>()?))),
-                }
-            }
-            _ => Ok(Value::Null),
-        }
+    /// Join key of token `t` for the pattern at `cond`.
+    fn token_key(&self, rule: usize, cond: usize, t: TokId) -> R<index::Key> {
+        let p = self.pattern(rule, cond);
+        let env = self.env(rule, t, None);
+        p.joins.iter().map(|j| j.key.eval(&env).map_err(|e| self.err(rule, e.0))).collect()
     }
 
-    fn fact_key(&self, mem: &AlphaMem, f: &Fact) -> Value {
-        let field = |s: Sym| {
-            if s == self.id_sym {
-                Value::Int(f.id as i64)
-            } else {
-                f.fields.get(s).cloned().unwrap_or(Value::Null)
-            }
-        };
-        match mem.index.as_slice() {
-            [] => Value::Null,
-            [one] => field(*one),
-            many => Value::Array(Arc::new(many.iter().map(|s| field(*s)).collect())),
-        }
+    /// Join key of a fact for alpha memory `mem`: its join fields, borrowed.
+    fn fact_key<'a>(&self, mem: &AlphaMem, f: &'a Fact) -> SmallVec<[Cow<'a, Value>; 2]> {
+        mem.fields.iter().map(|&s| fact_field_ref(f, s, self.id_sym)).collect()
     }
 
     // ---- changes ------------------------------------------------------
@@ -503,52 +569,76 @@ impl Network {
     }
 
     fn insert_inner(&mut self, fact: Fact) -> R<()> {
-        let id = fact.id;
-        let ty = fact.ty;
-        self.facts.insert(id, FactRec { fact, alpha: Vec::new(), tokens: Vec::new() });
-        let listeners = self.by_type.get(&ty).map_or(0, Vec::len);
-        for k in 0..listeners {
-            let m = self.by_type[&ty][k];
-            let f = &self.facts[&id].fact;
-            if !self.alpha_pass(&self.alpha[m as usize], f)? {
+        let (id, ty) = (fact.id, fact.ty);
+        let rec = FactRec { fact, alpha: SmallVec::new(), toks: NONE };
+        let slot = match self.free_facts.pop() {
+            Some(s) => {
+                self.facts[s as usize] = Some(rec);
+                s
+            }
+            None => {
+                self.facts.push(Some(rec));
+                (self.facts.len() - 1) as u32
+            }
+        };
+        self.slot_of.insert(id, slot);
+        let Some(listeners) = self.by_type.get(&ty).cloned() else { return Ok(()) };
+        // Results of shared alpha tests, by memory: 0 unknown, 1 pass, 2 fail.
+        let mut passed: SmallVec<[u8; 32]> = SmallVec::from_elem(0, listeners.len());
+        for (k, &m) in listeners.iter().enumerate() {
+            let mem = &self.alpha[m as usize];
+            // Listeners are in memory order, and tests are shared with an
+            // earlier memory of the same type.
+            let shared = listeners[..k].binary_search(&mem.tests_of).ok();
+            let pass = match shared.map(|i| passed[i]) {
+                Some(1) => true,
+                Some(2) => false,
+                _ => self.alpha_pass(mem, &self.rec(slot).fact)?,
+            };
+            passed[k] = if pass { 1 } else { 2 };
+            if !pass {
                 continue;
             }
-            let key = self.fact_key(&self.alpha[m as usize], f);
-            let bucket = self.alpha[m as usize].buckets.entry(key).or_default();
-            let pos = bucket.len() as u32;
-            bucket.push(id);
-            self.facts.get_mut(&id).expect("inserted").alpha.push((m, pos));
-            self.right_activate(m, id)?;
+            let (hash, pos) = {
+                let f = &self.facts[slot as usize].as_ref().expect("inserted").fact;
+                let mem = &mut self.alpha[m as usize];
+                let key = mem.fields.iter().map(|&s| fact_field_ref(f, s, self.id_sym)).collect::<SmallVec<[_; 2]>>();
+                let hash = index::hash(&key);
+                (hash, mem.index.insert(hash, &key, slot))
+            };
+            self.rec_mut(slot).alpha.push(AlphaRef { mem: m, pos, hash });
+            self.right_activate(m, slot)?;
         }
         Ok(())
     }
 
     fn retract_inner(&mut self, id: FactId) -> R<Option<Fact>> {
-        if !self.facts.contains_key(&id) {
-            return Ok(None);
-        }
-        while let Some(&t) = self.facts[&id].tokens.last() {
+        let Some(&slot) = self.slot_of.get(&id) else { return Ok(None) };
+        loop {
+            let t = self.rec(slot).toks;
+            if t == NONE {
+                break;
+            }
             self.delete_tok(t);
         }
-        let alpha = self.facts[&id].alpha.clone();
-        for (m, _) in alpha {
-            let key = self.fact_key(&self.alpha[m as usize], &self.facts[&id].fact);
-            // Find our current position (it may have moved by swap-removes).
-            let pos = self.facts[&id].alpha.iter().find(|(mm, _)| *mm == m).map(|(_, p)| *p).expect("member");
-            let bucket = self.alpha[m as usize].buckets.get_mut(&key).expect("alpha bucket");
-            bucket.swap_remove(pos as usize);
-            if let Some(&moved) = bucket.get(pos as usize) {
-                let rec = self.facts.get_mut(&moved).expect("moved fact");
-                for e in rec.alpha.iter_mut().filter(|(mm, _)| *mm == m) {
-                    e.1 = pos;
+        // Out of every alpha memory first, so that what the retraction
+        // activates below cannot join with the leaving fact.
+        let alpha = std::mem::take(&mut self.rec_mut(slot).alpha);
+        for r in &alpha {
+            if let Some(moved) = self.alpha[r.mem as usize].index.remove(r.hash, r.pos, slot) {
+                let other = self.rec_mut(moved);
+                for e in other.alpha.iter_mut().filter(|e| e.mem == r.mem) {
+                    e.pos = r.pos;
                 }
             }
-            if bucket.is_empty() {
-                self.alpha[m as usize].buckets.remove(&key);
-            }
-            self.right_retract(m, id)?;
         }
-        let rec = self.facts.remove(&id).expect("present");
+        for r in &alpha {
+            self.right_retract(r.mem, slot)?;
+        }
+        let rec = self.facts[slot as usize].take().expect("live fact slot");
+        debug_assert_eq!(rec.toks, NONE, "no token of a leaving fact");
+        self.free_facts.push(slot);
+        self.slot_of.remove(&id);
         Ok(Some(rec.fact))
     }
 
@@ -563,35 +653,36 @@ impl Network {
         // gives its firing sequences on Manners and Waltz), then rule
         // declaration order, then fact ids, so the order never depends on
         // memory layout.
-        type Key = (std::cmp::Reverse<Vec<u64>>, usize, Vec<FactId>, TokId);
-        let mut acts: Vec<Key> = std::mem::take(&mut self.new_acts)
+        let mut acts: Vec<(SmallVec<[u64; 8]>, u32, TokId)> = std::mem::take(&mut self.new_acts)
             .into_iter()
             .filter(|&(t, gen)| self.toks[t as usize].alive && self.toks[t as usize].gen == gen)
             .map(|(t, _)| {
-                let rule = self.toks[t as usize].rule as usize;
-                let (mut ids, mut tags) = (Vec::new(), Vec::new());
+                let mut tags = SmallVec::new();
                 let mut cur = t;
                 while cur != NONE {
                     let f = self.toks[cur as usize].fact;
-                    ids.push(f);
-                    if f != 0 {
-                        tags.push(self.facts.get(&f).map_or(0, |r| r.fact.tag));
+                    if f != NONE {
+                        tags.push(self.rec(f).fact.tag);
                     }
                     cur = self.toks[cur as usize].parent;
                 }
-                ids.reverse();
                 tags.reverse();
-                (std::cmp::Reverse(tags), rule, ids, t)
+                (tags, self.toks[t as usize].rule, t)
             })
             .collect();
-        acts.sort();
-        for (_, rule, ids, t) in acts {
+        acts.sort_unstable_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then(a.1.cmp(&b.1))
+                .then_with(|| self.chain_ids(a.2).cmp(&self.chain_ids(b.2)))
+                .then(a.2.cmp(&b.2))
+        });
+        for (_, rule, t) in acts {
             self.seq += 1;
-            if self.refract_all || self.suppressed(rule, ids) {
+            if self.refract_all || self.suppressed(rule as usize, t) {
                 continue;
             }
             let key = AgendaKey {
-                neg_salience: -(self.pack.rules[rule].salience as i64),
+                neg_salience: -(self.pack.rules[rule as usize].salience as i64),
                 neg_change: u64::MAX - self.change,
                 seq: self.seq,
             };
@@ -600,14 +691,29 @@ impl Network {
         }
     }
 
-    fn suppressed(&self, rule: usize, mut ids: Vec<FactId>) -> bool {
+    /// The fact ids of a token's chain from the root, 0 where a level binds
+    /// no fact.
+    fn chain_ids(&self, t: TokId) -> SmallVec<[FactId; 8]> {
+        let mut ids = SmallVec::new();
+        let mut cur = t;
+        while cur != NONE {
+            let f = self.toks[cur as usize].fact;
+            ids.push(if f == NONE { 0 } else { self.rec(f).fact.id });
+            cur = self.toks[cur as usize].parent;
+        }
+        ids.reverse();
+        ids
+    }
+
+    fn suppressed(&self, rule: usize, t: TokId) -> bool {
         let Some((r, facts)) = &self.suppress else { return false };
         if *r != rule {
             return false;
         }
-        ids.retain(|&f| f != 0);
+        let mut ids = self.chain_ids(t);
+        ids.retain(|f| *f != 0);
         ids.sort_unstable();
-        ids == *facts
+        ids[..] == facts[..]
     }
 
     /// Takes the activation to fire next (refraction: it will not return).
@@ -620,17 +726,6 @@ impl Network {
     /// Whether a token is still a live complete match.
     pub fn token_alive(&self, t: TokId) -> bool {
         self.toks.get(t as usize).is_some_and(|x| x.alive)
-    }
-
-    fn add_to_mem(&mut self, t: TokId) -> R<()> {
-        let tok = &self.toks[t as usize];
-        let (rule, level) = (tok.rule as usize, tok.level as usize);
-        let key = self.token_key(rule, level, t)?;
-        let bucket = self.mems[rule][level].entry(key.clone()).or_default();
-        let pos = bucket.len() as u32;
-        bucket.push(t);
-        self.toks[t as usize].mem = Some((key, pos));
-        Ok(())
     }
 
     /// A token arrived at `level`: join it with the next condition.
@@ -650,18 +745,21 @@ impl Network {
         match &conds[level] {
             Condition::Test(c) => {
                 if self.check(c, &self.env(rule, t, None))? {
-                    let child = self.new_tok(rule as u32, next, t, 0, None);
+                    let child = self.new_tok(rule as u32, next, t, NONE, None);
                     self.left_activate(child)?;
                 }
             }
             cond => {
-                self.add_to_mem(t)?;
+                let key = self.token_key(rule, level, t)?;
+                let hash = index::hash(&key);
+                let pos = self.mems[rule][level].insert(hash, &key, t);
+                let tok = &mut self.toks[t as usize];
+                (tok.mem_hash, tok.mem_pos) = (hash, pos);
                 let m = self.alpha_of[rule][level];
-                let key = self.toks[t as usize].mem.as_ref().expect("in memory").0.clone();
                 let p = self.pattern(rule, level);
-                let mut matches = Vec::new();
-                for &f in self.alpha[m as usize].buckets.get(&key).into_iter().flatten() {
-                    if self.beta_pass(rule, p, t, &self.facts[&f].fact)? {
+                let mut matches: SmallVec<[u32; 16]> = SmallVec::new();
+                for &f in self.alpha[m as usize].index.get(hash, &key) {
+                    if self.beta_pass(rule, p, t, &self.rec(f).fact)? {
                         matches.push(f);
                     }
                 }
@@ -676,14 +774,14 @@ impl Network {
                         let n = matches.len() as u32;
                         self.toks[t as usize].side = Side::Count(n);
                         if (n == 0) == matches!(cond, Condition::Not(_)) {
-                            let child = self.new_tok(rule as u32, next, t, 0, None);
+                            let child = self.new_tok(rule as u32, next, t, NONE, None);
                             self.left_activate(child)?;
                         }
                     }
                     Condition::Aggregate { .. } => {
                         let mut items = Vec::with_capacity(matches.len());
                         for f in matches {
-                            items.push((f, self.operand(rule, level, t, f)?));
+                            items.push((self.rec(f).fact.id, self.operand(rule, level, t, f)?));
                         }
                         items.sort_by_key(|i| i.0);
                         self.toks[t as usize].side = Side::Items(items);
@@ -696,16 +794,16 @@ impl Network {
         Ok(())
     }
 
-    fn operand(&self, rule: usize, cond: usize, t: TokId, f: FactId) -> R<Value> {
+    fn operand(&self, rule: usize, cond: usize, t: TokId, f: u32) -> R<Value> {
         let Condition::Aggregate { over, .. } = &self.pack.rules[rule].conditions[cond] else {
             unreachable!("aggregate")
         };
-        let fact = &self.facts[&f].fact;
+        let fact = &self.rec(f).fact;
         match over {
             Some(c) => self.eval(c, &self.env(rule, t, Some(fact))),
             None => {
                 let mut m: BTreeMap<Arc<str>, Value> = fact.fields.iter().map(|(k, v)| (k.name(), v.clone())).collect();
-                m.insert(Arc::from("_id"), Value::Int(f as i64));
+                m.insert(Arc::from("_id"), Value::Int(fact.id as i64));
                 Ok(Value::Map(Arc::new(m)))
             }
         }
@@ -726,38 +824,39 @@ impl Network {
         };
         let Side::Items(items) = &self.toks[t as usize].side else { unreachable!("items") };
         let value = aggregate(*func, items).map_err(|m| self.err(rule, m))?;
-        if let Some(&c) = self.toks[t as usize].children.first() {
+        let c = self.toks[t as usize].first_child;
+        if c != NONE {
             if value.as_ref() == self.toks[c as usize].value.as_ref() {
                 return Ok(());
             }
             self.delete_tok(c);
         }
         if let Some(v) = value {
-            let child = self.new_tok(rule as u32, level as u16 + 1, t, 0, Some(v));
+            let child = self.new_tok(rule as u32, level as u16 + 1, t, NONE, Some(v));
             self.left_activate(child)?;
         }
         Ok(())
     }
 
-    fn matching_tokens(&self, m: u32, f: FactId) -> R<Vec<TokId>> {
+    /// The tokens waiting at the condition of alpha memory `m` that join
+    /// with the fact in slot `f`.
+    fn matching_tokens(&self, m: u32, f: u32) -> R<SmallVec<[TokId; 16]>> {
         let mem = &self.alpha[m as usize];
         let (rule, cond) = (mem.rule as usize, mem.cond as usize);
-        let fact = &self.facts[&f].fact;
+        let fact = &self.rec(f).fact;
         let key = self.fact_key(mem, fact);
         let p = self.pattern(rule, cond);
-        let mut out = Vec::new();
-        if let Some(bucket) = self.mems[rule][cond].get(&key) {
-            for &t in bucket {
-                if self.beta_pass(rule, p, t, fact)? {
-                    out.push(t);
-                }
+        let mut out = SmallVec::new();
+        for &t in self.mems[rule][cond].get(index::hash(&key), &key) {
+            if self.beta_pass(rule, p, t, fact)? {
+                out.push(t);
             }
         }
         Ok(out)
     }
 
     /// A fact entered alpha memory `m`: join it with the waiting tokens.
-    fn right_activate(&mut self, m: u32, f: FactId) -> R<()> {
+    fn right_activate(&mut self, m: u32, f: u32) -> R<()> {
         let (rule, cond) = (self.alpha[m as usize].rule as usize, self.alpha[m as usize].cond as usize);
         let pack = self.pack.clone();
         let next = cond as u16 + 1;
@@ -772,20 +871,19 @@ impl Network {
                     *n += 1;
                     if *n == 1 {
                         if matches!(pack.rules[rule].conditions[cond], Condition::Not(_)) {
-                            while let Some(&c) = self.toks[t as usize].children.last() {
-                                self.delete_tok(c);
-                            }
+                            self.delete_children(t);
                         } else {
-                            let child = self.new_tok(rule as u32, next, t, 0, None);
+                            let child = self.new_tok(rule as u32, next, t, NONE, None);
                             self.left_activate(child)?;
                         }
                     }
                 }
                 Condition::Aggregate { .. } => {
                     let v = self.operand(rule, cond, t, f)?;
+                    let id = self.rec(f).fact.id;
                     let Side::Items(items) = &mut self.toks[t as usize].side else { unreachable!("items") };
-                    let at = items.partition_point(|i| i.0 < f);
-                    items.insert(at, (f, v));
+                    let at = items.partition_point(|i| i.0 < id);
+                    items.insert(at, (id, v));
                     self.refresh_aggregate(t)?;
                 }
                 Condition::Test(_) => unreachable!(),
@@ -795,7 +893,7 @@ impl Network {
     }
 
     /// A fact is leaving alpha memory `m` (it is still readable).
-    fn right_retract(&mut self, m: u32, f: FactId) -> R<()> {
+    fn right_retract(&mut self, m: u32, f: u32) -> R<()> {
         let (rule, cond) = (self.alpha[m as usize].rule as usize, self.alpha[m as usize].cond as usize);
         let pack = self.pack.clone();
         let next = cond as u16 + 1;
@@ -807,12 +905,10 @@ impl Network {
                     *n -= 1;
                     if *n == 0 {
                         if matches!(pack.rules[rule].conditions[cond], Condition::Not(_)) {
-                            let child = self.new_tok(rule as u32, next, t, 0, None);
+                            let child = self.new_tok(rule as u32, next, t, NONE, None);
                             self.left_activate(child)?;
                         } else {
-                            while let Some(&c) = self.toks[t as usize].children.last() {
-                                self.delete_tok(c);
-                            }
+                            self.delete_children(t);
                         }
                     }
                 }
@@ -820,9 +916,10 @@ impl Network {
             Condition::Aggregate { .. } => {
                 // The fact's fields are unchanged since it was counted, so the
                 // same tokens match; drop it from each.
+                let id = self.rec(f).fact.id;
                 for t in self.matching_tokens(m, f)? {
                     let Side::Items(items) = &mut self.toks[t as usize].side else { unreachable!("items") };
-                    if let Ok(at) = items.binary_search_by_key(&f, |i| i.0) {
+                    if let Ok(at) = items.binary_search_by_key(&id, |i| i.0) {
                         items.remove(at);
                         self.refresh_aggregate(t)?;
                     }
@@ -839,13 +936,23 @@ impl Network {
         let mut cur = t;
         while cur != NONE {
             let f = self.toks[cur as usize].fact;
-            if f != 0 {
-                out.push((f, self.facts.get(&f).map(|r| r.fact.version).unwrap_or(0)));
+            if f != NONE {
+                let fact = &self.rec(f).fact;
+                out.push((fact.id, fact.version));
             }
             cur = self.toks[cur as usize].parent;
         }
         out.reverse();
         out
+    }
+}
+
+/// A field of a fact for a join key (`_id` is the fact's id).
+fn fact_field_ref(f: &Fact, name: Sym, id_sym: Sym) -> Cow<'_, Value> {
+    if name == id_sym {
+        Cow::Owned(Value::Int(f.id as i64))
+    } else {
+        Cow::Borrowed(f.fields.get(name).unwrap_or(&NULL))
     }
 }
 
@@ -920,7 +1027,7 @@ impl Env for NetEnv<'_> {
             return None;
         }
         match self.net.bound_at(self.tok, self.rule, slot)? {
-            (f, _) if f != 0 => self.fact_field(&self.net.facts.get(&f)?.fact, name),
+            (f, _) if f != NONE => self.fact_field(&self.net.rec(f).fact, name),
             (_, Some(Value::Map(m))) => m.get(&*name.name()).cloned(),
             _ => None,
         }
@@ -931,7 +1038,7 @@ impl Env for NetEnv<'_> {
             return Value::Null;
         }
         match self.net.bound_at(self.tok, self.rule, slot) {
-            Some((f, _)) if f != 0 => Value::Int(f as i64),
+            Some((f, _)) if f != NONE => Value::Int(self.net.rec(f).fact.id as i64),
             Some((_, Some(v))) => v.clone(),
             _ => Value::Null,
         }
