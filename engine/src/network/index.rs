@@ -14,9 +14,9 @@ use rustc_hash::FxHasher;
 use smallvec::SmallVec;
 use stoa_rules::Value;
 
-/// Join-key values, in the order of the pattern's joins. Most joins are on
-/// one field, which then needs no heap allocation.
-pub type Key = SmallVec<[Value; 1]>;
+/// Join-key values, in the order of the pattern's joins: up to three need
+/// no heap allocation.
+pub type Key = SmallVec<[Value; 3]>;
 
 /// The hash of a key given as its values in order.
 pub fn hash<K: Borrow<Value>>(key: &[K]) -> u64 {

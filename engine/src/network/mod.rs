@@ -19,6 +19,7 @@
 //! Invariant: the network does no I/O and runs only the sandboxed scripts of
 //! constraints.
 
+mod agenda;
 mod index;
 
 use std::borrow::Cow;
@@ -34,6 +35,7 @@ use stoa_rules::syntax::AggFn;
 use stoa_rules::{Fields, Sym, Value};
 
 use crate::fact::{Fact, FactId};
+use agenda::Agenda;
 use index::Index;
 
 pub type TokId = u32;
@@ -109,17 +111,8 @@ struct Tok {
     /// Generation, bumped when the slot is freed, so stale references die.
     gen: u32,
     side: Side,
-    agenda: Option<AgendaKey>,
-}
-
-/// Conflict resolution: higher salience first, then the newest change
-/// (depth-first, like CLIPS), then declaration order and fact order within
-/// one change (the order `seq` was given in).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct AgendaKey {
-    neg_salience: i64,
-    neg_change: u64,
-    seq: u64,
+    /// Whether the token is a complete match waiting on the agenda.
+    scheduled: bool,
 }
 
 /// A complete match ready to fire.
@@ -154,10 +147,8 @@ pub struct Network {
     mems: Vec<Vec<Index>>,
     /// For each rule and slot, the level whose token binds it.
     slot_level: Vec<Vec<u16>>,
-    agenda: BTreeMap<AgendaKey, TokId>,
+    agenda: Agenda,
     new_acts: Vec<(TokId, u32)>,
-    change: u64,
-    seq: u64,
     /// While set, new activations of this rule over these facts (sorted ids)
     /// are refracted at once: the `no-loop` of the firing activation.
     pub suppress: Option<(usize, Vec<FactId>)>,
@@ -243,10 +234,8 @@ impl Network {
             alpha_of,
             mems,
             slot_level,
-            agenda: BTreeMap::new(),
+            agenda: Agenda::default(),
             new_acts: Vec::new(),
-            change: 0,
-            seq: 0,
             suppress: None,
             deferred: None,
             refract_all: false,
@@ -329,7 +318,7 @@ impl Network {
             mem_pos: NONE,
             gen: 0,
             side: Side::None,
-            agenda: None,
+            scheduled: false,
         };
         if self.free.pop().is_some() {
             let gen = self.toks[id as usize].gen;
@@ -364,9 +353,7 @@ impl Network {
         let (rule, level, parent, fact) = (tok.rule, tok.level, tok.parent, tok.fact);
         let (prev, next, prev_of_fact, next_of_fact) = (tok.prev, tok.next, tok.prev_of_fact, tok.next_of_fact);
         let (mem_hash, mem_pos) = (tok.mem_hash, tok.mem_pos);
-        if let Some(key) = tok.agenda.take() {
-            self.agenda.remove(&key);
-        }
+        let scheduled = std::mem::take(&mut tok.scheduled);
         tok.alive = false;
         tok.gen = tok.gen.wrapping_add(1);
         tok.side = Side::None;
@@ -398,6 +385,10 @@ impl Network {
             }
         }
         self.free.push(t);
+        if scheduled {
+            let toks = &self.toks;
+            self.agenda.forget(|t, g| toks[t as usize].scheduled && toks[t as usize].gen == g);
+        }
     }
 
     fn delete_children(&mut self, t: TokId) {
@@ -446,7 +437,10 @@ impl Network {
     }
 
     fn check(&self, c: &Constraint, env: &NetEnv) -> R<bool> {
-        Ok(self.eval(c, env)?.is_truthy())
+        match c {
+            Constraint::Native(e) => e.test(env).map_err(|e| self.err(env.rule, e.0)),
+            Constraint::Script { .. } => Ok(self.eval(c, env)?.is_truthy()),
+        }
     }
 
     fn eval(&self, c: &Constraint, env: &NetEnv) -> R<Value> {
@@ -525,7 +519,11 @@ impl Network {
     fn token_key(&self, rule: usize, cond: usize, t: TokId) -> R<index::Key> {
         let p = self.pattern(rule, cond);
         let env = self.env(rule, t, None);
-        p.joins.iter().map(|j| j.key.eval(&env).map_err(|e| self.err(rule, e.0))).collect()
+        let mut key = index::Key::new();
+        for j in &p.joins {
+            key.push(j.key.eval(&env).map_err(|e| self.err(rule, e.0))?);
+        }
+        Ok(key)
     }
 
     /// Join key of a fact for alpha memory `mem`: its join fields, borrowed.
@@ -647,7 +645,6 @@ impl Network {
         if self.new_acts.is_empty() {
             return;
         }
-        self.change += 1;
         // Order within one change: newer facts first, compared condition by
         // condition (what makes CLIPS's depth strategy search depth-first, and
         // gives its firing sequences on Manners and Waltz), then rule
@@ -676,19 +673,19 @@ impl Network {
                 .then_with(|| self.chain_ids(a.2).cmp(&self.chain_ids(b.2)))
                 .then(a.2.cmp(&b.2))
         });
+        if self.refract_all {
+            return;
+        }
+        let mut order = Vec::with_capacity(acts.len());
         for (_, rule, t) in acts {
-            self.seq += 1;
-            if self.refract_all || self.suppressed(rule as usize, t) {
+            if self.suppressed(rule as usize, t) {
                 continue;
             }
-            let key = AgendaKey {
-                neg_salience: -(self.pack.rules[rule as usize].salience as i64),
-                neg_change: u64::MAX - self.change,
-                seq: self.seq,
-            };
-            self.toks[t as usize].agenda = Some(key);
-            self.agenda.insert(key, t);
+            let tok = &mut self.toks[t as usize];
+            tok.scheduled = true;
+            order.push((t, tok.gen, self.pack.rules[rule as usize].salience as i64));
         }
+        self.agenda.push_change(&order);
     }
 
     /// The fact ids of a token's chain from the root, 0 where a level binds
@@ -718,8 +715,9 @@ impl Network {
 
     /// Takes the activation to fire next (refraction: it will not return).
     pub fn pop(&mut self) -> Option<Activation> {
-        let (_, t) = self.agenda.pop_first()?;
-        self.toks[t as usize].agenda = None;
+        let toks = &self.toks;
+        let t = self.agenda.pop(|t, g| toks[t as usize].scheduled && toks[t as usize].gen == g)?;
+        self.toks[t as usize].scheduled = false;
         Some(Activation { rule: self.toks[t as usize].rule as usize, token: t })
     }
 
@@ -1008,39 +1006,39 @@ struct NetEnv<'a> {
     current: Option<&'a Fact>,
 }
 
-impl NetEnv<'_> {
-    fn fact_field(&self, f: &Fact, name: Sym) -> Option<Value> {
+impl<'a> NetEnv<'a> {
+    fn fact_field(&self, f: &'a Fact, name: Sym) -> Option<Cow<'a, Value>> {
         if name == self.net.id_sym {
-            return Some(Value::Int(f.id as i64));
+            return Some(Cow::Owned(Value::Int(f.id as i64)));
         }
-        f.fields.get(name).cloned()
+        f.fields.get(name).map(Cow::Borrowed)
     }
 }
 
 impl Env for NetEnv<'_> {
-    fn field(&self, name: Sym) -> Option<Value> {
+    fn field(&self, name: Sym) -> Option<Cow<'_, Value>> {
         self.current.and_then(|f| self.fact_field(f, name))
     }
 
-    fn bound_field(&self, slot: usize, name: Sym) -> Option<Value> {
+    fn bound_field(&self, slot: usize, name: Sym) -> Option<Cow<'_, Value>> {
         if self.tok == NONE {
             return None;
         }
         match self.net.bound_at(self.tok, self.rule, slot)? {
             (f, _) if f != NONE => self.fact_field(&self.net.rec(f).fact, name),
-            (_, Some(Value::Map(m))) => m.get(&*name.name()).cloned(),
+            (_, Some(Value::Map(m))) => m.get(&*name.name()).map(Cow::Borrowed),
             _ => None,
         }
     }
 
-    fn bound(&self, slot: usize) -> Value {
+    fn bound(&self, slot: usize) -> Cow<'_, Value> {
         if self.tok == NONE {
-            return Value::Null;
+            return Cow::Borrowed(&NULL);
         }
         match self.net.bound_at(self.tok, self.rule, slot) {
-            Some((f, _)) if f != NONE => Value::Int(self.net.rec(f).fact.id as i64),
-            Some((_, Some(v))) => v.clone(),
-            _ => Value::Null,
+            Some((f, _)) if f != NONE => Cow::Owned(Value::Int(self.net.rec(f).fact.id as i64)),
+            Some((_, Some(v))) => Cow::Borrowed(v),
+            _ => Cow::Borrowed(&NULL),
         }
     }
 }
