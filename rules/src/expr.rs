@@ -498,7 +498,8 @@ impl Expr {
     }
 }
 
-fn binary(op: BinOp, x: &Value, y: &Value) -> Result<Value, EvalError> {
+/// Applies a binary operator other than `&&` and `||` to two values.
+pub fn binary(op: BinOp, x: &Value, y: &Value) -> Result<Value, EvalError> {
     use std::cmp::Ordering::*;
     let cmp = || x.partial_cmp_value(y);
     Ok(Value::Bool(match op {

@@ -75,7 +75,9 @@ impl Index {
         let b = entry.get_mut();
         b.items.swap_remove(pos as usize);
         let moved = b.items.get(pos as usize).copied();
-        if b.items.is_empty() {
+        // A memory without a join key has one bucket, emptied and refilled
+        // whenever its tokens are rebuilt: keeping it keeps its capacity.
+        if b.items.is_empty() && !b.key.is_empty() {
             entry.remove();
         }
         moved

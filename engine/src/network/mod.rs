@@ -29,7 +29,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use stoa_rules::compile::{Condition, Constraint, Pack, Pattern};
-use stoa_rules::expr::Env;
+use stoa_rules::expr::{binary, BinOp, Env, Expr};
 use stoa_rules::sandbox::ScriptValue;
 use stoa_rules::syntax::AggFn;
 use stoa_rules::{Fields, Sym, Value};
@@ -77,7 +77,42 @@ struct AlphaMem {
     tests_of: u32,
     /// The fields whose values key `index`, in join order.
     fields: Vec<Sym>,
+    /// The pattern's beta tests, in order, as run against many facts for
+    /// one token.
+    beta: Vec<BetaTest>,
     index: Index,
+}
+
+/// A beta test as a left activation runs it.
+enum BetaTest {
+    /// `field op other` (or `other op field`), where `other` reads only
+    /// bindings and literals: it is evaluated once per token, not per fact.
+    Compare { op: BinOp, field: Sym, other: Expr, field_left: bool },
+    /// Any other constraint (index into the pattern's `beta`).
+    General(usize),
+}
+
+impl BetaTest {
+    fn of(i: usize, c: &Constraint) -> BetaTest {
+        use BinOp::*;
+        let reads_fact = |e: &Expr| {
+            let mut v = Vec::new();
+            e.fields(&mut v);
+            !v.is_empty()
+        };
+        if let Constraint::Native(Expr::Bin(op @ (Eq | Ne | Lt | Le | Gt | Ge), a, b)) = c {
+            match (&**a, &**b) {
+                (Expr::Field(f), other) if !reads_fact(other) => {
+                    return BetaTest::Compare { op: *op, field: *f, other: other.clone(), field_left: true }
+                }
+                (other, Expr::Field(f)) if !reads_fact(other) => {
+                    return BetaTest::Compare { op: *op, field: *f, other: other.clone(), field_left: false }
+                }
+                _ => {}
+            }
+        }
+        BetaTest::General(i)
+    }
 }
 
 /// State a token keeps for the condition after it.
@@ -210,6 +245,7 @@ impl Network {
                             cond: c as u32,
                             tests_of,
                             fields: p.joins.iter().map(|j| j.field).collect(),
+                            beta: p.beta.iter().enumerate().map(|(i, c)| BetaTest::of(i, c)).collect(),
                             index: Index::default(),
                         });
                         by_type.entry(p.ty).or_default().push(id);
@@ -582,7 +618,7 @@ impl Network {
         self.slot_of.insert(id, slot);
         let Some(listeners) = self.by_type.get(&ty).cloned() else { return Ok(()) };
         // Results of shared alpha tests, by memory: 0 unknown, 1 pass, 2 fail.
-        let mut passed: SmallVec<[u8; 32]> = SmallVec::from_elem(0, listeners.len());
+        let mut passed: SmallVec<[u8; 128]> = SmallVec::from_elem(0, listeners.len());
         for (k, &m) in listeners.iter().enumerate() {
             let mem = &self.alpha[m as usize];
             // Listeners are in memory order, and tests are shared with an
@@ -754,13 +790,7 @@ impl Network {
                 let tok = &mut self.toks[t as usize];
                 (tok.mem_hash, tok.mem_pos) = (hash, pos);
                 let m = self.alpha_of[rule][level];
-                let p = self.pattern(rule, level);
-                let mut matches: SmallVec<[u32; 16]> = SmallVec::new();
-                for &f in self.alpha[m as usize].index.get(hash, &key) {
-                    if self.beta_pass(rule, p, t, &self.rec(f).fact)? {
-                        matches.push(f);
-                    }
-                }
+                let matches = self.join_facts(m, t, hash, &key)?;
                 match cond {
                     Condition::Pattern { .. } => {
                         for f in matches {
@@ -834,6 +864,46 @@ impl Network {
             self.left_activate(child)?;
         }
         Ok(())
+    }
+
+    /// The facts of alpha memory `m` that join with token `t` (whose join
+    /// key is `key`).
+    fn join_facts(&self, m: u32, t: TokId, hash: u64, key: &[Value]) -> R<SmallVec<[u32; 16]>> {
+        let mem = &self.alpha[m as usize];
+        let (rule, cond) = (mem.rule as usize, mem.cond as usize);
+        let p = self.pattern(rule, cond);
+        let candidates = mem.index.get(hash, key);
+        let mut out = SmallVec::new();
+        if mem.beta.is_empty() {
+            out.extend_from_slice(candidates);
+            return Ok(out);
+        }
+        // The token's side of each comparison, computed when first needed
+        // (an error is raised only if the test is reached, as per fact).
+        let mut others: SmallVec<[Option<Result<Value, String>>; 4]> = SmallVec::from_elem(None, mem.beta.len());
+        let tok_env = self.env(rule, t, None);
+        'facts: for &f in candidates {
+            let fact = &self.rec(f).fact;
+            for (i, test) in mem.beta.iter().enumerate() {
+                let pass = match test {
+                    BetaTest::Compare { op, field, other, field_left } => {
+                        let v = others[i]
+                            .get_or_insert_with(|| other.eval(&tok_env).map_err(|e| e.0))
+                            .as_ref()
+                            .map_err(|e| self.err(rule, e.clone()))?;
+                        let fv = fact_field_ref(fact, *field, self.id_sym);
+                        let res = if *field_left { binary(*op, &fv, v) } else { binary(*op, v, &fv) };
+                        res.map_err(|e| self.err(rule, e.0))?.is_truthy()
+                    }
+                    BetaTest::General(c) => self.check(&p.beta[*c], &self.env(rule, t, Some(fact)))?,
+                };
+                if !pass {
+                    continue 'facts;
+                }
+            }
+            out.push(f);
+        }
+        Ok(out)
     }
 
     /// The tokens waiting at the condition of alpha memory `m` that join
