@@ -2,9 +2,11 @@
 //! values of a join key.
 //!
 //! A key is looked up by its hash and its values, borrowed: no composite key
-//! value is built, cloned or hashed twice. Each bucket keeps one copy of its
-//! key (for equality on lookups); an item remembers only the bucket's hash and
-//! its position in it, which is enough to remove it in O(1).
+//! value is built, cloned or hashed twice. An item remembers only its
+//! bucket's hash and its position in it, which is enough to remove it in
+//! O(1). Token memories keep a copy of each bucket's key to compare with;
+//! alpha memories keep none (`K = ()`): a fact's own fields are its key, so a
+//! bucket is compared through its first fact.
 
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
@@ -27,9 +29,9 @@ pub fn hash<K: Borrow<Value>>(key: &[K]) -> u64 {
     h.finish()
 }
 
-struct Bucket {
+struct Bucket<K> {
     hash: u64,
-    key: Key,
+    key: K,
     items: SmallVec<[u32; 2]>,
 }
 
@@ -37,32 +39,46 @@ fn same<K: Borrow<Value>>(a: &Key, b: &[K]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y.borrow())
 }
 
-#[derive(Default)]
-pub struct Index {
-    table: HashTable<Bucket>,
+pub struct Index<K> {
+    table: HashTable<Bucket<K>>,
+    /// Whether emptied buckets stay: a memory without a join key has one
+    /// bucket, emptied and refilled whenever its tokens are rebuilt, and
+    /// keeping it keeps its capacity.
+    keep_empty: bool,
 }
 
-impl Index {
-    /// Adds `item` under `key` (whose hash is `hash`); returns its position.
-    pub fn insert<K: Borrow<Value>>(&mut self, hash: u64, key: &[K], item: u32) -> u32 {
-        match self.table.find_mut(hash, |b| b.hash == hash && same(&b.key, key)) {
+impl<K> Index<K> {
+    pub fn new(keep_empty: bool) -> Index<K> {
+        Index { table: HashTable::new(), keep_empty }
+    }
+
+    /// Adds `item` to the bucket of hash `hash` for which `eq(key, first
+    /// item)` holds (no first item: a kept empty bucket), or to a new one
+    /// keyed `make()`; returns its position.
+    pub fn insert_with(
+        &mut self,
+        hash: u64,
+        eq: impl Fn(&K, Option<u32>) -> bool,
+        make: impl FnOnce() -> K,
+        item: u32,
+    ) -> u32 {
+        match self.table.find_mut(hash, |b| b.hash == hash && eq(&b.key, b.items.first().copied())) {
             Some(b) => {
                 b.items.push(item);
                 (b.items.len() - 1) as u32
             }
             None => {
-                let key = key.iter().map(|k| k.borrow().clone()).collect();
                 let mut items = SmallVec::new();
                 items.push(item);
-                self.table.insert_unique(hash, Bucket { hash, key, items }, |b| b.hash);
+                self.table.insert_unique(hash, Bucket { hash, key: make(), items }, |b| b.hash);
                 0
             }
         }
     }
 
-    /// The items under `key`.
-    pub fn get<K: Borrow<Value>>(&self, hash: u64, key: &[K]) -> &[u32] {
-        self.table.find(hash, |b| b.hash == hash && same(&b.key, key)).map_or(&[], |b| &b.items)
+    /// The items of the bucket of hash `hash` for which `eq` holds.
+    pub fn get_with(&self, hash: u64, eq: impl Fn(&K, Option<u32>) -> bool) -> &[u32] {
+        self.table.find(hash, |b| b.hash == hash && eq(&b.key, b.items.first().copied())).map_or(&[], |b| &b.items)
     }
 
     /// Removes `item`, found at `pos` in its bucket of hash `hash`; returns
@@ -75,11 +91,21 @@ impl Index {
         let b = entry.get_mut();
         b.items.swap_remove(pos as usize);
         let moved = b.items.get(pos as usize).copied();
-        // A memory without a join key has one bucket, emptied and refilled
-        // whenever its tokens are rebuilt: keeping it keeps its capacity.
-        if b.items.is_empty() && !b.key.is_empty() {
+        if b.items.is_empty() && !self.keep_empty {
             entry.remove();
         }
         moved
+    }
+}
+
+impl Index<Key> {
+    /// Adds `item` under `key` (whose hash is `hash`); returns its position.
+    pub fn insert<V: Borrow<Value>>(&mut self, hash: u64, key: &[V], item: u32) -> u32 {
+        self.insert_with(hash, |k, _| same(k, key), || key.iter().map(|v| v.borrow().clone()).collect(), item)
+    }
+
+    /// The items under `key`.
+    pub fn get<V: Borrow<Value>>(&self, hash: u64, key: &[V]) -> &[u32] {
+        self.get_with(hash, |k, _| same(k, key))
     }
 }

@@ -80,7 +80,30 @@ struct AlphaMem {
     /// The pattern's beta tests, in order, as run against many facts for
     /// one token.
     beta: Vec<BetaTest>,
-    index: Index,
+    index: Index<()>,
+}
+
+/// The kind of a condition, copied out of the pack so that the hot paths
+/// need not hold (or clone) the pack while they change the network.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Pattern,
+    Not,
+    Exists,
+    Aggregate,
+    Test,
+}
+
+impl Kind {
+    fn of(c: &Condition) -> Kind {
+        match c {
+            Condition::Pattern { .. } => Kind::Pattern,
+            Condition::Not(_) => Kind::Not,
+            Condition::Exists(_) => Kind::Exists,
+            Condition::Aggregate { .. } => Kind::Aggregate,
+            Condition::Test(_) => Kind::Test,
+        }
+    }
 }
 
 /// A beta test as a left activation runs it.
@@ -175,11 +198,15 @@ pub struct Network {
     free: Vec<TokId>,
     alpha: Vec<AlphaMem>,
     /// Alpha memories listening to each fact type, in rule/condition order.
-    by_type: FxHashMap<Sym, Arc<[u32]>>,
+    by_type: FxHashMap<Sym, (u32, u32)>,
+    /// The lists of `by_type` (start and length there), end to end.
+    listeners: Vec<u32>,
+    /// The kind of each rule's conditions.
+    kinds: Vec<Vec<Kind>>,
     /// Alpha memory of each (rule, condition), if it has one.
     alpha_of: Vec<Vec<u32>>,
     /// Token memories: `[rule][level]`, indexed by join key.
-    mems: Vec<Vec<Index>>,
+    mems: Vec<Vec<Index<index::Key>>>,
     /// For each rule and slot, the level whose token binds it.
     slot_level: Vec<Vec<u16>>,
     agenda: Agenda,
@@ -246,7 +273,7 @@ impl Network {
                             tests_of,
                             fields: p.joins.iter().map(|j| j.field).collect(),
                             beta: p.beta.iter().enumerate().map(|(i, c)| BetaTest::of(i, c)).collect(),
-                            index: Index::default(),
+                            index: Index::new(p.joins.is_empty()),
                         });
                         by_type.entry(p.ty).or_default().push(id);
                         per_cond.push(id);
@@ -255,7 +282,14 @@ impl Network {
                 }
             }
             alpha_of.push(per_cond);
-            mems.push((0..=rule.conditions.len()).map(|_| Index::default()).collect());
+            let no_join = |c: Option<&Condition>| match c {
+                Some(Condition::Pattern { pattern: p, .. } | Condition::Aggregate { pattern: p, .. }) => {
+                    p.joins.is_empty()
+                }
+                Some(Condition::Not(p) | Condition::Exists(p)) => p.joins.is_empty(),
+                _ => true,
+            };
+            mems.push((0..=rule.conditions.len()).map(|c| Index::new(no_join(rule.conditions.get(c)))).collect());
             slot_level.push(levels);
         }
         let mut net = Network {
@@ -266,7 +300,9 @@ impl Network {
             toks: Vec::new(),
             free: Vec::new(),
             alpha,
-            by_type: by_type.into_iter().map(|(k, v)| (k, Arc::from(v))).collect(),
+            by_type: FxHashMap::default(),
+            listeners: Vec::new(),
+            kinds: pack.rules.iter().map(|r| r.conditions.iter().map(Kind::of).collect()).collect(),
             alpha_of,
             mems,
             slot_level,
@@ -277,6 +313,10 @@ impl Network {
             refract_all: false,
             id_sym: Sym::new("_id"),
         };
+        for (ty, ms) in by_type {
+            net.by_type.insert(ty, (net.listeners.len() as u32, ms.len() as u32));
+            net.listeners.extend(ms);
+        }
         // One root token per rule; rules whose conditions need no fact (only
         // `not` or `test`) may match at once.
         for r in 0..net.pack.rules.len() {
@@ -616,14 +656,16 @@ impl Network {
             }
         };
         self.slot_of.insert(id, slot);
-        let Some(listeners) = self.by_type.get(&ty).cloned() else { return Ok(()) };
+        let Some(&(start, len)) = self.by_type.get(&ty) else { return Ok(()) };
+        let (start, len) = (start as usize, len as usize);
         // Results of shared alpha tests, by memory: 0 unknown, 1 pass, 2 fail.
-        let mut passed: SmallVec<[u8; 128]> = SmallVec::from_elem(0, listeners.len());
-        for (k, &m) in listeners.iter().enumerate() {
+        let mut passed: SmallVec<[u8; 128]> = SmallVec::from_elem(0, len);
+        for k in 0..len {
+            let m = self.listeners[start + k];
             let mem = &self.alpha[m as usize];
             // Listeners are in memory order, and tests are shared with an
             // earlier memory of the same type.
-            let shared = listeners[..k].binary_search(&mem.tests_of).ok();
+            let shared = self.listeners[start..start + k].binary_search(&mem.tests_of).ok();
             let pass = match shared.map(|i| passed[i]) {
                 Some(1) => true,
                 Some(2) => false,
@@ -634,11 +676,15 @@ impl Network {
                 continue;
             }
             let (hash, pos) = {
-                let f = &self.facts[slot as usize].as_ref().expect("inserted").fact;
+                let (facts, id_sym) = (&self.facts, self.id_sym);
+                let f = &facts[slot as usize].as_ref().expect("inserted").fact;
                 let mem = &mut self.alpha[m as usize];
-                let key = mem.fields.iter().map(|&s| fact_field_ref(f, s, self.id_sym)).collect::<SmallVec<[_; 2]>>();
+                let key = mem.fields.iter().map(|&s| fact_field_ref(f, s, id_sym)).collect::<SmallVec<[_; 2]>>();
                 let hash = index::hash(&key);
-                (hash, mem.index.insert(hash, &key, slot))
+                let fields = &mem.fields;
+                let eq =
+                    |_: &(), first: Option<u32>| first.is_none_or(|f| fact_has_key(facts, f, fields, &key, id_sym));
+                (hash, mem.index.insert_with(hash, eq, || (), slot))
             };
             self.rec_mut(slot).alpha.push(AlphaRef { mem: m, pos, hash });
             self.right_activate(m, slot)?;
@@ -768,22 +814,21 @@ impl Network {
             let tok = &self.toks[t as usize];
             (tok.rule as usize, tok.level as usize)
         };
-        let pack = self.pack.clone();
-        let conds = &pack.rules[rule].conditions;
-        if level == conds.len() {
+        let Some(&kind) = self.kinds[rule].get(level) else {
             let gen = self.toks[t as usize].gen;
             self.new_acts.push((t, gen));
             return Ok(());
-        }
+        };
         let next = level as u16 + 1;
-        match &conds[level] {
-            Condition::Test(c) => {
+        match kind {
+            Kind::Test => {
+                let Condition::Test(c) = &self.pack.rules[rule].conditions[level] else { unreachable!("test") };
                 if self.check(c, &self.env(rule, t, None))? {
                     let child = self.new_tok(rule as u32, next, t, NONE, None);
                     self.left_activate(child)?;
                 }
             }
-            cond => {
+            _ => {
                 let key = self.token_key(rule, level, t)?;
                 let hash = index::hash(&key);
                 let pos = self.mems[rule][level].insert(hash, &key, t);
@@ -791,22 +836,22 @@ impl Network {
                 (tok.mem_hash, tok.mem_pos) = (hash, pos);
                 let m = self.alpha_of[rule][level];
                 let matches = self.join_facts(m, t, hash, &key)?;
-                match cond {
-                    Condition::Pattern { .. } => {
+                match kind {
+                    Kind::Pattern => {
                         for f in matches {
                             let child = self.new_tok(rule as u32, next, t, f, None);
                             self.left_activate(child)?;
                         }
                     }
-                    Condition::Not(_) | Condition::Exists(_) => {
+                    Kind::Not | Kind::Exists => {
                         let n = matches.len() as u32;
                         self.toks[t as usize].side = Side::Count(n);
-                        if (n == 0) == matches!(cond, Condition::Not(_)) {
+                        if (n == 0) == (kind == Kind::Not) {
                             let child = self.new_tok(rule as u32, next, t, NONE, None);
                             self.left_activate(child)?;
                         }
                     }
-                    Condition::Aggregate { .. } => {
+                    Kind::Aggregate => {
                         let mut items = Vec::with_capacity(matches.len());
                         for f in matches {
                             items.push((self.rec(f).fact.id, self.operand(rule, level, t, f)?));
@@ -815,7 +860,7 @@ impl Network {
                         self.toks[t as usize].side = Side::Items(items);
                         self.refresh_aggregate(t)?;
                     }
-                    Condition::Test(_) => unreachable!(),
+                    Kind::Test => unreachable!(),
                 }
             }
         }
@@ -872,7 +917,9 @@ impl Network {
         let mem = &self.alpha[m as usize];
         let (rule, cond) = (mem.rule as usize, mem.cond as usize);
         let p = self.pattern(rule, cond);
-        let candidates = mem.index.get(hash, key);
+        let candidates = mem.index.get_with(hash, |_, first| {
+            first.is_none_or(|f| fact_has_key(&self.facts, f, &mem.fields, key, self.id_sym))
+        });
         let mut out = SmallVec::new();
         if mem.beta.is_empty() {
             out.extend_from_slice(candidates);
@@ -926,19 +973,19 @@ impl Network {
     /// A fact entered alpha memory `m`: join it with the waiting tokens.
     fn right_activate(&mut self, m: u32, f: u32) -> R<()> {
         let (rule, cond) = (self.alpha[m as usize].rule as usize, self.alpha[m as usize].cond as usize);
-        let pack = self.pack.clone();
+        let kind = self.kinds[rule][cond];
         let next = cond as u16 + 1;
         for t in self.matching_tokens(m, f)? {
-            match &pack.rules[rule].conditions[cond] {
-                Condition::Pattern { .. } => {
+            match kind {
+                Kind::Pattern => {
                     let child = self.new_tok(rule as u32, next, t, f, None);
                     self.left_activate(child)?;
                 }
-                Condition::Not(_) | Condition::Exists(_) => {
+                Kind::Not | Kind::Exists => {
                     let Side::Count(n) = &mut self.toks[t as usize].side else { unreachable!("count") };
                     *n += 1;
                     if *n == 1 {
-                        if matches!(pack.rules[rule].conditions[cond], Condition::Not(_)) {
+                        if kind == Kind::Not {
                             self.delete_children(t);
                         } else {
                             let child = self.new_tok(rule as u32, next, t, NONE, None);
@@ -946,7 +993,7 @@ impl Network {
                         }
                     }
                 }
-                Condition::Aggregate { .. } => {
+                Kind::Aggregate => {
                     let v = self.operand(rule, cond, t, f)?;
                     let id = self.rec(f).fact.id;
                     let Side::Items(items) = &mut self.toks[t as usize].side else { unreachable!("items") };
@@ -954,7 +1001,7 @@ impl Network {
                     items.insert(at, (id, v));
                     self.refresh_aggregate(t)?;
                 }
-                Condition::Test(_) => unreachable!(),
+                Kind::Test => unreachable!(),
             }
         }
         Ok(())
@@ -963,16 +1010,16 @@ impl Network {
     /// A fact is leaving alpha memory `m` (it is still readable).
     fn right_retract(&mut self, m: u32, f: u32) -> R<()> {
         let (rule, cond) = (self.alpha[m as usize].rule as usize, self.alpha[m as usize].cond as usize);
-        let pack = self.pack.clone();
+        let kind = self.kinds[rule][cond];
         let next = cond as u16 + 1;
-        match &pack.rules[rule].conditions[cond] {
-            Condition::Pattern { .. } => {} // its tokens were deleted with the fact
-            Condition::Not(_) | Condition::Exists(_) => {
+        match kind {
+            Kind::Pattern => {} // its tokens were deleted with the fact
+            Kind::Not | Kind::Exists => {
                 for t in self.matching_tokens(m, f)? {
                     let Side::Count(n) = &mut self.toks[t as usize].side else { unreachable!("count") };
                     *n -= 1;
                     if *n == 0 {
-                        if matches!(pack.rules[rule].conditions[cond], Condition::Not(_)) {
+                        if kind == Kind::Not {
                             let child = self.new_tok(rule as u32, next, t, NONE, None);
                             self.left_activate(child)?;
                         } else {
@@ -981,7 +1028,7 @@ impl Network {
                     }
                 }
             }
-            Condition::Aggregate { .. } => {
+            Kind::Aggregate => {
                 // The fact's fields are unchanged since it was counted, so the
                 // same tokens match; drop it from each.
                 let id = self.rec(f).fact.id;
@@ -993,7 +1040,7 @@ impl Network {
                     }
                 }
             }
-            Condition::Test(_) => unreachable!(),
+            Kind::Test => unreachable!(),
         }
         Ok(())
     }
@@ -1013,6 +1060,18 @@ impl Network {
         out.reverse();
         out
     }
+}
+
+/// Whether the fact in slot `f` has `key` as the values of `fields`.
+fn fact_has_key<V: std::borrow::Borrow<Value>>(
+    facts: &[Option<FactRec>],
+    f: u32,
+    fields: &[Sym],
+    key: &[V],
+    id_sym: Sym,
+) -> bool {
+    let fact = &facts[f as usize].as_ref().expect("live fact slot").fact;
+    fields.iter().zip(key).all(|(&s, v)| *fact_field_ref(fact, s, id_sym) == *v.borrow())
 }
 
 /// A field of a fact for a join key (`_id` is the fact's id).
