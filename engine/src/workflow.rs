@@ -194,14 +194,16 @@ pub struct Workflow {
 struct TurnState {
     now: u64,
     entries: Vec<Entry>,
-    /// Pre-turn state of every fact touched.
+    /// Pre-turn state of every older fact touched (facts from `first_new`
+    /// on were made in this turn: they did not exist before it).
     undo_facts: FxHashMap<FactId, Option<Fact>>,
+    first_new: FactId,
     undo_waiting: FxHashMap<InvocationId, Option<Waiting>>,
     invocations: Vec<Invocation>,
     cancelled: Vec<InvocationId>,
     firings: u64,
     /// Firings of this turn by rule index (to explain a rolled-back turn).
-    fired_by_rule: BTreeMap<usize, u64>,
+    fired_by_rule: Vec<u64>,
 }
 
 /// A workflow as stored: enough to rebuild it exactly.
@@ -345,7 +347,7 @@ impl Workflow {
             Input::Cancel { .. } => {}
         }
         self.meta.turn += 1;
-        self.turn = TurnState { now: now_ms, ..TurnState::default() };
+        self.turn = TurnState { now: now_ms, first_new: self.meta.next_fact_id, ..TurnState::default() };
         let meta_before = self.meta.clone();
         self.record(Event::TurnStarted { input: input.summary() });
         let result = self.run(input).and_then(|()| self.fire_all());
@@ -365,8 +367,14 @@ impl Workflow {
                 if let Some(s) = started {
                     self.record(s.event);
                 }
-                let mut fired: Vec<(String, u64)> =
-                    self.turn.fired_by_rule.iter().map(|(r, n)| (self.pack.rules[*r].name.clone(), *n)).collect();
+                let mut fired: Vec<(String, u64)> = self
+                    .turn
+                    .fired_by_rule
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(r, n)| (self.pack.rules[r].name.clone(), *n))
+                    .collect();
                 fired.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
                 self.record(Event::TurnFailed { error: error.clone(), firings, fired });
                 self.meta.status = Status::Failed;
@@ -393,6 +401,8 @@ impl Workflow {
     fn collect_delta(&mut self, out: &mut TurnOutput) {
         let mut ids: Vec<FactId> = self.turn.undo_facts.keys().copied().collect();
         ids.sort_unstable();
+        let new = self.turn.first_new..self.meta.next_fact_id;
+        out.facts_put.reserve(ids.len() + new.clone().count());
         for id in ids {
             match self.net.fact(id) {
                 Some(f) => out.facts_put.push(f.clone()),
@@ -400,6 +410,7 @@ impl Workflow {
                 None => {}
             }
         }
+        out.facts_put.extend(new.filter_map(|id| self.net.fact(id).cloned()));
         let mut invs: Vec<InvocationId> = self.turn.undo_waiting.keys().cloned().collect();
         invs.sort();
         for inv in invs {
@@ -412,7 +423,9 @@ impl Workflow {
     }
 
     fn rollback(&mut self, meta_before: Meta) {
-        let mut facts: FxHashMap<FactId, Fact> = self.net.facts().map(|f| (f.id, f.clone())).collect();
+        let first_new = self.turn.first_new;
+        let mut facts: FxHashMap<FactId, Fact> =
+            self.net.facts().filter(|f| f.id < first_new).map(|f| (f.id, f.clone())).collect();
         for (id, before) in self.turn.undo_facts.drain() {
             match before {
                 Some(f) => facts.insert(id, f),
@@ -456,11 +469,13 @@ impl Workflow {
         match input {
             Input::Start { facts } => {
                 self.net.prime()?;
+                self.reserve(facts.len());
                 for f in facts {
                     self.insert_new(f.sym(), f.fields)?;
                 }
             }
             Input::Assert { facts } => {
+                self.reserve(facts.len());
                 for f in facts {
                     self.insert_new(f.sym(), f.fields)?;
                 }
@@ -478,12 +493,23 @@ impl Workflow {
         Ok(())
     }
 
+    /// Room for `n` new facts in one turn: growing large tables by doubling
+    /// touches (and, once freed, gives back and faults again) about twice
+    /// their final memory.
+    fn reserve(&mut self, n: usize) {
+        self.net.reserve(n);
+        self.turn.entries.reserve(n + 2);
+    }
+
     fn fire_all(&mut self) -> Result<(), TurnError> {
         let limit = self.pack.manifest.limits.max_firings_per_turn;
         while self.meta.status == Status::Running {
             let Some(act) = self.net.pop() else { break };
             self.turn.firings += 1;
-            *self.turn.fired_by_rule.entry(act.rule).or_default() += 1;
+            if self.turn.fired_by_rule.len() <= act.rule {
+                self.turn.fired_by_rule.resize(self.pack.rules.len().max(act.rule + 1), 0);
+            }
+            self.turn.fired_by_rule[act.rule] += 1;
             if self.turn.firings > limit {
                 return Err(TurnError(format!(
                     "the turn exceeded {limit} firings (limit `max_firings_per_turn`); last rule: \"{}\"",
@@ -652,7 +678,7 @@ impl Workflow {
     }
 
     fn touch_fact(&mut self, id: FactId) {
-        if !self.turn.undo_facts.contains_key(&id) {
+        if id < self.turn.first_new && !self.turn.undo_facts.contains_key(&id) {
             let before = self.net.fact(id).cloned();
             self.turn.undo_facts.insert(id, before);
         }
