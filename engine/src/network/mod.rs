@@ -597,7 +597,12 @@ impl Network {
         let env = self.env(rule, t, None);
         let mut key = index::Key::new();
         for j in &p.joins {
-            key.push(j.key.eval(&env).map_err(|e| self.err(rule, e.0))?);
+            // Most join keys are a field of an earlier fact: read it directly.
+            let v = match &j.key {
+                Expr::BoundField(slot, name) => env.bound_field(*slot, *name).map(Cow::into_owned).unwrap_or_default(),
+                e => e.eval(&env).map_err(|e| self.err(rule, e.0))?,
+            };
+            key.push(v);
         }
         Ok(key)
     }
@@ -732,8 +737,9 @@ impl Network {
         // gives its firing sequences on Manners and Waltz), then rule
         // declaration order, then fact ids, so the order never depends on
         // memory layout.
-        let mut acts: Vec<(SmallVec<[u64; 8]>, u32, TokId)> = std::mem::take(&mut self.new_acts)
-            .into_iter()
+        let mut new_acts = std::mem::take(&mut self.new_acts);
+        let mut acts: Vec<(SmallVec<[u64; 8]>, u32, TokId)> = new_acts
+            .drain(..)
             .filter(|&(t, gen)| self.toks[t as usize].alive && self.toks[t as usize].gen == gen)
             .map(|(t, _)| {
                 let mut tags = SmallVec::new();
@@ -749,6 +755,8 @@ impl Network {
                 (tags, self.toks[t as usize].rule, t)
             })
             .collect();
+        // Keep the buffer's capacity: a change may activate thousands.
+        self.new_acts = new_acts;
         acts.sort_unstable_by(|a, b| {
             b.0.cmp(&a.0)
                 .then(a.1.cmp(&b.1))
