@@ -874,6 +874,37 @@ mod tests {
     }
 
     #[test]
+    fn retracting_a_fact_seen_by_a_not_and_an_exists_of_one_rule() {
+        // Retracting the block ends the `not`, whose new match then meets
+        // the `exists` while the block is still in its memory: the count
+        // must account for it, and the block's leaving must empty it again.
+        check(
+            r#"
+rule "none" {
+    match {
+        not Block(size > 0)
+        exists Block(size > 1)
+    }
+    action { log("matched"); }
+}
+rule "drop" {
+    match { b: Block() }
+    action { retract(b); }
+}
+"#,
+            serde_json::json!([{"type": "Block", "fields": {"size": 2}}]),
+            expect_test::expect![[r#"
+                turn 1 ── start with 1 fact(s)
+                  +      f1 Block {"size":2}
+                  fire   drop (f1@1)
+                  -      f1@1 Block
+                  commit (1 firing(s))
+                status: running 
+            "#]],
+        );
+    }
+
+    #[test]
     fn join_negation_and_salience() {
         check(
             r#"

@@ -706,8 +706,10 @@ impl Network {
             }
             self.delete_tok(t);
         }
-        // Out of every alpha memory first, so that what the retraction
-        // activates below cannot join with the leaving fact.
+        // One memory at a time, each followed by its retraction: what a
+        // retraction activates sees the fact still in the later memories,
+        // which keeps the counts of `not`/`exists` consistent when those
+        // memories retract it in turn.
         let alpha = std::mem::take(&mut self.rec_mut(slot).alpha);
         for r in &alpha {
             if let Some(moved) = self.alpha[r.mem as usize].index.remove(r.hash, r.pos, slot) {
@@ -716,12 +718,17 @@ impl Network {
                     e.pos = r.pos;
                 }
             }
-        }
-        for r in &alpha {
             self.right_retract(r.mem, slot)?;
         }
+        // Tokens of the fact those activations made in later patterns.
+        loop {
+            let t = self.rec(slot).toks;
+            if t == NONE {
+                break;
+            }
+            self.delete_tok(t);
+        }
         let rec = self.facts[slot as usize].take().expect("live fact slot");
-        debug_assert_eq!(rec.toks, NONE, "no token of a leaving fact");
         self.free_facts.push(slot);
         self.slot_of.remove(&id);
         Ok(Some(rec.fact))
@@ -730,6 +737,11 @@ impl Network {
     /// New activations from the last change get their agenda order.
     fn end_change(&mut self) {
         if self.new_acts.is_empty() {
+            return;
+        }
+        if self.refract_all {
+            // A rebuild: every match has fired already, so none needs an order.
+            self.new_acts.clear();
             return;
         }
         // Order within one change: newer facts first, compared condition by
@@ -763,9 +775,6 @@ impl Network {
                 .then_with(|| self.chain_ids(a.2).cmp(&self.chain_ids(b.2)))
                 .then(a.2.cmp(&b.2))
         });
-        if self.refract_all {
-            return;
-        }
         let mut order = Vec::with_capacity(acts.len());
         for (_, rule, t) in acts {
             if self.suppressed(rule as usize, t) {
