@@ -46,6 +46,11 @@ impl Sym {
     pub fn name(self) -> Arc<str> {
         interner().read().expect("interner").names[self.0 as usize].clone()
     }
+
+    /// Calls `f` with the name, without cloning it (hot paths).
+    pub fn with_name<R>(self, f: impl FnOnce(&str) -> R) -> R {
+        f(&interner().read().expect("interner").names[self.0 as usize])
+    }
 }
 
 impl fmt::Debug for Sym {
