@@ -500,9 +500,19 @@ impl Expr {
 
 /// Applies a binary operator other than `&&` and `||` to two values.
 pub fn binary(op: BinOp, x: &Value, y: &Value) -> Result<Value, EvalError> {
+    match op {
+        BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem => arith(op, x, y),
+        BinOp::And | BinOp::Or => unreachable!("short-circuited"),
+        _ => Ok(Value::Bool(compare(op, x, y))),
+    }
+}
+
+/// Applies a comparison (`==`, `!=`, `<`, `<=`, `>`, `>=`, `in`); values of
+/// unordered types compare false.
+pub fn compare(op: BinOp, x: &Value, y: &Value) -> bool {
     use std::cmp::Ordering::*;
     let cmp = || x.partial_cmp_value(y);
-    Ok(Value::Bool(match op {
+    match op {
         BinOp::Eq => x == y,
         BinOp::Ne => x != y,
         BinOp::Lt => cmp() == Some(Less),
@@ -515,9 +525,8 @@ pub fn binary(op: BinOp, x: &Value, y: &Value) -> Result<Value, EvalError> {
             Value::Map(m) => x.as_str().is_some_and(|x| m.contains_key(x)),
             _ => false,
         },
-        BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem => return arith(op, x, y),
-        BinOp::And | BinOp::Or => unreachable!("short-circuited"),
-    }))
+        _ => unreachable!("not a comparison"),
+    }
 }
 
 fn arith(op: BinOp, x: &Value, y: &Value) -> Result<Value, EvalError> {

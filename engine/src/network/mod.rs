@@ -29,7 +29,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use stoa_rules::compile::{Condition, Constraint, Pack, Pattern};
-use stoa_rules::expr::{binary, BinOp, Env, Expr};
+use stoa_rules::expr::{compare, BinOp, Env, Expr};
 use stoa_rules::sandbox::ScriptValue;
 use stoa_rules::syntax::AggFn;
 use stoa_rules::{Fields, Sym, Value};
@@ -665,6 +665,10 @@ impl Network {
         let (start, len) = (start as usize, len as usize);
         // Results of shared alpha tests, by memory: 0 unknown, 1 pass, 2 fail.
         let mut passed: SmallVec<[u8; 128]> = SmallVec::from_elem(0, len);
+        // The fact's memberships, stored once at the end (a Waltz edge is
+        // in dozens of memories: pushing one by one regrows the list).
+        let mut refs: SmallVec<[AlphaRef; 16]> = SmallVec::new();
+        let mut res = Ok(());
         for k in 0..len {
             let m = self.listeners[start + k];
             let mem = &self.alpha[m as usize];
@@ -674,7 +678,13 @@ impl Network {
             let pass = match shared.map(|i| passed[i]) {
                 Some(1) => true,
                 Some(2) => false,
-                _ => self.alpha_pass(mem, &self.rec(slot).fact)?,
+                _ => match self.alpha_pass(mem, &self.rec(slot).fact) {
+                    Ok(pass) => pass,
+                    Err(e) => {
+                        res = Err(e);
+                        break;
+                    }
+                },
             };
             passed[k] = if pass { 1 } else { 2 };
             if !pass {
@@ -691,10 +701,14 @@ impl Network {
                     |_: &(), first: Option<u32>| first.is_none_or(|f| fact_has_key(facts, f, fields, &key, id_sym));
                 (hash, mem.index.insert_with(hash, eq, || (), slot))
             };
-            self.rec_mut(slot).alpha.push(AlphaRef { mem: m, pos, hash });
-            self.right_activate(m, slot)?;
+            refs.push(AlphaRef { mem: m, pos, hash });
+            if let Err(e) = self.right_activate(m, slot) {
+                res = Err(e);
+                break;
+            }
         }
-        Ok(())
+        self.rec_mut(slot).alpha = refs.into_iter().collect();
+        res
     }
 
     fn retract_inner(&mut self, id: FactId) -> R<Option<Fact>> {
@@ -952,12 +966,20 @@ impl Network {
                 let pass = match test {
                     BetaTest::Compare { op, field, other, field_left } => {
                         let v = others[i]
-                            .get_or_insert_with(|| other.eval(&tok_env).map_err(|e| e.0))
+                            .get_or_insert_with(|| match other {
+                                Expr::BoundField(s, n) => {
+                                    Ok(tok_env.bound_field(*s, *n).map(Cow::into_owned).unwrap_or_default())
+                                }
+                                e => e.eval(&tok_env).map_err(|e| e.0),
+                            })
                             .as_ref()
                             .map_err(|e| self.err(rule, e.clone()))?;
                         let fv = fact_field_ref(fact, *field, self.id_sym);
-                        let res = if *field_left { binary(*op, &fv, v) } else { binary(*op, v, &fv) };
-                        res.map_err(|e| self.err(rule, e.0))?.is_truthy()
+                        if *field_left {
+                            compare(*op, &fv, v)
+                        } else {
+                            compare(*op, v, &fv)
+                        }
                     }
                     BetaTest::General(c) => self.check(&p.beta[*c], &self.env(rule, t, Some(fact)))?,
                 };
