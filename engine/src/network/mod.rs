@@ -211,6 +211,9 @@ pub struct Network {
     slot_level: Vec<Vec<u16>>,
     agenda: Agenda,
     new_acts: Vec<(TokId, u32)>,
+    /// Buffers of `end_change` (tags, and activations with their run of
+    /// tags), kept between changes.
+    sort_buf: (Vec<u64>, Vec<(u32, u32, u32, TokId)>),
     /// While set, new activations of this rule over these facts (sorted ids)
     /// are refracted at once: the `no-loop` of the firing activation.
     pub suppress: Option<(usize, Vec<FactId>)>,
@@ -308,6 +311,7 @@ impl Network {
             slot_level,
             agenda: Agenda::default(),
             new_acts: Vec::new(),
+            sort_buf: Default::default(),
             suppress: None,
             deferred: None,
             refract_all: false,
@@ -372,36 +376,42 @@ impl Network {
     // ---- tokens -------------------------------------------------------
 
     fn new_tok(&mut self, rule: u32, level: u16, parent: TokId, fact: u32, value: Option<Value>) -> TokId {
-        let id = match self.free.last() {
-            Some(&id) => id,
-            None => self.toks.len() as TokId,
-        };
         let next = if parent != NONE { self.toks[parent as usize].first_child } else { NONE };
         let next_of_fact = if fact != NONE { self.rec(fact).toks } else { NONE };
-        let tok = Tok {
-            rule,
-            level,
-            alive: true,
-            parent,
-            fact,
-            value,
-            first_child: NONE,
-            prev: NONE,
-            next,
-            prev_of_fact: NONE,
-            next_of_fact,
-            mem_hash: 0,
-            mem_pos: NONE,
-            gen: 0,
-            side: Side::None,
-            scheduled: false,
+        let id = match self.free.pop() {
+            Some(id) => {
+                // A freed slot was reset by `delete_tok` (no side, no value,
+                // out of memory and agenda): only the links and identity
+                // change, written in place.
+                let tok = &mut self.toks[id as usize];
+                (tok.rule, tok.level, tok.alive, tok.parent, tok.fact) = (rule, level, true, parent, fact);
+                tok.value = value;
+                (tok.first_child, tok.prev, tok.next) = (NONE, NONE, next);
+                (tok.prev_of_fact, tok.next_of_fact) = (NONE, next_of_fact);
+                id
+            }
+            None => {
+                self.toks.push(Tok {
+                    rule,
+                    level,
+                    alive: true,
+                    parent,
+                    fact,
+                    value,
+                    first_child: NONE,
+                    prev: NONE,
+                    next,
+                    prev_of_fact: NONE,
+                    next_of_fact,
+                    mem_hash: 0,
+                    mem_pos: NONE,
+                    gen: 0,
+                    side: Side::None,
+                    scheduled: false,
+                });
+                (self.toks.len() - 1) as TokId
+            }
         };
-        if self.free.pop().is_some() {
-            let gen = self.toks[id as usize].gen;
-            self.toks[id as usize] = Tok { gen, ..tok };
-        } else {
-            self.toks.push(tok);
-        }
         if parent != NONE {
             if next != NONE {
                 self.toks[next as usize].prev = id;
@@ -609,7 +619,7 @@ impl Network {
 
     /// Join key of a fact for alpha memory `mem`: its join fields, borrowed.
     fn fact_key<'a>(&self, mem: &AlphaMem, f: &'a Fact) -> SmallVec<[Cow<'a, Value>; 2]> {
-        mem.fields.iter().map(|&s| fact_field_ref(f, s, self.id_sym)).collect()
+        fact_key(&mem.fields, f, self.id_sym)
     }
 
     // ---- changes ------------------------------------------------------
@@ -694,7 +704,7 @@ impl Network {
                 let (facts, id_sym) = (&self.facts, self.id_sym);
                 let f = &facts[slot as usize].as_ref().expect("inserted").fact;
                 let mem = &mut self.alpha[m as usize];
-                let key = mem.fields.iter().map(|&s| fact_field_ref(f, s, id_sym)).collect::<SmallVec<[_; 2]>>();
+                let key = fact_key(&mem.fields, f, id_sym);
                 let hash = index::hash(&key);
                 let fields = &mem.fields;
                 let eq =
@@ -763,34 +773,39 @@ impl Network {
         // gives its firing sequences on Manners and Waltz), then rule
         // declaration order, then fact ids, so the order never depends on
         // memory layout.
-        let mut new_acts = std::mem::take(&mut self.new_acts);
-        let mut acts: Vec<(SmallVec<[u64; 8]>, u32, TokId)> = new_acts
-            .drain(..)
-            .filter(|&(t, gen)| self.toks[t as usize].alive && self.toks[t as usize].gen == gen)
-            .map(|(t, _)| {
-                let mut tags = SmallVec::new();
-                let mut cur = t;
-                while cur != NONE {
-                    let f = self.toks[cur as usize].fact;
-                    if f != NONE {
-                        tags.push(self.rec(f).fact.tag);
-                    }
-                    cur = self.toks[cur as usize].parent;
+        // Tags of all activations end to end; an activation refers to its
+        // run, so sorting moves 16 bytes per activation.
+        let (mut tags, mut acts) = std::mem::take(&mut self.sort_buf);
+        tags.clear();
+        acts.clear();
+        for &(t, gen) in &self.new_acts {
+            let tok = &self.toks[t as usize];
+            if !tok.alive || tok.gen != gen {
+                continue;
+            }
+            let start = tags.len();
+            let mut cur = t;
+            while cur != NONE {
+                let f = self.toks[cur as usize].fact;
+                if f != NONE {
+                    tags.push(self.rec(f).fact.tag);
                 }
-                tags.reverse();
-                (tags, self.toks[t as usize].rule, t)
-            })
-            .collect();
-        // Keep the buffer's capacity: a change may activate thousands.
-        self.new_acts = new_acts;
+                cur = self.toks[cur as usize].parent;
+            }
+            tags[start..].reverse();
+            acts.push((start as u32, (tags.len() - start) as u32, tok.rule, t));
+        }
+        self.new_acts.clear();
+        let run = |a: &(u32, u32, u32, TokId)| &tags[a.0 as usize..(a.0 + a.1) as usize];
         acts.sort_unstable_by(|a, b| {
-            b.0.cmp(&a.0)
-                .then(a.1.cmp(&b.1))
-                .then_with(|| self.chain_ids(a.2).cmp(&self.chain_ids(b.2)))
+            run(b)
+                .cmp(run(a))
                 .then(a.2.cmp(&b.2))
+                .then_with(|| self.chain_ids(a.3).cmp(&self.chain_ids(b.3)))
+                .then(a.3.cmp(&b.3))
         });
         let mut order = Vec::with_capacity(acts.len());
-        for (_, rule, t) in acts {
+        for &(_, _, rule, t) in &acts {
             if self.suppressed(rule as usize, t) {
                 continue;
             }
@@ -799,6 +814,7 @@ impl Network {
             order.push((t, tok.gen, self.pack.rules[rule as usize].salience as i64));
         }
         self.agenda.push_change(&order);
+        self.sort_buf = (tags, acts);
     }
 
     /// The fact ids of a token's chain from the root, 0 where a level binds
@@ -1099,6 +1115,16 @@ impl Network {
         out.reverse();
         out
     }
+}
+
+/// A fact's values of `fields`, borrowed (pushed one by one: cheaper than
+/// collecting, which this is called too often for).
+fn fact_key<'a>(fields: &[Sym], f: &'a Fact, id_sym: Sym) -> SmallVec<[Cow<'a, Value>; 2]> {
+    let mut key = SmallVec::new();
+    for &s in fields {
+        key.push(fact_field_ref(f, s, id_sym));
+    }
+    key
 }
 
 /// Whether the fact in slot `f` has `key` as the values of `fields`.
