@@ -138,13 +138,15 @@ impl BetaTest {
     }
 }
 
-/// State a token keeps for the condition after it.
-enum Side {
-    None,
-    /// Matching facts of a `not`/`exists`.
-    Count(u32),
-    /// Matching facts of an aggregate and their operand values, by fact id.
-    Items(Vec<(FactId, Value)>),
+/// What only tokens around aggregates carry, boxed to keep every token
+/// small (a Manners run creates and deletes hundreds of thousands).
+#[derive(Default)]
+struct Extra {
+    /// The result of the aggregate before this token's level.
+    value: Option<Value>,
+    /// Matching facts of the aggregate after it and their operand values,
+    /// by fact id.
+    items: Vec<(FactId, Value)>,
 }
 
 struct Tok {
@@ -154,7 +156,6 @@ struct Tok {
     parent: TokId,
     /// Slot of the fact bound at this level, or `NONE`.
     fact: u32,
-    value: Option<Value>,
     first_child: TokId,
     /// Siblings (children of the same parent).
     prev: TokId,
@@ -168,7 +169,9 @@ struct Tok {
     mem_pos: u32,
     /// Generation, bumped when the slot is freed, so stale references die.
     gen: u32,
-    side: Side,
+    /// Matching facts of the `not`/`exists` after it.
+    count: u32,
+    extra: Option<Box<Extra>>,
     /// Whether the token is a complete match waiting on the agenda.
     scheduled: bool,
 }
@@ -385,7 +388,7 @@ impl Network {
                 // change, written in place.
                 let tok = &mut self.toks[id as usize];
                 (tok.rule, tok.level, tok.alive, tok.parent, tok.fact) = (rule, level, true, parent, fact);
-                tok.value = value;
+                tok.extra = value.map(|v| Box::new(Extra { value: Some(v), items: Vec::new() }));
                 (tok.first_child, tok.prev, tok.next) = (NONE, NONE, next);
                 (tok.prev_of_fact, tok.next_of_fact) = (NONE, next_of_fact);
                 id
@@ -397,7 +400,6 @@ impl Network {
                     alive: true,
                     parent,
                     fact,
-                    value,
                     first_child: NONE,
                     prev: NONE,
                     next,
@@ -406,7 +408,8 @@ impl Network {
                     mem_hash: 0,
                     mem_pos: NONE,
                     gen: 0,
-                    side: Side::None,
+                    count: 0,
+                    extra: value.map(|v| Box::new(Extra { value: Some(v), items: Vec::new() })),
                     scheduled: false,
                 });
                 (self.toks.len() - 1) as TokId
@@ -442,8 +445,8 @@ impl Network {
         let scheduled = std::mem::take(&mut tok.scheduled);
         tok.alive = false;
         tok.gen = tok.gen.wrapping_add(1);
-        tok.side = Side::None;
-        tok.value = None;
+        tok.count = 0;
+        tok.extra = None;
         tok.mem_pos = NONE;
         if parent != NONE {
             if prev != NONE {
@@ -494,7 +497,7 @@ impl Network {
         while cur != NONE {
             let tok = &self.toks[cur as usize];
             if tok.level == level {
-                return Some((tok.fact, tok.value.as_ref()));
+                return Some((tok.fact, tok.extra.as_ref().and_then(|e| e.value.as_ref())));
             }
             if tok.level < level {
                 return None;
@@ -892,7 +895,7 @@ impl Network {
                     }
                     Kind::Not | Kind::Exists => {
                         let n = matches.len() as u32;
-                        self.toks[t as usize].side = Side::Count(n);
+                        self.toks[t as usize].count = n;
                         if (n == 0) == (kind == Kind::Not) {
                             let child = self.new_tok(rule as u32, next, t, NONE, None);
                             self.left_activate(child)?;
@@ -904,7 +907,7 @@ impl Network {
                             items.push((self.rec(f).fact.id, self.operand(rule, level, t, f)?));
                         }
                         items.sort_by_key(|i| i.0);
-                        self.toks[t as usize].side = Side::Items(items);
+                        self.toks[t as usize].extra.get_or_insert_with(Default::default).items = items;
                         self.refresh_aggregate(t)?;
                     }
                     Kind::Test => unreachable!(),
@@ -942,11 +945,11 @@ impl Network {
         let Condition::Aggregate { func, .. } = &self.pack.rules[rule].conditions[level] else {
             unreachable!("aggregate")
         };
-        let Side::Items(items) = &self.toks[t as usize].side else { unreachable!("items") };
+        let items = &self.toks[t as usize].extra.as_ref().expect("aggregate items").items;
         let value = aggregate(*func, items).map_err(|m| self.err(rule, m))?;
         let c = self.toks[t as usize].first_child;
         if c != NONE {
-            if value.as_ref() == self.toks[c as usize].value.as_ref() {
+            if value.as_ref() == self.toks[c as usize].extra.as_ref().and_then(|e| e.value.as_ref()) {
                 return Ok(());
             }
             self.delete_tok(c);
@@ -1037,7 +1040,7 @@ impl Network {
                     self.left_activate(child)?;
                 }
                 Kind::Not | Kind::Exists => {
-                    let Side::Count(n) = &mut self.toks[t as usize].side else { unreachable!("count") };
+                    let n = &mut self.toks[t as usize].count;
                     *n += 1;
                     if *n == 1 {
                         if kind == Kind::Not {
@@ -1051,7 +1054,7 @@ impl Network {
                 Kind::Aggregate => {
                     let v = self.operand(rule, cond, t, f)?;
                     let id = self.rec(f).fact.id;
-                    let Side::Items(items) = &mut self.toks[t as usize].side else { unreachable!("items") };
+                    let items = &mut self.toks[t as usize].extra.as_mut().expect("aggregate items").items;
                     let at = items.partition_point(|i| i.0 < id);
                     items.insert(at, (id, v));
                     self.refresh_aggregate(t)?;
@@ -1071,7 +1074,7 @@ impl Network {
             Kind::Pattern => {} // its tokens were deleted with the fact
             Kind::Not | Kind::Exists => {
                 for t in self.matching_tokens(m, f)? {
-                    let Side::Count(n) = &mut self.toks[t as usize].side else { unreachable!("count") };
+                    let n = &mut self.toks[t as usize].count;
                     *n -= 1;
                     if *n == 0 {
                         if kind == Kind::Not {
@@ -1088,7 +1091,7 @@ impl Network {
                 // same tokens match; drop it from each.
                 let id = self.rec(f).fact.id;
                 for t in self.matching_tokens(m, f)? {
-                    let Side::Items(items) = &mut self.toks[t as usize].side else { unreachable!("items") };
+                    let items = &mut self.toks[t as usize].extra.as_mut().expect("aggregate items").items;
                     if let Ok(at) = items.binary_search_by_key(&id, |i| i.0) {
                         items.remove(at);
                         self.refresh_aggregate(t)?;
