@@ -99,9 +99,17 @@ impl<K> Index<K> {
 }
 
 impl Index<Key> {
-    /// Adds `item` under `key` (whose hash is `hash`); returns its position.
-    pub fn insert<V: Borrow<Value>>(&mut self, hash: u64, key: &[V], item: u32) -> u32 {
-        self.insert_with(hash, |k, _| same(k, key), || key.iter().map(|v| v.borrow().clone()).collect(), item)
+    /// Adds `item` under `key` (whose hash is `hash`), keeping `key` itself
+    /// if it starts a bucket; returns the item's position.
+    pub fn insert_owned(&mut self, hash: u64, key: Key, item: u32) -> u32 {
+        if let Some(b) = self.table.find_mut(hash, |b| b.hash == hash && b.key == key) {
+            b.items.push(item);
+            return (b.items.len() - 1) as u32;
+        }
+        let mut items = SmallVec::new();
+        items.push(item);
+        self.table.insert_unique(hash, Bucket { hash, key, items }, |b| b.hash);
+        0
     }
 
     /// The items under `key`.

@@ -881,11 +881,12 @@ impl Network {
             _ => {
                 let key = self.token_key(rule, level, t)?;
                 let hash = index::hash(&key);
-                let pos = self.mems[rule][level].insert(hash, &key, t);
-                let tok = &mut self.toks[t as usize];
-                (tok.mem_hash, tok.mem_pos) = (hash, pos);
                 let m = self.alpha_of[rule][level];
                 let matches = self.join_facts(m, t, hash, &key)?;
+                // The key moves into the memory if it starts a bucket.
+                let pos = self.mems[rule][level].insert_owned(hash, key, t);
+                let tok = &mut self.toks[t as usize];
+                (tok.mem_hash, tok.mem_pos) = (hash, pos);
                 match kind {
                     Kind::Pattern => {
                         for f in matches {
