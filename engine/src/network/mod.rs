@@ -57,8 +57,8 @@ type R<T> = Result<T, MatchError>;
 #[derive(Clone, Copy)]
 struct AlphaRef {
     mem: u32,
+    bucket: u32,
     pos: u32,
-    hash: u64,
 }
 
 struct FactRec {
@@ -163,9 +163,9 @@ struct Tok {
     /// Other tokens of the same fact.
     prev_of_fact: TokId,
     next_of_fact: TokId,
-    /// Bucket hash and position in the token memory at `level`; the position
-    /// is `NONE` when not in a memory.
-    mem_hash: u64,
+    /// Bucket and position in the token memory at `level`; the position is
+    /// `NONE` when not in a memory.
+    mem_bucket: u32,
     mem_pos: u32,
     /// Generation, bumped when the slot is freed, so stale references die.
     gen: u32,
@@ -405,7 +405,7 @@ impl Network {
                     next,
                     prev_of_fact: NONE,
                     next_of_fact,
-                    mem_hash: 0,
+                    mem_bucket: 0,
                     mem_pos: NONE,
                     gen: 0,
                     count: 0,
@@ -441,7 +441,7 @@ impl Network {
         let tok = &mut self.toks[t as usize];
         let (rule, level, parent, fact) = (tok.rule, tok.level, tok.parent, tok.fact);
         let (prev, next, prev_of_fact, next_of_fact) = (tok.prev, tok.next, tok.prev_of_fact, tok.next_of_fact);
-        let (mem_hash, mem_pos) = (tok.mem_hash, tok.mem_pos);
+        let (mem_bucket, mem_pos) = (tok.mem_bucket, tok.mem_pos);
         let scheduled = std::mem::take(&mut tok.scheduled);
         tok.alive = false;
         tok.gen = tok.gen.wrapping_add(1);
@@ -469,7 +469,7 @@ impl Network {
             }
         }
         if mem_pos != NONE {
-            if let Some(moved) = self.mems[rule as usize][level as usize].remove(mem_hash, mem_pos, t) {
+            if let Some(moved) = self.mems[rule as usize][level as usize].remove((mem_bucket, mem_pos), t) {
                 self.toks[moved as usize].mem_pos = mem_pos;
             }
         }
@@ -703,7 +703,7 @@ impl Network {
             if !pass {
                 continue;
             }
-            let (hash, pos) = {
+            let pos = {
                 let (facts, id_sym) = (&self.facts, self.id_sym);
                 let f = &facts[slot as usize].as_ref().expect("inserted").fact;
                 let mem = &mut self.alpha[m as usize];
@@ -712,9 +712,9 @@ impl Network {
                 let fields = &mem.fields;
                 let eq =
                     |_: &(), first: Option<u32>| first.is_none_or(|f| fact_has_key(facts, f, fields, &key, id_sym));
-                (hash, mem.index.insert_with(hash, eq, || (), slot))
+                mem.index.insert_with(hash, eq, || (), slot)
             };
-            refs.push(AlphaRef { mem: m, pos, hash });
+            refs.push(AlphaRef { mem: m, bucket: pos.0, pos: pos.1 });
             if let Err(e) = self.right_activate(m, slot) {
                 res = Err(e);
                 break;
@@ -739,7 +739,7 @@ impl Network {
         // memories retract it in turn.
         let alpha = std::mem::take(&mut self.rec_mut(slot).alpha);
         for r in &alpha {
-            if let Some(moved) = self.alpha[r.mem as usize].index.remove(r.hash, r.pos, slot) {
+            if let Some(moved) = self.alpha[r.mem as usize].index.remove((r.bucket, r.pos), slot) {
                 let other = self.rec_mut(moved);
                 for e in other.alpha.iter_mut().filter(|e| e.mem == r.mem) {
                     e.pos = r.pos;
@@ -886,7 +886,7 @@ impl Network {
                 // The key moves into the memory if it starts a bucket.
                 let pos = self.mems[rule][level].insert_owned(hash, key, t);
                 let tok = &mut self.toks[t as usize];
-                (tok.mem_hash, tok.mem_pos) = (hash, pos);
+                (tok.mem_bucket, tok.mem_pos) = pos;
                 match kind {
                     Kind::Pattern => {
                         for f in matches {
