@@ -877,6 +877,32 @@ mod tests {
     }
 
     #[test]
+    fn alpha_tests_are_shared_only_when_identical() {
+        // `2` and `2.0` are equal values, but divide differently.
+        check(
+            r#"
+rule "int" {
+    match { i: Item(n / 2 == 1) }
+    action { log("int"); }
+}
+rule "float" {
+    match { i: Item(n / 2.0 == 1) }
+    action { log("float"); }
+}
+"#,
+            serde_json::json!([{"type": "Item", "fields": {"n": 3}}]),
+            expect_test::expect![[r#"
+                turn 1 ── start with 1 fact(s)
+                  +      f1 Item {"n":3}
+                  fire   int (f1@1)
+                  log    [int] int
+                  commit (1 firing(s))
+                status: running 
+            "#]],
+        );
+    }
+
+    #[test]
     fn retracting_a_fact_seen_by_a_not_and_an_exists_of_one_rule() {
         // Retracting the block ends the `not`, whose new match then meets
         // the `exists` while the block is still in its memory: the count

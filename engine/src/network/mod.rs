@@ -176,6 +176,10 @@ struct Tok {
     scheduled: bool,
 }
 
+/// An activation being ordered: the start and length of its run of tags
+/// (in `end_change`'s buffer), its rule and its token.
+type ActRun = (u32, u32, u32, TokId);
+
 /// A complete match ready to fire.
 #[derive(Clone, Debug)]
 pub struct Activation {
@@ -214,9 +218,8 @@ pub struct Network {
     slot_level: Vec<Vec<u16>>,
     agenda: Agenda,
     new_acts: Vec<(TokId, u32)>,
-    /// Buffers of `end_change` (tags, and activations with their run of
-    /// tags), kept between changes.
-    sort_buf: (Vec<u64>, Vec<(u32, u32, u32, TokId)>),
+    /// Buffers of `end_change`, kept between changes.
+    sort_buf: (Vec<u64>, Vec<ActRun>),
     /// While set, new activations of this rule over these facts (sorted ids)
     /// are refracted at once: the `no-loop` of the firing activation.
     pub suppress: Option<(usize, Vec<FactId>)>,
@@ -230,11 +233,13 @@ pub struct Network {
 }
 
 /// Whether two alpha test lists are the same tests (native ones only:
-/// scripts are compared by nothing cheaper than running them).
+/// scripts are compared by nothing cheaper than running them). Expressions
+/// are compared as printed: `==` on them holds for `2` and `2.0`, which
+/// divide differently.
 fn same_tests(a: &[Constraint], b: &[Constraint]) -> bool {
     a.len() == b.len()
         && a.iter().zip(b).all(|(x, y)| match (x, y) {
-            (Constraint::Native(x), Constraint::Native(y)) => x == y,
+            (Constraint::Native(x), Constraint::Native(y)) => format!("{x:?}") == format!("{y:?}"),
             _ => false,
         })
 }
@@ -799,7 +804,7 @@ impl Network {
             acts.push((start as u32, (tags.len() - start) as u32, tok.rule, t));
         }
         self.new_acts.clear();
-        let run = |a: &(u32, u32, u32, TokId)| &tags[a.0 as usize..(a.0 + a.1) as usize];
+        let run = |a: &ActRun| &tags[a.0 as usize..(a.0 + a.1) as usize];
         acts.sort_unstable_by(|a, b| {
             run(b)
                 .cmp(run(a))
