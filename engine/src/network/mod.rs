@@ -20,6 +20,7 @@
 //! constraints.
 
 mod agenda;
+mod ids;
 mod index;
 
 use std::borrow::Cow;
@@ -200,7 +201,7 @@ pub struct Network {
     /// Facts by slot; a retracted fact's slot is reused.
     facts: Vec<Option<FactRec>>,
     free_facts: Vec<u32>,
-    slot_of: FxHashMap<FactId, u32>,
+    slot_of: ids::IdMap,
     toks: Vec<Tok>,
     free: Vec<TokId>,
     alpha: Vec<AlphaMem>,
@@ -307,7 +308,7 @@ impl Network {
             pack: pack.clone(),
             facts: Vec::new(),
             free_facts: Vec::new(),
-            slot_of: FxHashMap::default(),
+            slot_of: ids::IdMap::default(),
             toks: Vec::new(),
             free: Vec::new(),
             alpha,
@@ -358,7 +359,7 @@ impl Network {
     }
 
     pub fn fact(&self, id: FactId) -> Option<&Fact> {
-        self.slot_of.get(&id).map(|&s| &self.rec(s).fact)
+        self.slot_of.get(id).map(|s| &self.rec(s).fact)
     }
 
     pub fn facts(&self) -> impl Iterator<Item = &Fact> {
@@ -730,7 +731,7 @@ impl Network {
     }
 
     fn retract_inner(&mut self, id: FactId) -> R<Option<Fact>> {
-        let Some(&slot) = self.slot_of.get(&id) else { return Ok(None) };
+        let Some(slot) = self.slot_of.get(id) else { return Ok(None) };
         loop {
             let t = self.rec(slot).toks;
             if t == NONE {
@@ -762,7 +763,7 @@ impl Network {
         }
         let rec = self.facts[slot as usize].take().expect("live fact slot");
         self.free_facts.push(slot);
-        self.slot_of.remove(&id);
+        self.slot_of.remove(id);
         Ok(Some(rec.fact))
     }
 
