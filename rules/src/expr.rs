@@ -2,6 +2,7 @@
 //! (field comparisons, joins, boolean logic, arithmetic) so that matching does
 //! not enter Rhai; anything else falls back to a compiled Rhai expression.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::value::{Sym, Value};
@@ -401,51 +402,62 @@ fn is_keyword(id: &str) -> bool {
 }
 
 /// Values the native evaluator reads: the current fact and the bindings.
+/// Values are lent where they can be, so comparing fields clones nothing.
 pub trait Env {
-    fn field(&self, name: Sym) -> Option<Value>;
-    fn bound_field(&self, binding: usize, name: Sym) -> Option<Value>;
-    fn bound(&self, binding: usize) -> Value;
+    fn field(&self, name: Sym) -> Option<Cow<'_, Value>>;
+    fn bound_field(&self, binding: usize, name: Sym) -> Option<Cow<'_, Value>>;
+    fn bound(&self, binding: usize) -> Cow<'_, Value>;
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalError(pub String);
+
+static NULL: Value = Value::Null;
 
 impl Expr {
     /// Evaluates to a value. A missing field is `null`; type mismatches in
     /// comparisons are `false` (a constraint that cannot hold), while
     /// arithmetic on non-numbers is an error.
     pub fn eval(&self, env: &impl Env) -> Result<Value, EvalError> {
+        Ok(self.eval_ref(env)?.into_owned())
+    }
+
+    /// Like `eval`, borrowing the result from the expression or the
+    /// environment when it is a literal, a field or a binding.
+    pub fn eval_ref<'a, E: Env>(&'a self, env: &'a E) -> Result<Cow<'a, Value>, EvalError> {
         Ok(match self {
-            Expr::Lit(v) => v.clone(),
-            Expr::Field(f) => env.field(*f).unwrap_or(Value::Null),
-            Expr::BoundField(b, f) => env.bound_field(*b, *f).unwrap_or(Value::Null),
+            Expr::Lit(v) => Cow::Borrowed(v),
+            Expr::Field(f) => env.field(*f).unwrap_or(Cow::Borrowed(&NULL)),
+            Expr::BoundField(b, f) => env.bound_field(*b, *f).unwrap_or(Cow::Borrowed(&NULL)),
             Expr::Bound(b) => env.bound(*b),
-            Expr::Member(e, f) => match e.eval(env)? {
-                Value::Map(m) => m.get(&*f.name()).cloned().unwrap_or(Value::Null),
-                _ => Value::Null,
+            Expr::Member(e, f) => match e.eval_ref(env)? {
+                Cow::Borrowed(Value::Map(m)) => m.get(&*f.name()).map_or(Cow::Borrowed(&NULL), Cow::Borrowed),
+                Cow::Owned(Value::Map(m)) => Cow::Owned(m.get(&*f.name()).cloned().unwrap_or(Value::Null)),
+                _ => Cow::Borrowed(&NULL),
             },
-            Expr::Not(e) => Value::Bool(!e.eval(env)?.is_truthy()),
-            Expr::Neg(e) => match e.eval(env)? {
+            Expr::Not(e) => Cow::Owned(Value::Bool(!e.eval_ref(env)?.is_truthy())),
+            Expr::Neg(e) => Cow::Owned(match &*e.eval_ref(env)? {
                 Value::Int(i) => Value::Int(i.wrapping_neg()),
                 Value::Float(f) => Value::Float(-f),
                 v => return Err(EvalError(format!("cannot negate {}", v.type_name()))),
-            },
-            Expr::Array(items) => Value::Array(Arc::new(items.iter().map(|e| e.eval(env)).collect::<Result<_, _>>()?)),
+            }),
+            Expr::Array(items) => {
+                Cow::Owned(Value::Array(Arc::new(items.iter().map(|e| e.eval(env)).collect::<Result<_, _>>()?)))
+            }
             Expr::Bin(op, a, b) => {
-                match op {
-                    BinOp::And => return Ok(Value::Bool(a.eval(env)?.is_truthy() && b.eval(env)?.is_truthy())),
-                    BinOp::Or => return Ok(Value::Bool(a.eval(env)?.is_truthy() || b.eval(env)?.is_truthy())),
-                    _ => {}
-                }
-                let (x, y) = (a.eval(env)?, b.eval(env)?);
-                binary(*op, &x, &y)?
+                let v = match op {
+                    BinOp::And => Value::Bool(a.eval_ref(env)?.is_truthy() && b.eval_ref(env)?.is_truthy()),
+                    BinOp::Or => Value::Bool(a.eval_ref(env)?.is_truthy() || b.eval_ref(env)?.is_truthy()),
+                    _ => binary(*op, &*a.eval_ref(env)?, &*b.eval_ref(env)?)?,
+                };
+                Cow::Owned(v)
             }
         })
     }
 
     /// Evaluates as a condition: anything but `true` fails it.
     pub fn test(&self, env: &impl Env) -> Result<bool, EvalError> {
-        Ok(self.eval(env)?.is_truthy())
+        Ok(self.eval_ref(env)?.is_truthy())
     }
 
     /// Whether the expression reads bindings (else it depends on the current
@@ -486,10 +498,21 @@ impl Expr {
     }
 }
 
-fn binary(op: BinOp, x: &Value, y: &Value) -> Result<Value, EvalError> {
+/// Applies a binary operator other than `&&` and `||` to two values.
+pub fn binary(op: BinOp, x: &Value, y: &Value) -> Result<Value, EvalError> {
+    match op {
+        BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem => arith(op, x, y),
+        BinOp::And | BinOp::Or => unreachable!("short-circuited"),
+        _ => Ok(Value::Bool(compare(op, x, y))),
+    }
+}
+
+/// Applies a comparison (`==`, `!=`, `<`, `<=`, `>`, `>=`, `in`); values of
+/// unordered types compare false.
+pub fn compare(op: BinOp, x: &Value, y: &Value) -> bool {
     use std::cmp::Ordering::*;
     let cmp = || x.partial_cmp_value(y);
-    Ok(Value::Bool(match op {
+    match op {
         BinOp::Eq => x == y,
         BinOp::Ne => x != y,
         BinOp::Lt => cmp() == Some(Less),
@@ -502,9 +525,8 @@ fn binary(op: BinOp, x: &Value, y: &Value) -> Result<Value, EvalError> {
             Value::Map(m) => x.as_str().is_some_and(|x| m.contains_key(x)),
             _ => false,
         },
-        BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Rem => return arith(op, x, y),
-        BinOp::And | BinOp::Or => unreachable!("short-circuited"),
-    }))
+        _ => unreachable!("not a comparison"),
+    }
 }
 
 fn arith(op: BinOp, x: &Value, y: &Value) -> Result<Value, EvalError> {
@@ -591,14 +613,14 @@ mod tests {
     fn comparisons_across_types_fail_quietly() {
         struct E;
         impl Env for E {
-            fn field(&self, _: Sym) -> Option<Value> {
-                Some(Value::str("x"))
+            fn field(&self, _: Sym) -> Option<Cow<'_, Value>> {
+                Some(Cow::Owned(Value::str("x")))
             }
-            fn bound_field(&self, _: usize, _: Sym) -> Option<Value> {
+            fn bound_field(&self, _: usize, _: Sym) -> Option<Cow<'_, Value>> {
                 None
             }
-            fn bound(&self, _: usize) -> Value {
-                Value::Null
+            fn bound(&self, _: usize) -> Cow<'_, Value> {
+                Cow::Owned(Value::Null)
             }
         }
         let e = parse("a < 3", &S).unwrap();

@@ -114,10 +114,10 @@ impl ScriptValue {
     pub fn fact(id: u64, ty: Sym, fields: &Fields) -> ScriptValue {
         let mut m = Map::new();
         for (k, v) in fields.iter() {
-            m.insert(k.name().as_ref().into(), to_dynamic(v));
+            m.insert(k.with_name(|n| n.into()), to_dynamic(v));
         }
         m.insert("_id".into(), Dynamic::from_int(id as i64));
-        m.insert("_type".into(), Dynamic::from(ImmutableString::from(ty.name().as_ref())));
+        m.insert("_type".into(), Dynamic::from(ty.with_name(|n| ImmutableString::from(n))));
         ScriptValue(Dynamic::from_map(m))
     }
 

@@ -1,0 +1,1272 @@
+//! The matching network: Rete with hash-indexed joins, negation, `exists`,
+//! aggregates and an agenda.
+//!
+//! Each rule is a chain of conditions. A token is a partial match of a rule:
+//! the facts (or aggregate values) bound by its first `level` conditions.
+//! Alpha memories hold the facts that pass a condition's own tests, indexed
+//! by the fields of its equality joins; token memories hold the tokens
+//! waiting at a condition, indexed by the join key computed from their
+//! bindings. A change to a fact only visits the memories of its type and,
+//! through the indexes, the tokens it joins with: nothing re-scans working
+//! memory.
+//!
+//! Modifying a fact is retracting and re-inserting it, so creating and
+//! deleting tokens must be cheap: tokens live in one vector with a free list,
+//! are linked to their parent's and their fact's other tokens by indices (no
+//! per-token collections), and facts live in a slab that tokens and memories
+//! address by slot, not through the id map.
+//!
+//! Invariant: the network does no I/O and runs only the sandboxed scripts of
+//! constraints.
+
+mod agenda;
+mod ids;
+mod index;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
+use stoa_rules::compile::{Condition, Constraint, Pack, Pattern};
+use stoa_rules::expr::{compare, BinOp, Env, Expr};
+use stoa_rules::sandbox::ScriptValue;
+use stoa_rules::syntax::AggFn;
+use stoa_rules::{Fields, Sym, Value};
+
+use crate::fact::{Fact, FactId};
+use agenda::Agenda;
+use index::Index;
+
+pub type TokId = u32;
+/// No token, no fact slot, not in a memory.
+const NONE: u32 = u32::MAX;
+static NULL: Value = Value::Null;
+
+/// A constraint failed to evaluate (a script error or a type error).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("rule \"{rule}\": {message}")]
+pub struct MatchError {
+    pub rule: String,
+    pub message: String,
+}
+
+type R<T> = Result<T, MatchError>;
+
+/// Where a fact sits in one alpha memory.
+#[derive(Clone, Copy)]
+struct AlphaRef {
+    mem: u32,
+    bucket: u32,
+    pos: u32,
+}
+
+struct FactRec {
+    fact: Fact,
+    alpha: SmallVec<[AlphaRef; 2]>,
+    /// First of the tokens whose own fact is this one (linked through
+    /// `Tok::next_of_fact`).
+    toks: TokId,
+}
+
+struct AlphaMem {
+    rule: u32,
+    cond: u32,
+    /// Memories with the same type and alpha tests share one evaluation of
+    /// the tests per fact: the first such memory's number.
+    tests_of: u32,
+    /// The fields whose values key `index`, in join order.
+    fields: Vec<Sym>,
+    /// The pattern's beta tests, in order, as run against many facts for
+    /// one token.
+    beta: Vec<BetaTest>,
+    index: Index<()>,
+}
+
+/// The kind of a condition, copied out of the pack so that the hot paths
+/// need not hold (or clone) the pack while they change the network.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Pattern,
+    Not,
+    Exists,
+    Aggregate,
+    Test,
+}
+
+impl Kind {
+    fn of(c: &Condition) -> Kind {
+        match c {
+            Condition::Pattern { .. } => Kind::Pattern,
+            Condition::Not(_) => Kind::Not,
+            Condition::Exists(_) => Kind::Exists,
+            Condition::Aggregate { .. } => Kind::Aggregate,
+            Condition::Test(_) => Kind::Test,
+        }
+    }
+}
+
+/// A beta test as a left activation runs it.
+enum BetaTest {
+    /// `field op other` (or `other op field`), where `other` reads only
+    /// bindings and literals: it is evaluated once per token, not per fact.
+    Compare { op: BinOp, field: Sym, other: Expr, field_left: bool },
+    /// Any other constraint (index into the pattern's `beta`).
+    General(usize),
+}
+
+impl BetaTest {
+    fn of(i: usize, c: &Constraint) -> BetaTest {
+        use BinOp::*;
+        let reads_fact = |e: &Expr| {
+            let mut v = Vec::new();
+            e.fields(&mut v);
+            !v.is_empty()
+        };
+        if let Constraint::Native(Expr::Bin(op @ (Eq | Ne | Lt | Le | Gt | Ge), a, b)) = c {
+            match (&**a, &**b) {
+                (Expr::Field(f), other) if !reads_fact(other) => {
+                    return BetaTest::Compare { op: *op, field: *f, other: other.clone(), field_left: true }
+                }
+                (other, Expr::Field(f)) if !reads_fact(other) => {
+                    return BetaTest::Compare { op: *op, field: *f, other: other.clone(), field_left: false }
+                }
+                _ => {}
+            }
+        }
+        BetaTest::General(i)
+    }
+}
+
+/// What only tokens around aggregates carry, boxed to keep every token
+/// small (a Manners run creates and deletes hundreds of thousands).
+#[derive(Default)]
+struct Extra {
+    /// The result of the aggregate before this token's level.
+    value: Option<Value>,
+    /// Matching facts of the aggregate after it and their operand values,
+    /// by fact id.
+    items: Vec<(FactId, Value)>,
+}
+
+struct Tok {
+    rule: u32,
+    level: u16,
+    alive: bool,
+    parent: TokId,
+    /// Slot of the fact bound at this level, or `NONE`.
+    fact: u32,
+    first_child: TokId,
+    /// Siblings (children of the same parent).
+    prev: TokId,
+    next: TokId,
+    /// Other tokens of the same fact.
+    prev_of_fact: TokId,
+    next_of_fact: TokId,
+    /// Bucket and position in the token memory at `level`; the position is
+    /// `NONE` when not in a memory.
+    mem_bucket: u32,
+    mem_pos: u32,
+    /// Generation, bumped when the slot is freed, so stale references die.
+    gen: u32,
+    /// Matching facts of the `not`/`exists` after it.
+    count: u32,
+    extra: Option<Box<Extra>>,
+    /// Whether the token is a complete match waiting on the agenda.
+    scheduled: bool,
+}
+
+/// An activation being ordered: the start and length of its run of tags
+/// (in `end_change`'s buffer), its rule and its token.
+type ActRun = (u32, u32, u32, TokId);
+
+/// A complete match ready to fire.
+#[derive(Clone, Debug)]
+pub struct Activation {
+    pub rule: usize,
+    pub token: TokId,
+}
+
+/// What an activation binds, in slot order.
+#[derive(Clone, Debug)]
+pub enum Bound {
+    Fact(FactId),
+    Value(Value),
+    Unbound,
+}
+
+pub struct Network {
+    pack: Arc<Pack>,
+    /// Facts by slot; a retracted fact's slot is reused.
+    facts: Vec<Option<FactRec>>,
+    free_facts: Vec<u32>,
+    slot_of: ids::IdMap,
+    toks: Vec<Tok>,
+    free: Vec<TokId>,
+    alpha: Vec<AlphaMem>,
+    /// Alpha memories listening to each fact type, in rule/condition order.
+    by_type: FxHashMap<Sym, (u32, u32)>,
+    /// The lists of `by_type` (start and length there), end to end.
+    listeners: Vec<u32>,
+    /// The kind of each rule's conditions.
+    kinds: Vec<Vec<Kind>>,
+    /// Alpha memory of each (rule, condition), if it has one.
+    alpha_of: Vec<Vec<u32>>,
+    /// Token memories: `[rule][level]`, indexed by join key.
+    mems: Vec<Vec<Index<index::Key>>>,
+    /// For each rule and slot, the level whose token binds it.
+    slot_level: Vec<Vec<u16>>,
+    agenda: Agenda,
+    new_acts: Vec<(TokId, u32)>,
+    /// Buffers of `end_change`, kept between changes.
+    sort_buf: (Vec<u64>, Vec<ActRun>),
+    /// While set, new activations of this rule over these facts (sorted ids)
+    /// are refracted at once: the `no-loop` of the firing activation.
+    pub suppress: Option<(usize, Vec<FactId>)>,
+    /// While set (inside `modify`), aggregate tokens to refresh at the end,
+    /// so a modify that leaves an aggregate unchanged does not re-activate.
+    deferred: Option<Vec<(TokId, u32)>>,
+    /// Whether new activations are marked fired instead of scheduled (used
+    /// to rebuild a quiescent workflow from its facts).
+    pub refract_all: bool,
+    /// Rules (by index) exempt from `refract_all`: new in a pack upgrade.
+    pub fresh_rules: Vec<bool>,
+    id_sym: Sym,
+}
+
+/// Whether two alpha test lists are the same tests (native ones only:
+/// scripts are compared by nothing cheaper than running them). Expressions
+/// are compared as printed: `==` on them holds for `2` and `2.0`, which
+/// divide differently.
+fn same_tests(a: &[Constraint], b: &[Constraint]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| match (x, y) {
+            (Constraint::Native(x), Constraint::Native(y)) => format!("{x:?}") == format!("{y:?}"),
+            _ => false,
+        })
+}
+
+impl Network {
+    pub fn new(pack: Arc<Pack>) -> Network {
+        let mut alpha: Vec<AlphaMem> = Vec::new();
+        let mut by_type: FxHashMap<Sym, Vec<u32>> = FxHashMap::default();
+        let mut alpha_of = Vec::new();
+        let mut mems = Vec::new();
+        let mut slot_level = Vec::new();
+        let mut tests: Vec<(Sym, &[Constraint], u32)> = Vec::new();
+        for (r, rule) in pack.rules.iter().enumerate() {
+            let mut per_cond = Vec::new();
+            let mut levels = vec![0u16; rule.slots.len()];
+            for (c, cond) in rule.conditions.iter().enumerate() {
+                let pattern = match cond {
+                    Condition::Pattern { pattern, slot } => {
+                        levels[*slot] = c as u16 + 1;
+                        Some(pattern)
+                    }
+                    Condition::Aggregate { pattern, slot, .. } => {
+                        levels[*slot] = c as u16 + 1;
+                        Some(pattern)
+                    }
+                    Condition::Not(p) | Condition::Exists(p) => Some(p),
+                    Condition::Test(_) => None,
+                };
+                match pattern {
+                    Some(p) => {
+                        let id = alpha.len() as u32;
+                        let tests_of = match tests.iter().find(|t| t.0 == p.ty && same_tests(t.1, &p.alpha)) {
+                            Some(t) => t.2,
+                            None => {
+                                tests.push((p.ty, &p.alpha, id));
+                                id
+                            }
+                        };
+                        alpha.push(AlphaMem {
+                            rule: r as u32,
+                            cond: c as u32,
+                            tests_of,
+                            fields: p.joins.iter().map(|j| j.field).collect(),
+                            beta: p.beta.iter().enumerate().map(|(i, c)| BetaTest::of(i, c)).collect(),
+                            index: Index::new(p.joins.is_empty()),
+                        });
+                        by_type.entry(p.ty).or_default().push(id);
+                        per_cond.push(id);
+                    }
+                    None => per_cond.push(NONE),
+                }
+            }
+            alpha_of.push(per_cond);
+            let no_join = |c: Option<&Condition>| match c {
+                Some(Condition::Pattern { pattern: p, .. } | Condition::Aggregate { pattern: p, .. }) => {
+                    p.joins.is_empty()
+                }
+                Some(Condition::Not(p) | Condition::Exists(p)) => p.joins.is_empty(),
+                _ => true,
+            };
+            mems.push((0..=rule.conditions.len()).map(|c| Index::new(no_join(rule.conditions.get(c)))).collect());
+            slot_level.push(levels);
+        }
+        let mut net = Network {
+            pack: pack.clone(),
+            facts: Vec::new(),
+            free_facts: Vec::new(),
+            slot_of: ids::IdMap::default(),
+            toks: Vec::new(),
+            free: Vec::new(),
+            alpha,
+            by_type: FxHashMap::default(),
+            listeners: Vec::new(),
+            kinds: pack.rules.iter().map(|r| r.conditions.iter().map(Kind::of).collect()).collect(),
+            alpha_of,
+            mems,
+            slot_level,
+            agenda: Agenda::default(),
+            new_acts: Vec::new(),
+            sort_buf: Default::default(),
+            suppress: None,
+            deferred: None,
+            refract_all: false,
+            fresh_rules: Vec::new(),
+            id_sym: Sym::new("_id"),
+        };
+        for (ty, ms) in by_type {
+            net.by_type.insert(ty, (net.listeners.len() as u32, ms.len() as u32));
+            net.listeners.extend(ms);
+        }
+        // One root token per rule; rules whose conditions need no fact (only
+        // `not` or `test`) may match at once.
+        for r in 0..net.pack.rules.len() {
+            let root = net.new_tok(r as u32, 0, NONE, NONE, None);
+            debug_assert_eq!(root as usize, r);
+        }
+        net
+    }
+
+    pub fn pack(&self) -> &Arc<Pack> {
+        &self.pack
+    }
+
+    /// Lets the rules that need no fact match; call once after `new`.
+    pub fn prime(&mut self) -> R<()> {
+        for r in 0..self.pack.rules.len() {
+            self.left_activate(r as TokId)?;
+        }
+        self.end_change();
+        Ok(())
+    }
+
+    /// Room for `n` more facts (a large start turn).
+    pub fn reserve(&mut self, n: usize) {
+        self.slot_of.reserve(n);
+        self.facts.reserve(n.saturating_sub(self.free_facts.len()));
+    }
+
+    pub fn fact(&self, id: FactId) -> Option<&Fact> {
+        self.slot_of.get(id).map(|s| &self.rec(s).fact)
+    }
+
+    pub fn facts(&self) -> impl Iterator<Item = &Fact> {
+        self.facts.iter().flatten().map(|r| &r.fact)
+    }
+
+    pub fn fact_count(&self) -> usize {
+        self.slot_of.len()
+    }
+
+    pub fn agenda_len(&self) -> usize {
+        self.agenda.len()
+    }
+
+    fn rec(&self, slot: u32) -> &FactRec {
+        self.facts[slot as usize].as_ref().expect("live fact slot")
+    }
+
+    fn rec_mut(&mut self, slot: u32) -> &mut FactRec {
+        self.facts[slot as usize].as_mut().expect("live fact slot")
+    }
+
+    // ---- tokens -------------------------------------------------------
+
+    fn new_tok(&mut self, rule: u32, level: u16, parent: TokId, fact: u32, value: Option<Value>) -> TokId {
+        let next = if parent != NONE { self.toks[parent as usize].first_child } else { NONE };
+        let next_of_fact = if fact != NONE { self.rec(fact).toks } else { NONE };
+        let id = match self.free.pop() {
+            Some(id) => {
+                // A freed slot was reset by `delete_tok` (no side, no value,
+                // out of memory and agenda): only the links and identity
+                // change, written in place.
+                let tok = &mut self.toks[id as usize];
+                (tok.rule, tok.level, tok.alive, tok.parent, tok.fact) = (rule, level, true, parent, fact);
+                tok.extra = value.map(|v| Box::new(Extra { value: Some(v), items: Vec::new() }));
+                (tok.first_child, tok.prev, tok.next) = (NONE, NONE, next);
+                (tok.prev_of_fact, tok.next_of_fact) = (NONE, next_of_fact);
+                id
+            }
+            None => {
+                self.toks.push(Tok {
+                    rule,
+                    level,
+                    alive: true,
+                    parent,
+                    fact,
+                    first_child: NONE,
+                    prev: NONE,
+                    next,
+                    prev_of_fact: NONE,
+                    next_of_fact,
+                    mem_bucket: 0,
+                    mem_pos: NONE,
+                    gen: 0,
+                    count: 0,
+                    extra: value.map(|v| Box::new(Extra { value: Some(v), items: Vec::new() })),
+                    scheduled: false,
+                });
+                (self.toks.len() - 1) as TokId
+            }
+        };
+        if parent != NONE {
+            if next != NONE {
+                self.toks[next as usize].prev = id;
+            }
+            self.toks[parent as usize].first_child = id;
+        }
+        if fact != NONE {
+            if next_of_fact != NONE {
+                self.toks[next_of_fact as usize].prev_of_fact = id;
+            }
+            self.rec_mut(fact).toks = id;
+        }
+        id
+    }
+
+    fn delete_tok(&mut self, t: TokId) {
+        loop {
+            let c = self.toks[t as usize].first_child;
+            if c == NONE {
+                break;
+            }
+            self.delete_tok(c);
+        }
+        let tok = &mut self.toks[t as usize];
+        let (rule, level, parent, fact) = (tok.rule, tok.level, tok.parent, tok.fact);
+        let (prev, next, prev_of_fact, next_of_fact) = (tok.prev, tok.next, tok.prev_of_fact, tok.next_of_fact);
+        let (mem_bucket, mem_pos) = (tok.mem_bucket, tok.mem_pos);
+        let scheduled = std::mem::take(&mut tok.scheduled);
+        tok.alive = false;
+        tok.gen = tok.gen.wrapping_add(1);
+        tok.count = 0;
+        tok.extra = None;
+        tok.mem_pos = NONE;
+        if parent != NONE {
+            if prev != NONE {
+                self.toks[prev as usize].next = next;
+            } else {
+                self.toks[parent as usize].first_child = next;
+            }
+            if next != NONE {
+                self.toks[next as usize].prev = prev;
+            }
+        }
+        if fact != NONE {
+            if prev_of_fact != NONE {
+                self.toks[prev_of_fact as usize].next_of_fact = next_of_fact;
+            } else {
+                self.rec_mut(fact).toks = next_of_fact;
+            }
+            if next_of_fact != NONE {
+                self.toks[next_of_fact as usize].prev_of_fact = prev_of_fact;
+            }
+        }
+        if mem_pos != NONE {
+            if let Some(moved) = self.mems[rule as usize][level as usize].remove((mem_bucket, mem_pos), t) {
+                self.toks[moved as usize].mem_pos = mem_pos;
+            }
+        }
+        self.free.push(t);
+        if scheduled {
+            let toks = &self.toks;
+            self.agenda.forget(|t, g| toks[t as usize].scheduled && toks[t as usize].gen == g);
+        }
+    }
+
+    fn delete_children(&mut self, t: TokId) {
+        loop {
+            let c = self.toks[t as usize].first_child;
+            if c == NONE {
+                break;
+            }
+            self.delete_tok(c);
+        }
+    }
+
+    /// The fact slot or value bound at `slot` as seen from token `t`.
+    fn bound_at(&self, t: TokId, rule: usize, slot: usize) -> Option<(u32, Option<&Value>)> {
+        let level = self.slot_level[rule][slot];
+        let mut cur = t;
+        while cur != NONE {
+            let tok = &self.toks[cur as usize];
+            if tok.level == level {
+                return Some((tok.fact, tok.extra.as_ref().and_then(|e| e.value.as_ref())));
+            }
+            if tok.level < level {
+                return None;
+            }
+            cur = tok.parent;
+        }
+        None
+    }
+
+    /// Bindings of a complete match, by slot.
+    pub fn bindings(&self, t: TokId) -> Vec<Bound> {
+        let rule = self.toks[t as usize].rule as usize;
+        (0..self.slot_level[rule].len())
+            .map(|s| match self.bound_at(t, rule, s) {
+                Some((f, _)) if f != NONE => Bound::Fact(self.rec(f).fact.id),
+                Some((_, Some(v))) => Bound::Value(v.clone()),
+                _ => Bound::Unbound,
+            })
+            .collect()
+    }
+
+    // ---- evaluation ---------------------------------------------------
+
+    fn env<'a>(&'a self, rule: usize, tok: TokId, current: Option<&'a Fact>) -> NetEnv<'a> {
+        NetEnv { net: self, rule, tok, current }
+    }
+
+    fn check(&self, c: &Constraint, env: &NetEnv) -> R<bool> {
+        match c {
+            Constraint::Native(e) => e.test(env).map_err(|e| self.err(env.rule, e.0)),
+            Constraint::Script { .. } => Ok(self.eval(c, env)?.is_truthy()),
+        }
+    }
+
+    fn eval(&self, c: &Constraint, env: &NetEnv) -> R<Value> {
+        match c {
+            Constraint::Native(e) => e.eval(env).map_err(|e| self.err(env.rule, e.0)),
+            Constraint::Script { script, text } => {
+                let rule = &self.pack.rules[env.rule];
+                let mut values = Vec::with_capacity(script.vars.len());
+                if script.vars.first().is_some_and(|v| v == stoa_rules::expr::CURRENT) {
+                    values.push(match env.current {
+                        Some(f) => ScriptValue::fact(f.id, f.ty, &f.fields),
+                        None => ScriptValue::value(&Value::Null),
+                    });
+                }
+                for (slot, _) in rule.script_slots() {
+                    values.push(self.slot_value(env, slot));
+                }
+                values.truncate(script.vars.len());
+                self.pack
+                    .sandbox
+                    .eval(script, values)
+                    .map_err(|e| self.err(env.rule, format!("constraint `{text}`: {e}")))
+            }
+        }
+    }
+
+    fn slot_value(&self, env: &NetEnv, slot: usize) -> ScriptValue {
+        if env.tok == NONE {
+            return ScriptValue::value(&Value::Null);
+        }
+        match self.bound_at(env.tok, env.rule, slot) {
+            Some((f, _)) if f != NONE => {
+                let fact = &self.rec(f).fact;
+                ScriptValue::fact(fact.id, fact.ty, &fact.fields)
+            }
+            Some((_, Some(v))) => ScriptValue::value(v),
+            _ => ScriptValue::value(&Value::Null),
+        }
+    }
+
+    fn err(&self, rule: usize, message: String) -> MatchError {
+        MatchError { rule: self.pack.rules[rule].name.clone(), message }
+    }
+
+    fn alpha_pass(&self, mem: &AlphaMem, f: &Fact) -> R<bool> {
+        let rule = mem.rule as usize;
+        let p = self.pattern(rule, mem.cond as usize);
+        let env = self.env(rule, NONE, Some(f));
+        for c in &p.alpha {
+            if !self.check(c, &env)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn beta_pass(&self, rule: usize, p: &Pattern, tok: TokId, f: &Fact) -> R<bool> {
+        let env = self.env(rule, tok, Some(f));
+        for c in &p.beta {
+            if !self.check(c, &env)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn pattern(&self, rule: usize, cond: usize) -> &Pattern {
+        match &self.pack.rules[rule].conditions[cond] {
+            Condition::Pattern { pattern, .. } | Condition::Aggregate { pattern, .. } => pattern,
+            Condition::Not(p) | Condition::Exists(p) => p,
+            Condition::Test(_) => unreachable!("tests have no pattern"),
+        }
+    }
+
+    /// Join key of token `t` for the pattern at `cond`.
+    fn token_key(&self, rule: usize, cond: usize, t: TokId) -> R<index::Key> {
+        let p = self.pattern(rule, cond);
+        let env = self.env(rule, t, None);
+        let mut key = index::Key::new();
+        for j in &p.joins {
+            // Most join keys are a field of an earlier fact: read it directly.
+            let v = match &j.key {
+                Expr::BoundField(slot, name) => env.bound_field(*slot, *name).map(Cow::into_owned).unwrap_or_default(),
+                e => e.eval(&env).map_err(|e| self.err(rule, e.0))?,
+            };
+            key.push(v);
+        }
+        Ok(key)
+    }
+
+    /// Join key of a fact for alpha memory `mem`: its join fields, borrowed.
+    fn fact_key<'a>(&self, mem: &AlphaMem, f: &'a Fact) -> SmallVec<[Cow<'a, Value>; 2]> {
+        fact_key(&mem.fields, f, self.id_sym)
+    }
+
+    // ---- changes ------------------------------------------------------
+
+    /// Adds a new fact.
+    pub fn insert(&mut self, fact: Fact) -> R<()> {
+        self.insert_inner(fact)?;
+        self.end_change();
+        Ok(())
+    }
+
+    /// Removes a fact and everything that depended on it.
+    pub fn retract(&mut self, id: FactId) -> R<Option<Fact>> {
+        let f = self.retract_inner(id)?;
+        self.end_change();
+        Ok(f)
+    }
+
+    /// Replaces a fact by its next version: a retraction and an insertion
+    /// seen as one change. Aggregates are recomputed once, at the end, so a
+    /// result that ends up unchanged keeps its activation.
+    pub fn modify(&mut self, fact: Fact) -> R<()> {
+        self.deferred = Some(Vec::new());
+        let res = self.retract_inner(fact.id).and_then(|_| self.insert_inner(fact));
+        let dirty = self.deferred.take().unwrap_or_default();
+        res?;
+        let mut seen = rustc_hash::FxHashSet::default();
+        for (t, gen) in dirty {
+            let tok = &self.toks[t as usize];
+            if tok.alive && tok.gen == gen && seen.insert(t) {
+                self.refresh_aggregate(t)?;
+            }
+        }
+        self.end_change();
+        Ok(())
+    }
+
+    fn insert_inner(&mut self, fact: Fact) -> R<()> {
+        let (id, ty) = (fact.id, fact.ty);
+        let rec = FactRec { fact, alpha: SmallVec::new(), toks: NONE };
+        let slot = match self.free_facts.pop() {
+            Some(s) => {
+                self.facts[s as usize] = Some(rec);
+                s
+            }
+            None => {
+                self.facts.push(Some(rec));
+                (self.facts.len() - 1) as u32
+            }
+        };
+        self.slot_of.insert(id, slot);
+        let Some(&(start, len)) = self.by_type.get(&ty) else { return Ok(()) };
+        let (start, len) = (start as usize, len as usize);
+        // Results of shared alpha tests, by memory: 0 unknown, 1 pass, 2 fail.
+        let mut passed: SmallVec<[u8; 128]> = SmallVec::from_elem(0, len);
+        // The fact's memberships, stored once at the end (a Waltz edge is
+        // in dozens of memories: pushing one by one regrows the list).
+        let mut refs: SmallVec<[AlphaRef; 16]> = SmallVec::new();
+        let mut res = Ok(());
+        for k in 0..len {
+            let m = self.listeners[start + k];
+            let mem = &self.alpha[m as usize];
+            // Listeners are in memory order, and tests are shared with an
+            // earlier memory of the same type.
+            let shared = self.listeners[start..start + k].binary_search(&mem.tests_of).ok();
+            let pass = match shared.map(|i| passed[i]) {
+                Some(1) => true,
+                Some(2) => false,
+                _ => match self.alpha_pass(mem, &self.rec(slot).fact) {
+                    Ok(pass) => pass,
+                    Err(e) => {
+                        res = Err(e);
+                        break;
+                    }
+                },
+            };
+            passed[k] = if pass { 1 } else { 2 };
+            if !pass {
+                continue;
+            }
+            let pos = {
+                let (facts, id_sym) = (&self.facts, self.id_sym);
+                let f = &facts[slot as usize].as_ref().expect("inserted").fact;
+                let mem = &mut self.alpha[m as usize];
+                let key = fact_key(&mem.fields, f, id_sym);
+                let hash = index::hash(&key);
+                let fields = &mem.fields;
+                let eq =
+                    |_: &(), first: Option<u32>| first.is_none_or(|f| fact_has_key(facts, f, fields, &key, id_sym));
+                mem.index.insert_with(hash, eq, || (), slot)
+            };
+            refs.push(AlphaRef { mem: m, bucket: pos.0, pos: pos.1 });
+            if let Err(e) = self.right_activate(m, slot) {
+                res = Err(e);
+                break;
+            }
+        }
+        self.rec_mut(slot).alpha = refs.into_iter().collect();
+        res
+    }
+
+    fn retract_inner(&mut self, id: FactId) -> R<Option<Fact>> {
+        let Some(slot) = self.slot_of.get(id) else { return Ok(None) };
+        loop {
+            let t = self.rec(slot).toks;
+            if t == NONE {
+                break;
+            }
+            self.delete_tok(t);
+        }
+        // One memory at a time, each followed by its retraction: what a
+        // retraction activates sees the fact still in the later memories,
+        // which keeps the counts of `not`/`exists` consistent when those
+        // memories retract it in turn.
+        let alpha = std::mem::take(&mut self.rec_mut(slot).alpha);
+        for r in &alpha {
+            if let Some(moved) = self.alpha[r.mem as usize].index.remove((r.bucket, r.pos), slot) {
+                let other = self.rec_mut(moved);
+                for e in other.alpha.iter_mut().filter(|e| e.mem == r.mem) {
+                    e.pos = r.pos;
+                }
+            }
+            self.right_retract(r.mem, slot)?;
+        }
+        // Tokens of the fact those activations made in later patterns.
+        loop {
+            let t = self.rec(slot).toks;
+            if t == NONE {
+                break;
+            }
+            self.delete_tok(t);
+        }
+        let rec = self.facts[slot as usize].take().expect("live fact slot");
+        self.free_facts.push(slot);
+        self.slot_of.remove(id);
+        Ok(Some(rec.fact))
+    }
+
+    /// New activations from the last change get their agenda order.
+    fn end_change(&mut self) {
+        if self.new_acts.is_empty() {
+            return;
+        }
+        if self.refract_all {
+            // A rebuild: every match has fired already, but those of rules
+            // new in an upgrade, which are scheduled as usual.
+            let (toks, fresh) = (&self.toks, &self.fresh_rules);
+            self.new_acts.retain(|&(t, _)| fresh.get(toks[t as usize].rule as usize).copied().unwrap_or(false));
+            if self.new_acts.is_empty() {
+                return;
+            }
+        }
+        // Order within one change: newer facts first, compared condition by
+        // condition (what makes CLIPS's depth strategy search depth-first, and
+        // gives its firing sequences on Manners and Waltz), then rule
+        // declaration order, then fact ids, so the order never depends on
+        // memory layout.
+        // Tags of all activations end to end; an activation refers to its
+        // run, so sorting moves 16 bytes per activation.
+        let (mut tags, mut acts) = std::mem::take(&mut self.sort_buf);
+        tags.clear();
+        acts.clear();
+        for &(t, gen) in &self.new_acts {
+            let tok = &self.toks[t as usize];
+            if !tok.alive || tok.gen != gen {
+                continue;
+            }
+            let start = tags.len();
+            let mut cur = t;
+            while cur != NONE {
+                let f = self.toks[cur as usize].fact;
+                if f != NONE {
+                    tags.push(self.rec(f).fact.tag);
+                }
+                cur = self.toks[cur as usize].parent;
+            }
+            tags[start..].reverse();
+            acts.push((start as u32, (tags.len() - start) as u32, tok.rule, t));
+        }
+        self.new_acts.clear();
+        let run = |a: &ActRun| &tags[a.0 as usize..(a.0 + a.1) as usize];
+        acts.sort_unstable_by(|a, b| {
+            run(b)
+                .cmp(run(a))
+                .then(a.2.cmp(&b.2))
+                .then_with(|| self.chain_ids(a.3).cmp(&self.chain_ids(b.3)))
+                .then(a.3.cmp(&b.3))
+        });
+        let mut order = Vec::with_capacity(acts.len());
+        for &(_, _, rule, t) in &acts {
+            if self.suppressed(rule as usize, t) {
+                continue;
+            }
+            let tok = &mut self.toks[t as usize];
+            tok.scheduled = true;
+            order.push((t, tok.gen, self.pack.rules[rule as usize].salience as i64));
+        }
+        self.agenda.push_change(&order);
+        self.sort_buf = (tags, acts);
+    }
+
+    /// The fact ids of a token's chain from the root, 0 where a level binds
+    /// no fact.
+    fn chain_ids(&self, t: TokId) -> SmallVec<[FactId; 8]> {
+        let mut ids = SmallVec::new();
+        let mut cur = t;
+        while cur != NONE {
+            let f = self.toks[cur as usize].fact;
+            ids.push(if f == NONE { 0 } else { self.rec(f).fact.id });
+            cur = self.toks[cur as usize].parent;
+        }
+        ids.reverse();
+        ids
+    }
+
+    fn suppressed(&self, rule: usize, t: TokId) -> bool {
+        let Some((r, facts)) = &self.suppress else { return false };
+        if *r != rule {
+            return false;
+        }
+        let mut ids = self.chain_ids(t);
+        ids.retain(|f| *f != 0);
+        ids.sort_unstable();
+        ids[..] == facts[..]
+    }
+
+    /// Scheduled activations, counted by rule index.
+    pub fn agenda_by_rule(&self) -> Vec<u64> {
+        let mut n = vec![0; self.pack.rules.len()];
+        for (t, g) in self.agenda.entries() {
+            let tok = &self.toks[t as usize];
+            if tok.scheduled && tok.gen == g {
+                n[tok.rule as usize] += 1;
+            }
+        }
+        n
+    }
+
+    /// Takes the activation to fire next (refraction: it will not return).
+    pub fn pop(&mut self) -> Option<Activation> {
+        let toks = &self.toks;
+        let t = self.agenda.pop(|t, g| toks[t as usize].scheduled && toks[t as usize].gen == g)?;
+        self.toks[t as usize].scheduled = false;
+        Some(Activation { rule: self.toks[t as usize].rule as usize, token: t })
+    }
+
+    /// Whether a token is still a live complete match.
+    pub fn token_alive(&self, t: TokId) -> bool {
+        self.toks.get(t as usize).is_some_and(|x| x.alive)
+    }
+
+    /// A token arrived at `level`: join it with the next condition.
+    fn left_activate(&mut self, t: TokId) -> R<()> {
+        let (rule, level) = {
+            let tok = &self.toks[t as usize];
+            (tok.rule as usize, tok.level as usize)
+        };
+        let Some(&kind) = self.kinds[rule].get(level) else {
+            let gen = self.toks[t as usize].gen;
+            self.new_acts.push((t, gen));
+            return Ok(());
+        };
+        let next = level as u16 + 1;
+        match kind {
+            Kind::Test => {
+                let Condition::Test(c) = &self.pack.rules[rule].conditions[level] else { unreachable!("test") };
+                if self.check(c, &self.env(rule, t, None))? {
+                    let child = self.new_tok(rule as u32, next, t, NONE, None);
+                    self.left_activate(child)?;
+                }
+            }
+            _ => {
+                let key = self.token_key(rule, level, t)?;
+                let hash = index::hash(&key);
+                let m = self.alpha_of[rule][level];
+                let matches = self.join_facts(m, t, hash, &key)?;
+                // The key moves into the memory if it starts a bucket.
+                let pos = self.mems[rule][level].insert_owned(hash, key, t);
+                let tok = &mut self.toks[t as usize];
+                (tok.mem_bucket, tok.mem_pos) = pos;
+                match kind {
+                    Kind::Pattern => {
+                        for f in matches {
+                            let child = self.new_tok(rule as u32, next, t, f, None);
+                            self.left_activate(child)?;
+                        }
+                    }
+                    Kind::Not | Kind::Exists => {
+                        let n = matches.len() as u32;
+                        self.toks[t as usize].count = n;
+                        if (n == 0) == (kind == Kind::Not) {
+                            let child = self.new_tok(rule as u32, next, t, NONE, None);
+                            self.left_activate(child)?;
+                        }
+                    }
+                    Kind::Aggregate => {
+                        let mut items = Vec::with_capacity(matches.len());
+                        for f in matches {
+                            items.push((self.rec(f).fact.id, self.operand(rule, level, t, f)?));
+                        }
+                        items.sort_by_key(|i| i.0);
+                        self.toks[t as usize].extra.get_or_insert_with(Default::default).items = items;
+                        self.refresh_aggregate(t)?;
+                    }
+                    Kind::Test => unreachable!(),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn operand(&self, rule: usize, cond: usize, t: TokId, f: u32) -> R<Value> {
+        let Condition::Aggregate { over, .. } = &self.pack.rules[rule].conditions[cond] else {
+            unreachable!("aggregate")
+        };
+        let fact = &self.rec(f).fact;
+        match over {
+            Some(c) => self.eval(c, &self.env(rule, t, Some(fact))),
+            None => {
+                let mut m: BTreeMap<Arc<str>, Value> = fact.fields.iter().map(|(k, v)| (k.name(), v.clone())).collect();
+                m.insert(Arc::from("_id"), Value::Int(fact.id as i64));
+                Ok(Value::Map(Arc::new(m)))
+            }
+        }
+    }
+
+    /// Replaces the child of an aggregate token with one carrying the new value.
+    fn refresh_aggregate(&mut self, t: TokId) -> R<()> {
+        if let Some(d) = &mut self.deferred {
+            d.push((t, self.toks[t as usize].gen));
+            return Ok(());
+        }
+        let (rule, level) = {
+            let tok = &self.toks[t as usize];
+            (tok.rule as usize, tok.level as usize)
+        };
+        let Condition::Aggregate { func, .. } = &self.pack.rules[rule].conditions[level] else {
+            unreachable!("aggregate")
+        };
+        let items = &self.toks[t as usize].extra.as_ref().expect("aggregate items").items;
+        let value = aggregate(*func, items).map_err(|m| self.err(rule, m))?;
+        let c = self.toks[t as usize].first_child;
+        if c != NONE {
+            if value.as_ref() == self.toks[c as usize].extra.as_ref().and_then(|e| e.value.as_ref()) {
+                return Ok(());
+            }
+            self.delete_tok(c);
+        }
+        if let Some(v) = value {
+            let child = self.new_tok(rule as u32, level as u16 + 1, t, NONE, Some(v));
+            self.left_activate(child)?;
+        }
+        Ok(())
+    }
+
+    /// The facts of alpha memory `m` that join with token `t` (whose join
+    /// key is `key`).
+    fn join_facts(&self, m: u32, t: TokId, hash: u64, key: &[Value]) -> R<SmallVec<[u32; 16]>> {
+        let mem = &self.alpha[m as usize];
+        let (rule, cond) = (mem.rule as usize, mem.cond as usize);
+        let p = self.pattern(rule, cond);
+        let candidates = mem.index.get_with(hash, |_, first| {
+            first.is_none_or(|f| fact_has_key(&self.facts, f, &mem.fields, key, self.id_sym))
+        });
+        let mut out = SmallVec::new();
+        if mem.beta.is_empty() {
+            out.extend_from_slice(candidates);
+            return Ok(out);
+        }
+        // The token's side of each comparison, computed when first needed
+        // (an error is raised only if the test is reached, as per fact).
+        let mut others: SmallVec<[Option<Result<Value, String>>; 4]> = SmallVec::from_elem(None, mem.beta.len());
+        let tok_env = self.env(rule, t, None);
+        'facts: for &f in candidates {
+            let fact = &self.rec(f).fact;
+            for (i, test) in mem.beta.iter().enumerate() {
+                let pass = match test {
+                    BetaTest::Compare { op, field, other, field_left } => {
+                        let v = others[i]
+                            .get_or_insert_with(|| match other {
+                                Expr::BoundField(s, n) => {
+                                    Ok(tok_env.bound_field(*s, *n).map(Cow::into_owned).unwrap_or_default())
+                                }
+                                e => e.eval(&tok_env).map_err(|e| e.0),
+                            })
+                            .as_ref()
+                            .map_err(|e| self.err(rule, e.clone()))?;
+                        let fv = fact_field_ref(fact, *field, self.id_sym);
+                        if *field_left {
+                            compare(*op, &fv, v)
+                        } else {
+                            compare(*op, v, &fv)
+                        }
+                    }
+                    BetaTest::General(c) => self.check(&p.beta[*c], &self.env(rule, t, Some(fact)))?,
+                };
+                if !pass {
+                    continue 'facts;
+                }
+            }
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    /// The tokens waiting at the condition of alpha memory `m` that join
+    /// with the fact in slot `f`.
+    fn matching_tokens(&self, m: u32, f: u32) -> R<SmallVec<[TokId; 16]>> {
+        let mem = &self.alpha[m as usize];
+        let (rule, cond) = (mem.rule as usize, mem.cond as usize);
+        let fact = &self.rec(f).fact;
+        let key = self.fact_key(mem, fact);
+        let p = self.pattern(rule, cond);
+        let mut out = SmallVec::new();
+        for &t in self.mems[rule][cond].get(index::hash(&key), &key) {
+            if self.beta_pass(rule, p, t, fact)? {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A fact entered alpha memory `m`: join it with the waiting tokens.
+    fn right_activate(&mut self, m: u32, f: u32) -> R<()> {
+        let (rule, cond) = (self.alpha[m as usize].rule as usize, self.alpha[m as usize].cond as usize);
+        let kind = self.kinds[rule][cond];
+        let next = cond as u16 + 1;
+        for t in self.matching_tokens(m, f)? {
+            match kind {
+                Kind::Pattern => {
+                    let child = self.new_tok(rule as u32, next, t, f, None);
+                    self.left_activate(child)?;
+                }
+                Kind::Not | Kind::Exists => {
+                    let n = &mut self.toks[t as usize].count;
+                    *n += 1;
+                    if *n == 1 {
+                        if kind == Kind::Not {
+                            self.delete_children(t);
+                        } else {
+                            let child = self.new_tok(rule as u32, next, t, NONE, None);
+                            self.left_activate(child)?;
+                        }
+                    }
+                }
+                Kind::Aggregate => {
+                    let v = self.operand(rule, cond, t, f)?;
+                    let id = self.rec(f).fact.id;
+                    let items = &mut self.toks[t as usize].extra.as_mut().expect("aggregate items").items;
+                    let at = items.partition_point(|i| i.0 < id);
+                    items.insert(at, (id, v));
+                    self.refresh_aggregate(t)?;
+                }
+                Kind::Test => unreachable!(),
+            }
+        }
+        Ok(())
+    }
+
+    /// A fact is leaving alpha memory `m` (it is still readable).
+    fn right_retract(&mut self, m: u32, f: u32) -> R<()> {
+        let (rule, cond) = (self.alpha[m as usize].rule as usize, self.alpha[m as usize].cond as usize);
+        let kind = self.kinds[rule][cond];
+        let next = cond as u16 + 1;
+        match kind {
+            Kind::Pattern => {} // its tokens were deleted with the fact
+            Kind::Not | Kind::Exists => {
+                for t in self.matching_tokens(m, f)? {
+                    let n = &mut self.toks[t as usize].count;
+                    *n -= 1;
+                    if *n == 0 {
+                        if kind == Kind::Not {
+                            let child = self.new_tok(rule as u32, next, t, NONE, None);
+                            self.left_activate(child)?;
+                        } else {
+                            self.delete_children(t);
+                        }
+                    }
+                }
+            }
+            Kind::Aggregate => {
+                // The fact's fields are unchanged since it was counted, so the
+                // same tokens match; drop it from each.
+                let id = self.rec(f).fact.id;
+                for t in self.matching_tokens(m, f)? {
+                    let items = &mut self.toks[t as usize].extra.as_mut().expect("aggregate items").items;
+                    if let Ok(at) = items.binary_search_by_key(&id, |i| i.0) {
+                        items.remove(at);
+                        self.refresh_aggregate(t)?;
+                    }
+                }
+            }
+            Kind::Test => unreachable!(),
+        }
+        Ok(())
+    }
+
+    /// The ids and versions of the facts an activation matched, in order.
+    pub fn matched_facts(&self, t: TokId) -> Vec<(FactId, u32)> {
+        let mut out = Vec::new();
+        let mut cur = t;
+        while cur != NONE {
+            let f = self.toks[cur as usize].fact;
+            if f != NONE {
+                let fact = &self.rec(f).fact;
+                out.push((fact.id, fact.version));
+            }
+            cur = self.toks[cur as usize].parent;
+        }
+        out.reverse();
+        out
+    }
+}
+
+/// A fact's values of `fields`, borrowed (pushed one by one: cheaper than
+/// collecting, which this is called too often for).
+fn fact_key<'a>(fields: &[Sym], f: &'a Fact, id_sym: Sym) -> SmallVec<[Cow<'a, Value>; 2]> {
+    let mut key = SmallVec::new();
+    for &s in fields {
+        key.push(fact_field_ref(f, s, id_sym));
+    }
+    key
+}
+
+/// Whether the fact in slot `f` has `key` as the values of `fields`.
+fn fact_has_key<V: std::borrow::Borrow<Value>>(
+    facts: &[Option<FactRec>],
+    f: u32,
+    fields: &[Sym],
+    key: &[V],
+    id_sym: Sym,
+) -> bool {
+    let fact = &facts[f as usize].as_ref().expect("live fact slot").fact;
+    fields.iter().zip(key).all(|(&s, v)| *fact_field_ref(fact, s, id_sym) == *v.borrow())
+}
+
+/// A field of a fact for a join key (`_id` is the fact's id).
+fn fact_field_ref(f: &Fact, name: Sym, id_sym: Sym) -> Cow<'_, Value> {
+    if name == id_sym {
+        Cow::Owned(Value::Int(f.id as i64))
+    } else {
+        Cow::Borrowed(f.fields.get(name).unwrap_or(&NULL))
+    }
+}
+
+fn aggregate(func: AggFn, items: &[(FactId, Value)]) -> Result<Option<Value>, String> {
+    Ok(match func {
+        AggFn::Count => Some(Value::Int(items.len() as i64)),
+        AggFn::Collect => Some(Value::Array(Arc::new(items.iter().map(|i| i.1.clone()).collect()))),
+        AggFn::Sum => {
+            let mut int: Option<i64> = Some(0);
+            let mut float = 0.0;
+            for (_, v) in items {
+                match v {
+                    Value::Int(i) => {
+                        int = int.and_then(|s| s.checked_add(*i));
+                        float += *i as f64;
+                    }
+                    Value::Float(x) => {
+                        int = None;
+                        float += x;
+                    }
+                    Value::Null => {}
+                    other => return Err(format!("sum over a {} value {other}", other.type_name())),
+                }
+            }
+            Some(int.map(Value::Int).unwrap_or(Value::Float(float)))
+        }
+        AggFn::Min | AggFn::Max => {
+            let mut best: Option<&Value> = None;
+            for (_, v) in items {
+                if matches!(v, Value::Null) {
+                    continue;
+                }
+                best = match best {
+                    None => Some(v),
+                    Some(b) => {
+                        let ord = v
+                            .partial_cmp_value(b)
+                            .ok_or_else(|| format!("cannot compare {} with {}", v.type_name(), b.type_name()))?;
+                        let better = if func == AggFn::Min { ord.is_lt() } else { ord.is_gt() };
+                        Some(if better { v } else { b })
+                    }
+                };
+            }
+            best.cloned()
+        }
+    })
+}
+
+struct NetEnv<'a> {
+    net: &'a Network,
+    rule: usize,
+    tok: TokId,
+    current: Option<&'a Fact>,
+}
+
+impl<'a> NetEnv<'a> {
+    fn fact_field(&self, f: &'a Fact, name: Sym) -> Option<Cow<'a, Value>> {
+        if name == self.net.id_sym {
+            return Some(Cow::Owned(Value::Int(f.id as i64)));
+        }
+        f.fields.get(name).map(Cow::Borrowed)
+    }
+}
+
+impl Env for NetEnv<'_> {
+    fn field(&self, name: Sym) -> Option<Cow<'_, Value>> {
+        self.current.and_then(|f| self.fact_field(f, name))
+    }
+
+    fn bound_field(&self, slot: usize, name: Sym) -> Option<Cow<'_, Value>> {
+        if self.tok == NONE {
+            return None;
+        }
+        match self.net.bound_at(self.tok, self.rule, slot)? {
+            (f, _) if f != NONE => self.fact_field(&self.net.rec(f).fact, name),
+            (_, Some(Value::Map(m))) => m.get(&*name.name()).map(Cow::Borrowed),
+            _ => None,
+        }
+    }
+
+    fn bound(&self, slot: usize) -> Cow<'_, Value> {
+        if self.tok == NONE {
+            return Cow::Borrowed(&NULL);
+        }
+        match self.net.bound_at(self.tok, self.rule, slot) {
+            Some((f, _)) if f != NONE => Cow::Owned(Value::Int(self.net.rec(f).fact.id as i64)),
+            Some((_, Some(v))) => Cow::Borrowed(v),
+            _ => Cow::Borrowed(&NULL),
+        }
+    }
+}
+
+/// Fields of a fact as a `Value::Map` (for `collect` and reports).
+pub fn fields_value(fields: &Fields) -> Value {
+    Value::Map(Arc::new(fields.iter().map(|(k, v)| (k.name(), v.clone())).collect()))
+}
