@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use stoa_proto::v1 as pb;
 
-use crate::bench_e2e::{count_completed, percentile, rss_mib, spawn_server, start, summary, Client, TOKEN};
+use crate::bench_e2e::{count_completed, percentile, print_figures, rss_mib, spawn_server, start, Client, TOKEN};
 use crate::remote::Bearer;
 
 #[derive(clap::Args)]
@@ -64,13 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let figures = rt.block_on(cases(&args, &addr, server.0.id()))?;
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
-    for f in figures {
-        if args.json {
-            println!("{f}");
-        } else {
-            println!("{:<28} {}", f["case"].as_str().unwrap_or_default(), summary(&f));
-        }
-    }
+    print_figures(&figures, args.json, 28);
     Ok(std::process::ExitCode::SUCCESS)
 }
 

@@ -184,14 +184,19 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let figures = rt.block_on(cases(&args, &addr, server.0.id()))?;
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+    print_figures(&figures, args.json, 44);
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// One line per case (name, then `key=value`s), or one JSON object per case.
+pub(crate) fn print_figures(figures: &[serde_json::Value], json: bool, width: usize) {
     for f in figures {
-        if args.json {
+        if json {
             println!("{f}");
         } else {
-            println!("{:<44} {}", f["case"].as_str().unwrap_or_default(), summary(&f));
+            println!("{:<width$} {}", f["case"].as_str().unwrap_or_default(), summary(f));
         }
     }
-    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// A `stoa serve` (this binary unless `bin`) on an ephemeral loopback
