@@ -227,7 +227,7 @@ pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-pub(crate) fn summary(f: &serde_json::Value) -> String {
+fn summary(f: &serde_json::Value) -> String {
     let mut parts = Vec::new();
     for (k, v) in f.as_object().into_iter().flatten() {
         if k == "case" {

@@ -180,6 +180,19 @@ impl Runtime {
             deployed_ms: now_ms(),
             files,
         };
+        // A stored version is not live until its rollout says so: pin the
+        // one running now first, durably, so neither a canary deploy nor a
+        // crash before the rollout makes the new version stable by default.
+        if versions.rollout.is_none() {
+            if let Some((last, _)) = versions.list.last() {
+                let pinned = Rollout { stable: last.version.clone(), canary: None };
+                let v = serde_json::to_value(&pinned).map_err(|e| ApiError::Internal(e.to_string()))?;
+                self.store
+                    .put_aux("rollout", &format!("{tenant}/{}", rec.name), &v)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                versions.rollout = Some(pinned);
+            }
+        }
         self.store.put_pack(&rec).map_err(|e| ApiError::Internal(e.to_string()))?;
         versions.list.push((rec, pack.clone()));
         Ok((pack, diags, true))
