@@ -62,6 +62,21 @@ async fn stopped(shutdown: CancellationToken, run: JoinHandle<Result<(), Error>>
     tokio::time::timeout(WAIT, run).await.expect("the worker did not stop").unwrap().expect("the worker failed");
 }
 
+/// A worker with one function, `slow`, that reports each start on the
+/// channel and answers "finished" after `ms` milliseconds.
+fn slow_worker(url: &str, ms: u64) -> (Builder, mpsc::UnboundedReceiver<()>) {
+    let (started_tx, started) = mpsc::unbounded_channel();
+    let worker = builder(url).function("slow", move |_: serde_json::Value, _ctx: Context| {
+        let started = started_tx.clone();
+        async move {
+            let _ = started.send(());
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, Failure>(json!("finished"))
+        }
+    });
+    (worker, started)
+}
+
 fn encode_call(id: &str, uri: &str, index: serde_json::Value) -> Invocation {
     invocation(id, "media.encode", json!({ "uri": uri, "codec": "h264", "index": index }))
 }
@@ -286,15 +301,7 @@ async fn the_worker_reconnects_when_the_server_comes_up_and_after_it_restarts() 
 #[tokio::test]
 async fn shutdown_finishes_the_work_in_flight_then_closes() {
     let mut server = FakeServer::start();
-    let (started_tx, mut started) = mpsc::unbounded_channel();
-    let worker = builder(&server.url()).function("slow", move |_: serde_json::Value, _ctx: Context| {
-        let started = started_tx.clone();
-        async move {
-            let _ = started.send(());
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            Ok::<_, Failure>(json!("finished"))
-        }
-    });
+    let (worker, mut started) = slow_worker(&server.url(), 300);
     let (shutdown, run) = spawn(worker);
     let mut session = server.session().await;
     session.invoke(vec![invocation("inv_slow", "slow", json!({}))]).await;
@@ -346,15 +353,7 @@ async fn a_cancel_of_another_attempt_leaves_the_running_one() {
 #[tokio::test]
 async fn a_drain_from_the_server_finishes_the_work_then_reconnects() {
     let mut server = FakeServer::start();
-    let (started_tx, mut started) = mpsc::unbounded_channel();
-    let worker = builder(&server.url()).function("slow", move |_: serde_json::Value, _ctx: Context| {
-        let started = started_tx.clone();
-        async move {
-            let _ = started.send(());
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            Ok::<_, Failure>(json!("finished"))
-        }
-    });
+    let (worker, mut started) = slow_worker(&server.url(), 200);
     let (shutdown, run) = spawn(worker);
     let mut session = server.session().await;
     session.invoke(vec![invocation("inv_slow", "slow", json!({}))]).await;
