@@ -140,3 +140,37 @@ async fn a_repeated_start_is_answered_only_once_the_first_is_durable() {
     committer.close();
     thread.join().unwrap();
 }
+
+fn runtime(store: Arc<SledStore>) -> (Arc<Runtime>, Committer, std::thread::JoinHandle<()>) {
+    let (committer, thread) = Committer::spawn(store.clone());
+    let (dispatch, _queued) = crate::dispatcher::channel();
+    let (background, _later) = tokio::sync::mpsc::unbounded_channel();
+    let rt = Runtime::new(store, committer.clone(), dispatch, &["a".into()], 1000, background).unwrap();
+    (Arc::new(rt), committer, thread)
+}
+
+/// A deploy stores a version; only a rollout makes it run. A server that
+/// stops between the two (say, killed) keeps the old one stable.
+#[test]
+fn a_stored_version_is_not_live_until_its_rollout_even_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let v2: BTreeMap<String, String> = steps_pack()
+        .into_iter()
+        .map(|(k, v)| (k.clone(), if k == "pack.toml" { v.replacen("version = ", "version = \"2\" #", 1) } else { v }))
+        .collect();
+    {
+        let (rt, committer, thread) = runtime(Arc::new(SledStore::open(dir.path(), 8).unwrap()));
+        rt.deploy("a", steps_pack(), false).unwrap();
+        let v1 = rt.rollout_of("a", "bench-steps").unwrap().stable;
+        rt.deploy("a", v2.clone(), false).unwrap();
+        assert_eq!(rt.rollout_of("a", "bench-steps").unwrap().stable, v1, "stored, not rolled out");
+        committer.close();
+        thread.join().unwrap();
+    }
+    let (rt, committer, thread) = runtime(Arc::new(SledStore::open(dir.path(), 8).unwrap()));
+    let r = rt.rollout_of("a", "bench-steps").unwrap();
+    assert_ne!(r.stable, "2", "a restart must not make the newest stored version stable");
+    assert!(rt.pack_version("a", "bench-steps", "2").is_some(), "the stored version is still there");
+    committer.close();
+    thread.join().unwrap();
+}
