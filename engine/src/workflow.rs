@@ -15,7 +15,9 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use stoa_rules::compile::{Pack, Rule, Section};
+use stoa_rules::expr::{Env, Expr as NativeExpr};
 use stoa_rules::manifest::RetryPolicy;
+use stoa_rules::native::{NativeAction, Step};
 use stoa_rules::sandbox::{CallOptions, Due, Effect, NextIds, ScriptValue};
 use stoa_rules::testcase::FactSpec;
 use stoa_rules::{Fields, Sym, Value};
@@ -172,6 +174,32 @@ pub enum Binding {
     Fact(FactId),
     Value(Value),
     Unbound,
+}
+
+/// What a native action reads: its rule's bindings, facts lent by the network.
+struct BindingEnv<'a> {
+    net: &'a Network,
+    bindings: &'a [Binding],
+}
+
+impl Env for BindingEnv<'_> {
+    fn field(&self, _: Sym) -> Option<std::borrow::Cow<'_, Value>> {
+        None
+    }
+
+    fn bound_field(&self, binding: usize, name: Sym) -> Option<std::borrow::Cow<'_, Value>> {
+        match self.bindings.get(binding)? {
+            Binding::Fact(id) => self.net.fact(*id)?.fields.get(name).map(std::borrow::Cow::Borrowed),
+            _ => None,
+        }
+    }
+
+    fn bound(&self, binding: usize) -> std::borrow::Cow<'_, Value> {
+        match self.bindings.get(binding) {
+            Some(Binding::Value(v)) => std::borrow::Cow::Borrowed(v),
+            _ => std::borrow::Cow::Owned(Value::Null),
+        }
+    }
 }
 
 /// An activation waiting for the answer of one invocation.
@@ -737,11 +765,57 @@ impl Workflow {
             let matched = self.net.matched_facts(act.token);
             self.record(Event::Fired { rule: rule.name.clone(), section: SectionKind::Action, facts: matched.clone() });
             if let Some(section) = &rule.action {
-                let values = self.script_values(rule, &bindings, None);
-                self.run_section(rule, section, SectionKind::Action, values, &bindings, &matched)?;
+                match section.native.as_deref().and_then(|n| self.native_effects(n, &bindings)) {
+                    Some(effects) => self.apply_section(rule, effects, &bindings, &matched)?,
+                    None => {
+                        let values = self.script_values(rule, &bindings, None);
+                        self.run_section(rule, section, SectionKind::Action, values, &bindings, &matched)?;
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// The effects of a native action, or `None` to run its script instead
+    /// (see `stoa_rules::native`): a bound fact is gone, an operation fails,
+    /// or a value passes a sandbox limit.
+    fn native_effects(&self, action: &NativeAction, bindings: &[Binding]) -> Option<Vec<Effect>> {
+        let env = BindingEnv { net: &self.net, bindings };
+        if bindings.iter().any(|b| matches!(b, Binding::Fact(id) if self.net.fact(*id).is_none())) {
+            return None;
+        }
+        let limits = &self.pack.manifest.limits;
+        let fields = |entries: &[(Sym, NativeExpr)]| -> Option<Fields> {
+            let mut out = Fields::new();
+            for (k, e) in entries {
+                let v = e.eval(&env).ok()?;
+                match &v {
+                    Value::Str(s) if s.len() > limits.max_string_size => return None,
+                    Value::Array(a) if a.len() > limits.max_array_size => return None,
+                    _ => {}
+                }
+                out.set(*k, v);
+            }
+            Some(out)
+        };
+        let fact_id = |slot: usize| match bindings.get(slot) {
+            Some(Binding::Fact(id)) => Some(*id),
+            _ => None,
+        };
+        let mut next = self.meta.next_fact_id;
+        let mut effects = Vec::with_capacity(action.steps.len());
+        for step in &action.steps {
+            effects.push(match step {
+                Step::Insert { ty, fields: f } => {
+                    next += 1;
+                    Effect::Insert { id: next - 1, ty: *ty, fields: fields(f)? }
+                }
+                Step::Modify { slot, changes } => Effect::Modify { id: fact_id(*slot)?, changes: fields(changes)? },
+                Step::Retract { slot } => Effect::Retract { id: fact_id(*slot)? },
+            });
+        }
+        Some(effects)
     }
 
     fn script_values(&self, rule: &Rule, bindings: &[Binding], extra: Option<(Value, Value)>) -> Vec<ScriptValue> {
@@ -784,6 +858,17 @@ impl Workflow {
                 .unwrap_or_default();
             TurnError(format!("rule \"{}\" {}{at}: {}", rule.name, kind.as_str(), e.message))
         })?;
+        self.apply_section(rule, effects, bindings, matched)
+    }
+
+    /// Applies a section's effects (under the rule's `no-loop`).
+    fn apply_section(
+        &mut self,
+        rule: &Rule,
+        effects: Vec<Effect>,
+        bindings: &[Binding],
+        matched: &[(FactId, u32)],
+    ) -> Result<(), TurnError> {
         if rule.no_loop {
             let mut ids: Vec<FactId> = matched.iter().map(|m| m.0).collect();
             ids.sort_unstable();
@@ -1334,6 +1419,109 @@ rule "drop" {
                 status: running 
             "#]],
         );
+    }
+
+    #[test]
+    fn a_not_looks_for_another_blocker_when_its_blocker_leaves() {
+        // Each `not` keeps one blocking fact; when it is retracted, the
+        // token searches for another before it may match.
+        check(
+            r#"
+rule "top" {
+    match {
+        j: J()
+        not J(bp > j.bp)
+    }
+    action { log(`top ${j.bp}`); retract(j); }
+}
+"#,
+            serde_json::json!([
+                {"type": "J", "fields": {"bp": 1}},
+                {"type": "J", "fields": {"bp": 3}},
+                {"type": "J", "fields": {"bp": 2}}
+            ]),
+            expect_test::expect![[r#"
+                turn 1 ── start with 3 fact(s)
+                  +      f1 J {"bp":1}
+                  +      f2 J {"bp":3}
+                  +      f3 J {"bp":2}
+                  fire   top (f2@1)
+                  log    [top] top 3
+                  -      f2@1 J
+                  fire   top (f3@1)
+                  log    [top] top 2
+                  -      f3@1 J
+                  fire   top (f1@1)
+                  log    [top] top 1
+                  -      f1@1 J
+                  commit (3 firing(s))
+                status: running 
+            "#]],
+        );
+    }
+
+    /// The timeline of `rules` on `start`, and whether every action ran natively.
+    fn timeline_of(rules: &str, start: serde_json::Value) -> (Vec<String>, bool) {
+        let p = pack(rules, "");
+        let native = p.rules.iter().all(|r| r.action.as_ref().is_none_or(|a| a.native.is_some()));
+        let (_, timeline) = run_to_end(p, facts(start));
+        (timeline.iter().map(|e| e.line()).collect(), native)
+    }
+
+    #[test]
+    fn native_actions_change_facts_as_their_scripts_do() {
+        let rules = r#"
+rule "seat" {
+    match {
+        c: Count(n < 3)
+        g: Guest()
+    }
+    action {
+        insert("Seat", #{ guest: g.name, at: c.n * 2 + 1, ratio: c.n / 2.0, tags: [g.name, "x"], missing: g.nope });
+        modify(c, #{ n: c.n + 1, last: g.name + "!" });
+    }
+}
+rule "drop" {
+    salience -1
+    match { s: Seat(at > 3) }
+    action { retract(s); }
+}
+"#;
+        let start = serde_json::json!([
+            {"type": "Count", "fields": {"n": 0}},
+            {"type": "Guest", "fields": {"name": "ann"}},
+            {"type": "Guest", "fields": {"name": "bob"}}
+        ]);
+        let (native, all_native) = timeline_of(rules, start.clone());
+        assert!(all_native, "every action here is fact changes only");
+        // The same actions with a statement that keeps them in Rhai.
+        let scripted = rules.replace("action {", "action { let _rhai = 0;");
+        let (rhai, none_native) = timeline_of(&scripted, start);
+        assert!(!none_native);
+        assert_eq!(native, rhai);
+        assert!(native.iter().filter(|l| l.contains("+      f")).count() >= 5, "{native:#?}");
+    }
+
+    #[test]
+    fn a_native_action_that_fails_reports_the_script_error() {
+        // Integer overflow: the native step gives way to Rhai, whose error
+        // (with the script position) is the one reported.
+        let p = pack(
+            r#"
+rule "bump" {
+    match { c: Count() }
+    action { modify(c, #{ n: c.n + 1 }); }
+}
+"#,
+            "",
+        );
+        assert!(p.rules[0].action.as_ref().unwrap().native.is_some());
+        let mut wf = Workflow::new(WorkflowId::new("w"), p, 0);
+        let out = wf
+            .apply(Input::Start { facts: facts(serde_json::json!([{"type": "Count", "fields": {"n": i64::MAX}}])) }, 1)
+            .expect("a failed turn is an output");
+        let err = out.error.expect("the turn fails");
+        assert!(err.contains("rule \"bump\" action at") && err.contains("main.rules:4:"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::diagnostic::{Code, Diagnostic, Pos};
 use crate::expr::{self, BinOp, BindingKind, Expr};
 use crate::manifest::{parse_manifest, Manifest};
+use crate::native::{self, NativeAction};
 use crate::sandbox::{CompileError, CompileErrorKind, Sandbox, Script};
 use crate::syntax::{parse_rules, AggFn, ConditionAst, PatternAst, RuleAst, Text};
 use crate::testcase::{parse_tests, TestCase};
@@ -111,6 +112,8 @@ pub struct Slot {
 #[derive(Clone, Debug)]
 pub struct Section {
     pub script: Script,
+    /// The same action as native steps, when it is only fact changes.
+    pub native: Option<Arc<NativeAction>>,
     pub file: PathBuf,
     pub pos: Pos,
 }
@@ -402,6 +405,8 @@ impl RuleCompiler<'_> {
             }
         }
         let names: Vec<String> = self.slots.iter().filter_map(|s| s.name.clone()).collect();
+        let bound: Vec<(String, usize, BindingKind)> =
+            (self.slots.iter().enumerate()).filter_map(|(i, s)| s.name.clone().map(|n| (n, i, s.kind))).collect();
         let mut section = |t: &Option<Text>, extra: Option<&str>| -> Option<Section> {
             let t = t.as_ref()?;
             let mut vars: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -410,7 +415,16 @@ impl RuleCompiler<'_> {
                 vars.push("invocation");
             }
             match self.sandbox.compile(&t.text, &vars, false) {
-                Ok(script) => Some(Section { script, file: self.path.to_path_buf(), pos: t.pos }),
+                Ok(script) => {
+                    let native = match extra {
+                        None => {
+                            let bound: Vec<_> = bound.iter().map(|(n, i, k)| (n.as_str(), *i, *k)).collect();
+                            native::translate(&script, &bound).map(Arc::new)
+                        }
+                        Some(_) => None,
+                    };
+                    Some(Section { script, native, file: self.path.to_path_buf(), pos: t.pos })
+                }
                 Err(errs) => {
                     self.script_errors(errs, |p| file_pos(t.pos, p));
                     None

@@ -6,6 +6,7 @@ pub mod cron;
 pub mod diagnostic;
 pub mod expr;
 pub mod manifest;
+pub mod native;
 pub mod sandbox;
 pub mod syntax;
 pub mod testcase;

@@ -126,6 +126,12 @@ impl ScriptValue {
     }
 }
 
+impl Script {
+    pub(crate) fn ast(&self) -> &AST {
+        &self.ast
+    }
+}
+
 /// A compiled section or constraint, with the names of the variables it
 /// expects, in order.
 #[derive(Clone, Debug)]

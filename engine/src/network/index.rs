@@ -52,11 +52,18 @@ pub struct Index<K> {
     /// bucket, emptied and refilled whenever its tokens are rebuilt, and
     /// keeping it keeps its capacity.
     keep_empty: bool,
+    /// Items in all buckets.
+    len: usize,
 }
 
 impl<K: Default> Index<K> {
     pub fn new(keep_empty: bool) -> Index<K> {
-        Index { table: HashTable::new(), buckets: Vec::new(), free: Vec::new(), keep_empty }
+        Index { table: HashTable::new(), buckets: Vec::new(), free: Vec::new(), keep_empty, len: 0 }
+    }
+
+    /// Whether no bucket holds an item.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     fn find(&self, hash: u64, eq: impl Fn(&K, Option<u32>) -> bool) -> Option<u32> {
@@ -70,6 +77,7 @@ impl<K: Default> Index<K> {
     }
 
     fn push(&mut self, bucket: Option<u32>, hash: u64, make: impl FnOnce() -> K, item: u32) -> Place {
+        self.len += 1;
         if let Some(i) = bucket {
             let items = &mut self.buckets[i as usize].items;
             items.push(item);
@@ -118,6 +126,7 @@ impl<K: Default> Index<K> {
         let b = &mut self.buckets[bucket as usize];
         debug_assert_eq!(b.items.get(pos as usize), Some(&item), "an indexed item is in its place");
         b.items.swap_remove(pos as usize);
+        self.len -= 1;
         let moved = b.items.get(pos as usize).copied();
         if b.items.is_empty() && !self.keep_empty {
             let hash = b.hash;

@@ -170,8 +170,12 @@ struct Tok {
     mem_pos: u32,
     /// Generation, bumped when the slot is freed, so stale references die.
     gen: u32,
-    /// Matching facts of the `not`/`exists` after it.
-    count: u32,
+    /// Slot of one fact matching the `not`/`exists` after it, or `NONE`.
+    /// One is enough to decide the condition (CLIPS's blocker): a join
+    /// stops at the first match, and another is looked for only when this
+    /// one leaves, so a range test like `base_point > j.base_point` does
+    /// not scan every fact for every token.
+    blocker: u32,
     extra: Option<Box<Extra>>,
     /// Whether the token is a complete match waiting on the agenda.
     scheduled: bool,
@@ -417,7 +421,7 @@ impl Network {
                     mem_bucket: 0,
                     mem_pos: NONE,
                     gen: 0,
-                    count: 0,
+                    blocker: NONE,
                     extra: value.map(|v| Box::new(Extra { value: Some(v), items: Vec::new() })),
                     scheduled: false,
                 });
@@ -454,7 +458,7 @@ impl Network {
         let scheduled = std::mem::take(&mut tok.scheduled);
         tok.alive = false;
         tok.gen = tok.gen.wrapping_add(1);
-        tok.count = 0;
+        tok.blocker = NONE;
         tok.extra = None;
         tok.mem_pos = NONE;
         if parent != NONE {
@@ -514,6 +518,25 @@ impl Network {
             cur = tok.parent;
         }
         None
+    }
+
+    /// Field `name` of what token `t` binds at `slot`: a fact's field, or a
+    /// map value's entry.
+    fn bound_field(&self, t: TokId, rule: usize, slot: usize, name: Sym) -> Option<Cow<'_, Value>> {
+        if t == NONE {
+            return None;
+        }
+        match self.bound_at(t, rule, slot)? {
+            (f, _) if f != NONE => {
+                let fact = &self.rec(f).fact;
+                if name == self.id_sym {
+                    return Some(Cow::Owned(Value::Int(fact.id as i64)));
+                }
+                fact.fields.get(name).map(Cow::Borrowed)
+            }
+            (_, Some(Value::Map(m))) => m.get(&*name.name()).map(Cow::Borrowed),
+            _ => None,
+        }
     }
 
     /// Bindings of a complete match, by slot.
@@ -616,13 +639,14 @@ impl Network {
     /// Join key of token `t` for the pattern at `cond`.
     fn token_key(&self, rule: usize, cond: usize, t: TokId) -> R<index::Key> {
         let p = self.pattern(rule, cond);
-        let env = self.env(rule, t, None);
         let mut key = index::Key::new();
         for j in &p.joins {
             // Most join keys are a field of an earlier fact: read it directly.
             let v = match &j.key {
-                Expr::BoundField(slot, name) => env.bound_field(*slot, *name).map(Cow::into_owned).unwrap_or_default(),
-                e => e.eval(&env).map_err(|e| self.err(rule, e.0))?,
+                Expr::BoundField(slot, name) => {
+                    self.bound_field(t, rule, *slot, *name).map(Cow::into_owned).unwrap_or_default()
+                }
+                e => e.eval(&self.env(rule, t, None)).map_err(|e| self.err(rule, e.0))?,
             };
             key.push(v);
         }
@@ -907,7 +931,8 @@ impl Network {
                 let key = self.token_key(rule, level, t)?;
                 let hash = index::hash(&key);
                 let m = self.alpha_of[rule][level];
-                let matches = self.join_facts(m, t, hash, &key)?;
+                let first_only = matches!(kind, Kind::Not | Kind::Exists);
+                let matches = self.join_facts(m, t, hash, &key, first_only)?;
                 // The key moves into the memory if it starts a bucket.
                 let pos = self.mems[rule][level].insert_owned(hash, key, t);
                 let tok = &mut self.toks[t as usize];
@@ -920,9 +945,9 @@ impl Network {
                         }
                     }
                     Kind::Not | Kind::Exists => {
-                        let n = matches.len() as u32;
-                        self.toks[t as usize].count = n;
-                        if (n == 0) == (kind == Kind::Not) {
+                        let blocker = matches.first().copied().unwrap_or(NONE);
+                        self.toks[t as usize].blocker = blocker;
+                        if (blocker == NONE) == (kind == Kind::Not) {
                             let child = self.new_tok(rule as u32, next, t, NONE, None);
                             self.left_activate(child)?;
                         }
@@ -988,8 +1013,15 @@ impl Network {
     }
 
     /// The facts of alpha memory `m` that join with token `t` (whose join
-    /// key is `key`).
-    fn join_facts(&self, m: u32, t: TokId, hash: u64, key: &[Value]) -> R<SmallVec<[u32; 16]>> {
+    /// key is `key`); only the first if `first_only`.
+    fn join_facts<V: std::borrow::Borrow<Value>>(
+        &self,
+        m: u32,
+        t: TokId,
+        hash: u64,
+        key: &[V],
+        first_only: bool,
+    ) -> R<SmallVec<[u32; 16]>> {
         let mem = &self.alpha[m as usize];
         let (rule, cond) = (mem.rule as usize, mem.cond as usize);
         let p = self.pattern(rule, cond);
@@ -998,7 +1030,8 @@ impl Network {
         });
         let mut out = SmallVec::new();
         if mem.beta.is_empty() {
-            out.extend_from_slice(candidates);
+            let n = if first_only { candidates.len().min(1) } else { candidates.len() };
+            out.extend_from_slice(&candidates[..n]);
             return Ok(out);
         }
         // The token's side of each comparison, computed when first needed
@@ -1033,20 +1066,31 @@ impl Network {
                 }
             }
             out.push(f);
+            if first_only {
+                break;
+            }
         }
         Ok(out)
     }
 
     /// The tokens waiting at the condition of alpha memory `m` that join
     /// with the fact in slot `f`.
-    fn matching_tokens(&self, m: u32, f: u32) -> R<SmallVec<[TokId; 16]>> {
+    fn matching_tokens(&self, m: u32, f: u32, unblocked_only: bool) -> R<SmallVec<[TokId; 16]>> {
         let mem = &self.alpha[m as usize];
         let (rule, cond) = (mem.rule as usize, mem.cond as usize);
+        if self.mems[rule][cond].is_empty() {
+            // No token waits here (its rule's earlier conditions do not
+            // match now): nothing to join, not even a key to compute.
+            return Ok(SmallVec::new());
+        }
         let fact = &self.rec(f).fact;
         let key = self.fact_key(mem, fact);
         let p = self.pattern(rule, cond);
         let mut out = SmallVec::new();
         for &t in self.mems[rule][cond].get(index::hash(&key), &key) {
+            if unblocked_only && self.toks[t as usize].blocker != NONE {
+                continue;
+            }
             if self.beta_pass(rule, p, t, fact)? {
                 out.push(t);
             }
@@ -1054,27 +1098,36 @@ impl Network {
         Ok(out)
     }
 
+    /// The tokens waiting at the `not`/`exists` of alpha memory `m` that the
+    /// fact in slot `f` blocks (they share its join key).
+    fn blocked_by(&self, m: u32, f: u32) -> SmallVec<[TokId; 16]> {
+        let mem = &self.alpha[m as usize];
+        let (rule, cond) = (mem.rule as usize, mem.cond as usize);
+        let key = self.fact_key(mem, &self.rec(f).fact);
+        let toks = self.mems[rule][cond].get(index::hash(&key), &key);
+        toks.iter().copied().filter(|&t| self.toks[t as usize].blocker == f).collect()
+    }
+
     /// A fact entered alpha memory `m`: join it with the waiting tokens.
     fn right_activate(&mut self, m: u32, f: u32) -> R<()> {
         let (rule, cond) = (self.alpha[m as usize].rule as usize, self.alpha[m as usize].cond as usize);
         let kind = self.kinds[rule][cond];
         let next = cond as u16 + 1;
-        for t in self.matching_tokens(m, f)? {
+        // A token already blocked needs no test: one more match changes nothing.
+        let unblocked_only = matches!(kind, Kind::Not | Kind::Exists);
+        for t in self.matching_tokens(m, f, unblocked_only)? {
             match kind {
                 Kind::Pattern => {
                     let child = self.new_tok(rule as u32, next, t, f, None);
                     self.left_activate(child)?;
                 }
                 Kind::Not | Kind::Exists => {
-                    let n = &mut self.toks[t as usize].count;
-                    *n += 1;
-                    if *n == 1 {
-                        if kind == Kind::Not {
-                            self.delete_children(t);
-                        } else {
-                            let child = self.new_tok(rule as u32, next, t, NONE, None);
-                            self.left_activate(child)?;
-                        }
+                    self.toks[t as usize].blocker = f;
+                    if kind == Kind::Not {
+                        self.delete_children(t);
+                    } else {
+                        let child = self.new_tok(rule as u32, next, t, NONE, None);
+                        self.left_activate(child)?;
                     }
                 }
                 Kind::Aggregate => {
@@ -1099,16 +1152,22 @@ impl Network {
         match kind {
             Kind::Pattern => {} // its tokens were deleted with the fact
             Kind::Not | Kind::Exists => {
-                for t in self.matching_tokens(m, f)? {
-                    let n = &mut self.toks[t as usize].count;
-                    *n -= 1;
-                    if *n == 0 {
-                        if kind == Kind::Not {
-                            let child = self.new_tok(rule as u32, next, t, NONE, None);
-                            self.left_activate(child)?;
-                        } else {
-                            self.delete_children(t);
-                        }
+                // The tokens this fact blocked look for another blocker among
+                // the facts still in the memory (it has left it already).
+                for t in self.blocked_by(m, f) {
+                    let other = {
+                        let key = self.token_key(rule, cond, t)?;
+                        self.join_facts(m, t, index::hash(&key), &key, true)?.first().copied()
+                    };
+                    self.toks[t as usize].blocker = other.unwrap_or(NONE);
+                    if other.is_some() {
+                        continue;
+                    }
+                    if kind == Kind::Not {
+                        let child = self.new_tok(rule as u32, next, t, NONE, None);
+                        self.left_activate(child)?;
+                    } else {
+                        self.delete_children(t);
                     }
                 }
             }
@@ -1116,7 +1175,7 @@ impl Network {
                 // The fact's fields are unchanged since it was counted, so the
                 // same tokens match; drop it from each.
                 let id = self.rec(f).fact.id;
-                for t in self.matching_tokens(m, f)? {
+                for t in self.matching_tokens(m, f, false)? {
                     let items = &mut self.toks[t as usize].extra.as_mut().expect("aggregate items").items;
                     if let Ok(at) = items.binary_search_by_key(&id, |i| i.0) {
                         items.remove(at);
@@ -1244,14 +1303,7 @@ impl Env for NetEnv<'_> {
     }
 
     fn bound_field(&self, slot: usize, name: Sym) -> Option<Cow<'_, Value>> {
-        if self.tok == NONE {
-            return None;
-        }
-        match self.net.bound_at(self.tok, self.rule, slot)? {
-            (f, _) if f != NONE => self.fact_field(&self.net.rec(f).fact, name),
-            (_, Some(Value::Map(m))) => m.get(&*name.name()).map(Cow::Borrowed),
-            _ => None,
-        }
+        self.net.bound_field(self.tok, self.rule, slot, name)
     }
 
     fn bound(&self, slot: usize) -> Cow<'_, Value> {
