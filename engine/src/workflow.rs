@@ -1460,6 +1460,62 @@ rule "top" {
         );
     }
 
+    #[test]
+    fn conditions_of_one_shape_share_a_memory_across_rules_only() {
+        // `a`, `b`, the `not` and "seen"'s pattern all read every Item:
+        // "seen" shares with "pairs", whose own three conditions keep
+        // separate memories, so retracting the top item reaches each once.
+        check(
+            r#"
+rule "seen" {
+    salience 1
+    match { i: Item() }
+    action { log(`seen ${i.n}`); }
+}
+rule "pairs" {
+    match {
+        a: Item()
+        b: Item(n > a.n)
+        not Item(n > b.n)
+    }
+    action { log(`${a.n} < ${b.n}, the top`); }
+}
+rule "drop" {
+    salience -1
+    match { i: Item(n == 3) }
+    action { retract(i); }
+}
+"#,
+            serde_json::json!([
+                {"type": "Item", "fields": {"n": 1}},
+                {"type": "Item", "fields": {"n": 2}},
+                {"type": "Item", "fields": {"n": 3}}
+            ]),
+            expect_test::expect![[r#"
+                turn 1 ── start with 3 fact(s)
+                  +      f1 Item {"n":1}
+                  +      f2 Item {"n":2}
+                  +      f3 Item {"n":3}
+                  fire   seen (f3@1)
+                  log    [seen] seen 3
+                  fire   seen (f2@1)
+                  log    [seen] seen 2
+                  fire   seen (f1@1)
+                  log    [seen] seen 1
+                  fire   pairs (f2@1, f3@1)
+                  log    [pairs] 2 < 3, the top
+                  fire   pairs (f1@1, f3@1)
+                  log    [pairs] 1 < 3, the top
+                  fire   drop (f3@1)
+                  -      f3@1 Item
+                  fire   pairs (f1@1, f2@1)
+                  log    [pairs] 1 < 2, the top
+                  commit (7 firing(s))
+                status: running 
+            "#]],
+        );
+    }
+
     /// The timeline of `rules` on `start`, and whether every action ran natively.
     fn timeline_of(rules: &str, start: serde_json::Value) -> (Vec<String>, bool) {
         let p = pack(rules, "");

@@ -54,9 +54,10 @@ pub struct MatchError {
 
 type R<T> = Result<T, MatchError>;
 
-/// Where a fact sits in one alpha memory.
+/// Where a fact sits in one shared alpha memory.
 #[derive(Clone, Copy)]
 struct AlphaRef {
+    /// The shared memory (`Network::shared`).
     mem: u32,
     bucket: u32,
     pos: u32,
@@ -70,17 +71,34 @@ struct FactRec {
     toks: TokId,
 }
 
+/// The alpha memory of one (rule, condition): a view of a shared memory.
 struct AlphaMem {
     rule: u32,
     cond: u32,
-    /// Memories with the same type and alpha tests share one evaluation of
-    /// the tests per fact: the first such memory's number.
-    tests_of: u32,
-    /// The fields whose values key `index`, in join order.
+    /// The shared memory holding its facts.
+    shared: u32,
+    /// The fields whose values key the index, in join order.
     fields: Vec<Sym>,
     /// The pattern's beta tests, in order, as run against many facts for
     /// one token.
     beta: Vec<BetaTest>,
+}
+
+/// Facts of one type that pass the same alpha tests, indexed by the same
+/// join fields: one memory for every condition of that shape, as a Rete
+/// shares alpha memories (Waltz has dozens of `Edge` patterns over a few
+/// shapes). Two conditions of one rule never share a memory, so a change
+/// reaches each rule's conditions one memory at a time (see `retract_inner`).
+struct SharedMem {
+    /// Index, among the shared memories of its type, of its group of alpha
+    /// tests: memories with the same tests and other join fields evaluate
+    /// them once per fact.
+    group: u32,
+    /// A condition whose pattern has the tests.
+    first: u32,
+    fields: Vec<Sym>,
+    /// Conditions (`Network::alpha`) reading it, in rule order.
+    consumers: Vec<u32>,
     index: Index<()>,
 }
 
@@ -209,8 +227,10 @@ pub struct Network {
     toks: Vec<Tok>,
     free: Vec<TokId>,
     alpha: Vec<AlphaMem>,
-    /// Alpha memories listening to each fact type, in rule/condition order.
-    by_type: FxHashMap<Sym, (u32, u32)>,
+    shared: Vec<SharedMem>,
+    /// Shared memories listening to each fact type (start and length in
+    /// `listeners`), and the number of their test groups.
+    by_type: FxHashMap<Sym, (u32, u32, u32)>,
     /// The lists of `by_type` (start and length there), end to end.
     listeners: Vec<u32>,
     /// The kind of each rule's conditions.
@@ -258,6 +278,8 @@ impl Network {
         let mut alpha_of = Vec::new();
         let mut mems = Vec::new();
         let mut slot_level = Vec::new();
+        let mut shared: Vec<SharedMem> = Vec::new();
+        // Distinct alpha test lists by type: (type, tests, group).
         let mut tests: Vec<(Sym, &[Constraint], u32)> = Vec::new();
         for (r, rule) in pack.rules.iter().enumerate() {
             let mut per_cond = Vec::new();
@@ -278,22 +300,43 @@ impl Network {
                 match pattern {
                     Some(p) => {
                         let id = alpha.len() as u32;
-                        let tests_of = match tests.iter().find(|t| t.0 == p.ty && same_tests(t.1, &p.alpha)) {
+                        let group = match tests.iter().find(|t| t.0 == p.ty && same_tests(t.1, &p.alpha)) {
                             Some(t) => t.2,
                             None => {
-                                tests.push((p.ty, &p.alpha, id));
-                                id
+                                let g = tests.iter().filter(|t| t.0 == p.ty).count() as u32;
+                                tests.push((p.ty, &p.alpha, g));
+                                g
                             }
                         };
+                        let fields: Vec<Sym> = p.joins.iter().map(|j| j.field).collect();
+                        let listening = by_type.entry(p.ty).or_default();
+                        let fits = |m: &SharedMem| {
+                            m.group == group
+                                && m.fields == fields
+                                && m.consumers.iter().all(|&c| alpha[c as usize].rule != r as u32)
+                        };
+                        let s = match listening.iter().copied().find(|&s| fits(&shared[s as usize])) {
+                            Some(s) => s,
+                            None => {
+                                shared.push(SharedMem {
+                                    group,
+                                    first: id,
+                                    fields: fields.clone(),
+                                    consumers: Vec::new(),
+                                    index: Index::new(p.joins.is_empty()),
+                                });
+                                listening.push(shared.len() as u32 - 1);
+                                shared.len() as u32 - 1
+                            }
+                        };
+                        shared[s as usize].consumers.push(id);
                         alpha.push(AlphaMem {
                             rule: r as u32,
                             cond: c as u32,
-                            tests_of,
-                            fields: p.joins.iter().map(|j| j.field).collect(),
+                            shared: s,
+                            fields,
                             beta: p.beta.iter().enumerate().map(|(i, c)| BetaTest::of(i, c)).collect(),
-                            index: Index::new(p.joins.is_empty()),
                         });
-                        by_type.entry(p.ty).or_default().push(id);
                         per_cond.push(id);
                     }
                     None => per_cond.push(NONE),
@@ -318,6 +361,7 @@ impl Network {
             toks: Vec::new(),
             free: Vec::new(),
             alpha,
+            shared,
             by_type: FxHashMap::default(),
             listeners: Vec::new(),
             kinds: pack.rules.iter().map(|r| r.conditions.iter().map(Kind::of).collect()).collect(),
@@ -334,7 +378,8 @@ impl Network {
             id_sym: Sym::new("_id"),
         };
         for (ty, ms) in by_type {
-            net.by_type.insert(ty, (net.listeners.len() as u32, ms.len() as u32));
+            let groups = tests.iter().filter(|t| t.0 == ty).count() as u32;
+            net.by_type.insert(ty, (net.listeners.len() as u32, ms.len() as u32, groups));
             net.listeners.extend(ms);
         }
         // One root token per rule; rules whose conditions need no fact (only
@@ -707,39 +752,38 @@ impl Network {
             }
         };
         self.slot_of.insert(id, slot);
-        let Some(&(start, len)) = self.by_type.get(&ty) else { return Ok(()) };
+        let Some(&(start, len, groups)) = self.by_type.get(&ty) else { return Ok(()) };
         let (start, len) = (start as usize, len as usize);
-        // Results of shared alpha tests, by memory: 0 unknown, 1 pass, 2 fail.
-        let mut passed: SmallVec<[u8; 128]> = SmallVec::from_elem(0, len);
+        // Results of the alpha tests, by group: 0 unknown, 1 pass, 2 fail.
+        let mut passed: SmallVec<[u8; 64]> = SmallVec::from_elem(0, groups as usize);
         // The fact's memberships, stored once at the end (a Waltz edge is
         // in dozens of memories: pushing one by one regrows the list).
         let mut refs: SmallVec<[AlphaRef; 16]> = SmallVec::new();
         let mut res = Ok(());
-        for k in 0..len {
-            let m = self.listeners[start + k];
-            let mem = &self.alpha[m as usize];
-            // Listeners are in memory order, and tests are shared with an
-            // earlier memory of the same type.
-            let shared = self.listeners[start..start + k].binary_search(&mem.tests_of).ok();
-            let pass = match shared.map(|i| passed[i]) {
-                Some(1) => true,
-                Some(2) => false,
-                _ => match self.alpha_pass(mem, &self.rec(slot).fact) {
-                    Ok(pass) => pass,
-                    Err(e) => {
-                        res = Err(e);
-                        break;
+        'mems: for k in 0..len {
+            let sm = self.listeners[start + k];
+            let group = self.shared[sm as usize].group as usize;
+            let pass = match passed[group] {
+                1 => true,
+                2 => false,
+                _ => {
+                    match self.alpha_pass(&self.alpha[self.shared[sm as usize].first as usize], &self.rec(slot).fact) {
+                        Ok(pass) => pass,
+                        Err(e) => {
+                            res = Err(e);
+                            break;
+                        }
                     }
-                },
+                }
             };
-            passed[k] = if pass { 1 } else { 2 };
+            passed[group] = if pass { 1 } else { 2 };
             if !pass {
                 continue;
             }
             let pos = {
                 let (facts, id_sym) = (&self.facts, self.id_sym);
                 let f = &facts[slot as usize].as_ref().expect("inserted").fact;
-                let mem = &mut self.alpha[m as usize];
+                let mem = &mut self.shared[sm as usize];
                 let key = fact_key(&mem.fields, f, id_sym);
                 let hash = index::hash(&key);
                 let fields = &mem.fields;
@@ -747,10 +791,13 @@ impl Network {
                     |_: &(), first: Option<u32>| first.is_none_or(|f| fact_has_key(facts, f, fields, &key, id_sym));
                 mem.index.insert_with(hash, eq, || (), slot)
             };
-            refs.push(AlphaRef { mem: m, bucket: pos.0, pos: pos.1 });
-            if let Err(e) = self.right_activate(m, slot) {
-                res = Err(e);
-                break;
+            refs.push(AlphaRef { mem: sm, bucket: pos.0, pos: pos.1 });
+            for i in 0..self.shared[sm as usize].consumers.len() {
+                let m = self.shared[sm as usize].consumers[i];
+                if let Err(e) = self.right_activate(m, slot) {
+                    res = Err(e);
+                    break 'mems;
+                }
             }
         }
         self.rec_mut(slot).alpha = refs.into_iter().collect();
@@ -772,13 +819,15 @@ impl Network {
         // memories retract it in turn.
         let alpha = std::mem::take(&mut self.rec_mut(slot).alpha);
         for r in &alpha {
-            if let Some(moved) = self.alpha[r.mem as usize].index.remove((r.bucket, r.pos), slot) {
+            if let Some(moved) = self.shared[r.mem as usize].index.remove((r.bucket, r.pos), slot) {
                 let other = self.rec_mut(moved);
                 for e in other.alpha.iter_mut().filter(|e| e.mem == r.mem) {
                     e.pos = r.pos;
                 }
             }
-            self.right_retract(r.mem, slot)?;
+            for i in 0..self.shared[r.mem as usize].consumers.len() {
+                self.right_retract(self.shared[r.mem as usize].consumers[i], slot)?;
+            }
         }
         // Tokens of the fact those activations made in later patterns.
         loop {
@@ -1025,7 +1074,7 @@ impl Network {
         let mem = &self.alpha[m as usize];
         let (rule, cond) = (mem.rule as usize, mem.cond as usize);
         let p = self.pattern(rule, cond);
-        let candidates = mem.index.get_with(hash, |_, first| {
+        let candidates = self.shared[mem.shared as usize].index.get_with(hash, |_, first| {
             first.is_none_or(|f| fact_has_key(&self.facts, f, &mem.fields, key, self.id_sym))
         });
         let mut out = SmallVec::new();
