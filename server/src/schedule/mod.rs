@@ -143,6 +143,12 @@ impl Scheduler {
                     continue;
                 }
             };
+            let mut rec = rec;
+            if recover(&*store, &spec, &mut rec).map_err(|e| format!("schedule record {key}: {e}"))? {
+                store
+                    .put_aux(KIND, &key, &serde_json::to_value(&rec).expect("schedules serialize"))
+                    .map_err(|e| format!("schedule record {key}: {e}"))?;
+            }
             let k = key_of(&rec.tenant, &rec.name);
             state.entries.insert(k.clone(), Entry { rec, spec, due: None });
             state.requeue(&k, None);
@@ -440,6 +446,40 @@ impl Scheduler {
         out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         out
     }
+}
+
+/// Ticks after the cursor whose workflows were started before a crash that
+/// came before they were recorded: the start is durable (its request id is
+/// stored), the cursor is not. They are recorded as runs and passed, so a
+/// catch-up policy never decides about a tick that already ran (`skip` would
+/// leave its workflow out of the runs, `all` would report it found rather
+/// than started). A pass starts its ticks oldest first, so they are the
+/// first ticks after the cursor. Returns whether `rec` changed.
+fn recover(store: &dyn Store, spec: &Spec, rec: &mut Schedule) -> Result<bool, stoa_engine::store::Error> {
+    let mut changed = false;
+    for _ in 0..plan::DEFAULT_MAX_CATCH_UP {
+        let Some(due) = spec.next_after(rec.cursor_ms) else { break };
+        if due > now_ms() as i64 {
+            break;
+        }
+        let request = format!("{}/{}", rec.tenant, request_id(&rec.name, due));
+        let Some(id) = store.request(&request)? else { break };
+        // When it started: its first turn's time.
+        let started_ms = store.timeline(&id, 1, 1)?.first().map_or_else(now_ms, |e| e.at_ms);
+        rec.runs.push_back(Run {
+            due_ms: due,
+            started_ms,
+            workflow_id: id.to_string(),
+            created: true,
+            kind: RunKind::Recovered,
+        });
+        while rec.runs.len() > RUNS_KEPT {
+            rec.runs.pop_front();
+        }
+        rec.cursor_ms = due;
+        changed = true;
+    }
+    Ok(changed)
 }
 
 fn next_ticks(e: &Entry) -> Vec<i64> {

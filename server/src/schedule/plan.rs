@@ -22,6 +22,9 @@ pub enum RunKind {
     OnTime,
     CatchUp,
     Manual,
+    /// Started before a crash that came before it was recorded: found at
+    /// the restart by its request id.
+    Recovered,
 }
 
 impl RunKind {
@@ -30,6 +33,7 @@ impl RunKind {
             RunKind::OnTime => "on_time",
             RunKind::CatchUp => "catch_up",
             RunKind::Manual => "manual",
+            RunKind::Recovered => "recovered",
         }
     }
 }
