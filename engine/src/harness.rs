@@ -172,7 +172,8 @@ fn check_expectations(case: &TestCase, local: &Local, r: &mut Report) {
     if let Some(calls) = &x.calls {
         let mut got: BTreeMap<String, u64> = BTreeMap::new();
         for e in &r.timeline {
-            if let Event::Invoked { function, .. } = &e.event {
+            if let Event::Invoked(i) = &e.event {
+                let function = &i.function;
                 *got.entry(function.clone()).or_default() += 1;
             }
         }
@@ -219,7 +220,7 @@ fn check_expectations(case: &TestCase, local: &Local, r: &mut Report) {
             .timeline
             .iter()
             .filter_map(|e| match &e.event {
-                Event::SignalEmitted { name, .. } => Some(name.clone()),
+                Event::SignalEmitted(e) => Some(e.name.clone()),
                 _ => None,
             })
             .collect();

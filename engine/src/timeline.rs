@@ -3,7 +3,7 @@
 //! workflow is where it is.
 
 use serde::{Deserialize, Serialize};
-use stoa_rules::{Fields, Sym, Value};
+use stoa_rules::{FieldList, Sym, Value};
 
 use crate::fact::{FactId, InvocationId};
 
@@ -61,15 +61,15 @@ pub enum Event {
         id: FactId,
         #[serde(rename = "type")]
         ty: Sym,
-        fields: Fields,
+        fields: FieldList,
     },
     Modified {
         id: FactId,
         #[serde(rename = "type")]
         ty: Sym,
         version: u32,
-        before: Fields,
-        after: Fields,
+        before: FieldList,
+        after: FieldList,
     },
     Retracted {
         id: FactId,
@@ -77,13 +77,7 @@ pub enum Event {
         ty: Sym,
         version: u32,
     },
-    Invoked {
-        invocation: InvocationId,
-        function: String,
-        args: Value,
-        priority: i64,
-        rule: String,
-    },
+    Invoked(Box<Invoked>),
     ResultApplied {
         invocation: InvocationId,
         ok: bool,
@@ -129,25 +123,46 @@ pub enum Event {
         id: u64,
         rule: String,
     },
-    SignalEmitted {
-        signal: String,
-        name: String,
-        payload: Value,
-    },
+    SignalEmitted(Box<SignalEmitted>),
     /// The workflow moved to another version of its pack.
-    Upgraded {
-        from: String,
-        to: String,
-        added: Vec<String>,
-        changed: Vec<String>,
-        removed: Vec<String>,
-    },
+    Upgraded(Box<Upgraded>),
     /// The upgrade's turn failed and was rolled back; the version stays.
     UpgradeFailed {
         to: String,
         error: String,
     },
 }
+
+// The larger, rarer events are boxed: an entry is as large as its largest
+// kind, and a big turn holds hundreds of thousands of entries.
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Invoked {
+    pub invocation: InvocationId,
+    pub function: String,
+    pub args: Value,
+    pub priority: i64,
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignalEmitted {
+    pub signal: String,
+    pub name: String,
+    pub payload: Value,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Upgraded {
+    pub from: String,
+    pub to: String,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+// Every kind of entry stays within 96 bytes.
+const _: () = assert!(std::mem::size_of::<Entry>() <= 96);
 
 impl Entry {
     /// A due time relative to this entry, so test timelines read the same
@@ -177,8 +192,8 @@ impl Entry {
                 format!("  ~      f{id}@{version} {ty} {before:?} -> {after:?}")
             }
             Event::Retracted { id, ty, version } => format!("  -      f{id}@{version} {ty}"),
-            Event::Invoked { invocation, function, args, priority, .. } => {
-                format!("  call   {function} {args} (priority {priority}) {invocation}")
+            Event::Invoked(i) => {
+                format!("  call   {} {} (priority {}) {}", i.function, i.args, i.priority, i.invocation)
             }
             Event::ResultApplied { invocation, ok, value, attempts } => {
                 format!(
@@ -203,8 +218,9 @@ impl Entry {
             }
             Event::TimerFired { id, ty } => format!("  timer  {id} {ty} fired"),
             Event::TimerCancelled { id, rule } => format!("  timer  {id} cancelled by \"{rule}\""),
-            Event::SignalEmitted { signal, name, payload } => format!("  emit   {name} {payload} ({signal})"),
-            Event::Upgraded { from, to, added, changed, removed } => {
+            Event::SignalEmitted(e) => format!("  emit   {} {} ({})", e.name, e.payload, e.signal),
+            Event::Upgraded(u) => {
+                let Upgraded { from, to, added, changed, removed } = &**u;
                 let list = |what: &str, v: &[String]| {
                     if v.is_empty() {
                         String::new()
@@ -220,6 +236,61 @@ impl Entry {
                 )
             }
             Event::UpgradeFailed { to, error } => format!("  ERROR  upgrade to {to} rolled back: {error}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stoa_rules::Fields;
+
+    #[test]
+    fn boxed_and_compact_events_keep_their_json() {
+        let fields: Fields = [(Sym::new("n"), Value::Int(1))].into_iter().collect();
+        let events = [
+            (
+                Event::Invoked(Box::new(Invoked {
+                    invocation: InvocationId::new("inv_w.1"),
+                    function: "f".into(),
+                    args: Value::Int(2),
+                    priority: 3,
+                    rule: "r".into(),
+                })),
+                r#"{"kind":"invoked","invocation":"inv_w.1","function":"f","args":2,"priority":3,"rule":"r"}"#,
+            ),
+            (
+                Event::SignalEmitted(Box::new(SignalEmitted {
+                    signal: "s1".into(),
+                    name: "done".into(),
+                    payload: Value::Null,
+                })),
+                r#"{"kind":"signal_emitted","signal":"s1","name":"done","payload":null}"#,
+            ),
+            (
+                Event::Upgraded(Box::new(Upgraded {
+                    from: "1".into(),
+                    to: "2".into(),
+                    added: vec!["a".into()],
+                    changed: vec![],
+                    removed: vec![],
+                })),
+                r#"{"kind":"upgraded","from":"1","to":"2","added":["a"],"changed":[],"removed":[]}"#,
+            ),
+            (
+                Event::Modified {
+                    id: 4,
+                    ty: Sym::new("T"),
+                    version: 2,
+                    before: (&fields).into(),
+                    after: FieldList::default(),
+                },
+                r#"{"kind":"modified","id":4,"type":"T","version":2,"before":{"n":1},"after":{}}"#,
+            ),
+        ];
+        for (event, json) in events {
+            assert_eq!(serde_json::to_string(&event).unwrap(), json);
+            assert_eq!(serde_json::from_str::<Event>(json).unwrap(), event);
         }
     }
 }

@@ -24,7 +24,7 @@ use stoa_rules::{Fields, Sym, Value};
 
 use crate::fact::{Fact, FactId, InvocationId, WorkflowId};
 use crate::network::{Bound, Network};
-use crate::timeline::{Entry, Event, SectionKind};
+use crate::timeline::{self, Entry, Event, SectionKind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -961,11 +961,11 @@ impl Workflow {
                 Effect::Emit { name, payload } => {
                     let id = format!("{}/s{}", self.meta.id, self.meta.next_signal);
                     self.meta.next_signal += 1;
-                    self.record(Event::SignalEmitted {
+                    self.record(Event::SignalEmitted(Box::new(timeline::SignalEmitted {
                         signal: id.clone(),
                         name: name.clone(),
                         payload: payload.clone(),
-                    });
+                    })));
                     let from = Some(self.meta.id.clone());
                     self.turn.signals.push(Signal { id, name, payload, from, at_ms: self.turn.now });
                 }
@@ -1036,7 +1036,7 @@ impl Workflow {
         let id = self.meta.next_fact_id;
         self.meta.next_fact_id += 1;
         self.touch_fact(id);
-        self.record(Event::Inserted { id, ty, fields: fields.clone() });
+        self.record(Event::Inserted { id, ty, fields: (&fields).into() });
         let tag = self.next_tag();
         self.net.insert(Fact { id, ty, version: 1, fields, tag })?;
         Ok(id)
@@ -1067,7 +1067,7 @@ impl Workflow {
         self.check_schema(old.ty, &fields)?;
         self.touch_fact(id);
         let version = old.version + 1;
-        self.record(Event::Modified { id, ty: old.ty, version, before, after });
+        self.record(Event::Modified { id, ty: old.ty, version, before: before.into(), after: after.into() });
         let tag = self.next_tag();
         self.net.modify(Fact { id, ty: old.ty, version, fields, tag })?;
         Ok(())
@@ -1141,13 +1141,13 @@ impl Workflow {
             rule: rule.name.clone(),
             created_ms: self.turn.now,
         };
-        self.record(Event::Invoked {
+        self.record(Event::Invoked(Box::new(timeline::Invoked {
             invocation: id,
             function,
             args,
             priority: options.priority,
             rule: rule.name.clone(),
-        });
+        })));
         let w = Waiting {
             invocation: inv.clone(),
             rule: rule.name.clone(),
@@ -1231,13 +1231,13 @@ impl Workflow {
         let (from, to) = (self.meta.pack_version.clone(), pack.manifest.version.clone());
         let meta_before = self.begin_turn(now_ms, format!("upgrade {} {from} -> {to}", pack.manifest.name));
         let changes = Self::rule_changes(&self.pack, &pack);
-        self.record(Event::Upgraded {
+        self.record(Event::Upgraded(Box::new(timeline::Upgraded {
             from: from.clone(),
             to: to.clone(),
             added: changes.added.clone(),
             changed: changes.changed.clone(),
             removed: changes.removed.clone(),
-        });
+        })));
         let old_pack = std::mem::replace(&mut self.pack, pack.clone());
         let result = (|| {
             let orphans: Vec<InvocationId> = self
@@ -1268,7 +1268,7 @@ impl Workflow {
             Err(TurnError(error)) => {
                 self.pack = old_pack;
                 self.rollback(meta_before);
-                self.turn.entries.retain(|e| matches!(e.event, Event::TurnStarted { .. } | Event::Upgraded { .. }));
+                self.turn.entries.retain(|e| matches!(e.event, Event::TurnStarted { .. } | Event::Upgraded(_)));
                 self.meta.timeline_seq = self.turn.entries.last().map(|e| e.seq).unwrap_or(self.meta.timeline_seq);
                 self.record(Event::UpgradeFailed { to: to.clone(), error: error.clone() });
                 self.turn.invocations.clear();

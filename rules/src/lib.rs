@@ -13,4 +13,4 @@ pub mod testcase;
 pub mod value;
 
 pub use diagnostic::{Code, Diagnostic, Pos, Severity};
-pub use value::{Fields, Sym, Value};
+pub use value::{FieldList, Fields, Sym, Value};
