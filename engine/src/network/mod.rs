@@ -190,9 +190,9 @@ struct Tok {
     gen: u32,
     /// Slot of one fact matching the `not`/`exists` after it, or `NONE`.
     /// One is enough to decide the condition (CLIPS's blocker): a join
-    /// stops at the first match, and another is looked for only when this
-    /// one leaves, so a range test like `base_point > j.base_point` does
-    /// not scan every fact for every token.
+    /// stops at the first match instead of counting them all, another is
+    /// looked for only when this one leaves, and a fact arriving for a
+    /// token already blocked is not even tested.
     blocker: u32,
     extra: Option<Box<Extra>>,
     /// Whether the token is a complete match waiting on the agenda.
@@ -1063,14 +1063,7 @@ impl Network {
 
     /// The facts of alpha memory `m` that join with token `t` (whose join
     /// key is `key`); only the first if `first_only`.
-    fn join_facts<V: std::borrow::Borrow<Value>>(
-        &self,
-        m: u32,
-        t: TokId,
-        hash: u64,
-        key: &[V],
-        first_only: bool,
-    ) -> R<SmallVec<[u32; 16]>> {
+    fn join_facts(&self, m: u32, t: TokId, hash: u64, key: &[Value], first_only: bool) -> R<SmallVec<[u32; 16]>> {
         let mem = &self.alpha[m as usize];
         let (rule, cond) = (mem.rule as usize, mem.cond as usize);
         let p = self.pattern(rule, cond);
