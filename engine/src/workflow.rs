@@ -176,15 +176,6 @@ pub enum Binding {
     Unbound,
 }
 
-/// Whether setting field `k` to `v` changes `fields` (null removes a field,
-/// even one that holds null).
-fn changes_field(fields: &Fields, k: Sym, v: &Value) -> bool {
-    match fields.get(k) {
-        Some(prev) => prev != v || matches!(prev, Value::Null),
-        None => !matches!(v, Value::Null),
-    }
-}
-
 /// What a native action reads: its rule's bindings, facts lent by the network.
 struct BindingEnv<'a> {
     net: &'a Network,
@@ -870,35 +861,6 @@ impl Workflow {
         self.apply_section(rule, effects, bindings, matched)
     }
 
-    /// The facts that an effect of `effects` surely retracts, with that
-    /// effect's index: a `retract`, or a `modify` that changes the fact, when
-    /// no other effect touches the fact (so the change is known now).
-    /// Effects before that one need not build matches through them (see
-    /// `Network::doom`).
-    fn doomed_by(&self, effects: &[Effect]) -> Vec<(FactId, usize)> {
-        let touched = |e: &Effect| match e {
-            Effect::Modify { id, .. } | Effect::Retract { id } => Some(*id),
-            _ => None,
-        };
-        let mut out = Vec::new();
-        for (i, e) in effects.iter().enumerate() {
-            let Some(id) = touched(e) else { continue };
-            if i == 0 || effects.iter().filter(|x| touched(x) == Some(id)).count() > 1 {
-                continue; // nothing before it, or not alone
-            }
-            let sure = match e {
-                Effect::Modify { changes, .. } => {
-                    self.net.fact(id).is_some_and(|f| changes.iter().any(|(k, v)| changes_field(&f.fields, k, v)))
-                }
-                _ => self.net.fact(id).is_some(),
-            };
-            if sure {
-                out.push((id, i));
-            }
-        }
-        out
-    }
-
     /// Applies a section's effects (under the rule's `no-loop`).
     fn apply_section(
         &mut self,
@@ -914,7 +876,6 @@ impl Workflow {
         }
         let res = self.apply_effects(rule, effects, bindings, matched);
         self.net.suppress = None;
-        self.net.doom(&[]);
         res.map_err(|TurnError(e)| TurnError(format!("rule \"{}\": {e}", rule.name)))
     }
 
@@ -925,12 +886,7 @@ impl Workflow {
         bindings: &[Binding],
         matched: &[(FactId, u32)],
     ) -> Result<(), TurnError> {
-        let doomed = self.doomed_by(&effects);
-        for (i, e) in effects.into_iter().enumerate() {
-            if !doomed.is_empty() {
-                let later: Vec<FactId> = doomed.iter().filter(|d| d.1 > i).map(|d| d.0).collect();
-                self.net.doom(&later);
-            }
+        for e in effects {
             match e {
                 Effect::Insert { id, ty, fields } => {
                     debug_assert_eq!(id, self.meta.next_fact_id);
@@ -1093,10 +1049,10 @@ impl Workflow {
         let mut fields = old.fields.clone();
         let (mut before, mut after) = (Fields::new(), Fields::new());
         for (k, v) in changes.iter() {
-            if !changes_field(&old.fields, k, v) {
+            let prev = old.fields.get(k).cloned().unwrap_or(Value::Null);
+            if prev == *v && !(matches!(prev, Value::Null) && old.fields.get(k).is_some()) {
                 continue;
             }
-            let prev = old.fields.get(k).cloned().unwrap_or(Value::Null);
             before.set(k, prev);
             after.set(k, v.clone());
             if matches!(v, Value::Null) {
@@ -1555,55 +1511,6 @@ rule "drop" {
                   fire   pairs (f1@1, f2@1)
                   log    [pairs] 1 < 2, the top
                   commit (7 firing(s))
-                status: running 
-            "#]],
-        );
-    }
-
-    #[test]
-    fn matches_under_a_fact_a_later_effect_only_seems_to_change_are_built() {
-        // The second modify changes nothing, so `ctx` stays: the new `c`
-        // must match under it (a fact is passed over while an action runs
-        // only if a later effect surely retracts it).
-        check(
-            r#"
-rule "count" {
-    match {
-        ctx: Ctx(on == true)
-        c: C(n < 3)
-    }
-    action { modify(c, #{ n: c.n + 1 }); modify(ctx, #{ on: true }); }
-}
-rule "switch" {
-    salience -1
-    match { ctx: Ctx(on == true) c: C(n == 3) }
-    action { modify(c, #{ n: 4 }); modify(ctx, #{ on: false }); }
-}
-rule "off" {
-    match { Ctx(on == false) c: C() }
-    action { log(`off at ${c.n}`); }
-}
-"#,
-            serde_json::json!([
-                {"type": "Ctx", "fields": {"on": true}},
-                {"type": "C", "fields": {"n": 0}}
-            ]),
-            expect_test::expect![[r#"
-                turn 1 ── start with 2 fact(s)
-                  +      f1 Ctx {"on":true}
-                  +      f2 C {"n":0}
-                  fire   count (f1@1, f2@1)
-                  ~      f2@2 C {"n":0} -> {"n":1}
-                  fire   count (f1@1, f2@2)
-                  ~      f2@3 C {"n":1} -> {"n":2}
-                  fire   count (f1@1, f2@3)
-                  ~      f2@4 C {"n":2} -> {"n":3}
-                  fire   switch (f1@1, f2@4)
-                  ~      f2@5 C {"n":3} -> {"n":4}
-                  ~      f1@2 Ctx {"on":true} -> {"on":false}
-                  fire   off (f1@2, f2@5)
-                  log    [off] off at 4
-                  commit (5 firing(s))
                 status: running 
             "#]],
         );

@@ -69,8 +69,6 @@ struct FactRec {
     /// First of the tokens whose own fact is this one (linked through
     /// `Tok::next_of_fact`).
     toks: TokId,
-    /// A later effect of the action being applied retracts it (`doom`).
-    doomed: bool,
 }
 
 /// The alpha memory of one (rule, condition): a view of a shared memory.
@@ -258,8 +256,6 @@ pub struct Network {
     pub refract_all: bool,
     /// Rules (by index) exempt from `refract_all`: new in a pack upgrade.
     pub fresh_rules: Vec<bool>,
-    /// Slots of the doomed facts (see `doom`).
-    doomed: Vec<u32>,
     id_sym: Sym,
 }
 
@@ -379,7 +375,6 @@ impl Network {
             deferred: None,
             refract_all: false,
             fresh_rules: Vec::new(),
-            doomed: Vec::new(),
             id_sym: Sym::new("_id"),
         };
         for (ty, ms) in by_type {
@@ -407,44 +402,6 @@ impl Network {
         }
         self.end_change();
         Ok(())
-    }
-
-    /// Declares facts that a later effect of the action being applied will
-    /// retract (or replace by a modify that changes them), until the next
-    /// call. Nothing is built under them meanwhile: a match through such a
-    /// fact would be deleted by that effect without firing, as its change is
-    /// older than anything that fires next. (Manners's `find_seating`
-    /// modifies `cnt`, then `ctx`: the first would rebuild every match under
-    /// the old `ctx`, which the second deletes.) `not`/`exists` still count
-    /// such a fact, so what they let through in other matches is unchanged.
-    pub fn doom(&mut self, ids: &[FactId]) {
-        for slot in std::mem::take(&mut self.doomed) {
-            if let Some(rec) = self.facts[slot as usize].as_mut() {
-                rec.doomed = false;
-            }
-        }
-        for &id in ids {
-            if let Some(slot) = self.slot_of.get(id) {
-                self.rec_mut(slot).doomed = true;
-                self.doomed.push(slot);
-            }
-        }
-    }
-
-    /// Whether token `t` binds a doomed fact at some level.
-    fn chain_doomed(&self, t: TokId) -> bool {
-        if self.doomed.is_empty() {
-            return false;
-        }
-        let mut cur = t;
-        while cur != NONE {
-            let tok = &self.toks[cur as usize];
-            if tok.fact != NONE && self.rec(tok.fact).doomed {
-                return true;
-            }
-            cur = tok.parent;
-        }
-        false
     }
 
     /// Room for `n` more facts (a large start turn).
@@ -783,7 +740,7 @@ impl Network {
 
     fn insert_inner(&mut self, fact: Fact) -> R<()> {
         let (id, ty) = (fact.id, fact.ty);
-        let rec = FactRec { fact, alpha: SmallVec::new(), toks: NONE, doomed: false };
+        let rec = FactRec { fact, alpha: SmallVec::new(), toks: NONE };
         let slot = match self.free_facts.pop() {
             Some(s) => {
                 self.facts[s as usize] = Some(rec);
@@ -1001,9 +958,6 @@ impl Network {
 
     /// A token arrived at `level`: join it with the next condition.
     fn left_activate(&mut self, t: TokId) -> R<()> {
-        if self.chain_doomed(t) {
-            return Ok(()); // deleted, with anything under it, by a later effect
-        }
         let (rule, level) = {
             let tok = &self.toks[t as usize];
             (tok.rule as usize, tok.level as usize)
@@ -1035,9 +989,6 @@ impl Network {
                 match kind {
                     Kind::Pattern => {
                         for f in matches {
-                            if self.rec(f).doomed {
-                                continue;
-                            }
                             let child = self.new_tok(rule as u32, next, t, f, None);
                             self.left_activate(child)?;
                         }
@@ -1204,15 +1155,9 @@ impl Network {
         let (rule, cond) = (self.alpha[m as usize].rule as usize, self.alpha[m as usize].cond as usize);
         let kind = self.kinds[rule][cond];
         let next = cond as u16 + 1;
-        if kind == Kind::Pattern && self.rec(f).doomed {
-            return Ok(());
-        }
         // A token already blocked needs no test: one more match changes nothing.
         let unblocked_only = matches!(kind, Kind::Not | Kind::Exists);
         for t in self.matching_tokens(m, f, unblocked_only)? {
-            if self.chain_doomed(t) {
-                continue;
-            }
             match kind {
                 Kind::Pattern => {
                     let child = self.new_tok(rule as u32, next, t, f, None);
