@@ -307,16 +307,6 @@ fn fields_json(fields: &[(Sym, Value)]) -> serde_json::Value {
 #[derive(Clone, Default, PartialEq)]
 pub struct FieldList(Box<[(Sym, Value)]>);
 
-impl FieldList {
-    pub fn iter(&self) -> impl Iterator<Item = (Sym, &Value)> {
-        self.0.iter().map(|(k, v)| (*k, v))
-    }
-
-    pub fn to_fields(&self) -> Fields {
-        Fields(self.0.iter().cloned().collect())
-    }
-}
-
 impl From<Fields> for FieldList {
     fn from(f: Fields) -> FieldList {
         FieldList(f.0.into_iter().collect())
