@@ -176,6 +176,15 @@ pub enum Binding {
     Unbound,
 }
 
+/// Whether setting field `k` to `v` changes `fields` (null removes a field,
+/// even one that holds null).
+fn changes_field(fields: &Fields, k: Sym, v: &Value) -> bool {
+    match fields.get(k) {
+        Some(prev) => prev != v || matches!(prev, Value::Null),
+        None => !matches!(v, Value::Null),
+    }
+}
+
 /// What a native action reads: its rule's bindings, facts lent by the network.
 struct BindingEnv<'a> {
     net: &'a Network,
@@ -861,6 +870,40 @@ impl Workflow {
         self.apply_section(rule, effects, bindings, matched)
     }
 
+    /// The facts that an effect after the first surely retracts: a `retract`,
+    /// or a `modify` that changes the fact, when no other effect touches the
+    /// fact (so the change is known before any is applied). See
+    /// `Network::doom`.
+    fn doomed_by(&self, effects: &[Effect]) -> Vec<FactId> {
+        let touched = |e: &Effect| match e {
+            Effect::Modify { id, .. } | Effect::Retract { id } => Some(*id),
+            _ => None,
+        };
+        // Only effects on facts build matches.
+        let Some(first) = effects.iter().position(|e| touched(e).is_some() || matches!(e, Effect::Insert { .. }))
+        else {
+            return Vec::new();
+        };
+        let mut times: FxHashMap<FactId, u32> = FxHashMap::default();
+        for id in effects.iter().filter_map(touched) {
+            *times.entry(id).or_default() += 1;
+        }
+        effects[first + 1..]
+            .iter()
+            .filter_map(|e| {
+                let id = touched(e)?;
+                let sure = times[&id] == 1
+                    && match (e, self.net.fact(id)) {
+                        (Effect::Modify { changes, .. }, Some(f)) => {
+                            changes.iter().any(|(k, v)| changes_field(&f.fields, k, v))
+                        }
+                        (_, f) => f.is_some(),
+                    };
+                sure.then_some(id)
+            })
+            .collect()
+    }
+
     /// Applies a section's effects (under the rule's `no-loop`).
     fn apply_section(
         &mut self,
@@ -874,8 +917,15 @@ impl Workflow {
             ids.sort_unstable();
             self.net.suppress = Some((rule.index, ids));
         }
+        let doomed = self.doomed_by(&effects);
+        if !doomed.is_empty() {
+            self.net.doom(&doomed);
+        }
         let res = self.apply_effects(rule, effects, bindings, matched);
         self.net.suppress = None;
+        if !doomed.is_empty() {
+            self.net.undoom();
+        }
         res.map_err(|TurnError(e)| TurnError(format!("rule \"{}\": {e}", rule.name)))
     }
 
@@ -1049,10 +1099,10 @@ impl Workflow {
         let mut fields = old.fields.clone();
         let (mut before, mut after) = (Fields::new(), Fields::new());
         for (k, v) in changes.iter() {
-            let prev = old.fields.get(k).cloned().unwrap_or(Value::Null);
-            if prev == *v && !(matches!(prev, Value::Null) && old.fields.get(k).is_some()) {
+            if !changes_field(&old.fields, k, v) {
                 continue;
             }
+            let prev = old.fields.get(k).cloned().unwrap_or(Value::Null);
             before.set(k, prev);
             after.set(k, v.clone());
             if matches!(v, Value::Null) {
@@ -1514,6 +1564,118 @@ rule "drop" {
                 status: running 
             "#]],
         );
+    }
+
+    #[test]
+    fn matches_under_a_fact_a_later_effect_only_seems_to_change_are_built() {
+        // The second modify changes nothing, so `ctx` stays: the new `c`
+        // must match under it (a fact is passed over while an action runs
+        // only if a later effect surely retracts it).
+        check(
+            r#"
+rule "count" {
+    match {
+        ctx: Ctx(on == true)
+        c: C(n < 3)
+    }
+    action { modify(c, #{ n: c.n + 1 }); modify(ctx, #{ on: true }); }
+}
+rule "switch" {
+    salience -1
+    match { ctx: Ctx(on == true) c: C(n == 3) }
+    action { modify(c, #{ n: 4 }); modify(ctx, #{ on: false }); }
+}
+rule "off" {
+    match { Ctx(on == false) c: C() }
+    action { log(`off at ${c.n}`); }
+}
+"#,
+            serde_json::json!([
+                {"type": "Ctx", "fields": {"on": true}},
+                {"type": "C", "fields": {"n": 0}}
+            ]),
+            expect_test::expect![[r#"
+                turn 1 ── start with 2 fact(s)
+                  +      f1 Ctx {"on":true}
+                  +      f2 C {"n":0}
+                  fire   count (f1@1, f2@1)
+                  ~      f2@2 C {"n":0} -> {"n":1}
+                  fire   count (f1@1, f2@2)
+                  ~      f2@3 C {"n":1} -> {"n":2}
+                  fire   count (f1@1, f2@3)
+                  ~      f2@4 C {"n":2} -> {"n":3}
+                  fire   switch (f1@1, f2@4)
+                  ~      f2@5 C {"n":3} -> {"n":4}
+                  ~      f1@2 Ctx {"on":true} -> {"on":false}
+                  fire   off (f1@2, f2@5)
+                  log    [off] off at 4
+                  commit (5 firing(s))
+                status: running 
+            "#]],
+        );
+    }
+
+    #[test]
+    fn matches_through_a_fact_an_action_retracts_later_are_not_built_and_nothing_shows() {
+        // `step` modifies `n`, then `ctx`: the matches the first rebuilds
+        // under `ctx` are never built. Meanwhile `ctx` still blocks the
+        // `not`, lets the `exists` through and is counted, so the firings and
+        // their order are those of the same actions with a second, no-op
+        // modify of `ctx` (touched twice, it is not passed over).
+        let rules = r#"
+rule "step" {
+    match {
+        ctx: Ctx(state == "run")
+        n: N(v < 3)
+        g: G()
+    }
+    action {
+        insert("Out", #{ at: n.v, g: g.name });
+        modify(n, #{ v: n.v + 1 });
+        retract(g);
+        modify(ctx, #{ state: "check" });
+    }
+}
+rule "seen_running" {
+    match { ctx: Ctx(state == "run") o: Out() }
+    action { log(`running sees ${o.at}`); }
+}
+rule "nothing_running" {
+    match { o: Out() not Ctx(state == "run") }
+    action { log(`${o.at} with nothing running`); }
+}
+rule "something_running" {
+    match { o: Out() exists Ctx(state == "run") }
+    action { log(`${o.at} while running`); }
+}
+rule "runs" {
+    match { o: Out() k: count(Ctx(state == "run")) }
+    action { log(`${o.at} among ${k} running`); }
+}
+rule "back" {
+    salience -1
+    match { ctx: Ctx(state == "check") }
+    action { modify(ctx, #{ state: "run" }); }
+}
+"#;
+        let start = serde_json::json!([
+            {"type": "Ctx", "fields": {"state": "run"}},
+            {"type": "N", "fields": {"v": 0}},
+            {"type": "G", "fields": {"name": "a"}},
+            {"type": "G", "fields": {"name": "b"}},
+            {"type": "G", "fields": {"name": "c"}}
+        ]);
+        let (doomed, _) = timeline_of(rules, start.clone());
+        let kept = rules.replace(
+            r#"modify(ctx, #{ state: "check" });"#,
+            r#"modify(ctx, #{ state: "check" }); modify(ctx, #{ state: "check" });"#,
+        );
+        let (built, _) = timeline_of(&kept, start);
+        assert_eq!(doomed, built);
+        for line in ["with nothing running", "while running", "among 1 running", "among 0 running", "running sees"] {
+            assert!(doomed.iter().any(|l| l.contains(line)), "{line}: {doomed:#?}");
+        }
+        assert_eq!(doomed.iter().filter(|l| l.contains("fire   step")).count(), 3, "{doomed:#?}");
     }
 
     /// The timeline of `rules` on `start`, and whether every action ran natively.

@@ -1,13 +1,14 @@
 //! The hash index of a memory: items (tokens or fact slots) grouped by the
 //! values of a join key.
 //!
-//! A key is looked up by its hash and its values, borrowed: no composite key
-//! value is built, cloned or hashed twice. An item remembers its bucket's
-//! number and its position in it, so removing it probes nothing. Token memories keep a copy of each bucket's key to compare with;
-//! alpha memories keep none (`K = ()`): a fact's own fields are its key, so a
-//! bucket is compared through its first fact.
+//! An index keeps no copy of its keys: the items of a bucket all have the
+//! same key, so a bucket is compared through its first item (a fact's
+//! fields, a token's bindings), which the caller's `eq` reads. A key is
+//! hashed once, from borrowed values, and never cloned. An item remembers
+//! its bucket's number and its position in it, so removing it probes
+//! nothing.
 
-use std::borrow::Borrow;
+use std::borrow::{Borrow, Cow};
 use std::hash::{Hash, Hasher};
 
 use hashbrown::HashTable;
@@ -15,9 +16,9 @@ use rustc_hash::FxHasher;
 use smallvec::SmallVec;
 use stoa_rules::Value;
 
-/// Join-key values, in the order of the pattern's joins: up to three need
-/// no heap allocation.
-pub type Key = SmallVec<[Value; 3]>;
+/// Join-key values, in the order of the pattern's joins, borrowed where
+/// they can be: up to three need no heap allocation.
+pub type Key<'a> = SmallVec<[Cow<'a, Value>; 3]>;
 
 /// The hash of a key given as its values in order.
 pub fn hash<K: Borrow<Value>>(key: &[K]) -> u64 {
@@ -28,25 +29,20 @@ pub fn hash<K: Borrow<Value>>(key: &[K]) -> u64 {
     h.finish()
 }
 
-struct Bucket<K> {
+struct Bucket {
     hash: u64,
-    key: K,
     items: SmallVec<[u32; 2]>,
-}
-
-fn same<K: Borrow<Value>>(a: &Key, b: &[K]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y.borrow())
 }
 
 /// Where an item is: its bucket and its position there.
 pub type Place = (u32, u32);
 
-pub struct Index<K> {
+pub struct Index {
     /// Bucket numbers by hash: a compact table to probe.
     table: HashTable<u32>,
     /// Buckets by number, reused once emptied: an item's bucket is found
     /// without probing the table.
-    buckets: Vec<Bucket<K>>,
+    buckets: Vec<Bucket>,
     free: Vec<u32>,
     /// Whether emptied buckets stay: a memory without a join key has one
     /// bucket, emptied and refilled whenever its tokens are rebuilt, and
@@ -56,8 +52,8 @@ pub struct Index<K> {
     len: usize,
 }
 
-impl<K: Default> Index<K> {
-    pub fn new(keep_empty: bool) -> Index<K> {
+impl Index {
+    pub fn new(keep_empty: bool) -> Index {
         Index { table: HashTable::new(), buckets: Vec::new(), free: Vec::new(), keep_empty, len: 0 }
     }
 
@@ -66,17 +62,20 @@ impl<K: Default> Index<K> {
         self.len == 0
     }
 
-    fn find(&self, hash: u64, eq: impl Fn(&K, Option<u32>) -> bool) -> Option<u32> {
+    /// The bucket of hash `hash` for which `eq(first item)` holds (no first
+    /// item: a kept empty bucket).
+    pub fn find(&self, hash: u64, eq: impl Fn(Option<u32>) -> bool) -> Option<u32> {
         let buckets = &self.buckets;
         self.table
             .find(hash, |&i| {
                 let b = &buckets[i as usize];
-                b.hash == hash && eq(&b.key, b.items.first().copied())
+                b.hash == hash && eq(b.items.first().copied())
             })
             .copied()
     }
 
-    fn push(&mut self, bucket: Option<u32>, hash: u64, make: impl FnOnce() -> K, item: u32) -> Place {
+    /// Adds `item` to `bucket` (found by `find`), or to a new bucket.
+    pub fn push(&mut self, bucket: Option<u32>, hash: u64, item: u32) -> Place {
         self.len += 1;
         if let Some(i) = bucket {
             let items = &mut self.buckets[i as usize].items;
@@ -85,7 +84,7 @@ impl<K: Default> Index<K> {
         }
         let mut items = SmallVec::new();
         items.push(item);
-        let b = Bucket { hash, key: make(), items };
+        let b = Bucket { hash, items };
         let i = match self.free.pop() {
             Some(i) => {
                 self.buckets[i as usize] = b;
@@ -101,22 +100,14 @@ impl<K: Default> Index<K> {
         (i, 0)
     }
 
-    /// Adds `item` to the bucket of hash `hash` for which `eq(key, first
-    /// item)` holds (no first item: a kept empty bucket), or to a new one
-    /// keyed `make()`.
-    pub fn insert_with(
-        &mut self,
-        hash: u64,
-        eq: impl Fn(&K, Option<u32>) -> bool,
-        make: impl FnOnce() -> K,
-        item: u32,
-    ) -> Place {
+    /// Adds `item` to the bucket that `find` gives, or to a new one.
+    pub fn insert_with(&mut self, hash: u64, eq: impl Fn(Option<u32>) -> bool, item: u32) -> Place {
         let bucket = self.find(hash, eq);
-        self.push(bucket, hash, make, item)
+        self.push(bucket, hash, item)
     }
 
-    /// The items of the bucket of hash `hash` for which `eq` holds.
-    pub fn get_with(&self, hash: u64, eq: impl Fn(&K, Option<u32>) -> bool) -> &[u32] {
+    /// The items of the bucket that `find` gives.
+    pub fn get_with(&self, hash: u64, eq: impl Fn(Option<u32>) -> bool) -> &[u32] {
         self.find(hash, eq).map_or(&[], |i| &self.buckets[i as usize].items)
     }
 
@@ -130,7 +121,6 @@ impl<K: Default> Index<K> {
         let moved = b.items.get(pos as usize).copied();
         if b.items.is_empty() && !self.keep_empty {
             let hash = b.hash;
-            b.key = K::default();
             b.items = SmallVec::new();
             match self.table.find_entry(hash, |&i| i == bucket) {
                 Ok(entry) => {
@@ -144,16 +134,29 @@ impl<K: Default> Index<K> {
     }
 }
 
-impl Index<Key> {
-    /// Adds `item` under `key` (whose hash is `hash`), keeping `key` itself
-    /// if it starts a bucket.
-    pub fn insert_owned(&mut self, hash: u64, key: Key, item: u32) -> Place {
-        let bucket = self.find(hash, |k, _| *k == key);
-        self.push(bucket, hash, || key, item)
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// The items under `key`.
-    pub fn get<V: Borrow<Value>>(&self, hash: u64, key: &[V]) -> &[u32] {
-        self.get_with(hash, |k, _| same(k, key))
+    #[test]
+    fn items_whose_keys_share_a_hash_keep_apart() {
+        // Keys are compared through a bucket's first item: 1 and 3 have key
+        // "odd", 2 has key "even", all three the same (forced) hash.
+        let key = |item: u32| item % 2;
+        let mut ix = Index::new(false);
+        let same_key = |k: u32| move |first: Option<u32>| first.is_none_or(|f| key(f) == k);
+        let p1 = ix.insert_with(7, same_key(1), 1);
+        let p2 = ix.insert_with(7, same_key(0), 2);
+        let p3 = ix.insert_with(7, same_key(1), 3);
+        assert_eq!(ix.get_with(7, same_key(1)), &[1, 3]);
+        assert_eq!(ix.get_with(7, same_key(0)), &[2]);
+        assert_ne!(p1.0, p2.0);
+        assert_eq!(p3, (p1.0, 1));
+        // Removing the first item moves the last into its place.
+        assert_eq!(ix.remove(p1, 1), Some(3));
+        assert_eq!(ix.remove(p2, 2), None);
+        assert_eq!(ix.get_with(7, same_key(0)), &[] as &[u32]);
+        assert_eq!(ix.get_with(7, same_key(1)), &[3]);
+        assert!(!ix.is_empty());
     }
 }

@@ -69,6 +69,8 @@ struct FactRec {
     /// First of the tokens whose own fact is this one (linked through
     /// `Tok::next_of_fact`).
     toks: TokId,
+    /// A later effect of the action being applied retracts it (`doom`).
+    doomed: bool,
 }
 
 /// The alpha memory of one (rule, condition): a view of a shared memory.
@@ -99,7 +101,7 @@ struct SharedMem {
     fields: Vec<Sym>,
     /// Conditions (`Network::alpha`) reading it, in rule order.
     consumers: Vec<u32>,
-    index: Index<()>,
+    index: Index,
 }
 
 /// The kind of a condition, copied out of the pack so that the hot paths
@@ -238,7 +240,7 @@ pub struct Network {
     /// Alpha memory of each (rule, condition), if it has one.
     alpha_of: Vec<Vec<u32>>,
     /// Token memories: `[rule][level]`, indexed by join key.
-    mems: Vec<Vec<Index<index::Key>>>,
+    mems: Vec<Vec<Index>>,
     /// For each rule and slot, the level whose token binds it.
     slot_level: Vec<Vec<u16>>,
     agenda: Agenda,
@@ -256,6 +258,8 @@ pub struct Network {
     pub refract_all: bool,
     /// Rules (by index) exempt from `refract_all`: new in a pack upgrade.
     pub fresh_rules: Vec<bool>,
+    /// Slots of the doomed facts (see `doom`).
+    doomed: Vec<u32>,
     id_sym: Sym,
 }
 
@@ -375,6 +379,7 @@ impl Network {
             deferred: None,
             refract_all: false,
             fresh_rules: Vec::new(),
+            doomed: Vec::new(),
             id_sym: Sym::new("_id"),
         };
         for (ty, ms) in by_type {
@@ -402,6 +407,43 @@ impl Network {
         }
         self.end_change();
         Ok(())
+    }
+
+    /// Declares facts that a later effect of the action being applied surely
+    /// retracts (or replaces by a modify that changes them). No match through
+    /// them could fire: nothing fires before that effect deletes it. So
+    /// their matches are deleted now, and none is built through them until
+    /// then. Manners's `find_seating` modifies `cnt`, then `ctx`: without
+    /// this, the first rebuilds every match under the old `ctx`, which the
+    /// second deletes. They stay in their memories meanwhile: what they
+    /// block (`not`), let through (`exists`) or count (aggregates) in other
+    /// matches is unchanged, and so is the order of every activation that
+    /// can fire. The marks last until `undoom`.
+    pub fn doom(&mut self, ids: &[FactId]) {
+        for &id in ids {
+            let Some(slot) = self.slot_of.get(id) else { continue };
+            if std::mem::replace(&mut self.rec_mut(slot).doomed, true) {
+                continue;
+            }
+            self.doomed.push(slot);
+            loop {
+                let t = self.rec(slot).toks;
+                if t == NONE {
+                    break;
+                }
+                self.delete_tok(t);
+            }
+        }
+    }
+
+    /// Clears the marks of `doom` (on facts still there: an action that
+    /// failed before retracting them).
+    pub fn undoom(&mut self) {
+        for slot in std::mem::take(&mut self.doomed) {
+            if let Some(rec) = self.facts[slot as usize].as_mut() {
+                rec.doomed = false;
+            }
+        }
     }
 
     /// Room for `n` more facts (a large start turn).
@@ -681,21 +723,41 @@ impl Network {
         }
     }
 
-    /// Join key of token `t` for the pattern at `cond`.
-    fn token_key(&self, rule: usize, cond: usize, t: TokId) -> R<index::Key> {
+    /// Join key of token `t` for the pattern at `cond`, borrowed from the
+    /// facts it binds where it can be: token memories keep no copy of keys
+    /// (a bucket is compared through its first token, see `token_has_key`),
+    /// so most keys are never cloned.
+    fn token_key(&self, rule: usize, cond: usize, t: TokId) -> R<index::Key<'_>> {
         let p = self.pattern(rule, cond);
         let mut key = index::Key::new();
         for j in &p.joins {
             // Most join keys are a field of an earlier fact: read it directly.
             let v = match &j.key {
-                Expr::BoundField(slot, name) => {
-                    self.bound_field(t, rule, *slot, *name).map(Cow::into_owned).unwrap_or_default()
-                }
-                e => e.eval(&self.env(rule, t, None)).map_err(|e| self.err(rule, e.0))?,
+                Expr::BoundField(slot, name) => self.bound_field(t, rule, *slot, *name).unwrap_or(Cow::Borrowed(&NULL)),
+                e => Cow::Owned(e.eval(&self.env(rule, t, None)).map_err(|e| self.err(rule, e.0))?),
             };
             key.push(v);
         }
         Ok(key)
+    }
+
+    /// Whether token `t`, waiting at `cond`, has join key `key`. Its own key
+    /// was computed without error when it entered the memory, and bindings
+    /// do not change while it lives, so an error here cannot happen.
+    fn token_has_key<V: std::borrow::Borrow<Value>>(&self, rule: usize, cond: usize, t: TokId, key: &[V]) -> bool {
+        let p = self.pattern(rule, cond);
+        p.joins.iter().zip(key).all(|(j, v)| match &j.key {
+            Expr::BoundField(slot, name) => {
+                *self.bound_field(t, rule, *slot, *name).unwrap_or(Cow::Borrowed(&NULL)) == *v.borrow()
+            }
+            e => e.eval(&self.env(rule, t, None)).is_ok_and(|x| x == *v.borrow()),
+        })
+    }
+
+    /// The tokens waiting at `cond` whose join key is `key`.
+    fn tokens_with_key<V: std::borrow::Borrow<Value>>(&self, rule: usize, cond: usize, key: &[V]) -> &[u32] {
+        self.mems[rule][cond]
+            .get_with(index::hash(key), |first| first.is_none_or(|t| self.token_has_key(rule, cond, t, key)))
     }
 
     /// Join key of a fact for alpha memory `mem`: its join fields, borrowed.
@@ -740,7 +802,7 @@ impl Network {
 
     fn insert_inner(&mut self, fact: Fact) -> R<()> {
         let (id, ty) = (fact.id, fact.ty);
-        let rec = FactRec { fact, alpha: SmallVec::new(), toks: NONE };
+        let rec = FactRec { fact, alpha: SmallVec::new(), toks: NONE, doomed: false };
         let slot = match self.free_facts.pop() {
             Some(s) => {
                 self.facts[s as usize] = Some(rec);
@@ -787,9 +849,8 @@ impl Network {
                 let key = fact_key(&mem.fields, f, id_sym);
                 let hash = index::hash(&key);
                 let fields = &mem.fields;
-                let eq =
-                    |_: &(), first: Option<u32>| first.is_none_or(|f| fact_has_key(facts, f, fields, &key, id_sym));
-                mem.index.insert_with(hash, eq, || (), slot)
+                let eq = |first: Option<u32>| first.is_none_or(|f| fact_has_key(facts, f, fields, &key, id_sym));
+                mem.index.insert_with(hash, eq, slot)
             };
             refs.push(AlphaRef { mem: sm, bucket: pos.0, pos: pos.1 });
             for i in 0..self.shared[sm as usize].consumers.len() {
@@ -977,18 +1038,24 @@ impl Network {
                 }
             }
             _ => {
-                let key = self.token_key(rule, level, t)?;
-                let hash = index::hash(&key);
-                let m = self.alpha_of[rule][level];
-                let first_only = matches!(kind, Kind::Not | Kind::Exists);
-                let matches = self.join_facts(m, t, hash, &key, first_only)?;
-                // The key moves into the memory if it starts a bucket.
-                let pos = self.mems[rule][level].insert_owned(hash, key, t);
+                let (matches, hash, bucket) = {
+                    let key = self.token_key(rule, level, t)?;
+                    let hash = index::hash(&key);
+                    let m = self.alpha_of[rule][level];
+                    let first_only = matches!(kind, Kind::Not | Kind::Exists);
+                    let bucket = self.mems[rule][level]
+                        .find(hash, |first| first.is_none_or(|o| self.token_has_key(rule, level, o, &key)));
+                    (self.join_facts(m, t, hash, &key, first_only)?, hash, bucket)
+                };
+                let pos = self.mems[rule][level].push(bucket, hash, t);
                 let tok = &mut self.toks[t as usize];
                 (tok.mem_bucket, tok.mem_pos) = pos;
                 match kind {
                     Kind::Pattern => {
                         for f in matches {
+                            if self.rec(f).doomed {
+                                continue;
+                            }
                             let child = self.new_tok(rule as u32, next, t, f, None);
                             self.left_activate(child)?;
                         }
@@ -1063,13 +1130,20 @@ impl Network {
 
     /// The facts of alpha memory `m` that join with token `t` (whose join
     /// key is `key`); only the first if `first_only`.
-    fn join_facts(&self, m: u32, t: TokId, hash: u64, key: &[Value], first_only: bool) -> R<SmallVec<[u32; 16]>> {
+    fn join_facts<V: std::borrow::Borrow<Value>>(
+        &self,
+        m: u32,
+        t: TokId,
+        hash: u64,
+        key: &[V],
+        first_only: bool,
+    ) -> R<SmallVec<[u32; 16]>> {
         let mem = &self.alpha[m as usize];
         let (rule, cond) = (mem.rule as usize, mem.cond as usize);
         let p = self.pattern(rule, cond);
-        let candidates = self.shared[mem.shared as usize].index.get_with(hash, |_, first| {
-            first.is_none_or(|f| fact_has_key(&self.facts, f, &mem.fields, key, self.id_sym))
-        });
+        let candidates = self.shared[mem.shared as usize]
+            .index
+            .get_with(hash, |first| first.is_none_or(|f| fact_has_key(&self.facts, f, &mem.fields, key, self.id_sym)));
         let mut out = SmallVec::new();
         if mem.beta.is_empty() {
             let n = if first_only { candidates.len().min(1) } else { candidates.len() };
@@ -1129,7 +1203,7 @@ impl Network {
         let key = self.fact_key(mem, fact);
         let p = self.pattern(rule, cond);
         let mut out = SmallVec::new();
-        for &t in self.mems[rule][cond].get(index::hash(&key), &key) {
+        for &t in self.tokens_with_key(rule, cond, &key) {
             if unblocked_only && self.toks[t as usize].blocker != NONE {
                 continue;
             }
@@ -1146,7 +1220,7 @@ impl Network {
         let mem = &self.alpha[m as usize];
         let (rule, cond) = (mem.rule as usize, mem.cond as usize);
         let key = self.fact_key(mem, &self.rec(f).fact);
-        let toks = self.mems[rule][cond].get(index::hash(&key), &key);
+        let toks = self.tokens_with_key(rule, cond, &key);
         toks.iter().copied().filter(|&t| self.toks[t as usize].blocker == f).collect()
     }
 
