@@ -488,7 +488,14 @@ impl Network {
                 // change, written in place.
                 let tok = &mut self.toks[id as usize];
                 (tok.rule, tok.level, tok.alive, tok.parent, tok.fact) = (rule, level, true, parent, fact);
-                tok.extra = value.map(|v| Box::new(Extra { value: Some(v), items: Vec::new() }));
+                // Replaced without reading the old value (it is `None`): the
+                // slot is cold, and a read would wait for it where writes
+                // do not.
+                debug_assert!(tok.extra.is_none());
+                std::mem::forget(std::mem::replace(
+                    &mut tok.extra,
+                    value.map(|v| Box::new(Extra { value: Some(v), items: Vec::new() })),
+                ));
                 (tok.first_child, tok.prev, tok.next) = (NONE, NONE, next);
                 (tok.prev_of_fact, tok.next_of_fact) = (NONE, next_of_fact);
                 id
