@@ -224,6 +224,10 @@ pub struct Network {
     pack: Arc<Pack>,
     /// Facts by slot; a retracted fact's slot is reused.
     facts: Vec<Option<FactRec>>,
+    /// The recency tag of the fact in each slot, apart: ordering a change
+    /// reads the tag of every fact of every new activation, and a dense
+    /// array keeps those reads in cache.
+    slot_tags: Vec<u64>,
     free_facts: Vec<u32>,
     slot_of: ids::IdMap,
     toks: Vec<Tok>,
@@ -260,6 +264,8 @@ pub struct Network {
     pub fresh_rules: Vec<bool>,
     /// Slots of the doomed facts (see `doom`).
     doomed: Vec<u32>,
+    /// Spare buffers for the matches of a join.
+    match_bufs: Vec<Vec<u32>>,
     id_sym: Sym,
 }
 
@@ -360,6 +366,7 @@ impl Network {
         let mut net = Network {
             pack: pack.clone(),
             facts: Vec::new(),
+            slot_tags: Vec::new(),
             free_facts: Vec::new(),
             slot_of: ids::IdMap::default(),
             toks: Vec::new(),
@@ -380,6 +387,7 @@ impl Network {
             refract_all: false,
             fresh_rules: Vec::new(),
             doomed: Vec::new(),
+            match_bufs: Vec::new(),
             id_sym: Sym::new("_id"),
         };
         for (ty, ms) in by_type {
@@ -450,6 +458,7 @@ impl Network {
     pub fn reserve(&mut self, n: usize) {
         self.slot_of.reserve(n);
         self.facts.reserve(n.saturating_sub(self.free_facts.len()));
+        self.slot_tags.reserve(n.saturating_sub(self.free_facts.len()));
     }
 
     pub fn fact(&self, id: FactId) -> Option<&Fact> {
@@ -752,6 +761,9 @@ impl Network {
     /// was computed without error when it entered the memory, and bindings
     /// do not change while it lives, so an error here cannot happen.
     fn token_has_key<V: std::borrow::Borrow<Value>>(&self, rule: usize, cond: usize, t: TokId, key: &[V]) -> bool {
+        if key.is_empty() {
+            return true; // no join: the memory's one bucket
+        }
         let p = self.pattern(rule, cond);
         p.joins.iter().zip(key).all(|(j, v)| match &j.key {
             Expr::BoundField(slot, name) => {
@@ -808,15 +820,17 @@ impl Network {
     }
 
     fn insert_inner(&mut self, fact: Fact) -> R<()> {
-        let (id, ty) = (fact.id, fact.ty);
+        let (id, ty, tag) = (fact.id, fact.ty, fact.tag);
         let rec = FactRec { fact, alpha: SmallVec::new(), toks: NONE, doomed: false };
         let slot = match self.free_facts.pop() {
             Some(s) => {
                 self.facts[s as usize] = Some(rec);
+                self.slot_tags[s as usize] = tag;
                 s
             }
             None => {
                 self.facts.push(Some(rec));
+                self.slot_tags.push(tag);
                 (self.facts.len() - 1) as u32
             }
         };
@@ -945,7 +959,7 @@ impl Network {
             while cur != NONE {
                 let f = self.toks[cur as usize].fact;
                 if f != NONE {
-                    tags.push(self.rec(f).fact.tag);
+                    tags.push(self.slot_tags[f as usize]);
                 }
                 cur = self.toks[cur as usize].parent;
             }
@@ -1045,21 +1059,26 @@ impl Network {
                 }
             }
             _ => {
-                let (matches, hash, bucket) = {
+                // Matches go to a buffer of the pool: a join yields up to
+                // hundreds, and the children's joins need buffers of their own.
+                let mut matches = self.match_bufs.pop().unwrap_or_default();
+                let (hash, bucket) = {
                     let key = self.token_key(rule, level, t)?;
                     let hash = index::hash(&key);
                     let m = self.alpha_of[rule][level];
                     let first_only = matches!(kind, Kind::Not | Kind::Exists);
                     let bucket = self.mems[rule][level]
                         .find(hash, |first| first.is_none_or(|o| self.token_has_key(rule, level, o, &key)));
-                    (self.join_facts(m, t, hash, &key, first_only)?, hash, bucket)
+                    matches.clear();
+                    self.join_facts(m, t, hash, &key, first_only, &mut matches)?;
+                    (hash, bucket)
                 };
                 let pos = self.mems[rule][level].push(bucket, hash, t);
                 let tok = &mut self.toks[t as usize];
                 (tok.mem_bucket, tok.mem_pos) = pos;
                 match kind {
                     Kind::Pattern => {
-                        for f in matches {
+                        for &f in &matches {
                             if self.rec(f).doomed {
                                 continue;
                             }
@@ -1077,7 +1096,7 @@ impl Network {
                     }
                     Kind::Aggregate => {
                         let mut items = Vec::with_capacity(matches.len());
-                        for f in matches {
+                        for &f in &matches {
                             items.push((self.rec(f).fact.id, self.operand(rule, level, t, f)?));
                         }
                         items.sort_by_key(|i| i.0);
@@ -1086,6 +1105,7 @@ impl Network {
                     }
                     Kind::Test => unreachable!(),
                 }
+                self.match_bufs.push(matches);
             }
         }
         Ok(())
@@ -1135,8 +1155,8 @@ impl Network {
         Ok(())
     }
 
-    /// The facts of alpha memory `m` that join with token `t` (whose join
-    /// key is `key`); only the first if `first_only`.
+    /// Adds to `out` the facts of alpha memory `m` that join with token `t`
+    /// (whose join key is `key`); only the first if `first_only`.
     fn join_facts<V: std::borrow::Borrow<Value>>(
         &self,
         m: u32,
@@ -1144,18 +1164,18 @@ impl Network {
         hash: u64,
         key: &[V],
         first_only: bool,
-    ) -> R<SmallVec<[u32; 16]>> {
+        out: &mut Vec<u32>,
+    ) -> R<()> {
         let mem = &self.alpha[m as usize];
         let (rule, cond) = (mem.rule as usize, mem.cond as usize);
         let p = self.pattern(rule, cond);
         let candidates = self.shared[mem.shared as usize]
             .index
             .get_with(hash, |first| first.is_none_or(|f| fact_has_key(&self.facts, f, &mem.fields, key, self.id_sym)));
-        let mut out = SmallVec::new();
         if mem.beta.is_empty() {
             let n = if first_only { candidates.len().min(1) } else { candidates.len() };
             out.extend_from_slice(&candidates[..n]);
-            return Ok(out);
+            return Ok(());
         }
         // The token's side of each comparison, computed when first needed
         // (an error is raised only if the test is reached, as per fact).
@@ -1193,7 +1213,7 @@ impl Network {
                 break;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The tokens waiting at the condition of alpha memory `m` that join
@@ -1280,7 +1300,9 @@ impl Network {
                 for t in self.blocked_by(m, f) {
                     let other = {
                         let key = self.token_key(rule, cond, t)?;
-                        self.join_facts(m, t, index::hash(&key), &key, true)?.first().copied()
+                        let mut first = Vec::new();
+                        self.join_facts(m, t, index::hash(&key), &key, true, &mut first)?;
+                        first.first().copied()
                     };
                     self.toks[t as usize].blocker = other.unwrap_or(NONE);
                     if other.is_some() {
@@ -1346,6 +1368,9 @@ fn fact_has_key<V: std::borrow::Borrow<Value>>(
     key: &[V],
     id_sym: Sym,
 ) -> bool {
+    if fields.is_empty() {
+        return true; // no join: the memory's one bucket
+    }
     let fact = &facts[f as usize].as_ref().expect("live fact slot").fact;
     fields.iter().zip(key).all(|(&s, v)| *fact_field_ref(fact, s, id_sym) == *v.borrow())
 }
