@@ -28,8 +28,15 @@ impl Agenda {
     /// Schedules one change's activations, given in firing order (token and
     /// generation, with salience).
     pub fn push_change(&mut self, acts: &[(TokId, u32, i64)]) {
-        for &(t, gen, salience) in acts.iter().rev() {
-            self.levels.entry(-salience).or_default().push((t, gen));
+        // Runs of one salience (most changes are one run) share a lookup.
+        let mut i = acts.len();
+        while i > 0 {
+            let salience = acts[i - 1].2;
+            let stack = self.levels.entry(-salience).or_default();
+            while i > 0 && acts[i - 1].2 == salience {
+                stack.push((acts[i - 1].0, acts[i - 1].1));
+                i -= 1;
+            }
         }
         self.live += acts.len();
         self.entries += acts.len();

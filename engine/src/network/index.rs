@@ -44,17 +44,18 @@ pub struct Index {
     /// without probing the table.
     buckets: Vec<Bucket>,
     free: Vec<u32>,
-    /// Whether emptied buckets stay: a memory without a join key has one
-    /// bucket, emptied and refilled whenever its tokens are rebuilt, and
-    /// keeping it keeps its capacity.
-    keep_empty: bool,
+    /// Whether the memory has no join key: then its one bucket is bucket
+    /// 0, found without hashing or comparing, and kept when emptied (its
+    /// tokens are rebuilt whenever an earlier condition changes, and keeping
+    /// it keeps its capacity).
+    keyless: bool,
     /// Items in all buckets.
     len: usize,
 }
 
 impl Index {
-    pub fn new(keep_empty: bool) -> Index {
-        Index { table: HashTable::new(), buckets: Vec::new(), free: Vec::new(), keep_empty, len: 0 }
+    pub fn new(keyless: bool) -> Index {
+        Index { table: HashTable::new(), buckets: Vec::new(), free: Vec::new(), keyless, len: 0 }
     }
 
     /// Whether no bucket holds an item.
@@ -65,6 +66,9 @@ impl Index {
     /// The bucket of hash `hash` for which `eq(first item)` holds (no first
     /// item: a kept empty bucket).
     pub fn find(&self, hash: u64, eq: impl Fn(Option<u32>) -> bool) -> Option<u32> {
+        if self.keyless {
+            return (!self.buckets.is_empty()).then_some(0);
+        }
         let buckets = &self.buckets;
         self.table
             .find(hash, |&i| {
@@ -95,8 +99,10 @@ impl Index {
                 (self.buckets.len() - 1) as u32
             }
         };
-        let buckets = &self.buckets;
-        self.table.insert_unique(hash, i, |&j| buckets[j as usize].hash);
+        if !self.keyless {
+            let buckets = &self.buckets;
+            self.table.insert_unique(hash, i, |&j| buckets[j as usize].hash);
+        }
         (i, 0)
     }
 
@@ -119,7 +125,7 @@ impl Index {
         b.items.swap_remove(pos as usize);
         self.len -= 1;
         let moved = b.items.get(pos as usize).copied();
-        if b.items.is_empty() && !self.keep_empty {
+        if b.items.is_empty() && !self.keyless {
             let hash = b.hash;
             b.items = SmallVec::new();
             match self.table.find_entry(hash, |&i| i == bucket) {

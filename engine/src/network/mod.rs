@@ -251,6 +251,7 @@ pub struct Network {
     new_acts: Vec<(TokId, u32)>,
     /// Buffers of `end_change`, kept between changes.
     sort_buf: (Vec<u64>, Vec<ActRun>),
+    order_buf: Vec<(TokId, u32, i64)>,
     /// While set, new activations of this rule over these facts (sorted ids)
     /// are refracted at once: the `no-loop` of the firing activation.
     pub suppress: Option<(usize, Vec<FactId>)>,
@@ -382,6 +383,7 @@ impl Network {
             agenda: Agenda::default(),
             new_acts: Vec::new(),
             sort_buf: Default::default(),
+            order_buf: Vec::new(),
             suppress: None,
             deferred: None,
             refract_all: false,
@@ -975,7 +977,8 @@ impl Network {
                 .then_with(|| self.chain_ids(a.3).cmp(&self.chain_ids(b.3)))
                 .then(a.3.cmp(&b.3))
         });
-        let mut order = Vec::with_capacity(acts.len());
+        let mut order = std::mem::take(&mut self.order_buf);
+        order.clear();
         for &(_, _, rule, t) in &acts {
             if self.suppressed(rule as usize, t) {
                 continue;
@@ -985,7 +988,7 @@ impl Network {
             order.push((t, tok.gen, self.pack.rules[rule as usize].salience as i64));
         }
         self.agenda.push_change(&order);
-        self.sort_buf = (tags, acts);
+        (self.sort_buf, self.order_buf) = ((tags, acts), order);
     }
 
     /// The fact ids of a token's chain from the root, 0 where a level binds
