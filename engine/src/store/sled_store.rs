@@ -122,12 +122,14 @@ impl SledStore {
         let config = sled::Config::new().path(dir).cache_capacity(cache_mb * 1024 * 1024).flush_every_ms(None);
         // The lock of a store closed a moment ago (by this process's
         // background threads, or a process that is exiting) is released
-        // shortly; wait for it a little instead of failing at once.
+        // shortly; wait for it a little instead of failing at once. On a
+        // loaded 2-core machine sled's threads took over 2 s to let go (the
+        // test suite reopening stores while other tests run), so wait 10 s.
         let mut tries = 0;
         let db = loop {
             match config.open() {
                 Ok(db) => break db,
-                Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 100 => {
+                Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 500 => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
