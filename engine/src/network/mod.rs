@@ -22,6 +22,7 @@
 mod agenda;
 mod ids;
 mod index;
+mod slots;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -231,7 +232,7 @@ pub struct Network {
     free_facts: Vec<u32>,
     slot_of: ids::IdMap,
     toks: Vec<Tok>,
-    free: Vec<TokId>,
+    free: slots::FreeSlots,
     alpha: Vec<AlphaMem>,
     shared: Vec<SharedMem>,
     /// Shared memories listening to each fact type (start and length in
@@ -371,7 +372,7 @@ impl Network {
             free_facts: Vec::new(),
             slot_of: ids::IdMap::default(),
             toks: Vec::new(),
-            free: Vec::new(),
+            free: slots::FreeSlots::default(),
             alpha,
             shared,
             by_type: FxHashMap::default(),
