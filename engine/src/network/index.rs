@@ -40,10 +40,10 @@ pub type Place = (u32, u32);
 pub struct Index {
     /// Bucket numbers by hash: a compact table to probe.
     table: HashTable<u32>,
-    /// Buckets by number, reused once emptied: an item's bucket is found
-    /// without probing the table.
+    /// Buckets by number, reused once emptied (lowest first, as tokens are:
+    /// see `slots`): an item's bucket is found without probing the table.
     buckets: Vec<Bucket>,
-    free: Vec<u32>,
+    free: super::slots::FreeSlots,
     /// Whether the memory has no join key: then its one bucket is bucket
     /// 0, found without hashing or comparing, and kept when emptied (its
     /// tokens are rebuilt whenever an earlier condition changes, and keeping
@@ -55,7 +55,7 @@ pub struct Index {
 
 impl Index {
     pub fn new(keyless: bool) -> Index {
-        Index { table: HashTable::new(), buckets: Vec::new(), free: Vec::new(), keyless, len: 0 }
+        Index { table: HashTable::new(), buckets: Vec::new(), free: Default::default(), keyless, len: 0 }
     }
 
     /// Whether no bucket holds an item.
