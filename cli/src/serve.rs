@@ -30,14 +30,6 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    // With transparent huge pages, mimalloc's arenas keep whole 2 MiB pages
-    // resident for a few live objects. Measured with `stoa bench e2e`, same
-    // binary, THP on then off: peak RSS over the 100,000-invocation run
-    // 196-220 -> 153-162 MiB, fan-out of 10,000 alone 230 -> 175-183 MiB,
-    // with the same throughput and hop latency. A long-lived server wants
-    // the lower footprint; a kernel without the flag just keeps them.
-    #[cfg(target_os = "linux")]
-    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let mut config = match &args.config {
         Some(p) => Config::load(p).map_err(anyhow::Error::msg)?,
         None => Config::default(),
