@@ -1511,6 +1511,56 @@ rule "top" {
     }
 
     #[test]
+    fn a_not_or_exists_on_one_comparison_decides_on_the_extreme_fact() {
+        // `not J(bp > j.bp)` and `exists J(bp < j.bp)` have no join key: they
+        // test only the greatest (least) `bp`, kept as facts come and go, and
+        // scan as usual when values of several kinds mix (a float, a string).
+        // A join key that every fact shares keeps them scanning: the same
+        // timeline either way.
+        let rules = r#"
+rule "top" {
+    match { j: J() not J(bp > j.bp) }
+    action { log(`top ${j.bp}`); retract(j); }
+}
+rule "has_lower" {
+    salience 1
+    match { j: J() exists J(bp < j.bp) }
+    action { log(`${j.bp} has a lower one`); }
+}
+rule "more" {
+    salience -1
+    match { m: More(n > 0) }
+    action {
+        insert("J", #{ bp: m.n * 2, k: 1 });
+        insert("J", #{ bp: m.n, k: 1 });
+        modify(m, #{ n: m.n - 1 });
+    }
+}
+rule "odd" {
+    salience 2
+    match { o: Odd() }
+    action { insert("J", #{ bp: 2.5, k: 1 }); insert("J", #{ bp: "x", k: 1 }); retract(o); }
+}
+"#;
+        let start = serde_json::json!([
+            {"type": "J", "fields": {"bp": 1, "k": 1}},
+            {"type": "J", "fields": {"bp": 3, "k": 1}},
+            {"type": "J", "fields": {"bp": 2, "k": 1}},
+            {"type": "J", "fields": {"bp": 3, "k": 1}},
+            {"type": "More", "fields": {"n": 3}},
+            {"type": "Odd", "fields": {}}
+        ]);
+        let (tracked, _) = timeline_of(rules, start.clone());
+        let scanning =
+            rules.replace("J(bp > j.bp)", "J(k == j.k, bp > j.bp)").replace("J(bp < j.bp)", "J(k == j.k, bp < j.bp)");
+        let (scanned, _) = timeline_of(&scanning, start);
+        assert_eq!(tracked, scanned);
+        for line in ["top 3", "top 6", "top 2.5", "top x", "3 has a lower one", "2.5 has a lower one"] {
+            assert!(tracked.iter().any(|l| l.ends_with(line)), "{line}: {tracked:#?}");
+        }
+    }
+
+    #[test]
     fn conditions_of_one_shape_share_a_memory_across_rules_only() {
         // `a`, `b`, the `not` and "seen"'s pattern all read every Item:
         // "seen" shares with "pairs", whose own three conditions keep

@@ -20,6 +20,7 @@
 //! constraints.
 
 mod agenda;
+mod extreme;
 mod ids;
 mod index;
 mod slots;
@@ -85,6 +86,9 @@ struct AlphaMem {
     /// The pattern's beta tests, in order, as run against many facts for
     /// one token.
     beta: Vec<BetaTest>,
+    /// For a `not`/`exists` whose one test is an order comparison of a field
+    /// (and no join key): its tracker in the shared memory (`extreme`).
+    extreme: Option<u32>,
 }
 
 /// Facts of one type that pass the same alpha tests, indexed by the same
@@ -103,6 +107,8 @@ struct SharedMem {
     /// Conditions (`Network::alpha`) reading it, in rule order.
     consumers: Vec<u32>,
     index: Index,
+    /// Extremes of fields its `not`/`exists` conditions compare.
+    extremes: Vec<extreme::Tracker>,
 }
 
 /// The kind of a condition, copied out of the pack so that the hot paths
@@ -336,19 +342,38 @@ impl Network {
                                     fields: fields.clone(),
                                     consumers: Vec::new(),
                                     index: Index::new(p.joins.is_empty()),
+                                    extremes: Vec::new(),
                                 });
                                 listening.push(shared.len() as u32 - 1);
                                 shared.len() as u32 - 1
                             }
                         };
                         shared[s as usize].consumers.push(id);
-                        alpha.push(AlphaMem {
-                            rule: r as u32,
-                            cond: c as u32,
-                            shared: s,
-                            fields,
-                            beta: p.beta.iter().enumerate().map(|(i, c)| BetaTest::of(i, c)).collect(),
-                        });
+                        let beta: Vec<BetaTest> = p.beta.iter().enumerate().map(|(i, c)| BetaTest::of(i, c)).collect();
+                        let extreme = match (cond, &beta[..]) {
+                            (
+                                Condition::Not(_) | Condition::Exists(_),
+                                [BetaTest::Compare {
+                                    op: op @ (BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge),
+                                    field,
+                                    field_left,
+                                    ..
+                                }],
+                            ) if p.joins.is_empty() && field.name().as_ref() != "_id" => {
+                                let max = *field_left == matches!(op, BinOp::Gt | BinOp::Ge);
+                                let trackers = &mut shared[s as usize].extremes;
+                                let at = match trackers.iter().position(|t| t.field == *field && t.max == max) {
+                                    Some(at) => at,
+                                    None => {
+                                        trackers.push(extreme::Tracker::new(*field, max));
+                                        trackers.len() - 1
+                                    }
+                                };
+                                Some(at as u32)
+                            }
+                            _ => None,
+                        };
+                        alpha.push(AlphaMem { rule: r as u32, cond: c as u32, shared: s, fields, beta, extreme });
                         per_cond.push(id);
                     }
                     None => per_cond.push(NONE),
@@ -877,6 +902,9 @@ impl Network {
                 mem.index.insert_with(hash, eq, slot)
             };
             refs.push(AlphaRef { mem: sm, bucket: pos.0, pos: pos.1 });
+            for t in &self.shared[sm as usize].extremes {
+                t.inserted(slot, |s| field_of(&self.facts, s, t.field));
+            }
             for i in 0..self.shared[sm as usize].consumers.len() {
                 let m = self.shared[sm as usize].consumers[i];
                 if let Err(e) = self.right_activate(m, slot) {
@@ -904,6 +932,9 @@ impl Network {
         // memories retract it in turn.
         let alpha = std::mem::take(&mut self.rec_mut(slot).alpha);
         for r in &alpha {
+            for t in &self.shared[r.mem as usize].extremes {
+                t.removed(slot);
+            }
             if let Some(moved) = self.shared[r.mem as usize].index.remove((r.bucket, r.pos), slot) {
                 let other = self.rec_mut(moved);
                 for e in other.alpha.iter_mut().filter(|e| e.mem == r.mem) {
@@ -1173,9 +1204,23 @@ impl Network {
         let mem = &self.alpha[m as usize];
         let (rule, cond) = (mem.rule as usize, mem.cond as usize);
         let p = self.pattern(rule, cond);
-        let candidates = self.shared[mem.shared as usize]
+        let shared = &self.shared[mem.shared as usize];
+        let mut candidates = shared
             .index
             .get_with(hash, |first| first.is_none_or(|f| fact_has_key(&self.facts, f, &mem.fields, key, self.id_sym)));
+        // One fact decides a `not`/`exists` on one comparison: the extreme.
+        let extreme;
+        if let Some(x) = mem.extreme.filter(|_| first_only) {
+            let t = &shared.extremes[x as usize];
+            match t.get(candidates, |s| field_of(&self.facts, s, t.field)) {
+                extreme::State::At(s) => {
+                    extreme = s;
+                    candidates = std::slice::from_ref(&extreme);
+                }
+                extreme::State::Empty => candidates = &[],
+                extreme::State::Mixed | extreme::State::Stale => {}
+            }
+        }
         if mem.beta.is_empty() {
             let n = if first_only { candidates.len().min(1) } else { candidates.len() };
             out.extend_from_slice(&candidates[..n]);
@@ -1377,6 +1422,11 @@ fn fact_has_key<V: std::borrow::Borrow<Value>>(
     }
     let fact = &facts[f as usize].as_ref().expect("live fact slot").fact;
     fields.iter().zip(key).all(|(&s, v)| *fact_field_ref(fact, s, id_sym) == *v.borrow())
+}
+
+/// Field `name` of the fact in slot `f` (null if it has none).
+fn field_of(facts: &[Option<FactRec>], f: u32, name: Sym) -> &Value {
+    facts[f as usize].as_ref().expect("live fact slot").fact.fields.get(name).unwrap_or(&NULL)
 }
 
 /// A field of a fact for a join key (`_id` is the fact's id).
