@@ -109,6 +109,36 @@ struct SharedMem {
     index: Index,
     /// Extremes of fields its `not`/`exists` conditions compare.
     extremes: Vec<extreme::Tracker>,
+    /// The alpha tests, as inserts run them.
+    alpha_tests: Vec<AlphaTest>,
+}
+
+/// An alpha test as an insert runs it.
+enum AlphaTest {
+    /// `field op literal` (or `literal op field`): no expression to walk,
+    /// no environment to build (Waltz tests `label`, `type` or `joined` of
+    /// every edge it changes, a dozen times each).
+    Compare { op: BinOp, field: Sym, lit: Value, field_left: bool },
+    /// Any other (index into the pattern's `alpha`).
+    General(usize),
+}
+
+impl AlphaTest {
+    fn of(i: usize, c: &Constraint) -> AlphaTest {
+        use BinOp::*;
+        if let Constraint::Native(Expr::Bin(op @ (Eq | Ne | Lt | Le | Gt | Ge | In), a, b)) = c {
+            match (&**a, &**b) {
+                (Expr::Field(f), Expr::Lit(v)) => {
+                    return AlphaTest::Compare { op: *op, field: *f, lit: v.clone(), field_left: true }
+                }
+                (Expr::Lit(v), Expr::Field(f)) => {
+                    return AlphaTest::Compare { op: *op, field: *f, lit: v.clone(), field_left: false }
+                }
+                _ => {}
+            }
+        }
+        AlphaTest::General(i)
+    }
 }
 
 /// The kind of a condition, copied out of the pack so that the hot paths
@@ -343,6 +373,7 @@ impl Network {
                                     consumers: Vec::new(),
                                     index: Index::new(p.joins.is_empty()),
                                     extremes: Vec::new(),
+                                    alpha_tests: p.alpha.iter().enumerate().map(|(i, c)| AlphaTest::of(i, c)).collect(),
                                 });
                                 listening.push(shared.len() as u32 - 1);
                                 shared.len() as u32 - 1
@@ -737,12 +768,26 @@ impl Network {
         MatchError { rule: self.pack.rules[rule].name.clone(), message }
     }
 
-    fn alpha_pass(&self, mem: &AlphaMem, f: &Fact) -> R<bool> {
+    /// Whether fact `f` passes the alpha tests of shared memory `sm`.
+    fn alpha_pass(&self, sm: &SharedMem, f: &Fact) -> R<bool> {
+        let mem = &self.alpha[sm.first as usize];
         let rule = mem.rule as usize;
-        let p = self.pattern(rule, mem.cond as usize);
-        let env = self.env(rule, NONE, Some(f));
-        for c in &p.alpha {
-            if !self.check(c, &env)? {
+        for test in &sm.alpha_tests {
+            let pass = match test {
+                AlphaTest::Compare { op, field, lit, field_left } => {
+                    let v = fact_field_ref(f, *field, self.id_sym);
+                    if *field_left {
+                        compare(*op, &v, lit)
+                    } else {
+                        compare(*op, lit, &v)
+                    }
+                }
+                AlphaTest::General(i) => {
+                    let p = self.pattern(rule, mem.cond as usize);
+                    self.check(&p.alpha[*i], &self.env(rule, NONE, Some(f)))?
+                }
+            };
+            if !pass {
                 return Ok(false);
             }
         }
@@ -877,15 +922,13 @@ impl Network {
             let pass = match passed[group] {
                 1 => true,
                 2 => false,
-                _ => {
-                    match self.alpha_pass(&self.alpha[self.shared[sm as usize].first as usize], &self.rec(slot).fact) {
-                        Ok(pass) => pass,
-                        Err(e) => {
-                            res = Err(e);
-                            break;
-                        }
+                _ => match self.alpha_pass(&self.shared[sm as usize], &self.rec(slot).fact) {
+                    Ok(pass) => pass,
+                    Err(e) => {
+                        res = Err(e);
+                        break;
                     }
-                }
+                },
             };
             passed[group] = if pass { 1 } else { 2 };
             if !pass {
