@@ -122,14 +122,14 @@ impl SledStore {
         let config = sled::Config::new().path(dir).cache_capacity(cache_mb * 1024 * 1024).flush_every_ms(None);
         // The lock of a store closed a moment ago (by this process's
         // background threads, or a process that is exiting) is released
-        // shortly; wait for it a little instead of failing at once. On a
-        // loaded 2-core machine sled's threads took over 2 s to let go (the
-        // test suite reopening stores while other tests run), so wait 10 s.
+        // shortly; wait for it a little instead of failing at once. sled
+        // reports a held lock as an `Other` error with this message (the
+        // `WouldBlock` is only in its text).
         let mut tries = 0;
         let db = loop {
             match config.open() {
                 Ok(db) => break db,
-                Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 500 => {
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && tries < 500 => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
@@ -462,6 +462,21 @@ rule "all done" {
 
     fn commit(store: &SledStore, wf: &Workflow, out: &crate::workflow::TurnOutput) {
         store.commit(&[Commit { workflow: wf.id(), output: out, request_id: None }]).unwrap();
+    }
+
+    #[test]
+    fn opening_a_store_waits_for_the_lock_of_one_closing() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SledStore::open(dir.path(), 8).unwrap();
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(first);
+        });
+        let started = std::time::Instant::now();
+        let second = SledStore::open(dir.path(), 8);
+        closer.join().unwrap();
+        assert!(second.is_ok(), "{:?}", second.err());
+        assert!(started.elapsed() >= std::time::Duration::from_millis(250), "it waited for the lock");
     }
 
     #[test]
