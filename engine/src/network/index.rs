@@ -63,9 +63,10 @@ impl Index {
         self.len == 0
     }
 
-    /// The bucket of hash `hash` for which `eq(first item)` holds (no first
-    /// item: a kept empty bucket).
-    pub fn find(&self, hash: u64, eq: impl Fn(Option<u32>) -> bool) -> Option<u32> {
+    /// The bucket of hash `hash` for which `eq(first item)` holds. A keyless
+    /// memory's one bucket needs no comparison, and a keyed memory keeps no
+    /// empty bucket, so `eq` always has an item to read.
+    pub fn find(&self, hash: u64, eq: impl Fn(u32) -> bool) -> Option<u32> {
         if self.keyless {
             return (!self.buckets.is_empty()).then_some(0);
         }
@@ -73,7 +74,7 @@ impl Index {
         self.table
             .find(hash, |&i| {
                 let b = &buckets[i as usize];
-                b.hash == hash && eq(b.items.first().copied())
+                b.hash == hash && b.items.first().is_some_and(|&first| eq(first))
             })
             .copied()
     }
@@ -107,13 +108,13 @@ impl Index {
     }
 
     /// Adds `item` to the bucket that `find` gives, or to a new one.
-    pub fn insert_with(&mut self, hash: u64, eq: impl Fn(Option<u32>) -> bool, item: u32) -> Place {
+    pub fn insert_with(&mut self, hash: u64, eq: impl Fn(u32) -> bool, item: u32) -> Place {
         let bucket = self.find(hash, eq);
         self.push(bucket, hash, item)
     }
 
     /// The items of the bucket that `find` gives.
-    pub fn get_with(&self, hash: u64, eq: impl Fn(Option<u32>) -> bool) -> &[u32] {
+    pub fn get_with(&self, hash: u64, eq: impl Fn(u32) -> bool) -> &[u32] {
         self.find(hash, eq).map_or(&[], |i| &self.buckets[i as usize].items)
     }
 
@@ -150,7 +151,7 @@ mod tests {
         // "odd", 2 has key "even", all three the same (forced) hash.
         let key = |item: u32| item % 2;
         let mut ix = Index::new(false);
-        let same_key = |k: u32| move |first: Option<u32>| first.is_none_or(|f| key(f) == k);
+        let same_key = |k: u32| move |first: u32| key(first) == k;
         let p1 = ix.insert_with(7, same_key(1), 1);
         let p2 = ix.insert_with(7, same_key(0), 2);
         let p3 = ix.insert_with(7, same_key(1), 3);

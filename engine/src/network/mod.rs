@@ -834,9 +834,6 @@ impl Network {
     /// was computed without error when it entered the memory, and bindings
     /// do not change while it lives, so an error here cannot happen.
     fn token_has_key<V: std::borrow::Borrow<Value>>(&self, rule: usize, cond: usize, t: TokId, key: &[V]) -> bool {
-        if key.is_empty() {
-            return true; // no join: the memory's one bucket
-        }
         let p = self.pattern(rule, cond);
         p.joins.iter().zip(key).all(|(j, v)| match &j.key {
             Expr::BoundField(slot, name) => {
@@ -848,8 +845,7 @@ impl Network {
 
     /// The tokens waiting at `cond` whose join key is `key`.
     fn tokens_with_key<V: std::borrow::Borrow<Value>>(&self, rule: usize, cond: usize, key: &[V]) -> &[u32] {
-        self.mems[rule][cond]
-            .get_with(index::hash(key), |first| first.is_none_or(|t| self.token_has_key(rule, cond, t, key)))
+        self.mems[rule][cond].get_with(index::hash(key), |t| self.token_has_key(rule, cond, t, key))
     }
 
     /// Join key of a fact for alpha memory `mem`: its join fields, borrowed.
@@ -941,7 +937,7 @@ impl Network {
                 let key = fact_key(&mem.fields, f, id_sym);
                 let hash = index::hash(&key);
                 let fields = &mem.fields;
-                let eq = |first: Option<u32>| first.is_none_or(|f| fact_has_key(facts, f, fields, &key, id_sym));
+                let eq = |f| fact_has_key(facts, f, fields, &key, id_sym);
                 mem.index.insert_with(hash, eq, slot)
             };
             refs.push(AlphaRef { mem: sm, bucket: pos.0, pos: pos.1 });
@@ -1145,8 +1141,7 @@ impl Network {
                     let hash = index::hash(&key);
                     let m = self.alpha_of[rule][level];
                     let first_only = matches!(kind, Kind::Not | Kind::Exists);
-                    let bucket = self.mems[rule][level]
-                        .find(hash, |first| first.is_none_or(|o| self.token_has_key(rule, level, o, &key)));
+                    let bucket = self.mems[rule][level].find(hash, |o| self.token_has_key(rule, level, o, &key));
                     matches.clear();
                     self.join_facts(m, t, hash, &key, first_only, &mut matches)?;
                     (hash, bucket)
@@ -1248,9 +1243,8 @@ impl Network {
         let (rule, cond) = (mem.rule as usize, mem.cond as usize);
         let p = self.pattern(rule, cond);
         let shared = &self.shared[mem.shared as usize];
-        let mut candidates = shared
-            .index
-            .get_with(hash, |first| first.is_none_or(|f| fact_has_key(&self.facts, f, &mem.fields, key, self.id_sym)));
+        let mut candidates =
+            shared.index.get_with(hash, |f| fact_has_key(&self.facts, f, &mem.fields, key, self.id_sym));
         // One fact decides a `not`/`exists` on one comparison: the extreme.
         let extreme;
         if let Some(x) = mem.extreme.filter(|_| first_only) {
@@ -1460,9 +1454,6 @@ fn fact_has_key<V: std::borrow::Borrow<Value>>(
     key: &[V],
     id_sym: Sym,
 ) -> bool {
-    if fields.is_empty() {
-        return true; // no join: the memory's one bucket
-    }
     let fact = &facts[f as usize].as_ref().expect("live fact slot").fact;
     fields.iter().zip(key).all(|(&s, v)| *fact_field_ref(fact, s, id_sym) == *v.borrow())
 }

@@ -1,4 +1,4 @@
-//! Free token slots, handed out lowest first.
+//! Free slots (of tokens, and of index buckets), handed out lowest first.
 //!
 //! Whole subtrees of tokens are deleted and rebuilt at once (a `ctx`
 //! change rebuilds every match under it). Taking the lowest free slot, not
