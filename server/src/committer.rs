@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use stoa_engine::store::{Attempts, Commit, Store};
+use stoa_engine::store::{Attempts, Commit, Error, Store};
 use stoa_engine::workflow::TurnOutput;
 use stoa_engine::{InvocationId, WorkflowId};
 use tokio::sync::oneshot;
@@ -23,7 +23,7 @@ struct Job {
     workflow: WorkflowId,
     output: TurnOutput,
     request_id: Option<String>,
-    done: oneshot::Sender<Result<TurnOutput, String>>,
+    done: oneshot::Sender<Result<TurnOutput, Error>>,
 }
 
 /// A cheap handle; the thread ends at `close` (or when every handle is
@@ -81,9 +81,9 @@ impl Committer {
                         .collect();
                     // Before the turns: a turn of this flush that ends an
                     // invocation also drops its attempts record.
-                    let mut res = store.record_attempts(&attempts).map_err(|e| e.to_string());
+                    let mut res = store.record_attempts(&attempts);
                     if res.is_ok() {
-                        res = store.commit(&commits).map_err(|e| e.to_string());
+                        res = store.commit(&commits);
                     }
                     drop(commits);
                     if let Err(e) = &res {
@@ -104,12 +104,12 @@ impl Committer {
         workflow: WorkflowId,
         output: TurnOutput,
         request_id: Option<String>,
-    ) -> oneshot::Receiver<Result<TurnOutput, String>> {
+    ) -> oneshot::Receiver<Result<TurnOutput, Error>> {
         let (done, rx) = oneshot::channel();
         if let Err(mpsc::SendError(Msg::Job(job))) =
             self.tx.send(Msg::Job(Box::new(Job { workflow, output, request_id, done })))
         {
-            let _ = job.done.send(Err("the server is shutting down".into()));
+            let _ = job.done.send(Err(Error::Io("the server is shutting down".into())));
         }
         rx
     }

@@ -15,8 +15,24 @@ pub enum ApiError {
     ResourceExhausted(String),
     #[error(transparent)]
     Rejected(Rejected),
+    /// The store cannot read or write now (a full disk, an I/O error):
+    /// retryable, unlike `Internal`.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<stoa_engine::store::Error> for ApiError {
+    fn from(e: stoa_engine::store::Error) -> ApiError {
+        match e {
+            stoa_engine::store::Error::Io(detail) => {
+                tracing::error!(error = %detail, "storage I/O failed");
+                ApiError::Unavailable("storage is unavailable; retry later".into())
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
 }
 
 impl From<ApiError> for tonic::Status {
@@ -30,6 +46,7 @@ impl From<ApiError> for tonic::Status {
                 tonic::Status::invalid_argument(r.to_string())
             }
             ApiError::Rejected(r) => tonic::Status::failed_precondition(r.to_string()),
+            ApiError::Unavailable(m) => tonic::Status::unavailable(m),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 tonic::Status::internal("internal error; see the server log")

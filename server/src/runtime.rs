@@ -187,13 +187,11 @@ impl Runtime {
             if let Some((last, _)) = versions.list.last() {
                 let pinned = Rollout { stable: last.version.clone(), canary: None };
                 let v = serde_json::to_value(&pinned).map_err(|e| ApiError::Internal(e.to_string()))?;
-                self.store
-                    .put_aux("rollout", &format!("{tenant}/{}", rec.name), &v)
-                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                self.store.put_aux("rollout", &format!("{tenant}/{}", rec.name), &v).map_err(ApiError::from)?;
                 versions.rollout = Some(pinned);
             }
         }
-        self.store.put_pack(&rec).map_err(|e| ApiError::Internal(e.to_string()))?;
+        self.store.put_pack(&rec)?;
         versions.list.push((rec, pack.clone()));
         Ok((pack, diags, true))
     }
@@ -264,7 +262,7 @@ impl Runtime {
         if guard.is_some() {
             return Ok(true);
         }
-        let Some(snap) = self.store.load(id).map_err(|e| ApiError::Internal(e.to_string()))? else {
+        let Some(snap) = self.store.load(id)? else {
             return Ok(false);
         };
         let pack = self.pack(tenant_of(id), &snap.meta.pack, Some(&snap.meta.pack_version))?;
@@ -356,9 +354,9 @@ impl Runtime {
             *g = Some(wf);
             self.committer.submit(id.clone(), out, Some(request.clone()))
         };
-        let out = rx.await.map_err(|_| ApiError::Internal("commit lost".into()))?.map_err(ApiError::Internal)?;
+        let out = rx.await.map_err(|_| ApiError::Internal("commit lost".into()))??;
         if !first {
-            return match self.store.request(&request).map_err(|e| ApiError::Internal(e.to_string()))? {
+            return match self.store.request(&request)? {
                 Some(_) => Ok((id, false)),
                 None => Err(ApiError::Internal(format!("the first start of request {request} did not commit"))),
             };
@@ -415,7 +413,7 @@ impl Runtime {
             let Some(out) = f(g.as_mut().expect("loaded"))? else { return Ok(None) };
             self.committer.submit(id.clone(), out, key)
         };
-        let out = rx.await.map_err(|_| ApiError::Internal("commit lost".into()))?.map_err(ApiError::Internal)?;
+        let out = rx.await.map_err(|_| ApiError::Internal("commit lost".into()))??;
         self.after_commit(id, &out);
         Ok(Some(out))
     }
@@ -512,20 +510,18 @@ impl Runtime {
         if tenant_of(id) != tenant {
             return Err(missing());
         }
-        self.store.load(id).map_err(|e| ApiError::Internal(e.to_string()))?.ok_or_else(missing)
+        self.store.load(id)?.ok_or_else(missing)
     }
 
     pub fn list(&self, tenant: &str, after: Option<&WorkflowId>, limit: usize) -> Result<Vec<Meta>, ApiError> {
-        self.store
-            .workflows(&format!("{}{tenant}.", WorkflowId::PREFIX), after, limit)
-            .map_err(|e| ApiError::Internal(e.to_string()))
+        self.store.workflows(&format!("{}{tenant}.", WorkflowId::PREFIX), after, limit).map_err(ApiError::from)
     }
 
     pub fn timeline(&self, tenant: &str, id: &WorkflowId, from: u64, limit: usize) -> Result<Vec<Entry>, ApiError> {
         if tenant_of(id) != tenant {
             return Err(ApiError::NotFound(format!("workflow {id} does not exist")));
         }
-        self.store.timeline(id, from, limit).map_err(|e| ApiError::Internal(e.to_string()))
+        self.store.timeline(id, from, limit).map_err(ApiError::from)
     }
 
     /// Live entries of a workflow from now on.

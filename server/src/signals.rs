@@ -47,13 +47,13 @@ const MAX_SIGNALS: usize = 1000;
 
 impl Runtime {
     fn signal_record(&self, tenant: &str, id: &str) -> Result<Option<SignalRecord>, ApiError> {
-        let v = self.store.get_aux("signal", &format!("{tenant}/{id}")).map_err(internal)?;
+        let v = self.store.get_aux("signal", &format!("{tenant}/{id}")).map_err(ApiError::from)?;
         v.map(|v| serde_json::from_value(v).map_err(internal)).transpose()
     }
 
     fn put_signal_record(&self, tenant: &str, rec: &SignalRecord) -> Result<(), ApiError> {
         let v = serde_json::to_value(rec).map_err(internal)?;
-        self.store.put_aux("signal", &format!("{tenant}/{}", rec.signal.id), &v).map_err(internal)
+        self.store.put_aux("signal", &format!("{tenant}/{}", rec.signal.id), &v).map_err(ApiError::from)
     }
 
     /// Routes a signal once. Returns its record and whether this call
@@ -78,7 +78,7 @@ impl Runtime {
         match target {
             Some(wf) => {
                 let key = format!("signal/{tenant}/{}/{wf}", signal.id);
-                if self.store.request(&key).map_err(internal)?.is_none() {
+                if self.store.request(&key).map_err(ApiError::from)?.is_none() {
                     self.turn_keyed(tenant, &wf, Input::Signal { signal: signal.clone() }, Some(key)).await?;
                 }
                 rec.delivered.push(wf);
@@ -89,7 +89,9 @@ impl Runtime {
         self.put_signal_record(tenant, &rec)?;
         if let Some(from) = &signal.from {
             let key = format!("{tenant}/{from}/{}", signal.id);
-            self.store.put_aux("signal-by", &key, &serde_json::Value::String(signal.id.clone())).map_err(internal)?;
+            self.store
+                .put_aux("signal-by", &key, &serde_json::Value::String(signal.id.clone()))
+                .map_err(ApiError::from)?;
         }
         self.forget_emitted(&signal);
         Ok((rec, true))
@@ -130,7 +132,7 @@ impl Runtime {
                     }
                     // Applied before a restart interrupted this routing: not again.
                     let key = format!("signal/{tenant}/{}/{wf}", signal.id);
-                    if self.store.request(&key).map_err(internal)?.is_some() {
+                    if self.store.request(&key).map_err(ApiError::from)?.is_some() {
                         rec.delivered.push(wf);
                         continue;
                     }
@@ -190,7 +192,9 @@ impl Runtime {
             let mut next = Vec::new();
             if depth < base + MAX_DEPTH {
                 for wf in r.started.iter().chain(&r.delivered) {
-                    for (_, v) in self.store.scan_aux("signal-by", &format!("{tenant}/{wf}/")).map_err(internal)? {
+                    for (_, v) in
+                        self.store.scan_aux("signal-by", &format!("{tenant}/{wf}/")).map_err(ApiError::from)?
+                    {
                         if let Some(s) = v.as_str().and_then(|s| self.signal_record(tenant, s).ok().flatten()) {
                             next.push((depth + 1, s));
                         }

@@ -109,7 +109,7 @@ impl Runtime {
                 }
             };
             let v = serde_json::to_value(&rollout).map_err(internal)?;
-            self.store.put_aux("rollout", &format!("{tenant}/{name}"), &v).map_err(internal)?;
+            self.store.put_aux("rollout", &format!("{tenant}/{name}"), &v).map_err(ApiError::from)?;
             versions.rollout = Some(rollout.clone());
             rollout
         };
@@ -159,11 +159,11 @@ impl Runtime {
 
     fn save_job(&self, job: &UpgradeJob) -> Result<(), ApiError> {
         let v = serde_json::to_value(job).map_err(internal)?;
-        self.store.put_aux("upgrade", &format!("{}/{}", job.tenant, job.pack), &v).map_err(internal)
+        self.store.put_aux("upgrade", &format!("{}/{}", job.tenant, job.pack), &v).map_err(ApiError::from)
     }
 
     pub fn upgrade_job(&self, tenant: &str, name: &str) -> Result<Option<UpgradeJob>, ApiError> {
-        let v = self.store.get_aux("upgrade", &format!("{tenant}/{name}")).map_err(internal)?;
+        let v = self.store.get_aux("upgrade", &format!("{tenant}/{name}")).map_err(ApiError::from)?;
         v.map(|v| serde_json::from_value(v).map_err(internal)).transpose()
     }
 

@@ -13,7 +13,7 @@ use crate::fact::{InvocationId, WorkflowId};
 use crate::timeline::Entry;
 use crate::workflow::{Invocation, Meta, Snapshot, Timer, TurnOutput};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     #[error("storage I/O: {0}")]
     Io(String),

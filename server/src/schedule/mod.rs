@@ -123,10 +123,6 @@ fn key_of(tenant: &str, name: &str) -> (String, String) {
     (tenant.to_string(), name.to_string())
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::Internal(e.to_string())
-}
-
 impl Scheduler {
     /// Loads the stored schedules; ticks missed while the server was down
     /// are due at once, and the first pass applies their policies.
@@ -162,7 +158,7 @@ impl Scheduler {
             .map(|r| (format!("{}/{}", r.tenant, r.name), serde_json::to_value(r).expect("schedules serialize")))
             .collect();
         let records: Vec<_> = values.iter().map(|(k, v)| (KIND, k.as_str(), Some(v))).collect();
-        self.store.put_aux_batch(&records).map_err(internal)
+        self.store.put_aux_batch(&records).map_err(ApiError::from)
     }
 
     // ---- the clock --------------------------------------------------------
@@ -229,7 +225,7 @@ impl Scheduler {
                             crash_point(&name, created);
                             runs.push(Run { due_ms: due, started_ms: now_ms(), workflow_id: id.to_string(), created, kind });
                         }
-                        Err(e @ (ApiError::ResourceExhausted(_) | ApiError::Internal(_))) => {
+                        Err(e @ (ApiError::ResourceExhausted(_) | ApiError::Unavailable(_) | ApiError::Internal(_))) => {
                             // Late rather than never: this tick and the
                             // next are tried again.
                             tracing::warn!(tenant = %tenant, schedule = %name, error = %e, "schedule tick will be retried");
@@ -396,7 +392,7 @@ impl Scheduler {
             return Err(not_found(name));
         }
         let key = format!("{tenant}/{name}");
-        self.store.delete_aux(KIND, &key).map_err(internal)?;
+        self.store.delete_aux(KIND, &key).map_err(ApiError::from)?;
         if let Some(e) = st.entries.remove(&k) {
             if let Some(d) = e.due {
                 st.queue.remove(&(d, k.0, k.1));
