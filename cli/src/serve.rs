@@ -47,7 +47,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let (tenant, token) = t.split_once('=').with_context(|| format!("--token {t}: expected TENANT=TOKEN"))?;
         match config.tenants.iter_mut().find(|x| x.name == tenant) {
             Some(x) => x.tokens.push(token.to_string()),
-            None => config.tenants.push(TenantConfig { name: tenant.to_string(), tokens: vec![token.to_string()] }),
+            None => config.tenants.push(TenantConfig::new(tenant, token)),
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

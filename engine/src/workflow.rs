@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use stoa_rules::budget;
 use stoa_rules::compile::{Pack, Rule, Section};
 use stoa_rules::expr::{Env, Expr as NativeExpr};
 use stoa_rules::manifest::RetryPolicy;
@@ -300,6 +301,10 @@ pub enum Rejected {
     UnknownFact(FactId),
     #[error("timer {0} is not pending (already fired or cancelled)")]
     UnknownTimer(u64),
+    /// The host stopped the turn (a server shutting down): nothing of it
+    /// happened, and the in-memory workflow is to be reloaded.
+    #[error("the turn was interrupted: the server is stopping")]
+    Interrupted,
 }
 
 /// The delta of one committed turn.
@@ -350,8 +355,16 @@ pub struct Workflow {
     /// Waiting invocations by the facts they bound (to cancel on retract).
     waiting_by_fact: FxHashMap<FactId, Vec<InvocationId>>,
     timers: BTreeMap<u64, Timer>,
+    /// Estimated heap bytes of the facts (see `memory_estimate`).
+    fact_bytes: usize,
     turn: TurnState,
 }
+
+/// What a fact costs besides its values: its slot, its id in the maps, its
+/// entries in alpha memories (measured over the engine benchmark's facts).
+const FACT_BYTES: usize = 160;
+/// What a partial match costs: its token and its place in a memory.
+const TOKEN_BYTES: usize = 96;
 
 #[derive(Default)]
 struct TurnState {
@@ -369,6 +382,8 @@ struct TurnState {
     firings: u64,
     /// Firings of this turn by rule index (to explain a rolled-back turn).
     fired_by_rule: Vec<u64>,
+    /// Heap bytes of the values copied into this turn's timeline entries.
+    entry_bytes: usize,
 }
 
 /// A workflow as stored: enough to rebuild it exactly.
@@ -408,6 +423,7 @@ impl Workflow {
             waiting: BTreeMap::new(),
             waiting_by_fact: FxHashMap::default(),
             timers: BTreeMap::new(),
+            fact_bytes: 0,
             turn: TurnState::default(),
         }
     }
@@ -447,6 +463,7 @@ impl Workflow {
         net.refract_all = false;
         net.fresh_rules.clear();
         self.net = net;
+        self.fact_bytes = self.net.facts().map(|f| FACT_BYTES + f.fields.heap_bytes()).sum();
         Ok(())
     }
 
@@ -541,10 +558,16 @@ impl Workflow {
             Input::Cancel { .. } | Input::Signal { .. } => {}
         }
         let meta_before = self.begin_turn(now_ms, input.summary());
-        let result = self.run(input).and_then(|()| self.fire_all());
+        let result = {
+            let _deadline = budget::turn(self.pack.manifest.limits.max_turn_ms);
+            self.run(input).and_then(|()| self.fire_all())
+        };
         let mut out = TurnOutput { turn: self.meta.turn, firings: self.turn.firings, ..TurnOutput::default() };
         match result {
             Ok(()) => self.committed(&mut out),
+            Err(_) if budget::check_now() == Err(budget::Exceeded::Stopped) => {
+                return Err(self.interrupted(meta_before))
+            }
             Err(TurnError(error)) => {
                 self.rollback(meta_before);
                 let firings = self.turn.firings;
@@ -563,23 +586,51 @@ impl Workflow {
                     .map(|(r, n)| (self.pack.rules[r].name.clone(), *n))
                     .collect();
                 fired.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-                self.record(Event::TurnFailed { error: error.clone(), firings, fired });
-                self.meta.status = Status::Failed;
-                self.meta.reason = Some(error.clone());
-                self.record(Event::Failed { reason: error.clone() });
-                out.error = Some(error);
-                // Nothing else is committed: facts and waiting stay as they were.
-                self.turn.undo_facts.clear();
-                self.turn.undo_waiting.clear();
-                self.turn.invocations.clear();
-                self.turn.cancelled.clear();
-                self.turn.signals.clear();
-                // Waiting invocations and timers of a failed workflow are abandoned.
-                out.cancelled = self.waiting.keys().cloned().collect();
-                out.timers_deleted = std::mem::take(&mut self.timers).into_keys().collect();
+                self.fail_turn(&mut out, error, firings, fired);
             }
         }
         Ok(self.end_turn(out, now_ms))
+    }
+
+    /// Fails the workflow in the turn under way, which commits nothing
+    /// else: facts and waiting activations stay as they were; waiting
+    /// invocations and timers are abandoned.
+    fn fail_turn(&mut self, out: &mut TurnOutput, error: String, firings: u64, fired: Vec<(String, u64)>) {
+        self.record(Event::TurnFailed { error: error.clone(), firings, fired });
+        self.meta.status = Status::Failed;
+        self.meta.reason = Some(error.clone());
+        self.record(Event::Failed { reason: error.clone() });
+        out.error = Some(error);
+        self.turn.undo_facts.clear();
+        self.turn.undo_waiting.clear();
+        self.turn.invocations.clear();
+        self.turn.cancelled.clear();
+        self.turn.signals.clear();
+        out.cancelled = self.waiting.keys().cloned().collect();
+        out.timers_deleted = std::mem::take(&mut self.timers).into_keys().collect();
+    }
+
+    /// Fails a running workflow from outside its rules, as a turn of its
+    /// own (its host found it broken: a turn of it panicked). `None`: it is
+    /// not running.
+    pub fn abort(&mut self, reason: &str, now_ms: u64) -> Option<TurnOutput> {
+        if self.meta.status != Status::Running {
+            return None;
+        }
+        self.begin_turn(now_ms, "abort".into());
+        let mut out = TurnOutput { turn: self.meta.turn, ..TurnOutput::default() };
+        self.fail_turn(&mut out, reason.to_string(), 0, Vec::new());
+        Some(self.end_turn(out, now_ms))
+    }
+
+    /// Undoes a turn its host stopped (not the workflow's doing): as if it
+    /// never began.
+    fn interrupted(&mut self, meta_before: Meta) -> Rejected {
+        let seq = self.turn.entries.first().map(|e| e.seq - 1).unwrap_or(self.meta.timeline_seq);
+        self.rollback(Meta { turn: meta_before.turn - 1, ..meta_before });
+        self.meta.timeline_seq = seq;
+        self.turn = TurnState::default();
+        Rejected::Interrupted
     }
 
     /// Opens a turn; returns the metadata to restore if it is rolled back.
@@ -753,6 +804,7 @@ impl Workflow {
                 self.turn.fired_by_rule.resize(self.pack.rules.len().max(act.rule + 1), 0);
             }
             self.turn.fired_by_rule[act.rule] += 1;
+            self.check_budget()?;
             if self.turn.firings > limit {
                 return Err(TurnError(format!(
                     "the turn exceeded {limit} firings (limit `max_firings_per_turn`); last rule: \"{}\"",
@@ -1033,6 +1085,32 @@ impl Workflow {
         Ok(())
     }
 
+    /// Estimated heap bytes of the workflow in the middle of a turn: its
+    /// facts and their values, its partial matches, the turn's timeline.
+    /// An estimate from counters kept as facts change, cheap enough to
+    /// read at every firing.
+    pub fn memory_estimate(&self) -> usize {
+        self.fact_bytes
+            + self.net.token_slots() * TOKEN_BYTES
+            + self.turn.entries.len() * std::mem::size_of::<Entry>()
+            + self.turn.entry_bytes
+    }
+
+    /// Ends the turn if it ran past its time or memory budget.
+    fn check_budget(&self) -> Result<(), TurnError> {
+        budget::check()?;
+        let max_mb = self.pack.manifest.limits.max_memory_mb;
+        let used = self.memory_estimate();
+        if used as u64 > max_mb.saturating_mul(1 << 20) {
+            return Err(TurnError(format!(
+                "the workflow took more than its memory budget of {max_mb} MiB (limit `max_memory_mb`; {} facts, about {} MiB)",
+                self.net.fact_count(),
+                used >> 20
+            )));
+        }
+        Ok(())
+    }
+
     fn finish(&mut self, status: Status, result: Value, reason: Option<String>) {
         if self.meta.status != Status::Running {
             return;
@@ -1086,9 +1164,13 @@ impl Workflow {
         let id = self.meta.next_fact_id;
         self.meta.next_fact_id += 1;
         self.touch_fact(id);
+        let bytes = fields.heap_bytes();
+        self.fact_bytes += FACT_BYTES + bytes;
+        self.turn.entry_bytes += bytes;
         self.record(Event::Inserted { id, ty, fields: (&fields).into() });
         let tag = self.next_tag();
         self.net.insert(Fact { id, ty, version: 1, fields, tag })?;
+        self.check_budget()?;
         Ok(id)
     }
 
@@ -1117,15 +1199,19 @@ impl Workflow {
         self.check_schema(old.ty, &fields)?;
         self.touch_fact(id);
         let version = old.version + 1;
+        self.fact_bytes = (self.fact_bytes + fields.heap_bytes()).saturating_sub(old.fields.heap_bytes());
+        self.turn.entry_bytes += before.heap_bytes() + after.heap_bytes();
         self.record(Event::Modified { id, ty: old.ty, version, before: before.into(), after: after.into() });
         let tag = self.next_tag();
         self.net.modify(Fact { id, ty: old.ty, version, fields, tag })?;
+        self.check_budget()?;
         Ok(())
     }
 
     fn retract(&mut self, id: FactId, reason: &str) -> Result<(), TurnError> {
         self.touch_fact(id);
         if let Some(f) = self.net.retract(id)? {
+            self.fact_bytes = self.fact_bytes.saturating_sub(FACT_BYTES + f.fields.heap_bytes());
             self.record(Event::Retracted { id, ty: f.ty, version: f.version });
         }
         // Activations waiting on this fact lose their purpose.
@@ -1289,6 +1375,7 @@ impl Workflow {
             removed: changes.removed.clone(),
         })));
         let old_pack = std::mem::replace(&mut self.pack, pack.clone());
+        let _deadline = budget::turn(pack.manifest.limits.max_turn_ms);
         let result = (|| {
             let orphans: Vec<InvocationId> = self
                 .waiting
@@ -1315,6 +1402,10 @@ impl Workflow {
         let mut out = TurnOutput { turn: self.meta.turn, firings: self.turn.firings, ..TurnOutput::default() };
         match result {
             Ok(()) => self.committed(&mut out),
+            Err(_) if budget::check_now() == Err(budget::Exceeded::Stopped) => {
+                self.pack = old_pack;
+                return Err(self.interrupted(meta_before));
+            }
             Err(TurnError(error)) => {
                 self.pack = old_pack;
                 self.rollback(meta_before);
@@ -1941,6 +2032,88 @@ rule "spin" {
         .assert_eq(&lines.join("\n"));
         assert_eq!(wf.status(), Status::Failed);
         assert_eq!(wf.fact_count(), 0, "the start turn's facts are rolled back too");
+    }
+
+    fn failed_start(rules: &str, limits: &str, start: serde_json::Value) -> (Workflow, TurnOutput) {
+        let p = pack(rules, limits);
+        let mut wf = Workflow::new(WorkflowId::new("w"), p, 0);
+        let out = wf.apply(Input::Start { facts: facts(start) }, 1).unwrap();
+        assert_eq!(wf.status(), Status::Failed);
+        assert!(out.facts_put.is_empty() && wf.fact_count() == 0, "the turn changes nothing");
+        (wf, out)
+    }
+
+    #[test]
+    fn a_turn_past_its_memory_budget_fails_and_changes_nothing() {
+        let grow = r#"
+rule "grow" {
+    match { s: Seed() }
+    action { modify(s, #{ n: s.n + 1 }); insert("Blob", #{ text: "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", n: s.n }); }
+}
+"#;
+        let (_, out) = failed_start(
+            grow,
+            "[limits]\nmax_memory_mb = 1\n",
+            serde_json::json!([{"type": "Seed", "fields": {"n": 0}}]),
+        );
+        let error = out.error.unwrap();
+        assert!(error.contains("more than its memory budget of 1 MiB (limit `max_memory_mb`"), "{error}");
+        // A large start is measured too, not only firings.
+        let blobs: Vec<_> = (0..5000)
+            .map(|n| serde_json::json!({"type": "Blob", "fields": {"n": n, "text": "y".repeat(400)}}))
+            .collect();
+        let (_, out) = failed_start(
+            "rule \"r\" { match { b: Blob(n < 0) } action { } }",
+            "[limits]\nmax_memory_mb = 1\n",
+            blobs.into(),
+        );
+        assert!(out.error.unwrap().contains("limit `max_memory_mb`"));
+    }
+
+    #[test]
+    fn a_turn_past_its_time_fails_with_the_limit_named() {
+        let spin = "rule \"spin\" { match { s: Seed() } action { loop { } } }";
+        let (_, out) = failed_start(
+            spin,
+            "[limits]\nmax_turn_ms = 50\nmax_operations = 5000000000\n",
+            serde_json::json!([{"type": "Seed", "fields": {}}]),
+        );
+        let error = out.error.unwrap();
+        assert!(error.contains("ran past its time limit of 50 ms (limit `max_turn_ms`)"), "{error}");
+    }
+
+    #[test]
+    fn a_turn_its_host_stops_is_undone_as_if_it_never_began() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let p = pack(
+            "rule \"spin\" { match { s: Seed(go == true) } action { loop { } } }",
+            "[limits]\nmax_operations = 5000000000\nmax_turn_ms = 600000\n",
+        );
+        let mut wf = Workflow::new(WorkflowId::new("w"), p, 0);
+        wf.apply(Input::Start { facts: facts(serde_json::json!([{"type": "Seed", "fields": {"go": false}}])) }, 1)
+            .unwrap();
+        let before = (wf.meta().clone(), wf.snapshot().facts);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                stop.store(true, Ordering::Relaxed);
+            })
+        };
+        let wf = std::thread::spawn(move || {
+            budget::stop_on(stop);
+            let r = wf.apply(
+                Input::Assert { facts: facts(serde_json::json!([{"type": "Seed", "fields": {"go": true}}])) },
+                2,
+            );
+            assert_eq!(r.unwrap_err(), Rejected::Interrupted);
+            wf
+        })
+        .join()
+        .unwrap();
+        stopper.join().unwrap();
+        assert_eq!((wf.meta().clone(), wf.snapshot().facts), before);
     }
 
     #[test]

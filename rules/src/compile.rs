@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::diagnostic::{Code, Diagnostic, Pos};
 use crate::expr::{self, BinOp, BindingKind, Expr};
+use crate::limits::Ceilings;
 use crate::manifest::{parse_manifest, Manifest};
 use crate::native::{self, NativeAction};
 use crate::sandbox::{CompileError, CompileErrorKind, Sandbox, Script};
@@ -168,9 +169,15 @@ const FNV_SEED: u64 = 0xcbf29ce484222325;
 /// Compiles a pack; returns it only if there is no error. Diagnostics (errors
 /// and warnings) are sorted by file and position.
 pub fn compile(source: &PackSource) -> (Option<Pack>, Vec<Diagnostic>) {
+    compile_within(source, None)
+}
+
+/// `compile`, with the pack's limits under `ceilings` (a server's, for the
+/// tenant deploying it): the compiled pack runs with the effective limits.
+pub fn compile_within(source: &PackSource, ceilings: Option<&Ceilings<'_>>) -> (Option<Pack>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let manifest_path = source.display_path(Path::new("pack.toml"));
-    let manifest = match source.files.get(Path::new("pack.toml")) {
+    let mut manifest = match source.files.get(Path::new("pack.toml")) {
         None => {
             diags.push(Diagnostic::error(&manifest_path, Pos::new(1, 1), Code::Pack, "the pack has no pack.toml"));
             None
@@ -183,6 +190,12 @@ pub fn compile(source: &PackSource) -> (Option<Pack>, Vec<Diagnostic>) {
             }
         },
     };
+    if let (Some(m), Some(c)) = (manifest.as_mut(), ceilings) {
+        match c.apply(&manifest_path, &m.limits, &m.limits_set) {
+            Ok(effective) => m.limits = effective,
+            Err(errors) => diags.extend(errors),
+        }
+    }
     let limits = manifest.as_ref().map(|m| m.limits.clone()).unwrap_or_default();
     let sandbox = Arc::new(Sandbox::new(&limits));
     let mut rules: Vec<Rule> = Vec::new();

@@ -43,6 +43,8 @@ pub enum Code {
     Pack,
     /// A `[schedules.NAME]` entry of `pack.toml`: cron, time zone, policy.
     Schedule,
+    /// A `[limits]` value that is zero or above its tenant's ceiling.
+    Limit,
 }
 
 impl Code {
@@ -59,6 +61,7 @@ impl Code {
             Code::DuplicateRule => "E0009",
             Code::Pack => "E0010",
             Code::Schedule => "E0011",
+            Code::Limit => "E0012",
         }
     }
 }

@@ -154,11 +154,17 @@ struct Parser<'a, S> {
     toks: &'a [(usize, Tok)],
     i: usize,
     scope: &'a S,
+    /// Nesting so far: deeper than `MAX_NESTING` is left to Rhai, whose
+    /// parser has a limit of its own (a constraint nested thousands deep
+    /// must not overflow the stack of whoever compiles it).
+    depth: u32,
 }
+
+const MAX_NESTING: u32 = 64;
 
 pub fn parse(src: &str, scope: &impl Scope) -> Result<Expr, Unsupported> {
     let toks = tokenize(src).map_err(|_| Unsupported)?;
-    let mut p = Parser { toks: &toks, i: 0, scope };
+    let mut p = Parser { toks: &toks, i: 0, scope, depth: 0 };
     let e = p.expr(0)?;
     if p.i != toks.len() {
         return Err(Unsupported);
@@ -204,6 +210,16 @@ impl<S: Scope> Parser<'_, S> {
     }
 
     fn expr(&mut self, min: u8) -> Result<Expr, Unsupported> {
+        self.depth += 1;
+        let e = self.expr_inner(min);
+        self.depth -= 1;
+        e
+    }
+
+    fn expr_inner(&mut self, min: u8) -> Result<Expr, Unsupported> {
+        if self.depth > MAX_NESTING {
+            return Err(Unsupported);
+        }
         let mut lhs = self.unary()?;
         while let Some((op, prec)) = self.peek().and_then(binop) {
             if prec < min {
@@ -217,6 +233,16 @@ impl<S: Scope> Parser<'_, S> {
     }
 
     fn unary(&mut self) -> Result<Expr, Unsupported> {
+        self.depth += 1;
+        let e = self.unary_inner();
+        self.depth -= 1;
+        e
+    }
+
+    fn unary_inner(&mut self) -> Result<Expr, Unsupported> {
+        if self.depth > MAX_NESTING {
+            return Err(Unsupported);
+        }
         match self.peek() {
             Some(Tok::Op("!")) => {
                 self.i += 1;

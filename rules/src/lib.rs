@@ -1,10 +1,12 @@
 //! Stoa's rule-pack language: values, manifest, rule-file parser, compiler,
 //! the Rhai sandbox and the test-case format.
 
+pub mod budget;
 pub mod compile;
 pub mod cron;
 pub mod diagnostic;
 pub mod expr;
+pub mod limits;
 pub mod manifest;
 pub mod native;
 pub mod sandbox;

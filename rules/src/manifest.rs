@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::diagnostic::{Code, Diagnostic, SourceMap};
+use crate::limits::Explicit;
+pub use crate::limits::Limits;
 use crate::value::{Fields, Sym, Value};
 
 mod schedule;
@@ -22,6 +24,10 @@ pub struct Manifest {
     pub functions: BTreeMap<String, FunctionSpec>,
     pub facts: BTreeMap<String, Schema>,
     pub limits: Limits,
+    /// Which limits the pack sets itself, and where (ceilings reject those
+    /// above them and lower the others).
+    #[serde(skip)]
+    pub limits_set: Explicit,
     /// What signals of each name do to this pack (`[signals."name"]`).
     #[serde(default)]
     pub signals: BTreeMap<String, SignalSub>,
@@ -166,33 +172,6 @@ impl Schema {
     }
 }
 
-/// Limits on one workflow's turns and scripts.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct Limits {
-    pub max_firings_per_turn: u64,
-    pub max_operations: u64,
-    pub max_call_depth: usize,
-    pub max_string_size: usize,
-    pub max_array_size: usize,
-    pub max_map_size: usize,
-    pub max_facts: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_firings_per_turn: 1_000_000,
-            max_operations: 1_000_000,
-            max_call_depth: 32,
-            max_string_size: 1 << 20,
-            max_array_size: 100_000,
-            max_map_size: 10_000,
-            max_facts: 10_000_000,
-        }
-    }
-}
-
 mod millis {
     use std::time::Duration;
 
@@ -215,7 +194,7 @@ struct RawManifest {
     #[serde(default)]
     facts: BTreeMap<String, BTreeMap<String, toml::Spanned<String>>>,
     #[serde(default)]
-    limits: Limits,
+    limits: BTreeMap<String, toml::Spanned<toml::Value>>,
     #[serde(default)]
     signals: BTreeMap<String, toml::Spanned<SignalSub>>,
     #[serde(default)]
@@ -354,6 +333,7 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
             ));
         }
     }
+    let (limits, limits_set) = limits(path, &map, &raw.limits, &mut diags);
     let schedules = schedules(path, &map, &raw.schedules, &mut diags);
     if !diags.is_empty() {
         diags.sort_by_key(|d| d.pos);
@@ -365,10 +345,49 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
         description: raw.pack.description,
         functions,
         facts,
-        limits: raw.limits,
+        limits,
+        limits_set,
         signals: raw.signals.into_iter().map(|(k, v)| (k, v.into_inner())).collect(),
         schedules,
     })
+}
+
+/// `[limits]`: known names, whole numbers from 1 (a zero would mean
+/// "unlimited" to the script engine).
+fn limits(
+    path: &Path,
+    map: &SourceMap,
+    raw: &BTreeMap<String, toml::Spanned<toml::Value>>,
+    diags: &mut Vec<Diagnostic>,
+) -> (Limits, Explicit) {
+    let mut limits = Limits::default();
+    let mut explicit = Explicit::default();
+    let known = Limits::default().entries().map(|(k, _)| k);
+    for (name, v) in raw {
+        let pos = map.pos(v.span().start);
+        let Some(known) = known.iter().find(|k| **k == name) else {
+            diags.push(Diagnostic::error(
+                path,
+                pos,
+                Code::Manifest,
+                format!("unknown limit `{name}`; expected one of {}", known.map(|k| format!("`{k}`")).join(", ")),
+            ));
+            continue;
+        };
+        match v.get_ref().as_integer() {
+            Some(n) if n >= 1 => {
+                limits.set(known, n as u64);
+                explicit.0.insert(known, pos);
+            }
+            _ => diags.push(Diagnostic::error(
+                path,
+                pos,
+                Code::Limit,
+                format!("[limits] {name} must be a whole number from 1 up (there is no unlimited)"),
+            )),
+        }
+    }
+    (limits, explicit)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Map, Position, Scope, AST};
 
 use crate::diagnostic::Pos;
-use crate::manifest::Limits;
+use crate::limits::Limits;
 use crate::value::{Fields, Sym, Value};
 
 /// What a rule section asked for, in order.
@@ -212,6 +212,9 @@ impl Sandbox {
             .set_max_map_size(limits.max_map_size)
             .set_strict_variables(true)
             .set_fail_on_invalid_map_property(false);
+        // A turn always ends: past its deadline (or when its host stops),
+        // the next operation of any script ends it.
+        e.on_progress(|_| crate::budget::check().err().map(|e| Dynamic::from(e.to_string())));
         e.disable_symbol("eval");
         // Scripts cannot reach the outside world: no printing to our stdout.
         e.on_print(|_| {}).on_debug(|_, _, _| {});
@@ -380,6 +383,7 @@ fn script_error(e: Box<EvalAltResult>) -> ScriptError {
     let limit = matches!(
         *e,
         EvalAltResult::ErrorTooManyOperations(..)
+            | EvalAltResult::ErrorTerminated(..)
             | EvalAltResult::ErrorStackOverflow(..)
             | EvalAltResult::ErrorDataTooLarge(..)
             | EvalAltResult::ErrorTooManyVariables(..)
@@ -395,7 +399,7 @@ fn script_error(e: Box<EvalAltResult>) -> ScriptError {
                 .to_string()
         }
         EvalAltResult::ErrorDataTooLarge(what, _) => format!("{what} exceeds the sandbox size limit"),
-        EvalAltResult::ErrorRuntime(v, _) => v.to_string(),
+        EvalAltResult::ErrorRuntime(v, _) | EvalAltResult::ErrorTerminated(v, _) => v.to_string(),
         other => other.to_string(),
     };
     // Rhai appends its own "(line x, position y)"; we report positions separately.
@@ -417,7 +421,16 @@ pub fn to_dynamic(v: &Value) -> Dynamic {
     }
 }
 
+/// Values nest at most this deep: as deep as JSON parsers accept, and far
+/// below what would overflow a stack walking them (a script can build an
+/// array of arrays a million deep within its size limits).
+pub const MAX_VALUE_DEPTH: usize = 128;
+
 pub fn from_dynamic(d: &Dynamic) -> Result<Value, String> {
+    from_dynamic_at(d, 0)
+}
+
+fn from_dynamic_at(d: &Dynamic, depth: usize) -> Result<Value, String> {
     if d.is_unit() {
         return Ok(Value::Null);
     }
@@ -436,15 +449,19 @@ pub fn from_dynamic(d: &Dynamic) -> Result<Value, String> {
     if d.is_string() {
         return Ok(Value::Str(Arc::from(d.clone().into_immutable_string().map_err(|e| e.to_string())?.as_str())));
     }
+    if (d.is_array() || d.is_map()) && depth >= MAX_VALUE_DEPTH {
+        return Err(format!("the value nests deeper than {MAX_VALUE_DEPTH} levels"));
+    }
     if d.is_array() {
         let a = d.read_lock::<rhai::Array>().ok_or("array is locked")?;
-        return Ok(Value::Array(Arc::new(a.iter().map(from_dynamic).collect::<Result<_, _>>()?)));
+        let items = a.iter().map(|v| from_dynamic_at(v, depth + 1)).collect::<Result<_, _>>()?;
+        return Ok(Value::Array(Arc::new(items)));
     }
     if d.is_map() {
         let m = d.read_lock::<Map>().ok_or("map is locked")?;
         let mut out = BTreeMap::new();
         for (k, v) in m.iter() {
-            out.insert(Arc::from(k.as_str()), from_dynamic(v)?);
+            out.insert(Arc::from(k.as_str()), from_dynamic_at(v, depth + 1)?);
         }
         return Ok(Value::Map(Arc::new(out)));
     }

@@ -130,6 +130,18 @@ impl Value {
         }
     }
 
+    /// Heap bytes the value holds, roughly: what a memory budget counts
+    /// (shared parts are counted at each place, an overestimate).
+    pub fn heap_bytes(&self) -> usize {
+        const SLOT: usize = std::mem::size_of::<Value>();
+        match self {
+            Value::Null | Value::Bool(_) | Value::Int(_) | Value::Float(_) => 0,
+            Value::Str(s) => 16 + s.len(),
+            Value::Array(a) => 16 + a.iter().map(|v| SLOT + v.heap_bytes()).sum::<usize>(),
+            Value::Map(m) => 16 + m.iter().map(|(k, v)| 48 + k.len() + v.heap_bytes()).sum::<usize>(),
+        }
+    }
+
     /// Total order used by `min`/`max` aggregates and comparisons: numbers
     /// compare numerically, strings lexically; other mixes are unordered.
     pub fn partial_cmp_value(&self, other: &Value) -> Option<std::cmp::Ordering> {
@@ -280,6 +292,12 @@ impl Fields {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Heap bytes of the fields, roughly (see `Value::heap_bytes`).
+    pub fn heap_bytes(&self) -> usize {
+        let spilled = if self.0.spilled() { self.0.capacity() * std::mem::size_of::<(Sym, Value)>() } else { 0 };
+        spilled + self.0.iter().map(|(_, v)| v.heap_bytes()).sum::<usize>()
     }
 
     /// Fields from a JSON object; `None` if `v` is not an object.

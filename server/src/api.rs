@@ -173,9 +173,8 @@ impl pb::stoa_server::Stoa for StoaService {
         let mode = rollout_mode(req.rollout, req.canary_fraction)?;
         let rt = self.runtime.clone();
         let t = tenant.clone();
-        let (pack, diags, changed) = tokio::task::spawn_blocking(move || rt.deploy(&t, files, req.dry_run))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let dry_run = req.dry_run;
+        let (pack, diags, changed) = detached(async move { rt.deploy(&t, files, dry_run).await }).await?;
         let name = pack.manifest.name.clone();
         let stable =
             self.runtime.rollout_of(&tenant, &name).and_then(|r| self.runtime.pack_version(&tenant, &name, &r.stable));
@@ -196,11 +195,7 @@ impl pb::stoa_server::Stoa for StoaService {
             self.schedules.install_pack(&tenant, &name, &pack.manifest.schedules);
         }
         if req.dry_run {
-            let rt = self.runtime.clone();
-            let p = pack.clone();
-            let preview = tokio::task::spawn_blocking(move || rt.preview(&tenant, &p, mode))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))??;
+            let preview = self.runtime.preview(&tenant, &pack, mode).await?;
             resp.live_workflows = preview.workflows;
             resp.preview = preview
                 .gains
@@ -211,7 +206,7 @@ impl pb::stoa_server::Stoa for StoaService {
             || self.runtime.rollout_of(&tenant, &name).is_some_and(|r| !same_rollout(&r, &pack.manifest.version, mode))
         {
             // A new version, or the same one rolled out another way (say, a canary promoted).
-            let (_, job) = self.runtime.rollout(&tenant, &name, &pack.manifest.version, mode)?;
+            let (_, job) = self.runtime.rollout(&tenant, &name, &pack.manifest.version, mode).await?;
             resp.upgrade = job.as_ref().map(job_out);
         }
         Ok(Response::new(resp))
@@ -230,7 +225,7 @@ impl pb::stoa_server::Stoa for StoaService {
             return Err(Status::invalid_argument("version: required"));
         }
         let mode = rollout_mode(req.rollout, req.canary_fraction)?;
-        let (rollout, job) = self.runtime.rollout(&tenant, &req.name, &req.version, mode)?;
+        let (rollout, job) = self.runtime.rollout(&tenant, &req.name, &req.version, mode).await?;
         Ok(Response::new(rollout_out(rollout, job)))
     }
 
@@ -243,7 +238,7 @@ impl pb::stoa_server::Stoa for StoaService {
         if req.name.is_empty() {
             return Err(Status::invalid_argument("name: required"));
         }
-        let (rollout, job) = self.runtime.rollback(&tenant, &req.name)?;
+        let (rollout, job) = self.runtime.rollback(&tenant, &req.name).await?;
         Ok(Response::new(rollout_out(rollout, job)))
     }
 

@@ -75,7 +75,7 @@ pub async fn run(rt: Arc<Runtime>, mut rx: mpsc::UnboundedReceiver<Background>, 
     }
 }
 
-async fn fire(rt: &Runtime, wf: WorkflowId, mut ids: Vec<u64>, due_ms: u64) {
+async fn fire(rt: &Arc<Runtime>, wf: WorkflowId, mut ids: Vec<u64>, due_ms: u64) {
     let tenant = tenant_of(&wf).to_string();
     loop {
         match rt.turn(&tenant, &wf, Input::Timers { ids: ids.clone() }).await {

@@ -4,6 +4,7 @@
 //! twice), answers the parent when the child ends, and cancels the child
 //! when the parent stops waiting for it.
 
+use std::sync::Arc;
 use stoa_engine::store::Store;
 use stoa_engine::workflow::{ErrorKind, Input, Invocation, Origin, Outcome, Status, CHILD_PREFIX};
 use stoa_engine::InvocationId;
@@ -16,7 +17,7 @@ fn child_request(inv: &InvocationId) -> String {
 }
 
 impl Runtime {
-    pub(crate) async fn start_child(&self, inv: Invocation) {
+    pub(crate) async fn start_child(self: &Arc<Self>, inv: Invocation) {
         let tenant = tenant_of(&inv.workflow).to_string();
         let pack = &inv.function[CHILD_PREFIX.len()..];
         let args = inv.args.to_json();
@@ -54,7 +55,7 @@ impl Runtime {
 
     /// The parent no longer waits for `inv`; if it was a child, cancel it
     /// (its own children follow the same way).
-    pub(crate) async fn cancel_child(&self, inv: InvocationId) {
+    pub(crate) async fn cancel_child(self: &Arc<Self>, inv: InvocationId) {
         let Some(parent) = inv.workflow() else { return };
         let tenant = tenant_of(&parent).to_string();
         let child = Runtime::id_for_request(&tenant, &child_request(&inv));

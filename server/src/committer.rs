@@ -1,7 +1,13 @@
 //! Group commit: one thread owns the store's write path; turns from many
 //! workflows queue up while a flush runs, and the next flush takes them all.
 //! A turn is acknowledged only after the flush that made it durable.
+//!
+//! When a flush fails, its workflows' later turns fail too without being
+//! written, until the runtime says it reloaded them (`forgive`): each was
+//! made from memory that assumed the failed turn, and writing it would
+//! put a delta on a state the store does not have.
 
+use std::collections::HashSet;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -15,6 +21,8 @@ enum Msg {
     Job(Box<Job>),
     /// Written with the next flush; nobody waits for it.
     Attempts(InvocationId, Attempts),
+    /// The runtime reloaded this workflow from the store: take its turns again.
+    Forgive(WorkflowId),
     /// Commit what is queued, then stop.
     Close,
 }
@@ -40,6 +48,28 @@ fn now_us() -> u64 {
 /// Turns per flush at most: bounds the latency of the first turn of a batch.
 const MAX_BATCH: usize = 4096;
 
+/// Files one message; `true` at `Close`.
+fn sort(
+    m: Msg,
+    jobs: &mut Vec<Job>,
+    attempts: &mut Vec<(InvocationId, Attempts)>,
+    failed: &mut HashSet<WorkflowId>,
+) -> bool {
+    match m {
+        Msg::Job(j) if failed.contains(&j.workflow) => {
+            let why = "an earlier turn of this workflow failed to commit; it is reloaded from the store";
+            let _ = j.done.send(Err(Error::Io(why.into())));
+        }
+        Msg::Job(j) => jobs.push(*j),
+        Msg::Attempts(id, a) => attempts.push((id, a)),
+        Msg::Forgive(wf) => {
+            failed.remove(&wf);
+        }
+        Msg::Close => return true,
+    }
+    false
+}
+
 impl Committer {
     pub fn spawn(store: Arc<dyn Store>) -> (Committer, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel::<Msg>();
@@ -47,21 +77,16 @@ impl Committer {
             .name("stoa-committer".into())
             .spawn(move || {
                 let mut closing = false;
+                let mut failed: HashSet<WorkflowId> = HashSet::new();
                 while !closing {
                     let (mut jobs, mut attempts) = (Vec::new(), Vec::new());
                     match rx.recv() {
-                        Ok(Msg::Job(j)) => jobs.push(*j),
-                        Ok(Msg::Attempts(id, a)) => attempts.push((id, a)),
-                        Ok(Msg::Close) | Err(_) => break,
+                        Ok(m) => closing = sort(m, &mut jobs, &mut attempts, &mut failed),
+                        Err(_) => break,
                     }
-                    while jobs.len() < MAX_BATCH {
+                    while jobs.len() < MAX_BATCH && !closing {
                         match rx.try_recv() {
-                            Ok(Msg::Job(j)) => jobs.push(*j),
-                            Ok(Msg::Attempts(id, a)) => attempts.push((id, a)),
-                            Ok(Msg::Close) => {
-                                closing = true;
-                                break;
-                            }
+                            Ok(m) => closing = sort(m, &mut jobs, &mut attempts, &mut failed),
                             Err(_) => break,
                         }
                     }
@@ -88,6 +113,7 @@ impl Committer {
                     drop(commits);
                     if let Err(e) = &res {
                         tracing::error!(error = %e, turns = jobs.len(), "commit failed");
+                        failed.extend(jobs.iter().map(|j| j.workflow.clone()));
                     }
                     for j in jobs {
                         let _ = j.done.send(res.clone().map(|()| j.output));
@@ -117,6 +143,13 @@ impl Committer {
     /// Records how far an invocation got, durably with the next flush.
     pub fn record_attempts(&self, id: InvocationId, attempts: Attempts) {
         let _ = self.tx.send(Msg::Attempts(id, attempts));
+    }
+
+    /// Takes turns of `workflow` again after a failed flush (see the
+    /// module comment): send it once no turn made before the reload can
+    /// still be queued.
+    pub fn forgive(&self, workflow: WorkflowId) {
+        let _ = self.tx.send(Msg::Forgive(workflow));
     }
 
     /// Commits what is queued, then stops the thread; later turns fail.

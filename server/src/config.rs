@@ -1,10 +1,17 @@
 //! Server configuration: a TOML file, overridden by command-line flags.
+//!
+//! Besides where to listen and store, it sets what tenants may use: the
+//! `[ceilings]` of every pack limit (a pack may lower a limit, never raise
+//! it past its tenant's ceiling) and the `[quotas]` of a tenant's packs,
+//! workflows and queues. A tenant may override either in its own entry.
+//! Nothing here has an "unlimited" value: every limit is from 1 up.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use stoa_rules::limits::Limits as PackLimits;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -21,6 +28,12 @@ pub struct Config {
     /// Tenants and their bearer tokens.
     pub tenants: Vec<TenantConfig>,
     pub limits: Limits,
+    /// The most each pack limit may be, for every tenant (those not given
+    /// keep their default ceilings, not the packs' default limits).
+    #[serde(deserialize_with = "ceilings")]
+    pub ceilings: PackLimits,
+    /// What each tenant may use.
+    pub quotas: Quotas,
     /// Concurrency limit per function name (all tenants), e.g. `"media.encode" = 64`.
     pub function_concurrency: BTreeMap<String, usize>,
 }
@@ -30,35 +43,105 @@ pub struct Config {
 pub struct TenantConfig {
     pub name: String,
     pub tokens: Vec<String>,
+    /// This tenant's own ceilings, over `[ceilings]` (only the keys given).
+    #[serde(default)]
+    pub ceilings: toml::Table,
+    /// This tenant's own quotas, over `[quotas]` (only the keys given).
+    #[serde(default)]
+    pub quotas: toml::Table,
 }
 
+impl TenantConfig {
+    pub fn new(name: &str, token: &str) -> TenantConfig {
+        TenantConfig {
+            name: name.to_string(),
+            tokens: vec![token.to_string()],
+            ceilings: toml::Table::new(),
+            quotas: toml::Table::new(),
+        }
+    }
+}
+
+/// Server-wide limits.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest request accepted, in bytes.
     pub max_request_bytes: usize,
-    /// Invocations of one tenant running on workers at once (its pool).
-    pub tenant_max_in_flight: usize,
-    /// Invocations of one tenant queued or running; past it, requests that
-    /// would add work get RESOURCE_EXHAUSTED (backpressure).
-    pub tenant_max_pending: usize,
     /// Invocations in one micro-batch to a worker.
     pub max_batch: usize,
     /// On shutdown, how long workers get to answer the invocations they
-    /// hold (they are sent a Drain) before the server stops, in milliseconds.
+    /// hold (they are sent a Drain) before the server stops, in
+    /// milliseconds. Turns still running after it are stopped.
     pub worker_drain_ms: u64,
+    /// Threads that run turns and pack builds (0: one per CPU, at least 2).
+    pub turn_threads: usize,
+    /// Workflows kept in memory at most; the least recently used idle ones
+    /// are unloaded past it (they reload from the store on their next turn).
+    pub max_loaded_workflows: usize,
+    /// A workflow idle this long is unloaded, in milliseconds.
+    pub unload_idle_ms: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_request_bytes: 4 << 20,
-            tenant_max_in_flight: 10_000,
-            tenant_max_pending: 1_000_000,
             max_batch: 64,
             worker_drain_ms: 5_000,
+            turn_threads: 0,
+            max_loaded_workflows: 20_000,
+            unload_idle_ms: 30_000,
         }
     }
+}
+
+/// What one tenant may use.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quotas {
+    /// Bytes of one pack's files.
+    pub max_pack_bytes: u64,
+    /// Rules in one pack.
+    pub max_rules_per_pack: u64,
+    /// Files in one pack.
+    pub max_files_per_pack: u64,
+    /// Compiled versions of one pack kept in memory besides the running
+    /// ones (stable and canary); older versions stay in the store and are
+    /// compiled again when a workflow on one of them loads.
+    pub max_versions_kept: u64,
+    /// Workflows running at once.
+    pub max_live_workflows: u64,
+    /// Invocations queued, backing off or running; requests that would add
+    /// more get RESOURCE_EXHAUSTED (backpressure).
+    pub max_pending: u64,
+    /// Invocations running on workers at once (the tenant's pool).
+    pub max_in_flight: u64,
+    /// Turn threads busy with this tenant at once (0: half the threads,
+    /// at least one), so that other tenants always find one free.
+    pub max_turn_threads: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            max_pack_bytes: 4 << 20,
+            max_rules_per_pack: 100_000,
+            max_files_per_pack: 10_000,
+            max_versions_kept: 4,
+            max_live_workflows: 1_000_000,
+            max_pending: 100_000,
+            max_in_flight: 10_000,
+            max_turn_threads: 0,
+        }
+    }
+}
+
+/// A tenant's ceilings and quotas, resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub ceilings: PackLimits,
+    pub quotas: Quotas,
 }
 
 impl Default for Config {
@@ -69,9 +152,23 @@ impl Default for Config {
             cache_mb: 32,
             tenants: Vec::new(),
             limits: Limits::default(),
+            ceilings: PackLimits::default_ceilings(),
+            quotas: Quotas::default(),
             function_concurrency: BTreeMap::new(),
         }
     }
+}
+
+fn ceilings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PackLimits, D::Error> {
+    let given = toml::Table::deserialize(d)?;
+    overlay(&PackLimits::default_ceilings(), &given).map_err(serde::de::Error::custom)
+}
+
+/// `base` with the keys of `over` replaced.
+fn overlay<T: Serialize + serde::de::DeserializeOwned>(base: &T, over: &toml::Table) -> Result<T, String> {
+    let mut t = toml::Table::try_from(base).map_err(|e| e.to_string())?;
+    t.extend(over.clone());
+    toml::Value::Table(t).try_into().map_err(|e: toml::de::Error| e.message().trim().replace('\n', "; "))
 }
 
 impl Config {
@@ -87,12 +184,50 @@ impl Config {
         })
     }
 
-    /// Checks what serde cannot: tenant names, unique tokens.
+    /// Threads that run turns.
+    pub fn turn_threads(&self) -> usize {
+        match self.limits.turn_threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2),
+            n => n,
+        }
+    }
+
+    /// Each tenant's ceilings and quotas, by name.
+    pub fn policies(&self) -> Result<BTreeMap<String, Policy>, String> {
+        let mut out = BTreeMap::new();
+        for t in &self.tenants {
+            let ceilings: PackLimits =
+                overlay(&self.ceilings, &t.ceilings).map_err(|e| format!("tenant `{}`: ceilings: {e}", t.name))?;
+            let mut quotas: Quotas =
+                overlay(&self.quotas, &t.quotas).map_err(|e| format!("tenant `{}`: quotas: {e}", t.name))?;
+            if quotas.max_turn_threads == 0 {
+                quotas.max_turn_threads = (self.turn_threads() as u64 / 2).max(1);
+            }
+            out.insert(t.name.clone(), Policy { ceilings, quotas });
+        }
+        Ok(out)
+    }
+
+    /// The highest ceilings of any tenant: what the turn threads' stacks
+    /// must hold.
+    pub fn highest_ceilings(&self) -> Result<PackLimits, String> {
+        let mut high = self.ceilings.clone();
+        for p in self.policies()?.values() {
+            high.max_call_depth = high.max_call_depth.max(p.ceilings.max_call_depth);
+            high.max_operations = high.max_operations.max(p.ceilings.max_operations);
+        }
+        Ok(high)
+    }
+
+    /// Checks what serde cannot: tenant names, unique tokens, no zero limit.
     pub fn validate(&self) -> Result<(), String> {
         let mut seen = BTreeMap::new();
         for t in &self.tenants {
-            if t.name.is_empty() || !t.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
-                return Err(format!("tenant name `{}`: use lower-case letters, digits and `-`", t.name));
+            if t.name.is_empty()
+                || t.name.len() > 64
+                || !t.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            {
+                return Err(format!("tenant name `{}`: use 1 to 64 lower-case letters, digits and `-`", t.name));
             }
             for tok in &t.tokens {
                 if tok.len() < 8 {
@@ -106,6 +241,80 @@ impl Config {
         if self.tenants.is_empty() {
             return Err("no tenant is configured: add [[tenants]] to the config or pass --token TENANT=TOKEN".into());
         }
+        let zero = |what: &str, name: &str| Err(format!("{what}.{name} is 0; every limit is from 1 up"));
+        if let Some(name) = self.ceilings.zeros().first() {
+            return zero("ceilings", name);
+        }
+        for (tenant, p) in self.policies()? {
+            if let Some(name) = p.ceilings.zeros().first() {
+                return zero(&format!("tenant `{tenant}`: ceilings"), name);
+            }
+            let q = toml::Table::try_from(&p.quotas).map_err(|e| e.to_string())?;
+            if let Some((name, _)) = q.iter().find(|(_, v)| v.as_integer() == Some(0)) {
+                return zero(&format!("tenant `{tenant}`: quotas"), name);
+            }
+        }
+        let l = &self.limits;
+        for (name, v) in [
+            ("max_request_bytes", l.max_request_bytes as u64),
+            ("max_batch", l.max_batch as u64),
+            ("max_loaded_workflows", l.max_loaded_workflows as u64),
+            ("unload_idle_ms", l.unload_idle_ms),
+        ] {
+            if v == 0 {
+                return zero("limits", name);
+            }
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn a_tenant_overrides_only_the_keys_it_gives() {
+        let c = parse(
+            r#"
+[ceilings]
+max_operations = 2000000
+[quotas]
+max_pending = 500
+[limits]
+turn_threads = 4
+[[tenants]]
+name = "a"
+tokens = ["aaaaaaaaaa"]
+ceilings = { max_call_depth = 16 }
+quotas = { max_live_workflows = 10 }
+[[tenants]]
+name = "b"
+tokens = ["bbbbbbbbbb"]
+"#,
+        )
+        .unwrap();
+        let p = c.policies().unwrap();
+        let (a, b) = (&p["a"], &p["b"]);
+        assert_eq!((a.ceilings.max_operations, a.ceilings.max_call_depth), (2_000_000, 16));
+        assert_eq!((a.quotas.max_pending, a.quotas.max_live_workflows, a.quotas.max_turn_threads), (500, 10, 2));
+        assert_eq!(b.ceilings.max_call_depth, PackLimits::default_ceilings().max_call_depth);
+    }
+
+    #[test]
+    fn zero_is_never_unlimited_and_unknown_keys_are_named() {
+        let tenant = "[[tenants]]\nname = \"a\"\ntokens = [\"aaaaaaaaaa\"]\n";
+        let e = parse(&format!("[ceilings]\nmax_operations = 0\n{tenant}")).unwrap_err();
+        assert_eq!(e, "ceilings.max_operations is 0; every limit is from 1 up");
+        let e = parse(&format!("{tenant}quotas = {{ max_pending = 0 }}\n")).unwrap_err();
+        assert_eq!(e, "tenant `a`: quotas.max_pending is 0; every limit is from 1 up");
+        let e = parse(&format!("{tenant}ceilings = {{ max_opps = 3 }}\n")).unwrap_err();
+        assert!(e.starts_with("tenant `a`: ceilings: unknown field `max_opps`"), "{e}");
     }
 }

@@ -70,9 +70,29 @@ pub struct DispatchHandle {
 }
 
 impl DispatchHandle {
-    pub fn enqueue(&self, tenant: String, invocations: Vec<Invocation>) {
-        self.pending.entry(tenant.clone()).or_default().fetch_add(invocations.len(), Ordering::Relaxed);
-        let _ = self.tx.send(Event::Enqueue { tenant, invocations });
+    /// Queues invocations; `reserved`: they were counted by `reserve`.
+    pub fn enqueue(&self, tenant: String, invocations: Vec<Invocation>, reserved: bool) {
+        if !reserved {
+            self.pending.entry(tenant.clone()).or_default().fetch_add(invocations.len(), Ordering::Relaxed);
+        }
+        if !invocations.is_empty() {
+            let _ = self.tx.send(Event::Enqueue { tenant, invocations });
+        }
+    }
+
+    /// Counts `n` invocations a turn is about to commit, if the tenant
+    /// stays within `max` with them (exact backpressure: concurrent turns
+    /// cannot all pass a check made before any of them counts).
+    pub fn reserve(&self, tenant: &str, n: usize, max: usize) -> bool {
+        let p = self.pending.entry(tenant.to_string()).or_default();
+        n == 0 || p.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| (v + n <= max).then_some(v + n)).is_ok()
+    }
+
+    /// Gives back what `reserve` counted for a turn that did not commit.
+    pub fn release(&self, tenant: &str, n: usize) {
+        if let Some(p) = self.pending.get(tenant) {
+            let _ = p.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(n)));
+        }
     }
 
     pub fn restore(&self, tenant: String, invocations: Vec<(Invocation, Attempts)>) {
@@ -95,7 +115,8 @@ impl DispatchHandle {
 }
 
 pub struct Options {
-    pub tenant_max_in_flight: usize,
+    /// Invocations of each tenant running on workers at once.
+    pub tenant_max_in_flight: HashMap<String, usize>,
     pub function_concurrency: BTreeMap<String, usize>,
     pub max_batch: usize,
     /// On shutdown, how long workers get to answer what they hold.
@@ -532,7 +553,8 @@ impl Dispatcher {
                 if s.draining || s.in_flight.len() >= s.max_in_flight || batch.len() >= self.opts.max_batch {
                     break;
                 }
-                if self.tenant_in_flight.get(&s.tenant).copied().unwrap_or(0) >= self.opts.tenant_max_in_flight {
+                let max = self.opts.tenant_max_in_flight.get(&s.tenant).copied().unwrap_or(0);
+                if self.tenant_in_flight.get(&s.tenant).copied().unwrap_or(0) >= max {
                     break;
                 }
                 let Some(id) = self.best_for(sid) else { break };

@@ -12,6 +12,7 @@ mod committer;
 pub mod config;
 mod dispatcher;
 mod error;
+mod pool;
 mod runtime;
 mod schedule;
 mod signals;
@@ -40,6 +41,7 @@ pub async fn serve(
     on_listen: impl FnOnce(SocketAddr),
 ) -> Result<(), String> {
     config.validate()?;
+    let policies = config.policies()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
     let store = Arc::new(
         SledStore::open(&config.data_dir, config.cache_mb)
@@ -49,15 +51,27 @@ pub async fn serve(
     let closer = committer.clone();
     let attempts_writer = committer.clone();
     let (dispatch, dispatch_rx) = dispatcher::channel();
-    let tenants: Vec<String> = config.tenants.iter().map(|t| t.name.clone()).collect();
     let (background_tx, background_rx) = tokio::sync::mpsc::unbounded_channel();
     let attempts: HashMap<_, _> = store.attempts().map_err(|e| e.to_string())?.into_iter().collect();
+    let threads = config.turn_threads();
+    let pool = pool::Pool::start(pool::Options {
+        threads,
+        share: (threads / 2).max(1),
+        shares: runtime::turn_shares(&policies),
+        stack_bytes: pool::stack_bytes(&config.highest_ceilings()?),
+    })
+    .map_err(|e| format!("starting the turn threads: {e}"))?;
+    let in_flight = policies.iter().map(|(t, p)| (t.clone(), p.quotas.max_in_flight as usize)).collect();
     let runtime = Arc::new(runtime::Runtime::new(
         store.clone(),
         committer,
+        pool.clone(),
         dispatch.clone(),
-        &tenants,
-        config.limits.tenant_max_pending,
+        runtime::Options {
+            policies,
+            max_loaded: config.limits.max_loaded_workflows,
+            unload_idle_ms: config.limits.unload_idle_ms,
+        },
         background_tx,
     )?);
     // Invocations that were pending when the server stopped go out again.
@@ -74,12 +88,24 @@ pub async fn serve(
     let schedules = Arc::new(schedule::Scheduler::load(runtime.clone(), store.clone() as Arc<dyn Store>)?);
     let scheduler_task = tokio::spawn(schedules.clone().run(shutdown.child_token()));
     let background_task = tokio::spawn(background::run(runtime.clone(), background_rx, shutdown.child_token()));
+    let unload_task = tokio::spawn(runtime.clone().unload_idle(shutdown.child_token()));
+    // Turns still running when the grace period ends are stopped: a pack
+    // cannot hold the server past it.
+    let grace = std::time::Duration::from_millis(config.limits.worker_drain_ms);
+    let stopper = tokio::spawn({
+        let (shutdown, runtime) = (shutdown.clone(), runtime.clone());
+        async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+            runtime.stop_turns();
+        }
+    });
     // Worker sessions outlive the shutdown signal by the drain: their
     // answers still count until the dispatcher stops, and then they end.
     let sessions_closed = CancellationToken::new();
     let dispatcher_run = dispatcher::run(
         dispatcher::Options {
-            tenant_max_in_flight: config.limits.tenant_max_in_flight,
+            tenant_max_in_flight: in_flight,
             function_concurrency: config.function_concurrency.clone(),
             max_batch: config.limits.max_batch.max(1),
             drain: std::time::Duration::from_millis(config.limits.worker_drain_ms),
@@ -158,6 +184,10 @@ pub async fn serve(
     let _ = scheduler_task.await;
     let _ = dispatcher_task.await;
     let _ = background_task.await;
+    let _ = unload_task.await;
+    stopper.abort();
+    runtime.stop_turns();
+    pool.close();
     closer.close();
     let _ = tokio::task::spawn_blocking(move || committer_thread.join()).await;
     drop(runtime);

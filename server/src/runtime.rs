@@ -1,77 +1,184 @@
 //! The live side of the server: deployed packs, workflows in memory, turns
-//! (apply, group-commit, then dispatch and publish), watchers.
+//! (apply on a turn thread, group-commit, then dispatch and publish),
+//! watchers.
 //!
-//! A turn is applied under its workflow's lock and queued for commit before
-//! the lock is released, so one workflow's turns commit in order; its
-//! invocations leave and its entries are published only once it is durable.
+//! A turn runs on the turn pool (`pool`), never on the async runtime, while
+//! it holds its workflow's lock (an async mutex: waiting for it blocks no
+//! thread). It is queued for commit before the lock is released, so one
+//! workflow's turns commit in order; its invocations leave and its entries
+//! are published only once it is durable.
+//!
+//! A workflow in memory is a cache of the store: it is unloaded when it
+//! finishes, when it has been idle a while or memory holds too many, when
+//! a commit of it failed, when a turn of it was interrupted, and when a
+//! turn of it panicked; its next turn reloads it. Never while a commit of
+//! it is queued: the store would not have that turn yet.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
-use stoa_engine::store::{PackRecord, SledStore, Store};
+use stoa_engine::store::{Error as StoreError, PackRecord, SledStore, Store};
 use stoa_engine::timeline::Entry;
 use stoa_engine::workflow::{Input, Meta, Origin, Outcome, Rejected, Status, TurnOutput, Workflow, CHILD_PREFIX};
 use stoa_engine::{InvocationId, WorkflowId};
-use stoa_rules::compile::{compile, fnv1a, Pack, PackSource};
+use stoa_rules::compile::{compile_within, fnv1a, Pack, PackSource};
+use stoa_rules::limits::Ceilings;
 use stoa_rules::testcase::FactSpec;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot, OwnedMutexGuard};
+use tokio_util::sync::CancellationToken;
 
 use crate::background::Background;
 use crate::committer::Committer;
+use crate::config::Policy;
 use crate::dispatcher::DispatchHandle;
 use crate::error::ApiError;
+use crate::pool::Pool;
 use crate::upgrade::Rollout;
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// One deployed version of a pack.
+pub(crate) struct Version {
+    pub version: String,
+    pub seq: u64,
+    pub digest: u64,
+    /// Compiled and kept: the newest versions and the running ones.
+    kept: Option<Arc<Pack>>,
+    /// Compiled again on demand (a workflow of an old version loading),
+    /// for as long as something holds it.
+    cached: Weak<Pack>,
+}
+
+impl Version {
+    fn pack(&self) -> Option<Arc<Pack>> {
+        self.kept.clone().or_else(|| self.cached.upgrade())
+    }
+}
+
 /// The deployed versions of one pack, oldest first, and which of them new
 /// and live workflows run.
 #[derive(Default)]
 pub(crate) struct Versions {
-    pub list: Vec<(PackRecord, Arc<Pack>)>,
+    pub list: Vec<Version>,
     /// Unset: the newest version is stable.
     pub rollout: Option<Rollout>,
 }
 
 impl Versions {
-    pub fn get(&self, version: &str) -> Option<&Arc<Pack>> {
-        self.list.iter().rev().find(|(r, _)| r.version == version).map(|(_, p)| p)
+    fn find(&self, version: &str) -> Option<&Version> {
+        self.list.iter().rev().find(|v| v.version == version)
     }
 
-    pub fn stable(&self) -> Option<&Arc<Pack>> {
+    /// A version that is compiled now (the stable and canary ones always are).
+    pub fn get(&self, version: &str) -> Option<Arc<Pack>> {
+        self.find(version)?.pack()
+    }
+
+    pub fn stable_version(&self) -> Option<&str> {
         match &self.rollout {
-            Some(r) => self.get(&r.stable),
-            None => self.list.last().map(|(_, p)| p),
+            Some(r) => Some(&r.stable),
+            None => self.list.last().map(|v| v.version.as_str()),
         }
     }
 
+    pub fn stable(&self) -> Option<Arc<Pack>> {
+        self.get(self.stable_version()?)
+    }
+
     /// The version a workflow with this id runs on (canary by id hash).
-    pub fn for_workflow(&self, id: &WorkflowId) -> Option<&Arc<Pack>> {
+    pub fn for_workflow(&self, id: &WorkflowId) -> Option<Arc<Pack>> {
         match self.rollout.as_ref().and_then(|r| r.canary.as_ref()) {
             Some(c) if crate::upgrade::in_fraction(id, c.fraction) => self.get(&c.version),
             _ => self.stable(),
         }
     }
+
+    /// Keeps the newest `keep` versions and the running ones compiled; the
+    /// others stay in the store only.
+    fn trim(&mut self, keep: usize) {
+        let running: Vec<String> = self
+            .stable_version()
+            .into_iter()
+            .chain(self.rollout.as_ref().and_then(|r| r.canary.as_ref()).map(|c| c.version.as_str()))
+            .map(str::to_string)
+            .collect();
+        let n = self.list.len();
+        for (i, v) in self.list.iter_mut().enumerate() {
+            if i + keep < n && !running.contains(&v.version) {
+                if let Some(p) = v.kept.take() {
+                    v.cached = Arc::downgrade(&p);
+                }
+            }
+        }
+    }
 }
 
-/// A workflow's place in memory; `None` until loaded or created.
-#[derive(Default)]
+/// A workflow's place in memory.
 struct Slot {
-    wf: Mutex<Option<Workflow>>,
+    held: Arc<tokio::sync::Mutex<Held>>,
+    /// Turns of it queued for commit and not yet durable.
+    committing: AtomicUsize,
+    /// When a request last took it (milliseconds since the epoch).
+    used_ms: AtomicU64,
+}
+
+#[derive(Default)]
+pub(crate) enum Held {
+    /// Not in memory yet: the first turn loads it from the store.
+    #[default]
+    Unloaded,
+    Loaded(Box<Workflow>),
+    /// Taken out of the map: whoever waited for it takes a fresh slot.
+    Gone,
+}
+
+type Guard = OwnedMutexGuard<Held>;
+
+/// Who asked for a turn: a client's turns are admitted against the
+/// tenant's quotas exactly (the invocations they make are reserved before
+/// they commit); the server's own (results, timers, children, signals
+/// routed) always go on, since they finish work already admitted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admit {
+    Client,
+    Server,
+}
+
+/// What a commit of a turn waits on, and what it reserved.
+struct Queued {
+    rx: oneshot::Receiver<Result<TurnOutput, StoreError>>,
+    /// Invocations reserved against the tenant's `max_pending`.
+    reserved: usize,
+    /// A new workflow started by this turn (counted as live).
+    started: bool,
+    admit: Admit,
+}
+
+pub struct Options {
+    pub policies: BTreeMap<String, Policy>,
+    pub max_loaded: usize,
+    pub unload_idle_ms: u64,
 }
 
 pub struct Runtime {
     pub(crate) store: Arc<SledStore>,
     committer: Committer,
+    pool: Pool,
+    opts: Options,
     pub(crate) packs: DashMap<(String, String), Versions>,
+    /// One deploy of a pack at a time (striped by name).
+    deploy_locks: [tokio::sync::Mutex<()>; 16],
     workflows: DashMap<WorkflowId, Arc<Slot>>,
+    /// Running workflows per tenant (their quota).
+    live: DashMap<String, AtomicU64>,
     watchers: DashMap<WorkflowId, broadcast::Sender<Arc<Entry>>>,
     dispatch: DispatchHandle,
-    max_pending: usize,
     /// Work that outlives a turn: timers, signals, children, upgrades.
     pub(crate) background: mpsc::UnboundedSender<Background>,
     pub(crate) route_locks: crate::signals::RouteLocks,
@@ -83,116 +190,213 @@ pub fn tenant_of(id: &WorkflowId) -> &str {
     body.split_once('.').map(|(t, _)| t).unwrap_or("")
 }
 
-fn compile_record(rec: &PackRecord) -> Result<Pack, Vec<stoa_rules::Diagnostic>> {
-    let src = PackSource {
-        root: PathBuf::new(),
-        files: rec.files.iter().map(|(k, v)| (PathBuf::from(k), v.clone())).collect(),
-    };
-    let (pack, diags) = compile(&src);
-    pack.ok_or(diags)
+fn source_of(files: &BTreeMap<String, String>) -> PackSource {
+    PackSource { root: PathBuf::new(), files: files.iter().map(|(k, v)| (PathBuf::from(k), v.clone())).collect() }
+}
+
+fn reject(r: Rejected) -> ApiError {
+    ApiError::Rejected(r)
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
 }
 
 impl Runtime {
     pub fn new(
         store: Arc<SledStore>,
         committer: Committer,
+        pool: Pool,
         dispatch: DispatchHandle,
-        tenants: &[String],
-        max_pending: usize,
+        opts: Options,
         background: mpsc::UnboundedSender<Background>,
     ) -> Result<Runtime, String> {
         let rt = Runtime {
             store,
             committer,
+            pool,
+            opts,
             packs: DashMap::new(),
+            deploy_locks: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             workflows: DashMap::new(),
+            live: DashMap::new(),
             watchers: DashMap::new(),
             dispatch,
-            max_pending,
             background,
             route_locks: Default::default(),
         };
-        for t in tenants {
+        let tenants: Vec<String> = rt.opts.policies.keys().cloned().collect();
+        for t in &tenants {
+            let mut by_name: BTreeMap<String, Versions> = BTreeMap::new();
             for rec in rt.store.packs(t).map_err(|e| e.to_string())? {
-                let pack = compile_record(&rec).map_err(|d| {
-                    format!("stored pack {}/{} {} no longer compiles: {}", t, rec.name, rec.version, d[0])
-                })?;
-                let name = rec.name.clone();
-                let mut v = rt.packs.entry((t.clone(), name.clone())).or_default();
-                v.list.push((rec, Arc::new(pack)));
-                if v.rollout.is_none() {
-                    v.rollout = rt.load_rollout(t, &name)?;
-                }
+                by_name.entry(rec.name.clone()).or_default().list.push(Version {
+                    version: rec.version,
+                    seq: rec.seq,
+                    digest: rec.digest,
+                    kept: None,
+                    cached: Weak::new(),
+                });
             }
+            let keep = rt.policy(t).quotas.max_versions_kept as usize;
+            for (name, mut versions) in by_name {
+                versions.rollout = rt.load_rollout(t, &name)?;
+                // Compile what is kept: stable, canary and the newest.
+                versions.trim(keep);
+                let n = versions.list.len();
+                let running: Vec<String> = versions
+                    .stable_version()
+                    .into_iter()
+                    .chain(versions.rollout.as_ref().and_then(|r| r.canary.as_ref()).map(|c| c.version.as_str()))
+                    .map(str::to_string)
+                    .collect();
+                for i in 0..n {
+                    if i + keep >= n || running.contains(&versions.list[i].version) {
+                        let seq = versions.list[i].seq;
+                        let pack = rt.compile_stored(t, &name, seq).map_err(|e| e.to_string())?;
+                        versions.list[i].kept = Some(pack);
+                    }
+                }
+                rt.packs.insert((t.clone(), name), versions);
+            }
+            let mut live = 0;
+            let mut after = None;
+            loop {
+                let page = rt.list(t, after.as_ref(), 1000).map_err(|e| e.to_string())?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.id.clone());
+                live += page.iter().filter(|m| m.status == Status::Running).count() as u64;
+            }
+            rt.live.insert(t.clone(), AtomicU64::new(live));
         }
         Ok(rt)
     }
 
+    pub(crate) fn policy(&self, tenant: &str) -> &Policy {
+        self.opts.policies.get(tenant).expect("a tenant has a policy (auth admits configured tenants only)")
+    }
+
+    /// A stored pack version, compiled under its tenant's ceilings. Those
+    /// may have been lowered since it was deployed: its limits are lowered
+    /// with them, since its workflows exist.
+    fn compile_stored(&self, tenant: &str, name: &str, seq: u64) -> Result<Arc<Pack>, ApiError> {
+        let rec = self
+            .store
+            .pack(tenant, name, seq)?
+            .ok_or_else(|| internal(format!("pack {tenant}/{name} #{seq} is not in the store")))?;
+        let ceilings = Ceilings { limits: &self.policy(tenant).ceilings, owner: "", reject_explicit: false };
+        let (pack, diags) = compile_within(&source_of(&rec.files), Some(&ceilings));
+        pack.map(Arc::new).ok_or_else(|| {
+            let first = diags.iter().find(|d| d.is_error()).map(|d| d.to_string()).unwrap_or_default();
+            internal(format!("stored pack {tenant}/{name} {} no longer compiles: {first}", rec.version))
+        })
+    }
+
     // ---- packs ----------------------------------------------------------
 
-    /// Compiles and (unless `dry_run`) deploys a pack. Returns the compiled
-    /// pack, its diagnostics (warnings) and whether anything changed.
-    pub fn deploy(
-        &self,
+    /// Compiles (on a turn thread) and, unless `dry_run`, deploys a pack.
+    /// Returns the compiled pack, its diagnostics (warnings) and whether
+    /// anything changed.
+    pub async fn deploy(
+        self: &Arc<Self>,
         tenant: &str,
         files: BTreeMap<String, String>,
         dry_run: bool,
     ) -> Result<(Arc<Pack>, Vec<stoa_rules::Diagnostic>, bool), ApiError> {
-        let src = PackSource {
-            root: PathBuf::new(),
-            files: files.iter().map(|(k, v)| (PathBuf::from(k), v.clone())).collect(),
-        };
-        let (pack, diags) = compile(&src);
-        let Some(pack) = pack else {
-            let text: Vec<String> =
-                diags.iter().filter(|d| d.is_error()).map(|d| d.render(src.text_at(&d.path))).collect();
-            return Err(ApiError::InvalidArgument(format!(
-                "the pack has {} error(s); the deployed version is unchanged\n{}",
-                text.len(),
-                text.join("\n\n")
+        let quotas = self.policy(tenant).quotas.clone();
+        let bytes: u64 = files.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        if bytes > quotas.max_pack_bytes {
+            return Err(ApiError::ResourceExhausted(format!(
+                "the pack has {bytes} bytes; tenant `{tenant}` may deploy at most {} (quota max_pack_bytes)",
+                quotas.max_pack_bytes
             )));
-        };
-        let pack = Arc::new(pack);
-        let key = (tenant.to_string(), pack.manifest.name.clone());
-        let mut versions = self.packs.entry(key).or_default();
-        if let Some((last, _)) = versions.list.last() {
-            if last.digest == pack.digest {
-                return Ok((pack, diags, false));
-            }
         }
-        if let Some((same, _)) = versions.list.iter().find(|(r, _)| r.version == pack.manifest.version) {
-            if same.digest != pack.digest {
-                return Err(ApiError::FailedPrecondition(format!(
-                    "version {} of pack {} is already deployed with other content; give the new one another version",
-                    pack.manifest.version, pack.manifest.name
-                )));
+        if files.len() as u64 > quotas.max_files_per_pack {
+            return Err(ApiError::ResourceExhausted(format!(
+                "the pack has {} files; tenant `{tenant}` may deploy at most {} (quota max_files_per_pack)",
+                files.len(),
+                quotas.max_files_per_pack
+            )));
+        }
+        let rt = self.clone();
+        let owner = format!("tenant `{tenant}`");
+        let t = tenant.to_string();
+        let compiled = self
+            .pool
+            .run(tenant, move || {
+                let src = source_of(&files);
+                let ceilings = Ceilings { limits: &rt.policy(&t).ceilings, owner: &owner, reject_explicit: true };
+                let (pack, diags) = compile_within(&src, Some(&ceilings));
+                let Some(pack) = pack else {
+                    let text: Vec<String> =
+                        diags.iter().filter(|d| d.is_error()).map(|d| d.render(src.text_at(&d.path))).collect();
+                    return Err(ApiError::InvalidArgument(format!(
+                        "the pack has {} error(s); the deployed version is unchanged\n{}",
+                        text.len(),
+                        text.join("\n\n")
+                    )));
+                };
+                Ok((Arc::new(pack), diags, files))
+            })
+            .await
+            .map_err(internal)?;
+        let (pack, diags, files) = compiled?;
+        if pack.rules.len() as u64 > quotas.max_rules_per_pack {
+            return Err(ApiError::ResourceExhausted(format!(
+                "the pack has {} rules; tenant `{tenant}` may deploy at most {} (quota max_rules_per_pack)",
+                pack.rules.len(),
+                quotas.max_rules_per_pack
+            )));
+        }
+        let name = pack.manifest.name.clone();
+        let key = (tenant.to_string(), name.clone());
+        let _deploying = self.deploy_lock(tenant, &name).lock().await;
+        let (last, seq) = match self.packs.get(&key) {
+            Some(v) => {
+                if let Some(same) = v.find(&pack.manifest.version).filter(|same| same.digest != pack.digest) {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "version {} of pack {name} is already deployed with other content; give the new one another version",
+                        same.version
+                    )));
+                }
+                (v.list.last().map(|l| (l.version.clone(), l.digest)), v.list.len() as u64 + 1)
             }
+            None => (None, 1),
+        };
+        if last.as_ref().is_some_and(|(_, digest)| *digest == pack.digest) {
+            return Ok((pack, diags, false));
         }
         if dry_run {
             return Ok((pack, diags, true));
         }
+        // A stored version is not live until its rollout says so: pin the
+        // one running now first, durably, so neither a canary deploy nor a
+        // crash before the rollout makes the new version stable by default.
+        let pinned = self.packs.get(&key).is_some_and(|v| v.rollout.is_some());
+        if let (false, Some((version, _))) = (pinned, &last) {
+            let pinned = Rollout { stable: version.clone(), canary: None };
+            let v = serde_json::to_value(&pinned).map_err(internal)?;
+            self.store.put_aux("rollout", &format!("{tenant}/{name}"), &v)?;
+            self.packs.entry(key.clone()).or_default().rollout = Some(pinned);
+        }
         let rec = PackRecord {
             tenant: tenant.to_string(),
-            name: pack.manifest.name.clone(),
+            name: name.clone(),
             version: pack.manifest.version.clone(),
-            seq: versions.list.len() as u64 + 1,
+            seq,
             digest: pack.digest,
             deployed_ms: now_ms(),
             files,
         };
-        // A stored version is not live until its rollout says so: pin the
-        // one running now first, durably, so neither a canary deploy nor a
-        // crash before the rollout makes the new version stable by default.
-        if versions.rollout.is_none() {
-            if let Some((last, _)) = versions.list.last() {
-                let pinned = Rollout { stable: last.version.clone(), canary: None };
-                let v = serde_json::to_value(&pinned).map_err(|e| ApiError::Internal(e.to_string()))?;
-                self.store.put_aux("rollout", &format!("{tenant}/{}", rec.name), &v).map_err(ApiError::from)?;
-                versions.rollout = Some(pinned);
-            }
-        }
         self.store.put_pack(&rec)?;
-        versions.list.push((rec, pack.clone()));
+        let mut versions = self.packs.entry(key).or_default();
+        versions.list.push(Version {
+            version: rec.version,
+            seq,
+            digest: rec.digest,
+            kept: Some(pack.clone()),
+            cached: Weak::new(),
+        });
+        versions.trim(quotas.max_versions_kept as usize);
         Ok((pack, diags, true))
     }
 
@@ -204,86 +408,346 @@ impl Runtime {
             .filter(|e| e.key().0 == tenant)
             .filter_map(|e| {
                 let current = e.value().stable()?;
-                Some((
-                    e.key().1.clone(),
-                    e.value().list.iter().map(|(r, _)| r.version.clone()).collect(),
-                    current.clone(),
-                ))
+                Some((e.key().1.clone(), e.value().list.iter().map(|v| v.version.clone()).collect(), current))
             })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
 
+    /// One version of a pack, compiled again from the store if it is not
+    /// kept in memory (call it on a turn thread).
     pub(crate) fn pack(&self, tenant: &str, name: &str, version: Option<&str>) -> Result<Arc<Pack>, ApiError> {
-        let versions = self
-            .packs
-            .get(&(tenant.to_string(), name.to_string()))
-            .ok_or_else(|| ApiError::NotFound(format!("pack `{name}` is not deployed")))?;
-        let found = match version {
-            None => versions.stable(),
-            Some(v) => versions.get(v),
+        let missing = || ApiError::NotFound(format!("pack `{name}` is not deployed"));
+        let seq = {
+            let versions = self.packs.get(&(tenant.to_string(), name.to_string())).ok_or_else(missing)?;
+            let v = match version {
+                None => versions.stable_version().and_then(|s| versions.find(s)),
+                Some(v) => versions.find(v),
+            };
+            let v = v.ok_or_else(|| {
+                ApiError::NotFound(format!("pack `{name}` has no version {}", version.unwrap_or("deployed")))
+            })?;
+            if let Some(p) = v.pack() {
+                return Ok(p);
+            }
+            v.seq
         };
-        found.cloned().ok_or_else(|| {
-            ApiError::NotFound(format!("pack `{name}` has no version {}", version.unwrap_or("deployed")))
-        })
+        let pack = self.compile_stored(tenant, name, seq)?;
+        if let Some(mut versions) = self.packs.get_mut(&(tenant.to_string(), name.to_string())) {
+            if let Some(v) = versions.list.iter_mut().find(|v| v.seq == seq) {
+                match v.pack() {
+                    Some(other) => return Ok(other),
+                    None => v.cached = Arc::downgrade(&pack),
+                }
+            }
+        }
+        Ok(pack)
     }
 
-    /// One deployed version of a pack.
+    /// One deploy or rollout of a pack at a time.
+    pub(crate) fn deploy_lock(&self, tenant: &str, name: &str) -> &tokio::sync::Mutex<()> {
+        &self.deploy_locks[fnv1a(format!("{tenant}/{name}").as_bytes(), 0xcbf29ce484222325) as usize % 16]
+    }
+
+    /// Compiles a version (on a turn thread) if it is not in memory, and
+    /// keeps it there: it is about to run.
+    pub(crate) async fn keep_version(
+        self: &Arc<Self>,
+        tenant: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Arc<Pack>, ApiError> {
+        let rt = self.clone();
+        let (t, n, v) = (tenant.to_string(), name.to_string(), version.to_string());
+        self.pool.run(tenant, move || rt.pack(&t, &n, Some(&v))).await.map_err(internal)?
+    }
+
+    /// Makes `rollout` the pack's, keeping what it runs compiled.
+    pub(crate) fn set_rollout(&self, tenant: &str, name: &str, rollout: Rollout, runs: Arc<Pack>) {
+        let keep = self.policy(tenant).quotas.max_versions_kept as usize;
+        let Some(mut versions) = self.packs.get_mut(&(tenant.to_string(), name.to_string())) else { return };
+        if let Some(v) = versions.list.iter_mut().rev().find(|v| v.version == runs.manifest.version) {
+            v.kept = Some(runs);
+        }
+        versions.rollout = Some(rollout);
+        versions.trim(keep);
+    }
+
+    /// One deployed version of a pack, if it is compiled now.
     pub fn pack_version(&self, tenant: &str, name: &str, version: &str) -> Option<Arc<Pack>> {
-        self.packs.get(&(tenant.to_string(), name.to_string()))?.get(version).cloned()
+        self.packs.get(&(tenant.to_string(), name.to_string()))?.get(version)
     }
 
     /// The version a new workflow with this id starts on.
     fn pack_for_new(&self, tenant: &str, name: &str, id: &WorkflowId) -> Result<Arc<Pack>, ApiError> {
-        let versions = self
-            .packs
-            .get(&(tenant.to_string(), name.to_string()))
-            .ok_or_else(|| ApiError::NotFound(format!("pack `{name}` is not deployed")))?;
-        versions.for_workflow(id).cloned().ok_or_else(|| ApiError::NotFound(format!("pack `{name}` is not deployed")))
+        let missing = || ApiError::NotFound(format!("pack `{name}` is not deployed"));
+        let versions = self.packs.get(&(tenant.to_string(), name.to_string())).ok_or_else(missing)?;
+        versions.for_workflow(id).ok_or_else(missing)
     }
 
     /// The rollout of a pack (stable version and canary).
     pub fn rollout_of(&self, tenant: &str, name: &str) -> Option<crate::upgrade::Rollout> {
         let v = self.packs.get(&(tenant.to_string(), name.to_string()))?;
-        let stable = v.stable()?.manifest.version.clone();
+        let stable = v.stable_version()?.to_string();
         Some(v.rollout.clone().unwrap_or(crate::upgrade::Rollout { stable, canary: None }))
     }
 
-    // ---- workflows ------------------------------------------------------
+    // ---- workflows in memory --------------------------------------------
 
-    fn slot(&self, id: &WorkflowId) -> Arc<Slot> {
-        self.workflows.entry(id.clone()).or_default().clone()
+    /// The workflow's slot, locked (waiting without blocking a thread).
+    async fn lock(&self, id: &WorkflowId) -> (Arc<Slot>, Guard) {
+        loop {
+            let slot = self
+                .workflows
+                .entry(id.clone())
+                .or_insert_with(|| {
+                    Arc::new(Slot {
+                        held: Default::default(),
+                        committing: AtomicUsize::new(0),
+                        used_ms: AtomicU64::new(0),
+                    })
+                })
+                .clone();
+            let guard = slot.held.clone().lock_owned().await;
+            if !matches!(*guard, Held::Gone) {
+                slot.used_ms.store(now_ms(), Ordering::Relaxed);
+                return (slot, guard);
+            }
+        }
     }
 
-    /// Loads the workflow into its slot if needed. `Ok(false)`: no such
-    /// workflow.
-    fn ensure_loaded(&self, id: &WorkflowId, guard: &mut Option<Workflow>) -> Result<bool, ApiError> {
-        if guard.is_some() {
+    /// Takes a workflow out of memory (its guard held); its next turn
+    /// reloads it from the store.
+    fn unload(&self, id: &WorkflowId, slot: &Arc<Slot>, guard: &mut Guard) {
+        **guard = Held::Gone;
+        self.workflows.remove_if(id, |_, s| Arc::ptr_eq(s, slot));
+    }
+
+    /// Loads the workflow into its slot if needed (on a turn thread).
+    /// `Ok(false)`: no such workflow.
+    fn ensure_loaded(&self, id: &WorkflowId, held: &mut Held) -> Result<bool, ApiError> {
+        if matches!(held, Held::Loaded(_)) {
             return Ok(true);
         }
         let Some(snap) = self.store.load(id)? else {
             return Ok(false);
         };
         let pack = self.pack(tenant_of(id), &snap.meta.pack, Some(&snap.meta.pack_version))?;
-        *guard = Some(Workflow::restore(pack, snap).map_err(ApiError::Internal)?);
+        *held = Held::Loaded(Box::new(Workflow::restore(pack, snap).map_err(ApiError::Internal)?));
         Ok(true)
     }
 
+    /// Unloads idle workflows, and the least recently used ones while more
+    /// than `max_loaded` are in memory; never one with a commit queued.
+    pub(crate) async fn unload_idle(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let idle_before = now_ms().saturating_sub(self.opts.unload_idle_ms);
+            let mut slots: Vec<(u64, WorkflowId, Arc<Slot>)> = self
+                .workflows
+                .iter()
+                .map(|e| (e.value().used_ms.load(Ordering::Relaxed), e.key().clone(), e.value().clone()))
+                .collect();
+            let over = slots.len().saturating_sub(self.opts.max_loaded);
+            if over > 0 {
+                slots.sort_unstable_by_key(|s| s.0);
+            }
+            let mut unloaded = 0;
+            for (i, (used, id, slot)) in slots.into_iter().enumerate() {
+                if i >= over && used > idle_before {
+                    continue;
+                }
+                let Ok(mut guard) = slot.held.clone().try_lock_owned() else { continue };
+                if slot.committing.load(Ordering::Acquire) == 0 && !matches!(*guard, Held::Gone) {
+                    self.unload(&id, &slot, &mut guard);
+                    unloaded += 1;
+                }
+            }
+            if unloaded > 0 {
+                tracing::debug!(unloaded, loaded = self.workflows.len(), "unloaded idle workflows");
+            }
+        }
+    }
+
+    // ---- turns -----------------------------------------------------------
+
     fn check_backpressure(&self, tenant: &str) -> Result<(), ApiError> {
         let pending = self.dispatch.pending(tenant);
-        if pending >= self.max_pending {
+        let max = self.policy(tenant).quotas.max_pending as usize;
+        if pending >= max {
             return Err(ApiError::ResourceExhausted(format!(
-                "tenant `{tenant}` has {pending} invocations pending (limit {}); retry later",
-                self.max_pending
+                "tenant `{tenant}` has {pending} invocations pending (quota max_pending {max}); retry later"
             )));
         }
         Ok(())
     }
 
+    /// Runs `work` on the workflow's slot, on a turn thread, holding its
+    /// lock; queues the turn it makes for commit before releasing the lock,
+    /// then waits until it is durable and acts on it. `Ok(None)`: no turn.
+    async fn run_turn(
+        self: &Arc<Self>,
+        id: &WorkflowId,
+        key: Option<String>,
+        admit: Admit,
+        work: impl FnOnce(&Runtime, &mut Held) -> Result<Option<TurnOutput>, ApiError> + Send + 'static,
+    ) -> Result<Option<TurnOutput>, ApiError> {
+        let (slot, guard) = self.lock(id).await;
+        let rt = self.clone();
+        let (wid, s) = (id.clone(), slot.clone());
+        let queued = self
+            .pool
+            .run(tenant_of(id), move || rt.turn_on_thread(&wid, &s, guard, key, admit, work))
+            .await
+            .map_err(internal)??;
+        let Some(q) = queued else { return Ok(None) };
+        let tenant = tenant_of(id);
+        match q.rx.await {
+            Ok(Ok(out)) => {
+                slot.committing.fetch_sub(1, Ordering::AcqRel);
+                self.after_commit(id, &out, q.admit == Admit::Client);
+                Ok(Some(out))
+            }
+            failed => {
+                self.dispatch.release(tenant, q.reserved);
+                if q.started {
+                    self.live_add(tenant, -1);
+                }
+                // Memory is ahead of the store: start again from the store.
+                // The committer refuses this workflow's turns from the failed
+                // flush on, until told to take them again: under the lock,
+                // so after every turn made from the memory now dropped.
+                // (Still counted as committing, so nothing unloads it first.)
+                let mut guard = slot.held.clone().lock_owned().await;
+                if !matches!(*guard, Held::Gone) {
+                    self.committer.forgive(id.clone());
+                    self.unload(id, &slot, &mut guard);
+                }
+                slot.committing.fetch_sub(1, Ordering::AcqRel);
+                drop(guard);
+                match failed {
+                    Ok(Err(e)) => Err(e.into()),
+                    _ => Err(internal("commit lost")),
+                }
+            }
+        }
+    }
+
+    /// The part of a turn that runs on a turn thread.
+    fn turn_on_thread(
+        &self,
+        id: &WorkflowId,
+        slot: &Arc<Slot>,
+        mut guard: Guard,
+        key: Option<String>,
+        mut admit: Admit,
+        work: impl FnOnce(&Runtime, &mut Held) -> Result<Option<TurnOutput>, ApiError>,
+    ) -> Result<Option<Queued>, ApiError> {
+        let was_loaded = matches!(*guard, Held::Loaded(_));
+        let made = std::panic::catch_unwind(AssertUnwindSafe(|| work(self, &mut guard)));
+        let out = match made {
+            Ok(Ok(Some(out))) => out,
+            Ok(Err(ApiError::Rejected(Rejected::Interrupted))) => {
+                self.unload(id, slot, &mut guard);
+                return Err(ApiError::Unavailable("the server is stopping; retry".into()));
+            }
+            Ok(other) => {
+                // No turn: a workflow that does not exist leaves no slot.
+                if matches!(*guard, Held::Unloaded) {
+                    self.unload(id, slot, &mut guard);
+                }
+                return other.map(|_| None);
+            }
+            Err(panic) => {
+                crate::pool::retire_this_thread();
+                let message = crate::pool::panic_message(&*panic);
+                tracing::error!(workflow = %id, panic = %message, "a turn panicked; the workflow is failed");
+                let reason = format!("internal error in the engine (a turn panicked: {message}); see the server log");
+                match self.aborted(id, &mut guard, &reason) {
+                    Some(out) => {
+                        admit = Admit::Server;
+                        out
+                    }
+                    None => {
+                        self.unload(id, slot, &mut guard);
+                        return Err(ApiError::Internal(reason));
+                    }
+                }
+            }
+        };
+        let tenant = tenant_of(id);
+        let quotas = &self.policy(tenant).quotas;
+        // A new workflow counts as live from its first turn (a finished
+        // one is counted off in `after_commit`).
+        let started = !was_loaded && out.turn == 1;
+        let mut reserved = 0;
+        if admit == Admit::Client {
+            let n = dispatched(&out).count();
+            if !self.dispatch.reserve(tenant, n, quotas.max_pending as usize) {
+                self.unload(id, slot, &mut guard);
+                return Err(ApiError::ResourceExhausted(format!(
+                    "tenant `{tenant}` has {} invocations pending and this would add {n} (quota max_pending {}); retry later",
+                    self.dispatch.pending(tenant),
+                    quotas.max_pending
+                )));
+            }
+            reserved = n;
+            if started && !self.live_reserve(tenant, quotas.max_live_workflows) {
+                self.dispatch.release(tenant, reserved);
+                self.unload(id, slot, &mut guard);
+                return Err(ApiError::ResourceExhausted(format!(
+                    "tenant `{tenant}` has {} workflows running (quota max_live_workflows); retry later",
+                    quotas.max_live_workflows
+                )));
+            }
+        } else if started {
+            self.live_add(tenant, 1);
+        }
+        slot.committing.fetch_add(1, Ordering::AcqRel);
+        Ok(Some(Queued { rx: self.committer.submit(id.clone(), out, key), reserved, started, admit }))
+    }
+
+    /// After a panic in a turn (an engine bug), the workflow as stored,
+    /// failed with `reason` by a turn of its own, so that nothing retries
+    /// the input forever. `None`: it cannot be loaded, or is not running.
+    fn aborted(&self, id: &WorkflowId, held: &mut Held, reason: &str) -> Option<TurnOutput> {
+        *held = Held::Unloaded;
+        let out = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<Option<TurnOutput>, ApiError> {
+            if !self.ensure_loaded(id, held)? {
+                return Ok(None);
+            }
+            let Held::Loaded(wf) = held else { unreachable!("loaded") };
+            Ok(wf.abort(reason, now_ms()))
+        }));
+        match out {
+            Ok(Ok(Some(out))) => Some(out),
+            _ => {
+                *held = Held::Unloaded;
+                None
+            }
+        }
+    }
+
+    fn live_add(&self, tenant: &str, n: i64) {
+        let e = self.live.entry(tenant.to_string()).or_default();
+        let _ = e.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_add_signed(n)));
+    }
+
+    /// Counts one more running workflow if the tenant is under `max`.
+    fn live_reserve(&self, tenant: &str, max: u64) -> bool {
+        let e = self.live.entry(tenant.to_string()).or_default();
+        e.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| (v < max).then_some(v + 1)).is_ok()
+    }
+
     /// Starts a workflow; the request id makes it idempotent.
     pub async fn start(
-        &self,
+        self: &Arc<Self>,
         tenant: &str,
         pack: &str,
         facts: Vec<FactSpec>,
@@ -298,7 +762,7 @@ impl Runtime {
 
     /// `start` for a schedule's tick: its workflow records the schedule.
     pub(crate) async fn start_scheduled(
-        &self,
+        self: &Arc<Self>,
         tenant: &str,
         pack: &str,
         facts: Vec<FactSpec>,
@@ -315,9 +779,10 @@ impl Runtime {
         WorkflowId::new(format!("{tenant}.{:016x}", fnv1a(request_id.as_bytes(), 0xcbf29ce484222325)))
     }
 
-    /// `start` for the server's own starts (children, signals, schedules).
+    /// `start` for every start, the server's own (children, signals,
+    /// schedules) included.
     pub(crate) async fn start_as(
-        &self,
+        self: &Arc<Self>,
         tenant: &str,
         pack: &str,
         facts: Vec<FactSpec>,
@@ -325,56 +790,48 @@ impl Runtime {
         origin: Origin,
     ) -> Result<(WorkflowId, bool), ApiError> {
         let id = Self::id_for_request(tenant, request_id);
-        let slot = self.slot(&id);
         let request = format!("{tenant}/{request_id}");
-        let mut first = true;
-        let rx = 'start: {
-            let mut g = slot.wf.lock().expect("workflow lock");
-            if self.ensure_loaded(&id, &mut g)? {
-                // The first start may still be committing. The committer
-                // flushes in order, so an empty turn queued now is durable
-                // only once the first start is.
-                first = false;
-                break 'start self.committer.submit(id.clone(), TurnOutput::default(), None);
-            }
-            let created = self.pack_for_new(tenant, pack, &id).and_then(|pack| {
-                let mut wf = Workflow::new(id.clone(), pack, now_ms()).with_origin(origin);
-                let out = wf.apply(Input::Start { facts }, now_ms()).map_err(reject)?;
-                Ok((wf, out))
-            });
-            let (wf, out) = match created {
-                Ok(x) => x,
-                Err(e) => {
-                    drop(g);
-                    // Nothing was created: leave no empty slot behind.
-                    self.workflows.remove_if(&id, |_, s| s.wf.lock().map(|w| w.is_none()).unwrap_or(false));
-                    return Err(e);
+        let (t, p, wid) = (tenant.to_string(), pack.to_string(), id.clone());
+        let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let is_first = first.clone();
+        let admit =
+            if matches!(origin, Origin::Parent { .. } | Origin::Signal { .. }) { Admit::Server } else { Admit::Client };
+        let out = self
+            .run_turn(&id, Some(request.clone()), admit, move |rt, held| {
+                if rt.ensure_loaded(&wid, held)? {
+                    // The first start may still be committing. The committer
+                    // flushes in order, so an empty turn queued now is
+                    // durable only once the first start is.
+                    is_first.store(false, Ordering::Relaxed);
+                    return Ok(Some(TurnOutput::default()));
                 }
-            };
-            *g = Some(wf);
-            self.committer.submit(id.clone(), out, Some(request.clone()))
-        };
-        let out = rx.await.map_err(|_| ApiError::Internal("commit lost".into()))??;
-        if !first {
+                let pack = rt.pack_for_new(&t, &p, &wid)?;
+                let mut wf = Workflow::new(wid.clone(), pack, now_ms()).with_origin(origin);
+                let out = wf.apply(Input::Start { facts }, now_ms()).map_err(reject)?;
+                *held = Held::Loaded(Box::new(wf));
+                Ok(Some(out))
+            })
+            .await?;
+        if !first.load(Ordering::Relaxed) {
             return match self.store.request(&request)? {
                 Some(_) => Ok((id, false)),
-                None => Err(ApiError::Internal(format!("the first start of request {request} did not commit"))),
+                None => Err(internal(format!("the first start of request {request} did not commit"))),
             };
         }
-        self.after_commit(&id, &out);
+        debug_assert!(out.is_some());
         Ok((id, true))
     }
 
     /// Applies one input to a workflow of `tenant` as a turn and waits until
     /// it is durable.
-    pub async fn turn(&self, tenant: &str, id: &WorkflowId, input: Input) -> Result<TurnOutput, ApiError> {
+    pub async fn turn(self: &Arc<Self>, tenant: &str, id: &WorkflowId, input: Input) -> Result<TurnOutput, ApiError> {
         self.turn_keyed(tenant, id, input, None).await
     }
 
     /// `turn`, recording `key` in the same commit (see `Store::request`), so
     /// that whoever retries the input can see it was applied.
     pub(crate) async fn turn_keyed(
-        &self,
+        self: &Arc<Self>,
         tenant: &str,
         id: &WorkflowId,
         input: Input,
@@ -383,44 +840,28 @@ impl Runtime {
         if tenant_of(id) != tenant {
             return Err(ApiError::NotFound(format!("workflow {id} does not exist")));
         }
-        if matches!(input, Input::Assert { .. }) {
-            self.check_backpressure(tenant)?;
-        }
-        let turn = |wf: &mut Workflow| wf.apply(input, now_ms()).map(Some).map_err(reject);
-        self.locked_turn(id, key, turn)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("workflow {id} does not exist")))
-    }
-
-    /// Runs `f` as a turn under the workflow's lock (loading it if needed),
-    /// queues its output for commit before releasing the lock (so one
-    /// workflow's turns commit in order), and acts on it once durable.
-    /// `Ok(None)`: no such workflow, or `f` made no turn.
-    async fn locked_turn(
-        &self,
-        id: &WorkflowId,
-        key: Option<String>,
-        f: impl FnOnce(&mut Workflow) -> Result<Option<TurnOutput>, ApiError>,
-    ) -> Result<Option<TurnOutput>, ApiError> {
-        let slot = self.slot(id);
-        let rx = {
-            let mut g = slot.wf.lock().expect("workflow lock");
-            if !self.ensure_loaded(id, &mut g)? {
-                drop(g);
-                self.workflows.remove(id);
+        let admit = match input {
+            Input::Assert { .. } => {
+                self.check_backpressure(tenant)?;
+                Admit::Client
+            }
+            _ => Admit::Server,
+        };
+        let wid = id.clone();
+        self.run_turn(id, key, admit, move |rt, held| {
+            if !rt.ensure_loaded(&wid, held)? {
                 return Ok(None);
             }
-            let Some(out) = f(g.as_mut().expect("loaded"))? else { return Ok(None) };
-            self.committer.submit(id.clone(), out, key)
-        };
-        let out = rx.await.map_err(|_| ApiError::Internal("commit lost".into()))??;
-        self.after_commit(id, &out);
-        Ok(Some(out))
+            let Held::Loaded(wf) = held else { unreachable!("loaded") };
+            wf.apply(input, now_ms()).map(Some).map_err(reject)
+        })
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("workflow {id} does not exist")))
     }
 
     /// Applies a function's final outcome; a duplicate or late one is
     /// ignored (`Ok(false)`).
-    pub async fn deliver(&self, inv: &InvocationId, outcome: Outcome) -> Result<bool, ApiError> {
+    pub async fn deliver(self: &Arc<Self>, inv: &InvocationId, outcome: Outcome) -> Result<bool, ApiError> {
         let Some(id) = inv.workflow() else { return Ok(false) };
         let tenant = tenant_of(&id).to_string();
         match self.turn(&tenant, &id, Input::Result { invocation: inv.clone(), outcome }).await {
@@ -434,11 +875,16 @@ impl Runtime {
     /// pack) as a turn. `Ok(None)`: it no longer needs it (finished, gone,
     /// or already on that version).
     pub(crate) async fn upgrade_workflow(
-        &self,
+        self: &Arc<Self>,
         id: &WorkflowId,
         pack: Arc<Pack>,
     ) -> Result<Option<TurnOutput>, ApiError> {
-        self.locked_turn(id, None, |wf| {
+        let wid = id.clone();
+        self.run_turn(id, None, Admit::Server, move |rt, held| {
+            if !rt.ensure_loaded(&wid, held)? {
+                return Ok(None);
+            }
+            let Held::Loaded(wf) = held else { unreachable!("loaded") };
             if wf.status() != Status::Running || wf.meta().pack_version == pack.manifest.version {
                 return Ok(None);
             }
@@ -447,19 +893,48 @@ impl Runtime {
         .await
     }
 
-    /// Runs `f` on a workflow's current state (loading it if needed).
-    pub(crate) fn inspect<T>(&self, id: &WorkflowId, f: impl FnOnce(&Workflow) -> T) -> Result<Option<T>, ApiError> {
-        let slot = self.slot(id);
-        let mut g = slot.wf.lock().expect("workflow lock");
-        if !self.ensure_loaded(id, &mut g)? {
-            drop(g);
-            self.workflows.remove(id);
-            return Ok(None);
-        }
-        Ok(Some(f(g.as_ref().expect("loaded"))))
+    /// Runs `f` on a workflow's current state (loading it if needed), on a
+    /// turn thread.
+    pub(crate) async fn inspect<T: Send + 'static>(
+        self: &Arc<Self>,
+        id: &WorkflowId,
+        f: impl FnOnce(&Workflow) -> T + Send + 'static,
+    ) -> Result<Option<T>, ApiError> {
+        let (slot, mut guard) = self.lock(id).await;
+        let rt = self.clone();
+        let wid = id.clone();
+        self.pool
+            .run(tenant_of(id), move || {
+                let loaded = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<Option<T>, ApiError> {
+                    if !rt.ensure_loaded(&wid, &mut guard)? {
+                        return Ok(None);
+                    }
+                    let Held::Loaded(wf) = &*guard else { unreachable!("loaded") };
+                    Ok(Some(f(wf)))
+                }));
+                match loaded {
+                    Ok(Ok(Some(t))) => Ok(Some(t)),
+                    Ok(r) => {
+                        if matches!(*guard, Held::Unloaded) {
+                            rt.unload(&wid, &slot, &mut guard);
+                        }
+                        r
+                    }
+                    Err(_) => {
+                        crate::pool::retire_this_thread();
+                        rt.unload(&wid, &slot, &mut guard);
+                        Err(internal("inspecting the workflow panicked"))
+                    }
+                }
+            })
+            .await
+            .map_err(internal)?
     }
 
-    fn after_commit(&self, id: &WorkflowId, out: &TurnOutput) {
+    /// Acts on a durable turn: its invocations, children, timers, signals,
+    /// watchers; frees a finished workflow's memory.
+    fn after_commit(&self, id: &WorkflowId, out: &TurnOutput, reserved: bool) {
+        let tenant = tenant_of(id);
         if !out.cancelled.is_empty() {
             self.dispatch.cancel(out.cancelled.clone());
             for inv in &out.cancelled {
@@ -472,8 +947,8 @@ impl Runtime {
             .filter(|i| !out.cancelled.contains(&i.id))
             .cloned()
             .partition(|i| i.function.starts_with(CHILD_PREFIX));
-        if !live.is_empty() {
-            self.dispatch.enqueue(tenant_of(id).to_string(), live);
+        if !live.is_empty() || reserved {
+            self.dispatch.enqueue(tenant.to_string(), live, reserved);
         }
         for inv in children {
             let _ = self.background.send(Background::StartChild(inv));
@@ -482,7 +957,7 @@ impl Runtime {
             let _ = self.background.send(Background::Timer { workflow: id.clone(), id: t.id, due_ms: t.due_ms });
         }
         for s in &out.signals {
-            let _ = self.background.send(Background::Signal { tenant: tenant_of(id).to_string(), signal: s.clone() });
+            let _ = self.background.send(Background::Signal { tenant: tenant.to_string(), signal: s.clone() });
         }
         if let Some(meta) = out.meta.as_ref().filter(|m| m.status != Status::Running) {
             if let Origin::Parent { invocation, .. } = &meta.origin {
@@ -498,7 +973,14 @@ impl Runtime {
         }
         // Finished workflows take no more input: free their memory.
         if out.meta.as_ref().is_some_and(|m| m.status != Status::Running) {
-            self.workflows.remove(id);
+            self.live_add(tenant, -1);
+            if let Some(slot) = self.workflows.get(id).map(|s| s.clone()) {
+                if let Ok(mut guard) = slot.held.clone().try_lock_owned() {
+                    if slot.committing.load(Ordering::Acquire) == 0 {
+                        self.unload(id, &slot, &mut guard);
+                    }
+                }
+            }
         }
     }
 
@@ -554,6 +1036,17 @@ impl Runtime {
         let v = self.store.get_aux("rollout", &format!("{tenant}/{name}")).map_err(|e| e.to_string())?;
         v.map(|v| serde_json::from_value(v).map_err(|e| e.to_string())).transpose()
     }
+
+    /// Stops every running and later turn at its next check.
+    pub(crate) fn stop_turns(&self) {
+        self.pool.stop_turns();
+    }
+}
+
+/// The invocations of a turn that go to workers (children are started by
+/// the server, not queued).
+fn dispatched(out: &TurnOutput) -> impl Iterator<Item = &stoa_engine::workflow::Invocation> {
+    out.invocations.iter().filter(|i| !out.cancelled.contains(&i.id) && !i.function.starts_with(CHILD_PREFIX))
 }
 
 /// What a finished child workflow answers its parent.
@@ -569,6 +1062,7 @@ pub(crate) fn child_outcome(meta: &Meta) -> Outcome {
     }
 }
 
-fn reject(r: Rejected) -> ApiError {
-    ApiError::Rejected(r)
+/// Per-tenant turn-thread shares, from the policies.
+pub(crate) fn turn_shares(policies: &BTreeMap<String, Policy>) -> HashMap<String, usize> {
+    policies.iter().map(|(t, p)| (t.clone(), p.quotas.max_turn_threads as usize)).collect()
 }

@@ -11,6 +11,7 @@
 //! emitted.
 
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use stoa_engine::store::{Store, SIGNAL_OUTBOX};
 use stoa_engine::workflow::{Input, Origin, Signal, Status};
 use stoa_engine::WorkflowId;
@@ -59,7 +60,7 @@ impl Runtime {
     /// Routes a signal once. Returns its record and whether this call
     /// routed it (false: the id was routed before).
     pub(crate) async fn route_signal(
-        &self,
+        self: &Arc<Self>,
         tenant: &str,
         signal: Signal,
         target: Option<WorkflowId>,
@@ -106,7 +107,7 @@ impl Runtime {
     }
 
     async fn route_to_subscribers(
-        &self,
+        self: &Arc<Self>,
         tenant: &str,
         signal: &Signal,
         rec: &mut SignalRecord,

@@ -110,9 +110,8 @@ async fn a_repeated_start_is_answered_only_once_the_first_is_durable() {
     let (committer, thread) = Committer::spawn(Arc::new(gate));
     let (dispatch, _queued) = crate::dispatcher::channel();
     let (background, _later) = tokio::sync::mpsc::unbounded_channel();
-    let rt =
-        Arc::new(Runtime::new(store.clone(), committer.clone(), dispatch, &["a".into()], 1000, background).unwrap());
-    rt.deploy("a", steps_pack(), false).unwrap();
+    let rt = Arc::new(new_runtime(store.clone(), committer.clone(), dispatch, background));
+    rt.deploy("a", steps_pack(), false).await.unwrap();
 
     let first = tokio::spawn({
         let rt = rt.clone();
@@ -141,12 +140,40 @@ async fn a_repeated_start_is_answered_only_once_the_first_is_durable() {
     thread.join().unwrap();
 }
 
+/// A runtime for tenant `a` with the default ceilings and quotas.
+fn new_runtime(
+    store: Arc<SledStore>,
+    committer: Committer,
+    dispatch: crate::dispatcher::DispatchHandle,
+    background: tokio::sync::mpsc::UnboundedSender<crate::background::Background>,
+) -> Runtime {
+    let ceilings = stoa_rules::limits::Limits::default_ceilings();
+    let pool = crate::pool::Pool::start(crate::pool::Options {
+        threads: 2,
+        share: 1,
+        shares: Default::default(),
+        stack_bytes: crate::pool::stack_bytes(&ceilings),
+    })
+    .unwrap();
+    let policy = crate::config::Policy { ceilings, quotas: crate::config::Quotas::default() };
+    let opts = crate::runtime::Options {
+        policies: [("a".to_string(), policy)].into(),
+        max_loaded: 1000,
+        unload_idle_ms: 60_000,
+    };
+    Runtime::new(store, committer, pool, dispatch, opts, background).unwrap()
+}
+
 fn runtime(store: Arc<SledStore>) -> (Arc<Runtime>, Committer, std::thread::JoinHandle<()>) {
     let (committer, thread) = Committer::spawn(store.clone());
     let (dispatch, _queued) = crate::dispatcher::channel();
     let (background, _later) = tokio::sync::mpsc::unbounded_channel();
-    let rt = Runtime::new(store, committer.clone(), dispatch, &["a".into()], 1000, background).unwrap();
+    let rt = new_runtime(store, committer.clone(), dispatch, background);
     (Arc::new(rt), committer, thread)
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 }
 
 /// A deploy stores a version; only a rollout makes it run. A server that
@@ -160,9 +187,9 @@ fn a_stored_version_is_not_live_until_its_rollout_even_after_a_restart() {
         .collect();
     {
         let (rt, committer, thread) = runtime(Arc::new(SledStore::open(dir.path(), 8).unwrap()));
-        rt.deploy("a", steps_pack(), false).unwrap();
+        block_on(rt.deploy("a", steps_pack(), false)).unwrap();
         let v1 = rt.rollout_of("a", "bench-steps").unwrap().stable;
-        rt.deploy("a", v2.clone(), false).unwrap();
+        block_on(rt.deploy("a", v2.clone(), false)).unwrap();
         assert_eq!(rt.rollout_of("a", "bench-steps").unwrap().stable, v1, "stored, not rolled out");
         committer.close();
         thread.join().unwrap();

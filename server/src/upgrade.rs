@@ -82,7 +82,7 @@ pub struct Preview {
 impl Runtime {
     /// Changes which version runs and upgrades live workflows to match in
     /// the background. Returns the job (None for `NewOnly`).
-    pub fn rollout(
+    pub async fn rollout(
         self: &Arc<Self>,
         tenant: &str,
         name: &str,
@@ -94,25 +94,24 @@ impl Runtime {
                 return Err(ApiError::InvalidArgument(format!("canary_fraction: {f} is not in (0, 1]")));
             }
         }
-        let rollout = {
-            let key = (tenant.to_string(), name.to_string());
-            let mut versions =
-                self.packs.get_mut(&key).ok_or_else(|| ApiError::NotFound(format!("pack `{name}` is not deployed")))?;
-            if versions.get(version).is_none() {
-                return Err(ApiError::NotFound(format!("pack `{name}` has no version {version}")));
-            }
-            let stable = versions.stable().map(|p| p.manifest.version.clone()).unwrap_or_else(|| version.to_string());
-            let rollout = match mode {
-                Mode::All | Mode::NewOnly => Rollout { stable: version.to_string(), canary: None },
-                Mode::Canary(fraction) => {
-                    Rollout { stable, canary: Some(Canary { version: version.to_string(), fraction }) }
-                }
-            };
-            let v = serde_json::to_value(&rollout).map_err(internal)?;
-            self.store.put_aux("rollout", &format!("{tenant}/{name}"), &v).map_err(ApiError::from)?;
-            versions.rollout = Some(rollout.clone());
-            rollout
+        // What runs is compiled and kept.
+        let pack = self.keep_version(tenant, name, version).await?;
+        let _deploying = self.deploy_lock(tenant, name).lock().await;
+        let key = (tenant.to_string(), name.to_string());
+        let stable = {
+            let versions =
+                self.packs.get(&key).ok_or_else(|| ApiError::NotFound(format!("pack `{name}` is not deployed")))?;
+            versions.stable_version().map(str::to_string).unwrap_or_else(|| version.to_string())
         };
+        let rollout = match mode {
+            Mode::All | Mode::NewOnly => Rollout { stable: version.to_string(), canary: None },
+            Mode::Canary(fraction) => {
+                Rollout { stable, canary: Some(Canary { version: version.to_string(), fraction }) }
+            }
+        };
+        let v = serde_json::to_value(&rollout).map_err(internal)?;
+        self.store.put_aux("rollout", &format!("{tenant}/{name}"), &v)?;
+        self.set_rollout(tenant, name, rollout.clone(), pack);
         if mode == Mode::NewOnly {
             return Ok((rollout, None));
         }
@@ -133,18 +132,22 @@ impl Runtime {
 
     /// Drops a canary, or else returns to the version that was stable
     /// before the current one.
-    pub fn rollback(self: &Arc<Self>, tenant: &str, name: &str) -> Result<(Rollout, Option<UpgradeJob>), ApiError> {
+    pub async fn rollback(
+        self: &Arc<Self>,
+        tenant: &str,
+        name: &str,
+    ) -> Result<(Rollout, Option<UpgradeJob>), ApiError> {
         let target = {
             let versions = self
                 .packs
                 .get(&(tenant.to_string(), name.to_string()))
                 .ok_or_else(|| ApiError::NotFound(format!("pack `{name}` is not deployed")))?;
-            let stable = versions.stable().map(|p| p.manifest.version.clone()).unwrap_or_default();
+            let stable = versions.stable_version().unwrap_or_default().to_string();
             if versions.rollout.as_ref().is_some_and(|r| r.canary.is_some()) {
                 stable
             } else {
-                let pos = versions.list.iter().rposition(|(r, _)| r.version == stable).unwrap_or(0);
-                match pos.checked_sub(1).map(|p| versions.list[p].0.version.clone()) {
+                let pos = versions.list.iter().rposition(|v| v.version == stable).unwrap_or(0);
+                match pos.checked_sub(1).map(|p| versions.list[p].version.clone()) {
                     Some(v) => v,
                     None => {
                         return Err(ApiError::FailedPrecondition(format!(
@@ -154,7 +157,7 @@ impl Runtime {
                 }
             }
         };
-        self.rollout(tenant, name, &target, Mode::All)
+        self.rollout(tenant, name, &target, Mode::All).await
     }
 
     fn save_job(&self, job: &UpgradeJob) -> Result<(), ApiError> {
@@ -206,7 +209,7 @@ impl Runtime {
                 job.scanned += 1;
                 let target = {
                     let versions = self.packs.get(&(job.tenant.clone(), job.pack.clone()));
-                    versions.and_then(|v| v.for_workflow(&meta.id).cloned())
+                    versions.and_then(|v| v.for_workflow(&meta.id))
                 };
                 let Some(target) = target else { continue };
                 if set.len() >= CONCURRENCY {
@@ -229,7 +232,7 @@ impl Runtime {
 
     /// What moving the pack's live workflows (those `mode` selects) to
     /// `pack` would schedule. Loads each; changes nothing.
-    pub fn preview(&self, tenant: &str, pack: &Arc<Pack>, mode: Mode) -> Result<Preview, ApiError> {
+    pub async fn preview(self: &Arc<Self>, tenant: &str, pack: &Arc<Pack>, mode: Mode) -> Result<Preview, ApiError> {
         let mut p = Preview::default();
         if mode == Mode::NewOnly {
             return Ok(p);
@@ -240,13 +243,16 @@ impl Runtime {
                     continue;
                 }
             }
-            let gains = self.inspect(&id, |wf: &Workflow| {
-                if wf.meta().pack_version == pack.manifest.version {
-                    Ok(None)
-                } else {
-                    wf.upgrade_preview(pack).map(Some)
-                }
-            })?;
+            let pack = pack.clone();
+            let gains = self
+                .inspect(&id, move |wf: &Workflow| {
+                    if wf.meta().pack_version == pack.manifest.version {
+                        Ok(None)
+                    } else {
+                        wf.upgrade_preview(&pack).map(Some)
+                    }
+                })
+                .await?;
             let Some(Ok(Some(gains))) = gains else { continue };
             p.workflows += 1;
             for (rule, n) in gains {

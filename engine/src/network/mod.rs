@@ -532,6 +532,12 @@ impl Network {
         self.slot_of.len()
     }
 
+    /// Token slots allocated (live or free for reuse): what partial
+    /// matches cost in memory.
+    pub fn token_slots(&self) -> usize {
+        self.toks.len()
+    }
+
     pub fn agenda_len(&self) -> usize {
         self.agenda.len()
     }

@@ -74,6 +74,11 @@ pub trait Store: Send + Sync {
     /// Every deployed version of every pack of a tenant, oldest first per pack.
     fn packs(&self, tenant: &str) -> Result<Vec<PackRecord>, Error>;
 
+    /// One deployed version of a pack, by its deploy order.
+    fn pack(&self, tenant: &str, name: &str, seq: u64) -> Result<Option<PackRecord>, Error> {
+        Ok(self.packs(tenant)?.into_iter().find(|p| p.name == name && p.seq == seq))
+    }
+
     /// Timeline entries with `seq >= from`, at most `limit`.
     fn timeline(&self, id: &WorkflowId, from: u64, limit: usize) -> Result<Vec<Entry>, Error>;
 

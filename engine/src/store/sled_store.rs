@@ -322,6 +322,14 @@ impl Store for SledStore {
         self.scan(&key(&["p", tenant, ""]))
     }
 
+    fn pack(&self, tenant: &str, name: &str, seq: u64) -> Result<Option<PackRecord>, Error> {
+        let k = key(&["p", tenant, name, &format!("{seq:016x}")]);
+        match self.tree.get(&k).map_err(io)? {
+            Some(v) => Ok(Some(decode(&k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
     fn timeline(&self, id: &WorkflowId, from: u64, limit: usize) -> Result<Vec<Entry>, Error> {
         let prefix = key(&["t", id.as_str(), ""]);
         let at = key(&["t", id.as_str(), &format!("{from:016x}")]);
