@@ -1,6 +1,9 @@
 //! Group commit: one thread owns the store's write path; turns from many
 //! workflows queue up while a flush runs, and the next flush takes them all.
-//! A turn is acknowledged only after the flush that made it durable.
+//! A turn is acknowledged only after the flush that made it durable; the
+//! turns of a failed flush get its error. Attempt records of a failed flush
+//! are kept and written with the next one (a second later at the latest),
+//! before its turns, so a turn that ends an invocation still drops them.
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -39,6 +42,9 @@ fn now_us() -> u64 {
 
 /// Turns per flush at most: bounds the latency of the first turn of a batch.
 const MAX_BATCH: usize = 4096;
+/// How long attempt records of a failed flush wait for the next flush
+/// before they are written by themselves.
+const ATTEMPTS_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Committer {
     pub fn spawn(store: Arc<dyn Store>) -> (Committer, JoinHandle<()>) {
@@ -47,14 +53,29 @@ impl Committer {
             .name("stoa-committer".into())
             .spawn(move || {
                 let mut closing = false;
+                // Attempt records a failed flush could not write.
+                let mut carried: Vec<(InvocationId, Attempts)> = Vec::new();
                 while !closing {
-                    let (mut jobs, mut attempts) = (Vec::new(), Vec::new());
-                    match rx.recv() {
-                        Ok(Msg::Job(j)) => jobs.push(*j),
-                        Ok(Msg::Attempts(id, a)) => attempts.push((id, a)),
-                        Ok(Msg::Close) | Err(_) => break,
+                    let (mut jobs, mut attempts) = (Vec::new(), std::mem::take(&mut carried));
+                    let first = if attempts.is_empty() {
+                        rx.recv().ok()
+                    } else {
+                        match rx.recv_timeout(ATTEMPTS_RETRY) {
+                            Ok(m) => Some(m),
+                            Err(mpsc::RecvTimeoutError::Timeout) => None,
+                            Err(mpsc::RecvTimeoutError::Disconnected) => Some(Msg::Close),
+                        }
+                    };
+                    match first {
+                        Some(Msg::Job(j)) => jobs.push(*j),
+                        Some(Msg::Attempts(id, a)) => attempts.push((id, a)),
+                        // With attempts carried over: one last try.
+                        Some(Msg::Close) if !attempts.is_empty() => closing = true,
+                        Some(Msg::Close) => break,
+                        None if attempts.is_empty() => break,
+                        None => {}
                     }
-                    while jobs.len() < MAX_BATCH {
+                    while jobs.len() < MAX_BATCH && !closing {
                         match rx.try_recv() {
                             Ok(Msg::Job(j)) => jobs.push(*j),
                             Ok(Msg::Attempts(id, a)) => attempts.push((id, a)),
@@ -88,6 +109,7 @@ impl Committer {
                     drop(commits);
                     if let Err(e) = &res {
                         tracing::error!(error = %e, turns = jobs.len(), "commit failed");
+                        carried = attempts;
                     }
                     for j in jobs {
                         let _ = j.done.send(res.clone().map(|()| j.output));
