@@ -10,5 +10,7 @@ mod protocol;
 mod schedules;
 mod server;
 mod server_crash;
+#[cfg(target_os = "linux")]
+mod storage;
 mod support;
 mod workers;
