@@ -2,7 +2,8 @@
 //! workflows, the timeline, storage and the dispatcher interface.
 //!
 //! Architecture invariant: nothing here does network I/O or spawns tasks;
-//! the only I/O is the store, behind the `Store` trait.
+//! the only I/O is the store, behind the `Store` trait, and the only
+//! thread is `SledStore`'s healer.
 
 pub mod dispatch;
 pub mod fact;

@@ -191,8 +191,9 @@ impl pb::stoa_server::Stoa for StoaService {
             ..Default::default()
         };
         // Also when unchanged: a deploy restores the pack's schedules.
+        // A failure answers the deploy with it: deploying again installs them.
         if !req.dry_run {
-            self.schedules.install_pack(&tenant, &name, &pack.manifest.schedules);
+            self.schedules.install_pack(&tenant, &name, &pack.manifest.schedules)?;
         }
         if req.dry_run {
             let preview = self.runtime.preview(&tenant, &pack, mode).await?;

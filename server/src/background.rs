@@ -5,6 +5,12 @@
 //! once because its turn deletes it (timers of a workflow due at the same
 //! instant share one turn), a child starts once because its id
 //! derives from the parent's invocation, a signal routes once per id).
+//!
+//! None of it is lost to a storage failure either: a timer's turn is tried
+//! again a second later, the others until they commit (`retry`); and once
+//! the store heals (`Background::Healed`), timers and signals to route are
+//! read from it again, for the turns whose commit failed but that sled
+//! recovered when it reopened (their follow-up work never started).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -16,14 +22,18 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
+use crate::retry::until_stored;
 use crate::runtime::{now_ms, tenant_of, Runtime};
 
+/// What turns (and `health`, with `Healed`: the store healed, re-read the
+/// timers and the signals to route) ask of the background.
 pub enum Background {
     Timer { workflow: WorkflowId, id: u64, due_ms: u64 },
     Signal { tenant: String, signal: Signal },
     StartChild(Invocation),
     CancelChild(InvocationId),
     ChildDone { parent: InvocationId, outcome: Outcome },
+    Healed,
 }
 
 /// Timer turns in flight at most: a burst of due timers queues here
@@ -33,11 +43,9 @@ const TIMER_CONCURRENCY: usize = 512;
 /// Runs until `shutdown`; `rx` receives what turns ask for.
 pub async fn run(rt: Arc<Runtime>, mut rx: mpsc::UnboundedReceiver<Background>, shutdown: CancellationToken) {
     let mut due: BTreeSet<(u64, WorkflowId, u64)> = BTreeSet::new();
-    match rt.store.timers() {
-        Ok(ts) => due.extend(ts.into_iter().map(|t| (t.due_ms, t.workflow, t.id))),
-        Err(e) => tracing::error!(error = %e, "loading timers"),
-    }
-    resume(&rt);
+    load_timers(&rt, &mut due);
+    resume_signals(&rt, &shutdown);
+    rt.resume_upgrades();
     let permits = Arc::new(Semaphore::new(TIMER_CONCURRENCY));
     loop {
         let wait = match due.first() {
@@ -51,7 +59,12 @@ pub async fn run(rt: Arc<Runtime>, mut rx: mpsc::UnboundedReceiver<Background>, 
                 Some(Background::Timer { workflow, id, due_ms }) => {
                     due.insert((due_ms, workflow, id));
                 }
-                Some(other) => handle(&rt, other),
+                Some(Background::Healed) => {
+                    // Firing a timer twice is harmless: its turn deletes it.
+                    load_timers(&rt, &mut due);
+                    resume_signals(&rt, &shutdown);
+                }
+                Some(other) => handle(&rt, other, &shutdown),
             },
             _ = tokio::time::sleep(wait) => {
                 let now = now_ms();
@@ -101,20 +114,32 @@ async fn fire(rt: &Arc<Runtime>, wf: WorkflowId, mut ids: Vec<u64>, due_ms: u64)
     }
 }
 
-fn handle(rt: &Arc<Runtime>, msg: Background) {
-    let rt = rt.clone();
+fn load_timers(rt: &Runtime, due: &mut BTreeSet<(u64, WorkflowId, u64)>) {
+    match rt.store.timers() {
+        Ok(ts) => due.extend(ts.into_iter().map(|t| (t.due_ms, t.workflow, t.id))),
+        Err(e) => tracing::error!(error = %e, "loading timers"),
+    }
+}
+
+/// Acts on one message on a task of its own; each tries again while the
+/// store cannot write, until `stop`.
+fn handle(rt: &Arc<Runtime>, msg: Background, stop: &CancellationToken) {
+    let (rt, stop) = (rt.clone(), stop.clone());
     tokio::spawn(async move {
         match msg {
-            Background::Timer { .. } => unreachable!("handled by the loop"),
+            Background::Timer { .. } | Background::Healed => unreachable!("handled by the loop"),
             Background::Signal { tenant, signal } => {
-                if let Err(e) = rt.route_signal(&tenant, signal, None).await {
+                let what = format!("routing signal {}", signal.id);
+                let routed = until_stored(&rt.store, &stop, &what, || rt.route_signal(&tenant, signal.clone(), None));
+                if let Err(e) = routed.await {
                     tracing::error!(error = %e, "routing a signal");
                 }
             }
-            Background::StartChild(inv) => rt.start_child(inv).await,
-            Background::CancelChild(inv) => rt.cancel_child(inv).await,
+            Background::StartChild(inv) => rt.start_child(inv, &stop).await,
+            Background::CancelChild(inv) => rt.cancel_child(inv, &stop).await,
             Background::ChildDone { parent, outcome } => {
-                if let Err(e) = rt.deliver(&parent, outcome).await {
+                let what = format!("answering parent invocation {parent}");
+                if let Err(e) = until_stored(&rt.store, &stop, &what, || rt.deliver(&parent, outcome.clone())).await {
                     tracing::error!(invocation = %parent, error = %e, "answering a parent");
                 }
             }
@@ -122,16 +147,16 @@ fn handle(rt: &Arc<Runtime>, msg: Background) {
     });
 }
 
-/// Re-sends what was interrupted by a stop: emitted signals not yet
-/// routed, and upgrades not finished.
-fn resume(rt: &Arc<Runtime>) {
+/// Re-sends emitted signals not yet routed (interrupted by a stop, or
+/// committed by a turn whose flush failed but that sled recovered).
+fn resume_signals(rt: &Arc<Runtime>, stop: &CancellationToken) {
     match rt.store.scan_aux(SIGNAL_OUTBOX, "") {
         Ok(list) => {
             for (_, v) in list {
                 match serde_json::from_value::<Signal>(v) {
                     Ok(signal) => {
                         let tenant = signal.from.as_ref().map(|w| tenant_of(w).to_string()).unwrap_or_default();
-                        handle(rt, Background::Signal { tenant, signal });
+                        handle(rt, Background::Signal { tenant, signal }, stop);
                     }
                     Err(e) => tracing::error!(error = %e, "a stored signal does not decode"),
                 }
@@ -139,5 +164,4 @@ fn resume(rt: &Arc<Runtime>) {
         }
         Err(e) => tracing::error!(error = %e, "loading signals to route"),
     }
-    rt.resume_upgrades();
 }

@@ -1,6 +1,9 @@
 //! Group commit: one thread owns the store's write path; turns from many
 //! workflows queue up while a flush runs, and the next flush takes them all.
-//! A turn is acknowledged only after the flush that made it durable.
+//! A turn is acknowledged only after the flush that made it durable; the
+//! turns of a failed flush get its error. Attempt records of a failed flush
+//! are kept and written with the next one (a second later at the latest),
+//! before its turns, so a turn that ends an invocation still drops them.
 //!
 //! When a flush fails, its workflows' later turns fail too without being
 //! written, until the runtime says it reloaded them (`forgive`): each was
@@ -47,6 +50,9 @@ fn now_us() -> u64 {
 
 /// Turns per flush at most: bounds the latency of the first turn of a batch.
 const MAX_BATCH: usize = 4096;
+/// How long attempt records of a failed flush wait for the next flush
+/// before they are written by themselves.
+const ATTEMPTS_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Files one message; `true` at `Close`.
 fn sort(
@@ -78,11 +84,25 @@ impl Committer {
             .spawn(move || {
                 let mut closing = false;
                 let mut failed: HashSet<WorkflowId> = HashSet::new();
+                // Attempt records a failed flush could not write.
+                let mut carried: Vec<(InvocationId, Attempts)> = Vec::new();
                 while !closing {
-                    let (mut jobs, mut attempts) = (Vec::new(), Vec::new());
-                    match rx.recv() {
-                        Ok(m) => closing = sort(m, &mut jobs, &mut attempts, &mut failed),
-                        Err(_) => break,
+                    let (mut jobs, mut attempts) = (Vec::new(), std::mem::take(&mut carried));
+                    let first = if attempts.is_empty() {
+                        rx.recv().ok()
+                    } else {
+                        match rx.recv_timeout(ATTEMPTS_RETRY) {
+                            Ok(m) => Some(m),
+                            Err(mpsc::RecvTimeoutError::Timeout) => None,
+                            Err(mpsc::RecvTimeoutError::Disconnected) => Some(Msg::Close),
+                        }
+                    };
+                    match first {
+                        // With attempts carried over: one last try.
+                        Some(Msg::Close) if attempts.is_empty() => break,
+                        Some(m) => closing = sort(m, &mut jobs, &mut attempts, &mut failed),
+                        None if attempts.is_empty() => break,
+                        None => {}
                     }
                     while jobs.len() < MAX_BATCH && !closing {
                         match rx.try_recv() {
@@ -114,6 +134,7 @@ impl Committer {
                     if let Err(e) = &res {
                         tracing::error!(error = %e, turns = jobs.len(), "commit failed");
                         failed.extend(jobs.iter().map(|j| j.workflow.clone()));
+                        carried = attempts;
                     }
                     for j in jobs {
                         let _ = j.done.send(res.clone().map(|()| j.output));

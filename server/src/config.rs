@@ -42,6 +42,8 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     pub name: String,
+    /// Bearer tokens (`--token TENANT=TOKEN` adds more).
+    #[serde(default)]
     pub tokens: Vec<String>,
     /// This tenant's own ceilings, over `[ceilings]` (only the keys given).
     #[serde(default)]

@@ -3,7 +3,10 @@
 //!
 //! One task owns all of its state and handles one closed set of events;
 //! others talk to it through a cheap `DispatchHandle`. Final outcomes go to
-//! the runtime as turns, from tasks the dispatcher owns (a `JoinSet`).
+//! the runtime as turns, from tasks the dispatcher owns (a `JoinSet`),
+//! tried again while the store cannot write (`retry`) until they commit or
+//! the server stops (then the invocation, still waiting in the store, is
+//! dispatched again after the restart).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -168,7 +171,14 @@ struct Dispatcher {
     function_in_flight: HashMap<String, usize>,
     pending: Arc<DashMap<String, AtomicUsize>>,
     seq: u64,
-    deliveries: JoinSet<()>,
+    /// Each ends with the invocation whose outcome it applied (or gave up
+    /// on at shutdown).
+    deliveries: JoinSet<InvocationId>,
+    /// Invocations whose outcome is being applied: still waiting in the
+    /// store until it commits, so not to be taken on again meanwhile.
+    delivering: HashSet<InvocationId>,
+    /// Ends the retries of deliveries.
+    shutdown: CancellationToken,
 }
 
 /// The handle and the receiving end; `run` consumes the latter.
@@ -199,6 +209,8 @@ pub async fn run(
         pending: handle.pending.clone(),
         seq: 0,
         deliveries: JoinSet::new(),
+        delivering: HashSet::new(),
+        shutdown: shutdown.clone(),
     };
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -221,14 +233,18 @@ pub async fn run(
                 d.expire(Instant::now());
                 d.pump();
             }
-            Some(_) = d.deliveries.join_next(), if !d.deliveries.is_empty() => {}
+            Some(done) = d.deliveries.join_next(), if !d.deliveries.is_empty() => {
+                if let Ok(id) = done {
+                    d.delivering.remove(&id);
+                }
+            }
         }
     }
     // Let outcomes already decided reach their workflows.
     while d.deliveries.join_next().await.is_some() {}
 }
 
-fn jitter(d: Duration, seed: u64) -> Duration {
+pub(crate) fn jitter(d: Duration, seed: u64) -> Duration {
     // ±20% without a random number crate: the low bits of a hash of the id
     // and the clock are spread enough for backoff.
     let clock = std::time::SystemTime::now()
@@ -333,10 +349,11 @@ impl Dispatcher {
         }
     }
 
-    /// Takes an invocation on, unless it is here already.
+    /// Takes an invocation on, unless it is here already (or its outcome is
+    /// being applied).
     fn add(&mut self, tenant: &str, inv: Invocation, attempts: Attempts) {
         let id = inv.id.clone();
-        if self.items.contains_key(&id) {
+        if self.items.contains_key(&id) || self.delivering.contains(&id) {
             self.dec_pending(tenant, 1); // delivered twice: once is enough
             return;
         }
@@ -489,15 +506,22 @@ impl Dispatcher {
         }
     }
 
-    /// Hands the final outcome to the workflow, as a turn of its own.
+    /// Hands the final outcome to the workflow, as a turn of its own,
+    /// tried again while the store cannot write.
     fn finish(&mut self, item: Item, outcome: Outcome) {
         self.dec_pending(&item.tenant, 1);
-        let runtime = self.runtime.clone();
+        let (runtime, stop) = (self.runtime.clone(), self.shutdown.clone());
         let id = item.inv.id;
+        self.delivering.insert(id.clone());
         self.deliveries.spawn(async move {
-            if let Err(e) = runtime.deliver(&id, outcome).await {
+            let what = format!("applying the outcome of {id}");
+            let applied =
+                crate::retry::until_stored(&runtime.store, &stop, &what, || runtime.deliver(&id, outcome.clone()))
+                    .await;
+            if let Err(e) = applied {
                 tracing::error!(invocation = %id, error = %e, "could not apply an outcome");
             }
+            id
         });
     }
 

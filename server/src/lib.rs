@@ -12,7 +12,9 @@ mod committer;
 pub mod config;
 mod dispatcher;
 mod error;
+mod health;
 mod pool;
+mod retry;
 mod runtime;
 mod schedule;
 mod signals;
@@ -52,7 +54,6 @@ pub async fn serve(
     let attempts_writer = committer.clone();
     let (dispatch, dispatch_rx) = dispatcher::channel();
     let (background_tx, background_rx) = tokio::sync::mpsc::unbounded_channel();
-    let attempts: HashMap<_, _> = store.attempts().map_err(|e| e.to_string())?.into_iter().collect();
     let threads = config.turn_threads();
     let pool = pool::Pool::start(pool::Options {
         threads,
@@ -75,16 +76,7 @@ pub async fn serve(
         background_tx,
     )?);
     // Invocations that were pending when the server stopped go out again.
-    let outbox = runtime.stored_outbox()?;
-    let mut by_tenant: HashMap<String, Vec<_>> = HashMap::new();
-    for inv in outbox {
-        let tried = attempts.get(&inv.id).copied().unwrap_or_default();
-        by_tenant.entry(runtime::tenant_of(&inv.workflow).to_string()).or_default().push((inv, tried));
-    }
-    for (t, invs) in by_tenant {
-        tracing::info!(tenant = %t, invocations = invs.len(), "dispatching stored invocations again");
-        dispatch.restore(t, invs);
-    }
+    health::restore_outbox(&runtime, &dispatch)?;
     let schedules = Arc::new(schedule::Scheduler::load(runtime.clone(), store.clone() as Arc<dyn Store>)?);
     let scheduler_task = tokio::spawn(schedules.clone().run(shutdown.child_token()));
     let background_task = tokio::spawn(background::run(runtime.clone(), background_rx, shutdown.child_token()));
@@ -153,6 +145,9 @@ pub async fn serve(
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::stoa_server::StoaServer<api::StoaService>>().await;
     health_reporter.set_serving::<pb::workers_server::WorkersServer<workers::WorkersService>>().await;
+    // `""` (the whole server) and `stoa.v1.Stoa` follow the store's health.
+    let health_task =
+        tokio::spawn(health::run(health_reporter.clone(), runtime.clone(), dispatch.clone(), shutdown.child_token()));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -184,6 +179,7 @@ pub async fn serve(
     let _ = scheduler_task.await;
     let _ = dispatcher_task.await;
     let _ = background_task.await;
+    let _ = health_task.await;
     let _ = unload_task.await;
     stopper.abort();
     runtime.stop_turns();

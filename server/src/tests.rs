@@ -1,5 +1,6 @@
 //! The runtime with a store whose commits the test holds back, to pin
-//! down what is acknowledged before it is durable.
+//! down what is acknowledged before it is durable; the committer with a
+//! store that refuses writes, to pin down what a failed flush keeps.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -198,6 +199,94 @@ fn a_stored_version_is_not_live_until_its_rollout_even_after_a_restart() {
     let r = rt.rollout_of("a", "bench-steps").unwrap();
     assert_ne!(r.stable, "2", "a restart must not make the newest stored version stable");
     assert!(rt.pack_version("a", "bench-steps", "2").is_some(), "the stored version is still there");
+    committer.close();
+    thread.join().unwrap();
+}
+
+/// Refuses to write attempt records while `refusals` lasts, as a failing
+/// store would.
+struct Flaky {
+    inner: Arc<SledStore>,
+    refusals: std::sync::atomic::AtomicUsize,
+}
+
+impl Store for Flaky {
+    fn commit(&self, turns: &[Commit<'_>]) -> Result<(), Error> {
+        self.inner.commit(turns)
+    }
+    fn load(&self, id: &WorkflowId) -> Result<Option<Snapshot>, Error> {
+        self.inner.load(id)
+    }
+    fn workflows(&self, prefix: &str, after: Option<&WorkflowId>, limit: usize) -> Result<Vec<Meta>, Error> {
+        self.inner.workflows(prefix, after, limit)
+    }
+    fn put_pack(&self, pack: &PackRecord) -> Result<(), Error> {
+        self.inner.put_pack(pack)
+    }
+    fn packs(&self, tenant: &str) -> Result<Vec<PackRecord>, Error> {
+        self.inner.packs(tenant)
+    }
+    fn timeline(&self, id: &WorkflowId, from: u64, limit: usize) -> Result<Vec<Entry>, Error> {
+        self.inner.timeline(id, from, limit)
+    }
+    fn outbox(&self) -> Result<Vec<Invocation>, Error> {
+        self.inner.outbox()
+    }
+    fn record_attempts(&self, attempts: &[(InvocationId, Attempts)]) -> Result<(), Error> {
+        let refuse = self.refusals.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        if refuse {
+            return Err(Error::Io("the disk is full".into()));
+        }
+        self.inner.record_attempts(attempts)
+    }
+    fn attempts(&self) -> Result<Vec<(InvocationId, Attempts)>, Error> {
+        self.inner.attempts()
+    }
+    fn request(&self, request_id: &str) -> Result<Option<WorkflowId>, Error> {
+        self.inner.request(request_id)
+    }
+    fn pending(&self, id: &InvocationId) -> Result<bool, Error> {
+        self.inner.pending(id)
+    }
+    fn timers(&self) -> Result<Vec<Timer>, Error> {
+        self.inner.timers()
+    }
+    fn put_aux(&self, kind: &str, key: &str, value: &serde_json::Value) -> Result<(), Error> {
+        self.inner.put_aux(kind, key, value)
+    }
+    fn get_aux(&self, kind: &str, key: &str) -> Result<Option<serde_json::Value>, Error> {
+        self.inner.get_aux(kind, key)
+    }
+    fn scan_aux(&self, kind: &str, prefix: &str) -> Result<Vec<(String, serde_json::Value)>, Error> {
+        self.inner.scan_aux(kind, prefix)
+    }
+    fn delete_aux(&self, kind: &str, key: &str) -> Result<(), Error> {
+        self.inner.delete_aux(kind, key)
+    }
+}
+
+/// Attempt records are not lost to a failed flush: the next one writes
+/// them, or, with nothing else to write, a second later.
+#[test]
+fn attempt_records_of_a_failed_flush_are_written_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path(), 8).unwrap());
+    let flaky = Flaky { inner: store.clone(), refusals: 2.into() };
+    let (committer, thread) = Committer::spawn(Arc::new(flaky));
+    let (a, b) = (InvocationId::new("inv_a.1.1"), InvocationId::new("inv_a.2.1"));
+    let tried = Attempts { made: 1, failures: 1, retry_at_ms: 5 };
+    committer.record_attempts(a.clone(), tried);
+    // Refused; refused again with `b`; then written a second later.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    committer.record_attempts(b.clone(), tried);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(store.attempts().unwrap(), vec![]);
+    let start = std::time::Instant::now();
+    while store.attempts().unwrap().len() < 2 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(5), "not written: {:?}", store.attempts());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(store.attempts().unwrap(), vec![(a, tried), (b, tried)]);
     committer.close();
     thread.join().unwrap();
 }

@@ -7,7 +7,8 @@
 //! order and moves each to the version the rollout gives it, one turn per
 //! workflow (see `Workflow::upgrade`). The job's cursor is stored after
 //! every page, so a restart resumes it; upgrading a workflow twice is
-//! harmless (it is already on the version).
+//! harmless (it is already on the version). While the store cannot write,
+//! the job waits and tries again (`retry`): no workflow is skipped for it.
 
 use std::sync::Arc;
 
@@ -16,8 +17,10 @@ use stoa_engine::store::Store;
 use stoa_engine::workflow::{Status, Workflow};
 use stoa_engine::WorkflowId;
 use stoa_rules::compile::{fnv1a, Pack};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
+use crate::retry::until_stored;
 use crate::runtime::{now_ms, Runtime};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -187,12 +190,25 @@ impl Runtime {
     }
 
     async fn run_job(self: Arc<Self>, mut job: UpgradeJob) {
-        if let Err(e) = self.drive_job(&mut job).await {
-            tracing::error!(pack = %job.pack, error = %e, "upgrade stopped; it resumes at the next start");
+        // Jobs have no owner that stops them; they end with the process.
+        let forever = CancellationToken::new();
+        let mut backoff = crate::retry::Backoff::new();
+        loop {
+            match self.drive_job(&mut job, &forever).await {
+                Ok(()) => return,
+                // From its cursor again: a workflow upgraded twice is fine.
+                Err(ApiError::Unavailable(e)) => {
+                    tracing::warn!(pack = %job.pack, error = %e, "upgrade waits for the storage");
+                    backoff.pause(&self.store, &forever).await;
+                }
+                Err(e) => {
+                    return tracing::error!(pack = %job.pack, error = %e, "upgrade stopped; it resumes at the next start")
+                }
+            }
         }
     }
 
-    async fn drive_job(self: &Arc<Self>, job: &mut UpgradeJob) -> Result<(), ApiError> {
+    async fn drive_job(self: &Arc<Self>, job: &mut UpgradeJob, stop: &CancellationToken) -> Result<(), ApiError> {
         loop {
             // A newer rollout of the same pack replaced this job.
             if self.upgrade_job(&job.tenant, &job.pack)?.is_some_and(|j| j.started_ms != job.started_ms) {
@@ -215,8 +231,11 @@ impl Runtime {
                 if set.len() >= CONCURRENCY {
                     tally(job, set.join_next().await);
                 }
-                let rt = self.clone();
-                set.spawn(async move { rt.upgrade_workflow(&meta.id, target).await });
+                let (rt, stop) = (self.clone(), stop.clone());
+                set.spawn(async move {
+                    let what = format!("upgrading {}", meta.id);
+                    until_stored(&rt.store, &stop, &what, || rt.upgrade_workflow(&meta.id, target.clone())).await
+                });
             }
             while let Some(r) = set.join_next().await {
                 tally(job, Some(r));

@@ -95,3 +95,36 @@ fn docs_examples_compile_and_their_tests_pass() {
         }
     }
 }
+
+/// Every ```toml config block of docs/operations.md is a config the server
+/// accepts, and its defaults are the server's.
+#[test]
+fn operations_config_examples_are_valid_configs() {
+    let path = repo().join("docs/operations.md");
+    let doc = std::fs::read_to_string(&path).expect("docs/operations.md");
+    let mut blocks = Vec::new();
+    let mut lines = doc.lines().enumerate();
+    while let Some((n, line)) = lines.next() {
+        if line.trim() == "```toml config" {
+            let body: Vec<&str> = lines.by_ref().map(|(_, l)| l).take_while(|l| !l.starts_with("```")).collect();
+            blocks.push((n + 1, body.join("\n")));
+        }
+    }
+    assert!(!blocks.is_empty(), "no ```toml config block");
+    for (line, text) in blocks {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), &text).expect("write");
+        let config =
+            stoa_server::Config::load(file.path()).unwrap_or_else(|e| panic!("docs/operations.md:{line}: {e}"));
+        config.validate().unwrap_or_else(|e| panic!("docs/operations.md:{line}: {e}"));
+        // The values shown are the defaults.
+        let defaults = stoa_server::Config::default();
+        assert_eq!(config.ceilings, defaults.ceilings, "docs/operations.md:{line}: [ceilings] are not the defaults");
+        assert_eq!(config.quotas, defaults.quotas, "docs/operations.md:{line}: [quotas] are not the defaults");
+        assert_eq!(
+            format!("{:?}", config.limits),
+            format!("{:?}", defaults.limits),
+            "docs/operations.md:{line}: [limits]"
+        );
+    }
+}

@@ -6,9 +6,12 @@ mod client;
 mod crash;
 mod docs;
 mod examples;
+mod hostile;
 mod protocol;
 mod schedules;
 mod server;
 mod server_crash;
+#[cfg(target_os = "linux")]
+mod storage;
 mod support;
 mod workers;

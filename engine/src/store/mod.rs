@@ -23,6 +23,14 @@ pub enum Error {
     Version { key: String, found: u8, expected: u8 },
 }
 
+/// Whether a store works now. A failing store refuses every operation with
+/// `Error::Io` while it heals (see `SledStore::on_health`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    Serving,
+    Failing,
+}
+
 /// A deployed pack version: its files, as uploaded.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PackRecord {

@@ -6,7 +6,8 @@
 //! `t/<wf>/<first seq hex>` a run of consecutive timeline entries,
 //! `a/<inv>` attempts of a pending invocation, `r/<request id>` idempotent
 //! starts, `c/<wf>/<timer id hex>` timers, `x/<kind>/<key>` server records
-//! (see `Store::put_aux`); and in a tree of its own, the journal of a large commit. A group of turns is one
+//! (see `Store::put_aux`), `h/probe` the healer's last probe; and in a tree
+//! of its own, the journal of a large commit. A group of turns is one
 //! sled batch (atomic) followed by one flush (durable): sled syncs only on
 //! flush.
 //!
@@ -20,16 +21,32 @@
 //! replayed from the journal if the process dies in between. The journal
 //! has its own tree because sled rewrites a whole leaf, big values included,
 //! whenever a key of it changes.
+//!
+//! Healing: sled 0.34 keeps the first I/O error of a write or flush (a full
+//! disk) as a global error of the open database, and every later write and
+//! flush, and reads that miss its cache, fail with it, even once the cause
+//! is gone; only a new open clears it. So the first failed operation marks
+//! the store failing: every operation then fails at once with
+//! `Error::Io` (what sled still holds in memory may include writes that
+//! never became durable, which no reader may see), watchers are told
+//! (`on_health`), and the store's healer thread closes the database and
+//! opens it again, with backoff, until a probe write and flush succeed.
+//! sled's recovery brings back every flushed write, so every commit that
+//! returned `Ok` is there again; a commit that failed may or may not be.
 
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::fact::{InvocationId, WorkflowId};
 use crate::timeline::Entry;
 use crate::workflow::{Invocation, Meta, Snapshot, Timer, Waiting};
 
 use super::codec::{decode, encode, FORMAT};
-use super::{Attempts, Commit, Error, PackRecord, Store, SIGNAL_OUTBOX};
+use super::{Attempts, Commit, Error, Health, PackRecord, Store, SIGNAL_OUTBOX};
 
 /// Records written by one sled batch at most (see the module comment).
 const MAX_BATCH_WRITES: usize = 1024;
@@ -37,7 +54,49 @@ const MAX_BATCH_WRITES: usize = 1024;
 /// decodes little more than it returns.
 const TIMELINE_RUN: usize = 256;
 
+/// The first pause of the healer, after a failure, before it reopens the
+/// database; doubled after each failed attempt up to `HEAL_MAX_DELAY`.
+/// Reopening is cheap (10 to 70 ms for a store of a few MiB, measured),
+/// but a large store replays more of its log.
+const HEAL_FIRST_DELAY: Duration = Duration::from_millis(100);
+const HEAL_MAX_DELAY: Duration = Duration::from_secs(2);
+/// The key the healer writes to prove the store can write and flush again.
+const PROBE_KEY: &[u8] = b"h/probe";
+
 pub struct SledStore {
+    shared: Arc<Shared>,
+    /// Sleeps until the store fails, then reopens it; stopped and joined on
+    /// drop, so that the database is closed (its lock released) when the
+    /// store is.
+    healer: Option<JoinHandle<()>>,
+}
+
+/// What the store and its healer share.
+struct Shared {
+    dir: PathBuf,
+    cache_mb: u64,
+    /// `None` while the healer reopens the database.
+    handles: RwLock<Option<Handles>>,
+    /// Set by the first failed operation, cleared once healed.
+    failing: AtomicBool,
+    /// The error that made the store fail, for the message of the
+    /// operations refused meanwhile.
+    cause: Mutex<String>,
+    /// `true` once the store is dropped; the healer waits on `wake`.
+    closed: Mutex<bool>,
+    wake: Condvar,
+    watchers: Mutex<Vec<Watcher>>,
+    /// Heal attempts that fail on purpose (tests of the backoff).
+    #[cfg(test)]
+    refuse_heals: std::sync::atomic::AtomicU32,
+}
+
+/// Told the store's health at each change (`SledStore::on_health`).
+type Watcher = Box<dyn Fn(Health) + Send + Sync>;
+
+/// The open database: replaced whole when the store heals, since every
+/// `Tree` of a database holds it open.
+struct Handles {
     db: sled::Db,
     tree: sled::Tree,
     journal: sled::Tree,
@@ -114,11 +173,10 @@ fn decode_journal<'a>(jkey: &[u8], bytes: &'a [u8]) -> Result<JournalWrites<'a>,
     Ok(writes)
 }
 
-impl SledStore {
-    /// Opens (or creates) the store in `dir`. `cache_mb` bounds sled's page
-    /// cache (its default is 1 GiB). A large commit cut short by a crash is
-    /// completed from its journal here.
-    pub fn open(dir: &Path, cache_mb: u64) -> Result<SledStore, Error> {
+impl Handles {
+    /// Opens the database in `dir`, completing a journal a crash or a
+    /// failure left behind. `stop` ends the wait for sled's lock early.
+    fn open(dir: &Path, cache_mb: u64, stop: &dyn Fn() -> bool) -> Result<Handles, Error> {
         let config = sled::Config::new().path(dir).cache_capacity(cache_mb * 1024 * 1024).flush_every_ms(None);
         // The lock of a store closed a moment ago (by this process's
         // background threads, or a process that is exiting) is released
@@ -129,23 +187,33 @@ impl SledStore {
         let db = loop {
             match config.open() {
                 Ok(db) => break db,
-                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && tries < 500 => {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && tries < 500 && !stop() =>
+                {
                     tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) => return Err(io(e)),
             }
         };
         let tree = db.open_tree("stoa.v1").map_err(io)?;
         let journal = db.open_tree("stoa.v1.journal").map_err(io)?;
-        let store = SledStore { db, tree, journal, next_journal: AtomicU64::new(0) };
-        let journals: Vec<(sled::IVec, sled::IVec)> = store.journal.iter().collect::<Result<_, _>>().map_err(io)?;
+        let h = Handles { db, tree, journal, next_journal: AtomicU64::new(0) };
+        let journals: Vec<(sled::IVec, sled::IVec)> = h.journal.iter().collect::<Result<_, _>>().map_err(io)?;
         for (k, v) in journals {
             tracing::info!("completing a large commit cut short");
-            store.apply_in_batches(&decode_journal(&k, &v)?, &k)?;
+            h.apply_in_batches(&decode_journal(&k, &v)?, &k)?;
         }
-        store.db.flush().map_err(io)?;
-        Ok(store)
+        h.db.flush().map_err(io)?;
+        Ok(h)
+    }
+
+    /// A write and a flush: whether the store can write again.
+    fn probe(&self) -> Result<(), Error> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.tree.insert(PROBE_KEY, &now.as_millis().to_be_bytes()).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        Ok(())
     }
 
     /// Applies `writes` in bounded batches, then removes the journal record
@@ -197,10 +265,193 @@ impl SledStore {
             })
             .collect()
     }
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`. `cache_mb` bounds sled's page
+    /// cache (its default is 1 GiB). A large commit cut short by a crash is
+    /// completed from its journal here.
+    pub fn open(dir: &Path, cache_mb: u64) -> Result<SledStore, Error> {
+        let handles = Handles::open(dir, cache_mb, &|| false)?;
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            cache_mb,
+            handles: RwLock::new(Some(handles)),
+            failing: AtomicBool::new(false),
+            cause: Mutex::new(String::new()),
+            closed: Mutex::new(false),
+            wake: Condvar::new(),
+            watchers: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            refuse_heals: Default::default(),
+        });
+        let healer = std::thread::Builder::new()
+            .name("stoa-store-healer".into())
+            .spawn({
+                let shared = shared.clone();
+                move || shared.heal_when_failing()
+            })
+            .map_err(|e| Error::Io(format!("starting the store's healer: {e}")))?;
+        Ok(SledStore { shared, healer: Some(healer) })
+    }
+
+    /// Whether the store works now, or fails and is healing.
+    pub fn health(&self) -> Health {
+        self.shared.health()
+    }
+
+    /// Calls `f` with the store's health now, and again at each change
+    /// (from the thread that saw it: keep `f` short, and do not call the
+    /// store from it). A change may be reported twice.
+    pub fn on_health(&self, f: impl Fn(Health) + Send + Sync + 'static) {
+        let mut watchers = self.shared.watchers.lock().unwrap_or_else(PoisonError::into_inner);
+        f(self.shared.health());
+        watchers.push(Box::new(f));
+    }
+
+    /// Runs `f` on the open database, unless the store is failing; a sled
+    /// error from `f` makes it fail (and heal).
+    fn with<T>(&self, f: impl FnOnce(&Handles) -> Result<T, Error>) -> Result<T, Error> {
+        let s = &*self.shared;
+        if s.failing.load(Ordering::Acquire) {
+            return Err(s.refused());
+        }
+        let (r, failed) = {
+            let g = s.handles.read().unwrap_or_else(PoisonError::into_inner);
+            let Some(h) = g.as_ref() else { return Err(s.refused()) };
+            let r = f(h);
+            // Marked while the handles are held: the healer cannot have
+            // replaced them with ones this error says nothing about.
+            let failed = match &r {
+                Err(Error::Io(e)) => s.fail(e),
+                _ => false,
+            };
+            (r, failed)
+        };
+        if failed {
+            s.notify();
+        }
+        r
+    }
 
     /// Bytes on disk (sled's estimate).
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.with(|h| h.db.size_on_disk().map_err(io)).unwrap_or(0)
+    }
+}
+
+impl Shared {
+    fn health(&self) -> Health {
+        if self.failing.load(Ordering::Acquire) {
+            Health::Failing
+        } else {
+            Health::Serving
+        }
+    }
+
+    /// Marks the store failing; `true` if it was not already.
+    fn fail(&self, cause: &str) -> bool {
+        if self.failing.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        tracing::error!(error = %cause, "storage failed; refusing operations until it heals");
+        *self.cause.lock().unwrap_or_else(PoisonError::into_inner) = cause.to_string();
+        // Under the healer's lock, so that it cannot miss the wake-up
+        // between testing `failing` and waiting.
+        let _closed = self.closed.lock().unwrap_or_else(PoisonError::into_inner);
+        self.wake.notify_all();
+        true
+    }
+
+    /// The error of an operation refused while the store fails.
+    fn refused(&self) -> Error {
+        let cause = self.cause.lock().unwrap_or_else(PoisonError::into_inner);
+        Error::Io(format!("storage is failing and healing itself (after: {cause})"))
+    }
+
+    /// Tells the watchers the health now. Serialized, and the state read
+    /// under their lock: a late report can repeat a state, never undo a
+    /// newer one.
+    fn notify(&self) {
+        let watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
+        let health = self.health();
+        for w in watchers.iter() {
+            w(health);
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        *self.closed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The healer: waits for a failure, then reopens the database with
+    /// backoff until it works, until the store is dropped.
+    fn heal_when_failing(&self) {
+        loop {
+            {
+                let mut closed = self.closed.lock().unwrap_or_else(PoisonError::into_inner);
+                while !*closed && !self.failing.load(Ordering::Acquire) {
+                    closed = self.wake.wait(closed).unwrap_or_else(PoisonError::into_inner);
+                }
+                if *closed {
+                    return;
+                }
+            }
+            let since = Instant::now();
+            let mut delay = HEAL_FIRST_DELAY;
+            let mut attempts = 0u32;
+            loop {
+                // Let the operations under way fail out first.
+                {
+                    let closed = self.closed.lock().unwrap_or_else(PoisonError::into_inner);
+                    let (closed, _) = self
+                        .wake
+                        .wait_timeout_while(closed, delay, |closed| !*closed)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    if *closed {
+                        return;
+                    }
+                }
+                attempts += 1;
+                // sled can panic while closing a database it cannot sync.
+                let healed = std::panic::catch_unwind(AssertUnwindSafe(|| self.reopen()))
+                    .unwrap_or_else(|_| Err(Error::Io("reopening the store panicked".into())));
+                match healed {
+                    Ok(()) => break,
+                    Err(e) => tracing::warn!(error = %e, attempts, "storage is still failing"),
+                }
+                delay = (delay * 2).min(HEAL_MAX_DELAY);
+            }
+            self.failing.store(false, Ordering::Release);
+            tracing::info!(attempts, after_ms = since.elapsed().as_millis() as u64, "storage healed");
+            self.notify();
+        }
+    }
+
+    /// Closes the database and opens it again; `Ok` once a probe write
+    /// and flush succeeded on the new one.
+    fn reopen(&self) -> Result<(), Error> {
+        #[cfg(test)]
+        if self.refuse_heals.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok() {
+            return Err(Error::Io("refused by the test".into()));
+        }
+        // Operations under way finish first; the next ones see `None`.
+        let old = self.handles.write().unwrap_or_else(PoisonError::into_inner).take();
+        drop(old);
+        let h = Handles::open(&self.dir, self.cache_mb, &|| self.is_closed())?;
+        h.probe()?;
+        *self.handles.write().unwrap_or_else(PoisonError::into_inner) = Some(h);
+        Ok(())
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        *self.shared.closed.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.shared.wake.notify_all();
+        if let Some(healer) = self.healer.take() {
+            let _ = healer.join();
+        }
     }
 }
 
@@ -263,175 +514,205 @@ fn each_write(turns: &[Commit<'_>], mut w: impl FnMut(Vec<u8>, Option<Vec<u8>>))
 
 impl Store for SledStore {
     fn commit(&self, turns: &[Commit<'_>]) -> Result<(), Error> {
-        if count_writes(turns) <= MAX_BATCH_WRITES {
-            let mut batch = sled::Batch::default();
-            each_write(turns, |k, v| match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            });
-            self.tree.apply_batch(batch).map_err(io)?;
-        } else {
-            // Durable and atomic once the journal is flushed; the batches
-            // after it only spread the writes out.
-            let mut journal = vec![FORMAT];
-            each_write(turns, |k, v| push_write(&mut journal, &k, v.as_deref()));
-            let journal = sled::IVec::from(journal);
-            let jkey = self.next_journal.fetch_add(1, Ordering::Relaxed).to_be_bytes();
-            self.journal.insert(jkey, journal.clone()).map_err(io)?;
-            self.db.flush().map_err(io)?;
-            self.apply_in_batches(&decode_journal(&jkey, &journal)?, &jkey)?;
-        }
-        self.db.flush().map_err(io)?;
-        Ok(())
+        self.with(|h| {
+            if count_writes(turns) <= MAX_BATCH_WRITES {
+                let mut batch = sled::Batch::default();
+                each_write(turns, |k, v| match v {
+                    Some(v) => batch.insert(k, v),
+                    None => batch.remove(k),
+                });
+                h.tree.apply_batch(batch).map_err(io)?;
+            } else {
+                // Durable and atomic once the journal is flushed; the batches
+                // after it only spread the writes out.
+                let mut journal = vec![FORMAT];
+                each_write(turns, |k, v| push_write(&mut journal, &k, v.as_deref()));
+                let journal = sled::IVec::from(journal);
+                let jkey = h.next_journal.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+                h.journal.insert(jkey, journal.clone()).map_err(io)?;
+                h.db.flush().map_err(io)?;
+                h.apply_in_batches(&decode_journal(&jkey, &journal)?, &jkey)?;
+            }
+            h.db.flush().map_err(io)?;
+            Ok(())
+        })
     }
 
     fn load(&self, id: &WorkflowId) -> Result<Option<Snapshot>, Error> {
-        let wf = id.as_str();
-        let mk = key(&["m", wf]);
-        let Some(meta) = self.tree.get(&mk).map_err(io)? else {
-            return Ok(None);
-        };
-        let meta: Meta = decode(&mk, &meta)?;
-        let facts = self.scan(&key(&["f", wf, ""]))?;
-        let waiting: Vec<Waiting> = self.scan(&key(&["w", wf, ""]))?;
-        let timers: Vec<Timer> = self.scan(&key(&["c", wf, ""]))?;
-        Ok(Some(Snapshot { meta, facts, waiting, timers }))
+        self.with(|h| {
+            let wf = id.as_str();
+            let mk = key(&["m", wf]);
+            let Some(meta) = h.tree.get(&mk).map_err(io)? else {
+                return Ok(None);
+            };
+            let meta: Meta = decode(&mk, &meta)?;
+            let facts = h.scan(&key(&["f", wf, ""]))?;
+            let waiting: Vec<Waiting> = h.scan(&key(&["w", wf, ""]))?;
+            let timers: Vec<Timer> = h.scan(&key(&["c", wf, ""]))?;
+            Ok(Some(Snapshot { meta, facts, waiting, timers }))
+        })
     }
 
     fn workflows(&self, prefix: &str, after: Option<&WorkflowId>, limit: usize) -> Result<Vec<Meta>, Error> {
-        let start = match after {
-            // The first key after `m/<after>`.
-            Some(a) => {
-                let mut k = key(&["m", a.as_str()]);
-                k.push(0);
-                k
-            }
-            None => key(&["m", prefix]),
-        };
-        self.range(start, &key(&["m", prefix]), limit)
+        self.with(|h| {
+            let start = match after {
+                // The first key after `m/<after>`.
+                Some(a) => {
+                    let mut k = key(&["m", a.as_str()]);
+                    k.push(0);
+                    k
+                }
+                None => key(&["m", prefix]),
+            };
+            h.range(start, &key(&["m", prefix]), limit)
+        })
     }
 
     fn put_pack(&self, pack: &PackRecord) -> Result<(), Error> {
-        let k = key(&["p", &pack.tenant, &pack.name, &format!("{:016x}", pack.seq)]);
-        self.tree.insert(k, encode(pack)).map_err(io)?;
-        self.db.flush().map_err(io)?;
-        Ok(())
+        self.with(|h| {
+            let k = key(&["p", &pack.tenant, &pack.name, &format!("{:016x}", pack.seq)]);
+            h.tree.insert(k, encode(pack)).map_err(io)?;
+            h.db.flush().map_err(io)?;
+            Ok(())
+        })
     }
 
     fn packs(&self, tenant: &str) -> Result<Vec<PackRecord>, Error> {
-        self.scan(&key(&["p", tenant, ""]))
+        self.with(|h| h.scan(&key(&["p", tenant, ""])))
     }
 
     fn pack(&self, tenant: &str, name: &str, seq: u64) -> Result<Option<PackRecord>, Error> {
-        let k = key(&["p", tenant, name, &format!("{seq:016x}")]);
-        match self.tree.get(&k).map_err(io)? {
-            Some(v) => Ok(Some(decode(&k, &v)?)),
-            None => Ok(None),
-        }
+        self.with(|h| {
+            let k = key(&["p", tenant, name, &format!("{seq:016x}")]);
+            match h.tree.get(&k).map_err(io)? {
+                Some(v) => Ok(Some(decode(&k, &v)?)),
+                None => Ok(None),
+            }
+        })
     }
 
     fn timeline(&self, id: &WorkflowId, from: u64, limit: usize) -> Result<Vec<Entry>, Error> {
-        let prefix = key(&["t", id.as_str(), ""]);
-        let at = key(&["t", id.as_str(), &format!("{from:016x}")]);
-        // The run holding `from` starts at or before it.
-        let start = match self.tree.range(prefix.as_slice()..=at.as_slice()).next_back() {
-            Some(kv) => kv.map_err(io)?.0.to_vec(),
-            None => at,
-        };
-        let mut out = Vec::new();
-        for kv in self.tree.range(start..) {
-            let (k, v) = kv.map_err(io)?;
-            if !k.starts_with(&prefix) || out.len() >= limit {
-                break;
+        self.with(|h| {
+            let prefix = key(&["t", id.as_str(), ""]);
+            let at = key(&["t", id.as_str(), &format!("{from:016x}")]);
+            // The run holding `from` starts at or before it.
+            let start = match h.tree.range(prefix.as_slice()..=at.as_slice()).next_back() {
+                Some(kv) => kv.map_err(io)?.0.to_vec(),
+                None => at,
+            };
+            let mut out = Vec::new();
+            for kv in h.tree.range(start..) {
+                let (k, v) = kv.map_err(io)?;
+                if !k.starts_with(&prefix) || out.len() >= limit {
+                    break;
+                }
+                let run: Vec<Entry> = decode(&k, &v)?;
+                out.extend(run.into_iter().filter(|e| e.seq >= from).take(limit - out.len()));
             }
-            let run: Vec<Entry> = decode(&k, &v)?;
-            out.extend(run.into_iter().filter(|e| e.seq >= from).take(limit - out.len()));
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn outbox(&self) -> Result<Vec<Invocation>, Error> {
-        Ok(self.scan::<Waiting>(b"w/")?.into_iter().map(|w| w.invocation).collect())
+        self.with(|h| Ok(h.scan::<Waiting>(b"w/")?.into_iter().map(|w| w.invocation).collect()))
     }
 
     fn record_attempts(&self, attempts: &[(InvocationId, Attempts)]) -> Result<(), Error> {
-        let mut batch = sled::Batch::default();
-        for (id, a) in attempts {
-            batch.insert(key(&["a", id.as_str()]), encode(a));
-        }
-        self.tree.apply_batch(batch).map_err(io)
+        self.with(|h| {
+            let mut batch = sled::Batch::default();
+            for (id, a) in attempts {
+                batch.insert(key(&["a", id.as_str()]), encode(a));
+            }
+            h.tree.apply_batch(batch).map_err(io)
+        })
     }
 
     fn attempts(&self) -> Result<Vec<(InvocationId, Attempts)>, Error> {
-        let mut out = Vec::new();
-        for kv in self.tree.scan_prefix(b"a/") {
-            let (k, v) = kv.map_err(io)?;
-            let id = InvocationId::new(String::from_utf8_lossy(&k[2..]).into_owned());
-            out.push((id, decode(&k, &v)?));
-        }
-        Ok(out)
+        self.with(|h| {
+            let mut out = Vec::new();
+            for kv in h.tree.scan_prefix(b"a/") {
+                let (k, v) = kv.map_err(io)?;
+                let id = InvocationId::new(String::from_utf8_lossy(&k[2..]).into_owned());
+                out.push((id, decode(&k, &v)?));
+            }
+            Ok(out)
+        })
     }
 
     fn request(&self, request_id: &str) -> Result<Option<WorkflowId>, Error> {
-        let k = key(&["r", request_id]);
-        match self.tree.get(&k).map_err(io)? {
-            Some(v) => Ok(Some(decode(&k, &v)?)),
-            None => Ok(None),
-        }
+        self.with(|h| {
+            let k = key(&["r", request_id]);
+            match h.tree.get(&k).map_err(io)? {
+                Some(v) => Ok(Some(decode(&k, &v)?)),
+                None => Ok(None),
+            }
+        })
     }
 
     fn pending(&self, id: &InvocationId) -> Result<bool, Error> {
-        let Some(wf) = id.workflow() else { return Ok(false) };
-        self.tree.contains_key(key(&["w", wf.as_str(), id.as_str()])).map_err(io)
+        self.with(|h| {
+            let Some(wf) = id.workflow() else { return Ok(false) };
+            h.tree.contains_key(key(&["w", wf.as_str(), id.as_str()])).map_err(io)
+        })
     }
 
     fn timers(&self) -> Result<Vec<Timer>, Error> {
-        self.scan(b"c/")
+        self.with(|h| h.scan(b"c/"))
     }
 
     fn put_aux(&self, kind: &str, k: &str, value: &serde_json::Value) -> Result<(), Error> {
-        self.tree.insert(key(&["x", kind, k]), encode(value)).map_err(io)?;
-        self.db.flush().map_err(io)?;
-        Ok(())
+        self.with(|h| {
+            h.tree.insert(key(&["x", kind, k]), encode(value)).map_err(io)?;
+            h.db.flush().map_err(io)?;
+            Ok(())
+        })
     }
 
     fn get_aux(&self, kind: &str, k: &str) -> Result<Option<serde_json::Value>, Error> {
-        let k = key(&["x", kind, k]);
-        match self.tree.get(&k).map_err(io)? {
-            Some(v) => Ok(Some(decode(&k, &v)?)),
-            None => Ok(None),
-        }
+        self.with(|h| {
+            let k = key(&["x", kind, k]);
+            match h.tree.get(&k).map_err(io)? {
+                Some(v) => Ok(Some(decode(&k, &v)?)),
+                None => Ok(None),
+            }
+        })
     }
 
     fn scan_aux(&self, kind: &str, prefix: &str) -> Result<Vec<(String, serde_json::Value)>, Error> {
-        let skip = key(&["x", kind, ""]).len();
-        self.tree
-            .scan_prefix(key(&["x", kind, prefix]))
-            .map(|kv| {
-                let (k, v) = kv.map_err(io)?;
-                let name = String::from_utf8_lossy(&k[skip..]).into_owned();
-                Ok((name, decode(&k, &v)?))
-            })
-            .collect()
+        self.with(|h| {
+            let skip = key(&["x", kind, ""]).len();
+            h.tree
+                .scan_prefix(key(&["x", kind, prefix]))
+                .map(|kv| {
+                    let (k, v) = kv.map_err(io)?;
+                    let name = String::from_utf8_lossy(&k[skip..]).into_owned();
+                    Ok((name, decode(&k, &v)?))
+                })
+                .collect()
+        })
     }
 
     fn delete_aux(&self, kind: &str, k: &str) -> Result<(), Error> {
-        self.tree.remove(key(&["x", kind, k])).map_err(io)?;
-        self.db.flush().map_err(io)?;
-        Ok(())
+        self.with(|h| {
+            h.tree.remove(key(&["x", kind, k])).map_err(io)?;
+            h.db.flush().map_err(io)?;
+            Ok(())
+        })
     }
 
     fn put_aux_batch(&self, records: &[(&str, &str, Option<&serde_json::Value>)]) -> Result<(), Error> {
-        let mut batch = sled::Batch::default();
-        for (kind, k, value) in records {
-            match value {
-                Some(v) => batch.insert(key(&["x", kind, k]), encode(*v)),
-                None => batch.remove(key(&["x", kind, k])),
+        self.with(|h| {
+            let mut batch = sled::Batch::default();
+            for (kind, k, value) in records {
+                match value {
+                    Some(v) => batch.insert(key(&["x", kind, k]), encode(*v)),
+                    None => batch.remove(key(&["x", kind, k])),
+                }
             }
-        }
-        self.tree.apply_batch(batch).map_err(io)?;
-        self.db.flush().map_err(io)?;
-        Ok(())
+            h.tree.apply_batch(batch).map_err(io)?;
+            h.db.flush().map_err(io)?;
+            Ok(())
+        })
     }
 }
 
@@ -567,11 +848,15 @@ rule "all done" {
         {
             let store = SledStore::open(dir.path(), 8).unwrap();
             // As if the process died right after the journal's flush.
-            store.journal.insert(b"j", journal).unwrap();
-            store.db.flush().unwrap();
+            store
+                .with(|h| {
+                    h.journal.insert(b"j", journal).unwrap();
+                    h.db.flush().map_err(io)
+                })
+                .unwrap();
         }
         let store = SledStore::open(dir.path(), 8).unwrap();
-        assert!(store.journal.is_empty(), "the journal is applied and removed");
+        assert!(store.with(|h| Ok(h.journal.is_empty())).unwrap(), "the journal is applied and removed");
         let snap = store.load(&id).unwrap().unwrap();
         assert_eq!(snap.facts, wf.snapshot().facts);
         assert_eq!(store.outbox().unwrap().len(), 700);
@@ -588,7 +873,7 @@ rule "all done" {
         let other = tempfile::tempdir().unwrap();
         let direct = SledStore::open(other.path(), 8).unwrap();
         direct.commit(&[Commit { workflow: &id, output: &out, request_id: Some("req") }]).unwrap();
-        let dump = |s: &SledStore| s.tree.iter().map(|kv| kv.unwrap()).collect::<Vec<_>>();
+        let dump = |s: &SledStore| s.with(|h| Ok(h.tree.iter().map(|kv| kv.unwrap()).collect::<Vec<_>>())).unwrap();
         assert_eq!(dump(&direct), dump(&store));
     }
 
@@ -624,3 +909,7 @@ rule "all done" {
         assert_eq!(store.attempts().unwrap(), vec![(b, tried)]);
     }
 }
+
+#[cfg(test)]
+#[path = "sled_heal_tests.rs"]
+mod heal_tests;

@@ -8,7 +8,9 @@
 //! schedule's cursor ("done up to") recorded. A crash in between re-runs the
 //! tick after the restart, and the request id finds the workflow it started.
 //! Ticks missed while the server was down go through the schedule's
-//! catch-up policy (`plan`).
+//! catch-up policy (`plan`). A tick whose start fails for a passing reason
+//! (backpressure, storage) is tried again after `RETRY_MS`, and cursors a
+//! pass could not record are recorded again as often, until they are.
 
 pub mod api;
 pub mod plan;
@@ -92,6 +94,9 @@ struct Entry {
 struct State {
     entries: HashMap<(String, String), Entry>,
     queue: BTreeSet<(i64, String, String)>,
+    /// Schedules whose record a pass could not write (the store failed):
+    /// written again every `RETRY_MS` until it works.
+    unsaved: BTreeSet<(String, String)>,
 }
 
 impl State {
@@ -167,8 +172,11 @@ impl Scheduler {
     /// ticks are recorded.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
+            let unsaved = !self.save_unsaved();
             let first = self.state.lock().expect("scheduler lock").queue.first().map(|(d, _, _)| *d);
             let now = now_ms() as i64;
+            // Records to write again wake the loop as a tick would.
+            let first = if unsaved { Some(first.map_or(now + RETRY_MS, |d| d.min(now + RETRY_MS))) } else { first };
             match first {
                 Some(due) if due <= now => self.pass(now).await,
                 Some(due) => {
@@ -272,9 +280,10 @@ impl Scheduler {
         }
         let recs: Vec<&Schedule> = keys.iter().filter_map(|k| st.entries.get(k)).map(|e| &e.rec).collect();
         if let Err(e) = self.persist(&recs) {
-            // The ticks' workflows exist; after a restart they are found
-            // again by their request ids.
-            tracing::error!(error = %e, "recording schedule ticks failed");
+            // The ticks' workflows exist (a crash meanwhile finds them again
+            // by their request ids); the records are written again later.
+            tracing::warn!(error = %e, "recording schedule ticks failed; retrying");
+            st.unsaved.extend(keys);
         }
         tracing::debug!(
             schedules,
@@ -283,6 +292,25 @@ impl Scheduler {
             total_ms = started.elapsed().as_millis() as u64,
             "schedule pass"
         );
+    }
+
+    /// Writes the records a pass could not; `true` once none is left.
+    fn save_unsaved(&self) -> bool {
+        let mut st = self.state.lock().expect("scheduler lock");
+        if st.unsaved.is_empty() {
+            return true;
+        }
+        let recs: Vec<&Schedule> = st.unsaved.iter().filter_map(|k| st.entries.get(k)).map(|e| &e.rec).collect();
+        match self.persist(&recs) {
+            Ok(()) => {
+                st.unsaved.clear();
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "recording schedule ticks failed again");
+                false
+            }
+        }
     }
 
     // ---- changes ------------------------------------------------------------
@@ -330,8 +358,16 @@ impl Scheduler {
 
     /// Installs the `[schedules]` of a deployed pack version, and removes the
     /// ones an earlier version defined and this one does not. A pack's
-    /// schedule keeps its pause and its place across deploys.
-    pub fn install_pack(&self, tenant: &str, pack: &str, schedules: &BTreeMap<String, ScheduleSpec>) {
+    /// schedule keeps its pause and its place across deploys. When the store
+    /// cannot write, the rest is still tried and `Unavailable` returned:
+    /// deploying again installs the schedules again.
+    pub fn install_pack(
+        &self,
+        tenant: &str,
+        pack: &str,
+        schedules: &BTreeMap<String, ScheduleSpec>,
+    ) -> Result<(), ApiError> {
+        let mut first_error = None;
         for (name, spec) in schedules {
             let paused = {
                 let st = self.state.lock().expect("scheduler lock");
@@ -340,6 +376,9 @@ impl Scheduler {
             let def = Definition { name: name.clone(), pack: pack.to_string(), spec: spec.clone(), paused };
             if let Err(e) = self.put(tenant, def, true) {
                 tracing::error!(tenant, pack, schedule = %name, error = %e, "installing a pack's schedule failed");
+                if let ApiError::Unavailable(_) = e {
+                    first_error.get_or_insert(e);
+                }
             }
         }
         let stale: Vec<String> = {
@@ -352,8 +391,11 @@ impl Scheduler {
                 .collect()
         };
         for name in stale {
-            let _ = self.delete(tenant, &name);
+            if let Err(e @ ApiError::Unavailable(_)) = self.delete(tenant, &name) {
+                first_error.get_or_insert(e);
+            }
         }
+        first_error.map_or(Ok(()), Err)
     }
 
     fn update(&self, tenant: &str, name: &str, f: impl FnOnce(&mut Schedule)) -> Result<Schedule, ApiError> {
