@@ -254,11 +254,12 @@ fn sigterm_stops_a_server_whose_turn_spins() {
     let spin = r#"rule "spin" { match { g: Go(n >= 0) } action { modify(g, #{ n: g.n + 1 }); } }"#;
     let limits = "max_firings_per_turn = 10000000\nmax_turn_ms = 600000\nmax_memory_mb = 1024";
     let runtime = rt();
-    let attack = runtime.block_on(async {
+    let mut a = runtime.block_on(async {
         let mut a = client(&s.addr, TOKEN_A).await;
         deploy(&mut a, pack("spin", limits, spin)).await.expect("deploy");
-        tokio::spawn(async move { start(&mut a, "spin", "s1", serde_json::json!({"n": 0})).await })
+        a
     });
+    let attack = runtime.spawn(async move { start(&mut a, "spin", "s1", serde_json::json!({"n": 0})).await });
     std::thread::sleep(Duration::from_millis(1500));
     let t = Instant::now();
     let status = s.terminate();
