@@ -429,12 +429,12 @@ fn e0006_manifest_values() {
             --- stdout
             tests/data/broken/manifest_values: 6 error(s), 0 warning(s)
             --- stderr
-            tests/data/broken/manifest_values/pack.toml:2:8: error[E0006]: a pack name is letters, digits, `-`, `_` or `.`
+            tests/data/broken/manifest_values/pack.toml:2:8: error[E0006]: a pack name is 1 to 128 letters, digits, `-`, `_` or `.`
               |
             2 | name = "bad name!"
               |        ^
 
-            tests/data/broken/manifest_values/pack.toml:3:11: error[E0006]: the pack version cannot be empty
+            tests/data/broken/manifest_values/pack.toml:3:11: error[E0006]: a pack version is 1 to 64 characters, without spaces
               |
             3 | version = " "
               |           ^
@@ -537,7 +537,7 @@ fn e0006_manifest_error_does_not_hide_test_file_errors() {
             6 | timeout = "soon"
               |           ^
 
-            tests/data/broken/manifest_hides_tests/tests/t.toml:3:10: error[E0007]: a fact type starts with an upper-case letter: `chunk`
+            tests/data/broken/manifest_hides_tests/tests/t.toml:3:10: error[E0007]: `chunk` is not a fact type: a fact type is an upper-case letter, then letters, digits or `_` (at most 128)
               |
             3 | facts = [{ type = "chunk" }]
               |          ^
@@ -592,7 +592,7 @@ fn e0007_test_file() {
             15 | calls = { "media.encod" = 1 }
                |           ^
 
-            tests/data/broken/test_file/tests/b_names.toml:19:10: error[E0007]: a fact type starts with an upper-case letter: `chunk`
+            tests/data/broken/test_file/tests/b_names.toml:19:10: error[E0007]: `chunk` is not a fact type: a fact type is an upper-case letter, then letters, digits or `_` (at most 128)
                |
             19 | facts = [{ type = "chunk", fields = { i = 1 } }]
                |          ^

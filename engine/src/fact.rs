@@ -75,6 +75,7 @@ impl WorkflowId {
         let body = s.strip_prefix(Self::PREFIX).unwrap_or(s);
         if body.is_empty() || body.len() > 128 || !body.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
+            let s = stoa_rules::diagnostic::shown(s);
             return Err(format!("invalid workflow id `{s}`: use 1 to 128 letters, digits, `-`, `_` or `.`"));
         }
         Ok(WorkflowId::new(s))

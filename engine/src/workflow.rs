@@ -517,8 +517,9 @@ impl Workflow {
 
     fn validate(&self, facts: &[FactSpec]) -> Result<(), Rejected> {
         for (i, f) in facts.iter().enumerate() {
-            if !f.ty.starts_with(|c: char| c.is_ascii_uppercase()) {
-                return Err(Rejected::InvalidFact(i, format!("type `{}` must start with an upper-case letter", f.ty)));
+            if !stoa_rules::value::valid_type_name(&f.ty) {
+                let (ty, rule) = (stoa_rules::diagnostic::shown(&f.ty), stoa_rules::sandbox::TYPE_NAME_RULE);
+                return Err(Rejected::InvalidFact(i, format!("type `{ty}`: {rule}")));
             }
             if let Some((k, _)) = f.fields.iter().find(|(k, _)| k.with_name(|n| n.starts_with('_'))) {
                 return Err(Rejected::InvalidFact(i, format!("field `{k}` starts with `_`, which is reserved")));

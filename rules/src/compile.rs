@@ -311,12 +311,9 @@ fn check_tests(
         let x = &case.expect;
         for f in &case.facts {
             let spec = f.get_ref();
-            if !spec.ty.starts_with(|c: char| c.is_ascii_uppercase()) {
-                error(
-                    at(f.span()),
-                    Code::TestFile,
-                    format!("a fact type starts with an upper-case letter: `{}`", spec.ty),
-                );
+            if !crate::value::valid_type_name(&spec.ty) {
+                let (ty, rule) = (crate::diagnostic::shown(&spec.ty), crate::sandbox::TYPE_NAME_RULE);
+                error(at(f.span()), Code::TestFile, format!("`{ty}` is not a fact type: {rule}"));
             }
             if let Some(schema) = m.and_then(|m| m.facts.get(&spec.ty)) {
                 for v in schema.violations(&spec.ty, &spec.fields) {

@@ -81,6 +81,18 @@ pub struct Diagnostic {
     pub message: String,
 }
 
+/// Some text a user gave, to quote in a message: whole if short, else its
+/// first characters and its length, so that a megabyte of input never ends
+/// up in an error (gRPC metadata, logs).
+pub fn shown(s: &str) -> String {
+    const MAX: usize = 48;
+    if s.len() <= MAX && !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    let head: String = s.chars().take(MAX).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect();
+    format!("{head}… ({} bytes)", s.len())
+}
+
 impl Diagnostic {
     pub fn error(path: &Path, pos: Pos, code: Code, message: impl Into<String>) -> Diagnostic {
         Diagnostic { path: path.to_path_buf(), pos, severity: Severity::Error, code, message: message.into() }

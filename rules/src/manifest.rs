@@ -228,6 +228,17 @@ struct RawRetry {
     multiplier: Option<f64>,
 }
 
+/// Whether `s` can name a pack: 1 to 128 letters, digits, `-`, `_` or `.`.
+pub fn valid_pack_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// Whether `s` can be a pack version: 1 to 64 characters, none blank or
+/// a control character.
+pub fn valid_version(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 /// Parses a manifest; on failure returns every problem found.
 pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic>> {
     let map = SourceMap::new(src);
@@ -254,8 +265,7 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
         }
     };
     let name = raw.pack.name.get_ref().clone();
-    let name_ok =
-        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    let name_ok = valid_pack_name(&name);
     let mut functions = BTreeMap::new();
     for (fname, f) in &raw.functions {
         let span = f.span();
@@ -285,6 +295,11 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
     let mut diags = diags.into_inner();
     let mut facts = BTreeMap::new();
     for (ty, fields) in &raw.facts {
+        if !crate::value::valid_type_name(ty) {
+            let pos = fields.values().next().map(|f| at(f.span())).unwrap_or_default();
+            let (shown, rule) = (crate::diagnostic::shown(ty), crate::sandbox::TYPE_NAME_RULE);
+            diags.push(Diagnostic::error(path, pos, Code::Manifest, format!("[facts.{shown}]: {rule}")));
+        }
         let mut schema = Schema::default();
         for (fname, spec) in fields {
             let text = spec.get_ref().trim();
@@ -312,15 +327,15 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
             path,
             at(raw.pack.name.span()),
             Code::Manifest,
-            "a pack name is letters, digits, `-`, `_` or `.`",
+            "a pack name is 1 to 128 letters, digits, `-`, `_` or `.`",
         ));
     }
-    if raw.pack.version.get_ref().trim().is_empty() {
+    if !valid_version(raw.pack.version.get_ref()) {
         diags.push(Diagnostic::error(
             path,
             at(raw.pack.version.span()),
             Code::Manifest,
-            "the pack version cannot be empty",
+            "a pack version is 1 to 64 characters, without spaces",
         ));
     }
     for (sig, sub) in &raw.signals {
@@ -483,6 +498,24 @@ cron = "@daily"
                 pack.toml:13:16: error[E0011]: schedule `b`: max_catch_up must be between 1 and 100000
                 pack.toml:15:1: error[E0011]: schedule name `bad name`: use letters, digits, `-`, `_` or `.` (at most 128)"#]],
         );
+    }
+
+    #[test]
+    fn limits_are_whole_numbers_from_one_and_known_by_name() {
+        check(
+            "[pack]\nname = \"p\"\nversion = \"1\"\n[limits]\nmax_operations = 0\nmax_opps = 3\nmax_turn_ms = \"1s\"\n",
+            expect_test::expect![[r#"
+                pack.toml:5:18: error[E0012]: [limits] max_operations must be a whole number from 1 up (there is no unlimited)
+                pack.toml:6:12: error[E0006]: unknown limit `max_opps`; expected one of `max_firings_per_turn`, `max_operations`, `max_call_depth`, `max_string_size`, `max_array_size`, `max_map_size`, `max_facts`, `max_turn_ms`, `max_memory_mb`
+                pack.toml:7:15: error[E0012]: [limits] max_turn_ms must be a whole number from 1 up (there is no unlimited)"#]],
+        );
+        let m = parse_manifest(
+            Path::new("pack.toml"),
+            "[pack]\nname = \"p\"\nversion = \"1\"\n[limits]\nmax_turn_ms = 50\n",
+        )
+        .unwrap();
+        assert_eq!((m.limits.max_turn_ms, m.limits.max_operations), (50, Limits::default().max_operations));
+        assert_eq!(m.limits_set.0.keys().copied().collect::<Vec<_>>(), ["max_turn_ms"]);
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub fn translate(script: &Script, vars: &[(&str, usize, BindingKind)]) -> Option
             _ => None,
         };
         let step = match (call.name.as_str(), &call.args[..]) {
-            ("insert", [RExpr::StringConstant(ty, _), map]) if ty.starts_with(|c: char| c.is_ascii_uppercase()) => {
+            ("insert", [RExpr::StringConstant(ty, _), map]) if crate::value::valid_type_name(ty) => {
                 Step::Insert { ty: Sym::new(ty), fields: fields(map, vars)? }
             }
             ("modify", [fact, map]) => Step::Modify { slot: fact_slot(fact)?, changes: fields(map, vars)? },

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Map, Position, Scope, AST};
 
-use crate::diagnostic::Pos;
+use crate::diagnostic::{shown, Pos};
 use crate::limits::Limits;
 use crate::value::{Fields, Sym, Value};
 
@@ -489,10 +489,13 @@ fn fact_id(m: &Map, what: &str) -> Result<u64, Box<EvalAltResult>> {
         .ok_or_else(|| format!("{what} needs a fact bound in `match` or an id returned by `insert`").into())
 }
 
+/// How a fact type is named, for messages.
+pub const TYPE_NAME_RULE: &str = "a fact type is an upper-case letter, then letters, digits or `_` (at most 128)";
+
 fn register_builtins(e: &mut Engine) {
     e.register_fn("insert", |ty: &str, fields: Map| -> Result<i64, Box<EvalAltResult>> {
-        if !ty.starts_with(|c: char| c.is_ascii_uppercase()) {
-            return Err(format!("insert: a fact type starts with an upper-case letter: `{ty}`").into());
+        if !crate::value::valid_type_name(ty) {
+            return Err(format!("insert: `{}` is not a fact type: {TYPE_NAME_RULE}", shown(ty)).into());
         }
         let fields = fields_of(&fields, "insert")?;
         with_buffer(|b| {
@@ -540,8 +543,8 @@ fn register_builtins(e: &mut Engine) {
         with_buffer(|b| b.effects.push(Effect::Log { message }))
     });
     fn timer(due: Due, ty: &str, fields: &Map, what: &str) -> Result<i64, Box<EvalAltResult>> {
-        if !ty.starts_with(|c: char| c.is_ascii_uppercase()) {
-            return Err(format!("{what}: a fact type starts with an upper-case letter: `{ty}`").into());
+        if !crate::value::valid_type_name(ty) {
+            return Err(format!("{what}: `{}` is not a fact type: {TYPE_NAME_RULE}", shown(ty)).into());
         }
         let fields = fields_of(fields, what)?;
         with_buffer(|b| {

@@ -255,6 +255,17 @@ impl<'de> serde::Deserialize<'de> for Value {
     }
 }
 
+/// Longest fact type name.
+pub const MAX_TYPE_NAME: usize = 128;
+
+/// Whether `s` can name a fact type: an upper-case ASCII letter, then
+/// letters, digits or `_`, at most `MAX_TYPE_NAME` bytes.
+pub fn valid_type_name(s: &str) -> bool {
+    s.len() <= MAX_TYPE_NAME
+        && s.starts_with(|c: char| c.is_ascii_uppercase())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// The fields of one fact. Up to two live inline, in the fact itself: no
 /// allocation for small facts (a million two-field facts take 60 bytes
 /// less each), and no pointer to chase when matching reads them.

@@ -17,6 +17,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::tenant;
+use crate::input;
 use crate::runtime::Runtime;
 use crate::schedule::api as sched;
 use crate::upgrade::{Mode, Rollout, UpgradeJob};
@@ -31,14 +32,15 @@ pub(crate) fn facts_in(facts: Vec<pb::FactInput>) -> Result<Vec<FactSpec>, Statu
         .into_iter()
         .enumerate()
         .map(|(i, f)| {
-            if f.r#type.is_empty() {
-                return Err(Status::invalid_argument(format!("facts[{i}].type: required")));
-            }
+            input::fact_type(&format!("facts[{i}].type"), &f.r#type)?;
             let json = if f.fields_json.trim().is_empty() { "{}" } else { f.fields_json.as_str() };
             let v: serde_json::Value = serde_json::from_str(json)
                 .map_err(|e| Status::invalid_argument(format!("facts[{i}].fields_json: not JSON: {e}")))?;
             let fields = Fields::from_json(&v)
                 .ok_or_else(|| Status::invalid_argument(format!("facts[{i}].fields_json: must be a JSON object")))?;
+            for (k, _) in fields.iter() {
+                k.with_name(|k| input::field_name(&format!("facts[{i}].fields_json"), k))?;
+            }
             Ok(FactSpec { ty: f.r#type, fields })
         })
         .collect()
@@ -160,10 +162,15 @@ impl pb::stoa_server::Stoa for StoaService {
         }
         let mut files = BTreeMap::new();
         for (i, f) in req.files.into_iter().enumerate() {
-            if f.path.is_empty() || f.path.starts_with('/') || f.path.split('/').any(|p| p == "..") {
+            if f.path.is_empty()
+                || f.path.len() > 256
+                || f.path.starts_with('/')
+                || f.path.split('/').any(|p| p == "..")
+                || f.path.chars().any(char::is_control)
+            {
                 return Err(Status::invalid_argument(format!(
-                    "files[{i}].path: `{}` must be relative, without `..`",
-                    f.path
+                    "files[{i}].path: `{}` must be a relative path of at most 256 bytes, without `..`",
+                    stoa_rules::diagnostic::shown(&f.path)
                 )));
             }
             let text = String::from_utf8(f.content)
@@ -219,12 +226,8 @@ impl pb::stoa_server::Stoa for StoaService {
     ) -> Result<Response<pb::RolloutPackResponse>, Status> {
         let tenant = tenant(&req)?;
         let req = req.into_inner();
-        if req.name.is_empty() {
-            return Err(Status::invalid_argument("name: required"));
-        }
-        if req.version.is_empty() {
-            return Err(Status::invalid_argument("version: required"));
-        }
+        input::pack_name("name", &req.name)?;
+        input::version("version", &req.version)?;
         let mode = rollout_mode(req.rollout, req.canary_fraction)?;
         let (rollout, job) = self.runtime.rollout(&tenant, &req.name, &req.version, mode).await?;
         Ok(Response::new(rollout_out(rollout, job)))
@@ -236,9 +239,7 @@ impl pb::stoa_server::Stoa for StoaService {
     ) -> Result<Response<pb::RolloutPackResponse>, Status> {
         let tenant = tenant(&req)?;
         let req = req.into_inner();
-        if req.name.is_empty() {
-            return Err(Status::invalid_argument("name: required"));
-        }
+        input::pack_name("name", &req.name)?;
         let (rollout, job) = self.runtime.rollback(&tenant, &req.name).await?;
         Ok(Response::new(rollout_out(rollout, job)))
     }
@@ -246,9 +247,7 @@ impl pb::stoa_server::Stoa for StoaService {
     async fn get_upgrade(&self, req: Request<pb::GetUpgradeRequest>) -> Result<Response<pb::UpgradeJob>, Status> {
         let tenant = tenant(&req)?;
         let req = req.into_inner();
-        if req.name.is_empty() {
-            return Err(Status::invalid_argument("name: required"));
-        }
+        input::pack_name("name", &req.name)?;
         let job = self
             .runtime
             .upgrade_job(&tenant, &req.name)?
@@ -262,11 +261,12 @@ impl pb::stoa_server::Stoa for StoaService {
     ) -> Result<Response<pb::SendSignalResponse>, Status> {
         let tenant = tenant(&req)?;
         let req = req.into_inner();
-        if req.name.is_empty() || req.name.len() > 200 {
-            return Err(Status::invalid_argument("name: required, at most 200 bytes"));
+        if req.name.is_empty() || req.name.len() > 200 || req.name.chars().any(char::is_control) {
+            return Err(Status::invalid_argument("name: required, at most 200 bytes, without control characters"));
         }
-        if req.signal_id.is_empty() || req.signal_id.len() > 256 || req.signal_id.contains('/') {
-            return Err(Status::invalid_argument("signal_id: required, at most 256 bytes, without `/`"));
+        input::client_id("signal_id", &req.signal_id)?;
+        if req.signal_id.contains('/') {
+            return Err(Status::invalid_argument("signal_id: `/` is not allowed in a signal id"));
         }
         let payload = if req.payload_json.trim().is_empty() {
             serde_json::Value::Null
@@ -301,9 +301,7 @@ impl pb::stoa_server::Stoa for StoaService {
     ) -> Result<Response<pb::GetLineageResponse>, Status> {
         let tenant = tenant(&req)?;
         let req = req.into_inner();
-        if req.signal_id.is_empty() {
-            return Err(Status::invalid_argument("signal_id: required"));
-        }
+        input::client_id("signal_id", &req.signal_id)?;
         let chain = self.runtime.lineage(&tenant, &req.signal_id)?;
         let signals = chain
             .into_iter()
@@ -350,9 +348,8 @@ impl pb::stoa_server::Stoa for StoaService {
     ) -> Result<Response<pb::StartWorkflowResponse>, Status> {
         let tenant = tenant(&req)?;
         let req = req.into_inner();
-        if req.pack.is_empty() {
-            return Err(Status::invalid_argument("pack: required"));
-        }
+        input::pack_name("pack", &req.pack)?;
+        input::client_id("request_id", &req.request_id)?;
         let facts = facts_in(req.facts)?;
         let rt = self.runtime.clone();
         let (id, created) = detached(async move { rt.start(&tenant, &req.pack, facts, &req.request_id).await }).await?;
@@ -438,6 +435,9 @@ impl pb::stoa_server::Stoa for StoaService {
             n if n > 1000 => return Err(Status::invalid_argument("page_size: at most 1000")),
             n => n as usize,
         };
+        if !req.pack.is_empty() {
+            input::pack_name("pack", &req.pack)?;
+        }
         if !req.status.is_empty() && !matches!(req.status.as_str(), "running" | "completed" | "failed") {
             return Err(Status::invalid_argument("status: one of running, completed, failed"));
         }

@@ -73,11 +73,13 @@ impl Runtime {
     pub(crate) async fn cancel_child(self: &Arc<Self>, inv: InvocationId, stop: &CancellationToken) {
         let Some(parent) = inv.workflow() else { return };
         let tenant = tenant_of(&parent).to_string();
-        let child = Runtime::id_for_request(&tenant, &child_request(&inv));
         // A function's invocation has no workflow under that id: NOT_FOUND.
         let reason = format!("its parent {parent} no longer waits for it");
         let what = format!("cancelling the child of {inv}");
-        let cancel = || self.turn(&tenant, &child, Input::Cancel { reason: reason.clone() });
+        let cancel = || async {
+            let child = self.workflow_for_request(&tenant, &child_request(&inv))?;
+            self.turn(&tenant, &child, Input::Cancel { reason: reason.clone() }).await
+        };
         let _ = until_stored(&self.store, stop, &what, cancel).await;
     }
 }

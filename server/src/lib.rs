@@ -13,6 +13,7 @@ pub mod config;
 mod dispatcher;
 mod error;
 mod health;
+mod input;
 mod pool;
 mod retry;
 mod runtime;

@@ -774,9 +774,24 @@ impl Runtime {
     }
 
     /// The id of the workflow a request id starts: a repeated request finds
-    /// the same slot, even while the first is still committing.
+    /// the same slot, even while the first is still committing. 128 bits of
+    /// SHA-256, so that two request ids of a tenant never meet in practice
+    /// (nor when chosen to: the hash resists that too).
     pub(crate) fn id_for_request(tenant: &str, request_id: &str) -> WorkflowId {
-        WorkflowId::new(format!("{tenant}.{:016x}", fnv1a(request_id.as_bytes(), 0xcbf29ce484222325)))
+        use sha2::Digest;
+        let digest = sha2::Sha256::new().chain_update(tenant).chain_update("/").chain_update(request_id).finalize();
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        WorkflowId::new(format!("{tenant}.{hex}"))
+    }
+
+    /// The workflow of a request id: the one recorded with it, else the one
+    /// it would start. Servers before 128-bit ids hashed request ids to 64
+    /// bits; their workflows keep their ids, found through the record.
+    pub(crate) fn workflow_for_request(&self, tenant: &str, request_id: &str) -> Result<WorkflowId, ApiError> {
+        match self.store.request(&format!("{tenant}/{request_id}"))? {
+            Some(id) => Ok(id),
+            None => Ok(Self::id_for_request(tenant, request_id)),
+        }
     }
 
     /// `start` for every start, the server's own (children, signals,
@@ -789,7 +804,7 @@ impl Runtime {
         request_id: &str,
         origin: Origin,
     ) -> Result<(WorkflowId, bool), ApiError> {
-        let id = Self::id_for_request(tenant, request_id);
+        let id = self.workflow_for_request(tenant, request_id)?;
         let request = format!("{tenant}/{request_id}");
         let (t, p, wid) = (tenant.to_string(), pack.to_string(), id.clone());
         let first = Arc::new(std::sync::atomic::AtomicBool::new(true));

@@ -353,3 +353,76 @@ fn backpressure_admits_exactly_the_quota_and_live_workflows_are_capped() {
     });
     assert_alive(&mut s);
 }
+
+/// `StartWorkflowRequest` with `pack` as raw bytes, to send what a
+/// well-behaved client cannot: a string field that is not UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawStart {
+    #[prost(bytes = "vec", tag = "1")]
+    pack: Vec<u8>,
+    #[prost(string, tag = "3")]
+    request_id: String,
+}
+
+#[test]
+fn hostile_inputs_get_invalid_argument_with_short_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = server(dir.path(), "");
+    rt().block_on(async {
+        let mut a = client(&s.addr, TOKEN_A).await;
+        let mut b = client(&s.addr, TOKEN_B).await;
+        deploy(&mut a, pack("quick", "", QUICK)).await.expect("deploy");
+        let short_invalid = |r: Result<String, tonic::Status>, what: &str| {
+            let e = r.expect_err(what);
+            assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+            assert!(e.message().len() < 300, "{what}: a {}-byte message", e.message().len());
+        };
+        let huge = "p".repeat(1 << 20);
+        short_invalid(start(&mut a, &huge, "r1", serde_json::json!({})).await, "a 1 MB pack name");
+        short_invalid(start(&mut a, "quick", &huge, serde_json::json!({})).await, "a 1 MB request id");
+        let bad_type = facts(serde_json::json!([{"type": "Go\u{0}", "fields": {}}]));
+        let r = a
+            .start_workflow(pb::StartWorkflowRequest { pack: "quick".into(), facts: bad_type, request_id: "r2".into() })
+            .await;
+        short_invalid(r.map(|_| String::new()), "a fact type with NUL");
+        let long_type = facts(serde_json::json!([{"type": format!("G{}", "o".repeat(1 << 20)), "fields": {}}]));
+        let r = a
+            .start_workflow(pb::StartWorkflowRequest {
+                pack: "quick".into(),
+                facts: long_type,
+                request_id: "r3".into(),
+            })
+            .await;
+        short_invalid(r.map(|_| String::new()), "a 1 MB fact type");
+        let r =
+            a.get_workflow(pb::GetWorkflowRequest { workflow_id: format!("wf_a.{huge}"), without_facts: true }).await;
+        short_invalid(r.map(|_| String::new()), "a 1 MB workflow id");
+
+        // Not UTF-8: INVALID_ARGUMENT, not INTERNAL.
+        let mut grpc = tonic::client::Grpc::new(crate::client::channel(&s.addr).await);
+        grpc.ready().await.expect("ready");
+        let mut req = tonic::Request::new(RawStart { pack: vec![0xff, 0xfe, b'x'], request_id: "r4".into() });
+        req.metadata_mut().insert("authorization", format!("Bearer {TOKEN_A}").parse().expect("ascii"));
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static("/stoa.v1.Stoa/StartWorkflow");
+        let codec = tonic_prost::ProstCodec::<RawStart, pb::StartWorkflowResponse>::default();
+        let e = grpc.unary(req, path, codec).await.expect_err("not UTF-8");
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+        // Another tenant's pack does not exist for b, whatever b did with the name.
+        let e = b.rollback_pack(pb::RollbackPackRequest { name: "quick".into() }).await.expect_err("rollback");
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        b.deploy_pack(pb::DeployPackRequest { files: pack("quick", "", QUICK), dry_run: true, ..Default::default() })
+            .await
+            .expect("dry run");
+        let e = b.rollback_pack(pb::RollbackPackRequest { name: "quick".into() }).await.expect_err("rollback");
+        assert_eq!(e.code(), Code::NotFound, "after a dry run: {e:?}");
+        let e = b
+            .rollout_pack(pb::RolloutPackRequest { name: "quick".into(), version: "1".into(), ..Default::default() })
+            .await
+            .expect_err("rollout");
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        let e = b.get_upgrade(pb::GetUpgradeRequest { name: "quick".into() }).await.expect_err("upgrade");
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    });
+    assert_alive(&mut s);
+}
