@@ -284,7 +284,7 @@ impl pb::stoa_server::Stoa for StoaService {
             name: req.name,
             payload: stoa_rules::Value::from_json(&payload),
             from: None,
-            at_ms: crate::runtime::now_ms(),
+            at_ms: self.runtime.clock.now_ms(),
         };
         let rt = self.runtime.clone();
         let (rec, created) = detached(async move { rt.route_signal(&tenant, signal, target).await }).await?;

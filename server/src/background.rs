@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use stoa_engine::store::{Store, SIGNAL_OUTBOX};
+use stoa_engine::store::SIGNAL_OUTBOX;
 use stoa_engine::workflow::{Input, Invocation, Outcome, Rejected, Signal};
 use stoa_engine::{InvocationId, WorkflowId};
 use tokio::sync::{mpsc, Semaphore};
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
 use crate::retry::until_stored;
-use crate::runtime::{now_ms, tenant_of, Runtime};
+use crate::runtime::{tenant_of, Runtime};
 
 /// What turns (and `health`, with `Healed`: the store healed, re-read the
 /// timers and the signals to route) ask of the background.
@@ -49,25 +49,16 @@ pub async fn run(rt: Arc<Runtime>, mut rx: mpsc::UnboundedReceiver<Background>, 
     let permits = Arc::new(Semaphore::new(TIMER_CONCURRENCY));
     loop {
         let wait = match due.first() {
-            Some((at, _, _)) => std::time::Duration::from_millis(at.saturating_sub(now_ms())),
+            Some((at, _, _)) => std::time::Duration::from_millis(at.saturating_sub(rt.clock.now_ms())),
             None => std::time::Duration::from_secs(3600),
         };
+        // In a fixed order (a random one would not replay): due timers
+        // before new messages, which could otherwise hold them back.
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break,
-            msg = rx.recv() => match msg {
-                None => break,
-                Some(Background::Timer { workflow, id, due_ms }) => {
-                    due.insert((due_ms, workflow, id));
-                }
-                Some(Background::Healed) => {
-                    // Firing a timer twice is harmless: its turn deletes it.
-                    load_timers(&rt, &mut due);
-                    resume_signals(&rt, &shutdown);
-                }
-                Some(other) => handle(&rt, other, &shutdown),
-            },
             _ = tokio::time::sleep(wait) => {
-                let now = now_ms();
+                let now = rt.clock.now_ms();
                 while due.first().is_some_and(|t| t.0 <= now) {
                     let (at, wf, id) = due.pop_first().expect("checked");
                     // Timers of one workflow due at the same instant: one turn.
@@ -84,6 +75,18 @@ pub async fn run(rt: Arc<Runtime>, mut rx: mpsc::UnboundedReceiver<Background>, 
                     });
                 }
             }
+            msg = rx.recv() => match msg {
+                None => break,
+                Some(Background::Timer { workflow, id, due_ms }) => {
+                    due.insert((due_ms, workflow, id));
+                }
+                Some(Background::Healed) => {
+                    // Firing a timer twice is harmless: its turn deletes it.
+                    load_timers(&rt, &mut due);
+                    resume_signals(&rt, &shutdown);
+                }
+                Some(other) => handle(&rt, other, &shutdown),
+            },
         }
     }
 }
@@ -105,7 +108,7 @@ async fn fire(rt: &Arc<Runtime>, wf: WorkflowId, mut ids: Vec<u64>, due_ms: u64)
                 // Late rather than never: try again in a second.
                 tracing::warn!(workflow = %wf, timers = ?ids, error = %e, "timer turn failed; retrying");
                 for id in ids {
-                    let (workflow, due_ms) = (wf.clone(), due_ms.max(now_ms() + 1000));
+                    let (workflow, due_ms) = (wf.clone(), due_ms.max(rt.clock.now_ms() + 1000));
                     let _ = rt.background.send(Background::Timer { workflow, id, due_ms });
                 }
                 return;
@@ -130,7 +133,7 @@ fn handle(rt: &Arc<Runtime>, msg: Background, stop: &CancellationToken) {
             Background::Timer { .. } | Background::Healed => unreachable!("handled by the loop"),
             Background::Signal { tenant, signal } => {
                 let what = format!("routing signal {}", signal.id);
-                let routed = until_stored(&rt.store, &stop, &what, || rt.route_signal(&tenant, signal.clone(), None));
+                let routed = until_stored(&*rt.store, &rt.clock, &stop, &what, || rt.route_signal(&tenant, signal.clone(), None));
                 if let Err(e) = routed.await {
                     tracing::error!(error = %e, "routing a signal");
                 }
@@ -139,7 +142,7 @@ fn handle(rt: &Arc<Runtime>, msg: Background, stop: &CancellationToken) {
             Background::CancelChild(inv) => rt.cancel_child(inv, &stop).await,
             Background::ChildDone { parent, outcome } => {
                 let what = format!("answering parent invocation {parent}");
-                if let Err(e) = until_stored(&rt.store, &stop, &what, || rt.deliver(&parent, outcome.clone())).await {
+                if let Err(e) = until_stored(&*rt.store, &rt.clock, &stop, &what, || rt.deliver(&parent, outcome.clone())).await {
                     tracing::error!(invocation = %parent, error = %e, "answering a parent");
                 }
             }

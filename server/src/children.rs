@@ -6,7 +6,6 @@
 //! store cannot write (`retry`), until `stop`.
 
 use std::sync::Arc;
-use stoa_engine::store::Store;
 use stoa_engine::workflow::{ErrorKind, Input, Invocation, Origin, Outcome, Status, CHILD_PREFIX};
 use stoa_engine::InvocationId;
 use stoa_rules::testcase::FactSpec;
@@ -35,16 +34,16 @@ impl Runtime {
             Err(e) => Err(ApiError::InvalidArgument(format!("facts: {e}"))),
             Ok(facts) => {
                 let start = || self.start_as(&tenant, pack, facts.clone(), &request, origin.clone());
-                until_stored(&self.store, stop, &what, start).await
+                until_stored(&*self.store, &self.clock, stop, &what, start).await
             }
         };
         let pending = || async { self.store.pending(&inv.id).map_err(ApiError::from) };
         let outcome = match started {
             // The parent stopped waiting while the child was starting.
-            Ok((child, _)) if !until_stored(&self.store, stop, &what, pending).await.unwrap_or(true) => {
+            Ok((child, _)) if !until_stored(&*self.store, &self.clock, stop, &what, pending).await.unwrap_or(true) => {
                 let reason = format!("its parent {} no longer waits for it", inv.workflow);
                 let cancel = || self.turn(&tenant, &child, Input::Cancel { reason: reason.clone() });
-                let _ = until_stored(&self.store, stop, &what, cancel).await;
+                let _ = until_stored(&*self.store, &self.clock, stop, &what, cancel).await;
                 return;
             }
             // A new child answers when it ends (see `after_commit`).
@@ -52,7 +51,7 @@ impl Runtime {
             // Started before a restart: if it already ended, answer now.
             Ok((child, false)) => {
                 let read = || async { self.get(&tenant, &child) };
-                match until_stored(&self.store, stop, &what, read).await {
+                match until_stored(&*self.store, &self.clock, stop, &what, read).await {
                     Ok(snap) if snap.meta.status != Status::Running => child_outcome(&snap.meta),
                     _ => return,
                 }
@@ -63,7 +62,7 @@ impl Runtime {
             Err(e) => fail(format!("start_workflow(\"{pack}\"): {e}")),
         };
         let what = format!("answering parent invocation {}", inv.id);
-        if let Err(e) = until_stored(&self.store, stop, &what, || self.deliver(&inv.id, outcome.clone())).await {
+        if let Err(e) = until_stored(&*self.store, &self.clock, stop, &what, || self.deliver(&inv.id, outcome.clone())).await {
             tracing::error!(invocation = %inv.id, error = %e, "answering a parent");
         }
     }
@@ -80,6 +79,6 @@ impl Runtime {
             let child = self.workflow_for_request(&tenant, &child_request(&inv))?;
             self.turn(&tenant, &child, Input::Cancel { reason: reason.clone() }).await
         };
-        let _ = until_stored(&self.store, stop, &what, cancel).await;
+        let _ = until_stored(&*self.store, &self.clock, stop, &what, cancel).await;
     }
 }

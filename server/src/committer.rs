@@ -9,16 +9,23 @@
 //! written, until the runtime says it reloaded them (`forgive`): each was
 //! made from memory that assumed the failed turn, and writing it would
 //! put a delta on a state the store does not have.
+//!
+//! The simulation runs the same loop as a task (`Committer::task`), with a
+//! pause before each flush standing for its I/O, so that nothing runs on a
+//! thread of its own and a run replays exactly.
 
 use std::collections::HashSet;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use stoa_engine::store::{Attempts, Commit, Error, Store};
 use stoa_engine::workflow::TurnOutput;
 use stoa_engine::{InvocationId, WorkflowId};
 use tokio::sync::oneshot;
+
+use crate::clock::Clock;
 
 enum Msg {
     Job(Box<Job>),
@@ -37,58 +44,134 @@ struct Job {
     done: oneshot::Sender<Result<TurnOutput, Error>>,
 }
 
-/// A cheap handle; the thread ends at `close` (or when every handle is
-/// dropped), after committing what was queued.
+/// A cheap handle; the thread (or task) ends at `close` (or when every
+/// handle is dropped), after committing what was queued.
 #[derive(Clone)]
 pub struct Committer {
-    tx: mpsc::Sender<Msg>,
+    tx: Tx,
 }
 
-fn now_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+#[derive(Clone)]
+enum Tx {
+    Thread(mpsc::Sender<Msg>),
+    #[cfg_attr(not(test), allow(dead_code))] // the simulation's
+    Task(tokio::sync::mpsc::UnboundedSender<Msg>),
 }
+
+impl Tx {
+    /// Hands the message back if the committer has stopped.
+    fn send(&self, m: Msg) -> Result<(), Msg> {
+        match self {
+            Tx::Thread(tx) => tx.send(m).map_err(|e| e.0),
+            Tx::Task(tx) => tx.send(m).map_err(|e| e.0),
+        }
+    }
+}
+
+/// How long a flush takes in the simulation (virtual time).
+#[cfg_attr(not(test), allow(dead_code))]
+pub type Pace = Arc<dyn Fn() -> Duration + Send + Sync>;
 
 /// Turns per flush at most: bounds the latency of the first turn of a batch.
 const MAX_BATCH: usize = 4096;
 /// How long attempt records of a failed flush wait for the next flush
 /// before they are written by themselves.
-const ATTEMPTS_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+const ATTEMPTS_RETRY: Duration = Duration::from_secs(1);
 
-/// Files one message; `true` at `Close`.
-fn sort(
-    m: Msg,
-    jobs: &mut Vec<Job>,
-    attempts: &mut Vec<(InvocationId, Attempts)>,
-    failed: &mut HashSet<WorkflowId>,
-) -> bool {
-    match m {
-        Msg::Job(j) if failed.contains(&j.workflow) => {
-            let why = "an earlier turn of this workflow failed to commit; it is reloaded from the store";
-            let _ = j.done.send(Err(Error::Io(why.into())));
+/// The committer's state between flushes, whatever runs it.
+struct Writer {
+    store: Arc<dyn Store>,
+    clock: Clock,
+    /// Workflows whose turns are refused until forgiven.
+    failed: HashSet<WorkflowId>,
+    /// Attempt records a failed flush could not write.
+    carried: Vec<(InvocationId, Attempts)>,
+    jobs: Vec<Job>,
+    attempts: Vec<(InvocationId, Attempts)>,
+    closing: bool,
+}
+
+impl Writer {
+    fn new(store: Arc<dyn Store>, clock: Clock) -> Writer {
+        Writer {
+            store,
+            clock,
+            failed: HashSet::new(),
+            carried: Vec::new(),
+            jobs: Vec::new(),
+            attempts: Vec::new(),
+            closing: false,
         }
-        Msg::Job(j) => jobs.push(*j),
-        Msg::Attempts(id, a) => attempts.push((id, a)),
-        Msg::Forgive(wf) => {
-            failed.remove(&wf);
-        }
-        Msg::Close => return true,
     }
-    false
+
+    /// Starts a batch: the attempt records carried over from a failed flush.
+    fn begin(&mut self) {
+        self.attempts = std::mem::take(&mut self.carried);
+    }
+
+    /// Files one message; `closing` is set at `Close`.
+    fn sort(&mut self, m: Msg) {
+        match m {
+            Msg::Job(j) if self.failed.contains(&j.workflow) => {
+                let why = "an earlier turn of this workflow failed to commit; it is reloaded from the store";
+                let _ = j.done.send(Err(Error::Io(why.into())));
+            }
+            Msg::Job(j) => self.jobs.push(*j),
+            Msg::Attempts(id, a) => self.attempts.push((id, a)),
+            Msg::Forgive(wf) => {
+                self.failed.remove(&wf);
+            }
+            Msg::Close => self.closing = true,
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.jobs.len() >= MAX_BATCH || self.closing
+    }
+
+    /// Writes the batch in one flush and answers its turns.
+    fn flush(&mut self) {
+        let mut jobs = std::mem::take(&mut self.jobs);
+        let attempts = std::mem::take(&mut self.attempts);
+        let at_us = self.clock.now_us();
+        for j in &mut jobs {
+            for e in &mut j.output.entries {
+                e.at_us = at_us;
+            }
+        }
+        let commits: Vec<Commit> = jobs
+            .iter()
+            .map(|j| Commit { workflow: &j.workflow, output: &j.output, request_id: j.request_id.as_deref() })
+            .collect();
+        // Before the turns: a turn of this flush that ends an invocation
+        // also drops its attempts record.
+        let mut res = self.store.record_attempts(&attempts);
+        if res.is_ok() {
+            res = self.store.commit(&commits);
+        }
+        drop(commits);
+        if let Err(e) = &res {
+            tracing::error!(error = %e, turns = jobs.len(), "commit failed");
+            self.failed.extend(jobs.iter().map(|j| j.workflow.clone()));
+            self.carried = attempts;
+        }
+        for j in jobs {
+            let _ = j.done.send(res.clone().map(|()| j.output));
+        }
+    }
 }
 
 impl Committer {
-    pub fn spawn(store: Arc<dyn Store>) -> (Committer, JoinHandle<()>) {
+    /// The committer on a thread of its own, as the server runs it.
+    pub fn spawn(store: Arc<dyn Store>, clock: Clock) -> (Committer, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel::<Msg>();
+        let mut w = Writer::new(store, clock);
         let thread = std::thread::Builder::new()
             .name("stoa-committer".into())
             .spawn(move || {
-                let mut closing = false;
-                let mut failed: HashSet<WorkflowId> = HashSet::new();
-                // Attempt records a failed flush could not write.
-                let mut carried: Vec<(InvocationId, Attempts)> = Vec::new();
-                while !closing {
-                    let (mut jobs, mut attempts) = (Vec::new(), std::mem::take(&mut carried));
-                    let first = if attempts.is_empty() {
+                while !w.closing {
+                    w.begin();
+                    let first = if w.attempts.is_empty() {
                         rx.recv().ok()
                     } else {
                         match rx.recv_timeout(ATTEMPTS_RETRY) {
@@ -99,50 +182,63 @@ impl Committer {
                     };
                     match first {
                         // With attempts carried over: one last try.
-                        Some(Msg::Close) if attempts.is_empty() => break,
-                        Some(m) => closing = sort(m, &mut jobs, &mut attempts, &mut failed),
-                        None if attempts.is_empty() => break,
+                        Some(Msg::Close) if w.attempts.is_empty() => break,
+                        Some(m) => w.sort(m),
+                        None if w.attempts.is_empty() => break,
                         None => {}
                     }
-                    while jobs.len() < MAX_BATCH && !closing {
+                    while !w.full() {
                         match rx.try_recv() {
-                            Ok(m) => closing = sort(m, &mut jobs, &mut attempts, &mut failed),
+                            Ok(m) => w.sort(m),
                             Err(_) => break,
                         }
                     }
-                    let at_us = now_us();
-                    for j in &mut jobs {
-                        for e in &mut j.output.entries {
-                            e.at_us = at_us;
-                        }
-                    }
-                    let commits: Vec<Commit> = jobs
-                        .iter()
-                        .map(|j| Commit {
-                            workflow: &j.workflow,
-                            output: &j.output,
-                            request_id: j.request_id.as_deref(),
-                        })
-                        .collect();
-                    // Before the turns: a turn of this flush that ends an
-                    // invocation also drops its attempts record.
-                    let mut res = store.record_attempts(&attempts);
-                    if res.is_ok() {
-                        res = store.commit(&commits);
-                    }
-                    drop(commits);
-                    if let Err(e) = &res {
-                        tracing::error!(error = %e, turns = jobs.len(), "commit failed");
-                        failed.extend(jobs.iter().map(|j| j.workflow.clone()));
-                        carried = attempts;
-                    }
-                    for j in jobs {
-                        let _ = j.done.send(res.clone().map(|()| j.output));
-                    }
+                    w.flush();
                 }
             })
             .expect("spawn committer thread");
-        (Committer { tx }, thread)
+        (Committer { tx: Tx::Thread(tx) }, thread)
+    }
+
+    /// The same committer as a future to run on a task (the simulation):
+    /// each flush first waits the pause `pace` gives.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn task(
+        store: Arc<dyn Store>,
+        clock: Clock,
+        pace: Pace,
+    ) -> (Committer, impl std::future::Future<Output = ()> + Send + 'static) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Msg>();
+        let mut w = Writer::new(store, clock);
+        let run = async move {
+            while !w.closing {
+                w.begin();
+                let first = if w.attempts.is_empty() {
+                    rx.recv().await
+                } else {
+                    match tokio::time::timeout(ATTEMPTS_RETRY, rx.recv()).await {
+                        Ok(Some(m)) => Some(m),
+                        Err(_) => None,
+                        Ok(None) => Some(Msg::Close),
+                    }
+                };
+                match first {
+                    Some(Msg::Close) if w.attempts.is_empty() => break,
+                    Some(m) => w.sort(m),
+                    None if w.attempts.is_empty() => break,
+                    None => {}
+                }
+                tokio::time::sleep(pace()).await;
+                while !w.full() {
+                    match rx.try_recv() {
+                        Ok(m) => w.sort(m),
+                        Err(_) => break,
+                    }
+                }
+                w.flush();
+            }
+        };
+        (Committer { tx: Tx::Task(tx) }, run)
     }
 
     /// Queues a turn; the receiver resolves once it is durable.
@@ -153,9 +249,7 @@ impl Committer {
         request_id: Option<String>,
     ) -> oneshot::Receiver<Result<TurnOutput, Error>> {
         let (done, rx) = oneshot::channel();
-        if let Err(mpsc::SendError(Msg::Job(job))) =
-            self.tx.send(Msg::Job(Box::new(Job { workflow, output, request_id, done })))
-        {
+        if let Err(Msg::Job(job)) = self.tx.send(Msg::Job(Box::new(Job { workflow, output, request_id, done }))) {
             let _ = job.done.send(Err(Error::Io("the server is shutting down".into())));
         }
         rx

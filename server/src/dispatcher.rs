@@ -7,12 +7,17 @@
 //! tried again while the store cannot write (`retry`) until they commit or
 //! the server stops (then the invocation, still waiting in the store, is
 //! dispatched again after the restart).
+//!
+//! Time comes from the injected `Clock` (virtual in the simulation), and
+//! so does the jitter of backoffs; whatever is acted on in a batch (leases
+//! expiring, a lost worker's invocations) is taken in id order, so that a
+//! simulated run replays exactly.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use stoa_engine::store::Attempts;
@@ -23,8 +28,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{Clock, Instant};
 use crate::committer::Committer;
-use crate::runtime::{now_ms, Runtime};
+use crate::runtime::Runtime;
 
 pub type SessionId = u64;
 
@@ -124,6 +130,7 @@ pub struct Options {
     pub max_batch: usize,
     /// On shutdown, how long workers get to answer what they hold.
     pub drain: Duration,
+    pub clock: Clock,
 }
 
 enum State {
@@ -215,11 +222,23 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if d.draining_until.is_some_and(|until| Instant::now() >= until || d.leased() == 0) {
+        if d.draining_until.is_some_and(|until| d.opts.clock.now() >= until || d.leased() == 0) {
             break;
         }
+        // In a fixed order (a random one would not replay): the branches
+        // ready least often first, so none starves the event queue's.
         tokio::select! {
+            biased;
             _ = shutdown.cancelled(), if d.draining_until.is_none() => d.drain_all(),
+            _ = tick.tick() => {
+                d.expire(d.opts.clock.now());
+                d.pump();
+            }
+            Some(done) = d.deliveries.join_next(), if !d.deliveries.is_empty() => {
+                if let Ok(id) = done {
+                    d.delivering.remove(&id);
+                }
+            }
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
                 d.handle(ev);
@@ -229,31 +248,10 @@ pub async fn run(
                 }
                 d.pump();
             }
-            _ = tick.tick() => {
-                d.expire(Instant::now());
-                d.pump();
-            }
-            Some(done) = d.deliveries.join_next(), if !d.deliveries.is_empty() => {
-                if let Ok(id) = done {
-                    d.delivering.remove(&id);
-                }
-            }
         }
     }
     // Let outcomes already decided reach their workflows.
     while d.deliveries.join_next().await.is_some() {}
-}
-
-pub(crate) fn jitter(d: Duration, seed: u64) -> Duration {
-    // ±20% without a random number crate: the low bits of a hash of the id
-    // and the clock are spread enough for backoff.
-    let clock = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0);
-    let x = (seed ^ clock).wrapping_mul(0x9E3779B97F4A7C15) >> 54;
-    let f = 0.8 + (x as f64 / 1024.0) * 0.4;
-    d.mul_f64(f)
 }
 
 impl Dispatcher {
@@ -310,7 +308,7 @@ impl Dispatcher {
                     draining: false,
                 };
                 if let Some(until) = self.draining_until {
-                    let _ = s.tx.try_send(drain_msg(until));
+                    let _ = s.tx.try_send(drain_msg(until, self.opts.clock.now()));
                 }
                 self.sessions.insert(session, s);
             }
@@ -318,7 +316,9 @@ impl Dispatcher {
                 if let Some(s) = self.sessions.remove(&session) {
                     // The worker is gone: its invocations go to another one
                     // at once. Not a function failure: no retry budget used.
-                    for id in s.in_flight {
+                    let mut lost: Vec<InvocationId> = s.in_flight.into_iter().collect();
+                    lost.sort_unstable();
+                    for id in lost {
                         if let Some(item) = self.items.get_mut(&id) {
                             let made = Attempts { made: item.attempt, failures: item.failures, retry_at_ms: 0 };
                             self.committer.record_attempts(id.clone(), made);
@@ -342,7 +342,7 @@ impl Dispatcher {
                 }) = self.items.get_mut(&id)
                 {
                     if *s == session && *a == attempt {
-                        *hb = Instant::now() + Duration::from_millis(inv.heartbeat_ms);
+                        *hb = self.opts.clock.now() + Duration::from_millis(inv.heartbeat_ms);
                     }
                 }
             }
@@ -357,9 +357,9 @@ impl Dispatcher {
             self.dec_pending(tenant, 1); // delivered twice: once is enough
             return;
         }
-        let now = now_ms();
+        let now = self.opts.clock.now_ms();
         let state = if attempts.retry_at_ms > now {
-            State::Backoff { until: Instant::now() + Duration::from_millis(attempts.retry_at_ms - now) }
+            State::Backoff { until: self.opts.clock.now() + Duration::from_millis(attempts.retry_at_ms - now) }
         } else {
             State::Queued
         };
@@ -386,11 +386,11 @@ impl Dispatcher {
     /// Shutdown: every worker is asked to answer what it holds, and nothing
     /// new is leased.
     fn drain_all(&mut self) {
-        let until = Instant::now() + self.opts.drain;
+        let until = self.opts.clock.now() + self.opts.drain;
         self.draining_until = Some(until);
         tracing::info!(leased = self.leased(), "draining workers");
         for s in self.sessions.values() {
-            let _ = s.tx.try_send(drain_msg(until));
+            let _ = s.tx.try_send(drain_msg(until, self.opts.clock.now()));
         }
     }
 
@@ -476,9 +476,9 @@ impl Dispatcher {
     /// counts neither as an attempt nor against the retry budget.
     fn refused(&mut self, mut item: Item, message: &str) {
         item.refusals += 1;
-        let delay = jitter(Duration::from_millis(10 << item.refusals.min(8)), self.seq ^ item.refusals as u64);
+        let delay = self.opts.clock.jitter(Duration::from_millis(10 << item.refusals.min(8)));
         tracing::debug!(invocation = %item.inv.id, attempt = item.attempt, ?delay, %message, "not started");
-        item.state = State::Backoff { until: Instant::now() + delay };
+        item.state = State::Backoff { until: self.opts.clock.now() + delay };
         self.items.insert(item.inv.id.clone(), item);
     }
 
@@ -488,17 +488,17 @@ impl Dispatcher {
         item.failures += 1;
         item.refusals = 0;
         if retryable && item.failures < item.inv.retry.max_attempts.max(1) {
-            let delay = jitter(item.inv.retry.backoff(item.failures), self.seq ^ item.failures as u64);
+            let delay = self.opts.clock.jitter(item.inv.retry.backoff(item.failures));
             tracing::debug!(invocation = %item.inv.id, attempt = item.attempt, ?delay, %message, "retrying");
             // Kept so that a restart neither resets the budget nor skips the backoff.
             let made = Attempts {
                 made: item.attempt,
                 failures: item.failures,
-                retry_at_ms: now_ms() + delay.as_millis() as u64,
+                retry_at_ms: self.opts.clock.now_ms() + delay.as_millis() as u64,
             };
             self.committer.record_attempts(item.inv.id.clone(), made);
             item.attempt += 1;
-            item.state = State::Backoff { until: Instant::now() + delay };
+            item.state = State::Backoff { until: self.opts.clock.now() + delay };
             self.items.insert(item.inv.id.clone(), item);
         } else {
             let attempts = item.attempt;
@@ -510,14 +510,13 @@ impl Dispatcher {
     /// tried again while the store cannot write.
     fn finish(&mut self, item: Item, outcome: Outcome) {
         self.dec_pending(&item.tenant, 1);
-        let (runtime, stop) = (self.runtime.clone(), self.shutdown.clone());
+        let (runtime, stop, clock) = (self.runtime.clone(), self.shutdown.clone(), self.opts.clock.clone());
         let id = item.inv.id;
         self.delivering.insert(id.clone());
         self.deliveries.spawn(async move {
             let what = format!("applying the outcome of {id}");
-            let applied =
-                crate::retry::until_stored(&runtime.store, &stop, &what, || runtime.deliver(&id, outcome.clone()))
-                    .await;
+            let deliver = || runtime.deliver(&id, outcome.clone());
+            let applied = crate::retry::until_stored(&*runtime.store, &clock, &stop, &what, deliver).await;
             if let Err(e) = applied {
                 tracing::error!(invocation = %id, error = %e, "could not apply an outcome");
             }
@@ -540,6 +539,9 @@ impl Dispatcher {
                 _ => {}
             }
         }
+        // In id order: the map's is no order.
+        due.sort_unstable();
+        timed_out.sort_unstable();
         for id in due {
             if let Some(item) = self.items.get_mut(&id) {
                 item.state = State::Queued;
@@ -568,7 +570,7 @@ impl Dispatcher {
         if self.draining_until.is_some() {
             return;
         }
-        let now = Instant::now();
+        let now = self.opts.clock.now();
         let session_ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for sid in session_ids {
             let mut batch = Vec::new();
@@ -657,10 +659,10 @@ impl Dispatcher {
     }
 }
 
-fn drain_msg(until: Instant) -> pb::ServerMessage {
+fn drain_msg(until: Instant, now: Instant) -> pb::ServerMessage {
     msg(pb::server_message::Msg::Drain(pb::Drain {
         reason: "the server is shutting down".into(),
-        deadline_ms: until.saturating_duration_since(Instant::now()).as_millis() as u64,
+        deadline_ms: until.saturating_duration_since(now).as_millis() as u64,
     }))
 }
 

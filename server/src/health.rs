@@ -9,10 +9,10 @@
 //! reopened, and nothing acted on its invocations, children, timers or
 //! signals. Each of them is idempotent, so doing it again is harmless.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use stoa_engine::store::{Health, Store};
+use stoa_engine::store::Health;
 use stoa_proto::v1 as pb;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +32,8 @@ const STOA: &str = <pb::stoa_server::StoaServer<crate::api::StoaService> as toni
 pub(crate) fn restore_outbox(rt: &Runtime, dispatch: &DispatchHandle) -> Result<(), String> {
     let attempts: HashMap<_, _> = rt.store.attempts().map_err(|e| e.to_string())?.into_iter().collect();
     let outbox = rt.stored_outbox()?;
-    let mut by_tenant: HashMap<String, Vec<_>> = HashMap::new();
+    // Tenant by tenant in name order, so that a simulated run replays.
+    let mut by_tenant: BTreeMap<String, Vec<_>> = BTreeMap::new();
     for inv in outbox {
         let tried = attempts.get(&inv.id).copied().unwrap_or_default();
         by_tenant.entry(tenant_of(&inv.workflow).to_string()).or_default().push((inv, tried));
@@ -44,10 +45,10 @@ pub(crate) fn restore_outbox(rt: &Runtime, dispatch: &DispatchHandle) -> Result<
     Ok(())
 }
 
-/// Follows the store's health until `shutdown`: reports it, and after each
-/// heal re-reads what the store holds.
+/// Follows the store's health until `shutdown`: reports it (to gRPC health,
+/// if served), and after each heal re-reads what the store holds.
 pub(crate) async fn run(
-    reporter: HealthReporter,
+    reporter: Option<HealthReporter>,
     runtime: Arc<Runtime>,
     dispatch: DispatchHandle,
     shutdown: CancellationToken,
@@ -55,14 +56,14 @@ pub(crate) async fn run(
     // The health now, and how many heals so far: a failure and its heal
     // between two looks of this task still count.
     let (tx, mut rx) = watch::channel((Health::Serving, 0u64));
-    runtime.store.on_health(move |h| {
+    runtime.store.on_health(Box::new(move |h| {
         tx.send_modify(|(now, heals)| {
             if *now == Health::Failing && h == Health::Serving {
                 *heals += 1;
             }
             *now = h;
         })
-    });
+    }));
     let (mut reported, mut heals_seen) = (Health::Serving, 0);
     loop {
         let (health, heals) = *rx.borrow_and_update();
@@ -72,22 +73,26 @@ pub(crate) async fn run(
                 Health::Serving => ServingStatus::Serving,
                 Health::Failing => ServingStatus::NotServing,
             };
-            reporter.set_service_status("", status).await;
-            reporter.set_service_status(STOA, status).await;
+            if let Some(reporter) = &reporter {
+                reporter.set_service_status("", status).await;
+                reporter.set_service_status(STOA, status).await;
+            }
             reported = health;
         }
         if heals != heals_seen {
             heals_seen = heals;
             let (rt, d) = (runtime.clone(), dispatch.clone());
-            match tokio::task::spawn_blocking(move || restore_outbox(&rt, &d)).await {
+            match runtime.blocking(move || restore_outbox(&rt, &d)).await {
                 Ok(Ok(())) => {}
                 // It failed again; the next heal does it.
                 Ok(Err(e)) => tracing::warn!(error = %e, "re-reading the store after it healed"),
                 Err(e) => tracing::error!(error = %e, "re-reading the store after it healed"),
             }
             let _ = runtime.background.send(Background::Healed);
+            runtime.settle_unsure().await;
         }
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => return,
             changed = rx.changed() => if changed.is_err() { return },
         }

@@ -8,10 +8,12 @@ mod api;
 mod auth;
 mod background;
 mod children;
+mod clock;
 mod committer;
 pub mod config;
 mod dispatcher;
 mod error;
+pub mod faults;
 mod health;
 mod input;
 mod pool;
@@ -20,20 +22,24 @@ mod runtime;
 mod schedule;
 mod signals;
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 mod upgrade;
 mod workers;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use stoa_engine::store::{SledStore, Store};
 use stoa_proto::v1 as pb;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+pub use faults::Faults;
 
 /// Runs the server until `shutdown` is cancelled. `on_listen` receives the
 /// bound address (useful with port 0). On shutdown, in-flight turns finish
@@ -43,18 +49,26 @@ pub async fn serve(
     shutdown: CancellationToken,
     on_listen: impl FnOnce(SocketAddr),
 ) -> Result<(), String> {
+    serve_with_faults(config, shutdown, on_listen, Arc::new(faults::Off)).await
+}
+
+/// `serve`, calling `faults` at its fault points (tests that crash a real
+/// server at a chosen moment).
+pub async fn serve_with_faults(
+    config: Config,
+    shutdown: CancellationToken,
+    on_listen: impl FnOnce(SocketAddr),
+    faults: Arc<dyn Faults>,
+) -> Result<(), String> {
     config.validate()?;
     let policies = config.policies()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
-    let store = Arc::new(
+    let store: Arc<dyn Store> = Arc::new(
         SledStore::open(&config.data_dir, config.cache_mb)
             .map_err(|e| format!("opening {}: {e}", config.data_dir.display()))?,
     );
-    let (committer, committer_thread) = committer::Committer::spawn(store.clone() as Arc<dyn Store>);
-    let closer = committer.clone();
-    let attempts_writer = committer.clone();
-    let (dispatch, dispatch_rx) = dispatcher::channel();
-    let (background_tx, background_rx) = tokio::sync::mpsc::unbounded_channel();
+    let clock = clock::Clock::system();
+    let (committer, committer_thread) = committer::Committer::spawn(store.clone(), clock.clone());
     let threads = config.turn_threads();
     let pool = pool::Pool::start(pool::Options {
         threads,
@@ -63,59 +77,11 @@ pub async fn serve(
         stack_bytes: pool::stack_bytes(&config.highest_ceilings()?),
     })
     .map_err(|e| format!("starting the turn threads: {e}"))?;
-    let in_flight = policies.iter().map(|(t, p)| (t.clone(), p.quotas.max_in_flight as usize)).collect();
-    let runtime = Arc::new(runtime::Runtime::new(
-        store.clone(),
-        committer,
-        pool.clone(),
-        dispatch.clone(),
-        runtime::Options {
-            policies,
-            max_loaded: config.limits.max_loaded_workflows,
-            unload_idle_ms: config.limits.unload_idle_ms,
-        },
-        background_tx,
-    )?);
-    // Invocations that were pending when the server stopped go out again.
-    health::restore_outbox(&runtime, &dispatch)?;
-    let schedules = Arc::new(schedule::Scheduler::load(runtime.clone(), store.clone() as Arc<dyn Store>)?);
-    let scheduler_task = tokio::spawn(schedules.clone().run(shutdown.child_token()));
-    let background_task = tokio::spawn(background::run(runtime.clone(), background_rx, shutdown.child_token()));
-    let unload_task = tokio::spawn(runtime.clone().unload_idle(shutdown.child_token()));
-    // Turns still running when the grace period ends are stopped: a pack
-    // cannot hold the server past it.
-    let grace = std::time::Duration::from_millis(config.limits.worker_drain_ms);
-    let stopper = tokio::spawn({
-        let (shutdown, runtime) = (shutdown.clone(), runtime.clone());
-        async move {
-            shutdown.cancelled().await;
-            tokio::time::sleep(grace).await;
-            runtime.stop_turns();
-        }
-    });
-    // Worker sessions outlive the shutdown signal by the drain: their
-    // answers still count until the dispatcher stops, and then they end.
-    let sessions_closed = CancellationToken::new();
-    let dispatcher_run = dispatcher::run(
-        dispatcher::Options {
-            tenant_max_in_flight: in_flight,
-            function_concurrency: config.function_concurrency.clone(),
-            max_batch: config.limits.max_batch.max(1),
-            drain: std::time::Duration::from_millis(config.limits.worker_drain_ms),
-        },
-        dispatch.clone(),
-        dispatch_rx,
-        runtime.clone(),
-        attempts_writer,
-        shutdown.child_token(),
-    );
-    let dispatcher_task = tokio::spawn({
-        let closed = sessions_closed.clone();
-        async move {
-            dispatcher_run.await;
-            closed.cancel();
-        }
-    });
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<pb::stoa_server::StoaServer<api::StoaService>>().await;
+    health_reporter.set_serving::<pb::workers_server::WorkersServer<workers::WorkersService>>().await;
+    let parts = Parts { store, clock, pool, committer, faults, compile: runtime::compiler() };
+    let core = Core::start(&config, policies, parts, &shutdown, Some(health_reporter))?;
 
     let mut tokens = HashMap::new();
     for t in &config.tenants {
@@ -127,8 +93,11 @@ pub async fn serve(
     let max = config.limits.max_request_bytes;
     use tonic::service::interceptor::InterceptedService;
     let stoa = InterceptedService::new(
-        pb::stoa_server::StoaServer::new(api::StoaService { runtime: runtime.clone(), schedules })
-            .max_decoding_message_size(max),
+        pb::stoa_server::StoaServer::new(api::StoaService {
+            runtime: core.runtime.clone(),
+            schedules: core.schedules.clone(),
+        })
+        .max_decoding_message_size(max),
         {
             let a = auth.clone();
             move |r| a.check(r)
@@ -136,19 +105,13 @@ pub async fn serve(
     );
     let workers = InterceptedService::new(
         pb::workers_server::WorkersServer::new(workers::WorkersService {
-            dispatch: dispatch.clone(),
+            dispatch: core.dispatch.clone(),
             next_session: Arc::new(AtomicU64::new(1)),
-            closed: sessions_closed.clone(),
+            closed: core.sessions_closed.clone(),
         })
         .max_decoding_message_size(max),
         move |r| auth.check(r),
     );
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<pb::stoa_server::StoaServer<api::StoaService>>().await;
-    health_reporter.set_serving::<pb::workers_server::WorkersServer<workers::WorkersService>>().await;
-    // `""` (the whole server) and `stoa.v1.Stoa` follow the store's health.
-    let health_task =
-        tokio::spawn(health::run(health_reporter.clone(), runtime.clone(), dispatch.clone(), shutdown.child_token()));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -175,18 +138,133 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await
         .map_err(|e| e.to_string());
-    // Stop ticking, drain the workers, let decided outcomes commit, then
-    // the committer.
-    let _ = scheduler_task.await;
-    let _ = dispatcher_task.await;
-    let _ = background_task.await;
-    let _ = health_task.await;
-    let _ = unload_task.await;
-    stopper.abort();
-    runtime.stop_turns();
-    pool.close();
-    closer.close();
+    core.stopped().await;
     let _ = tokio::task::spawn_blocking(move || committer_thread.join()).await;
-    drop(runtime);
     result
+}
+
+/// What the core runs on: the store, the clock, where turns run and how
+/// they commit, the fault points, the pack compiler. `serve` gives it
+/// sled, the system clock, threads; the simulation an in-memory store,
+/// virtual time, tasks, and compiled packs from a memo.
+pub(crate) struct Parts {
+    pub store: Arc<dyn Store>,
+    pub clock: clock::Clock,
+    pub pool: pool::Pool,
+    pub committer: committer::Committer,
+    pub faults: Arc<dyn Faults>,
+    pub compile: runtime::Compile,
+}
+
+/// The server without gRPC: the runtime, the dispatcher, the background,
+/// the scheduler, the health follower, the unloader, each on a task.
+pub(crate) struct Core {
+    pub runtime: Arc<runtime::Runtime>,
+    pub schedules: Arc<schedule::Scheduler>,
+    pub dispatch: dispatcher::DispatchHandle,
+    /// Cancelled once the dispatcher has stopped: worker sessions end then.
+    pub sessions_closed: CancellationToken,
+    pool: pool::Pool,
+    committer: committer::Committer,
+    /// Awaited in this order at the stop.
+    tasks: Vec<JoinHandle<()>>,
+    stopper: JoinHandle<()>,
+}
+
+impl Core {
+    /// Loads what the store holds and starts every part; they run until
+    /// `shutdown`.
+    pub(crate) fn start(
+        config: &Config,
+        policies: BTreeMap<String, config::Policy>,
+        parts: Parts,
+        shutdown: &CancellationToken,
+        health: Option<tonic_health::server::HealthReporter>,
+    ) -> Result<Core, String> {
+        let Parts { store, clock, pool, committer, faults, compile } = parts;
+        let (dispatch, dispatch_rx) = dispatcher::channel();
+        let (background_tx, background_rx) = tokio::sync::mpsc::unbounded_channel();
+        let in_flight = policies.iter().map(|(t, p)| (t.clone(), p.quotas.max_in_flight as usize)).collect();
+        let runtime = Arc::new(runtime::Runtime::new(
+            store.clone(),
+            committer.clone(),
+            pool.clone(),
+            dispatch.clone(),
+            runtime::Options {
+                policies,
+                max_loaded: config.limits.max_loaded_workflows,
+                unload_idle_ms: config.limits.unload_idle_ms,
+                clock: clock.clone(),
+                compile,
+            },
+            background_tx,
+        )?);
+        // Invocations that were pending when the server stopped go out again.
+        health::restore_outbox(&runtime, &dispatch)?;
+        let schedules = Arc::new(schedule::Scheduler::load(runtime.clone(), store, faults)?);
+        let scheduler_task = tokio::spawn(schedules.clone().run(shutdown.child_token()));
+        let background_task = tokio::spawn(background::run(runtime.clone(), background_rx, shutdown.child_token()));
+        let unload_task = tokio::spawn(runtime.clone().unload_idle(shutdown.child_token()));
+        // Turns still running when the grace period ends are stopped: a pack
+        // cannot hold the server past it.
+        let grace = std::time::Duration::from_millis(config.limits.worker_drain_ms);
+        let stopper = tokio::spawn({
+            let (shutdown, runtime) = (shutdown.clone(), runtime.clone());
+            async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(grace).await;
+                runtime.stop_turns();
+            }
+        });
+        // Worker sessions outlive the shutdown signal by the drain: their
+        // answers still count until the dispatcher stops, and then they end.
+        let sessions_closed = CancellationToken::new();
+        let dispatcher_run = dispatcher::run(
+            dispatcher::Options {
+                tenant_max_in_flight: in_flight,
+                function_concurrency: config.function_concurrency.clone(),
+                max_batch: config.limits.max_batch.max(1),
+                drain: std::time::Duration::from_millis(config.limits.worker_drain_ms),
+                clock,
+            },
+            dispatch.clone(),
+            dispatch_rx,
+            runtime.clone(),
+            committer.clone(),
+            shutdown.child_token(),
+        );
+        let dispatcher_task = tokio::spawn({
+            let closed = sessions_closed.clone();
+            async move {
+                dispatcher_run.await;
+                closed.cancel();
+            }
+        });
+        // `""` (the whole server) and `stoa.v1.Stoa` follow the store's health.
+        let health_task =
+            tokio::spawn(health::run(health, runtime.clone(), dispatch.clone(), shutdown.child_token()));
+        Ok(Core {
+            runtime,
+            schedules,
+            dispatch,
+            sessions_closed,
+            pool,
+            committer,
+            tasks: vec![scheduler_task, dispatcher_task, background_task, health_task, unload_task],
+            stopper,
+        })
+    }
+
+    /// Once `shutdown` is cancelled: ticks stop, workers drain, outcomes
+    /// already decided commit; then the turns stop and the committer
+    /// commits what is queued and ends.
+    pub(crate) async fn stopped(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.stopper.abort();
+        self.runtime.stop_turns();
+        self.pool.close();
+        self.committer.close();
+    }
 }

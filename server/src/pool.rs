@@ -8,12 +8,17 @@
 //! once, so the others always find one free. A job that panics fails alone.
 //! A thread whose job failed is replaced, which hands its stack (that a
 //! deep script may have touched) back to the system.
+//!
+//! The simulation runs the same jobs inline (`Pool::inline`): on the task
+//! that awaits them, after a pause it chooses, so that nothing runs on a
+//! thread of its own and a run replays exactly.
 
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use stoa_rules::limits::Limits;
 use tokio::sync::oneshot;
@@ -63,8 +68,19 @@ struct Shared {
 /// A cheap handle to the pool.
 #[derive(Clone)]
 pub struct Pool {
-    shared: Arc<Shared>,
+    inner: Inner,
 }
+
+#[derive(Clone)]
+enum Inner {
+    Threads(Arc<Shared>),
+    #[cfg_attr(not(test), allow(dead_code))] // the simulation's
+    Inline { stop: Arc<AtomicBool>, pace: Pace },
+}
+
+/// How long an inline job waits before it runs (virtual time in the
+/// simulation), standing for the queue and the thread's work.
+pub type Pace = Arc<dyn Fn() -> Duration + Send + Sync>;
 
 thread_local! {
     /// Set by a job that failed: its thread is replaced after it.
@@ -93,7 +109,14 @@ impl Pool {
         for _ in 0..threads {
             spawn_worker(shared.clone())?;
         }
-        Ok(Pool { shared })
+        Ok(Pool { inner: Inner::Threads(shared) })
+    }
+
+    /// A pool without threads: each job runs on the task that awaits it,
+    /// after the pause `pace` gives (the simulation's).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn inline(pace: Pace) -> Pool {
+        Pool { inner: Inner::Inline { stop: Arc::new(AtomicBool::new(false)), pace } }
     }
 
     /// Runs `f` on a pool thread, in `tenant`'s turn; resolves with its
@@ -103,36 +126,69 @@ impl Pool {
         tenant: &str,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> impl std::future::Future<Output = Result<T, Panicked>> {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move || {
-            let r = std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
+        let catching = move || {
+            std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
                 retire_this_thread();
                 Panicked(panic_message(&*p))
-            });
-            let _ = tx.send(r);
-        });
-        {
-            let mut st = self.shared.state.lock().expect("pool lock");
-            let q = st.queues.entry(tenant.to_string()).or_default();
-            if q.is_empty() {
-                st.ready.push_back(tenant.to_string());
+            })
+        };
+        let queued = match &self.inner {
+            Inner::Threads(shared) => {
+                let (tx, rx) = oneshot::channel();
+                let job: Job = Box::new(move || {
+                    let _ = tx.send(catching());
+                });
+                {
+                    let mut st = shared.state.lock().expect("pool lock");
+                    let q = st.queues.entry(tenant.to_string()).or_default();
+                    if q.is_empty() {
+                        st.ready.push_back(tenant.to_string());
+                    }
+                    st.queues.get_mut(tenant).expect("just made").push_back(job);
+                }
+                shared.wake.notify_one();
+                Ok(rx)
             }
-            st.queues.get_mut(tenant).expect("just made").push_back(job);
+            Inner::Inline { stop, pace } => Err((stop.clone(), pace.clone(), catching)),
+        };
+        async move {
+            match queued {
+                Ok(rx) => rx.await.unwrap_or_else(|_| Err(Panicked("the pool stopped before running the job".into()))),
+                Err((stop, pace, job)) => {
+                    tokio::time::sleep(pace()).await;
+                    stoa_rules::budget::stop_on(stop);
+                    let r = job();
+                    RETIRE.with(|r| r.set(false));
+                    r
+                }
+            }
         }
-        self.shared.wake.notify_one();
-        async move { rx.await.unwrap_or_else(|_| Err(Panicked("the pool stopped before running the job".into()))) }
+    }
+
+    /// Runs `f`, store work too long to block an async thread with, on
+    /// tokio's blocking threads; inline in a pool without threads.
+    pub async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Panicked> {
+        match &self.inner {
+            Inner::Threads(_) => tokio::task::spawn_blocking(f).await.map_err(|e| Panicked(e.to_string())),
+            Inner::Inline { .. } => std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| Panicked(panic_message(&*p))),
+        }
     }
 
     /// Ends every running and later turn at its next check (a server that
     /// must stop within its grace period).
     pub fn stop_turns(&self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
+        match &self.inner {
+            Inner::Threads(shared) => shared.stop.store(true, Ordering::Relaxed),
+            Inner::Inline { stop, .. } => stop.store(true, Ordering::Relaxed),
+        }
     }
 
     /// Lets the threads end once the queues are empty.
     pub fn close(&self) {
-        self.shared.state.lock().expect("pool lock").closed = true;
-        self.shared.wake.notify_all();
+        if let Inner::Threads(shared) = &self.inner {
+            shared.state.lock().expect("pool lock").closed = true;
+            shared.wake.notify_all();
+        }
     }
 }
 

@@ -6,12 +6,12 @@
 //! so a failure costs each piece of owed work one cheap refusal per pause.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use stoa_engine::store::{Health, SledStore};
+use stoa_engine::store::{Health, Store};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::error::ApiError;
 
 /// The first pause, doubled after each failed try up to `MAX_PAUSE`: the
@@ -22,22 +22,22 @@ const MAX_PAUSE: Duration = Duration::from_secs(2);
 /// Pauses between the tries of one piece of work.
 pub(crate) struct Backoff {
     pause: Duration,
-    seed: u64,
+    clock: Clock,
 }
 
 impl Backoff {
-    pub fn new() -> Backoff {
-        static SEED: AtomicU64 = AtomicU64::new(1);
-        Backoff { pause: FIRST_PAUSE, seed: SEED.fetch_add(1, Ordering::Relaxed) }
+    pub fn new(clock: &Clock) -> Backoff {
+        Backoff { pause: FIRST_PAUSE, clock: clock.clone() }
     }
 
     /// Waits for the next try: the pause (with jitter), and longer while
     /// the store is failing. `false`: `stop` was cancelled meanwhile.
-    pub async fn pause(&mut self, store: &SledStore, stop: &CancellationToken) -> bool {
+    pub async fn pause(&mut self, store: &dyn Store, stop: &CancellationToken) -> bool {
         loop {
-            let pause = crate::dispatcher::jitter(self.pause, self.seed);
+            let pause = self.clock.jitter(self.pause);
             self.pause = (self.pause * 2).min(MAX_PAUSE);
             tokio::select! {
+                biased;
                 _ = stop.cancelled() => return false,
                 _ = tokio::time::sleep(pause) => {}
             }
@@ -51,7 +51,8 @@ impl Backoff {
 /// Runs `f` until it ends other than with `Unavailable`, or `stop` is
 /// cancelled (then its last `Unavailable`). `what` names the work in logs.
 pub(crate) async fn until_stored<T, Fut>(
-    store: &SledStore,
+    store: &dyn Store,
+    clock: &Clock,
     stop: &CancellationToken,
     what: &str,
     mut f: impl FnMut() -> Fut,
@@ -59,7 +60,7 @@ pub(crate) async fn until_stored<T, Fut>(
 where
     Fut: Future<Output = Result<T, ApiError>>,
 {
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::new(clock);
     let mut tries = 0u32;
     loop {
         match f().await {
@@ -90,10 +91,11 @@ mod tests {
     #[tokio::test]
     async fn retries_only_unavailable_and_stops_when_told() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), 8).unwrap();
+        let store = stoa_engine::store::SledStore::open(dir.path(), 8).unwrap();
+        let clock = Clock::system();
         let stop = CancellationToken::new();
         let mut left = 2;
-        let r = until_stored(&store, &stop, "test", || {
+        let r = until_stored(&store, &clock, &stop, "test", || {
             left -= 1;
             let r = if left >= 0 { Err(ApiError::Unavailable("full".into())) } else { Ok(7) };
             async move { r }
@@ -103,7 +105,7 @@ mod tests {
         assert_eq!(left, -1, "two refusals, one success");
 
         let mut tries = 0;
-        let r: Result<(), _> = until_stored(&store, &stop, "test", || {
+        let r: Result<(), _> = until_stored(&store, &clock, &stop, "test", || {
             tries += 1;
             async { Err(ApiError::NotFound("gone".into())) }
         })
@@ -112,7 +114,7 @@ mod tests {
 
         stop.cancel();
         let r: Result<(), _> =
-            until_stored(&store, &stop, "test", || async { Err(ApiError::Unavailable("full".into())) }).await;
+            until_stored(&store, &clock, &stop, "test", || async { Err(ApiError::Unavailable("full".into())) }).await;
         assert!(matches!(r, Err(ApiError::Unavailable(_))));
     }
 }

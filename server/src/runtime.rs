@@ -21,27 +21,25 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
-use stoa_engine::store::{Error as StoreError, PackRecord, SledStore, Store};
+use stoa_engine::store::{Error as StoreError, PackRecord, Store};
 use stoa_engine::timeline::Entry;
 use stoa_engine::workflow::{Input, Meta, Origin, Outcome, Rejected, Status, TurnOutput, Workflow, CHILD_PREFIX};
 use stoa_engine::{InvocationId, WorkflowId};
 use stoa_rules::compile::{compile_within, fnv1a, Pack, PackSource};
 use stoa_rules::limits::Ceilings;
+use stoa_rules::Diagnostic;
 use stoa_rules::testcase::FactSpec;
 use tokio::sync::{broadcast, mpsc, oneshot, OwnedMutexGuard};
 use tokio_util::sync::CancellationToken;
 
 use crate::background::Background;
+use crate::clock::Clock;
 use crate::committer::Committer;
 use crate::config::Policy;
 use crate::dispatcher::DispatchHandle;
 use crate::error::ApiError;
 use crate::pool::Pool;
 use crate::upgrade::Rollout;
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 /// One deployed version of a pack.
 pub(crate) struct Version {
@@ -155,8 +153,6 @@ struct Queued {
     rx: oneshot::Receiver<Result<TurnOutput, StoreError>>,
     /// Invocations reserved against the tenant's `max_pending`.
     reserved: usize,
-    /// A new workflow started by this turn (counted as live).
-    started: bool,
     admit: Admit,
 }
 
@@ -164,10 +160,28 @@ pub struct Options {
     pub policies: BTreeMap<String, Policy>,
     pub max_loaded: usize,
     pub unload_idle_ms: u64,
+    /// What every part of the server reads time from.
+    pub clock: Clock,
+    /// How a pack's files become a pack: `compiler()`, unless a test
+    /// memoizes it.
+    pub compile: Compile,
+}
+
+/// Compiles a pack's files under ceilings (see `compile_within`).
+pub type Compile = Arc<dyn Fn(&PackSource, &Ceilings<'_>) -> (Option<Arc<Pack>>, Vec<Diagnostic>) + Send + Sync>;
+
+/// The compiler: `compile_within`. The simulation memoizes it, since its
+/// runs build the same few packs thousands of times (a Rhai engine each).
+pub fn compiler() -> Compile {
+    Arc::new(|src, ceilings| {
+        let (pack, diags) = compile_within(src, Some(ceilings));
+        (pack.map(Arc::new), diags)
+    })
 }
 
 pub struct Runtime {
-    pub(crate) store: Arc<SledStore>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Clock,
     committer: Committer,
     pool: Pool,
     opts: Options,
@@ -177,6 +191,10 @@ pub struct Runtime {
     workflows: DashMap<WorkflowId, Arc<Slot>>,
     /// Running workflows per tenant (their quota).
     live: DashMap<String, AtomicU64>,
+    /// Workflows whose last commit failed: counted in `live` until the store
+    /// says whether it holds them running (a failed flush may still be
+    /// recovered when the store heals), at their next load or the heal.
+    unsure: std::sync::Mutex<std::collections::BTreeSet<WorkflowId>>,
     watchers: DashMap<WorkflowId, broadcast::Sender<Arc<Entry>>>,
     dispatch: DispatchHandle,
     /// Work that outlives a turn: timers, signals, children, upgrades.
@@ -204,7 +222,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 
 impl Runtime {
     pub fn new(
-        store: Arc<SledStore>,
+        store: Arc<dyn Store>,
         committer: Committer,
         pool: Pool,
         dispatch: DispatchHandle,
@@ -213,6 +231,7 @@ impl Runtime {
     ) -> Result<Runtime, String> {
         let rt = Runtime {
             store,
+            clock: opts.clock.clone(),
             committer,
             pool,
             opts,
@@ -220,6 +239,7 @@ impl Runtime {
             deploy_locks: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             workflows: DashMap::new(),
             live: DashMap::new(),
+            unsure: Default::default(),
             watchers: DashMap::new(),
             dispatch,
             background,
@@ -284,8 +304,8 @@ impl Runtime {
             .pack(tenant, name, seq)?
             .ok_or_else(|| internal(format!("pack {tenant}/{name} #{seq} is not in the store")))?;
         let ceilings = Ceilings { limits: &self.policy(tenant).ceilings, owner: "", reject_explicit: false };
-        let (pack, diags) = compile_within(&source_of(&rec.files), Some(&ceilings));
-        pack.map(Arc::new).ok_or_else(|| {
+        let (pack, diags) = (self.opts.compile)(&source_of(&rec.files), &ceilings);
+        pack.ok_or_else(|| {
             let first = diags.iter().find(|d| d.is_error()).map(|d| d.to_string()).unwrap_or_default();
             internal(format!("stored pack {tenant}/{name} {} no longer compiles: {first}", rec.version))
         })
@@ -325,7 +345,7 @@ impl Runtime {
             .run(tenant, move || {
                 let src = source_of(&files);
                 let ceilings = Ceilings { limits: &rt.policy(&t).ceilings, owner: &owner, reject_explicit: true };
-                let (pack, diags) = compile_within(&src, Some(&ceilings));
+                let (pack, diags) = (rt.opts.compile)(&src, &ceilings);
                 let Some(pack) = pack else {
                     let text: Vec<String> =
                         diags.iter().filter(|d| d.is_error()).map(|d| d.render(src.text_at(&d.path))).collect();
@@ -335,7 +355,7 @@ impl Runtime {
                         text.join("\n\n")
                     )));
                 };
-                Ok((Arc::new(pack), diags, files))
+                Ok((pack, diags, files))
             })
             .await
             .map_err(internal)?;
@@ -384,7 +404,7 @@ impl Runtime {
             version: pack.manifest.version.clone(),
             seq,
             digest: pack.digest,
-            deployed_ms: now_ms(),
+            deployed_ms: self.clock.now_ms(),
             files,
         };
         self.store.put_pack(&rec)?;
@@ -511,7 +531,7 @@ impl Runtime {
                 .clone();
             let guard = slot.held.clone().lock_owned().await;
             if !matches!(*guard, Held::Gone) {
-                slot.used_ms.store(now_ms(), Ordering::Relaxed);
+                slot.used_ms.store(self.clock.now_ms(), Ordering::Relaxed);
                 return (slot, guard);
             }
         }
@@ -530,7 +550,9 @@ impl Runtime {
         if matches!(held, Held::Loaded(_)) {
             return Ok(true);
         }
-        let Some(snap) = self.store.load(id)? else {
+        let stored = self.store.load(id)?;
+        self.settle(id, stored.as_ref().is_some_and(|s| s.meta.status == Status::Running));
+        let Some(snap) = stored else {
             return Ok(false);
         };
         let pack = self.pack(tenant_of(id), &snap.meta.pack, Some(&snap.meta.pack_version))?;
@@ -545,10 +567,11 @@ impl Runtime {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let idle_before = now_ms().saturating_sub(self.opts.unload_idle_ms);
+            let idle_before = self.clock.now_ms().saturating_sub(self.opts.unload_idle_ms);
             let mut slots: Vec<(u64, WorkflowId, Arc<Slot>)> = self
                 .workflows
                 .iter()
@@ -556,7 +579,8 @@ impl Runtime {
                 .collect();
             let over = slots.len().saturating_sub(self.opts.max_loaded);
             if over > 0 {
-                slots.sort_unstable_by_key(|s| s.0);
+                // By id among the equally old: the map's order is no order.
+                slots.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
             }
             let mut unloaded = 0;
             for (i, (used, id, slot)) in slots.into_iter().enumerate() {
@@ -616,9 +640,6 @@ impl Runtime {
             }
             failed => {
                 self.dispatch.release(tenant, q.reserved);
-                if q.started {
-                    self.live_add(tenant, -1);
-                }
                 // Memory is ahead of the store: start again from the store.
                 // The committer refuses this workflow's turns from the failed
                 // flush on, until told to take them again: under the lock,
@@ -626,6 +647,15 @@ impl Runtime {
                 // (Still counted as committing, so nothing unloads it first.)
                 let mut guard = slot.held.clone().lock_owned().await;
                 if !matches!(*guard, Held::Gone) {
+                    // Counted as live (a start's reservation included) until
+                    // the store says; before the unload, so the next load
+                    // settles it. At once if the store already healed.
+                    self.unsure.lock().expect("unsure").insert(id.clone());
+                    if self.store.health() == stoa_engine::store::Health::Serving {
+                        if let Ok(stored) = self.store.load(id) {
+                            self.settle(id, stored.is_some_and(|s| s.meta.status == Status::Running));
+                        }
+                    }
                     self.committer.forgive(id.clone());
                     self.unload(id, &slot, &mut guard);
                 }
@@ -710,7 +740,7 @@ impl Runtime {
             self.live_add(tenant, 1);
         }
         slot.committing.fetch_add(1, Ordering::AcqRel);
-        Ok(Some(Queued { rx: self.committer.submit(id.clone(), out, key), reserved, started, admit }))
+        Ok(Some(Queued { rx: self.committer.submit(id.clone(), out, key), reserved, admit }))
     }
 
     /// After a panic in a turn (an engine bug), the workflow as stored,
@@ -723,7 +753,7 @@ impl Runtime {
                 return Ok(None);
             }
             let Held::Loaded(wf) = held else { unreachable!("loaded") };
-            Ok(wf.abort(reason, now_ms()))
+            Ok(wf.abort(reason, self.clock.now_ms()))
         }));
         match out {
             Ok(Ok(Some(out))) => Some(out),
@@ -734,9 +764,39 @@ impl Runtime {
         }
     }
 
+    /// The store says whether a workflow runs: one whose commit failed is
+    /// counted off if not.
+    fn settle(&self, id: &WorkflowId, running: bool) {
+        if self.unsure.lock().expect("unsure").remove(id) && !running {
+            self.live_add(tenant_of(id), -1);
+        }
+    }
+
+    /// After the store healed: settles the workflows whose commit failed
+    /// (each under its lock, so that no turn of it runs meanwhile).
+    pub(crate) async fn settle_unsure(self: &Arc<Self>) {
+        let ids: Vec<WorkflowId> = self.unsure.lock().expect("unsure").iter().cloned().collect();
+        for id in ids {
+            let (slot, mut guard) = self.lock(&id).await;
+            if self.unsure.lock().expect("unsure").contains(&id) {
+                if let Ok(stored) = self.store.load(&id) {
+                    self.settle(&id, stored.is_some_and(|s| s.meta.status == Status::Running));
+                }
+            }
+            if matches!(*guard, Held::Unloaded) {
+                self.unload(&id, &slot, &mut guard);
+            }
+        }
+    }
+
     fn live_add(&self, tenant: &str, n: i64) {
         let e = self.live.entry(tenant.to_string()).or_default();
         let _ = e.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_add_signed(n)));
+    }
+
+    /// Running workflows of a tenant, as counted against its quota.
+    pub(crate) fn live_workflows(&self, tenant: &str) -> u64 {
+        self.live.get(tenant).map_or(0, |n| n.load(Ordering::Acquire))
     }
 
     /// Counts one more running workflow if the tenant is under `max`.
@@ -821,8 +881,9 @@ impl Runtime {
                     return Ok(Some(TurnOutput::default()));
                 }
                 let pack = rt.pack_for_new(&t, &p, &wid)?;
-                let mut wf = Workflow::new(wid.clone(), pack, now_ms()).with_origin(origin);
-                let out = wf.apply(Input::Start { facts }, now_ms()).map_err(reject)?;
+                let now = rt.clock.now_ms();
+                let mut wf = Workflow::new(wid.clone(), pack, now).with_origin(origin);
+                let out = wf.apply(Input::Start { facts }, now).map_err(reject)?;
                 *held = Held::Loaded(Box::new(wf));
                 Ok(Some(out))
             })
@@ -868,7 +929,7 @@ impl Runtime {
                 return Ok(None);
             }
             let Held::Loaded(wf) = held else { unreachable!("loaded") };
-            wf.apply(input, now_ms()).map(Some).map_err(reject)
+            wf.apply(input, rt.clock.now_ms()).map(Some).map_err(reject)
         })
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("workflow {id} does not exist")))
@@ -903,7 +964,7 @@ impl Runtime {
             if wf.status() != Status::Running || wf.meta().pack_version == pack.manifest.version {
                 return Ok(None);
             }
-            wf.upgrade(pack, now_ms()).map(Some).map_err(reject)
+            wf.upgrade(pack, rt.clock.now_ms()).map(Some).map_err(reject)
         })
         .await
     }
@@ -1055,6 +1116,15 @@ impl Runtime {
     /// Stops every running and later turn at its next check.
     pub(crate) fn stop_turns(&self) {
         self.pool.stop_turns();
+    }
+
+    /// Runs `f`, store work too long to block an async thread with, off the
+    /// async threads (inline in the simulation).
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, crate::pool::Panicked> {
+        self.pool.blocking(f).await
     }
 }
 

@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use stoa_engine::store::{Store, SIGNAL_OUTBOX};
+use stoa_engine::store::SIGNAL_OUTBOX;
 use stoa_engine::workflow::{Input, Origin, Signal, Status};
 use stoa_engine::WorkflowId;
 use tokio::sync::Mutex;

@@ -108,7 +108,7 @@ async fn a_repeated_start_is_answered_only_once_the_first_is_durable() {
         open: Mutex::new(open_rx),
         opened: AtomicBool::new(false),
     };
-    let (committer, thread) = Committer::spawn(Arc::new(gate));
+    let (committer, thread) = Committer::spawn(Arc::new(gate), crate::clock::Clock::system());
     let (dispatch, _queued) = crate::dispatcher::channel();
     let (background, _later) = tokio::sync::mpsc::unbounded_channel();
     let rt = Arc::new(new_runtime(store.clone(), committer.clone(), dispatch, background));
@@ -161,12 +161,14 @@ fn new_runtime(
         policies: [("a".to_string(), policy)].into(),
         max_loaded: 1000,
         unload_idle_ms: 60_000,
+        clock: crate::clock::Clock::system(),
+        compile: crate::runtime::compiler(),
     };
     Runtime::new(store, committer, pool, dispatch, opts, background).unwrap()
 }
 
 fn runtime(store: Arc<SledStore>) -> (Arc<Runtime>, Committer, std::thread::JoinHandle<()>) {
-    let (committer, thread) = Committer::spawn(store.clone());
+    let (committer, thread) = Committer::spawn(store.clone(), crate::clock::Clock::system());
     let (dispatch, _queued) = crate::dispatcher::channel();
     let (background, _later) = tokio::sync::mpsc::unbounded_channel();
     let rt = new_runtime(store, committer.clone(), dispatch, background);
@@ -272,7 +274,7 @@ fn attempt_records_of_a_failed_flush_are_written_later() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledStore::open(dir.path(), 8).unwrap());
     let flaky = Flaky { inner: store.clone(), refusals: 2.into() };
-    let (committer, thread) = Committer::spawn(Arc::new(flaky));
+    let (committer, thread) = Committer::spawn(Arc::new(flaky), crate::clock::Clock::system());
     let (a, b) = (InvocationId::new("inv_a.1.1"), InvocationId::new("inv_a.2.1"));
     let tried = Attempts { made: 1, failures: 1, retry_at_ms: 5 };
     committer.record_attempts(a.clone(), tried);

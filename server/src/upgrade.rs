@@ -13,7 +13,6 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use stoa_engine::store::Store;
 use stoa_engine::workflow::{Status, Workflow};
 use stoa_engine::WorkflowId;
 use stoa_rules::compile::{fnv1a, Pack};
@@ -21,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
 use crate::retry::until_stored;
-use crate::runtime::{now_ms, Runtime};
+use crate::runtime::Runtime;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Rollout {
@@ -125,7 +124,7 @@ impl Runtime {
             version: version.to_string(),
             state: "running".into(),
             total: live,
-            started_ms: now_ms(),
+            started_ms: self.clock.now_ms(),
             ..UpgradeJob::default()
         };
         self.save_job(&job)?;
@@ -192,14 +191,14 @@ impl Runtime {
     async fn run_job(self: Arc<Self>, mut job: UpgradeJob) {
         // Jobs have no owner that stops them; they end with the process.
         let forever = CancellationToken::new();
-        let mut backoff = crate::retry::Backoff::new();
+        let mut backoff = crate::retry::Backoff::new(&self.clock);
         loop {
             match self.drive_job(&mut job, &forever).await {
                 Ok(()) => return,
                 // From its cursor again: a workflow upgraded twice is fine.
                 Err(ApiError::Unavailable(e)) => {
                     tracing::warn!(pack = %job.pack, error = %e, "upgrade waits for the storage");
-                    backoff.pause(&self.store, &forever).await;
+                    backoff.pause(&*self.store, &forever).await;
                 }
                 Err(e) => {
                     return tracing::error!(pack = %job.pack, error = %e, "upgrade stopped; it resumes at the next start")
@@ -234,7 +233,7 @@ impl Runtime {
                 let (rt, stop) = (self.clone(), stop.clone());
                 set.spawn(async move {
                     let what = format!("upgrading {}", meta.id);
-                    until_stored(&rt.store, &stop, &what, || rt.upgrade_workflow(&meta.id, target.clone())).await
+                    until_stored(&*rt.store, &rt.clock, &stop, &what, || rt.upgrade_workflow(&meta.id, target.clone())).await
                 });
             }
             while let Some(r) = set.join_next().await {
@@ -243,7 +242,7 @@ impl Runtime {
             self.save_job(job)?;
         }
         job.state = "done".into();
-        job.finished_ms = now_ms();
+        job.finished_ms = self.clock.now_ms();
         self.save_job(job)?;
         tracing::info!(pack = %job.pack, version = %job.version, upgraded = job.upgraded, failed = job.failed, "upgrade done");
         Ok(())

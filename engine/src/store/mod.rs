@@ -1,12 +1,18 @@
 //! Durable state behind one trait, so the embedded store (sled) can give
 //! way to a distributed SQL engine without touching the engine.
 //!
-//! Invariant: only `store::sled` knows about sled. Every record is encoded
-//! with a format version byte first (see `codec`).
+//! Invariant: only `store::sled_store` knows about sled. Every record is
+//! encoded with a format version byte first (see `codec`), under the keys
+//! of `layout`.
 
 mod codec;
+mod layout;
+#[cfg(any(test, feature = "mem"))]
+mod mem;
 mod sled_store;
 
+#[cfg(any(test, feature = "mem"))]
+pub use mem::{Fault, FaultHook, Image, MemStore, Op};
 pub use sled_store::SledStore;
 
 use crate::fact::{InvocationId, WorkflowId};
@@ -24,12 +30,15 @@ pub enum Error {
 }
 
 /// Whether a store works now. A failing store refuses every operation with
-/// `Error::Io` while it heals (see `SledStore::on_health`).
+/// `Error::Io` while it heals (see `Store::on_health`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Health {
     Serving,
     Failing,
 }
+
+/// Told a store's health at each change (`Store::on_health`).
+pub type HealthWatcher = Box<dyn Fn(Health) + Send + Sync>;
 
 /// A deployed pack version: its files, as uploaded.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -65,6 +74,19 @@ pub struct Commit<'a> {
 }
 
 pub trait Store: Send + Sync {
+    /// Whether the store works now, or fails (and heals by itself).
+    fn health(&self) -> Health {
+        Health::Serving
+    }
+
+    /// Calls `f` with the store's health now, and again at each change
+    /// (from the thread that saw it: keep `f` short, and do not call the
+    /// store from it). A change may be reported twice. A store that never
+    /// fails reports `Serving` once.
+    fn on_health(&self, f: HealthWatcher) {
+        f(self.health())
+    }
+
     /// Commits the turns: each one whole or not at all, and all of them
     /// durable when this returns.
     fn commit(&self, turns: &[Commit<'_>]) -> Result<(), Error>;

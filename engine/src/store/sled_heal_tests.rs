@@ -57,10 +57,10 @@ fn wait_for(store: &SledStore, health: Health, within: Duration) -> Duration {
 
 fn watch(store: &SledStore) -> Arc<Mutex<Vec<Health>>> {
     let seen = Arc::new(Mutex::new(Vec::new()));
-    store.on_health({
+    store.on_health(Box::new({
         let seen = seen.clone();
         move |h| seen.lock().unwrap().push(h)
-    });
+    }));
     seen
 }
 

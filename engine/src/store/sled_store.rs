@@ -22,6 +22,8 @@
 //! has its own tree because sled rewrites a whole leaf, big values included,
 //! whenever a key of it changes.
 //!
+//! Keys and the writes of a commit: see `layout`.
+//!
 //! Healing: sled 0.34 keeps the first I/O error of a write or flush (a full
 //! disk) as a global error of the open database, and every later write and
 //! flush, and reads that miss its cache, fail with it, even once the cause
@@ -46,13 +48,11 @@ use crate::timeline::Entry;
 use crate::workflow::{Invocation, Meta, Snapshot, Timer, Waiting};
 
 use super::codec::{decode, encode, FORMAT};
-use super::{Attempts, Commit, Error, Health, PackRecord, Store, SIGNAL_OUTBOX};
+use super::layout::{count_writes, each_write, key};
+use super::{Attempts, Commit, Error, Health, HealthWatcher, PackRecord, Store};
 
 /// Records written by one sled batch at most (see the module comment).
 const MAX_BATCH_WRITES: usize = 1024;
-/// Timeline entries per record at most, so that reading from a position
-/// decodes little more than it returns.
-const TIMELINE_RUN: usize = 256;
 
 /// The first pause of the healer, after a failure, before it reopens the
 /// database; doubled after each failed attempt up to `HEAL_MAX_DELAY`.
@@ -85,14 +85,11 @@ struct Shared {
     /// `true` once the store is dropped; the healer waits on `wake`.
     closed: Mutex<bool>,
     wake: Condvar,
-    watchers: Mutex<Vec<Watcher>>,
+    watchers: Mutex<Vec<HealthWatcher>>,
     /// Heal attempts that fail on purpose (tests of the backoff).
     #[cfg(test)]
     refuse_heals: std::sync::atomic::AtomicU32,
 }
-
-/// Told the store's health at each change (`SledStore::on_health`).
-type Watcher = Box<dyn Fn(Health) + Send + Sync>;
 
 /// The open database: replaced whole when the store heals, since every
 /// `Tree` of a database holds it open.
@@ -105,10 +102,6 @@ struct Handles {
 
 fn io(e: sled::Error) -> Error {
     Error::Io(e.to_string())
-}
-
-fn key(parts: &[&str]) -> Vec<u8> {
-    parts.join("/").into_bytes()
 }
 
 /// The journal of a large commit: the format byte, then per write the key
@@ -295,20 +288,6 @@ impl SledStore {
         Ok(SledStore { shared, healer: Some(healer) })
     }
 
-    /// Whether the store works now, or fails and is healing.
-    pub fn health(&self) -> Health {
-        self.shared.health()
-    }
-
-    /// Calls `f` with the store's health now, and again at each change
-    /// (from the thread that saw it: keep `f` short, and do not call the
-    /// store from it). A change may be reported twice.
-    pub fn on_health(&self, f: impl Fn(Health) + Send + Sync + 'static) {
-        let mut watchers = self.shared.watchers.lock().unwrap_or_else(PoisonError::into_inner);
-        f(self.shared.health());
-        watchers.push(Box::new(f));
-    }
-
     /// Runs `f` on the open database, unless the store is failing; a sled
     /// error from `f` makes it fail (and heal).
     fn with<T>(&self, f: impl FnOnce(&Handles) -> Result<T, Error>) -> Result<T, Error> {
@@ -455,64 +434,17 @@ impl Drop for SledStore {
     }
 }
 
-/// How many writes `each_write` makes, without encoding anything.
-fn count_writes(turns: &[Commit<'_>]) -> usize {
-    turns
-        .iter()
-        .map(|c| {
-            let out = c.output;
-            usize::from(out.meta.is_some())
-                + out.facts_put.len()
-                + out.facts_deleted.len()
-                + out.waiting_put.len()
-                + 2 * (out.waiting_deleted.len() + out.cancelled.len())
-                + out.entries.len().div_ceil(TIMELINE_RUN)
-                + usize::from(c.request_id.is_some())
-        })
-        .sum()
-}
-
-/// The writes of a group of turns, in order, one at a time: a large group
-/// goes straight into its journal, never held twice.
-fn each_write(turns: &[Commit<'_>], mut w: impl FnMut(Vec<u8>, Option<Vec<u8>>)) {
-    for c in turns {
-        let wf = c.workflow.as_str();
-        let out = c.output;
-        if let Some(meta) = &out.meta {
-            w(key(&["m", wf]), Some(encode(meta)));
-        }
-        for f in &out.facts_put {
-            w(key(&["f", wf, &format!("{:016x}", f.id)]), Some(encode(f)));
-        }
-        for id in &out.facts_deleted {
-            w(key(&["f", wf, &format!("{id:016x}")]), None);
-        }
-        for wt in &out.waiting_put {
-            w(key(&["w", wf, wt.invocation.id.as_str()]), Some(encode(wt)));
-        }
-        for inv in out.waiting_deleted.iter().chain(&out.cancelled) {
-            w(key(&["w", wf, inv.as_str()]), None);
-            w(key(&["a", inv.as_str()]), None);
-        }
-        for run in out.entries.chunks(TIMELINE_RUN) {
-            w(key(&["t", wf, &format!("{:016x}", run[0].seq)]), Some(encode(&run)));
-        }
-        for t in &out.timers_put {
-            w(key(&["c", wf, &format!("{:016x}", t.id)]), Some(encode(t)));
-        }
-        for id in &out.timers_deleted {
-            w(key(&["c", wf, &format!("{id:016x}")]), None);
-        }
-        for s in &out.signals {
-            w(key(&["x", SIGNAL_OUTBOX, &s.id]), Some(encode(s)));
-        }
-        if let Some(r) = c.request_id {
-            w(key(&["r", r]), Some(encode(&c.workflow)));
-        }
-    }
-}
-
 impl Store for SledStore {
+    fn health(&self) -> Health {
+        self.shared.health()
+    }
+
+    fn on_health(&self, f: HealthWatcher) {
+        let mut watchers = self.shared.watchers.lock().unwrap_or_else(PoisonError::into_inner);
+        f(self.shared.health());
+        watchers.push(f);
+    }
+
     fn commit(&self, turns: &[Commit<'_>]) -> Result<(), Error> {
         self.with(|h| {
             if count_writes(turns) <= MAX_BATCH_WRITES {

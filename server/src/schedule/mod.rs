@@ -2,11 +2,16 @@
 //! restarts and crashes.
 //!
 //! One task sleeps until the earliest due tick of all schedules (a
-//! `BTreeSet` by due time) and is woken when a schedule changes. A tick
-//! starts its workflow through the runtime's idempotent start, with a
-//! request id derived from the schedule and the tick; only then is the
-//! schedule's cursor ("done up to") recorded. A crash in between re-runs the
-//! tick after the restart, and the request id finds the workflow it started.
+//! `BTreeSet` by due time) and is woken when a schedule changes. A pass
+//! first records the ticks it is about to start (its intent, kind
+//! `schedule-pass`), then starts each tick's workflow through the runtime's
+//! idempotent start, with a request id derived from the schedule and the
+//! tick; only then is the schedule's cursor ("done up to") recorded, and
+//! the intent dropped. After a crash in between, the restart finds the
+//! workflows the intent's ticks started by their request ids and records
+//! them: a tick that ran is never left out of the runs, nor decided again
+//! by a catch-up policy (the intent matters because a pass's ticks are not
+//! the first after the cursor when a policy skipped missed ones).
 //! Ticks missed while the server was down go through the schedule's
 //! catch-up policy (`plan`). A tick whose start fails for a passing reason
 //! (backpressure, storage) is tried again after `RETRY_MS`, and cursors a
@@ -15,7 +20,7 @@
 pub mod api;
 pub mod plan;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,11 +33,15 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
-use crate::runtime::{now_ms, Runtime};
+use crate::faults::Faults;
+use crate::runtime::Runtime;
 use plan::{plan, request_id, RunKind};
 
 /// Record kind in the store; keys are `<tenant>/<name>`.
 const KIND: &str = "schedule";
+/// The ticks a pass is starting, until its cursor is recorded (same keys):
+/// a list of due times.
+const PASS: &str = "schedule-pass";
 /// Runs kept per schedule, for `get` and for tests that count them.
 const RUNS_KEPT: usize = 32;
 /// Ticks starting at once at most. Starts share group commits, so many in
@@ -88,11 +97,16 @@ struct Entry {
     spec: Spec,
     /// Its key in the queue, if queued.
     due: Option<i64>,
+    /// A tick's start failed in a way that may still have started it (the
+    /// store failed, and may recover the commit when it heals): the next
+    /// pass first finds what the intent's ticks started, as a restart does,
+    /// rather than let its policy decide about them again.
+    unsure: bool,
 }
 
 #[derive(Default)]
 struct State {
-    entries: HashMap<(String, String), Entry>,
+    entries: BTreeMap<(String, String), Entry>,
     queue: BTreeSet<(i64, String, String)>,
     /// Schedules whose record a pass could not write (the store failed):
     /// written again every `RETRY_MS` until it works.
@@ -122,6 +136,7 @@ pub struct Scheduler {
     store: Arc<dyn Store>,
     state: Mutex<State>,
     wake: Notify,
+    faults: Arc<dyn Faults>,
 }
 
 fn key_of(tenant: &str, name: &str) -> (String, String) {
@@ -131,8 +146,9 @@ fn key_of(tenant: &str, name: &str) -> (String, String) {
 impl Scheduler {
     /// Loads the stored schedules; ticks missed while the server was down
     /// are due at once, and the first pass applies their policies.
-    pub fn load(runtime: Arc<Runtime>, store: Arc<dyn Store>) -> Result<Scheduler, String> {
+    pub fn load(runtime: Arc<Runtime>, store: Arc<dyn Store>, faults: Arc<dyn Faults>) -> Result<Scheduler, String> {
         let mut state = State::default();
+        let now = runtime.clock.now_ms();
         for (key, value) in store.scan_aux(KIND, "").map_err(|e| e.to_string())? {
             let rec: Schedule = serde_json::from_value(value).map_err(|e| format!("schedule record {key}: {e}"))?;
             // One schedule this build cannot read must not keep the server
@@ -145,24 +161,29 @@ impl Scheduler {
                 }
             };
             let mut rec = rec;
-            if recover(&*store, &spec, &mut rec).map_err(|e| format!("schedule record {key}: {e}"))? {
+            if recover(&*store, &spec, &mut rec, now).map_err(|e| format!("schedule record {key}: {e}"))? {
                 store
                     .put_aux(KIND, &key, &serde_json::to_value(&rec).expect("schedules serialize"))
                     .map_err(|e| format!("schedule record {key}: {e}"))?;
             }
             let k = key_of(&rec.tenant, &rec.name);
-            state.entries.insert(k.clone(), Entry { rec, spec, due: None });
+            state.entries.insert(k.clone(), Entry { rec, spec, due: None, unsure: false });
             state.requeue(&k, None);
         }
-        Ok(Scheduler { runtime, store, state: Mutex::new(state), wake: Notify::new() })
+        Ok(Scheduler { runtime, store, state: Mutex::new(state), wake: Notify::new(), faults })
     }
 
-    fn persist(&self, recs: &[&Schedule]) -> Result<(), ApiError> {
+    /// Writes schedule records; `passed`: after a pass, whose intents they
+    /// make moot (dropped in the same write).
+    fn persist(&self, recs: &[&Schedule], passed: bool) -> Result<(), ApiError> {
         let values: Vec<(String, serde_json::Value)> = recs
             .iter()
             .map(|r| (format!("{}/{}", r.tenant, r.name), serde_json::to_value(r).expect("schedules serialize")))
             .collect();
-        let records: Vec<_> = values.iter().map(|(k, v)| (KIND, k.as_str(), Some(v))).collect();
+        let mut records: Vec<_> = values.iter().map(|(k, v)| (KIND, k.as_str(), Some(v))).collect();
+        if passed {
+            records.extend(values.iter().map(|(k, _)| (PASS, k.as_str(), None)));
+        }
         self.store.put_aux_batch(&records).map_err(ApiError::from)
     }
 
@@ -174,7 +195,7 @@ impl Scheduler {
         loop {
             let unsaved = !self.save_unsaved();
             let first = self.state.lock().expect("scheduler lock").queue.first().map(|(d, _, _)| *d);
-            let now = now_ms() as i64;
+            let now = self.runtime.clock.now_ms() as i64;
             // Records to write again wake the loop as a tick would.
             let first = if unsaved { Some(first.map_or(now + RETRY_MS, |d| d.min(now + RETRY_MS))) } else { first };
             match first {
@@ -182,15 +203,17 @@ impl Scheduler {
                 Some(due) => {
                     let wait = Duration::from_millis((due - now) as u64);
                     tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = self.wake.notified() => {}
+                        biased;
                         _ = shutdown.cancelled() => return,
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(wait) => {}
                     }
                 }
                 None => {
                     tokio::select! {
-                        _ = self.wake.notified() => {}
+                        biased;
                         _ = shutdown.cancelled() => return,
+                        _ = self.wake.notified() => {}
                     }
                 }
             }
@@ -208,18 +231,51 @@ impl Scheduler {
                     break;
                 }
                 st.queue.remove(&(due, t.clone(), n.clone()));
-                let Some(e) = st.entries.get_mut(&(t.clone(), n.clone())) else { continue };
+                let k = (t.clone(), n.clone());
+                let Some(e) = st.entries.get_mut(&k) else { continue };
                 e.due = None;
+                if e.unsure {
+                    match recover(&*self.store, &e.spec, &mut e.rec, now as u64) {
+                        Ok(_) => e.unsure = false,
+                        Err(err) => {
+                            tracing::warn!(tenant = %t, schedule = %n, error = %err, "schedule tick will be retried");
+                            let retry = self.runtime.clock.now_ms() as i64 + RETRY_MS;
+                            st.requeue(&k, Some(retry));
+                            continue;
+                        }
+                    }
+                }
                 let p = plan(&e.spec, e.rec.cursor_ms, now, e.rec.catch_up, e.rec.max_catch_up);
                 jobs.push((t, n, e.rec.pack.clone(), e.rec.facts.clone(), p));
             }
         }
-        let started = std::time::Instant::now();
+        // The intent first: a crash after a tick started must find it.
+        let intents: Vec<(String, serde_json::Value)> = jobs
+            .iter()
+            .filter(|j| !j.4.run.is_empty())
+            .map(|(t, n, _, _, p)| (format!("{t}/{n}"), p.run.iter().map(|(due, _)| *due).collect()))
+            .collect();
+        let records: Vec<_> = intents.iter().map(|(k, v)| (PASS, k.as_str(), Some(v))).collect();
+        if !records.is_empty() {
+            if let Err(e) = self.store.put_aux_batch(&records) {
+                // Late rather than never: the pass is tried again.
+                tracing::warn!(error = %e, "recording a schedule pass failed; retrying");
+                let mut st = self.state.lock().expect("scheduler lock");
+                let retry = self.runtime.clock.now_ms() as i64 + RETRY_MS;
+                for (t, n, ..) in jobs {
+                    st.requeue(&(t, n), Some(retry));
+                }
+                return;
+            }
+        }
+        let clock = self.runtime.clock.clone();
+        let started = clock.now();
         let schedules = jobs.len();
         let mut set = tokio::task::JoinSet::new();
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_STARTS_IN_FLIGHT));
         for (tenant, name, pack, facts, p) in jobs {
             let rt = self.runtime.clone();
+            let faults = self.faults.clone();
             let permits = permits.clone();
             set.spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("never closed");
@@ -230,8 +286,9 @@ impl Scheduler {
                 for (due, kind) in p.run {
                     match rt.start_scheduled(&tenant, &pack, facts.clone(), &request_id(&name, due), &name).await {
                         Ok((id, created)) => {
-                            crash_point(&name, created);
-                            runs.push(Run { due_ms: due, started_ms: now_ms(), workflow_id: id.to_string(), created, kind });
+                            faults.tick_started(&tenant, &name, created);
+                            let started_ms = rt.clock.now_ms();
+                            runs.push(Run { due_ms: due, started_ms, workflow_id: id.to_string(), created, kind });
                         }
                         Err(e @ (ApiError::ResourceExhausted(_) | ApiError::Unavailable(_) | ApiError::Internal(_))) => {
                             // Late rather than never: this tick and the
@@ -261,7 +318,7 @@ impl Scheduler {
         if done.is_empty() {
             return;
         }
-        let ran = started.elapsed();
+        let ran = clock.now() - started;
         let mut st = self.state.lock().expect("scheduler lock");
         let mut keys = Vec::new();
         for (tenant, name, cursor, runs, error, retry) in done {
@@ -275,11 +332,12 @@ impl Scheduler {
             if error.is_some() || !retry {
                 e.rec.last_error = error;
             }
-            st.requeue(&k, retry.then(|| now_ms() as i64 + RETRY_MS));
+            e.unsure |= retry;
+            st.requeue(&k, retry.then(|| clock.now_ms() as i64 + RETRY_MS));
             keys.push(k);
         }
         let recs: Vec<&Schedule> = keys.iter().filter_map(|k| st.entries.get(k)).map(|e| &e.rec).collect();
-        if let Err(e) = self.persist(&recs) {
+        if let Err(e) = self.persist(&recs, true) {
             // The ticks' workflows exist (a crash meanwhile finds them again
             // by their request ids); the records are written again later.
             tracing::warn!(error = %e, "recording schedule ticks failed; retrying");
@@ -287,9 +345,9 @@ impl Scheduler {
         }
         tracing::debug!(
             schedules,
-            late_ms = now_ms() as i64 - now,
+            late_ms = clock.now_ms() as i64 - now,
             starts_ms = ran.as_millis() as u64,
-            total_ms = started.elapsed().as_millis() as u64,
+            total_ms = (clock.now() - started).as_millis() as u64,
             "schedule pass"
         );
     }
@@ -301,7 +359,7 @@ impl Scheduler {
             return true;
         }
         let recs: Vec<&Schedule> = st.unsaved.iter().filter_map(|k| st.entries.get(k)).map(|e| &e.rec).collect();
-        match self.persist(&recs) {
+        match self.persist(&recs, true) {
             Ok(()) => {
                 st.unsaved.clear();
                 true
@@ -322,7 +380,7 @@ impl Scheduler {
         if !from_pack && !self.runtime.packs(tenant).iter().any(|(n, _, _)| *n == def.pack) {
             return Err(ApiError::InvalidArgument(format!("pack: `{}` is not deployed", def.pack)));
         }
-        let now = now_ms();
+        let now = self.runtime.clock.now_ms();
         let k = key_of(tenant, &def.name);
         let mut st = self.state.lock().expect("scheduler lock");
         let old = st.entries.get(&k).map(|e| &e.rec);
@@ -347,9 +405,9 @@ impl Scheduler {
             runs: old.map(|o| o.runs.clone()).unwrap_or_default(),
             last_error: None,
         };
-        self.persist(&[&rec])?;
+        self.persist(&[&rec], false)?;
         let due = st.entries.get(&k).and_then(|e| e.due);
-        st.entries.insert(k.clone(), Entry { rec: rec.clone(), spec, due });
+        st.entries.insert(k.clone(), Entry { rec: rec.clone(), spec, due, unsure: false });
         st.requeue(&k, None);
         drop(st);
         self.wake.notify_one();
@@ -404,8 +462,8 @@ impl Scheduler {
         let e = st.entries.get(&k).ok_or_else(|| not_found(name))?;
         let mut rec = e.rec.clone();
         f(&mut rec);
-        rec.updated_ms = now_ms();
-        self.persist(&[&rec])?;
+        rec.updated_ms = self.runtime.clock.now_ms();
+        self.persist(&[&rec], false)?;
         st.entries.get_mut(&k).expect("present").rec = rec.clone();
         st.requeue(&k, None);
         drop(st);
@@ -419,10 +477,11 @@ impl Scheduler {
 
     /// The ticks of the pause are not run: the schedule goes on from now.
     pub fn resume(&self, tenant: &str, name: &str) -> Result<Schedule, ApiError> {
+        let now = self.runtime.clock.now_ms() as i64;
         self.update(tenant, name, |r| {
             if r.paused {
                 r.paused = false;
-                r.cursor_ms = r.cursor_ms.max(now_ms() as i64);
+                r.cursor_ms = r.cursor_ms.max(now);
             }
         })
     }
@@ -434,7 +493,7 @@ impl Scheduler {
             return Err(not_found(name));
         }
         let key = format!("{tenant}/{name}");
-        self.store.delete_aux(KIND, &key).map_err(ApiError::from)?;
+        self.store.put_aux_batch(&[(KIND, &key, None), (PASS, &key, None)]).map_err(ApiError::from)?;
         if let Some(e) = st.entries.remove(&k) {
             if let Some(d) = e.due {
                 st.queue.remove(&(d, k.0, k.1));
@@ -450,14 +509,14 @@ impl Scheduler {
             let e = st.entries.get(&key_of(tenant, name)).ok_or_else(|| not_found(name))?;
             (e.rec.pack.clone(), e.rec.facts.clone())
         };
-        let now = now_ms();
+        let now = self.runtime.clock.now_ms();
         let (id, created) = self
             .runtime
             .start_scheduled(tenant, &pack, facts, &format!("schedule:{name}:manual:{request}"), name)
             .await?;
         let run = Run {
             due_ms: now as i64,
-            started_ms: now_ms(),
+            started_ms: self.runtime.clock.now_ms(),
             workflow_id: id.to_string(),
             created,
             kind: RunKind::Manual,
@@ -474,13 +533,14 @@ impl Scheduler {
     pub fn get(&self, tenant: &str, name: &str) -> Result<(Schedule, Vec<i64>), ApiError> {
         let st = self.state.lock().expect("scheduler lock");
         let e = st.entries.get(&key_of(tenant, name)).ok_or_else(|| not_found(name))?;
-        Ok((e.rec.clone(), next_ticks(e)))
+        Ok((e.rec.clone(), next_ticks(e, self.runtime.clock.now_ms())))
     }
 
     pub fn list(&self, tenant: &str) -> Vec<(Schedule, Vec<i64>)> {
         let st = self.state.lock().expect("scheduler lock");
+        let now = self.runtime.clock.now_ms();
         let mut out: Vec<_> =
-            st.entries.values().filter(|e| e.rec.tenant == tenant).map(|e| (e.rec.clone(), next_ticks(e))).collect();
+            st.entries.values().filter(|e| e.rec.tenant == tenant).map(|e| (e.rec.clone(), next_ticks(e, now))).collect();
         out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         out
     }
@@ -490,20 +550,24 @@ impl Scheduler {
 /// came before they were recorded: the start is durable (its request id is
 /// stored), the cursor is not. They are recorded as runs and passed, so a
 /// catch-up policy never decides about a tick that already ran (`skip` would
-/// leave its workflow out of the runs, `all` would report it found rather
-/// than started). A pass starts its ticks oldest first, so they are the
-/// first ticks after the cursor. Returns whether `rec` changed.
-fn recover(store: &dyn Store, spec: &Spec, rec: &mut Schedule) -> Result<bool, stoa_engine::store::Error> {
+/// leave its workflow out of the runs, `one` would run a second missed tick,
+/// `all` would report it found rather than started). They are among the
+/// ticks of the pass's intent, which it starts oldest first (a pass whose
+/// policy skipped missed ticks starts later ones than the first after the
+/// cursor); and, for records written before intents, the first ticks after
+/// the cursor. Returns whether `rec` changed.
+fn recover(store: &dyn Store, spec: &Spec, rec: &mut Schedule, now: u64) -> Result<bool, stoa_engine::store::Error> {
+    let key = format!("{}/{}", rec.tenant, rec.name);
+    let intent: Vec<i64> = match store.get_aux(PASS, &key)? {
+        Some(v) => serde_json::from_value(v).unwrap_or_default(),
+        None => Vec::new(),
+    };
     let mut changed = false;
-    for _ in 0..plan::DEFAULT_MAX_CATCH_UP {
-        let Some(due) = spec.next_after(rec.cursor_ms) else { break };
-        if due > now_ms() as i64 {
-            break;
-        }
+    let mut found = |due: i64, rec: &mut Schedule| -> Result<bool, stoa_engine::store::Error> {
         let request = format!("{}/{}", rec.tenant, request_id(&rec.name, due));
-        let Some(id) = store.request(&request)? else { break };
+        let Some(id) = store.request(&request)? else { return Ok(false) };
         // When it started: its first turn's time.
-        let started_ms = store.timeline(&id, 1, 1)?.first().map_or_else(now_ms, |e| e.at_ms);
+        let started_ms = store.timeline(&id, 1, 1)?.first().map_or(now, |e| e.at_ms);
         rec.runs.push_back(Run {
             due_ms: due,
             started_ms,
@@ -516,15 +580,27 @@ fn recover(store: &dyn Store, spec: &Spec, rec: &mut Schedule) -> Result<bool, s
         }
         rec.cursor_ms = due;
         changed = true;
+        Ok(true)
+    };
+    for due in intent {
+        if due > rec.cursor_ms && due <= now as i64 && !found(due, rec)? {
+            break;
+        }
+    }
+    for _ in 0..plan::DEFAULT_MAX_CATCH_UP {
+        let Some(due) = spec.next_after(rec.cursor_ms) else { break };
+        if due > now as i64 || !found(due, rec)? {
+            break;
+        }
     }
     Ok(changed)
 }
 
-fn next_ticks(e: &Entry) -> Vec<i64> {
+fn next_ticks(e: &Entry, now: u64) -> Vec<i64> {
     if e.rec.paused {
         return Vec::new();
     }
-    e.spec.ticks(e.rec.cursor_ms.max(now_ms() as i64 - plan::GRACE_MS), i64::MAX, 5)
+    e.spec.ticks(e.rec.cursor_ms.max(now as i64 - plan::GRACE_MS), i64::MAX, 5)
 }
 
 fn not_found(name: &str) -> ApiError {
@@ -542,16 +618,4 @@ fn validate(def: &Definition) -> Result<Spec, ApiError> {
         SpecError::Cron(m) => ApiError::InvalidArgument(format!("cron: {m}")),
         SpecError::TimeZone(m) => ApiError::InvalidArgument(format!("timezone: {m}")),
     })
-}
-
-/// Test hook: `STOA_TEST_CRASH_AFTER_TICK=<schedule>` aborts the process
-/// right after that schedule's tick started a new workflow and before the
-/// tick is recorded, the window the deterministic request ids protect.
-fn crash_point(name: &str, created: bool) {
-    static TARGET: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let target = TARGET.get_or_init(|| std::env::var("STOA_TEST_CRASH_AFTER_TICK").ok());
-    if created && target.as_deref() == Some(name) {
-        eprintln!("STOA_TEST_CRASH_AFTER_TICK: aborting after a tick of {name}");
-        std::process::abort();
-    }
 }
