@@ -9,6 +9,9 @@
 //! - load: C clients starting workflows of K steps (a worker answers) as
 //!   fast as they can for S seconds; the server's RSS every second, and its
 //!   drift from the end of the warm-up (the first third) to the end.
+//! - backlog: the same without a worker and with the default quotas: the
+//!   invocations pile up to `max_pending`, later starts are refused, and the
+//!   RSS must stop growing there.
 //! - rules: a pack of R rules (`rule "rN" { match { x: X(n == N) } ... }`):
 //!   deploy, first start, an upgrade of L live workflows to a version with
 //!   one rule changed; meanwhile another tenant starts small workflows, and
@@ -35,8 +38,8 @@ const TOKEN_B: &str = "bench-token-0002";
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Cases to run, in this order: live, load, rules.
-    #[arg(long, value_delimiter = ',', default_value = "live,load,rules")]
+    /// Cases to run, in this order: live, load, backlog, rules.
+    #[arg(long, value_delimiter = ',', default_value = "live,load,backlog,rules")]
     cases: Vec<String>,
     /// Workflows of the live case.
     #[arg(long, default_value_t = 100_000)]
@@ -83,16 +86,15 @@ pub struct SoakArgs {
     json: bool,
 }
 
-/// A server for tenants `bench` and `other`; quotas high enough that the
-/// live case is not refused (it measures memory, not admission).
-fn spawn(dir: &Path, bin: Option<&Path>) -> anyhow::Result<(Kill, String)> {
+/// A server for tenants `bench` and `other`, with `quotas` (TOML lines).
+fn spawn(dir: &Path, bin: Option<&Path>, quotas: &str) -> anyhow::Result<(Kill, String)> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\n[quotas]\nmax_pending = 1000000\nmax_pack_bytes = 16777216\n[[tenants]]\nname = \"bench\"\ntokens = [\"{TOKEN}\"]\n[[tenants]]\nname = \"other\"\ntokens = [\"{TOKEN_B}\"]\n",
+            "data_dir = {:?}\n[quotas]\n{quotas}\n[[tenants]]\nname = \"bench\"\ntokens = [\"{TOKEN}\"]\n[[tenants]]\nname = \"other\"\ntokens = [\"{TOKEN_B}\"]\n",
             dir.join("data")
         ),
     )?;
@@ -152,21 +154,34 @@ fn steps_facts(steps: usize) -> serde_json::Value {
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     for c in &args.cases {
-        anyhow::ensure!(["live", "load", "rules"].contains(&c.as_str()), "--cases: unknown case `{c}`");
+        anyhow::ensure!(["live", "load", "backlog", "rules"].contains(&c.as_str()), "--cases: unknown case `{c}`");
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let mut figures = Vec::new();
     for case in &args.cases {
         // A server of its own per case: each RSS figure is that case's.
         let dir = std::env::temp_dir().join(format!("stoa-bench-safety-{}-{case}", std::process::id()));
-        let (server, addr) = spawn(&dir, args.server_bin.as_deref())?;
+        // The live case measures memory, not admission: room for all of it.
+        let quotas = match case.as_str() {
+            "live" => "max_pending = 1000000",
+            "rules" => "max_pack_bytes = 16777216",
+            _ => "",
+        };
+        let (server, addr) = spawn(&dir, args.server_bin.as_deref(), quotas)?;
         let pid = server.0.id();
+        let seconds = Duration::from_secs(args.seconds);
         let f = rt.block_on(async {
             match case.as_str() {
                 "live" => live(&args, &addr, pid).await,
                 "load" => {
                     let _worker = worker(&addr)?;
-                    load(&addr, pid, args.clients, args.steps, Duration::from_secs(args.seconds), None).await
+                    load(&addr, pid, args.clients, args.steps, seconds, None).await
+                }
+                "backlog" => {
+                    let mut f = load(&addr, pid, args.clients, args.steps, seconds, None).await?;
+                    f["case"] =
+                        serde_json::json!(format!("backlog {} clients {}s, no worker", args.clients, args.seconds));
+                    Ok(f)
                 }
                 _ => rules(&args, &addr, pid).await,
             }
@@ -400,7 +415,7 @@ async fn rules(args: &Args, addr: &str, pid: u32) -> anyhow::Result<serde_json::
 pub fn soak(args: SoakArgs) -> anyhow::Result<std::process::ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let dir = std::env::temp_dir().join(format!("stoa-bench-soak-{}", std::process::id()));
-    let (server, addr) = spawn(&dir, args.server_bin.as_deref())?;
+    let (server, addr) = spawn(&dir, args.server_bin.as_deref(), "")?;
     let pid = server.0.id();
     let _worker = worker(&addr)?;
     let figure = rt.block_on(async {

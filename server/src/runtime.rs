@@ -549,12 +549,16 @@ impl Runtime {
                 _ = tick.tick() => {}
             }
             let idle_before = now_ms().saturating_sub(self.opts.unload_idle_ms);
+            let over = self.workflows.len().saturating_sub(self.opts.max_loaded);
+            // Past the limit, every slot is a candidate, oldest first;
+            // otherwise only the idle ones are looked at.
             let mut slots: Vec<(u64, WorkflowId, Arc<Slot>)> = self
                 .workflows
                 .iter()
-                .map(|e| (e.value().used_ms.load(Ordering::Relaxed), e.key().clone(), e.value().clone()))
+                .map(|e| (e.value().used_ms.load(Ordering::Relaxed), e))
+                .filter(|(used, _)| over > 0 || *used <= idle_before)
+                .map(|(used, e)| (used, e.key().clone(), e.value().clone()))
                 .collect();
-            let over = slots.len().saturating_sub(self.opts.max_loaded);
             if over > 0 {
                 slots.sort_unstable_by_key(|s| s.0);
             }
