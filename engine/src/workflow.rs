@@ -445,7 +445,7 @@ impl Workflow {
             net.insert(f)?;
         }
         net.refract_all = false;
-        net.fresh_rules.clear();
+        net.fresh_rules = Vec::new();
         self.net = net;
         Ok(())
     }
@@ -605,6 +605,9 @@ impl Workflow {
         out.cancelled.extend(std::mem::take(&mut self.turn.cancelled));
         out.signals = std::mem::take(&mut self.turn.signals);
         out.meta = Some(self.meta.clone());
+        // What only the turn needed (the pre-turn copies of the facts it
+        // touched, its firings by rule) is not kept until the next one.
+        self.turn = TurnState::default();
         out
     }
 
@@ -750,7 +753,9 @@ impl Workflow {
             let Some(act) = self.net.pop() else { break };
             self.turn.firings += 1;
             if self.turn.fired_by_rule.len() <= act.rule {
-                self.turn.fired_by_rule.resize(self.pack.rules.len().max(act.rule + 1), 0);
+                // Up to the rule that fired: a turn of a large pack that
+                // fires a few rules counts a few.
+                self.turn.fired_by_rule.resize(act.rule + 1, 0);
             }
             self.turn.fired_by_rule[act.rule] += 1;
             if self.turn.firings > limit {
@@ -1290,10 +1295,11 @@ impl Workflow {
         })));
         let old_pack = std::mem::replace(&mut self.pack, pack.clone());
         let result = (|| {
+            let removed: rustc_hash::FxHashSet<&str> = changes.removed.iter().map(String::as_str).collect();
             let orphans: Vec<InvocationId> = self
                 .waiting
                 .values()
-                .filter(|w| changes.removed.contains(&w.rule))
+                .filter(|w| removed.contains(w.rule.as_str()))
                 .map(|w| w.invocation.id.clone())
                 .collect();
             for inv in orphans {
@@ -1333,7 +1339,8 @@ impl Workflow {
     fn apply_result(&mut self, inv: InvocationId, outcome: Outcome) -> Result<(), TurnError> {
         let w = self.take_waiting(&inv).expect("checked in apply");
         let pack = self.pack.clone();
-        let Some(rule) = pack.rules.iter().find(|r| r.name == w.rule) else {
+        debug_assert!(Arc::ptr_eq(self.net.pack(), &pack), "the network is of the workflow's pack");
+        let Some(rule) = self.net.rule_named(&w.rule).map(|r| &pack.rules[r]) else {
             return Err(TurnError(format!("rule \"{}\" that made {inv} is no longer in the pack", w.rule)));
         };
         let invocation = {
