@@ -461,7 +461,7 @@ impl Workflow {
             net.insert(f)?;
         }
         net.refract_all = false;
-        net.fresh_rules.clear();
+        net.fresh_rules = Vec::new();
         self.net = net;
         self.fact_bytes = self.net.facts().map(|f| FACT_BYTES + f.fields.heap_bytes()).sum();
         Ok(())
@@ -657,6 +657,9 @@ impl Workflow {
         out.cancelled.extend(std::mem::take(&mut self.turn.cancelled));
         out.signals = std::mem::take(&mut self.turn.signals);
         out.meta = Some(self.meta.clone());
+        // What only the turn needed (the pre-turn copies of the facts it
+        // touched, its firings by rule) is not kept until the next one.
+        self.turn = TurnState::default();
         out
     }
 
@@ -802,7 +805,9 @@ impl Workflow {
             let Some(act) = self.net.pop() else { break };
             self.turn.firings += 1;
             if self.turn.fired_by_rule.len() <= act.rule {
-                self.turn.fired_by_rule.resize(self.pack.rules.len().max(act.rule + 1), 0);
+                // Up to the rule that fired: a turn of a large pack that
+                // fires a few rules counts a few.
+                self.turn.fired_by_rule.resize(act.rule + 1, 0);
             }
             self.turn.fired_by_rule[act.rule] += 1;
             self.check_budget()?;
@@ -1378,10 +1383,11 @@ impl Workflow {
         let old_pack = std::mem::replace(&mut self.pack, pack.clone());
         let _deadline = budget::turn(pack.manifest.limits.max_turn_ms);
         let result = (|| {
+            let removed: rustc_hash::FxHashSet<&str> = changes.removed.iter().map(String::as_str).collect();
             let orphans: Vec<InvocationId> = self
                 .waiting
                 .values()
-                .filter(|w| changes.removed.contains(&w.rule))
+                .filter(|w| removed.contains(w.rule.as_str()))
                 .map(|w| w.invocation.id.clone())
                 .collect();
             for inv in orphans {
@@ -1425,7 +1431,8 @@ impl Workflow {
     fn apply_result(&mut self, inv: InvocationId, outcome: Outcome) -> Result<(), TurnError> {
         let w = self.take_waiting(&inv).expect("checked in apply");
         let pack = self.pack.clone();
-        let Some(rule) = pack.rules.iter().find(|r| r.name == w.rule) else {
+        debug_assert!(Arc::ptr_eq(self.net.pack(), &pack), "the network is of the workflow's pack");
+        let Some(rule) = self.net.rule_named(&w.rule).map(|r| &pack.rules[r]) else {
             return Err(TurnError(format!("rule \"{}\" that made {inv} is no longer in the pack", w.rule)));
         };
         let invocation = {
@@ -1826,6 +1833,91 @@ rule "back" {
         let native = p.rules.iter().all(|r| r.action.as_ref().is_none_or(|a| a.native.is_some()));
         let (_, timeline) = run_to_end(p, facts(start));
         (timeline.iter().map(|e| e.line()).collect(), native)
+    }
+
+    #[test]
+    fn hashed_alpha_dispatch_fires_as_testing_every_memory_does() {
+        // Twelve literals of `n`: facts reach the memories of their value's
+        // literal only (and those without one). Written `K == n + 0`, the
+        // same tests are evaluated for every fact: the same timeline.
+        let mut rules = String::new();
+        for k in 0..12 {
+            rules.push_str(&format!(
+                "rule \"is {k}\" {{ match {{ x: X(n == {k}) y: Y(n == {k}, x == x.id) }} action {{ log(`${{x.n}} ${{y.x}}`); }} }}\n"
+            ));
+        }
+        rules.push_str(
+            r#"
+rule "step" {
+    salience -1
+    match { x: X(n < 11, left > 0) }
+    action { modify(x, #{ n: x.n + 1, left: x.left - 1 }); }
+}
+rule "none at 3" {
+    match { not X(n == 3) s: Start() }
+    action { log("no 3"); retract(s); }
+}
+rule "big" {
+    match { x: X(n > 9) }
+    action { log(`big ${x.n}`); }
+}
+"#,
+        );
+        let start = serde_json::json!([
+            {"type": "X", "fields": {"n": 0, "left": 5, "id": 1}},
+            {"type": "X", "fields": {"n": 3.0, "left": 9, "id": 2}},
+            {"type": "Y", "fields": {"n": 4, "x": 1}},
+            {"type": "Y", "fields": {"n": 10, "x": 2}},
+            {"type": "Y", "fields": {"n": 5, "x": 2}},
+            {"type": "Start", "fields": {}}
+        ]);
+        let (hashed, _) = timeline_of(&rules, start.clone());
+        let tested = rules.replace("X(n == ", "X(n + 0 == ").replace("Y(n == ", "Y(n + 0 == ");
+        let (tested, _) = timeline_of(&tested, start);
+        assert_eq!(hashed, tested);
+        for line in ["4 1", "5.0 2", "10.0 2", "no 3", "big 10.0", "big 11.0"] {
+            assert!(hashed.iter().any(|l| l.ends_with(line)), "{line}: {hashed:#?}");
+        }
+    }
+
+    #[test]
+    fn facts_asserted_before_the_start_match_at_the_start() {
+        // No rule matches before the start primes the network; then the
+        // facts already there match, with the start's own.
+        let p = pack(
+            r#"
+rule "seen" { match { i: Item() } action { log(`seen ${i.n}`); } }
+rule "none" { match { not Item(n > 5) } action { log("none above 5"); } }
+"#,
+            "",
+        );
+        let mut wf = Workflow::new(WorkflowId::new("early"), p, 0);
+        let item = |n: i64| facts(serde_json::json!([{"type": "Item", "fields": {"n": n}}]));
+        let inputs =
+            [Input::Assert { facts: item(1) }, Input::Start { facts: item(2) }, Input::Assert { facts: item(3) }];
+        let mut out = Vec::new();
+        for (i, input) in inputs.into_iter().enumerate() {
+            out.extend(wf.apply(input, i as u64 + 1).unwrap().entries.iter().map(|e| e.line()));
+        }
+        expect![[r#"
+            turn 1 ── assert 1 fact(s)
+              +      f1 Item {"n":1}
+              commit (0 firing(s))
+            turn 2 ── start with 1 fact(s)
+              +      f2 Item {"n":2}
+              fire   seen (f2@1)
+              log    [seen] seen 2
+              fire   seen (f1@1)
+              log    [seen] seen 1
+              fire   none ()
+              log    [none] none above 5
+              commit (3 firing(s))
+            turn 3 ── assert 1 fact(s)
+              +      f3 Item {"n":3}
+              fire   seen (f3@1)
+              log    [seen] seen 3
+              commit (1 firing(s))"#]]
+        .assert_eq(&out.join("\n"));
     }
 
     #[test]

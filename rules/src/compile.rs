@@ -2,9 +2,10 @@
 //! (alpha tests, a hash-join key, beta tests; native or Rhai), compiled
 //! sections, parsed tests, and every diagnostic found on the way.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::diagnostic::{Code, Diagnostic, Pos};
 use crate::expr::{self, BinOp, BindingKind, Expr};
@@ -154,6 +155,40 @@ pub struct Pack {
     pub source: PackSource,
     /// Stable hash of every file of the pack.
     pub digest: u64,
+    /// What the engine derives from the rules alone (its network plan),
+    /// made once and shared by every workflow of the pack.
+    pub derived: Derived,
+}
+
+/// A value derived from a pack once, on first use, and shared for as long
+/// as the pack lives: the engine keeps its network plan here, so that the
+/// workflows of a pack do not each rebuild it. This crate does not know
+/// what it holds (the engine depends on it, not the other way round).
+#[derive(Default)]
+pub struct Derived(OnceLock<Arc<dyn Any + Send + Sync>>);
+
+impl Derived {
+    /// The value `init` makes, made by the first call; later calls share
+    /// it. (A value of another type, already there, stays: then `init`'s
+    /// is made again on every call, unshared.)
+    pub fn get_or_init<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Arc<T> {
+        let mut init = Some(init);
+        let stored = self.0.get_or_init(|| match init.take() {
+            Some(f) => Arc::new(f()),
+            None => unreachable!("`get_or_init` runs its closure once"),
+        });
+        match (stored.clone().downcast::<T>(), init) {
+            (Ok(v), _) => v,
+            (Err(_), Some(f)) => Arc::new(f()),
+            (Err(_), None) => unreachable!("the value just stored has type T"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Derived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "Derived(made)" } else { "Derived(not yet)" })
+    }
 }
 
 /// FNV-1a: a fixed, documented hash, so identities persist across builds.
@@ -288,7 +323,9 @@ pub fn compile_within(source: &PackSource, ceilings: Option<&Ceilings<'_>>) -> (
     let digest =
         source.files.iter().fold(FNV_SEED, |h, (p, t)| fnv1a(t.as_bytes(), fnv1a(p.to_string_lossy().as_bytes(), h)));
     let pack = match (ok, manifest) {
-        (true, Some(manifest)) => Some(Pack { manifest, rules, tests, sandbox, source: source.clone(), digest }),
+        (true, Some(manifest)) => {
+            Some(Pack { manifest, rules, tests, sandbox, source: source.clone(), digest, derived: Derived::default() })
+        }
         _ => None,
     };
     (pack, diags)

@@ -52,6 +52,12 @@ impl Sym {
     pub fn with_name<R>(self, f: impl FnOnce(&str) -> R) -> R {
         f(&interner().read().expect("interner").names[self.0 as usize])
     }
+
+    /// Appends the name's key (see `Value::write_key`): its interned
+    /// number, valid for the process.
+    pub fn write_key(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.0.to_le_bytes());
+    }
 }
 
 impl fmt::Debug for Sym {
@@ -168,6 +174,52 @@ impl Value {
             serde_json::Value::Array(a) => Value::Array(Arc::new(a.iter().map(Value::from_json).collect())),
             serde_json::Value::Object(o) => {
                 Value::Map(Arc::new(o.iter().map(|(k, v)| (Arc::from(k.as_str()), Value::from_json(v))).collect()))
+            }
+        }
+    }
+
+    /// Appends a canonical key of the value: two values write the same bytes
+    /// exactly when they are the same literal. Unlike `==`, kinds stay
+    /// apart (`2` is not `2.0`: they divide differently) and floats compare
+    /// by bits (`-0.0` is not `0.0`, a NaN is itself), so that an expression
+    /// over one behaves as the same expression over the other in every
+    /// operation. Each part is tagged and sized, so keys of different
+    /// values never run into each other.
+    pub fn write_key(&self, out: &mut Vec<u8>) {
+        fn len(n: usize, out: &mut Vec<u8>) {
+            out.extend_from_slice(&(n as u64).to_le_bytes());
+        }
+        match self {
+            Value::Null => out.push(0),
+            Value::Bool(b) => out.extend_from_slice(&[1, *b as u8]),
+            Value::Int(i) => {
+                out.push(2);
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+            Value::Float(f) => {
+                out.push(3);
+                out.extend_from_slice(&f.to_bits().to_le_bytes());
+            }
+            Value::Str(s) => {
+                out.push(4);
+                len(s.len(), out);
+                out.extend_from_slice(s.as_bytes());
+            }
+            Value::Array(a) => {
+                out.push(5);
+                len(a.len(), out);
+                for v in a.iter() {
+                    v.write_key(out);
+                }
+            }
+            Value::Map(m) => {
+                out.push(6);
+                len(m.len(), out);
+                for (k, v) in m.iter() {
+                    len(k.len(), out);
+                    out.extend_from_slice(k.as_bytes());
+                    v.write_key(out);
+                }
             }
         }
     }
