@@ -1333,20 +1333,18 @@ impl Workflow {
         c
     }
 
-    /// Rules of `pack` whose identity the current pack does not have: their
-    /// matches are new work after an upgrade.
-    fn fresh_rules(&self, pack: &Pack) -> Vec<bool> {
-        let known: rustc_hash::FxHashSet<u64> = self.pack.rules.iter().map(|r| r.identity).collect();
-        pack.rules.iter().map(|r| !known.contains(&r.identity)).collect()
-    }
-
     /// Activations an upgrade to `pack` would schedule at once, by rule
     /// (what they then cause is not counted). Changes nothing.
     pub fn upgrade_preview(&self, pack: &Arc<Pack>) -> Result<BTreeMap<String, u64>, String> {
-        let fresh = self.fresh_rules(pack);
+        self.upgrade_preview_by(&UpgradePlan::between(&self.pack, pack))
+    }
+
+    /// `upgrade_preview` with a plan made once for many workflows.
+    pub fn upgrade_preview_by(&self, plan: &UpgradePlan) -> Result<BTreeMap<String, u64>, String> {
+        let pack = &plan.to;
         let mut net = Network::new(pack.clone());
         net.refract_all = true;
-        net.fresh_rules = fresh;
+        net.fresh_rules = plan.fresh_for(&self.pack);
         net.prime().map_err(|e| e.to_string())?;
         for f in self.facts() {
             net.insert(f.clone()).map_err(|e| e.to_string())?;
@@ -1367,18 +1365,39 @@ impl Workflow {
     /// get the new version's `reaction`/`error`. If the turn fails it is
     /// rolled back and the workflow stays, running, on its version.
     pub fn upgrade(&mut self, pack: Arc<Pack>, now_ms: u64) -> Result<TurnOutput, Rejected> {
+        self.upgrade_by(&UpgradePlan::between(&self.pack, &pack), now_ms)
+    }
+
+    /// `upgrade` with a plan made once for the many workflows an upgrade
+    /// moves (at 50,000 rules, comparing them costs more than the turn).
+    pub fn upgrade_by(&mut self, plan: &UpgradePlan, now_ms: u64) -> Result<TurnOutput, Rejected> {
         if self.meta.status != Status::Running {
             return Err(Rejected::NotRunning(self.meta.status.as_str()));
         }
+        let pack = plan.to.clone();
         let (from, to) = (self.meta.pack_version.clone(), pack.manifest.version.clone());
         let meta_before = self.begin_turn(now_ms, format!("upgrade {} {from} -> {to}", pack.manifest.name));
-        let changes = Self::rule_changes(&self.pack, &pack);
+        let owned;
+        let changes = match plan.from == self.pack.digest {
+            true => &plan.changes,
+            false => {
+                owned = Self::rule_changes(&self.pack, &pack);
+                &owned
+            }
+        };
+        let few = |names: &[String]| {
+            let mut v: Vec<String> = names.iter().take(MAX_NAMES_SHOWN).cloned().collect();
+            if names.len() > MAX_NAMES_SHOWN {
+                v.push(format!("(and {} more)", names.len() - MAX_NAMES_SHOWN));
+            }
+            v
+        };
         self.record(Event::Upgraded(Box::new(timeline::Upgraded {
             from: from.clone(),
             to: to.clone(),
-            added: changes.added.clone(),
-            changed: changes.changed.clone(),
-            removed: changes.removed.clone(),
+            added: few(&changes.added),
+            changed: few(&changes.changed),
+            removed: few(&changes.removed),
         })));
         let old_pack = std::mem::replace(&mut self.pack, pack.clone());
         let _deadline = budget::turn(pack.manifest.limits.max_turn_ms);
@@ -1399,9 +1418,7 @@ impl Workflow {
                 });
             }
             let facts: Vec<Fact> = self.facts().into_iter().cloned().collect();
-            self.pack = old_pack.clone();
-            let fresh = self.fresh_rules(&pack);
-            self.pack = pack.clone();
+            let fresh = plan.fresh_for(&old_pack);
             self.rebuild(facts, &fresh)?;
             self.meta.pack_version = to.clone();
             self.fire_all()
@@ -1427,7 +1444,54 @@ impl Workflow {
         }
         Ok(self.end_turn(out, now_ms))
     }
+}
 
+/// Rule names an upgrade entry lists at most, per list: the timeline of
+/// every workflow an upgrade moves holds it.
+const MAX_NAMES_SHOWN: usize = 100;
+
+/// What moving workflows from one version of a pack to another changes:
+/// made once for every workflow an upgrade moves.
+pub struct UpgradePlan {
+    to: Arc<Pack>,
+    /// The digest of the version it was made from.
+    from: u64,
+    changes: RuleChanges,
+    /// Rules of `to` whose identity `from` lacks: new work.
+    fresh: Vec<bool>,
+}
+
+impl UpgradePlan {
+    pub fn between(from: &Pack, to: &Arc<Pack>) -> UpgradePlan {
+        let known: rustc_hash::FxHashSet<u64> = from.rules.iter().map(|r| r.identity).collect();
+        UpgradePlan {
+            to: to.clone(),
+            from: from.digest,
+            changes: Workflow::rule_changes(from, to),
+            fresh: to.rules.iter().map(|r| !known.contains(&r.identity)).collect(),
+        }
+    }
+
+    pub fn to(&self) -> &Arc<Pack> {
+        &self.to
+    }
+
+    /// The digest of the version it moves workflows from.
+    pub fn from(&self) -> u64 {
+        self.from
+    }
+
+    /// The fresh rules for a workflow on `current` (the plan's own, unless
+    /// it was made from another version).
+    fn fresh_for(&self, current: &Pack) -> Vec<bool> {
+        if current.digest == self.from {
+            return self.fresh.clone();
+        }
+        UpgradePlan::between(current, &self.to).fresh
+    }
+}
+
+impl Workflow {
     fn apply_result(&mut self, inv: InvocationId, outcome: Outcome) -> Result<(), TurnError> {
         let w = self.take_waiting(&inv).expect("checked in apply");
         let pack = self.pack.clone();

@@ -132,7 +132,7 @@ impl Default for Quotas {
             max_pack_bytes: 4 << 20,
             max_rules_per_pack: 100_000,
             max_files_per_pack: 10_000,
-            max_versions_kept: 4,
+            max_versions_kept: 2,
             max_live_workflows: 1_000_000,
             max_pending: 100_000,
             max_in_flight: 10_000,

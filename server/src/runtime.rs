@@ -897,6 +897,7 @@ impl Runtime {
         self: &Arc<Self>,
         id: &WorkflowId,
         pack: Arc<Pack>,
+        plans: crate::upgrade::Plans,
     ) -> Result<Option<TurnOutput>, ApiError> {
         let wid = id.clone();
         self.run_turn(id, None, Admit::Server, move |rt, held| {
@@ -907,7 +908,8 @@ impl Runtime {
             if wf.status() != Status::Running || wf.meta().pack_version == pack.manifest.version {
                 return Ok(None);
             }
-            wf.upgrade(pack, now_ms()).map(Some).map_err(reject)
+            let plan = plans.get(wf.pack(), &pack);
+            wf.upgrade_by(&plan, now_ms()).map(Some).map_err(reject)
         })
         .await
     }
