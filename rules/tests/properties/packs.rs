@@ -574,7 +574,7 @@ fn huge_names_and_odd_bytes_are_refused_with_diagnostics() {
     );
     deep("a huge binding", rule_with_constraint(&format!("{huge} == 1")).replace("j:", &format!("{huge}:")));
     deep("a huge type", format!("rule \"r\" {{ match {{ J{huge}() }} }}\n"));
-    deep("NUL bytes", format!("rule \"r\" {{ match {{ Job(a == \"\0\") }} action {{ log(\"\0\"); }} }}\n\0"));
+    deep("NUL bytes", "rule \"r\" { match { Job(a == \"\0\") } action { log(\"\0\"); } }\n\0".to_string());
     deep("a BOM", format!("\u{feff}{}", rule_with_constraint("a == 1)")));
     deep("only comments", format!("// {huge}\n/* unclosed"));
     deep("unclosed string", format!("rule \"r\" {{ action {{ log(\"{huge} }} }}"));
