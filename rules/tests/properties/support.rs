@@ -16,7 +16,7 @@ pub const STACK: usize = 2 << 20;
 
 /// How long one case may take in a debug build on a loaded 2-core machine
 /// before it counts as an endless loop. Cases take milliseconds.
-pub const DEADLINE: Duration = Duration::from_secs(10);
+pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Cases per property: `PROPTEST_CASES` when set (long campaigns), else the
 /// property's own default, sized so the whole suite stays a few seconds.
