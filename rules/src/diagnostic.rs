@@ -147,7 +147,9 @@ impl Diagnostic {
                 let gutter = self.pos.line.to_string();
                 let pad = " ".repeat(gutter.len());
                 let col = self.pos.col.saturating_sub(1) as usize;
-                let skip = col.saturating_sub(WIDTH / 2);
+                // A line that fits is shown whole.
+                let chars = line.chars().count();
+                let skip = if chars > WIDTH { col.saturating_sub(WIDTH / 2).min(chars - WIDTH) } else { 0 };
                 let (mut shown, mut caret_at) = if skip > 0 { ("…".to_string(), 1) } else { (String::new(), 0) };
                 for (i, c) in line.chars().enumerate().skip(skip) {
                     if i == skip + WIDTH {
