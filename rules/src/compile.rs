@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use crate::diagnostic::{Code, Diagnostic, Pos};
+use crate::diagnostic::{Code, Diagnostic, Pos, Severity, SourceMap};
 use crate::expr::{self, BinOp, BindingKind, Expr};
 use crate::limits::Ceilings;
 use crate::manifest::{parse_manifest, Manifest};
@@ -44,7 +44,9 @@ impl PackSource {
                     || p.extension().is_some_and(|x| x == "rules")
                     || (rel.starts_with("tests") && p.extension().is_some_and(|x| x == "toml"))
                 {
-                    files.insert(rel, std::fs::read_to_string(&p)?);
+                    let text = file_text(&p, std::fs::read(&p)?)
+                        .map_err(|d| std::io::Error::new(std::io::ErrorKind::InvalidData, d.to_string()))?;
+                    files.insert(rel, text);
                 }
             }
             Ok(())
@@ -62,6 +64,33 @@ impl PackSource {
         let rel = shown.strip_prefix(&self.root).unwrap_or(shown);
         self.files.get(rel).map(String::as_str)
     }
+
+    /// Each diagnostic rendered with its source line (`Diagnostic::render`),
+    /// reading each file once however many diagnostics it has.
+    pub fn render<'d>(&self, diags: impl IntoIterator<Item = &'d Diagnostic>) -> Vec<String> {
+        let mut maps: BTreeMap<&Path, Option<SourceMap>> = BTreeMap::new();
+        diags
+            .into_iter()
+            .map(|d| {
+                let map = maps.entry(&d.path).or_insert_with(|| self.text_at(&d.path).map(SourceMap::new));
+                d.render_in(map.as_ref())
+            })
+            .collect()
+    }
+}
+
+/// The text of a pack file: its bytes if they are UTF-8, else an error at
+/// the line and column of the first byte that is not (where bytes from a
+/// disk or a request become text).
+pub fn file_text(path: &Path, bytes: Vec<u8>) -> Result<String, Diagnostic> {
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let valid = e.utf8_error().valid_up_to();
+        let head = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
+        let pos = crate::diagnostic::SourceMap::new(head).pos(valid);
+        let msg = format!("not UTF-8 text (byte {:#04x}); pack files are UTF-8", bytes[valid]);
+        Diagnostic::error(path, pos, Code::Pack, msg)
+    })
 }
 
 /// A constraint, evaluated natively when it can be.
@@ -201,6 +230,11 @@ pub fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
 }
 const FNV_SEED: u64 = 0xcbf29ce484222325;
 
+/// The most diagnostics one compile returns: a pack written to fail in
+/// every line must not make its deploy answer megabytes (every one is
+/// found; the rest are counted).
+pub const MAX_DIAGNOSTICS: usize = 200;
+
 /// Compiles a pack; returns it only if there is no error. Diagnostics (errors
 /// and warnings) are sorted by file and position.
 pub fn compile(source: &PackSource) -> (Option<Pack>, Vec<Diagnostic>) {
@@ -320,6 +354,15 @@ pub fn compile_within(source: &PackSource, ceilings: Option<&Ceilings<'_>>) -> (
     }
     diags.sort_by(|a, b| (&a.path, a.pos).cmp(&(&b.path, b.pos)));
     let ok = !diags.iter().any(Diagnostic::is_error);
+    if diags.len() > MAX_DIAGNOSTICS {
+        let more = diags.len() - MAX_DIAGNOSTICS;
+        diags.truncate(MAX_DIAGNOSTICS);
+        let msg = format!("{more} more diagnostic(s) not shown; fix these first");
+        diags.push(Diagnostic {
+            severity: if ok { Severity::Warning } else { Severity::Error },
+            ..Diagnostic::error(&source.root, Pos::new(1, 1), Code::Pack, msg)
+        });
+    }
     let digest =
         source.files.iter().fold(FNV_SEED, |h, (p, t)| fnv1a(t.as_bytes(), fnv1a(p.to_string_lossy().as_bytes(), h)));
     let pack = match (ok, manifest) {

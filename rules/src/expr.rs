@@ -221,9 +221,18 @@ impl<S: Scope> Parser<'_, S> {
             return Err(Unsupported);
         }
         let mut lhs = self.unary()?;
+        // `a + a + a ...` builds a tree as deep as the chain is long, which
+        // evaluating and dropping walk recursively: a chain counts as
+        // nesting (found by the property tests: 50,000 terms overflowed a
+        // 2 MiB stack).
+        let mut chain = 0;
         while let Some((op, prec)) = self.peek().and_then(binop) {
             if prec < min {
                 break;
+            }
+            chain += 1;
+            if self.depth + chain > MAX_NESTING {
+                return Err(Unsupported);
             }
             self.i += 1;
             let rhs = self.expr(prec + 1)?;
@@ -262,7 +271,12 @@ impl<S: Scope> Parser<'_, S> {
 
     fn postfix(&mut self) -> Result<Expr, Unsupported> {
         let mut e = self.primary()?;
+        let mut chain = 0;
         while let Some(Tok::Op(".")) = self.peek() {
+            chain += 1;
+            if self.depth + chain > MAX_NESTING {
+                return Err(Unsupported);
+            }
             self.i += 1;
             let Some(Tok::Ident(name)) = self.next() else {
                 return Err(Unsupported);
@@ -709,6 +723,17 @@ mod tests {
         assert_ne!(key("a < b"), key("b < a"));
         assert_ne!(key("job == job.id"), key("job == job.ref"));
         assert_ne!(key("[a, b] == c"), key("[a] == c"));
+    }
+
+    #[test]
+    fn long_chains_count_as_nesting() {
+        // Left to Rhai, whose parser has its own limits.
+        let long = |sep: &str| format!("a{}", sep.repeat(50_000));
+        for src in [long(" + 1"), long(" && a"), long(".x"), long(" == 1 || a")] {
+            assert!(parse(&src, &S).is_err(), "{}", &src[..20]);
+        }
+        assert!(parse(&format!("a{}", " + 1".repeat(40)), &S).is_ok());
+        assert!(parse(&format!("a{}", ".x".repeat(40)), &S).is_ok());
     }
 
     #[test]

@@ -327,8 +327,7 @@ impl Runtime {
                 let ceilings = Ceilings { limits: &rt.policy(&t).ceilings, owner: &owner, reject_explicit: true };
                 let (pack, diags) = compile_within(&src, Some(&ceilings));
                 let Some(pack) = pack else {
-                    let text: Vec<String> =
-                        diags.iter().filter(|d| d.is_error()).map(|d| d.render(src.text_at(&d.path))).collect();
+                    let text = src.render(diags.iter().filter(|d| d.is_error()));
                     return Err(ApiError::InvalidArgument(format!(
                         "the pack has {} error(s); the deployed version is unchanged\n{}",
                         text.len(),
