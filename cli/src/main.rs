@@ -3,6 +3,7 @@
 mod bench;
 mod bench_always_on;
 mod bench_e2e;
+mod bench_safety;
 mod bench_schedules;
 mod pack;
 mod remote;
@@ -87,6 +88,14 @@ enum BenchCommand {
     /// the same instant, a server process, p50/p99/max of start time minus
     /// due time (run from the repository root).
     Schedules(bench_schedules::Args),
+    /// What the server's limits protect: the RSS of 100,000 live
+    /// workflows, RSS drift under 50 clients for a minute, a 50,000-rule
+    /// pack's deploy, first start and upgrade beside another tenant's
+    /// latency (run from the repository root).
+    Safety(bench_safety::Args),
+    /// An hour at half the capacity a short probe measures, with the
+    /// server's RSS drift (run from the repository root).
+    Soak(bench_safety::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -114,6 +123,8 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::AlwaysOn(args)) => bench_always_on::run(args),
         Command::Bench(BenchCommand::Case(args)) => bench::run_case(args),
         Command::Bench(BenchCommand::Schedules(args)) => bench_schedules::run(args),
+        Command::Bench(BenchCommand::Safety(args)) => bench_safety::run(args),
+        Command::Bench(BenchCommand::Soak(args)) => bench_safety::soak(args),
         Command::Serve(args) => serve::run(args),
         Command::Remote(cmd) => remote::run(cmd),
         Command::Schedule(cmd) => schedule::run(cmd),

@@ -15,8 +15,8 @@ pub fn load(dir: &Path) -> anyhow::Result<(Option<Arc<Pack>>, Vec<Diagnostic>)> 
     }
     let source = PackSource::read_dir(dir).with_context(|| format!("reading pack {}", dir.display()))?;
     let (pack, diags) = compile(&source);
-    for d in &diags {
-        eprintln!("{}\n", d.render(source.text_at(&d.path)));
+    for d in source.render(&diags) {
+        eprintln!("{d}\n");
     }
     Ok((pack.map(Arc::new), diags))
 }

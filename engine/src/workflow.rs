@@ -461,7 +461,7 @@ impl Workflow {
             net.insert(f)?;
         }
         net.refract_all = false;
-        net.fresh_rules.clear();
+        net.fresh_rules = Vec::new();
         self.net = net;
         self.fact_bytes = self.net.facts().map(|f| FACT_BYTES + f.fields.heap_bytes()).sum();
         Ok(())
@@ -657,6 +657,9 @@ impl Workflow {
         out.cancelled.extend(std::mem::take(&mut self.turn.cancelled));
         out.signals = std::mem::take(&mut self.turn.signals);
         out.meta = Some(self.meta.clone());
+        // What only the turn needed (the pre-turn copies of the facts it
+        // touched, its firings by rule) is not kept until the next one.
+        self.turn = TurnState::default();
         out
     }
 
@@ -802,7 +805,9 @@ impl Workflow {
             let Some(act) = self.net.pop() else { break };
             self.turn.firings += 1;
             if self.turn.fired_by_rule.len() <= act.rule {
-                self.turn.fired_by_rule.resize(self.pack.rules.len().max(act.rule + 1), 0);
+                // Up to the rule that fired: a turn of a large pack that
+                // fires a few rules counts a few.
+                self.turn.fired_by_rule.resize(act.rule + 1, 0);
             }
             self.turn.fired_by_rule[act.rule] += 1;
             self.check_budget()?;
@@ -1328,20 +1333,18 @@ impl Workflow {
         c
     }
 
-    /// Rules of `pack` whose identity the current pack does not have: their
-    /// matches are new work after an upgrade.
-    fn fresh_rules(&self, pack: &Pack) -> Vec<bool> {
-        let known: rustc_hash::FxHashSet<u64> = self.pack.rules.iter().map(|r| r.identity).collect();
-        pack.rules.iter().map(|r| !known.contains(&r.identity)).collect()
-    }
-
     /// Activations an upgrade to `pack` would schedule at once, by rule
     /// (what they then cause is not counted). Changes nothing.
     pub fn upgrade_preview(&self, pack: &Arc<Pack>) -> Result<BTreeMap<String, u64>, String> {
-        let fresh = self.fresh_rules(pack);
+        self.upgrade_preview_by(&UpgradePlan::between(&self.pack, pack))
+    }
+
+    /// `upgrade_preview` with a plan made once for many workflows.
+    pub fn upgrade_preview_by(&self, plan: &UpgradePlan) -> Result<BTreeMap<String, u64>, String> {
+        let pack = &plan.to;
         let mut net = Network::new(pack.clone());
         net.refract_all = true;
-        net.fresh_rules = fresh;
+        net.fresh_rules = plan.fresh_for(&self.pack);
         net.prime().map_err(|e| e.to_string())?;
         for f in self.facts() {
             net.insert(f.clone()).map_err(|e| e.to_string())?;
@@ -1362,26 +1365,48 @@ impl Workflow {
     /// get the new version's `reaction`/`error`. If the turn fails it is
     /// rolled back and the workflow stays, running, on its version.
     pub fn upgrade(&mut self, pack: Arc<Pack>, now_ms: u64) -> Result<TurnOutput, Rejected> {
+        self.upgrade_by(&UpgradePlan::between(&self.pack, &pack), now_ms)
+    }
+
+    /// `upgrade` with a plan made once for the many workflows an upgrade
+    /// moves (at 50,000 rules, comparing them costs more than the turn).
+    pub fn upgrade_by(&mut self, plan: &UpgradePlan, now_ms: u64) -> Result<TurnOutput, Rejected> {
         if self.meta.status != Status::Running {
             return Err(Rejected::NotRunning(self.meta.status.as_str()));
         }
+        let pack = plan.to.clone();
         let (from, to) = (self.meta.pack_version.clone(), pack.manifest.version.clone());
         let meta_before = self.begin_turn(now_ms, format!("upgrade {} {from} -> {to}", pack.manifest.name));
-        let changes = Self::rule_changes(&self.pack, &pack);
+        let owned;
+        let changes = match plan.from == self.pack.digest {
+            true => &plan.changes,
+            false => {
+                owned = Self::rule_changes(&self.pack, &pack);
+                &owned
+            }
+        };
+        let few = |names: &[String]| {
+            let mut v: Vec<String> = names.iter().take(MAX_NAMES_SHOWN).cloned().collect();
+            if names.len() > MAX_NAMES_SHOWN {
+                v.push(format!("(and {} more)", names.len() - MAX_NAMES_SHOWN));
+            }
+            v
+        };
         self.record(Event::Upgraded(Box::new(timeline::Upgraded {
             from: from.clone(),
             to: to.clone(),
-            added: changes.added.clone(),
-            changed: changes.changed.clone(),
-            removed: changes.removed.clone(),
+            added: few(&changes.added),
+            changed: few(&changes.changed),
+            removed: few(&changes.removed),
         })));
         let old_pack = std::mem::replace(&mut self.pack, pack.clone());
         let _deadline = budget::turn(pack.manifest.limits.max_turn_ms);
         let result = (|| {
+            let removed: rustc_hash::FxHashSet<&str> = changes.removed.iter().map(String::as_str).collect();
             let orphans: Vec<InvocationId> = self
                 .waiting
                 .values()
-                .filter(|w| changes.removed.contains(&w.rule))
+                .filter(|w| removed.contains(w.rule.as_str()))
                 .map(|w| w.invocation.id.clone())
                 .collect();
             for inv in orphans {
@@ -1393,9 +1418,7 @@ impl Workflow {
                 });
             }
             let facts: Vec<Fact> = self.facts().into_iter().cloned().collect();
-            self.pack = old_pack.clone();
-            let fresh = self.fresh_rules(&pack);
-            self.pack = pack.clone();
+            let fresh = plan.fresh_for(&old_pack);
             self.rebuild(facts, &fresh)?;
             self.meta.pack_version = to.clone();
             self.fire_all()
@@ -1421,11 +1444,59 @@ impl Workflow {
         }
         Ok(self.end_turn(out, now_ms))
     }
+}
 
+/// Rule names an upgrade entry lists at most, per list: the timeline of
+/// every workflow an upgrade moves holds it.
+const MAX_NAMES_SHOWN: usize = 100;
+
+/// What moving workflows from one version of a pack to another changes:
+/// made once for every workflow an upgrade moves.
+pub struct UpgradePlan {
+    to: Arc<Pack>,
+    /// The digest of the version it was made from.
+    from: u64,
+    changes: RuleChanges,
+    /// Rules of `to` whose identity `from` lacks: new work.
+    fresh: Vec<bool>,
+}
+
+impl UpgradePlan {
+    pub fn between(from: &Pack, to: &Arc<Pack>) -> UpgradePlan {
+        let known: rustc_hash::FxHashSet<u64> = from.rules.iter().map(|r| r.identity).collect();
+        UpgradePlan {
+            to: to.clone(),
+            from: from.digest,
+            changes: Workflow::rule_changes(from, to),
+            fresh: to.rules.iter().map(|r| !known.contains(&r.identity)).collect(),
+        }
+    }
+
+    pub fn to(&self) -> &Arc<Pack> {
+        &self.to
+    }
+
+    /// The digest of the version it moves workflows from.
+    pub fn from(&self) -> u64 {
+        self.from
+    }
+
+    /// The fresh rules for a workflow on `current` (the plan's own, unless
+    /// it was made from another version).
+    fn fresh_for(&self, current: &Pack) -> Vec<bool> {
+        if current.digest == self.from {
+            return self.fresh.clone();
+        }
+        UpgradePlan::between(current, &self.to).fresh
+    }
+}
+
+impl Workflow {
     fn apply_result(&mut self, inv: InvocationId, outcome: Outcome) -> Result<(), TurnError> {
         let w = self.take_waiting(&inv).expect("checked in apply");
         let pack = self.pack.clone();
-        let Some(rule) = pack.rules.iter().find(|r| r.name == w.rule) else {
+        debug_assert!(Arc::ptr_eq(self.net.pack(), &pack), "the network is of the workflow's pack");
+        let Some(rule) = self.net.rule_named(&w.rule).map(|r| &pack.rules[r]) else {
             return Err(TurnError(format!("rule \"{}\" that made {inv} is no longer in the pack", w.rule)));
         };
         let invocation = {
@@ -1826,6 +1897,91 @@ rule "back" {
         let native = p.rules.iter().all(|r| r.action.as_ref().is_none_or(|a| a.native.is_some()));
         let (_, timeline) = run_to_end(p, facts(start));
         (timeline.iter().map(|e| e.line()).collect(), native)
+    }
+
+    #[test]
+    fn hashed_alpha_dispatch_fires_as_testing_every_memory_does() {
+        // Twelve literals of `n`: facts reach the memories of their value's
+        // literal only (and those without one). Written `K == n + 0`, the
+        // same tests are evaluated for every fact: the same timeline.
+        let mut rules = String::new();
+        for k in 0..12 {
+            rules.push_str(&format!(
+                "rule \"is {k}\" {{ match {{ x: X(n == {k}) y: Y(n == {k}, x == x.id) }} action {{ log(`${{x.n}} ${{y.x}}`); }} }}\n"
+            ));
+        }
+        rules.push_str(
+            r#"
+rule "step" {
+    salience -1
+    match { x: X(n < 11, left > 0) }
+    action { modify(x, #{ n: x.n + 1, left: x.left - 1 }); }
+}
+rule "none at 3" {
+    match { not X(n == 3) s: Start() }
+    action { log("no 3"); retract(s); }
+}
+rule "big" {
+    match { x: X(n > 9) }
+    action { log(`big ${x.n}`); }
+}
+"#,
+        );
+        let start = serde_json::json!([
+            {"type": "X", "fields": {"n": 0, "left": 5, "id": 1}},
+            {"type": "X", "fields": {"n": 3.0, "left": 9, "id": 2}},
+            {"type": "Y", "fields": {"n": 4, "x": 1}},
+            {"type": "Y", "fields": {"n": 10, "x": 2}},
+            {"type": "Y", "fields": {"n": 5, "x": 2}},
+            {"type": "Start", "fields": {}}
+        ]);
+        let (hashed, _) = timeline_of(&rules, start.clone());
+        let tested = rules.replace("X(n == ", "X(n + 0 == ").replace("Y(n == ", "Y(n + 0 == ");
+        let (tested, _) = timeline_of(&tested, start);
+        assert_eq!(hashed, tested);
+        for line in ["4 1", "5.0 2", "10.0 2", "no 3", "big 10.0", "big 11.0"] {
+            assert!(hashed.iter().any(|l| l.ends_with(line)), "{line}: {hashed:#?}");
+        }
+    }
+
+    #[test]
+    fn facts_asserted_before_the_start_match_at_the_start() {
+        // No rule matches before the start primes the network; then the
+        // facts already there match, with the start's own.
+        let p = pack(
+            r#"
+rule "seen" { match { i: Item() } action { log(`seen ${i.n}`); } }
+rule "none" { match { not Item(n > 5) } action { log("none above 5"); } }
+"#,
+            "",
+        );
+        let mut wf = Workflow::new(WorkflowId::new("early"), p, 0);
+        let item = |n: i64| facts(serde_json::json!([{"type": "Item", "fields": {"n": n}}]));
+        let inputs =
+            [Input::Assert { facts: item(1) }, Input::Start { facts: item(2) }, Input::Assert { facts: item(3) }];
+        let mut out = Vec::new();
+        for (i, input) in inputs.into_iter().enumerate() {
+            out.extend(wf.apply(input, i as u64 + 1).unwrap().entries.iter().map(|e| e.line()));
+        }
+        expect![[r#"
+            turn 1 ── assert 1 fact(s)
+              +      f1 Item {"n":1}
+              commit (0 firing(s))
+            turn 2 ── start with 1 fact(s)
+              +      f2 Item {"n":2}
+              fire   seen (f2@1)
+              log    [seen] seen 2
+              fire   seen (f1@1)
+              log    [seen] seen 1
+              fire   none ()
+              log    [none] none above 5
+              commit (3 firing(s))
+            turn 3 ── assert 1 fact(s)
+              +      f3 Item {"n":3}
+              fire   seen (f3@1)
+              log    [seen] seen 3
+              commit (1 firing(s))"#]]
+        .assert_eq(&out.join("\n"));
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //! (alpha tests, a hash-join key, beta tests; native or Rhai), compiled
 //! sections, parsed tests, and every diagnostic found on the way.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use crate::diagnostic::{Code, Diagnostic, Pos};
+use crate::diagnostic::{Code, Diagnostic, Pos, Severity, SourceMap};
 use crate::expr::{self, BinOp, BindingKind, Expr};
 use crate::limits::Ceilings;
 use crate::manifest::{parse_manifest, Manifest};
@@ -43,7 +44,9 @@ impl PackSource {
                     || p.extension().is_some_and(|x| x == "rules")
                     || (rel.starts_with("tests") && p.extension().is_some_and(|x| x == "toml"))
                 {
-                    files.insert(rel, std::fs::read_to_string(&p)?);
+                    let text = file_text(&p, std::fs::read(&p)?)
+                        .map_err(|d| std::io::Error::new(std::io::ErrorKind::InvalidData, d.to_string()))?;
+                    files.insert(rel, text);
                 }
             }
             Ok(())
@@ -61,6 +64,33 @@ impl PackSource {
         let rel = shown.strip_prefix(&self.root).unwrap_or(shown);
         self.files.get(rel).map(String::as_str)
     }
+
+    /// Each diagnostic rendered with its source line (`Diagnostic::render`),
+    /// reading each file once however many diagnostics it has.
+    pub fn render<'d>(&self, diags: impl IntoIterator<Item = &'d Diagnostic>) -> Vec<String> {
+        let mut maps: BTreeMap<&Path, Option<SourceMap>> = BTreeMap::new();
+        diags
+            .into_iter()
+            .map(|d| {
+                let map = maps.entry(&d.path).or_insert_with(|| self.text_at(&d.path).map(SourceMap::new));
+                d.render_in(map.as_ref())
+            })
+            .collect()
+    }
+}
+
+/// The text of a pack file: its bytes if they are UTF-8, else an error at
+/// the line and column of the first byte that is not (where bytes from a
+/// disk or a request become text).
+pub fn file_text(path: &Path, bytes: Vec<u8>) -> Result<String, Diagnostic> {
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let valid = e.utf8_error().valid_up_to();
+        let head = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
+        let pos = crate::diagnostic::SourceMap::new(head).pos(valid);
+        let msg = format!("not UTF-8 text (byte {:#04x}); pack files are UTF-8", bytes[valid]);
+        Diagnostic::error(path, pos, Code::Pack, msg)
+    })
 }
 
 /// A constraint, evaluated natively when it can be.
@@ -154,6 +184,40 @@ pub struct Pack {
     pub source: PackSource,
     /// Stable hash of every file of the pack.
     pub digest: u64,
+    /// What the engine derives from the rules alone (its network plan),
+    /// made once and shared by every workflow of the pack.
+    pub derived: Derived,
+}
+
+/// A value derived from a pack once, on first use, and shared for as long
+/// as the pack lives: the engine keeps its network plan here, so that the
+/// workflows of a pack do not each rebuild it. This crate does not know
+/// what it holds (the engine depends on it, not the other way round).
+#[derive(Default)]
+pub struct Derived(OnceLock<Arc<dyn Any + Send + Sync>>);
+
+impl Derived {
+    /// The value `init` makes, made by the first call; later calls share
+    /// it. (A value of another type, already there, stays: then `init`'s
+    /// is made again on every call, unshared.)
+    pub fn get_or_init<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Arc<T> {
+        let mut init = Some(init);
+        let stored = self.0.get_or_init(|| match init.take() {
+            Some(f) => Arc::new(f()),
+            None => unreachable!("`get_or_init` runs its closure once"),
+        });
+        match (stored.clone().downcast::<T>(), init) {
+            (Ok(v), _) => v,
+            (Err(_), Some(f)) => Arc::new(f()),
+            (Err(_), None) => unreachable!("the value just stored has type T"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Derived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "Derived(made)" } else { "Derived(not yet)" })
+    }
 }
 
 /// FNV-1a: a fixed, documented hash, so identities persist across builds.
@@ -165,6 +229,11 @@ pub fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
     h
 }
 const FNV_SEED: u64 = 0xcbf29ce484222325;
+
+/// The most diagnostics one compile returns: a pack written to fail in
+/// every line must not make its deploy answer megabytes (every one is
+/// found; the rest are counted).
+pub const MAX_DIAGNOSTICS: usize = 200;
 
 /// Compiles a pack; returns it only if there is no error. Diagnostics (errors
 /// and warnings) are sorted by file and position.
@@ -285,10 +354,21 @@ pub fn compile_within(source: &PackSource, ceilings: Option<&Ceilings<'_>>) -> (
     }
     diags.sort_by(|a, b| (&a.path, a.pos).cmp(&(&b.path, b.pos)));
     let ok = !diags.iter().any(Diagnostic::is_error);
+    if diags.len() > MAX_DIAGNOSTICS {
+        let more = diags.len() - MAX_DIAGNOSTICS;
+        diags.truncate(MAX_DIAGNOSTICS);
+        let msg = format!("{more} more diagnostic(s) not shown; fix these first");
+        diags.push(Diagnostic {
+            severity: if ok { Severity::Warning } else { Severity::Error },
+            ..Diagnostic::error(&source.root, Pos::new(1, 1), Code::Pack, msg)
+        });
+    }
     let digest =
         source.files.iter().fold(FNV_SEED, |h, (p, t)| fnv1a(t.as_bytes(), fnv1a(p.to_string_lossy().as_bytes(), h)));
     let pack = match (ok, manifest) {
-        (true, Some(manifest)) => Some(Pack { manifest, rules, tests, sandbox, source: source.clone(), digest }),
+        (true, Some(manifest)) => {
+            Some(Pack { manifest, rules, tests, sandbox, source: source.clone(), digest, derived: Derived::default() })
+        }
         _ => None,
     };
     (pack, diags)

@@ -15,6 +15,12 @@ use std::fmt;
 
 use jiff::tz::TimeZone;
 
+use crate::diagnostic::shown;
+
+/// The longest `@every` interval: 100 years (of 365.25 days). Longer ones
+/// are mistakes, and past `i64::MAX` milliseconds they would wrap.
+pub const MAX_EVERY_MS: u64 = 100 * 36_525 * 86_400_000;
+
 /// A parsed schedule expression with its time zone.
 #[derive(Clone)]
 pub struct Spec {
@@ -84,7 +90,8 @@ pub fn time_zone(name: &str) -> Result<TimeZone, SpecError> {
     }
     TimeZone::get(name).map_err(|_| {
         SpecError::TimeZone(format!(
-            "`{name}` is not a time zone of the IANA database; write e.g. \"UTC\" or \"Europe/Paris\""
+            "`{}` is not a time zone of the IANA database; write e.g. \"UTC\" or \"Europe/Paris\"",
+            shown(name)
         ))
     })
 }
@@ -114,8 +121,10 @@ impl Spec {
     pub fn next_after(&self, after_ms: i64) -> Option<i64> {
         match &self.timing {
             Timing::Every(p) => {
+                // At most `MAX_EVERY_MS` (checked by `parse`): no cast wraps;
+                // past the end of time there is no tick.
                 let p = *p as i64;
-                Some((after_ms.div_euclid(p) + 1) * p)
+                (after_ms.div_euclid(p) + 1).checked_mul(p)
             }
             Timing::Cron(f) => self.next_cron(f, after_ms),
         }
@@ -312,10 +321,13 @@ impl Fields {
 fn parse_timing(expr: &str) -> Result<Timing, String> {
     if let Some(rest) = expr.strip_prefix("@every") {
         let d = humantime::parse_duration(rest.trim())
-            .map_err(|e| format!("`@every {}`: not a duration ({e}); write e.g. \"@every 30s\"", rest.trim()))?;
-        let ms = d.as_millis() as u64;
+            .map_err(|e| format!("`@every {}`: not a duration ({e}); write e.g. \"@every 30s\"", shown(rest.trim())))?;
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         if ms < 1000 || !ms.is_multiple_of(1000) {
-            return Err(format!("`{expr}`: the interval must be a whole number of seconds, at least 1s"));
+            return Err(format!("`{}`: the interval must be a whole number of seconds, at least 1s", shown(expr)));
+        }
+        if ms > MAX_EVERY_MS {
+            return Err(format!("`{}`: the interval must be at most 100 years", shown(expr)));
         }
         return Ok(Timing::Every(ms));
     }
@@ -327,7 +339,8 @@ fn parse_timing(expr: &str) -> Result<Timing, String> {
         "@hourly" => "0 0 * * * *",
         e if e.starts_with('@') => {
             return Err(format!(
-                "unknown preset `{e}`; use @yearly, @monthly, @weekly, @daily, @hourly or @every <duration>"
+                "unknown preset `{}`; use @yearly, @monthly, @weekly, @daily, @hourly or @every <duration>",
+                shown(e)
             ))
         }
         e => e,
@@ -338,12 +351,13 @@ fn parse_timing(expr: &str) -> Result<Timing, String> {
         6 => (parts[0], &parts[1..]),
         n => {
             return Err(format!(
-                "`{expr}` has {n} field(s); a cron expression has 5 (minute hour day month weekday) or 6 (second first)"
+                "`{}` has {n} field(s); a cron expression has 5 (minute hour day month weekday) or 6 (second first)",
+                shown(expr)
             ))
         }
     };
     let field = |name: &str, text: &str, lo: u32, hi: u32, names: &[&str]| {
-        parse_field(text, lo, hi, names).map_err(|m| format!("`{expr}`: {name} field `{text}`: {m}"))
+        parse_field(text, lo, hi, names).map_err(|m| format!("`{}`: {name} field `{}`: {m}", shown(expr), shown(text)))
     };
     let seconds = field("second", sec, 0, 59, &[])?;
     let minutes = field("minute", rest[0], 0, 59, &[])?;
@@ -372,7 +386,7 @@ fn parse_value(s: &str, lo: u32, hi: u32, names: &[&str]) -> Result<u32, String>
     if let Some(i) = names.iter().position(|n| *n == lower) {
         return Ok(lo + i as u32);
     }
-    let v: u32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    let v: u32 = s.parse().map_err(|_| format!("`{}` is not a number", shown(s)))?;
     if v < lo || v > hi {
         return Err(format!("{v} is out of range {lo}-{hi}"));
     }
@@ -390,7 +404,7 @@ fn parse_field(text: &str, lo: u32, hi: u32, names: &[&str]) -> Result<u64, Stri
         }
         let (range, step) = match item.split_once('/') {
             Some((r, s)) => {
-                let step: u32 = s.parse().map_err(|_| format!("step `{s}` is not a number"))?;
+                let step: u32 = s.parse().map_err(|_| format!("step `{}` is not a number", shown(s)))?;
                 if step == 0 {
                     return Err("a step cannot be 0".into());
                 }
@@ -506,6 +520,26 @@ mod tests {
         assert_eq!(d.last_ticks(ms("2025-01-01T00:00:00Z"), to, 1), [to]);
         assert_eq!(d.last_ticks(to - 1000, to + 1000, 5), [to]);
         assert!(d.last_ticks(to, to + 1000, 5).is_empty());
+    }
+
+    #[test]
+    fn intervals_are_bounded_and_ticks_never_wrap() {
+        // Found by the property tests: 300,000,000 years are more
+        // milliseconds than an i64 holds; the interval wrapped negative and
+        // `last_ticks` never ended.
+        assert_eq!(
+            Spec::parse("@every 300000000 years", "").unwrap_err().to_string(),
+            "`@every 300000000 years`: the interval must be at most 100 years"
+        );
+        assert!(Spec::parse("@every 600000000 years", "").is_err());
+        let s = Spec::parse("@every 100 years", "").unwrap();
+        assert_eq!(s.next_after(i64::MAX - 1000), None);
+        assert_eq!(Spec::parse("@every 1s", "").unwrap().next_after(i64::MAX - 10), None);
+        let last = s.last_ticks(i64::MIN, i64::MAX, 2);
+        assert!(last.len() == 2 && last[0] < last[1], "{last:?}");
+        // A long expression is quoted short.
+        let long = format!("{} * * * *", "1".repeat(10_000));
+        assert!(Spec::parse(&long, "").unwrap_err().to_string().len() < 300);
     }
 
     #[test]

@@ -93,9 +93,26 @@ pub fn shown(s: &str) -> String {
     format!("{head}… ({} bytes)", s.len())
 }
 
+/// The longest diagnostic message, in bytes.
+pub const MAX_MESSAGE: usize = 400;
+
 impl Diagnostic {
+    /// An error. Its message is one line of at most `MAX_MESSAGE` bytes,
+    /// whatever it quotes (a parser's message may quote a whole token).
     pub fn error(path: &Path, pos: Pos, code: Code, message: impl Into<String>) -> Diagnostic {
-        Diagnostic { path: path.to_path_buf(), pos, severity: Severity::Error, code, message: message.into() }
+        let mut message: String = message.into();
+        if message.len() > MAX_MESSAGE || message.contains(|c: char| c.is_control()) {
+            let mut short: String =
+                message.chars().take(MAX_MESSAGE).map(|c| if c.is_control() { ' ' } else { c }).collect();
+            if message.len() > MAX_MESSAGE {
+                while short.len() > MAX_MESSAGE {
+                    short.pop();
+                }
+                short.push('…');
+            }
+            message = short;
+        }
+        Diagnostic { path: path.to_path_buf(), pos, severity: Severity::Error, code, message }
     }
 
     pub fn warning(path: &Path, pos: Pos, code: Code, message: impl Into<String>) -> Diagnostic {
@@ -107,19 +124,48 @@ impl Diagnostic {
     }
 
     /// `path:line:col: error[CODE]: message`, then the source line and a caret
-    /// under the column when the source is known.
+    /// under the column when the source is known. A long line shows only
+    /// its part around the column (a deploy's errors travel in a gRPC
+    /// status, and a rule file may hold a megabyte on one line); control
+    /// characters show as `\u{fffd}`.
     pub fn render(&self, source: Option<&str>) -> String {
+        self.render_line(source.and_then(|src| src.lines().nth(self.pos.line.saturating_sub(1) as usize)))
+    }
+
+    /// `render`, finding the line in a `SourceMap`: rendering many
+    /// diagnostics of one file costs the file once, not once each (20,000
+    /// errors in a 600 KB file took minutes; found by the e2e campaign).
+    pub fn render_in(&self, map: Option<&SourceMap>) -> String {
+        self.render_line(map.and_then(|m| m.line(self.pos.line)))
+    }
+
+    fn render_line(&self, line: Option<&str>) -> String {
+        const WIDTH: usize = 100;
         let mut out = self.to_string();
-        if let Some(src) = source {
-            if let Some(line) = src.lines().nth(self.pos.line.saturating_sub(1) as usize) {
+        {
+            if let Some(line) = line {
                 let gutter = self.pos.line.to_string();
                 let pad = " ".repeat(gutter.len());
-                let caret_at: usize = line
-                    .chars()
-                    .take(self.pos.col.saturating_sub(1) as usize)
-                    .map(|c| if c == '\t' { 4 } else { 1 })
-                    .sum();
-                let shown = line.replace('\t', "    ");
+                let col = self.pos.col.saturating_sub(1) as usize;
+                // A line that fits is shown whole.
+                let chars = line.chars().count();
+                let skip = if chars > WIDTH { col.saturating_sub(WIDTH / 2).min(chars - WIDTH) } else { 0 };
+                let (mut shown, mut caret_at) = if skip > 0 { ("…".to_string(), 1) } else { (String::new(), 0) };
+                for (i, c) in line.chars().enumerate().skip(skip) {
+                    if i == skip + WIDTH {
+                        shown.push('…');
+                        break;
+                    }
+                    let (text, width) = match c {
+                        '\t' => ("    ".to_string(), 4),
+                        c if c.is_control() => ('\u{fffd}'.to_string(), 1),
+                        c => (c.to_string(), 1),
+                    };
+                    shown.push_str(&text);
+                    if i < col {
+                        caret_at += width;
+                    }
+                }
                 out.push_str(&format!("\n{pad} |\n{gutter} | {shown}\n{pad} | {}^", " ".repeat(caret_at)));
             }
         }
@@ -168,6 +214,16 @@ impl SourceMap {
         start + rest.char_indices().nth(pos.col.max(1) as usize - 1).map(|(i, _)| i).unwrap_or(rest.len())
     }
 
+    /// The text of a line (1-based), without its line break.
+    pub fn line(&self, line: u32) -> Option<&str> {
+        let i = (line as usize).checked_sub(1)?;
+        let start = *self.line_starts.get(i)?;
+        let end = self.line_starts.get(i + 1).map_or(self.text.len(), |e| e - 1);
+        let text = &self.text[start..end];
+        // As `str::lines`: no line after a final line break.
+        (start < self.text.len()).then(|| text.strip_suffix('\r').unwrap_or(text))
+    }
+
     pub fn pos(&self, offset: usize) -> Pos {
         let line = match self.line_starts.binary_search(&offset) {
             Ok(l) => l,
@@ -192,6 +248,24 @@ mod tests {
             2 | abc defg
               |     ^"#]]
         .assert_eq(&d.render(Some("first\nabc defg\n")));
+    }
+
+    #[test]
+    fn a_long_line_shows_around_the_column() {
+        let line = format!("{}x{}", "a".repeat(1 << 20), "b".repeat(1 << 20));
+        let d = Diagnostic::error(Path::new("r.rules"), Pos::new(1, (1 << 20) + 1), Code::Syntax, "here");
+        let r = d.render(Some(&line));
+        assert!(r.len() < 400, "{} bytes", r.len());
+        let lines: Vec<&str> = r.lines().collect();
+        let x = lines[2].chars().position(|c| c == 'x').expect("the column is shown");
+        assert_eq!(lines[3].chars().position(|c| c == '^'), Some(x), "{r}");
+        let d = Diagnostic::error(Path::new("r.rules"), Pos::new(1, 3), Code::Syntax, "after a NUL and a tab");
+        expect_test::expect![[r#"
+            r.rules:1:3: error[E0001]: after a NUL and a tab
+              |
+            1 | a�    b
+              |   ^"#]]
+        .assert_eq(&d.render(Some("a\0\tb")));
     }
 
     #[test]

@@ -221,9 +221,18 @@ impl<S: Scope> Parser<'_, S> {
             return Err(Unsupported);
         }
         let mut lhs = self.unary()?;
+        // `a + a + a ...` builds a tree as deep as the chain is long, which
+        // evaluating and dropping walk recursively: a chain counts as
+        // nesting (found by the property tests: 50,000 terms overflowed a
+        // 2 MiB stack).
+        let mut chain = 0;
         while let Some((op, prec)) = self.peek().and_then(binop) {
             if prec < min {
                 break;
+            }
+            chain += 1;
+            if self.depth + chain > MAX_NESTING {
+                return Err(Unsupported);
             }
             self.i += 1;
             let rhs = self.expr(prec + 1)?;
@@ -262,7 +271,12 @@ impl<S: Scope> Parser<'_, S> {
 
     fn postfix(&mut self) -> Result<Expr, Unsupported> {
         let mut e = self.primary()?;
+        let mut chain = 0;
         while let Some(Tok::Op(".")) = self.peek() {
+            chain += 1;
+            if self.depth + chain > MAX_NESTING {
+                return Err(Unsupported);
+            }
             self.i += 1;
             let Some(Tok::Ident(name)) = self.next() else {
                 return Err(Unsupported);
@@ -447,6 +461,58 @@ pub struct EvalError(pub String);
 static NULL: Value = Value::Null;
 
 impl Expr {
+    /// Appends a canonical key of the expression: two expressions write the
+    /// same bytes exactly when they are the same expression, literals
+    /// compared as `Value::write_key` does (`n / 2` is not `n / 2.0`). What
+    /// shares alpha tests compares: hashing a key is linear in its size,
+    /// where printing expressions and comparing the text was not.
+    pub fn write_key(&self, out: &mut Vec<u8>) {
+        match self {
+            Expr::Lit(v) => {
+                out.push(0);
+                v.write_key(out);
+            }
+            Expr::Field(f) => {
+                out.push(1);
+                f.write_key(out);
+            }
+            Expr::BoundField(b, f) => {
+                out.push(2);
+                out.extend_from_slice(&(*b as u64).to_le_bytes());
+                f.write_key(out);
+            }
+            Expr::Bound(b) => {
+                out.push(3);
+                out.extend_from_slice(&(*b as u64).to_le_bytes());
+            }
+            Expr::Member(e, f) => {
+                out.push(4);
+                f.write_key(out);
+                e.write_key(out);
+            }
+            Expr::Not(e) => {
+                out.push(5);
+                e.write_key(out);
+            }
+            Expr::Neg(e) => {
+                out.push(6);
+                e.write_key(out);
+            }
+            Expr::Bin(op, a, b) => {
+                out.extend_from_slice(&[7, *op as u8]);
+                a.write_key(out);
+                b.write_key(out);
+            }
+            Expr::Array(items) => {
+                out.push(8);
+                out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+                for e in items {
+                    e.write_key(out);
+                }
+            }
+        }
+    }
+
     /// Evaluates to a value. A missing field is `null`; type mismatches in
     /// comparisons are `false` (a constraint that cannot hold), while
     /// arithmetic on non-numbers is an error.
@@ -637,6 +703,37 @@ mod tests {
             r#"name.len() > job.limit && tags.contains("x")"#,
             expect_test::expect![[r#"rhai: __it.name.len() > job.limit && __it.tags.contains("x")"#]],
         );
+    }
+
+    fn key(src: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        parse(src, &S).unwrap().write_key(&mut out);
+        out
+    }
+
+    #[test]
+    fn keys_are_equal_exactly_for_the_same_expression() {
+        assert_eq!(key("n / 2 == 1"), key("n/2  ==  1"));
+        assert_eq!(key("a in [1, \"x\"]"), key("(a in [1,\"x\"])"));
+        // Equal values, other expressions: `2` and `2.0` divide differently.
+        assert_ne!(key("n / 2 == 1"), key("n / 2.0 == 1"));
+        assert_ne!(key("n == 0.0"), key("n == -0.0"));
+        assert_ne!(key("n == 1"), key("n == true"));
+        assert_ne!(key("a == \"ab\" && b"), key("a == \"a\" && bb"));
+        assert_ne!(key("a < b"), key("b < a"));
+        assert_ne!(key("job == job.id"), key("job == job.ref"));
+        assert_ne!(key("[a, b] == c"), key("[a] == c"));
+    }
+
+    #[test]
+    fn long_chains_count_as_nesting() {
+        // Left to Rhai, whose parser has its own limits.
+        let long = |sep: &str| format!("a{}", sep.repeat(50_000));
+        for src in [long(" + 1"), long(" && a"), long(".x"), long(" == 1 || a")] {
+            assert!(parse(&src, &S).is_err(), "{}", &src[..20]);
+        }
+        assert!(parse(&format!("a{}", " + 1".repeat(40)), &S).is_ok());
+        assert!(parse(&format!("a{}", ".x".repeat(40)), &S).is_ok());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::diagnostic::{Code, Diagnostic, SourceMap};
+use crate::diagnostic::{shown, Code, Diagnostic, SourceMap};
 use crate::limits::Explicit;
 pub use crate::limits::Limits;
 use crate::value::{Fields, Sym, Value};
@@ -80,12 +80,25 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Backoff before attempt `attempt + 1` (attempts count from 1), without jitter.
+    /// Backoff before attempt `attempt + 1` (attempts count from 1), without
+    /// jitter: `initial_backoff * multiplier^(attempt - 1)`, at most
+    /// `max_backoff`. Saturates rather than overflows, whatever the policy
+    /// (`Duration::mul_f64` panics on a product past what a `Duration` holds).
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let f = self.multiplier.max(1.0).powi(attempt.saturating_sub(1) as i32);
-        self.initial_backoff.mul_f64(f).min(self.max_backoff)
+        let exp = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        let secs = self.initial_backoff.as_secs_f64() * self.multiplier.max(1.0).powi(exp);
+        if secs < self.max_backoff.as_secs_f64() {
+            Duration::try_from_secs_f64(secs).unwrap_or(self.max_backoff)
+        } else {
+            self.max_backoff
+        }
     }
 }
+
+/// The longest duration `pack.toml` takes (a timeout, a heartbeat, a
+/// backoff): a year. Anything longer is a mistake, and durations near
+/// `u64::MAX` seconds overflow the `Instant` of whoever schedules with them.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// Field types a schema can require.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -192,7 +205,7 @@ struct RawManifest {
     #[serde(default)]
     functions: BTreeMap<String, toml::Spanned<RawFunction>>,
     #[serde(default)]
-    facts: BTreeMap<String, BTreeMap<String, toml::Spanned<String>>>,
+    facts: BTreeMap<String, toml::Spanned<BTreeMap<String, toml::Spanned<String>>>>,
     #[serde(default)]
     limits: BTreeMap<String, toml::Spanned<toml::Value>>,
     #[serde(default)]
@@ -253,7 +266,18 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
     };
     let diags = std::cell::RefCell::new(Vec::new());
     let duration = |s: &toml::Spanned<String>| match humantime::parse_duration(s.get_ref()) {
-        Ok(d) => Some(d),
+        // Whole milliseconds, as they are kept and used ("1ns" would be
+        // stored as 0 and read back as another policy).
+        Ok(d) if d <= MAX_DURATION => Some(Duration::from_millis(d.as_nanos().div_ceil(1_000_000) as u64)),
+        Ok(_) => {
+            diags.borrow_mut().push(Diagnostic::error(
+                path,
+                at(s.span()),
+                Code::Manifest,
+                format!("`{}` is longer than a year, the longest duration a pack may set", shown(s.get_ref())),
+            ));
+            None
+        }
         Err(e) => {
             diags.borrow_mut().push(Diagnostic::error(
                 path,
@@ -277,7 +301,20 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
                 max_attempts: r.max_attempts.unwrap_or(d.max_attempts).max(1),
                 initial_backoff: r.initial_backoff.as_ref().and_then(duration).unwrap_or(d.initial_backoff),
                 max_backoff: r.max_backoff.as_ref().and_then(duration).unwrap_or(d.max_backoff),
-                multiplier: r.multiplier.unwrap_or(d.multiplier),
+                multiplier: match r.multiplier {
+                    None => d.multiplier,
+                    // Below 1 a backoff would shrink: it stays the same.
+                    Some(m) if m.is_finite() => m.max(1.0),
+                    Some(m) => {
+                        diags.borrow_mut().push(Diagnostic::error(
+                            path,
+                            at(span.clone()),
+                            Code::Manifest,
+                            format!("function `{}`: retry multiplier {m} is not a finite number", shown(fname)),
+                        ));
+                        d.multiplier
+                    }
+                },
             },
         };
         let timeout = f.timeout.as_ref().and_then(duration).unwrap_or(Duration::from_secs(300));
@@ -296,12 +333,14 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
     let mut facts = BTreeMap::new();
     for (ty, fields) in &raw.facts {
         if !crate::value::valid_type_name(ty) {
-            let pos = fields.values().next().map(|f| at(f.span())).unwrap_or_default();
+            // The table itself: it may have no field to point at (found by
+            // the property tests: `[facts."a"]` alone was reported at 0:0).
+            let pos = at(fields.span());
             let (shown, rule) = (crate::diagnostic::shown(ty), crate::sandbox::TYPE_NAME_RULE);
             diags.push(Diagnostic::error(path, pos, Code::Manifest, format!("[facts.{shown}]: {rule}")));
         }
         let mut schema = Schema::default();
-        for (fname, spec) in fields {
+        for (fname, spec) in fields.get_ref() {
             let text = spec.get_ref().trim();
             let (base, optional) = match text.strip_suffix('?') {
                 Some(b) => (b, true),
@@ -349,7 +388,7 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
         }
     }
     let (limits, limits_set) = limits(path, &map, &raw.limits, &mut diags);
-    let schedules = schedules(path, &map, &raw.schedules, &mut diags);
+    let schedules = schedules(path, &map, &raw.schedules, &facts, &mut diags);
     if !diags.is_empty() {
         diags.sort_by_key(|d| d.pos);
         return Err(diags);
@@ -516,6 +555,65 @@ cron = "@daily"
         .unwrap();
         assert_eq!((m.limits.max_turn_ms, m.limits.max_operations), (50, Limits::default().max_operations));
         assert_eq!(m.limits_set.0.keys().copied().collect::<Vec<_>>(), ["max_turn_ms"]);
+    }
+
+    /// Inputs the property tests (rules/tests/properties) found.
+    #[test]
+    fn hostile_values_found_by_the_property_tests() {
+        check(
+            r#"[pack]
+name = "p"
+version = "1"
+
+[functions.a]
+timeout = "600000000 years"
+retry = { multiplier = nan, max_backoff = "18446744073709551615s" }
+
+[functions.b]
+retry = { multiplier = inf }
+
+[facts."a"]
+
+[schedules.s]
+cron = "@every 300000000 years"
+facts = [{ type = "job", fields = { _id = 1 } }, { type = "Job", fields = { n = "x" } }]
+
+[facts.Job]
+n = "int"
+"#,
+            expect_test::expect![[r#"
+                pack.toml:5:1: error[E0006]: function `a`: retry multiplier NaN is not a finite number
+                pack.toml:6:11: error[E0006]: `600000000 years` is longer than a year, the longest duration a pack may set
+                pack.toml:7:43: error[E0006]: `18446744073709551615s` is longer than a year, the longest duration a pack may set
+                pack.toml:9:1: error[E0006]: function `b`: retry multiplier inf is not a finite number
+                pack.toml:12:1: error[E0006]: [facts.a]: a fact type is an upper-case letter, then letters, digits or `_` (at most 128)
+                pack.toml:15:8: error[E0011]: schedule `s`: cron: `@every 300000000 years`: the interval must be at most 100 years
+                pack.toml:16:10: error[E0011]: schedule `s`: `job` is not a fact type: a fact type is an upper-case letter, then letters, digits or `_` (at most 128)
+                pack.toml:16:10: error[E0011]: schedule `s`: field `_id` starts with `_`, which is reserved
+                pack.toml:16:50: error[E0011]: schedule `s`: Job.n must be int, found string "x""#]],
+        );
+        // Durations are whole milliseconds, as they are kept.
+        let m = parse_manifest(
+            Path::new("pack.toml"),
+            "[pack]\nname = \"p\"\nversion = \"1\"\n[functions.f]\ntimeout = \"1ns\"\nretry = { multiplier = 0.5 }\n",
+        )
+        .unwrap();
+        assert_eq!(m.functions["f"].timeout, Duration::from_millis(1));
+        assert_eq!(m.functions["f"].retry.multiplier, 1.0);
+    }
+
+    #[test]
+    fn backoff_saturates_instead_of_overflowing() {
+        // `Duration::mul_f64` panicked past what a `Duration` holds: with the
+        // default multiplier at attempt 66, at once with `inf`.
+        let r = RetryPolicy::default();
+        assert_eq!(r.backoff(66), r.max_backoff);
+        assert_eq!(r.backoff(u32::MAX), r.max_backoff);
+        assert_eq!(r.backoff(2), Duration::from_secs(2));
+        let inf = RetryPolicy { multiplier: f64::INFINITY, max_backoff: Duration::MAX, ..r.clone() };
+        assert_eq!(inf.backoff(3), Duration::MAX);
+        let nan = RetryPolicy { multiplier: f64::NAN, ..r };
+        assert_eq!(nan.backoff(5), Duration::from_secs(1));
     }
 
     #[test]

@@ -4,7 +4,13 @@
 //! The parser never stops at the first problem: it records a diagnostic,
 //! skips to the next rule and goes on.
 
-use crate::diagnostic::{Pos, SourceMap};
+use crate::diagnostic::{shown, Pos, SourceMap};
+
+/// The longest rule name: names travel in timelines and API answers.
+pub const MAX_RULE_NAME: usize = 256;
+/// The longest binding or fact type name (as `MAX_TYPE_NAME`): a name is
+/// interned for as long as the process runs.
+pub const MAX_NAME: usize = 128;
 
 /// A piece of source text with the position of its first character.
 #[derive(Clone, Debug, PartialEq)]
@@ -172,8 +178,8 @@ impl<'a> P<'a> {
         let word: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '-').collect();
         match rest.chars().next() {
             None => "end of file".into(),
-            Some(_) if !word.is_empty() => format!("`{word}`"),
-            Some(c) => format!("`{c}`"),
+            Some(_) if !word.is_empty() => format!("`{}`", shown(&word)),
+            Some(c) => format!("`{}`", shown(&c.to_string())),
         }
     }
 
@@ -308,7 +314,7 @@ impl<'a> P<'a> {
     fn rule(&mut self) -> R<RuleAst> {
         let (kw, at) = self.word()?;
         if kw != "rule" {
-            return self.err(at, format!("expected `rule`, found `{kw}`"));
+            return self.err(at, format!("expected `rule`, found `{}`", shown(kw)));
         }
         let name_at = {
             self.skip_ws();
@@ -317,6 +323,9 @@ impl<'a> P<'a> {
         let name = self.string()?;
         if name.trim().is_empty() {
             return self.err(name_at, "a rule name cannot be empty");
+        }
+        if name.len() > MAX_RULE_NAME {
+            return self.err(name_at, format!("a rule name is at most {MAX_RULE_NAME} bytes: \"{}\"", shown(&name)));
         }
         self.name = Some((name.clone(), self.map.pos(name_at)));
         self.expect(b'{')?;
@@ -380,7 +389,8 @@ impl<'a> P<'a> {
                     return self.err(
                         at,
                         format!(
-                            "unknown rule item `{other}`; expected `salience`, `no-loop`, `match`, `action`, `reaction` or `error`"
+                            "unknown rule item `{}`; expected `salience`, `no-loop`, `match`, `action`, `reaction` or `error`",
+                            shown(other)
                         ),
                     )
                 }
@@ -458,7 +468,10 @@ impl<'a> P<'a> {
         let (ty, at) = self.word()?;
         check_ident(self, ty, at)?;
         if !ty.starts_with(|c: char| c.is_ascii_uppercase()) {
-            return self.err(at, format!("a fact type starts with an upper-case letter: `{ty}`"));
+            return self.err(at, format!("a fact type starts with an upper-case letter: `{}`", shown(ty)));
+        }
+        if ty.len() > crate::value::MAX_TYPE_NAME {
+            return self.err(at, format!("`{}`: {}", shown(ty), crate::sandbox::TYPE_NAME_RULE));
         }
         let mut constraints = Vec::new();
         if self.eat(b'(') {
@@ -471,7 +484,10 @@ impl<'a> P<'a> {
 
 fn check_ident(p: &P, w: &str, at: usize) -> R<()> {
     if w.contains('-') || w.starts_with(|c: char| c.is_ascii_digit()) {
-        return p.err(at, format!("`{w}` is not a valid name"));
+        return p.err(at, format!("`{}` is not a valid name", shown(w)));
+    }
+    if w.len() > MAX_NAME {
+        return p.err(at, format!("`{}` is longer than {MAX_NAME} bytes", shown(w)));
     }
     Ok(())
 }
@@ -574,6 +590,26 @@ rule "encode chunk" {
                   reaction @15:15 "modify(chunk, #{ status: \"done\" })"
             "#]],
         );
+    }
+
+    #[test]
+    fn names_are_bounded_and_quoted_short() {
+        // Found by the property tests: a megabyte-long binding compiled, and
+        // its name would have been interned for the life of the server.
+        let huge = "x".repeat(1 << 20);
+        let src = format!(
+            "rule \"a\" {{ match {{ {huge}: Job() }} }}\nrule \"b\" {{ match {{ J{huge}() }} }}\nrule \"{huge}\" {{ }}\nrule \"c\" {{ {huge} }}\n"
+        );
+        let errors: Vec<String> = parse_rules(&src).errors.into_iter().map(|e| e.message).collect();
+        expect_test::expect![[r#"
+            [
+                "`xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx… (1048576 bytes)` is longer than 128 bytes",
+                "`Jxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx… (1048577 bytes)` is longer than 128 bytes",
+                "a rule name is at most 256 bytes: \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx… (1048576 bytes)\"",
+                "unknown rule item `xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx… (1048576 bytes)`; expected `salience`, `no-loop`, `match`, `action`, `reaction` or `error`",
+            ]
+        "#]]
+        .assert_debug_eq(&errors);
     }
 
     #[test]

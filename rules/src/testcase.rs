@@ -199,7 +199,27 @@ pub fn partial_match(expected: &Value, actual: &Value) -> bool {
     }
 }
 
-/// TOML's messages may span lines; a diagnostic is one line.
+/// TOML's messages may span lines; a diagnostic is one line, and never an
+/// empty one (the TOML parser has no message for a text that stops after
+/// `key =`: found by the property tests).
 pub(crate) fn one_line(msg: &str) -> String {
-    msg.trim().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+    let line = msg.trim().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+    if line.is_empty() {
+        return "incomplete TOML: a value or a closing bracket is missing here".into();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_stops_after_an_equals_sign_gets_a_message() {
+        let d = parse_tests(Path::new("tests/t.toml"), "[[test]]\nname =").unwrap_err();
+        expect_test::expect![
+            "tests/t.toml:2:7: error[E0007]: incomplete TOML: a value or a closing bracket is missing here"
+        ]
+        .assert_eq(&d.to_string());
+    }
 }

@@ -52,6 +52,12 @@ impl Sym {
     pub fn with_name<R>(self, f: impl FnOnce(&str) -> R) -> R {
         f(&interner().read().expect("interner").names[self.0 as usize])
     }
+
+    /// Appends the name's key (see `Value::write_key`): its interned
+    /// number, valid for the process.
+    pub fn write_key(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.0.to_le_bytes());
+    }
 }
 
 impl fmt::Debug for Sym {
@@ -149,10 +155,10 @@ impl Value {
             (Value::Int(a), Value::Int(b)) => Some(a.cmp(b)),
             (Value::Str(a), Value::Str(b)) => Some(a.cmp(b)),
             (Value::Bool(a), Value::Bool(b)) => Some(a.cmp(b)),
-            _ => match (self.as_f64(), other.as_f64()) {
-                (Some(a), Some(b)) => a.partial_cmp(&b),
-                _ => None,
-            },
+            (Value::Float(a), Value::Float(b)) => a.partial_cmp(b),
+            (Value::Int(a), Value::Float(b)) => cmp_int_float(*a, *b),
+            (Value::Float(a), Value::Int(b)) => cmp_int_float(*b, *a).map(std::cmp::Ordering::reverse),
+            _ => None,
         }
     }
 
@@ -172,6 +178,52 @@ impl Value {
         }
     }
 
+    /// Appends a canonical key of the value: two values write the same bytes
+    /// exactly when they are the same literal. Unlike `==`, kinds stay
+    /// apart (`2` is not `2.0`: they divide differently) and floats compare
+    /// by bits (`-0.0` is not `0.0`, a NaN is itself), so that an expression
+    /// over one behaves as the same expression over the other in every
+    /// operation. Each part is tagged and sized, so keys of different
+    /// values never run into each other.
+    pub fn write_key(&self, out: &mut Vec<u8>) {
+        fn len(n: usize, out: &mut Vec<u8>) {
+            out.extend_from_slice(&(n as u64).to_le_bytes());
+        }
+        match self {
+            Value::Null => out.push(0),
+            Value::Bool(b) => out.extend_from_slice(&[1, *b as u8]),
+            Value::Int(i) => {
+                out.push(2);
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+            Value::Float(f) => {
+                out.push(3);
+                out.extend_from_slice(&f.to_bits().to_le_bytes());
+            }
+            Value::Str(s) => {
+                out.push(4);
+                len(s.len(), out);
+                out.extend_from_slice(s.as_bytes());
+            }
+            Value::Array(a) => {
+                out.push(5);
+                len(a.len(), out);
+                for v in a.iter() {
+                    v.write_key(out);
+                }
+            }
+            Value::Map(m) => {
+                out.push(6);
+                len(m.len(), out);
+                for (k, v) in m.iter() {
+                    len(k.len(), out);
+                    out.extend_from_slice(k.as_bytes());
+                    v.write_key(out);
+                }
+            }
+        }
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             Value::Null => serde_json::Value::Null,
@@ -187,6 +239,38 @@ impl Value {
     }
 }
 
+/// `i` against `f`, exactly: past 2^53 not every integer is a float, and
+/// rounding `i` to a float would make `2^53 + 1` equal `2^53` (as a float)
+/// while `2^53` (as an integer) differs from both: equality would not be
+/// transitive, and equal values would hash apart.
+fn cmp_int_float(i: i64, f: f64) -> Option<std::cmp::Ordering> {
+    use std::cmp::Ordering::*;
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    if f.is_nan() {
+        return None;
+    }
+    if f >= TWO_63 {
+        return Some(Less);
+    }
+    if f < -TWO_63 {
+        return Some(Greater);
+    }
+    let whole = f.trunc();
+    // In range, so the cast is exact.
+    Some(i.cmp(&(whole as i64)).then(if f > whole {
+        Less
+    } else if f < whole {
+        Greater
+    } else {
+        Equal
+    }))
+}
+
+/// The integer a float equals, if any (what it hashes as).
+fn float_as_int(f: f64) -> Option<i64> {
+    (f.fract() == 0.0 && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f)).then_some(f as i64)
+}
+
 impl PartialEq for Value {
     fn eq(&self, other: &Value) -> bool {
         match (self, other) {
@@ -196,7 +280,10 @@ impl PartialEq for Value {
             (Value::Str(a), Value::Str(b)) => Arc::ptr_eq(a, b) || a == b,
             (Value::Array(a), Value::Array(b)) => a == b,
             (Value::Map(a), Value::Map(b)) => a == b,
-            (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => self.as_f64() == other.as_f64(),
+            (Value::Float(a), Value::Float(b)) => a == b,
+            (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
+                self.partial_cmp_value(other) == Some(std::cmp::Ordering::Equal)
+            }
             _ => false,
         }
     }
@@ -210,14 +297,11 @@ impl Hash for Value {
             Value::Null => 0u8.hash(h),
             Value::Bool(b) => b.hash(h),
             Value::Int(i) => i.hash(h),
-            Value::Float(f) => {
-                // Integral floats hash like the equal integer.
-                if f.fract() == 0.0 && f.abs() < 9.0e15 {
-                    (*f as i64).hash(h)
-                } else {
-                    f.to_bits().hash(h)
-                }
-            }
+            // A whole float hashes like the integer it equals.
+            Value::Float(f) => match float_as_int(*f) {
+                Some(i) => i.hash(h),
+                None => f.to_bits().hash(h),
+            },
             Value::Str(s) => s.hash(h),
             Value::Array(a) => a.hash(h),
             Value::Map(m) => {
@@ -410,6 +494,20 @@ mod tests {
         assert_eq!(Value::Int(3), Value::Float(3.0));
         assert_eq!(h(&Value::Int(3)), h(&Value::Float(3.0)));
         assert_ne!(Value::Int(3), Value::str("3"));
+        // Past 2^53 an integer is compared with a float exactly (found by
+        // the property tests: 2^53 + 1 equalled the float 2^53 and hashed
+        // apart from it, while 2^53 did not equal 2^53 + 1).
+        let (i, f) = (Value::Int(9_007_199_254_740_993), Value::Float(9_007_199_254_740_992.0));
+        assert_ne!(i, f);
+        assert_eq!(i.partial_cmp_value(&f), Some(std::cmp::Ordering::Greater));
+        assert_eq!(Value::Int(9_007_199_254_740_992), f);
+        assert_eq!(h(&Value::Int(9_007_199_254_740_992)), h(&f));
+        assert_eq!(Value::Int(i64::MIN), Value::Float(-9_223_372_036_854_775_808.0));
+        assert_ne!(Value::Int(i64::MAX), Value::Float(9_223_372_036_854_775_808.0));
+        assert_eq!(Value::Int(1).partial_cmp_value(&Value::Float(1.5)), Some(std::cmp::Ordering::Less));
+        assert_eq!(Value::Int(-1).partial_cmp_value(&Value::Float(-1.5)), Some(std::cmp::Ordering::Greater));
+        assert_eq!(Value::Float(-0.0), Value::Int(0));
+        assert_eq!(Value::Int(0).partial_cmp_value(&Value::Float(f64::NAN)), None);
     }
 
     #[test]

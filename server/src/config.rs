@@ -76,7 +76,9 @@ pub struct Limits {
     /// hold (they are sent a Drain) before the server stops, in
     /// milliseconds. Turns still running after it are stopped.
     pub worker_drain_ms: u64,
-    /// Threads that run turns and pack builds (0: one per CPU, at least 2).
+    /// Threads that run turns and pack builds (0: two per CPU, at least 4).
+    /// Twice the CPUs, so that a tenant limited to half of them can still
+    /// use every CPU, and one whose turns spin leaves the others theirs.
     pub turn_threads: usize,
     /// Workflows kept in memory at most; the least recently used idle ones
     /// are unloaded past it (they reload from the store on their next turn).
@@ -130,7 +132,7 @@ impl Default for Quotas {
             max_pack_bytes: 4 << 20,
             max_rules_per_pack: 100_000,
             max_files_per_pack: 10_000,
-            max_versions_kept: 4,
+            max_versions_kept: 2,
             max_live_workflows: 1_000_000,
             max_pending: 100_000,
             max_in_flight: 10_000,
@@ -189,7 +191,7 @@ impl Config {
     /// Threads that run turns.
     pub fn turn_threads(&self) -> usize {
         match self.limits.turn_threads {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2),
+            0 => (2 * std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)).max(4),
             n => n,
         }
     }

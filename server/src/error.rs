@@ -35,8 +35,35 @@ impl From<stoa_engine::store::Error> for ApiError {
     }
 }
 
+/// The longest status message, in bytes. A status travels in HTTP/2
+/// trailers, percent-encoded (up to three bytes for one), and clients
+/// refuse trailers past 16 KiB by default: a deploy listing its many
+/// diagnostics was answered with an h2 protocol error, which clients see as
+/// INTERNAL (found by the e2e campaign, tests/e2e/fuzz.rs).
+pub const MAX_STATUS_MESSAGE: usize = 4 << 10;
+
+fn bounded(mut m: String) -> String {
+    if m.len() > MAX_STATUS_MESSAGE {
+        let more = m.len() - MAX_STATUS_MESSAGE;
+        let mut end = MAX_STATUS_MESSAGE;
+        while !m.is_char_boundary(end) {
+            end -= 1;
+        }
+        m.truncate(end);
+        m.push_str(&format!("\n… ({more} more bytes; `stoa check` shows all of a pack's diagnostics)"));
+    }
+    m
+}
+
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> tonic::Status {
+        let e = match e {
+            ApiError::InvalidArgument(m) => ApiError::InvalidArgument(bounded(m)),
+            ApiError::FailedPrecondition(m) => ApiError::FailedPrecondition(bounded(m)),
+            ApiError::NotFound(m) => ApiError::NotFound(bounded(m)),
+            ApiError::ResourceExhausted(m) => ApiError::ResourceExhausted(bounded(m)),
+            e => e,
+        };
         match e {
             ApiError::NotFound(m) => tonic::Status::not_found(m),
             ApiError::InvalidArgument(m) => tonic::Status::invalid_argument(m),

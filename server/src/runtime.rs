@@ -347,8 +347,7 @@ impl Runtime {
                 let ceilings = Ceilings { limits: &rt.policy(&t).ceilings, owner: &owner, reject_explicit: true };
                 let (pack, diags) = (rt.opts.compile)(&src, &ceilings);
                 let Some(pack) = pack else {
-                    let text: Vec<String> =
-                        diags.iter().filter(|d| d.is_error()).map(|d| d.render(src.text_at(&d.path))).collect();
+                    let text = src.render(diags.iter().filter(|d| d.is_error()));
                     return Err(ApiError::InvalidArgument(format!(
                         "the pack has {} error(s); the deployed version is unchanged\n{}",
                         text.len(),
@@ -572,12 +571,16 @@ impl Runtime {
                 _ = tick.tick() => {}
             }
             let idle_before = self.clock.now_ms().saturating_sub(self.opts.unload_idle_ms);
+            let over = self.workflows.len().saturating_sub(self.opts.max_loaded);
+            // Past the limit, every slot is a candidate, oldest first;
+            // otherwise only the idle ones are looked at.
             let mut slots: Vec<(u64, WorkflowId, Arc<Slot>)> = self
                 .workflows
                 .iter()
-                .map(|e| (e.value().used_ms.load(Ordering::Relaxed), e.key().clone(), e.value().clone()))
+                .map(|e| (e.value().used_ms.load(Ordering::Relaxed), e))
+                .filter(|(used, _)| over > 0 || *used <= idle_before)
+                .map(|(used, e)| (used, e.key().clone(), e.value().clone()))
                 .collect();
-            let over = slots.len().saturating_sub(self.opts.max_loaded);
             if over > 0 {
                 // By id among the equally old: the map's order is no order.
                 slots.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
@@ -795,6 +798,7 @@ impl Runtime {
     }
 
     /// Running workflows of a tenant, as counted against its quota.
+    #[cfg(test)]
     pub(crate) fn live_workflows(&self, tenant: &str) -> u64 {
         self.live.get(tenant).map_or(0, |n| n.load(Ordering::Acquire))
     }
@@ -954,6 +958,7 @@ impl Runtime {
         self: &Arc<Self>,
         id: &WorkflowId,
         pack: Arc<Pack>,
+        plans: crate::upgrade::Plans,
     ) -> Result<Option<TurnOutput>, ApiError> {
         let wid = id.clone();
         self.run_turn(id, None, Admit::Server, move |rt, held| {
@@ -964,7 +969,8 @@ impl Runtime {
             if wf.status() != Status::Running || wf.meta().pack_version == pack.manifest.version {
                 return Ok(None);
             }
-            wf.upgrade(pack, rt.clock.now_ms()).map(Some).map_err(reject)
+            let plan = plans.get(wf.pack(), &pack);
+            wf.upgrade_by(&plan, rt.clock.now_ms()).map(Some).map_err(reject)
         })
         .await
     }

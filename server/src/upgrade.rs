@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use stoa_engine::workflow::{Status, Workflow};
+use stoa_engine::workflow::{Status, UpgradePlan, Workflow};
 use stoa_engine::WorkflowId;
 use stoa_rules::compile::{fnv1a, Pack};
 use tokio_util::sync::CancellationToken;
@@ -208,6 +208,7 @@ impl Runtime {
     }
 
     async fn drive_job(self: &Arc<Self>, job: &mut UpgradeJob, stop: &CancellationToken) -> Result<(), ApiError> {
+        let plans = Plans::default();
         loop {
             // A newer rollout of the same pack replaced this job.
             if self.upgrade_job(&job.tenant, &job.pack)?.is_some_and(|j| j.started_ms != job.started_ms) {
@@ -230,10 +231,11 @@ impl Runtime {
                 if set.len() >= CONCURRENCY {
                     tally(job, set.join_next().await);
                 }
-                let (rt, stop) = (self.clone(), stop.clone());
+                let (rt, stop, plans) = (self.clone(), stop.clone(), plans.clone());
                 set.spawn(async move {
                     let what = format!("upgrading {}", meta.id);
-                    until_stored(&*rt.store, &rt.clock, &stop, &what, || rt.upgrade_workflow(&meta.id, target.clone())).await
+                    let upgrade = || rt.upgrade_workflow(&meta.id, target.clone(), plans.clone());
+                    until_stored(&*rt.store, &rt.clock, &stop, &what, upgrade).await
                 });
             }
             while let Some(r) = set.join_next().await {
@@ -255,19 +257,20 @@ impl Runtime {
         if mode == Mode::NewOnly {
             return Ok(p);
         }
+        let plans = Plans::default();
         for id in self.running_of(tenant, &pack.manifest.name)? {
             if let Mode::Canary(f) = mode {
                 if !in_fraction(&id, f) {
                     continue;
                 }
             }
-            let pack = pack.clone();
+            let (pack, plans) = (pack.clone(), plans.clone());
             let gains = self
                 .inspect(&id, move |wf: &Workflow| {
                     if wf.meta().pack_version == pack.manifest.version {
                         Ok(None)
                     } else {
-                        wf.upgrade_preview(&pack).map(Some)
+                        wf.upgrade_preview_by(&plans.get(wf.pack(), &pack)).map(Some)
                     }
                 })
                 .await?;
@@ -284,6 +287,22 @@ impl Runtime {
 }
 
 type Upgraded = Result<Option<stoa_engine::TurnOutput>, ApiError>;
+
+/// Upgrade plans by the version they move from, made once per upgrade job
+/// (or preview) and shared by its workflows.
+#[derive(Clone, Default)]
+pub(crate) struct Plans(Arc<std::sync::Mutex<std::collections::HashMap<u64, Arc<UpgradePlan>>>>);
+
+impl Plans {
+    pub fn get(&self, from: &Pack, to: &Arc<Pack>) -> Arc<UpgradePlan> {
+        let mut plans = self.0.lock().expect("plans lock");
+        let plan = plans.entry(from.digest).or_insert_with(|| Arc::new(UpgradePlan::between(from, to)));
+        if Arc::ptr_eq(plan.to(), to) {
+            return plan.clone();
+        }
+        Arc::new(UpgradePlan::between(from, to))
+    }
+}
 
 fn tally(job: &mut UpgradeJob, r: Option<Result<Upgraded, tokio::task::JoinError>>) {
     match r {

@@ -426,3 +426,56 @@ fn hostile_inputs_get_invalid_argument_with_short_messages() {
     });
     assert_alive(&mut s);
 }
+
+/// A large legal pack: deploying it, starting it and upgrading a live
+/// workflow of it take a moment of the attacker's own turn threads, and
+/// the other tenant's starts keep their latency meanwhile.
+#[test]
+fn a_large_pack_deploys_starts_and_upgrades_while_the_other_tenant_keeps_its_latency() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = server(dir.path(), "");
+    let addr = s.addr.clone();
+    let rules = |changed: usize| {
+        let mut text = String::new();
+        for i in 0..10_000 {
+            let what = if i == changed { "v2" } else { "hit" };
+            text.push_str(&format!("rule \"r{i}\" {{ match {{ x: Go(n == {i}) }} action {{ log(\"{what}\"); }} }}\n"));
+        }
+        text
+    };
+    rt().block_on(async {
+        let mut a = client(&addr, TOKEN_A).await;
+        let mut b = client(&addr, TOKEN_B).await;
+        deploy(&mut b, pack("quick", "", QUICK)).await.expect("b's pack");
+        let stop = CancellationToken::new();
+        let victim = tokio::spawn(victim(addr.clone(), stop.clone()));
+        deploy(&mut a, pack("big", "", &rules(usize::MAX))).await.expect("deploy v1");
+        let id = start(&mut a, "big", "big-1", serde_json::json!({"n": 7})).await.expect("start");
+        let mut v2 = pack("big", "", &rules(7));
+        v2[0].content = String::from_utf8(v2[0].content.clone())
+            .unwrap()
+            .replace("version = \"1\"", "version = \"2\"")
+            .into_bytes();
+        deploy(&mut a, v2).await.expect("deploy v2");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let job = loop {
+            let j = a.get_upgrade(pb::GetUpgradeRequest { name: "big".into() }).await.expect("upgrade").into_inner();
+            if j.state == "done" || Instant::now() > deadline {
+                break j;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!((job.state.as_str(), job.upgraded, job.failed), ("done", 1, 0), "{job:?}");
+        let timeline = a
+            .get_timeline(pb::GetTimelineRequest { workflow_id: id, from_seq: 1, limit: 0 })
+            .await
+            .expect("timeline")
+            .into_inner();
+        assert!(timeline.entries.iter().any(|e| e.text.contains("v2")), "the changed rule fired after the upgrade");
+        stop.cancel();
+        let (done, slowest) = victim.await.expect("victim");
+        assert!(done > 0, "b completed nothing");
+        assert!(slowest < VICTIM_BOUND, "b's slowest start took {slowest:?} beside the large pack");
+    });
+    assert_alive(&mut s);
+}

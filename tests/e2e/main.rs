@@ -6,6 +6,7 @@ mod client;
 mod crash;
 mod docs;
 mod examples;
+mod fuzz;
 mod hostile;
 mod protocol;
 mod schedules;

@@ -201,7 +201,10 @@ fn bad_requests_get_precise_errors_and_change_nothing() {
             })
             .await
             .expect_err("request id");
-        assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "request_id: required, at most 256 bytes"));
+        assert_eq!(
+            (e.code(), e.message()),
+            (Code::InvalidArgument, "request_id: required; 1 to 256 bytes, without control characters")
+        );
         let listed = a.list_workflows(pb::ListWorkflowsRequest::default()).await.expect("ls").into_inner();
         assert!(listed.workflows.is_empty(), "a rejected start left a workflow behind");
 

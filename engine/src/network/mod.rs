@@ -23,16 +23,16 @@ mod agenda;
 mod extreme;
 mod ids;
 mod index;
+mod plan;
 mod slots;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use stoa_rules::compile::{Condition, Constraint, Pack, Pattern};
-use stoa_rules::expr::{compare, BinOp, Env, Expr};
+use stoa_rules::expr::{compare, Env, Expr};
 use stoa_rules::sandbox::ScriptValue;
 use stoa_rules::syntax::AggFn;
 use stoa_rules::{Fields, Sym, Value};
@@ -40,6 +40,7 @@ use stoa_rules::{Fields, Sym, Value};
 use crate::fact::{Fact, FactId};
 use agenda::Agenda;
 use index::Index;
+use plan::{AlphaTest, BetaTest, Kind, Plan, SharedMem};
 
 pub type TokId = u32;
 /// No token, no fact slot, not in a memory.
@@ -59,7 +60,7 @@ type R<T> = Result<T, MatchError>;
 /// Where a fact sits in one shared alpha memory.
 #[derive(Clone, Copy)]
 struct AlphaRef {
-    /// The shared memory (`Network::shared`).
+    /// The shared memory (`Plan::shared`).
     mem: u32,
     bucket: u32,
     pos: u32,
@@ -75,125 +76,13 @@ struct FactRec {
     doomed: bool,
 }
 
-/// The alpha memory of one (rule, condition): a view of a shared memory.
-struct AlphaMem {
-    rule: u32,
-    cond: u32,
-    /// The shared memory holding its facts.
-    shared: u32,
-    /// The fields whose values key the index, in join order.
-    fields: Vec<Sym>,
-    /// The pattern's beta tests, in order, as run against many facts for
-    /// one token.
-    beta: Vec<BetaTest>,
-    /// For a `not`/`exists` whose one test is an order comparison of a field
-    /// (and no join key): its tracker in the shared memory (`extreme`).
-    extreme: Option<u32>,
-}
-
-/// Facts of one type that pass the same alpha tests, indexed by the same
-/// join fields: one memory for every condition of that shape, as a Rete
-/// shares alpha memories (Waltz has dozens of `Edge` patterns over a few
-/// shapes). Two conditions of one rule never share a memory, so a change
-/// reaches each rule's conditions one memory at a time (see `retract_inner`).
-struct SharedMem {
-    /// Index, among the shared memories of its type, of its group of alpha
-    /// tests: memories with the same tests and other join fields evaluate
-    /// them once per fact.
-    group: u32,
-    /// A condition whose pattern has the tests.
-    first: u32,
-    fields: Vec<Sym>,
-    /// Conditions (`Network::alpha`) reading it, in rule order.
-    consumers: Vec<u32>,
+/// The contents of a shared memory (`Plan::shared`) in one workflow, made
+/// when its first fact arrives.
+struct AlphaState {
     index: Index,
-    /// Extremes of fields its `not`/`exists` conditions compare.
+    /// Extremes of fields its `not`/`exists` conditions compare
+    /// (`SharedMem::extremes`).
     extremes: Vec<extreme::Tracker>,
-    /// The alpha tests, as inserts run them.
-    alpha_tests: Vec<AlphaTest>,
-}
-
-/// An alpha test as an insert runs it.
-enum AlphaTest {
-    /// `field op literal` (or `literal op field`): no expression to walk,
-    /// no environment to build (Waltz tests `label`, `type` or `joined` of
-    /// every edge it changes, a dozen times each).
-    Compare { op: BinOp, field: Sym, lit: Value, field_left: bool },
-    /// Any other (index into the pattern's `alpha`).
-    General(usize),
-}
-
-impl AlphaTest {
-    fn of(i: usize, c: &Constraint) -> AlphaTest {
-        use BinOp::*;
-        if let Constraint::Native(Expr::Bin(op @ (Eq | Ne | Lt | Le | Gt | Ge | In), a, b)) = c {
-            match (&**a, &**b) {
-                (Expr::Field(f), Expr::Lit(v)) => {
-                    return AlphaTest::Compare { op: *op, field: *f, lit: v.clone(), field_left: true }
-                }
-                (Expr::Lit(v), Expr::Field(f)) => {
-                    return AlphaTest::Compare { op: *op, field: *f, lit: v.clone(), field_left: false }
-                }
-                _ => {}
-            }
-        }
-        AlphaTest::General(i)
-    }
-}
-
-/// The kind of a condition, copied out of the pack so that the hot paths
-/// need not hold (or clone) the pack while they change the network.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Pattern,
-    Not,
-    Exists,
-    Aggregate,
-    Test,
-}
-
-impl Kind {
-    fn of(c: &Condition) -> Kind {
-        match c {
-            Condition::Pattern { .. } => Kind::Pattern,
-            Condition::Not(_) => Kind::Not,
-            Condition::Exists(_) => Kind::Exists,
-            Condition::Aggregate { .. } => Kind::Aggregate,
-            Condition::Test(_) => Kind::Test,
-        }
-    }
-}
-
-/// A beta test as a left activation runs it.
-enum BetaTest {
-    /// `field op other` (or `other op field`), where `other` reads only
-    /// bindings and literals: it is evaluated once per token, not per fact.
-    Compare { op: BinOp, field: Sym, other: Expr, field_left: bool },
-    /// Any other constraint (index into the pattern's `beta`).
-    General(usize),
-}
-
-impl BetaTest {
-    fn of(i: usize, c: &Constraint) -> BetaTest {
-        use BinOp::*;
-        let reads_fact = |e: &Expr| {
-            let mut v = Vec::new();
-            e.fields(&mut v);
-            !v.is_empty()
-        };
-        if let Constraint::Native(Expr::Bin(op @ (Eq | Ne | Lt | Le | Gt | Ge), a, b)) = c {
-            match (&**a, &**b) {
-                (Expr::Field(f), other) if !reads_fact(other) => {
-                    return BetaTest::Compare { op: *op, field: *f, other: other.clone(), field_left: true }
-                }
-                (other, Expr::Field(f)) if !reads_fact(other) => {
-                    return BetaTest::Compare { op: *op, field: *f, other: other.clone(), field_left: false }
-                }
-                _ => {}
-            }
-        }
-        BetaTest::General(i)
-    }
 }
 
 /// What only tokens around aggregates carry, boxed to keep every token
@@ -259,6 +148,8 @@ pub enum Bound {
 
 pub struct Network {
     pack: Arc<Pack>,
+    /// The static network, shared by every workflow of the pack.
+    plan: Arc<Plan>,
     /// Facts by slot; a retracted fact's slot is reused.
     facts: Vec<Option<FactRec>>,
     /// The recency tag of the fact in each slot, apart: ordering a change
@@ -269,21 +160,17 @@ pub struct Network {
     slot_of: ids::IdMap,
     toks: Vec<Tok>,
     free: slots::FreeSlots,
-    alpha: Vec<AlphaMem>,
-    shared: Vec<SharedMem>,
-    /// Shared memories listening to each fact type (start and length in
-    /// `listeners`), and the number of their test groups.
-    by_type: FxHashMap<Sym, (u32, u32, u32)>,
-    /// The lists of `by_type` (start and length there), end to end.
-    listeners: Vec<u32>,
-    /// The kind of each rule's conditions.
-    kinds: Vec<Vec<Kind>>,
-    /// Alpha memory of each (rule, condition), if it has one.
-    alpha_of: Vec<Vec<u32>>,
-    /// Token memories: `[rule][level]`, indexed by join key.
-    mems: Vec<Vec<Index>>,
-    /// For each rule and slot, the level whose token binds it.
-    slot_level: Vec<Vec<u16>>,
+    /// For each shared memory, 1 + the index of its contents in
+    /// `alpha_states`, or 0 (or nothing, past the end) while no fact has
+    /// entered it: a workflow holds the memories its facts reach, not one
+    /// per condition of the pack.
+    alpha_slot: Vec<u32>,
+    alpha_states: Vec<AlphaState>,
+    /// For each rule, 1 + where its token memories (one per condition,
+    /// indexed by join key) start in `tok_mems`, or 0 (or nothing) while no
+    /// token of the rule has waited in one.
+    rule_mems: Vec<u32>,
+    tok_mems: Vec<Index>,
     agenda: Agenda,
     new_acts: Vec<(TokId, u32)>,
     /// Buffers of `end_change`, kept between changes.
@@ -298,6 +185,9 @@ pub struct Network {
     /// Whether new activations are marked fired instead of scheduled (used
     /// to rebuild a quiescent workflow from its facts).
     pub refract_all: bool,
+    /// Whether `prime` ran: before, no rule has a root token, so facts
+    /// match nothing (as facts asserted before a start).
+    primed: bool,
     /// Rules (by index) exempt from `refract_all`: new in a pack upgrade.
     pub fresh_rules: Vec<bool>,
     /// Slots of the doomed facts (see `doom`).
@@ -307,136 +197,23 @@ pub struct Network {
     id_sym: Sym,
 }
 
-/// Whether two alpha test lists are the same tests (native ones only:
-/// scripts are compared by nothing cheaper than running them). Expressions
-/// are compared as printed: `==` on them holds for `2` and `2.0`, which
-/// divide differently.
-fn same_tests(a: &[Constraint], b: &[Constraint]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| match (x, y) {
-            (Constraint::Native(x), Constraint::Native(y)) => format!("{x:?}") == format!("{y:?}"),
-            _ => false,
-        })
-}
-
 impl Network {
+    /// An empty network for `pack`; its plan is made once per pack.
     pub fn new(pack: Arc<Pack>) -> Network {
-        let mut alpha: Vec<AlphaMem> = Vec::new();
-        let mut by_type: FxHashMap<Sym, Vec<u32>> = FxHashMap::default();
-        let mut alpha_of = Vec::new();
-        let mut mems = Vec::new();
-        let mut slot_level = Vec::new();
-        let mut shared: Vec<SharedMem> = Vec::new();
-        // Distinct alpha test lists by type: (type, tests, group).
-        let mut tests: Vec<(Sym, &[Constraint], u32)> = Vec::new();
-        for (r, rule) in pack.rules.iter().enumerate() {
-            let mut per_cond = Vec::new();
-            let mut levels = vec![0u16; rule.slots.len()];
-            for (c, cond) in rule.conditions.iter().enumerate() {
-                let pattern = match cond {
-                    Condition::Pattern { pattern, slot } => {
-                        levels[*slot] = c as u16 + 1;
-                        Some(pattern)
-                    }
-                    Condition::Aggregate { pattern, slot, .. } => {
-                        levels[*slot] = c as u16 + 1;
-                        Some(pattern)
-                    }
-                    Condition::Not(p) | Condition::Exists(p) => Some(p),
-                    Condition::Test(_) => None,
-                };
-                match pattern {
-                    Some(p) => {
-                        let id = alpha.len() as u32;
-                        let group = match tests.iter().find(|t| t.0 == p.ty && same_tests(t.1, &p.alpha)) {
-                            Some(t) => t.2,
-                            None => {
-                                let g = tests.iter().filter(|t| t.0 == p.ty).count() as u32;
-                                tests.push((p.ty, &p.alpha, g));
-                                g
-                            }
-                        };
-                        let fields: Vec<Sym> = p.joins.iter().map(|j| j.field).collect();
-                        let listening = by_type.entry(p.ty).or_default();
-                        let fits = |m: &SharedMem| {
-                            m.group == group
-                                && m.fields == fields
-                                && m.consumers.iter().all(|&c| alpha[c as usize].rule != r as u32)
-                        };
-                        let s = match listening.iter().copied().find(|&s| fits(&shared[s as usize])) {
-                            Some(s) => s,
-                            None => {
-                                shared.push(SharedMem {
-                                    group,
-                                    first: id,
-                                    fields: fields.clone(),
-                                    consumers: Vec::new(),
-                                    index: Index::new(p.joins.is_empty()),
-                                    extremes: Vec::new(),
-                                    alpha_tests: p.alpha.iter().enumerate().map(|(i, c)| AlphaTest::of(i, c)).collect(),
-                                });
-                                listening.push(shared.len() as u32 - 1);
-                                shared.len() as u32 - 1
-                            }
-                        };
-                        shared[s as usize].consumers.push(id);
-                        let beta: Vec<BetaTest> = p.beta.iter().enumerate().map(|(i, c)| BetaTest::of(i, c)).collect();
-                        let extreme = match (cond, &beta[..]) {
-                            (
-                                Condition::Not(_) | Condition::Exists(_),
-                                [BetaTest::Compare {
-                                    op: op @ (BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge),
-                                    field,
-                                    field_left,
-                                    ..
-                                }],
-                            ) if p.joins.is_empty() && field.name().as_ref() != "_id" => {
-                                let max = *field_left == matches!(op, BinOp::Gt | BinOp::Ge);
-                                let trackers = &mut shared[s as usize].extremes;
-                                let at = match trackers.iter().position(|t| t.field == *field && t.max == max) {
-                                    Some(at) => at,
-                                    None => {
-                                        trackers.push(extreme::Tracker::new(*field, max));
-                                        trackers.len() - 1
-                                    }
-                                };
-                                Some(at as u32)
-                            }
-                            _ => None,
-                        };
-                        alpha.push(AlphaMem { rule: r as u32, cond: c as u32, shared: s, fields, beta, extreme });
-                        per_cond.push(id);
-                    }
-                    None => per_cond.push(NONE),
-                }
-            }
-            alpha_of.push(per_cond);
-            let no_join = |c: Option<&Condition>| match c {
-                Some(Condition::Pattern { pattern: p, .. } | Condition::Aggregate { pattern: p, .. }) => {
-                    p.joins.is_empty()
-                }
-                Some(Condition::Not(p) | Condition::Exists(p)) => p.joins.is_empty(),
-                _ => true,
-            };
-            mems.push((0..=rule.conditions.len()).map(|c| Index::new(no_join(rule.conditions.get(c)))).collect());
-            slot_level.push(levels);
-        }
-        let mut net = Network {
-            pack: pack.clone(),
+        let plan = pack.derived.get_or_init(|| Plan::new(&pack));
+        Network {
+            pack,
+            plan,
             facts: Vec::new(),
             slot_tags: Vec::new(),
             free_facts: Vec::new(),
             slot_of: ids::IdMap::default(),
             toks: Vec::new(),
             free: slots::FreeSlots::default(),
-            alpha,
-            shared,
-            by_type: FxHashMap::default(),
-            listeners: Vec::new(),
-            kinds: pack.rules.iter().map(|r| r.conditions.iter().map(Kind::of).collect()).collect(),
-            alpha_of,
-            mems,
-            slot_level,
+            alpha_slot: Vec::new(),
+            alpha_states: Vec::new(),
+            rule_mems: Vec::new(),
+            tok_mems: Vec::new(),
             agenda: Agenda::default(),
             new_acts: Vec::new(),
             sort_buf: Default::default(),
@@ -444,36 +221,132 @@ impl Network {
             suppress: None,
             deferred: None,
             refract_all: false,
+            primed: false,
             fresh_rules: Vec::new(),
             doomed: Vec::new(),
             match_bufs: Vec::new(),
             id_sym: Sym::new("_id"),
-        };
-        for (ty, ms) in by_type {
-            let groups = tests.iter().filter(|t| t.0 == ty).count() as u32;
-            net.by_type.insert(ty, (net.listeners.len() as u32, ms.len() as u32, groups));
-            net.listeners.extend(ms);
         }
-        // One root token per rule; rules whose conditions need no fact (only
-        // `not` or `test`) may match at once.
-        for r in 0..net.pack.rules.len() {
-            let root = net.new_tok(r as u32, 0, NONE, NONE, None);
-            debug_assert_eq!(root as usize, r);
-        }
-        net
     }
 
     pub fn pack(&self) -> &Arc<Pack> {
         &self.pack
     }
 
-    /// Lets the rules that need no fact match; call once after `new`.
+    /// The index of the pack's rule named `name`, found by binary search.
+    pub fn rule_named(&self, name: &str) -> Option<usize> {
+        self.plan.rule_named(&self.pack, name)
+    }
+
+    /// Gives the rules their root token (the partial match of no
+    /// condition) and lets those that need no fact match; call once after
+    /// `new`. Without facts yet (a start), only the rules whose first
+    /// condition may hold without a fact get theirs now; the others when a
+    /// fact first reaches their first condition (`plant_root`): a workflow
+    /// of a large pack holds the roots of the rules its facts reach. Facts
+    /// already there (asserted before the start) match now, as every rule
+    /// gets its root.
     pub fn prime(&mut self) -> R<()> {
-        for r in 0..self.pack.rules.len() {
-            self.left_activate(r as TokId)?;
+        self.primed = true;
+        let all = self.fact_count() > 0;
+        let rules = if all { self.pack.rules.len() } else { self.plan.primed.len() };
+        for i in 0..rules {
+            let r = if all { i as u32 } else { self.plan.primed[i] };
+            let root = self.new_tok(r, 0, NONE, NONE, None);
+            self.left_activate(root)?;
         }
         self.end_change();
         Ok(())
+    }
+
+    /// The root token of a rule whose first condition needs a fact, made
+    /// when a first fact enters that condition's memory: as `prime` would
+    /// have made it, waiting at that condition with nothing bound, but
+    /// joined with no fact (the caller joins it with the one arriving,
+    /// the first of that memory).
+    fn plant_root(&mut self, rule: usize) -> R<()> {
+        let t = self.new_tok(rule as u32, 0, NONE, NONE, None);
+        self.remember(rule, 0, t)
+    }
+
+    /// Puts token `t` in its rule's token memory at `level`.
+    fn remember(&mut self, rule: usize, level: usize, t: TokId) -> R<()> {
+        let (hash, bucket) = {
+            let key = self.token_key(rule, level, t)?;
+            let hash = index::hash(&key);
+            (hash, self.tok_mem(rule, level).and_then(|m| m.find(hash, |o| self.token_has_key(rule, level, o, &key))))
+        };
+        let at = self.tok_mems_at(rule) + level;
+        let pos = self.tok_mems[at].push(bucket, hash, t);
+        let tok = &mut self.toks[t as usize];
+        (tok.mem_bucket, tok.mem_pos) = pos;
+        Ok(())
+    }
+
+    /// The token memory of a rule at `level`, if any token waited there.
+    #[inline]
+    fn tok_mem(&self, rule: usize, level: usize) -> Option<&Index> {
+        match self.rule_mems.get(rule) {
+            Some(&at) if at != 0 => Some(&self.tok_mems[at as usize - 1 + level]),
+            _ => None,
+        }
+    }
+
+    /// Where the token memories of a rule start in `tok_mems`, made if
+    /// needed.
+    #[inline]
+    fn tok_mems_at(&mut self, rule: usize) -> usize {
+        let at = match self.rule_mems.get(rule) {
+            Some(&at) if at != 0 => at,
+            _ => self.make_tok_mems(rule),
+        };
+        at as usize - 1
+    }
+
+    /// Makes the token memories of a rule; returns their place in
+    /// `rule_mems`.
+    #[cold]
+    fn make_tok_mems(&mut self, rule: usize) -> u32 {
+        if self.rule_mems.len() <= rule {
+            self.rule_mems.resize(rule + 1, 0);
+        }
+        self.rule_mems[rule] = self.tok_mems.len() as u32 + 1;
+        self.tok_mems.extend(self.plan.conds(rule).iter().map(|c| Index::new(c.keyless)));
+        self.rule_mems[rule]
+    }
+
+    /// The contents of shared memory `s`, if a fact entered it.
+    #[inline]
+    fn alpha_state(&self, s: u32) -> Option<&AlphaState> {
+        match self.alpha_slot.get(s as usize) {
+            Some(&at) if at != 0 => Some(&self.alpha_states[at as usize - 1]),
+            _ => None,
+        }
+    }
+
+    /// Where the contents of shared memory `s` are in `alpha_states`,
+    /// made if needed.
+    #[inline]
+    fn alpha_state_at(&mut self, s: u32) -> usize {
+        match self.alpha_slot.get(s as usize) {
+            Some(&at) if at != 0 => at as usize - 1,
+            _ => self.make_alpha_state(s),
+        }
+    }
+
+    #[cold]
+    fn make_alpha_state(&mut self, s: u32) -> usize {
+        let s = s as usize;
+        if self.alpha_slot.len() <= s {
+            self.alpha_slot.resize(s + 1, 0);
+        }
+        let mem = &self.plan.shared[s];
+        self.alpha_states.push(AlphaState {
+            index: Index::new(mem.fields.is_empty()),
+            extremes: mem.extremes.iter().map(|&(field, max)| extreme::Tracker::new(field, max)).collect(),
+        });
+        self.alpha_slot[s] = self.alpha_states.len() as u32;
+        self.alpha_states.len() - 1
     }
 
     /// Declares facts that a later effect of the action being applied surely
@@ -650,7 +523,9 @@ impl Network {
             }
         }
         if mem_pos != NONE {
-            if let Some(moved) = self.mems[rule as usize][level as usize].remove((mem_bucket, mem_pos), t) {
+            // In a memory: the rule's memories exist.
+            let at = self.rule_mems[rule as usize] as usize - 1 + level as usize;
+            if let Some(moved) = self.tok_mems[at].remove((mem_bucket, mem_pos), t) {
                 self.toks[moved as usize].mem_pos = mem_pos;
             }
         }
@@ -672,8 +547,9 @@ impl Network {
     }
 
     /// The fact slot or value bound at `slot` as seen from token `t`.
+    #[inline]
     fn bound_at(&self, t: TokId, rule: usize, slot: usize) -> Option<(u32, Option<&Value>)> {
-        let level = self.slot_level[rule][slot];
+        let level = self.plan.slot_level(rule, slot);
         let mut cur = t;
         while cur != NONE {
             let tok = &self.toks[cur as usize];
@@ -710,7 +586,7 @@ impl Network {
     /// Bindings of a complete match, by slot.
     pub fn bindings(&self, t: TokId) -> Vec<Bound> {
         let rule = self.toks[t as usize].rule as usize;
-        (0..self.slot_level[rule].len())
+        (0..self.plan.slots(rule))
             .map(|s| match self.bound_at(t, rule, s) {
                 Some((f, _)) if f != NONE => Bound::Fact(self.rec(f).fact.id),
                 Some((_, Some(v))) => Bound::Value(v.clone()),
@@ -776,7 +652,7 @@ impl Network {
 
     /// Whether fact `f` passes the alpha tests of shared memory `sm`.
     fn alpha_pass(&self, sm: &SharedMem, f: &Fact) -> R<bool> {
-        let mem = &self.alpha[sm.first as usize];
+        let mem = &self.plan.alpha[sm.first as usize];
         let rule = mem.rule as usize;
         for test in &sm.alpha_tests {
             let pass = match test {
@@ -851,12 +727,15 @@ impl Network {
 
     /// The tokens waiting at `cond` whose join key is `key`.
     fn tokens_with_key<V: std::borrow::Borrow<Value>>(&self, rule: usize, cond: usize, key: &[V]) -> &[u32] {
-        self.mems[rule][cond].get_with(index::hash(key), |t| self.token_has_key(rule, cond, t, key))
+        match self.tok_mem(rule, cond) {
+            Some(m) => m.get_with(index::hash(key), |t| self.token_has_key(rule, cond, t, key)),
+            None => &[],
+        }
     }
 
-    /// Join key of a fact for alpha memory `mem`: its join fields, borrowed.
-    fn fact_key<'a>(&self, mem: &AlphaMem, f: &'a Fact) -> SmallVec<[Cow<'a, Value>; 2]> {
-        fact_key(&mem.fields, f, self.id_sym)
+    /// Join key of a fact for alpha memory `m`: its join fields, borrowed.
+    fn fact_key<'a>(&self, m: u32, f: &'a Fact) -> SmallVec<[Cow<'a, Value>; 2]> {
+        fact_key(&self.plan.alpha[m as usize].fields, f, self.id_sym)
     }
 
     // ---- changes ------------------------------------------------------
@@ -910,21 +789,35 @@ impl Network {
             }
         };
         self.slot_of.insert(id, slot);
-        let Some(&(start, len, groups)) = self.by_type.get(&ty) else { return Ok(()) };
-        let (start, len) = (start as usize, len as usize);
-        // Results of the alpha tests, by group: 0 unknown, 1 pass, 2 fail.
-        let mut passed: SmallVec<[u8; 64]> = SmallVec::from_elem(0, groups as usize);
+        // The plan, apart from `self`, which the activations change (an
+        // `Arc` clone: one increment per fact, not a copy).
+        let plan = Arc::clone(&self.plan);
+        let Some(tp) = plan.by_type.get(&ty) else { return Ok(()) };
+        // The memories to visit, in ascending order: those the fact's
+        // values select among the hashed ones, with `always`; or `always`
+        // (all of the type's when none is hashed).
+        let mut hashed: SmallVec<[u32; 16]> = SmallVec::new();
+        if !tp.hashed.is_empty() {
+            let (fact, id_sym) = (&self.rec(slot).fact, self.id_sym);
+            tp.hashed_candidates(&plan.listeners, |f| fact_field_ref(fact, f, id_sym), &mut hashed);
+        }
+        let visits = match &hashed[..] {
+            [] => &plan.listeners[tp.always.0 as usize..(tp.always.0 + tp.always.1) as usize],
+            some => some,
+        };
+        // Results of the alpha tests, by slot: 0 unknown, 1 pass, 2 fail.
+        let mut passed: SmallVec<[u8; 64]> = SmallVec::from_elem(0, tp.pass_slots as usize);
         // The fact's memberships, stored once at the end (a Waltz edge is
         // in dozens of memories: pushing one by one regrows the list).
         let mut refs: SmallVec<[AlphaRef; 16]> = SmallVec::new();
         let mut res = Ok(());
-        'mems: for k in 0..len {
-            let sm = self.listeners[start + k];
-            let group = self.shared[sm as usize].group as usize;
-            let pass = match passed[group] {
+        'mems: for &sm in visits {
+            let mem = &plan.shared[sm as usize];
+            let at = mem.pass_slot as usize;
+            let pass = match passed[at] {
                 1 => true,
                 2 => false,
-                _ => match self.alpha_pass(&self.shared[sm as usize], &self.rec(slot).fact) {
+                _ => match self.alpha_pass(mem, &self.rec(slot).fact) {
                     Ok(pass) => pass,
                     Err(e) => {
                         res = Err(e);
@@ -932,33 +825,31 @@ impl Network {
                     }
                 },
             };
-            passed[group] = if pass { 1 } else { 2 };
+            passed[at] = if pass { 1 } else { 2 };
             if !pass {
                 continue;
             }
+            let state = self.alpha_state_at(sm);
             let pos = {
                 let (facts, id_sym) = (&self.facts, self.id_sym);
                 let f = &facts[slot as usize].as_ref().expect("inserted").fact;
-                let mem = &mut self.shared[sm as usize];
                 let key = fact_key(&mem.fields, f, id_sym);
                 let hash = index::hash(&key);
-                let fields = &mem.fields;
-                let eq = |f| fact_has_key(facts, f, fields, &key, id_sym);
-                mem.index.insert_with(hash, eq, slot)
+                let eq = |f| fact_has_key(facts, f, &mem.fields, &key, id_sym);
+                self.alpha_states[state].index.insert_with(hash, eq, slot)
             };
             refs.push(AlphaRef { mem: sm, bucket: pos.0, pos: pos.1 });
-            for t in &self.shared[sm as usize].extremes {
+            for t in &self.alpha_states[state].extremes {
                 t.inserted(slot, |s| field_of(&self.facts, s, t.field));
             }
-            for i in 0..self.shared[sm as usize].consumers.len() {
-                let m = self.shared[sm as usize].consumers[i];
+            for &m in &mem.consumers {
                 if let Err(e) = self.right_activate(m, slot) {
                     res = Err(e);
                     break 'mems;
                 }
             }
         }
-        self.rec_mut(slot).alpha = refs.into_iter().collect();
+        self.rec_mut(slot).alpha = SmallVec::from_slice(&refs);
         res
     }
 
@@ -976,18 +867,20 @@ impl Network {
         // which keeps the counts of `not`/`exists` consistent when those
         // memories retract it in turn.
         let alpha = std::mem::take(&mut self.rec_mut(slot).alpha);
+        let plan = Arc::clone(&self.plan);
         for r in &alpha {
-            for t in &self.shared[r.mem as usize].extremes {
+            let state = &mut self.alpha_states[self.alpha_slot[r.mem as usize] as usize - 1];
+            for t in &state.extremes {
                 t.removed(slot);
             }
-            if let Some(moved) = self.shared[r.mem as usize].index.remove((r.bucket, r.pos), slot) {
+            if let Some(moved) = state.index.remove((r.bucket, r.pos), slot) {
                 let other = self.rec_mut(moved);
                 for e in other.alpha.iter_mut().filter(|e| e.mem == r.mem) {
                     e.pos = r.pos;
                 }
             }
-            for i in 0..self.shared[r.mem as usize].consumers.len() {
-                self.right_retract(self.shared[r.mem as usize].consumers[i], slot)?;
+            for &m in &plan.shared[r.mem as usize].consumers {
+                self.right_retract(m, slot)?;
             }
         }
         // Tokens of the fact those activations made in later patterns.
@@ -1124,7 +1017,7 @@ impl Network {
             let tok = &self.toks[t as usize];
             (tok.rule as usize, tok.level as usize)
         };
-        let Some(&kind) = self.kinds[rule].get(level) else {
+        let Some(&plan::Cond { kind, alpha: m, .. }) = self.plan.conds(rule).get(level) else {
             let gen = self.toks[t as usize].gen;
             self.new_acts.push((t, gen));
             return Ok(());
@@ -1142,17 +1035,18 @@ impl Network {
                 // Matches go to a buffer of the pool: a join yields up to
                 // hundreds, and the children's joins need buffers of their own.
                 let mut matches = self.match_bufs.pop().unwrap_or_default();
+                // The token waits here: its rule's memories are needed.
+                let at = self.tok_mems_at(rule) + level;
                 let (hash, bucket) = {
                     let key = self.token_key(rule, level, t)?;
                     let hash = index::hash(&key);
-                    let m = self.alpha_of[rule][level];
                     let first_only = matches!(kind, Kind::Not | Kind::Exists);
-                    let bucket = self.mems[rule][level].find(hash, |o| self.token_has_key(rule, level, o, &key));
+                    let bucket = self.tok_mems[at].find(hash, |o| self.token_has_key(rule, level, o, &key));
                     matches.clear();
                     self.join_facts(m, t, hash, &key, first_only, &mut matches)?;
                     (hash, bucket)
                 };
-                let pos = self.mems[rule][level].push(bucket, hash, t);
+                let pos = self.tok_mems[at].push(bucket, hash, t);
                 let tok = &mut self.toks[t as usize];
                 (tok.mem_bucket, tok.mem_pos) = pos;
                 match kind {
@@ -1245,10 +1139,9 @@ impl Network {
         first_only: bool,
         out: &mut Vec<u32>,
     ) -> R<()> {
-        let mem = &self.alpha[m as usize];
-        let (rule, cond) = (mem.rule as usize, mem.cond as usize);
-        let p = self.pattern(rule, cond);
-        let shared = &self.shared[mem.shared as usize];
+        let mem = &self.plan.alpha[m as usize];
+        // No fact ever entered the memory: nothing joins.
+        let Some(shared) = self.alpha_state(mem.shared) else { return Ok(()) };
         let mut candidates =
             shared.index.get_with(hash, |f| fact_has_key(&self.facts, f, &mem.fields, key, self.id_sym));
         // One fact decides a `not`/`exists` on one comparison: the extreme.
@@ -1271,6 +1164,8 @@ impl Network {
         }
         // The token's side of each comparison, computed when first needed
         // (an error is raised only if the test is reached, as per fact).
+        let (rule, cond) = (mem.rule as usize, mem.cond as usize);
+        let p = self.pattern(rule, cond);
         let mut others: SmallVec<[Option<Result<Value, String>>; 4]> = SmallVec::from_elem(None, mem.beta.len());
         let tok_env = self.env(rule, t, None);
         'facts: for &f in candidates {
@@ -1311,15 +1206,15 @@ impl Network {
     /// The tokens waiting at the condition of alpha memory `m` that join
     /// with the fact in slot `f`.
     fn matching_tokens(&self, m: u32, f: u32, unblocked_only: bool) -> R<SmallVec<[TokId; 16]>> {
-        let mem = &self.alpha[m as usize];
+        let mem = &self.plan.alpha[m as usize];
         let (rule, cond) = (mem.rule as usize, mem.cond as usize);
-        if self.mems[rule][cond].is_empty() {
+        if self.tok_mem(rule, cond).is_none_or(Index::is_empty) {
             // No token waits here (its rule's earlier conditions do not
             // match now): nothing to join, not even a key to compute.
             return Ok(SmallVec::new());
         }
         let fact = &self.rec(f).fact;
-        let key = self.fact_key(mem, fact);
+        let key = self.fact_key(m, fact);
         let p = self.pattern(rule, cond);
         let mut out = SmallVec::new();
         for &t in self.tokens_with_key(rule, cond, &key) {
@@ -1336,17 +1231,22 @@ impl Network {
     /// The tokens waiting at the `not`/`exists` of alpha memory `m` that the
     /// fact in slot `f` blocks (they share its join key).
     fn blocked_by(&self, m: u32, f: u32) -> SmallVec<[TokId; 16]> {
-        let mem = &self.alpha[m as usize];
+        let mem = &self.plan.alpha[m as usize];
         let (rule, cond) = (mem.rule as usize, mem.cond as usize);
-        let key = self.fact_key(mem, &self.rec(f).fact);
+        let key = self.fact_key(m, &self.rec(f).fact);
         let toks = self.tokens_with_key(rule, cond, &key);
         toks.iter().copied().filter(|&t| self.toks[t as usize].blocker == f).collect()
     }
 
     /// A fact entered alpha memory `m`: join it with the waiting tokens.
     fn right_activate(&mut self, m: u32, f: u32) -> R<()> {
-        let (rule, cond) = (self.alpha[m as usize].rule as usize, self.alpha[m as usize].cond as usize);
-        let kind = self.kinds[rule][cond];
+        let (rule, cond) = (self.plan.alpha[m as usize].rule as usize, self.plan.alpha[m as usize].cond as usize);
+        let kind = self.plan.cond(rule, cond).kind;
+        if cond == 0 && self.primed && self.tok_mem(rule, 0).is_none_or(Index::is_empty) {
+            // The first fact to reach the rule: its root, which `prime` left
+            // to be made now (a root, once made, never leaves this memory).
+            self.plant_root(rule)?;
+        }
         let next = cond as u16 + 1;
         // A token already blocked needs no test: one more match changes nothing.
         let unblocked_only = matches!(kind, Kind::Not | Kind::Exists);
@@ -1381,8 +1281,8 @@ impl Network {
 
     /// A fact is leaving alpha memory `m` (it is still readable).
     fn right_retract(&mut self, m: u32, f: u32) -> R<()> {
-        let (rule, cond) = (self.alpha[m as usize].rule as usize, self.alpha[m as usize].cond as usize);
-        let kind = self.kinds[rule][cond];
+        let (rule, cond) = (self.plan.alpha[m as usize].rule as usize, self.plan.alpha[m as usize].cond as usize);
+        let kind = self.plan.cond(rule, cond).kind;
         let next = cond as u16 + 1;
         match kind {
             Kind::Pattern => {} // its tokens were deleted with the fact
@@ -1563,4 +1463,39 @@ impl Env for NetEnv<'_> {
 /// Fields of a fact as a `Value::Map` (for `collect` and reports).
 pub fn fields_value(fields: &Fields) -> Value {
     Value::Map(Arc::new(fields.iter().map(|(k, v)| (k.name(), v.clone())).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::pack;
+
+    fn fact(id: FactId, ty: &str, n: i64) -> Fact {
+        let mut fields = Fields::new();
+        fields.set(Sym::new("n"), Value::Int(n));
+        Fact { id, ty: Sym::new(ty), fields, version: 1, tag: id }
+    }
+
+    #[test]
+    fn the_workflows_of_a_pack_share_its_plan_and_hold_what_their_facts_reach() {
+        let rules: String = (0..200)
+            .map(|i| {
+                format!("rule \"r{i}\" {{ match {{ x: X(n == {i}) y: Y(n == x.n) }} action {{ log(\"{i}\"); }} }}\n")
+            })
+            .collect();
+        let p = pack(&(rules + "rule \"none\" { match { not Z() } action { log(\"no Z\"); } }\n"), "");
+        let (mut a, b) = (Network::new(p.clone()), Network::new(p.clone()));
+        assert!(Arc::ptr_eq(&a.plan, &b.plan));
+        a.prime().unwrap();
+        // Only the rule that needs no fact has its root token.
+        assert_eq!((a.toks.len(), a.rule_mems.iter().filter(|&&m| m != 0).count()), (2, 1));
+        a.insert(fact(1, "X", 7)).unwrap();
+        a.insert(fact(2, "Y", 7)).unwrap();
+        // The X reached one memory, the Y one (of rule r7's join), and one
+        // rule has token memories beyond `none`.
+        assert_eq!(a.alpha_states.len(), 2);
+        assert_eq!(a.rule_mems.iter().filter(|&&m| m != 0).count(), 2);
+        let fired: Vec<String> = std::iter::from_fn(|| a.pop()).map(|act| p.rules[act.rule].name.clone()).collect();
+        assert_eq!(fired, ["r7", "none"]);
+    }
 }

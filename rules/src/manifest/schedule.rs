@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::cron::{Spec, SpecError};
-use crate::diagnostic::{Code, Diagnostic, SourceMap};
+use crate::diagnostic::{shown, Code, Diagnostic, SourceMap};
 use crate::testcase::FactSpec;
 
 /// What a schedule does with ticks it missed while the server was down
@@ -69,7 +69,7 @@ pub(super) struct RawSchedule {
     cron: toml::Spanned<String>,
     timezone: Option<toml::Spanned<String>>,
     #[serde(default)]
-    facts: Vec<FactSpec>,
+    facts: Vec<toml::Spanned<FactSpec>>,
     catch_up: Option<toml::Spanned<String>>,
     max_catch_up: Option<toml::Spanned<i64>>,
 }
@@ -78,16 +78,18 @@ pub(super) fn schedules(
     path: &Path,
     map: &SourceMap,
     raw: &BTreeMap<String, toml::Spanned<RawSchedule>>,
+    schemas: &BTreeMap<String, super::Schema>,
     diags: &mut Vec<Diagnostic>,
 ) -> BTreeMap<String, ScheduleSpec> {
     let mut out = BTreeMap::new();
-    for (name, entry) in raw {
+    for (raw_name, entry) in raw {
         let at = |span: std::ops::Range<usize>| map.pos(span.start);
         let mut err = |span: std::ops::Range<usize>, msg: String| {
             diags.push(Diagnostic::error(path, at(span), Code::Schedule, msg));
         };
         let r = entry.get_ref();
-        if !valid_schedule_name(name) {
+        let name = shown(raw_name);
+        if !valid_schedule_name(raw_name) {
             err(entry.span(), format!("schedule name `{name}`: use letters, digits, `-`, `_` or `.` (at most 128)"));
         }
         let tz = r.timezone.as_ref().map(|t| t.get_ref().clone()).unwrap_or_else(|| "UTC".into());
@@ -121,12 +123,32 @@ pub(super) fn schedules(
                 None
             }
         };
+        // Each tick starts a workflow with these facts: one it would refuse
+        // is refused now, not at every tick.
+        for f in &r.facts {
+            let spec = f.get_ref();
+            if !crate::value::valid_type_name(&spec.ty) {
+                let (ty, rule) = (shown(&spec.ty), crate::sandbox::TYPE_NAME_RULE);
+                err(f.span(), format!("schedule `{name}`: `{ty}` is not a fact type: {rule}"));
+            }
+            for (k, _) in spec.fields.iter() {
+                if k.with_name(|k| k.starts_with('_')) {
+                    err(
+                        f.span(),
+                        format!("schedule `{name}`: field `{}` starts with `_`, which is reserved", shown(&k.name())),
+                    );
+                }
+            }
+            for v in schemas.get(&spec.ty).map(|s| s.violations(&spec.ty, &spec.fields)).unwrap_or_default() {
+                err(f.span(), format!("schedule `{name}`: {v}"));
+            }
+        }
         out.insert(
-            name.clone(),
+            raw_name.clone(),
             ScheduleSpec {
                 cron: r.cron.get_ref().trim().to_string(),
                 timezone: tz,
-                facts: r.facts.clone(),
+                facts: r.facts.iter().map(|f| f.get_ref().clone()).collect(),
                 catch_up,
                 max_catch_up,
             },
