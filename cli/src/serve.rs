@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use stoa_server::config::TenantConfig;
@@ -64,13 +65,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("shutting down: finishing in-flight commits");
             signals.cancel();
         });
-        stoa_server::serve(config, shutdown, |addr| {
+        let on_listen = |addr| {
             use std::io::Write;
             println!("listening on {addr}");
             let _ = std::io::stdout().flush();
-        })
-        .await
+        };
+        match std::env::var("STOA_TEST_CRASH_AFTER_TICK") {
+            Ok(schedule) => {
+                stoa_server::serve_with_faults(config, shutdown, on_listen, Arc::new(CrashAfterTick(schedule))).await
+            }
+            Err(_) => stoa_server::serve(config, shutdown, on_listen).await,
+        }
         .map_err(anyhow::Error::msg)
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Test hook: `STOA_TEST_CRASH_AFTER_TICK=<schedule>` aborts the process
+/// right after that schedule's tick started a new workflow and before the
+/// tick is recorded, the window the deterministic request ids protect
+/// (`tests/e2e/schedules.rs`; the simulation crashes there on its own).
+struct CrashAfterTick(String);
+
+impl stoa_server::Faults for CrashAfterTick {
+    fn tick_started(&self, _tenant: &str, schedule: &str, created: bool) {
+        if created && schedule == self.0 {
+            eprintln!("STOA_TEST_CRASH_AFTER_TICK: aborting after a tick of {schedule}");
+            std::process::abort();
+        }
+    }
 }

@@ -133,7 +133,9 @@ fn handle(rt: &Arc<Runtime>, msg: Background, stop: &CancellationToken) {
             Background::Timer { .. } | Background::Healed => unreachable!("handled by the loop"),
             Background::Signal { tenant, signal } => {
                 let what = format!("routing signal {}", signal.id);
-                let routed = until_stored(&*rt.store, &rt.clock, &stop, &what, || rt.route_signal(&tenant, signal.clone(), None));
+                let routed = until_stored(&*rt.store, &rt.clock, &stop, &what, || {
+                    rt.route_signal(&tenant, signal.clone(), None)
+                });
                 if let Err(e) = routed.await {
                     tracing::error!(error = %e, "routing a signal");
                 }
@@ -142,7 +144,9 @@ fn handle(rt: &Arc<Runtime>, msg: Background, stop: &CancellationToken) {
             Background::CancelChild(inv) => rt.cancel_child(inv, &stop).await,
             Background::ChildDone { parent, outcome } => {
                 let what = format!("answering parent invocation {parent}");
-                if let Err(e) = until_stored(&*rt.store, &rt.clock, &stop, &what, || rt.deliver(&parent, outcome.clone())).await {
+                if let Err(e) =
+                    until_stored(&*rt.store, &rt.clock, &stop, &what, || rt.deliver(&parent, outcome.clone())).await
+                {
                     tracing::error!(invocation = %parent, error = %e, "answering a parent");
                 }
             }

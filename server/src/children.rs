@@ -62,7 +62,9 @@ impl Runtime {
             Err(e) => fail(format!("start_workflow(\"{pack}\"): {e}")),
         };
         let what = format!("answering parent invocation {}", inv.id);
-        if let Err(e) = until_stored(&*self.store, &self.clock, stop, &what, || self.deliver(&inv.id, outcome.clone())).await {
+        if let Err(e) =
+            until_stored(&*self.store, &self.clock, stop, &what, || self.deliver(&inv.id, outcome.clone())).await
+        {
             tracing::error!(invocation = %inv.id, error = %e, "answering a parent");
         }
     }

@@ -29,13 +29,17 @@ enum Wall {
     System,
     /// `epoch_ms` at `base`, moving with tokio's clock.
     #[cfg_attr(not(test), allow(dead_code))] // the simulation's
-    Virtual { epoch_ms: u64, base: Instant },
+    Virtual {
+        epoch_ms: u64,
+        base: Instant,
+    },
 }
 
 impl Clock {
     /// The system's clock; jitter seeded from the time it starts.
     pub fn system() -> Clock {
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
         Clock { wall: Wall::System, jitter: Arc::new(AtomicU64::new(seed)) }
     }
 
@@ -96,7 +100,10 @@ mod tests {
         assert_eq!(c.now_ms(), 1_001_500);
         let spread: Vec<Duration> = (0..64).map(|_| c.jitter(Duration::from_millis(1000))).collect();
         assert!(spread.iter().all(|d| *d >= Duration::from_millis(800) && *d <= Duration::from_millis(1200)));
-        assert!(spread.iter().any(|d| *d < Duration::from_millis(950)) && spread.iter().any(|d| *d > Duration::from_millis(1050)));
+        assert!(
+            spread.iter().any(|d| *d < Duration::from_millis(950))
+                && spread.iter().any(|d| *d > Duration::from_millis(1050))
+        );
         let again = Clock::starting_at(0, 7);
         assert_eq!(spread, (0..64).map(|_| again.jitter(Duration::from_millis(1000))).collect::<Vec<_>>());
     }

@@ -88,6 +88,8 @@ struct Writer {
     carried: Vec<(InvocationId, Attempts)>,
     jobs: Vec<Job>,
     attempts: Vec<(InvocationId, Attempts)>,
+    /// How many of `attempts` (the first ones) were carried over.
+    old_attempts: usize,
     closing: bool,
 }
 
@@ -100,6 +102,7 @@ impl Writer {
             carried: Vec::new(),
             jobs: Vec::new(),
             attempts: Vec::new(),
+            old_attempts: 0,
             closing: false,
         }
     }
@@ -107,6 +110,7 @@ impl Writer {
     /// Starts a batch: the attempt records carried over from a failed flush.
     fn begin(&mut self) {
         self.attempts = std::mem::take(&mut self.carried);
+        self.old_attempts = self.attempts.len();
     }
 
     /// Files one message; `closing` is set at `Close`.
@@ -132,7 +136,16 @@ impl Writer {
     /// Writes the batch in one flush and answers its turns.
     fn flush(&mut self) {
         let mut jobs = std::mem::take(&mut self.jobs);
-        let attempts = std::mem::take(&mut self.attempts);
+        let mut attempts = std::mem::take(&mut self.attempts);
+        // A carried record of an invocation that ended meanwhile (its
+        // outcome applied once the store healed) is dropped: written again,
+        // it would outlive the invocation for good. A read each, and only
+        // after a failed flush.
+        let mut i = 0;
+        attempts.retain(|(id, _)| {
+            i += 1;
+            i > self.old_attempts || self.store.pending(id).unwrap_or(true)
+        });
         let at_us = self.clock.now_us();
         for j in &mut jobs {
             for e in &mut j.output.entries {

@@ -241,8 +241,7 @@ impl Core {
             }
         });
         // `""` (the whole server) and `stoa.v1.Stoa` follow the store's health.
-        let health_task =
-            tokio::spawn(health::run(health, runtime.clone(), dispatch.clone(), shutdown.child_token()));
+        let health_task = tokio::spawn(health::run(health, runtime.clone(), dispatch.clone(), shutdown.child_token()));
         Ok(Core {
             runtime,
             schedules,

@@ -75,7 +75,10 @@ pub struct Pool {
 enum Inner {
     Threads(Arc<Shared>),
     #[cfg_attr(not(test), allow(dead_code))] // the simulation's
-    Inline { stop: Arc<AtomicBool>, pace: Pace },
+    Inline {
+        stop: Arc<AtomicBool>,
+        pace: Pace,
+    },
 }
 
 /// How long an inline job waits before it runs (virtual time in the
@@ -170,7 +173,9 @@ impl Pool {
     pub async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Panicked> {
         match &self.inner {
             Inner::Threads(_) => tokio::task::spawn_blocking(f).await.map_err(|e| Panicked(e.to_string())),
-            Inner::Inline { .. } => std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| Panicked(panic_message(&*p))),
+            Inner::Inline { .. } => {
+                std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| Panicked(panic_message(&*p)))
+            }
         }
     }
 

@@ -27,8 +27,8 @@ use stoa_engine::workflow::{Input, Meta, Origin, Outcome, Rejected, Status, Turn
 use stoa_engine::{InvocationId, WorkflowId};
 use stoa_rules::compile::{compile_within, fnv1a, Pack, PackSource};
 use stoa_rules::limits::Ceilings;
-use stoa_rules::Diagnostic;
 use stoa_rules::testcase::FactSpec;
+use stoa_rules::Diagnostic;
 use tokio::sync::{broadcast, mpsc, oneshot, OwnedMutexGuard};
 use tokio_util::sync::CancellationToken;
 

@@ -98,11 +98,7 @@ mod tests {
             fields: Default::default(),
             rule: "r".into(),
         };
-        let out = TurnOutput {
-            timers_put: vec![timer(1), timer(2)],
-            timers_deleted: vec![3],
-            ..TurnOutput::default()
-        };
+        let out = TurnOutput { timers_put: vec![timer(1), timer(2)], timers_deleted: vec![3], ..TurnOutput::default() };
         let turns = [Commit { workflow: &wf, output: &out, request_id: Some("a/r") }];
         let mut n = 0;
         each_write(&turns, |_, _| n += 1);

@@ -130,7 +130,11 @@ impl State {
     }
 
     fn scan<T: serde::de::DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>, Error> {
-        self.live.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, v)| decode(k, v)).collect()
+        self.live
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| decode(k, v))
+            .collect()
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>, Error> {
@@ -486,7 +490,8 @@ rule "encode" {
                 seen.fetch_add(1, Ordering::SeqCst);
             }
         }));
-        let result = wf.apply(Input::Result { invocation: inv, outcome: Outcome::Ok { value: Value::Null, attempts: 1 } }, 2);
+        let result =
+            wf.apply(Input::Result { invocation: inv, outcome: Outcome::Ok { value: Value::Null, attempts: 1 } }, 2);
         let result = result.unwrap();
         for recovered in [false, true] {
             let store = MemStore::open(reopened.image());

@@ -117,13 +117,16 @@ impl State {
     /// (Re)queues an entry at its next tick (or retry time).
     fn requeue(&mut self, key: &(String, String), at: Option<i64>) {
         let Some(e) = self.entries.get_mut(key) else { return };
-        if let Some(d) = e.due.take() {
+        let before = e.due.take();
+        if let Some(d) = before {
             self.queue.remove(&(d, key.0.clone(), key.1.clone()));
         }
-        if e.rec.paused {
+        // A paused schedule runs no tick, but one it may have started
+        // before the pause is still looked for (see `unsure`).
+        if e.rec.paused && !e.unsure {
             return;
         }
-        let due = at.or_else(|| e.spec.next_after(e.rec.cursor_ms));
+        let due = if e.rec.paused { at.or(before) } else { at.or_else(|| e.spec.next_after(e.rec.cursor_ms)) };
         if let Some(d) = due {
             e.due = Some(d);
             self.queue.insert((d, key.0.clone(), key.1.clone()));
@@ -232,11 +235,20 @@ impl Scheduler {
                 }
                 st.queue.remove(&(due, t.clone(), n.clone()));
                 let k = (t.clone(), n.clone());
+                let st = &mut *st;
                 let Some(e) = st.entries.get_mut(&k) else { continue };
                 e.due = None;
                 if e.unsure {
                     match recover(&*self.store, &e.spec, &mut e.rec, now as u64) {
-                        Ok(_) => e.unsure = false,
+                        Ok(changed) => {
+                            e.unsure = false;
+                            if changed || e.rec.paused {
+                                st.unsaved.insert(k.clone());
+                            }
+                            if e.rec.paused {
+                                continue;
+                            }
+                        }
                         Err(err) => {
                             tracing::warn!(tenant = %t, schedule = %n, error = %err, "schedule tick will be retried");
                             let retry = self.runtime.clock.now_ms() as i64 + RETRY_MS;
@@ -248,6 +260,17 @@ impl Scheduler {
                 let p = plan(&e.spec, e.rec.cursor_ms, now, e.rec.catch_up, e.rec.max_catch_up);
                 jobs.push((t, n, e.rec.pack.clone(), e.rec.facts.clone(), p));
             }
+        }
+        // What earlier passes started is recorded before a new intent
+        // replaces theirs: a restart finds ticks through the record or the
+        // intent, and would skip those only the lost intent named.
+        if !jobs.is_empty() && !self.save_unsaved() {
+            let mut st = self.state.lock().expect("scheduler lock");
+            let retry = self.runtime.clock.now_ms() as i64 + RETRY_MS;
+            for (t, n, ..) in jobs {
+                st.requeue(&(t, n), Some(retry));
+            }
+            return;
         }
         // The intent first: a crash after a tick started must find it.
         let intents: Vec<(String, serde_json::Value)> = jobs
@@ -539,8 +562,12 @@ impl Scheduler {
     pub fn list(&self, tenant: &str) -> Vec<(Schedule, Vec<i64>)> {
         let st = self.state.lock().expect("scheduler lock");
         let now = self.runtime.clock.now_ms();
-        let mut out: Vec<_> =
-            st.entries.values().filter(|e| e.rec.tenant == tenant).map(|e| (e.rec.clone(), next_ticks(e, now))).collect();
+        let mut out: Vec<_> = st
+            .entries
+            .values()
+            .filter(|e| e.rec.tenant == tenant)
+            .map(|e| (e.rec.clone(), next_ticks(e, now)))
+            .collect();
         out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         out
     }

@@ -303,7 +303,8 @@ impl Op {
     }
 
     async fn call(self, ctl: Arc<Ctl>, tenant: &'static str, svc: Arc<StoaService>) {
-        let fact = |ty: &str, fields: serde_json::Value| pb::FactInput { r#type: ty.into(), fields_json: fields.to_string() };
+        let fact =
+            |ty: &str, fields: serde_json::Value| pb::FactInput { r#type: ty.into(), fields_json: fields.to_string() };
         match self {
             Op::Start { pack, request: req, n } => {
                 let facts = match pack {
@@ -335,7 +336,10 @@ impl Op {
                 }
             }
             Op::Poke(wf) => {
-                let msg = pb::AssertFactsRequest { workflow_id: wf.clone(), facts: vec![fact("Poke", serde_json::json!({}))] };
+                let msg = pb::AssertFactsRequest {
+                    workflow_id: wf.clone(),
+                    facts: vec![fact("Poke", serde_json::json!({}))],
+                };
                 match svc.assert_facts(request(tenant, msg)).await {
                     Ok(t) if ctl.alive() => {
                         let turn = t.into_inner().turn;

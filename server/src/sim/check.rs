@@ -38,7 +38,8 @@ pub async fn settle_and_check(ctl: &Ctl, core: &Core) -> Result<(), String> {
 }
 
 fn quiet(store: &MemStore, core: &Core) -> bool {
-    let running = store.workflows(WorkflowId::PREFIX, None, usize::MAX).map(|ms| ms.iter().any(|m| m.status == Status::Running));
+    let running =
+        store.workflows(WorkflowId::PREFIX, None, usize::MAX).map(|ms| ms.iter().any(|m| m.status == Status::Running));
     matches!(running, Ok(false))
         && store.outbox().is_ok_and(|o| o.is_empty())
         && TENANTS.iter().all(|t| core.dispatch.pending(t) == 0)
@@ -109,7 +110,9 @@ fn check(ctl: &Ctl, core: &Core) -> Vec<String> {
         _ => {}
     }
     match store.timers() {
-        Ok(t) if !t.is_empty() => errs.push(format!("timers still pending: {:?}", t.iter().map(|t| (&t.workflow, t.id)).collect::<Vec<_>>())),
+        Ok(t) if !t.is_empty() => {
+            errs.push(format!("timers still pending: {:?}", t.iter().map(|t| (&t.workflow, t.id)).collect::<Vec<_>>()))
+        }
         Err(e) => errs.push(format!("timers: {e}")),
         _ => {}
     }
@@ -119,7 +122,9 @@ fn check(ctl: &Ctl, core: &Core) -> Vec<String> {
         _ => {}
     }
     match store.scan_aux(SIGNAL_OUTBOX, "") {
-        Ok(s) if !s.is_empty() => errs.push(format!("emitted signals never routed: {:?}", s.iter().map(|s| &s.0).collect::<Vec<_>>())),
+        Ok(s) if !s.is_empty() => {
+            errs.push(format!("emitted signals never routed: {:?}", s.iter().map(|s| &s.0).collect::<Vec<_>>()))
+        }
         Err(e) => errs.push(format!("signal outbox: {e}")),
         _ => {}
     }
@@ -133,9 +138,12 @@ fn check(ctl: &Ctl, core: &Core) -> Vec<String> {
             .count();
         let pending = core.dispatch.pending(t);
         if pending != waiting {
-            errs.push(format!("tenant {t}: the dispatcher counts {pending} pending, the store's outbox holds {waiting}"));
+            errs.push(format!(
+                "tenant {t}: the dispatcher counts {pending} pending, the store's outbox holds {waiting}"
+            ));
         }
-        let running = metas.iter().filter(|m| crate::runtime::tenant_of(&m.id) == t && m.status == Status::Running).count();
+        let running =
+            metas.iter().filter(|m| crate::runtime::tenant_of(&m.id) == t && m.status == Status::Running).count();
         let live = core.runtime.live_workflows(t);
         if live != running as u64 {
             errs.push(format!("tenant {t}: the runtime counts {live} live workflows, the store holds {running}"));
@@ -148,7 +156,9 @@ fn check(ctl: &Ctl, core: &Core) -> Vec<String> {
     for ((t, req), (id, created)) in &h.starts {
         match store.request(&format!("{t}/{req}")) {
             Ok(Some(found)) if found == *id => {}
-            other => errs.push(format!("start {t}/{req} was acknowledged as {id}; the store's request record: {other:?}")),
+            other => {
+                errs.push(format!("start {t}/{req} was acknowledged as {id}; the store's request record: {other:?}"))
+            }
         }
         if !by_id.contains_key(id) {
             errs.push(format!("start {t}/{req} was acknowledged as {id}, which the store does not hold"));
@@ -233,7 +243,8 @@ fn check(ctl: &Ctl, core: &Core) -> Vec<String> {
         for m in metas.iter().filter(|m| crate::runtime::tenant_of(&m.id) == t) {
             if let Origin::Schedule { schedule } = &m.origin {
                 if !started.contains(m.id.as_str()) {
-                    let runs = store.get_aux("schedule", &format!("{t}/{schedule}")).ok().flatten().map(|r| r["runs"].clone());
+                    let runs =
+                        store.get_aux("schedule", &format!("{t}/{schedule}")).ok().flatten().map(|r| r["runs"].clone());
                     let first = timelines.get(&m.id).and_then(|tl| tl.first()).map(|e| e.at_ms);
                     errs.push(format!(
                         "{} (started at {first:?}) was started by schedule {schedule}, whose runs do not show it: {}",
@@ -250,12 +261,7 @@ fn check(ctl: &Ctl, core: &Core) -> Vec<String> {
 /// One workflow's timeline: whole turns in order, each result applied
 /// once and never after its cancel, each timer fired once and not early,
 /// nothing after the end.
-fn check_timeline(
-    m: &Meta,
-    entries: &[Entry],
-    answers: &BTreeMap<(String, u32), String>,
-    errs: &mut Vec<String>,
-) {
+fn check_timeline(m: &Meta, entries: &[Entry], answers: &BTreeMap<(String, u32), String>, errs: &mut Vec<String>) {
     let id = &m.id;
     for (i, e) in entries.iter().enumerate() {
         if e.seq != i as u64 + 1 {

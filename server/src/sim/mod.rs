@@ -191,8 +191,10 @@ impl Ctl {
 }
 
 fn config() -> Config {
-    let mut c = Config::default();
-    c.tenants = TENANTS.iter().map(|t| TenantConfig::new(t, &format!("token-{t}-sim"))).collect();
+    let mut c = Config {
+        tenants: TENANTS.iter().map(|t| TenantConfig::new(t, &format!("token-{t}-sim"))).collect(),
+        ..Config::default()
+    };
     // Tenant b runs into its quotas: backpressure and admission.
     let quotas: toml::Table =
         toml::from_str("max_pending = 6\nmax_in_flight = 3\nmax_live_workflows = 12").expect("quotas");
@@ -241,8 +243,7 @@ pub fn run(seed: u64) -> Result<Outcome, (String, Vec<String>)> {
                 let mut h = history.lock().expect("history");
                 h.stats.incarnations = incarnation;
                 h.stats.virtual_ms = at_ms - start_ms;
-                let outcome =
-                    Outcome { events: std::mem::take(&mut h.events), digest, stats: h.stats.clone() };
+                let outcome = Outcome { events: std::mem::take(&mut h.events), digest, stats: h.stats.clone() };
                 drop(h);
                 return match result {
                     Ok(()) => Ok(outcome),
@@ -277,8 +278,12 @@ fn incarnate(
     let ended = if verbose() {
         // The server's own log, in the trace.
         let log = Log(history.clone());
-        let subscriber =
-            tracing_subscriber::fmt().with_writer(log).without_time().with_ansi(false).with_max_level(tracing::Level::DEBUG).finish();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(log)
+            .without_time()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .finish();
         tracing::subscriber::with_default(subscriber, || rt.block_on(life))
     } else {
         rt.block_on(life)
@@ -317,8 +322,11 @@ async fn life(
         let r = r.shared();
         Arc::new(move || Duration::from_millis(with(&r, |r| if r.chance(0.5) { 0 } else { r.below(max + 1) })))
     };
-    let (committer, commits) =
-        committer::Committer::task(store.clone() as Arc<dyn Store>, clock.clone(), pace(r.fork("flush"), knobs.pace_ms));
+    let (committer, commits) = committer::Committer::task(
+        store.clone() as Arc<dyn Store>,
+        clock.clone(),
+        pace(r.fork("flush"), knobs.pace_ms),
+    );
     tokio::spawn(commits);
     let config = config();
     let policies = config.policies().expect("policies");
@@ -327,6 +335,7 @@ async fn life(
         rng: r.fork("fault points").shared(),
         knobs: knobs.clone(),
         calm: calm.clone(),
+        armed: armed.clone(),
         crashed: crashed.clone(),
     });
     let parts = Parts {
@@ -448,12 +457,15 @@ struct SimFaults {
     rng: Shared,
     knobs: Knobs,
     calm: Arc<AtomicBool>,
+    /// Off while the first incarnation deploys the packs.
+    armed: Arc<AtomicBool>,
     crashed: Arc<Notify>,
 }
 
 impl crate::faults::Faults for SimFaults {
     fn tick_started(&self, _tenant: &str, _schedule: &str, created: bool) {
         if created
+            && self.armed.load(Ordering::Relaxed)
             && !self.calm.load(Ordering::Relaxed)
             && !self.store.is_crashed()
             && with(&self.rng, |r| r.chance(self.knobs.crash_after_tick))
@@ -514,7 +526,9 @@ fn verbose() -> bool {
 
 /// Seeds from the environment: (first, count, verbose).
 fn seeds() -> (u64, u64, bool) {
-    let var = |n: &str| std::env::var(n).ok().map(|v| v.trim().parse::<u64>().unwrap_or_else(|_| panic!("{n}={v}: not a number")));
+    let var = |n: &str| {
+        std::env::var(n).ok().map(|v| v.trim().parse::<u64>().unwrap_or_else(|_| panic!("{n}={v}: not a number")))
+    };
     match var("STOA_SIM_SEED") {
         Some(s) => (s, 1, true),
         None => (var("STOA_SIM_FIRST").unwrap_or(0), var("STOA_SIM_SEEDS").unwrap_or(2000), false),
@@ -596,7 +610,8 @@ fn simulation() {
 fn a_seed_replays_exactly() {
     let seeds = [3, 17, 40];
     let first: Vec<_> = seeds.iter().map(|&s| on_big_stack(move || run(s).map(|o| (o.events, o.digest)))).collect();
-    let again = on_big_stack(move || seeds.iter().rev().map(|s| run(*s).map(|o| (o.events, o.digest))).collect::<Vec<_>>());
+    let again =
+        on_big_stack(move || seeds.iter().rev().map(|s| run(*s).map(|o| (o.events, o.digest))).collect::<Vec<_>>());
     for (s, (a, b)) in seeds.iter().zip(first.iter().zip(again.iter().rev())) {
         let (Ok(a), Ok(b)) = (a, b) else { panic!("seed {s} failed") };
         if a != b {
