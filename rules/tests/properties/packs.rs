@@ -5,7 +5,6 @@
 //! twice; deep nesting is refused with a diagnostic, never a stack overflow.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -356,18 +355,26 @@ fn run_actions(pack: &stoa_rules::compile::Pack) -> Result<(), String> {
     Ok(())
 }
 
-static COMPILED: AtomicUsize = AtomicUsize::new(0);
-
 #[test]
 fn generated_packs_compile_or_say_where_they_are_wrong() {
-    check("generated packs", 48, pack(), |files| {
-        if compile_checked(files)? {
-            COMPILED.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
-    });
-    // The generator must reach the compiler's back end, not only its errors.
-    assert!(COMPILED.load(Ordering::Relaxed) > 0, "no generated pack compiled");
+    check("generated packs", 48, pack(), |files| compile_checked(files).map(|_| ()));
+}
+
+/// The generator must reach the compiler's back end, not only its errors:
+/// from a fixed seed, some of the first 200 packs compile. (About one in
+/// thirty does: 48 random cases missed them all about one run in six.)
+#[test]
+fn the_pack_generator_reaches_the_back_end() {
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = pack();
+    let compiled = (0..200)
+        .filter(|_| {
+            let files = strategy.new_tree(&mut runner).expect("a pack").current();
+            let files: Vec<(&str, String)> = files.iter().map(|(p, t)| (p.as_str(), t.clone())).collect();
+            compile(&source(&files)).0.is_some()
+        })
+        .count();
+    assert!(compiled > 0, "none of 200 generated packs compiled");
 }
 
 #[test]
