@@ -30,6 +30,12 @@ pub struct Args {
     /// Timers per workflow, all due at the same instant.
     #[arg(long, default_value_t = 10)]
     timers_per_workflow: usize,
+    /// The server's page cache (`stoa serve --cache-mb`); its default if unset.
+    #[arg(long)]
+    cache_mb: Option<u64>,
+    /// The `stoa` binary that serves (default: this one), to compare builds.
+    #[arg(long)]
+    server_bin: Option<std::path::PathBuf>,
     /// Print one JSON object per case.
     #[arg(long)]
     json: bool,
@@ -59,7 +65,7 @@ fn pack(name: &str, version: &str, rules: &[&str]) -> Vec<pb::PackFile> {
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let dir = std::env::temp_dir().join(format!("stoa-bench-always-on-{}", std::process::id()));
-    let (server, addr) = spawn_server(&dir, None, None)?;
+    let (server, addr) = spawn_server(&dir, args.server_bin.as_deref(), args.cache_mb)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let figures = rt.block_on(cases(&args, &addr, server.0.id()))?;
     drop(server);
