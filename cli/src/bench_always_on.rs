@@ -67,9 +67,11 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let dir = std::env::temp_dir().join(format!("stoa-bench-always-on-{}", std::process::id()));
     let (server, addr) = spawn_server(&dir, args.server_bin.as_deref(), args.cache_mb)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let figures = rt.block_on(cases(&args, &addr, server.0.id()))?;
+    let figures = rt.block_on(cases(&args, &addr, server.0.id()));
     drop(server);
+    // Its store, failed run or not: hundreds of MB each.
     let _ = std::fs::remove_dir_all(&dir);
+    let figures = figures?;
     print_figures(&figures, args.json, 28);
     Ok(std::process::ExitCode::SUCCESS)
 }

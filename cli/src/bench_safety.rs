@@ -185,11 +185,11 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 }
                 _ => rules(&args, &addr, pid).await,
             }
-        })?;
-        eprintln!("{case}: done");
-        figures.push(f);
+        });
         drop(server);
         let _ = std::fs::remove_dir_all(&dir);
+        figures.push(f?);
+        eprintln!("{case}: done");
     }
     print_figures(&figures, args.json, 24);
     Ok(std::process::ExitCode::SUCCESS)
@@ -412,6 +412,19 @@ async fn rules(args: &Args, addr: &str, pid: u32) -> anyhow::Result<serde_json::
     }))
 }
 
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 pub fn soak(args: SoakArgs) -> anyhow::Result<std::process::ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let dir = std::env::temp_dir().join(format!("stoa-bench-soak-{}", std::process::id()));
@@ -427,11 +440,16 @@ pub fn soak(args: SoakArgs) -> anyhow::Result<std::process::ExitCode> {
         let mut f =
             load(&addr, pid, args.clients, args.steps, Duration::from_secs(args.minutes * 60), Some(pace)).await?;
         f["capacity_starts_per_s"] = serde_json::json!(capacity);
+        // Finished workflows stay stored: the disk it took, and so what an
+        // operator must plan for at this rate.
+        f["store_gib_end"] = serde_json::json!(dir_bytes(&dir.join("data")) as f64 / (1u64 << 30) as f64);
         f["case"] = serde_json::json!(format!("soak {} min at half capacity", args.minutes));
         anyhow::Ok(f)
-    })?;
+    });
     drop(server);
+    // An hour at half capacity stores tens of GB: removed, failed run or not.
     let _ = std::fs::remove_dir_all(&dir);
+    let figure = figure?;
     print_figures(&[figure], args.json, 24);
     Ok(std::process::ExitCode::SUCCESS)
 }

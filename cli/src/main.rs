@@ -94,7 +94,10 @@ enum BenchCommand {
     /// latency (run from the repository root).
     Safety(bench_safety::Args),
     /// An hour at half the capacity a short probe measures, with the
-    /// server's RSS drift (run from the repository root).
+    /// server's RSS drift and the disk its store took (run from the
+    /// repository root). Finished workflows stay stored: on this kind of
+    /// machine an hour writes about 40 GB to the temp directory (removed
+    /// at the end); check the free space, or run fewer minutes.
     Soak(bench_safety::SoakArgs),
 }
 
