@@ -541,6 +541,13 @@ fn on_big_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T 
     std::thread::Builder::new().stack_size(256 << 20).spawn(f).expect("a simulation thread").join().expect("joined")
 }
 
+/// The seed a simulation thread runs, and since when.
+type Running = Option<(u64, std::time::Instant)>;
+
+/// Real time one seed may take (a few hundred milliseconds in a debug
+/// build; CI machines are slower and shared).
+const SEED_WALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 #[test]
 fn simulation() {
     let (first, count, verbose) = seeds();
@@ -549,16 +556,21 @@ fn simulation() {
     let failures = Arc::new(Mutex::new(Vec::new()));
     let total = Arc::new(Mutex::new(Stats::default()));
     let started = std::time::Instant::now();
+    // The seed each thread runs, and since when: a run that never ends (a
+    // livelock on virtual time) fails the test with its seed, not CI's clock.
+    let running: Arc<Mutex<Vec<Running>>> = Arc::new(Mutex::new(vec![None; threads as usize]));
     let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let (next, failures, total) = (next.clone(), failures.clone(), total.clone());
+        .map(|i| {
+            let (next, failures, total, running) = (next.clone(), failures.clone(), total.clone(), running.clone());
             std::thread::Builder::new()
                 .stack_size(256 << 20)
                 .spawn(move || loop {
+                    running.lock().expect("running")[i as usize] = None;
                     let seed = next.fetch_add(1, Ordering::Relaxed);
                     if seed >= first + count {
                         return;
                     }
+                    running.lock().expect("running")[i as usize] = Some((seed, std::time::Instant::now()));
                     match run(seed) {
                         Ok(o) => {
                             if verbose {
@@ -584,6 +596,16 @@ fn simulation() {
                 .expect("a simulation thread")
         })
         .collect();
+    while !handles.iter().all(|h| h.is_finished()) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        for (seed, since) in running.lock().expect("running").iter().flatten() {
+            assert!(
+                since.elapsed() < SEED_WALL_LIMIT,
+                "seed {seed} has run for {:?} of real time without ending; rerun it with STOA_SIM_SEED={seed}",
+                since.elapsed()
+            );
+        }
+    }
     for h in handles {
         h.join().expect("a simulation thread panicked");
     }
