@@ -484,10 +484,21 @@ impl Scheduler {
         let mut st = self.state.lock().expect("scheduler lock");
         let e = st.entries.get(&k).ok_or_else(|| not_found(name))?;
         let mut rec = e.rec.clone();
+        // A tick that may have started before the store failed is looked
+        // for first: a resume moves the cursor past it, and the next pass
+        // would no longer find it.
+        let unsure = e.unsure;
+        if unsure {
+            recover(&*self.store, &e.spec, &mut rec, self.runtime.clock.now_ms()).map_err(ApiError::from)?;
+        }
         f(&mut rec);
         rec.updated_ms = self.runtime.clock.now_ms();
         self.persist(&[&rec], false)?;
-        st.entries.get_mut(&k).expect("present").rec = rec.clone();
+        let e = st.entries.get_mut(&k).expect("present");
+        e.rec = rec.clone();
+        if unsure {
+            e.unsure = false;
+        }
         st.requeue(&k, None);
         drop(st);
         self.wake.notify_one();

@@ -273,12 +273,21 @@ pub async fn client(ctl: Arc<Ctl>, tenant: &'static str, svc: Arc<StoaService>, 
 
 #[derive(Clone, Debug)]
 enum Op {
-    Start { pack: &'static str, request: String, n: u64 },
+    Start {
+        pack: &'static str,
+        request: String,
+        n: u64,
+    },
     Poke(String),
     Cancel(String),
     Signal(String),
     Upgrade,
     Get(String),
+    /// Pauses (`true`) or resumes a schedule of the pack `ticker`.
+    Pause {
+        schedule: &'static str,
+        pause: bool,
+    },
 }
 
 impl Op {
@@ -298,7 +307,8 @@ impl Op {
             60..=69 => Op::Cancel(pick(r)?),
             70..=86 => Op::Signal(format!("s{}", r.below(6))),
             87..=89 => Op::Upgrade,
-            _ => Op::Get(pick(r)?),
+            90..=96 => Op::Get(pick(r)?),
+            _ => Op::Pause { schedule: if r.chance(0.5) { "often" } else { "all" }, pause: r.chance(0.5) },
         })
     }
 
@@ -387,6 +397,21 @@ impl Op {
                 Ok(_) => {}
                 Err(e) => ctl.event(format!("client {tenant} deploy: {:?} {}", e.code(), e.message())),
             },
+            Op::Pause { schedule, pause } => {
+                let msg = pb::ScheduleRef { name: schedule.into() };
+                let r = if pause {
+                    svc.pause_schedule(request(tenant, msg)).await
+                } else {
+                    svc.resume_schedule(request(tenant, msg)).await
+                };
+                let what = if pause { "pauses" } else { "resumes" };
+                match r {
+                    Ok(_) => ctl.event(format!("client {tenant} {what} schedule {schedule}")),
+                    Err(e) => {
+                        ctl.event(format!("client {tenant} {what} schedule {schedule}: {:?} {}", e.code(), e.message()))
+                    }
+                }
+            }
             Op::Get(wf) => {
                 let msg = pb::GetWorkflowRequest { workflow_id: wf.clone(), without_facts: true };
                 match svc.get_workflow(request(tenant, msg)).await {
