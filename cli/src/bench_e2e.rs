@@ -203,16 +203,24 @@ pub(crate) fn print_figures(figures: &[serde_json::Value], json: bool, width: us
 /// port over `dir` (emptied first); killed when dropped.
 pub(crate) fn spawn_server(dir: &Path, bin: Option<&Path>, cache_mb: Option<u64>) -> anyhow::Result<(Kill, String)> {
     let _ = std::fs::remove_dir_all(dir);
+    let mut serve = serve_command(bin)?;
+    serve.args(["--token", &format!("bench={TOKEN}")]).arg("--data").arg(dir);
+    serve.args(cache_mb.map(|c| format!("--cache-mb={c}")));
+    start_serving(serve)
+}
+
+/// `stoa serve` (this binary unless `bin`) on an ephemeral loopback port,
+/// logging warnings only; the caller adds its store and tenants.
+pub(crate) fn serve_command(bin: Option<&Path>) -> anyhow::Result<Command> {
     let me = std::env::current_exe()?;
-    let mut server = Command::new(bin.unwrap_or(&me))
-        .args(["serve", "--listen", "127.0.0.1:0", "--token", &format!("bench={TOKEN}")])
-        .arg("--data")
-        .arg(dir)
-        .args(cache_mb.map(|c| format!("--cache-mb={c}")))
-        .env("STOA_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting stoa serve")?;
+    let mut serve = Command::new(bin.unwrap_or(&me));
+    serve.args(["serve", "--listen", "127.0.0.1:0"]).env("STOA_LOG", "warn").stdout(Stdio::piped());
+    Ok(serve)
+}
+
+/// Starts `serve` and waits for its address (`listening on ADDR`).
+pub(crate) fn start_serving(mut serve: Command) -> anyhow::Result<(Kill, String)> {
+    let mut server = serve.spawn().context("starting stoa serve")?;
     let out = server.stdout.take().context("server stdout")?;
     let server = Kill(server);
     for line in std::io::BufReader::new(out).lines() {

@@ -20,7 +20,6 @@
 //! `bench soak`: the load case at half the rate a short probe measured, for
 //! an hour by default, with the RSS drift (target: flat within 10 %).
 
-use std::io::BufRead;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -98,22 +97,9 @@ fn spawn(dir: &Path, bin: Option<&Path>, quotas: &str) -> anyhow::Result<(Kill, 
             dir.join("data")
         ),
     )?;
-    let me = std::env::current_exe()?;
-    let mut server = Command::new(bin.unwrap_or(&me))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .env("STOA_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting stoa serve")?;
-    let out = server.stdout.take().context("server stdout")?;
-    let server = Kill(server);
-    for line in std::io::BufReader::new(out).lines() {
-        if let Some(a) = line?.strip_prefix("listening on ") {
-            return Ok((server, format!("http://{a}")));
-        }
-    }
-    anyhow::bail!("the server did not start")
+    let mut serve = crate::bench_e2e::serve_command(bin)?;
+    serve.arg("--config").arg(&config);
+    crate::bench_e2e::start_serving(serve)
 }
 
 fn worker(addr: &str) -> anyhow::Result<Kill> {
