@@ -146,12 +146,14 @@ async fn cases(args: &Args, addr: &str, pid: u32) -> anyhow::Result<Vec<serde_js
     .await?;
     let armed_at = crate::bench_e2e::now_ms();
     anyhow::ensure!(armed_at < due, "starting took longer than the margin; lower --timer-workflows");
-    // Polled slowly: listing 10,000 workflows is work for the server too,
-    // and the delays are read from the timelines afterwards anyway.
+    // Polled from the due time on, slowly: listing 10,000 workflows is work
+    // for the server too, which would compete with the timers' turns, and
+    // the delays are read from the timelines afterwards anyway.
+    tokio::time::sleep(Duration::from_millis(due.saturating_sub(crate::bench_e2e::now_ms()) + 1000)).await;
     let deadline = Instant::now() + Duration::from_secs(600);
     while count_completed(&mut c, "timers").await? < w {
         anyhow::ensure!(Instant::now() < deadline, "the timers did not all fire within 10 minutes");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let mut delays = Vec::with_capacity(w * k);
     let ids: Vec<String> = {

@@ -9,7 +9,7 @@
 //!
 //! Invariant: no I/O here. Time comes in with the input.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
@@ -324,6 +324,10 @@ pub struct TurnOutput {
     pub cancelled: Vec<InvocationId>,
     pub timers_put: Vec<Timer>,
     pub timers_deleted: Vec<u64>,
+    /// For each instant a timer put or deleted was due at, the workflow's
+    /// timers due then (none: the instant has no timer left). The store
+    /// keeps a workflow's timers by instant, since those fire in one turn.
+    pub timer_groups: Vec<(u64, Vec<Timer>)>,
     /// Signals emitted by rules, to route after commit.
     pub signals: Vec<Signal>,
     pub meta: Option<Meta>,
@@ -608,7 +612,10 @@ impl Workflow {
         self.turn.cancelled.clear();
         self.turn.signals.clear();
         out.cancelled = self.waiting.keys().cloned().collect();
-        out.timers_deleted = std::mem::take(&mut self.timers).into_keys().collect();
+        let timers = std::mem::take(&mut self.timers);
+        let dues: BTreeSet<u64> = timers.values().map(|t| t.due_ms).collect();
+        out.timer_groups = dues.into_iter().map(|due| (due, Vec::new())).collect();
+        out.timers_deleted = timers.into_keys().collect();
     }
 
     /// Fails a running workflow from outside its rules, as a turn of its
@@ -687,12 +694,28 @@ impl Workflow {
         }
         let mut timers: Vec<u64> = self.turn.undo_timers.keys().copied().collect();
         timers.sort_unstable();
+        let mut dues = BTreeSet::new();
         for id in timers {
             match self.timers.get(&id) {
-                Some(t) => out.timers_put.push(t.clone()),
+                Some(t) => {
+                    dues.insert(t.due_ms);
+                    out.timers_put.push(t.clone());
+                }
                 None if self.turn.undo_timers[&id].is_some() => out.timers_deleted.push(id),
                 None => {}
             }
+            if let Some(Some(before)) = self.turn.undo_timers.get(&id) {
+                dues.insert(before.due_ms);
+            }
+        }
+        if !dues.is_empty() {
+            let mut groups: BTreeMap<u64, Vec<Timer>> = dues.into_iter().map(|d| (d, Vec::new())).collect();
+            for t in self.timers.values() {
+                if let Some(g) = groups.get_mut(&t.due_ms) {
+                    g.push(t.clone());
+                }
+            }
+            out.timer_groups = groups.into_iter().collect();
         }
     }
 
@@ -2518,8 +2541,13 @@ rule "disarm" {
               ~      f1@3 Job {"timer":null} -> {"timer":1}
               commit (1 firing(s))"#]]
         .assert_eq(&lines(&out));
+        let group = |out: &TurnOutput| -> Vec<(u64, Vec<u64>)> {
+            out.timer_groups.iter().map(|(due, ts)| (*due, ts.iter().map(|t| t.id).collect())).collect()
+        };
+        assert_eq!(group(&out), [(5000, vec![3]), (901_000, vec![1]), (3_601_000, vec![2])]);
         let out = wf.apply(Input::Timers { ids: vec![1] }, 901_000).unwrap();
         assert_eq!(out.timers_deleted, [1]);
+        assert_eq!(group(&out), [(901_000, vec![])]);
         assert!(lines(&out).contains("timer  1 Timeout fired"), "{}", lines(&out));
         assert!(lines(&out).contains("fire   time out"), "{}", lines(&out));
         // Fired once: the same timer again is refused.
@@ -2532,6 +2560,7 @@ rule "disarm" {
         assert_eq!(wf.status(), Status::Completed);
         // Completing drops the remaining timer (cancel_timer of a fired one is no error).
         assert_eq!(out.timers_deleted, [2, 3]);
+        assert_eq!(group(&out), [(5000, vec![]), (3_601_000, vec![])]);
         assert_eq!(wf.timers().count(), 0);
     }
 

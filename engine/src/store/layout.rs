@@ -5,8 +5,9 @@
 //! `f/<wf>/<fact id hex>` facts, `w/<wf>/<inv>` waiting activations (which
 //! are also the outbox: every invocation waits in one), `t/<wf>/<first seq
 //! hex>` a run of consecutive timeline entries, `a/<inv>` attempts of a
-//! pending invocation, `r/<request id>` idempotent starts, `c/<wf>/<timer id
-//! hex>` timers, `x/<kind>/<key>` server records (see `Store::put_aux`),
+//! pending invocation, `r/<request id>` idempotent starts, `c/<wf>/<due ms
+//! hex>` the timers due at one instant (they fire in one turn, so it
+//! deletes one record), `x/<kind>/<key>` server records (see `Store::put_aux`),
 //! `p/<tenant>/<pack>/<seq hex>` deployed packs.
 
 use super::codec::encode;
@@ -32,12 +33,34 @@ pub(super) fn count_writes(turns: &[Commit<'_>]) -> usize {
                 + out.waiting_put.len()
                 + 2 * (out.waiting_deleted.len() + out.cancelled.len())
                 + out.entries.len().div_ceil(TIMELINE_RUN)
-                + out.timers_put.len()
-                + out.timers_deleted.len()
+                + out.timer_groups.len()
                 + out.signals.len()
                 + usize::from(c.request_id.is_some())
         })
         .sum()
+}
+
+/// Splits turns into runs of whole turns of at most `max` writes each (a
+/// turn of more writes alone), in order.
+pub(super) fn batches<'a, 'b>(turns: &'a [Commit<'b>], max: usize) -> impl Iterator<Item = &'a [Commit<'b>]> {
+    let mut rest = turns;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (mut n, mut end) = (0, 0);
+        while end < rest.len() {
+            let w = count_writes(&rest[end..=end]);
+            if end > 0 && n + w > max {
+                break;
+            }
+            n += w;
+            end += 1;
+        }
+        let (run, tail) = rest.split_at(end);
+        rest = tail;
+        Some(run)
+    })
 }
 
 /// The writes of a group of turns, in order, one at a time: a large group
@@ -65,11 +88,9 @@ pub(super) fn each_write(turns: &[Commit<'_>], mut w: impl FnMut(Vec<u8>, Option
         for run in out.entries.chunks(TIMELINE_RUN) {
             w(key(&["t", wf, &format!("{:016x}", run[0].seq)]), Some(encode(&run)));
         }
-        for t in &out.timers_put {
-            w(key(&["c", wf, &format!("{:016x}", t.id)]), Some(encode(t)));
-        }
-        for id in &out.timers_deleted {
-            w(key(&["c", wf, &format!("{id:016x}")]), None);
+        for (due, timers) in &out.timer_groups {
+            let k = key(&["c", wf, &format!("{due:016x}")]);
+            w(k, (!timers.is_empty()).then(|| encode(timers)));
         }
         for s in &out.signals {
             w(key(&["x", SIGNAL_OUTBOX, &s.id]), Some(encode(s)));
@@ -87,6 +108,21 @@ mod tests {
     use crate::WorkflowId;
 
     /// The bound on a batch's records counts every record a turn writes.
+    /// Runs of whole turns within the bound, a larger turn alone, in order.
+    #[test]
+    fn batches_are_runs_of_whole_turns() {
+        let wf = WorkflowId::new("a.x");
+        let out = |n: usize| TurnOutput { facts_deleted: (0..n as u64).collect(), ..TurnOutput::default() };
+        let outs = [out(3), out(3), out(5), out(1), out(2)];
+        let turns: Vec<Commit<'_>> =
+            outs.iter().map(|o| Commit { workflow: &wf, output: o, request_id: None }).collect();
+        let sizes: Vec<usize> = batches(&turns, 4).map(|b| b.len()).collect();
+        assert_eq!(sizes, [1, 1, 1, 2]);
+        let sizes: Vec<usize> = batches(&turns, 6).map(|b| b.len()).collect();
+        assert_eq!(sizes, [2, 2, 1]);
+        assert_eq!(batches(&[], 6).count(), 0);
+    }
+
     #[test]
     fn count_writes_counts_what_each_write_writes() {
         let wf = WorkflowId::new("a.x");
@@ -98,10 +134,11 @@ mod tests {
             fields: Default::default(),
             rule: "r".into(),
         };
-        let out = TurnOutput { timers_put: vec![timer(1), timer(2)], timers_deleted: vec![3], ..TurnOutput::default() };
+        let out =
+            TurnOutput { timer_groups: vec![(5, vec![timer(1), timer(2)]), (6, vec![])], ..TurnOutput::default() };
         let turns = [Commit { workflow: &wf, output: &out, request_id: Some("a/r") }];
         let mut n = 0;
         each_write(&turns, |_, _| n += 1);
-        assert_eq!((count_writes(&turns), n), (4, 4));
+        assert_eq!((count_writes(&turns), n), (3, 3));
     }
 }

@@ -295,7 +295,12 @@ impl Store for MemStore {
 
     fn commit(&self, turns: &[Commit<'_>]) -> Result<(), Error> {
         self.run(Op::Commit, true, |st| {
-            each_write(turns, |k, v| st.write(k, v));
+            // A batch per turn: sled's are runs of whole turns, and a crash
+            // keeps a prefix of them.
+            for turn in turns {
+                each_write(std::slice::from_ref(turn), |k, v| st.write(k, v));
+                st.end_batch();
+            }
             Ok(())
         })
     }
@@ -306,7 +311,7 @@ impl Store for MemStore {
             let Some(meta) = st.get::<Meta>(&key(&["m", wf]))? else { return Ok(None) };
             let facts = st.scan(&key(&["f", wf, ""]))?;
             let waiting: Vec<Waiting> = st.scan(&key(&["w", wf, ""]))?;
-            let timers: Vec<Timer> = st.scan(&key(&["c", wf, ""]))?;
+            let timers = st.scan::<Vec<Timer>>(&key(&["c", wf, ""]))?.into_iter().flatten().collect();
             Ok(Some(Snapshot { meta, facts, waiting, timers }))
         })
     }
@@ -395,7 +400,7 @@ impl Store for MemStore {
     }
 
     fn timers(&self) -> Result<Vec<Timer>, Error> {
-        self.run(Op::Read, false, |st| st.scan(b"c/"))
+        self.run(Op::Read, false, |st| Ok(st.scan::<Vec<Timer>>(b"c/")?.into_iter().flatten().collect()))
     }
 
     fn put_aux(&self, kind: &str, k: &str, value: &serde_json::Value) -> Result<(), Error> {

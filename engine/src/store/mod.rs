@@ -88,7 +88,8 @@ pub trait Store: Send + Sync {
     }
 
     /// Commits the turns: each one whole or not at all, and all of them
-    /// durable when this returns.
+    /// durable when this returns. A failed commit (or a crash) may leave a
+    /// prefix of them, never a later turn without an earlier one.
     fn commit(&self, turns: &[Commit<'_>]) -> Result<(), Error>;
 
     /// The stored state of a workflow.
