@@ -8,7 +8,8 @@
 //!   RSS once they are started, and once idle ones are unloaded.
 //! - load: C clients starting workflows of K steps (a worker answers) as
 //!   fast as they can for S seconds; the server's RSS every second, and its
-//!   drift from the end of the warm-up (the first third) to the end.
+//!   drift from the end of the warm-up (the first third) to the end (each
+//!   the median of a tenth of the run).
 //! - backlog: the same without a worker and with the default quotas: the
 //!   invocations pile up to `max_pending`, later starts are refused, and the
 //!   RSS must stop growing there.
@@ -77,6 +78,11 @@ pub struct SoakArgs {
     /// Steps of each workflow.
     #[arg(long, default_value_t = 5)]
     steps: usize,
+    /// How long the server keeps finished workflows (`[limits]
+    /// retain_finished_ms`), in seconds: short, so that the store, and the
+    /// memory that grows with it, reach their steady size within the run.
+    #[arg(long, default_value_t = 60)]
+    retain_finished_s: u64,
     /// The `stoa` binary that serves (default: this one).
     #[arg(long)]
     server_bin: Option<std::path::PathBuf>,
@@ -85,15 +91,16 @@ pub struct SoakArgs {
     json: bool,
 }
 
-/// A server for tenants `bench` and `other`, with `quotas` (TOML lines).
-fn spawn(dir: &Path, bin: Option<&Path>, quotas: &str) -> anyhow::Result<(Kill, String)> {
+/// A server for tenants `bench` and `other`, with `quotas` and `limits`
+/// (TOML lines).
+fn spawn(dir: &Path, bin: Option<&Path>, quotas: &str, limits: &str) -> anyhow::Result<(Kill, String)> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\n[quotas]\n{quotas}\n[[tenants]]\nname = \"bench\"\ntokens = [\"{TOKEN}\"]\n[[tenants]]\nname = \"other\"\ntokens = [\"{TOKEN_B}\"]\n",
+            "data_dir = {:?}\n[quotas]\n{quotas}\n[limits]\n{limits}\n[[tenants]]\nname = \"bench\"\ntokens = [\"{TOKEN}\"]\n[[tenants]]\nname = \"other\"\ntokens = [\"{TOKEN_B}\"]\n",
             dir.join("data")
         ),
     )?;
@@ -153,7 +160,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             "rules" => "max_pack_bytes = 16777216",
             _ => "",
         };
-        let (server, addr) = spawn(&dir, args.server_bin.as_deref(), quotas)?;
+        let (server, addr) = spawn(&dir, args.server_bin.as_deref(), quotas, "")?;
         let pid = server.0.id();
         let seconds = Duration::from_secs(args.seconds);
         let f = rt.block_on(async {
@@ -280,7 +287,11 @@ async fn load(
     while tasks.join_next().await.is_some() {}
     let secs = t.elapsed().as_secs_f64();
     let warm = samples.len() / 3;
-    let (at_warm, at_end) = (samples.get(warm).copied().unwrap_or(0.0), samples.last().copied().unwrap_or(0.0));
+    // Medians of a tenth of the run each, right after the warm-up and at
+    // the end: a single sample would measure the allocator's swings.
+    let tenth = (samples.len() / 10).max(1);
+    let (at_warm, at_end) =
+        (median(&samples, warm, tenth), median(&samples, samples.len().saturating_sub(tenth), tenth));
     let mut sorted = samples[warm..].to_vec();
     sorted.sort_by(f64::total_cmp);
     Ok(serde_json::json!({
@@ -293,6 +304,13 @@ async fn load(
         "server_peak_rss_mib": rss_mib(pid).0,
         "rss_drift_pct": if at_warm > 0.0 { (at_end - at_warm) / at_warm * 100.0 } else { 0.0 },
     }))
+}
+
+/// The median of `len` samples from `from` (0 if there are none).
+fn median(samples: &[f64], from: usize, len: usize) -> f64 {
+    let mut w: Vec<f64> = samples.iter().skip(from).take(len).copied().collect();
+    w.sort_by(f64::total_cmp);
+    w.get(w.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Starts of tenant `other` one after another until `stop`: their latencies.
@@ -414,7 +432,8 @@ fn dir_bytes(dir: &Path) -> u64 {
 pub fn soak(args: SoakArgs) -> anyhow::Result<std::process::ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let dir = std::env::temp_dir().join(format!("stoa-bench-soak-{}", std::process::id()));
-    let (server, addr) = spawn(&dir, args.server_bin.as_deref(), "")?;
+    let limits = format!("retain_finished_ms = {}", args.retain_finished_s * 1000);
+    let (server, addr) = spawn(&dir, args.server_bin.as_deref(), "", &limits)?;
     let pid = server.0.id();
     let _worker = worker(&addr)?;
     let figure = rt.block_on(async {
@@ -423,17 +442,34 @@ pub fn soak(args: SoakArgs) -> anyhow::Result<std::process::ExitCode> {
         let capacity = probe["starts_per_s"].as_f64().unwrap_or(1.0).max(1.0);
         let pace = Duration::from_secs_f64(args.clients as f64 / (capacity / 2.0));
         eprintln!("soak: capacity {capacity:.0} starts/s; running at half for {} minutes", args.minutes);
+        // The store's size each minute, beside the RSS.
+        let data = dir.join("data");
+        let sizes = tokio::spawn({
+            let (data, minutes) = (data.clone(), args.minutes);
+            async move {
+                let mut sizes = Vec::new();
+                for _ in 0..minutes {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    sizes.push(dir_bytes(&data) as f64 / (1u64 << 30) as f64);
+                }
+                sizes
+            }
+        });
         let mut f =
             load(&addr, pid, args.clients, args.steps, Duration::from_secs(args.minutes * 60), Some(pace)).await?;
+        let sizes = sizes.await?;
+        eprintln!("soak: the store each minute (GiB): {sizes:.2?}");
+        f["store_gib_after_warmup"] = serde_json::json!(sizes.get(sizes.len() / 3).copied().unwrap_or(0.0));
         f["capacity_starts_per_s"] = serde_json::json!(capacity);
-        // Finished workflows stay stored: the disk it took, and so what an
-        // operator must plan for at this rate.
-        f["store_gib_end"] = serde_json::json!(dir_bytes(&dir.join("data")) as f64 / (1u64 << 30) as f64);
+        // What the store holds at the end: the workflows finished within
+        // the retention, and the space sled has not reclaimed.
+        f["retain_finished_s"] = serde_json::json!(args.retain_finished_s);
+        f["store_gib_end"] = serde_json::json!(dir_bytes(&data) as f64 / (1u64 << 30) as f64);
         f["case"] = serde_json::json!(format!("soak {} min at half capacity", args.minutes));
         anyhow::Ok(f)
     });
     drop(server);
-    // An hour at half capacity stores tens of GB: removed, failed run or not.
+    // Removed, failed run or not.
     let _ = std::fs::remove_dir_all(&dir);
     let figure = figure?;
     print_figures(&[figure], args.json, 24);

@@ -95,9 +95,9 @@ enum BenchCommand {
     Safety(bench_safety::Args),
     /// An hour at half the capacity a short probe measures, with the
     /// server's RSS drift and the disk its store took (run from the
-    /// repository root). Finished workflows stay stored: on this kind of
-    /// machine an hour writes about 40 GB to the temp directory (removed
-    /// at the end); check the free space, or run fewer minutes.
+    /// repository root). The server keeps finished workflows a minute
+    /// (`--retain-finished-s`); the store in the temp directory is removed
+    /// at the end.
     Soak(bench_safety::SoakArgs),
 }
 

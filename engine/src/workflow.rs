@@ -36,6 +36,10 @@ pub enum Status {
 }
 
 impl Status {
+    pub fn is_finished(self) -> bool {
+        self != Status::Running
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Running => "running",
@@ -71,6 +75,10 @@ pub struct Meta {
     /// What started this workflow.
     #[serde(default)]
     pub origin: Origin,
+    /// The client request id that started it (`tenant/id`), so that the
+    /// record of the request goes with the workflow when it is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
 }
 
 fn one() -> u64 {
@@ -419,6 +427,7 @@ impl Workflow {
             next_timer: 1,
             next_signal: 1,
             origin: Origin::Request,
+            request: None,
         };
         Workflow {
             net: Network::new(pack.clone()),
@@ -435,6 +444,13 @@ impl Workflow {
     /// Sets what started the workflow; call before its start turn.
     pub fn with_origin(mut self, origin: Origin) -> Workflow {
         self.meta.origin = origin;
+        self
+    }
+
+    /// Sets the request id that starts the workflow; call before its start
+    /// turn.
+    pub fn with_request(mut self, request: String) -> Workflow {
+        self.meta.request = Some(request);
         self
     }
 

@@ -85,6 +85,10 @@ pub struct Limits {
     pub max_loaded_workflows: usize,
     /// A workflow idle this long is unloaded, in milliseconds.
     pub unload_idle_ms: u64,
+    /// How long a finished workflow (completed or failed) stays stored, in
+    /// milliseconds; then it is deleted whole (facts, timeline, the record
+    /// of its start request, which a new start may then use again).
+    pub retain_finished_ms: u64,
 }
 
 impl Default for Limits {
@@ -96,6 +100,7 @@ impl Default for Limits {
             turn_threads: 0,
             max_loaded_workflows: 20_000,
             unload_idle_ms: 30_000,
+            retain_finished_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }
@@ -264,6 +269,7 @@ impl Config {
             ("max_batch", l.max_batch as u64),
             ("max_loaded_workflows", l.max_loaded_workflows as u64),
             ("unload_idle_ms", l.unload_idle_ms),
+            ("retain_finished_ms", l.retain_finished_ms),
         ] {
             if v == 0 {
                 return zero("limits", name);

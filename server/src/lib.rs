@@ -17,6 +17,7 @@ pub mod faults;
 mod health;
 mod input;
 mod pool;
+mod retention;
 mod retry;
 mod runtime;
 mod schedule;
@@ -194,6 +195,7 @@ impl Core {
                 policies,
                 max_loaded: config.limits.max_loaded_workflows,
                 unload_idle_ms: config.limits.unload_idle_ms,
+                retain_finished_ms: config.limits.retain_finished_ms,
                 clock: clock.clone(),
                 compile,
             },
@@ -205,6 +207,7 @@ impl Core {
         let scheduler_task = tokio::spawn(schedules.clone().run(shutdown.child_token()));
         let background_task = tokio::spawn(background::run(runtime.clone(), background_rx, shutdown.child_token()));
         let unload_task = tokio::spawn(runtime.clone().unload_idle(shutdown.child_token()));
+        let retention_task = tokio::spawn(retention::run(runtime.clone(), shutdown.child_token()));
         // Turns still running when the grace period ends are stopped: a pack
         // cannot hold the server past it.
         let grace = std::time::Duration::from_millis(config.limits.worker_drain_ms);
@@ -249,7 +252,7 @@ impl Core {
             sessions_closed,
             pool,
             committer,
-            tasks: vec![scheduler_task, dispatcher_task, background_task, health_task, unload_task],
+            tasks: vec![scheduler_task, dispatcher_task, background_task, health_task, unload_task, retention_task],
             stopper,
         })
     }

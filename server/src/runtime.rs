@@ -136,7 +136,7 @@ pub(crate) enum Held {
     Gone,
 }
 
-type Guard = OwnedMutexGuard<Held>;
+pub(crate) type Guard = OwnedMutexGuard<Held>;
 
 /// Who asked for a turn: a client's turns are admitted against the
 /// tenant's quotas exactly (the invocations they make are reserved before
@@ -160,6 +160,8 @@ pub struct Options {
     pub policies: BTreeMap<String, Policy>,
     pub max_loaded: usize,
     pub unload_idle_ms: u64,
+    /// How long finished workflows stay stored (see `retention`).
+    pub retain_finished_ms: u64,
     /// What every part of the server reads time from.
     pub clock: Clock,
     /// How a pack's files become a pack: `compiler()`, unless a test
@@ -184,7 +186,7 @@ pub struct Runtime {
     pub(crate) clock: Clock,
     committer: Committer,
     pool: Pool,
-    opts: Options,
+    pub(crate) opts: Options,
     pub(crate) packs: DashMap<(String, String), Versions>,
     /// One deploy of a pack at a time (striped by name).
     deploy_locks: [tokio::sync::Mutex<()>; 16],
@@ -559,6 +561,29 @@ impl Runtime {
         Ok(true)
     }
 
+    /// Takes these finished workflows out of memory so that they can be
+    /// deleted from the store: returns those it could, with their locks,
+    /// which keep any request off them until the delete is done (a request
+    /// then finds no workflow). One whose lock is taken, or with a commit
+    /// queued, is left for the next sweep.
+    pub(crate) fn hold_for_delete(&self, ids: Vec<WorkflowId>) -> (Vec<WorkflowId>, Vec<Guard>) {
+        let mut guards = Vec::new();
+        let ids = ids
+            .into_iter()
+            .filter(|id| {
+                let Some(slot) = self.workflows.get(id).map(|e| e.value().clone()) else { return true };
+                let Ok(mut guard) = slot.held.clone().try_lock_owned() else { return false };
+                if slot.committing.load(Ordering::Acquire) != 0 {
+                    return false;
+                }
+                self.unload(id, &slot, &mut guard);
+                guards.push(guard);
+                true
+            })
+            .collect();
+        (ids, guards)
+    }
+
     /// Unloads idle workflows, and the least recently used ones while more
     /// than `max_loaded` are in memory; never one with a commit queued.
     pub(crate) async fn unload_idle(self: Arc<Self>, shutdown: CancellationToken) {
@@ -870,7 +895,7 @@ impl Runtime {
     ) -> Result<(WorkflowId, bool), ApiError> {
         let id = self.workflow_for_request(tenant, request_id)?;
         let request = format!("{tenant}/{request_id}");
-        let (t, p, wid) = (tenant.to_string(), pack.to_string(), id.clone());
+        let (t, p, wid, request_key) = (tenant.to_string(), pack.to_string(), id.clone(), request.clone());
         let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let is_first = first.clone();
         let admit =
@@ -886,7 +911,7 @@ impl Runtime {
                 }
                 let pack = rt.pack_for_new(&t, &p, &wid)?;
                 let now = rt.clock.now_ms();
-                let mut wf = Workflow::new(wid.clone(), pack, now).with_origin(origin);
+                let mut wf = Workflow::new(wid.clone(), pack, now).with_origin(origin).with_request(request_key);
                 let out = wf.apply(Input::Start { facts }, now).map_err(reject)?;
                 *held = Held::Loaded(Box::new(wf));
                 Ok(Some(out))

@@ -69,6 +69,12 @@ impl Store for Gate {
     fn timers(&self) -> Result<Vec<Timer>, Error> {
         self.inner.timers()
     }
+    fn finished_before(&self, before_ms: u64, limit: usize) -> Result<Vec<WorkflowId>, Error> {
+        self.inner.finished_before(before_ms, limit)
+    }
+    fn delete_finished(&self, ids: &[WorkflowId]) -> Result<usize, Error> {
+        self.inner.delete_finished(ids)
+    }
     fn put_aux(&self, kind: &str, key: &str, value: &serde_json::Value) -> Result<(), Error> {
         self.inner.put_aux(kind, key, value)
     }
@@ -161,6 +167,7 @@ fn new_runtime(
         policies: [("a".to_string(), policy)].into(),
         max_loaded: 1000,
         unload_idle_ms: 60_000,
+        retain_finished_ms: 7 * 24 * 3600 * 1000,
         clock: crate::clock::Clock::system(),
         compile: crate::runtime::compiler(),
     };
@@ -252,6 +259,12 @@ impl Store for Flaky {
     }
     fn timers(&self) -> Result<Vec<Timer>, Error> {
         self.inner.timers()
+    }
+    fn finished_before(&self, before_ms: u64, limit: usize) -> Result<Vec<WorkflowId>, Error> {
+        self.inner.finished_before(before_ms, limit)
+    }
+    fn delete_finished(&self, ids: &[WorkflowId]) -> Result<usize, Error> {
+        self.inner.delete_finished(ids)
     }
     fn put_aux(&self, kind: &str, key: &str, value: &serde_json::Value) -> Result<(), Error> {
         self.inner.put_aux(kind, key, value)

@@ -311,6 +311,61 @@ fn a_request_id_starts_one_workflow() {
     });
 }
 
+/// Retention: a finished workflow is deleted whole once its time is up
+/// (its timeline, and the record of its request id, which then starts a new
+/// workflow); a running one stays.
+#[test]
+fn finished_workflows_are_deleted_after_their_retention() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("stoa.toml");
+    std::fs::write(&config, "[limits]\nretain_finished_ms = 3000\n").expect("config");
+    let server = Server::start_with(&dir.path().join("data"), &["--config", config.to_str().expect("utf-8")]);
+    rt().block_on(async {
+        let mut a = client(&server.addr, TOKEN_A).await;
+        let manifest = "[pack]\nname = \"quick\"\nversion = \"1\"\n";
+        let rules = r#"rule "done" { match { j: Job() } action { complete(#{ n: j.n }); } }"#;
+        let files = vec![
+            pb::PackFile { path: "pack.toml".into(), content: manifest.into() },
+            pb::PackFile { path: "quick.rules".into(), content: rules.into() },
+        ];
+        a.deploy_pack(pb::DeployPackRequest { files, ..Default::default() }).await.expect("deploy");
+        deploy(&mut a, "examples/packs/video-encode").await;
+        let running = start(&mut a, "running").await;
+        let quick = |n: i64| pb::StartWorkflowRequest {
+            pack: "quick".into(),
+            facts: facts(serde_json::json!([{"type": "Job", "fields": {"n": n}}])),
+            request_id: "quick".into(),
+        };
+        let first = a.start_workflow(quick(1)).await.expect("start").into_inner();
+        assert!(first.created);
+        let get = |id: &str| pb::GetWorkflowRequest { workflow_id: id.into(), without_facts: true };
+        let done = a.get_workflow(get(&first.workflow_id)).await.expect("get").into_inner();
+        assert_eq!(done.status, "completed");
+        // Within its retention, the request id still answers with it.
+        let again = a.start_workflow(quick(2)).await.expect("start").into_inner();
+        assert_eq!((again.workflow_id.as_str(), again.created), (first.workflow_id.as_str(), false));
+        let mut waited = 0;
+        loop {
+            match a.get_workflow(get(&first.workflow_id)).await {
+                Err(e) if e.code() == Code::NotFound => break,
+                Ok(_) if waited < 200 => {}
+                other => panic!("still there after {waited} polls: {other:?}"),
+            }
+            waited += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let timeline = a.get_timeline(pb::GetTimelineRequest { workflow_id: first.workflow_id, from_seq: 1, limit: 0 });
+        assert_eq!(timeline.await.map(|t| t.into_inner().entries.len()).unwrap_or(0), 0);
+        // The request id is free again: a new workflow, which runs anew.
+        let anew = a.start_workflow(quick(3)).await.expect("start").into_inner();
+        assert!(anew.created);
+        let w = a.get_workflow(get(&anew.workflow_id)).await.expect("get").into_inner();
+        assert_eq!((w.status.as_str(), w.result_json.as_str()), ("completed", r#"{"n":3}"#));
+        let w = a.get_workflow(get(&running)).await.expect("the running one stays").into_inner();
+        assert_eq!(w.status, "running");
+    });
+}
+
 #[test]
 fn health_and_reflection_answer() {
     let dir = tempfile::tempdir().expect("tempdir");

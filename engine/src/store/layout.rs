@@ -4,7 +4,8 @@
 //! Keys are prefixed by record kind and workflow id: `m/<wf>` meta,
 //! `f/<wf>/<fact id hex>` facts, `w/<wf>/<inv>` waiting activations (which
 //! are also the outbox: every invocation waits in one), `t/<wf>/<first seq
-//! hex>` a run of consecutive timeline entries, `a/<inv>` attempts of a
+//! hex>` a run of consecutive timeline entries, `e/<finished ms hex>/<wf>` a
+//! finished workflow, in the order they finished (for retention), `a/<inv>` attempts of a
 //! pending invocation, `r/<request id>` idempotent starts, `c/<wf>/<due ms
 //! hex>` the timers due at one instant (they fire in one turn, so it
 //! deletes one record), `x/<kind>/<key>` server records (see `Store::put_aux`),
@@ -12,6 +13,8 @@
 
 use super::codec::encode;
 use super::{Commit, SIGNAL_OUTBOX};
+use crate::workflow::Meta;
+use crate::WorkflowId;
 
 /// Timeline entries per record at most, so that reading from a position
 /// decodes little more than it returns.
@@ -21,6 +24,24 @@ pub(super) fn key(parts: &[&str]) -> Vec<u8> {
     parts.join("/").into_bytes()
 }
 
+/// Where a finished workflow waits for retention to delete it. A finished
+/// workflow has no more turns, so `updated_ms` is when it finished.
+pub(super) fn finished_key(meta: &Meta) -> Vec<u8> {
+    key(&["e", &format!("{:016x}", meta.updated_ms), meta.id.as_str()])
+}
+
+/// The ids in `e/` keys up to `before_ms` (excluded), from the keys in order.
+pub(super) fn finished_id(k: &[u8], before_ms: u64) -> Option<WorkflowId> {
+    let rest = std::str::from_utf8(k.strip_prefix(b"e/")?).ok()?;
+    let (ms, id) = rest.split_once('/')?;
+    (u64::from_str_radix(ms, 16).ok()? < before_ms).then(|| WorkflowId::new(id))
+}
+
+/// The record prefixes of one workflow, besides its meta.
+pub(super) fn workflow_prefixes(id: &WorkflowId) -> [Vec<u8>; 4] {
+    ["f", "w", "t", "c"].map(|kind| key(&[kind, id.as_str(), ""]))
+}
+
 /// How many writes `each_write` makes, without encoding anything.
 pub(super) fn count_writes(turns: &[Commit<'_>]) -> usize {
     turns
@@ -28,6 +49,7 @@ pub(super) fn count_writes(turns: &[Commit<'_>]) -> usize {
         .map(|c| {
             let out = c.output;
             usize::from(out.meta.is_some())
+                + usize::from(out.meta.as_ref().is_some_and(|m| m.status.is_finished()))
                 + out.facts_put.len()
                 + out.facts_deleted.len()
                 + out.waiting_put.len()
@@ -71,6 +93,9 @@ pub(super) fn each_write(turns: &[Commit<'_>], mut w: impl FnMut(Vec<u8>, Option
         let out = c.output;
         if let Some(meta) = &out.meta {
             w(key(&["m", wf]), Some(encode(meta)));
+            if meta.status.is_finished() {
+                w(finished_key(meta), Some(encode(&())));
+            }
         }
         for f in &out.facts_put {
             w(key(&["f", wf, &format!("{:016x}", f.id)]), Some(encode(f)));

@@ -25,7 +25,7 @@ use crate::timeline::Entry;
 use crate::workflow::{Invocation, Meta, Snapshot, Timer, Waiting};
 
 use super::codec::{decode, encode};
-use super::layout::{each_write, key};
+use super::layout::{each_write, finished_id, finished_key, key, workflow_prefixes};
 use super::{Attempts, Commit, Error, Health, HealthWatcher, PackRecord, Store};
 
 /// What the store is about to do, for the fault hook.
@@ -403,6 +403,37 @@ impl Store for MemStore {
         self.run(Op::Read, false, |st| Ok(st.scan::<Vec<Timer>>(b"c/")?.into_iter().flatten().collect()))
     }
 
+    fn finished_before(&self, before_ms: u64, limit: usize) -> Result<Vec<WorkflowId>, Error> {
+        self.run(Op::Read, false, |st| {
+            Ok(st.live.range(b"e/".to_vec()..).map_while(|(k, _)| finished_id(k, before_ms)).take(limit).collect())
+        })
+    }
+
+    fn delete_finished(&self, ids: &[WorkflowId]) -> Result<usize, Error> {
+        self.run(Op::Write, false, |st| {
+            let mut deleted = 0;
+            for id in ids {
+                let Some(meta) = st.get::<Meta>(&key(&["m", id.as_str()]))? else { continue };
+                if !meta.status.is_finished() {
+                    continue;
+                }
+                let mut keys = vec![finished_key(&meta), key(&["m", id.as_str()])];
+                if let Some(r) = &meta.request {
+                    let rk = key(&["r", r]);
+                    if st.get::<WorkflowId>(&rk)?.as_ref() == Some(id) {
+                        keys.push(rk);
+                    }
+                }
+                for p in workflow_prefixes(id) {
+                    keys.extend(st.live.range(p.clone()..).map_while(|(k, _)| k.starts_with(&p).then(|| k.clone())));
+                }
+                keys.into_iter().for_each(|k| st.write(k, None));
+                deleted += 1;
+            }
+            Ok(deleted)
+        })
+    }
+
     fn put_aux(&self, kind: &str, k: &str, value: &serde_json::Value) -> Result<(), Error> {
         self.run(Op::Write, true, |st| {
             st.write(key(&["x", kind, k]), Some(encode(value)));
@@ -515,6 +546,56 @@ rule "encode" {
     }
 
     /// The same records as `SledStore`: what one reads, the other reads.
+    /// Retention's two calls, on both stores: finished workflows in the
+    /// order they finished, then deleted whole, request record included;
+    /// a running one is left alone.
+    #[test]
+    fn finished_workflows_are_found_in_the_order_they_finished_and_deleted_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled = super::super::SledStore::open(dir.path(), 8).unwrap();
+        let mem = MemStore::default();
+        let start = |id: &str, request: Option<&str>| {
+            let facts: Vec<FactSpec> =
+                serde_json::from_value(serde_json::json!([{"type": "Chunk", "fields": {"i": 1, "status": "pending"}}]))
+                    .unwrap();
+            let mut wf = Workflow::new(WorkflowId::new(id), pack(RULES, ""), 1);
+            if let Some(r) = request {
+                wf = wf.with_request(r.into());
+            }
+            let out = wf.apply(Input::Start { facts }, 1).unwrap();
+            (wf, out)
+        };
+        let ids = |v: &[&str]| v.iter().map(|s| WorkflowId::new(*s)).collect::<Vec<_>>();
+        for s in [&sled as &dyn Store, &mem] {
+            for (id, request, ends_at) in
+                [("a.one", Some("a/r1"), Some(5)), ("a.two", Some("a/r2"), None), ("a.three", None, Some(3))]
+            {
+                let (mut wf, out) = start(id, request);
+                s.commit(&[Commit { workflow: wf.id(), output: &out, request_id: request }]).unwrap();
+                if let Some(at) = ends_at {
+                    let out = wf.abort("stopped", at).unwrap();
+                    s.commit(&[Commit { workflow: wf.id(), output: &out, request_id: None }]).unwrap();
+                }
+            }
+            assert_eq!(s.finished_before(3, 10).unwrap(), ids(&[]));
+            assert_eq!(s.finished_before(4, 10).unwrap(), ids(&["a.three"]));
+            assert_eq!(s.finished_before(6, 10).unwrap(), ids(&["a.three", "a.one"]));
+            assert_eq!(s.finished_before(6, 1).unwrap(), ids(&["a.three"]));
+            assert_eq!(s.delete_finished(&ids(&["a.one", "a.two", "a.three", "a.gone"])).unwrap(), 2);
+            assert_eq!(s.finished_before(u64::MAX, 10).unwrap(), ids(&[]));
+            for gone in ids(&["a.one", "a.three"]) {
+                assert!(s.load(&gone).unwrap().is_none());
+                assert!(s.timeline(&gone, 1, 100).unwrap().is_empty());
+            }
+            assert_eq!(s.request("a/r1").unwrap(), None);
+            assert_eq!(s.request("a/r2").unwrap(), Some(WorkflowId::new("a.two")));
+            assert!(s.load(&WorkflowId::new("a.two")).unwrap().is_some());
+        }
+        // Nothing of the deleted ones is left in any record.
+        let left: Vec<String> = mem.lock().live.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+        assert!(left.iter().all(|k| k.contains("a.two") || k == "r/a/r2"), "{left:?}");
+    }
+
     #[test]
     fn reads_what_the_sled_store_reads() {
         let dir = tempfile::tempdir().unwrap();

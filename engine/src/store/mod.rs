@@ -132,6 +132,17 @@ pub trait Store: Send + Sync {
     /// Every pending timer of every workflow.
     fn timers(&self) -> Result<Vec<Timer>, Error>;
 
+    /// Workflows that finished before `before_ms`, those that finished
+    /// first first, at most `limit`.
+    fn finished_before(&self, before_ms: u64, limit: usize) -> Result<Vec<WorkflowId>, Error>;
+
+    /// Deletes finished workflows whole: meta, facts, timeline, the record
+    /// of the request that started them, their place among the finished.
+    /// One still running, or not there, is left alone. Durable with the
+    /// next flush (a delete a crash loses is found and made again). Returns
+    /// how many it deleted.
+    fn delete_finished(&self, ids: &[WorkflowId]) -> Result<usize, Error>;
+
     /// Server records outside workflows (signals to route, lineage, upgrade
     /// jobs), by kind and key. Turns write kind `signal-out` themselves:
     /// a signal a rule emitted, until it is routed.

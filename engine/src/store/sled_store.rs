@@ -42,7 +42,7 @@ use crate::timeline::Entry;
 use crate::workflow::{Invocation, Meta, Snapshot, Timer, Waiting};
 
 use super::codec::{decode, encode, FORMAT};
-use super::layout::{batches, count_writes, each_write, key};
+use super::layout::{batches, count_writes, each_write, finished_id, finished_key, key, workflow_prefixes};
 use super::{Attempts, Commit, Error, Health, HealthWatcher, PackRecord, Store};
 
 /// Records written by one sled batch at most (see the module comment).
@@ -587,6 +587,58 @@ impl Store for SledStore {
 
     fn timers(&self) -> Result<Vec<Timer>, Error> {
         self.with(|h| Ok(h.scan::<Vec<Timer>>(b"c/")?.into_iter().flatten().collect()))
+    }
+
+    fn finished_before(&self, before_ms: u64, limit: usize) -> Result<Vec<WorkflowId>, Error> {
+        self.with(|h| {
+            let mut ids = Vec::new();
+            for k in h.tree.scan_prefix(b"e/").keys() {
+                match finished_id(&k.map_err(io)?, before_ms) {
+                    Some(id) if ids.len() < limit => ids.push(id),
+                    _ => break,
+                }
+            }
+            Ok(ids)
+        })
+    }
+
+    fn delete_finished(&self, ids: &[WorkflowId]) -> Result<usize, Error> {
+        self.with(|h| {
+            let mut batch = sled::Batch::default();
+            let (mut writes, mut deleted) = (0, 0);
+            for id in ids {
+                let mk = key(&["m", id.as_str()]);
+                let Some(v) = h.tree.get(&mk).map_err(io)? else { continue };
+                let meta: Meta = decode(&mk, &v)?;
+                if !meta.status.is_finished() {
+                    continue;
+                }
+                let mut keys = vec![finished_key(&meta), mk];
+                if let Some(r) = &meta.request {
+                    let rk = key(&["r", r]);
+                    // Only its own: never a later workflow's.
+                    if let Some(v) = h.tree.get(&rk).map_err(io)? {
+                        if decode::<WorkflowId>(&rk, &v)? == *id {
+                            keys.push(rk);
+                        }
+                    }
+                }
+                for p in workflow_prefixes(id) {
+                    for k in h.tree.scan_prefix(&p).keys() {
+                        keys.push(k.map_err(io)?.to_vec());
+                    }
+                }
+                if writes > 0 && writes + keys.len() > MAX_BATCH_WRITES {
+                    h.tree.apply_batch(std::mem::take(&mut batch)).map_err(io)?;
+                    writes = 0;
+                }
+                writes += keys.len();
+                keys.into_iter().for_each(|k| batch.remove(k));
+                deleted += 1;
+            }
+            h.tree.apply_batch(batch).map_err(io)?;
+            Ok(deleted)
+        })
     }
 
     fn put_aux(&self, kind: &str, k: &str, value: &serde_json::Value) -> Result<(), Error> {
