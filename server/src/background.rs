@@ -37,8 +37,10 @@ pub enum Background {
 }
 
 /// Timer turns in flight at most: a burst of due timers queues here
-/// instead of flooding the committer.
-const TIMER_CONCURRENCY: usize = 512;
+/// instead of flooding the committer. Several group commits' worth, so
+/// that turns are computed while a flush runs (512 left the turn threads
+/// idle during flushes: 10,000 timer turns took about 10 % longer).
+const TIMER_CONCURRENCY: usize = 2048;
 
 /// Runs until `shutdown`; `rx` receives what turns ask for.
 pub async fn run(rt: Arc<Runtime>, mut rx: mpsc::UnboundedReceiver<Background>, shutdown: CancellationToken) {
