@@ -88,6 +88,20 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Calls `f` every `period` (on tokio's clock, so on virtual time in the
+/// simulation) until `shutdown`; a late tick is not made up.
+pub async fn every(period: Duration, shutdown: tokio_util::sync::CancellationToken, mut f: impl FnMut()) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => f(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

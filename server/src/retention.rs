@@ -26,19 +26,13 @@ const PER_SWEEP: usize = 20_000;
 
 /// Runs until `shutdown`.
 pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    crate::clock::every(EVERY, shutdown, || {
         let deleted = sweep(&rt);
         if deleted > 0 {
             tracing::debug!(deleted, "deleted finished workflows past their retention");
         }
-    }
+    })
+    .await
 }
 
 /// One sweep: how many workflows it deleted.

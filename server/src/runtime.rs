@@ -587,43 +587,38 @@ impl Runtime {
     /// Unloads idle workflows, and the least recently used ones while more
     /// than `max_loaded` are in memory; never one with a commit queued.
     pub(crate) async fn unload_idle(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
+        crate::clock::every(std::time::Duration::from_millis(500), shutdown, || self.unload_some()).await
+    }
+
+    fn unload_some(&self) {
+        let idle_before = self.clock.now_ms().saturating_sub(self.opts.unload_idle_ms);
+        let over = self.workflows.len().saturating_sub(self.opts.max_loaded);
+        // Past the limit, every slot is a candidate, oldest first;
+        // otherwise only the idle ones are looked at.
+        let mut slots: Vec<(u64, WorkflowId, Arc<Slot>)> = self
+            .workflows
+            .iter()
+            .map(|e| (e.value().used_ms.load(Ordering::Relaxed), e))
+            .filter(|(used, _)| over > 0 || *used <= idle_before)
+            .map(|(used, e)| (used, e.key().clone(), e.value().clone()))
+            .collect();
+        if over > 0 {
+            // By id among the equally old: the map's order is no order.
+            slots.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        }
+        let mut unloaded = 0;
+        for (i, (used, id, slot)) in slots.into_iter().enumerate() {
+            if i >= over && used > idle_before {
+                continue;
             }
-            let idle_before = self.clock.now_ms().saturating_sub(self.opts.unload_idle_ms);
-            let over = self.workflows.len().saturating_sub(self.opts.max_loaded);
-            // Past the limit, every slot is a candidate, oldest first;
-            // otherwise only the idle ones are looked at.
-            let mut slots: Vec<(u64, WorkflowId, Arc<Slot>)> = self
-                .workflows
-                .iter()
-                .map(|e| (e.value().used_ms.load(Ordering::Relaxed), e))
-                .filter(|(used, _)| over > 0 || *used <= idle_before)
-                .map(|(used, e)| (used, e.key().clone(), e.value().clone()))
-                .collect();
-            if over > 0 {
-                // By id among the equally old: the map's order is no order.
-                slots.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            let Ok(mut guard) = slot.held.clone().try_lock_owned() else { continue };
+            if slot.committing.load(Ordering::Acquire) == 0 && !matches!(*guard, Held::Gone) {
+                self.unload(&id, &slot, &mut guard);
+                unloaded += 1;
             }
-            let mut unloaded = 0;
-            for (i, (used, id, slot)) in slots.into_iter().enumerate() {
-                if i >= over && used > idle_before {
-                    continue;
-                }
-                let Ok(mut guard) = slot.held.clone().try_lock_owned() else { continue };
-                if slot.committing.load(Ordering::Acquire) == 0 && !matches!(*guard, Held::Gone) {
-                    self.unload(&id, &slot, &mut guard);
-                    unloaded += 1;
-                }
-            }
-            if unloaded > 0 {
-                tracing::debug!(unloaded, loaded = self.workflows.len(), "unloaded idle workflows");
-            }
+        }
+        if unloaded > 0 {
+            tracing::debug!(unloaded, loaded = self.workflows.len(), "unloaded idle workflows");
         }
     }
 
