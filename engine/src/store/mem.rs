@@ -594,6 +594,12 @@ rule "encode" {
         // Nothing of the deleted ones is left in any record.
         let left: Vec<String> = mem.lock().live.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
         assert!(left.iter().all(|k| k.contains("a.two") || k == "r/a/r2"), "{left:?}");
+        // A delete is not flushed by itself: a crash before the next flush
+        // takes it back, whole, and the next sweep finds the workflow again.
+        let reopened = MemStore::open(mem.crash(0));
+        assert_eq!(reopened.finished_before(6, 10).unwrap(), ids(&["a.three", "a.one"]));
+        assert!(reopened.load(&WorkflowId::new("a.one")).unwrap().is_some());
+        assert_eq!(reopened.request("a/r1").unwrap(), Some(WorkflowId::new("a.one")));
     }
 
     #[test]
