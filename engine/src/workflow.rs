@@ -331,7 +331,6 @@ pub struct TurnOutput {
     /// Invocations no longer awaited (their answers will be ignored).
     pub cancelled: Vec<InvocationId>,
     pub timers_put: Vec<Timer>,
-    pub timers_deleted: Vec<u64>,
     /// For each instant a timer put or deleted was due at, the workflow's
     /// timers due then (none: the instant has no timer left). The store
     /// keeps a workflow's timers by instant, since those fire in one turn.
@@ -628,10 +627,8 @@ impl Workflow {
         self.turn.cancelled.clear();
         self.turn.signals.clear();
         out.cancelled = self.waiting.keys().cloned().collect();
-        let timers = std::mem::take(&mut self.timers);
-        let dues: BTreeSet<u64> = timers.values().map(|t| t.due_ms).collect();
+        let dues: BTreeSet<u64> = std::mem::take(&mut self.timers).values().map(|t| t.due_ms).collect();
         out.timer_groups = dues.into_iter().map(|due| (due, Vec::new())).collect();
-        out.timers_deleted = timers.into_keys().collect();
     }
 
     /// Fails a running workflow from outside its rules, as a turn of its
@@ -712,13 +709,9 @@ impl Workflow {
         timers.sort_unstable();
         let mut dues = BTreeSet::new();
         for id in timers {
-            match self.timers.get(&id) {
-                Some(t) => {
-                    dues.insert(t.due_ms);
-                    out.timers_put.push(t.clone());
-                }
-                None if self.turn.undo_timers[&id].is_some() => out.timers_deleted.push(id),
-                None => {}
+            if let Some(t) = self.timers.get(&id) {
+                dues.insert(t.due_ms);
+                out.timers_put.push(t.clone());
             }
             if let Some(Some(before)) = self.turn.undo_timers.get(&id) {
                 dues.insert(before.due_ms);
@@ -2562,7 +2555,6 @@ rule "disarm" {
         };
         assert_eq!(group(&out), [(5000, vec![3]), (901_000, vec![1]), (3_601_000, vec![2])]);
         let out = wf.apply(Input::Timers { ids: vec![1] }, 901_000).unwrap();
-        assert_eq!(out.timers_deleted, [1]);
         assert_eq!(group(&out), [(901_000, vec![])]);
         assert!(lines(&out).contains("timer  1 Timeout fired"), "{}", lines(&out));
         assert!(lines(&out).contains("fire   time out"), "{}", lines(&out));
@@ -2575,7 +2567,6 @@ rule "disarm" {
         let out = wf.apply(Input::Timers { ids: vec![3] }, 902_000).unwrap();
         assert_eq!(wf.status(), Status::Completed);
         // Completing drops the remaining timer (cancel_timer of a fired one is no error).
-        assert_eq!(out.timers_deleted, [2, 3]);
         assert_eq!(group(&out), [(5000, vec![]), (3_601_000, vec![])]);
         assert_eq!(wf.timers().count(), 0);
     }

@@ -4,11 +4,12 @@
 //! Keys are prefixed by record kind and workflow id: `m/<wf>` meta,
 //! `f/<wf>/<fact id hex>` facts, `w/<wf>/<inv>` waiting activations (which
 //! are also the outbox: every invocation waits in one), `t/<wf>/<first seq
-//! hex>` a run of consecutive timeline entries, `e/<finished ms hex>/<wf>` a
-//! finished workflow, in the order they finished (for retention), `a/<inv>` attempts of a
-//! pending invocation, `r/<request id>` idempotent starts, `c/<wf>/<due ms
-//! hex>` the timers due at one instant (they fire in one turn, so it
-//! deletes one record), `x/<kind>/<key>` server records (see `Store::put_aux`),
+//! hex>` a run of consecutive timeline entries, `e/<finished ms hex>/<wf>`
+//! the finished workflows in the order they finished (for retention),
+//! `a/<inv>` attempts of a pending invocation, `r/<request id>` idempotent
+//! starts, `c/<wf>/<due ms hex>` the timers due at one instant (they fire
+//! in one turn, which deletes one record), `x/<kind>/<key>` server records
+//! (see `Store::put_aux`),
 //! `p/<tenant>/<pack>/<seq hex>` deployed packs.
 
 use super::codec::encode;
@@ -132,7 +133,6 @@ mod tests {
     use crate::workflow::{Timer, TurnOutput};
     use crate::WorkflowId;
 
-    /// The bound on a batch's records counts every record a turn writes.
     /// Runs of whole turns within the bound, a larger turn alone, in order.
     #[test]
     fn batches_are_runs_of_whole_turns() {
@@ -148,6 +148,7 @@ mod tests {
         assert_eq!(batches(&[], 6).count(), 0);
     }
 
+    /// The bound on a batch's records counts every record a turn writes.
     #[test]
     fn count_writes_counts_what_each_write_writes() {
         let wf = WorkflowId::new("a.x");

@@ -545,7 +545,6 @@ rule "encode" {
         assert_eq!(seen.load(Ordering::SeqCst), 1, "the reopened store was told its health once");
     }
 
-    /// The same records as `SledStore`: what one reads, the other reads.
     /// Retention's two calls, on both stores: finished workflows in the
     /// order they finished, then deleted whole, request record included;
     /// a running one is left alone.
@@ -602,6 +601,7 @@ rule "encode" {
         assert_eq!(reopened.request("a/r1").unwrap(), Some(WorkflowId::new("a.one")));
     }
 
+    /// The same records as `SledStore`: what one reads, the other reads.
     #[test]
     fn reads_what_the_sled_store_reads() {
         let dir = tempfile::tempdir().unwrap();
