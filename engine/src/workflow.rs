@@ -810,9 +810,9 @@ impl Workflow {
                 ids.sort_unstable();
                 ids.dedup();
                 for id in ids {
-                    let t = self.take_timer(id).expect("checked in apply");
-                    self.record(Event::TimerFired { id, ty: t.ty });
-                    self.insert_new(t.ty, t.fields)?;
+                    let (ty, fields) = self.take_timer(id).expect("checked in apply");
+                    self.record(Event::TimerFired { id, ty });
+                    self.insert_new(ty, fields)?;
                 }
             }
             Input::Signal { signal } => {
@@ -1282,10 +1282,12 @@ impl Workflow {
         self.waiting.insert(id, w);
     }
 
-    fn take_timer(&mut self, id: u64) -> Option<Timer> {
+    /// Removes a timer (kept for a rollback); its fact's type and fields.
+    fn take_timer(&mut self, id: u64) -> Option<(Sym, Fields)> {
         let t = self.timers.remove(&id)?;
-        self.turn.undo_timers.entry(id).or_insert_with(|| Some(t.clone()));
-        Some(t)
+        let fact = (t.ty, t.fields.clone());
+        self.turn.undo_timers.entry(id).or_insert(Some(t));
+        Some(fact)
     }
 
     /// Makes an invocation and the activation that waits for its answer.

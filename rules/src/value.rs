@@ -13,6 +13,8 @@ use std::sync::{Arc, OnceLock, RwLock};
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
+mod serde_impls;
+
 /// An interned name (fact type or field). Interning is process-wide so that
 /// names compare as integers everywhere.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -326,19 +328,6 @@ impl fmt::Display for Value {
     }
 }
 
-impl serde::Serialize for Value {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.to_json().serialize(s)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Value {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let j = serde_json::Value::deserialize(d)?;
-        Ok(Value::from_json(&j))
-    }
-}
-
 /// Longest fact type name.
 pub const MAX_TYPE_NAME: usize = 128;
 
@@ -438,18 +427,6 @@ impl fmt::Debug for FieldList {
     }
 }
 
-impl serde::Serialize for FieldList {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        fields_json(&self.0).serialize(s)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for FieldList {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Fields::deserialize(d).map(FieldList::from)
-    }
-}
-
 impl FromIterator<(Sym, Value)> for Fields {
     fn from_iter<T: IntoIterator<Item = (Sym, Value)>>(iter: T) -> Self {
         let mut f = Fields::new();
@@ -463,19 +440,6 @@ impl FromIterator<(Sym, Value)> for Fields {
 impl fmt::Debug for Fields {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.to_json())
-    }
-}
-
-impl serde::Serialize for Fields {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.to_json().serialize(s)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Fields {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let j = serde_json::Value::deserialize(d)?;
-        Fields::from_json(&j).ok_or_else(|| serde::de::Error::custom("fact fields must be an object"))
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! Version 2 stores the timeline in runs of entries and the outbox inside
 //! the waiting activations; version 3, a workflow's timers by the instant
-//! they are due at (a list per record). It stays JSON on purpose: sled's memory grows
+//! they are due at (a list per record); version 4, a timeline run's turn,
+//! instant and stamp once per run, not per entry. It stays JSON on purpose: sled's memory grows
 //! with the number of records written, not with their size (see
 //! `sled_store`), so a binary codec would save disk, not memory.
 
@@ -13,7 +14,7 @@ use serde::Serialize;
 
 use super::Error;
 
-pub const FORMAT: u8 = 3;
+pub const FORMAT: u8 = 4;
 
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
@@ -44,7 +45,7 @@ mod tests {
         b[0] = 9;
         assert_eq!(
             decode::<Vec<i32>>(b"k", &b).unwrap_err().to_string(),
-            "record k has format version 9; this build reads version 3"
+            "record k has format version 9; this build reads version 4"
         );
     }
 }

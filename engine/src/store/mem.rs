@@ -25,7 +25,7 @@ use crate::timeline::Entry;
 use crate::workflow::{Invocation, Meta, Snapshot, Timer, Waiting};
 
 use super::codec::{decode, encode};
-use super::layout::{each_write, finished_id, finished_key, key, workflow_prefixes};
+use super::layout::{decode_run, each_write, finished_id, finished_key, key, workflow_prefixes};
 use super::{Attempts, Commit, Error, Health, HealthWatcher, PackRecord, Store};
 
 /// What the store is about to do, for the fault hook.
@@ -358,8 +358,8 @@ impl Store for MemStore {
                 if !k.starts_with(&prefix) || out.len() >= limit {
                     break;
                 }
-                let run: Vec<Entry> = decode(k, v)?;
-                out.extend(run.into_iter().filter(|e| e.seq >= from).take(limit - out.len()));
+                let run = decode_run(k, v)?;
+                out.extend(run.filter(|e| e.seq >= from).take(limit - out.len()));
             }
             Ok(out)
         })

@@ -42,7 +42,7 @@ use crate::timeline::Entry;
 use crate::workflow::{Invocation, Meta, Snapshot, Timer, Waiting};
 
 use super::codec::{decode, encode, FORMAT};
-use super::layout::{batches, count_writes, each_write, finished_id, finished_key, key, workflow_prefixes};
+use super::layout::{batches, count_writes, decode_run, each_write, finished_id, finished_key, key, workflow_prefixes};
 use super::{Attempts, Commit, Error, Health, HealthWatcher, PackRecord, Store};
 
 /// Records written by one sled batch at most (see the module comment).
@@ -535,8 +535,8 @@ impl Store for SledStore {
                 if !k.starts_with(&prefix) || out.len() >= limit {
                     break;
                 }
-                let run: Vec<Entry> = decode(&k, &v)?;
-                out.extend(run.into_iter().filter(|e| e.seq >= from).take(limit - out.len()));
+                let run = decode_run(&k, &v)?;
+                out.extend(run.filter(|e| e.seq >= from).take(limit - out.len()));
             }
             Ok(out)
         })

@@ -159,6 +159,41 @@ fn equal_values_hash_alike_and_compare_consistently() {
     });
 }
 
+/// Values and fields serialize, and read back, straight through serde; the
+/// text and the values are those of the `serde_json::Value` tree.
+#[test]
+fn serde_agrees_with_the_json_tree() {
+    check("serde and to_json/from_json", 512, value(), |v| {
+        let text = serde_json::to_string(&v).expect("serializes");
+        prop_assert_eq!(&text, &serde_json::to_string(&v.to_json()).expect("serializes"));
+        let direct: Value = serde_json::from_str(&text).expect("parses");
+        let tree = Value::from_json(&serde_json::from_str(&text).expect("parses"));
+        prop_assert!(same(&direct, &tree), "{} read as {:?}, not {:?}", text, direct, tree);
+        Ok(())
+    });
+    // Objects written by hand, so that keys repeat: the last one counts.
+    let entries = vec((select(&["a", "b", "é", "_id", ""][..]), value()), 0..8);
+    check("Fields serde and from_json", 512, entries, |entries| {
+        let body: Vec<String> = entries
+            .iter()
+            .map(|(k, v)| format!("{}:{}", serde_json::to_string(k).unwrap(), serde_json::to_string(v).unwrap()))
+            .collect();
+        let text = format!("{{{}}}", body.join(","));
+        let direct: Fields = serde_json::from_str(&text).expect("parses");
+        let tree = Fields::from_json(&serde_json::from_str(&text).expect("parses")).expect("an object");
+        prop_assert_eq!(serde_json::to_string(&direct).unwrap(), serde_json::to_string(&tree.to_json()).unwrap());
+        prop_assert_eq!(
+            direct.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            tree.iter().map(|(k, _)| k).collect::<Vec<_>>()
+        );
+        Ok(())
+    });
+    for text in ["1", "[]", "null", "\"x\""] {
+        let e = serde_json::from_str::<Fields>(text).unwrap_err().to_string();
+        assert!(e.contains("expected fact fields (an object)"), "{text}: {e}");
+    }
+}
+
 fn has_nan(v: &Value) -> bool {
     match v {
         Value::Float(f) => f.is_nan(),
