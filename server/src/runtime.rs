@@ -892,15 +892,21 @@ impl Runtime {
         let request = format!("{tenant}/{request_id}");
         let (t, p, wid, request_key) = (tenant.to_string(), pack.to_string(), id.clone(), request.clone());
         let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let is_first = first.clone();
+        let known_durable = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (is_first, durable) = (first.clone(), known_durable.clone());
         let admit =
             if matches!(origin, Origin::Parent { .. } | Origin::Signal { .. }) { Admit::Server } else { Admit::Client };
         let out = self
             .run_turn(&id, Some(request.clone()), admit, move |rt, held| {
+                let in_memory = matches!(held, Held::Loaded(_));
                 if rt.ensure_loaded(&wid, held)? {
                     // The first start may still be committing. The committer
                     // flushes in order, so an empty turn queued now is
-                    // durable only once the first start is.
+                    // durable only once the first start is. Read from the
+                    // store, or with no commit queued, it is durable now.
+                    let queued =
+                        in_memory && rt.workflows.get(&wid).is_some_and(|s| s.committing.load(Ordering::Acquire) != 0);
+                    durable.store(!queued, Ordering::Relaxed);
                     is_first.store(false, Ordering::Relaxed);
                     return Ok(Some(TurnOutput::default()));
                 }
@@ -913,6 +919,11 @@ impl Runtime {
             })
             .await?;
         if !first.load(Ordering::Relaxed) {
+            // Not read again when known durable: retention may have deleted
+            // the finished workflow, and its request record, meanwhile.
+            if known_durable.load(Ordering::Relaxed) {
+                return Ok((id, false));
+            }
             return match self.store.request(&request)? {
                 Some(_) => Ok((id, false)),
                 None => Err(internal(format!("the first start of request {request} did not commit"))),

@@ -19,12 +19,29 @@ use crate::committer::Committer;
 use crate::runtime::Runtime;
 
 /// Holds the first commit until the test opens the gate; tells the test
-/// when a commit begins.
+/// when a commit begins. `on_request` runs before each request-record read.
 struct Gate {
     inner: Arc<SledStore>,
     entered: Mutex<mpsc::Sender<()>>,
     open: Mutex<mpsc::Receiver<()>>,
     opened: AtomicBool,
+    on_request: Box<dyn Fn(&SledStore) + Send + Sync>,
+}
+
+impl Gate {
+    /// A gate, and the senders that open it and hear of each commit.
+    fn new(inner: Arc<SledStore>) -> (Gate, mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (entered_tx, entered) = mpsc::channel();
+        let (open, open_rx) = mpsc::channel();
+        let gate = Gate {
+            inner,
+            entered: Mutex::new(entered_tx),
+            open: Mutex::new(open_rx),
+            opened: AtomicBool::new(false),
+            on_request: Box::new(|_| {}),
+        };
+        (gate, entered, open)
+    }
 }
 
 impl Store for Gate {
@@ -61,6 +78,7 @@ impl Store for Gate {
         self.inner.attempts()
     }
     fn request(&self, request_id: &str) -> Result<Option<WorkflowId>, Error> {
+        (self.on_request)(&self.inner);
         self.inner.request(request_id)
     }
     fn pending(&self, id: &InvocationId) -> Result<bool, Error> {
@@ -106,14 +124,7 @@ fn steps(total: i64) -> Vec<FactSpec> {
 async fn a_repeated_start_is_answered_only_once_the_first_is_durable() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledStore::open(dir.path(), 8).unwrap());
-    let (entered_tx, entered) = mpsc::channel();
-    let (open, open_rx) = mpsc::channel();
-    let gate = Gate {
-        inner: store.clone(),
-        entered: Mutex::new(entered_tx),
-        open: Mutex::new(open_rx),
-        opened: AtomicBool::new(false),
-    };
+    let (gate, entered, open) = Gate::new(store.clone());
     let (committer, thread) = Committer::spawn(Arc::new(gate), crate::clock::Clock::system());
     let (dispatch, _queued) = crate::dispatcher::channel();
     let (background, _later) = tokio::sync::mpsc::unbounded_channel();
@@ -147,9 +158,46 @@ async fn a_repeated_start_is_answered_only_once_the_first_is_durable() {
     thread.join().unwrap();
 }
 
+/// Retention may delete a finished workflow, and its request record, right
+/// after a repeated start found it: the repeat is answered from what it
+/// found, not from a second read that no longer finds the first start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_start_is_answered_when_retention_deletes_the_workflow_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path(), 8).unwrap());
+    let (mut gate, _entered, _open) = Gate::new(store.clone());
+    gate.opened.store(true, Ordering::SeqCst);
+    // Reads of the request record: the repeat's lookup is the second; the
+    // sweep deletes the workflow right after it.
+    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let swept = Arc::new(Mutex::new(None::<WorkflowId>));
+    gate.on_request = Box::new({
+        let (reads, swept) = (reads.clone(), swept.clone());
+        move |s| {
+            if reads.fetch_add(1, Ordering::SeqCst) == 2 {
+                let id = swept.lock().unwrap().clone().expect("the first start's id");
+                assert_eq!(s.delete_finished(&[id]).unwrap(), 1);
+            }
+        }
+    });
+    let gate = Arc::new(gate);
+    let (committer, thread) = Committer::spawn(gate.clone(), crate::clock::Clock::system());
+    let (dispatch, _queued) = crate::dispatcher::channel();
+    let (background, _later) = tokio::sync::mpsc::unbounded_channel();
+    let rt = Arc::new(new_runtime(gate, committer.clone(), dispatch, background));
+    rt.deploy("a", steps_pack(), false).await.unwrap();
+
+    let (id1, created1) = rt.start("a", "bench-steps", steps(0), "req-1").await.unwrap();
+    *swept.lock().unwrap() = Some(id1.clone());
+    let (id2, created2) = rt.start("a", "bench-steps", steps(0), "req-1").await.unwrap();
+    assert_eq!((id2, created1, created2), (id1, true, false));
+    committer.close();
+    thread.join().unwrap();
+}
+
 /// A runtime for tenant `a` with the default ceilings and quotas.
 fn new_runtime(
-    store: Arc<SledStore>,
+    store: Arc<dyn Store>,
     committer: Committer,
     dispatch: crate::dispatcher::DispatchHandle,
     background: tokio::sync::mpsc::UnboundedSender<crate::background::Background>,
