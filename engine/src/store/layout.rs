@@ -4,8 +4,9 @@
 //! Keys are prefixed by record kind and workflow id: `m/<wf>` meta,
 //! `f/<wf>/<fact id hex>` facts, `w/<wf>/<inv>` waiting activations (which
 //! are also the outbox: every invocation waits in one), `t/<wf>/<first seq
-//! hex>` a run of consecutive timeline entries of one turn (`TimelineRun`), `e/<finished ms hex>/<wf>`
-//! the finished workflows in the order they finished (for retention),
+//! hex>` a run of consecutive timeline entries of one turn (`TimelineRun`),
+//! `e/<finished ms hex>/<wf>` the finished workflows in the order they
+//! finished (for retention),
 //! `a/<inv>` attempts of a pending invocation, `r/<request id>` idempotent
 //! starts, `c/<wf>/<due ms hex>` the timers due at one instant (they fire
 //! in one turn, which deletes one record), `x/<kind>/<key>` server records
