@@ -88,8 +88,6 @@ struct Writer {
     carried: Vec<(InvocationId, Attempts)>,
     jobs: Vec<Job>,
     attempts: Vec<(InvocationId, Attempts)>,
-    /// How many of `attempts` (the first ones) were carried over.
-    old_attempts: usize,
     closing: bool,
 }
 
@@ -102,7 +100,6 @@ impl Writer {
             carried: Vec::new(),
             jobs: Vec::new(),
             attempts: Vec::new(),
-            old_attempts: 0,
             closing: false,
         }
     }
@@ -110,7 +107,6 @@ impl Writer {
     /// Starts a batch: the attempt records carried over from a failed flush.
     fn begin(&mut self) {
         self.attempts = std::mem::take(&mut self.carried);
-        self.old_attempts = self.attempts.len();
     }
 
     /// Files one message; `closing` is set at `Close`.
@@ -137,15 +133,14 @@ impl Writer {
     fn flush(&mut self) {
         let mut jobs = std::mem::take(&mut self.jobs);
         let mut attempts = std::mem::take(&mut self.attempts);
-        // A carried record of an invocation that ended meanwhile (its
-        // outcome applied once the store healed) is dropped: written again,
-        // it would outlive the invocation for good. A read each, and only
-        // after a failed flush.
-        let mut i = 0;
-        attempts.retain(|(id, _)| {
-            i += 1;
-            i > self.old_attempts || self.store.pending(id).unwrap_or(true)
-        });
+        // The record of an invocation that is no longer pending in the
+        // store is dropped: written, it would outlive the invocation for
+        // good. It ended in an earlier flush while the dispatcher retried
+        // it: its outcome was applied once the store healed, or the turn
+        // that ended it (a cancel) failed to commit as far as the server
+        // knew, yet the store kept it. A read each; attempt records come
+        // only from retries and lost workers.
+        attempts.retain(|(id, _)| self.store.pending(id).unwrap_or(true));
         let at_us = self.clock.now_us();
         for j in &mut jobs {
             for e in &mut j.output.entries {
