@@ -23,7 +23,7 @@ pub struct Entry {
     pub event: Event,
 }
 
-fn is_zero(n: &u64) -> bool {
+pub(crate) fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 

@@ -891,9 +891,9 @@ impl Runtime {
         let id = self.workflow_for_request(tenant, request_id)?;
         let request = format!("{tenant}/{request_id}");
         let (t, p, wid, request_key) = (tenant.to_string(), pack.to_string(), id.clone(), request.clone());
-        let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let known_durable = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (is_first, durable) = (first.clone(), known_durable.clone());
+        // Set for a repeat: whether its first start is known durable.
+        let repeat = Arc::new(std::sync::OnceLock::<bool>::new());
+        let is_repeat = repeat.clone();
         let admit =
             if matches!(origin, Origin::Parent { .. } | Origin::Signal { .. }) { Admit::Server } else { Admit::Client };
         let out = self
@@ -906,8 +906,7 @@ impl Runtime {
                     // store, or with no commit queued, it is durable now.
                     let queued =
                         in_memory && rt.workflows.get(&wid).is_some_and(|s| s.committing.load(Ordering::Acquire) != 0);
-                    durable.store(!queued, Ordering::Relaxed);
-                    is_first.store(false, Ordering::Relaxed);
+                    let _ = is_repeat.set(!queued);
                     return Ok(Some(TurnOutput::default()));
                 }
                 let pack = rt.pack_for_new(&t, &p, &wid)?;
@@ -918,19 +917,19 @@ impl Runtime {
                 Ok(Some(out))
             })
             .await?;
-        if !first.load(Ordering::Relaxed) {
+        match repeat.get() {
+            None => {
+                debug_assert!(out.is_some());
+                Ok((id, true))
+            }
             // Not read again when known durable: retention may have deleted
             // the finished workflow, and its request record, meanwhile.
-            if known_durable.load(Ordering::Relaxed) {
-                return Ok((id, false));
-            }
-            return match self.store.request(&request)? {
+            Some(true) => Ok((id, false)),
+            Some(false) => match self.store.request(&request)? {
                 Some(_) => Ok((id, false)),
                 None => Err(internal(format!("the first start of request {request} did not commit"))),
-            };
+            },
         }
-        debug_assert!(out.is_some());
-        Ok((id, true))
     }
 
     /// Applies one input to a workflow of `tenant` as a turn and waits until

@@ -34,13 +34,9 @@ struct TimelineRun<E> {
     seq: u64,
     turn: u64,
     at_ms: u64,
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::timeline::is_zero")]
     at_us: u64,
     events: E,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 /// The events of a run, serialized from the entries without a copy.
