@@ -1,4 +1,4 @@
-//! `stoa serve`: the server, with the embedded store.
+//! `stoa serve`: the server, on the embedded store or PostgreSQL.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Config file (TOML): listen, data_dir, cache_mb, [[tenants]] with
+    /// Config file (TOML): listen, store, data_dir, cache_mb, [postgres], [[tenants]] with
     /// name and tokens, [limits], [function_concurrency]. Flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -19,8 +19,14 @@ pub struct Args {
     /// printed as `listening on ADDR`).
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
-    /// Directory of the embedded store.
-    #[arg(long)]
+    /// Where state is kept: sled:DIR (the embedded store, the default:
+    /// sled:stoa-data) or postgres://USER@HOST:PORT/DATABASE (PostgreSQL,
+    /// which several servers can share; its schema is made or migrated at
+    /// start). Also `store` in the config file, or STOA_STORE.
+    #[arg(long, env = "STOA_STORE", value_name = "sled:DIR|postgres://…", hide_env_values = true)]
+    store: Option<String>,
+    /// Directory of the embedded store (the same as --store sled:DIR).
+    #[arg(long, conflicts_with = "store")]
     data: Option<PathBuf>,
     /// sled's page cache, in MiB.
     #[arg(long)]
@@ -40,6 +46,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(d) = args.data {
         config.data_dir = d;
+        config.store = None;
+    }
+    if let Some(s) = args.store {
+        config.store = Some(s);
     }
     if let Some(c) = args.cache_mb {
         config.cache_mb = c;

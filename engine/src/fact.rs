@@ -80,6 +80,19 @@ impl WorkflowId {
         }
         Ok(WorkflowId::new(s))
     }
+
+    /// The partition of this workflow among `count` (from 1): FNV-1a (64
+    /// bits) of the id, modulo `count`. Stored rows and every server of a
+    /// cluster rely on it, so it never changes; the id holds the tenant, so
+    /// tenants spread too.
+    pub fn partition(&self, count: u32) -> u32 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.0.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        (h % u64::from(count.max(1))) as u32
+    }
 }
 typed_id!(InvocationId, "inv_");
 
@@ -94,5 +107,23 @@ impl InvocationId {
         let rest = self.0.strip_prefix(Self::PREFIX)?;
         let (wf, _) = rest.rsplit_once('.')?;
         Some(WorkflowId::new(wf))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Partitions are part of the stored data: these values never change.
+    #[test]
+    fn partitions_are_stable_and_spread() {
+        let p = |id: &str| WorkflowId::new(id).partition(256);
+        assert_eq!([p("wf_a.1"), p("wf_a.2"), p("wf_b.1"), p("")], [77, 52, 184, 189]);
+        let mut seen = [0u32; 16];
+        for i in 0..16_000 {
+            seen[WorkflowId::new(format!("wf_t.{i:x}")).partition(16) as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| (800..1200).contains(&n)), "{seen:?}");
+        assert_eq!(WorkflowId::new("wf_a.1").partition(0), 0);
     }
 }

@@ -14,7 +14,8 @@ pub mod store;
 pub mod timeline;
 pub mod workflow;
 
-#[cfg(test)]
+#[cfg(any(test, feature = "conformance"))]
+#[cfg_attr(not(test), allow(dead_code))]
 mod testing;
 
 pub use fact::{Fact, FactId, InvocationId, WorkflowId};

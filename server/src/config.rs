@@ -18,8 +18,14 @@ use stoa_rules::limits::Limits as PackLimits;
 pub struct Config {
     /// Address to listen on; port 0 picks a free one.
     pub listen: SocketAddr,
-    /// Where the embedded store keeps its files.
+    /// Where state is kept: `sled:DIR` (the embedded store; the default,
+    /// in `data_dir`) or `postgres://…` (PostgreSQL, shared by the servers
+    /// of a cluster).
+    pub store: Option<String>,
+    /// Where the embedded store keeps its files (`store` unset).
     pub data_dir: PathBuf,
+    /// The PostgreSQL store's connections and partitions.
+    pub postgres: Postgres,
     /// sled's page cache, in MiB. The hot set is the running workflows; a
     /// bigger cache mostly holds finished history, and sled's real use is
     /// about twice this (100,000 invocations: 32 MiB stays near 190 MiB of
@@ -36,6 +42,30 @@ pub struct Config {
     pub quotas: Quotas,
     /// Concurrency limit per function name (all tenants), e.g. `"media.encode" = 64`.
     pub function_concurrency: BTreeMap<String, usize>,
+}
+
+/// Where the server keeps its state (`Config::store`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreSpec {
+    Sled(PathBuf),
+    /// A connection string, as libpq takes it.
+    Postgres(String),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Postgres {
+    /// Connections at most.
+    pub pool_size: usize,
+    /// Partitions of a cluster created by this server (a cluster keeps the
+    /// number it was created with).
+    pub partitions: u32,
+}
+
+impl Default for Postgres {
+    fn default() -> Self {
+        Postgres { pool_size: 16, partitions: 256 }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -157,7 +187,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:7233".parse().expect("address"),
+            store: None,
             data_dir: PathBuf::from("stoa-data"),
+            postgres: Postgres::default(),
             cache_mb: 32,
             tenants: Vec::new(),
             limits: Limits::default(),
@@ -229,7 +261,28 @@ impl Config {
     }
 
     /// Checks what serde cannot: tenant names, unique tokens, no zero limit.
+    /// Which store `store` names.
+    pub fn store_spec(&self) -> Result<StoreSpec, String> {
+        let Some(spec) = &self.store else { return Ok(StoreSpec::Sled(self.data_dir.clone())) };
+        if let Some(dir) = spec.strip_prefix("sled:") {
+            if dir.is_empty() {
+                return Err("store `sled:`: give the directory, as sled:DIR".into());
+            }
+            return Ok(StoreSpec::Sled(PathBuf::from(dir)));
+        }
+        if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+            return Ok(StoreSpec::Postgres(spec.clone()));
+        }
+        // Never echo the rest: it may hold a password.
+        let scheme: String = spec.chars().take_while(|c| c.is_ascii_alphanumeric()).take(20).collect();
+        Err(format!("store `{scheme}…`: expected sled:DIR or postgres://USER@HOST/DATABASE"))
+    }
+
     pub fn validate(&self) -> Result<(), String> {
+        self.store_spec()?;
+        if self.postgres.pool_size == 0 || self.postgres.partitions == 0 {
+            return Err("postgres.pool_size and postgres.partitions are from 1 up".into());
+        }
         let mut seen = BTreeMap::new();
         for t in &self.tenants {
             if t.name.is_empty()

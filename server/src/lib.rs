@@ -42,6 +42,26 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 pub use faults::Faults;
 
+/// The store `config` names: sled in a directory, or PostgreSQL.
+fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+    match config.store_spec()? {
+        config::StoreSpec::Sled(dir) => {
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let store =
+                SledStore::open(&dir, config.cache_mb).map_err(|e| format!("opening {}: {e}", dir.display()))?;
+            Ok(Arc::new(store))
+        }
+        config::StoreSpec::Postgres(url) => {
+            let options = stoa_pgstore::Options {
+                pool_size: config.postgres.pool_size,
+                partitions: config.postgres.partitions,
+                ..stoa_pgstore::Options::default()
+            };
+            Ok(Arc::new(stoa_pgstore::PgStore::open(&url, options).map_err(|e| e.to_string())?))
+        }
+    }
+}
+
 /// Runs the server until `shutdown` is cancelled. `on_listen` receives the
 /// bound address (useful with port 0). On shutdown, in-flight turns finish
 /// committing before this returns.
@@ -63,11 +83,7 @@ pub async fn serve_with_faults(
 ) -> Result<(), String> {
     config.validate()?;
     let policies = config.policies()?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
-    let store: Arc<dyn Store> = Arc::new(
-        SledStore::open(&config.data_dir, config.cache_mb)
-            .map_err(|e| format!("opening {}: {e}", config.data_dir.display()))?,
-    );
+    let store = open_store(&config)?;
     let clock = clock::Clock::system();
     let (committer, committer_thread) = committer::Committer::spawn(store.clone(), clock.clone());
     let threads = config.turn_threads();

@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{decode, encode};
 use super::{Commit, Error, SIGNAL_OUTBOX};
+use crate::fact::{Fact, FactId, InvocationId};
 use crate::timeline::{Entry, Event};
-use crate::workflow::Meta;
+use crate::workflow::{Meta, Signal, Timer, Waiting};
 use crate::WorkflowId;
 
 /// Timeline entries per record at most, so that reading from a position
@@ -50,7 +51,7 @@ impl Serialize for Events<'_> {
 
 /// Splits entries into the runs `t/` records hold: at most `TIMELINE_RUN`,
 /// consecutive, alike in turn, instant and stamp.
-fn timeline_runs(entries: &[Entry]) -> impl Iterator<Item = &[Entry]> {
+pub fn timeline_runs(entries: &[Entry]) -> impl Iterator<Item = &[Entry]> {
     let mut rest = entries;
     std::iter::from_fn(move || {
         let first = rest.first()?;
@@ -68,7 +69,9 @@ fn timeline_runs(entries: &[Entry]) -> impl Iterator<Item = &[Entry]> {
     })
 }
 
-fn encode_run(run: &[Entry]) -> Vec<u8> {
+/// A `t/` record (or a timeline row): a run's shared fields once, then
+/// its events.
+pub fn encode_run(run: &[Entry]) -> Vec<u8> {
     let first = &run[0];
     encode(&TimelineRun {
         seq: first.seq,
@@ -80,7 +83,7 @@ fn encode_run(run: &[Entry]) -> Vec<u8> {
 }
 
 /// The entries of a `t/` record.
-pub(super) fn decode_run(key: &[u8], bytes: &[u8]) -> Result<impl Iterator<Item = Entry>, Error> {
+pub fn decode_run(key: &[u8], bytes: &[u8]) -> Result<impl Iterator<Item = Entry>, Error> {
     let run: TimelineRun<Vec<Event>> = decode(key, bytes)?;
     let TimelineRun { seq, turn, at_ms, at_us, events } = run;
     Ok(events.into_iter().zip(seq..).map(move |(event, seq)| Entry { seq, turn, at_ms, at_us, event }))
@@ -151,45 +154,74 @@ pub(super) fn batches<'a, 'b>(turns: &'a [Commit<'b>], max: usize) -> impl Itera
     })
 }
 
-/// The writes of a group of turns, in order, one at a time: a large group
-/// goes straight into its journal, never held twice.
-pub(super) fn each_write(turns: &[Commit<'_>], mut w: impl FnMut(Vec<u8>, Option<Vec<u8>>)) {
+/// One record a committed turn writes or deletes: what every store writes
+/// for a turn, whatever its keys or tables.
+pub enum Write<'a> {
+    /// A workflow's meta (also its place among the finished, once finished).
+    Meta(&'a Meta),
+    Fact(&'a WorkflowId, &'a Fact),
+    FactGone(&'a WorkflowId, FactId),
+    /// A waiting activation, which is also its invocation's outbox entry.
+    Waiting(&'a WorkflowId, &'a Waiting),
+    /// An invocation no longer awaited: its waiting activation and its
+    /// attempts go.
+    WaitingGone(&'a WorkflowId, &'a InvocationId),
+    /// Consecutive timeline entries of one turn (`timeline_runs`).
+    Timeline(&'a WorkflowId, &'a [Entry]),
+    /// A workflow's timers due at one instant; none: the instant is gone.
+    Timers(&'a WorkflowId, u64, &'a [Timer]),
+    /// An emitted signal, kept under `SIGNAL_OUTBOX` until routed.
+    Signal(&'a WorkflowId, &'a Signal),
+    /// The client request id that started the workflow.
+    Request(&'a WorkflowId, &'a str),
+}
+
+/// The writes of a group of turns, in order: a later one may replace or
+/// delete what an earlier one wrote.
+pub fn turn_writes<'a>(turns: &[Commit<'a>], mut w: impl FnMut(Write<'a>)) {
     for c in turns {
-        let wf = c.workflow.as_str();
+        let wf = c.workflow;
         let out = c.output;
         if let Some(meta) = &out.meta {
-            w(key(&["m", wf]), Some(encode(meta)));
+            w(Write::Meta(meta));
+        }
+        out.facts_put.iter().for_each(|f| w(Write::Fact(wf, f)));
+        out.facts_deleted.iter().for_each(|&id| w(Write::FactGone(wf, id)));
+        out.waiting_put.iter().for_each(|wt| w(Write::Waiting(wf, wt)));
+        out.waiting_deleted.iter().chain(&out.cancelled).for_each(|inv| w(Write::WaitingGone(wf, inv)));
+        timeline_runs(&out.entries).for_each(|run| w(Write::Timeline(wf, run)));
+        out.timer_groups.iter().for_each(|(due, timers)| w(Write::Timers(wf, *due, timers)));
+        out.signals.iter().for_each(|s| w(Write::Signal(wf, s)));
+        if let Some(r) = c.request_id {
+            w(Write::Request(wf, r));
+        }
+    }
+}
+
+/// The key-value writes of a group of turns, in order, one at a time: a
+/// large group goes straight into its journal, never held twice.
+pub(super) fn each_write(turns: &[Commit<'_>], mut w: impl FnMut(Vec<u8>, Option<Vec<u8>>)) {
+    turn_writes(turns, |write| match write {
+        Write::Meta(meta) => {
+            w(key(&["m", meta.id.as_str()]), Some(encode(meta)));
             if meta.status.is_finished() {
                 w(finished_key(meta), Some(encode(&())));
             }
         }
-        for f in &out.facts_put {
-            w(key(&["f", wf, &format!("{:016x}", f.id)]), Some(encode(f)));
-        }
-        for id in &out.facts_deleted {
-            w(key(&["f", wf, &format!("{id:016x}")]), None);
-        }
-        for wt in &out.waiting_put {
-            w(key(&["w", wf, wt.invocation.id.as_str()]), Some(encode(wt)));
-        }
-        for inv in out.waiting_deleted.iter().chain(&out.cancelled) {
-            w(key(&["w", wf, inv.as_str()]), None);
+        Write::Fact(wf, f) => w(key(&["f", wf.as_str(), &format!("{:016x}", f.id)]), Some(encode(f))),
+        Write::FactGone(wf, id) => w(key(&["f", wf.as_str(), &format!("{id:016x}")]), None),
+        Write::Waiting(wf, wt) => w(key(&["w", wf.as_str(), wt.invocation.id.as_str()]), Some(encode(wt))),
+        Write::WaitingGone(wf, inv) => {
+            w(key(&["w", wf.as_str(), inv.as_str()]), None);
             w(key(&["a", inv.as_str()]), None);
         }
-        for run in timeline_runs(&out.entries) {
-            w(key(&["t", wf, &format!("{:016x}", run[0].seq)]), Some(encode_run(run)));
+        Write::Timeline(wf, run) => w(key(&["t", wf.as_str(), &format!("{:016x}", run[0].seq)]), Some(encode_run(run))),
+        Write::Timers(wf, due, timers) => {
+            w(key(&["c", wf.as_str(), &format!("{due:016x}")]), (!timers.is_empty()).then(|| encode(&timers)))
         }
-        for (due, timers) in &out.timer_groups {
-            let k = key(&["c", wf, &format!("{due:016x}")]);
-            w(k, (!timers.is_empty()).then(|| encode(timers)));
-        }
-        for s in &out.signals {
-            w(key(&["x", SIGNAL_OUTBOX, &s.id]), Some(encode(s)));
-        }
-        if let Some(r) = c.request_id {
-            w(key(&["r", r]), Some(encode(&c.workflow)));
-        }
-    }
+        Write::Signal(_, s) => w(key(&["x", SIGNAL_OUTBOX, &s.id]), Some(encode(s))),
+        Write::Request(wf, r) => w(key(&["r", r]), Some(encode(wf))),
+    });
 }
 
 #[cfg(test)]

@@ -630,3 +630,42 @@ rule "encode" {
         both(&|s| format!("{:?}", s.scan_aux("k", "x/").unwrap()));
     }
 }
+
+#[cfg(test)]
+mod conformance {
+    use std::sync::Arc;
+
+    use super::MemStore;
+    use crate::store::conformance::Backend;
+    use crate::store::Store;
+
+    /// Reopening keeps what is durable, as a restart does.
+    #[derive(Default)]
+    struct Mem {
+        last: Option<Arc<MemStore>>,
+    }
+
+    impl Backend for Mem {
+        fn fresh(&mut self) -> Arc<dyn Store> {
+            let s = Arc::new(MemStore::default());
+            self.last = Some(s.clone());
+            s
+        }
+
+        fn reopen(&mut self, store: Arc<dyn Store>) -> Arc<dyn Store> {
+            drop(store);
+            let image = self.last.take().expect("a store").image();
+            self.fresh_from(image)
+        }
+    }
+
+    impl Mem {
+        fn fresh_from(&mut self, image: super::Image) -> Arc<dyn Store> {
+            let s = Arc::new(MemStore::open(image));
+            self.last = Some(s.clone());
+            s
+        }
+    }
+
+    crate::store_conformance!(Mem::default());
+}

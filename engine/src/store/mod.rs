@@ -1,18 +1,25 @@
 //! Durable state behind one trait, so the embedded store (sled) can give
 //! way to a distributed SQL engine without touching the engine.
 //!
-//! Invariant: only `store::sled_store` knows about sled. Every record is
-//! encoded with a format version byte first (see `codec`), under the keys
-//! of `layout`.
+//! Invariant: only `store::sled_store` knows about sled (feature `sled`,
+//! on by default); stores over a network live in crates of their own
+//! (`stoa-pgstore`). Every record is encoded with a format version byte
+//! first (see `codec`), under the keys of `layout` in the key-value stores,
+//! in the columns of its tables in PostgreSQL.
 
-mod codec;
+pub mod codec;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod layout;
 #[cfg(any(test, feature = "mem"))]
 mod mem;
+#[cfg(feature = "sled")]
 mod sled_store;
 
+pub use layout::{decode_run, encode_run, timeline_runs, turn_writes, Write};
 #[cfg(any(test, feature = "mem"))]
 pub use mem::{Fault, FaultHook, Image, MemStore, Op};
+#[cfg(feature = "sled")]
 pub use sled_store::SledStore;
 
 use crate::fact::{InvocationId, WorkflowId};
@@ -27,6 +34,14 @@ pub enum Error {
     Corrupt { key: String, reason: String },
     #[error("record {key} has format version {found}; this build reads version {expected}")]
     Version { key: String, found: u8, expected: u8 },
+    /// The store belongs to a newer or incompatible build, or cannot be
+    /// set up: not a passing failure, and no retry helps.
+    #[error("{0}")]
+    Setup(String),
+    /// This server no longer owns the partition of a workflow in the
+    /// commit (another server took it over): nothing was written.
+    #[error("partition {partition} is no longer owned by this server (epoch {epoch}): nothing was written")]
+    Fenced { partition: u32, epoch: u64 },
 }
 
 /// Whether a store works now. A failing store refuses every operation with

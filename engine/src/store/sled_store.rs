@@ -927,3 +927,31 @@ rule "all done" {
 #[cfg(test)]
 #[path = "sled_heal_tests.rs"]
 mod heal_tests;
+
+#[cfg(test)]
+mod conformance {
+    use std::sync::Arc;
+
+    use super::SledStore;
+    use crate::store::conformance::Backend;
+    use crate::store::Store;
+
+    #[derive(Default)]
+    struct Sled {
+        dirs: Vec<tempfile::TempDir>,
+    }
+
+    impl Backend for Sled {
+        fn fresh(&mut self) -> Arc<dyn Store> {
+            self.dirs.push(tempfile::tempdir().unwrap());
+            Arc::new(SledStore::open(self.dirs.last().unwrap().path(), 8).unwrap())
+        }
+
+        fn reopen(&mut self, store: Arc<dyn Store>) -> Arc<dyn Store> {
+            drop(store);
+            Arc::new(SledStore::open(self.dirs.last().unwrap().path(), 8).unwrap())
+        }
+    }
+
+    crate::store_conformance!(Sled::default());
+}
