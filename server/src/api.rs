@@ -18,9 +18,10 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::tenant;
 use crate::input;
+use crate::rollout::Rollout;
 use crate::runtime::Runtime;
 use crate::schedule::api as sched;
-use crate::upgrade::{Mode, Rollout, UpgradeJob};
+use crate::upgrade::{Mode, UpgradeJob};
 
 pub struct StoaService {
     pub runtime: Arc<Runtime>,
