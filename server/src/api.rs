@@ -9,8 +9,6 @@ use stoa_engine::timeline::{Entry, Event};
 use stoa_engine::workflow::{Input, Signal, Status as WfStatus, Workflow};
 use stoa_engine::{Fact, WorkflowId};
 use stoa_proto::v1 as pb;
-use stoa_rules::testcase::FactSpec;
-use stoa_rules::Fields;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -18,32 +16,14 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::tenant;
 use crate::input;
+use crate::rollout::Rollout;
 use crate::runtime::Runtime;
 use crate::schedule::api as sched;
-use crate::upgrade::{Mode, Rollout, UpgradeJob};
+use crate::upgrade::{Mode, UpgradeJob};
 
 pub struct StoaService {
     pub runtime: Arc<Runtime>,
     pub schedules: Arc<crate::schedule::Scheduler>,
-}
-
-pub(crate) fn facts_in(facts: Vec<pb::FactInput>) -> Result<Vec<FactSpec>, Status> {
-    facts
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| {
-            input::fact_type(&format!("facts[{i}].type"), &f.r#type)?;
-            let json = if f.fields_json.trim().is_empty() { "{}" } else { f.fields_json.as_str() };
-            let v: serde_json::Value = serde_json::from_str(json)
-                .map_err(|e| Status::invalid_argument(format!("facts[{i}].fields_json: not JSON: {e}")))?;
-            let fields = Fields::from_json(&v)
-                .ok_or_else(|| Status::invalid_argument(format!("facts[{i}].fields_json: must be a JSON object")))?;
-            for (k, _) in fields.iter() {
-                k.with_name(|k| input::field_name(&format!("facts[{i}].fields_json"), k))?;
-            }
-            Ok(FactSpec { ty: f.r#type, fields })
-        })
-        .collect()
 }
 
 fn workflow_id(s: &str) -> Result<WorkflowId, Status> {
@@ -350,7 +330,7 @@ impl pb::stoa_server::Stoa for StoaService {
         let req = req.into_inner();
         input::pack_name("pack", &req.pack)?;
         input::client_id("request_id", &req.request_id)?;
-        let facts = facts_in(req.facts)?;
+        let facts = input::facts_in(req.facts)?;
         let rt = self.runtime.clone();
         let (id, created) = detached(async move { rt.start(&tenant, &req.pack, facts, &req.request_id).await }).await?;
         Ok(Response::new(pb::StartWorkflowResponse { workflow_id: id.to_string(), created }))
@@ -363,7 +343,7 @@ impl pb::stoa_server::Stoa for StoaService {
         if req.facts.is_empty() {
             return Err(Status::invalid_argument("facts: nothing to assert"));
         }
-        let facts = facts_in(req.facts)?;
+        let facts = input::facts_in(req.facts)?;
         let rt = self.runtime.clone();
         let out = detached(async move { rt.turn(&tenant, &id, Input::Assert { facts }).await }).await?;
         Ok(Response::new(turn_out(&out)))
@@ -615,109 +595,5 @@ impl pb::stoa_server::Stoa for StoaService {
     ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
         let tenant = tenant(&req)?;
         Ok(Response::new(sched::delete(&self.schedules, &tenant, req.into_inner())?))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use proptest::collection::vec;
-    use proptest::prelude::*;
-    use proptest::sample::select;
-    use proptest::test_runner::{Config, TestRunner};
-
-    use super::*;
-
-    /// Facts as clients send them: JSON values of any shape (objects mostly,
-    /// unicode, reserved and empty keys, huge numbers), as text, sometimes
-    /// cut or with a byte changed.
-    fn fact_input() -> impl Strategy<Value = pb::FactInput> {
-        let key = prop_oneof![
-            4 => "[a-z]{1,6}",
-            1 => select(&["_id", "_type", "_x", "", "é", "\u{0}", "a\nb"][..]).prop_map(String::from),
-            1 => Just("k".repeat(129)),
-        ];
-        let leaf = prop_oneof![
-            Just(serde_json::Value::Null),
-            any::<i64>().prop_map(serde_json::Value::from),
-            any::<u64>().prop_map(serde_json::Value::from),
-            any::<f64>().prop_map(serde_json::Value::from),
-            "\\PC{0,8}".prop_map(serde_json::Value::from),
-        ];
-        let value = leaf.prop_recursive(5, 48, 5, move |v| {
-            prop_oneof![
-                vec(v.clone(), 0..5).prop_map(serde_json::Value::Array),
-                vec((key.clone(), v), 0..5).prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
-            ]
-        });
-        let text = prop_oneof![
-            6 => value.prop_map(|v| v.to_string()),
-            1 => (1usize..300).prop_map(|n| format!("{}{}", "[".repeat(n), "]".repeat(n))),
-            1 => (1usize..300).prop_map(|n| format!("{}1{}", "{\"a\":".repeat(n), "}".repeat(n))),
-            1 => select(&["", " ", "{", "1e400", "{\"n\": 1e999}", "[1]", "null", "\"x\"", "{\"a\":1,\"a\":2}"][..]).prop_map(String::from),
-        ];
-        let mangled = (text, any::<proptest::sample::Index>(), 0u8..3).prop_map(|(t, at, how)| {
-            let mut b = t.into_bytes();
-            let i = at.index(b.len() + 1);
-            match how {
-                0 => {}
-                1 => b.truncate(i),
-                _ => b.insert(i, b"{}[]\",:\\"[i % 8]),
-            }
-            String::from_utf8_lossy(&b).into_owned()
-        });
-        let ty = prop_oneof![
-            4 => select(&["Job", "Go", "A1_b"][..]).prop_map(String::from),
-            1 => "\\PC{0,10}",
-        ];
-        (ty, mangled).prop_map(|(r#type, fields_json)| pb::FactInput { r#type, fields_json })
-    }
-
-    #[test]
-    fn facts_from_clients_are_taken_whole_or_refused_with_a_short_message() {
-        let cases = std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(512);
-        let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
-        let result = runner.run(&vec(fact_input(), 0..4), |facts| {
-            // A normal stack, as a request handler has.
-            let out = std::thread::Builder::new()
-                .stack_size(2 << 20)
-                .spawn(move || facts_in(facts))
-                .expect("spawn")
-                .join()
-                .expect("no panic");
-            match out {
-                Ok(specs) => {
-                    for f in specs {
-                        prop_assert!(stoa_rules::value::valid_type_name(&f.ty), "type {:?}", f.ty);
-                        for (k, _) in f.fields.iter() {
-                            prop_assert!(k.with_name(|k| input::field_name("f", k)).is_ok(), "field {:?}", k);
-                        }
-                    }
-                }
-                Err(s) => {
-                    prop_assert_eq!(s.code(), tonic::Code::InvalidArgument);
-                    prop_assert!(s.message().starts_with("facts["), "{}", s.message());
-                    prop_assert!(s.message().len() < 400, "a {}-byte message", s.message().len());
-                }
-            }
-            Ok(())
-        });
-        if let Err(e) = result {
-            panic!("{e}");
-        }
-    }
-
-    #[test]
-    fn facts_nested_past_the_json_limit_are_refused() {
-        for n in [128, 129, 100_000] {
-            let deep = pb::FactInput {
-                r#type: "A".into(),
-                fields_json: format!("{{\"a\":{}1{}}}", "[".repeat(n), "]".repeat(n)),
-            };
-            let out =
-                std::thread::Builder::new().stack_size(2 << 20).spawn(move || facts_in(vec![deep])).expect("spawn");
-            let e = out.join().expect("no panic").expect_err("too deep");
-            assert_eq!(e.code(), tonic::Code::InvalidArgument);
-            assert!(e.message().contains("recursion limit exceeded"), "{}", e.message());
-        }
     }
 }

@@ -16,25 +16,15 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use stoa_engine::store::SIGNAL_OUTBOX;
-use stoa_engine::workflow::{Input, Invocation, Outcome, Rejected, Signal};
-use stoa_engine::{InvocationId, WorkflowId};
+use stoa_engine::workflow::{Input, Rejected, Signal};
+use stoa_engine::WorkflowId;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
+use crate::followup::Background;
 use crate::retry::until_stored;
 use crate::runtime::{tenant_of, Runtime};
-
-/// What turns (and `health`, with `Healed`: the store healed, re-read the
-/// timers and the signals to route) ask of the background.
-pub enum Background {
-    Timer { workflow: WorkflowId, id: u64, due_ms: u64 },
-    Signal { tenant: String, signal: Signal },
-    StartChild(Invocation),
-    CancelChild(InvocationId),
-    ChildDone { parent: InvocationId, outcome: Outcome },
-    Healed,
-}
 
 /// Timer turns in flight at most: a burst of due timers queues here
 /// instead of flooding the committer. Several group commits' worth, so

@@ -3,10 +3,10 @@
 //!
 //! One task owns all of its state and handles one closed set of events;
 //! others talk to it through a cheap `DispatchHandle`. Final outcomes go to
-//! the runtime as turns, from tasks the dispatcher owns (a `JoinSet`),
-//! tried again while the store cannot write (`retry`) until they commit or
-//! the server stops (then the invocation, still waiting in the store, is
-//! dispatched again after the restart).
+//! the runtime as turns (through `Outcomes`), from tasks the dispatcher
+//! owns (a `JoinSet`), tried again while the store cannot write (`retry`)
+//! until they commit or the server stops (then the invocation, still
+//! waiting in the store, is dispatched again after the restart).
 //!
 //! Time comes from the injected `Clock` (virtual in the simulation), and
 //! so does the jitter of backoffs; whatever is acted on in a batch (leases
@@ -15,12 +15,14 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use stoa_engine::store::Attempts;
+use stoa_engine::store::{Attempts, Store};
 use stoa_engine::workflow::{ErrorKind, Invocation, Outcome};
 use stoa_engine::InvocationId;
 use stoa_proto::v1 as pb;
@@ -30,97 +32,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, Instant};
 use crate::committer::Committer;
-use crate::runtime::Runtime;
+use crate::dispatch_handle::{DispatchHandle, Event, SessionId};
+use crate::error::ApiError;
 
-pub type SessionId = u64;
-
-pub enum Event {
-    Enqueue {
-        tenant: String,
-        invocations: Vec<Invocation>,
-    },
-    /// Invocations from the store after a restart, with how far they got.
-    Restore {
-        tenant: String,
-        invocations: Vec<(Invocation, Attempts)>,
-    },
-    Cancel(Vec<InvocationId>),
-    Connect {
-        session: SessionId,
-        tenant: String,
-        functions: Vec<String>,
-        max_in_flight: usize,
-        tx: mpsc::Sender<pb::ServerMessage>,
-    },
-    Disconnect(SessionId),
-    /// The worker drains: lease it nothing more.
-    Drain(SessionId),
-    /// A message with no place in the session; the worker is told.
-    Unexpected {
-        session: SessionId,
-        what: String,
-    },
-    Result {
-        session: SessionId,
-        result: pb::InvocationResult,
-    },
-    Heartbeat {
-        session: SessionId,
-        invocation: String,
-        attempt: u32,
-    },
-}
-
-/// A cheap, cloneable handle to the dispatcher task.
-#[derive(Clone)]
-pub struct DispatchHandle {
-    tx: mpsc::UnboundedSender<Event>,
-    pending: Arc<DashMap<String, AtomicUsize>>,
-}
-
-impl DispatchHandle {
-    /// Queues invocations; `reserved`: they were counted by `reserve`.
-    pub fn enqueue(&self, tenant: String, invocations: Vec<Invocation>, reserved: bool) {
-        if !reserved {
-            self.pending.entry(tenant.clone()).or_default().fetch_add(invocations.len(), Ordering::Relaxed);
-        }
-        if !invocations.is_empty() {
-            let _ = self.tx.send(Event::Enqueue { tenant, invocations });
-        }
-    }
-
-    /// Counts `n` invocations a turn is about to commit, if the tenant
-    /// stays within `max` with them (exact backpressure: concurrent turns
-    /// cannot all pass a check made before any of them counts).
-    pub fn reserve(&self, tenant: &str, n: usize, max: usize) -> bool {
-        let p = self.pending.entry(tenant.to_string()).or_default();
-        n == 0 || p.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| (v + n <= max).then_some(v + n)).is_ok()
-    }
-
-    /// Gives back what `reserve` counted for a turn that did not commit.
-    pub fn release(&self, tenant: &str, n: usize) {
-        if let Some(p) = self.pending.get(tenant) {
-            let _ = p.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(n)));
-        }
-    }
-
-    pub fn restore(&self, tenant: String, invocations: Vec<(Invocation, Attempts)>) {
-        self.pending.entry(tenant.clone()).or_default().fetch_add(invocations.len(), Ordering::Relaxed);
-        let _ = self.tx.send(Event::Restore { tenant, invocations });
-    }
-
-    pub fn cancel(&self, ids: Vec<InvocationId>) {
-        let _ = self.tx.send(Event::Cancel(ids));
-    }
-
-    pub fn send(&self, e: Event) {
-        let _ = self.tx.send(e);
-    }
-
-    /// Invocations of a tenant queued, backing off or running.
-    pub fn pending(&self, tenant: &str) -> usize {
-        self.pending.get(tenant).map(|p| p.load(Ordering::Relaxed)).unwrap_or(0)
-    }
+/// Where final outcomes go: the runtime, which applies each as a turn of
+/// its workflow. All the dispatcher needs of the runtime, so that it does
+/// not depend on it.
+pub trait Outcomes: Send + Sync {
+    /// Applies a function's final outcome; `Ok(false)`: a duplicate or a
+    /// late one, ignored.
+    fn apply(
+        self: Arc<Self>,
+        id: InvocationId,
+        outcome: Outcome,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, ApiError>> + Send>>;
 }
 
 pub struct Options {
@@ -167,7 +92,9 @@ struct Session {
 
 struct Dispatcher {
     opts: Options,
-    runtime: Arc<Runtime>,
+    outcomes: Arc<dyn Outcomes>,
+    /// Whose health paces the retries of deliveries.
+    store: Arc<dyn Store>,
     committer: Committer,
     /// Set at shutdown: no new leases; answers are taken until then.
     draining_until: Option<Instant>,
@@ -188,24 +115,20 @@ struct Dispatcher {
     shutdown: CancellationToken,
 }
 
-/// The handle and the receiving end; `run` consumes the latter.
-pub fn channel() -> (DispatchHandle, mpsc::UnboundedReceiver<Event>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (DispatchHandle { tx, pending: Arc::new(DashMap::new()) }, rx)
-}
-
 /// Runs the dispatcher until `shutdown`.
 pub async fn run(
     opts: Options,
     handle: DispatchHandle,
     mut rx: mpsc::UnboundedReceiver<Event>,
-    runtime: Arc<Runtime>,
+    outcomes: Arc<dyn Outcomes>,
+    store: Arc<dyn Store>,
     committer: Committer,
     shutdown: CancellationToken,
 ) {
     let mut d = Dispatcher {
         opts,
-        runtime,
+        outcomes,
+        store,
         committer,
         draining_until: None,
         items: HashMap::new(),
@@ -510,13 +433,14 @@ impl Dispatcher {
     /// tried again while the store cannot write.
     fn finish(&mut self, item: Item, outcome: Outcome) {
         self.dec_pending(&item.tenant, 1);
-        let (runtime, stop, clock) = (self.runtime.clone(), self.shutdown.clone(), self.opts.clock.clone());
+        let (outcomes, store) = (self.outcomes.clone(), self.store.clone());
+        let (stop, clock) = (self.shutdown.clone(), self.opts.clock.clone());
         let id = item.inv.id;
         self.delivering.insert(id.clone());
         self.deliveries.spawn(async move {
             let what = format!("applying the outcome of {id}");
-            let deliver = || runtime.deliver(&id, outcome.clone());
-            let applied = crate::retry::until_stored(&*runtime.store, &clock, &stop, &what, deliver).await;
+            let deliver = || outcomes.clone().apply(id.clone(), outcome.clone());
+            let applied = crate::retry::until_stored(&*store, &clock, &stop, &what, deliver).await;
             if let Err(e) = applied {
                 tracing::error!(invocation = %id, error = %e, "could not apply an outcome");
             }

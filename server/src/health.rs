@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use crate::background::Background;
-use crate::dispatcher::DispatchHandle;
+use crate::dispatch_handle::DispatchHandle;
+use crate::followup::Background;
 use crate::runtime::{tenant_of, Runtime};
 
 /// The health name of the `Stoa` service.

@@ -1,9 +1,12 @@
-//! Names and ids from clients: required where they must be, bounded in
-//! length, plain characters, and errors that quote at most a short prefix
-//! of what was sent (a megabyte-long name must not come back whole in a
-//! status, which travels in gRPC metadata).
+//! Names, ids and facts from clients: required where they must be,
+//! bounded in length, plain characters, and errors that quote at most a
+//! short prefix of what was sent (a megabyte-long name must not come back
+//! whole in a status, which travels in gRPC metadata).
 
+use stoa_proto::v1 as pb;
 use stoa_rules::diagnostic::shown;
+use stoa_rules::testcase::FactSpec;
+use stoa_rules::Fields;
 use tonic::Status;
 
 fn bad(field: &str, value: &str, rule: &str) -> Status {
@@ -55,8 +58,32 @@ pub fn client_id(field: &str, s: &str) -> Result<(), Status> {
     Ok(())
 }
 
+pub(crate) fn facts_in(facts: Vec<pb::FactInput>) -> Result<Vec<FactSpec>, Status> {
+    facts
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            fact_type(&format!("facts[{i}].type"), &f.r#type)?;
+            let json = if f.fields_json.trim().is_empty() { "{}" } else { f.fields_json.as_str() };
+            let v: serde_json::Value = serde_json::from_str(json)
+                .map_err(|e| Status::invalid_argument(format!("facts[{i}].fields_json: not JSON: {e}")))?;
+            let fields = Fields::from_json(&v)
+                .ok_or_else(|| Status::invalid_argument(format!("facts[{i}].fields_json: must be a JSON object")))?;
+            for (k, _) in fields.iter() {
+                k.with_name(|k| field_name(&format!("facts[{i}].fields_json"), k))?;
+            }
+            Ok(FactSpec { ty: f.r#type, fields })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use proptest::sample::select;
+    use proptest::test_runner::{Config, TestRunner};
+
     use super::*;
 
     #[test]
@@ -74,5 +101,99 @@ mod tests {
         assert_eq!(pack_name("pack", "").unwrap_err().message().split(';').next(), Some("pack: required"));
         assert!(field_name("f", "_id").is_err() && client_id("r", "a\nb").is_err() && version("v", "1 0").is_err());
         assert!(pack_name("p", "video-encode").is_ok() && fact_type("t", "Job_2").is_ok());
+    }
+
+    /// Facts as clients send them: JSON values of any shape (objects mostly,
+    /// unicode, reserved and empty keys, huge numbers), as text, sometimes
+    /// cut or with a byte changed.
+    fn fact_input() -> impl Strategy<Value = pb::FactInput> {
+        let key = prop_oneof![
+            4 => "[a-z]{1,6}",
+            1 => select(&["_id", "_type", "_x", "", "é", "\u{0}", "a\nb"][..]).prop_map(String::from),
+            1 => Just("k".repeat(129)),
+        ];
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            "\\PC{0,8}".prop_map(serde_json::Value::from),
+        ];
+        let value = leaf.prop_recursive(5, 48, 5, move |v| {
+            prop_oneof![
+                vec(v.clone(), 0..5).prop_map(serde_json::Value::Array),
+                vec((key.clone(), v), 0..5).prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
+            ]
+        });
+        let text = prop_oneof![
+            6 => value.prop_map(|v| v.to_string()),
+            1 => (1usize..300).prop_map(|n| format!("{}{}", "[".repeat(n), "]".repeat(n))),
+            1 => (1usize..300).prop_map(|n| format!("{}1{}", "{\"a\":".repeat(n), "}".repeat(n))),
+            1 => select(&["", " ", "{", "1e400", "{\"n\": 1e999}", "[1]", "null", "\"x\"", "{\"a\":1,\"a\":2}"][..]).prop_map(String::from),
+        ];
+        let mangled = (text, any::<proptest::sample::Index>(), 0u8..3).prop_map(|(t, at, how)| {
+            let mut b = t.into_bytes();
+            let i = at.index(b.len() + 1);
+            match how {
+                0 => {}
+                1 => b.truncate(i),
+                _ => b.insert(i, b"{}[]\",:\\"[i % 8]),
+            }
+            String::from_utf8_lossy(&b).into_owned()
+        });
+        let ty = prop_oneof![
+            4 => select(&["Job", "Go", "A1_b"][..]).prop_map(String::from),
+            1 => "\\PC{0,10}",
+        ];
+        (ty, mangled).prop_map(|(r#type, fields_json)| pb::FactInput { r#type, fields_json })
+    }
+
+    #[test]
+    fn facts_from_clients_are_taken_whole_or_refused_with_a_short_message() {
+        let cases = std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(512);
+        let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+        let result = runner.run(&vec(fact_input(), 0..4), |facts| {
+            // A normal stack, as a request handler has.
+            let out = std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || facts_in(facts))
+                .expect("spawn")
+                .join()
+                .expect("no panic");
+            match out {
+                Ok(specs) => {
+                    for f in specs {
+                        prop_assert!(stoa_rules::value::valid_type_name(&f.ty), "type {:?}", f.ty);
+                        for (k, _) in f.fields.iter() {
+                            prop_assert!(k.with_name(|k| field_name("f", k)).is_ok(), "field {:?}", k);
+                        }
+                    }
+                }
+                Err(s) => {
+                    prop_assert_eq!(s.code(), tonic::Code::InvalidArgument);
+                    prop_assert!(s.message().starts_with("facts["), "{}", s.message());
+                    prop_assert!(s.message().len() < 400, "a {}-byte message", s.message().len());
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+    }
+
+    #[test]
+    fn facts_nested_past_the_json_limit_are_refused() {
+        for n in [128, 129, 100_000] {
+            let deep = pb::FactInput {
+                r#type: "A".into(),
+                fields_json: format!("{{\"a\":{}1{}}}", "[".repeat(n), "]".repeat(n)),
+            };
+            let out =
+                std::thread::Builder::new().stack_size(2 << 20).spawn(move || facts_in(vec![deep])).expect("spawn");
+            let e = out.join().expect("no panic").expect_err("too deep");
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains("recursion limit exceeded"), "{}", e.message());
+        }
     }
 }

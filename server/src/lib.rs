@@ -11,14 +11,18 @@ mod children;
 mod clock;
 mod committer;
 pub mod config;
+mod dispatch_handle;
 mod dispatcher;
 mod error;
 pub mod faults;
+mod followup;
 mod health;
 mod input;
 mod pool;
 mod retention;
 mod retry;
+mod rollout;
+mod route_locks;
 mod runtime;
 mod schedule;
 mod signals;
@@ -30,11 +34,15 @@ mod upgrade;
 mod workers;
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use stoa_engine::store::{SledStore, Store};
+use stoa_engine::workflow::Outcome;
+use stoa_engine::InvocationId;
 use stoa_proto::v1 as pb;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -178,7 +186,7 @@ pub(crate) struct Parts {
 pub(crate) struct Core {
     pub runtime: Arc<runtime::Runtime>,
     pub schedules: Arc<schedule::Scheduler>,
-    pub dispatch: dispatcher::DispatchHandle,
+    pub dispatch: dispatch_handle::DispatchHandle,
     /// Cancelled once the dispatcher has stopped: worker sessions end then.
     pub sessions_closed: CancellationToken,
     pool: pool::Pool,
@@ -186,6 +194,18 @@ pub(crate) struct Core {
     /// Awaited in this order at the stop.
     tasks: Vec<JoinHandle<()>>,
     stopper: JoinHandle<()>,
+}
+
+/// Final outcomes from the dispatcher become turns of their workflows.
+/// Here, above both: the dispatcher knows the runtime only as `Outcomes`.
+impl dispatcher::Outcomes for runtime::Runtime {
+    fn apply(
+        self: Arc<Self>,
+        id: InvocationId,
+        outcome: Outcome,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, error::ApiError>> + Send>> {
+        Box::pin(async move { self.deliver(&id, outcome).await })
+    }
 }
 
 impl Core {
@@ -199,7 +219,7 @@ impl Core {
         health: Option<tonic_health::server::HealthReporter>,
     ) -> Result<Core, String> {
         let Parts { store, clock, pool, committer, faults, compile } = parts;
-        let (dispatch, dispatch_rx) = dispatcher::channel();
+        let (dispatch, dispatch_rx) = dispatch_handle::channel();
         let (background_tx, background_rx) = tokio::sync::mpsc::unbounded_channel();
         let in_flight = policies.iter().map(|(t, p)| (t.clone(), p.quotas.max_in_flight as usize)).collect();
         let runtime = Arc::new(runtime::Runtime::new(
@@ -219,7 +239,7 @@ impl Core {
         )?);
         // Invocations that were pending when the server stopped go out again.
         health::restore_outbox(&runtime, &dispatch)?;
-        let schedules = Arc::new(schedule::Scheduler::load(runtime.clone(), store, faults)?);
+        let schedules = Arc::new(schedule::Scheduler::load(runtime.clone(), store.clone(), faults)?);
         let scheduler_task = tokio::spawn(schedules.clone().run(shutdown.child_token()));
         let background_task = tokio::spawn(background::run(runtime.clone(), background_rx, shutdown.child_token()));
         let unload_task = tokio::spawn(runtime.clone().unload_idle(shutdown.child_token()));
@@ -249,6 +269,7 @@ impl Core {
             dispatch.clone(),
             dispatch_rx,
             runtime.clone(),
+            store,
             committer.clone(),
             shutdown.child_token(),
         );

@@ -32,14 +32,15 @@ use stoa_rules::Diagnostic;
 use tokio::sync::{broadcast, mpsc, oneshot, OwnedMutexGuard};
 use tokio_util::sync::CancellationToken;
 
-use crate::background::Background;
 use crate::clock::Clock;
 use crate::committer::Committer;
 use crate::config::Policy;
-use crate::dispatcher::DispatchHandle;
+use crate::dispatch_handle::DispatchHandle;
 use crate::error::ApiError;
+use crate::followup::Background;
 use crate::pool::Pool;
-use crate::upgrade::Rollout;
+use crate::rollout::{in_fraction, Plans, Rollout};
+use crate::route_locks::RouteLocks;
 
 /// One deployed version of a pack.
 pub(crate) struct Version {
@@ -92,7 +93,7 @@ impl Versions {
     /// The version a workflow with this id runs on (canary by id hash).
     pub fn for_workflow(&self, id: &WorkflowId) -> Option<Arc<Pack>> {
         match self.rollout.as_ref().and_then(|r| r.canary.as_ref()) {
-            Some(c) if crate::upgrade::in_fraction(id, c.fraction) => self.get(&c.version),
+            Some(c) if in_fraction(id, c.fraction) => self.get(&c.version),
             _ => self.stable(),
         }
     }
@@ -201,7 +202,7 @@ pub struct Runtime {
     dispatch: DispatchHandle,
     /// Work that outlives a turn: timers, signals, children, upgrades.
     pub(crate) background: mpsc::UnboundedSender<Background>,
-    pub(crate) route_locks: crate::signals::RouteLocks,
+    pub(crate) route_locks: RouteLocks,
 }
 
 /// The tenant part of a workflow id (`wf_<tenant>.<key>`).
@@ -508,10 +509,10 @@ impl Runtime {
     }
 
     /// The rollout of a pack (stable version and canary).
-    pub fn rollout_of(&self, tenant: &str, name: &str) -> Option<crate::upgrade::Rollout> {
+    pub fn rollout_of(&self, tenant: &str, name: &str) -> Option<Rollout> {
         let v = self.packs.get(&(tenant.to_string(), name.to_string()))?;
         let stable = v.stable_version()?.to_string();
-        Some(v.rollout.clone().unwrap_or(crate::upgrade::Rollout { stable, canary: None }))
+        Some(v.rollout.clone().unwrap_or(Rollout { stable, canary: None }))
     }
 
     // ---- workflows in memory --------------------------------------------
@@ -988,7 +989,7 @@ impl Runtime {
         self: &Arc<Self>,
         id: &WorkflowId,
         pack: Arc<Pack>,
-        plans: crate::upgrade::Plans,
+        plans: Plans,
     ) -> Result<Option<TurnOutput>, ApiError> {
         let wid = id.clone();
         self.run_turn(id, None, Admit::Server, move |rt, held| {

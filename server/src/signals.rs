@@ -15,7 +15,6 @@ use std::sync::Arc;
 use stoa_engine::store::SIGNAL_OUTBOX;
 use stoa_engine::workflow::{Input, Origin, Signal, Status};
 use stoa_engine::WorkflowId;
-use tokio::sync::Mutex;
 
 use crate::error::ApiError;
 use crate::runtime::Runtime;
@@ -26,16 +25,6 @@ pub struct SignalRecord {
     pub started: Vec<WorkflowId>,
     pub delivered: Vec<WorkflowId>,
     pub routed: bool,
-}
-
-/// One signal routes at a time per stripe: enough to make a repeated id
-/// wait for the first, without one global lock.
-pub struct RouteLocks([Mutex<()>; 64]);
-
-impl Default for RouteLocks {
-    fn default() -> Self {
-        RouteLocks(std::array::from_fn(|_| Mutex::new(())))
-    }
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -65,8 +54,7 @@ impl Runtime {
         signal: Signal,
         target: Option<WorkflowId>,
     ) -> Result<(SignalRecord, bool), ApiError> {
-        let stripe = stoa_rules::compile::fnv1a(signal.id.as_bytes(), 0xcbf29ce484222325) as usize % 64;
-        let _guard = self.route_locks.0[stripe].lock().await;
+        let _guard = self.route_locks.lock(&signal.id).await;
         let mut rec = match self.signal_record(tenant, &signal.id)? {
             Some(r) if r.routed => {
                 self.forget_emitted(&signal);

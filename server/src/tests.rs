@@ -126,7 +126,7 @@ async fn a_repeated_start_is_answered_only_once_the_first_is_durable() {
     let store = Arc::new(SledStore::open(dir.path(), 8).unwrap());
     let (gate, entered, open) = Gate::new(store.clone());
     let (committer, thread) = Committer::spawn(Arc::new(gate), crate::clock::Clock::system());
-    let (dispatch, _queued) = crate::dispatcher::channel();
+    let (dispatch, _queued) = crate::dispatch_handle::channel();
     let (background, _later) = tokio::sync::mpsc::unbounded_channel();
     let rt = Arc::new(new_runtime(store.clone(), committer.clone(), dispatch, background));
     rt.deploy("a", steps_pack(), false).await.unwrap();
@@ -182,7 +182,7 @@ async fn a_repeated_start_is_answered_when_retention_deletes_the_workflow_meanwh
     });
     let gate = Arc::new(gate);
     let (committer, thread) = Committer::spawn(gate.clone(), crate::clock::Clock::system());
-    let (dispatch, _queued) = crate::dispatcher::channel();
+    let (dispatch, _queued) = crate::dispatch_handle::channel();
     let (background, _later) = tokio::sync::mpsc::unbounded_channel();
     let rt = Arc::new(new_runtime(gate, committer.clone(), dispatch, background));
     rt.deploy("a", steps_pack(), false).await.unwrap();
@@ -199,8 +199,8 @@ async fn a_repeated_start_is_answered_when_retention_deletes_the_workflow_meanwh
 fn new_runtime(
     store: Arc<dyn Store>,
     committer: Committer,
-    dispatch: crate::dispatcher::DispatchHandle,
-    background: tokio::sync::mpsc::UnboundedSender<crate::background::Background>,
+    dispatch: crate::dispatch_handle::DispatchHandle,
+    background: tokio::sync::mpsc::UnboundedSender<crate::followup::Background>,
 ) -> Runtime {
     let ceilings = stoa_rules::limits::Limits::default_ceilings();
     let pool = crate::pool::Pool::start(crate::pool::Options {
@@ -224,7 +224,7 @@ fn new_runtime(
 
 fn runtime(store: Arc<SledStore>) -> (Arc<Runtime>, Committer, std::thread::JoinHandle<()>) {
     let (committer, thread) = Committer::spawn(store.clone(), crate::clock::Clock::system());
-    let (dispatch, _queued) = crate::dispatcher::channel();
+    let (dispatch, _queued) = crate::dispatch_handle::channel();
     let (background, _later) = tokio::sync::mpsc::unbounded_channel();
     let rt = new_runtime(store, committer.clone(), dispatch, background);
     (Arc::new(rt), committer, thread)

@@ -1,50 +1,31 @@
 //! Rollouts and the background upgrade of live workflows.
 //!
-//! A pack's rollout says which deployed version runs: `stable` for every
-//! workflow, except a canary fraction (chosen by a hash of the workflow id,
-//! so a workflow stays in or out) that runs the canary version. A rollout
-//! change starts an upgrade job that walks the pack's live workflows in id
-//! order and moves each to the version the rollout gives it, one turn per
-//! workflow (see `Workflow::upgrade`). The job's cursor is stored after
-//! every page, so a restart resumes it; upgrading a workflow twice is
-//! harmless (it is already on the version). While the store cannot write,
-//! the job waits and tries again (`retry`): no workflow is skipped for it.
+//! A rollout change (see `rollout` for what a rollout is) starts an upgrade
+//! job that walks the pack's live workflows in id order and moves each to
+//! the version the rollout gives it, one turn per workflow (see
+//! `Workflow::upgrade`). The job's cursor is stored after every page, so a
+//! restart resumes it; upgrading a workflow twice is harmless (it is
+//! already on the version). While the store cannot write, the job waits and
+//! tries again (`retry`): no workflow is skipped for it.
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use stoa_engine::workflow::{Status, UpgradePlan, Workflow};
+use stoa_engine::workflow::{Status, Workflow};
 use stoa_engine::WorkflowId;
-use stoa_rules::compile::{fnv1a, Pack};
+use stoa_rules::compile::Pack;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
 use crate::retry::until_stored;
+use crate::rollout::{in_fraction, Canary, Plans, Rollout};
 use crate::runtime::Runtime;
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Rollout {
-    pub stable: String,
-    pub canary: Option<Canary>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Canary {
-    pub version: String,
-    pub fraction: f64,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Mode {
     All,
     Canary(f64),
     NewOnly,
-}
-
-/// Whether a workflow is in a canary of `fraction` (stable per id).
-pub fn in_fraction(id: &WorkflowId, fraction: f64) -> bool {
-    let bucket = fnv1a(id.as_str().as_bytes(), 0x9e3779b97f4a7c15) % 10_000;
-    (bucket as f64) < fraction * 10_000.0
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -288,22 +269,6 @@ impl Runtime {
 
 type Upgraded = Result<Option<stoa_engine::TurnOutput>, ApiError>;
 
-/// Upgrade plans by the version they move from, made once per upgrade job
-/// (or preview) and shared by its workflows.
-#[derive(Clone, Default)]
-pub(crate) struct Plans(Arc<std::sync::Mutex<std::collections::HashMap<u64, Arc<UpgradePlan>>>>);
-
-impl Plans {
-    pub fn get(&self, from: &Pack, to: &Arc<Pack>) -> Arc<UpgradePlan> {
-        let mut plans = self.0.lock().expect("plans lock");
-        let plan = plans.entry(from.digest).or_insert_with(|| Arc::new(UpgradePlan::between(from, to)));
-        if Arc::ptr_eq(plan.to(), to) {
-            return plan.clone();
-        }
-        Arc::new(UpgradePlan::between(from, to))
-    }
-}
-
 fn tally(job: &mut UpgradeJob, r: Option<Result<Upgraded, tokio::task::JoinError>>) {
     match r {
         Some(Ok(Ok(Some(out)))) if out.error.is_none() => {
@@ -312,22 +277,5 @@ fn tally(job: &mut UpgradeJob, r: Option<Result<Upgraded, tokio::task::JoinError
         }
         Some(Ok(Ok(None))) => job.skipped += 1,
         _ => job.failed += 1,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_canary_fraction_selects_about_that_share_and_always_the_same_workflows() {
-        let ids: Vec<WorkflowId> = (0..20_000).map(|i| WorkflowId::new(format!("a.{i:016x}"))).collect();
-        for f in [0.01, 0.1, 0.5] {
-            let n = ids.iter().filter(|id| in_fraction(id, f)).count() as f64 / ids.len() as f64;
-            assert!((n - f).abs() < f * 0.2 + 0.002, "fraction {f}: {n}");
-        }
-        // Growing a canary keeps the workflows already in it.
-        assert!(ids.iter().filter(|id| in_fraction(id, 0.1)).all(|id| in_fraction(id, 0.5)));
-        assert!(ids.iter().all(|id| in_fraction(id, 1.0)));
     }
 }

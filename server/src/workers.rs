@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::tenant;
-use crate::dispatcher::{DispatchHandle, Event};
+use crate::dispatch_handle::{DispatchHandle, Event};
 
 pub struct WorkersService {
     pub dispatch: DispatchHandle,

@@ -57,7 +57,7 @@ pub fn put(s: &Scheduler, tenant: &str, req: pb::PutScheduleRequest) -> Result<p
     if req.max_catch_up > 0 && catch_up != CatchUp::All {
         return Err(Status::invalid_argument("max_catch_up: applies only with catch_up = \"all\""));
     }
-    let facts = crate::api::facts_in(req.facts)?;
+    let facts = crate::input::facts_in(req.facts)?;
     let def = Definition {
         name: req.name,
         pack: req.pack,

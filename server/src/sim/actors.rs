@@ -16,7 +16,7 @@ use super::rng::{with, Rng, Shared};
 use super::{packs, Ctl};
 use crate::api::StoaService;
 use crate::auth::Tenant;
-use crate::dispatcher::{DispatchHandle, Event};
+use crate::dispatch_handle::{DispatchHandle, Event};
 
 fn request<T>(tenant: &str, msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);

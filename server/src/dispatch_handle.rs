@@ -1,0 +1,112 @@
+//! The way into the dispatcher: the events its task handles, and the
+//! handle that sends them and counts each tenant's pending invocations.
+//! Apart from `dispatcher`: the runtime holds the handle, and the task,
+//! which hands outcomes back to the runtime, sits above it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use stoa_engine::store::Attempts;
+use stoa_engine::workflow::Invocation;
+use stoa_engine::InvocationId;
+use stoa_proto::v1 as pb;
+use tokio::sync::mpsc;
+
+pub type SessionId = u64;
+
+pub enum Event {
+    Enqueue {
+        tenant: String,
+        invocations: Vec<Invocation>,
+    },
+    /// Invocations from the store after a restart, with how far they got.
+    Restore {
+        tenant: String,
+        invocations: Vec<(Invocation, Attempts)>,
+    },
+    Cancel(Vec<InvocationId>),
+    Connect {
+        session: SessionId,
+        tenant: String,
+        functions: Vec<String>,
+        max_in_flight: usize,
+        tx: mpsc::Sender<pb::ServerMessage>,
+    },
+    Disconnect(SessionId),
+    /// The worker drains: lease it nothing more.
+    Drain(SessionId),
+    /// A message with no place in the session; the worker is told.
+    Unexpected {
+        session: SessionId,
+        what: String,
+    },
+    Result {
+        session: SessionId,
+        result: pb::InvocationResult,
+    },
+    Heartbeat {
+        session: SessionId,
+        invocation: String,
+        attempt: u32,
+    },
+}
+
+/// A cheap, cloneable handle to the dispatcher task.
+#[derive(Clone)]
+pub struct DispatchHandle {
+    tx: mpsc::UnboundedSender<Event>,
+    /// Shared with the dispatcher, which counts off what ends.
+    pub(crate) pending: Arc<DashMap<String, AtomicUsize>>,
+}
+
+impl DispatchHandle {
+    /// Queues invocations; `reserved`: they were counted by `reserve`.
+    pub fn enqueue(&self, tenant: String, invocations: Vec<Invocation>, reserved: bool) {
+        if !reserved {
+            self.pending.entry(tenant.clone()).or_default().fetch_add(invocations.len(), Ordering::Relaxed);
+        }
+        if !invocations.is_empty() {
+            let _ = self.tx.send(Event::Enqueue { tenant, invocations });
+        }
+    }
+
+    /// Counts `n` invocations a turn is about to commit, if the tenant
+    /// stays within `max` with them (exact backpressure: concurrent turns
+    /// cannot all pass a check made before any of them counts).
+    pub fn reserve(&self, tenant: &str, n: usize, max: usize) -> bool {
+        let p = self.pending.entry(tenant.to_string()).or_default();
+        n == 0 || p.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| (v + n <= max).then_some(v + n)).is_ok()
+    }
+
+    /// Gives back what `reserve` counted for a turn that did not commit.
+    pub fn release(&self, tenant: &str, n: usize) {
+        if let Some(p) = self.pending.get(tenant) {
+            let _ = p.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(n)));
+        }
+    }
+
+    pub fn restore(&self, tenant: String, invocations: Vec<(Invocation, Attempts)>) {
+        self.pending.entry(tenant.clone()).or_default().fetch_add(invocations.len(), Ordering::Relaxed);
+        let _ = self.tx.send(Event::Restore { tenant, invocations });
+    }
+
+    pub fn cancel(&self, ids: Vec<InvocationId>) {
+        let _ = self.tx.send(Event::Cancel(ids));
+    }
+
+    pub fn send(&self, e: Event) {
+        let _ = self.tx.send(e);
+    }
+
+    /// Invocations of a tenant queued, backing off or running.
+    pub fn pending(&self, tenant: &str) -> usize {
+        self.pending.get(tenant).map(|p| p.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+}
+
+/// The handle and the receiving end; `dispatcher::run` consumes the latter.
+pub fn channel() -> (DispatchHandle, mpsc::UnboundedReceiver<Event>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (DispatchHandle { tx, pending: Arc::new(DashMap::new()) }, rx)
+}

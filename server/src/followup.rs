@@ -1,0 +1,16 @@
+//! What the background task (`background`) is asked to do, apart from it:
+//! the runtime asks, and the background is built on the runtime.
+
+use stoa_engine::workflow::{Invocation, Outcome, Signal};
+use stoa_engine::{InvocationId, WorkflowId};
+
+/// What turns (and `health`, with `Healed`: the store healed, re-read the
+/// timers and the signals to route) ask of the background.
+pub enum Background {
+    Timer { workflow: WorkflowId, id: u64, due_ms: u64 },
+    Signal { tenant: String, signal: Signal },
+    StartChild(Invocation),
+    CancelChild(InvocationId),
+    ChildDone { parent: InvocationId, outcome: Outcome },
+    Healed,
+}
