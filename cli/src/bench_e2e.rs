@@ -46,6 +46,12 @@ pub struct Args {
     /// The server's page cache (`stoa serve --cache-mb`); its default if unset.
     #[arg(long)]
     cache_mb: Option<u64>,
+    /// Stores to run every case on, one after the other in this run:
+    /// `sled` (the embedded store), `postgres` (a throwaway PostgreSQL this
+    /// command starts from the installed binaries, with fsync on, on a
+    /// Unix socket; a new database per store).
+    #[arg(long, value_delimiter = ',', default_value = "sled")]
+    stores: Vec<String>,
     /// The `stoa` binary that serves (default: this one), to compare builds.
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -163,29 +169,64 @@ pub(crate) async fn wait_completed(c: &mut Client, pack: &str, n: usize, limit: 
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let worker = sibling("stoa-worker-media")?;
-    let dir = std::env::temp_dir().join(format!("stoa-bench-e2e-{}", std::process::id()));
     for c in &args.cases {
         anyhow::ensure!(["steps", "latency", "run", "fanout"].contains(&c.as_str()), "--cases: unknown case `{c}`");
     }
-    let (server, addr) = spawn_server(&dir, args.server_bin.as_deref(), args.cache_mb)?;
-    let _workers: Vec<Kill> = (0..args.worker_processes)
-        .map(|_| {
-            Command::new(&worker)
-                .args(["--server", &addr, "--token", TOKEN, "--functions", "bench.noop", "--work-scale", "0"])
-                .args(["--concurrency", &args.concurrency.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map(Kill)
-        })
-        .collect::<Result<_, _>>()
-        .context("starting the worker")?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let figures = rt.block_on(cases(&args, &addr, server.0.id()))?;
-    drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
-    print_figures(&figures, args.json, 44);
+    for s in &args.stores {
+        anyhow::ensure!(["sled", "postgres"].contains(&s.as_str()), "--stores: unknown store `{s}` (sled, postgres)");
+    }
+    let postgres = match args.stores.iter().any(|s| s == "postgres") {
+        true => Some(
+            stoa_pgstore::throwaway::TempPostgres::start(stoa_pgstore::throwaway::Durability::Real)
+                .map_err(anyhow::Error::msg)?,
+        ),
+        false => None,
+    };
+    let mut figures = Vec::new();
+    for (k, store) in args.stores.iter().enumerate() {
+        let dir = std::env::temp_dir().join(format!("stoa-bench-e2e-{}-{k}", std::process::id()));
+        let place = match &postgres {
+            Some(pg) if store == "postgres" => {
+                let db = format!("bench{k}");
+                pg.create_database(&db).map_err(anyhow::Error::msg)?;
+                Place::Postgres(pg.url(&db))
+            }
+            _ => Place::Sled(dir.clone()),
+        };
+        let (server, addr) = spawn_server_on(&place, args.server_bin.as_deref(), args.cache_mb)?;
+        let _workers: Vec<Kill> = (0..args.worker_processes)
+            .map(|_| {
+                Command::new(&worker)
+                    .args(["--server", &addr, "--token", TOKEN, "--functions", "bench.noop", "--work-scale", "0"])
+                    .args(["--concurrency", &args.concurrency.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map(Kill)
+            })
+            .collect::<Result<_, _>>()
+            .context("starting the worker")?;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        for mut f in rt.block_on(cases(&args, &addr, server.0.id()))? {
+            if args.stores.len() > 1 {
+                let case = format!("{store}: {}", f["case"].as_str().unwrap_or_default());
+                f["case"] = case.into();
+                f["store"] = store.as_str().into();
+            }
+            figures.push(f);
+        }
+        drop(server);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    print_figures(&figures, args.json, 54);
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Where a benchmarked server keeps its state.
+pub(crate) enum Place {
+    Sled(PathBuf),
+    /// A `postgresql://` URL.
+    Postgres(String),
 }
 
 /// One line per case (name, then `key=value`s), or one JSON object per case.
@@ -202,9 +243,26 @@ pub(crate) fn print_figures(figures: &[serde_json::Value], json: bool, width: us
 /// A `stoa serve` (this binary unless `bin`) on an ephemeral loopback
 /// port over `dir` (emptied first); killed when dropped.
 pub(crate) fn spawn_server(dir: &Path, bin: Option<&Path>, cache_mb: Option<u64>) -> anyhow::Result<(Kill, String)> {
-    let _ = std::fs::remove_dir_all(dir);
+    spawn_server_on(&Place::Sled(dir.to_path_buf()), bin, cache_mb)
+}
+
+/// `spawn_server` on any store.
+pub(crate) fn spawn_server_on(
+    place: &Place,
+    bin: Option<&Path>,
+    cache_mb: Option<u64>,
+) -> anyhow::Result<(Kill, String)> {
     let mut serve = serve_command(bin)?;
-    serve.args(["--token", &format!("bench={TOKEN}")]).arg("--data").arg(dir);
+    serve.args(["--token", &format!("bench={TOKEN}")]);
+    match place {
+        Place::Sled(dir) => {
+            let _ = std::fs::remove_dir_all(dir);
+            serve.arg("--data").arg(dir);
+        }
+        Place::Postgres(url) => {
+            serve.arg("--store").arg(url);
+        }
+    }
     serve.args(cache_mb.map(|c| format!("--cache-mb={c}")));
     start_serving(serve)
 }

@@ -434,74 +434,89 @@ fn statement(sql: &'static str, params: Vec<Box<dyn ToSql + Sync + Send>>) -> St
     Statement { sql, params }
 }
 
+/// Rows as columns, one vector each, as `unnest` takes them.
+fn split3<T, A, B, C>(rows: Vec<T>, f: impl FnMut(T) -> (A, B, C)) -> (Vec<A>, Vec<B>, Vec<C>) {
+    let mut cols = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
+    for (a, b, c) in rows.into_iter().map(f) {
+        cols.0.push(a);
+        cols.1.push(b);
+        cols.2.push(c);
+    }
+    cols
+}
+
+/// `split3`, with a fourth column.
+fn split4<T, A, B, C, D>(rows: Vec<T>, f: impl Fn(T) -> (A, B, C, D)) -> (Vec<A>, Vec<B>, Vec<C>, Vec<D>) {
+    let mut d = Vec::with_capacity(rows.len());
+    let (a, b, c) = split3(rows, |row| {
+        let (a, b, c, x) = f(row);
+        d.push(x);
+        (a, b, c)
+    });
+    (a, b, c, d)
+}
+
+/// Boxes a statement's parameters.
+macro_rules! params {
+    ($($p:expr),*) => { vec![$(Box::new($p) as Box<dyn ToSql + Sync + Send>),*] };
+}
+
 /// The statements of a group commit: for each table, one upsert and one
 /// delete of many rows (none for a table the commit does not touch).
 fn statements(rows: Rows) -> Vec<Statement> {
     let mut out = Vec::new();
+    let mut add = |sql, params: Vec<Box<dyn ToSql + Sync + Send>>| out.push(statement(sql, params));
     let (puts, _) = rows.workflows.split();
     if !puts.is_empty() {
-        let mut cols = (vec![], vec![], vec![], vec![], vec![], vec![]);
-        for (id, r) in puts {
-            cols.0.push(id);
-            cols.1.push(r.part);
-            cols.2.push(r.status);
-            cols.3.push(r.pack);
-            cols.4.push(r.finished_ms);
-            cols.5.push(r.meta);
-        }
-        let (a, b, c, d, e, f) = cols;
-        out.push(statement(
-            UPSERT_WORKFLOWS,
-            vec![Box::new(a), Box::new(b), Box::new(c), Box::new(d), Box::new(e), Box::new(f)],
-        ));
+        let (id, part, status, rest) = split4(puts, |(id, r)| (id, r.part, r.status, (r.pack, r.finished_ms, r.meta)));
+        let (pack, finished, meta) = split3(rest, |x| x);
+        add(UPSERT_WORKFLOWS, params![id, part, status, pack, finished, meta]);
     }
     let (puts, deletes) = rows.facts.split();
     if !puts.is_empty() {
-        let ((wf, id), body): ((Vec<String>, Vec<i64>), Vec<Vec<u8>>) = puts.into_iter().unzip();
-        out.push(statement(UPSERT_FACTS, vec![Box::new(wf), Box::new(id), Box::new(body)]));
+        let (wf, id, body) = split3(puts, |((wf, id), body)| (wf, id, body));
+        add(UPSERT_FACTS, params![wf, id, body]);
     }
     if !deletes.is_empty() {
         let (wf, id): (Vec<String>, Vec<i64>) = deletes.into_iter().unzip();
-        out.push(statement(DELETE_FACTS, vec![Box::new(wf), Box::new(id)]));
+        add(DELETE_FACTS, params![wf, id]);
     }
     let (puts, deletes) = rows.waiting.split();
     if !puts.is_empty() {
-        let ((wf, inv), (part, body)): ((Vec<String>, Vec<String>), (Vec<i32>, Vec<Vec<u8>>)) =
-            puts.into_iter().unzip();
-        out.push(statement(UPSERT_WAITING, vec![Box::new(wf), Box::new(inv), Box::new(part), Box::new(body)]));
+        let (wf, inv, part, body) = split4(puts, |((wf, inv), (part, body))| (wf, inv, part, body));
+        add(UPSERT_WAITING, params![wf, inv, part, body]);
     }
     if !deletes.is_empty() {
         let (wf, inv): (Vec<String>, Vec<String>) = deletes.into_iter().unzip();
-        out.push(statement(DELETE_WAITING, vec![Box::new(wf), Box::new(inv)]));
+        add(DELETE_WAITING, params![wf, inv]);
     }
     let (_, gone) = rows.attempts_gone.split();
     if !gone.is_empty() {
-        out.push(statement(DELETE_ATTEMPTS, vec![Box::new(gone)]));
+        add(DELETE_ATTEMPTS, params![gone]);
     }
     let (puts, _) = rows.timeline.split();
     if !puts.is_empty() {
-        let ((wf, seq), body): ((Vec<String>, Vec<i64>), Vec<Vec<u8>>) = puts.into_iter().unzip();
-        out.push(statement(UPSERT_TIMELINE, vec![Box::new(wf), Box::new(seq), Box::new(body)]));
+        let (wf, seq, body) = split3(puts, |((wf, seq), body)| (wf, seq, body));
+        add(UPSERT_TIMELINE, params![wf, seq, body]);
     }
     let (puts, deletes) = rows.timers.split();
     if !puts.is_empty() {
-        let ((wf, due), (part, body)): ((Vec<String>, Vec<i64>), (Vec<i32>, Vec<Vec<u8>>)) = puts.into_iter().unzip();
-        out.push(statement(UPSERT_TIMERS, vec![Box::new(wf), Box::new(due), Box::new(part), Box::new(body)]));
+        let (wf, due, part, body) = split4(puts, |((wf, due), (part, body))| (wf, due, part, body));
+        add(UPSERT_TIMERS, params![wf, due, part, body]);
     }
     if !deletes.is_empty() {
         let (wf, due): (Vec<String>, Vec<i64>) = deletes.into_iter().unzip();
-        out.push(statement(DELETE_TIMERS, vec![Box::new(wf), Box::new(due)]));
+        add(DELETE_TIMERS, params![wf, due]);
     }
     let (puts, _) = rows.signals.split();
     if !puts.is_empty() {
-        let (key, (part, value)): (Vec<String>, (Vec<i32>, Vec<Vec<u8>>)) = puts.into_iter().unzip();
-        let kind = SIGNAL_OUTBOX.to_string();
-        out.push(statement(UPSERT_AUX, vec![Box::new(kind), Box::new(key), Box::new(part), Box::new(value)]));
+        let (key, part, value) = split3(puts, |(key, (part, value))| (key, part, value));
+        add(UPSERT_AUX, params![SIGNAL_OUTBOX.to_string(), key, part, value]);
     }
     let (puts, _) = rows.requests.split();
     if !puts.is_empty() {
         let (key, wf): (Vec<String>, Vec<String>) = puts.into_iter().unzip();
-        out.push(statement(UPSERT_REQUESTS, vec![Box::new(key), Box::new(wf)]));
+        add(UPSERT_REQUESTS, params![key, wf]);
     }
     out
 }
@@ -848,13 +863,10 @@ impl Store for PgStore {
             }
             if !put_k.is_empty() {
                 let parts: Vec<Option<i32>> = vec![None; put_k.len()];
-                stmts.push(statement(
-                    UPSERT_AUX,
-                    vec![Box::new(kind.clone()), Box::new(put_k), Box::new(parts), Box::new(put_v)],
-                ));
+                stmts.push(statement(UPSERT_AUX, params![kind.clone(), put_k, parts, put_v]));
             }
             if !del.is_empty() {
-                stmts.push(statement(DELETE_AUX, vec![Box::new(kind), Box::new(del)]));
+                stmts.push(statement(DELETE_AUX, params![kind, del]));
             }
         }
         if stmts.is_empty() {

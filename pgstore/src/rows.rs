@@ -100,7 +100,7 @@ impl Rows {
                 rows.attempts_gone.delete(inv.as_str().into());
             }
             Write::Timeline(wf, run) => rows.timeline.put((wf.as_str().into(), int(run[0].seq)), encode_run(run)),
-            Write::Timers(wf, due, timers) if timers.is_empty() => rows.timers.delete((wf.as_str().into(), int(due))),
+            Write::Timers(wf, due, []) => rows.timers.delete((wf.as_str().into(), int(due))),
             Write::Timers(wf, due, timers) => {
                 rows.timers.put((wf.as_str().into(), int(due)), (part(wf), encode(&timers)))
             }

@@ -145,9 +145,19 @@ impl TempPostgres {
         }
     }
 
-    /// A connection string for database `db` (see `create_database`).
+    /// A `postgresql://` URL of database `db` (see `create_database`),
+    /// as `stoa serve --store` takes it: the socket's directory is the
+    /// host, percent-encoded.
     pub fn url(&self, db: &str) -> String {
-        format!("host={} user=postgres dbname={db}", self.socket_dir().display())
+        let dir = self.socket_dir().to_string_lossy();
+        let mut host = String::new();
+        for b in dir.bytes() {
+            match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' => host.push(b as char),
+                _ => host.push_str(&format!("%{b:02X}")),
+            }
+        }
+        format!("postgresql://postgres@{host}/{db}")
     }
 
     /// Creates an empty database.

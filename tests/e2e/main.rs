@@ -8,6 +8,8 @@ mod docs;
 mod examples;
 mod fuzz;
 mod hostile;
+#[cfg(target_os = "linux")]
+mod postgres;
 mod protocol;
 mod schedules;
 mod server;

@@ -1,6 +1,7 @@
 //! The server is SIGKILLed while 100 workflows are in flight, then
 //! restarted on the same data: every acknowledged start is there, every
-//! workflow completes, and no result is applied twice.
+//! workflow completes, and no result is applied twice. On sled, and on
+//! PostgreSQL (`postgres.rs`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -14,8 +15,14 @@ use crate::support::{Server, TOKEN_A};
 #[test]
 fn server_sigkill_with_100_workflows_in_flight() {
     let dir = tempfile::tempdir().expect("tempdir");
+    sigkill_with_100_workflows_in_flight(&|| Server::start(dir.path()));
+}
+
+/// The test, on the store of the servers `start` starts (each on the same
+/// data).
+pub fn sigkill_with_100_workflows_in_flight(start: &dyn Fn() -> Server) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
-    let mut server = Server::start(dir.path());
+    let mut server = start();
     let mut acked = Vec::new();
     rt.block_on(async {
         let mut a = client(&server.addr, TOKEN_A).await;
@@ -59,7 +66,7 @@ fn server_sigkill_with_100_workflows_in_flight() {
         stop.cancel();
         let _ = worker.await;
     });
-    let server = Server::start(dir.path());
+    let server = start();
     rt.block_on(async {
         let mut a = client(&server.addr, TOKEN_A).await;
         let stop = CancellationToken::new();

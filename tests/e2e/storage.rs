@@ -60,14 +60,14 @@ async fn get(c: &mut Client, id: &str) -> Result<pb::Workflow, tonic::Status> {
     c.get_workflow(pb::GetWorkflowRequest { workflow_id: id.into(), without_facts: true }).await.map(|r| r.into_inner())
 }
 
-async fn health(addr: &str, service: &str) -> ServingStatus {
+pub async fn health(addr: &str, service: &str) -> ServingStatus {
     let mut h = HealthClient::new(crate::client::channel(addr).await);
     let r = h.check(HealthCheckRequest { service: service.into() }).await.expect("health check");
     ServingStatus::try_from(r.into_inner().status).expect("a status")
 }
 
 /// Waits until both the server and `stoa.v1.Stoa` report `want`.
-async fn wait_health(addr: &str, want: ServingStatus, within: Duration) -> Duration {
+pub async fn wait_health(addr: &str, want: ServingStatus, within: Duration) -> Duration {
     let start = Instant::now();
     loop {
         if health(addr, "").await == want && health(addr, "stoa.v1.Stoa").await == want {

@@ -54,6 +54,15 @@ impl Server {
     }
 
     pub fn start_env(data: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::spawn(&["--data".as_ref(), data.as_os_str()], extra, env)
+    }
+
+    /// A server on the store `--store` names (`postgres://…`).
+    pub fn start_on(store: &str, extra: &[&str]) -> Server {
+        Server::spawn(&["--store".as_ref(), store.as_ref()], extra, &[])
+    }
+
+    fn spawn(store: &[&std::ffi::OsStr], extra: &[&str], env: &[(&str, &str)]) -> Server {
         use std::io::BufRead;
         let mut child = stoa()
             .args([
@@ -65,8 +74,7 @@ impl Server {
                 "--token",
                 &format!("b={TOKEN_B}"),
             ])
-            .arg("--data")
-            .arg(data)
+            .args(store)
             .args(extra)
             .envs(env.iter().copied())
             .env("STOA_LOG", std::env::var("STOA_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
