@@ -61,7 +61,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => config.tenants.push(TenantConfig::new(tenant, token)),
         }
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Store calls that wait on a network store (PostgreSQL) leave their
+    // worker thread through `block_in_place`, which hands the worker's
+    // tasks to a thread of the blocking pool. Unbounded, a burst of a
+    // thousand starts made a thread each (300 measured), and every thread
+    // keeps its allocator heap: 190 MiB of RSS against 100 on sled. 64 is
+    // ample for waits of a millisecond; past it, hand-offs queue.
+    let rt = tokio::runtime::Builder::new_multi_thread().max_blocking_threads(64).enable_all().build()?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();

@@ -69,6 +69,12 @@ impl Default for Options {
 const MAX_TRIES: u32 = 20;
 /// How often the probe tries the database while the store fails.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
+/// The longest a call waits for the database (a frozen or partitioned
+/// server answers nothing, and the committer must not wait forever). A
+/// commit cut short may or may not have landed, as the `Store` contract
+/// allows; its connection stays usable, since an unfinished transaction
+/// sends its `ROLLBACK` when dropped, ahead of the next use.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct PgStore {
     /// The connections' runtime; `None` once dropped (shut down in the
@@ -229,10 +235,15 @@ impl PgStore {
         let (pool, health) = (self.pool.clone(), self.health.clone());
         let handle = self.rt.as_ref().expect("runtime").handle().clone();
         self.wait(async move {
-            let res = match pool.get().await {
-                Ok(client) => f(client).await,
-                Err(e) => Err(Fail::from(e)),
+            let run = async {
+                match pool.get().await {
+                    Ok(client) => f(client).await,
+                    Err(e) => Err(Fail::from(e)),
+                }
             };
+            let res = tokio::time::timeout(CALL_TIMEOUT, run).await.unwrap_or_else(|_| {
+                Err(Fail::Unreachable(format!("postgres: no answer within {} s", CALL_TIMEOUT.as_secs())))
+            });
             match res {
                 Ok(v) => Ok(v),
                 Err(Fail::Unreachable(m)) => {
@@ -266,10 +277,13 @@ fn mark_failing(health: &Arc<HealthState>, pool: &Pool, rt: &tokio::runtime::Han
     rt.spawn(async move {
         loop {
             tokio::time::sleep(PROBE_EVERY).await;
-            let ok = match pool.get().await {
-                Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
-                Err(_) => false,
+            let probe = async {
+                match pool.get().await {
+                    Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
+                    Err(_) => false,
+                }
             };
+            let ok = tokio::time::timeout(CALL_TIMEOUT, probe).await.unwrap_or(false);
             if ok {
                 health.probing.store(false, Ordering::Release);
                 health.failing.store(false, Ordering::Release);
