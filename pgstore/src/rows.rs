@@ -49,7 +49,7 @@ pub struct WorkflowRow {
 }
 
 /// Everything a group commit writes, owned (it crosses to the store's
-/// runtime), with the partitions it touches (for the fencing check).
+/// runtime).
 #[derive(Default)]
 pub struct Rows {
     pub workflows: Table<String, WorkflowRow>,
@@ -60,7 +60,6 @@ pub struct Rows {
     pub timers: Table<(String, i64), (i32, Vec<u8>)>,
     pub signals: Table<String, (i32, Vec<u8>)>,
     pub requests: Table<String, String>,
-    pub partitions: std::collections::BTreeSet<i32>,
 }
 
 /// Values are at most `i64::MAX` in practice (ids, milliseconds, counters);
@@ -76,7 +75,6 @@ impl Rows {
         let part = |wf: &stoa_engine::WorkflowId| wf.partition(partitions) as i32;
         turn_writes(turns, |w| match w {
             Write::Meta(meta) => {
-                rows.partitions.insert(part(&meta.id));
                 let finished = meta.status.is_finished();
                 rows.workflows.put(
                     meta.id.as_str().to_string(),
@@ -107,9 +105,6 @@ impl Rows {
             Write::Signal(wf, s) => rows.signals.put(s.id.clone(), (part(wf), encode(s))),
             Write::Request(wf, r) => rows.requests.put(r.to_string(), wf.as_str().to_string()),
         });
-        for c in turns {
-            rows.partitions.insert(part(c.workflow));
-        }
         rows
     }
 }

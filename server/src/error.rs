@@ -30,10 +30,6 @@ impl From<stoa_engine::store::Error> for ApiError {
                 tracing::error!(error = %detail, "storage I/O failed");
                 ApiError::Unavailable("storage is unavailable; retry later".into())
             }
-            // Another server owns the workflow now: a retry reaches it.
-            stoa_engine::store::Error::Fenced { .. } => {
-                ApiError::Unavailable("the workflow moved to another server; retry".into())
-            }
             other => ApiError::Internal(other.to_string()),
         }
     }

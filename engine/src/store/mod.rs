@@ -38,10 +38,6 @@ pub enum Error {
     /// set up: not a passing failure, and no retry helps.
     #[error("{0}")]
     Setup(String),
-    /// This server no longer owns the partition of a workflow in the
-    /// commit (another server took it over): nothing was written.
-    #[error("partition {partition} is no longer owned by this server (epoch {epoch}): nothing was written")]
-    Fenced { partition: u32, epoch: u64 },
 }
 
 /// Whether a store works now. A failing store refuses every operation with
