@@ -56,11 +56,22 @@ pub struct Options {
     pub partitions: u32,
     /// How long a call waits for a connection before it fails.
     pub connect_timeout: Duration,
+    /// The longest a call waits for the database: a frozen or partitioned
+    /// server answers nothing, and the committer must not wait forever. A
+    /// commit cut short may or may not have landed, as the `Store`
+    /// contract allows; its connection stays usable, since an unfinished
+    /// transaction sends its `ROLLBACK` when dropped, ahead of the next use.
+    pub call_timeout: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { pool_size: 16, partitions: schema::DEFAULT_PARTITIONS, connect_timeout: Duration::from_secs(5) }
+        Options {
+            pool_size: 16,
+            partitions: schema::DEFAULT_PARTITIONS,
+            connect_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -69,12 +80,6 @@ impl Default for Options {
 const MAX_TRIES: u32 = 20;
 /// How often the probe tries the database while the store fails.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
-/// The longest a call waits for the database (a frozen or partitioned
-/// server answers nothing, and the committer must not wait forever). A
-/// commit cut short may or may not have landed, as the `Store` contract
-/// allows; its connection stays usable, since an unfinished transaction
-/// sends its `ROLLBACK` when dropped, ahead of the next use.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct PgStore {
     /// The connections' runtime; `None` once dropped (shut down in the
@@ -82,6 +87,7 @@ pub struct PgStore {
     rt: Option<tokio::runtime::Runtime>,
     pool: Pool,
     partitions: u32,
+    call_timeout: Duration,
     health: Arc<HealthState>,
 }
 
@@ -185,7 +191,8 @@ impl PgStore {
             .create_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| Error::Setup(format!("PostgreSQL pool: {e}")))?;
-        let mut store = PgStore { rt: Some(rt), pool, partitions: 0, health: Arc::default() };
+        let mut store =
+            PgStore { rt: Some(rt), pool, partitions: 0, call_timeout: options.call_timeout, health: Arc::default() };
         let (pool, wanted) = (store.pool.clone(), options.partitions);
         store.partitions = store
             .wait(async move {
@@ -232,7 +239,7 @@ impl PgStore {
         F: FnOnce(Client) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, Fail>> + Send,
     {
-        let (pool, health) = (self.pool.clone(), self.health.clone());
+        let (pool, health, limit) = (self.pool.clone(), self.health.clone(), self.call_timeout);
         let handle = self.rt.as_ref().expect("runtime").handle().clone();
         self.wait(async move {
             let run = async {
@@ -241,13 +248,13 @@ impl PgStore {
                     Err(e) => Err(Fail::from(e)),
                 }
             };
-            let res = tokio::time::timeout(CALL_TIMEOUT, run).await.unwrap_or_else(|_| {
-                Err(Fail::Unreachable(format!("postgres: no answer within {} s", CALL_TIMEOUT.as_secs())))
-            });
+            let res = tokio::time::timeout(limit, run)
+                .await
+                .unwrap_or_else(|_| Err(Fail::Unreachable(format!("postgres: no answer within {limit:?}"))));
             match res {
                 Ok(v) => Ok(v),
                 Err(Fail::Unreachable(m)) => {
-                    mark_failing(&health, &pool, &handle, &m);
+                    mark_failing(&health, &pool, &handle, &m, limit);
                     Err(Error::Io(m))
                 }
                 Err(Fail::Retry(m)) => Err(Error::Io(format!("{m}: gave up after {MAX_TRIES} tries"))),
@@ -265,7 +272,7 @@ fn setup(f: Fail) -> Error {
 }
 
 /// Marks the store failing and starts a probe that marks it serving again.
-fn mark_failing(health: &Arc<HealthState>, pool: &Pool, rt: &tokio::runtime::Handle, cause: &str) {
+fn mark_failing(health: &Arc<HealthState>, pool: &Pool, rt: &tokio::runtime::Handle, cause: &str, limit: Duration) {
     if !health.failing.swap(true, Ordering::AcqRel) {
         tracing::error!(error = %cause, "the PostgreSQL store cannot reach its database");
         health.notify();
@@ -283,7 +290,7 @@ fn mark_failing(health: &Arc<HealthState>, pool: &Pool, rt: &tokio::runtime::Han
                     Err(_) => false,
                 }
             };
-            let ok = tokio::time::timeout(CALL_TIMEOUT, probe).await.unwrap_or(false);
+            let ok = tokio::time::timeout(limit, probe).await.unwrap_or(false);
             if ok {
                 health.probing.store(false, Ordering::Release);
                 health.failing.store(false, Ordering::Release);

@@ -147,3 +147,30 @@ fn prefix_ends_are_the_next_strings() {
     assert_eq!(prefix_end("\u{D7FF}"), Some("\u{E000}".into()));
     assert_eq!(prefix_end("\u{10FFFF}"), None);
 }
+
+/// A database that stops answering (frozen, as by a network partition)
+/// fails calls after `call_timeout`, marks the store failing, and the
+/// store serves again, with nothing lost, once it answers.
+#[test]
+fn a_frozen_database_fails_calls_after_the_timeout_and_heals() {
+    use std::time::{Duration, Instant};
+    use stoa_engine::store::Health;
+    let pg = TempPostgres::start(Durability::Fast).expect("a throwaway PostgreSQL");
+    let db = fresh_database(&pg);
+    let options = Options { call_timeout: Duration::from_secs(1), ..Options::default() };
+    let store = PgStore::open(&pg.url(&db), options).unwrap();
+    store.put_aux("k", "a", &serde_json::json!(1)).unwrap();
+    pg.freeze(true);
+    let t = Instant::now();
+    let err = store.get_aux("k", "a").unwrap_err().to_string();
+    let waited = t.elapsed();
+    pg.freeze(false);
+    assert!(err.contains("no answer within 1s"), "{err}");
+    assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(5), "{waited:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.health() != Health::Serving {
+        assert!(Instant::now() < deadline, "the store did not heal");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(store.get_aux("k", "a").unwrap(), Some(serde_json::json!(1)));
+}

@@ -148,6 +148,19 @@ impl TempPostgres {
         }
     }
 
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the server and every
+    /// process it started: it keeps its connections and answers nothing,
+    /// as a server stalled or cut off by the network does.
+    pub fn freeze(&self, frozen: bool) {
+        let Some(c) = &self.child else { return };
+        let pid = c.id().to_string();
+        let children = Command::new("pgrep").args(["-P", &pid]).output().map(|o| o.stdout).unwrap_or_default();
+        let mut pids = vec![pid];
+        pids.extend(String::from_utf8_lossy(&children).split_whitespace().map(str::to_string));
+        let sig = if frozen { "-STOP" } else { "-CONT" };
+        let _ = Command::new("kill").arg(sig).args(&pids).status();
+    }
+
     /// A `postgresql://` URL of database `db` (see `create_database`),
     /// as `stoa serve --store` takes it: the socket's directory is the
     /// host, percent-encoded.

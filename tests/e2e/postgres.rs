@@ -5,7 +5,6 @@
 //! once it is back, losing nothing acknowledged); bad store URLs and a
 //! database newer than the binary.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use stoa_pgstore::throwaway::{Durability, TempPostgres};
@@ -29,23 +28,6 @@ fn postgres(db: &str) -> (TempPostgres, String) {
 fn server_sigkill_with_100_workflows_in_flight_on_postgres() {
     let (_pg, url) = postgres("crash");
     crate::server_crash::sigkill_with_100_workflows_in_flight(&|| Server::start_on(&url, &[]));
-}
-
-/// Results applied per invocation of a workflow, from its timeline.
-async fn applied(a: &mut crate::client::Client, id: &str) -> BTreeMap<String, usize> {
-    let t = a
-        .get_timeline(pb::GetTimelineRequest { workflow_id: id.into(), from_seq: 1, limit: 10_000 })
-        .await
-        .expect("timeline")
-        .into_inner();
-    let mut applied: BTreeMap<String, usize> = BTreeMap::new();
-    for e in &t.entries {
-        if e.kind == "result_applied" {
-            let v: serde_json::Value = serde_json::from_str(&e.json).expect("json");
-            *applied.entry(v["event"]["invocation"].as_str().expect("inv").to_string()).or_default() += 1;
-        }
-    }
-    applied
 }
 
 #[test]
@@ -106,9 +88,7 @@ fn postgres_killed_mid_run_the_server_recovers_losing_nothing_acknowledged() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         for id in &acked {
-            let applied = applied(&mut a, id).await;
-            assert!(applied.values().all(|n| *n == 1), "{id}: a result was applied twice: {applied:?}");
-            assert_eq!(applied.len(), 6, "{id}: {applied:?}");
+            crate::server_crash::each_result_applied_once(&mut a, id).await;
         }
         stop.cancel();
         let _ = worker.await;

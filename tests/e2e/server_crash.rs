@@ -20,6 +20,28 @@ fn server_sigkill_with_100_workflows_in_flight() {
 
 /// The test, on the store of the servers `start` starts (each on the same
 /// data).
+/// A finished `video-encode` workflow applied each of its six results
+/// (split, three encodes, assemble, index) exactly once, and its timeline
+/// has no gap.
+pub async fn each_result_applied_once(a: &mut crate::client::Client, id: &str) {
+    let t = a
+        .get_timeline(pb::GetTimelineRequest { workflow_id: id.into(), from_seq: 1, limit: 10_000 })
+        .await
+        .expect("timeline")
+        .into_inner();
+    let mut applied: BTreeMap<String, usize> = BTreeMap::new();
+    for e in &t.entries {
+        if e.kind == "result_applied" {
+            let v: serde_json::Value = serde_json::from_str(&e.json).expect("json");
+            *applied.entry(v["event"]["invocation"].as_str().expect("inv").to_string()).or_default() += 1;
+        }
+    }
+    assert!(applied.values().all(|n| *n == 1), "{id}: a result was applied twice: {applied:?}");
+    assert_eq!(applied.len(), 6, "{id}: {applied:?}");
+    let seqs: Vec<u64> = t.entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{id}: timeline has gaps");
+}
+
 pub fn sigkill_with_100_workflows_in_flight(start: &dyn Fn() -> Server) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
     let mut server = start();
@@ -91,23 +113,7 @@ pub fn sigkill_with_100_workflows_in_flight(start: &dyn Fn() -> Server) {
         }
         assert_eq!(done, acked.len(), "not every workflow completed after the restart");
         for id in &acked {
-            let t = a
-                .get_timeline(pb::GetTimelineRequest { workflow_id: id.clone(), from_seq: 1, limit: 10_000 })
-                .await
-                .expect("timeline")
-                .into_inner();
-            let mut applied: BTreeMap<String, usize> = BTreeMap::new();
-            for e in &t.entries {
-                if e.kind == "result_applied" {
-                    let v: serde_json::Value = serde_json::from_str(&e.json).expect("json");
-                    *applied.entry(v["event"]["invocation"].as_str().expect("inv").to_string()).or_default() += 1;
-                }
-            }
-            assert!(applied.values().all(|n| *n == 1), "{id}: a result was applied twice: {applied:?}");
-            // split + 3 encodes + assemble + index.
-            assert_eq!(applied.len(), 6, "{id}: {applied:?}");
-            let seqs: Vec<u64> = t.entries.iter().map(|e| e.seq).collect();
-            assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{id}: timeline has gaps");
+            each_result_applied_once(&mut a, id).await;
         }
         stop.cancel();
         let _ = worker.await;

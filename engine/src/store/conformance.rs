@@ -56,7 +56,9 @@ macro_rules! store_conformance {
     };
 }
 
-const RULES: &str = r#"
+/// A pack with a step per chunk, a signal and timers: what every check
+/// (and the stores' own tests) commit turns of.
+pub(crate) const RULES: &str = r#"
 rule "encode" {
     match { c: Chunk(status == "pending") }
     action { modify(c, #{ status: "encoding" }); call("media.encode", #{ i: c.i }); }
@@ -80,11 +82,11 @@ fn fact(ty: &str, fields: serde_json::Value) -> FactSpec {
     serde_json::from_value(serde_json::json!({"type": ty, "fields": fields})).expect("fact")
 }
 
-fn chunks(n: i64) -> Vec<FactSpec> {
+pub(crate) fn chunks(n: i64) -> Vec<FactSpec> {
     (0..n).map(|i| fact("Chunk", serde_json::json!({"i": i, "status": "pending"}))).collect()
 }
 
-fn ok() -> Outcome {
+pub(crate) fn ok() -> Outcome {
     Outcome::Ok { value: Value::Null, attempts: 1 }
 }
 
@@ -125,6 +127,11 @@ pub fn a_turn_reads_back_exactly(b: &mut dyn Backend) {
     let first = out.invocations[0].id.clone();
     let out2 = wf.apply(Input::Result { invocation: first.clone(), outcome: ok() }, 2).unwrap();
     commit(&*store, &wf, &out2, None);
+    // The same answer again is refused: exactly-once application.
+    assert!(matches!(
+        wf.apply(Input::Result { invocation: first.clone(), outcome: ok() }, 3),
+        Err(crate::workflow::Rejected::UnknownInvocation(_))
+    ));
     assert_stored(&*store, &wf);
     assert_eq!(store.request("t/req-1").unwrap(), Some(wf.id().clone()));
     assert_eq!(store.request("t/req-2").unwrap(), None);
@@ -153,6 +160,7 @@ pub fn a_turn_reads_back_exactly(b: &mut dyn Backend) {
         commit(&*store, &restored, &r, None);
     }
     assert_eq!(restored.status(), Status::Completed);
+    assert_eq!(restored.meta().result.to_string(), r#"{"outputs":5}"#);
     assert_stored(&*store, &wf);
     assert!(store.outbox().unwrap().is_empty());
 }

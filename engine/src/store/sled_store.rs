@@ -700,35 +700,9 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::conformance::{chunks, ok, RULES};
     use crate::testing::pack;
-    use crate::workflow::{Input, Outcome, Workflow};
-    use stoa_rules::testcase::FactSpec;
-    use stoa_rules::Value;
-
-    const RULES: &str = r#"
-rule "encode" {
-    match { c: Chunk(status == "pending") }
-    action { modify(c, #{ status: "encoding" }); call("media.encode", #{ i: c.i }); }
-    reaction { modify(c, #{ status: "done" }); insert("Output", #{ i: c.i }); }
-}
-rule "all done" {
-    match { not Chunk(status != "done") n: count(Output()) test(n > 0) }
-    action { complete(#{ outputs: n }); }
-}
-"#;
-
-    fn chunks(n: i64) -> Vec<FactSpec> {
-        (0..n)
-            .map(|i| {
-                serde_json::from_value(serde_json::json!({"type": "Chunk", "fields": {"i": i, "status": "pending"}}))
-                    .unwrap()
-            })
-            .collect()
-    }
-
-    fn ok() -> Outcome {
-        Outcome::Ok { value: Value::Null, attempts: 1 }
-    }
+    use crate::workflow::{Input, Workflow};
 
     fn commit(store: &SledStore, wf: &Workflow, out: &crate::workflow::TurnOutput) {
         store.commit(&[Commit { workflow: wf.id(), output: out, request_id: None }]).unwrap();
@@ -780,46 +754,6 @@ rule "all done" {
         closer.join().unwrap();
         assert!(second.is_ok(), "{:?}", second.err());
         assert!(started.elapsed() >= std::time::Duration::from_millis(250), "it waited for the lock");
-    }
-
-    #[test]
-    fn reopening_restores_the_workflow_exactly() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = pack(RULES, "");
-        let id = WorkflowId::new("w1");
-        let mut live = Workflow::new(id.clone(), p.clone(), 0);
-        {
-            let store = SledStore::open(dir.path(), 8).unwrap();
-            let out = live.apply(Input::Start { facts: chunks(5) }, 1).unwrap();
-            commit(&store, &live, &out);
-            let first = out.invocations[0].id.clone();
-            let out = live.apply(Input::Result { invocation: first.clone(), outcome: ok() }, 2).unwrap();
-            commit(&store, &live, &out);
-            // The same answer again is refused: exactly-once application.
-            assert!(matches!(
-                live.apply(Input::Result { invocation: first, outcome: ok() }, 3),
-                Err(crate::workflow::Rejected::UnknownInvocation(_))
-            ));
-        }
-        let store = SledStore::open(dir.path(), 8).unwrap();
-        let snap = store.load(&id).unwrap().unwrap();
-        assert_eq!(snap.meta, *live.meta());
-        assert_eq!(snap.facts, live.snapshot().facts);
-        assert_eq!(snap.waiting, live.snapshot().waiting);
-        assert_eq!(store.outbox().unwrap().len(), 4);
-        assert_eq!(store.timeline(&id, 1, 1000).unwrap().len() as u64, live.meta().timeline_seq);
-        let mut restored = Workflow::restore(p, snap).unwrap();
-        // Both go on identically: same firings, same ids, nothing re-fires.
-        let pending: Vec<_> = live.waiting().map(|w| w.invocation.id.clone()).collect();
-        for (k, inv) in pending.into_iter().enumerate() {
-            let a = live.apply(Input::Result { invocation: inv.clone(), outcome: ok() }, 10 + k as u64).unwrap();
-            let b = restored.apply(Input::Result { invocation: inv, outcome: ok() }, 10 + k as u64).unwrap();
-            assert_eq!(a.entries, b.entries);
-            commit(&store, &restored, &b);
-        }
-        assert_eq!(restored.status(), crate::workflow::Status::Completed);
-        assert_eq!(restored.meta().result.to_string(), r#"{"outputs":5}"#);
-        assert!(store.outbox().unwrap().is_empty());
     }
 
     #[test]
@@ -889,38 +823,6 @@ rule "all done" {
         direct.commit(&[Commit { workflow: &id, output: &out, request_id: Some("req") }]).unwrap();
         let dump = |s: &SledStore| s.with(|h| Ok(h.tree.iter().map(|kv| kv.unwrap()).collect::<Vec<_>>())).unwrap();
         assert_eq!(dump(&direct), dump(&store));
-    }
-
-    #[test]
-    fn a_batch_of_server_records_survives_reopening_and_stays_in_its_kind() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (serde_json::json!({"n": 1}), serde_json::json!({"n": 2}));
-        {
-            let store = SledStore::open(dir.path(), 8).unwrap();
-            store
-                .put_aux_batch(&[("sched", "t/a", Some(&a)), ("sched", "t/b", Some(&b)), ("other", "t/a", Some(&b))])
-                .unwrap();
-            store.put_aux_batch(&[("sched", "t/b", None)]).unwrap();
-        }
-        let store = SledStore::open(dir.path(), 8).unwrap();
-        assert_eq!(store.scan_aux("sched", "").unwrap(), vec![("t/a".to_string(), a)]);
-        assert_eq!(store.scan_aux("other", "").unwrap().len(), 1);
-    }
-
-    #[test]
-    fn attempts_are_kept_while_the_invocation_waits() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), 8).unwrap();
-        let mut wf = Workflow::new(WorkflowId::new("w3"), pack(RULES, ""), 0);
-        let out = wf.apply(Input::Start { facts: chunks(2) }, 1).unwrap();
-        commit(&store, &wf, &out);
-        let (a, b) = (out.invocations[0].id.clone(), out.invocations[1].id.clone());
-        let tried = Attempts { made: 2, failures: 1, retry_at_ms: 77 };
-        store.record_attempts(&[(a.clone(), tried), (b.clone(), tried)]).unwrap();
-        assert_eq!(store.attempts().unwrap(), vec![(a.clone(), tried), (b.clone(), tried)]);
-        let out = wf.apply(Input::Result { invocation: a, outcome: ok() }, 2).unwrap();
-        commit(&store, &wf, &out);
-        assert_eq!(store.attempts().unwrap(), vec![(b, tried)]);
     }
 }
 
