@@ -144,8 +144,10 @@ fn durable_turns(workflows: u64, turns: u64, group: usize) -> Figure {
             let out = wf.apply(input, turn + 1).expect("turn");
             pending.push((wf.id().clone(), out));
             if pending.len() >= group {
-                let commits: Vec<Commit> =
-                    pending.iter().map(|(id, o)| Commit { workflow: id, output: o, request_id: None }).collect();
+                let commits: Vec<Commit> = pending
+                    .iter()
+                    .map(|(id, o)| Commit { workflow: id, output: o, request_id: None, epoch: None })
+                    .collect();
                 store.commit(&commits).expect("commit");
                 total += pending.len() as u64;
                 pending.clear();
@@ -153,7 +155,7 @@ fn durable_turns(workflows: u64, turns: u64, group: usize) -> Figure {
         }
     }
     let commits: Vec<Commit> =
-        pending.iter().map(|(id, o)| Commit { workflow: id, output: o, request_id: None }).collect();
+        pending.iter().map(|(id, o)| Commit { workflow: id, output: o, request_id: None, epoch: None }).collect();
     store.commit(&commits).expect("commit");
     total += pending.len() as u64;
     let s = t.elapsed().as_secs_f64();

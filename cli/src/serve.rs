@@ -31,6 +31,15 @@ pub struct Args {
     /// sled's page cache, in MiB.
     #[arg(long)]
     cache_mb: Option<u64>,
+    /// With PostgreSQL: the address the cluster's other servers and its
+    /// workers reach this server at (default: the listen address).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// With PostgreSQL: how long a partition's lease lasts without renewal,
+    /// in milliseconds; a dead server's workflows move this long after its
+    /// last renewal (default 5000).
+    #[arg(long, value_name = "MS")]
+    lease_ms: Option<u64>,
     /// A tenant and one of its tokens, as TENANT=TOKEN; repeatable.
     #[arg(long = "token", value_name = "TENANT=TOKEN")]
     tokens: Vec<String>,
@@ -53,6 +62,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(c) = args.cache_mb {
         config.cache_mb = c;
+    }
+    if let Some(a) = args.advertise {
+        config.postgres.advertise = Some(a);
+    }
+    if let Some(l) = args.lease_ms {
+        config.postgres.lease_ms = l;
     }
     for t in &args.tokens {
         let (tenant, token) = t.split_once('=').with_context(|| format!("--token {t}: expected TENANT=TOKEN"))?;

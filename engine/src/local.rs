@@ -98,7 +98,7 @@ impl<'s> Local<'s> {
         let now = self.tick();
         let out = self.workflow.apply(input, now)?;
         if let Some(s) = self.store {
-            s.commit(&[Commit { workflow: self.workflow.id(), output: &out, request_id: None }])?;
+            s.commit(&[Commit { workflow: self.workflow.id(), output: &out, request_id: None, epoch: None }])?;
         }
         for id in &out.cancelled {
             dispatcher.cancel(id);

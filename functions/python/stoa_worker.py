@@ -8,6 +8,12 @@ server is not up, it reconnects with exponential backoff and jitter; work in
 flight on a broken session is dropped, since the server hands it out again
 when its lease runs out.
 
+With a cluster of servers (on PostgreSQL), each server leases a worker only
+the work of the workflows it owns, and names the cluster's members in
+`Welcome` and in `Members` messages: the worker holds a session to each
+(`max_in_flight` bounds each session), and lets go of a member that left once
+its session fails.
+
     worker = Worker("http://127.0.0.1:7233", token="t-secret", max_in_flight=8)
 
     @worker.function("media.encode", args={"uri": str, "codec": str, "index": int})
@@ -185,6 +191,9 @@ class Worker:
         self.backoff = backoff
         self.drain_timeout = drain_timeout
         self.functions: Dict[str, _Function] = {}
+        self._members_lock = threading.Lock()
+        self._latest_members: list = []
+        self._member_threads: Dict[str, threading.Thread] = {}
 
     def function(self, name: str, args: Optional[Dict[str, type]] = None, raw: bool = False):
         """Registers a handler `handler(args, ctx)`. With `args` (field -> type)
@@ -222,17 +231,46 @@ class Worker:
         thread.start()
         while thread.is_alive():
             thread.join(0.2)
+        while True:
+            with self._members_lock:
+                others = [t for t in self._member_threads.values() if t.is_alive()]
+            if not others:
+                break
+            for t in others:
+                t.join(0.2)
         if "error" in outcome:
             raise outcome["error"]
 
-    def _loop(self, stop: threading.Event) -> None:
+    def _announce(self, addresses, stop: threading.Event) -> None:
+        """A server named the cluster's members: a session loop starts for
+        each one not served yet."""
+        with self._members_lock:
+            self._latest_members = list(addresses)
+            for target in addresses:
+                running = self._member_threads.get(target)
+                if target == self.target or (running is not None and running.is_alive()) or stop.is_set():
+                    continue
+                log.info("opening a session to %s, another server of the cluster", target)
+
+                def member(target=target) -> None:
+                    try:
+                        self._loop(stop, target, lambda: target in self._latest_members)
+                    except Refused as error:
+                        log.error("%s refused the worker: %s", target, error)
+
+                thread = threading.Thread(target=member, name=f"stoa-worker-{target}", daemon=True)
+                self._member_threads[target] = thread
+                thread.start()
+
+    def _loop(self, stop: threading.Event, target: Optional[str] = None, wanted=lambda: True) -> None:
+        target = target or self.target
         backoff = _Backoff(*self.backoff)
-        # One bound for the worker's life: a handler of a broken session still
-        # holds its slot until it returns, so a new session cannot push the
-        # number running past max_in_flight.
+        # One bound for the session loop's life: a handler of a broken session
+        # still holds its slot until it returns, so a new session cannot push
+        # the number running past max_in_flight.
         slots = threading.BoundedSemaphore(self.max_in_flight)
         while not stop.is_set():
-            session = _Session(self, slots, stop, backoff)
+            session = _Session(self, target, slots, stop, backoff)
             try:
                 session.run()
                 return
@@ -244,6 +282,9 @@ class Worker:
                 reason = str(error)
             if stop.is_set():
                 log.warning("session lost during shutdown: %s", reason)
+                return
+            if not wanted():
+                log.info("%s left the cluster: no more sessions with it", target)
                 return
             delay = backoff.next_delay()
             log.warning("no session with the server (%s); retrying in %.2fs", reason, delay)
@@ -260,8 +301,11 @@ _CLOSE = object()  # ends the request stream
 class _Session:
     """One session: its request queue, its in-flight invocations, its threads."""
 
-    def __init__(self, worker: Worker, slots: threading.BoundedSemaphore, stop: threading.Event, backoff: _Backoff):
+    def __init__(
+        self, worker: Worker, target: str, slots: threading.BoundedSemaphore, stop: threading.Event, backoff: _Backoff
+    ):
         self.worker = worker
+        self.target = target
         self.slots = slots
         self.stop = stop
         self.backoff = backoff
@@ -293,7 +337,7 @@ class _Session:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
         ]
-        with grpc.insecure_channel(self.worker.target, options=options) as channel:
+        with grpc.insecure_channel(self.target, options=options) as channel:
             stub = stoa_pb2_grpc.WorkersStub(channel)
             call = stub.Session(self.requests(), metadata=[("authorization", f"Bearer {self.worker.token}")])
             try:
@@ -322,9 +366,12 @@ class _Session:
         if first is None or first.WhichOneof("msg") != "welcome":
             raise _SessionLost(f"expected Welcome, got {first}")
         self.backoff.reset()
+        if first.welcome.members:
+            self.worker._announce(list(first.welcome.members), self.stop)
         log.info(
-            "session %s open, serving %s, %d at once",
+            "session %s with %s open, serving %s, %d at once",
             first.welcome.session_id,
+            self.target,
             list(self.worker.functions),
             first.welcome.max_in_flight,
         )
@@ -372,6 +419,8 @@ class _Session:
         elif kind == "drain":
             log.info("the server asks for a drain: %s", message.drain.reason)
             self.server_drain.set()
+        elif kind == "members":
+            self.worker._announce(list(message.members.addresses), self.stop)
         else:
             log.debug("ignored a %s message", kind)
 

@@ -38,6 +38,7 @@ mod context;
 mod error;
 mod failure;
 mod handler;
+mod members;
 mod session;
 mod worker;
 

@@ -15,6 +15,7 @@ use tokio::task::{self, AbortHandle, JoinError, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
 use tonic::{Code, Status, Streaming};
 
 use crate::backoff::Backoff;
@@ -50,11 +51,13 @@ pub(crate) enum SessionError {
 /// Runs one session. `Ok` means a shutdown was asked for and is done.
 pub(crate) async fn run(
     config: &Config,
+    endpoint: &Endpoint,
+    members: &(dyn Fn(Vec<String>) + Sync),
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), SessionError> {
     let channel = tokio::select! {
-        connected = config.endpoint.connect() => connected.map_err(|error| SessionError::Connect(crate::error::chain(&error)))?,
+        connected = endpoint.connect() => connected.map_err(|error| SessionError::Connect(crate::error::chain(&error)))?,
         () = shutdown.cancelled() => return Ok(()),
     };
     let mut client = WorkersClient::new(channel);
@@ -92,7 +95,11 @@ pub(crate) async fn run(
         Err(_) => return Err(SessionError::Protocol(format!("no Welcome within {WELCOME_TIMEOUT:?}"))),
     };
     backoff.reset();
+    if !welcome.members.is_empty() {
+        members(welcome.members.clone());
+    }
     tracing::info!(
+        server = %endpoint.uri(),
         session_id = %welcome.session_id,
         functions = ?config.function_names,
         max_in_flight = welcome.max_in_flight,
@@ -108,6 +115,7 @@ pub(crate) async fn run(
 
     let session = Session {
         config,
+        members,
         outbound,
         slots: Arc::new(Semaphore::new(config.max_in_flight as usize)),
         tasks: JoinSet::new(),
@@ -123,6 +131,8 @@ pub(crate) async fn run(
 /// server hands the invocation out again when its lease runs out.
 struct Session<'a> {
     config: &'a Config,
+    /// Told the cluster's members whenever the server names them.
+    members: &'a (dyn Fn(Vec<String>) + Sync),
     outbound: mpsc::Sender<proto::WorkerMessage>,
     /// Guards `max_in_flight` even against a server that sends more.
     slots: Arc<Semaphore>,
@@ -249,6 +259,7 @@ impl Session<'_> {
             // Handled in `serve`, which owns the drain deadline.
             Some(server_message::Msg::Drain(_)) => {}
             Some(server_message::Msg::Welcome(_)) => tracing::warn!("ignored a second Welcome"),
+            Some(server_message::Msg::Members(m)) => (self.members)(m.addresses),
             // A message kind newer than this SDK.
             None => tracing::debug!("ignored an empty server message"),
         }

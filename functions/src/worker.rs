@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -13,6 +14,7 @@ use tonic::transport::Endpoint;
 
 use crate::backoff::Backoff;
 use crate::handler::{self, Handler};
+use crate::members::Members;
 use crate::session::{self, SessionError};
 use crate::{Context, Error, Failure};
 
@@ -77,39 +79,65 @@ impl Worker {
     /// it serves the server again once it is back. Returns an error only when the server refuses the worker for good
     /// (`UNAUTHENTICATED`, `PERMISSION_DENIED`, `INVALID_ARGUMENT`), since
     /// reconnecting with the same token and Hello cannot fix that.
+    ///
+    /// With a cluster, the server names its other members and the worker
+    /// holds a session to each of them too (each leases only the work of
+    /// the workflows it owns); `max_in_flight` holds per session.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let (min, max) = self.config.backoff;
-        let mut backoff = Backoff::new(min, max);
-        loop {
-            if shutdown.is_cancelled() {
-                return Ok(());
-            }
-            let error = match session::run(&self.config, &shutdown, &mut backoff).await {
-                Ok(()) => return Ok(()),
-                Err(SessionError::Refused(status)) => {
-                    tracing::error!(code = ?status.code(), message = status.message(), "server refused the worker");
-                    return Err(Error::Refused { code: status.code(), message: status.message().to_owned() });
-                }
-                Err(error) => error,
-            };
-            if shutdown.is_cancelled() {
-                // The session broke while draining: what was in flight is
-                // lost either way, and reconnecting would only take new work.
-                tracing::warn!(%error, "session lost during shutdown");
-                return Ok(());
-            }
-            let delay = backoff.next_delay();
-            tracing::warn!(%error, retry_in = ?delay, "no session with the server");
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = shutdown.cancelled() => return Ok(()),
-            }
-        }
+        let config = Arc::new(self.config);
+        let members = Members::new(config.clone(), shutdown.clone());
+        let served = serve(&config, &config.endpoint, &members, &shutdown, &|| true).await;
+        members.stopped().await;
+        served
     }
 
     /// The functions this worker serves, in registration order.
     pub fn functions(&self) -> impl Iterator<Item = &str> {
         self.config.function_names.iter().map(String::as_str)
+    }
+}
+
+/// Keeps a session open with the server at `endpoint` until `shutdown`
+/// (see `Worker::run`), or until a session fails while `wanted` says the
+/// server is no longer a member.
+pub(crate) async fn serve(
+    config: &Config,
+    endpoint: &Endpoint,
+    members: &Arc<Members>,
+    shutdown: &CancellationToken,
+    wanted: &(dyn Fn() -> bool + Sync),
+) -> Result<(), Error> {
+    let (min, max) = config.backoff;
+    let mut backoff = Backoff::new(min, max);
+    let announce = |addresses: Vec<String>| members.announce(addresses);
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let error = match session::run(config, endpoint, &announce, shutdown, &mut backoff).await {
+            Ok(()) => return Ok(()),
+            Err(SessionError::Refused(status)) => {
+                tracing::error!(code = ?status.code(), message = status.message(), "server refused the worker");
+                return Err(Error::Refused { code: status.code(), message: status.message().to_owned() });
+            }
+            Err(error) => error,
+        };
+        if shutdown.is_cancelled() {
+            // The session broke while draining: what was in flight is
+            // lost either way, and reconnecting would only take new work.
+            tracing::warn!(%error, "session lost during shutdown");
+            return Ok(());
+        }
+        if !wanted() {
+            tracing::info!(server = %endpoint.uri(), "the server left the cluster: no more sessions with it");
+            return Ok(());
+        }
+        let delay = backoff.next_delay();
+        tracing::warn!(%error, server = %endpoint.uri(), retry_in = ?delay, "no session with the server");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
     }
 }
 

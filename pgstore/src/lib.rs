@@ -23,6 +23,7 @@
 //! memory can be wrong meanwhile, so operations are not refused: they fail
 //! while the database is away and work as soon as it is back.
 
+mod leases;
 mod rows;
 pub mod schema;
 pub mod throwaway;
@@ -36,7 +37,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use stoa_engine::fact::{InvocationId, WorkflowId};
 use stoa_engine::store::codec::{decode, encode};
 use stoa_engine::store::{
-    decode_run, Attempts, Commit, Error, Health, HealthWatcher, PackRecord, Store, SIGNAL_OUTBOX,
+    decode_run, Attempts, Commit, Error, Health, HealthWatcher, PackRecord, Parts, Store, SIGNAL_OUTBOX,
 };
 use stoa_engine::timeline::Entry;
 use stoa_engine::workflow::{Invocation, Meta, Snapshot, Timer, Waiting};
@@ -44,6 +45,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{IsolationLevel, NoTls};
 
+pub use leases::{LeaseOptions, Tick};
 use rows::{int, Rows};
 
 /// How the store connects.
@@ -62,6 +64,11 @@ pub struct Options {
     /// contract allows; its connection stays usable, since an unfinished
     /// transaction sends its `ROLLBACK` when dropped, ahead of the next use.
     pub call_timeout: Duration,
+    /// How long the database lets a transaction of this store sit idle
+    /// before it ends the session: a server frozen mid-commit (SIGSTOP, a
+    /// VM paused) holds the share locks of its partitions, and a takeover
+    /// waits for them. A server sets it to its lease period.
+    pub idle_in_transaction: Duration,
 }
 
 impl Default for Options {
@@ -71,6 +78,7 @@ impl Default for Options {
             partitions: schema::DEFAULT_PARTITIONS,
             connect_timeout: Duration::from_secs(5),
             call_timeout: Duration::from_secs(30),
+            idle_in_transaction: Duration::from_secs(5),
         }
     }
 }
@@ -89,6 +97,9 @@ pub struct PgStore {
     partitions: u32,
     call_timeout: Duration,
     health: Arc<HealthState>,
+    /// The partitions this server holds (see `leases`).
+    held: leases::Shared,
+    secret: String,
 }
 
 #[derive(Default)]
@@ -175,8 +186,14 @@ impl PgStore {
     /// libpq takes them), applies the migrations this build has and the
     /// database lacks, and refuses a database whose schema is newer.
     pub fn open(url: &str, options: Options) -> Result<PgStore, Error> {
-        let config: tokio_postgres::Config =
+        let mut config: tokio_postgres::Config =
             url.parse().map_err(|e| Error::Setup(format!("invalid PostgreSQL connection string: {e}")))?;
+        let idle = format!("-c idle_in_transaction_session_timeout={}", options.idle_in_transaction.as_millis().max(1));
+        let joined = match config.get_options() {
+            Some(theirs) => format!("{theirs} {idle}"),
+            None => idle,
+        };
+        config.options(&joined);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("stoa-pg")
@@ -191,10 +208,17 @@ impl PgStore {
             .create_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| Error::Setup(format!("PostgreSQL pool: {e}")))?;
-        let mut store =
-            PgStore { rt: Some(rt), pool, partitions: 0, call_timeout: options.call_timeout, health: Arc::default() };
+        let mut store = PgStore {
+            rt: Some(rt),
+            pool,
+            partitions: 0,
+            call_timeout: options.call_timeout,
+            health: Arc::default(),
+            held: Default::default(),
+            secret: String::new(),
+        };
         let (pool, wanted) = (store.pool.clone(), options.partitions);
-        store.partitions = store
+        (store.partitions, store.secret) = store
             .wait(async move {
                 let client = pool.get().await.map_err(|e| setup(Fail::from(e)))?;
                 migrate(&client, wanted).await
@@ -209,6 +233,21 @@ impl PgStore {
     /// Partitions of the cluster this database holds.
     pub fn partitions(&self) -> u32 {
         self.partitions
+    }
+
+    /// What servers of this cluster show each other (see `schema`).
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// The commit's refusal: which of its workflows are in `partitions`.
+    fn fenced_error(&self, turns: &[Commit<'_>], partitions: Vec<u32>) -> Error {
+        let workflows = turns
+            .iter()
+            .filter(|c| partitions.contains(&c.workflow.partition(self.partitions)))
+            .map(|c| c.workflow.clone())
+            .collect();
+        Error::Fenced { partitions, workflows }
     }
 
     /// Runs `fut` on the store's runtime and waits for it.
@@ -340,8 +379,11 @@ where
 
 /// Creates the schema-version table, then applies what is missing.
 /// Returns the cluster's partitions.
-async fn migrate(client: &Client, partitions: u32) -> Result<u32, Error> {
+async fn migrate(client: &Client, partitions: u32) -> Result<(u32, String), Error> {
     let io = |e: tokio_postgres::Error| Error::Io(describe(&e));
+    let mut random = [0u8; 32];
+    getrandom::fill(&mut random).map_err(|e| Error::Setup(format!("no randomness for the cluster's secret: {e}")))?;
+    let secret: String = random.iter().map(|b| format!("{b:02x}")).collect();
     // Two servers creating the table at once: one may fail on PostgreSQL's
     // catalog; it finds the table the next time.
     for attempt in 0.. {
@@ -373,6 +415,9 @@ async fn migrate(client: &Client, partitions: u32) -> Result<u32, Error> {
                 client.execute("INSERT INTO cluster (id, partitions) VALUES (1, $1)", &[&p]).await?;
                 client.execute("INSERT INTO partitions (id) SELECT generate_series(0, $1 - 1)", &[&p]).await?;
             }
+            if version == 2 {
+                client.execute("UPDATE cluster SET secret = $1 WHERE id = 1", &[&secret]).await?;
+            }
             client.batch_execute("COMMIT").await
         }
         .await;
@@ -388,12 +433,12 @@ async fn migrate(client: &Client, partitions: u32) -> Result<u32, Error> {
         }
         tracing::info!(version, "applied a schema migration");
     }
-    let row = client.query_one("SELECT partitions FROM cluster WHERE id = 1", &[]).await.map_err(io)?;
+    let row = client.query_one("SELECT partitions, secret FROM cluster WHERE id = 1", &[]).await.map_err(io)?;
     let stored: i32 = row.get(0);
     if stored as u32 != partitions {
         tracing::info!(partitions = stored, asked = partitions, "the cluster keeps the partitions it was created with");
     }
-    Ok(stored as u32)
+    Ok((stored as u32, row.get(1)))
 }
 
 /// The first string after every string that starts with `prefix`, if
@@ -412,6 +457,15 @@ fn prefix_end(prefix: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// The partitions a read is limited to (`None`: all). Their count must be
+/// the cluster's: rows carry the partition they were written with.
+fn only(parts: &Parts) -> Option<Vec<i32>> {
+    match parts {
+        Parts::All => None,
+        Parts::Some { ids, .. } => Some(ids.iter().map(|p| *p as i32).collect()),
+    }
 }
 
 fn decoded<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, Fail> {
@@ -571,13 +625,44 @@ impl Store for PgStore {
         if stmts.is_empty() {
             return Ok(());
         }
-        self.call(move |mut client| async move {
+        let parts = turns.iter().map(|c| c.workflow.partition(self.partitions)).collect();
+        let stale = self.stale(turns);
+        if !stale.is_empty() {
+            return Err(Error::Fenced { partitions: Vec::new(), workflows: stale });
+        }
+        let fence = match self.expected(&parts) {
+            Ok(fence) => Arc::new(fence),
+            Err(missing) => return Err(self.fenced_error(turns, missing)),
+        };
+        let res = self.call(move |mut client| async move {
             transaction(&mut client, |tx| {
-                let stmts = stmts.clone();
-                Box::pin(async move { run_all(tx, &stmts).await })
+                let (stmts, fence) = (stmts.clone(), fence.clone());
+                Box::pin(async move {
+                    let Some(fence) = &*fence else { return run_all(tx, &stmts).await };
+                    // Sent with the writes; read before the commit.
+                    let ids: Vec<i32> = fence.epochs.iter().map(|e| e.0).collect();
+                    let check = async {
+                        let st = tx.prepare_cached(leases::FENCE).await?;
+                        tx.query(&st, &[&ids]).await.map_err(Fail::from)
+                    };
+                    let (rows, ()) = futures_util::future::try_join(check, run_all(tx, &stmts)).await?;
+                    let lost = leases::moved(&rows, &fence.member, &fence.epochs);
+                    if lost.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(Fail::from(lost))
+                    }
+                })
             })
             .await
-        })
+        });
+        match res {
+            Err(Error::Fenced { partitions, .. }) => {
+                self.fenced(&partitions);
+                Err(self.fenced_error(turns, partitions))
+            }
+            other => other,
+        }
     }
 
     fn load(&self, id: &WorkflowId) -> Result<Option<Snapshot>, Error> {
@@ -647,6 +732,15 @@ impl Store for PgStore {
         })
     }
 
+    fn pack_seqs(&self, tenant: &str) -> Result<Vec<(String, u64)>, Error> {
+        let tenant = tenant.to_string();
+        self.call(move |client| async move {
+            let st = client.prepare_cached("SELECT name, seq FROM packs WHERE tenant = $1").await?;
+            let rows = client.query(&st, &[&tenant]).await?;
+            Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)).collect())
+        })
+    }
+
     fn pack(&self, tenant: &str, name: &str, seq: u64) -> Result<Option<PackRecord>, Error> {
         let (tenant, name, seq) = (tenant.to_string(), name.to_string(), int(seq));
         self.call(move |client| async move {
@@ -696,9 +790,13 @@ impl Store for PgStore {
         })
     }
 
-    fn outbox(&self) -> Result<Vec<Invocation>, Error> {
+    fn outbox(&self, parts: &Parts) -> Result<Vec<Invocation>, Error> {
+        let only = only(parts);
         self.call(|client| async move {
-            let rows = client.query("SELECT wf, body FROM waiting", &[]).await?;
+            let rows = match only {
+                None => client.query("SELECT wf, body FROM waiting", &[]).await?,
+                Some(ids) => client.query("SELECT wf, body FROM waiting WHERE part = ANY($1)", &[&ids]).await?,
+            };
             rows.iter().map(|r| Ok(decoded::<Waiting>(r.get(0), r.get(1))?.invocation)).collect()
         })
     }
@@ -729,9 +827,15 @@ impl Store for PgStore {
         })
     }
 
-    fn attempts(&self) -> Result<Vec<(InvocationId, Attempts)>, Error> {
+    fn attempts(&self, parts: &Parts) -> Result<Vec<(InvocationId, Attempts)>, Error> {
+        let only = only(parts);
         self.call(|client| async move {
-            let rows = client.query("SELECT inv, body FROM attempts ORDER BY inv", &[]).await?;
+            let rows = match only {
+                None => client.query("SELECT inv, body FROM attempts ORDER BY inv", &[]).await?,
+                Some(ids) => {
+                    client.query("SELECT inv, body FROM attempts WHERE part = ANY($1) ORDER BY inv", &[&ids]).await?
+                }
+            };
             rows.iter()
                 .map(|r| {
                     let inv: &str = r.get(0);
@@ -758,9 +862,13 @@ impl Store for PgStore {
         })
     }
 
-    fn timers(&self) -> Result<Vec<Timer>, Error> {
+    fn timers(&self, parts: &Parts) -> Result<Vec<Timer>, Error> {
+        let only = only(parts);
         self.call(|client| async move {
-            let rows = client.query("SELECT wf, body FROM timers", &[]).await?;
+            let rows = match only {
+                None => client.query("SELECT wf, body FROM timers", &[]).await?,
+                Some(ids) => client.query("SELECT wf, body FROM timers WHERE part = ANY($1)", &[&ids]).await?,
+            };
             let mut out = Vec::new();
             for r in &rows {
                 out.extend(decoded::<Vec<Timer>>(r.get(0), r.get(1))?);
@@ -904,5 +1012,7 @@ impl Store for PgStore {
     }
 }
 
+#[cfg(test)]
+mod leases_tests;
 #[cfg(test)]
 mod tests;

@@ -13,14 +13,15 @@
 //! of its own.
 
 /// The schema this build writes and reads.
-pub const VERSION: i32 = 1;
+pub const VERSION: i32 = 2;
 
 /// Partitions of a cluster created without saying how many.
 pub const DEFAULT_PARTITIONS: u32 = 256;
 
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE cluster (
     id INT PRIMARY KEY CHECK (id = 1),
     partitions INT NOT NULL CHECK (partitions > 0),
@@ -98,7 +99,12 @@ CREATE TABLE members (
     heartbeat_at TIMESTAMPTZ NOT NULL
 );
 "#,
-)];
+    ),
+    // The secret servers of a cluster show each other when one forwards a
+    // turn to another (set at migration, from the migrating server's
+    // randomness: whoever reads the database is trusted anyway).
+    (2, "ALTER TABLE cluster ADD COLUMN secret TEXT"),
+];
 
 /// The table that records applied migrations.
 pub const SCHEMA_TABLE: &str =

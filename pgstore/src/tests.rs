@@ -66,8 +66,23 @@ fn a_database_with_a_newer_schema_is_refused_and_left_alone() {
     drop(PgStore::open(&pg.url(&db), Options::default()).unwrap());
     pg.psql(&db, "INSERT INTO stoa_schema (version) VALUES (99)").unwrap();
     let err = PgStore::open(&pg.url(&db), Options::default()).err().expect("refused").to_string();
-    assert_eq!(err, "the database's Stoa schema is version 99, newer than this build's (1): run a newer stoa");
-    assert_eq!(pg.psql(&db, "SELECT count(*) FROM stoa_schema").unwrap(), "2");
+    assert_eq!(err, "the database's Stoa schema is version 99, newer than this build's (2): run a newer stoa");
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM stoa_schema").unwrap(), "3");
+}
+
+/// A database made by the first schema gets the second at open: the
+/// cluster's secret, the same for every server after.
+#[test]
+fn an_older_schema_is_migrated_at_open() {
+    let pg = shared_postgres();
+    let db = fresh_database(&pg);
+    drop(PgStore::open(&pg.url(&db), Options::default()).unwrap());
+    pg.psql(&db, "DELETE FROM stoa_schema WHERE version = 2; ALTER TABLE cluster DROP COLUMN secret").unwrap();
+    let a = PgStore::open(&pg.url(&db), Options::default()).unwrap();
+    let b = PgStore::open(&pg.url(&db), Options::default()).unwrap();
+    assert_eq!(a.secret().len(), 64);
+    assert_eq!(a.secret(), b.secret());
+    assert_eq!(pg.psql(&db, "SELECT max(version) FROM stoa_schema").unwrap(), "2");
 }
 
 #[test]
@@ -86,7 +101,7 @@ fn migrations_apply_once_with_servers_starting_together() {
     for o in opened {
         assert_eq!(o.join().unwrap().unwrap(), 64);
     }
-    assert_eq!(pg.psql(&db, "SELECT count(*) FROM stoa_schema").unwrap(), "1");
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM stoa_schema").unwrap(), "2");
     assert_eq!(pg.psql(&db, "SELECT count(*) FROM partitions").unwrap(), "64");
     // An existing cluster keeps its partitions.
     let again = PgStore::open(&url, Options { partitions: 8, ..Options::default() }).unwrap();

@@ -491,8 +491,18 @@ impl pb::stoa_server::Stoa for StoaService {
             if snap.meta.status != WfStatus::Running && next > snap.meta.timeline_seq {
                 return;
             }
+            // In a cluster the workflow may live on another server (or move
+            // there): entries its turns make elsewhere are read from the store.
+            let poll = runtime.opts.placement.is_cluster().then_some(std::time::Duration::from_millis(500));
             loop {
-                match live.recv().await {
+                let received = match poll {
+                    Some(every) => match tokio::time::timeout(every, live.recv()).await {
+                        Ok(r) => r,
+                        Err(_) => Err(tokio::sync::broadcast::error::RecvError::Lagged(0)),
+                    },
+                    None => live.recv().await,
+                };
+                match received {
                     Ok(e) if e.seq < next => {}
                     Ok(e) => {
                         next = e.seq + 1;
@@ -504,11 +514,16 @@ impl pb::stoa_server::Stoa for StoaService {
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         // Too slow a reader: catch up from the store.
                         let Ok(missed) = runtime.timeline(&tenant, &id, next, usize::MAX) else { break };
+                        let mut over = false;
                         for e in missed {
                             next = e.seq + 1;
-                            if tx.send(Ok(entry_out(&e))).await.is_err() {
-                                return;
+                            if tx.send(Ok(entry_out(&e))).await.is_err() || ended(&e) {
+                                over = true;
+                                break;
                             }
+                        }
+                        if over {
+                            break;
                         }
                     }
                     Err(_) => break,

@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use stoa_engine::store::SIGNAL_OUTBOX;
+use stoa_engine::store::{Parts, SIGNAL_OUTBOX};
 use stoa_engine::workflow::{Input, Rejected, Signal};
 use stoa_engine::WorkflowId;
 use tokio::sync::{mpsc, Semaphore};
@@ -37,8 +37,9 @@ const TIMER_CONCURRENCY: usize = 8192;
 /// Runs until `shutdown`; `rx` receives what turns ask for.
 pub async fn run(rt: Arc<Runtime>, mut rx: mpsc::UnboundedReceiver<Background>, shutdown: CancellationToken) {
     let mut due: BTreeSet<(u64, WorkflowId, u64)> = BTreeSet::new();
-    load_timers(&rt, &mut due);
-    resume_signals(&rt, &shutdown);
+    let here = rt.opts.placement.here();
+    load_timers(&rt, &mut due, &here);
+    resume_signals(&rt, &shutdown, &here);
     rt.resume_upgrades();
     let permits = Arc::new(Semaphore::new(TIMER_CONCURRENCY));
     loop {
@@ -76,9 +77,15 @@ pub async fn run(rt: Arc<Runtime>, mut rx: mpsc::UnboundedReceiver<Background>, 
                 }
                 Some(Background::Healed) => {
                     // Firing a timer twice is harmless: its turn deletes it.
-                    load_timers(&rt, &mut due);
-                    resume_signals(&rt, &shutdown);
+                    let here = rt.opts.placement.here();
+                    load_timers(&rt, &mut due, &here);
+                    resume_signals(&rt, &shutdown, &here);
                 }
+                Some(Background::Adopt(parts)) => {
+                    load_timers(&rt, &mut due, &parts);
+                    resume_signals(&rt, &shutdown, &parts);
+                }
+                Some(Background::Forget(parts)) => due.retain(|(_, wf, _)| !parts.has(wf)),
                 Some(other) => handle(&rt, other, &shutdown),
             },
         }
@@ -88,9 +95,13 @@ pub async fn run(rt: Arc<Runtime>, mut rx: mpsc::UnboundedReceiver<Background>, 
 async fn fire(rt: &Arc<Runtime>, wf: WorkflowId, mut ids: Vec<u64>, due_ms: u64) {
     let tenant = tenant_of(&wf).to_string();
     loop {
-        match rt.turn(&tenant, &wf, Input::Timers { ids: ids.clone() }).await {
-            // Gone or finished: nothing to do.
-            Ok(_) | Err(ApiError::NotFound(_)) | Err(ApiError::Rejected(Rejected::NotRunning(_))) => return,
+        // Here only: the partition's owner fires its timers.
+        match rt.turn_here(&tenant, &wf, Input::Timers { ids: ids.clone() }, None).await {
+            // Gone or finished, or its partition left: nothing to do here.
+            Ok(_)
+            | Err(ApiError::NotFound(_))
+            | Err(ApiError::Rejected(Rejected::NotRunning(_)))
+            | Err(ApiError::Moved(_)) => return,
             // One was cancelled meanwhile: fire the others.
             Err(ApiError::Rejected(Rejected::UnknownTimer(gone))) => {
                 ids.retain(|i| *i != gone);
@@ -111,8 +122,8 @@ async fn fire(rt: &Arc<Runtime>, wf: WorkflowId, mut ids: Vec<u64>, due_ms: u64)
     }
 }
 
-fn load_timers(rt: &Runtime, due: &mut BTreeSet<(u64, WorkflowId, u64)>) {
-    match rt.store.timers() {
+fn load_timers(rt: &Runtime, due: &mut BTreeSet<(u64, WorkflowId, u64)>, parts: &Parts) {
+    match rt.store.timers(parts) {
         Ok(ts) => due.extend(ts.into_iter().map(|t| (t.due_ms, t.workflow, t.id))),
         Err(e) => tracing::error!(error = %e, "loading timers"),
     }
@@ -124,7 +135,9 @@ fn handle(rt: &Arc<Runtime>, msg: Background, stop: &CancellationToken) {
     let (rt, stop) = (rt.clone(), stop.clone());
     tokio::spawn(async move {
         match msg {
-            Background::Timer { .. } | Background::Healed => unreachable!("handled by the loop"),
+            Background::Timer { .. } | Background::Healed | Background::Adopt(_) | Background::Forget(_) => {
+                unreachable!("handled by the loop")
+            }
             Background::Signal { tenant, signal } => {
                 let what = format!("routing signal {}", signal.id);
                 let routed = until_stored(&*rt.store, &rt.clock, &stop, &what, || {
@@ -150,11 +163,13 @@ fn handle(rt: &Arc<Runtime>, msg: Background, stop: &CancellationToken) {
 
 /// Re-sends emitted signals not yet routed (interrupted by a stop, or
 /// committed by a turn whose flush failed but that sled recovered).
-fn resume_signals(rt: &Arc<Runtime>, stop: &CancellationToken) {
+fn resume_signals(rt: &Arc<Runtime>, stop: &CancellationToken, parts: &Parts) {
     match rt.store.scan_aux(SIGNAL_OUTBOX, "") {
         Ok(list) => {
             for (_, v) in list {
                 match serde_json::from_value::<Signal>(v) {
+                    // Routed by the owner of the workflow that emitted it.
+                    Ok(signal) if signal.from.as_ref().is_some_and(|w| !parts.has(w)) => {}
                     Ok(signal) => {
                         let tenant = signal.from.as_ref().map(|w| tenant_of(w).to_string()).unwrap_or_default();
                         handle(rt, Background::Signal { tenant, signal }, stop);

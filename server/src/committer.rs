@@ -41,6 +41,8 @@ struct Job {
     workflow: WorkflowId,
     output: TurnOutput,
     request_id: Option<String>,
+    /// Its partition's epoch when the workflow was loaded (in a cluster).
+    epoch: Option<u64>,
     done: oneshot::Sender<Result<TurnOutput, Error>>,
 }
 
@@ -147,17 +149,42 @@ impl Writer {
                 e.at_us = at_us;
             }
         }
-        let commits: Vec<Commit> = jobs
-            .iter()
-            .map(|j| Commit { workflow: &j.workflow, output: &j.output, request_id: j.request_id.as_deref() })
-            .collect();
         // Before the turns: a turn of this flush that ends an invocation
         // also drops its attempts record.
         let mut res = self.store.record_attempts(&attempts);
-        if res.is_ok() {
+        while res.is_ok() {
+            let commits: Vec<Commit> = jobs
+                .iter()
+                .map(|j| Commit {
+                    workflow: &j.workflow,
+                    output: &j.output,
+                    request_id: j.request_id.as_deref(),
+                    epoch: j.epoch,
+                })
+                .collect();
             res = self.store.commit(&commits);
+            drop(commits);
+            // Turns of partitions that moved away are refused, and nothing
+            // was written: those fail, the others commit without them.
+            let Err(Error::Fenced { workflows, .. }) = &res else { break };
+            let moved: HashSet<&WorkflowId> = workflows.iter().collect();
+            let (gone, kept): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| moved.contains(&j.workflow));
+            if gone.is_empty() {
+                // Nothing to take out: no progress to make.
+                jobs = kept;
+                break;
+            }
+            tracing::warn!(error = %res.as_ref().expect_err("fenced"), turns = gone.len(), "turns refused: their partition moved");
+            for j in gone {
+                self.failed.insert(j.workflow.clone());
+                let _ = j.done.send(res.clone().map(|()| j.output));
+            }
+            jobs = kept;
+            res = Ok(());
+            if jobs.is_empty() {
+                break;
+            }
         }
-        drop(commits);
         if let Err(e) = &res {
             tracing::error!(error = %e, turns = jobs.len(), "commit failed");
             self.failed.extend(jobs.iter().map(|j| j.workflow.clone()));
@@ -255,9 +282,11 @@ impl Committer {
         workflow: WorkflowId,
         output: TurnOutput,
         request_id: Option<String>,
+        epoch: Option<u64>,
     ) -> oneshot::Receiver<Result<TurnOutput, Error>> {
         let (done, rx) = oneshot::channel();
-        if let Err(Msg::Job(job)) = self.tx.send(Msg::Job(Box::new(Job { workflow, output, request_id, done }))) {
+        let job = Job { workflow, output, request_id, epoch, done };
+        if let Err(Msg::Job(job)) = self.tx.send(Msg::Job(Box::new(job))) {
             let _ = job.done.send(Err(Error::Io("the server is shutting down".into())));
         }
         rx

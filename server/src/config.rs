@@ -60,11 +60,18 @@ pub struct Postgres {
     /// Partitions of a cluster created by this server (a cluster keeps the
     /// number it was created with).
     pub partitions: u32,
+    /// How long a partition's lease lasts without renewal: a dead server's
+    /// workflows move to the others this long after it stopped renewing
+    /// (it renews four times per period).
+    pub lease_ms: u64,
+    /// The address other servers and workers reach this one at; unset:
+    /// the address it listens on (which must then not be 0.0.0.0).
+    pub advertise: Option<String>,
 }
 
 impl Default for Postgres {
     fn default() -> Self {
-        Postgres { pool_size: 16, partitions: 256 }
+        Postgres { pool_size: 16, partitions: 256, lease_ms: 5000, advertise: None }
     }
 }
 
@@ -282,6 +289,9 @@ impl Config {
         self.store_spec()?;
         if self.postgres.pool_size == 0 || self.postgres.partitions == 0 {
             return Err("postgres.pool_size and postgres.partitions are from 1 up".into());
+        }
+        if !(400..=600_000).contains(&self.postgres.lease_ms) {
+            return Err(format!("postgres.lease_ms: {} is outside 400..=600000", self.postgres.lease_ms));
         }
         let mut seen = BTreeMap::new();
         for t in &self.tenants {

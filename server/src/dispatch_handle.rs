@@ -26,6 +26,11 @@ pub enum Event {
         invocations: Vec<(Invocation, Attempts)>,
     },
     Cancel(Vec<InvocationId>),
+    /// The partitions left this server: drop their invocations (another
+    /// server dispatches them now; a worker's late answer is refused here).
+    Forget(stoa_engine::store::Parts),
+    /// The cluster's servers changed: tell every worker.
+    Members(Vec<String>),
     Connect {
         session: SessionId,
         tenant: String,

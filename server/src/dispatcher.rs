@@ -221,6 +221,19 @@ impl Dispatcher {
                     }
                 }
             }
+            Event::Forget(parts) => {
+                let mut gone: Vec<InvocationId> =
+                    self.items.iter().filter(|(_, i)| parts.has(&i.inv.workflow)).map(|(id, _)| id.clone()).collect();
+                gone.sort_unstable();
+                tracing::info!(invocations = gone.len(), "dropping the invocations of partitions that left");
+                self.handle(Event::Cancel(gone));
+            }
+            Event::Members(addresses) => {
+                let m = msg(pb::server_message::Msg::Members(pb::Members { addresses }));
+                for s in self.sessions.values() {
+                    let _ = s.tx.try_send(m.clone());
+                }
+            }
             Event::Connect { session, tenant, functions, max_in_flight, tx } => {
                 let s = Session {
                     tenant,

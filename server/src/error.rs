@@ -19,6 +19,10 @@ pub enum ApiError {
     /// retryable, unlike `Internal`.
     #[error("{0}")]
     Unavailable(String),
+    /// The workflow is not on this server (any more): its partition moved.
+    /// The runtime looks for it again; clients see `Unavailable`.
+    #[error("{0}")]
+    Moved(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -30,6 +34,7 @@ impl From<stoa_engine::store::Error> for ApiError {
                 tracing::error!(error = %detail, "storage I/O failed");
                 ApiError::Unavailable("storage is unavailable; retry later".into())
             }
+            e @ stoa_engine::store::Error::Fenced { .. } => ApiError::Moved(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -73,7 +78,7 @@ impl From<ApiError> for tonic::Status {
                 tonic::Status::invalid_argument(r.to_string())
             }
             ApiError::Rejected(r) => tonic::Status::failed_precondition(r.to_string()),
-            ApiError::Unavailable(m) => tonic::Status::unavailable(m),
+            ApiError::Unavailable(m) | ApiError::Moved(m) => tonic::Status::unavailable(m),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 tonic::Status::internal("internal error; see the server log")

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use stoa_engine::store::Health;
+use stoa_engine::store::{Health, Parts};
 use stoa_proto::v1 as pb;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -26,12 +26,13 @@ use crate::runtime::{tenant_of, Runtime};
 /// The health name of the `Stoa` service.
 const STOA: &str = <pb::stoa_server::StoaServer<crate::api::StoaService> as tonic::server::NamedService>::NAME;
 
-/// Hands the dispatcher the invocations waiting in the store, with how far
-/// they got, and the background the children to start (or answer for).
-/// Invocations the dispatcher holds already are not taken twice.
-pub(crate) fn restore_outbox(rt: &Runtime, dispatch: &DispatchHandle) -> Result<(), String> {
-    let attempts: HashMap<_, _> = rt.store.attempts().map_err(|e| e.to_string())?.into_iter().collect();
-    let outbox = rt.stored_outbox()?;
+/// Hands the dispatcher the invocations waiting in the store in `parts`,
+/// with how far they got, and the background the children to start (or
+/// answer for). Invocations the dispatcher holds already are not taken
+/// twice.
+pub(crate) fn restore_outbox(rt: &Runtime, dispatch: &DispatchHandle, parts: &Parts) -> Result<(), String> {
+    let attempts: HashMap<_, _> = rt.store.attempts(parts).map_err(|e| e.to_string())?.into_iter().collect();
+    let outbox = rt.stored_outbox(parts)?;
     // Tenant by tenant in name order, so that a simulated run replays.
     let mut by_tenant: BTreeMap<String, Vec<_>> = BTreeMap::new();
     for inv in outbox {
@@ -82,7 +83,8 @@ pub(crate) async fn run(
         if heals != heals_seen {
             heals_seen = heals;
             let (rt, d) = (runtime.clone(), dispatch.clone());
-            match runtime.blocking(move || restore_outbox(&rt, &d)).await {
+            let parts = runtime.opts.placement.here();
+            match runtime.blocking(move || restore_outbox(&rt, &d, &parts)).await {
                 Ok(Ok(())) => {}
                 // It failed again; the next heal does it.
                 Ok(Err(e)) => tracing::warn!(error = %e, "re-reading the store after it healed"),

@@ -9,6 +9,7 @@ mod auth;
 mod background;
 mod children;
 mod clock;
+mod cluster;
 mod committer;
 pub mod config;
 mod dispatch_handle;
@@ -18,6 +19,8 @@ pub mod faults;
 mod followup;
 mod health;
 mod input;
+mod peer;
+mod placement;
 mod pool;
 mod retention;
 mod retry;
@@ -50,23 +53,40 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 pub use faults::Faults;
 
+/// A store, and the same store as PostgreSQL (the cluster's leases live
+/// there), if it is.
+type Opened = (Arc<dyn Store>, Option<Arc<stoa_pgstore::PgStore>>);
+
 /// The store `config` names: sled in a directory, or PostgreSQL.
-fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+fn open_store(config: &Config) -> Result<Opened, String> {
     match config.store_spec()? {
         config::StoreSpec::Sled(dir) => {
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let store =
                 SledStore::open(&dir, config.cache_mb).map_err(|e| format!("opening {}: {e}", dir.display()))?;
-            Ok(Arc::new(store))
+            Ok((Arc::new(store), None))
         }
         config::StoreSpec::Postgres(url) => {
             let options = stoa_pgstore::Options {
                 pool_size: config.postgres.pool_size,
                 partitions: config.postgres.partitions,
+                idle_in_transaction: std::time::Duration::from_millis(config.postgres.lease_ms),
                 ..stoa_pgstore::Options::default()
             };
-            Ok(Arc::new(stoa_pgstore::PgStore::open(&url, options).map_err(|e| e.to_string())?))
+            let pg = Arc::new(stoa_pgstore::PgStore::open(&url, options).map_err(|e| e.to_string())?);
+            Ok((pg.clone(), Some(pg)))
         }
+    }
+}
+
+/// The address a cluster's other servers and workers reach this one at.
+fn advertised(config: &Config, bound: SocketAddr) -> Result<String, String> {
+    match &config.postgres.advertise {
+        Some(a) => Ok(a.clone()),
+        None if bound.ip().is_unspecified() => Err(format!(
+            "listening on {bound}: set postgres.advertise to the address other servers and workers reach this one at"
+        )),
+        None => Ok(bound.to_string()),
     }
 }
 
@@ -91,7 +111,21 @@ pub async fn serve_with_faults(
 ) -> Result<(), String> {
     config.validate()?;
     let policies = config.policies()?;
-    let store = open_store(&config)?;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (store, pg) = open_store(&config)?;
+    let member = match pg {
+        Some(pg) => {
+            let address = advertised(&config, addr)?;
+            let lease = cluster::lease(config.postgres.lease_ms);
+            let joined = tokio::task::spawn_blocking(move || cluster::Member::join(pg, &address, lease));
+            Some(Arc::new(joined.await.map_err(|e| e.to_string())??))
+        }
+        None => None,
+    };
+    let placement = member.as_ref().map_or_else(|| Arc::new(placement::Placement::alone()), |m| m.placement.clone());
+    let peers = member.as_ref().map(|m| Arc::new(peer::Peers::new(m.store.secret().to_string())));
     let clock = clock::Clock::system();
     let (committer, committer_thread) = committer::Committer::spawn(store.clone(), clock.clone());
     let threads = config.turn_threads();
@@ -105,7 +139,17 @@ pub async fn serve_with_faults(
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::stoa_server::StoaServer<api::StoaService>>().await;
     health_reporter.set_serving::<pb::workers_server::WorkersServer<workers::WorkersService>>().await;
-    let parts = Parts { store, clock, pool, committer, faults, compile: runtime::compiler() };
+    let parts = Parts {
+        store,
+        clock,
+        pool,
+        committer,
+        faults,
+        compile: runtime::compiler(),
+        placement: placement.clone(),
+        peers,
+        member: member.clone(),
+    };
     let core = Core::start(&config, policies, parts, &shutdown, Some(health_reporter))?;
 
     let mut tokens = HashMap::new();
@@ -133,6 +177,7 @@ pub async fn serve_with_faults(
             dispatch: core.dispatch.clone(),
             next_session: Arc::new(AtomicU64::new(1)),
             closed: core.sessions_closed.clone(),
+            placement,
         })
         .max_decoding_message_size(max),
         move |r| auth.check(r),
@@ -148,9 +193,14 @@ pub async fn serve_with_faults(
         .build_v1alpha()
         .map_err(|e| e.to_string())?;
 
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("listen on {}: {e}", config.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // Only with a cluster's secret to check.
+    let peer = member.as_ref().map(|m| {
+        pb::peer_server::PeerServer::new(peer::PeerService {
+            runtime: core.runtime.clone(),
+            secret: m.store.secret().to_string(),
+        })
+        .max_decoding_message_size(max)
+    });
     on_listen(addr);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
@@ -160,11 +210,16 @@ pub async fn serve_with_faults(
         .add_service(reflection_v1alpha)
         .add_service(stoa)
         .add_service(workers)
+        .add_optional_service(peer)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await
         .map_err(|e| e.to_string());
     core.stopped().await;
     let _ = tokio::task::spawn_blocking(move || committer_thread.join()).await;
+    // After the last commit: the others claim the partitions at once.
+    if let Some(m) = member {
+        let _ = tokio::task::spawn_blocking(move || m.leave()).await;
+    }
     result
 }
 
@@ -179,6 +234,10 @@ pub(crate) struct Parts {
     pub committer: committer::Committer,
     pub faults: Arc<dyn Faults>,
     pub compile: runtime::Compile,
+    pub placement: Arc<placement::Placement>,
+    pub peers: Option<Arc<peer::Peers>>,
+    /// This server's membership of a cluster (PostgreSQL), if any.
+    pub member: Option<Arc<cluster::Member>>,
 }
 
 /// The server without gRPC: the runtime, the dispatcher, the background,
@@ -218,7 +277,7 @@ impl Core {
         shutdown: &CancellationToken,
         health: Option<tonic_health::server::HealthReporter>,
     ) -> Result<Core, String> {
-        let Parts { store, clock, pool, committer, faults, compile } = parts;
+        let Parts { store, clock, pool, committer, faults, compile, placement, peers, member } = parts;
         let (dispatch, dispatch_rx) = dispatch_handle::channel();
         let (background_tx, background_rx) = tokio::sync::mpsc::unbounded_channel();
         let in_flight = policies.iter().map(|(t, p)| (t.clone(), p.quotas.max_in_flight as usize)).collect();
@@ -234,11 +293,14 @@ impl Core {
                 retain_finished_ms: config.limits.retain_finished_ms,
                 clock: clock.clone(),
                 compile,
+                placement: placement.clone(),
+                peers,
             },
             background_tx,
         )?);
-        // Invocations that were pending when the server stopped go out again.
-        health::restore_outbox(&runtime, &dispatch)?;
+        // Invocations that were pending when the server stopped go out again
+        // (those of the partitions it holds).
+        health::restore_outbox(&runtime, &dispatch, &placement.here())?;
         let schedules = Arc::new(schedule::Scheduler::load(runtime.clone(), store.clone(), faults)?);
         let scheduler_task = tokio::spawn(schedules.clone().run(shutdown.child_token()));
         let background_task = tokio::spawn(background::run(runtime.clone(), background_rx, shutdown.child_token()));
@@ -282,16 +344,13 @@ impl Core {
         });
         // `""` (the whole server) and `stoa.v1.Stoa` follow the store's health.
         let health_task = tokio::spawn(health::run(health, runtime.clone(), dispatch.clone(), shutdown.child_token()));
-        Ok(Core {
-            runtime,
-            schedules,
-            dispatch,
-            sessions_closed,
-            pool,
-            committer,
-            tasks: vec![scheduler_task, dispatcher_task, background_task, health_task, unload_task, retention_task],
-            stopper,
-        })
+        let mut tasks =
+            vec![scheduler_task, dispatcher_task, background_task, health_task, unload_task, retention_task];
+        if let Some(member) = member {
+            let (rt, d, stop) = (runtime.clone(), dispatch.clone(), shutdown.child_token());
+            tasks.push(tokio::spawn(async move { member.run(rt, d, stop).await }));
+        }
+        Ok(Core { runtime, schedules, dispatch, sessions_closed, pool, committer, tasks, stopper })
     }
 
     /// Once `shutdown` is cancelled: ticks stop, workers drain, outcomes

@@ -38,6 +38,8 @@ use crate::config::Policy;
 use crate::dispatch_handle::DispatchHandle;
 use crate::error::ApiError;
 use crate::followup::Background;
+use crate::peer::{Op, Peers, Reply};
+use crate::placement::{Place, Placement};
 use crate::pool::Pool;
 use crate::rollout::{in_fraction, Plans, Rollout};
 use crate::route_locks::RouteLocks;
@@ -92,9 +94,14 @@ impl Versions {
 
     /// The version a workflow with this id runs on (canary by id hash).
     pub fn for_workflow(&self, id: &WorkflowId) -> Option<Arc<Pack>> {
+        self.get(self.version_for(id)?)
+    }
+
+    /// `for_workflow`'s version, compiled or not.
+    fn version_for(&self, id: &WorkflowId) -> Option<&str> {
         match self.rollout.as_ref().and_then(|r| r.canary.as_ref()) {
-            Some(c) if in_fraction(id, c.fraction) => self.get(&c.version),
-            _ => self.stable(),
+            Some(c) if in_fraction(id, c.fraction) => Some(&c.version),
+            _ => self.stable_version(),
         }
     }
 
@@ -125,6 +132,8 @@ struct Slot {
     committing: AtomicUsize,
     /// When a request last took it (milliseconds since the epoch).
     used_ms: AtomicU64,
+    /// The epoch of its partition when it was loaded (see `placement`).
+    epoch: AtomicU64,
 }
 
 #[derive(Default)]
@@ -168,6 +177,10 @@ pub struct Options {
     /// How a pack's files become a pack: `compiler()`, unless a test
     /// memoizes it.
     pub compile: Compile,
+    /// Where each workflow lives (everything here for a server alone).
+    pub placement: Arc<Placement>,
+    /// The other servers of the cluster, to forward turns to.
+    pub peers: Option<Arc<Peers>>,
 }
 
 /// Compiles a pack's files under ceilings (see `compile_within`).
@@ -203,6 +216,8 @@ pub struct Runtime {
     /// Work that outlives a turn: timers, signals, children, upgrades.
     pub(crate) background: mpsc::UnboundedSender<Background>,
     pub(crate) route_locks: RouteLocks,
+    /// Upgrade plans of turns forwarded here (see `apply_here`).
+    forwarded_plans: Plans,
 }
 
 /// The tenant part of a workflow id (`wf_<tenant>.<key>`).
@@ -247,6 +262,7 @@ impl Runtime {
             dispatch,
             background,
             route_locks: Default::default(),
+            forwarded_plans: Plans::default(),
         };
         let tenants: Vec<String> = rt.opts.policies.keys().cloned().collect();
         for t in &tenants {
@@ -440,6 +456,68 @@ impl Runtime {
     /// One version of a pack, compiled again from the store if it is not
     /// kept in memory (call it on a turn thread).
     pub(crate) fn pack(&self, tenant: &str, name: &str, version: Option<&str>) -> Result<Arc<Pack>, ApiError> {
+        match self.pack_known(tenant, name, version) {
+            // Deployed through another server of the cluster, maybe.
+            Err(ApiError::NotFound(_)) if self.opts.placement.is_cluster() => {
+                self.refresh_packs(tenant)?;
+                self.pack_known(tenant, name, version)
+            }
+            other => other,
+        }
+    }
+
+    /// Versions and rollouts deployed through the cluster's other servers
+    /// (a server alone deploys them all itself): versions it lacks are
+    /// added, compiled when first needed; rollouts are read again.
+    pub(crate) fn refresh_packs(&self, tenant: &str) -> Result<(), ApiError> {
+        let known: std::collections::HashSet<(String, u64)> = self
+            .packs
+            .iter()
+            .filter(|e| e.key().0 == tenant)
+            .flat_map(|e| e.value().list.iter().map(|v| (e.key().1.clone(), v.seq)).collect::<Vec<_>>())
+            .collect();
+        let stored = self.store.pack_seqs(tenant)?;
+        if stored.iter().any(|k| !known.contains(k)) {
+            let mut records = self.store.packs(tenant)?;
+            records.sort_by_key(|r| r.seq);
+            for rec in records.into_iter().filter(|r| !known.contains(&(r.name.clone(), r.seq))) {
+                let mut versions = self.packs.entry((tenant.to_string(), rec.name.clone())).or_default();
+                if !versions.list.iter().any(|v| v.seq == rec.seq) {
+                    let at = versions.list.iter().position(|v| v.seq > rec.seq).unwrap_or(versions.list.len());
+                    let v = Version {
+                        version: rec.version,
+                        seq: rec.seq,
+                        digest: rec.digest,
+                        kept: None,
+                        cached: Weak::new(),
+                    };
+                    versions.list.insert(at, v);
+                }
+            }
+        }
+        for (key, value) in self.store.scan_aux("rollout", &format!("{tenant}/"))? {
+            let Some((_, name)) = key.split_once('/') else { continue };
+            let rollout: Rollout = serde_json::from_value(value).map_err(internal)?;
+            if let Some(mut versions) = self.packs.get_mut(&(tenant.to_string(), name.to_string())) {
+                if versions.rollout.as_ref() != Some(&rollout) {
+                    versions.rollout = Some(rollout);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `refresh_packs` for every tenant (each lease tick of a cluster).
+    pub(crate) fn refresh_all_packs(&self) {
+        for tenant in self.opts.policies.keys() {
+            if let Err(e) = self.refresh_packs(tenant) {
+                tracing::warn!(%tenant, error = %e, "reading the packs deployed through other servers");
+            }
+        }
+    }
+
+    /// `pack`, from what this server knows.
+    fn pack_known(&self, tenant: &str, name: &str, version: Option<&str>) -> Result<Arc<Pack>, ApiError> {
         let missing = || ApiError::NotFound(format!("pack `{name}` is not deployed"));
         let seq = {
             let versions = self.packs.get(&(tenant.to_string(), name.to_string())).ok_or_else(missing)?;
@@ -501,11 +579,18 @@ impl Runtime {
         self.packs.get(&(tenant.to_string(), name.to_string()))?.get(version)
     }
 
-    /// The version a new workflow with this id starts on.
+    /// The version a new workflow with this id starts on (compiled from
+    /// the store if it is not in memory: deployed through another server).
     fn pack_for_new(&self, tenant: &str, name: &str, id: &WorkflowId) -> Result<Arc<Pack>, ApiError> {
-        let missing = || ApiError::NotFound(format!("pack `{name}` is not deployed"));
-        let versions = self.packs.get(&(tenant.to_string(), name.to_string())).ok_or_else(missing)?;
-        versions.for_workflow(id).ok_or_else(missing)
+        let version = self.packs.get(&(tenant.to_string(), name.to_string())).and_then(|v| {
+            let compiled = v.for_workflow(id);
+            compiled.map(Ok).or_else(|| v.version_for(id).map(|s| Err(s.to_string())))
+        });
+        match version {
+            Some(Ok(pack)) => Ok(pack),
+            Some(Err(version)) => self.pack(tenant, name, Some(&version)),
+            None => self.pack(tenant, name, None),
+        }
     }
 
     /// The rollout of a pack (stable version and canary).
@@ -528,6 +613,7 @@ impl Runtime {
                         held: Default::default(),
                         committing: AtomicUsize::new(0),
                         used_ms: AtomicU64::new(0),
+                        epoch: AtomicU64::new(0),
                     })
                 })
                 .clone();
@@ -537,6 +623,22 @@ impl Runtime {
                 return (slot, guard);
             }
         }
+    }
+
+    /// The epoch of the workflow's partition if it is held here (its
+    /// guard held): memory loaded at another epoch is dropped, since the
+    /// partition was elsewhere meanwhile. `Moved` if it is not here.
+    fn here_at(&self, id: &WorkflowId, slot: &Arc<Slot>, guard: &mut Guard) -> Result<u64, ApiError> {
+        let Some(epoch) = self.opts.placement.epoch(id) else {
+            if slot.committing.load(Ordering::Acquire) == 0 {
+                self.unload(id, slot, guard);
+            }
+            return Err(ApiError::Moved(format!("workflow {id} is not on this server (its partition moved)")));
+        };
+        if slot.epoch.swap(epoch, Ordering::AcqRel) != epoch && matches!(**guard, Held::Loaded(_)) {
+            **guard = Held::Unloaded;
+        }
+        Ok(epoch)
     }
 
     /// Takes a workflow out of memory (its guard held); its next turn
@@ -703,6 +805,7 @@ impl Runtime {
         mut admit: Admit,
         work: impl FnOnce(&Runtime, &mut Held) -> Result<Option<TurnOutput>, ApiError>,
     ) -> Result<Option<Queued>, ApiError> {
+        let epoch = self.here_at(id, slot, &mut guard)?;
         let was_loaded = matches!(*guard, Held::Loaded(_));
         let made = std::panic::catch_unwind(AssertUnwindSafe(|| work(self, &mut guard)));
         let out = match made {
@@ -764,7 +867,8 @@ impl Runtime {
             self.live_add(tenant, 1);
         }
         slot.committing.fetch_add(1, Ordering::AcqRel);
-        Ok(Some(Queued { rx: self.committer.submit(id.clone(), out, key), reserved, admit }))
+        let epoch = self.opts.placement.is_cluster().then_some(epoch);
+        Ok(Some(Queued { rx: self.committer.submit(id.clone(), out, key, epoch), reserved, admit }))
     }
 
     /// After a panic in a turn (an engine bug), the workflow as stored,
@@ -880,8 +984,36 @@ impl Runtime {
     }
 
     /// `start` for every start, the server's own (children, signals,
-    /// schedules) included.
+    /// schedules) included, made by the workflow's owner.
     pub(crate) async fn start_as(
+        self: &Arc<Self>,
+        tenant: &str,
+        pack: &str,
+        facts: Vec<FactSpec>,
+        request_id: &str,
+        origin: Origin,
+    ) -> Result<(WorkflowId, bool), ApiError> {
+        // Where it lives: ids of a cluster are all the 128-bit kind (the
+        // older kind exists in the embedded store only, on a server alone).
+        let id = Self::id_for_request(tenant, request_id);
+        let op = || Op::Start {
+            tenant: tenant.to_string(),
+            pack: pack.to_string(),
+            facts: facts.clone(),
+            request_id: request_id.to_string(),
+            origin: origin.clone(),
+        };
+        let here =
+            || Box::pin(self.start_here(tenant, pack, facts.clone(), request_id, origin.clone())) as Local<'_, _>;
+        self.routed(&id, op, here, |r| match r {
+            Reply::Started { workflow, created } => Ok((workflow, created)),
+            other => Err(unexpected(other)),
+        })
+        .await
+    }
+
+    /// `start_as` on this server.
+    async fn start_here(
         self: &Arc<Self>,
         tenant: &str,
         pack: &str,
@@ -940,8 +1072,33 @@ impl Runtime {
     }
 
     /// `turn`, recording `key` in the same commit (see `Store::request`), so
-    /// that whoever retries the input can see it was applied.
+    /// that whoever retries the input can see it was applied. Made by the
+    /// workflow's owner; a turn made elsewhere comes back as its summary
+    /// (turn, error, meta).
     pub(crate) async fn turn_keyed(
+        self: &Arc<Self>,
+        tenant: &str,
+        id: &WorkflowId,
+        input: Input,
+        key: Option<String>,
+    ) -> Result<TurnOutput, ApiError> {
+        if tenant_of(id) != tenant {
+            return Err(ApiError::NotFound(format!("workflow {id} does not exist")));
+        }
+        let op =
+            || Op::Turn { tenant: tenant.to_string(), workflow: id.clone(), input: input.clone(), key: key.clone() };
+        let here = || Box::pin(self.turn_here(tenant, id, input.clone(), key.clone())) as Local<'_, _>;
+        self.routed(id, op, here, |r| match r {
+            Reply::Turned { turn, error, meta } => {
+                Ok(TurnOutput { turn, error, meta: meta.map(|m| *m), ..TurnOutput::default() })
+            }
+            other => Err(unexpected(other)),
+        })
+        .await
+    }
+
+    /// `turn_keyed` on this server (`Moved` if the workflow is not here).
+    pub(crate) async fn turn_here(
         self: &Arc<Self>,
         tenant: &str,
         id: &WorkflowId,
@@ -970,12 +1127,24 @@ impl Runtime {
         .ok_or_else(|| ApiError::NotFound(format!("workflow {id} does not exist")))
     }
 
-    /// Applies a function's final outcome; a duplicate or late one is
-    /// ignored (`Ok(false)`).
+    /// Applies a function's final outcome, at the workflow's owner; a
+    /// duplicate or late one is ignored (`Ok(false)`).
     pub async fn deliver(self: &Arc<Self>, inv: &InvocationId, outcome: Outcome) -> Result<bool, ApiError> {
         let Some(id) = inv.workflow() else { return Ok(false) };
+        let op = || Op::Deliver { invocation: inv.clone(), outcome: outcome.clone() };
+        let here = || Box::pin(self.deliver_here(inv, outcome.clone())) as Local<'_, _>;
+        self.routed(&id, op, here, |r| match r {
+            Reply::Delivered(applied) => Ok(applied),
+            other => Err(unexpected(other)),
+        })
+        .await
+    }
+
+    async fn deliver_here(self: &Arc<Self>, inv: &InvocationId, outcome: Outcome) -> Result<bool, ApiError> {
+        let Some(id) = inv.workflow() else { return Ok(false) };
         let tenant = tenant_of(&id).to_string();
-        match self.turn(&tenant, &id, Input::Result { invocation: inv.clone(), outcome }).await {
+        let input = Input::Result { invocation: inv.clone(), outcome };
+        match self.turn_here(&tenant, &id, input, None).await {
             Ok(_) => Ok(true),
             Err(ApiError::Rejected(_)) | Err(ApiError::NotFound(_)) => Ok(false),
             Err(e) => Err(e),
@@ -983,9 +1152,31 @@ impl Runtime {
     }
 
     /// Moves a loaded or stored workflow to `pack` (another version of its
-    /// pack) as a turn. `Ok(None)`: it no longer needs it (finished, gone,
-    /// or already on that version).
+    /// pack) as a turn, at its owner. `Ok(None)`: it no longer needs it
+    /// (finished, gone, or already on that version). Made elsewhere, the
+    /// turn comes back as its error and firings.
     pub(crate) async fn upgrade_workflow(
+        self: &Arc<Self>,
+        id: &WorkflowId,
+        pack: Arc<Pack>,
+        plans: Plans,
+    ) -> Result<Option<TurnOutput>, ApiError> {
+        let op = || Op::Upgrade {
+            workflow: id.clone(),
+            pack: pack.manifest.name.clone(),
+            version: pack.manifest.version.clone(),
+        };
+        let here = || Box::pin(self.upgrade_here(id, pack.clone(), plans.clone())) as Local<'_, _>;
+        self.routed(id, op, here, |r| match r {
+            Reply::Upgraded(out) => {
+                Ok(out.map(|(error, firings)| TurnOutput { error, firings, ..TurnOutput::default() }))
+            }
+            other => Err(unexpected(other)),
+        })
+        .await
+    }
+
+    async fn upgrade_here(
         self: &Arc<Self>,
         id: &WorkflowId,
         pack: Arc<Pack>,
@@ -1013,6 +1204,22 @@ impl Runtime {
         id: &WorkflowId,
         f: impl FnOnce(&Workflow) -> T + Send + 'static,
     ) -> Result<Option<T>, ApiError> {
+        if !matches!(self.opts.placement.place(id), Place::Here(_)) {
+            // Owned elsewhere: read as stored, and keep nothing in memory.
+            let (rt, wid) = (self.clone(), id.clone());
+            return self
+                .pool
+                .run(tenant_of(id), move || {
+                    let mut held = Held::Unloaded;
+                    if !rt.ensure_loaded(&wid, &mut held)? {
+                        return Ok(None);
+                    }
+                    let Held::Loaded(wf) = &held else { unreachable!("loaded") };
+                    Ok(Some(f(wf)))
+                })
+                .await
+                .map_err(internal)?;
+        }
         let (slot, mut guard) = self.lock(id).await;
         let rt = self.clone();
         let wid = id.clone();
@@ -1042,6 +1249,90 @@ impl Runtime {
             })
             .await
             .map_err(internal)?
+    }
+
+    /// Makes a turn where its workflow lives: `here` on this server, or
+    /// `op` at the owner. While the workflow's partition moves (its owner
+    /// died, or handed it over), looks again until `MOVE_WAIT`; then the
+    /// caller is told to retry.
+    async fn routed<'a, T>(
+        self: &'a Arc<Self>,
+        id: &WorkflowId,
+        op: impl Fn() -> Op,
+        here: impl Fn() -> Local<'a, T>,
+        reply: impl Fn(Reply) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let give_up = std::time::Instant::now() + MOVE_WAIT;
+        loop {
+            let tried = match self.opts.placement.place(id) {
+                Place::Here(_) => here().await,
+                Place::There(address) => match &self.opts.peers {
+                    Some(peers) => peers.forward(&address, &op()).await.and_then(&reply),
+                    None => Err(internal("a workflow placed on another server, with no peers")),
+                },
+                Place::Nobody(p) => Err(ApiError::Moved(format!("partition {p} has no owner now"))),
+            };
+            match tried {
+                Err(ApiError::Moved(why)) if std::time::Instant::now() < give_up => {
+                    tracing::debug!(workflow = %id, %why, "the workflow's partition moves; looking again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(ApiError::Moved(why)) => {
+                    return Err(ApiError::Unavailable(format!("{why}; the cluster is moving it: retry")))
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Makes a turn another server forwarded (see `peer`).
+    pub(crate) async fn apply_here(self: &Arc<Self>, op: Op) -> Result<Reply, ApiError> {
+        let tenant = match &op {
+            Op::Start { tenant, .. } | Op::Turn { tenant, .. } => tenant.clone(),
+            Op::Deliver { invocation, .. } => {
+                invocation.workflow().map(|w| tenant_of(&w).to_string()).unwrap_or_default()
+            }
+            Op::Upgrade { workflow, .. } => tenant_of(workflow).to_string(),
+        };
+        if !self.opts.policies.contains_key(&tenant) {
+            return Err(ApiError::FailedPrecondition(format!(
+                "tenant `{tenant}` is not configured on this server: the servers of a cluster share their tenants"
+            )));
+        }
+        match op {
+            Op::Start { tenant, pack, facts, request_id, origin } => {
+                let (workflow, created) = self.start_here(&tenant, &pack, facts, &request_id, origin).await?;
+                Ok(Reply::Started { workflow, created })
+            }
+            Op::Turn { tenant, workflow, input, key } => {
+                let out = self.turn_here(&tenant, &workflow, input, key).await?;
+                Ok(Reply::Turned { turn: out.turn, error: out.error, meta: out.meta.map(Box::new) })
+            }
+            Op::Deliver { invocation, outcome } => Ok(Reply::Delivered(self.deliver_here(&invocation, outcome).await?)),
+            Op::Upgrade { workflow, pack, version } => {
+                let target = self.keep_version(&tenant, &pack, &version).await?;
+                let out = self.upgrade_here(&workflow, target, self.forwarded_plans.clone()).await?;
+                Ok(Reply::Upgraded(out.map(|o| (o.error, o.firings))))
+            }
+        }
+    }
+
+    /// Stops acting on workflows of partitions no longer held here: takes
+    /// them out of memory (one in a turn or with a commit queued is left:
+    /// that commit is refused, and its turn unloads it).
+    pub(crate) fn forget(&self, parts: &stoa_engine::store::Parts) {
+        let ids: Vec<WorkflowId> =
+            self.workflows.iter().filter(|e| parts.has(e.key())).map(|e| e.key().clone()).collect();
+        let mut unloaded = 0;
+        for id in ids {
+            let Some(slot) = self.workflows.get(&id).map(|s| s.clone()) else { continue };
+            let Ok(mut guard) = slot.held.clone().try_lock_owned() else { continue };
+            if slot.committing.load(Ordering::Acquire) == 0 {
+                self.unload(&id, &slot, &mut guard);
+                unloaded += 1;
+            }
+        }
+        tracing::info!(unloaded, "unloaded the workflows of partitions that left this server");
     }
 
     /// Acts on a durable turn: its invocations, children, timers, signals,
@@ -1132,10 +1423,13 @@ impl Runtime {
     /// Invocations waiting in the store (to dispatch again after a
     /// restart); children to start (or whose end to deliver) go to the
     /// background.
-    pub fn stored_outbox(&self) -> Result<Vec<stoa_engine::workflow::Invocation>, String> {
+    pub fn stored_outbox(
+        &self,
+        parts: &stoa_engine::store::Parts,
+    ) -> Result<Vec<stoa_engine::workflow::Invocation>, String> {
         let (children, functions): (Vec<_>, Vec<_>) = self
             .store
-            .outbox()
+            .outbox(parts)
             .map_err(|e| e.to_string())?
             .into_iter()
             .partition(|i| i.function.starts_with(CHILD_PREFIX));
@@ -1163,6 +1457,18 @@ impl Runtime {
     ) -> Result<T, crate::pool::Panicked> {
         self.pool.blocking(f).await
     }
+}
+
+/// How long a turn waits for its workflow's partition to find an owner:
+/// a lease period and then some (a dead server's partitions are claimed
+/// once their leases run out).
+const MOVE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// A turn made on this server, as `routed` takes it.
+type Local<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, ApiError>> + Send + 'a>>;
+
+fn unexpected(r: Reply) -> ApiError {
+    internal(format!("a peer answered {r:?} to another question"))
 }
 
 /// The invocations of a turn that go to workers (children are started by

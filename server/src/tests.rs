@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::task::Poll;
 
-use stoa_engine::store::{Attempts, Commit, Error, PackRecord, SledStore, Store};
+use stoa_engine::store::{Attempts, Commit, Error, PackRecord, Parts, SledStore, Store};
 use stoa_engine::timeline::Entry;
 use stoa_engine::workflow::{Invocation, Meta, Snapshot, Timer};
 use stoa_engine::{InvocationId, WorkflowId};
@@ -68,14 +68,14 @@ impl Store for Gate {
     fn timeline(&self, id: &WorkflowId, from: u64, limit: usize) -> Result<Vec<Entry>, Error> {
         self.inner.timeline(id, from, limit)
     }
-    fn outbox(&self) -> Result<Vec<Invocation>, Error> {
-        self.inner.outbox()
+    fn outbox(&self, parts: &Parts) -> Result<Vec<Invocation>, Error> {
+        self.inner.outbox(parts)
     }
     fn record_attempts(&self, attempts: &[(InvocationId, Attempts)]) -> Result<(), Error> {
         self.inner.record_attempts(attempts)
     }
-    fn attempts(&self) -> Result<Vec<(InvocationId, Attempts)>, Error> {
-        self.inner.attempts()
+    fn attempts(&self, parts: &Parts) -> Result<Vec<(InvocationId, Attempts)>, Error> {
+        self.inner.attempts(parts)
     }
     fn request(&self, request_id: &str) -> Result<Option<WorkflowId>, Error> {
         (self.on_request)(&self.inner);
@@ -84,8 +84,8 @@ impl Store for Gate {
     fn pending(&self, id: &InvocationId) -> Result<bool, Error> {
         self.inner.pending(id)
     }
-    fn timers(&self) -> Result<Vec<Timer>, Error> {
-        self.inner.timers()
+    fn timers(&self, parts: &Parts) -> Result<Vec<Timer>, Error> {
+        self.inner.timers(parts)
     }
     fn finished_before(&self, before_ms: u64, limit: usize) -> Result<Vec<WorkflowId>, Error> {
         self.inner.finished_before(before_ms, limit)
@@ -218,6 +218,8 @@ fn new_runtime(
         retain_finished_ms: 7 * 24 * 3600 * 1000,
         clock: crate::clock::Clock::system(),
         compile: crate::runtime::compiler(),
+        placement: Arc::new(crate::placement::Placement::alone()),
+        peers: None,
     };
     Runtime::new(store, committer, pool, dispatch, opts, background).unwrap()
 }
@@ -286,8 +288,8 @@ impl Store for Flaky {
     fn timeline(&self, id: &WorkflowId, from: u64, limit: usize) -> Result<Vec<Entry>, Error> {
         self.inner.timeline(id, from, limit)
     }
-    fn outbox(&self) -> Result<Vec<Invocation>, Error> {
-        self.inner.outbox()
+    fn outbox(&self, parts: &Parts) -> Result<Vec<Invocation>, Error> {
+        self.inner.outbox(parts)
     }
     fn record_attempts(&self, attempts: &[(InvocationId, Attempts)]) -> Result<(), Error> {
         let refuse = self.refusals.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
@@ -296,8 +298,8 @@ impl Store for Flaky {
         }
         self.inner.record_attempts(attempts)
     }
-    fn attempts(&self) -> Result<Vec<(InvocationId, Attempts)>, Error> {
-        self.inner.attempts()
+    fn attempts(&self, parts: &Parts) -> Result<Vec<(InvocationId, Attempts)>, Error> {
+        self.inner.attempts(parts)
     }
     fn request(&self, request_id: &str) -> Result<Option<WorkflowId>, Error> {
         self.inner.request(request_id)
@@ -305,8 +307,8 @@ impl Store for Flaky {
     fn pending(&self, id: &InvocationId) -> Result<bool, Error> {
         self.inner.pending(id)
     }
-    fn timers(&self) -> Result<Vec<Timer>, Error> {
-        self.inner.timers()
+    fn timers(&self, parts: &Parts) -> Result<Vec<Timer>, Error> {
+        self.inner.timers(parts)
     }
     fn finished_before(&self, before_ms: u64, limit: usize) -> Result<Vec<WorkflowId>, Error> {
         self.inner.finished_before(before_ms, limit)
@@ -343,7 +345,7 @@ fn attempt_records_of_a_failed_flush_are_written_later() {
     let facts: Vec<FactSpec> = serde_json::from_value(serde_json::json!([{"type": "X", "fields": {}}])).unwrap();
     let mut wf = stoa_engine::workflow::Workflow::new(WorkflowId::new("a.1"), pack, 1);
     let out = wf.apply(stoa_engine::workflow::Input::Start { facts }, 1).unwrap();
-    store.commit(&[Commit { workflow: wf.id(), output: &out, request_id: None }]).unwrap();
+    store.commit(&[Commit { workflow: wf.id(), output: &out, request_id: None, epoch: None }]).unwrap();
     let (waiting, ended) = (out.invocations[0].id.clone(), InvocationId::new("a.1.9"));
     assert!(store.pending(&waiting).unwrap() && !store.pending(&ended).unwrap());
 
@@ -355,24 +357,24 @@ fn attempt_records_of_a_failed_flush_are_written_later() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     committer.record_attempts(ended.clone(), tried);
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert_eq!(store.attempts().unwrap(), vec![]);
+    assert_eq!(store.attempts(&Parts::All).unwrap(), vec![]);
     let start = std::time::Instant::now();
-    while store.attempts().unwrap().is_empty() {
-        assert!(start.elapsed() < std::time::Duration::from_secs(5), "not written: {:?}", store.attempts());
+    while store.attempts(&Parts::All).unwrap().is_empty() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(5), "not written: {:?}", store.attempts(&Parts::All));
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert_eq!(store.attempts().unwrap(), vec![(waiting.clone(), tried)]);
+    assert_eq!(store.attempts(&Parts::All).unwrap(), vec![(waiting.clone(), tried)]);
     // A new record of an invocation that is not pending is dropped too (a
     // cancel whose commit the server saw fail may be in the store after all).
     let again = Attempts { made: 2, failures: 2, retry_at_ms: 6 };
     committer.record_attempts(ended.clone(), tried);
     committer.record_attempts(waiting.clone(), again);
     let start = std::time::Instant::now();
-    while store.attempts().unwrap() == vec![(waiting.clone(), tried)] {
-        assert!(start.elapsed() < std::time::Duration::from_secs(5), "not written: {:?}", store.attempts());
+    while store.attempts(&Parts::All).unwrap() == vec![(waiting.clone(), tried)] {
+        assert!(start.elapsed() < std::time::Duration::from_secs(5), "not written: {:?}", store.attempts(&Parts::All));
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     committer.close();
     thread.join().unwrap();
-    assert_eq!(store.attempts().unwrap(), vec![(waiting, again)]);
+    assert_eq!(store.attempts(&Parts::All).unwrap(), vec![(waiting, again)]);
 }

@@ -19,6 +19,8 @@ pub struct WorkersService {
     pub next_session: Arc<AtomicU64>,
     /// Cancelled once the dispatcher has stopped: sessions end then.
     pub closed: CancellationToken,
+    /// Whose members each worker is told (see `Welcome.members`).
+    pub placement: Arc<crate::placement::Placement>,
 }
 
 type Out = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
@@ -48,6 +50,7 @@ impl pb::workers_server::Workers for WorkersService {
             msg: Some(pb::server_message::Msg::Welcome(pb::Welcome {
                 session_id: session.to_string(),
                 max_in_flight: max_in_flight as u32,
+                members: self.placement.members(),
             })),
         };
         tx.send(welcome).await.map_err(|_| Status::unavailable("session closed"))?;

@@ -67,7 +67,7 @@ fn check_store(dir: &std::path::Path, acked: u64) -> Option<(u64, usize, Status)
             assert!(waiting <= 1, "lane {l}: {waiting} invocations waiting");
         }
     }
-    let outbox = store.outbox().expect("outbox");
+    let outbox = store.outbox(&stoa_engine::store::Parts::All).expect("outbox");
     assert_eq!(outbox.len(), snap.waiting.len(), "outbox and waiting activations disagree");
     let timeline = store.timeline(&id, 1, usize::MAX).expect("timeline");
     assert_eq!(timeline.len() as u64, snap.meta.timeline_seq, "timeline has a gap or a torn turn");
@@ -190,7 +190,7 @@ fn sigkill_during_a_large_commit_leaves_it_whole_or_absent() {
         let running = snap.facts.iter().filter(|f| f.fields.get(Sym::new("state")) == Some(&Value::str("running")));
         if snap.meta.status == Status::Running {
             assert_eq!(running.count(), snap.waiting.len(), "round {round}: facts and waiting disagree");
-            assert_eq!(store.outbox().expect("outbox").len(), snap.waiting.len());
+            assert_eq!(store.outbox(&stoa_engine::store::Parts::All).expect("outbox").len(), snap.waiting.len());
         }
     }
     eprintln!("{whole} whole, {absent} absent");

@@ -3,6 +3,8 @@
 mod always_on;
 mod bench_programs;
 mod client;
+#[cfg(target_os = "linux")]
+mod cluster;
 mod crash;
 mod docs;
 mod examples;

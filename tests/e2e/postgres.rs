@@ -88,7 +88,7 @@ fn postgres_killed_mid_run_the_server_recovers_losing_nothing_acknowledged() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         for id in &acked {
-            crate::server_crash::each_result_applied_once(&mut a, id).await;
+            crate::server_crash::each_result_applied_once(&mut a, id, 6).await;
         }
         stop.cancel();
         let _ = worker.await;
@@ -123,7 +123,7 @@ fn bad_stores_are_refused_with_the_reason() {
     pg.psql("newer", "INSERT INTO stoa_schema (version) VALUES (7)").unwrap();
     let err = refused(&["--store", &url]);
     assert!(
-        err.contains("the database's Stoa schema is version 7, newer than this build's (1): run a newer stoa"),
+        err.contains("the database's Stoa schema is version 7, newer than this build's (2): run a newer stoa"),
         "{err}"
     );
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use stoa_rules::testcase::FactSpec;
 use stoa_rules::Value;
 
-use super::{Attempts, Commit, PackRecord, Store, SIGNAL_OUTBOX};
+use super::{Attempts, Commit, PackRecord, Parts, Store, SIGNAL_OUTBOX};
 use crate::fact::WorkflowId;
 use crate::testing::pack;
 use crate::workflow::{Input, Outcome, Status, Timer, TurnOutput, Workflow};
@@ -43,6 +43,7 @@ macro_rules! store_conformance {
             server_records_by_kind_and_prefix
             packs_by_tenant_in_deploy_order
             emitted_signals_wait_in_the_signal_outbox
+            an_owner_reads_its_partitions_only
         );
     };
     (@tests $backend:expr; $($name:ident)*) => {
@@ -95,7 +96,7 @@ fn workflow(id: &str) -> Workflow {
 }
 
 fn commit(store: &dyn Store, wf: &Workflow, out: &TurnOutput, request_id: Option<&str>) {
-    store.commit(&[Commit { workflow: wf.id(), output: out, request_id }]).expect("commit");
+    store.commit(&[Commit { workflow: wf.id(), output: out, request_id, epoch: None }]).expect("commit");
 }
 
 /// What the store holds of `wf` equals the workflow in memory.
@@ -114,7 +115,7 @@ fn assert_stored(store: &dyn Store, wf: &Workflow) {
 }
 
 fn timers_sorted(store: &dyn Store) -> Vec<(u64, u64)> {
-    let mut v: Vec<(u64, u64)> = store.timers().expect("timers").iter().map(|t| (t.id, t.due_ms)).collect();
+    let mut v: Vec<(u64, u64)> = store.timers(&Parts::All).expect("timers").iter().map(|t| (t.id, t.due_ms)).collect();
     v.sort();
     v
 }
@@ -136,7 +137,8 @@ pub fn a_turn_reads_back_exactly(b: &mut dyn Backend) {
     assert_eq!(store.request("t/req-1").unwrap(), Some(wf.id().clone()));
     assert_eq!(store.request("t/req-2").unwrap(), None);
     assert!(!store.pending(&first).unwrap());
-    let mut outbox: Vec<String> = store.outbox().unwrap().into_iter().map(|i| i.id.as_str().to_string()).collect();
+    let mut outbox: Vec<String> =
+        store.outbox(&Parts::All).unwrap().into_iter().map(|i| i.id.as_str().to_string()).collect();
     let mut waiting: Vec<String> = wf.waiting().map(|w| w.invocation.id.as_str().to_string()).collect();
     outbox.sort();
     waiting.sort();
@@ -149,7 +151,7 @@ pub fn a_turn_reads_back_exactly(b: &mut dyn Backend) {
     let store = b.reopen(store);
     assert_stored(&*store, &wf);
     assert_eq!(store.timeline(wf.id(), 1, 10_000).unwrap(), timeline);
-    assert_eq!(store.outbox().unwrap().len(), 4);
+    assert_eq!(store.outbox(&Parts::All).unwrap().len(), 4);
     // The restored workflow goes on exactly as the live one.
     let mut restored = Workflow::restore(pack(RULES, ""), store.load(wf.id()).unwrap().unwrap()).unwrap();
     let pending: Vec<_> = wf.waiting().map(|w| w.invocation.id.clone()).collect();
@@ -162,7 +164,7 @@ pub fn a_turn_reads_back_exactly(b: &mut dyn Backend) {
     assert_eq!(restored.status(), Status::Completed);
     assert_eq!(restored.meta().result.to_string(), r#"{"outputs":5}"#);
     assert_stored(&*store, &wf);
-    assert!(store.outbox().unwrap().is_empty());
+    assert!(store.outbox(&Parts::All).unwrap().is_empty());
 }
 
 /// Turns of one workflow in one commit land in order: a later turn's
@@ -179,8 +181,8 @@ pub fn turns_of_one_commit_apply_in_order(b: &mut dyn Backend) {
         outs.push(wf.apply(Input::Result { invocation: inv.clone(), outcome: ok() }, 2 + k as u64).unwrap());
     }
     let mut turns: Vec<Commit<'_>> =
-        outs.iter().map(|o| Commit { workflow: wf.id(), output: o, request_id: None }).collect();
-    turns.insert(1, Commit { workflow: other.id(), output: &other_start, request_id: Some("t/other") });
+        outs.iter().map(|o| Commit { workflow: wf.id(), output: o, request_id: None, epoch: None }).collect();
+    turns.insert(1, Commit { workflow: other.id(), output: &other_start, request_id: Some("t/other"), epoch: None });
     store.commit(&turns).unwrap();
     assert_eq!(wf.status(), Status::Completed);
     assert_stored(&*store, &wf);
@@ -192,7 +194,7 @@ pub fn turns_of_one_commit_apply_in_order(b: &mut dyn Backend) {
     assert_eq!(store.timeline(wf.id(), 1, usize::MAX).unwrap(), all);
     let store = b.reopen(store);
     assert_stored(&*store, &wf);
-    assert_eq!(store.outbox().unwrap().len(), 1, "only the other workflow's invocation waits");
+    assert_eq!(store.outbox(&Parts::All).unwrap().len(), 1, "only the other workflow's invocation waits");
 }
 
 pub fn an_empty_commit_writes_nothing(b: &mut dyn Backend) {
@@ -200,12 +202,12 @@ pub fn an_empty_commit_writes_nothing(b: &mut dyn Backend) {
     store.commit(&[]).unwrap();
     let out = TurnOutput::default();
     let id = WorkflowId::new("wf_t.empty");
-    store.commit(&[Commit { workflow: &id, output: &out, request_id: None }]).unwrap();
+    store.commit(&[Commit { workflow: &id, output: &out, request_id: None, epoch: None }]).unwrap();
     store.record_attempts(&[]).unwrap();
     assert!(store.load(&id).unwrap().is_none());
     assert!(store.workflows("", None, 10).unwrap().is_empty());
-    assert!(store.outbox().unwrap().is_empty());
-    assert!(store.timers().unwrap().is_empty());
+    assert!(store.outbox(&Parts::All).unwrap().is_empty());
+    assert!(store.timers(&Parts::All).unwrap().is_empty());
     assert!(store.packs("t").unwrap().is_empty());
 }
 
@@ -287,7 +289,7 @@ pub fn a_large_turn_commits_whole(b: &mut dyn Backend) {
     commit(&*store, &wf, &out, Some("t/big"));
     let store = b.reopen(store);
     assert_stored(&*store, &wf);
-    assert_eq!(store.outbox().unwrap().len(), 1500);
+    assert_eq!(store.outbox(&Parts::All).unwrap().len(), 1500);
     assert_eq!(store.request("t/big").unwrap(), Some(wf.id().clone()));
     assert_eq!(store.timeline(wf.id(), 1, usize::MAX).unwrap(), out.entries);
 }
@@ -306,14 +308,14 @@ pub fn attempts_live_while_their_invocation_waits(b: &mut dyn Backend) {
         v.sort_by(|x, y| x.0.as_str().cmp(y.0.as_str()));
         v
     };
-    assert_eq!(sorted(store.attempts().unwrap()), sorted(vec![(a.clone(), tried), (c.clone(), again)]));
+    assert_eq!(sorted(store.attempts(&Parts::All).unwrap()), sorted(vec![(a.clone(), tried), (c.clone(), again)]));
     // Durable with the next commit.
     commit(&*store, &wf, &TurnOutput::default(), None);
     let store = b.reopen(store);
-    assert_eq!(sorted(store.attempts().unwrap()), sorted(vec![(a.clone(), tried), (c.clone(), again)]));
+    assert_eq!(sorted(store.attempts(&Parts::All).unwrap()), sorted(vec![(a.clone(), tried), (c.clone(), again)]));
     let out = wf.apply(Input::Result { invocation: a, outcome: ok() }, 2).unwrap();
     commit(&*store, &wf, &out, None);
-    assert_eq!(store.attempts().unwrap(), vec![(c, again)]);
+    assert_eq!(store.attempts(&Parts::All).unwrap(), vec![(c, again)]);
 }
 
 /// Timers come back exactly, with those of one instant fired and deleted
@@ -324,7 +326,7 @@ pub fn timers_are_kept_by_instant(b: &mut dyn Backend) {
     let out = wf.apply(Input::Start { facts: vec![fact("Job", serde_json::json!({}))] }, 1).unwrap();
     commit(&*store, &wf, &out, None);
     assert_eq!(timers_sorted(&*store), vec![(1, 100), (2, 100), (3, 200)]);
-    let t = store.timers().unwrap().into_iter().find(|t| t.id == 3).unwrap();
+    let t = store.timers(&Parts::All).unwrap().into_iter().find(|t| t.id == 3).unwrap();
     assert_eq!((t.workflow.as_str(), &*t.ty.to_string(), t.rule.as_str()), ("wf_t.timers", "C", "arm"));
     let out = wf.apply(Input::Timers { ids: vec![1, 2] }, 100).unwrap();
     commit(&*store, &wf, &out, None);
@@ -333,7 +335,7 @@ pub fn timers_are_kept_by_instant(b: &mut dyn Backend) {
     assert_stored(&*store, &wf);
     let out = wf.apply(Input::Timers { ids: vec![3] }, 200).unwrap();
     commit(&*store, &wf, &out, None);
-    assert!(store.timers().unwrap().is_empty());
+    assert!(store.timers(&Parts::All).unwrap().is_empty());
     assert_stored(&*store, &wf);
 }
 
@@ -381,7 +383,7 @@ pub fn finished_workflows_are_deleted_whole(b: &mut dyn Backend) {
     assert_stored(&*store, &running);
     assert_eq!(store.request("t/run").unwrap(), Some(running.id().clone()));
     assert_eq!(ids(store.finished_before(1000, 10).unwrap()), ["wf_t.f3"]);
-    assert_eq!(store.outbox().unwrap().len(), 1);
+    assert_eq!(store.outbox(&Parts::All).unwrap().len(), 1);
 }
 
 pub fn server_records_by_kind_and_prefix(b: &mut dyn Backend) {
@@ -455,4 +457,40 @@ pub fn emitted_signals_wait_in_the_signal_outbox(b: &mut dyn Backend) {
     assert_eq!(waiting[0].1["name"], "news");
     store.delete_aux(SIGNAL_OUTBOX, &out.signals[0].id).unwrap();
     assert!(store.scan_aux(SIGNAL_OUTBOX, "").unwrap().is_empty());
+}
+
+/// What a partition's owner acts on (invocations, timers, attempts) is
+/// read by partition: a server of a cluster sees its own partitions' only.
+/// The count is the cluster's (256, PostgreSQL's default).
+pub fn an_owner_reads_its_partitions_only(b: &mut dyn Backend) {
+    let store = b.fresh();
+    let count = 256;
+    let ids = ["wf_t.a", "wf_t.b", "wf_t.c"];
+    let parts: Vec<u32> = ids.iter().map(|i| WorkflowId::new(*i).partition(count)).collect();
+    assert!(parts[0] != parts[1] && parts[0] != parts[2], "the check needs them apart: {parts:?}");
+    for id in ids {
+        let mut wf = workflow(id);
+        let facts = chunks(2).into_iter().chain([fact("Job", serde_json::json!({}))]).collect();
+        let out = wf.apply(Input::Start { facts }, 1).unwrap();
+        commit(&*store, &wf, &out, None);
+        store
+            .record_attempts(&[(out.invocations[0].id.clone(), Attempts { made: 1, failures: 1, retry_at_ms: 5 })])
+            .unwrap();
+    }
+    commit(&*store, &workflow("wf_t.none"), &TurnOutput::default(), None);
+    let only_a = Parts::Some { count, ids: [parts[0]].into() };
+    let outbox = store.outbox(&only_a).unwrap();
+    assert_eq!(outbox.len(), 2);
+    assert!(outbox.iter().all(|i| i.workflow.as_str() == "wf_t.a"));
+    let timers = store.timers(&only_a).unwrap();
+    assert_eq!(timers.len(), 3);
+    assert!(timers.iter().all(|t| t.workflow.as_str() == "wf_t.a"));
+    let attempts = store.attempts(&only_a).unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].0.workflow().unwrap().as_str(), "wf_t.a");
+    let nothing = Parts::Some { count, ids: Default::default() };
+    assert!(store.outbox(&nothing).unwrap().is_empty() && store.timers(&nothing).unwrap().is_empty());
+    assert!(store.attempts(&nothing).unwrap().is_empty());
+    assert_eq!(store.outbox(&Parts::All).unwrap().len(), 6);
+    assert_eq!(store.timers(&Parts::All).unwrap().len(), 9);
 }

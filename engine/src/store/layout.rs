@@ -237,7 +237,7 @@ mod tests {
         let out = |n: usize| TurnOutput { facts_deleted: (0..n as u64).collect(), ..TurnOutput::default() };
         let outs = [out(3), out(3), out(5), out(1), out(2)];
         let turns: Vec<Commit<'_>> =
-            outs.iter().map(|o| Commit { workflow: &wf, output: o, request_id: None }).collect();
+            outs.iter().map(|o| Commit { workflow: &wf, output: o, request_id: None, epoch: None }).collect();
         let sizes: Vec<usize> = batches(&turns, 4).map(|b| b.len()).collect();
         assert_eq!(sizes, [1, 1, 1, 2]);
         let sizes: Vec<usize> = batches(&turns, 6).map(|b| b.len()).collect();
@@ -283,7 +283,7 @@ mod tests {
         };
         let out =
             TurnOutput { timer_groups: vec![(5, vec![timer(1), timer(2)]), (6, vec![])], ..TurnOutput::default() };
-        let turns = [Commit { workflow: &wf, output: &out, request_id: Some("a/r") }];
+        let turns = [Commit { workflow: &wf, output: &out, request_id: Some("a/r"), epoch: None }];
         let mut n = 0;
         each_write(&turns, |_, _| n += 1);
         assert_eq!((count_writes(&turns), n), (3, 3));

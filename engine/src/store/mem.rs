@@ -26,7 +26,7 @@ use crate::workflow::{Invocation, Meta, Snapshot, Timer, Waiting};
 
 use super::codec::{decode, encode};
 use super::layout::{decode_run, each_write, finished_id, finished_key, key, workflow_prefixes};
-use super::{Attempts, Commit, Error, Health, HealthWatcher, PackRecord, Store};
+use super::{Attempts, Commit, Error, Health, HealthWatcher, PackRecord, Parts, Store};
 
 /// What the store is about to do, for the fault hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -365,8 +365,15 @@ impl Store for MemStore {
         })
     }
 
-    fn outbox(&self) -> Result<Vec<Invocation>, Error> {
-        self.run(Op::Read, false, |st| Ok(st.scan::<Waiting>(b"w/")?.into_iter().map(|w| w.invocation).collect()))
+    fn outbox(&self, parts: &Parts) -> Result<Vec<Invocation>, Error> {
+        self.run(Op::Read, false, |st| {
+            Ok(st
+                .scan::<Waiting>(b"w/")?
+                .into_iter()
+                .map(|w| w.invocation)
+                .filter(|i| parts.has(&i.workflow))
+                .collect())
+        })
     }
 
     fn record_attempts(&self, attempts: &[(InvocationId, Attempts)]) -> Result<(), Error> {
@@ -378,12 +385,14 @@ impl Store for MemStore {
         })
     }
 
-    fn attempts(&self) -> Result<Vec<(InvocationId, Attempts)>, Error> {
+    fn attempts(&self, parts: &Parts) -> Result<Vec<(InvocationId, Attempts)>, Error> {
         self.run(Op::Read, false, |st| {
             st.live
                 .range(b"a/".to_vec()..)
                 .take_while(|(k, _)| k.starts_with(b"a/"))
-                .map(|(k, v)| Ok((InvocationId::new(String::from_utf8_lossy(&k[2..]).into_owned()), decode(k, v)?)))
+                .map(|(k, v)| (InvocationId::new(String::from_utf8_lossy(&k[2..]).into_owned()), k, v))
+                .filter(|(id, _, _)| parts.has_invocation(id))
+                .map(|(id, k, v)| Ok((id, decode(k, v)?)))
                 .collect()
         })
     }
@@ -399,8 +408,10 @@ impl Store for MemStore {
         })
     }
 
-    fn timers(&self) -> Result<Vec<Timer>, Error> {
-        self.run(Op::Read, false, |st| Ok(st.scan::<Vec<Timer>>(b"c/")?.into_iter().flatten().collect()))
+    fn timers(&self, parts: &Parts) -> Result<Vec<Timer>, Error> {
+        self.run(Op::Read, false, |st| {
+            Ok(st.scan::<Vec<Timer>>(b"c/")?.into_iter().flatten().filter(|t| parts.has(&t.workflow)).collect())
+        })
     }
 
     fn finished_before(&self, before_ms: u64, limit: usize) -> Result<Vec<WorkflowId>, Error> {
@@ -507,15 +518,15 @@ rule "encode" {
     fn a_crash_keeps_what_was_flushed_and_nothing_else() {
         let store = MemStore::default();
         let (mut wf, out) = started("a.one");
-        store.commit(&[Commit { workflow: wf.id(), output: &out, request_id: Some("a/r1") }]).unwrap();
+        store.commit(&[Commit { workflow: wf.id(), output: &out, request_id: Some("a/r1"), epoch: None }]).unwrap();
         let inv = out.invocations[0].id.clone();
         store.record_attempts(&[(inv.clone(), Attempts { made: 1, failures: 1, retry_at_ms: 9 })]).unwrap();
-        assert_eq!(store.attempts().unwrap().len(), 1, "seen before the flush");
+        assert_eq!(store.attempts(&Parts::All).unwrap().len(), 1, "seen before the flush");
         let reopened = MemStore::open(store.crash(0));
         assert!(store.load(wf.id()).is_err(), "a crashed store serves nothing");
         assert_eq!(reopened.request("a/r1").unwrap(), Some(wf.id().clone()));
-        assert_eq!(reopened.outbox().unwrap().len(), 1);
-        assert_eq!(reopened.attempts().unwrap(), vec![], "never flushed");
+        assert_eq!(reopened.outbox(&Parts::All).unwrap().len(), 1);
+        assert_eq!(reopened.attempts(&Parts::All).unwrap(), vec![], "never flushed");
 
         // The result's commit fails in its flush: refused until healed, and
         // then there or not.
@@ -533,7 +544,9 @@ rule "encode" {
             let store = MemStore::open(reopened.image());
             let mut faults = vec![Fault::FailFlush];
             store.set_faults(Some(Box::new(move |_| faults.pop().unwrap_or(Fault::None))));
-            assert!(store.commit(&[Commit { workflow: wf.id(), output: &result, request_id: None }]).is_err());
+            assert!(store
+                .commit(&[Commit { workflow: wf.id(), output: &result, request_id: None, epoch: None }])
+                .is_err());
             assert_eq!(store.health(), Health::Failing);
             assert!(store.load(wf.id()).is_err(), "refused while failing");
             store.heal(if recovered { usize::MAX } else { 0 });
@@ -570,10 +583,10 @@ rule "encode" {
                 [("a.one", Some("a/r1"), Some(5)), ("a.two", Some("a/r2"), None), ("a.three", None, Some(3))]
             {
                 let (mut wf, out) = start(id, request);
-                s.commit(&[Commit { workflow: wf.id(), output: &out, request_id: request }]).unwrap();
+                s.commit(&[Commit { workflow: wf.id(), output: &out, request_id: request, epoch: None }]).unwrap();
                 if let Some(at) = ends_at {
                     let out = wf.abort("stopped", at).unwrap();
-                    s.commit(&[Commit { workflow: wf.id(), output: &out, request_id: None }]).unwrap();
+                    s.commit(&[Commit { workflow: wf.id(), output: &out, request_id: None, epoch: None }]).unwrap();
                 }
             }
             assert_eq!(s.finished_before(3, 10).unwrap(), ids(&[]));
@@ -613,8 +626,8 @@ rule "encode" {
         let wb = WorkflowId::new("a.two");
         for s in [&sled as &dyn Store, &mem] {
             s.commit(&[
-                Commit { workflow: &wa, output: &a, request_id: Some("a/r1") },
-                Commit { workflow: &wb, output: &b, request_id: None },
+                Commit { workflow: &wa, output: &a, request_id: Some("a/r1"), epoch: None },
+                Commit { workflow: &wb, output: &b, request_id: None, epoch: None },
             ])
             .unwrap();
             s.put_aux("k", "x/1", &serde_json::json!(1)).unwrap();
@@ -625,7 +638,7 @@ rule "encode" {
         both(&|s| format!("{:?}", s.workflows("a.", None, 10).unwrap()));
         both(&|s| format!("{:?}", s.workflows("a.", Some(&wa), 10).unwrap()));
         both(&|s| format!("{:?}", s.timeline(&wa, 2, 2).unwrap()));
-        both(&|s| format!("{:?}", s.outbox().unwrap()));
+        both(&|s| format!("{:?}", s.outbox(&Parts::All).unwrap()));
         both(&|s| format!("{:?}", s.request("a/r1").unwrap()));
         both(&|s| format!("{:?}", s.scan_aux("k", "x/").unwrap()));
     }

@@ -38,6 +38,40 @@ pub enum Error {
     /// set up: not a passing failure, and no retry helps.
     #[error("{0}")]
     Setup(String),
+    /// The commit touched partitions this server no longer owns (another
+    /// server took them over): nothing of it was written. `workflows`: the
+    /// commit's workflows in those partitions (the others may commit).
+    #[error("partition(s) {partitions:?} moved to another server; nothing was written")]
+    Fenced { partitions: Vec<u32>, workflows: Vec<WorkflowId> },
+}
+
+/// The partitions whose work a server acts on: their pending invocations,
+/// timers and attempts. One server alone owns them all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Parts {
+    All,
+    /// These of `count` partitions (see `WorkflowId::partition`).
+    Some {
+        count: u32,
+        ids: std::collections::BTreeSet<u32>,
+    },
+}
+
+impl Parts {
+    pub fn has(&self, wf: &WorkflowId) -> bool {
+        match self {
+            Parts::All => true,
+            Parts::Some { count, ids } => ids.contains(&wf.partition(*count)),
+        }
+    }
+
+    /// Whether the invocation's workflow is in one of these partitions.
+    pub fn has_invocation(&self, inv: &InvocationId) -> bool {
+        match self {
+            Parts::All => true,
+            Parts::Some { .. } => inv.workflow().is_some_and(|wf| self.has(&wf)),
+        }
+    }
 }
 
 /// Whether a store works now. A failing store refuses every operation with
@@ -82,6 +116,11 @@ pub struct Commit<'a> {
     pub output: &'a TurnOutput,
     /// A client request id that this turn answers (idempotent starts).
     pub request_id: Option<&'a str>,
+    /// In a cluster: the epoch of the workflow's partition when the turn's
+    /// state was loaded. A store that fences refuses the turn unless this
+    /// server still holds the partition at that epoch (memory from before a
+    /// partition moved away and back is not the stored state).
+    pub epoch: Option<u64>,
 }
 
 pub trait Store: Send + Sync {
@@ -116,6 +155,12 @@ pub trait Store: Send + Sync {
     /// Every deployed version of every pack of a tenant, oldest first per pack.
     fn packs(&self, tenant: &str) -> Result<Vec<PackRecord>, Error>;
 
+    /// The (name, deploy order) of every deployed version of a tenant's
+    /// packs: what a server of a cluster compares with what it knows.
+    fn pack_seqs(&self, tenant: &str) -> Result<Vec<(String, u64)>, Error> {
+        Ok(self.packs(tenant)?.into_iter().map(|p| (p.name, p.seq)).collect())
+    }
+
     /// One deployed version of a pack, by its deploy order.
     fn pack(&self, tenant: &str, name: &str, seq: u64) -> Result<Option<PackRecord>, Error> {
         Ok(self.packs(tenant)?.into_iter().find(|p| p.name == name && p.seq == seq))
@@ -124,15 +169,16 @@ pub trait Store: Send + Sync {
     /// Timeline entries with `seq >= from`, at most `limit`.
     fn timeline(&self, id: &WorkflowId, from: u64, limit: usize) -> Result<Vec<Entry>, Error>;
 
-    /// Invocations made and not yet answered or cancelled.
-    fn outbox(&self) -> Result<Vec<Invocation>, Error>;
+    /// Invocations made and not yet answered or cancelled, of workflows in
+    /// `parts`.
+    fn outbox(&self, parts: &Parts) -> Result<Vec<Invocation>, Error>;
 
     /// Records how far pending invocations got; durable with the next
     /// `commit`, and dropped when the invocation stops pending.
     fn record_attempts(&self, attempts: &[(InvocationId, Attempts)]) -> Result<(), Error>;
 
-    /// The recorded attempts of pending invocations.
-    fn attempts(&self) -> Result<Vec<(InvocationId, Attempts)>, Error>;
+    /// The recorded attempts of pending invocations of workflows in `parts`.
+    fn attempts(&self, parts: &Parts) -> Result<Vec<(InvocationId, Attempts)>, Error>;
 
     /// The workflow a client request id started, if any.
     fn request(&self, request_id: &str) -> Result<Option<WorkflowId>, Error>;
@@ -140,8 +186,8 @@ pub trait Store: Send + Sync {
     /// Whether an invocation is still pending.
     fn pending(&self, id: &InvocationId) -> Result<bool, Error>;
 
-    /// Every pending timer of every workflow.
-    fn timers(&self) -> Result<Vec<Timer>, Error>;
+    /// Every pending timer of every workflow in `parts`.
+    fn timers(&self, parts: &Parts) -> Result<Vec<Timer>, Error>;
 
     /// Workflows that finished before `before_ms`, those that finished
     /// first first, at most `limit`.

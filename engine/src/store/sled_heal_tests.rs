@@ -37,7 +37,7 @@ fn started(id: &str, pad: usize) -> (WorkflowId, crate::workflow::TurnOutput) {
 
 fn commit_start(store: &SledStore, id: &str, pad: usize) -> Result<WorkflowId, Error> {
     let (id, out) = started(id, pad);
-    store.commit(&[Commit { workflow: &id, output: &out, request_id: None }]).map(|()| id)
+    store.commit(&[Commit { workflow: &id, output: &out, request_id: None, epoch: None }]).map(|()| id)
 }
 
 /// Makes the store fail the way a sled error does: through an operation.

@@ -43,7 +43,7 @@ use crate::workflow::{Invocation, Meta, Snapshot, Timer, Waiting};
 
 use super::codec::{decode, encode, FORMAT};
 use super::layout::{batches, count_writes, decode_run, each_write, finished_id, finished_key, key, workflow_prefixes};
-use super::{Attempts, Commit, Error, Health, HealthWatcher, PackRecord, Store};
+use super::{Attempts, Commit, Error, Health, HealthWatcher, PackRecord, Parts, Store};
 
 /// Records written by one sled batch at most (see the module comment).
 const MAX_BATCH_WRITES: usize = 1024;
@@ -542,8 +542,10 @@ impl Store for SledStore {
         })
     }
 
-    fn outbox(&self) -> Result<Vec<Invocation>, Error> {
-        self.with(|h| Ok(h.scan::<Waiting>(b"w/")?.into_iter().map(|w| w.invocation).collect()))
+    fn outbox(&self, parts: &Parts) -> Result<Vec<Invocation>, Error> {
+        self.with(|h| {
+            Ok(h.scan::<Waiting>(b"w/")?.into_iter().map(|w| w.invocation).filter(|i| parts.has(&i.workflow)).collect())
+        })
     }
 
     fn record_attempts(&self, attempts: &[(InvocationId, Attempts)]) -> Result<(), Error> {
@@ -556,13 +558,15 @@ impl Store for SledStore {
         })
     }
 
-    fn attempts(&self) -> Result<Vec<(InvocationId, Attempts)>, Error> {
+    fn attempts(&self, parts: &Parts) -> Result<Vec<(InvocationId, Attempts)>, Error> {
         self.with(|h| {
             let mut out = Vec::new();
             for kv in h.tree.scan_prefix(b"a/") {
                 let (k, v) = kv.map_err(io)?;
                 let id = InvocationId::new(String::from_utf8_lossy(&k[2..]).into_owned());
-                out.push((id, decode(&k, &v)?));
+                if parts.has_invocation(&id) {
+                    out.push((id, decode(&k, &v)?));
+                }
             }
             Ok(out)
         })
@@ -585,8 +589,10 @@ impl Store for SledStore {
         })
     }
 
-    fn timers(&self) -> Result<Vec<Timer>, Error> {
-        self.with(|h| Ok(h.scan::<Vec<Timer>>(b"c/")?.into_iter().flatten().collect()))
+    fn timers(&self, parts: &Parts) -> Result<Vec<Timer>, Error> {
+        self.with(|h| {
+            Ok(h.scan::<Vec<Timer>>(b"c/")?.into_iter().flatten().filter(|t| parts.has(&t.workflow)).collect())
+        })
     }
 
     fn finished_before(&self, before_ms: u64, limit: usize) -> Result<Vec<WorkflowId>, Error> {
@@ -705,7 +711,7 @@ mod tests {
     use crate::workflow::{Input, Workflow};
 
     fn commit(store: &SledStore, wf: &Workflow, out: &crate::workflow::TurnOutput) {
-        store.commit(&[Commit { workflow: wf.id(), output: out, request_id: None }]).unwrap();
+        store.commit(&[Commit { workflow: wf.id(), output: out, request_id: None, epoch: None }]).unwrap();
     }
 
     /// Timers due at one instant are one record, which each turn rewrites
@@ -729,16 +735,19 @@ mod tests {
             let store = SledStore::open(dir.path(), 8).unwrap();
             let out = live.apply(Input::Start { facts: vec![job] }, 1).unwrap();
             commit(&store, &live, &out);
-            assert_eq!((records(&store), ids(store.timers().unwrap())), (2, vec![(1, 100), (2, 100), (3, 200)]));
+            assert_eq!(
+                (records(&store), ids(store.timers(&Parts::All).unwrap())),
+                (2, vec![(1, 100), (2, 100), (3, 200)])
+            );
             let out = live.apply(Input::Timers { ids: vec![1, 2] }, 100).unwrap();
             commit(&store, &live, &out);
-            assert_eq!((records(&store), ids(store.timers().unwrap())), (1, vec![(3, 200)]));
+            assert_eq!((records(&store), ids(store.timers(&Parts::All).unwrap())), (1, vec![(3, 200)]));
         }
         let store = SledStore::open(dir.path(), 8).unwrap();
         assert_eq!(ids(store.load(&id).unwrap().unwrap().timers), ids(live.timers().cloned().collect()));
         let out = live.apply(Input::Timers { ids: vec![3] }, 200).unwrap();
         commit(&store, &live, &out);
-        assert_eq!((records(&store), store.timers().unwrap().len()), (0, 0));
+        assert_eq!((records(&store), store.timers(&Parts::All).unwrap().len()), (0, 0));
     }
 
     #[test]
@@ -781,7 +790,7 @@ mod tests {
         let id = WorkflowId::new("big");
         let mut wf = Workflow::new(id.clone(), p, 0);
         let out = wf.apply(Input::Start { facts: chunks(700) }, 1).unwrap();
-        let turns = [Commit { workflow: &id, output: &out, request_id: Some("req") }];
+        let turns = [Commit { workflow: &id, output: &out, request_id: Some("req"), epoch: None }];
         let mut all: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         each_write(&turns, |k, v| all.push((k, v)));
         assert_eq!(all.len(), count_writes(&turns));
@@ -807,7 +816,7 @@ mod tests {
         assert!(store.with(|h| Ok(h.journal.is_empty())).unwrap(), "the journal is applied and removed");
         let snap = store.load(&id).unwrap().unwrap();
         assert_eq!(snap.facts, wf.snapshot().facts);
-        assert_eq!(store.outbox().unwrap().len(), 700);
+        assert_eq!(store.outbox(&Parts::All).unwrap().len(), 700);
         assert_eq!(store.request("req").unwrap(), Some(id.clone()));
         let n = wf.meta().timeline_seq;
         assert_eq!(store.timeline(&id, 1, usize::MAX).unwrap(), out.entries);
@@ -820,7 +829,7 @@ mod tests {
         // The same commit made directly leaves the same records.
         let other = tempfile::tempdir().unwrap();
         let direct = SledStore::open(other.path(), 8).unwrap();
-        direct.commit(&[Commit { workflow: &id, output: &out, request_id: Some("req") }]).unwrap();
+        direct.commit(&[Commit { workflow: &id, output: &out, request_id: Some("req"), epoch: None }]).unwrap();
         let dump = |s: &SledStore| s.with(|h| Ok(h.tree.iter().map(|kv| kv.unwrap()).collect::<Vec<_>>())).unwrap();
         assert_eq!(dump(&direct), dump(&store));
     }

@@ -116,7 +116,7 @@ impl Workers for Fake {
         let (to_worker, mut from_test) = mpsc::channel::<Result<ServerMessage, Status>>(64);
         let (out, response) = mpsc::channel(64);
         let (from_worker_tx, from_worker) = mpsc::unbounded_channel();
-        let welcome = Welcome { session_id: "s-1".into(), max_in_flight: hello.max_in_flight };
+        let welcome = Welcome { session_id: "s-1".into(), max_in_flight: hello.max_in_flight, members: Vec::new() };
         out.send(Ok(ServerMessage { msg: Some(server_message::Msg::Welcome(welcome)) })).await.unwrap();
         // Relays both ways; when the worker ends its side, ends ours, as the
         // real server does.

@@ -371,3 +371,33 @@ async fn a_drain_from_the_server_finishes_the_work_then_reconnects() {
     assert_eq!(value(&again.result().await), json!("finished"));
     stopped(shutdown, run).await;
 }
+
+/// A cluster's server names its members: the worker opens a session to
+/// each, serves the work each leases on that session, and lets go of a
+/// member that left once its session fails.
+#[tokio::test]
+async fn a_worker_serves_every_member_a_server_names() {
+    use stoa_proto::v1::{server_message::Msg, Members};
+    let mut first = FakeServer::start();
+    let mut second = FakeServer::start();
+    let (shutdown, run) = spawn(encode(builder(&first.url())));
+    let seed = first.session().await;
+    let both = vec![first.addr.to_string(), second.addr.to_string()];
+    seed.send(Msg::Members(Members { addresses: both.clone() })).await;
+    let mut other = second.session().await;
+    other.invoke(vec![encode_call("inv_9", "s3://z", json!(1))]).await;
+    assert_eq!(value(&other.result().await)["uri"], "s3://z#1.h264");
+    // Named again: no second session.
+    seed.send(Msg::Members(Members { addresses: both })).await;
+    assert!(tokio::time::timeout(Duration::from_millis(300), second.session()).await.is_err());
+    // The second server leaves the cluster, then its process dies.
+    seed.send(Msg::Members(Members { addresses: vec![first.addr.to_string()] })).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let addr = second.stop();
+    let mut back = FakeServer::start_on(addr);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), back.session()).await.is_err(),
+        "a worker reconnected to a server that left"
+    );
+    stopped(shutdown, run).await;
+}

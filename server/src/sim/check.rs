@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use stoa_engine::store::{Image, MemStore, Store, SIGNAL_OUTBOX};
+use stoa_engine::store::{Image, MemStore, Parts, Store, SIGNAL_OUTBOX};
 use stoa_engine::timeline::{Entry, Event};
 use stoa_engine::workflow::{Meta, Origin, Status, CHILD_PREFIX};
 use stoa_engine::WorkflowId;
@@ -41,7 +41,7 @@ fn quiet(store: &MemStore, core: &Core) -> bool {
     let running =
         store.workflows(WorkflowId::PREFIX, None, usize::MAX).map(|ms| ms.iter().any(|m| m.status == Status::Running));
     matches!(running, Ok(false))
-        && store.outbox().is_ok_and(|o| o.is_empty())
+        && store.outbox(&Parts::All).is_ok_and(|o| o.is_empty())
         && TENANTS.iter().all(|t| core.dispatch.pending(t) == 0)
 }
 
@@ -102,21 +102,21 @@ fn check(ctl: &Ctl, core: &Core) -> Vec<String> {
     for m in metas.iter().filter(|m| m.status == Status::Running) {
         errs.push(format!("{} ({}) is still running at turn {} after the calm phase", m.id, m.pack, m.turn));
     }
-    match store.outbox() {
+    match store.outbox(&Parts::All) {
         Ok(o) if !o.is_empty() => {
             errs.push(format!("the outbox still holds {:?}", o.iter().map(|i| i.id.as_str()).collect::<Vec<_>>()))
         }
         Err(e) => errs.push(format!("outbox: {e}")),
         _ => {}
     }
-    match store.timers() {
+    match store.timers(&Parts::All) {
         Ok(t) if !t.is_empty() => {
             errs.push(format!("timers still pending: {:?}", t.iter().map(|t| (&t.workflow, t.id)).collect::<Vec<_>>()))
         }
         Err(e) => errs.push(format!("timers: {e}")),
         _ => {}
     }
-    match store.attempts() {
+    match store.attempts(&Parts::All) {
         Ok(a) if !a.is_empty() => errs.push(format!("attempt records left behind: {a:?}")),
         Err(e) => errs.push(format!("attempts: {e}")),
         _ => {}
@@ -131,7 +131,7 @@ fn check(ctl: &Ctl, core: &Core) -> Vec<String> {
     // The server's counters agree with the store.
     for t in TENANTS {
         let waiting = store
-            .outbox()
+            .outbox(&Parts::All)
             .unwrap_or_default()
             .iter()
             .filter(|i| crate::runtime::tenant_of(&i.workflow) == t && !i.function.starts_with(CHILD_PREFIX))

@@ -346,6 +346,9 @@ async fn life(
         committer,
         faults,
         compile: memo_compiler(),
+        placement: Arc::new(crate::placement::Placement::alone()),
+        peers: None,
+        member: None,
     };
     let shutdown = CancellationToken::new();
     armed.store(!first, Ordering::Relaxed);

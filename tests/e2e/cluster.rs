@@ -1,0 +1,236 @@
+//! Three `stoa serve` on one throwaway PostgreSQL, with a Rust SDK worker
+//! that knows one of them: partitions spread, any server answers, one
+//! server SIGKILLed under load or frozen with SIGSTOP past its lease, and
+//! nothing acknowledged is lost or applied twice.
+
+use std::time::{Duration, Instant};
+
+use stoa_pgstore::throwaway::{Durability, TempPostgres};
+use stoa_proto::v1 as pb;
+
+use crate::client::{client, deploy, facts, Client};
+use crate::support::{worker_bin, Proc, Server, TOKEN_A};
+
+/// Short leases, so that takeovers happen within a test's patience.
+const LEASE_MS: &str = "1500";
+
+fn postgres(db: &str) -> (TempPostgres, String) {
+    let pg = TempPostgres::start(Durability::Fast).expect("a throwaway PostgreSQL");
+    pg.create_database(db).expect("database");
+    let url = pg.url(db);
+    (pg, url)
+}
+
+fn server(url: &str) -> Server {
+    Server::start_on(url, &["--lease-ms", LEASE_MS])
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+/// The Rust SDK's media worker, told one server's address only.
+fn rust_worker(addr: &str) -> Proc {
+    Proc(
+        std::process::Command::new(worker_bin())
+            .args(["--server", addr, "--token", TOKEN_A, "--work-scale", "0", "--concurrency", "32"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn stoa-worker-media"),
+    )
+}
+
+/// How many partitions each server (by address) holds.
+fn spread(pg: &TempPostgres, db: &str) -> String {
+    pg.psql(
+        db,
+        "SELECT string_agg(address || '=' || n, ' ' ORDER BY address) FROM \
+         (SELECT m.address, count(*) AS n FROM partitions p JOIN members m ON m.id = p.owner \
+          WHERE p.expires_at > now() GROUP BY m.address) t",
+    )
+    .expect("psql")
+}
+
+/// Waits until each of `addrs` holds about its share of the partitions.
+fn wait_spread(pg: &TempPostgres, db: &str, addrs: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = spread(pg, db);
+        let counts: Vec<u64> = addrs
+            .iter()
+            .map(|a| {
+                let a = a.trim_start_matches("http://");
+                now.split(' ')
+                    .find_map(|kv| kv.strip_prefix(&format!("{a}=")))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect();
+        let fair = 256 / addrs.len() as u64;
+        if counts.iter().all(|n| *n + 2 >= fair) && counts.iter().sum::<u64>() == 256 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "partitions did not spread over {addrs:?}: {now}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One chunk per video: the SDK's worker answers split, encode, assemble
+/// and index, four results a workflow.
+const RESULTS: usize = 4;
+
+fn start_request(i: usize, tag: &str) -> pb::StartWorkflowRequest {
+    pb::StartWorkflowRequest {
+        pack: "video-encode".into(),
+        facts: facts(serde_json::json!([
+            {"type": "Source", "fields": {"uri": format!("s3://in/{tag}-{i}.mov")}},
+            {"type": "Recipe", "fields": {"codec": "h264", "chunk_seconds": 100000, "max_chunk_retries": 2}}
+        ])),
+        request_id: format!("{tag}-{i}"),
+    }
+}
+
+/// Starts `n` workflows, 32 at a time, spread over `clients`, and returns
+/// their ids in order.
+async fn start_many(clients: &[Client], n: usize, tag: &str) -> Vec<String> {
+    let mut ids = vec![String::new(); n];
+    for batch in (0..n).collect::<Vec<_>>().chunks(32) {
+        let mut set = tokio::task::JoinSet::new();
+        for &i in batch {
+            let mut c = clients[i % clients.len()].clone();
+            let tag = tag.to_string();
+            set.spawn(async move { (i, c.start_workflow(start_request(i, &tag)).await) });
+        }
+        while let Some(r) = set.join_next().await {
+            let (i, started) = r.expect("task");
+            ids[i] = started.unwrap_or_else(|e| panic!("start {tag}-{i}: {e}")).into_inner().workflow_id;
+        }
+    }
+    ids
+}
+
+fn completed(pg: &TempPostgres, db: &str) -> usize {
+    pg.psql(db, "SELECT count(*) FROM workflows WHERE status = 'completed'").expect("psql").parse().expect("count")
+}
+
+/// Waits until every one of `ids` completed (none may fail), then checks
+/// that each applied each of its results once.
+async fn wait_all_completed(c: &mut Client, ids: &[String], within: Duration) {
+    let deadline = Instant::now() + within;
+    let mut left: Vec<&String> = ids.iter().collect();
+    while !left.is_empty() {
+        assert!(Instant::now() < deadline, "{} of {} not completed, e.g. {}", left.len(), ids.len(), left[0]);
+        let mut still = Vec::new();
+        for id in left {
+            let w = c
+                .get_workflow(pb::GetWorkflowRequest { workflow_id: id.clone(), without_facts: true })
+                .await
+                .unwrap_or_else(|e| panic!("acknowledged start {id} lost: {e}"))
+                .into_inner();
+            assert_ne!(w.status, "failed", "{id}: {}", w.reason);
+            if w.status != "completed" {
+                still.push(id);
+            }
+        }
+        left = still;
+        if !left.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for id in ids {
+        crate::server_crash::each_result_applied_once(c, id, RESULTS).await;
+    }
+}
+
+#[test]
+fn three_servers_one_sigkilled_under_load_lose_nothing_and_apply_nothing_twice() {
+    let db = "cluster";
+    let (pg, url) = postgres(db);
+    let mut servers: Vec<Server> = (0..3).map(|_| server(&url)).collect();
+    let addrs: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
+    wait_spread(&pg, db, &addrs.iter().map(String::as_str).collect::<Vec<_>>());
+    // The worker knows the second server only; it learns the others.
+    rt().block_on(async {
+        let mut clients = Vec::new();
+        for a in &addrs {
+            clients.push(client(a, TOKEN_A).await);
+        }
+        // Deployed through one server, started through all three; the
+        // worker knows the second server only, and learns the others.
+        deploy(&mut clients[0], "examples/packs/video-encode").await;
+        let ids = start_many(&clients, 1000, "k").await;
+        let _worker = rust_worker(&addrs[1]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while completed(&pg, db) < 100 {
+            assert!(Instant::now() < deadline, "no progress before the kill");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let done = completed(&pg, db);
+        eprintln!("killing server 0 with {done} of 1000 workflows completed; spread {}", spread(&pg, db));
+        assert!(done < 1000, "the kill did not land in the middle of the work");
+        servers[0].kill();
+        clients.remove(0);
+        // Any surviving server answers for every workflow, the dead
+        // server's included, once its partitions moved.
+        let retried = start_many(&clients, 1000, "k").await;
+        assert_eq!(retried, ids, "a retried start found its first workflow");
+        wait_spread(&pg, db, &addrs[1..].iter().map(String::as_str).collect::<Vec<_>>());
+        wait_all_completed(&mut clients[0], &ids, Duration::from_secs(240)).await;
+    });
+    drop(servers);
+}
+
+/// A server frozen past its lease loses its partitions; once resumed,
+/// its commits are refused (the workflows' histories show no turn twice),
+/// it notices, and it gets its share back from the others.
+#[test]
+fn a_server_frozen_past_its_lease_is_fenced_and_rejoins() {
+    let db = "fence";
+    let (pg, url) = postgres(db);
+    let servers: Vec<Server> = (0..2).map(|_| server(&url)).collect();
+    let addrs: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
+    let both: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    wait_spread(&pg, db, &both);
+    let _worker = rust_worker(&addrs[1]);
+    rt().block_on(async {
+        let mut a = client(&addrs[0], TOKEN_A).await;
+        let mut b = client(&addrs[1], TOKEN_A).await;
+        deploy(&mut b, "examples/packs/video-encode").await;
+        let ids = start_many(std::slice::from_ref(&b), 300, "f").await;
+        let frozen = servers[0].child.id().to_string();
+        let signal = |sig: &str| {
+            let ok = std::process::Command::new("kill").args([sig, &frozen]).status().expect("kill").success();
+            assert!(ok, "kill {sig} {frozen}");
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while completed(&pg, db) < 20 {
+            assert!(Instant::now() < deadline, "no progress before the freeze");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        signal("-STOP");
+        let epochs_before = pg.psql(db, "SELECT sum(epoch) FROM partitions").expect("psql");
+        // The other server takes every partition once the leases ran out.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !spread(&pg, db).eq(&format!("{}=256", addrs[1].trim_start_matches("http://"))) {
+            assert!(Instant::now() < deadline, "no takeover: {}", spread(&pg, db));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let epochs_after = pg.psql(db, "SELECT sum(epoch) FROM partitions").expect("psql");
+        assert_ne!(epochs_before, epochs_after, "a takeover claims at a new epoch");
+        // Work goes on without the frozen server for a while.
+        let mid = completed(&pg, db);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while completed(&pg, db) < (mid + 20).min(ids.len()) {
+            assert!(Instant::now() < deadline, "no progress while frozen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        signal("-CONT");
+        // It notices, drops what it held and takes its share back.
+        wait_spread(&pg, db, &both);
+        let more = start_many(std::slice::from_ref(&a), 100, "g").await;
+        wait_all_completed(&mut b, &ids, Duration::from_secs(180)).await;
+        wait_all_completed(&mut a, &more, Duration::from_secs(120)).await;
+    });
+    drop(servers);
+}
