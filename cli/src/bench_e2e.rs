@@ -49,9 +49,15 @@ pub struct Args {
     /// Stores to run every case on, one after the other in this run:
     /// `sled` (the embedded store), `postgres` (a throwaway PostgreSQL this
     /// command starts from the installed binaries, with fsync on, on a
-    /// Unix socket; a new database per store).
+    /// Unix socket; a new database per store), `postgres3` (three servers
+    /// on one such database: clients and the worker know the first; it
+    /// adds the failover case, SIGKILL of the third server to the first
+    /// committed turn of one of its workflows elsewhere).
     #[arg(long, value_delimiter = ',', default_value = "sled")]
     stores: Vec<String>,
+    /// Lease period of the PostgreSQL servers, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    lease_ms: u64,
     /// The `stoa` binary that serves (default: this one), to compare builds.
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -173,9 +179,12 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         anyhow::ensure!(["steps", "latency", "run", "fanout"].contains(&c.as_str()), "--cases: unknown case `{c}`");
     }
     for s in &args.stores {
-        anyhow::ensure!(["sled", "postgres"].contains(&s.as_str()), "--stores: unknown store `{s}` (sled, postgres)");
+        anyhow::ensure!(
+            ["sled", "postgres", "postgres3"].contains(&s.as_str()),
+            "--stores: unknown store `{s}` (sled, postgres, postgres3)"
+        );
     }
-    let postgres = match args.stores.iter().any(|s| s == "postgres") {
+    let postgres = match args.stores.iter().any(|s| s.starts_with("postgres")) {
         true => Some(
             stoa_pgstore::throwaway::TempPostgres::start(stoa_pgstore::throwaway::Durability::Real)
                 .map_err(anyhow::Error::msg)?,
@@ -185,15 +194,37 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let mut figures = Vec::new();
     for (k, store) in args.stores.iter().enumerate() {
         let dir = std::env::temp_dir().join(format!("stoa-bench-e2e-{}-{k}", std::process::id()));
+        let db = format!("bench{k}");
         let place = match &postgres {
-            Some(pg) if store == "postgres" => {
-                let db = format!("bench{k}");
+            Some(pg) if store.starts_with("postgres") => {
                 pg.create_database(&db).map_err(anyhow::Error::msg)?;
                 Place::Postgres(pg.url(&db))
             }
             _ => Place::Sled(dir.clone()),
         };
-        let (server, addr) = spawn_server_on(&place, args.server_bin.as_deref(), args.cache_mb)?;
+        let lease = format!("--lease-ms={}", args.lease_ms);
+        let spawn = || -> anyhow::Result<(Kill, String)> {
+            let mut serve = serve_command(args.server_bin.as_deref())?;
+            serve.args(["--token", &format!("bench={TOKEN}")]);
+            match &place {
+                Place::Sled(dir) => {
+                    let _ = std::fs::remove_dir_all(dir);
+                    serve.arg("--data").arg(dir);
+                }
+                Place::Postgres(url) => {
+                    serve.arg("--store").arg(url).arg(&lease);
+                }
+            }
+            serve.args(args.cache_mb.map(|c| format!("--cache-mb={c}")));
+            start_serving(serve)
+        };
+        let (server, addr) = spawn()?;
+        // The others of a three-server cluster; clients know the first.
+        let mut others = Vec::new();
+        if store == "postgres3" {
+            others.push(spawn()?);
+            others.push(spawn()?);
+        }
         let _workers: Vec<Kill> = (0..args.worker_processes)
             .map(|_| {
                 Command::new(&worker)
@@ -207,7 +238,11 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             .collect::<Result<_, _>>()
             .context("starting the worker")?;
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        for mut f in rt.block_on(cases(&args, &addr, server.0.id()))? {
+        let mut got = rt.block_on(cases(&args, &addr, server.0.id()))?;
+        if let (Some(pg), Some((victim, victim_addr))) = (&postgres, others.pop()) {
+            got.push(rt.block_on(failover(pg, &db, &addr, victim, &victim_addr, args.lease_ms))?);
+        }
+        for mut f in got {
             if args.stores.len() > 1 {
                 let case = format!("{store}: {}", f["case"].as_str().unwrap_or_default());
                 f["case"] = case.into();
@@ -216,6 +251,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             figures.push(f);
         }
         drop(server);
+        drop(others);
         let _ = std::fs::remove_dir_all(&dir);
     }
     print_figures(&figures, args.json, 54);
@@ -446,4 +482,82 @@ async fn start_many(c: &Client, tag: &str, n: usize, facts: serde_json::Value) -
         r??;
     }
     Ok(())
+}
+
+/// Failover: workflows of many sequential steps run on three servers; the
+/// third is SIGKILLed, and the time until the first turn of one of its
+/// workflows commits on another server is read from that turn's commit
+/// stamp (the timeline entry's `at_us`), not from polling.
+async fn failover(
+    pg: &stoa_pgstore::throwaway::TempPostgres,
+    db: &str,
+    addr: &str,
+    victim: Kill,
+    victim_addr: &str,
+    lease_ms: u64,
+) -> anyhow::Result<serde_json::Value> {
+    let channel = tonic::transport::Channel::from_shared(addr.to_string())?.connect().await?;
+    let c: Client = pb::stoa_client::StoaClient::with_interceptor(channel, Bearer(format!("Bearer {TOKEN}").parse()?));
+    let steps = serde_json::json!([{"type": "Steps", "fields": {"done": 0, "total": 1_000_000, "waiting": false}}]);
+    start_many(&c, "failover", 60, steps).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let victim_addr = victim_addr.trim_start_matches("http://");
+    let theirs = pg
+        .psql(
+            db,
+            &format!(
+                "SELECT w.id FROM workflows w JOIN partitions p ON p.id = w.part JOIN members m ON m.id = p.owner \
+                 WHERE m.address = '{victim_addr}' AND w.id LIKE 'wf_bench.%' AND w.status = 'running' LIMIT 5"
+            ),
+        )
+        .map_err(anyhow::Error::msg)?;
+    let theirs: Vec<String> = theirs.lines().map(str::to_string).collect();
+    anyhow::ensure!(!theirs.is_empty(), "no running workflow on the third server to fail over");
+    let mut c = c;
+    let mut last = Vec::new();
+    for id in &theirs {
+        last.push(timeline_end(&mut c, id).await?);
+    }
+    let killed_us = now_ms() * 1000;
+    drop(victim);
+    let deadline = Instant::now() + Duration::from_millis(lease_ms * 4 + 30_000);
+    let first_us = 'found: loop {
+        for (id, from) in theirs.iter().zip(&last) {
+            let t = c
+                .get_timeline(pb::GetTimelineRequest { workflow_id: id.clone(), from_seq: *from, limit: 1000 })
+                .await?
+                .into_inner();
+            let after: Option<u64> = t
+                .entries
+                .iter()
+                .filter_map(|e| serde_json::from_str::<serde_json::Value>(&e.json).ok()?["at_us"].as_u64())
+                .filter(|at| *at > killed_us)
+                .min();
+            if let Some(at) = after {
+                break 'found at;
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no workflow of the killed server moved on");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    Ok(serde_json::json!({
+        "case": format!("failover: SIGKILL of 1 of 3 servers, lease {lease_ms} ms"),
+        "failover_s": (first_us - killed_us) as f64 / 1e6,
+        "lease_s": lease_ms as f64 / 1000.0,
+    }))
+}
+
+/// The next timeline position of a workflow.
+async fn timeline_end(c: &mut Client, id: &str) -> anyhow::Result<u64> {
+    let mut from = 1;
+    loop {
+        let t = c
+            .get_timeline(pb::GetTimelineRequest { workflow_id: id.to_string(), from_seq: from, limit: 10_000 })
+            .await?
+            .into_inner();
+        match t.entries.last() {
+            Some(e) => from = e.seq + 1,
+            None => return Ok(from),
+        }
+    }
 }
