@@ -19,8 +19,12 @@ use crate::followup::Background;
 use crate::placement::{Placement, View};
 use crate::runtime::Runtime;
 
-/// Ticks per lease period: a lease survives two missed ticks.
+/// Ticks per lease period at least: a lease survives three missed ticks.
 const TICKS_PER_LEASE: u32 = 4;
+/// The longest pause between ticks: a dead server's partitions are
+/// claimed at most this long after its leases ran out (failover within
+/// a lease period and a second).
+const MAX_TICK: Duration = Duration::from_millis(500);
 
 pub(crate) struct Member {
     pub store: Arc<PgStore>,
@@ -43,7 +47,7 @@ impl Member {
 
     /// Ticks until `shutdown`.
     pub async fn run(&self, rt: Arc<Runtime>, dispatch: DispatchHandle, shutdown: CancellationToken) {
-        let mut every = tokio::time::interval(self.lease.period / TICKS_PER_LEASE);
+        let mut every = tokio::time::interval((self.lease.period / TICKS_PER_LEASE).min(MAX_TICK));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut members = self.placement.members();
         loop {

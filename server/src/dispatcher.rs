@@ -229,9 +229,12 @@ impl Dispatcher {
                 self.handle(Event::Cancel(gone));
             }
             Event::Members(addresses) => {
+                // Never dropped for a full session (as a batch may be): a
+                // worker that misses it would never serve the new member.
                 let m = msg(pb::server_message::Msg::Members(pb::Members { addresses }));
                 for s in self.sessions.values() {
-                    let _ = s.tx.try_send(m.clone());
+                    let (tx, m) = (s.tx.clone(), m.clone());
+                    tokio::spawn(async move { tx.send(m).await });
                 }
             }
             Event::Connect { session, tenant, functions, max_in_flight, tx } => {

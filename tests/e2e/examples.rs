@@ -47,3 +47,27 @@ fn example_packs_run_to_completion_with_their_mocks() {
         assert!(last.contains(" completed"), "{pack}: {last}");
     }
 }
+
+/// `examples/cluster.sh` shows a takeover: three servers on a throwaway
+/// PostgreSQL, one killed, every workflow completed by the other two.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_cluster_example_shows_a_takeover() {
+    let bin = crate::support::worker_bin();
+    let dir = bin.parent().expect("the binaries' directory");
+    let out = std::process::Command::new("timeout")
+        .args(["300", "examples/cluster.sh"])
+        .current_dir(repo())
+        .env("STOA_BIN", dir)
+        .env("STOA_CLUSTER_WORKFLOWS", "30")
+        .env("STOA_CLUSTER_WORK_SCALE", "1")
+        .output()
+        .expect("run examples/cluster.sh");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "examples/cluster.sh failed:\n{text}");
+    assert!(text.contains("killed server 2"), "{text}");
+    assert!(text.contains("all 30 workflows completed"), "{text}");
+    // After the kill, two servers hold every partition.
+    let last = text.lines().rev().find(|l| l.contains("partitions {")).expect("a status line");
+    assert_eq!(last.matches(": ").count(), 2, "{last}");
+}
