@@ -234,3 +234,101 @@ fn a_server_frozen_past_its_lease_is_fenced_and_rejoins() {
     });
     drop(servers);
 }
+
+/// Each of three servers in turn is stopped with SIGTERM (it hands its
+/// partitions back at once) and started again, while workflows run and
+/// more are started through the servers that are up: nothing is lost,
+/// nothing is applied twice.
+#[test]
+fn a_rolling_restart_of_three_servers_under_load_loses_nothing() {
+    let db = "rolling";
+    let (pg, url) = postgres(db);
+    let mut servers: Vec<Server> = (0..3).map(|_| server(&url)).collect();
+    let addrs = |s: &[Server]| s.iter().map(|s| s.addr.clone()).collect::<Vec<_>>();
+    let now = addrs(&servers);
+    wait_spread(&pg, db, &now.iter().map(String::as_str).collect::<Vec<_>>());
+    let _worker = rust_worker(&now[0]);
+    rt().block_on(async {
+        let mut first = client(&now[0], TOKEN_A).await;
+        deploy(&mut first, "examples/packs/video-encode").await;
+        let mut ids = start_many(&[first], 200, "r").await;
+        for i in 0..3 {
+            let stopped = servers[i].terminate();
+            assert!(stopped.success(), "server {i} did not stop cleanly: {stopped:?}");
+            // Handed back at once: the two others hold everything well
+            // before a lease could have run out.
+            let t = Instant::now();
+            let up: Vec<String> =
+                addrs(&servers).into_iter().enumerate().filter(|(k, _)| *k != i).map(|(_, a)| a).collect();
+            wait_spread(&pg, db, &up.iter().map(String::as_str).collect::<Vec<_>>());
+            eprintln!("server {i} stopped; the others took its partitions in {:?}", t.elapsed());
+            let mut clients = Vec::new();
+            for a in &up {
+                clients.push(client(a, TOKEN_A).await);
+            }
+            ids.extend(start_many(&clients, 100, &format!("r{i}")).await);
+            servers[i] = server(&url);
+            let all = addrs(&servers);
+            wait_spread(&pg, db, &all.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        let mut c = client(&servers[2].addr, TOKEN_A).await;
+        wait_all_completed(&mut c, &ids, Duration::from_secs(240)).await;
+    });
+    drop(servers);
+}
+
+/// Workflows whose timer turns fail pathologically (a rule recursing past
+/// the call-depth ceiling when the timer fires), spread over three
+/// servers' partitions: each fails its own workflow, no server goes down,
+/// and the other workflows keep completing.
+#[test]
+fn poison_timers_on_a_cluster_fail_their_workflows_and_nothing_else() {
+    let db = "poison";
+    let (pg, url) = postgres(db);
+    let mut servers: Vec<Server> = (0..3).map(|_| server(&url)).collect();
+    let now: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
+    wait_spread(&pg, db, &now.iter().map(String::as_str).collect::<Vec<_>>());
+    let _worker = rust_worker(&now[0]);
+    let rules = r#"
+rule "arm" { match { g: Go() } action { after("1s", "Boom", #{}); } }
+rule "boom" { match { b: Boom() } action { let f = |n, g| g.call(n + 1, g); f.call(0, f); } }
+"#;
+    rt().block_on(async {
+        let mut a = client(&now[0], TOKEN_A).await;
+        deploy(&mut a, "examples/packs/video-encode").await;
+        a.deploy_pack(pb::DeployPackRequest {
+            files: crate::hostile::pack("poison", "max_call_depth = 256", rules),
+            ..Default::default()
+        })
+        .await
+        .expect("deploy the poison pack");
+        let mut poisoned = Vec::new();
+        for i in 0..30 {
+            let facts = facts(serde_json::json!([{"type": "Go", "fields": {}}]));
+            let r = pb::StartWorkflowRequest { pack: "poison".into(), facts, request_id: format!("p{i}") };
+            poisoned.push(a.start_workflow(r).await.expect("start poison").into_inner().workflow_id);
+        }
+        let clients = vec![a.clone()];
+        let ids = start_many(&clients, 200, "v").await;
+        wait_all_completed(&mut a, &ids, Duration::from_secs(180)).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for id in &poisoned {
+            loop {
+                let w = a
+                    .get_workflow(pb::GetWorkflowRequest { workflow_id: id.clone(), without_facts: true })
+                    .await
+                    .expect("get")
+                    .into_inner();
+                if w.status == "failed" {
+                    assert!(w.reason.contains("call stack too deep"), "{id}: {}", w.reason);
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{id} is still {}", w.status);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    for (i, s) in servers.iter_mut().enumerate() {
+        assert!(s.child.try_wait().expect("try_wait").is_none(), "server {i} went down");
+    }
+}

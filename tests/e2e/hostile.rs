@@ -23,7 +23,7 @@ fn server(dir: &std::path::Path, config: &str) -> Server {
     Server::start_with(&dir.join("data"), &["--config", path.to_str().expect("utf-8 path")])
 }
 
-fn pack(name: &str, limits: &str, rules: &str) -> Vec<pb::PackFile> {
+pub(crate) fn pack(name: &str, limits: &str, rules: &str) -> Vec<pb::PackFile> {
     let manifest = format!("[pack]\nname = \"{name}\"\nversion = \"1\"\n\n[limits]\n{limits}\n");
     vec![
         pb::PackFile { path: "pack.toml".into(), content: manifest.into_bytes() },
