@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::tenant;
 use crate::input;
+use crate::placement::Place;
 use crate::rollout::Rollout;
 use crate::runtime::Runtime;
 use crate::schedule::api as sched;
@@ -24,6 +25,50 @@ use crate::upgrade::{Mode, UpgradeJob};
 pub struct StoaService {
     pub runtime: Arc<Runtime>,
     pub schedules: Arc<crate::schedule::Scheduler>,
+}
+
+/// Marks a call sent on to the cluster's coordinator: not sent on again.
+const FORWARDED: &str = "x-stoa-forwarded";
+
+impl StoaService {
+    /// Where a call the cluster answers once goes (schedules, deploys,
+    /// rollouts and their upgrade jobs): `None` here, else a channel to the
+    /// coordinator (see `placement`).
+    fn coordinator_elsewhere<T>(&self, req: &Request<T>) -> Result<Option<tonic::transport::Channel>, Status> {
+        let unavailable = |m: &str| Err(Status::unavailable(format!("{m}; retry")));
+        match self.runtime.opts.placement.coordinator() {
+            Place::Here(_) => Ok(None),
+            _ if req.metadata().get(FORWARDED).is_some() => unavailable("the cluster's coordinator is moving"),
+            Place::There(address) => match &self.runtime.opts.peers {
+                Some(peers) => Ok(Some(peers.channel(&address)?)),
+                None => unavailable("no peers"),
+            },
+            Place::Nobody(_) => unavailable("the cluster has no coordinator now (a server left)"),
+        }
+    }
+}
+
+/// A client's call, as the coordinator gets it: the same body and token.
+fn onward<T>(req: Request<T>) -> Request<T> {
+    let auth = req.metadata().get("authorization").cloned();
+    let mut out = Request::new(req.into_inner());
+    if let Some(a) = auth {
+        out.metadata_mut().insert("authorization", a);
+    }
+    out.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    out
+}
+
+/// Sends the call on to the coordinator unless this server is it.
+macro_rules! at_coordinator {
+    ($self:ident, $req:ident, $method:ident) => {
+        if let Some(channel) = $self.coordinator_elsewhere(&$req)? {
+            let mut client = pb::stoa_client::StoaClient::new(channel)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX);
+            return client.$method(onward($req)).await;
+        }
+    };
 }
 
 fn workflow_id(s: &str) -> Result<WorkflowId, Status> {
@@ -135,6 +180,7 @@ impl pb::stoa_server::Stoa for StoaService {
         &self,
         req: Request<pb::DeployPackRequest>,
     ) -> Result<Response<pb::DeployPackResponse>, Status> {
+        at_coordinator!(self, req, deploy_pack);
         let tenant = tenant(&req)?;
         let req = req.into_inner();
         if req.files.is_empty() {
@@ -204,6 +250,7 @@ impl pb::stoa_server::Stoa for StoaService {
         &self,
         req: Request<pb::RolloutPackRequest>,
     ) -> Result<Response<pb::RolloutPackResponse>, Status> {
+        at_coordinator!(self, req, rollout_pack);
         let tenant = tenant(&req)?;
         let req = req.into_inner();
         input::pack_name("name", &req.name)?;
@@ -217,6 +264,7 @@ impl pb::stoa_server::Stoa for StoaService {
         &self,
         req: Request<pb::RollbackPackRequest>,
     ) -> Result<Response<pb::RolloutPackResponse>, Status> {
+        at_coordinator!(self, req, rollback_pack);
         let tenant = tenant(&req)?;
         let req = req.into_inner();
         input::pack_name("name", &req.name)?;
@@ -225,6 +273,7 @@ impl pb::stoa_server::Stoa for StoaService {
     }
 
     async fn get_upgrade(&self, req: Request<pb::GetUpgradeRequest>) -> Result<Response<pb::UpgradeJob>, Status> {
+        at_coordinator!(self, req, get_upgrade);
         let tenant = tenant(&req)?;
         let req = req.into_inner();
         input::pack_name("name", &req.name)?;
@@ -569,6 +618,7 @@ impl pb::stoa_server::Stoa for StoaService {
     // ---- schedules (crate::schedule::api)
 
     async fn put_schedule(&self, req: Request<pb::PutScheduleRequest>) -> Result<Response<pb::Schedule>, Status> {
+        at_coordinator!(self, req, put_schedule);
         let tenant = tenant(&req)?;
         Ok(Response::new(sched::put(&self.schedules, &tenant, req.into_inner())?))
     }
@@ -577,21 +627,25 @@ impl pb::stoa_server::Stoa for StoaService {
         &self,
         req: Request<pb::ListSchedulesRequest>,
     ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        at_coordinator!(self, req, list_schedules);
         let tenant = tenant(&req)?;
         Ok(Response::new(sched::list(&self.schedules, &tenant)))
     }
 
     async fn get_schedule(&self, req: Request<pb::ScheduleRef>) -> Result<Response<pb::Schedule>, Status> {
+        at_coordinator!(self, req, get_schedule);
         let tenant = tenant(&req)?;
         Ok(Response::new(sched::get(&self.schedules, &tenant, req.into_inner())?))
     }
 
     async fn pause_schedule(&self, req: Request<pb::ScheduleRef>) -> Result<Response<pb::Schedule>, Status> {
+        at_coordinator!(self, req, pause_schedule);
         let tenant = tenant(&req)?;
         Ok(Response::new(sched::pause(&self.schedules, &tenant, req.into_inner(), true)?))
     }
 
     async fn resume_schedule(&self, req: Request<pb::ScheduleRef>) -> Result<Response<pb::Schedule>, Status> {
+        at_coordinator!(self, req, resume_schedule);
         let tenant = tenant(&req)?;
         Ok(Response::new(sched::pause(&self.schedules, &tenant, req.into_inner(), false)?))
     }
@@ -600,6 +654,7 @@ impl pb::stoa_server::Stoa for StoaService {
         &self,
         req: Request<pb::TriggerScheduleRequest>,
     ) -> Result<Response<pb::TriggerScheduleResponse>, Status> {
+        at_coordinator!(self, req, trigger_schedule);
         let tenant = tenant(&req)?;
         Ok(Response::new(sched::trigger(&self.schedules, &tenant, req.into_inner()).await?))
     }
@@ -608,6 +663,7 @@ impl pb::stoa_server::Stoa for StoaService {
         &self,
         req: Request<pb::ScheduleRef>,
     ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
+        at_coordinator!(self, req, delete_schedule);
         let tenant = tenant(&req)?;
         Ok(Response::new(sched::delete(&self.schedules, &tenant, req.into_inner())?))
     }

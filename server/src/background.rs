@@ -40,7 +40,10 @@ pub async fn run(rt: Arc<Runtime>, mut rx: mpsc::UnboundedReceiver<Background>, 
     let here = rt.opts.placement.here();
     load_timers(&rt, &mut due, &here);
     resume_signals(&rt, &shutdown, &here);
-    rt.resume_upgrades();
+    // Upgrade jobs run on one server of a cluster (see `cluster`).
+    if rt.opts.placement.is_coordinator() {
+        rt.resume_upgrades();
+    }
     let permits = Arc::new(Semaphore::new(TIMER_CONCURRENCY));
     loop {
         let wait = match due.first() {

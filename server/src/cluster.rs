@@ -18,6 +18,7 @@ use crate::dispatch_handle::{DispatchHandle, Event};
 use crate::followup::Background;
 use crate::placement::{Placement, View};
 use crate::runtime::Runtime;
+use crate::schedule::Scheduler;
 
 /// Ticks per lease period at least: a lease survives three missed ticks.
 const TICKS_PER_LEASE: u32 = 4;
@@ -45,8 +46,15 @@ impl Member {
         Ok(member)
     }
 
-    /// Ticks until `shutdown`.
-    pub async fn run(&self, rt: Arc<Runtime>, dispatch: DispatchHandle, shutdown: CancellationToken) {
+    /// Ticks until `shutdown`. The holder of partition 0 is the
+    /// coordinator: it runs the schedules and the upgrade jobs.
+    pub async fn run(
+        &self,
+        rt: Arc<Runtime>,
+        dispatch: DispatchHandle,
+        schedules: Arc<Scheduler>,
+        shutdown: CancellationToken,
+    ) {
         let mut every = tokio::time::interval((self.lease.period / TICKS_PER_LEASE).min(MAX_TICK));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut members = self.placement.members();
@@ -92,6 +100,19 @@ impl Member {
                     Ok(Err(e)) => tracing::warn!(error = %e, "handing partitions over"),
                     Err(e) => tracing::error!(error = %e, "handing partitions over"),
                 }
+            }
+            // The coordinator's work follows partition 0 (tried again at
+            // the next tick if the store cannot be read now).
+            let coordinator = self.placement.is_coordinator();
+            if coordinator && !schedules.is_active() {
+                let s = schedules.clone();
+                match rt.blocking(move || s.activate()).await {
+                    Ok(Ok(())) => rt.resume_upgrades(),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "reading the schedules"),
+                    Err(e) => tracing::error!(error = %e, "reading the schedules"),
+                }
+            } else if !coordinator && schedules.is_active() {
+                schedules.deactivate();
             }
             let now = self.placement.members();
             if now != members {

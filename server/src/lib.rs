@@ -347,8 +347,8 @@ impl Core {
         let mut tasks =
             vec![scheduler_task, dispatcher_task, background_task, health_task, unload_task, retention_task];
         if let Some(member) = member {
-            let (rt, d, stop) = (runtime.clone(), dispatch.clone(), shutdown.child_token());
-            tasks.push(tokio::spawn(async move { member.run(rt, d, stop).await }));
+            let (rt, d, s, stop) = (runtime.clone(), dispatch.clone(), schedules.clone(), shutdown.child_token());
+            tasks.push(tokio::spawn(async move { member.run(rt, d, s, stop).await }));
         }
         Ok(Core { runtime, schedules, dispatch, sessions_closed, pool, committer, tasks, stopper })
     }

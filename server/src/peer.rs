@@ -70,7 +70,7 @@ impl Peers {
         Peers { secret, channels: DashMap::new() }
     }
 
-    fn channel(&self, address: &str) -> Result<Channel, ApiError> {
+    pub fn channel(&self, address: &str) -> Result<Channel, ApiError> {
         if let Some(c) = self.channels.get(address) {
             return Ok(c.clone());
         }

@@ -70,6 +70,27 @@ impl Placement {
         }
     }
 
+    /// Where the cluster's coordinator is: the owner of partition 0, which
+    /// runs what the cluster does once (schedules, pack deploys and
+    /// rollouts with their upgrade jobs). A server alone is its own.
+    pub fn coordinator(&self) -> Place {
+        if self.count.is_none() {
+            return Place::Here(0);
+        }
+        let view = self.read();
+        if let Some(epoch) = view.here.get(&0) {
+            return Place::Here(*epoch);
+        }
+        match view.owners.first().cloned().flatten() {
+            Some(address) => Place::There(address),
+            None => Place::Nobody(0),
+        }
+    }
+
+    pub fn is_coordinator(&self) -> bool {
+        matches!(self.coordinator(), Place::Here(_))
+    }
+
     /// The epoch of the workflow's partition if it is held here.
     pub fn epoch(&self, id: &WorkflowId) -> Option<u64> {
         match self.place(id) {

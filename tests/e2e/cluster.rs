@@ -332,3 +332,76 @@ rule "boom" { match { b: Boom() } action { let f = |n, g| g.call(n + 1, g); f.ca
         assert!(s.child.try_wait().expect("try_wait").is_none(), "server {i} went down");
     }
 }
+
+/// A cron schedule on three servers: the coordinator (the holder of
+/// partition 0) ticks it; schedule calls to any server reach it; when it is
+/// SIGKILLed, another takes over, runs the missed ticks by the schedule's
+/// policy, and each tick starts exactly one workflow.
+#[test]
+fn a_schedule_ticks_once_per_tick_across_a_coordinator_kill() {
+    let db = "cron";
+    let (pg, url) = postgres(db);
+    let mut servers: Vec<Server> = (0..3).map(|_| server(&url)).collect();
+    let now: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
+    wait_spread(&pg, db, &now.iter().map(String::as_str).collect::<Vec<_>>());
+    let coordinator = pg
+        .psql(db, "SELECT m.address FROM partitions p JOIN members m ON m.id = p.owner WHERE p.id = 0")
+        .expect("psql");
+    let victim = now.iter().position(|a| a.ends_with(&coordinator)).expect("the coordinator is one of them");
+    let other = (victim + 1) % 3;
+    rt().block_on(async {
+        let mut c = client(&now[other], TOKEN_A).await;
+        c.deploy_pack(pb::DeployPackRequest {
+            files: crate::client::pack_files("tests/packs/ticker"),
+            ..Default::default()
+        })
+        .await
+        .expect("deploy through a server that is not the coordinator");
+        let schedule = pb::PutScheduleRequest {
+            name: "every-second".into(),
+            pack: "ticker".into(),
+            cron: "@every 1s".into(),
+            facts: facts(serde_json::json!([{"type": "Tick", "fields": {"source": "cluster"}}])),
+            catch_up: "all".into(),
+            ..Default::default()
+        };
+        c.put_schedule(schedule).await.expect("put the schedule through another server");
+        let runs = |n: usize| {
+            let mut c = c.clone();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    match c.get_schedule(pb::ScheduleRef { name: "every-second".into() }).await {
+                        Ok(s) if s.get_ref().runs.len() >= n => return s.into_inner(),
+                        _ => {}
+                    }
+                    assert!(Instant::now() < deadline, "fewer than {n} runs within a minute");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        runs(3).await;
+        servers[victim].kill();
+        let after = runs(10).await;
+        let dues: Vec<i64> = after.runs.iter().map(|r| r.due_ms).collect();
+        let distinct: std::collections::BTreeSet<_> = dues.iter().collect();
+        assert_eq!(distinct.len(), dues.len(), "a tick ran twice: {dues:?}");
+        let ids: std::collections::BTreeSet<_> = after.runs.iter().map(|r| &r.workflow_id).collect();
+        assert_eq!(ids.len(), after.runs.len(), "two runs share a workflow");
+        // Every workflow of the ticker pack is one run's: none started twice.
+        let started: usize =
+            pg.psql(db, "SELECT count(*) FROM workflows WHERE pack = 'ticker'").expect("psql").parse().expect("count");
+        // The pack's own schedule (`heartbeat`) ticks too.
+        let mut recorded = 0;
+        for name in ["every-second", "heartbeat"] {
+            let s = c.get_schedule(pb::ScheduleRef { name: name.into() }).await.expect("get").into_inner();
+            recorded += s.runs.len();
+        }
+        assert!(started <= recorded + 2, "{started} workflows for {recorded} recorded runs");
+        // Consecutive ticks, one second apart, none missing across the kill.
+        for w in dues.windows(2) {
+            assert_eq!(w[1] - w[0], 1000, "{dues:?}");
+        }
+    });
+    drop(servers);
+}

@@ -140,6 +140,9 @@ pub struct Scheduler {
     state: Mutex<State>,
     wake: Notify,
     faults: Arc<dyn Faults>,
+    /// Whether this server runs the schedules: always alone; in a cluster,
+    /// only the coordinator (see `cluster`), so that one server ticks.
+    active: std::sync::atomic::AtomicBool,
 }
 
 fn key_of(tenant: &str, name: &str) -> (String, String) {
@@ -150,8 +153,58 @@ impl Scheduler {
     /// Loads the stored schedules; ticks missed while the server was down
     /// are due at once, and the first pass applies their policies.
     pub fn load(runtime: Arc<Runtime>, store: Arc<dyn Store>, faults: Arc<dyn Faults>) -> Result<Scheduler, String> {
-        let mut state = State::default();
+        let active = runtime.opts.placement.is_coordinator();
         let now = runtime.clock.now_ms();
+        let state = if active { read_state(&*store, now)? } else { State::default() };
+        Ok(Scheduler {
+            runtime,
+            store,
+            state: Mutex::new(state),
+            wake: Notify::new(),
+            faults,
+            active: std::sync::atomic::AtomicBool::new(active),
+        })
+    }
+
+    /// This server became the cluster's coordinator: it reads the
+    /// schedules as stored (ticks missed meanwhile go through their
+    /// policies) and runs them.
+    pub fn activate(&self) -> Result<(), String> {
+        let state = read_state(&*self.store, self.runtime.clock.now_ms())?;
+        *self.state.lock().expect("scheduler lock") = state;
+        self.active.store(true, std::sync::atomic::Ordering::Release);
+        self.wake.notify_one();
+        tracing::info!("this server runs the cluster's schedules");
+        Ok(())
+    }
+
+    /// Another server coordinates now: this one stops ticking.
+    pub fn deactivate(&self) {
+        if self.active.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            *self.state.lock().expect("scheduler lock") = State::default();
+            self.wake.notify_one();
+            tracing::info!("the cluster's schedules moved to another server");
+        }
+    }
+
+    pub(crate) fn is_active(&self) -> bool {
+        self.active.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Refuses a change or a read where the schedules do not run.
+    fn here(&self) -> Result<(), ApiError> {
+        if self.is_active() {
+            Ok(())
+        } else {
+            Err(ApiError::Unavailable("the cluster's schedules are moving to another server; retry".into()))
+        }
+    }
+}
+
+/// The stored schedules, as a scheduler runs them.
+fn read_state(store: &dyn Store, now: u64) -> Result<State, String> {
+    let mut state = State::default();
+    {
         for (key, value) in store.scan_aux(KIND, "").map_err(|e| e.to_string())? {
             let rec: Schedule = serde_json::from_value(value).map_err(|e| format!("schedule record {key}: {e}"))?;
             // One schedule this build cannot read must not keep the server
@@ -164,7 +217,7 @@ impl Scheduler {
                 }
             };
             let mut rec = rec;
-            if recover(&*store, &spec, &mut rec, now).map_err(|e| format!("schedule record {key}: {e}"))? {
+            if recover(store, &spec, &mut rec, now).map_err(|e| format!("schedule record {key}: {e}"))? {
                 store
                     .put_aux(KIND, &key, &serde_json::to_value(&rec).expect("schedules serialize"))
                     .map_err(|e| format!("schedule record {key}: {e}"))?;
@@ -173,9 +226,11 @@ impl Scheduler {
             state.entries.insert(k.clone(), Entry { rec, spec, due: None, unsure: false });
             state.requeue(&k, None);
         }
-        Ok(Scheduler { runtime, store, state: Mutex::new(state), wake: Notify::new(), faults })
     }
+    Ok(state)
+}
 
+impl Scheduler {
     /// Writes schedule records; `passed`: after a pass, whose intents they
     /// make moot (dropped in the same write).
     fn persist(&self, recs: &[&Schedule], passed: bool) -> Result<(), ApiError> {
@@ -196,6 +251,13 @@ impl Scheduler {
     /// ticks are recorded.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
+            if !self.is_active() {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return,
+                    _ = self.wake.notified() => continue,
+                }
+            }
             let unsaved = !self.save_unsaved();
             let first = self.state.lock().expect("scheduler lock").queue.first().map(|(d, _, _)| *d);
             let now = self.runtime.clock.now_ms() as i64;
@@ -399,6 +461,7 @@ impl Scheduler {
     /// Creates or replaces a schedule. Its ticks count from now, unless it
     /// existed with the same timing (a redeploy keeps its place).
     pub fn put(&self, tenant: &str, def: Definition, from_pack: bool) -> Result<Schedule, ApiError> {
+        self.here()?;
         let spec = validate(&def)?;
         if !from_pack && !self.runtime.packs(tenant).iter().any(|(n, _, _)| *n == def.pack) {
             return Err(ApiError::InvalidArgument(format!("pack: `{}` is not deployed", def.pack)));
@@ -480,6 +543,7 @@ impl Scheduler {
     }
 
     fn update(&self, tenant: &str, name: &str, f: impl FnOnce(&mut Schedule)) -> Result<Schedule, ApiError> {
+        self.here()?;
         let k = key_of(tenant, name);
         let mut st = self.state.lock().expect("scheduler lock");
         let e = st.entries.get(&k).ok_or_else(|| not_found(name))?;
@@ -521,6 +585,7 @@ impl Scheduler {
     }
 
     pub fn delete(&self, tenant: &str, name: &str) -> Result<(), ApiError> {
+        self.here()?;
         let k = key_of(tenant, name);
         let mut st = self.state.lock().expect("scheduler lock");
         if !st.entries.contains_key(&k) {
@@ -538,6 +603,7 @@ impl Scheduler {
 
     /// Starts the schedule's workflow now; `request` makes it idempotent.
     pub async fn trigger(&self, tenant: &str, name: &str, request: &str) -> Result<(String, bool), ApiError> {
+        self.here()?;
         let (pack, facts) = {
             let st = self.state.lock().expect("scheduler lock");
             let e = st.entries.get(&key_of(tenant, name)).ok_or_else(|| not_found(name))?;
@@ -565,6 +631,7 @@ impl Scheduler {
     }
 
     pub fn get(&self, tenant: &str, name: &str) -> Result<(Schedule, Vec<i64>), ApiError> {
+        self.here()?;
         let st = self.state.lock().expect("scheduler lock");
         let e = st.entries.get(&key_of(tenant, name)).ok_or_else(|| not_found(name))?;
         Ok((e.rec.clone(), next_ticks(e, self.runtime.clock.now_ms())))
