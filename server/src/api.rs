@@ -288,6 +288,9 @@ impl pb::stoa_server::Stoa for StoaService {
         &self,
         req: Request<pb::SendSignalRequest>,
     ) -> Result<Response<pb::SendSignalResponse>, Status> {
+        // One router per signal id in a cluster: a retry sent to another
+        // server waits for the first routing, as on one server.
+        at_coordinator!(self, req, send_signal);
         let tenant = tenant(&req)?;
         let req = req.into_inner();
         if req.name.is_empty() || req.name.len() > 200 || req.name.chars().any(char::is_control) {

@@ -504,6 +504,31 @@ impl Runtime {
                 }
             }
         }
+        // What runs is kept compiled, as after a deploy here.
+        let keep = self.policy(tenant).quotas.max_versions_kept as usize;
+        let names: Vec<String> = self.packs.iter().filter(|e| e.key().0 == tenant).map(|e| e.key().1.clone()).collect();
+        for name in names {
+            let key = (tenant.to_string(), name.clone());
+            let running: Vec<String> = match self.packs.get(&key) {
+                Some(v) => v
+                    .stable_version()
+                    .into_iter()
+                    .chain(v.rollout.as_ref().and_then(|r| r.canary.as_ref()).map(|c| c.version.as_str()))
+                    .filter(|version| v.get(version).is_none())
+                    .map(str::to_string)
+                    .collect(),
+                None => continue,
+            };
+            for version in running {
+                let pack = self.pack_known(tenant, &name, Some(&version))?;
+                if let Some(mut versions) = self.packs.get_mut(&key) {
+                    if let Some(v) = versions.list.iter_mut().rev().find(|v| v.version == version) {
+                        v.kept = Some(pack);
+                    }
+                    versions.trim(keep);
+                }
+            }
+        }
         Ok(())
     }
 

@@ -100,6 +100,13 @@ impl Runtime {
         signal: &Signal,
         rec: &mut SignalRecord,
     ) -> Result<(), ApiError> {
+        if self.opts.placement.is_cluster() {
+            // A subscribing pack may have been deployed through another
+            // server a moment ago.
+            let rt = self.clone();
+            let t = tenant.to_string();
+            self.blocking(move || rt.refresh_packs(&t)).await.map_err(internal)??;
+        }
         let subscribers: Vec<(String, bool, bool)> = self
             .packs(tenant)
             .into_iter()

@@ -405,3 +405,78 @@ fn a_schedule_ticks_once_per_tick_across_a_coordinator_kill() {
     });
     drop(servers);
 }
+
+fn signal_pack(name: &str, manifest: &str, rules: &str) -> Vec<pb::PackFile> {
+    vec![
+        pb::PackFile {
+            path: "pack.toml".into(),
+            content: format!("[pack]\nname = \"{name}\"\nversion = \"1\"\n{manifest}").into_bytes(),
+        },
+        pb::PackFile { path: "main.rules".into(), content: rules.as_bytes().to_vec() },
+    ]
+}
+
+/// Signal subscriptions on three servers: each signal id, sent to all
+/// three at once, starts one workflow of the subscribing pack; the signal
+/// it emits starts one workflow of the next.
+#[test]
+fn each_signal_id_starts_one_workflow_on_a_cluster() {
+    let db = "signals";
+    let (pg, url) = postgres(db);
+    let servers: Vec<Server> = (0..3).map(|_| server(&url)).collect();
+    let now: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
+    wait_spread(&pg, db, &now.iter().map(String::as_str).collect::<Vec<_>>());
+    rt().block_on(async {
+        let mut clients = Vec::new();
+        for a in &now {
+            clients.push(client(a, TOKEN_A).await);
+        }
+        let ingest = signal_pack(
+            "ingest",
+            "[signals.\"partition.ready\"]\nstart = true\n",
+            r#"rule "load" { match { s: Signal(name == "partition.ready") } action { emit("partition.loaded", #{ day: s.payload.day }); complete(); } }"#,
+        );
+        let report = signal_pack(
+            "report",
+            "[signals.\"partition.loaded\"]\nstart = true\n",
+            r#"rule "report" { match { s: Signal(name == "partition.loaded") } action { complete(#{ day: s.payload.day }); } }"#,
+        );
+        for files in [ingest, report] {
+            clients[1].deploy_pack(pb::DeployPackRequest { files, ..Default::default() }).await.expect("deploy");
+        }
+        let mut sends = tokio::task::JoinSet::new();
+        for day in 0..30 {
+            for c in &clients {
+                let mut c = c.clone();
+                sends.spawn(async move {
+                    let req = pb::SendSignalRequest {
+                        name: "partition.ready".into(),
+                        signal_id: format!("day-{day}"),
+                        payload_json: format!(r#"{{"day": {day}}}"#),
+                        workflow_id: String::new(),
+                    };
+                    c.send_signal(req).await.expect("signal").into_inner()
+                });
+            }
+        }
+        let mut created = 0;
+        while let Some(r) = sends.join_next().await {
+            created += usize::from(r.expect("task").created);
+        }
+        assert_eq!(created, 30, "each id is routed once");
+        let count = |pack: &str| -> usize {
+            pg.psql(db, &format!("SELECT count(*) FROM workflows WHERE pack = '{pack}'"))
+                .expect("psql")
+                .parse()
+                .expect("count")
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while count("report") < 30 {
+            assert!(Instant::now() < deadline, "{} reports started", count("report"));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!((count("ingest"), count("report")), (30, 30), "a signal id started two workflows");
+    });
+    drop(servers);
+}
