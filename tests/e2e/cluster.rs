@@ -52,8 +52,18 @@ fn spread(pg: &TempPostgres, db: &str) -> String {
     .expect("psql")
 }
 
+/// `n` servers on a new database of a throwaway PostgreSQL, once each
+/// holds about its share of the partitions; and their addresses.
+fn cluster(db: &str, n: usize) -> (TempPostgres, String, Vec<Server>, Vec<String>) {
+    let (pg, url) = postgres(db);
+    let servers: Vec<Server> = (0..n).map(|_| server(&url)).collect();
+    let addrs: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
+    wait_spread(&pg, db, &addrs);
+    (pg, url, servers, addrs)
+}
+
 /// Waits until each of `addrs` holds about its share of the partitions.
-fn wait_spread(pg: &TempPostgres, db: &str, addrs: &[&str]) {
+fn wait_spread(pg: &TempPostgres, db: &str, addrs: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let now = spread(pg, db);
@@ -146,10 +156,7 @@ async fn wait_all_completed(c: &mut Client, ids: &[String], within: Duration) {
 #[test]
 fn three_servers_one_sigkilled_under_load_lose_nothing_and_apply_nothing_twice() {
     let db = "cluster";
-    let (pg, url) = postgres(db);
-    let mut servers: Vec<Server> = (0..3).map(|_| server(&url)).collect();
-    let addrs: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
-    wait_spread(&pg, db, &addrs.iter().map(String::as_str).collect::<Vec<_>>());
+    let (pg, _url, mut servers, addrs) = cluster(db, 3);
     // The worker knows the second server only; it learns the others.
     rt().block_on(async {
         let mut clients = Vec::new();
@@ -175,7 +182,7 @@ fn three_servers_one_sigkilled_under_load_lose_nothing_and_apply_nothing_twice()
         // server's included, once its partitions moved.
         let retried = start_many(&clients, 1000, "k").await;
         assert_eq!(retried, ids, "a retried start found its first workflow");
-        wait_spread(&pg, db, &addrs[1..].iter().map(String::as_str).collect::<Vec<_>>());
+        wait_spread(&pg, db, &addrs[1..]);
         wait_all_completed(&mut clients[0], &ids, Duration::from_secs(240)).await;
     });
     drop(servers);
@@ -187,11 +194,7 @@ fn three_servers_one_sigkilled_under_load_lose_nothing_and_apply_nothing_twice()
 #[test]
 fn a_server_frozen_past_its_lease_is_fenced_and_rejoins() {
     let db = "fence";
-    let (pg, url) = postgres(db);
-    let servers: Vec<Server> = (0..2).map(|_| server(&url)).collect();
-    let addrs: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
-    let both: Vec<&str> = addrs.iter().map(String::as_str).collect();
-    wait_spread(&pg, db, &both);
+    let (pg, _url, servers, addrs) = cluster(db, 2);
     let _worker = rust_worker(&addrs[1]);
     rt().block_on(async {
         let mut a = client(&addrs[0], TOKEN_A).await;
@@ -227,7 +230,7 @@ fn a_server_frozen_past_its_lease_is_fenced_and_rejoins() {
         }
         signal("-CONT");
         // It notices, drops what it held and takes its share back.
-        wait_spread(&pg, db, &both);
+        wait_spread(&pg, db, &addrs);
         let more = start_many(std::slice::from_ref(&a), 100, "g").await;
         wait_all_completed(&mut b, &ids, Duration::from_secs(180)).await;
         wait_all_completed(&mut a, &more, Duration::from_secs(120)).await;
@@ -242,11 +245,8 @@ fn a_server_frozen_past_its_lease_is_fenced_and_rejoins() {
 #[test]
 fn a_rolling_restart_of_three_servers_under_load_loses_nothing() {
     let db = "rolling";
-    let (pg, url) = postgres(db);
-    let mut servers: Vec<Server> = (0..3).map(|_| server(&url)).collect();
+    let (pg, url, mut servers, now) = cluster(db, 3);
     let addrs = |s: &[Server]| s.iter().map(|s| s.addr.clone()).collect::<Vec<_>>();
-    let now = addrs(&servers);
-    wait_spread(&pg, db, &now.iter().map(String::as_str).collect::<Vec<_>>());
     let _worker = rust_worker(&now[0]);
     rt().block_on(async {
         let mut first = client(&now[0], TOKEN_A).await;
@@ -260,7 +260,7 @@ fn a_rolling_restart_of_three_servers_under_load_loses_nothing() {
             let t = Instant::now();
             let up: Vec<String> =
                 addrs(&servers).into_iter().enumerate().filter(|(k, _)| *k != i).map(|(_, a)| a).collect();
-            wait_spread(&pg, db, &up.iter().map(String::as_str).collect::<Vec<_>>());
+            wait_spread(&pg, db, &up);
             eprintln!("server {i} stopped; the others took its partitions in {:?}", t.elapsed());
             let mut clients = Vec::new();
             for a in &up {
@@ -268,8 +268,7 @@ fn a_rolling_restart_of_three_servers_under_load_loses_nothing() {
             }
             ids.extend(start_many(&clients, 100, &format!("r{i}")).await);
             servers[i] = server(&url);
-            let all = addrs(&servers);
-            wait_spread(&pg, db, &all.iter().map(String::as_str).collect::<Vec<_>>());
+            wait_spread(&pg, db, &addrs(&servers));
         }
         let mut c = client(&servers[2].addr, TOKEN_A).await;
         wait_all_completed(&mut c, &ids, Duration::from_secs(240)).await;
@@ -283,11 +282,7 @@ fn a_rolling_restart_of_three_servers_under_load_loses_nothing() {
 /// and the other workflows keep completing.
 #[test]
 fn poison_timers_on_a_cluster_fail_their_workflows_and_nothing_else() {
-    let db = "poison";
-    let (pg, url) = postgres(db);
-    let mut servers: Vec<Server> = (0..3).map(|_| server(&url)).collect();
-    let now: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
-    wait_spread(&pg, db, &now.iter().map(String::as_str).collect::<Vec<_>>());
+    let (_pg, _url, mut servers, now) = cluster("poison", 3);
     let _worker = rust_worker(&now[0]);
     let rules = r#"
 rule "arm" { match { g: Go() } action { after("1s", "Boom", #{}); } }
@@ -340,10 +335,7 @@ rule "boom" { match { b: Boom() } action { let f = |n, g| g.call(n + 1, g); f.ca
 #[test]
 fn a_schedule_ticks_once_per_tick_across_a_coordinator_kill() {
     let db = "cron";
-    let (pg, url) = postgres(db);
-    let mut servers: Vec<Server> = (0..3).map(|_| server(&url)).collect();
-    let now: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
-    wait_spread(&pg, db, &now.iter().map(String::as_str).collect::<Vec<_>>());
+    let (pg, _url, mut servers, now) = cluster(db, 3);
     let coordinator = pg
         .psql(db, "SELECT m.address FROM partitions p JOIN members m ON m.id = p.owner WHERE p.id = 0")
         .expect("psql");
@@ -422,10 +414,7 @@ fn signal_pack(name: &str, manifest: &str, rules: &str) -> Vec<pb::PackFile> {
 #[test]
 fn each_signal_id_starts_one_workflow_on_a_cluster() {
     let db = "signals";
-    let (pg, url) = postgres(db);
-    let servers: Vec<Server> = (0..3).map(|_| server(&url)).collect();
-    let now: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
-    wait_spread(&pg, db, &now.iter().map(String::as_str).collect::<Vec<_>>());
+    let (pg, _url, servers, now) = cluster(db, 3);
     rt().block_on(async {
         let mut clients = Vec::new();
         for a in &now {
