@@ -469,3 +469,26 @@ fn each_signal_id_starts_one_workflow_on_a_cluster() {
     });
     drop(servers);
 }
+
+/// The Python worker, told one server of three, serves the workflows every
+/// server owns.
+#[test]
+fn the_python_worker_serves_every_server_of_a_cluster() {
+    let (_pg, _url, servers, now) = cluster("python", 3);
+    let _worker = Proc(
+        std::process::Command::new(crate::support::python())
+            .arg(crate::support::repo().join("functions/python/media_worker.py"))
+            .args(["--server", &now[2], "--token", TOKEN_A, "--concurrency", "8", "--work-scale", "0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn the Python worker"),
+    );
+    rt().block_on(async {
+        let mut a = client(&now[0], TOKEN_A).await;
+        deploy(&mut a, "examples/packs/video-encode").await;
+        let ids = start_many(std::slice::from_ref(&a), 60, "py").await;
+        wait_all_completed(&mut a, &ids, Duration::from_secs(120)).await;
+    });
+    drop(servers);
+}
