@@ -91,6 +91,17 @@ pub(crate) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
         "{} not found; build it first: cargo build --release -p stoa-functions --bin {name}",
         p.display()
     );
+    // A worker built before this stoa may not speak what the server now
+    // says (a bench once ran with one that ignored the cluster's members).
+    let built = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(theirs), Some(mine)) = (built(&p), built(&me)) {
+        if theirs + std::time::Duration::from_secs(60) < mine {
+            eprintln!(
+                "warning: {} is older than this stoa; rebuild both: cargo build --release --workspace",
+                p.display()
+            );
+        }
+    }
     Ok(p)
 }
 

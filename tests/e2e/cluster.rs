@@ -492,3 +492,56 @@ fn the_python_worker_serves_every_server_of_a_cluster() {
     });
     drop(servers);
 }
+
+/// A new version rolled out through a server that is not the coordinator:
+/// the coordinator's upgrade job walks each running workflow once, at its
+/// owner, wherever it lives.
+#[test]
+fn an_upgrade_job_walks_each_workflow_once_on_a_cluster() {
+    let (pg, _url, servers, now) = cluster("upgrade", 3);
+    let coordinator = pg
+        .psql("upgrade", "SELECT m.address FROM partitions p JOIN members m ON m.id = p.owner WHERE p.id = 0")
+        .expect("psql");
+    let other = now.iter().position(|a| !a.ends_with(&coordinator)).expect("a server that does not coordinate");
+    let version = |v: &str, rules: &str| {
+        vec![
+            pb::PackFile {
+                path: "pack.toml".into(),
+                content: format!("[pack]\nname = \"hold\"\nversion = \"{v}\"\n").into_bytes(),
+            },
+            pb::PackFile { path: "main.rules".into(), content: rules.as_bytes().to_vec() },
+        ]
+    };
+    rt().block_on(async {
+        let mut c = client(&now[other], TOKEN_A).await;
+        let v1 = r#"rule "wait" { match { h: Hold(n < 0) } action { complete(); } }"#;
+        c.deploy_pack(pb::DeployPackRequest { files: version("1", v1), ..Default::default() }).await.expect("v1");
+        let mut ids = Vec::new();
+        for i in 0..60 {
+            let facts = facts(serde_json::json!([{"type": "Hold", "fields": {"n": i}}]));
+            let r = pb::StartWorkflowRequest { pack: "hold".into(), facts, request_id: format!("h{i}") };
+            ids.push(c.start_workflow(r).await.expect("start").into_inner().workflow_id);
+        }
+        let v2 = r#"rule "release" { match { h: Hold() } action { complete(#{ n: h.n }); } }"#;
+        c.deploy_pack(pb::DeployPackRequest { files: version("2", v2), ..Default::default() }).await.expect("v2");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let job = loop {
+            let job = c.get_upgrade(pb::GetUpgradeRequest { name: "hold".into() }).await.expect("job").into_inner();
+            if job.state == "done" {
+                break job;
+            }
+            assert!(Instant::now() < deadline, "the upgrade job did not finish: {job:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!((job.upgraded, job.failed), (60, 0), "{job:?}");
+        for id in &ids {
+            let w = c
+                .get_workflow(pb::GetWorkflowRequest { workflow_id: id.clone(), without_facts: true })
+                .await
+                .expect("get")
+                .into_inner();
+            assert_eq!((w.status.as_str(), w.pack_version.as_str()), ("completed", "2"), "{id}");
+        }
+    });
+    drop(servers);
+}
