@@ -545,3 +545,61 @@ fn an_upgrade_job_walks_each_workflow_once_on_a_cluster() {
     });
     drop(servers);
 }
+
+/// Parents on three servers each start two children, which land on any
+/// server: each child starts once and answers its parent, wherever both
+/// live.
+#[test]
+fn children_start_once_and_answer_their_parents_across_servers() {
+    let (pg, _url, servers, now) = cluster("children", 3);
+    let parent = r#"
+rule "fan out" {
+    match { j: Job(state == "new") }
+    action {
+        modify(j, #{ state: "waiting" });
+        start_workflow("child", [#{ type: "Part", fields: #{ n: 1 } }]);
+        start_workflow("child", [#{ type: "Part", fields: #{ n: 2 } }]);
+    }
+    reaction { insert("Result", #{ value: result.value }); }
+    error { fail("a child failed: " + error.message); }
+}
+rule "assemble" {
+    match { n: count(Result()) s: sum(Result(), value) test(n == 2) }
+    action { complete(#{ total: s }); }
+}
+"#;
+    let child = r#"rule "double" { match { p: Part() } action { complete(#{ value: p.n * 10 }); } }"#;
+    rt().block_on(async {
+        let mut c = client(&now[1], TOKEN_A).await;
+        for files in [signal_pack("parent", "", parent), signal_pack("child", "", child)] {
+            c.deploy_pack(pb::DeployPackRequest { files, ..Default::default() }).await.expect("deploy");
+        }
+        let mut ids = Vec::new();
+        for i in 0..40 {
+            let facts = facts(serde_json::json!([{"type": "Job", "fields": {"state": "new"}}]));
+            let r = pb::StartWorkflowRequest { pack: "parent".into(), facts, request_id: format!("p{i}") };
+            ids.push(c.start_workflow(r).await.expect("start").into_inner().workflow_id);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for id in &ids {
+            loop {
+                let w = c
+                    .get_workflow(pb::GetWorkflowRequest { workflow_id: id.clone(), without_facts: true })
+                    .await
+                    .expect("get")
+                    .into_inner();
+                if w.status == "completed" {
+                    assert_eq!(w.result_json, r#"{"total":30}"#, "{id}");
+                    break;
+                }
+                assert_ne!(w.status, "failed", "{id}: {}", w.reason);
+                assert!(Instant::now() < deadline, "{id} is still {}", w.status);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let children: usize =
+        pg.psql("children", "SELECT count(*) FROM workflows WHERE pack = 'child'").expect("psql").parse().expect("n");
+    assert_eq!(children, 80, "a child started twice, or not at all");
+    drop(servers);
+}
