@@ -378,3 +378,16 @@ fn attempt_records_of_a_failed_flush_are_written_later() {
     thread.join().unwrap();
     assert_eq!(store.attempts(&Parts::All).unwrap(), vec![(waiting, again)]);
 }
+
+/// A cluster member tells its peers and workers an address they can reach:
+/// the one it listens on, unless that is 0.0.0.0 (then it must be told).
+#[test]
+fn a_member_advertises_a_reachable_address() {
+    let mut config = crate::Config::default();
+    let any: std::net::SocketAddr = "0.0.0.0:7233".parse().unwrap();
+    let err = crate::advertised(&config, any).unwrap_err();
+    assert!(err.contains("set postgres.advertise"), "{err}");
+    assert_eq!(crate::advertised(&config, "10.0.0.5:7233".parse().unwrap()).unwrap(), "10.0.0.5:7233");
+    config.postgres.advertise = Some("stoa-2.internal:7233".into());
+    assert_eq!(crate::advertised(&config, any).unwrap(), "stoa-2.internal:7233");
+}
