@@ -250,6 +250,13 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             .context("starting the worker")?;
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let mut got = rt.block_on(cases(&args, &addr, server.0.id()))?;
+        // The cases measure the first server; the others' memory beside it.
+        if !others.is_empty() {
+            let rss: Vec<f64> = others.iter().map(|(k, _)| rss_mib(k.0.id()).1).collect();
+            for f in got.iter_mut().filter(|f| f.get("server_rss_mib").is_some()) {
+                f["other_servers_rss_mib"] = serde_json::json!(rss);
+            }
+        }
         if let (Some(pg), Some((victim, victim_addr))) = (&postgres, others.pop()) {
             got.push(rt.block_on(failover(pg, &db, &addr, victim, &victim_addr, args.lease_ms))?);
         }
