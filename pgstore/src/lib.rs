@@ -459,6 +459,9 @@ fn prefix_end(prefix: &str) -> Option<String> {
     None
 }
 
+/// Limits a read to the partitions of its first parameter (`only`).
+const IN_PARTS: &str = "WHERE $1::int4[] IS NULL OR part = ANY($1)";
+
 /// The partitions a read is limited to (`None`: all). Their count must be
 /// the cluster's: rows carry the partition they were written with.
 fn only(parts: &Parts) -> Option<Vec<i32>> {
@@ -793,10 +796,7 @@ impl Store for PgStore {
     fn outbox(&self, parts: &Parts) -> Result<Vec<Invocation>, Error> {
         let only = only(parts);
         self.call(|client| async move {
-            let rows = match only {
-                None => client.query("SELECT wf, body FROM waiting", &[]).await?,
-                Some(ids) => client.query("SELECT wf, body FROM waiting WHERE part = ANY($1)", &[&ids]).await?,
-            };
+            let rows = client.query(&format!("SELECT wf, body FROM waiting {IN_PARTS}"), &[&only]).await?;
             rows.iter().map(|r| Ok(decoded::<Waiting>(r.get(0), r.get(1))?.invocation)).collect()
         })
     }
@@ -830,12 +830,8 @@ impl Store for PgStore {
     fn attempts(&self, parts: &Parts) -> Result<Vec<(InvocationId, Attempts)>, Error> {
         let only = only(parts);
         self.call(|client| async move {
-            let rows = match only {
-                None => client.query("SELECT inv, body FROM attempts ORDER BY inv", &[]).await?,
-                Some(ids) => {
-                    client.query("SELECT inv, body FROM attempts WHERE part = ANY($1) ORDER BY inv", &[&ids]).await?
-                }
-            };
+            let rows =
+                client.query(&format!("SELECT inv, body FROM attempts {IN_PARTS} ORDER BY inv"), &[&only]).await?;
             rows.iter()
                 .map(|r| {
                     let inv: &str = r.get(0);
@@ -865,10 +861,7 @@ impl Store for PgStore {
     fn timers(&self, parts: &Parts) -> Result<Vec<Timer>, Error> {
         let only = only(parts);
         self.call(|client| async move {
-            let rows = match only {
-                None => client.query("SELECT wf, body FROM timers", &[]).await?,
-                Some(ids) => client.query("SELECT wf, body FROM timers WHERE part = ANY($1)", &[&ids]).await?,
-            };
+            let rows = client.query(&format!("SELECT wf, body FROM timers {IN_PARTS}"), &[&only]).await?;
             let mut out = Vec::new();
             for r in &rows {
                 out.extend(decoded::<Vec<Timer>>(r.get(0), r.get(1))?);
