@@ -124,33 +124,34 @@ fn completed(pg: &TempPostgres, db: &str) -> usize {
     pg.psql(db, "SELECT count(*) FROM workflows WHERE status = 'completed'").expect("psql").parse().expect("count")
 }
 
-/// Waits until every one of `ids` completed (none may fail), then checks
-/// that each applied each of its results once.
-async fn wait_all_completed(c: &mut Client, ids: &[String], within: Duration) {
+/// Waits until `n` workflows completed, in all, before `within`.
+async fn wait_completed(pg: &TempPostgres, db: &str, n: usize, within: Duration, what: &str) {
     let deadline = Instant::now() + within;
-    let mut left: Vec<&String> = ids.iter().collect();
-    while !left.is_empty() {
-        assert!(Instant::now() < deadline, "{} of {} not completed, e.g. {}", left.len(), ids.len(), left[0]);
-        let mut still = Vec::new();
-        for id in left {
-            let w = c
-                .get_workflow(pb::GetWorkflowRequest { workflow_id: id.clone(), without_facts: true })
-                .await
-                .unwrap_or_else(|e| panic!("acknowledged start {id} lost: {e}"))
-                .into_inner();
-            assert_ne!(w.status, "failed", "{id}: {}", w.reason);
-            if w.status != "completed" {
-                still.push(id);
-            }
-        }
-        left = still;
-        if !left.is_empty() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    while completed(pg, db) < n {
+        assert!(Instant::now() < deadline, "{what}: {} of {n} completed", completed(pg, db));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for id in ids {
-        crate::server_crash::each_result_applied_once(c, id, RESULTS).await;
+}
+
+/// The workflow once it is no longer running (before `deadline`).
+async fn ended(c: &mut Client, id: &str, deadline: Instant) -> pb::Workflow {
+    loop {
+        let w = c
+            .get_workflow(pb::GetWorkflowRequest { workflow_id: id.into(), without_facts: true })
+            .await
+            .expect("get")
+            .into_inner();
+        if w.status != "running" {
+            return w;
+        }
+        assert!(Instant::now() < deadline, "{id} is still running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `server_crash::all_completed_once`, with this file's workflows.
+async fn wait_all_completed(c: &mut Client, ids: &[String], within: Duration) {
+    crate::server_crash::all_completed_once(c, ids, within, RESULTS).await;
 }
 
 #[test]
@@ -168,11 +169,7 @@ fn three_servers_one_sigkilled_under_load_lose_nothing_and_apply_nothing_twice()
         deploy(&mut clients[0], "examples/packs/video-encode").await;
         let ids = start_many(&clients, 1000, "k").await;
         let _worker = rust_worker(&addrs[1]);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while completed(&pg, db) < 100 {
-            assert!(Instant::now() < deadline, "no progress before the kill");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_completed(&pg, db, 100, Duration::from_secs(60), "before the kill").await;
         let done = completed(&pg, db);
         eprintln!("killing server 0 with {done} of 1000 workflows completed; spread {}", spread(&pg, db));
         assert!(done < 1000, "the kill did not land in the middle of the work");
@@ -206,11 +203,7 @@ fn a_server_frozen_past_its_lease_is_fenced_and_rejoins() {
             let ok = std::process::Command::new("kill").args([sig, &frozen]).status().expect("kill").success();
             assert!(ok, "kill {sig} {frozen}");
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while completed(&pg, db) < 20 {
-            assert!(Instant::now() < deadline, "no progress before the freeze");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_completed(&pg, db, 20, Duration::from_secs(60), "before the freeze").await;
         signal("-STOP");
         let epochs_before = pg.psql(db, "SELECT sum(epoch) FROM partitions").expect("psql");
         // The other server takes every partition once the leases ran out.
@@ -223,11 +216,7 @@ fn a_server_frozen_past_its_lease_is_fenced_and_rejoins() {
         assert_ne!(epochs_before, epochs_after, "a takeover claims at a new epoch");
         // Work goes on without the frozen server for a while.
         let mid = completed(&pg, db);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while completed(&pg, db) < (mid + 20).min(ids.len()) {
-            assert!(Instant::now() < deadline, "no progress while frozen");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_completed(&pg, db, (mid + 20).min(ids.len()), Duration::from_secs(60), "while frozen").await;
         signal("-CONT");
         // It notices, drops what it held and takes its share back.
         wait_spread(&pg, db, &addrs);
@@ -255,6 +244,17 @@ fn a_rolling_restart_of_three_servers_under_load_loses_nothing() {
         for i in 0..3 {
             let stopped = servers[i].terminate();
             assert!(stopped.success(), "server {i} did not stop cleanly: {stopped:?}");
+            // It left: no member row, no partition, whatever its leases said.
+            let gone = servers[i].addr.trim_start_matches("http://").to_string();
+            let left = pg
+                .psql(
+                    db,
+                    &format!(
+                        "SELECT count(*) FROM partitions p JOIN members m ON m.id = p.owner WHERE m.address = '{gone}'"
+                    ),
+                )
+                .expect("psql");
+            assert_eq!(left, "0", "server {i} still owns partitions after SIGTERM");
             // Handed back at once: the two others hold everything well
             // before a lease could have run out.
             let t = Instant::now();
@@ -308,19 +308,9 @@ rule "boom" { match { b: Boom() } action { let f = |n, g| g.call(n + 1, g); f.ca
         wait_all_completed(&mut a, &ids, Duration::from_secs(180)).await;
         let deadline = Instant::now() + Duration::from_secs(60);
         for id in &poisoned {
-            loop {
-                let w = a
-                    .get_workflow(pb::GetWorkflowRequest { workflow_id: id.clone(), without_facts: true })
-                    .await
-                    .expect("get")
-                    .into_inner();
-                if w.status == "failed" {
-                    assert!(w.reason.contains("call stack too deep"), "{id}: {}", w.reason);
-                    break;
-                }
-                assert!(Instant::now() < deadline, "{id} is still {}", w.status);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let w = ended(&mut a, id, deadline).await;
+            assert_eq!(w.status, "failed", "{id}");
+            assert!(w.reason.contains("call stack too deep"), "{id}: {}", w.reason);
         }
     });
     for (i, s) in servers.iter_mut().enumerate() {
@@ -582,20 +572,13 @@ rule "assemble" {
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         for id in &ids {
-            loop {
-                let w = c
-                    .get_workflow(pb::GetWorkflowRequest { workflow_id: id.clone(), without_facts: true })
-                    .await
-                    .expect("get")
-                    .into_inner();
-                if w.status == "completed" {
-                    assert_eq!(w.result_json, r#"{"total":30}"#, "{id}");
-                    break;
-                }
-                assert_ne!(w.status, "failed", "{id}: {}", w.reason);
-                assert!(Instant::now() < deadline, "{id} is still {}", w.status);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let w = ended(&mut c, id, deadline).await;
+            assert_eq!(
+                (w.status.as_str(), w.result_json.as_str()),
+                ("completed", r#"{"total":30}"#),
+                "{id}: {}",
+                w.reason
+            );
         }
     });
     let children: usize =

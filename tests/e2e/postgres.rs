@@ -69,27 +69,7 @@ fn postgres_killed_mid_run_the_server_recovers_losing_nothing_acknowledged() {
         // A retry of a start refused meanwhile is answered once.
         let again = a.start_workflow(start(1000)).await.expect("start after the outage").into_inner().workflow_id;
         acked.push(again);
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let mut done = 0;
-            for id in &acked {
-                let w = a
-                    .get_workflow(pb::GetWorkflowRequest { workflow_id: id.clone(), without_facts: true })
-                    .await
-                    .unwrap_or_else(|e| panic!("acknowledged start {id} lost: {e}"))
-                    .into_inner();
-                assert_ne!(w.status, "failed", "{id} failed: {}", w.reason);
-                done += usize::from(w.status == "completed");
-            }
-            if done == acked.len() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{done} of {} workflows completed after the outage", acked.len());
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        for id in &acked {
-            crate::server_crash::each_result_applied_once(&mut a, id, 6).await;
-        }
+        crate::server_crash::all_completed_once(&mut a, &acked, Duration::from_secs(90), 6).await;
         stop.cancel();
         let _ = worker.await;
     });

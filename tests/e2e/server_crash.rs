@@ -42,6 +42,35 @@ pub async fn each_result_applied_once(a: &mut crate::client::Client, id: &str, r
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{id}: timeline has gaps");
 }
 
+/// Waits until every one of `ids` completed (none may fail, or be lost),
+/// then checks that each applied each of its `results` once.
+pub async fn all_completed_once(c: &mut crate::client::Client, ids: &[String], within: Duration, results: usize) {
+    let deadline = Instant::now() + within;
+    let mut left: Vec<&String> = ids.iter().collect();
+    while !left.is_empty() {
+        assert!(Instant::now() < deadline, "{} of {} not completed, e.g. {}", left.len(), ids.len(), left[0]);
+        let mut still = Vec::new();
+        for id in left {
+            let w = c
+                .get_workflow(pb::GetWorkflowRequest { workflow_id: id.clone(), without_facts: true })
+                .await
+                .unwrap_or_else(|e| panic!("acknowledged start {id} lost: {e}"))
+                .into_inner();
+            assert_ne!(w.status, "failed", "{id} failed: {}", w.reason);
+            if w.status != "completed" {
+                still.push(id);
+            }
+        }
+        left = still;
+        if !left.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for id in ids {
+        each_result_applied_once(c, id, results).await;
+    }
+}
+
 pub fn sigkill_with_100_workflows_in_flight(start: &dyn Fn() -> Server) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
     let mut server = start();
@@ -93,28 +122,7 @@ pub fn sigkill_with_100_workflows_in_flight(start: &dyn Fn() -> Server) {
         let mut a = client(&server.addr, TOKEN_A).await;
         let stop = CancellationToken::new();
         let worker = tokio::spawn(media_worker(server.addr.clone(), TOKEN_A, Duration::ZERO, stop.clone()));
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let mut done = 0;
-        while Instant::now() < deadline {
-            done = 0;
-            for id in &acked {
-                let w = a
-                    .get_workflow(pb::GetWorkflowRequest { workflow_id: id.clone(), without_facts: true })
-                    .await
-                    .unwrap_or_else(|e| panic!("acknowledged start {id} lost: {e}"))
-                    .into_inner();
-                assert_ne!(w.status, "failed", "{id} failed: {}", w.reason);
-                done += (w.status == "completed") as usize;
-            }
-            if done == acked.len() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        assert_eq!(done, acked.len(), "not every workflow completed after the restart");
-        for id in &acked {
-            each_result_applied_once(&mut a, id, 6).await;
-        }
+        all_completed_once(&mut a, &acked, Duration::from_secs(90), 6).await;
         stop.cancel();
         let _ = worker.await;
     });
