@@ -72,6 +72,11 @@ pub struct LeaseOptions {
     pub period: Duration,
 }
 
+/// What each of `members` live servers owns of an even spread of `p`.
+fn fair_share(p: i64, members: usize) -> usize {
+    (p as usize).div_ceil(members.max(1))
+}
+
 fn interval(d: Duration) -> String {
     format!("{} milliseconds", d.as_millis())
 }
@@ -138,7 +143,7 @@ impl PgStore {
                     );
                     let members: Vec<(String, String)> =
                         tx.query(&live, &[]).await?.iter().map(|r| (r.get(0), r.get(1))).collect();
-                    let fair = (p as usize).div_ceil(members.len().max(1));
+                    let fair = fair_share(p, members.len());
                     if held.len() < fair {
                         // Free or expired ones, in an order of this member's
                         // own, so that claimers meet on few rows.
@@ -186,7 +191,7 @@ impl PgStore {
             gained,
             lost,
             owners,
-            fair_share: (p as usize).div_ceil(members.len().max(1)),
+            fair_share: fair_share(p, members.len()),
             members,
         })
     }

@@ -179,3 +179,43 @@ fn start_of(wf: &WorkflowId) -> TurnOutput {
     };
     TurnOutput { turn: 1, meta: Some(meta), ..TurnOutput::default() }
 }
+
+/// A server frozen mid-commit holds share locks on its partitions. A tick
+/// of another server waiting for them gives up after `lock_timeout`
+/// instead of hanging, and claims them once the frozen session is gone
+/// (the database ends it after `idle_in_transaction_session_timeout`;
+/// here the test ends it).
+#[test]
+fn a_tick_does_not_hang_on_a_frozen_commits_locks() {
+    let pg = shared_postgres();
+    let db = fresh_database(&pg);
+    let url = pg.url(&db);
+    let a = store(&url, "a:1");
+    a.tick(lease(400)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // A's commit, frozen before its COMMIT: its share locks stay.
+    let frozen = rt.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+        let conn = tokio::spawn(connection);
+        client.batch_execute("BEGIN").await.unwrap();
+        client
+            .query("SELECT id FROM partitions WHERE id = ANY($1) ORDER BY id FOR SHARE", &[&vec![3i32]])
+            .await
+            .unwrap();
+        (client, conn)
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    let b = store(&url, "b:1");
+    let t = Instant::now();
+    let blocked = b.tick(lease(400));
+    assert!(blocked.is_err(), "the claim went through a held lock: {blocked:?}");
+    assert!(t.elapsed() < Duration::from_secs(5), "the tick waited {:?}", t.elapsed());
+    // The frozen session ends (its runtime, and so its socket, is gone).
+    drop(frozen);
+    drop(rt);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.tick(lease(400)).is_ok_and(|t| t.held.contains_key(&3)) {
+        assert!(Instant::now() < deadline, "partition 3 was never claimed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
