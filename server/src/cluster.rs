@@ -154,7 +154,7 @@ fn view(t: &Tick) -> View {
     View { here: t.held.clone(), owners: t.owners.clone(), members: t.members.clone() }
 }
 
-/// Lease timing from the configuration.
+/// Lease timing from the configuration (checked there: 400 ms up).
 pub(crate) fn lease(period_ms: u64) -> LeaseOptions {
-    LeaseOptions { period: Duration::from_millis(period_ms.max(400)) }
+    LeaseOptions { period: Duration::from_millis(period_ms) }
 }
