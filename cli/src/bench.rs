@@ -62,7 +62,7 @@ struct Figure {
     extra: Vec<(&'static str, serde_json::Value)>,
 }
 
-fn pack(rules: &str) -> Arc<Pack> {
+pub(crate) fn pack(rules: &str) -> Arc<Pack> {
     let mut src = PackSource { root: PathBuf::from("bench"), ..PackSource::default() };
     src.files.insert(
         "pack.toml".into(),
@@ -285,7 +285,7 @@ fn parse_peer(out: &str) -> Option<(f64, Option<u64>)> {
     Some((s, fired))
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     v[v.len() / 2]
 }

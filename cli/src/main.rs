@@ -3,8 +3,10 @@
 mod bench;
 mod bench_always_on;
 mod bench_e2e;
+mod bench_explain;
 mod bench_safety;
 mod bench_schedules;
+mod explain;
 mod pack;
 mod remote;
 mod run;
@@ -41,16 +43,19 @@ enum Command {
     },
     /// Run the pack's test cases (tests/*.toml) in-process with mocked
     /// functions on virtual time. Ends with `N passed, N failed` and lists
-    /// the rules no test fired; exits 1 if any test failed.
-    Test {
-        pack: PathBuf,
-        /// Run only the tests whose name contains this text.
-        #[arg(long)]
-        filter: Option<String>,
-    },
+    /// the rules no test fired; a failed test that expected a rule to fire
+    /// shows why it did not (as `stoa explain`). Exits 1 if any test failed
+    /// or coverage is below the pack's `[tests] min_coverage`.
+    ///
+    /// Example: stoa test examples/video-encode --coverage
+    Test(test::Args),
     /// Run one workflow in-process with mocked functions and print its
     /// timeline. With --data it is stored and can be resumed with --id.
     Run(run::Args),
+    /// Why a rule of a workflow fired, or why it does not fire now; or,
+    /// with --fact, where a fact came from. Reads the workflow's committed
+    /// state and timeline, and changes nothing (docs/rules.md, "Explain").
+    Explain(explain::Args),
     /// Benchmarks. `stoa bench engine` prints the engine's figures
     /// (firings per second, insert cost and bytes per fact, durable turns
     /// per second); timers cover the turns, not process start.
@@ -75,6 +80,9 @@ enum BenchCommand {
     /// throughput, insert scale; and durable turns (run from the repository
     /// root).
     Engine(bench::Args),
+    /// How long `explain` takes on a workflow of 100,000 facts, per kind
+    /// of answer (in this process).
+    Explain(bench_explain::Args),
     /// One run of one engine case, in this process (used by `bench engine`).
     #[command(hide = true)]
     Case(bench::CaseArgs),
@@ -119,12 +127,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { pack } => check(&pack),
-        Command::Test { pack, filter } => test::run(&pack, filter.as_deref()),
+        Command::Test(args) => test::run(args),
         Command::Run(args) => run::run(args),
+        Command::Explain(args) => explain::run(args),
         Command::Bench(BenchCommand::Engine(args)) => bench::run(args),
         Command::Bench(BenchCommand::E2e(args)) => bench_e2e::run(args),
         Command::Bench(BenchCommand::AlwaysOn(args)) => bench_always_on::run(args),
         Command::Bench(BenchCommand::Case(args)) => bench::run_case(args),
+        Command::Bench(BenchCommand::Explain(args)) => bench_explain::run(args),
         Command::Bench(BenchCommand::Schedules(args)) => bench_schedules::run(args),
         Command::Bench(BenchCommand::Safety(args)) => bench_safety::run(args),
         Command::Bench(BenchCommand::Soak(args)) => bench_safety::soak(args),

@@ -39,6 +39,10 @@ pub struct Args {
     /// back, and pending timers are listed.
     #[arg(long)]
     wait_timers: bool,
+    /// At the end, explain this rule: its firings, and why it matches or
+    /// not (as `stoa explain`). May be given several times.
+    #[arg(long, value_name = "RULE")]
+    explain: Vec<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -154,6 +158,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     for (f, a) in &dispatcher.unmocked {
         eprintln!("warning: no mock answered `{f}` with args {a}");
+    }
+    for rule in &args.explain {
+        // A resumed run's own timeline starts at the resume: read it all.
+        let timeline = match store_ref {
+            Some(s) => s.timeline(&id, 1, usize::MAX)?,
+            None => local.timeline.clone(),
+        };
+        let history = stoa_engine::explain::History::of(&timeline, Some(rule));
+        let subject = stoa_engine::explain::Subject::of_workflow(&local.workflow);
+        let e = stoa_engine::explain::rule(&subject, &history, rule)?;
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "\n{}", stoa_engine::explain::rule_text(&e).trim_end());
     }
     Ok(if meta.status == Status::Failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

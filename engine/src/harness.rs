@@ -9,6 +9,7 @@ use stoa_rules::compile::Pack;
 use stoa_rules::testcase::{partial_match, Step, TestCase};
 
 use crate::dispatch::MockDispatcher;
+use crate::explain;
 use crate::fact::WorkflowId;
 use crate::local::{self, Local};
 use crate::network::fields_value;
@@ -25,6 +26,11 @@ pub struct Report {
     pub timeline: Vec<Entry>,
     /// Rules whose action fired, in order.
     pub fired: Vec<String>,
+    /// Per rule (by index), the most conditions a partial match passed.
+    pub reached: Vec<u16>,
+    /// Why the rules a failed expectation names did not fire as expected
+    /// (`explain`, as text).
+    pub explained: Vec<String>,
 }
 
 impl Report {
@@ -63,15 +69,18 @@ pub fn run_case(pack: &Arc<Pack>, file: &std::path::Path, case: &TestCase) -> Re
         failures: Vec::new(),
         timeline: Vec::new(),
         fired: Vec::new(),
+        reached: Vec::new(),
+        explained: Vec::new(),
     };
-    let run =
-        Local::start(pack.clone(), WorkflowId::new("test"), facts, None, true, &mut dispatcher).and_then(|mut l| {
-            l.drive(&mut dispatcher, &mut |_| {})?;
-            for (n, step) in case.steps.iter().enumerate() {
-                run_step(&mut l, n, step, &mut dispatcher)?;
-            }
-            Ok(l)
-        });
+    let run = Local::create(pack.clone(), WorkflowId::new("test"), None, true).and_then(|mut l| {
+        l.workflow.track_reach();
+        l.apply(Input::Start { facts }, &mut dispatcher)?;
+        l.drive(&mut dispatcher, &mut |_| {})?;
+        for (n, step) in case.steps.iter().enumerate() {
+            run_step(&mut l, n, step, &mut dispatcher)?;
+        }
+        Ok(l)
+    });
     let local = match run {
         Ok(l) => l,
         Err(e) => {
@@ -81,11 +90,41 @@ pub fn run_case(pack: &Arc<Pack>, file: &std::path::Path, case: &TestCase) -> Re
     };
     report.timeline = local.timeline.clone();
     report.fired = fired(&report.timeline);
+    report.reached = local.workflow.reached().map(<[u16]>::to_vec).unwrap_or_default();
     for (f, args) in &dispatcher.unmocked {
         report.failures.push(format!("no mock answers `{f}` with args {args}; add a [[test.mock]] for it"));
     }
     check_expectations(case, &local, &mut report);
+    if !report.passed() {
+        report.explained = explain_missed(case, &local, &report);
+    }
     report
+}
+
+/// Explanations of the rules a test expected to fire more than they did.
+fn explain_missed(case: &TestCase, local: &Local, r: &Report) -> Vec<String> {
+    let x = &case.expect;
+    let count = |rule: &str| r.fired.iter().filter(|f| *f == rule).count() as u64;
+    let mut missed: Vec<&str> = Vec::new();
+    for rule in x.fired.iter().flatten() {
+        if count(rule.get_ref()) == 0 && !missed.contains(&rule.get_ref().as_str()) {
+            missed.push(rule.get_ref());
+        }
+    }
+    for (rule, n) in x.fired_count.iter().flatten() {
+        if count(rule.get_ref()) < *n && !missed.contains(&rule.get_ref().as_str()) {
+            missed.push(rule.get_ref());
+        }
+    }
+    let subject = explain::Subject::of_workflow(&local.workflow);
+    missed
+        .into_iter()
+        .take(5)
+        .filter_map(|rule| {
+            let history = explain::History::of(&r.timeline, Some(rule));
+            explain::rule(&subject, &history, rule).ok().map(|e| explain::rule_text(&e))
+        })
+        .collect()
 }
 
 fn run_step(l: &mut Local, n: usize, step: &Step, dispatcher: &mut MockDispatcher) -> Result<(), local::Error> {

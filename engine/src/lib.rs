@@ -5,7 +5,9 @@
 //! the only I/O is the store, behind the `Store` trait, and the only
 //! thread is `SledStore`'s healer.
 
+pub mod coverage;
 pub mod dispatch;
+pub mod explain;
 pub mod fact;
 pub mod harness;
 pub mod local;

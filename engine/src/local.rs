@@ -54,16 +54,25 @@ impl<'s> Local<'s> {
         virtual_time: bool,
         dispatcher: &mut dyn Dispatcher,
     ) -> Result<Local<'s>, Error> {
+        let mut local = Local::create(pack, id, store, virtual_time)?;
+        local.apply(Input::Start { facts }, dispatcher)?;
+        Ok(local)
+    }
+
+    /// A workflow not started yet: `apply(Input::Start { .. })` next.
+    pub fn create(
+        pack: Arc<Pack>,
+        id: WorkflowId,
+        store: Option<&'s dyn Store>,
+        virtual_time: bool,
+    ) -> Result<Local<'s>, Error> {
         if let Some(s) = store {
             if s.load(&id)?.is_some() {
                 return Err(Error::Exists(id));
             }
         }
         let now = if virtual_time { 0 } else { wall_ms() };
-        let mut local =
-            Local { workflow: Workflow::new(id, pack, now), store, timeline: Vec::new(), now, virtual_time };
-        local.apply(Input::Start { facts }, dispatcher)?;
-        Ok(local)
+        Ok(Local { workflow: Workflow::new(id, pack, now), store, timeline: Vec::new(), now, virtual_time })
     }
 
     /// Reopens a stored workflow and hands its pending invocations to

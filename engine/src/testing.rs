@@ -19,6 +19,15 @@ pub fn pack(rules: &str, manifest_extra: &str) -> Arc<Pack> {
 
 /// `pack` at a given version, for upgrades.
 pub fn pack_version(rules: &str, manifest_extra: &str, version: &str) -> Arc<Pack> {
+    pack_files(rules, manifest_extra, version, &[])
+}
+
+/// `pack` with a test file `tests/t.toml`.
+pub fn pack_with_tests(rules: &str, tests: &str) -> Arc<Pack> {
+    pack_files(rules, "", "1", &[("tests/t.toml", tests)])
+}
+
+fn pack_files(rules: &str, manifest_extra: &str, version: &str, files: &[(&str, &str)]) -> Arc<Pack> {
     let mut src = PackSource { root: PathBuf::from("test"), ..PackSource::default() };
     src.files.insert(
         PathBuf::from("pack.toml"),
@@ -27,6 +36,9 @@ pub fn pack_version(rules: &str, manifest_extra: &str, version: &str) -> Arc<Pac
         ),
     );
     src.files.insert(PathBuf::from("main.rules"), rules.to_string());
+    for (path, text) in files {
+        src.files.insert(PathBuf::from(path), text.to_string());
+    }
     let (pack, diags) = compile(&src);
     assert!(pack.is_some(), "{}", diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"));
     Arc::new(pack.unwrap())

@@ -28,7 +28,7 @@ pub(crate) fn is_zero(n: &u64) -> bool {
 }
 
 /// Which section of a rule ran.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SectionKind {
     Action,

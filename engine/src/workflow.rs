@@ -473,6 +473,10 @@ impl Workflow {
     /// those of the rules flagged in `fresh` (by index), which are scheduled.
     fn rebuild(&mut self, facts: Vec<Fact>, fresh: &[bool]) -> Result<(), TurnError> {
         let mut net = Network::new(self.pack.clone());
+        if let Some(r) = self.net.take_reached() {
+            // A pack upgrade renumbers rules: what was reached is dropped.
+            net.track_reach(Some(r).filter(|r| r.len() == self.pack.rules.len()));
+        }
         net.refract_all = true;
         net.fresh_rules = fresh.to_vec();
         net.prime()?;
@@ -519,6 +523,24 @@ impl Workflow {
 
     pub fn waiting(&self) -> impl Iterator<Item = &Waiting> {
         self.waiting.values()
+    }
+
+    /// Records, from now on, how far each rule's matching gets (for test
+    /// coverage): see `reached`.
+    pub fn track_reach(&mut self) {
+        self.net.track_reach(None);
+    }
+
+    /// Per rule (by index), the most conditions a partial match has passed
+    /// since `track_reach`, if on.
+    pub fn reached(&self) -> Option<&[u16]> {
+        self.net.reached()
+    }
+
+    /// Activations on the agenda, in firing order (rule index, matched
+    /// facts): empty between turns, since committed state is quiescent.
+    pub fn queued(&self) -> Vec<(usize, Vec<(FactId, u32)>)> {
+        self.net.queued()
     }
 
     pub fn snapshot(&self) -> Snapshot {

@@ -123,6 +123,29 @@ pub struct Pattern {
     pub joins: Vec<JoinKey>,
     /// Tests that read earlier bindings.
     pub beta: Vec<Constraint>,
+    /// The constraints as written, for explanations: `alpha`, `joins` and
+    /// `beta` each have their text at the same index.
+    pub text: PatternText,
+}
+
+/// The source text of a pattern's constraints, by where each went.
+#[derive(Clone, Debug, Default)]
+pub struct PatternText {
+    pub alpha: Vec<Text>,
+    pub joins: Vec<Text>,
+    pub beta: Vec<Text>,
+}
+
+/// A condition as written, for explanations (`explain` shows which one
+/// stops a rule and where it is).
+#[derive(Clone, Debug)]
+pub struct ConditionText {
+    pub pos: Pos,
+    /// The condition with its whitespace collapsed, e.g.
+    /// `c: Chunk(status == "pending", job == j.id)`.
+    pub text: String,
+    /// The aggregate's operand or the `test` expression, as written.
+    pub expr: Option<Text>,
 }
 
 #[derive(Clone, Debug)]
@@ -158,6 +181,8 @@ pub struct Rule {
     pub no_loop: bool,
     pub slots: Vec<Slot>,
     pub conditions: Vec<Condition>,
+    /// Each condition as written, at the same index as `conditions`.
+    pub condition_text: Vec<ConditionText>,
     pub action: Option<Section>,
     pub reaction: Option<Section>,
     pub error: Option<Section>,
@@ -489,9 +514,11 @@ impl RuleCompiler<'_> {
     fn rule(&mut self, ast: &RuleAst, index: usize) -> Option<Rule> {
         let before = self.diags.len();
         let mut conditions = Vec::new();
+        let mut condition_text = Vec::new();
         for c in &ast.conditions {
-            if let Some(c) = self.condition(c) {
-                conditions.push(c);
+            if let Some(compiled) = self.condition(c) {
+                conditions.push(compiled);
+                condition_text.push(condition_text_of(c));
             }
         }
         let names: Vec<String> = self.slots.iter().filter_map(|s| s.name.clone()).collect();
@@ -544,6 +571,7 @@ impl RuleCompiler<'_> {
             no_loop: ast.no_loop,
             slots: std::mem::take(&mut self.slots),
             conditions,
+            condition_text,
             action,
             reaction,
             error,
@@ -592,7 +620,13 @@ impl RuleCompiler<'_> {
     }
 
     fn pattern(&mut self, p: &PatternAst) -> Option<Pattern> {
-        let mut out = Pattern { ty: Sym::new(&p.type_name), alpha: Vec::new(), joins: Vec::new(), beta: Vec::new() };
+        let mut out = Pattern {
+            ty: Sym::new(&p.type_name),
+            alpha: Vec::new(),
+            joins: Vec::new(),
+            beta: Vec::new(),
+            text: PatternText::default(),
+        };
         let mut ok = true;
         for t in &p.constraints {
             let Some(c) = self.constraint(t, true) else {
@@ -600,20 +634,29 @@ impl RuleCompiler<'_> {
                 continue;
             };
             match c {
-                Constraint::Native(e) if !e.uses_bindings() => out.alpha.push(Constraint::Native(e)),
+                Constraint::Native(e) if !e.uses_bindings() => {
+                    out.alpha.push(Constraint::Native(e));
+                    out.text.alpha.push(t.clone());
+                }
                 Constraint::Native(Expr::Bin(BinOp::Eq, a, b)) if join_shape(&a, &b).is_some() => {
                     let (field, key) = join_shape(&a, &b).expect("checked");
                     out.joins.push(JoinKey { field, key });
+                    out.text.joins.push(t.clone());
                 }
-                Constraint::Native(e) => out.beta.push(Constraint::Native(e)),
+                Constraint::Native(e) => {
+                    out.beta.push(Constraint::Native(e));
+                    out.text.beta.push(t.clone());
+                }
                 Constraint::Script { ref text, .. } => {
                     let reads_bindings = expr::free_identifiers(text).is_none_or(|ids| {
                         ids.iter().any(|id| self.slots.iter().any(|s| s.name.as_deref() == Some(id.as_str())))
                     });
                     if reads_bindings {
-                        out.beta.push(c)
+                        out.beta.push(c);
+                        out.text.beta.push(t.clone());
                     } else {
-                        out.alpha.push(c)
+                        out.alpha.push(c);
+                        out.text.alpha.push(t.clone());
                     }
                 }
             }
@@ -670,6 +713,30 @@ fn join_shape(a: &Expr, b: &Expr) -> Option<(Sym, Expr)> {
         }
         _ => None,
     }
+}
+
+/// A condition as written, whitespace collapsed.
+fn condition_text_of(c: &ConditionAst) -> ConditionText {
+    let norm = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+    let pat = |p: &PatternAst| {
+        format!("{}({})", p.type_name, p.constraints.iter().map(|t| norm(&t.text)).collect::<Vec<_>>().join(", "))
+    };
+    let (pos, text, expr) = match c {
+        ConditionAst::Pattern { binding, pattern } => {
+            let pos = binding.as_ref().map_or(pattern.pos, |b| b.pos);
+            let name = binding.as_ref().map(|b| format!("{}: ", b.text)).unwrap_or_default();
+            (pos, format!("{name}{}", pat(pattern)), None)
+        }
+        ConditionAst::Not(p) => (p.pos, format!("not {}", pat(p)), None),
+        ConditionAst::Exists(p) => (p.pos, format!("exists {}", pat(p)), None),
+        ConditionAst::Aggregate { binding, func, pattern, over } => {
+            let func = serde_json::to_value(func).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            let over_text = over.as_ref().map(|t| format!(", {}", norm(&t.text))).unwrap_or_default();
+            (binding.pos, format!("{}: {func}({}{over_text})", binding.text, pat(pattern)), over.clone())
+        }
+        ConditionAst::Test(t) => (t.pos, format!("test({})", norm(&t.text)), Some(t.clone())),
+    };
+    ConditionText { pos, text, expr }
 }
 
 /// Conditions without source positions, for rule identity.

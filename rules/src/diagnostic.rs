@@ -235,6 +235,19 @@ impl SourceMap {
     }
 }
 
+/// The name in `names` nearest to `name` if it is near enough to be a typo
+/// of it (for "did you mean"): within a third of its length in edits.
+pub fn closest<'a>(name: &str, names: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (name.chars().count() / 3).max(1);
+    names
+        .into_iter()
+        .filter(|n| *n != name)
+        .map(|n| (strsim::levenshtein(name, n), n))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, n)| n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -112,6 +112,28 @@ pub enum BinOp {
     In,
 }
 
+impl BinOp {
+    /// The operator as written.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinOp::Eq => "==",
+            BinOp::Ne => "!=",
+            BinOp::Lt => "<",
+            BinOp::Le => "<=",
+            BinOp::Gt => ">",
+            BinOp::Ge => ">=",
+            BinOp::And => "&&",
+            BinOp::Or => "||",
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+            BinOp::Rem => "%",
+            BinOp::In => "in",
+        }
+    }
+}
+
 /// A constraint expression the engine can evaluate without Rhai.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Expr {
@@ -551,6 +573,29 @@ impl Expr {
                 Cow::Owned(v)
             }
         })
+    }
+
+    /// The expression with every operand replaced by its value in `env`,
+    /// operators kept: what `chunk.status == "pending"` was when it failed
+    /// (`"encoding" == "pending"`). An operand that fails to evaluate shows
+    /// its error. Explanations only: this allocates freely.
+    pub fn with_values(&self, env: &impl Env) -> String {
+        let value = |e: &Expr| match e.eval_ref(env) {
+            Ok(v) => v.to_string(),
+            Err(e) => format!("<{}>", e.0),
+        };
+        let nested = |e: &Expr| match e {
+            Expr::Bin(..) => format!("({})", e.with_values(env)),
+            _ => e.with_values(env),
+        };
+        match self {
+            Expr::Bin(op, a, b) => format!("{} {} {}", nested(a), op.symbol(), nested(b)),
+            Expr::Not(e) => format!("!{}", nested(e)),
+            Expr::Array(items) => {
+                format!("[{}]", items.iter().map(|i| i.with_values(env)).collect::<Vec<_>>().join(", "))
+            }
+            _ => value(self),
+        }
     }
 
     /// Evaluates as a condition: anything but `true` fails it.

@@ -34,6 +34,18 @@ pub struct Manifest {
     /// `[schedules.NAME]`: workflows this pack starts on a clock.
     #[serde(default)]
     pub schedules: BTreeMap<String, ScheduleSpec>,
+    /// `[tests]`: what `stoa test` requires of the pack's tests.
+    #[serde(default)]
+    pub tests: TestSettings,
+}
+
+/// `[tests]` in pack.toml.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TestSettings {
+    /// `stoa test` fails when the tests' coverage (percent, see
+    /// docs/rules.md) is below this.
+    pub min_coverage: Option<f64>,
 }
 
 /// A pack's subscription to one signal name.
@@ -212,6 +224,8 @@ struct RawManifest {
     signals: BTreeMap<String, toml::Spanned<SignalSub>>,
     #[serde(default)]
     schedules: BTreeMap<String, toml::Spanned<RawSchedule>>,
+    #[serde(default)]
+    tests: Option<toml::Spanned<TestSettings>>,
 }
 
 #[derive(Deserialize)]
@@ -387,6 +401,16 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
             ));
         }
     }
+    if let Some(t) = &raw.tests {
+        if let Some(m) = t.get_ref().min_coverage.filter(|m| !(0.0..=100.0).contains(m)) {
+            diags.push(Diagnostic::error(
+                path,
+                at(t.span()),
+                Code::Manifest,
+                format!("[tests] min_coverage = {m}: a coverage is a percentage, from 0 to 100"),
+            ));
+        }
+    }
     let (limits, limits_set) = limits(path, &map, &raw.limits, &mut diags);
     let schedules = schedules(path, &map, &raw.schedules, &facts, &mut diags);
     if !diags.is_empty() {
@@ -403,6 +427,7 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
         limits_set,
         signals: raw.signals.into_iter().map(|(k, v)| (k, v.into_inner())).collect(),
         schedules,
+        tests: raw.tests.map(|t| t.into_inner()).unwrap_or_default(),
     })
 }
 

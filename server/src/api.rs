@@ -618,6 +618,14 @@ impl pb::stoa_server::Stoa for StoaService {
         Ok(Response::new(turn_out(&out)))
     }
 
+    async fn explain(&self, req: Request<pb::ExplainRequest>) -> Result<Response<pb::ExplainResponse>, Status> {
+        let tenant = tenant(&req)?;
+        let req = req.into_inner();
+        let id = workflow_id(&req.workflow_id)?;
+        let json = crate::explain::explain(&self.runtime, &tenant, id, req).await?;
+        Ok(Response::new(pb::ExplainResponse { json }))
+    }
+
     // ---- schedules (crate::schedule::api)
 
     async fn put_schedule(&self, req: Request<pb::PutScheduleRequest>) -> Result<Response<pb::Schedule>, Status> {

@@ -15,6 +15,7 @@ pub mod config;
 mod dispatch_handle;
 mod dispatcher;
 mod error;
+mod explain;
 pub mod faults;
 mod followup;
 mod health;

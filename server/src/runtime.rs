@@ -1474,6 +1474,16 @@ impl Runtime {
         self.pool.stop_turns();
     }
 
+    /// Runs `f`, tenant code outside a turn (an explanation), on a turn
+    /// thread in the tenant's share.
+    pub(crate) async fn run_tenant_job<T: Send + 'static>(
+        &self,
+        tenant: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        self.pool.run(tenant, f).await.map_err(internal)
+    }
+
     /// Runs `f`, store work too long to block an async thread with, off the
     /// async threads (inline in the simulation).
     pub(crate) async fn blocking<T: Send + 'static>(

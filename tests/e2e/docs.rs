@@ -16,6 +16,9 @@ struct Example {
     rules: Vec<String>,
     pack: Option<String>,
     tests: Vec<String>,
+    /// ```text explain ARGS blocks: what `stoa explain WF ARGS` prints in
+    /// the end state of the example's first test.
+    explains: Vec<(usize, String, String)>,
 }
 
 fn examples(doc: &str) -> Vec<Example> {
@@ -24,6 +27,12 @@ fn examples(doc: &str) -> Vec<Example> {
     let mut lines = doc.lines().enumerate();
     while let Some((n, line)) = lines.next() {
         let tag = line.strip_prefix("```").map(str::trim);
+        if let Some(args) = tag.and_then(|t| t.strip_prefix("text explain ")) {
+            let body: Vec<&str> = lines.by_ref().map(|(_, l)| l).take_while(|l| !l.starts_with("```")).collect();
+            let ex = out.last_mut().expect("an explain block follows an example");
+            ex.explains.push((n + 1, args.to_string(), body.join("\n")));
+            continue;
+        }
         match tag {
             Some(t @ ("rules" | "toml pack" | "toml test")) => {
                 let mut body = String::new();
@@ -92,6 +101,39 @@ fn docs_examples_compile_and_their_tests_pass() {
                 r.failures.join("\n"),
                 r.timeline_excerpt(30).join("\n")
             );
+        }
+        if !ex.explains.is_empty() {
+            // Shown paths are the pack's own (`pack/…`), not the doc's.
+            src.root = PathBuf::from("pack");
+            let pack = Arc::new(compile(&src).0.expect("compiled above"));
+            for (line, args, want) in &ex.explains {
+                let got = explain_after_first_test(&pack, args);
+                assert_eq!(got.trim_end(), want.trim_end(), "docs/rules.md:{line}: `stoa explain WF {args}` prints");
+            }
+        }
+    }
+}
+
+/// Runs the pack's first test and explains, in its end state, a rule or
+/// (`--fact N`) a fact.
+fn explain_after_first_test(pack: &Arc<stoa_rules::compile::Pack>, args: &str) -> String {
+    use stoa_engine::explain::{self, History, Subject};
+    let case = &pack.tests[0].1;
+    let mut dispatcher = stoa_engine::dispatch::MockDispatcher::new(&case.mocks);
+    let facts = case.facts.iter().map(|f| f.get_ref().clone()).collect();
+    let id = stoa_engine::WorkflowId::new("test");
+    let mut local =
+        stoa_engine::local::Local::start(pack.clone(), id, facts, None, true, &mut dispatcher).expect("start");
+    local.drive(&mut dispatcher, &mut |_| {}).expect("drive");
+    let subject = Subject::of_workflow(&local.workflow);
+    match args.strip_prefix("--fact ") {
+        Some(f) => {
+            let history = History::of(&local.timeline, None);
+            explain::fact_text(&explain::fact(&subject, &history, f.parse().expect("fact id")).expect("fact"))
+        }
+        None => {
+            let history = History::of(&local.timeline, Some(args));
+            explain::rule_text(&explain::rule(&subject, &history, args).expect("rule"))
         }
     }
 }

@@ -8,6 +8,7 @@ mod cluster;
 mod crash;
 mod docs;
 mod examples;
+mod explain;
 mod fuzz;
 mod hostile;
 #[cfg(target_os = "linux")]

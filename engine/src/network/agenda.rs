@@ -58,6 +58,11 @@ impl Agenda {
         self.levels.values().flatten().copied()
     }
 
+    /// Every entry in the order `pop` would take them, stale ones included.
+    pub fn in_firing_order(&self) -> impl Iterator<Item = (TokId, u32)> + '_ {
+        self.levels.values().flat_map(|stack| stack.iter().rev()).copied()
+    }
+
     /// The next activation to fire, taken off the agenda.
     pub fn pop(&mut self, is_live: impl Fn(TokId, u32) -> bool) -> Option<TokId> {
         for stack in self.levels.values_mut() {

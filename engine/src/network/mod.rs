@@ -195,6 +195,9 @@ pub struct Network {
     /// Spare buffers for the matches of a join.
     match_bufs: Vec<Vec<u32>>,
     id_sym: Sym,
+    /// For coverage (`stoa test --coverage`), when on: per rule, the most
+    /// conditions a partial match has passed (a token's deepest level).
+    reached: Option<Vec<u16>>,
 }
 
 impl Network {
@@ -226,7 +229,23 @@ impl Network {
             doomed: Vec::new(),
             match_bufs: Vec::new(),
             id_sym: Sym::new("_id"),
+            reached: None,
         }
+    }
+
+    /// Starts recording how far each rule's matching gets (`reached`).
+    pub fn track_reach(&mut self, reached: Option<Vec<u16>>) {
+        self.reached = Some(reached.unwrap_or_else(|| vec![0; self.pack.rules.len()]));
+    }
+
+    /// Per rule, the most conditions a partial match passed since
+    /// `track_reach`; what a rebuilt network takes over.
+    pub fn reached(&self) -> Option<&[u16]> {
+        self.reached.as_deref()
+    }
+
+    pub fn take_reached(&mut self) -> Option<Vec<u16>> {
+        self.reached.take()
     }
 
     pub fn pack(&self) -> &Arc<Pack> {
@@ -426,6 +445,10 @@ impl Network {
     // ---- tokens -------------------------------------------------------
 
     fn new_tok(&mut self, rule: u32, level: u16, parent: TokId, fact: u32, value: Option<Value>) -> TokId {
+        if let Some(r) = &mut self.reached {
+            let deepest = &mut r[rule as usize];
+            *deepest = (*deepest).max(level);
+        }
         let next = if parent != NONE { self.toks[parent as usize].first_child } else { NONE };
         let next_of_fact = if fact != NONE { self.rec(fact).toks } else { NONE };
         let id = match self.free.pop() {
@@ -1006,6 +1029,17 @@ impl Network {
         Some(Activation { rule: self.toks[t as usize].rule as usize, token: t })
     }
 
+    /// The activations on the agenda in the order they would fire: rule
+    /// and matched facts (for `explain`; empty between turns).
+    pub fn queued(&self) -> Vec<(usize, Vec<(FactId, u32)>)> {
+        let toks = &self.toks;
+        self.agenda
+            .in_firing_order()
+            .filter(|&(t, g)| toks[t as usize].scheduled && toks[t as usize].gen == g)
+            .map(|(t, _)| (toks[t as usize].rule as usize, self.matched_facts(t)))
+            .collect()
+    }
+
     /// Whether a token is still a live complete match.
     pub fn token_alive(&self, t: TokId) -> bool {
         self.toks.get(t as usize).is_some_and(|x| x.alive)
@@ -1378,7 +1412,7 @@ fn fact_field_ref(f: &Fact, name: Sym, id_sym: Sym) -> Cow<'_, Value> {
     }
 }
 
-fn aggregate(func: AggFn, items: &[(FactId, Value)]) -> Result<Option<Value>, String> {
+pub(crate) fn aggregate(func: AggFn, items: &[(FactId, Value)]) -> Result<Option<Value>, String> {
     Ok(match func {
         AggFn::Count => Some(Value::Int(items.len() as i64)),
         AggFn::Collect => Some(Value::Array(Arc::new(items.iter().map(|i| i.1.clone()).collect()))),
