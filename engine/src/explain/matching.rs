@@ -62,12 +62,18 @@ struct Ctx<'a> {
     pack: &'a Pack,
     rule: &'a Rule,
     id: Sym,
+    /// Joins tried so far, and whether the tries or the time ran out.
+    tries: u64,
     out_of_time: bool,
 }
 
+/// Joins tried at most in one explanation (a cross product of two large
+/// types would otherwise take as long as the time allows).
+const MAX_TRIES: u64 = 5_000_000;
+
 pub(super) fn analyse<'a>(subject: &Subject<'a>, rule: &'a Rule) -> Analysis {
     let types = by_type(&subject.facts);
-    let mut cx = Ctx { pack: subject.pack, rule, id: Sym::new("_id"), out_of_time: false };
+    let mut cx = Ctx { pack: subject.pack, rule, id: Sym::new("_id"), tries: 0, out_of_time: false };
     let empty: Vec<&Fact> = Vec::new();
     // Own tests read no binding: they run against this empty match.
     let unbound: Partial = vec![Bind::None; rule.slots.len()];
@@ -114,7 +120,7 @@ pub(super) fn analyse<'a>(subject: &Subject<'a>, rule: &'a Rule) -> Analysis {
         conditions.push(report);
         if step.survivors.is_empty() {
             let why = if cx.out_of_time {
-                "explain ran out of time here; the counts are lower bounds".to_string()
+                "explain stopped here (too many joins to try, or out of time); the counts are lower bounds".to_string()
             } else {
                 cx.why_dead(cond, pattern, of_type, &passing, &step)
             };
@@ -215,25 +221,30 @@ impl<'a> Ctx<'a> {
             };
             let mut matched: Vec<&'a Fact> = Vec::new();
             for &c in pool {
-                if stoa_rules::budget::check().is_err() {
+                self.tries += 1;
+                if self.tries > MAX_TRIES || stoa_rules::budget::check().is_err() {
                     self.out_of_time = true;
                     break;
                 }
-                match self.join_failure(pattern, p, c) {
+                match self.join_failure(pattern, p, c, step.best.as_ref().map(|b| b.passed)) {
                     None => {
                         matched.push(c);
                         if matches!(cond, Condition::Not(_) | Condition::Exists(_)) {
                             break;
                         }
                     }
-                    Some(t) => step.offer(t),
+                    Some(t) => {
+                        if let Some(t) = t {
+                            step.offer(t)
+                        }
+                    }
                 }
             }
             if pool.is_empty() && step.best.is_none() {
                 // No fact shares the join value: show the join failing on
                 // the first fact that passes its own tests.
                 if let (Some(&c), Some(_)) = (passing.first(), key0.as_ref()) {
-                    if let Some(t) = self.join_failure(pattern, p, c) {
+                    if let Some(Some(t)) = self.join_failure(pattern, p, c, None) {
                         step.offer(t);
                     }
                 }
@@ -359,22 +370,36 @@ impl<'a> Ctx<'a> {
     }
 
     /// The first join or binding test `c` fails when joined to partial `p`
-    /// (its own tests passed), or `None` if it joins.
-    fn join_failure(&self, pattern: &'a Pattern, p: &Partial<'a>, c: &'a Fact) -> Option<Try<'a>> {
+    /// (its own tests passed), or `None` if it joins. The failure is told
+    /// (values and all) only if it got further than `best`: most tries
+    /// fail, and few are shown.
+    fn join_failure(
+        &self,
+        pattern: &'a Pattern,
+        p: &Partial<'a>,
+        c: &'a Fact,
+        best: Option<usize>,
+    ) -> Option<Option<Try<'a>>> {
         let env = PEnv { binds: p, current: Some(c), id: self.id };
         let own = pattern.alpha.len();
+        let better = |passed: usize| best.is_none_or(|b| passed > b);
         for (i, j) in pattern.joins.iter().enumerate() {
             let key = j.key.eval(&env);
             let ok = key.as_ref().is_ok_and(|k| compare(BinOp::Eq, &field(c, j.field, self.id), k));
             if !ok {
-                let evaluated = format!("{} == {}", field(c, j.field, self.id), j.key.with_values(&env));
-                return Some(self.fail(own + i, p, c, &pattern.text.joins[i], evaluated));
+                return Some(better(own + i).then(|| {
+                    let evaluated = format!("{} == {}", field(c, j.field, self.id), j.key.with_values(&env));
+                    self.fail(own + i, p, c, &pattern.text.joins[i], evaluated)
+                }));
             }
         }
         for (i, b) in pattern.beta.iter().enumerate() {
             if !matches!(self.holds(b, &env), Ok(true)) {
-                let evaluated = self.evaluated(b, &env);
-                return Some(self.fail(own + pattern.joins.len() + i, p, c, &pattern.text.beta[i], evaluated));
+                let passed = own + pattern.joins.len() + i;
+                return Some(better(passed).then(|| {
+                    let evaluated = self.evaluated(b, &env);
+                    self.fail(passed, p, c, &pattern.text.beta[i], evaluated)
+                }));
             }
         }
         None

@@ -271,6 +271,9 @@ pub fn rule(subject: &Subject, history: &History, rule: &str) -> Result<RuleExpl
             hint,
         });
     };
+    // Constraints are tenant code: an explanation has a turn's time at
+    // most, wherever it runs (the server sets the same deadline).
+    let _budget = stoa_rules::budget::turn(pack.manifest.limits.max_turn_ms);
     let analysis = matching::analyse(subject, r);
     let (fired, firings) = history.firings_of(rule);
     let now = match analysis.complete {

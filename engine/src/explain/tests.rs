@@ -368,3 +368,23 @@ fn no_loop_keeps_its_own_change_from_firing_again() {
         "#]],
     );
 }
+
+#[test]
+fn a_cross_product_is_cut_short_and_says_so() {
+    // The facts alone (the network would spend the turn on this product).
+    let p = pack(r#"rule "pairs" { match { a: A() b: B(n > a.n + 1000000) } action { log("p"); } }"#, "");
+    let mk = |id: u64, ty: &str, n: i64| {
+        let mut fields = Fields::new();
+        fields.set(Sym::new("n"), Value::Int(n));
+        Fact { id, ty: Sym::new(ty), version: 1, fields, tag: id }
+    };
+    let facts: Vec<Fact> =
+        (0..2300u64).flat_map(|i| [mk(2 * i + 1, "A", i as i64), mk(2 * i + 2, "B", i as i64)]).collect();
+    let meta = Workflow::new(WorkflowId::new("wf_x"), p.clone(), 0).meta().clone();
+    let subject =
+        Subject { pack: &p, meta: &meta, facts: facts.iter().collect(), waiting: Vec::new(), queued: Vec::new() };
+    let e = rule(&subject, &History::new(None), "pairs").unwrap();
+    // 5.3M pairs: more than one explanation tries.
+    assert!(e.conditions[1].truncated, "{:?}", e.conditions);
+    assert!(matches!(&e.now, Now::NoMatch { why, .. } if why.contains("lower bounds")), "{:?}", e.now);
+}
