@@ -128,7 +128,7 @@ pub enum Command {
         conn: Conn,
         #[arg(long)]
         pack: Option<String>,
-        /// running, completed or failed.
+        /// running, completed, failed or cancelled.
         #[arg(long)]
         status: Option<String>,
         #[arg(long, default_value_t = 100)]
@@ -142,13 +142,26 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         from: u64,
     },
-    /// Cancel a running workflow.
+    /// Cancel a running workflow: its waiting invocations and timers are
+    /// cancelled; if its pack has rules over `Cancelled` facts, one is
+    /// asserted so they can clean up (release what the workflow holds)
+    /// within --grace, after which it is terminated; it ends `cancelled`.
+    /// With --terminate it ends at once, running no rule.
+    ///
+    /// Example: stoa cancel wf_acme.1a2b --reason "customer asked" --grace 10m
     Cancel {
         #[command(flatten)]
         conn: Conn,
         workflow: String,
+        /// Why; kept as the workflow's reason and in the `Cancelled` fact.
         #[arg(long, default_value = "cancelled by stoa cancel")]
         reason: String,
+        /// How long the pack's cleanup may take (e.g. 30s, 10m).
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+        /// End now, without running the pack's cleanup rules.
+        #[arg(long)]
+        terminate: bool,
     },
 }
 
@@ -515,9 +528,15 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Watch { workflow, from, .. } => return follow(&mut c, &workflow, from, json).await,
-        Command::Cancel { workflow, reason, .. } => {
+        Command::Cancel { workflow, reason, grace, terminate, .. } => {
+            let grace_ms = grace.as_millis().max(1) as u64;
             let r = c
-                .cancel_workflow(pb::CancelWorkflowRequest { workflow_id: workflow.clone(), reason })
+                .cancel_workflow(pb::CancelWorkflowRequest {
+                    workflow_id: workflow.clone(),
+                    reason,
+                    terminate,
+                    grace_ms,
+                })
                 .await
                 .map_err(status_err)?
                 .into_inner();

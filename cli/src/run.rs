@@ -140,7 +140,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let meta = local.workflow.meta();
     let extra = match meta.status {
         Status::Completed => format!(" result {}", meta.result),
-        Status::Failed => format!(": {}", meta.reason.clone().unwrap_or_default()),
+        Status::Failed | Status::Cancelled => format!(": {}", meta.reason.clone().unwrap_or_default()),
         Status::Running => {
             let timers = match local.next_timer() {
                 Some((_, due)) => format!(

@@ -567,7 +567,7 @@ fn e0007_test_file() {
             5 |     { type = "Chunk", fields = { i = 2, status = "pending" } },
               |     ^
 
-            tests/data/broken/test_file/tests/b_names.toml:10:10: error[E0007]: test "unknown rule names in expectations": status `done` is not one of running, completed, failed
+            tests/data/broken/test_file/tests/b_names.toml:10:10: error[E0007]: test "unknown rule names in expectations": status `done` is not one of running, completed, failed, cancelled
                |
             10 | status = "done"
                |          ^

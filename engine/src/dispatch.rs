@@ -37,16 +37,20 @@ impl MockDispatcher {
         }
     }
 
-    fn answer(&mut self, inv: &Invocation) -> Option<Answer> {
+    /// The mock that answers `inv`, by index.
+    fn mock_for(&self, inv: &Invocation) -> Option<usize> {
         // Mocks with argument patterns win over catch-all ones.
-        let pick = self
-            .mocks
+        self.mocks
             .iter()
             .enumerate()
             .filter(|(_, (m, _, _))| m.function.get_ref() == &inv.function)
             .filter(|(_, (m, _, _))| m.args.as_ref().is_none_or(|a| partial_match(a, &inv.args)))
             .max_by_key(|(i, (m, _, _))| (m.args.is_some(), usize::MAX - i))
-            .map(|(i, _)| i)?;
+            .map(|(i, _)| i)
+    }
+
+    fn answer(&mut self, inv: &Invocation) -> Option<Answer> {
+        let pick = self.mock_for(inv)?;
         let (_, answers, next) = &mut self.mocks[pick];
         let a = answers[(*next).min(answers.len() - 1)].clone();
         *next += 1;
@@ -64,7 +68,14 @@ impl Dispatcher for MockDispatcher {
     }
 
     fn next_outcome(&mut self) -> Option<(Invocation, Outcome)> {
-        let inv = self.queue.pop_front()?;
+        // A call of a mock that never answers stays waiting: it leaves the
+        // queue unanswered (the workflow keeps waiting on it).
+        let inv = loop {
+            let inv = self.queue.pop_front()?;
+            if !self.mock_for(&inv).is_some_and(|m| self.mocks[m].0.never) {
+                break inv;
+            }
+        };
         let max = inv.retry.max_attempts.max(1);
         let mut attempt = 0;
         let outcome = loop {

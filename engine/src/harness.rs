@@ -146,6 +146,9 @@ fn run_step(l: &mut Local, n: usize, step: &Step, dispatcher: &mut MockDispatche
         };
         ignore_finished(l.apply(Input::Signal { signal }, dispatcher))?;
     }
+    if let Some(reason) = &step.cancel {
+        ignore_finished(l.apply(Input::Cancel { reason: reason.clone(), grace_ms: None }, dispatcher))?;
+    }
     l.drive(dispatcher, &mut |_| {})?;
     if let Some(d) = &step.advance {
         // Checked by `stoa check` (compile), so a bad duration here is a bug.

@@ -98,6 +98,10 @@ pub enum Event {
     Failed {
         reason: String,
     },
+    /// Cancelled (after its cleanup) or terminated.
+    Cancelled {
+        reason: String,
+    },
     /// The turn was rolled back; `fired` counts what fired in it, by rule.
     TurnFailed {
         error: String,
@@ -207,6 +211,7 @@ impl Entry {
             Event::Log { rule, message } => format!("  log    [{rule}] {message}"),
             Event::Completed { result } => format!("  done   completed: {result}"),
             Event::Failed { reason } => format!("  done   failed: {reason}"),
+            Event::Cancelled { reason } => format!("  done   {reason}"),
             Event::TurnFailed { error, firings, fired } => {
                 let what: Vec<String> = fired.iter().map(|(r, n)| format!("{r} ×{n}")).collect();
                 let what = if what.is_empty() { String::new() } else { format!(" [{}]", what.join(", ")) };

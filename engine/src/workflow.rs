@@ -15,7 +15,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use stoa_rules::budget;
-use stoa_rules::compile::{Pack, Rule, Section};
+use stoa_rules::compile::{Condition, Pack, Rule, Section};
 use stoa_rules::expr::{Env, Expr as NativeExpr};
 use stoa_rules::manifest::RetryPolicy;
 use stoa_rules::native::{NativeAction, Step};
@@ -33,6 +33,9 @@ pub enum Status {
     Running,
     Completed,
     Failed,
+    /// Ended by `Input::Cancel` (after the pack's cleanup) or
+    /// `Input::Terminate`.
+    Cancelled,
 }
 
 impl Status {
@@ -45,6 +48,7 @@ impl Status {
             Status::Running => "running",
             Status::Completed => "completed",
             Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
         }
     }
 }
@@ -79,7 +83,27 @@ pub struct Meta {
     /// record of the request goes with the workflow when it is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<String>,
+    /// Set while a cancellation runs the pack's cleanup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelling: Option<Cancelling>,
 }
+
+/// A cancellation under way: the pack's rules react to the `Cancelled`
+/// fact until nothing is left to wait for, or the deadline terminates it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Cancelling {
+    pub reason: String,
+    pub deadline_ms: u64,
+    /// The durable timer that ends it at the deadline.
+    pub deadline_timer: u64,
+}
+
+/// The fact a cancellation asserts, for cleanup rules to match.
+pub const CANCELLED_TYPE: &str = "Cancelled";
+/// How long cleanup may take when the canceller does not say.
+pub const DEFAULT_CANCEL_GRACE_MS: u64 = 5 * 60_000;
+/// The rule name the timeline shows for the deadline timer.
+const CANCEL_DEADLINE: &str = "(cancellation deadline)";
 
 fn one() -> u64 {
     1
@@ -262,7 +286,17 @@ pub enum Input {
         invocation: InvocationId,
         outcome: Outcome,
     },
+    /// Cancel: if the pack has rules over `Cancelled` facts, assert one
+    /// and let them clean up (waiting invocations and timers are dropped
+    /// first) for at most `grace_ms`; else end at once. Ends `cancelled`.
     Cancel {
+        reason: String,
+        /// Default `DEFAULT_CANCEL_GRACE_MS`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grace_ms: Option<u64>,
+    },
+    /// End now as `cancelled`, running no rule.
+    Terminate {
         reason: String,
     },
     /// Timers are due: those of one workflow due at the same instant fire
@@ -286,7 +320,8 @@ impl Input {
             Input::Result { invocation, outcome: Outcome::Error { kind, .. } } => {
                 format!("error ({kind:?}) of {invocation}").to_lowercase()
             }
-            Input::Cancel { reason } => format!("cancel: {reason}"),
+            Input::Cancel { reason, .. } => format!("cancel: {reason}"),
+            Input::Terminate { reason } => format!("terminate: {reason}"),
             Input::Timers { ids } => match ids.as_slice() {
                 [id] => format!("timer {id} is due"),
                 _ => format!("timers {ids:?} are due"),
@@ -309,6 +344,8 @@ pub enum Rejected {
     UnknownFact(FactId),
     #[error("timer {0} is not pending (already fired or cancelled)")]
     UnknownTimer(u64),
+    #[error("the workflow is already being cancelled (its cleanup ends by {0} ms since the epoch); terminate it to end it now")]
+    AlreadyCancelling(u64),
     /// The host stopped the turn (a server shutting down): nothing of it
     /// happened, and the in-memory workflow is to be reloaded.
     #[error("the turn was interrupted: the server is stopping")]
@@ -427,6 +464,7 @@ impl Workflow {
             next_signal: 1,
             origin: Origin::Request,
             request: None,
+            cancelling: None,
         };
         Workflow {
             net: Network::new(pack.clone()),
@@ -597,12 +635,17 @@ impl Workflow {
                     return Err(Rejected::UnknownTimer(*id));
                 }
             }
-            Input::Cancel { .. } | Input::Signal { .. } => {}
+            Input::Cancel { .. } => {
+                if let Some(c) = &self.meta.cancelling {
+                    return Err(Rejected::AlreadyCancelling(c.deadline_ms));
+                }
+            }
+            Input::Terminate { .. } | Input::Signal { .. } => {}
         }
         let meta_before = self.begin_turn(now_ms, input.summary());
         let result = {
             let _deadline = budget::turn(self.pack.manifest.limits.max_turn_ms);
-            self.run(input).and_then(|()| self.fire_all())
+            self.run(input).and_then(|()| self.fire_all()).map(|()| self.settle_cancel())
         };
         let mut out = TurnOutput { turn: self.meta.turn, firings: self.turn.firings, ..TurnOutput::default() };
         match result {
@@ -825,8 +868,9 @@ impl Workflow {
                 }
             }
             Input::Result { invocation, outcome } => self.apply_result(invocation, outcome)?,
-            Input::Cancel { reason } => {
-                self.finish(Status::Failed, Value::Null, Some(format!("cancelled: {reason}")));
+            Input::Cancel { reason, grace_ms } => self.cancel(reason, grace_ms.unwrap_or(DEFAULT_CANCEL_GRACE_MS))?,
+            Input::Terminate { reason } => {
+                self.finish(Status::Cancelled, Value::Null, Some(format!("terminated: {reason}")));
             }
             Input::Timers { mut ids } => {
                 ids.sort_unstable();
@@ -834,7 +878,16 @@ impl Workflow {
                 for id in ids {
                     let (ty, fields) = self.take_timer(id).expect("checked in apply");
                     self.record(Event::TimerFired { id, ty });
-                    self.insert_new(ty, fields)?;
+                    match &self.meta.cancelling {
+                        Some(c) if c.deadline_timer == id => {
+                            let reason = format!("cancelled: {} (its cleanup did not end in time)", c.reason);
+                            self.finish(Status::Cancelled, Value::Null, Some(reason));
+                            break;
+                        }
+                        _ => {
+                            self.insert_new(ty, fields)?;
+                        }
+                    }
                 }
             }
             Input::Signal { signal } => {
@@ -1175,9 +1228,15 @@ impl Workflow {
         if self.meta.status != Status::Running {
             return;
         }
+        // A cleanup that completes the workflow ends its cancellation.
+        let (status, reason) = match (status, self.meta.cancelling.take()) {
+            (Status::Completed, Some(c)) => (Status::Cancelled, Some(format!("cancelled: {}", c.reason))),
+            (s, _) => (s, reason),
+        };
         self.meta.status = status;
         match status {
             Status::Completed => self.record(Event::Completed { result: result.clone() }),
+            Status::Cancelled => self.record(Event::Cancelled { reason: reason.clone().unwrap_or_default() }),
             _ => self.record(Event::Failed { reason: reason.clone().unwrap_or_default() }),
         }
         self.meta.result = result;
@@ -1195,6 +1254,69 @@ impl Workflow {
                 reason: format!("workflow {}", status.as_str()),
             });
         }
+    }
+
+    /// Starts a cancellation (see `Input::Cancel`).
+    fn cancel(&mut self, reason: String, grace_ms: u64) -> Result<(), TurnError> {
+        let cancelled = Sym::new(CANCELLED_TYPE);
+        let reacts = self.pack.rules.iter().any(|r| {
+            r.conditions.iter().any(|c| match c {
+                Condition::Pattern { pattern, .. } | Condition::Aggregate { pattern, .. } => pattern.ty == cancelled,
+                Condition::Not(p) | Condition::Exists(p) => p.ty == cancelled,
+                Condition::Test(_) => false,
+            })
+        });
+        if !reacts {
+            self.finish(Status::Cancelled, Value::Null, Some(format!("cancelled: {reason}")));
+            return Ok(());
+        }
+        // What the workflow waited for is no longer wanted: its reactions
+        // would run on a workflow that is going away.
+        let pending: Vec<InvocationId> = self.waiting.keys().cloned().collect();
+        for inv in pending {
+            self.take_waiting(&inv);
+            self.turn.cancelled.push(inv.clone());
+            self.record(Event::InvocationCancelled { invocation: inv, reason: "workflow cancelling".into() });
+        }
+        let timers: Vec<u64> = self.timers.keys().copied().collect();
+        for id in timers {
+            self.take_timer(id);
+            self.record(Event::TimerCancelled { id, rule: "(cancel)".into() });
+        }
+        let id = self.meta.next_timer;
+        self.meta.next_timer += 1;
+        let due_ms = self.turn.now.saturating_add(grace_ms);
+        self.record(Event::TimerSet { id, due_ms, ty: cancelled, rule: CANCEL_DEADLINE.into() });
+        let t = Timer {
+            workflow: self.meta.id.clone(),
+            id,
+            due_ms,
+            ty: cancelled,
+            fields: Fields::new(),
+            rule: CANCEL_DEADLINE.into(),
+        };
+        self.turn.undo_timers.entry(id).or_insert(None);
+        self.timers.insert(id, t);
+        self.meta.cancelling = Some(Cancelling { reason: reason.clone(), deadline_ms: due_ms, deadline_timer: id });
+        let mut fields = Fields::new();
+        fields.set(Sym::new("reason"), Value::str(&reason));
+        fields.set(Sym::new("deadline"), Value::Int(due_ms as i64));
+        self.insert_new(cancelled, fields)?;
+        Ok(())
+    }
+
+    /// Ends a cancellation whose cleanup has nothing left to wait for: no
+    /// invocation, no timer but the deadline.
+    fn settle_cancel(&mut self) {
+        let Some(c) = &self.meta.cancelling else { return };
+        if self.meta.status != Status::Running
+            || !self.waiting.is_empty()
+            || self.timers.keys().any(|id| *id != c.deadline_timer)
+        {
+            return;
+        }
+        let reason = format!("cancelled: {}", c.reason);
+        self.finish(Status::Cancelled, Value::Null, Some(reason));
     }
 
     fn touch_fact(&mut self, id: FactId) {
@@ -1612,6 +1734,9 @@ impl Workflow {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod cancel_tests;
 
 #[cfg(test)]
 mod tests {

@@ -447,12 +447,12 @@ fn check_tests(
             }
         }
         if let Some(s) = &x.status {
-            if !matches!(s.get_ref().as_str(), "running" | "completed" | "failed") {
+            if !matches!(s.get_ref().as_str(), "running" | "completed" | "failed" | "cancelled") {
                 error(
                     at(s.span()),
                     Code::TestFile,
                     format!(
-                        "test \"{}\": status `{}` is not one of running, completed, failed",
+                        "test \"{}\": status `{}` is not one of running, completed, failed, cancelled",
                         case.name,
                         s.get_ref()
                     ),

@@ -50,7 +50,8 @@ fn yes() -> bool {
 
 /// Answers calls of one function, optionally only those whose arguments
 /// contain `args`. `returns`/`error` answer every call; `answers` answers
-/// calls in turn and repeats its last answer.
+/// calls in turn and repeats its last answer; `never` leaves every call
+/// waiting (a worker that never answers: timers and cancellations race it).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mock {
@@ -63,6 +64,8 @@ pub struct Mock {
     pub error: Option<MockError>,
     #[serde(default)]
     pub answers: Vec<Answer>,
+    #[serde(default)]
+    pub never: bool,
 }
 
 impl Mock {
@@ -134,7 +137,7 @@ pub struct TestCase {
 }
 
 /// One step of a test after the start: move the virtual clock (due timers
-/// fire in order), assert facts, or send a signal.
+/// fire in order), assert facts, send a signal, or cancel the workflow.
 #[derive(Clone, Debug, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
@@ -145,6 +148,10 @@ pub struct Step {
     pub assert: Vec<FactSpec>,
     #[serde(default)]
     pub signal: Option<SignalSpec>,
+    /// Cancel the workflow with this reason (its cleanup rules run; the
+    /// deadline is 5 minutes of virtual time).
+    #[serde(default)]
+    pub cancel: Option<String>,
 }
 
 /// A signal sent by a test step.

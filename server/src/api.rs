@@ -470,8 +470,8 @@ impl pb::stoa_server::Stoa for StoaService {
         if !req.pack.is_empty() {
             input::pack_name("pack", &req.pack)?;
         }
-        if !req.status.is_empty() && !matches!(req.status.as_str(), "running" | "completed" | "failed") {
-            return Err(Status::invalid_argument("status: one of running, completed, failed"));
+        if !req.status.is_empty() && !matches!(req.status.as_str(), "running" | "completed" | "failed" | "cancelled") {
+            return Err(Status::invalid_argument("status: one of running, completed, failed, cancelled"));
         }
         let mut after = if req.page_token.is_empty() {
             None
@@ -533,7 +533,8 @@ impl pb::stoa_server::Stoa for StoaService {
         let runtime = self.runtime.clone();
         tokio::spawn(async move {
             let mut next = req.from_seq.max(1);
-            let ended = |e: &Entry| matches!(e.event, Event::Completed { .. } | Event::Failed { .. });
+            let ended =
+                |e: &Entry| matches!(e.event, Event::Completed { .. } | Event::Failed { .. } | Event::Cancelled { .. });
             for e in &stored {
                 if tx.send(Ok(entry_out(e))).await.is_err() {
                     return;
@@ -613,8 +614,16 @@ impl pb::stoa_server::Stoa for StoaService {
         let req = req.into_inner();
         let id = workflow_id(&req.workflow_id)?;
         let reason = if req.reason.is_empty() { "cancelled by request".to_string() } else { req.reason };
+        const MAX_GRACE_MS: u64 = 30 * 24 * 3600 * 1000;
+        if req.grace_ms > MAX_GRACE_MS {
+            return Err(Status::invalid_argument(format!("grace_ms: {} is more than 30 days", req.grace_ms)));
+        }
+        let input = match req.terminate {
+            true => Input::Terminate { reason },
+            false => Input::Cancel { reason, grace_ms: (req.grace_ms > 0).then_some(req.grace_ms) },
+        };
         let rt = self.runtime.clone();
-        let out = detached(async move { rt.turn(&tenant, &id, Input::Cancel { reason }).await }).await?;
+        let out = detached(async move { rt.turn(&tenant, &id, input).await }).await?;
         Ok(Response::new(turn_out(&out)))
     }
 

@@ -42,7 +42,7 @@ impl Runtime {
             // The parent stopped waiting while the child was starting.
             Ok((child, _)) if !until_stored(&*self.store, &self.clock, stop, &what, pending).await.unwrap_or(true) => {
                 let reason = format!("its parent {} no longer waits for it", inv.workflow);
-                let cancel = || self.turn(&tenant, &child, Input::Cancel { reason: reason.clone() });
+                let cancel = || self.turn(&tenant, &child, Input::Cancel { reason: reason.clone(), grace_ms: None });
                 let _ = until_stored(&*self.store, &self.clock, stop, &what, cancel).await;
                 return;
             }
@@ -79,7 +79,7 @@ impl Runtime {
         let what = format!("cancelling the child of {inv}");
         let cancel = || async {
             let child = self.workflow_for_request(&tenant, &child_request(&inv))?;
-            self.turn(&tenant, &child, Input::Cancel { reason: reason.clone() }).await
+            self.turn(&tenant, &child, Input::Cancel { reason: reason.clone(), grace_ms: None }).await
         };
         let _ = until_stored(&*self.store, &self.clock, stop, &what, cancel).await;
     }

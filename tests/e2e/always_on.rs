@@ -335,12 +335,16 @@ rule "assemble" {
         assert!(w.waiting.iter().all(|x| x.function == "workflow:slow"));
         let slow = all_running(&mut a, "slow").await;
         assert_eq!(slow.len(), 2, "both children run: {children:?}");
-        a.cancel_workflow(pb::CancelWorkflowRequest { workflow_id: p.clone(), reason: "test".into() })
-            .await
-            .expect("cancel");
+        a.cancel_workflow(pb::CancelWorkflowRequest {
+            workflow_id: p.clone(),
+            reason: "test".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("cancel");
         for c in &slow {
             let w = wait_for(&mut a, &c.id, 20, |w| w.status != "running").await;
-            assert_eq!(w.status, "failed");
+            assert_eq!(w.status, "cancelled");
             assert!(w.reason.contains("no longer waits"), "{}", w.reason);
             assert!(w.origin_json.contains("parent"), "{}", w.origin_json);
         }

@@ -369,7 +369,13 @@ fn request(rng: &mut Rng, me: &Known, other: &Known) -> (&'static str, Vec<u8>, 
         }
         11 => (
             "CancelWorkflow",
-            pb::CancelWorkflowRequest { workflow_id: wf_id(rng, me, other), reason: t(rng) }.encode_to_vec(),
+            pb::CancelWorkflowRequest {
+                workflow_id: wf_id(rng, me, other),
+                reason: t(rng),
+                terminate: rng.below(2) == 0,
+                grace_ms: number(rng),
+            }
+            .encode_to_vec(),
             false,
         ),
         12 => {

@@ -346,9 +346,13 @@ fn backpressure_admits_exactly_the_quota_and_live_workflows_are_capped() {
         let e = start(&mut b, "calls", "l3", serde_json::json!({"n": 3})).await.expect_err("over the quota");
         assert_eq!(e.code(), Code::ResourceExhausted);
         assert!(e.message().contains("quota max_live_workflows"), "{}", e.message());
-        b.cancel_workflow(pb::CancelWorkflowRequest { workflow_id: live[0].clone(), reason: "room".into() })
-            .await
-            .expect("cancel");
+        b.cancel_workflow(pb::CancelWorkflowRequest {
+            workflow_id: live[0].clone(),
+            reason: "room".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("cancel");
         start(&mut b, "calls", "l3", serde_json::json!({"n": 3})).await.expect("room again");
     });
     assert_alive(&mut s);

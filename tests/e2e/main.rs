@@ -2,6 +2,7 @@
 
 mod always_on;
 mod bench_programs;
+mod cancel;
 mod client;
 #[cfg(target_os = "linux")]
 mod cluster;

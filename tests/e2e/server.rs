@@ -55,9 +55,13 @@ fn tenants_are_isolated() {
             "timeline",
         );
         not_found(
-            b.cancel_workflow(pb::CancelWorkflowRequest { workflow_id: wf.clone(), reason: "x".into() })
-                .await
-                .map(|_| ()),
+            b.cancel_workflow(pb::CancelWorkflowRequest {
+                workflow_id: wf.clone(),
+                reason: "x".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
             "cancel",
         );
         not_found(

@@ -361,7 +361,11 @@ impl Op {
                 }
             }
             Op::Cancel(wf) => {
-                let msg = pb::CancelWorkflowRequest { workflow_id: wf.clone(), reason: "by the simulation".into() };
+                let msg = pb::CancelWorkflowRequest {
+                    workflow_id: wf.clone(),
+                    reason: "by the simulation".into(),
+                    ..Default::default()
+                };
                 match svc.cancel_workflow(request(tenant, msg)).await {
                     Ok(t) if ctl.alive() => {
                         let turn = t.into_inner().turn;

@@ -183,7 +183,7 @@ fn check(ctl: &Ctl, core: &Core) -> Vec<String> {
     // waiting for ran its reaction afterwards.
     for (id, turn) in &h.cancels {
         match (turn_input(id, *turn), by_id.get(id)) {
-            (Some(i), Some(m)) if i.starts_with("cancel") && m.turn == *turn && m.status == Status::Failed => {}
+            (Some(i), Some(m)) if i.starts_with("cancel") && m.turn == *turn && m.status == Status::Cancelled => {}
             (input, m) => errs.push(format!(
                 "a cancel of {id} was acknowledged as turn {turn}; that turn is {input:?}, the workflow {:?}",
                 m.map(|m| (m.status, m.turn))
@@ -342,7 +342,7 @@ fn check_timeline(m: &Meta, entries: &[Entry], answers: &BTreeMap<(String, u32),
                     errs.push(format!("{id}: timer {t} fired after it was cancelled"));
                 }
             }
-            Event::Completed { .. } | Event::Failed { .. } => ended = Some(turn),
+            Event::Completed { .. } | Event::Failed { .. } | Event::Cancelled { .. } => ended = Some(turn),
             _ => {}
         }
     }
