@@ -79,6 +79,10 @@ pub struct Meta {
     /// record of the request goes with the workflow when it is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<String>,
+    /// The trace context it was started in (W3C `traceparent`, opaque to
+    /// the engine): turns with no other parent join this trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 fn one() -> u64 {
@@ -175,6 +179,11 @@ pub struct Invocation {
     pub retry: RetryPolicy,
     pub rule: String,
     pub created_ms: u64,
+    /// The trace context of the turn that made it (W3C `traceparent`,
+    /// opaque to the engine), so that its dispatch, and the turn that
+    /// applies its answer, join that trace even after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// What a waiting activation bound, slot by slot.
@@ -369,6 +378,9 @@ pub struct Workflow {
     /// Estimated heap bytes of the facts (see `memory_estimate`).
     fact_bytes: usize,
     turn: TurnState,
+    /// The trace context the invocations of the next turns carry (set by
+    /// the host before a turn; opaque here).
+    trace: Option<String>,
 }
 
 /// What a fact costs besides its values: its slot, its id in the maps, its
@@ -427,6 +439,7 @@ impl Workflow {
             next_signal: 1,
             origin: Origin::Request,
             request: None,
+            traceparent: None,
         };
         Workflow {
             net: Network::new(pack.clone()),
@@ -437,6 +450,7 @@ impl Workflow {
             timers: BTreeMap::new(),
             fact_bytes: 0,
             turn: TurnState::default(),
+            trace: None,
         }
     }
 
@@ -451,6 +465,19 @@ impl Workflow {
     pub fn with_request(mut self, request: String) -> Workflow {
         self.meta.request = Some(request);
         self
+    }
+
+    /// Sets the trace context the workflow is started in (kept in its
+    /// meta); call before its start turn.
+    pub fn with_traceparent(mut self, traceparent: Option<String>) -> Workflow {
+        self.meta.traceparent = traceparent;
+        self
+    }
+
+    /// The trace context that the invocations made by the next turns carry
+    /// (the host's span of the turn); `None`: untraced.
+    pub fn set_turn_trace(&mut self, traceparent: Option<String>) {
+        self.trace = traceparent;
     }
 
     /// Rebuilds a workflow from its stored state. The state was committed at
@@ -1316,6 +1343,7 @@ impl Workflow {
             retry,
             rule: rule.name.clone(),
             created_ms: self.turn.now,
+            traceparent: self.trace.clone(),
         };
         self.record(Event::Invoked(Box::new(timeline::Invoked {
             invocation: id,

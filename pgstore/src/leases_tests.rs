@@ -176,6 +176,7 @@ fn start_of(wf: &WorkflowId) -> TurnOutput {
         next_signal: 1,
         origin: Default::default(),
         request: None,
+        traceparent: None,
     };
     TurnOutput { turn: 1, meta: Some(meta), ..TurnOutput::default() }
 }

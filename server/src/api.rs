@@ -115,11 +115,13 @@ fn diag_out(d: &stoa_rules::Diagnostic) -> pb::Diagnostic {
 
 /// Runs a turn on its own task: a client that hangs up must not cancel it
 /// between its commit and what follows (dispatching its invocations,
-/// timers, signals), which only a restart would otherwise redo.
+/// timers, signals), which only a restart would otherwise redo. The task
+/// stays in the request's span, so the turn continues the caller's trace.
 async fn detached<T: Send + 'static>(
     f: impl std::future::Future<Output = Result<T, crate::error::ApiError>> + Send + 'static,
 ) -> Result<T, Status> {
-    match tokio::spawn(f).await {
+    use tracing::Instrument;
+    match tokio::spawn(f.in_current_span()).await {
         Ok(r) => r.map_err(Status::from),
         Err(e) => Err(Status::internal(format!("the turn's task ended: {e}"))),
     }
@@ -453,6 +455,7 @@ impl pb::stoa_server::Stoa for StoaService {
                     rule: t.rule.clone(),
                 })
                 .collect(),
+            traceparent: m.traceparent.clone().unwrap_or_default(),
         }))
     }
 

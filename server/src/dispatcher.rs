@@ -75,6 +75,9 @@ struct Item {
     /// the next offer so that refusals cannot spin.
     refusals: u32,
     state: State,
+    /// The leased attempt's `dispatch` span (disabled when untraced); it
+    /// ends with the attempt.
+    span: tracing::Span,
 }
 
 /// Queue order: higher priority, then older (smaller sequence number).
@@ -310,6 +313,7 @@ impl Dispatcher {
             failures: attempts.failures,
             refusals: 0,
             state,
+            span: tracing::Span::none(),
         };
         self.items.insert(id.clone(), item);
         if queued {
@@ -414,6 +418,8 @@ impl Dispatcher {
     /// pause that doubles with each refusal in a row (10 ms to 2.5 s), and
     /// counts neither as an attempt nor against the retry budget.
     fn refused(&mut self, mut item: Item, message: &str) {
+        item.span.record("stoa.outcome", "not started");
+        item.span = tracing::Span::none();
         item.refusals += 1;
         let delay = self.opts.clock.jitter(Duration::from_millis(10 << item.refusals.min(8)));
         tracing::debug!(invocation = %item.inv.id, attempt = item.attempt, ?delay, %message, "not started");
@@ -424,6 +430,8 @@ impl Dispatcher {
     /// A failed attempt: retry after a backoff if the policy allows, else
     /// the final outcome is an error.
     fn fail(&mut self, mut item: Item, kind: ErrorKind, message: String, retryable: bool) {
+        item.span.record("stoa.outcome", if kind == ErrorKind::Timeout { "timeout" } else { "failed" });
+        item.span = tracing::Span::none();
         item.failures += 1;
         item.refusals = 0;
         if retryable && item.failures < item.inv.retry.max_attempts.max(1) {
@@ -448,12 +456,18 @@ impl Dispatcher {
     /// Hands the final outcome to the workflow, as a turn of its own,
     /// tried again while the store cannot write.
     fn finish(&mut self, item: Item, outcome: Outcome) {
+        use tracing::Instrument;
         self.dec_pending(&item.tenant, 1);
+        let ended = if matches!(outcome, Outcome::Ok { .. }) { "ok" } else { "error" };
+        item.span.record("stoa.outcome", ended);
+        // The reaction turn runs in this span, a child of the turn that
+        // made the invocation (as stored, so also after a restart).
+        let span = crate::trace::result_span(&item.inv, ended);
         let (outcomes, store) = (self.outcomes.clone(), self.store.clone());
         let (stop, clock) = (self.shutdown.clone(), self.opts.clock.clone());
         let id = item.inv.id;
         self.delivering.insert(id.clone());
-        self.deliveries.spawn(async move {
+        let delivery = async move {
             let what = format!("applying the outcome of {id}");
             let deliver = || outcomes.clone().apply(id.clone(), outcome.clone());
             let applied = crate::retry::until_stored(&*store, &clock, &stop, &what, deliver).await;
@@ -461,7 +475,8 @@ impl Dispatcher {
                 tracing::error!(invocation = %id, error = %e, "could not apply an outcome");
             }
             id
-        });
+        };
+        self.deliveries.spawn(delivery.instrument(span));
     }
 
     /// Leases past their deadline time out; backoffs that are due requeue.
@@ -531,6 +546,8 @@ impl Dispatcher {
                     deadline: now + Duration::from_millis(item.inv.timeout_ms.max(1)),
                     heartbeat_deadline: hb,
                 };
+                item.span = crate::trace::dispatch_span(&item.inv, &item.tenant, item.attempt);
+                let traceparent = stoa_telemetry::traceparent_of(&item.span).unwrap_or_default();
                 let (tenant, function) = (item.tenant.clone(), item.inv.function.clone());
                 batch.push(pb::Invocation {
                     id: id.to_string(),
@@ -541,6 +558,7 @@ impl Dispatcher {
                     timeout_ms: item.inv.timeout_ms,
                     heartbeat_timeout_ms: item.inv.heartbeat_ms,
                     workflow_id: item.inv.workflow.to_string(),
+                    traceparent,
                 });
                 *self.tenant_in_flight.entry(tenant).or_default() += 1;
                 *self.function_in_flight.entry(function).or_default() += 1;
@@ -559,6 +577,7 @@ impl Dispatcher {
                     let id = InvocationId::new(inv.id);
                     if let Some(item) = self.items.get_mut(&id) {
                         item.state = State::Queued;
+                        item.span = tracing::Span::none();
                         let (t, f) = (item.tenant.clone(), item.inv.function.clone());
                         self.dec_in_flight(&t, &f);
                         self.sessions.get_mut(&sid).expect("session").in_flight.remove(&id);
