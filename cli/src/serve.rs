@@ -123,7 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
-            eprintln!("shutting down: finishing in-flight commits");
+            tracing::info!("shutting down: finishing in-flight commits");
             signals.cancel();
         });
         let on_listen = |addr| {

@@ -2185,6 +2185,34 @@ rule "do task" {
         );
     }
 
+    /// The host's trace context goes with the invocations of the turns it
+    /// was set for, and the start's with the workflow; records made before
+    /// either existed read as untraced.
+    #[test]
+    fn invocations_carry_the_trace_context_of_their_turn() {
+        let rules = r#"
+rule "encode" {
+    match { c: Chunk(status == "pending") }
+    action { modify(c, #{ status: "encoding" }); call("media.encode", #{ i: c.i }); }
+}
+"#;
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut wf = Workflow::new(WorkflowId::new("test"), pack(rules, ""), 0).with_traceparent(Some(tp.into()));
+        wf.set_turn_trace(Some(tp.into()));
+        let chunk = |i| facts(serde_json::json!([{"type": "Chunk", "fields": {"i": i, "status": "pending"}}]));
+        let out = wf.apply(Input::Start { facts: chunk(1) }, 0).expect("start");
+        assert_eq!(out.meta.as_ref().and_then(|m| m.traceparent.as_deref()), Some(tp));
+        assert_eq!(out.invocations[0].traceparent.as_deref(), Some(tp));
+        assert_eq!(out.waiting_put[0].invocation.traceparent.as_deref(), Some(tp));
+        wf.set_turn_trace(None);
+        let out = wf.apply(Input::Assert { facts: chunk(2) }, 1).expect("assert");
+        assert_eq!(out.invocations[0].traceparent, None);
+        let json = serde_json::to_value(&out.invocations[0]).expect("json");
+        assert!(json.get("traceparent").is_none(), "untraced records stay as they were: {json}");
+        let older: Invocation = serde_json::from_value(json).expect("a record without the field");
+        assert_eq!(older.traceparent, None);
+    }
+
     #[test]
     fn calls_wait_and_reactions_see_results() {
         check(

@@ -422,7 +422,7 @@ impl Dispatcher {
         item.span = tracing::Span::none();
         item.refusals += 1;
         let delay = self.opts.clock.jitter(Duration::from_millis(10 << item.refusals.min(8)));
-        tracing::debug!(invocation = %item.inv.id, attempt = item.attempt, ?delay, %message, "not started");
+        tracing::debug!(tenant = %item.tenant, workflow = %item.inv.workflow, invocation = %item.inv.id, attempt = item.attempt, ?delay, %message, "not started");
         item.state = State::Backoff { until: self.opts.clock.now() + delay };
         self.items.insert(item.inv.id.clone(), item);
     }
@@ -436,7 +436,16 @@ impl Dispatcher {
         item.refusals = 0;
         if retryable && item.failures < item.inv.retry.max_attempts.max(1) {
             let delay = self.opts.clock.jitter(item.inv.retry.backoff(item.failures));
-            tracing::debug!(invocation = %item.inv.id, attempt = item.attempt, ?delay, %message, "retrying");
+            tracing::debug!(
+                tenant = %item.tenant,
+                workflow = %item.inv.workflow,
+                invocation = %item.inv.id,
+                attempt = item.attempt,
+                trace_id = item.inv.traceparent.as_deref().and_then(stoa_telemetry::traceparent::trace_id_of),
+                ?delay,
+                %message,
+                "retrying"
+            );
             // Kept so that a restart neither resets the budget nor skips the backoff.
             let made = Attempts {
                 made: item.attempt,

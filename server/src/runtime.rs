@@ -856,7 +856,7 @@ impl Runtime {
             Err(panic) => {
                 crate::pool::retire_this_thread();
                 let message = crate::pool::panic_message(&*panic);
-                tracing::error!(workflow = %id, panic = %message, "a turn panicked; the workflow is failed");
+                tracing::error!(tenant = tenant_of(id), workflow = %id, panic = %message, "a turn panicked; the workflow is failed");
                 let reason = format!("internal error in the engine (a turn panicked: {message}); see the server log");
                 match self.aborted(id, &mut guard, &reason) {
                     Some(out) => {
@@ -1376,6 +1376,9 @@ impl Runtime {
     /// watchers; frees a finished workflow's memory.
     fn after_commit(&self, id: &WorkflowId, out: &TurnOutput, reserved: bool) {
         let tenant = tenant_of(id);
+        if let Some(meta) = &out.meta {
+            log_lifecycle(tenant, out.turn, meta);
+        }
         if !out.cancelled.is_empty() {
             self.dispatch.cancel(out.cancelled.clone());
             for inv in &out.cancelled {
@@ -1503,6 +1506,30 @@ const MOVE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A turn made on this server, as `routed` takes it.
 type Local<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, ApiError>> + Send + 'a>>;
+
+/// A workflow's start and end in the log: a failure at `info` (someone
+/// may want to know), the rest at `debug` (a busy server starts thousands
+/// a second). Field values are computed only when the line is written.
+fn log_lifecycle(tenant: &str, turn: u64, meta: &Meta) {
+    let trace_id = || meta.traceparent.as_deref().and_then(stoa_telemetry::traceparent::trace_id_of);
+    match meta.status {
+        Status::Running if turn == 1 => {
+            tracing::debug!(tenant, workflow = %meta.id, pack = %meta.pack, version = %meta.pack_version, trace_id = trace_id(), "workflow started")
+        }
+        Status::Running => {}
+        Status::Completed => {
+            tracing::debug!(tenant, workflow = %meta.id, turn, trace_id = trace_id(), "workflow completed")
+        }
+        Status::Failed => tracing::info!(
+            tenant,
+            workflow = %meta.id,
+            turn,
+            reason = meta.reason.as_deref().unwrap_or_default(),
+            trace_id = trace_id(),
+            "workflow failed"
+        ),
+    }
+}
 
 fn unexpected(r: Reply) -> ApiError {
     internal(format!("a peer answered {r:?} to another question"))

@@ -127,6 +127,38 @@ mod tests {
         assert!(md.is_empty());
     }
 
+    /// With an OpenTelemetry layer (no exporter: the spans are recorded,
+    /// then dropped), a span takes a remote parent and passes on its own.
+    #[test]
+    fn a_recorded_span_continues_its_parent_and_passes_itself_on() {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            let span = tracing::info_span!("child");
+            assert!(set_parent(&span, Some(given), Some("congo=t61rcWkgMzE")));
+            let own = TraceParent::parse(&traceparent(&span).expect("recorded")).expect("valid");
+            assert_eq!(own.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+            assert_ne!(own, TraceParent::parse(given).unwrap(), "its own span id");
+            assert!(own.sampled());
+            assert_eq!(tracestate(&span).as_deref(), Some("congo=t61rcWkgMzE"));
+            // Started now: its parent is fixed.
+            assert!(!set_parent(&span, Some(given), None));
+            let mut md = MetadataMap::new();
+            inject(&span, &mut md);
+            assert_eq!(md.get(TRACEPARENT).unwrap().to_str().unwrap(), own.to_string());
+            assert_eq!(md.get(TRACESTATE).unwrap().to_str().unwrap(), "congo=t61rcWkgMzE");
+            // A hostile parent is no parent: a new trace.
+            let root = tracing::info_span!("root");
+            assert!(!set_parent(&root, Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g"), None));
+            let fresh = TraceParent::parse(&traceparent(&root).expect("recorded")).expect("valid");
+            assert_ne!(fresh.trace_id, own.trace_id);
+        });
+    }
+
     #[test]
     fn headers_are_read_as_visible_ascii_only() {
         let mut h = tonic::codegen::http::HeaderMap::new();

@@ -108,16 +108,23 @@ pub fn export_wanted() -> bool {
 /// reported and the default used.
 fn log_filter(opts: &Options) -> EnvFilter {
     let given = std::env::var(opts.filter_var).ok().filter(|s| !s.trim().is_empty());
-    let mut spec = given.clone().unwrap_or_else(|| opts.default_filter.to_string());
-    for n in NOISY {
-        if !spec.split(',').any(|d| d.trim().starts_with(n)) {
-            spec.push_str(&format!(",{n}=warn"));
-        }
-    }
+    let spec = filter_spec(given.as_deref(), opts.default_filter);
     EnvFilter::try_new(&spec).unwrap_or_else(|e| {
         eprintln!("{}={:?}: {e}; using {}", opts.filter_var, given.unwrap_or_default(), opts.default_filter);
         EnvFilter::new(opts.default_filter)
     })
+}
+
+/// `given` (else `default`) with the noisy libraries it does not name at
+/// `warn`.
+fn filter_spec(given: Option<&str>, default: &str) -> String {
+    let mut spec = given.unwrap_or(default).to_string();
+    for n in NOISY {
+        if !spec.split(',').any(|d| d.trim().split(['=', ':', '[']).next() == Some(n)) {
+            spec.push_str(&format!(",{n}=warn"));
+        }
+    }
+    spec
 }
 
 /// Spans (and their events) worth exporting: Stoa's own, at `info` and up.
@@ -129,7 +136,8 @@ fn exported<S>() -> impl Filter<S> {
 pub fn init(opts: Options) -> Telemetry {
     let events_only = filter_fn(|m: &Metadata<'_>| m.is_event());
     let filter = log_filter(&opts).and(events_only);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let logs = match opts.format {
         LogFormat::Text => fmt.with_filter(filter).boxed(),
         LogFormat::Json => {
@@ -175,4 +183,29 @@ fn exporter(service: &str) -> Result<(SdkTracerProvider, tokio::runtime::Runtime
     };
     let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
     Ok((provider, rt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noisy_libraries_stay_at_warn_unless_named() {
+        assert_eq!(
+            filter_spec(None, "info"),
+            "info,h2=warn,hyper=warn,hyper_util=warn,tower=warn,sled=warn,tokio_postgres=warn"
+        );
+        let spec = filter_spec(Some("debug,h2=trace,sled=info"), "info");
+        assert_eq!(spec, "debug,h2=trace,sled=info,hyper=warn,hyper_util=warn,tower=warn,tokio_postgres=warn");
+        // `hyper_util` is not `hyper`.
+        assert!(filter_spec(Some("hyper_util=debug"), "info").contains(",hyper=warn"));
+        assert!(EnvFilter::try_new(filter_spec(Some("stoa_server=debug"), "info")).is_ok());
+    }
+
+    #[test]
+    fn log_formats_parse() {
+        assert_eq!("json".parse::<LogFormat>(), Ok(LogFormat::Json));
+        assert_eq!("text".parse::<LogFormat>(), Ok(LogFormat::Text));
+        assert!("xml".parse::<LogFormat>().is_err());
+    }
 }

@@ -61,11 +61,8 @@ impl TraceService for Receiver {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let mut got = self.0.lock().expect("spans");
         for rs in req.into_inner().resource_spans {
-            let service = rs
-                .resource
-                .as_ref()
-                .and_then(|r| text(&r.attributes).remove("service.name"))
-                .unwrap_or_default();
+            let service =
+                rs.resource.as_ref().and_then(|r| text(&r.attributes).remove("service.name")).unwrap_or_default();
             for s in rs.scope_spans.into_iter().flat_map(|ss| ss.spans) {
                 got.push(Got {
                     service: service.clone(),
@@ -98,9 +95,8 @@ fn stop(p: &mut std::process::Child, what: &str) {
     }
 }
 
-#[test]
-fn one_video_encode_run_is_one_trace_from_client_to_both_workers() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+/// The receiver, serving on `rt` at the endpoint returned.
+fn receiver(rt: &tokio::runtime::Runtime) -> (Receiver, String) {
     let receiver = Receiver::default();
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
     let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
@@ -111,6 +107,17 @@ fn one_video_encode_run_is_one_trace_from_client_to_both_workers() {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await
     });
+    (receiver, endpoint)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+#[test]
+fn one_video_encode_run_is_one_trace_from_client_to_both_workers() {
+    let rt = runtime();
+    let (receiver, endpoint) = receiver(&rt);
     let otel = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -280,4 +287,65 @@ fn one_video_encode_run_is_one_trace_from_client_to_both_workers() {
     assert!(!firings.is_empty(), "no firing events");
     assert!(firings.iter().all(|a| a.contains_key("stoa.rule") && a.contains_key("stoa.section")));
     assert!(firings.iter().any(|a| a["stoa.section"] == "reaction" && a["stoa.facts"].starts_with('f')), "{firings:?}");
+}
+
+/// `stoa serve --log-format json` at the default level: one JSON object a
+/// line, few of them, and a failed workflow's line names its tenant,
+/// workflow and trace.
+#[test]
+fn serve_logs_json_lines_with_tenant_workflow_and_trace_ids() {
+    use std::io::BufRead;
+    let rt = runtime();
+    let (_receiver, endpoint) = receiver(&rt);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("serve.log");
+    let mut child = Proc(
+        stoa()
+            .args(["serve", "--listen", "127.0.0.1:0", "--token", &format!("a={TOKEN_A}"), "--log-format", "json"])
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env_remove("STOA_LOG")
+            .env_remove("STOA_LOG_FORMAT")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn stoa serve"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let addr = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("listening on ").map(|a| format!("http://{a}")))
+        .expect("the server's address");
+    let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let wf = rt.block_on(async {
+        let mut c = client(&addr, TOKEN_A).await;
+        deploy(&mut c, "examples/packs/video-encode").await;
+        let mut req = tonic::Request::new(pb::StartWorkflowRequest {
+            pack: "video-encode".into(),
+            facts: crate::client::video_facts("s3://in/logged.mov"),
+            request_id: "logged".into(),
+        });
+        req.metadata_mut().insert("traceparent", given.parse().expect("ascii"));
+        let wf = c.start_workflow(req).await.expect("start").into_inner().workflow_id;
+        c.cancel_workflow(pb::CancelWorkflowRequest { workflow_id: wf.clone(), reason: "enough".into() })
+            .await
+            .expect("cancel");
+        wf
+    });
+    stop(&mut child.0, "the server");
+
+    let text = std::fs::read_to_string(&log).expect("log");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    assert!(lines.len() <= 10, "a short run at info logs a few lifecycle lines, not {}:\n{text}", lines.len());
+    assert!(lines.iter().all(|l| ["INFO", "WARN", "ERROR"].contains(&l["level"].as_str().unwrap_or(""))), "{text}");
+    assert!(lines.iter().any(|l| l["message"] == "serving" && l["traces_exported"] == true), "{text}");
+    let failed = lines.iter().find(|l| l["message"] == "workflow failed").unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(failed["tenant"], "a", "{failed}");
+    assert_eq!(failed["workflow"], wf.as_str(), "{failed}");
+    assert_eq!(failed["trace_id"], &given[3..35], "{failed}");
 }
