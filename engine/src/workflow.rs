@@ -548,6 +548,11 @@ impl Workflow {
         self.waiting.values()
     }
 
+    /// The activation waiting for `id`'s answer, if any.
+    pub fn waiting_for(&self, id: &InvocationId) -> Option<&Waiting> {
+        self.waiting.get(id)
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             meta: self.meta.clone(),

@@ -48,13 +48,15 @@ impl StoaService {
     }
 }
 
-/// A client's call, as the coordinator gets it: the same body and token.
+/// A client's call, as the coordinator gets it: the same body and token,
+/// in this server's span of it.
 fn onward<T>(req: Request<T>) -> Request<T> {
     let auth = req.metadata().get("authorization").cloned();
     let mut out = Request::new(req.into_inner());
     if let Some(a) = auth {
         out.metadata_mut().insert("authorization", a);
     }
+    stoa_telemetry::inject(&tracing::Span::current(), out.metadata_mut());
     out.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     out
 }

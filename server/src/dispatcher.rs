@@ -465,18 +465,13 @@ impl Dispatcher {
     /// Hands the final outcome to the workflow, as a turn of its own,
     /// tried again while the store cannot write.
     fn finish(&mut self, item: Item, outcome: Outcome) {
-        use tracing::Instrument;
         self.dec_pending(&item.tenant, 1);
-        let ended = if matches!(outcome, Outcome::Ok { .. }) { "ok" } else { "error" };
-        item.span.record("stoa.outcome", ended);
-        // The reaction turn runs in this span, a child of the turn that
-        // made the invocation (as stored, so also after a restart).
-        let span = crate::trace::result_span(&item.inv, ended);
+        item.span.record("stoa.outcome", if matches!(outcome, Outcome::Ok { .. }) { "ok" } else { "error" });
         let (outcomes, store) = (self.outcomes.clone(), self.store.clone());
         let (stop, clock) = (self.shutdown.clone(), self.opts.clock.clone());
         let id = item.inv.id;
         self.delivering.insert(id.clone());
-        let delivery = async move {
+        self.deliveries.spawn(async move {
             let what = format!("applying the outcome of {id}");
             let deliver = || outcomes.clone().apply(id.clone(), outcome.clone());
             let applied = crate::retry::until_stored(&*store, &clock, &stop, &what, deliver).await;
@@ -484,8 +479,7 @@ impl Dispatcher {
                 tracing::error!(invocation = %id, error = %e, "could not apply an outcome");
             }
             id
-        };
-        self.deliveries.spawn(delivery.instrument(span));
+        });
     }
 
     /// Leases past their deadline time out; backoffs that are due requeue.

@@ -774,7 +774,7 @@ impl Runtime {
         admit: Admit,
         work: impl FnOnce(&Runtime, &mut Held, &TurnSpan) -> Result<Option<TurnOutput>, ApiError> + Send + 'static,
     ) -> Result<Option<TurnOutput>, ApiError> {
-        let trace = Arc::new(TurnSpan::new(id));
+        let trace = TurnSpan::new(id);
         let (slot, guard) = self.lock(id).await;
         let rt = self.clone();
         let (wid, s, t) = (id.clone(), slot.clone(), trace.clone());
@@ -1078,7 +1078,7 @@ impl Runtime {
                 let pack = rt.pack_for_new(&t, &p, &wid)?;
                 let now = rt.clock.now_ms();
                 let mut wf = Workflow::new(wid.clone(), pack, now).with_origin(origin).with_request(request_key);
-                let traceparent = trace.attach(&mut wf);
+                let traceparent = trace.attach(&mut wf, None);
                 let mut wf = wf.with_traceparent(traceparent);
                 let out = wf.apply(Input::Start { facts }, now).map_err(reject)?;
                 *held = Held::Loaded(Box::new(wf));
@@ -1156,7 +1156,7 @@ impl Runtime {
                 return Ok(None);
             }
             let Held::Loaded(wf) = held else { unreachable!("loaded") };
-            trace.attach(wf);
+            trace.attach(wf, Some(&input));
             wf.apply(input, rt.clock.now_ms()).map(Some).map_err(reject)
         })
         .await?
@@ -1227,7 +1227,7 @@ impl Runtime {
             if wf.status() != Status::Running || wf.meta().pack_version == pack.manifest.version {
                 return Ok(None);
             }
-            trace.attach(wf);
+            trace.attach(wf, None);
             let plan = plans.get(wf.pack(), &pack);
             wf.upgrade_by(&plan, rt.clock.now_ms()).map(Some).map_err(reject)
         })

@@ -5,11 +5,11 @@
 //! A trace survives the process: a workflow keeps the context of its start
 //! turn (`Meta::traceparent`) and each invocation that of the turn that
 //! made it (`Invocation::traceparent`). A dispatch is a child of that
-//! stored context, and so is the `result` span under which the reaction
-//! turn runs (a child, not a link: the answer continues the work the turn
-//! started, even when it arrives hours later on a restarted server). A turn
-//! with no caller to continue (a timer, a signal, an upgrade) is a child
-//! of its workflow's stored context.
+//! stored context, and so is the reaction turn that applies the answer (a
+//! child, not a link: the answer continues the work the turn started, even
+//! when it arrives hours later on a restarted server). A turn with no
+//! caller to continue (a timer, a signal, an upgrade) is a child of its
+//! workflow's stored context.
 //!
 //! With no exporter every span here is disabled at its call site: no
 //! allocation, and the per-firing events are not even looked at.
@@ -17,7 +17,7 @@
 use opentelemetry::trace::Status;
 use opentelemetry::KeyValue;
 use stoa_engine::timeline::Event;
-use stoa_engine::workflow::{Invocation, TurnOutput, Workflow};
+use stoa_engine::workflow::{Input, Invocation, TurnOutput, Workflow};
 use stoa_engine::WorkflowId;
 use stoa_telemetry::propagate::{from_headers, set_parent, traceparent};
 use tonic::codegen::http;
@@ -50,7 +50,9 @@ pub(crate) fn request_span(req: &http::Request<()>) -> Span {
     span
 }
 
-/// The span of one turn, opened before its workflow is at hand.
+/// The span of one turn, opened before its workflow is at hand. Cloning a
+/// disabled one is free.
+#[derive(Clone)]
 pub(crate) struct TurnSpan {
     span: Span,
     /// It continues a caller's span (a request, a result); else it joins
@@ -73,16 +75,27 @@ impl TurnSpan {
         TurnSpan { span, continues }
     }
 
-    /// On the turn thread, before the turn: parents the span on the
-    /// workflow's trace if it continues no caller, and has the turn's
+    /// On the turn thread, before the turn applies `input`: parents the
+    /// span on the turn that made the invocation it answers, else on the
+    /// workflow's trace if it continues no caller; and has the turn's
     /// invocations carry the span's context. That context.
-    pub fn attach(&self, wf: &mut Workflow) -> Option<String> {
+    pub fn attach(&self, wf: &mut Workflow, input: Option<&Input>) -> Option<String> {
         if self.span.is_disabled() {
             wf.set_turn_trace(None);
             return None;
         }
-        if !self.continues {
-            set_parent(&self.span, wf.meta().traceparent.as_deref(), None);
+        let call = match input {
+            Some(Input::Result { invocation, .. }) => wf.waiting_for(invocation),
+            _ => None,
+        };
+        match call.and_then(|w| w.invocation.traceparent.as_deref()) {
+            Some(made_by) => {
+                set_parent(&self.span, Some(made_by), None);
+            }
+            None if !self.continues => {
+                set_parent(&self.span, wf.meta().traceparent.as_deref(), None);
+            }
+            None => {}
         }
         let tp = traceparent(&self.span);
         wf.set_turn_trace(tp.clone());
@@ -144,22 +157,6 @@ pub(crate) fn dispatch_span(inv: &Invocation, tenant: &str, attempt: u32) -> Spa
         stoa.function = %inv.function,
         stoa.attempt = attempt,
         stoa.outcome = Empty,
-    );
-    set_parent(&span, Some(tp), None);
-    span
-}
-
-/// The span under which an invocation's final outcome is applied (the
-/// reaction turn is its child), a child of the turn that made it.
-pub(crate) fn result_span(inv: &Invocation, outcome: &'static str) -> Span {
-    let Some(tp) = inv.traceparent.as_deref() else { return Span::none() };
-    let span = info_span!(
-        parent: None,
-        "result",
-        stoa.workflow = %inv.workflow,
-        stoa.invocation = %inv.id,
-        stoa.function = %inv.function,
-        stoa.outcome = outcome,
     );
     set_parent(&span, Some(tp), None);
     span

@@ -12,7 +12,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing::Metadata;
-use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt};
+use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt, LevelFilter};
 use tracing_subscriber::layer::Filter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -128,13 +128,17 @@ fn filter_spec(given: Option<&str>, default: &str) -> String {
 }
 
 /// Spans (and their events) worth exporting: Stoa's own, at `info` and up.
+/// The level hint matters: without one, `tracing` and the `log` bridge
+/// would hand every `trace!` call (sled makes many) to the filters.
 fn exported<S>() -> impl Filter<S> {
     filter_fn(|m: &Metadata<'_>| m.target().starts_with("stoa") && *m.level() <= tracing::Level::INFO)
+        .with_max_level_hint(LevelFilter::INFO)
 }
 
 /// Installs the global subscriber. Panics if one is installed already.
 pub fn init(opts: Options) -> Telemetry {
-    let events_only = filter_fn(|m: &Metadata<'_>| m.is_event());
+    // TRACE: no bound of its own, so the log filter's level bounds both.
+    let events_only = filter_fn(|m: &Metadata<'_>| m.is_event()).with_max_level_hint(LevelFilter::TRACE);
     let filter = log_filter(&opts).and(events_only);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);

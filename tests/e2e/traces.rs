@@ -229,7 +229,7 @@ fn one_video_encode_run_is_one_trace_from_client_to_both_workers() {
         run.iter().filter(|s| s.service == service).map(|s| s.name.clone()).collect()
     };
     let server_names = names("stoa-server");
-    for want in ["stoa.v1.Stoa/StartWorkflow", "turn", "commit", "dispatch", "result"] {
+    for want in ["stoa.v1.Stoa/StartWorkflow", "turn", "commit", "dispatch"] {
         assert!(server_names.contains(want), "no {want} span in the run's trace: {server_names:?}");
     }
     assert_eq!(names("stoa-worker-media"), BTreeSet::from(["media.encode".to_string()]));
@@ -262,21 +262,29 @@ fn one_video_encode_run_is_one_trace_from_client_to_both_workers() {
     }
     let parent = |s: &Got| ids[s.parent.as_str()].name.clone();
     // Each worker's span is a child of the server's dispatch of that call,
-    // each dispatch and each result of the turn that made the invocation,
-    // and each reaction turn of a result.
+    // and each dispatch and each reaction turn (applying an answer) of the
+    // turn that made the invocation.
     for s in run.iter().filter(|s| s.service.starts_with("stoa-worker-media")) {
         let d = ids[s.parent.as_str()];
         assert_eq!(d.name, "dispatch", "{s:?}");
         assert_eq!(d.attrs.get("stoa.invocation"), s.attrs.get("stoa.invocation"));
         assert_eq!(d.attrs.get("stoa.outcome").map(String::as_str), Some("ok"), "{d:?}");
     }
-    for s in run.iter().filter(|s| s.name == "dispatch" || s.name == "result") {
+    for s in run.iter().filter(|s| s.name == "dispatch") {
         assert_eq!(parent(s), "turn", "{s:?}");
     }
     let turns: Vec<&&Got> = run.iter().filter(|s| s.name == "turn").collect();
-    let reactions = turns.iter().filter(|t| parent(t) == "result").count();
-    let results = run.iter().filter(|s| s.name == "result").count();
-    assert!(results >= 4 && reactions == results, "{results} results, {reactions} reaction turns");
+    let reactions: Vec<&&&Got> =
+        turns.iter().filter(|t| t.attrs.get("stoa.input").is_some_and(|i| i.starts_with("result of "))).collect();
+    assert!(reactions.len() >= 4, "split, encodes, assemble, index: {} reaction turns", reactions.len());
+    for r in &reactions {
+        let inv = &r.attrs["stoa.input"]["result of ".len()..];
+        let d = run
+            .iter()
+            .find(|s| s.name == "dispatch" && s.attrs.get("stoa.invocation").map(String::as_str) == Some(inv))
+            .unwrap_or_else(|| panic!("no dispatch of {inv}"));
+        assert_eq!(r.parent, d.parent, "the reaction to {inv} continues the turn that called it");
+    }
     let start = turns.iter().find(|t| parent(t) == "stoa.v1.Stoa/StartWorkflow").expect("the start turn");
     assert_eq!(start.attrs.get("stoa.turn").map(String::as_str), Some("1"));
     assert_eq!(start.attrs.get("stoa.workflow"), Some(&wf));
@@ -348,4 +356,87 @@ fn serve_logs_json_lines_with_tenant_workflow_and_trace_ids() {
     assert_eq!(failed["tenant"], "a", "{failed}");
     assert_eq!(failed["workflow"], wf.as_str(), "{failed}");
     assert_eq!(failed["trace_id"], &given[3..35], "{failed}");
+}
+
+/// An invocation made before a restart keeps its trace: after the server
+/// is stopped with the split pending and started again, the dispatch, the
+/// worker's span and the reaction join the trace of the turn that made the
+/// call, made by the first server process.
+#[test]
+fn an_answer_after_a_restart_joins_the_trace_of_its_call() {
+    let rt = runtime();
+    let (receiver, endpoint) = receiver(&rt);
+    let otel = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let given = "00-5bf92f3577b34da6a3ce929d0e0e4736-10f067aa0ba902b7-01";
+    let mut first = Server::start_env(&data, &[], &otel);
+    let wf = rt.block_on(async {
+        let mut c = client(&first.addr, TOKEN_A).await;
+        deploy(&mut c, "examples/packs/video-encode").await;
+        let mut req = tonic::Request::new(pb::StartWorkflowRequest {
+            pack: "video-encode".into(),
+            facts: crate::client::video_facts("s3://in/restarted.mov"),
+            request_id: "restarted".into(),
+        });
+        req.metadata_mut().insert("traceparent", given.parse().expect("ascii"));
+        c.start_workflow(req).await.expect("start").into_inner().workflow_id
+    });
+    stop(&mut first.child, "the first server");
+
+    let mut second = Server::start_env(&data, &[], &otel);
+    let mut worker = Proc(
+        Command::new(worker_bin())
+            .args(["--server", &second.addr, "--token", TOKEN_A, "--work-scale", "0"])
+            .envs(otel)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn stoa-worker-media"),
+    );
+    let w = rt.block_on(async {
+        let mut c = client(&second.addr, TOKEN_A).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let w = c
+                .get_workflow(pb::GetWorkflowRequest { workflow_id: wf.clone(), without_facts: true })
+                .await
+                .expect("get")
+                .into_inner();
+            if w.status != "running" || Instant::now() > deadline {
+                return w;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    assert_eq!(w.status, "completed", "{}", w.reason);
+    assert_eq!(&w.traceparent[3..35], &given[3..35], "the workflow keeps its trace across the restart");
+    stop(&mut worker.0, "the worker");
+    stop(&mut second.child, "the second server");
+
+    let spans = receiver.spans();
+    let run: Vec<&Got> = spans.iter().filter(|s| s.trace == given[3..35]).collect();
+    let ids: BTreeMap<&str, &Got> = run.iter().map(|s| (s.id.as_str(), *s)).collect();
+    for s in &run {
+        assert!(ids.contains_key(s.parent.as_str()) || s.parent == given[36..52], "the parent of {s:?} is missing");
+    }
+    // The first turn (split called) was the first process's; its
+    // invocation was dispatched, answered and applied by the second.
+    let first_turn = run
+        .iter()
+        .find(|s| s.name == "turn" && s.attrs.get("stoa.turn").map(String::as_str) == Some("1"))
+        .expect("the start turn");
+    let children: Vec<&&Got> = run.iter().filter(|s| s.parent == first_turn.id).collect();
+    let count = |name: &str, input: &str| {
+        children
+            .iter()
+            .filter(|s| s.name == name && s.attrs.get("stoa.input").map_or("", String::as_str).starts_with(input))
+            .count()
+    };
+    assert_eq!(count("dispatch", ""), 1, "the split's dispatch after the restart continues the start turn");
+    assert_eq!(count("turn", "result of "), 1, "the reaction to the split after the restart continues the start turn");
+    let split = run.iter().find(|s| s.name == "media.split").expect("the worker's span of the split");
+    assert_eq!(ids[split.parent.as_str()].parent, first_turn.id);
+    assert!(run.iter().filter(|s| s.name == "media.encode").count() >= 1);
+    assert!(run.iter().any(|s| s.name == "media.index"), "the whole run is in the trace");
 }
