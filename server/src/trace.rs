@@ -1,6 +1,6 @@
 //! The server's spans: a client's (or a peer's) request, each turn with its
-//! firings as events, the wait for its commit, each attempt's dispatch to a
-//! worker, and the result a reaction turn applies.
+//! firings as events (the reaction turns that apply answers included), the
+//! wait for its commit, and each attempt's dispatch to a worker.
 //!
 //! A trace survives the process: a workflow keeps the context of its start
 //! turn (`Meta::traceparent`) and each invocation that of the turn that
@@ -28,7 +28,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::runtime::tenant_of;
 
 /// Firings shown as events of one turn; a turn may fire millions of times.
-pub(crate) const MAX_FIRING_EVENTS: usize = 256;
+const MAX_FIRING_EVENTS: usize = 256;
 
 /// The span of a gRPC request, a child of the caller's `traceparent`.
 /// Clients' and peers' calls only: a worker's session lasts as long as the
