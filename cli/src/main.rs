@@ -120,11 +120,17 @@ fn main() -> ExitCode {
     // without the flag just keeps them.
     #[cfg(target_os = "linux")]
     let _ = rustix::thread::disable_transparent_huge_pages(true);
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("STOA_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // `stoa serve` sets up its own once it has read its config (the log
+    // format may be there); the other commands log warnings and errors.
+    let telemetry = (!matches!(cli.command, Command::Serve(_))).then(|| {
+        stoa_telemetry::init(stoa_telemetry::Options {
+            service: "stoa-cli",
+            filter_var: "STOA_LOG",
+            default_filter: "warn",
+            format: stoa_telemetry::LogFormat::Text,
+        })
+    });
     let result = match cli.command {
         Command::Check { pack } => check(&pack),
         Command::Test(args) => test::run(args),
@@ -142,6 +148,8 @@ fn main() -> ExitCode {
         Command::Remote(cmd) => remote::run(cmd),
         Command::Schedule(cmd) => schedule::run(cmd),
     };
+    // Exports the command's span before the process ends.
+    drop(telemetry);
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -20,6 +20,29 @@ pub struct Conn {
     /// Print JSON for scripts instead of text.
     #[arg(long)]
     pub json: bool,
+    /// W3C trace context to continue (`00-<trace id>-<span id>-<flags>`):
+    /// the server's spans for this command join that trace. With
+    /// OTEL_EXPORTER_OTLP_ENDPOINT set, this command exports a span of its
+    /// own (a child of this one, or a new trace's root) and the server's
+    /// spans are its children.
+    #[arg(long, env = "TRACEPARENT", value_name = "00-TRACE_ID-SPAN_ID-FLAGS")]
+    pub traceparent: Option<String>,
+}
+
+impl Conn {
+    /// The span of a client command (`stoa start`, ...): a child of
+    /// `--traceparent` if given. Disabled when no exporter is configured.
+    pub(crate) fn span(&self, command: &str) -> anyhow::Result<tracing::Span> {
+        if let Some(tp) = &self.traceparent {
+            anyhow::ensure!(
+                stoa_telemetry::TraceParent::parse(tp).is_some(),
+                "--traceparent {tp:?}: not a W3C traceparent (00-<32 hex digits>-<16 hex digits>-<2 hex digits>)"
+            );
+        }
+        let span = tracing::info_span!("client", otel.name = format!("stoa {command}"), otel.kind = "client");
+        stoa_telemetry::set_parent(&span, self.traceparent.as_deref(), None);
+        Ok(span)
+    }
 }
 
 #[derive(clap::Subcommand)]
@@ -189,7 +212,7 @@ impl RolloutArgs {
     }
 }
 
-type Client = StoaClient<InterceptedService<Channel, Bearer>>;
+type Client = StoaClient<InterceptedService<Channel, Caller>>;
 
 #[derive(Clone)]
 pub struct Bearer(pub tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
@@ -201,15 +224,46 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
+/// The token, and the trace context the server's spans continue.
+#[derive(Clone)]
+pub struct Caller {
+    bearer: Bearer,
+    traceparent: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    tracestate: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl tonic::service::Interceptor for Caller {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let mut req = self.bearer.call(req)?;
+        if let Some(tp) = &self.traceparent {
+            req.metadata_mut().insert(stoa_telemetry::propagate::TRACEPARENT, tp.clone());
+        }
+        if let Some(ts) = &self.tracestate {
+            req.metadata_mut().insert(stoa_telemetry::propagate::TRACESTATE, ts.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A client of the server; its calls carry the current span's context
+/// (the command's span), else `--traceparent` as given.
 pub(crate) async fn connect(c: &Conn) -> anyhow::Result<Client> {
+    use stoa_telemetry::propagate::{traceparent, tracestate};
     let token = c.token.clone().context("no token: pass --token or set STOA_TOKEN")?;
     let bearer = Bearer(format!("Bearer {token}").parse().context("the token is not valid ASCII")?);
+    let current = tracing::Span::current();
+    let (tp, ts) = match traceparent(&current) {
+        Some(tp) => (Some(tp), tracestate(&current)),
+        None => (c.traceparent.as_deref().and_then(stoa_telemetry::TraceParent::parse).map(|t| t.to_string()), None),
+    };
+    let caller =
+        Caller { bearer, traceparent: tp.and_then(|v| v.parse().ok()), tracestate: ts.and_then(|v| v.parse().ok()) };
     let channel = Channel::from_shared(c.server.clone())
         .with_context(|| format!("bad server address {}", c.server))?
         .connect()
         .await
         .with_context(|| format!("cannot reach the Stoa server at {}", c.server))?;
-    Ok(StoaClient::with_interceptor(channel, bearer).max_decoding_message_size(64 << 20))
+    Ok(StoaClient::with_interceptor(channel, caller).max_decoding_message_size(64 << 20))
 }
 
 pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
@@ -253,11 +307,31 @@ impl Command {
             | Command::Cancel { conn, .. } => conn,
         }
     }
+
+    /// The command's name, as its span shows it.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Deploy { .. } => "deploy",
+            Command::Rollout { .. } => "rollout",
+            Command::Rollback { .. } => "rollback",
+            Command::Upgrade { .. } => "upgrade",
+            Command::Signal { .. } => "signal",
+            Command::Lineage { .. } => "lineage",
+            Command::Packs { .. } => "packs",
+            Command::Start { .. } => "start",
+            Command::Get { .. } => "get",
+            Command::Ls { .. } => "ls",
+            Command::Watch { .. } => "watch",
+            Command::Cancel { .. } => "cancel",
+        }
+    }
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    use tracing::Instrument;
+    let span = cmd.conn().span(cmd.name())?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(run_async(cmd))
+    rt.block_on(run_async(cmd).instrument(span))
 }
 
 async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
@@ -465,7 +539,7 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
                     .collect();
                 let origin = serde_json::from_str::<serde_json::Value>(&w.origin_json).unwrap_or_default();
                 print_json(
-                    &serde_json::json!({"id": w.id, "pack": w.pack, "pack_version": w.pack_version, "status": w.status, "result": serde_json::from_str::<serde_json::Value>(&w.result_json).unwrap_or_default(), "reason": w.reason, "turn": w.turn, "fact_count": w.fact_count, "facts": facts, "waiting": waiting, "timers": timers, "origin": origin}),
+                    &serde_json::json!({"id": w.id, "pack": w.pack, "pack_version": w.pack_version, "status": w.status, "result": serde_json::from_str::<serde_json::Value>(&w.result_json).unwrap_or_default(), "reason": w.reason, "turn": w.turn, "fact_count": w.fact_count, "facts": facts, "waiting": waiting, "timers": timers, "origin": origin, "traceparent": w.traceparent}),
                 );
             } else {
                 println!("{}  {} {}  {}  turn {}", w.id, w.pack, w.pack_version, w.status, w.turn);
@@ -493,6 +567,9 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
                 }
                 if !w.origin_json.is_empty() && !w.origin_json.contains(r#""by":"request""#) {
                     println!("started by: {}", w.origin_json);
+                }
+                if !w.traceparent.is_empty() {
+                    println!("trace: {}", w.traceparent);
                 }
             }
         }

@@ -97,8 +97,10 @@ impl Command {
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    use tracing::Instrument;
+    let span = cmd.conn().span("schedule")?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(run_async(cmd))
+    rt.block_on(run_async(cmd).instrument(span))
 }
 
 fn time(ms: i64) -> String {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use stoa_server::config::TenantConfig;
+use stoa_server::config::{LogFormat, TenantConfig};
 use stoa_server::Config;
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +43,20 @@ pub struct Args {
     /// A tenant and one of its tokens, as TENANT=TOKEN; repeatable.
     #[arg(long = "token", value_name = "TENANT=TOKEN")]
     tokens: Vec<String>,
+    /// Log lines on stderr as `text` (default) or `json` (one object a
+    /// line, with tenant, workflow, invocation and trace ids as fields where
+    /// they apply). Also `log_format` in the config file. STOA_LOG sets the
+    /// level (default info). Traces: set OTEL_EXPORTER_OTLP_ENDPOINT (and
+    /// OTEL_SERVICE_NAME, default stoa-server) to export spans over
+    /// OTLP/gRPC; see docs/operations.md.
+    #[arg(long, env = "STOA_LOG_FORMAT", value_name = "text|json")]
+    log_format: Option<LogFormatArg>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -69,6 +83,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(l) = args.lease_ms {
         config.postgres.lease_ms = l;
     }
+    if let Some(f) = args.log_format {
+        config.log_format = match f {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        };
+    }
+    let mut telemetry = stoa_telemetry::init(stoa_telemetry::Options {
+        service: "stoa-server",
+        filter_var: "STOA_LOG",
+        default_filter: "info",
+        format: match config.log_format {
+            LogFormat::Text => stoa_telemetry::LogFormat::Text,
+            LogFormat::Json => stoa_telemetry::LogFormat::Json,
+        },
+    });
+    let exporting = telemetry.exporting();
     for t in &args.tokens {
         let (tenant, token) = t.split_once('=').with_context(|| format!("--token {t}: expected TENANT=TOKEN"))?;
         match config.tenants.iter_mut().find(|x| x.name == tenant) {
@@ -93,11 +123,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
-            eprintln!("shutting down: finishing in-flight commits");
+            tracing::info!("shutting down: finishing in-flight commits");
             signals.cancel();
         });
         let on_listen = |addr| {
             use std::io::Write;
+            tracing::info!(address = %addr, traces_exported = exporting, "serving");
             println!("listening on {addr}");
             let _ = std::io::stdout().flush();
         };
@@ -109,6 +140,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         .map_err(anyhow::Error::msg)
     })?;
+    // After the last commit: the spans still batched go out.
+    telemetry.shutdown();
     Ok(ExitCode::SUCCESS)
 }
 

@@ -86,6 +86,10 @@ pub struct Meta {
     /// Set while a cancellation runs the pack's cleanup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancelling: Option<Cancelling>,
+    /// The trace context it was started in (W3C `traceparent`, opaque to
+    /// the engine): turns with no other parent join this trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// A cancellation under way: the pack's rules react to the `Cancelled`
@@ -199,6 +203,11 @@ pub struct Invocation {
     pub retry: RetryPolicy,
     pub rule: String,
     pub created_ms: u64,
+    /// The trace context of the turn that made it (W3C `traceparent`,
+    /// opaque to the engine), so that its dispatch, and the turn that
+    /// applies its answer, join that trace even after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// What a waiting activation bound, slot by slot.
@@ -406,6 +415,9 @@ pub struct Workflow {
     /// Estimated heap bytes of the facts (see `memory_estimate`).
     fact_bytes: usize,
     turn: TurnState,
+    /// The trace context the invocations of the next turns carry (set by
+    /// the host before a turn; opaque here).
+    trace: Option<String>,
 }
 
 /// What a fact costs besides its values: its slot, its id in the maps, its
@@ -465,6 +477,7 @@ impl Workflow {
             origin: Origin::Request,
             request: None,
             cancelling: None,
+            traceparent: None,
         };
         Workflow {
             net: Network::new(pack.clone()),
@@ -475,6 +488,7 @@ impl Workflow {
             timers: BTreeMap::new(),
             fact_bytes: 0,
             turn: TurnState::default(),
+            trace: None,
         }
     }
 
@@ -489,6 +503,19 @@ impl Workflow {
     pub fn with_request(mut self, request: String) -> Workflow {
         self.meta.request = Some(request);
         self
+    }
+
+    /// Sets the trace context the workflow is started in (kept in its
+    /// meta); call before its start turn.
+    pub fn with_traceparent(mut self, traceparent: Option<String>) -> Workflow {
+        self.meta.traceparent = traceparent;
+        self
+    }
+
+    /// The trace context that the invocations made by the next turns carry
+    /// (the host's span of the turn); `None`: untraced.
+    pub fn set_turn_trace(&mut self, traceparent: Option<String>) {
+        self.trace = traceparent;
     }
 
     /// Rebuilds a workflow from its stored state. The state was committed at
@@ -579,6 +606,11 @@ impl Workflow {
     /// facts): empty between turns, since committed state is quiescent.
     pub fn queued(&self) -> Vec<(usize, Vec<(FactId, u32)>)> {
         self.net.queued()
+    }
+
+    /// The activation waiting for `id`'s answer, if any.
+    pub fn waiting_for(&self, id: &InvocationId) -> Option<&Waiting> {
+        self.waiting.get(id)
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -1460,6 +1492,7 @@ impl Workflow {
             retry,
             rule: rule.name.clone(),
             created_ms: self.turn.now,
+            traceparent: self.trace.clone(),
         };
         self.record(Event::Invoked(Box::new(timeline::Invoked {
             invocation: id,
@@ -2302,6 +2335,34 @@ rule "do task" {
                 status: completed 
             "#]],
         );
+    }
+
+    /// The host's trace context goes with the invocations of the turns it
+    /// was set for, and the start's with the workflow; records made before
+    /// either existed read as untraced.
+    #[test]
+    fn invocations_carry_the_trace_context_of_their_turn() {
+        let rules = r#"
+rule "encode" {
+    match { c: Chunk(status == "pending") }
+    action { modify(c, #{ status: "encoding" }); call("media.encode", #{ i: c.i }); }
+}
+"#;
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut wf = Workflow::new(WorkflowId::new("test"), pack(rules, ""), 0).with_traceparent(Some(tp.into()));
+        wf.set_turn_trace(Some(tp.into()));
+        let chunk = |i| facts(serde_json::json!([{"type": "Chunk", "fields": {"i": i, "status": "pending"}}]));
+        let out = wf.apply(Input::Start { facts: chunk(1) }, 0).expect("start");
+        assert_eq!(out.meta.as_ref().and_then(|m| m.traceparent.as_deref()), Some(tp));
+        assert_eq!(out.invocations[0].traceparent.as_deref(), Some(tp));
+        assert_eq!(out.waiting_put[0].invocation.traceparent.as_deref(), Some(tp));
+        wf.set_turn_trace(None);
+        let out = wf.apply(Input::Assert { facts: chunk(2) }, 1).expect("assert");
+        assert_eq!(out.invocations[0].traceparent, None);
+        let json = serde_json::to_value(&out.invocations[0]).expect("json");
+        assert!(json.get("traceparent").is_none(), "untraced records stay as they were: {json}");
+        let older: Invocation = serde_json::from_value(json).expect("a record without the field");
+        assert_eq!(older.traceparent, None);
     }
 
     #[test]

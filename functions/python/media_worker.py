@@ -157,7 +157,7 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     worker = Worker(args.server, token=args.token, name=args.name, max_in_flight=args.concurrency,
-                    drain_timeout=args.drain_timeout)
+                    drain_timeout=args.drain_timeout, service_name="stoa-worker-media.py")
     media = Media(args.work_scale, args.fail_rate)
     specs = {
         "media.split": (media.split, {"uri": str, "chunk_seconds": int}),

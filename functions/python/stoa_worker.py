@@ -43,6 +43,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gen
 import grpc  # noqa: E402
 from stoa.v1 import stoa_pb2, stoa_pb2_grpc  # noqa: E402
 
+from stoa_tracing import Tracing  # noqa: E402
+
 __all__ = ["Context", "Failure", "Refused", "Worker"]
 
 SDK_NAME = "stoa-python-sdk/0.1"
@@ -95,6 +97,8 @@ class Context:
         self.workflow_id: str = invocation.workflow_id
         self.priority: int = invocation.priority
         self.timeout: Optional[float] = invocation.timeout_ms / 1000 if invocation.timeout_ms else None
+        # W3C trace context of the server's dispatch span ("" if untraced).
+        self.traceparent: str = invocation.traceparent
         self._session = session
         self._cancelled = threading.Event()
 
@@ -179,6 +183,7 @@ class Worker:
         max_in_flight: int = 4,
         backoff: tuple = (0.1, 10.0),
         drain_timeout: Optional[float] = 60.0,
+        service_name: str = "stoa-worker-python",
     ):
         if not token:
             raise ValueError("a token is required")
@@ -194,6 +199,8 @@ class Worker:
         self._members_lock = threading.Lock()
         self._latest_members: list = []
         self._member_threads: Dict[str, threading.Thread] = {}
+        # Function spans, exported when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+        self.tracing = Tracing(service_name)
 
     def function(self, name: str, args: Optional[Dict[str, type]] = None, raw: bool = False):
         """Registers a handler `handler(args, ctx)`. With `args` (field -> type)
@@ -238,6 +245,7 @@ class Worker:
                 break
             for t in others:
                 t.join(0.2)
+        self.tracing.shutdown()
         if "error" in outcome:
             raise outcome["error"]
 
@@ -453,13 +461,18 @@ class _Session:
             if ctx.cancelled:
                 outcome = None
             else:
-                try:
-                    outcome = function.call(args_json, ctx)
-                except Failure as failure:
-                    outcome = failure
-                except Exception as error:  # a bug in a handler fails one attempt, not the worker
-                    log.warning("handler of %s raised %r", ctx.function, error)
-                    outcome = Failure(f"handler raised {type(error).__name__}: {error}")
+                tracing = self.worker.tracing
+                with tracing.function_span(ctx) as span:
+                    try:
+                        outcome = function.call(args_json, ctx)
+                        tracing.outcome(span, "ok")
+                    except Failure as failure:
+                        outcome = failure
+                        tracing.outcome(span, "retryable failure" if failure.retryable else "failure", failure.message)
+                    except Exception as error:  # a bug in a handler fails one attempt, not the worker
+                        log.warning("handler of %s raised %r", ctx.function, error)
+                        outcome = Failure(f"handler raised {type(error).__name__}: {error}")
+                        tracing.outcome(span, "failure", outcome.message)
         with self.lock:
             entry = self.in_flight.get(ctx.invocation_id)
             if entry is not None and entry[0] is ctx:

@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use tonic::{Code, Status, Streaming};
+use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::handler::{Answer, Handler};
@@ -294,13 +295,11 @@ impl Session<'_> {
         let context = Context::new(&invocation, self.outbound.downgrade());
         let heartbeat_every = (invocation.heartbeat_timeout_ms > 0)
             .then(|| Duration::from_millis(invocation.heartbeat_timeout_ms / 3).max(Duration::from_millis(1)));
-        let task = self.tasks.spawn(run_handler(
-            handler,
-            invocation.args_json,
-            context,
-            Arc::clone(&self.slots),
-            heartbeat_every,
-        ));
+        let span = function_span(&invocation);
+        let task = self.tasks.spawn(
+            run_handler(handler, invocation.args_json, context, Arc::clone(&self.slots), heartbeat_every)
+                .instrument(span),
+        );
         self.by_task.insert(task.id(), Running { invocation_id: invocation.id.clone(), attempt: invocation.attempt });
         self.by_invocation.insert(invocation.id, (invocation.attempt, task));
     }
@@ -344,6 +343,27 @@ impl Session<'_> {
     }
 }
 
+/// The span of one attempt, a child of the server's dispatch span (the
+/// invocation's `traceparent`). Disabled, and free, unless the worker's
+/// subscriber exports spans (`stoa_telemetry::init` does when
+/// OTEL_EXPORTER_OTLP_ENDPOINT is set).
+fn function_span(invocation: &proto::Invocation) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "function",
+        otel.name = %invocation.function,
+        otel.kind = "consumer",
+        stoa.function = %invocation.function,
+        stoa.invocation = %invocation.id,
+        stoa.workflow = %invocation.workflow_id,
+        stoa.attempt = invocation.attempt,
+        stoa.outcome = tracing::field::Empty,
+    );
+    let parent = Some(invocation.traceparent.as_str()).filter(|t| !t.is_empty());
+    stoa_telemetry::set_parent(&span, parent, None);
+    span
+}
+
 /// Runs one handler once a slot is free, heartbeating meanwhile if the
 /// invocation asked for it (at a third of its heartbeat timeout, so that one
 /// late beat does not lose the lease).
@@ -359,7 +379,14 @@ async fn run_handler(
         let Ok(_slot) = slots.acquire_owned().await else {
             return Err(Failure::retryable("the worker is closing"));
         };
-        handler(args_json, context).await
+        let answer = handler(args_json, context).await;
+        let outcome = match &answer {
+            Ok(_) => "ok",
+            Err(f) if f.is_retryable() => "retryable failure",
+            Err(_) => "failure",
+        };
+        tracing::Span::current().record("stoa.outcome", outcome);
+        answer
     };
     let Some(period) = heartbeat_every else { return running.await };
     tokio::pin!(running);

@@ -177,6 +177,7 @@ fn start_of(wf: &WorkflowId) -> TurnOutput {
         origin: Default::default(),
         request: None,
         cancelling: None,
+        traceparent: None,
     };
     TurnOutput { turn: 1, meta: Some(meta), ..TurnOutput::default() }
 }

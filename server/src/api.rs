@@ -48,13 +48,15 @@ impl StoaService {
     }
 }
 
-/// A client's call, as the coordinator gets it: the same body and token.
+/// A client's call, as the coordinator gets it: the same body and token,
+/// in this server's span of it.
 fn onward<T>(req: Request<T>) -> Request<T> {
     let auth = req.metadata().get("authorization").cloned();
     let mut out = Request::new(req.into_inner());
     if let Some(a) = auth {
         out.metadata_mut().insert("authorization", a);
     }
+    stoa_telemetry::inject(&tracing::Span::current(), out.metadata_mut());
     out.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
     out
 }
@@ -115,11 +117,13 @@ fn diag_out(d: &stoa_rules::Diagnostic) -> pb::Diagnostic {
 
 /// Runs a turn on its own task: a client that hangs up must not cancel it
 /// between its commit and what follows (dispatching its invocations,
-/// timers, signals), which only a restart would otherwise redo.
+/// timers, signals), which only a restart would otherwise redo. The task
+/// stays in the request's span, so the turn continues the caller's trace.
 async fn detached<T: Send + 'static>(
     f: impl std::future::Future<Output = Result<T, crate::error::ApiError>> + Send + 'static,
 ) -> Result<T, Status> {
-    match tokio::spawn(f).await {
+    use tracing::Instrument;
+    match tokio::spawn(f.in_current_span()).await {
         Ok(r) => r.map_err(Status::from),
         Err(e) => Err(Status::internal(format!("the turn's task ended: {e}"))),
     }
@@ -453,6 +457,7 @@ impl pb::stoa_server::Stoa for StoaService {
                     rule: t.rule.clone(),
                 })
                 .collect(),
+            traceparent: m.traceparent.clone().unwrap_or_default(),
         }))
     }
 

@@ -150,7 +150,11 @@ fn handle(rt: &Arc<Runtime>, msg: Background, stop: &CancellationToken) {
                     tracing::error!(error = %e, "routing a signal");
                 }
             }
-            Background::StartChild(inv) => rt.start_child(inv, &stop).await,
+            Background::StartChild(inv) => {
+                use tracing::Instrument;
+                let span = crate::trace::child_span(&inv);
+                rt.start_child(inv, &stop).instrument(span).await
+            }
             Background::CancelChild(inv) => rt.cancel_child(inv, &stop).await,
             Background::ChildDone { parent, outcome } => {
                 let what = format!("answering parent invocation {parent}");

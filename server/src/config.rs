@@ -42,6 +42,18 @@ pub struct Config {
     pub quotas: Quotas,
     /// Concurrency limit per function name (all tenants), e.g. `"media.encode" = 64`.
     pub function_concurrency: BTreeMap<String, usize>,
+    /// How `stoa serve` writes its log lines on stderr.
+    pub log_format: LogFormat,
+}
+
+/// Log lines as text for people, or one JSON object a line for a log
+/// pipeline (`stoa serve --log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Where the server keeps its state (`Config::store`).
@@ -203,6 +215,7 @@ impl Default for Config {
             ceilings: PackLimits::default_ceilings(),
             quotas: Quotas::default(),
             function_concurrency: BTreeMap::new(),
+            log_format: LogFormat::Text,
         }
     }
 }

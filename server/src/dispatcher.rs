@@ -75,6 +75,9 @@ struct Item {
     /// the next offer so that refusals cannot spin.
     refusals: u32,
     state: State,
+    /// The leased attempt's `dispatch` span (disabled when untraced); it
+    /// ends with the attempt.
+    span: tracing::Span,
 }
 
 /// Queue order: higher priority, then older (smaller sequence number).
@@ -310,6 +313,7 @@ impl Dispatcher {
             failures: attempts.failures,
             refusals: 0,
             state,
+            span: tracing::Span::none(),
         };
         self.items.insert(id.clone(), item);
         if queued {
@@ -414,9 +418,11 @@ impl Dispatcher {
     /// pause that doubles with each refusal in a row (10 ms to 2.5 s), and
     /// counts neither as an attempt nor against the retry budget.
     fn refused(&mut self, mut item: Item, message: &str) {
+        item.span.record("stoa.outcome", "not started");
+        item.span = tracing::Span::none();
         item.refusals += 1;
         let delay = self.opts.clock.jitter(Duration::from_millis(10 << item.refusals.min(8)));
-        tracing::debug!(invocation = %item.inv.id, attempt = item.attempt, ?delay, %message, "not started");
+        tracing::debug!(tenant = %item.tenant, workflow = %item.inv.workflow, invocation = %item.inv.id, attempt = item.attempt, ?delay, %message, "not started");
         item.state = State::Backoff { until: self.opts.clock.now() + delay };
         self.items.insert(item.inv.id.clone(), item);
     }
@@ -424,11 +430,22 @@ impl Dispatcher {
     /// A failed attempt: retry after a backoff if the policy allows, else
     /// the final outcome is an error.
     fn fail(&mut self, mut item: Item, kind: ErrorKind, message: String, retryable: bool) {
+        item.span.record("stoa.outcome", if kind == ErrorKind::Timeout { "timeout" } else { "failed" });
+        item.span = tracing::Span::none();
         item.failures += 1;
         item.refusals = 0;
         if retryable && item.failures < item.inv.retry.max_attempts.max(1) {
             let delay = self.opts.clock.jitter(item.inv.retry.backoff(item.failures));
-            tracing::debug!(invocation = %item.inv.id, attempt = item.attempt, ?delay, %message, "retrying");
+            tracing::debug!(
+                tenant = %item.tenant,
+                workflow = %item.inv.workflow,
+                invocation = %item.inv.id,
+                attempt = item.attempt,
+                trace_id = item.inv.traceparent.as_deref().and_then(stoa_telemetry::traceparent::trace_id_of),
+                ?delay,
+                %message,
+                "retrying"
+            );
             // Kept so that a restart neither resets the budget nor skips the backoff.
             let made = Attempts {
                 made: item.attempt,
@@ -449,6 +466,7 @@ impl Dispatcher {
     /// tried again while the store cannot write.
     fn finish(&mut self, item: Item, outcome: Outcome) {
         self.dec_pending(&item.tenant, 1);
+        item.span.record("stoa.outcome", if matches!(outcome, Outcome::Ok { .. }) { "ok" } else { "error" });
         let (outcomes, store) = (self.outcomes.clone(), self.store.clone());
         let (stop, clock) = (self.shutdown.clone(), self.opts.clock.clone());
         let id = item.inv.id;
@@ -531,6 +549,8 @@ impl Dispatcher {
                     deadline: now + Duration::from_millis(item.inv.timeout_ms.max(1)),
                     heartbeat_deadline: hb,
                 };
+                item.span = crate::trace::dispatch_span(&item.inv, &item.tenant, item.attempt);
+                let traceparent = stoa_telemetry::traceparent_of(&item.span).unwrap_or_default();
                 let (tenant, function) = (item.tenant.clone(), item.inv.function.clone());
                 batch.push(pb::Invocation {
                     id: id.to_string(),
@@ -541,6 +561,7 @@ impl Dispatcher {
                     timeout_ms: item.inv.timeout_ms,
                     heartbeat_timeout_ms: item.inv.heartbeat_ms,
                     workflow_id: item.inv.workflow.to_string(),
+                    traceparent,
                 });
                 *self.tenant_in_flight.entry(tenant).or_default() += 1;
                 *self.function_in_flight.entry(function).or_default() += 1;
@@ -559,6 +580,7 @@ impl Dispatcher {
                     let id = InvocationId::new(inv.id);
                     if let Some(item) = self.items.get_mut(&id) {
                         item.state = State::Queued;
+                        item.span = tracing::Span::none();
                         let (t, f) = (item.tenant.clone(), item.inv.function.clone());
                         self.dec_in_flight(&t, &f);
                         self.sessions.get_mut(&sid).expect("session").in_flight.remove(&id);

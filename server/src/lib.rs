@@ -34,6 +34,7 @@ mod signals;
 mod sim;
 #[cfg(test)]
 mod tests;
+mod trace;
 mod upgrade;
 mod workers;
 
@@ -206,6 +207,7 @@ pub async fn serve_with_faults(
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .trace_fn(trace::request_span)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -90,6 +90,7 @@ impl Peers {
         let mut req = Request::new(pb::PeerCall { op_json: body });
         let secret = self.secret.parse().map_err(|_| ApiError::Internal("the cluster's secret is not ASCII".into()))?;
         req.metadata_mut().insert(SECRET, secret);
+        stoa_telemetry::inject(&tracing::Span::current(), req.metadata_mut());
         let mut client = pb::peer_client::PeerClient::new(self.channel(address)?);
         match client.forward(req).await {
             Ok(r) => serde_json::from_slice(&r.into_inner().reply_json)

@@ -43,6 +43,7 @@ use crate::placement::{Place, Placement};
 use crate::pool::Pool;
 use crate::rollout::{in_fraction, Plans, Rollout};
 use crate::route_locks::RouteLocks;
+use crate::trace::TurnSpan;
 
 /// One deployed version of a pack.
 pub(crate) struct Version {
@@ -771,19 +772,23 @@ impl Runtime {
         id: &WorkflowId,
         key: Option<String>,
         admit: Admit,
-        work: impl FnOnce(&Runtime, &mut Held) -> Result<Option<TurnOutput>, ApiError> + Send + 'static,
+        work: impl FnOnce(&Runtime, &mut Held, &TurnSpan) -> Result<Option<TurnOutput>, ApiError> + Send + 'static,
     ) -> Result<Option<TurnOutput>, ApiError> {
+        let trace = TurnSpan::new(id);
         let (slot, guard) = self.lock(id).await;
         let rt = self.clone();
-        let (wid, s) = (id.clone(), slot.clone());
+        let (wid, s, t) = (id.clone(), slot.clone(), trace.clone());
         let queued = self
             .pool
-            .run(tenant_of(id), move || rt.turn_on_thread(&wid, &s, guard, key, admit, work))
+            .run(tenant_of(id), move || rt.turn_on_thread(&wid, &s, guard, key, admit, &t, work))
             .await
             .map_err(internal)??;
         let Some(q) = queued else { return Ok(None) };
         let tenant = tenant_of(id);
-        match q.rx.await {
+        let commit = trace.commit();
+        let committed = q.rx.await;
+        drop(commit);
+        match committed {
             Ok(Ok(out)) => {
                 slot.committing.fetch_sub(1, Ordering::AcqRel);
                 self.after_commit(id, &out, q.admit == Admit::Client);
@@ -821,6 +826,7 @@ impl Runtime {
     }
 
     /// The part of a turn that runs on a turn thread.
+    #[allow(clippy::too_many_arguments)]
     fn turn_on_thread(
         &self,
         id: &WorkflowId,
@@ -828,11 +834,12 @@ impl Runtime {
         mut guard: Guard,
         key: Option<String>,
         mut admit: Admit,
-        work: impl FnOnce(&Runtime, &mut Held) -> Result<Option<TurnOutput>, ApiError>,
+        trace: &TurnSpan,
+        work: impl FnOnce(&Runtime, &mut Held, &TurnSpan) -> Result<Option<TurnOutput>, ApiError>,
     ) -> Result<Option<Queued>, ApiError> {
         let epoch = self.here_at(id, slot, &mut guard)?;
         let was_loaded = matches!(*guard, Held::Loaded(_));
-        let made = std::panic::catch_unwind(AssertUnwindSafe(|| work(self, &mut guard)));
+        let made = std::panic::catch_unwind(AssertUnwindSafe(|| work(self, &mut guard, trace)));
         let out = match made {
             Ok(Ok(Some(out))) => out,
             Ok(Err(ApiError::Rejected(Rejected::Interrupted))) => {
@@ -849,7 +856,7 @@ impl Runtime {
             Err(panic) => {
                 crate::pool::retire_this_thread();
                 let message = crate::pool::panic_message(&*panic);
-                tracing::error!(workflow = %id, panic = %message, "a turn panicked; the workflow is failed");
+                tracing::error!(tenant = tenant_of(id), workflow = %id, panic = %message, "a turn panicked; the workflow is failed");
                 let reason = format!("internal error in the engine (a turn panicked: {message}); see the server log");
                 match self.aborted(id, &mut guard, &reason) {
                     Some(out) => {
@@ -863,6 +870,7 @@ impl Runtime {
                 }
             }
         };
+        trace.record(&out);
         let tenant = tenant_of(id);
         let quotas = &self.policy(tenant).quotas;
         // A new workflow counts as live from its first turn (a finished
@@ -1055,7 +1063,7 @@ impl Runtime {
         let admit =
             if matches!(origin, Origin::Parent { .. } | Origin::Signal { .. }) { Admit::Server } else { Admit::Client };
         let out = self
-            .run_turn(&id, Some(request.clone()), admit, move |rt, held| {
+            .run_turn(&id, Some(request.clone()), admit, move |rt, held, trace| {
                 let in_memory = matches!(held, Held::Loaded(_));
                 if rt.ensure_loaded(&wid, held)? {
                     // The first start may still be committing. The committer
@@ -1070,6 +1078,8 @@ impl Runtime {
                 let pack = rt.pack_for_new(&t, &p, &wid)?;
                 let now = rt.clock.now_ms();
                 let mut wf = Workflow::new(wid.clone(), pack, now).with_origin(origin).with_request(request_key);
+                let traceparent = trace.attach(&mut wf, None);
+                let mut wf = wf.with_traceparent(traceparent);
                 let out = wf.apply(Input::Start { facts }, now).map_err(reject)?;
                 *held = Held::Loaded(Box::new(wf));
                 Ok(Some(out))
@@ -1141,11 +1151,12 @@ impl Runtime {
             _ => Admit::Server,
         };
         let wid = id.clone();
-        self.run_turn(id, key, admit, move |rt, held| {
+        self.run_turn(id, key, admit, move |rt, held, trace| {
             if !rt.ensure_loaded(&wid, held)? {
                 return Ok(None);
             }
             let Held::Loaded(wf) = held else { unreachable!("loaded") };
+            trace.attach(wf, Some(&input));
             wf.apply(input, rt.clock.now_ms()).map(Some).map_err(reject)
         })
         .await?
@@ -1208,7 +1219,7 @@ impl Runtime {
         plans: Plans,
     ) -> Result<Option<TurnOutput>, ApiError> {
         let wid = id.clone();
-        self.run_turn(id, None, Admit::Server, move |rt, held| {
+        self.run_turn(id, None, Admit::Server, move |rt, held, trace| {
             if !rt.ensure_loaded(&wid, held)? {
                 return Ok(None);
             }
@@ -1216,6 +1227,7 @@ impl Runtime {
             if wf.status() != Status::Running || wf.meta().pack_version == pack.manifest.version {
                 return Ok(None);
             }
+            trace.attach(wf, None);
             let plan = plans.get(wf.pack(), &pack);
             wf.upgrade_by(&plan, rt.clock.now_ms()).map(Some).map_err(reject)
         })
@@ -1364,6 +1376,9 @@ impl Runtime {
     /// watchers; frees a finished workflow's memory.
     fn after_commit(&self, id: &WorkflowId, out: &TurnOutput, reserved: bool) {
         let tenant = tenant_of(id);
+        if let Some(meta) = &out.meta {
+            log_lifecycle(tenant, out.turn, meta);
+        }
         if !out.cancelled.is_empty() {
             self.dispatch.cancel(out.cancelled.clone());
             for inv in &out.cancelled {
@@ -1501,6 +1516,38 @@ const MOVE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A turn made on this server, as `routed` takes it.
 type Local<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, ApiError>> + Send + 'a>>;
+
+/// A workflow's start and end in the log: a failure at `info` (someone
+/// may want to know), the rest at `debug` (a busy server starts thousands
+/// a second). Field values are computed only when the line is written.
+fn log_lifecycle(tenant: &str, turn: u64, meta: &Meta) {
+    let trace_id = || meta.traceparent.as_deref().and_then(stoa_telemetry::traceparent::trace_id_of);
+    match meta.status {
+        Status::Running if turn == 1 => {
+            tracing::debug!(tenant, workflow = %meta.id, pack = %meta.pack, version = %meta.pack_version, trace_id = trace_id(), "workflow started")
+        }
+        Status::Running => {}
+        Status::Completed => {
+            tracing::debug!(tenant, workflow = %meta.id, turn, trace_id = trace_id(), "workflow completed")
+        }
+        Status::Failed => tracing::info!(
+            tenant,
+            workflow = %meta.id,
+            turn,
+            reason = meta.reason.as_deref().unwrap_or_default(),
+            trace_id = trace_id(),
+            "workflow failed"
+        ),
+        Status::Cancelled => tracing::info!(
+            tenant,
+            workflow = %meta.id,
+            turn,
+            reason = meta.reason.as_deref().unwrap_or_default(),
+            trace_id = trace_id(),
+            "workflow cancelled"
+        ),
+    }
+}
 
 fn unexpected(r: Reply) -> ApiError {
     internal(format!("a peer answered {r:?} to another question"))

@@ -21,4 +21,5 @@ mod server_crash;
 #[cfg(target_os = "linux")]
 mod storage;
 mod support;
+mod traces;
 mod workers;

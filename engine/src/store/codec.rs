@@ -5,7 +5,10 @@
 //! Version 2 stores the timeline in runs of entries and the outbox inside
 //! the waiting activations; version 3, a workflow's timers by the instant
 //! they are due at (a list per record); version 4, a timeline run's turn,
-//! instant and stamp once per run, not per entry. It stays JSON on purpose:
+//! instant and stamp once per run, not per entry. An optional field added
+//! with a serde default (a workflow's and an invocation's `traceparent`)
+//! needs no new version: older records read as without it, and older
+//! builds ignore it. It stays JSON on purpose:
 //! sled's memory grows with the number of records written, not with their
 //! size (see `sled_store`), so a binary codec would save disk, not memory.
 

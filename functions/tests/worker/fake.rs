@@ -238,6 +238,7 @@ pub fn invocation(id: &str, function: &str, args: serde_json::Value) -> Invocati
         timeout_ms: 60_000,
         heartbeat_timeout_ms: 0,
         workflow_id: "wf_test".into(),
+        traceparent: String::new(),
     }
 }
 

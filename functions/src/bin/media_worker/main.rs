@@ -18,7 +18,10 @@ use tokio_util::sync::CancellationToken;
 /// is simulated: CPU work sized by the arguments (a few milliseconds a call at
 /// --work-scale 1) and outputs derived only from the arguments, so runs are
 /// repeatable. Stops on Ctrl-C or SIGTERM after answering the work in flight.
-/// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.
+/// Logs go to stderr; set STOA_LOG (or RUST_LOG; e.g. STOA_LOG=debug) for
+/// more. With OTEL_EXPORTER_OTLP_ENDPOINT set, each call's span (a child of
+/// the server's dispatch span) is exported over OTLP/gRPC, as service
+/// OTEL_SERVICE_NAME (default stoa-worker-media).
 #[derive(Debug, Parser)]
 #[command(name = "stoa-worker-media", version)]
 struct Args {
@@ -62,11 +65,14 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    // Dropped when `main` returns: the spans still batched are exported.
+    let _telemetry = stoa_telemetry::init(stoa_telemetry::Options {
+        service: "stoa-worker-media",
+        filter_var: if std::env::var_os("STOA_LOG").is_some() { "STOA_LOG" } else { "RUST_LOG" },
+        default_filter: "info",
+        format: stoa_telemetry::LogFormat::Text,
+    });
     anyhow::ensure!((0.0..=1.0).contains(&args.fail_rate), "--fail-rate must be within [0, 1]");
     anyhow::ensure!(args.work_scale >= 0.0, "--work-scale must not be negative");
 

@@ -1,0 +1,172 @@
+//! The server's spans: a client's (or a peer's) request, each turn with its
+//! firings as events (the reaction turns that apply answers included), the
+//! wait for its commit, and each attempt's dispatch to a worker.
+//!
+//! A trace survives the process: a workflow keeps the context of its start
+//! turn (`Meta::traceparent`) and each invocation that of the turn that
+//! made it (`Invocation::traceparent`). A dispatch is a child of that
+//! stored context, and so is the reaction turn that applies the answer (a
+//! child, not a link: the answer continues the work the turn started, even
+//! when it arrives hours later on a restarted server). A turn with no
+//! caller to continue (a timer, a signal, an upgrade) is a child of its
+//! workflow's stored context.
+//!
+//! With no exporter every span here is disabled at its call site: no
+//! allocation, and the per-firing events are not even looked at.
+
+use opentelemetry::trace::Status;
+use opentelemetry::KeyValue;
+use stoa_engine::timeline::Event;
+use stoa_engine::workflow::{Input, Invocation, TurnOutput, Workflow};
+use stoa_engine::WorkflowId;
+use stoa_telemetry::propagate::{from_headers, set_parent, traceparent};
+use tonic::codegen::http;
+use tracing::field::Empty;
+use tracing::{info_span, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::runtime::tenant_of;
+
+/// Firings shown as events of one turn; a turn may fire millions of times.
+const MAX_FIRING_EVENTS: usize = 256;
+
+/// The span of a gRPC request, a child of the caller's `traceparent`.
+/// Clients' and peers' calls only: a worker's session lasts as long as the
+/// worker (its work is traced per dispatch), and health checks are noise.
+pub(crate) fn request_span(req: &http::Request<()>) -> Span {
+    let path = req.uri().path();
+    if !(path.starts_with("/stoa.v1.Stoa/") || path.starts_with("/stoa.v1.Peer/")) {
+        return Span::none();
+    }
+    let span = info_span!(
+        "request",
+        otel.name = path.trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        otel.status_code = Empty,
+    );
+    let (tp, state) = from_headers(req.headers());
+    set_parent(&span, tp, state);
+    span
+}
+
+/// The span of one turn, opened before its workflow is at hand. Cloning a
+/// disabled one is free.
+#[derive(Clone)]
+pub(crate) struct TurnSpan {
+    span: Span,
+    /// It continues a caller's span (a request, a result); else it joins
+    /// its workflow's trace once the workflow is loaded.
+    continues: bool,
+}
+
+impl TurnSpan {
+    pub fn new(id: &WorkflowId) -> TurnSpan {
+        let span = info_span!(
+            "turn",
+            stoa.tenant = tenant_of(id),
+            stoa.workflow = %id,
+            stoa.turn = Empty,
+            stoa.input = Empty,
+            stoa.firings = Empty,
+            stoa.error = Empty,
+        );
+        let continues = !span.is_disabled() && Span::current().id().is_some();
+        TurnSpan { span, continues }
+    }
+
+    /// On the turn thread, before the turn applies `input`: parents the
+    /// span on the turn that made the invocation it answers, else on the
+    /// workflow's trace if it continues no caller; and has the turn's
+    /// invocations carry the span's context. That context.
+    pub fn attach(&self, wf: &mut Workflow, input: Option<&Input>) -> Option<String> {
+        if self.span.is_disabled() {
+            wf.set_turn_trace(None);
+            return None;
+        }
+        let call = match input {
+            Some(Input::Result { invocation, .. }) => wf.waiting_for(invocation),
+            _ => None,
+        };
+        match call.and_then(|w| w.invocation.traceparent.as_deref()) {
+            Some(made_by) => {
+                set_parent(&self.span, Some(made_by), None);
+            }
+            None if !self.continues => {
+                set_parent(&self.span, wf.meta().traceparent.as_deref(), None);
+            }
+            None => {}
+        }
+        let tp = traceparent(&self.span);
+        wf.set_turn_trace(tp.clone());
+        tp
+    }
+
+    /// After the turn: its number, input, firings (the first
+    /// `MAX_FIRING_EVENTS` as events: rule, section, facts matched), error.
+    pub fn record(&self, out: &TurnOutput) {
+        if self.span.is_disabled() {
+            return;
+        }
+        self.span.record("stoa.turn", out.turn);
+        self.span.record("stoa.firings", out.firings);
+        if let Some(e) = &out.error {
+            self.span.record("stoa.error", e.as_str());
+            self.span.set_status(Status::error(e.clone()));
+        }
+        let mut shown = 0;
+        for e in &out.entries {
+            match &e.event {
+                Event::TurnStarted { input } => {
+                    self.span.record("stoa.input", input.as_str());
+                }
+                Event::Fired { rule, section, facts } if shown < MAX_FIRING_EVENTS => {
+                    let facts: Vec<String> = facts.iter().map(|(id, v)| format!("f{id}@{v}")).collect();
+                    self.span.add_event(
+                        "firing",
+                        vec![
+                            KeyValue::new("stoa.rule", rule.clone()),
+                            KeyValue::new("stoa.section", section.as_str()),
+                            KeyValue::new("stoa.facts", facts.join(",")),
+                        ],
+                    );
+                    shown += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The wait until the turn is durable (its share of a group commit).
+    pub fn commit(&self) -> Span {
+        info_span!(parent: &self.span, "commit")
+    }
+}
+
+/// The span of one attempt at a worker, a child of the turn that made the
+/// invocation; none for an invocation made untraced.
+pub(crate) fn dispatch_span(inv: &Invocation, tenant: &str, attempt: u32) -> Span {
+    let Some(tp) = inv.traceparent.as_deref() else { return Span::none() };
+    let span = info_span!(
+        parent: None,
+        "dispatch",
+        otel.kind = "producer",
+        stoa.tenant = tenant,
+        stoa.workflow = %inv.workflow,
+        stoa.invocation = %inv.id,
+        stoa.function = %inv.function,
+        stoa.attempt = attempt,
+        stoa.outcome = Empty,
+    );
+    set_parent(&span, Some(tp), None);
+    span
+}
+
+/// The span under which a child workflow starts: the child's trace is its
+/// parent invocation's.
+pub(crate) fn child_span(inv: &Invocation) -> Span {
+    let Some(tp) = inv.traceparent.as_deref() else { return Span::none() };
+    let span = info_span!(parent: None, "start child", stoa.invocation = %inv.id, stoa.function = %inv.function);
+    set_parent(&span, Some(tp), None);
+    span
+}
