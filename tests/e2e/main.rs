@@ -10,6 +10,7 @@ mod docs;
 mod examples;
 mod fuzz;
 mod hostile;
+mod metrics;
 #[cfg(target_os = "linux")]
 mod postgres;
 mod protocol;

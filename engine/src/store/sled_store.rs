@@ -433,6 +433,11 @@ impl Store for SledStore {
         self.shared.health()
     }
 
+    /// An error reading the size is no failure of the store: `None`.
+    fn size_bytes(&self) -> Result<Option<u64>, Error> {
+        self.with(|h| Ok(h.db.size_on_disk().ok()))
+    }
+
     fn on_health(&self, f: HealthWatcher) {
         let mut watchers = self.shared.watchers.lock().unwrap_or_else(PoisonError::into_inner);
         f(self.shared.health());
