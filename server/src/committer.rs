@@ -152,7 +152,9 @@ impl Writer {
                 e.at_us = at_us;
             }
         }
-        self.metrics.batch.record(jobs.len() as f64);
+        if !jobs.is_empty() {
+            self.metrics.batch.record(jobs.len() as f64);
+        }
         let began = std::time::Instant::now();
         // Before the turns: a turn of this flush that ends an invocation
         // also drops its attempts record.

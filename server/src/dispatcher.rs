@@ -342,10 +342,15 @@ impl Dispatcher {
         }
     }
 
-    /// The handles of a tenant's function, made once.
+    /// The handles of a tenant's function, made once (metrics off: one
+    /// set of no-op handles for all).
     fn function_metrics(&mut self, tenant: &str, function: &str) -> Arc<FunctionMetrics> {
         if let Some(m) = self.function_metrics.get(tenant).and_then(|f| f.get(function)) {
             return m.clone();
+        }
+        if !self.opts.metrics.is_on() {
+            let noop = self.function_metrics.entry(String::new()).or_default();
+            return noop.entry(String::new()).or_insert_with(|| Arc::new(Metrics::off().function("", ""))).clone();
         }
         let m = Arc::new(self.opts.metrics.function(tenant, function));
         let by_function = self.function_metrics.entry(tenant.to_string()).or_default();
@@ -356,7 +361,7 @@ impl Dispatcher {
     /// For a scrape: invocations by tenant, function, priority and state;
     /// how long the oldest queued one of each function has waited; workers
     /// and their free slots per function.
-    fn gauges(&mut self) -> Gauges {
+    fn gauges(&self) -> Gauges {
         let now = self.opts.clock.now();
         let mut g = Gauges::default();
         if !self.opts.metrics.is_on() {
@@ -397,23 +402,18 @@ impl Dispatcher {
                 g.set(name::OLDEST_QUEUED, labels, age);
             }
         }
-        let mut workers: HashMap<(String, String), (usize, usize)> = HashMap::new();
-        let sessions: Vec<(String, Vec<String>, usize)> = self
-            .sessions
-            .values()
-            .filter(|s| !s.draining)
-            .map(|s| (s.tenant.clone(), s.functions.clone(), s.max_in_flight.saturating_sub(s.in_flight.len())))
-            .collect();
-        for (tenant, functions, free) in sessions {
-            for f in functions {
-                let label = self.function_metrics(&tenant, &f).function.to_string();
-                let w = workers.entry((tenant.clone(), label)).or_default();
+        // Labels only: a worker may name functions no invocation has.
+        let mut workers: HashMap<(&str, String), (usize, usize)> = HashMap::new();
+        for s in self.sessions.values().filter(|s| !s.draining) {
+            let free = s.max_in_flight.saturating_sub(s.in_flight.len());
+            for f in &s.functions {
+                let w = workers.entry((&s.tenant, metrics.function_label(&s.tenant, f).to_string())).or_default();
                 w.0 += 1;
                 w.1 += free;
             }
         }
         for ((tenant, f), (n, free)) in workers {
-            let labels = || vec![tenant_label(&tenant), metrics::Label::new("function", f.clone())];
+            let labels = || vec![tenant_label(tenant), metrics::Label::new("function", f.clone())];
             g.set(name::WORKERS, labels(), n as f64);
             g.set(name::SLOTS_FREE, labels(), free as f64);
         }

@@ -268,6 +268,9 @@ impl Gauges {
     }
 }
 
+/// A rule's firings counters, by `SECTIONS` index, made at first use.
+type BySection = [Option<Counter>; 3];
+
 struct Inner {
     recorder: PrometheusRecorder,
     functions: Cap,
@@ -276,7 +279,7 @@ struct Inner {
     priorities: Cap,
     tenants: DashMap<String, Arc<TenantMetrics>>,
     /// Per `tenant\0pack`: rule name → its firings counter per section.
-    firings: DashMap<String, Mutex<HashMap<String, [Option<Counter>; 3]>>>,
+    firings: DashMap<String, Mutex<HashMap<String, BySection>>>,
     timers_pending: Gauge,
     /// The gauge series the last scrape set (those absent now read 0).
     gauges: Mutex<HashSet<Key>>,
@@ -351,38 +354,40 @@ impl Metrics {
 
     /// A tenant's value of a capped label: itself, or `other` past the cap
     /// (counted in `stoa_metrics_labels_folded_total`).
-    fn capped(&self, cap: impl Fn(&Inner) -> &Cap, tenant: &str, value: &str) -> SharedString {
-        self.admitted(cap, tenant, value).unwrap_or(SharedString::const_str(OTHER))
+    /// Counted once per handle made: a scrape's labels (`count: false`)
+    /// would count the same values again at every scrape.
+    fn capped(&self, cap: impl Fn(&Inner) -> &Cap, tenant: &str, value: &str, count: bool) -> SharedString {
+        self.admitted(cap, tenant, value, count).unwrap_or(SharedString::const_str(OTHER))
     }
 
     /// `capped`; `None` for `other`.
-    fn admitted(&self, cap: impl Fn(&Inner) -> &Cap, tenant: &str, value: &str) -> Option<SharedString> {
+    fn admitted(&self, cap: impl Fn(&Inner) -> &Cap, tenant: &str, value: &str, count: bool) -> Option<SharedString> {
         let m = self.0.as_ref()?;
         let cap = cap(m);
         let admitted = cap.admit(tenant, value).map(SharedString::from_shared);
-        if admitted.is_none() {
+        if admitted.is_none() && count {
             let label = Label::new("label", SharedString::const_str(cap.label));
             self.counter(name::LABELS_FOLDED, vec![tenant_label(tenant), label]).increment(1);
         }
         admitted
     }
 
-    /// The `function` label of a tenant's function (capped).
+    /// The `function` label of a tenant's function (capped), for a gauge.
     pub fn function_label(&self, tenant: &str, function: &str) -> SharedString {
-        self.capped(|m| &m.functions, tenant, cut(function))
+        self.capped(|m| &m.functions, tenant, cut(function), false)
     }
 
-    /// The `priority` label of a tenant's priority (capped).
+    /// The `priority` label of a tenant's priority (capped), for a gauge.
     pub fn priority_label(&self, tenant: &str, priority: i64) -> SharedString {
         if self.0.is_none() {
             return SharedString::const_str(OTHER);
         }
-        self.capped(|m| &m.priorities, tenant, &priority.to_string())
+        self.capped(|m| &m.priorities, tenant, &priority.to_string(), false)
     }
 
     /// The handles of a tenant's function (the caller keeps them).
     pub fn function(&self, tenant: &str, function: &str) -> FunctionMetrics {
-        let f = self.function_label(tenant, function);
+        let f = self.capped(|m| &m.functions, tenant, cut(function), true);
         let labels = || vec![tenant_label(tenant), Label::new("function", f.clone())];
         let attempts = Attempt::ALL.map(|a| {
             let mut l = labels();
@@ -426,7 +431,11 @@ impl Metrics {
                 Some(h) => h.clone(),
                 None => m.tenants.entry(tenant.to_string()).or_insert_with(make).clone(),
             },
-            None => make(),
+            // Off: one set of no-op handles for all (turns ask per turn).
+            None => {
+                static NOOP: std::sync::OnceLock<Arc<TenantMetrics>> = std::sync::OnceLock::new();
+                NOOP.get_or_init(make).clone()
+            }
         }
     }
 
@@ -460,10 +469,10 @@ impl Metrics {
                 c.increment(1);
                 continue;
             }
-            let pack_label = self.admitted(|m| &m.packs, tenant, cut(pack));
+            let pack_label = self.admitted(|m| &m.packs, tenant, cut(pack), true);
             let rule_label = pack_label
                 .as_ref()
-                .and_then(|_| self.admitted(|m| &m.rules, tenant, &format!("{}\0{}", cut(pack), cut(rule))))
+                .and_then(|_| self.admitted(|m| &m.rules, tenant, &format!("{}\0{}", cut(pack), cut(rule)), true))
                 .map(|_| SharedString::from_owned(cut(rule).to_string()));
             let other = || SharedString::const_str(OTHER);
             let labels = vec![
@@ -658,6 +667,15 @@ mod tests {
             ("internal error in the engine (a turn panicked: boom); see the server log", "panic"),
         ] {
             assert_eq!(failure_kind(error), kind, "{error}");
+        }
+    }
+
+    #[test]
+    fn every_metric_is_in_the_operations_guide() {
+        let doc = include_str!("../../docs/operations.md");
+        for (n, kind, _, _) in DESCRIBED {
+            let kind = format!("{kind:?}").to_lowercase();
+            assert!(doc.contains(&format!("| `{n}` | {kind} |")), "docs/operations.md lists no {kind} `{n}`");
         }
     }
 

@@ -2,7 +2,8 @@
 //! the backlog rises while no worker serves the function and drains once
 //! one does, the outcome counters match what the worker answered, the
 //! latency histograms have a sample per attempt, and no label names a
-//! workflow or an invocation.
+//! workflow or an invocation; timers, schedule ticks and failed turns
+//! are counted.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -228,4 +229,54 @@ fn a_metrics_address_in_use_stops_the_start_with_its_cause() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("metrics listen on {addr}: ")), "{err}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"), "nothing was served");
+}
+
+/// A pack whose workflows wait on a 1 s timer, and whose `Boom` fails its turn.
+fn clock_pack() -> Vec<pb::PackFile> {
+    let file = |path: &str, text: &str| pb::PackFile { path: path.into(), content: text.as_bytes().to_vec() };
+    vec![
+        file("pack.toml", "[pack]\nname = \"clock\"\nversion = \"1\"\n"),
+        file(
+            "clock.rules",
+            r#"
+rule "wait" { match { j: Job(state == "new") } action { modify(j, #{ state: "waiting" }); after("1s", "Ring", #{ n: 1 }); } }
+rule "ring" { match { r: Ring() } action { complete(#{ rang: true }); } }
+rule "boom" { match { b: Boom() } action { let x = 1 / 0; } }
+"#,
+        ),
+    ]
+}
+
+#[test]
+fn timers_schedules_and_failed_turns_are_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with(dir.path(), &["--metrics-listen", "127.0.0.1:0"]);
+    let m = server.metrics.clone().expect("the server printed its metrics address");
+    rt().block_on(async {
+        let mut b = client(&server.addr, TOKEN_B).await;
+        b.deploy_pack(pb::DeployPackRequest { files: clock_pack(), ..Default::default() }).await.expect("deploy");
+        for (i, ty) in ["Job", "Job", "Job", "Boom"].iter().enumerate() {
+            b.start_workflow(pb::StartWorkflowRequest {
+                pack: "clock".into(),
+                facts: facts(serde_json::json!([{"type": ty, "fields": {"state": "new"}}])),
+                request_id: format!("c-{i}"),
+            })
+            .await
+            .expect("start");
+        }
+        let s = scrape_until(&m, "three timers pending", |s| s.sum("stoa_timers_pending", &[]) == 3.0);
+        assert_eq!(s.sum("stoa_turn_failures_total", &[("tenant", "b"), ("kind", "rule_error")]), 1.0, "{}", s.text);
+        let s = scrape_until(&m, "three timers fired", |s| {
+            s.sum("stoa_timer_lateness_seconds_count", &[("tenant", "b")]) == 3.0
+                && s.sum("stoa_timers_pending", &[]) == 0.0
+        });
+        assert_eq!(s.sum("stoa_timer_lateness_seconds_bucket", &[("tenant", "b"), ("le", "+Inf")]), 3.0);
+        assert_eq!(s.sum("stoa_rule_firings_total", &[("tenant", "b"), ("pack", "clock"), ("rule", "ring")]), 3.0);
+
+        // The ticker's schedule starts a workflow every second.
+        deploy(&mut b, "tests/packs/ticker").await;
+        scrape_until(&m, "a schedule tick", |s| {
+            s.sum("stoa_schedule_tick_lateness_seconds_count", &[("tenant", "b")]) >= 1.0
+        });
+    });
 }
