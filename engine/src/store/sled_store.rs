@@ -756,6 +756,15 @@ mod tests {
     }
 
     #[test]
+    fn its_size_is_what_is_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8).unwrap();
+        store.put_aux("k", "x", &serde_json::json!("y".repeat(100_000))).unwrap();
+        let size = store.size_bytes().unwrap().expect("sled knows its size");
+        assert!(size >= 100_000, "{size}");
+    }
+
+    #[test]
     fn opening_a_store_waits_for_the_lock_of_one_closing() {
         let dir = tempfile::tempdir().unwrap();
         let first = SledStore::open(dir.path(), 8).unwrap();
