@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Config file (TOML): listen, store, data_dir, cache_mb, [postgres], [[tenants]] with
+    /// Config file (TOML): listen, metrics_listen, store, data_dir, cache_mb, [postgres], [[tenants]] with
     /// name and tokens, [limits], [function_concurrency]. Flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -40,6 +40,13 @@ pub struct Args {
     /// last renewal (default 5000).
     #[arg(long, value_name = "MS")]
     lease_ms: Option<u64>,
+    /// Serve Prometheus metrics over HTTP on this address, at /metrics (the
+    /// backlog per function for autoscalers, latencies, outcomes, turns,
+    /// commits, firings; see docs/operations.md). Off unless given; port 0
+    /// picks a free port, printed as `metrics listening on ADDR`. Also
+    /// `metrics_listen` in the config file, or STOA_METRICS_LISTEN.
+    #[arg(long, env = "STOA_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// A tenant and one of its tokens, as TENANT=TOKEN; repeatable.
     #[arg(long = "token", value_name = "TENANT=TOKEN")]
     tokens: Vec<String>,
@@ -66,6 +73,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     if let Some(l) = args.listen {
         config.listen = l;
+    }
+    if let Some(m) = args.metrics_listen {
+        config.metrics_listen = Some(m);
     }
     if let Some(d) = args.data {
         config.data_dir = d;
@@ -126,10 +136,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             tracing::info!("shutting down: finishing in-flight commits");
             signals.cancel();
         });
-        let on_listen = |addr| {
+        // The metrics address first: whoever reads the output has it once
+        // it sees the gRPC one.
+        let on_listen = |at: stoa_server::Listening| {
             use std::io::Write;
-            tracing::info!(address = %addr, traces_exported = exporting, "serving");
-            println!("listening on {addr}");
+            if let Some(http) = at.http {
+                println!("metrics listening on {http}");
+            }
+            tracing::info!(address = %at.grpc, metrics = ?at.http, traces_exported = exporting, "serving");
+            println!("listening on {}", at.grpc);
             let _ = std::io::stdout().flush();
         };
         match std::env::var("STOA_TEST_CRASH_AFTER_TICK") {

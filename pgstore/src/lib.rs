@@ -617,6 +617,14 @@ impl Store for PgStore {
         self.health.get()
     }
 
+    /// The whole database's (a cluster's servers all say the same).
+    fn size_bytes(&self) -> Result<Option<u64>, Error> {
+        self.call(|client| async move {
+            let row = client.query_one("SELECT pg_database_size(current_database())", &[]).await?;
+            Ok(u64::try_from(row.get::<_, i64>(0)).ok())
+        })
+    }
+
     fn on_health(&self, f: HealthWatcher) {
         let mut watchers = self.health.watchers.lock().unwrap_or_else(PoisonError::into_inner);
         f(self.health.get());

@@ -60,6 +60,17 @@ impl Backend for Pg {
 stoa_engine::store_conformance!(Pg::new());
 
 #[test]
+fn its_size_is_the_database_s() {
+    let pg = shared_postgres();
+    let db = fresh_database(&pg);
+    let store = PgStore::open(&pg.url(&db), Options::default()).unwrap();
+    let size = store.size_bytes().unwrap().expect("PostgreSQL knows its size");
+    let expected: u64 = pg.psql(&db, "SELECT pg_database_size(current_database())").unwrap().parse().unwrap();
+    // Within a page or two of what psql read just after.
+    assert!(size.abs_diff(expected) < 1 << 20, "{size} vs {expected}");
+}
+
+#[test]
 fn a_database_with_a_newer_schema_is_refused_and_left_alone() {
     let pg = shared_postgres();
     let db = fresh_database(&pg);

@@ -46,6 +46,7 @@ pub async fn run(rt: Arc<Runtime>, mut rx: mpsc::UnboundedReceiver<Background>, 
     }
     let permits = Arc::new(Semaphore::new(TIMER_CONCURRENCY));
     loop {
+        rt.opts.metrics.timers_pending(due.len());
         let wait = match due.first() {
             Some((at, _, _)) => std::time::Duration::from_millis(at.saturating_sub(rt.clock.now_ms())),
             None => std::time::Duration::from_secs(3600),
@@ -97,6 +98,8 @@ pub async fn run(rt: Arc<Runtime>, mut rx: mpsc::UnboundedReceiver<Background>, 
 
 async fn fire(rt: &Arc<Runtime>, wf: WorkflowId, mut ids: Vec<u64>, due_ms: u64) {
     let tenant = tenant_of(&wf).to_string();
+    let late_ms = rt.clock.now_ms().saturating_sub(due_ms);
+    rt.opts.metrics.tenant(&tenant).timer_lateness.record(late_ms as f64 / 1000.0);
     loop {
         // Here only: the partition's owner fires its timers.
         match rt.turn_here(&tenant, &wf, Input::Timers { ids: ids.clone() }, None).await {

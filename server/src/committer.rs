@@ -26,6 +26,7 @@ use stoa_engine::{InvocationId, WorkflowId};
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
+use crate::metrics::{CommitMetrics, Metrics};
 
 enum Msg {
     Job(Box<Job>),
@@ -91,10 +92,11 @@ struct Writer {
     jobs: Vec<Job>,
     attempts: Vec<(InvocationId, Attempts)>,
     closing: bool,
+    metrics: CommitMetrics,
 }
 
 impl Writer {
-    fn new(store: Arc<dyn Store>, clock: Clock) -> Writer {
+    fn new(store: Arc<dyn Store>, clock: Clock, metrics: &Metrics) -> Writer {
         Writer {
             store,
             clock,
@@ -103,6 +105,7 @@ impl Writer {
             jobs: Vec::new(),
             attempts: Vec::new(),
             closing: false,
+            metrics: metrics.commit(),
         }
     }
 
@@ -149,6 +152,10 @@ impl Writer {
                 e.at_us = at_us;
             }
         }
+        if !jobs.is_empty() {
+            self.metrics.batch.record(jobs.len() as f64);
+        }
+        let began = std::time::Instant::now();
         // Before the turns: a turn of this flush that ends an invocation
         // also drops its attempts record.
         let mut res = self.store.record_attempts(&attempts);
@@ -185,7 +192,9 @@ impl Writer {
                 break;
             }
         }
+        self.metrics.flush.record(began.elapsed().as_secs_f64());
         if let Err(e) = &res {
+            self.metrics.failures.increment(1);
             tracing::error!(error = %e, turns = jobs.len(), "commit failed");
             self.failed.extend(jobs.iter().map(|j| j.workflow.clone()));
             self.carried = attempts;
@@ -198,9 +207,9 @@ impl Writer {
 
 impl Committer {
     /// The committer on a thread of its own, as the server runs it.
-    pub fn spawn(store: Arc<dyn Store>, clock: Clock) -> (Committer, JoinHandle<()>) {
+    pub fn spawn(store: Arc<dyn Store>, clock: Clock, metrics: &Metrics) -> (Committer, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel::<Msg>();
-        let mut w = Writer::new(store, clock);
+        let mut w = Writer::new(store, clock, metrics);
         let thread = std::thread::Builder::new()
             .name("stoa-committer".into())
             .spawn(move || {
@@ -244,7 +253,7 @@ impl Committer {
         pace: Pace,
     ) -> (Committer, impl std::future::Future<Output = ()> + Send + 'static) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Msg>();
-        let mut w = Writer::new(store, clock);
+        let mut w = Writer::new(store, clock, &Metrics::off());
         let run = async move {
             while !w.closing {
                 w.begin();

@@ -18,6 +18,9 @@ use stoa_rules::limits::Limits as PackLimits;
 pub struct Config {
     /// Address to listen on; port 0 picks a free one.
     pub listen: SocketAddr,
+    /// Where to serve HTTP: Prometheus metrics on `GET /metrics`; unset:
+    /// no HTTP listener and no metrics. Port 0 picks a free one.
+    pub metrics_listen: Option<SocketAddr>,
     /// Where state is kept: `sled:DIR` (the embedded store; the default,
     /// in `data_dir`) or `postgres://…` (PostgreSQL, shared by the servers
     /// of a cluster).
@@ -206,6 +209,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:7233".parse().expect("address"),
+            metrics_listen: None,
             store: None,
             data_dir: PathBuf::from("stoa-data"),
             postgres: Postgres::default(),
@@ -302,6 +306,9 @@ impl Config {
         self.store_spec()?;
         if self.postgres.pool_size == 0 || self.postgres.partitions == 0 {
             return Err("postgres.pool_size and postgres.partitions are from 1 up".into());
+        }
+        if let Some(m) = self.metrics_listen.filter(|m| *m == self.listen && m.port() != 0) {
+            return Err(format!("metrics_listen {m} is the gRPC listen address; give it a port of its own"));
         }
         if !(400..=600_000).contains(&self.postgres.lease_ms) {
             return Err(format!("postgres.lease_ms: {} is outside 400..=600000", self.postgres.lease_ms));
@@ -402,5 +409,18 @@ tokens = ["bbbbbbbbbb"]
         assert_eq!(e, "tenant `a`: quotas.max_pending is 0; every limit is from 1 up");
         let e = parse(&format!("{tenant}ceilings = {{ max_opps = 3 }}\n")).unwrap_err();
         assert!(e.starts_with("tenant `a`: ceilings: unknown field `max_opps`"), "{e}");
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_of_its_own() {
+        let tenant = "[[tenants]]\nname = \"a\"\ntokens = [\"aaaaaaaaaa\"]\n";
+        let c = parse(&format!("metrics_listen = \"127.0.0.1:9464\"\n{tenant}")).unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let e =
+            parse(&format!("listen = \"127.0.0.1:7233\"\nmetrics_listen = \"127.0.0.1:7233\"\n{tenant}")).unwrap_err();
+        assert_eq!(e, "metrics_listen 127.0.0.1:7233 is the gRPC listen address; give it a port of its own");
+        let e = parse(&format!("metrics_listen = \"localhost\"\n{tenant}")).unwrap_err();
+        assert!(e.contains("invalid socket address"), "{e}");
+        assert_eq!(parse(tenant).unwrap().metrics_listen, None);
     }
 }

@@ -55,6 +55,8 @@ pub enum Event {
         invocation: String,
         attempt: u32,
     },
+    /// A scrape: the dispatcher's gauges (backlog, workers, slots).
+    Gauges(tokio::sync::oneshot::Sender<crate::metrics::Gauges>),
 }
 
 /// A cheap, cloneable handle to the dispatcher task.
@@ -66,6 +68,13 @@ pub struct DispatchHandle {
 }
 
 impl DispatchHandle {
+    /// The dispatcher's gauges; `None` once it has stopped.
+    pub async fn gauges(&self) -> Option<crate::metrics::Gauges> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx.send(Event::Gauges(tx)).ok()?;
+        rx.await.ok()
+    }
+
     /// Queues invocations; `reserved`: they were counted by `reserve`.
     pub fn enqueue(&self, tenant: String, invocations: Vec<Invocation>, reserved: bool) {
         if !reserved {

@@ -34,6 +34,7 @@ use crate::clock::{Clock, Instant};
 use crate::committer::Committer;
 use crate::dispatch_handle::{DispatchHandle, Event, SessionId};
 use crate::error::ApiError;
+use crate::metrics::{name, tenant_label, Attempt, FunctionMetrics, Gauges, Metrics};
 
 /// Where final outcomes go: the runtime, which applies each as a turn of
 /// its workflow. All the dispatcher needs of the runtime, so that it does
@@ -56,12 +57,21 @@ pub struct Options {
     /// On shutdown, how long workers get to answer what they hold.
     pub drain: Duration,
     pub clock: Clock,
+    pub metrics: Metrics,
 }
 
 enum State {
     Queued,
-    Leased { session: SessionId, deadline: Instant, heartbeat_deadline: Option<Instant> },
-    Backoff { until: Instant },
+    /// `since`: when it was leased (start-to-close latency).
+    Leased {
+        session: SessionId,
+        deadline: Instant,
+        heartbeat_deadline: Option<Instant>,
+        since: Instant,
+    },
+    Backoff {
+        until: Instant,
+    },
 }
 
 struct Item {
@@ -78,6 +88,9 @@ struct Item {
     /// The leased attempt's `dispatch` span (disabled when untraced); it
     /// ends with the attempt.
     span: tracing::Span,
+    /// When this attempt became ready to lease (schedule-to-start latency).
+    ready: Instant,
+    metrics: Arc<FunctionMetrics>,
 }
 
 /// Queue order: higher priority, then older (smaller sequence number).
@@ -116,6 +129,8 @@ struct Dispatcher {
     delivering: HashSet<InvocationId>,
     /// Ends the retries of deliveries.
     shutdown: CancellationToken,
+    /// The handles of each tenant's functions, made at first use.
+    function_metrics: HashMap<String, HashMap<String, Arc<FunctionMetrics>>>,
 }
 
 /// Runs the dispatcher until `shutdown`.
@@ -144,6 +159,7 @@ pub async fn run(
         deliveries: JoinSet::new(),
         delivering: HashSet::new(),
         shutdown: shutdown.clone(),
+        function_metrics: HashMap::new(),
     };
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -212,6 +228,7 @@ impl Dispatcher {
                 for id in ids {
                     if let Some(item) = self.items.remove(&id) {
                         if let State::Leased { session, .. } = item.state {
+                            item.metrics.attempt(Attempt::Cancelled);
                             self.release(session, &item);
                             if let Some(s) = self.sessions.get(&session) {
                                 let _ = s.tx.try_send(msg(pb::server_message::Msg::Cancel(pb::Cancel {
@@ -264,8 +281,10 @@ impl Dispatcher {
                         if let Some(item) = self.items.get_mut(&id) {
                             let made = Attempts { made: item.attempt, failures: item.failures, retry_at_ms: 0 };
                             self.committer.record_attempts(id.clone(), made);
+                            item.metrics.attempt(Attempt::LostWorker);
                             item.attempt += 1;
                             item.state = State::Queued;
+                            item.ready = self.opts.clock.now();
                             let (t, f) = (item.tenant.clone(), item.inv.function.clone());
                             self.dec_in_flight(&t, &f);
                             self.queue(&id);
@@ -274,6 +293,9 @@ impl Dispatcher {
                 }
             }
             Event::Result { session, result } => self.result(session, result),
+            Event::Gauges(tx) => {
+                let _ = tx.send(self.gauges());
+            }
             Event::Heartbeat { session, invocation, attempt } => {
                 let id = InvocationId::new(invocation);
                 if let Some(Item {
@@ -306,6 +328,7 @@ impl Dispatcher {
             State::Queued
         };
         let queued = matches!(state, State::Queued);
+        let metrics = self.function_metrics(tenant, &inv.function);
         let item = Item {
             inv,
             tenant: tenant.to_string(),
@@ -314,11 +337,91 @@ impl Dispatcher {
             refusals: 0,
             state,
             span: tracing::Span::none(),
+            ready: self.opts.clock.now(),
+            metrics,
         };
         self.items.insert(id.clone(), item);
         if queued {
             self.queue(&id);
         }
+    }
+
+    /// The handles of a tenant's function, made once (metrics off: one
+    /// set of no-op handles for all).
+    fn function_metrics(&mut self, tenant: &str, function: &str) -> Arc<FunctionMetrics> {
+        if let Some(m) = self.function_metrics.get(tenant).and_then(|f| f.get(function)) {
+            return m.clone();
+        }
+        if !self.opts.metrics.is_on() {
+            let noop = self.function_metrics.entry(String::new()).or_default();
+            return noop.entry(String::new()).or_insert_with(|| Arc::new(Metrics::off().function("", ""))).clone();
+        }
+        let m = Arc::new(self.opts.metrics.function(tenant, function));
+        let by_function = self.function_metrics.entry(tenant.to_string()).or_default();
+        by_function.insert(function.to_string(), m.clone());
+        m
+    }
+
+    /// For a scrape: invocations by tenant, function, priority and state;
+    /// how long the oldest queued one of each function has waited; workers
+    /// and their free slots per function.
+    fn gauges(&self) -> Gauges {
+        let now = self.opts.clock.now();
+        let mut g = Gauges::default();
+        if !self.opts.metrics.is_on() {
+            return g;
+        }
+        // Counted by cheap keys first: items may be many.
+        let mut pending: HashMap<(&str, &str, i64, &'static str), usize> = HashMap::new();
+        let mut oldest: HashMap<(&str, &str), Instant> = HashMap::new();
+        for item in self.items.values() {
+            let state = match item.state {
+                State::Queued => "queued",
+                State::Leased { .. } => "running",
+                State::Backoff { .. } => "backoff",
+            };
+            let f: &str = &item.metrics.function;
+            *pending.entry((&item.tenant, f, item.inv.priority, state)).or_default() += 1;
+            if matches!(item.state, State::Queued) {
+                let o = oldest.entry((&item.tenant, f)).or_insert(item.ready);
+                *o = (*o).min(item.ready);
+            }
+        }
+        let metrics = &self.opts.metrics;
+        for ((tenant, f, priority, state), n) in pending {
+            let labels = vec![
+                tenant_label(tenant),
+                metrics::Label::new("function", f.to_string()),
+                metrics::Label::new("priority", metrics.priority_label(tenant, priority)),
+                metrics::Label::new("state", state),
+            ];
+            g.add(name::INVOCATIONS_PENDING, labels, n as f64);
+        }
+        // Every function with a queue reads 0 when nothing waits.
+        for by_function in self.function_metrics.iter() {
+            for m in by_function.1.values() {
+                let (tenant, f) = (by_function.0.as_str(), &*m.function);
+                let age = oldest.get(&(tenant, f)).map_or(0.0, |t| now.saturating_duration_since(*t).as_secs_f64());
+                let labels = vec![tenant_label(tenant), metrics::Label::new("function", f.to_string())];
+                g.set(name::OLDEST_QUEUED, labels, age);
+            }
+        }
+        // Labels only: a worker may name functions no invocation has.
+        let mut workers: HashMap<(&str, String), (usize, usize)> = HashMap::new();
+        for s in self.sessions.values().filter(|s| !s.draining) {
+            let free = s.max_in_flight.saturating_sub(s.in_flight.len());
+            for f in &s.functions {
+                let w = workers.entry((&s.tenant, metrics.function_label(&s.tenant, f).to_string())).or_default();
+                w.0 += 1;
+                w.1 += free;
+            }
+        }
+        for ((tenant, f), (n, free)) in workers {
+            let labels = || vec![tenant_label(tenant), metrics::Label::new("function", f.clone())];
+            g.set(name::WORKERS, labels(), n as f64);
+            g.set(name::SLOTS_FREE, labels(), free as f64);
+        }
+        g
     }
 
     /// Leases held by workers.
@@ -392,11 +495,17 @@ impl Dispatcher {
         }
         let item = self.items.remove(&id).expect("held");
         self.release(session, &item);
+        let not_started = matches!(&r.outcome,
+            Some(pb::invocation_result::Outcome::Failure(f)) if f.kind() == pb::FailureKind::NotStarted);
+        if let (State::Leased { since, .. }, false) = (&item.state, not_started) {
+            item.metrics.start_to_close.record(self.opts.clock.now().saturating_duration_since(*since).as_secs_f64());
+        }
         match r.outcome {
             Some(pb::invocation_result::Outcome::ValueJson(json)) => {
                 match serde_json::from_str::<serde_json::Value>(&json) {
                     Ok(v) => {
                         let attempts = item.attempt;
+                        item.metrics.attempt(Attempt::Ok);
                         self.finish(item, Outcome::Ok { value: stoa_rules::Value::from_json(&v), attempts })
                     }
                     Err(e) => {
@@ -421,6 +530,7 @@ impl Dispatcher {
         item.span.record("stoa.outcome", "not started");
         item.span = tracing::Span::none();
         item.refusals += 1;
+        item.metrics.attempt(Attempt::NotStarted);
         let delay = self.opts.clock.jitter(Duration::from_millis(10 << item.refusals.min(8)));
         tracing::debug!(tenant = %item.tenant, workflow = %item.inv.workflow, invocation = %item.inv.id, attempt = item.attempt, ?delay, %message, "not started");
         item.state = State::Backoff { until: self.opts.clock.now() + delay };
@@ -434,7 +544,9 @@ impl Dispatcher {
         item.span = tracing::Span::none();
         item.failures += 1;
         item.refusals = 0;
+        let timeout = kind == ErrorKind::Timeout;
         if retryable && item.failures < item.inv.retry.max_attempts.max(1) {
+            item.metrics.attempt(if timeout { Attempt::Timeout } else { Attempt::Retry });
             let delay = self.opts.clock.jitter(item.inv.retry.backoff(item.failures));
             tracing::debug!(
                 tenant = %item.tenant,
@@ -458,6 +570,7 @@ impl Dispatcher {
             self.items.insert(item.inv.id.clone(), item);
         } else {
             let attempts = item.attempt;
+            item.metrics.attempt(if timeout { Attempt::Timeout } else { Attempt::Error });
             self.finish(item, Outcome::Error { kind, message, attempts, retryable });
         }
     }
@@ -467,6 +580,7 @@ impl Dispatcher {
     fn finish(&mut self, item: Item, outcome: Outcome) {
         self.dec_pending(&item.tenant, 1);
         item.span.record("stoa.outcome", if matches!(outcome, Outcome::Ok { .. }) { "ok" } else { "error" });
+        item.metrics.finished(matches!(outcome, Outcome::Ok { .. }));
         let (outcomes, store) = (self.outcomes.clone(), self.store.clone());
         let (stop, clock) = (self.shutdown.clone(), self.opts.clock.clone());
         let id = item.inv.id;
@@ -503,6 +617,7 @@ impl Dispatcher {
         for id in due {
             if let Some(item) = self.items.get_mut(&id) {
                 item.state = State::Queued;
+                item.ready = now;
                 self.queue(&id);
             }
         }
@@ -548,9 +663,11 @@ impl Dispatcher {
                     session: sid,
                     deadline: now + Duration::from_millis(item.inv.timeout_ms.max(1)),
                     heartbeat_deadline: hb,
+                    since: now,
                 };
                 item.span = crate::trace::dispatch_span(&item.inv, &item.tenant, item.attempt);
                 let traceparent = stoa_telemetry::traceparent_of(&item.span).unwrap_or_default();
+                item.metrics.schedule_to_start.record(now.saturating_duration_since(item.ready).as_secs_f64());
                 let (tenant, function) = (item.tenant.clone(), item.inv.function.clone());
                 batch.push(pb::Invocation {
                     id: id.to_string(),

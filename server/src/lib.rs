@@ -19,7 +19,9 @@ mod explain;
 pub mod faults;
 mod followup;
 mod health;
+mod http;
 mod input;
+pub mod metrics;
 mod peer;
 mod placement;
 mod pool;
@@ -29,6 +31,7 @@ mod rollout;
 mod route_locks;
 mod runtime;
 mod schedule;
+mod scrape;
 mod signals;
 #[cfg(test)]
 mod sim;
@@ -92,13 +95,21 @@ fn advertised(config: &Config, bound: SocketAddr) -> Result<String, String> {
     }
 }
 
+/// The addresses the server listens on, as bound (port 0 picks one).
+#[derive(Clone, Copy, Debug)]
+pub struct Listening {
+    pub grpc: SocketAddr,
+    /// HTTP (`/metrics`), with `metrics_listen` set.
+    pub http: Option<SocketAddr>,
+}
+
 /// Runs the server until `shutdown` is cancelled. `on_listen` receives the
-/// bound address (useful with port 0). On shutdown, in-flight turns finish
+/// bound addresses (useful with port 0). On shutdown, in-flight turns finish
 /// committing before this returns.
 pub async fn serve(
     config: Config,
     shutdown: CancellationToken,
-    on_listen: impl FnOnce(SocketAddr),
+    on_listen: impl FnOnce(Listening),
 ) -> Result<(), String> {
     serve_with_faults(config, shutdown, on_listen, Arc::new(faults::Off)).await
 }
@@ -108,7 +119,7 @@ pub async fn serve(
 pub async fn serve_with_faults(
     config: Config,
     shutdown: CancellationToken,
-    on_listen: impl FnOnce(SocketAddr),
+    on_listen: impl FnOnce(Listening),
     faults: Arc<dyn Faults>,
 ) -> Result<(), String> {
     config.validate()?;
@@ -116,6 +127,13 @@ pub async fn serve_with_faults(
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let http_listener = match config.metrics_listen {
+        Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| format!("metrics listen on {a}: {e}"))?),
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose().map_err(|e| e.to_string())?;
+    // Counted only when someone can read them.
+    let metrics = if http_listener.is_some() { metrics::Metrics::on() } else { metrics::Metrics::off() };
     let (store, pg) = open_store(&config)?;
     let member = match pg {
         Some(pg) => {
@@ -129,7 +147,7 @@ pub async fn serve_with_faults(
     let placement = member.as_ref().map_or_else(|| Arc::new(placement::Placement::alone()), |m| m.placement.clone());
     let peers = member.as_ref().map(|m| Arc::new(peer::Peers::new(m.store.secret().to_string())));
     let clock = clock::Clock::system();
-    let (committer, committer_thread) = committer::Committer::spawn(store.clone(), clock.clone());
+    let (committer, committer_thread) = committer::Committer::spawn(store.clone(), clock.clone(), &metrics);
     let threads = config.turn_threads();
     let pool = pool::Pool::start(pool::Options {
         threads,
@@ -141,6 +159,7 @@ pub async fn serve_with_faults(
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::stoa_server::StoaServer<api::StoaService>>().await;
     health_reporter.set_serving::<pb::workers_server::WorkersServer<workers::WorkersService>>().await;
+    let store_for_size = store.clone();
     let parts = Parts {
         store,
         clock,
@@ -151,8 +170,14 @@ pub async fn serve_with_faults(
         placement: placement.clone(),
         peers,
         member: member.clone(),
+        metrics: metrics.clone(),
     };
     let core = Core::start(&config, policies, parts, &shutdown, Some(health_reporter))?;
+    if let Some(l) = http_listener {
+        let scrape = scrape::Scrape::new(metrics.clone(), core.runtime.clone(), core.dispatch.clone(), store_for_size);
+        tokio::spawn(http::serve(l, http::router(Arc::new(scrape)), shutdown.clone()));
+        tokio::spawn(metrics.clone().upkeep(shutdown.clone()));
+    }
 
     let mut tokens = HashMap::new();
     for t in &config.tenants {
@@ -203,7 +228,7 @@ pub async fn serve_with_faults(
         })
         .max_decoding_message_size(max)
     });
-    on_listen(addr);
+    on_listen(Listening { grpc: addr, http: http_addr });
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -241,6 +266,7 @@ pub(crate) struct Parts {
     pub peers: Option<Arc<peer::Peers>>,
     /// This server's membership of a cluster (PostgreSQL), if any.
     pub member: Option<Arc<cluster::Member>>,
+    pub metrics: metrics::Metrics,
 }
 
 /// The server without gRPC: the runtime, the dispatcher, the background,
@@ -280,7 +306,7 @@ impl Core {
         shutdown: &CancellationToken,
         health: Option<tonic_health::server::HealthReporter>,
     ) -> Result<Core, String> {
-        let Parts { store, clock, pool, committer, faults, compile, placement, peers, member } = parts;
+        let Parts { store, clock, pool, committer, faults, compile, placement, peers, member, metrics } = parts;
         let (dispatch, dispatch_rx) = dispatch_handle::channel();
         let (background_tx, background_rx) = tokio::sync::mpsc::unbounded_channel();
         let in_flight = policies.iter().map(|(t, p)| (t.clone(), p.quotas.max_in_flight as usize)).collect();
@@ -298,6 +324,7 @@ impl Core {
                 compile,
                 placement: placement.clone(),
                 peers,
+                metrics: metrics.clone(),
             },
             background_tx,
         )?);
@@ -330,6 +357,7 @@ impl Core {
                 max_batch: config.limits.max_batch.max(1),
                 drain: std::time::Duration::from_millis(config.limits.worker_drain_ms),
                 clock,
+                metrics,
             },
             dispatch.clone(),
             dispatch_rx,

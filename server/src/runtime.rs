@@ -182,6 +182,7 @@ pub struct Options {
     pub placement: Arc<Placement>,
     /// The other servers of the cluster, to forward turns to.
     pub peers: Option<Arc<Peers>>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Compiles a pack's files under ceilings (see `compile_within`).
@@ -840,9 +841,30 @@ impl Runtime {
         let epoch = self.here_at(id, slot, &mut guard)?;
         let was_loaded = matches!(*guard, Held::Loaded(_));
         let made = std::panic::catch_unwind(AssertUnwindSafe(|| work(self, &mut guard, trace)));
+        let metrics = &self.opts.metrics;
         let out = match made {
-            Ok(Ok(Some(out))) => out,
+            Ok(Ok(Some(out))) => {
+                if let Some(error) = &out.error {
+                    metrics.turn_failed(tenant_of(id), crate::metrics::failure_kind(error));
+                } else if let (true, Held::Loaded(wf)) = (metrics.is_on(), &*guard) {
+                    use stoa_engine::timeline::{Event, SectionKind};
+                    let rules = out.entries.iter().filter_map(|e| match &e.event {
+                        Event::Fired { rule, section, .. } => Some((
+                            rule.as_str(),
+                            match section {
+                                SectionKind::Action => 0,
+                                SectionKind::Reaction => 1,
+                                SectionKind::Error => 2,
+                            },
+                        )),
+                        _ => None,
+                    });
+                    metrics.fired(tenant_of(id), &wf.meta().pack, rules);
+                }
+                out
+            }
             Ok(Err(ApiError::Rejected(Rejected::Interrupted))) => {
+                metrics.turn_failed(tenant_of(id), "interrupted");
                 self.unload(id, slot, &mut guard);
                 return Err(ApiError::Unavailable("the server is stopping; retry".into()));
             }
@@ -855,6 +877,7 @@ impl Runtime {
             }
             Err(panic) => {
                 crate::pool::retire_this_thread();
+                metrics.turn_failed(tenant_of(id), "panic");
                 let message = crate::pool::panic_message(&*panic);
                 tracing::error!(tenant = tenant_of(id), workflow = %id, panic = %message, "a turn panicked; the workflow is failed");
                 let reason = format!("internal error in the engine (a turn panicked: {message}); see the server log");
@@ -1379,6 +1402,7 @@ impl Runtime {
         if let Some(meta) = &out.meta {
             log_lifecycle(tenant, out.turn, meta);
         }
+        self.opts.metrics.tenant(tenant).turns_committed.increment(1);
         if !out.cancelled.is_empty() {
             self.dispatch.cancel(out.cancelled.clone());
             for inv in &out.cancelled {
@@ -1497,6 +1521,27 @@ impl Runtime {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
         self.pool.run(tenant, f).await.map_err(internal)
+    }
+
+    /// For a scrape: running workflows (as counted for the quota) and
+    /// workflows in memory, per tenant.
+    pub(crate) fn gauges(&self) -> crate::metrics::Gauges {
+        use crate::metrics::{name, tenant_label};
+        let mut g = crate::metrics::Gauges::default();
+        for t in self.opts.policies.keys() {
+            let live = self.live.get(t).map_or(0, |n| n.load(Ordering::Acquire));
+            g.set(name::WORKFLOWS_LIVE, vec![tenant_label(t)], live as f64);
+        }
+        let mut loaded: HashMap<&str, usize> = self.opts.policies.keys().map(|t| (t.as_str(), 0)).collect();
+        for e in self.workflows.iter() {
+            if let Some(n) = loaded.get_mut(tenant_of(e.key())) {
+                *n += 1;
+            }
+        }
+        for (t, n) in loaded {
+            g.set(name::WORKFLOWS_LOADED, vec![tenant_label(t)], n as f64);
+        }
+        g
     }
 
     /// Runs `f`, store work too long to block an async thread with, off the

@@ -125,7 +125,8 @@ async fn a_repeated_start_is_answered_only_once_the_first_is_durable() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledStore::open(dir.path(), 8).unwrap());
     let (gate, entered, open) = Gate::new(store.clone());
-    let (committer, thread) = Committer::spawn(Arc::new(gate), crate::clock::Clock::system());
+    let (committer, thread) =
+        Committer::spawn(Arc::new(gate), crate::clock::Clock::system(), &crate::metrics::Metrics::off());
     let (dispatch, _queued) = crate::dispatch_handle::channel();
     let (background, _later) = tokio::sync::mpsc::unbounded_channel();
     let rt = Arc::new(new_runtime(store.clone(), committer.clone(), dispatch, background));
@@ -181,7 +182,8 @@ async fn a_repeated_start_is_answered_when_retention_deletes_the_workflow_meanwh
         }
     });
     let gate = Arc::new(gate);
-    let (committer, thread) = Committer::spawn(gate.clone(), crate::clock::Clock::system());
+    let (committer, thread) =
+        Committer::spawn(gate.clone(), crate::clock::Clock::system(), &crate::metrics::Metrics::off());
     let (dispatch, _queued) = crate::dispatch_handle::channel();
     let (background, _later) = tokio::sync::mpsc::unbounded_channel();
     let rt = Arc::new(new_runtime(gate, committer.clone(), dispatch, background));
@@ -220,12 +222,14 @@ fn new_runtime(
         compile: crate::runtime::compiler(),
         placement: Arc::new(crate::placement::Placement::alone()),
         peers: None,
+        metrics: crate::metrics::Metrics::off(),
     };
     Runtime::new(store, committer, pool, dispatch, opts, background).unwrap()
 }
 
 fn runtime(store: Arc<SledStore>) -> (Arc<Runtime>, Committer, std::thread::JoinHandle<()>) {
-    let (committer, thread) = Committer::spawn(store.clone(), crate::clock::Clock::system());
+    let (committer, thread) =
+        Committer::spawn(store.clone(), crate::clock::Clock::system(), &crate::metrics::Metrics::off());
     let (dispatch, _queued) = crate::dispatch_handle::channel();
     let (background, _later) = tokio::sync::mpsc::unbounded_channel();
     let rt = new_runtime(store, committer.clone(), dispatch, background);
@@ -350,7 +354,8 @@ fn attempt_records_of_a_failed_flush_are_written_later() {
     assert!(store.pending(&waiting).unwrap() && !store.pending(&ended).unwrap());
 
     let flaky = Flaky { inner: store.clone(), refusals: 2.into() };
-    let (committer, thread) = Committer::spawn(Arc::new(flaky), crate::clock::Clock::system());
+    let (committer, thread) =
+        Committer::spawn(Arc::new(flaky), crate::clock::Clock::system(), &crate::metrics::Metrics::off());
     let tried = Attempts { made: 1, failures: 1, retry_at_ms: 5 };
     committer.record_attempts(waiting.clone(), tried);
     // Refused; refused again with `ended`; then written a second later.

@@ -17,6 +17,7 @@ use stoa_rules::compile::Pack;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
+use crate::metrics::{TenantMetrics, Upgraded};
 use crate::retry::until_stored;
 use crate::rollout::{in_fraction, Canary, Plans, Rollout};
 use crate::runtime::Runtime;
@@ -170,6 +171,7 @@ impl Runtime {
     }
 
     async fn run_job(self: Arc<Self>, mut job: UpgradeJob) {
+        let _running = Running::new(self.opts.metrics.tenant(&job.tenant));
         // Jobs have no owner that stops them; they end with the process.
         let forever = CancellationToken::new();
         let mut backoff = crate::retry::Backoff::new(&self.clock);
@@ -190,6 +192,7 @@ impl Runtime {
 
     async fn drive_job(self: &Arc<Self>, job: &mut UpgradeJob, stop: &CancellationToken) -> Result<(), ApiError> {
         let plans = Plans::default();
+        let metrics = self.opts.metrics.tenant(&job.tenant);
         loop {
             // A newer rollout of the same pack replaced this job.
             if self.upgrade_job(&job.tenant, &job.pack)?.is_some_and(|j| j.started_ms != job.started_ms) {
@@ -210,7 +213,7 @@ impl Runtime {
                 };
                 let Some(target) = target else { continue };
                 if set.len() >= CONCURRENCY {
-                    tally(job, set.join_next().await);
+                    tally(job, set.join_next().await, &metrics);
                 }
                 let (rt, stop, plans) = (self.clone(), stop.clone(), plans.clone());
                 set.spawn(async move {
@@ -220,7 +223,7 @@ impl Runtime {
                 });
             }
             while let Some(r) = set.join_next().await {
-                tally(job, Some(r));
+                tally(job, Some(r), &metrics);
             }
             self.save_job(job)?;
         }
@@ -267,15 +270,38 @@ impl Runtime {
     }
 }
 
-type Upgraded = Result<Option<stoa_engine::TurnOutput>, ApiError>;
+type Turned = Result<Option<stoa_engine::TurnOutput>, ApiError>;
 
-fn tally(job: &mut UpgradeJob, r: Option<Result<Upgraded, tokio::task::JoinError>>) {
+fn tally(job: &mut UpgradeJob, r: Option<Result<Turned, tokio::task::JoinError>>, metrics: &TenantMetrics) {
     match r {
         Some(Ok(Ok(Some(out)))) if out.error.is_none() => {
             job.upgraded += 1;
             job.firings += out.firings;
+            metrics.upgrade(Upgraded::Upgraded);
         }
-        Some(Ok(Ok(None))) => job.skipped += 1,
-        _ => job.failed += 1,
+        Some(Ok(Ok(None))) => {
+            job.skipped += 1;
+            metrics.upgrade(Upgraded::Skipped);
+        }
+        _ => {
+            job.failed += 1;
+            metrics.upgrade(Upgraded::Failed);
+        }
+    }
+}
+
+/// Counts a job as running for as long as it lives, however it ends.
+struct Running(Arc<TenantMetrics>);
+
+impl Running {
+    fn new(metrics: Arc<TenantMetrics>) -> Running {
+        metrics.upgrade_jobs.increment(1);
+        Running(metrics)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.upgrade_jobs.decrement(1);
     }
 }

@@ -12,6 +12,7 @@ mod examples;
 mod explain;
 mod fuzz;
 mod hostile;
+mod metrics;
 #[cfg(target_os = "linux")]
 mod postgres;
 mod protocol;

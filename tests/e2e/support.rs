@@ -39,6 +39,8 @@ impl Rng {
 pub struct Server {
     pub child: std::process::Child,
     pub addr: String,
+    /// `host:port` of the HTTP listener, when `--metrics-listen` was given.
+    pub metrics: Option<String>,
 }
 
 pub const TOKEN_A: &str = "token-tenant-a";
@@ -85,14 +87,20 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            // The metrics address comes first, if at all.
+            let mut metrics = None;
             for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("metrics listening on ") {
+                    metrics = Some(a.to_string());
+                }
                 if let Some(a) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(a.to_string());
+                    let _ = tx.send((a.to_string(), metrics.take()));
                 }
             }
         });
-        let addr = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the server did not start within 30 s");
-        Server { child, addr: format!("http://{addr}") }
+        let (addr, metrics) =
+            rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the server did not start within 30 s");
+        Server { child, addr: format!("http://{addr}"), metrics }
     }
 
     /// SIGKILL, then wait.

@@ -221,6 +221,11 @@ pub trait Store: Send + Sync {
         }
         Ok(())
     }
+
+    /// How many bytes the store takes, if it can tell (for a metric).
+    fn size_bytes(&self) -> Result<Option<u64>, Error> {
+        Ok(None)
+    }
 }
 
 /// The aux kind under which a commit keeps emitted signals until routed.

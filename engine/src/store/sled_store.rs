@@ -433,6 +433,11 @@ impl Store for SledStore {
         self.shared.health()
     }
 
+    /// An error reading the size is no failure of the store: `None`.
+    fn size_bytes(&self) -> Result<Option<u64>, Error> {
+        self.with(|h| Ok(h.db.size_on_disk().ok()))
+    }
+
     fn on_health(&self, f: HealthWatcher) {
         let mut watchers = self.shared.watchers.lock().unwrap_or_else(PoisonError::into_inner);
         f(self.shared.health());
@@ -748,6 +753,15 @@ mod tests {
         let out = live.apply(Input::Timers { ids: vec![3] }, 200).unwrap();
         commit(&store, &live, &out);
         assert_eq!((records(&store), store.timers(&Parts::All).unwrap().len()), (0, 0));
+    }
+
+    #[test]
+    fn its_size_is_what_is_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8).unwrap();
+        store.put_aux("k", "x", &serde_json::json!("y".repeat(100_000))).unwrap();
+        let size = store.size_bytes().unwrap().expect("sled knows its size");
+        assert!(size >= 100_000, "{size}");
     }
 
     #[test]

@@ -373,6 +373,8 @@ impl Scheduler {
                         Ok((id, created)) => {
                             faults.tick_started(&tenant, &name, created);
                             let started_ms = rt.clock.now_ms();
+                            let late_ms = (started_ms as i64).saturating_sub(due).max(0);
+                            rt.opts.metrics.tenant(&tenant).tick_lateness.record(late_ms as f64 / 1000.0);
                             runs.push(Run { due_ms: due, started_ms, workflow_id: id.to_string(), created, kind });
                         }
                         Err(e @ (ApiError::ResourceExhausted(_) | ApiError::Unavailable(_) | ApiError::Internal(_))) => {

@@ -349,6 +349,7 @@ async fn life(
         placement: Arc::new(crate::placement::Placement::alone()),
         peers: None,
         member: None,
+        metrics: crate::metrics::Metrics::off(),
     };
     let shutdown = CancellationToken::new();
     armed.store(!first, Ordering::Relaxed);
