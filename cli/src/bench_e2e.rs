@@ -70,6 +70,18 @@ pub struct Args {
     /// Print one JSON object per case.
     #[arg(long)]
     json: bool,
+    /// Observability of each store's runs, one run per value in this order:
+    /// `off`, or `on`: the server serves metrics (`--metrics-listen`,
+    /// scraped every second) and the server and workers export every span
+    /// to an OTLP collector in this process (it counts them). Compare
+    /// `--observe off,on,off,on` side by side in one run.
+    #[arg(long, value_delimiter = ',', default_value = "off")]
+    observe: Vec<String>,
+    /// With `--observe on`: the share of new traces sampled (the servers'
+    /// and workers' `OTEL_TRACES_SAMPLER=parentbased_traceidratio`); 1
+    /// exports every span.
+    #[arg(long, default_value_t = 1.0)]
+    trace_ratio: f64,
 }
 
 pub(crate) const TOKEN: &str = "bench-token-0001";
@@ -195,6 +207,23 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             "--stores: unknown store `{s}` (sled, postgres, postgres3)"
         );
     }
+    for o in &args.observe {
+        anyhow::ensure!(["off", "on"].contains(&o.as_str()), "--observe: `{o}` is neither off nor on");
+    }
+    anyhow::ensure!((0.0..=1.0).contains(&args.trace_ratio), "--trace-ratio: a share from 0 to 1");
+    let collector_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let (collector, otlp) = crate::bench_collector::Collector::start(&collector_rt)?;
+    let ratio = args.trace_ratio.to_string();
+    let otel_env = |on: bool| -> Vec<(&str, &str)> {
+        match on {
+            true => vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", ratio.as_str()),
+            ],
+            false => vec![],
+        }
+    };
     let postgres = match args.stores.iter().any(|s| s.starts_with("postgres")) {
         true => Some(
             stoa_pgstore::throwaway::TempPostgres::start(stoa_pgstore::throwaway::Durability::Real)
@@ -203,7 +232,10 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         false => None,
     };
     let mut figures = Vec::new();
-    for (k, store) in args.stores.iter().enumerate() {
+    let runs: Vec<(&String, &String)> =
+        args.stores.iter().flat_map(|s| args.observe.iter().map(move |o| (s, o))).collect();
+    for (k, (store, observe)) in runs.into_iter().enumerate() {
+        let on = observe == "on";
         let dir = std::env::temp_dir().join(format!("stoa-bench-e2e-{}-{k}", std::process::id()));
         let db = format!("bench{k}");
         let place = match &postgres {
@@ -214,7 +246,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             _ => Place::Sled(dir.clone()),
         };
         let lease = format!("--lease-ms={}", args.lease_ms);
-        let spawn = || -> anyhow::Result<(Kill, String)> {
+        let spawn = || -> anyhow::Result<(Kill, String, Option<String>)> {
             let mut serve = serve_command(args.server_bin.as_deref())?;
             serve.args(["--token", &format!("bench={TOKEN}")]);
             match &place {
@@ -227,20 +259,28 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 }
             }
             serve.args(args.cache_mb.map(|c| format!("--cache-mb={c}")));
-            start_serving(serve)
+            if on {
+                serve.arg("--metrics-listen=127.0.0.1:0").envs(otel_env(true));
+            }
+            start_serving_observed(serve)
         };
-        let (server, addr) = spawn()?;
+        let (server, addr, metrics) = spawn()?;
+        let scraper = metrics.map(Scraper::start);
+        let spans_before = collector.spans();
         // The others of a three-server cluster; clients know the first.
         let mut others = Vec::new();
         if store == "postgres3" {
-            others.push(spawn()?);
-            others.push(spawn()?);
+            for _ in 0..2 {
+                let (kill, addr, _) = spawn()?;
+                others.push((kill, addr));
+            }
         }
         let _workers: Vec<Kill> = (0..args.worker_processes)
             .map(|_| {
                 Command::new(&worker)
                     .args(["--server", &addr, "--token", TOKEN, "--functions", "bench.noop", "--work-scale", "0"])
                     .args(["--concurrency", &args.concurrency.to_string()])
+                    .envs(otel_env(on))
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
@@ -260,11 +300,26 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         if let (Some(pg), Some((victim, victim_addr))) = (&postgres, others.pop()) {
             got.push(rt.block_on(failover(pg, &db, &addr, victim, &victim_addr, args.lease_ms))?);
         }
+        let scrapes = scraper.map(Scraper::stop);
+        // Exports are batched: give the last batches a moment to arrive.
+        std::thread::sleep(Duration::from_millis(if on { 1500 } else { 0 }));
+        let spans = collector.spans() - spans_before;
         for mut f in got {
+            let mut prefix = Vec::new();
             if args.stores.len() > 1 {
-                let case = format!("{store}: {}", f["case"].as_str().unwrap_or_default());
-                f["case"] = case.into();
+                prefix.push(store.as_str());
                 f["store"] = store.as_str().into();
+            }
+            if args.observe.len() > 1 || on {
+                prefix.push(if on { "observed" } else { "unobserved" });
+                f["observe"] = observe.as_str().into();
+            }
+            if !prefix.is_empty() {
+                let case = format!("{}: {}", prefix.join(" "), f["case"].as_str().unwrap_or_default());
+                f["case"] = case.into();
+            }
+            if let Some((n, ok)) = scrapes {
+                (f["scrapes"], f["scrapes_ok"], f["spans_exported"]) = (n.into(), ok.into(), spans.into());
             }
             figures.push(f);
         }
@@ -331,16 +386,64 @@ pub(crate) fn serve_command(bin: Option<&Path>) -> anyhow::Result<Command> {
 }
 
 /// Starts `serve` and waits for its address (`listening on ADDR`).
-pub(crate) fn start_serving(mut serve: Command) -> anyhow::Result<(Kill, String)> {
+pub(crate) fn start_serving(serve: Command) -> anyhow::Result<(Kill, String)> {
+    start_serving_observed(serve).map(|(k, a, _)| (k, a))
+}
+
+/// `start_serving`, with the metrics address if it serves metrics.
+fn start_serving_observed(mut serve: Command) -> anyhow::Result<(Kill, String, Option<String>)> {
     let mut server = serve.spawn().context("starting stoa serve")?;
     let out = server.stdout.take().context("server stdout")?;
     let server = Kill(server);
+    let mut metrics = None;
     for line in std::io::BufReader::new(out).lines() {
-        if let Some(a) = line?.strip_prefix("listening on ") {
-            return Ok((server, format!("http://{a}")));
+        let line = line?;
+        if let Some(a) = line.strip_prefix("metrics listening on ") {
+            metrics = Some(a.to_string());
+        } else if let Some(a) = line.strip_prefix("listening on ") {
+            return Ok((server, format!("http://{a}"), metrics));
         }
     }
     anyhow::bail!("the server did not start")
+}
+
+/// Scrapes `/metrics` every second, as Prometheus would (more often than
+/// its usual 15 s), for as long as the cases run.
+struct Scraper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, u64)>,
+}
+
+impl Scraper {
+    fn start(addr: String) -> Scraper {
+        use std::io::{Read, Write};
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut n, mut ok) = (0, 0);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let got = std::net::TcpStream::connect(&addr).and_then(|mut c| {
+                    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+                    let mut body = String::new();
+                    c.read_to_string(&mut body)?;
+                    Ok(body)
+                });
+                if got.is_ok_and(|b| b.starts_with("HTTP/1.1 200") && b.contains("stoa_turns_committed_total")) {
+                    ok += 1;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            (n, ok)
+        });
+        Scraper { stop, thread }
+    }
+
+    /// Scrapes made, and those that answered with metrics.
+    fn stop(self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or((0, 0))
+    }
 }
 
 pub(crate) fn now_ms() -> u64 {

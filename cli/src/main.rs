@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_always_on;
+mod bench_collector;
 mod bench_e2e;
 mod bench_explain;
 mod bench_safety;

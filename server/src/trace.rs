@@ -14,7 +14,7 @@
 //! With no exporter every span here is disabled at its call site: no
 //! allocation, and the per-firing events are not even looked at.
 
-use opentelemetry::trace::Status;
+use opentelemetry::trace::{Status, TraceContextExt};
 use opentelemetry::KeyValue;
 use stoa_engine::timeline::Event;
 use stoa_engine::workflow::{Input, Invocation, TurnOutput, Workflow};
@@ -105,7 +105,7 @@ impl TurnSpan {
     /// After the turn: its number, input, firings (the first
     /// `MAX_FIRING_EVENTS` as events: rule, section, facts matched), error.
     pub fn record(&self, out: &TurnOutput) {
-        if self.span.is_disabled() {
+        if !self.sampled() {
             return;
         }
         self.span.record("stoa.turn", out.turn);
@@ -139,14 +139,24 @@ impl TurnSpan {
 
     /// The wait until the turn is durable (its share of a group commit).
     pub fn commit(&self) -> Span {
-        info_span!(parent: &self.span, "commit")
+        match self.sampled() {
+            true => info_span!(parent: &self.span, "commit"),
+            false => Span::none(),
+        }
+    }
+
+    /// Whether the span is exported: a trace the sampler left out (the
+    /// caller's choice, or the ratio's) gets no events and no child spans,
+    /// which are most of the cost of tracing a turn.
+    fn sampled(&self) -> bool {
+        !self.span.is_disabled() && self.span.context().span().span_context().is_sampled()
     }
 }
 
 /// The span of one attempt at a worker, a child of the turn that made the
 /// invocation; none for an invocation made untraced.
 pub(crate) fn dispatch_span(inv: &Invocation, tenant: &str, attempt: u32) -> Span {
-    let Some(tp) = inv.traceparent.as_deref() else { return Span::none() };
+    let Some(tp) = inv.traceparent.as_deref().filter(|tp| sampled(tp)) else { return Span::none() };
     let span = info_span!(
         parent: None,
         "dispatch",
@@ -165,8 +175,14 @@ pub(crate) fn dispatch_span(inv: &Invocation, tenant: &str, attempt: u32) -> Spa
 /// The span under which a child workflow starts: the child's trace is its
 /// parent invocation's.
 pub(crate) fn child_span(inv: &Invocation) -> Span {
-    let Some(tp) = inv.traceparent.as_deref() else { return Span::none() };
+    let Some(tp) = inv.traceparent.as_deref().filter(|tp| sampled(tp)) else { return Span::none() };
     let span = info_span!(parent: None, "start child", stoa.invocation = %inv.id, stoa.function = %inv.function);
     set_parent(&span, Some(tp), None);
     span
+}
+
+/// Whether a stored context was sampled: an invocation made in a trace the
+/// sampler left out is dispatched without a span.
+fn sampled(traceparent: &str) -> bool {
+    stoa_telemetry::traceparent::TraceParent::parse(traceparent).is_some_and(|tp| tp.sampled())
 }
