@@ -16,6 +16,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use stoa_rules::budget;
 use stoa_rules::compile::{Pack, Rule, Section};
+use stoa_rules::diagnostic::shown;
 use stoa_rules::expr::{Env, Expr as NativeExpr};
 use stoa_rules::manifest::RetryPolicy;
 use stoa_rules::native::{NativeAction, Step};
@@ -187,6 +188,11 @@ pub enum Binding {
 
 /// Whether setting field `k` to `v` changes `fields` (null removes a field,
 /// even one that holds null).
+/// Why strict mode refuses a fact of a type without a schema.
+fn undeclared(ty: &str) -> String {
+    format!("{} has no schema in pack.toml, and the pack is strict (`[facts] strict = true`)", shown(ty))
+}
+
 fn changes_field(fields: &Fields, k: Sym, v: &Value) -> bool {
     match fields.get(k) {
         Some(prev) => prev != v || matches!(prev, Value::Null),
@@ -565,8 +571,16 @@ impl Workflow {
             if let Some((k, _)) = f.fields.iter().find(|(k, _)| k.with_name(|n| n.starts_with('_'))) {
                 return Err(Rejected::InvalidFact(i, format!("field `{k}` starts with `_`, which is reserved")));
             }
-            if let Some(schema) = self.pack.manifest.facts.get(&f.ty) {
-                schema.check(&f.ty, &f.fields).map_err(|e| Rejected::InvalidFact(i, e))?;
+            match self.pack.manifest.facts.get(&f.ty) {
+                Some(schema) => {
+                    if let Some(e) = schema.violations_new(&f.ty, &f.fields).into_iter().next() {
+                        return Err(Rejected::InvalidFact(i, e));
+                    }
+                }
+                None if self.strict_refuses(&f.ty) => {
+                    return Err(Rejected::InvalidFact(i, undeclared(&f.ty)));
+                }
+                None => {}
             }
         }
         Ok(())
@@ -1108,7 +1122,10 @@ impl Workflow {
                         Due::After(ms) => self.turn.now.saturating_add(ms),
                         Due::At(ms) => ms,
                     };
-                    self.check_schema(ty, &fields)?;
+                    // Checked as the fact it becomes (defaults filled when it fires).
+                    let mut new = fields.clone();
+                    self.with_defaults(ty, &mut new);
+                    self.check_schema(ty, &new)?;
                     self.record(Event::TimerSet { id, due_ms, ty, rule: rule.name.clone() });
                     let t = Timer { workflow: self.meta.id.clone(), id, due_ms, ty, fields, rule: rule.name.clone() };
                     self.turn.undo_timers.entry(id).or_insert(None);
@@ -1208,10 +1225,24 @@ impl Workflow {
         if self.pack.manifest.facts.is_empty() {
             return Ok(());
         }
-        if let Some(schema) = self.pack.manifest.facts.get(&*ty.name()) {
-            schema.check(&ty.name(), fields).map_err(TurnError)?;
+        match self.pack.manifest.facts.get(&*ty.name()) {
+            Some(schema) => schema.check(&ty.name(), fields).map_err(TurnError),
+            None if self.strict_refuses(&ty.name()) => Err(TurnError(undeclared(&ty.name()))),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Whether strict mode (`[facts] strict = true`) refuses a fact of a
+    /// type without a schema.
+    fn strict_refuses(&self, ty: &str) -> bool {
+        self.pack.manifest.strict_facts && !stoa_rules::manifest::BUILTIN_TYPES.contains(&ty)
+    }
+
+    /// A new fact of a declared type, its defaults filled in.
+    fn with_defaults(&self, ty: Sym, fields: &mut Fields) {
+        if let Some(schema) = self.pack.manifest.facts.get(&*ty.name()) {
+            schema.fill_defaults(fields);
+        }
     }
 
     fn next_tag(&mut self) -> u64 {
@@ -1219,7 +1250,8 @@ impl Workflow {
         self.meta.next_tag
     }
 
-    fn insert_new(&mut self, ty: Sym, fields: Fields) -> Result<FactId, TurnError> {
+    fn insert_new(&mut self, ty: Sym, mut fields: Fields) -> Result<FactId, TurnError> {
+        self.with_defaults(ty, &mut fields);
         self.check_schema(ty, &fields)?;
         let id = self.meta.next_fact_id;
         self.meta.next_fact_id += 1;
@@ -2497,7 +2529,8 @@ mod schema_tests {
     #[test]
     fn a_rule_that_breaks_a_schema_fails_its_turn_and_changes_nothing() {
         let p = pack(
-            r#"rule "bad" { match { c: C() } action { modify(c, #{ n: "two" }); insert("C", #{ n: 3 }); } }"#,
+            // Not a literal: `stoa check` would refuse a literal string (E0014).
+            r#"rule "bad" { match { c: C() } action { modify(c, #{ n: "tw" + "o" }); insert("C", #{ n: 3 }); } }"#,
             "[facts.C]\nn = \"int\"\n",
         );
         let mut wf = Workflow::new(WorkflowId::new("schema"), p, 0);
@@ -2513,6 +2546,55 @@ mod schema_tests {
             "fact 0: C.n must be int, found float 1.5"
         );
         assert_eq!(wf.meta().turn, 0);
+    }
+
+    #[test]
+    fn defaults_fill_new_facts_from_requests_rules_and_timers() {
+        let p = pack(
+            r#"rule "copy" { match { c: C(n == 1) } action { insert("C", #{ n: 2 }); after("1m", "C", #{ n: 3 }); } }"#,
+            "[facts.C]\nn = \"int\"\nstate = { type = \"string\", default = \"new\" }\n",
+        );
+        let mut wf = Workflow::new(WorkflowId::new("defaults"), p, 0);
+        let start = vec![FactSpec { ty: "C".into(), fields: Fields::from_json(&serde_json::json!({"n": 1})).unwrap() }];
+        let out = wf.apply(Input::Start { facts: start }, 1).unwrap();
+        assert_eq!(out.error, None);
+        let due = wf.timers().map(|t| t.due_ms).min().unwrap();
+        let ids = wf.timers().map(|t| t.id).collect();
+        wf.apply(Input::Timers { ids }, due).unwrap();
+        let mut facts: Vec<String> = wf.facts().iter().map(|f| f.fields.to_json().to_string()).collect();
+        facts.sort();
+        assert_eq!(
+            facts,
+            [r#"{"n":1,"state":"new"}"#, r#"{"n":2,"state":"new"}"#, r#"{"n":3,"state":"new"}"#],
+            "every new C got the default"
+        );
+    }
+
+    #[test]
+    fn strict_packs_refuse_facts_without_a_schema() {
+        let p = pack(
+            r#"rule "r" { match { s: Signal() } action { insert(s.payload.ty, #{}); } }"#,
+            "[facts]\nstrict = true\n[facts.C]\nn = \"int?\"\n",
+        );
+        let mut wf = Workflow::new(WorkflowId::new("strict"), p, 0);
+        let job = vec![FactSpec { ty: "Job".into(), fields: Fields::new() }];
+        assert_eq!(
+            wf.apply(Input::Start { facts: job }, 1).unwrap_err().to_string(),
+            "fact 0: Job has no schema in pack.toml, and the pack is strict (`[facts] strict = true`)"
+        );
+        let c = vec![FactSpec { ty: "C".into(), fields: Fields::new() }];
+        wf.apply(Input::Start { facts: c }, 1).unwrap();
+        let signal = |ty: &str| {
+            vec![FactSpec {
+                ty: "Signal".into(),
+                fields: Fields::from_json(&serde_json::json!({"name": "s", "payload": {"ty": ty}})).unwrap(),
+            }]
+        };
+        let out = wf.apply(Input::Assert { facts: signal("Job") }, 2).unwrap();
+        assert_eq!(
+            out.error.as_deref(),
+            Some("rule \"r\": Job has no schema in pack.toml, and the pack is strict (`[facts] strict = true`)")
+        );
     }
 }
 
