@@ -1288,7 +1288,10 @@ impl Workflow {
         if after.is_empty() {
             return Ok(()); // nothing changed: no new version, nothing re-activates
         }
-        self.check_schema(old.ty, &fields)?;
+        match self.pack.manifest.facts.get(&*old.ty.name()) {
+            Some(schema) => schema.check_modified(&old.ty.name(), &fields, &old.fields).map_err(TurnError)?,
+            None => self.check_schema(old.ty, &fields)?,
+        }
         self.touch_fact(id);
         let version = old.version + 1;
         self.fact_bytes = (self.fact_bytes + fields.heap_bytes()).saturating_sub(old.fields.heap_bytes());
@@ -2871,6 +2874,35 @@ rule "av1" {
         // Upgrading again to v2 does not redo av1: its work is in the facts.
         let out = done.upgrade(v2, 12).unwrap();
         assert_eq!(out.firings, 0, "{}", lines(&out));
+    }
+
+    /// Issue 13: a canary that adds an optional field, then a rollback. The
+    /// facts keep the field the old version does not know, and its rules
+    /// go on modifying them (the next turn used to fail the workflow with
+    /// "Order.reminded is not a field of the schema of Order").
+    #[test]
+    fn a_rollback_of_a_field_addition_keeps_the_field_and_the_workflow_running() {
+        const SHIP: &str = r#"rule "ship" { match { o: Order(status == "new") s: Ship() } action { modify(o, #{ status: "shipped" }); retract(s); } }"#;
+        let v1 = pack_version(SHIP, "[facts.Order]\nid = \"string\"\nstatus = \"string\"\n", "1");
+        let v2 = pack_version(
+            &format!(
+                r#"{SHIP} rule "remind" {{ match {{ o: Order(status == "new", reminded == ()) }} action {{ modify(o, #{{ reminded: true }}); }} }}"#
+            ),
+            "[facts.Order]\nid = \"string\"\nstatus = \"string\"\nreminded = \"bool?\"\n",
+            "2",
+        );
+        let mut wf = Workflow::new(WorkflowId::new("canary"), v1.clone(), 0);
+        let order = facts(serde_json::json!([{"type": "Order", "fields": {"id": "o1", "status": "new"}}]));
+        wf.apply(Input::Start { facts: order }, 1).unwrap();
+        let out = wf.upgrade(v2, 2).unwrap();
+        assert_eq!((out.firings, out.error.clone()), (1, None), "{}", lines(&out));
+        let out = wf.upgrade(v1, 3).unwrap();
+        assert_eq!(out.error, None, "{}", lines(&out));
+        let out = wf.apply(Input::Assert { facts: facts(serde_json::json!([{"type": "Ship"}])) }, 4).unwrap();
+        assert_eq!(out.error, None, "{}", lines(&out));
+        assert_eq!(wf.meta().status, Status::Running);
+        let order = wf.facts().into_iter().find(|f| &*f.ty.name() == "Order").unwrap();
+        assert_eq!(order.fields.to_json(), serde_json::json!({"id": "o1", "status": "shipped", "reminded": true}));
     }
 
     #[test]

@@ -12,7 +12,9 @@ use crate::limits::Explicit;
 pub use crate::limits::Limits;
 use crate::value::{Fields, Sym, Value};
 
+mod compat;
 mod schedule;
+pub use compat::{schema_changes, SchemaChange};
 use schedule::{schedules, RawSchedule};
 pub use schedule::{valid_schedule_name, CatchUp, ScheduleSpec};
 
@@ -216,8 +218,24 @@ impl Schema {
         }
     }
 
+    /// `check` of a fact a `modify` changed (`before` is the fact as it
+    /// was): a field the schema does not know that the fact already held,
+    /// unchanged, is kept. It was set under another version of the pack
+    /// (a version that added it, then rolled back): a compatible addition
+    /// must not fail the workflows that used it.
+    pub fn check_modified(&self, ty: &str, fields: &Fields, before: &Fields) -> Result<(), String> {
+        match self.violations_carrying(ty, fields, Some(before)).into_iter().next() {
+            Some(v) => Err(v),
+            None => Ok(()),
+        }
+    }
+
     /// Every way a fact violates the schema, each naming its field.
     pub fn violations(&self, ty: &str, fields: &Fields) -> Vec<String> {
+        self.violations_carrying(ty, fields, None)
+    }
+
+    fn violations_carrying(&self, ty: &str, fields: &Fields, before: Option<&Fields>) -> Vec<String> {
         let mut out = Vec::new();
         for (name, spec) in &self.fields {
             match fields.get(Sym::new(name)) {
@@ -229,8 +247,9 @@ impl Schema {
                 Some(_) => {}
             }
         }
-        for (k, _) in fields.iter() {
-            if !self.fields.contains_key(&*k.name()) {
+        for (k, v) in fields.iter() {
+            let carried = before.is_some_and(|b| b.get(k) == Some(v));
+            if !carried && !self.fields.contains_key(&*k.name()) {
                 out.push(format!("{ty}.{k} is not a field of the schema of {ty}"));
             }
         }
@@ -849,6 +868,20 @@ at = { type = "int", default = 2026-01-01 }
         assert!(m.strict_facts);
         let s = &m.facts["O"].fields["s"];
         assert_eq!((s.ty, s.optional, s.default.clone()), (FieldType::String, true, Some(Value::str("new"))));
+    }
+
+    #[test]
+    fn a_modified_fact_keeps_fields_it_had_that_the_schema_does_not_know() {
+        let mut s = Schema::default();
+        s.fields.insert("n".into(), FieldSpec { ty: FieldType::Int, optional: false, default: None });
+        let f = |j: serde_json::Value| Fields::from_json(&j).unwrap();
+        let before = f(serde_json::json!({"n": 1, "extra": true}));
+        assert_eq!(s.check_modified("C", &f(serde_json::json!({"n": 2, "extra": true})), &before), Ok(()));
+        // Writing the unknown field, or a new one, is refused as ever.
+        for after in [serde_json::json!({"n": 2, "extra": false}), serde_json::json!({"n": 2, "other": 1})] {
+            assert!(s.check_modified("C", &f(after), &before).unwrap_err().contains("is not a field of the schema"));
+        }
+        assert!(s.check("C", &before).is_err(), "a new fact gets no such leeway");
     }
 
     #[test]
