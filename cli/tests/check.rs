@@ -611,6 +611,46 @@ fn e0007_test_file() {
     );
 }
 
+/// E0013, E0014, E0015: the rules read against the schemas (issue 13's
+/// misspellings).
+#[test]
+fn rules_are_read_against_the_schemas() {
+    check(
+        "tests/data/broken/schema_names",
+        expect![[r#"
+        exit: 1
+        --- stdout
+        tests/data/broken/schema_names: 4 error(s), 1 warning(s)
+        --- stderr
+        tests/data/broken/schema_names/orders.rules:3:22: error[E0013]: `stauts` is not a field of Order: reading it always gives (); did you mean `status`?
+          |
+        3 |     match { o: Order(stauts == "new", amount > "0") }
+          |                      ^
+
+        tests/data/broken/schema_names/orders.rules:3:48: error[E0014]: Order.amount holds number values; comparing it with string "0" is always false
+          |
+        3 |     match { o: Order(stauts == "new", amount > "0") }
+          |                                                ^
+
+        tests/data/broken/schema_names/orders.rules:6:55: error[E0013]: `reservaton` is not a field of Order: reading it always gives (); did you mean `reservation`?
+          |
+        6 |         call("stock.reserve", #{ order: o.id, hold: o.reservaton });
+          |                                                       ^
+
+        tests/data/broken/schema_names/orders.rules:8:29: error[E0013]: modify: `trackng` is not a field of Order; did you mean `tracking`?
+          |
+        8 |     reaction { modify(o, #{ trackng: result.tracking }); }
+          |                             ^
+
+        tests/data/broken/schema_names/orders.rules:12:16: warning[E0015]: no schema declares `Ordr`, and no rule, test or schedule gives a fact of that type; did you mean `Order`?
+           |
+        12 |     match { o: Ordr(status == "reserved") }
+           |                ^
+
+    "#]],
+    );
+}
+
 /// E0008: test facts that violate their schema.
 #[test]
 fn e0008_schema() {

@@ -16,6 +16,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use stoa_rules::budget;
 use stoa_rules::compile::{Condition, Pack, Rule, Section};
+use stoa_rules::diagnostic::shown;
 use stoa_rules::expr::{Env, Expr as NativeExpr};
 use stoa_rules::manifest::RetryPolicy;
 use stoa_rules::native::{NativeAction, Step};
@@ -102,7 +103,8 @@ pub struct Cancelling {
     pub deadline_timer: u64,
 }
 
-/// The fact a cancellation asserts, for cleanup rules to match.
+/// The fact a cancellation asserts, for cleanup rules to match (one of
+/// `stoa_rules::manifest::BUILTIN_TYPES`).
 pub const CANCELLED_TYPE: &str = "Cancelled";
 /// How long cleanup may take when the canceller does not say.
 pub const DEFAULT_CANCEL_GRACE_MS: u64 = 5 * 60_000;
@@ -220,6 +222,11 @@ pub enum Binding {
 
 /// Whether setting field `k` to `v` changes `fields` (null removes a field,
 /// even one that holds null).
+/// Why strict mode refuses a fact of a type without a schema.
+fn undeclared(ty: &str) -> String {
+    format!("{} has no schema in pack.toml, and the pack is strict (`[facts] strict = true`)", shown(ty))
+}
+
 fn changes_field(fields: &Fields, k: Sym, v: &Value) -> bool {
     match fields.get(k) {
         Some(prev) => prev != v || matches!(prev, Value::Null),
@@ -635,8 +642,16 @@ impl Workflow {
             if let Some((k, _)) = f.fields.iter().find(|(k, _)| k.with_name(|n| n.starts_with('_'))) {
                 return Err(Rejected::InvalidFact(i, format!("field `{k}` starts with `_`, which is reserved")));
             }
-            if let Some(schema) = self.pack.manifest.facts.get(&f.ty) {
-                schema.check(&f.ty, &f.fields).map_err(|e| Rejected::InvalidFact(i, e))?;
+            match self.pack.manifest.facts.get(&f.ty) {
+                Some(schema) => {
+                    if let Some(e) = schema.violations_new(&f.ty, &f.fields).into_iter().next() {
+                        return Err(Rejected::InvalidFact(i, e));
+                    }
+                }
+                None if self.strict_refuses(&f.ty) => {
+                    return Err(Rejected::InvalidFact(i, undeclared(&f.ty)));
+                }
+                None => {}
             }
         }
         Ok(())
@@ -1193,7 +1208,10 @@ impl Workflow {
                         Due::After(ms) => self.turn.now.saturating_add(ms),
                         Due::At(ms) => ms,
                     };
-                    self.check_schema(ty, &fields)?;
+                    // Checked as the fact it becomes (defaults filled when it fires).
+                    let mut new = fields.clone();
+                    self.with_defaults(ty, &mut new);
+                    self.check_schema(ty, &new)?;
                     self.record(Event::TimerSet { id, due_ms, ty, rule: rule.name.clone() });
                     let t = Timer { workflow: self.meta.id.clone(), id, due_ms, ty, fields, rule: rule.name.clone() };
                     self.turn.undo_timers.entry(id).or_insert(None);
@@ -1362,10 +1380,24 @@ impl Workflow {
         if self.pack.manifest.facts.is_empty() {
             return Ok(());
         }
-        if let Some(schema) = self.pack.manifest.facts.get(&*ty.name()) {
-            schema.check(&ty.name(), fields).map_err(TurnError)?;
+        match self.pack.manifest.facts.get(&*ty.name()) {
+            Some(schema) => schema.check(&ty.name(), fields).map_err(TurnError),
+            None if self.strict_refuses(&ty.name()) => Err(TurnError(undeclared(&ty.name()))),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Whether strict mode (`[facts] strict = true`) refuses a fact of a
+    /// type without a schema.
+    fn strict_refuses(&self, ty: &str) -> bool {
+        self.pack.manifest.strict_facts && !stoa_rules::manifest::BUILTIN_TYPES.contains(&ty)
+    }
+
+    /// A new fact of a declared type, its defaults filled in.
+    fn with_defaults(&self, ty: Sym, fields: &mut Fields) {
+        if let Some(schema) = self.pack.manifest.facts.get(&*ty.name()) {
+            schema.fill_defaults(fields);
+        }
     }
 
     fn next_tag(&mut self) -> u64 {
@@ -1373,7 +1405,8 @@ impl Workflow {
         self.meta.next_tag
     }
 
-    fn insert_new(&mut self, ty: Sym, fields: Fields) -> Result<FactId, TurnError> {
+    fn insert_new(&mut self, ty: Sym, mut fields: Fields) -> Result<FactId, TurnError> {
+        self.with_defaults(ty, &mut fields);
         self.check_schema(ty, &fields)?;
         let id = self.meta.next_fact_id;
         self.meta.next_fact_id += 1;
@@ -1410,7 +1443,10 @@ impl Workflow {
         if after.is_empty() {
             return Ok(()); // nothing changed: no new version, nothing re-activates
         }
-        self.check_schema(old.ty, &fields)?;
+        match self.pack.manifest.facts.get(&*old.ty.name()) {
+            Some(schema) => schema.check_modified(&old.ty.name(), &fields, &old.fields).map_err(TurnError)?,
+            None => self.check_schema(old.ty, &fields)?,
+        }
         self.touch_fact(id);
         let version = old.version + 1;
         self.fact_bytes = (self.fact_bytes + fields.heap_bytes()).saturating_sub(old.fields.heap_bytes());
@@ -2683,7 +2719,8 @@ mod schema_tests {
     #[test]
     fn a_rule_that_breaks_a_schema_fails_its_turn_and_changes_nothing() {
         let p = pack(
-            r#"rule "bad" { match { c: C() } action { modify(c, #{ n: "two" }); insert("C", #{ n: 3 }); } }"#,
+            // Not a literal: `stoa check` would refuse a literal string (E0014).
+            r#"rule "bad" { match { c: C() } action { modify(c, #{ n: "tw" + "o" }); insert("C", #{ n: 3 }); } }"#,
             "[facts.C]\nn = \"int\"\n",
         );
         let mut wf = Workflow::new(WorkflowId::new("schema"), p, 0);
@@ -2699,6 +2736,55 @@ mod schema_tests {
             "fact 0: C.n must be int, found float 1.5"
         );
         assert_eq!(wf.meta().turn, 0);
+    }
+
+    #[test]
+    fn defaults_fill_new_facts_from_requests_rules_and_timers() {
+        let p = pack(
+            r#"rule "copy" { match { c: C(n == 1) } action { insert("C", #{ n: 2 }); after("1m", "C", #{ n: 3 }); } }"#,
+            "[facts.C]\nn = \"int\"\nstate = { type = \"string\", default = \"new\" }\n",
+        );
+        let mut wf = Workflow::new(WorkflowId::new("defaults"), p, 0);
+        let start = vec![FactSpec { ty: "C".into(), fields: Fields::from_json(&serde_json::json!({"n": 1})).unwrap() }];
+        let out = wf.apply(Input::Start { facts: start }, 1).unwrap();
+        assert_eq!(out.error, None);
+        let due = wf.timers().map(|t| t.due_ms).min().unwrap();
+        let ids = wf.timers().map(|t| t.id).collect();
+        wf.apply(Input::Timers { ids }, due).unwrap();
+        let mut facts: Vec<String> = wf.facts().iter().map(|f| f.fields.to_json().to_string()).collect();
+        facts.sort();
+        assert_eq!(
+            facts,
+            [r#"{"n":1,"state":"new"}"#, r#"{"n":2,"state":"new"}"#, r#"{"n":3,"state":"new"}"#],
+            "every new C got the default"
+        );
+    }
+
+    #[test]
+    fn strict_packs_refuse_facts_without_a_schema() {
+        let p = pack(
+            r#"rule "r" { match { s: Signal() } action { insert(s.payload.ty, #{}); } }"#,
+            "[facts]\nstrict = true\n[facts.C]\nn = \"int?\"\n",
+        );
+        let mut wf = Workflow::new(WorkflowId::new("strict"), p, 0);
+        let job = vec![FactSpec { ty: "Job".into(), fields: Fields::new() }];
+        assert_eq!(
+            wf.apply(Input::Start { facts: job }, 1).unwrap_err().to_string(),
+            "fact 0: Job has no schema in pack.toml, and the pack is strict (`[facts] strict = true`)"
+        );
+        let c = vec![FactSpec { ty: "C".into(), fields: Fields::new() }];
+        wf.apply(Input::Start { facts: c }, 1).unwrap();
+        let signal = |ty: &str| {
+            vec![FactSpec {
+                ty: "Signal".into(),
+                fields: Fields::from_json(&serde_json::json!({"name": "s", "payload": {"ty": ty}})).unwrap(),
+            }]
+        };
+        let out = wf.apply(Input::Assert { facts: signal("Job") }, 2).unwrap();
+        assert_eq!(
+            out.error.as_deref(),
+            Some("rule \"r\": Job has no schema in pack.toml, and the pack is strict (`[facts] strict = true`)")
+        );
     }
 }
 
@@ -2975,6 +3061,35 @@ rule "av1" {
         // Upgrading again to v2 does not redo av1: its work is in the facts.
         let out = done.upgrade(v2, 12).unwrap();
         assert_eq!(out.firings, 0, "{}", lines(&out));
+    }
+
+    /// Issue 13: a canary that adds an optional field, then a rollback. The
+    /// facts keep the field the old version does not know, and its rules
+    /// go on modifying them (the next turn used to fail the workflow with
+    /// "Order.reminded is not a field of the schema of Order").
+    #[test]
+    fn a_rollback_of_a_field_addition_keeps_the_field_and_the_workflow_running() {
+        const SHIP: &str = r#"rule "ship" { match { o: Order(status == "new") s: Ship() } action { modify(o, #{ status: "shipped" }); retract(s); } }"#;
+        let v1 = pack_version(SHIP, "[facts.Order]\nid = \"string\"\nstatus = \"string\"\n", "1");
+        let v2 = pack_version(
+            &format!(
+                r#"{SHIP} rule "remind" {{ match {{ o: Order(status == "new", reminded == ()) }} action {{ modify(o, #{{ reminded: true }}); }} }}"#
+            ),
+            "[facts.Order]\nid = \"string\"\nstatus = \"string\"\nreminded = \"bool?\"\n",
+            "2",
+        );
+        let mut wf = Workflow::new(WorkflowId::new("canary"), v1.clone(), 0);
+        let order = facts(serde_json::json!([{"type": "Order", "fields": {"id": "o1", "status": "new"}}]));
+        wf.apply(Input::Start { facts: order }, 1).unwrap();
+        let out = wf.upgrade(v2, 2).unwrap();
+        assert_eq!((out.firings, out.error.clone()), (1, None), "{}", lines(&out));
+        let out = wf.upgrade(v1, 3).unwrap();
+        assert_eq!(out.error, None, "{}", lines(&out));
+        let out = wf.apply(Input::Assert { facts: facts(serde_json::json!([{"type": "Ship"}])) }, 4).unwrap();
+        assert_eq!(out.error, None, "{}", lines(&out));
+        assert_eq!(wf.meta().status, Status::Running);
+        let order = wf.facts().into_iter().find(|f| &*f.ty.name() == "Order").unwrap();
+        assert_eq!(order.fields.to_json(), serde_json::json!({"id": "o1", "status": "shipped", "reminded": true}));
     }
 
     #[test]

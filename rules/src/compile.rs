@@ -13,6 +13,7 @@ use crate::limits::Ceilings;
 use crate::manifest::{parse_manifest, Manifest};
 use crate::native::{self, NativeAction};
 use crate::sandbox::{CompileError, CompileErrorKind, Sandbox, Script};
+use crate::schema_check::PackCheck;
 use crate::syntax::{parse_rules, AggFn, ConditionAst, PatternAst, RuleAst, Text};
 use crate::testcase::{parse_tests, TestCase};
 use crate::value::Sym;
@@ -291,6 +292,7 @@ pub fn compile_within(source: &PackSource, ceilings: Option<&Ceilings<'_>>) -> (
         }
     }
     let limits = manifest.as_ref().map(|m| m.limits.clone()).unwrap_or_default();
+    let mut schemas = manifest.as_ref().map(PackCheck::new);
     let sandbox = Arc::new(Sandbox::new(&limits));
     let mut rules: Vec<Rule> = Vec::new();
     let mut seen: BTreeMap<String, (PathBuf, Pos)> = BTreeMap::new();
@@ -323,8 +325,14 @@ pub fn compile_within(source: &PackSource, ceilings: Option<&Ceilings<'_>>) -> (
                 }
             }
             // A duplicate is still compiled, so its own errors show too.
-            let mut c =
-                RuleCompiler { sandbox: &sandbox, map: &map, path: &path, diags: &mut diags, slots: Vec::new() };
+            let mut c = RuleCompiler {
+                sandbox: &sandbox,
+                map: &map,
+                path: &path,
+                diags: &mut diags,
+                slots: Vec::new(),
+                schemas: schemas.as_mut(),
+            };
             let compiled = c.rule(&ast, rules.len());
             if duplicate.is_some() {
                 continue;
@@ -377,6 +385,9 @@ pub fn compile_within(source: &PackSource, ceilings: Option<&Ceilings<'_>>) -> (
             }
         }
     }
+    if let Some(s) = schemas {
+        s.finish(&tests, &mut diags);
+    }
     diags.sort_by(|a, b| (&a.path, a.pos).cmp(&(&b.path, b.pos)));
     let ok = !diags.iter().any(Diagnostic::is_error);
     if diags.len() > MAX_DIAGNOSTICS {
@@ -420,8 +431,16 @@ fn check_tests(
                 let (ty, rule) = (crate::diagnostic::shown(&spec.ty), crate::sandbox::TYPE_NAME_RULE);
                 error(at(f.span()), Code::TestFile, format!("`{ty}` is not a fact type: {rule}"));
             }
+            let strict = m.filter(|m| m.strict_facts && !crate::manifest::BUILTIN_TYPES.contains(&spec.ty.as_str()));
+            if strict.is_some_and(|m| !m.facts.contains_key(&spec.ty)) && crate::value::valid_type_name(&spec.ty) {
+                let msg = format!(
+                    "test \"{}\": {} has no schema, and `[facts] strict = true` requires one",
+                    case.name, spec.ty
+                );
+                error(at(f.span()), Code::UnknownType, msg);
+            }
             if let Some(schema) = m.and_then(|m| m.facts.get(&spec.ty)) {
-                for v in schema.violations(&spec.ty, &spec.fields) {
+                for v in schema.violations_new(&spec.ty, &spec.fields) {
                     error(at(f.span()), Code::Schema, format!("test \"{}\": {v}", case.name));
                 }
             }
@@ -463,7 +482,7 @@ fn check_tests(
 }
 
 /// Maps a position inside a script that starts at `start` to the file.
-fn file_pos(start: Pos, rel: Pos) -> Pos {
+pub(crate) fn file_pos(start: Pos, rel: Pos) -> Pos {
     if rel.line <= 1 {
         Pos::new(start.line, start.col + rel.col.saturating_sub(1))
     } else {
@@ -471,12 +490,14 @@ fn file_pos(start: Pos, rel: Pos) -> Pos {
     }
 }
 
-struct RuleCompiler<'a> {
+struct RuleCompiler<'a, 'm> {
     sandbox: &'a Sandbox,
     map: &'a crate::diagnostic::SourceMap,
     path: &'a Path,
     diags: &'a mut Vec<Diagnostic>,
     slots: Vec<Slot>,
+    /// The schema checks, when the manifest parsed.
+    schemas: Option<&'a mut PackCheck<'m>>,
 }
 
 /// The scope for parsing constraints: the slots bound so far.
@@ -494,7 +515,7 @@ impl expr::Scope for SlotScope<'_> {
     }
 }
 
-impl RuleCompiler<'_> {
+impl RuleCompiler<'_, '_> {
     fn error(&mut self, pos: Pos, code: Code, msg: impl Into<String>) {
         self.diags.push(Diagnostic::error(self.path, pos, code, msg));
     }
@@ -513,6 +534,10 @@ impl RuleCompiler<'_> {
 
     fn rule(&mut self, ast: &RuleAst, index: usize) -> Option<Rule> {
         let before = self.diags.len();
+        if let Some(s) = self.schemas.as_deref_mut() {
+            s.conditions(self.path, self.map, ast, self.diags);
+        }
+        let fact_bindings = PackCheck::bindings(ast);
         let mut conditions = Vec::new();
         let mut condition_text = Vec::new();
         for c in &ast.conditions {
@@ -531,8 +556,11 @@ impl RuleCompiler<'_> {
                 vars.push(x);
                 vars.push("invocation");
             }
-            match self.sandbox.compile(&t.text, &vars, false) {
-                Ok(script) => {
+            match self.sandbox.compile_as_written(&t.text, &vars, false) {
+                Ok((script, written)) => {
+                    if let Some(s) = self.schemas.as_deref_mut() {
+                        s.section(self.path, t.pos, &written, &fact_bindings, self.diags);
+                    }
                     let native = match extra {
                         None => {
                             let bound: Vec<_> = bound.iter().map(|(n, i, k)| (n.as_str(), *i, *k)).collect();

@@ -45,6 +45,14 @@ pub enum Code {
     Schedule,
     /// A `[limits]` value that is zero or above its tenant's ceiling.
     Limit,
+    /// A field that is not in the schema of its fact's type (read in a
+    /// constraint or a section, or written by `insert`/`modify`).
+    UnknownField,
+    /// A literal of a type its field cannot hold (compared in a constraint,
+    /// or written by `insert`/`modify`).
+    FieldType,
+    /// A fact type that looks misspelt, or, in strict mode, has no schema.
+    UnknownType,
 }
 
 impl Code {
@@ -62,6 +70,9 @@ impl Code {
             Code::Pack => "E0010",
             Code::Schedule => "E0011",
             Code::Limit => "E0012",
+            Code::UnknownField => "E0013",
+            Code::FieldType => "E0014",
+            Code::UnknownType => "E0015",
         }
     }
 }

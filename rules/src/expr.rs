@@ -442,7 +442,7 @@ pub fn free_identifiers(src: &str) -> Option<Vec<String>> {
     )
 }
 
-fn is_keyword(id: &str) -> bool {
+pub(crate) fn is_keyword(id: &str) -> bool {
     matches!(
         id,
         "true"

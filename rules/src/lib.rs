@@ -10,6 +10,7 @@ pub mod limits;
 pub mod manifest;
 pub mod native;
 pub mod sandbox;
+mod schema_check;
 pub mod syntax;
 pub mod testcase;
 pub mod value;

@@ -12,7 +12,9 @@ use crate::limits::Explicit;
 pub use crate::limits::Limits;
 use crate::value::{Fields, Sym, Value};
 
+mod compat;
 mod schedule;
+pub use compat::{schema_changes, SchemaChange};
 use schedule::{schedules, RawSchedule};
 pub use schedule::{valid_schedule_name, CatchUp, ScheduleSpec};
 
@@ -23,6 +25,10 @@ pub struct Manifest {
     pub description: String,
     pub functions: BTreeMap<String, FunctionSpec>,
     pub facts: BTreeMap<String, Schema>,
+    /// `[facts] strict = true`: every fact type must have a schema (the
+    /// built-in `Signal` excepted); `stoa check` and the engine refuse others.
+    #[serde(default)]
+    pub strict_facts: bool,
     pub limits: Limits,
     /// Which limits the pack sets itself, and where (ceilings reject those
     /// above them and lower the others).
@@ -140,7 +146,8 @@ impl FieldType {
         }
     }
 
-    fn accepts(self, v: &Value) -> bool {
+    /// Whether a value of this type may be stored in a field of type `self`.
+    pub fn accepts(self, v: &Value) -> bool {
         matches!(
             (self, v),
             (FieldType::Any, _)
@@ -158,7 +165,22 @@ impl FieldType {
 pub struct FieldSpec {
     pub ty: FieldType,
     pub optional: bool,
+    /// Filled in when a new fact lacks the field (as CLIPS's slot defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
 }
+
+impl FieldSpec {
+    /// Whether a new fact may leave the field out.
+    pub fn may_be_absent(&self) -> bool {
+        self.optional || self.default.is_some()
+    }
+}
+
+/// The fact types the engine asserts itself (`Signal`, and `Cancelled`
+/// when a workflow is cancelled): never declared, always allowed, in
+/// strict mode too.
+pub const BUILTIN_TYPES: &[&str] = &["Signal", "Cancelled"];
 
 /// A fact schema: declared fields with types; unknown fields are rejected.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
@@ -167,6 +189,28 @@ pub struct Schema {
 }
 
 impl Schema {
+    /// Sets each defaulted field a new fact lacks (or holds as null).
+    pub fn fill_defaults(&self, fields: &mut Fields) {
+        for (name, spec) in &self.fields {
+            if let Some(d) = &spec.default {
+                let k = Sym::new(name);
+                if matches!(fields.get(k), None | Some(Value::Null)) {
+                    fields.set(k, d.clone());
+                }
+            }
+        }
+    }
+
+    /// `violations` of a new fact, its defaults filled in first.
+    pub fn violations_new(&self, ty: &str, fields: &Fields) -> Vec<String> {
+        if self.fields.values().any(|f| f.default.is_some()) {
+            let mut filled = fields.clone();
+            self.fill_defaults(&mut filled);
+            return self.violations(ty, &filled);
+        }
+        self.violations(ty, fields)
+    }
+
     /// Checks a whole fact; the message names the field.
     pub fn check(&self, ty: &str, fields: &Fields) -> Result<(), String> {
         match self.violations(ty, fields).into_iter().next() {
@@ -175,8 +219,24 @@ impl Schema {
         }
     }
 
+    /// `check` of a fact a `modify` changed (`before` is the fact as it
+    /// was): a field the schema does not know that the fact already held,
+    /// unchanged, is kept. It was set under another version of the pack
+    /// (a version that added it, then rolled back): a compatible addition
+    /// must not fail the workflows that used it.
+    pub fn check_modified(&self, ty: &str, fields: &Fields, before: &Fields) -> Result<(), String> {
+        match self.violations_carrying(ty, fields, Some(before)).into_iter().next() {
+            Some(v) => Err(v),
+            None => Ok(()),
+        }
+    }
+
     /// Every way a fact violates the schema, each naming its field.
     pub fn violations(&self, ty: &str, fields: &Fields) -> Vec<String> {
+        self.violations_carrying(ty, fields, None)
+    }
+
+    fn violations_carrying(&self, ty: &str, fields: &Fields, before: Option<&Fields>) -> Vec<String> {
         let mut out = Vec::new();
         for (name, spec) in &self.fields {
             match fields.get(Sym::new(name)) {
@@ -188,8 +248,9 @@ impl Schema {
                 Some(_) => {}
             }
         }
-        for (k, _) in fields.iter() {
-            if !self.fields.contains_key(&*k.name()) {
+        for (k, v) in fields.iter() {
+            let carried = before.is_some_and(|b| b.get(k) == Some(v));
+            if !carried && !self.fields.contains_key(&*k.name()) {
                 out.push(format!("{ty}.{k} is not a field of the schema of {ty}"));
             }
         }
@@ -217,7 +278,7 @@ struct RawManifest {
     #[serde(default)]
     functions: BTreeMap<String, toml::Spanned<RawFunction>>,
     #[serde(default)]
-    facts: BTreeMap<String, toml::Spanned<BTreeMap<String, toml::Spanned<String>>>>,
+    facts: BTreeMap<String, toml::Spanned<RawFacts>>,
     #[serde(default)]
     limits: BTreeMap<String, toml::Spanned<toml::Value>>,
     #[serde(default)]
@@ -253,6 +314,73 @@ struct RawRetry {
     initial_backoff: Option<toml::Spanned<String>>,
     max_backoff: Option<toml::Spanned<String>>,
     multiplier: Option<f64>,
+}
+
+/// An entry of `[facts]`: `strict = true`, or the schema of a type.
+enum RawFacts {
+    Strict(bool),
+    Schema(BTreeMap<String, toml::Spanned<RawField>>),
+}
+
+/// A schema field: `"string?"`, or `{ type = "string", default = "new" }`.
+enum RawField {
+    Short(String),
+    Long { ty: Option<toml::Spanned<String>>, default: Option<toml::Spanned<toml::Value>> },
+}
+
+// By hand rather than `#[serde(untagged)]`, which buffers its input and so
+// loses the spans that diagnostics point with.
+impl<'de> Deserialize<'de> for RawFacts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawFacts;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table of fields (`[facts.Order]`), or `strict = true` under `[facts]`")
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<RawFacts, E> {
+                Ok(RawFacts::Strict(b))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<RawFacts, A::Error> {
+                let mut fields = BTreeMap::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    let v = m.next_value()?;
+                    fields.insert(k, v);
+                }
+                Ok(RawFacts::Schema(fields))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawField;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field type such as \"string\" or \"int?\", or { type = \"string\", default = \"new\" }")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<RawField, E> {
+                Ok(RawField::Short(s.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<RawField, A::Error> {
+                let (mut ty, mut default) = (None, None);
+                while let Some(k) = m.next_key::<String>()? {
+                    match k.as_str() {
+                        "type" => ty = Some(m.next_value()?),
+                        "default" => default = Some(m.next_value()?),
+                        other => {
+                            return Err(serde::de::Error::unknown_field(other, &["type", "default"]));
+                        }
+                    }
+                }
+                Ok(RawField::Long { ty, default })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Whether `s` can name a pack: 1 to 128 letters, digits, `-`, `_` or `.`.
@@ -344,37 +472,7 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
         functions.insert(fname.clone(), FunctionSpec { timeout, heartbeat, retry });
     }
     let mut diags = diags.into_inner();
-    let mut facts = BTreeMap::new();
-    for (ty, fields) in &raw.facts {
-        if !crate::value::valid_type_name(ty) {
-            // The table itself: it may have no field to point at (found by
-            // the property tests: `[facts."a"]` alone was reported at 0:0).
-            let pos = at(fields.span());
-            let (shown, rule) = (crate::diagnostic::shown(ty), crate::sandbox::TYPE_NAME_RULE);
-            diags.push(Diagnostic::error(path, pos, Code::Manifest, format!("[facts.{shown}]: {rule}")));
-        }
-        let mut schema = Schema::default();
-        for (fname, spec) in fields.get_ref() {
-            let text = spec.get_ref().trim();
-            let (base, optional) = match text.strip_suffix('?') {
-                Some(b) => (b, true),
-                None => (text, false),
-            };
-            let ty_parsed: Result<FieldType, _> = serde_json::from_value(serde_json::Value::String(base.to_string()));
-            match ty_parsed {
-                Ok(t) => {
-                    schema.fields.insert(fname.clone(), FieldSpec { ty: t, optional });
-                }
-                Err(_) => diags.push(Diagnostic::error(
-                    path,
-                    at(spec.span()),
-                    Code::Manifest,
-                    format!("unknown field type `{text}` for {ty}.{fname}; expected string, int, float, number, bool, array, map or any (add `?` for optional)"),
-                )),
-            }
-        }
-        facts.insert(ty.clone(), schema);
-    }
+    let (facts, strict_facts) = fact_schemas(path, &map, &raw.facts, &mut diags);
     if !name_ok {
         diags.push(Diagnostic::error(
             path,
@@ -412,7 +510,7 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
         }
     }
     let (limits, limits_set) = limits(path, &map, &raw.limits, &mut diags);
-    let schedules = schedules(path, &map, &raw.schedules, &facts, &mut diags);
+    let schedules = schedules(path, &map, &raw.schedules, &facts, strict_facts, &mut diags);
     if !diags.is_empty() {
         diags.sort_by_key(|d| d.pos);
         return Err(diags);
@@ -423,12 +521,96 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
         description: raw.pack.description,
         functions,
         facts,
+        strict_facts,
         limits,
         limits_set,
         signals: raw.signals.into_iter().map(|(k, v)| (k, v.into_inner())).collect(),
         schedules,
         tests: raw.tests.map(|t| t.into_inner()).unwrap_or_default(),
     })
+}
+
+/// `[facts]`: a schema per type, and whether every type needs one.
+fn fact_schemas(
+    path: &Path,
+    map: &SourceMap,
+    raw: &BTreeMap<String, toml::Spanned<RawFacts>>,
+    diags: &mut Vec<Diagnostic>,
+) -> (BTreeMap<String, Schema>, bool) {
+    let at = |span: std::ops::Range<usize>| map.pos(span.start);
+    let mut facts = BTreeMap::new();
+    let mut strict = false;
+    for (ty, entry) in raw {
+        let fields = match (ty.as_str(), entry.get_ref()) {
+            ("strict", RawFacts::Strict(b)) => {
+                strict = *b;
+                continue;
+            }
+            (_, RawFacts::Schema(fields)) if crate::value::valid_type_name(ty) => fields,
+            (_, RawFacts::Strict(_)) => {
+                let msg = format!("[facts] {}: the only setting under [facts] is `strict`", shown(ty));
+                diags.push(Diagnostic::error(path, at(entry.span()), Code::Manifest, msg));
+                continue;
+            }
+            (_, RawFacts::Schema(fields)) => {
+                // The table itself: it may have no field to point at (found by
+                // the property tests: `[facts."a"]` alone was reported at 0:0).
+                let (shown, rule) = (shown(ty), crate::sandbox::TYPE_NAME_RULE);
+                let msg = if ty == "strict" {
+                    "[facts] strict is `true` or `false`".to_string()
+                } else {
+                    format!("[facts.{shown}]: {rule}")
+                };
+                diags.push(Diagnostic::error(path, at(entry.span()), Code::Manifest, msg));
+                fields
+            }
+        };
+        let mut schema = Schema::default();
+        for (fname, spec) in fields {
+            let (text, span, default) = match spec.get_ref() {
+                RawField::Short(t) => (t.trim(), spec.span(), None),
+                RawField::Long { ty: Some(t), default } => (t.get_ref().trim(), t.span(), default.as_ref()),
+                RawField::Long { ty: None, .. } => {
+                    let msg = format!("{ty}.{fname}: a field written as a table needs `type`, e.g. {{ type = \"string\", default = \"new\" }}");
+                    diags.push(Diagnostic::error(path, at(spec.span()), Code::Manifest, msg));
+                    continue;
+                }
+            };
+            let (base, optional) = match text.strip_suffix('?') {
+                Some(b) => (b, true),
+                None => (text, false),
+            };
+            let parsed: Result<FieldType, _> = serde_json::from_value(serde_json::Value::String(base.to_string()));
+            let Ok(t) = parsed else {
+                diags.push(Diagnostic::error(
+                    path,
+                    at(span),
+                    Code::Manifest,
+                    format!("unknown field type `{}` for {ty}.{fname}; expected string, int, float, number, bool, array, map or any (add `?` for optional)", shown(text)),
+                ));
+                continue;
+            };
+            let default = match default {
+                None => None,
+                Some(d) => match d.get_ref().clone().try_into::<Value>() {
+                    Ok(v) if !matches!(v, Value::Null) && t.accepts(&v) => Some(v),
+                    Ok(v) => {
+                        let msg = format!("{ty}.{fname}: the default {} is not {}", shown(&v.to_string()), t.name());
+                        diags.push(Diagnostic::error(path, at(d.span()), Code::Manifest, msg));
+                        None
+                    }
+                    Err(e) => {
+                        let msg = format!("{ty}.{fname}: the default is not a fact value: {}", e.message());
+                        diags.push(Diagnostic::error(path, at(d.span()), Code::Manifest, msg));
+                        None
+                    }
+                },
+            };
+            schema.fields.insert(fname.clone(), FieldSpec { ty: t, optional, default });
+        }
+        facts.insert(ty.clone(), schema);
+    }
+    (facts, strict)
 }
 
 /// `[limits]`: known names, whole numbers from 1 (a zero would mean
@@ -642,9 +824,71 @@ n = "int"
     }
 
     #[test]
+    fn defaults_are_of_their_field_type_and_strict_is_a_bool() {
+        check(
+            r#"[pack]
+name = "p"
+version = "1"
+
+[facts]
+strict = "yes"
+"#,
+            expect_test::expect![[
+                r#"pack.toml:6:10: error[E0006]: invalid type: string "yes", expected a table of fields (`[facts.Order]`), or `strict = true` under `[facts]`"#
+            ]],
+        );
+        check(
+            r#"[pack]
+name = "p"
+version = "1"
+
+[facts]
+strict = true
+
+[facts.Order]
+status = { type = "string", default = 3 }
+tries = { default = 0 }
+note = { type = "strin?" }
+at = { type = "int", default = 2026-01-01 }
+"#,
+            expect_test::expect![[r#"
+                pack.toml:9:39: error[E0006]: Order.status: the default 3 is not string
+                pack.toml:10:9: error[E0006]: Order.tries: a field written as a table needs `type`, e.g. { type = "string", default = "new" }
+                pack.toml:11:17: error[E0006]: unknown field type `strin?` for Order.note; expected string, int, float, number, bool, array, map or any (add `?` for optional)
+                pack.toml:12:32: error[E0006]: Order.at: the default "2026-01-01" is not int"#]],
+        );
+        check(
+            "[pack]\nname = \"p\"\nversion = \"1\"\n[facts.O]\ns = { type = \"string\", defualt = \"x\" }\n",
+            expect_test::expect!["pack.toml:5:5: error[E0006]: unknown field `defualt`, expected `type` or `default`"],
+        );
+        let m = parse_manifest(
+            Path::new("pack.toml"),
+            "[pack]\nname = \"p\"\nversion = \"1\"\n[facts]\nstrict = true\n[facts.O]\ns = { type = \"string?\", default = \"new\" }\n",
+        )
+        .unwrap();
+        assert!(m.strict_facts);
+        let s = &m.facts["O"].fields["s"];
+        assert_eq!((s.ty, s.optional, s.default.clone()), (FieldType::String, true, Some(Value::str("new"))));
+    }
+
+    #[test]
+    fn a_modified_fact_keeps_fields_it_had_that_the_schema_does_not_know() {
+        let mut s = Schema::default();
+        s.fields.insert("n".into(), FieldSpec { ty: FieldType::Int, optional: false, default: None });
+        let f = |j: serde_json::Value| Fields::from_json(&j).unwrap();
+        let before = f(serde_json::json!({"n": 1, "extra": true}));
+        assert_eq!(s.check_modified("C", &f(serde_json::json!({"n": 2, "extra": true})), &before), Ok(()));
+        // Writing the unknown field, or a new one, is refused as ever.
+        for after in [serde_json::json!({"n": 2, "extra": false}), serde_json::json!({"n": 2, "other": 1})] {
+            assert!(s.check_modified("C", &f(after), &before).unwrap_err().contains("is not a field of the schema"));
+        }
+        assert!(s.check("C", &before).is_err(), "a new fact gets no such leeway");
+    }
+
+    #[test]
     fn schema_names_the_field() {
         let mut s = Schema::default();
-        s.fields.insert("index".into(), FieldSpec { ty: FieldType::Int, optional: false });
+        s.fields.insert("index".into(), FieldSpec { ty: FieldType::Int, optional: false, default: None });
         let f = Fields::from_json(&serde_json::json!({"index": "3"})).unwrap();
         assert_eq!(s.check("Chunk", &f).unwrap_err(), "Chunk.index must be int, found string \"3\"");
     }

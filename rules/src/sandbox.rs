@@ -211,7 +211,11 @@ impl Sandbox {
             .set_max_array_size(limits.max_array_size)
             .set_max_map_size(limits.max_map_size)
             .set_strict_variables(true)
-            .set_fail_on_invalid_map_property(false);
+            .set_fail_on_invalid_map_property(false)
+            // Scripts are parsed as written, then optimized (`compile`):
+            // the checks of `schema_check` need map literals with their
+            // keys' positions, which constant folding drops.
+            .set_optimization_level(rhai::OptimizationLevel::None);
         // A turn always ends: past its deadline (or when its host stops),
         // the next operation of any script ends it.
         e.on_progress(|_| crate::budget::check().err().map(|e| Dynamic::from(e.to_string())));
@@ -242,6 +246,17 @@ impl Sandbox {
     /// Compiles a block (a section) or an expression (a constraint) with the
     /// variables in scope; checks undefined variables and unknown functions.
     pub fn compile(&self, code: &str, vars: &[&str], expression: bool) -> Result<Script, Vec<CompileError>> {
+        self.compile_as_written(code, vars, expression).map(|(script, _)| script)
+    }
+
+    /// `compile`, also returning the script's AST as written (before
+    /// optimization: positions of map keys, dead branches kept), for checks.
+    pub(crate) fn compile_as_written(
+        &self,
+        code: &str,
+        vars: &[&str],
+        expression: bool,
+    ) -> Result<(Script, AST), Vec<CompileError>> {
         let scope = Self::scope(vars);
         let code = rename_call(code);
         let code = code.as_ref();
@@ -283,7 +298,10 @@ impl Sandbox {
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(Script { ast: Arc::new(ast), vars: vars.iter().map(|s| s.to_string()).collect(), expression })
+        let optimized = self.engine.optimize_ast(&scope, ast.clone(), rhai::OptimizationLevel::Simple);
+        let script =
+            Script { ast: Arc::new(optimized), vars: vars.iter().map(|s| s.to_string()).collect(), expression };
+        Ok((script, ast))
     }
 
     /// Every `call("name", ...)` with a literal name in a script, with positions.

@@ -1,5 +1,6 @@
 //! Always-on workflows through a real server: pack upgrades of live
-//! workflows (dry run, canary, promotion interrupted by SIGKILL, rollback),
+//! workflows (dry run, canary, promotion interrupted by SIGKILL, rollback;
+//! a rollback of a canary that added a schema field),
 //! child workflows (results, cancellation, cycles), durable timers across
 //! a restart, and signals (start once per id, delivery, lineage).
 
@@ -564,4 +565,74 @@ fn the_cli_previews_upgrades_and_shows_lineage() {
     assert!(lineage.starts_with("signal go (go-1) {} sent through the API\n  started   wf_a."), "{lineage}");
     let again = stoa(&["signal", "go", "--id", "go-1"]);
     assert!(again.starts_with("go-1 already sent (nothing done again)"), "{again}");
+}
+
+/// Issue 13: a canary that adds an optional field, then `stoa rollback`.
+/// The workflow's order holds `reminded`, which v1's schema lacks; v1's
+/// rules go on modifying it and the workflow completes (its next turn used
+/// to fail it: "Order.reminded is not a field of the schema of Order").
+#[test]
+fn a_canary_that_adds_an_optional_field_rolls_back_and_its_workflows_go_on() {
+    const V1: &str = r#"
+rule "reserve" {
+    match { o: Order(status == "new") }
+    action { modify(o, #{ status: "reserved" }); }
+}
+rule "ship" {
+    match { o: Order(status == "reserved") s: Ship() }
+    action { modify(o, #{ status: "shipped" }); retract(s); complete(#{ order: o.id }); }
+}
+"#;
+    const REMIND: &str = r#"
+rule "remind" {
+    match { o: Order(status == "reserved", reminded == ()) }
+    action { modify(o, #{ reminded: true }); }
+}
+"#;
+    let manifest = |version: &str, extra: &str| {
+        format!("[pack]\nname = \"orders\"\nversion = \"{version}\"\n\n[facts.Order]\nid = \"string\"\nstatus = \"string\"\n{extra}\n[facts.Ship]\n")
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (v1, v2) = (tmp.path().join("v1"), tmp.path().join("v2"));
+    write_pack(&v1, &[("pack.toml", &manifest("1", "")), ("orders.rules", V1)]);
+    write_pack(
+        &v2,
+        &[("pack.toml", &manifest("2", "reminded = \"bool?\"\n")), ("orders.rules", V1), ("remind.rules", REMIND)],
+    );
+    let server = Server::start(&tmp.path().join("data"));
+    rt().block_on(async {
+        let mut a = client(&server.addr, TOKEN_A).await;
+        deploy_dir(&mut a, &v1, pb::Rollout::All, 0.0, false).await;
+        let id = start(
+            &mut a,
+            "orders",
+            "o1",
+            serde_json::json!([{"type": "Order", "fields": {"id": "o1", "status": "new"}}]),
+        )
+        .await;
+        wait_for(&mut a, &id, 10, |w| w.facts.iter().any(|f| f.fields_json.contains("reserved"))).await;
+
+        deploy_dir(&mut a, &v2, pb::Rollout::Canary, 1.0, false).await;
+        wait_upgrade(&mut a, "orders", 30).await;
+        let w = wait_for(&mut a, &id, 10, |w| w.facts.iter().any(|f| f.fields_json.contains("reminded"))).await;
+        assert_eq!(w.pack_version, "2");
+
+        let r = a.rollback_pack(pb::RollbackPackRequest { name: "orders".into() }).await.expect("rollback");
+        assert_eq!(r.into_inner().stable, "1");
+        let job = wait_upgrade(&mut a, "orders", 30).await;
+        assert_eq!(job.failed, 0);
+        let w = get(&mut a, &id).await;
+        assert_eq!((w.status.as_str(), w.pack_version.as_str()), ("running", "1"), "{}", w.reason);
+
+        a.assert_facts(pb::AssertFactsRequest {
+            workflow_id: id.clone(),
+            facts: facts(serde_json::json!([{"type": "Ship", "fields": {}}])),
+        })
+        .await
+        .expect("assert");
+        let w = wait_for(&mut a, &id, 10, |w| w.status != "running").await;
+        assert_eq!(w.status, "completed", "{}", w.reason);
+        let order = w.facts.iter().find(|f| f.r#type == "Order").expect("the order");
+        assert!(order.fields_json.contains(r#""reminded":true"#), "the fact keeps the field: {}", order.fields_json);
+    });
 }

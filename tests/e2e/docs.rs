@@ -93,6 +93,9 @@ fn docs_examples_compile_and_their_tests_pass() {
         let errors: Vec<String> = diags.iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect();
         let pack =
             Arc::new(pack.unwrap_or_else(|| panic!("{at}: the example does not compile:\n{}", errors.join("\n"))));
+        // Examples are clean: `stoa check` has no warning for them either.
+        let warnings: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+        assert!(warnings.is_empty(), "{at}: `stoa check` warns:\n{}", warnings.join("\n"));
         for r in run_tests(&pack, None) {
             assert!(
                 r.passed(),

@@ -79,6 +79,7 @@ pub(super) fn schedules(
     map: &SourceMap,
     raw: &BTreeMap<String, toml::Spanned<RawSchedule>>,
     schemas: &BTreeMap<String, super::Schema>,
+    strict: bool,
     diags: &mut Vec<Diagnostic>,
 ) -> BTreeMap<String, ScheduleSpec> {
     let mut out = BTreeMap::new();
@@ -139,7 +140,14 @@ pub(super) fn schedules(
                     );
                 }
             }
-            for v in schemas.get(&spec.ty).map(|s| s.violations(&spec.ty, &spec.fields)).unwrap_or_default() {
+            let undeclared = strict && !schemas.contains_key(&spec.ty) && !super::BUILTIN_TYPES.contains(&&*spec.ty);
+            if undeclared && crate::value::valid_type_name(&spec.ty) {
+                err(
+                    f.span(),
+                    format!("schedule `{name}`: {} has no schema, and `[facts] strict = true` requires one", spec.ty),
+                );
+            }
+            for v in schemas.get(&spec.ty).map(|s| s.violations_new(&spec.ty, &spec.fields)).unwrap_or_default() {
                 err(f.span(), format!("schedule `{name}`: {v}"));
             }
         }
