@@ -122,6 +122,13 @@ fn main() -> ExitCode {
     #[cfg(target_os = "linux")]
     let _ = rustix::thread::disable_transparent_huge_pages(true);
     let cli = Cli::parse();
+    // Rust ignores SIGPIPE, so `println!` to a closed pipe (`stoa ls --json
+    // | head -2`) panics. Commands that print for a reader get the Unix
+    // default back: they end quietly when the reader goes. Not the server
+    // nor the benchmarks: they must outlive a reader of their output.
+    if !matches!(cli.command, Command::Serve(_) | Command::Bench(_)) {
+        sigpipe::reset();
+    }
     // `stoa serve` sets up its own once it has read its config (the log
     // format may be there); the other commands log warnings and errors.
     let telemetry = (!matches!(cli.command, Command::Serve(_))).then(|| {

@@ -3,6 +3,7 @@
 mod always_on;
 mod bench_programs;
 mod cancel;
+mod cli;
 mod client;
 #[cfg(target_os = "linux")]
 mod cluster;
