@@ -26,3 +26,34 @@ fn a_closed_pipe_ends_a_command_quietly() {
         assert_ne!(done.status.code(), Some(101), "{args:?}: {err}");
     }
 }
+
+/// A second `stoa serve` on a data directory in use says so at once, in
+/// words, then gives up with the same words.
+#[test]
+fn a_second_server_on_a_locked_data_directory_says_so() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _first = Server::start(dir.path());
+    let mut second = stoa()
+        .args(["serve", "--listen", "127.0.0.1:0", "--token", "a=token-tenant-a", "--data"])
+        .arg(dir.path())
+        .env_remove("STOA_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn stoa serve");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = second.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first_line = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("a line within 5 s");
+    assert!(first_line.contains("the data directory is locked"), "{first_line}");
+    let status = second.wait().expect("wait");
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(!status.success());
+    assert!(rest.iter().any(|l| l.contains("locked by another process")), "{rest:?}");
+    assert!(!rest.iter().any(|l| l.contains("Os {")), "{rest:?}");
+}

@@ -174,9 +174,17 @@ impl Handles {
         let db = loop {
             match config.open() {
                 Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock") && tries < 500 && !stop() =>
-                {
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                    if tries == 0 {
+                        tracing::warn!(dir = %dir.display(), "the data directory is locked; waiting up to 10 s for it");
+                    }
+                    if tries == 500 || stop() {
+                        return Err(Error::Io(format!(
+                            "{}: the data directory is locked by another process (is another `stoa serve` or \
+                             `stoa run --data` using it?)",
+                            dir.display()
+                        )));
+                    }
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -762,6 +770,16 @@ mod tests {
         store.put_aux("k", "x", &serde_json::json!("y".repeat(100_000))).unwrap();
         let size = store.size_bytes().unwrap().expect("sled knows its size");
         assert!(size >= 100_000, "{size}");
+    }
+
+    #[test]
+    fn a_store_locked_by_another_holder_says_so_in_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SledStore::open(dir.path(), 8).unwrap();
+        let err = Handles::open(dir.path(), 8, &|| true).err().expect("locked");
+        let msg = err.to_string();
+        assert!(msg.contains("the data directory is locked by another process"), "{msg}");
+        assert!(!msg.contains("Os {"), "{msg}");
     }
 
     #[test]
