@@ -211,8 +211,12 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         anyhow::ensure!(["off", "on"].contains(&o.as_str()), "--observe: `{o}` is neither off nor on");
     }
     anyhow::ensure!((0.0..=1.0).contains(&args.trace_ratio), "--trace-ratio: a share from 0 to 1");
+    // The collector runs only for observed runs.
     let collector_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let (collector, otlp) = crate::bench_collector::Collector::start(&collector_rt)?;
+    let (collector, otlp) = match args.observe.iter().any(|o| o == "on") {
+        true => crate::bench_collector::Collector::start(&collector_rt)?,
+        false => (crate::bench_collector::Collector::default(), String::new()),
+    };
     let ratio = args.trace_ratio.to_string();
     let otel_env = |on: bool| -> Vec<(&str, &str)> {
         match on {

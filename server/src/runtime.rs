@@ -1575,21 +1575,14 @@ fn log_lifecycle(tenant: &str, turn: u64, meta: &Meta) {
         Status::Completed => {
             tracing::debug!(tenant, workflow = %meta.id, turn, trace_id = trace_id(), "workflow completed")
         }
-        Status::Failed => tracing::info!(
+        Status::Failed | Status::Cancelled => tracing::info!(
             tenant,
             workflow = %meta.id,
             turn,
             reason = meta.reason.as_deref().unwrap_or_default(),
             trace_id = trace_id(),
-            "workflow failed"
-        ),
-        Status::Cancelled => tracing::info!(
-            tenant,
-            workflow = %meta.id,
-            turn,
-            reason = meta.reason.as_deref().unwrap_or_default(),
-            trace_id = trace_id(),
-            "workflow cancelled"
+            "workflow {}",
+            meta.status.as_str()
         ),
     }
 }

@@ -73,10 +73,6 @@ impl History {
             at_ms: e.at_ms,
             made_by,
         };
-        let made_by = match self.current {
-            Some(i) => Ok(i),
-            None => Err(self.input.clone()),
-        };
         match &e.event {
             Event::TurnStarted { input } => {
                 self.input = Arc::from(input.as_str());
@@ -101,17 +97,20 @@ impl History {
             Event::Inserted { id, ty, fields } => {
                 self.line(|| format!("inserted f{id} {ty} {fields:?}"));
                 let f = FactRef { id: *id, ty: ty.to_string(), version: 1 };
-                self.changes.entry(*id).or_default().push(change(f, "inserted", made_by));
+                let by = self.made_by();
+                self.changes.entry(*id).or_default().push(change(f, "inserted", by));
             }
             Event::Modified { id, ty, version, after, .. } => {
                 self.line(|| format!("modified f{id} {ty} to v{version}: {after:?}"));
                 let f = FactRef { id: *id, ty: ty.to_string(), version: *version };
-                self.changes.entry(*id).or_default().push(change(f, "modified", made_by));
+                let by = self.made_by();
+                self.changes.entry(*id).or_default().push(change(f, "modified", by));
             }
             Event::Retracted { id, ty, version } => {
                 self.line(|| format!("retracted f{id} {ty} v{version}"));
                 let f = FactRef { id: *id, ty: ty.to_string(), version: *version };
-                self.changes.entry(*id).or_default().push(change(f, "retracted", made_by));
+                let by = self.made_by();
+                self.changes.entry(*id).or_default().push(change(f, "retracted", by));
             }
             Event::Invoked(inv) => self.line(|| format!("called {} ({})", inv.function, inv.invocation)),
             Event::TimerSet { id, ty, .. } => self.line(|| format!("set timer {id} for a {ty}")),
@@ -119,6 +118,15 @@ impl History {
             Event::Completed { .. } => self.line(|| "completed the workflow".into()),
             Event::Failed { reason } => self.line(|| format!("failed the workflow: {reason}")),
             _ => {}
+        }
+    }
+
+    /// What made a change read now: the current firing, else the turn's
+    /// input.
+    fn made_by(&self) -> Result<usize, Arc<str>> {
+        match self.current {
+            Some(i) => Ok(i),
+            None => Err(self.input.clone()),
         }
     }
 
