@@ -334,7 +334,16 @@ rule "assemble" {
         let w = wait_for(&mut a, &p, 20, |w| w.waiting.len() == 2).await;
         let children: Vec<String> = w.waiting.iter().map(|x| x.invocation_id.clone()).collect();
         assert!(w.waiting.iter().all(|x| x.function == "workflow:slow"));
-        let slow = all_running(&mut a, "slow").await;
+        // The parent waits as soon as its turn commits; its children start
+        // just after, from the outbox.
+        let mut slow = all_running(&mut a, "slow").await;
+        for _ in 0..400 {
+            if slow.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            slow = all_running(&mut a, "slow").await;
+        }
         assert_eq!(slow.len(), 2, "both children run: {children:?}");
         a.cancel_workflow(pb::CancelWorkflowRequest {
             workflow_id: p.clone(),
