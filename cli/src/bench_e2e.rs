@@ -71,10 +71,10 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Observability of each store's runs, one run per value in this order:
-    /// `off`, or `on`: the server serves metrics (`--metrics-listen`,
-    /// scraped every second) and the server and workers export every span
-    /// to an OTLP collector in this process (it counts them). Compare
-    /// `--observe off,on,off,on` side by side in one run.
+    /// `off`; `metrics`: the server serves metrics (`--metrics-listen`,
+    /// scraped every second); `traces`: the server and workers export spans
+    /// to an OTLP collector in this process (it counts them); `on`: both.
+    /// Compare `--observe off,on,off,on` side by side in one run.
     #[arg(long, value_delimiter = ',', default_value = "off")]
     observe: Vec<String>,
     /// With `--observe on`: the share of new traces sampled (the servers'
@@ -129,6 +129,16 @@ pub(crate) fn rss_mib(pid: u32) -> (f64, f64) {
             / 1024.0
     };
     (kb("VmHWM:"), kb("VmRSS:"))
+}
+
+/// CPU time a process has used so far (user and system), in seconds.
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which may itself hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let ticks: Vec<f64> = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect();
+    // procfs counts in USER_HZ, 100 on Linux.
+    ticks.iter().sum::<f64>() / 100.0
 }
 
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -208,12 +218,15 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         );
     }
     for o in &args.observe {
-        anyhow::ensure!(["off", "on"].contains(&o.as_str()), "--observe: `{o}` is neither off nor on");
+        anyhow::ensure!(
+            ["off", "metrics", "traces", "on"].contains(&o.as_str()),
+            "--observe: `{o}` is none of off, metrics, traces, on"
+        );
     }
     anyhow::ensure!((0.0..=1.0).contains(&args.trace_ratio), "--trace-ratio: a share from 0 to 1");
     // The collector runs only for observed runs.
     let collector_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let (collector, otlp) = match args.observe.iter().any(|o| o == "on") {
+    let (collector, otlp) = match args.observe.iter().any(|o| o == "on" || o == "traces") {
         true => crate::bench_collector::Collector::start(&collector_rt)?,
         false => (crate::bench_collector::Collector::default(), String::new()),
     };
@@ -239,7 +252,8 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let runs: Vec<(&String, &String)> =
         args.stores.iter().flat_map(|s| args.observe.iter().map(move |o| (s, o))).collect();
     for (k, (store, observe)) in runs.into_iter().enumerate() {
-        let on = observe == "on";
+        let on = observe != "off";
+        let (metered, traced) = (observe == "on" || observe == "metrics", observe == "on" || observe == "traces");
         let dir = std::env::temp_dir().join(format!("stoa-bench-e2e-{}-{k}", std::process::id()));
         let db = format!("bench{k}");
         let place = match &postgres {
@@ -263,9 +277,10 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 }
             }
             serve.args(args.cache_mb.map(|c| format!("--cache-mb={c}")));
-            if on {
-                serve.arg("--metrics-listen=127.0.0.1:0").envs(otel_env(true));
+            if metered {
+                serve.arg("--metrics-listen=127.0.0.1:0");
             }
+            serve.envs(otel_env(traced));
             start_serving_observed(serve)
         };
         let (server, addr, metrics) = spawn()?;
@@ -284,7 +299,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 Command::new(&worker)
                     .args(["--server", &addr, "--token", TOKEN, "--functions", "bench.noop", "--work-scale", "0"])
                     .args(["--concurrency", &args.concurrency.to_string()])
-                    .envs(otel_env(on))
+                    .envs(otel_env(traced))
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
@@ -306,7 +321,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         }
         let scrapes = scraper.map(Scraper::stop);
         // Exports are batched: give the last batches a moment to arrive.
-        std::thread::sleep(Duration::from_millis(if on { 1500 } else { 0 }));
+        std::thread::sleep(Duration::from_millis(if traced { 1500 } else { 0 }));
         let spans = collector.spans() - spans_before;
         for mut f in got {
             let mut prefix = Vec::new();
@@ -315,7 +330,11 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 f["store"] = store.as_str().into();
             }
             if args.observe.len() > 1 || on {
-                prefix.push(if on { "observed" } else { "unobserved" });
+                prefix.push(match observe.as_str() {
+                    "off" => "unobserved",
+                    "on" => "observed",
+                    other => other,
+                });
                 f["observe"] = observe.as_str().into();
             }
             if !prefix.is_empty() {
@@ -493,17 +512,22 @@ async fn cases(args: &Args, addr: &str, server_pid: u32) -> anyhow::Result<Vec<s
     // 1. N workflows × K sequential steps, started together.
     if want("steps") {
         let t = Instant::now();
+        let cpu = cpu_seconds(server_pid);
         start_many(&c, "s", args.workflows, steps_facts(args.steps)).await?;
         finished += args.workflows;
         wait_completed(&mut c, "bench-steps", finished, Duration::from_secs(600)).await?;
         let secs = t.elapsed().as_secs_f64();
         let steps = (args.workflows * args.steps) as f64;
+        let cpu = cpu_seconds(server_pid) - cpu;
         let (peak, now) = rss_mib(server_pid);
         figures.push(serde_json::json!({
             "case": format!("{} workflows x {} sequential steps", args.workflows, args.steps),
             "seconds": secs,
             "workflows_per_s": args.workflows as f64 / secs,
             "steps_per_s": steps / secs,
+            // Steadier than throughput on a shared machine: what the
+            // server itself spent on each step.
+            "server_cpu_us_per_step": cpu * 1e6 / steps,
             "server_rss_mib": now,
             "server_peak_rss_mib": peak,
         }));

@@ -81,6 +81,10 @@ pub enum Command {
         /// Return at once instead of showing the upgrade's progress.
         #[arg(long)]
         no_wait: bool,
+        /// Move live workflows back even across incompatible schema
+        /// changes that reach their facts; refused without it.
+        #[arg(long)]
+        force: bool,
     },
     /// Show the progress of a pack's newest upgrade.
     Upgrade {
@@ -200,6 +204,11 @@ pub struct RolloutArgs {
     /// Return at once instead of showing the upgrade's progress.
     #[arg(long)]
     no_wait: bool,
+    /// Move live workflows even across incompatible schema changes (a
+    /// field removed, renamed, retyped or newly required) that reach their
+    /// facts; refused without it. `--dry-run` lists the changes.
+    #[arg(long)]
+    force: bool,
 }
 
 impl RolloutArgs {
@@ -342,7 +351,9 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Deploy { pack, dry_run, rollout, .. } => {
             let files = pack_files(&pack)?;
             let (mode, canary_fraction) = rollout.mode();
-            let r = c.deploy_pack(pb::DeployPackRequest { files, dry_run, rollout: mode, canary_fraction }).await;
+            let force = rollout.force;
+            let r =
+                c.deploy_pack(pb::DeployPackRequest { files, dry_run, rollout: mode, canary_fraction, force }).await;
             let r = match r {
                 Ok(r) => r.into_inner(),
                 Err(s) if s.code() == tonic::Code::InvalidArgument => {
@@ -365,7 +376,8 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
                 print_json(
                     &serde_json::json!({"name": r.name, "version": r.version, "digest": r.digest, "changed": r.changed, "dry_run": dry_run,
                         "rules_added": r.rules_added, "rules_changed": r.rules_changed, "rules_removed": r.rules_removed,
-                        "live_workflows": r.live_workflows, "preview": preview}),
+                        "live_workflows": r.live_workflows, "preview": preview,
+                        "schema_changes": r.schema_changes.iter().map(impact_json).collect::<Vec<_>>()}),
                 );
             } else {
                 let what = match (dry_run, r.changed) {
@@ -380,6 +392,9 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
                     if !list.is_empty() {
                         println!("  {what} rules: {}", list.join(", "));
                     }
+                }
+                for i in &r.schema_changes {
+                    println!("  {}", impact_line(i));
                 }
                 if dry_run {
                     println!("  {} live workflow(s) would be upgraded", r.live_workflows);
@@ -398,14 +413,20 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Rollout { name, version, rollout, .. } => {
             let (mode, canary_fraction) = rollout.mode();
             let r = c
-                .rollout_pack(pb::RolloutPackRequest { name, version, rollout: mode, canary_fraction })
+                .rollout_pack(pb::RolloutPackRequest {
+                    name,
+                    version,
+                    rollout: mode,
+                    canary_fraction,
+                    force: rollout.force,
+                })
                 .await
                 .map_err(status_err)?
                 .into_inner();
             rollout_done(&mut c, r, rollout.no_wait, json).await?;
         }
-        Command::Rollback { name, no_wait, .. } => {
-            let r = c.rollback_pack(pb::RollbackPackRequest { name }).await.map_err(status_err)?.into_inner();
+        Command::Rollback { name, no_wait, force, .. } => {
+            let r = c.rollback_pack(pb::RollbackPackRequest { name, force }).await.map_err(status_err)?.into_inner();
             rollout_done(&mut c, r, no_wait, json).await?;
         }
         Command::Upgrade { name, wait, .. } => {
@@ -638,6 +659,26 @@ fn job_json(j: &pb::UpgradeJob) -> serde_json::Value {
     serde_json::json!({"pack": j.pack, "version": j.version, "state": j.state, "total": j.total, "scanned": j.scanned,
         "upgraded": j.upgraded, "failed": j.failed, "skipped": j.skipped, "firings": j.firings,
         "started_ms": j.started_ms, "finished_ms": j.finished_ms})
+}
+
+/// A schema change a rollout crosses, for people: what, where, and what
+/// it reaches.
+fn impact_line(i: &pb::SchemaImpact) -> String {
+    let at = if i.field.is_empty() { i.r#type.clone() } else { format!("{}.{}", i.r#type, i.field) };
+    let verdict = match (i.compatible, i.facts) {
+        (true, _) => "compatible",
+        (false, 0) => "INCOMPATIBLE, reaches no live fact",
+        (false, _) => "INCOMPATIBLE",
+    };
+    format!(
+        "schema {at}: {} [{verdict}] (from {}: {} fact(s) in {} live workflow(s))",
+        i.what, i.from_version, i.facts, i.workflows
+    )
+}
+
+fn impact_json(i: &pb::SchemaImpact) -> serde_json::Value {
+    serde_json::json!({"type": i.r#type, "field": i.field, "what": i.what, "compatible": i.compatible,
+        "from_version": i.from_version, "workflows": i.workflows, "facts": i.facts})
 }
 
 async fn rollout_done(c: &mut Client, r: pb::RolloutPackResponse, no_wait: bool, json: bool) -> anyhow::Result<()> {

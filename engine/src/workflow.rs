@@ -1443,6 +1443,19 @@ impl Workflow {
         if after.is_empty() {
             return Ok(()); // nothing changed: no new version, nothing re-activates
         }
+        // A fact made before its schema gained a defaulted field (under an
+        // older version) gets the default with its first change, as a new
+        // fact would have.
+        if let Some(schema) = self.pack.manifest.facts.get(&*old.ty.name()) {
+            for (name, spec) in &schema.fields {
+                let k = Sym::new(name);
+                if let (Some(d), None) = (&spec.default, fields.get(k)) {
+                    before.set(k, Value::Null);
+                    after.set(k, d.clone());
+                    fields.set(k, d.clone());
+                }
+            }
+        }
         match self.pack.manifest.facts.get(&*old.ty.name()) {
             Some(schema) => schema.check_modified(&old.ty.name(), &fields, &old.fields).map_err(TurnError)?,
             None => self.check_schema(old.ty, &fields)?,
@@ -3090,6 +3103,26 @@ rule "av1" {
         assert_eq!(wf.meta().status, Status::Running);
         let order = wf.facts().into_iter().find(|f| &*f.ty.name() == "Order").unwrap();
         assert_eq!(order.fields.to_json(), serde_json::json!({"id": "o1", "status": "shipped", "reminded": true}));
+    }
+
+    #[test]
+    fn a_fact_older_than_a_defaulted_field_gets_the_default_with_its_first_change() {
+        const SHIP: &str = r#"rule "ship" { match { o: Order(status == "new") s: Ship() } action { modify(o, #{ status: "shipped" }); retract(s); } }"#;
+        let v1 = pack_version(SHIP, "[facts.Order]\nid = \"string\"\nstatus = \"string\"\n", "1");
+        let v2 = pack_version(
+            SHIP,
+            "[facts.Order]\nid = \"string\"\nstatus = \"string\"\nsource = { type = \"string\", default = \"web\" }\n",
+            "2",
+        );
+        let mut wf = Workflow::new(WorkflowId::new("defaults"), v1, 0);
+        let order = facts(serde_json::json!([{"type": "Order", "fields": {"id": "o1", "status": "new"}}]));
+        wf.apply(Input::Start { facts: order }, 1).unwrap();
+        let out = wf.upgrade(v2, 2).unwrap();
+        assert_eq!(out.error, None, "{}", lines(&out));
+        let out = wf.apply(Input::Assert { facts: facts(serde_json::json!([{"type": "Ship"}])) }, 3).unwrap();
+        assert_eq!(out.error, None, "{}", lines(&out));
+        let order = wf.facts().into_iter().find(|f| &*f.ty.name() == "Order").unwrap();
+        assert_eq!(order.fields.to_json(), serde_json::json!({"id": "o1", "status": "shipped", "source": "web"}));
     }
 
     #[test]

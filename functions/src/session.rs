@@ -348,6 +348,11 @@ impl Session<'_> {
 /// subscriber exports spans (`stoa_telemetry::init` does when
 /// OTEL_EXPORTER_OTLP_ENDPOINT is set).
 fn function_span(invocation: &proto::Invocation) -> tracing::Span {
+    let parent = Some(invocation.traceparent.as_str()).filter(|t| !t.is_empty());
+    // A trace the server's sampler left out: no span here either.
+    if parent.and_then(stoa_telemetry::TraceParent::parse).is_some_and(|tp| !tp.sampled()) {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         parent: None,
         "function",
@@ -359,7 +364,6 @@ fn function_span(invocation: &proto::Invocation) -> tracing::Span {
         stoa.attempt = invocation.attempt,
         stoa.outcome = tracing::field::Empty,
     );
-    let parent = Some(invocation.traceparent.as_str()).filter(|t| !t.is_empty());
     stoa_telemetry::set_parent(&span, parent, None);
     span
 }

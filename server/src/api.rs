@@ -167,6 +167,18 @@ fn job_out(j: &UpgradeJob) -> pb::UpgradeJob {
     }
 }
 
+fn impact_out(i: crate::compat::Impact) -> pb::SchemaImpact {
+    pb::SchemaImpact {
+        r#type: i.change.ty,
+        field: i.change.field.unwrap_or_default(),
+        what: i.change.what,
+        compatible: i.change.compatible,
+        from_version: i.from,
+        workflows: i.workflows,
+        facts: i.facts,
+    }
+}
+
 fn rollout_out(r: Rollout, job: Option<UpgradeJob>) -> pb::RolloutPackResponse {
     pb::RolloutPackResponse {
         stable: r.stable,
@@ -211,7 +223,8 @@ impl pb::stoa_server::Stoa for StoaService {
         let rt = self.runtime.clone();
         let t = tenant.clone();
         let dry_run = req.dry_run;
-        let (pack, diags, changed) = detached(async move { rt.deploy(&t, files, dry_run).await }).await?;
+        let gate = (!req.force).then_some(mode);
+        let (pack, diags, changed) = detached(async move { rt.deploy(&t, files, dry_run, gate).await }).await?;
         let name = pack.manifest.name.clone();
         let stable =
             self.runtime.rollout_of(&tenant, &name).and_then(|r| self.runtime.pack_version(&tenant, &name, &r.stable));
@@ -232,6 +245,11 @@ impl pb::stoa_server::Stoa for StoaService {
         if !req.dry_run {
             self.schedules.install_pack(&tenant, &name, &pack.manifest.schedules)?;
         }
+        if req.dry_run || req.force {
+            let all = req.dry_run;
+            let impacts = self.runtime.schema_impact(&tenant, &name, &pack, mode, all).await?;
+            resp.schema_changes = impacts.into_iter().filter(|i| all || i.blocks()).map(impact_out).collect();
+        }
         if req.dry_run {
             let preview = self.runtime.preview(&tenant, &pack, mode).await?;
             resp.live_workflows = preview.workflows;
@@ -244,7 +262,8 @@ impl pb::stoa_server::Stoa for StoaService {
             || self.runtime.rollout_of(&tenant, &name).is_some_and(|r| !same_rollout(&r, &pack.manifest.version, mode))
         {
             // A new version, or the same one rolled out another way (say, a canary promoted).
-            let (_, job) = self.runtime.rollout(&tenant, &name, &pack.manifest.version, mode).await?;
+            // `deploy` checked the schemas (unless forced).
+            let (_, job) = self.runtime.rollout(&tenant, &name, &pack.manifest.version, mode, true).await?;
             resp.upgrade = job.as_ref().map(job_out);
         }
         Ok(Response::new(resp))
@@ -260,7 +279,7 @@ impl pb::stoa_server::Stoa for StoaService {
         input::pack_name("name", &req.name)?;
         input::version("version", &req.version)?;
         let mode = rollout_mode(req.rollout, req.canary_fraction)?;
-        let (rollout, job) = self.runtime.rollout(&tenant, &req.name, &req.version, mode).await?;
+        let (rollout, job) = self.runtime.rollout(&tenant, &req.name, &req.version, mode, req.force).await?;
         Ok(Response::new(rollout_out(rollout, job)))
     }
 
@@ -272,7 +291,7 @@ impl pb::stoa_server::Stoa for StoaService {
         let tenant = tenant(&req)?;
         let req = req.into_inner();
         input::pack_name("name", &req.name)?;
-        let (rollout, job) = self.runtime.rollback(&tenant, &req.name).await?;
+        let (rollout, job) = self.runtime.rollback(&tenant, &req.name, req.force).await?;
         Ok(Response::new(rollout_out(rollout, job)))
     }
 

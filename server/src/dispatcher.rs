@@ -666,7 +666,11 @@ impl Dispatcher {
                     since: now,
                 };
                 item.span = crate::trace::dispatch_span(&item.inv, &item.tenant, item.attempt);
-                let traceparent = stoa_telemetry::traceparent_of(&item.span).unwrap_or_default();
+                // Untraced here (a trace the sampler left out): the stored
+                // context goes on as it is, so the worker leaves it out too.
+                let traceparent = stoa_telemetry::traceparent_of(&item.span)
+                    .or_else(|| item.inv.traceparent.clone())
+                    .unwrap_or_default();
                 item.metrics.schedule_to_start.record(now.saturating_duration_since(item.ready).as_secs_f64());
                 let (tenant, function) = (item.tenant.clone(), item.inv.function.clone());
                 batch.push(pb::Invocation {

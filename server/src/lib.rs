@@ -11,6 +11,7 @@ mod children;
 mod clock;
 mod cluster;
 mod committer;
+mod compat;
 pub mod config;
 mod dispatch_handle;
 mod dispatcher;

@@ -335,6 +335,8 @@ impl Runtime {
     // ---- packs ----------------------------------------------------------
 
     /// Compiles (on a turn thread) and, unless `dry_run`, deploys a pack.
+    /// With `gate`, first refuses a pack whose rollout in that mode would
+    /// move live facts across an incompatible schema change (`compat`).
     /// Returns the compiled pack, its diagnostics (warnings) and whether
     /// anything changed.
     pub async fn deploy(
@@ -342,6 +344,7 @@ impl Runtime {
         tenant: &str,
         files: BTreeMap<String, String>,
         dry_run: bool,
+        gate: Option<crate::upgrade::Mode>,
     ) -> Result<(Arc<Pack>, Vec<stoa_rules::Diagnostic>, bool), ApiError> {
         let quotas = self.policy(tenant).quotas.clone();
         let bytes: u64 = files.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
@@ -388,6 +391,11 @@ impl Runtime {
             )));
         }
         let name = pack.manifest.name.clone();
+        if let (false, Some(mode)) = (dry_run, gate) {
+            let impacts = self.schema_impact(tenant, &name, &pack, mode, false).await?;
+            let what = format!("deploying {name} {}", pack.manifest.version);
+            crate::compat::refuse_blocking(&impacts, &what)?;
+        }
         let key = (tenant.to_string(), name.clone());
         let _deploying = self.deploy_lock(tenant, &name).lock().await;
         let (last, seq) = match self.packs.get(&key) {

@@ -130,7 +130,7 @@ async fn a_repeated_start_is_answered_only_once_the_first_is_durable() {
     let (dispatch, _queued) = crate::dispatch_handle::channel();
     let (background, _later) = tokio::sync::mpsc::unbounded_channel();
     let rt = Arc::new(new_runtime(store.clone(), committer.clone(), dispatch, background));
-    rt.deploy("a", steps_pack(), false).await.unwrap();
+    rt.deploy("a", steps_pack(), false, None).await.unwrap();
 
     let first = tokio::spawn({
         let rt = rt.clone();
@@ -187,7 +187,7 @@ async fn a_repeated_start_is_answered_when_retention_deletes_the_workflow_meanwh
     let (dispatch, _queued) = crate::dispatch_handle::channel();
     let (background, _later) = tokio::sync::mpsc::unbounded_channel();
     let rt = Arc::new(new_runtime(gate, committer.clone(), dispatch, background));
-    rt.deploy("a", steps_pack(), false).await.unwrap();
+    rt.deploy("a", steps_pack(), false, None).await.unwrap();
 
     let (id1, created1) = rt.start("a", "bench-steps", steps(0), "req-1").await.unwrap();
     *swept.lock().unwrap() = Some(id1.clone());
@@ -251,9 +251,9 @@ fn a_stored_version_is_not_live_until_its_rollout_even_after_a_restart() {
         .collect();
     {
         let (rt, committer, thread) = runtime(Arc::new(SledStore::open(dir.path(), 8).unwrap()));
-        block_on(rt.deploy("a", steps_pack(), false)).unwrap();
+        block_on(rt.deploy("a", steps_pack(), false, None)).unwrap();
         let v1 = rt.rollout_of("a", "bench-steps").unwrap().stable;
-        block_on(rt.deploy("a", v2.clone(), false)).unwrap();
+        block_on(rt.deploy("a", v2.clone(), false, None)).unwrap();
         assert_eq!(rt.rollout_of("a", "bench-steps").unwrap().stable, v1, "stored, not rolled out");
         committer.close();
         thread.join().unwrap();

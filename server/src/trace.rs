@@ -14,6 +14,8 @@
 //! With no exporter every span here is disabled at its call site: no
 //! allocation, and the per-firing events are not even looked at.
 
+use std::sync::{Arc, OnceLock};
+
 use opentelemetry::trace::{Status, TraceContextExt};
 use opentelemetry::KeyValue;
 use stoa_engine::timeline::Event;
@@ -50,54 +52,85 @@ pub(crate) fn request_span(req: &http::Request<()>) -> Span {
     span
 }
 
-/// The span of one turn, opened before its workflow is at hand. Cloning a
-/// disabled one is free.
+/// The span of one turn. Made on the turn thread once the parent is known
+/// (the workflow is loaded only there), and only if that parent was
+/// sampled: a turn of a trace the sampler left out makes no span at all and
+/// hands the parent's context on unchanged, so the decision reaches the
+/// dispatches and the workers without costing a span per turn.
 #[derive(Clone)]
 pub(crate) struct TurnSpan {
-    span: Span,
-    /// It continues a caller's span (a request, a result); else it joins
-    /// its workflow's trace once the workflow is loaded.
-    continues: bool,
+    /// The caller's span (a request) when there is one and spans are
+    /// exported; `None` when nothing is exported.
+    caller: Option<Span>,
+    id: WorkflowId,
+    span: Arc<OnceLock<Span>>,
 }
 
 impl TurnSpan {
     pub fn new(id: &WorkflowId) -> TurnSpan {
-        let span = info_span!(
+        // The same call site filter as the span itself: free when nothing
+        // exports spans.
+        let caller = tracing::enabled!(kind: tracing::metadata::Kind::SPAN, tracing::Level::INFO).then(|| {
+            let current = Span::current();
+            match current.id() {
+                Some(_) => current,
+                None => Span::none(),
+            }
+        });
+        TurnSpan { caller, id: id.clone(), span: Arc::new(OnceLock::new()) }
+    }
+
+    fn make(&self) -> Span {
+        info_span!(
             "turn",
-            stoa.tenant = tenant_of(id),
-            stoa.workflow = %id,
+            stoa.tenant = tenant_of(&self.id),
+            stoa.workflow = %self.id,
             stoa.turn = Empty,
             stoa.input = Empty,
             stoa.firings = Empty,
             stoa.error = Empty,
-        );
-        let continues = !span.is_disabled() && Span::current().id().is_some();
-        TurnSpan { span, continues }
+        )
     }
 
-    /// On the turn thread, before the turn applies `input`: parents the
-    /// span on the turn that made the invocation it answers, else on the
-    /// workflow's trace if it continues no caller; and has the turn's
-    /// invocations carry the span's context. That context.
+    /// On the turn thread, before the turn applies `input`: the turn's
+    /// parent is the turn that made the invocation it answers, else its
+    /// caller, else its workflow's trace. Has the turn's invocations carry
+    /// the turn's context (its parent's, when not sampled), and returns it.
     pub fn attach(&self, wf: &mut Workflow, input: Option<&Input>) -> Option<String> {
-        if self.span.is_disabled() {
+        let Some(caller) = &self.caller else {
             wf.set_turn_trace(None);
             return None;
-        }
+        };
         let call = match input {
             Some(Input::Result { invocation, .. }) => wf.waiting_for(invocation),
             _ => None,
         };
-        match call.and_then(|w| w.invocation.traceparent.as_deref()) {
-            Some(made_by) => {
-                set_parent(&self.span, Some(made_by), None);
+        let stored = match call.and_then(|w| w.invocation.traceparent.clone()) {
+            Some(made_by) => Some(made_by),
+            None if caller.is_none() => wf.meta().traceparent.clone(),
+            None => None,
+        };
+        let parent = match &stored {
+            Some(tp) => Parent::Stored(tp),
+            None if !caller.is_none() => Parent::Caller(caller),
+            None => Parent::Root,
+        };
+        let tp = match parent {
+            Parent::Stored(tp) if !sampled(tp) => Some(tp.clone()),
+            Parent::Caller(c) if !c.context().span().span_context().is_sampled() => traceparent(c),
+            parent => {
+                let span = match parent {
+                    Parent::Caller(c) => c.in_scope(|| self.make()),
+                    _ => self.make(),
+                };
+                if let Parent::Stored(tp) = parent {
+                    set_parent(&span, Some(tp), None);
+                }
+                let tp = traceparent(&span);
+                let _ = self.span.set(span);
+                tp
             }
-            None if !self.continues => {
-                set_parent(&self.span, wf.meta().traceparent.as_deref(), None);
-            }
-            None => {}
-        }
-        let tp = traceparent(&self.span);
+        };
         wf.set_turn_trace(tp.clone());
         tp
     }
@@ -105,24 +138,22 @@ impl TurnSpan {
     /// After the turn: its number, input, firings (the first
     /// `MAX_FIRING_EVENTS` as events: rule, section, facts matched), error.
     pub fn record(&self, out: &TurnOutput) {
-        if !self.sampled() {
-            return;
-        }
-        self.span.record("stoa.turn", out.turn);
-        self.span.record("stoa.firings", out.firings);
+        let Some(span) = self.sampled() else { return };
+        span.record("stoa.turn", out.turn);
+        span.record("stoa.firings", out.firings);
         if let Some(e) = &out.error {
-            self.span.record("stoa.error", e.as_str());
-            self.span.set_status(Status::error(e.clone()));
+            span.record("stoa.error", e.as_str());
+            span.set_status(Status::error(e.clone()));
         }
         let mut shown = 0;
         for e in &out.entries {
             match &e.event {
                 Event::TurnStarted { input } => {
-                    self.span.record("stoa.input", input.as_str());
+                    span.record("stoa.input", input.as_str());
                 }
                 Event::Fired { rule, section, facts } if shown < MAX_FIRING_EVENTS => {
                     let facts: Vec<String> = facts.iter().map(|(id, v)| format!("f{id}@{v}")).collect();
-                    self.span.add_event(
+                    span.add_event(
                         "firing",
                         vec![
                             KeyValue::new("stoa.rule", rule.clone()),
@@ -140,17 +171,28 @@ impl TurnSpan {
     /// The wait until the turn is durable (its share of a group commit).
     pub fn commit(&self) -> Span {
         match self.sampled() {
-            true => info_span!(parent: &self.span, "commit"),
-            false => Span::none(),
+            Some(turn) => info_span!(parent: turn, "commit"),
+            None => Span::none(),
         }
     }
 
     /// Whether the span is exported: a trace the sampler left out (the
     /// caller's choice, or the ratio's) gets no events and no child spans,
     /// which are most of the cost of tracing a turn.
-    fn sampled(&self) -> bool {
-        !self.span.is_disabled() && self.span.context().span().span_context().is_sampled()
+    fn sampled(&self) -> Option<&Span> {
+        self.span.get().filter(|s| !s.is_disabled() && s.context().span().span_context().is_sampled())
     }
+}
+
+/// Where a turn's span hangs.
+enum Parent<'a> {
+    /// A context kept in the store: of the turn that made the invocation
+    /// answered, or of the workflow's start.
+    Stored(&'a String),
+    /// The span of the request that asked for the turn.
+    Caller(&'a Span),
+    /// Nothing: a new trace, if the sampler wants one.
+    Root,
 }
 
 /// The span of one attempt at a worker, a child of the turn that made the

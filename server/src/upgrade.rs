@@ -72,6 +72,7 @@ impl Runtime {
         name: &str,
         version: &str,
         mode: Mode,
+        force: bool,
     ) -> Result<(Rollout, Option<UpgradeJob>), ApiError> {
         if let Mode::Canary(f) = mode {
             if !(f > 0.0 && f <= 1.0) {
@@ -80,6 +81,10 @@ impl Runtime {
         }
         // What runs is compiled and kept.
         let pack = self.keep_version(tenant, name, version).await?;
+        if !force {
+            let impacts = self.schema_impact(tenant, name, &pack, mode, false).await?;
+            crate::compat::refuse_blocking(&impacts, &format!("rolling {name} out to {version}"))?;
+        }
         let _deploying = self.deploy_lock(tenant, name).lock().await;
         let key = (tenant.to_string(), name.to_string());
         let stable = {
@@ -120,6 +125,7 @@ impl Runtime {
         self: &Arc<Self>,
         tenant: &str,
         name: &str,
+        force: bool,
     ) -> Result<(Rollout, Option<UpgradeJob>), ApiError> {
         let target = {
             let versions = self
@@ -141,7 +147,12 @@ impl Runtime {
                 }
             }
         };
-        self.rollout(tenant, name, &target, Mode::All).await
+        if !force {
+            let pack = self.keep_version(tenant, name, &target).await?;
+            let impacts = self.schema_impact(tenant, name, &pack, Mode::All, false).await?;
+            crate::compat::refuse_blocking(&impacts, &format!("rolling {name} back to {target}"))?;
+        }
+        self.rollout(tenant, name, &target, Mode::All, true).await
     }
 
     fn save_job(&self, job: &UpgradeJob) -> Result<(), ApiError> {

@@ -45,6 +45,7 @@ async fn deploy_dir(
         dry_run,
         rollout: rollout as i32,
         canary_fraction: fraction,
+        force: false,
     })
     .await
     .expect("deploy")
@@ -208,6 +209,7 @@ fn upgrades_reach_live_workflows_by_canary_then_all_survive_a_kill_and_roll_back
             version: "2.0.0".into(),
             rollout: pb::Rollout::All as i32,
             canary_fraction: 0.0,
+            force: false,
         })
         .await
         .expect("rollout");
@@ -253,7 +255,10 @@ fn upgrades_reach_live_workflows_by_canary_then_all_survive_a_kill_and_roll_back
         }
 
         // Roll back: v1's rules again, no fact lost, nothing fires.
-        let r = a.rollback_pack(pb::RollbackPackRequest { name: "video-encode".into() }).await.expect("rollback");
+        let r = a
+            .rollback_pack(pb::RollbackPackRequest { name: "video-encode".into(), force: false })
+            .await
+            .expect("rollback");
         assert_eq!(r.into_inner().stable, "1.0.0");
         let job = wait_upgrade(&mut a, "video-encode", 60).await;
         assert_eq!((job.upgraded, job.firings, job.failed), (N as u64, 0, 0));
@@ -626,7 +631,8 @@ rule "remind" {
         let w = wait_for(&mut a, &id, 10, |w| w.facts.iter().any(|f| f.fields_json.contains("reminded"))).await;
         assert_eq!(w.pack_version, "2");
 
-        let r = a.rollback_pack(pb::RollbackPackRequest { name: "orders".into() }).await.expect("rollback");
+        let r =
+            a.rollback_pack(pb::RollbackPackRequest { name: "orders".into(), force: false }).await.expect("rollback");
         assert_eq!(r.into_inner().stable, "1");
         let job = wait_upgrade(&mut a, "orders", 30).await;
         assert_eq!(job.failed, 0);
@@ -644,4 +650,94 @@ rule "remind" {
         let order = w.facts.iter().find(|f| f.r#type == "Order").expect("the order");
         assert!(order.fields_json.contains(r#""reminded":true"#), "the fact keeps the field: {}", order.fields_json);
     });
+}
+
+/// Issue 13: schema evolution is checked before it reaches live facts. A
+/// dry run lists each schema change with the live workflows and facts it
+/// reaches; a rollout, deploy or rollback across an incompatible one is
+/// refused (nothing stored, nothing moved) unless forced.
+#[test]
+fn incompatible_schema_changes_are_reported_and_refused_unless_forced() {
+    const RULES: &str = r#"
+rule "ship" {
+    match { o: Order(status == "new") s: Ship() }
+    action { modify(o, #{ status: "shipped" }); retract(s); complete(#{ order: o.id }); }
+}
+"#;
+    let manifest = |version: &str, order: &str| {
+        format!("[pack]\nname = \"evolve\"\nversion = \"{version}\"\n\n[facts.Order]\nid = \"string\"\nstatus = \"string\"\n{order}\n[facts.Ship]\n")
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = |v: &str| tmp.path().join(v);
+    write_pack(&dir("v1"), &[("pack.toml", &manifest("1", "qty = \"int\"\n")), ("main.rules", RULES)]);
+    // qty retyped (incompatible), note added optional (compatible).
+    write_pack(
+        &dir("v2"),
+        &[("pack.toml", &manifest("2", "qty = \"string\"\nnote = \"string?\"\n")), ("main.rules", RULES)],
+    );
+    let server = Server::start(&tmp.path().join("data"));
+    let stoa = |args: &[&str]| {
+        let out = crate::support::stoa()
+            .args(args)
+            .env("STOA_SERVER", &server.addr)
+            .env("STOA_TOKEN", TOKEN_A)
+            .output()
+            .expect("stoa");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let path = |v: &str| dir(v).to_str().expect("utf-8").to_string();
+    assert!(stoa(&["deploy", &path("v1")]).0);
+    let rt = rt();
+    let ids: Vec<String> = rt.block_on(async {
+        let mut a = client(&server.addr, TOKEN_A).await;
+        let mut ids = Vec::new();
+        for i in 0..2 {
+            let order =
+                serde_json::json!([{"type": "Order", "fields": {"id": format!("o{i}"), "status": "new", "qty": 3}}]);
+            ids.push(start(&mut a, "evolve", &format!("o{i}"), order).await);
+        }
+        ids
+    });
+
+    let (ok, dry) = stoa(&["deploy", "--dry-run", &path("v2")]);
+    assert!(ok, "{dry}");
+    expect_test::expect![[r#"
+        evolve 2 checked (dry run)
+          schema Order.note: added, string, optional [compatible] (from 1: 2 fact(s) in 2 live workflow(s))
+          schema Order.qty: retyped from int to string [INCOMPATIBLE] (from 1: 2 fact(s) in 2 live workflow(s))
+          2 live workflow(s) would be upgraded
+    "#]]
+    .assert_eq(&dry);
+
+    // Refused: the version is not even stored; the workflows stay on 1.
+    let (ok, out) = stoa(&["deploy", &path("v2")]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("1 incompatible schema change(s); nothing was changed"), "{out}");
+    assert!(
+        out.contains("Order.qty: retyped from int to string (from version 1; 2 fact(s) in 2 live workflow(s))"),
+        "{out}"
+    );
+    assert!(stoa(&["packs"]).1.contains(" 1\n"), "only version 1 is deployed");
+
+    // New workflows only: no live fact moves, so it goes.
+    let (ok, out) = stoa(&["deploy", "--new-only", &path("v2")]);
+    assert!(ok, "{out}");
+    let (ok, out) = stoa(&["rollout", "evolve", "2"]);
+    assert!(!ok && out.contains("rolling evolve out to 2 would move live facts"), "{out}");
+    let (ok, out) = stoa(&["rollout", "evolve", "2", "--force"]);
+    assert!(ok, "{out}");
+    rt.block_on(async {
+        let mut a = client(&server.addr, TOKEN_A).await;
+        wait_upgrade(&mut a, "evolve", 30).await;
+        for id in &ids {
+            assert_eq!(get(&mut a, id).await.pack_version, "2");
+        }
+    });
+    // Back across the same change, the other way.
+    let (ok, out) = stoa(&["rollback", "evolve"]);
+    assert!(!ok && out.contains("rolling evolve back to 1 would move live facts"), "{out}");
+    assert!(out.contains("Order.qty: retyped from string to int (from version 2"), "{out}");
+    let (ok, out) = stoa(&["rollback", "evolve", "--force"]);
+    assert!(ok, "{out}");
 }

@@ -293,6 +293,7 @@ fn deploy_request(rng: &mut Rng, me: &Known, other: &Known) -> pb::DeployPackReq
         dry_run: rng.below(2) == 0,
         rollout: rng.below(5) as i32 - 1,
         canary_fraction: fraction(rng),
+        force: rng.below(2) == 0,
     }
 }
 
@@ -384,10 +385,15 @@ fn request(rng: &mut Rng, me: &Known, other: &Known) -> (&'static str, Vec<u8>, 
                 version: t(rng),
                 rollout: rng.below(5) as i32 - 1,
                 canary_fraction: fraction(rng),
+                force: rng.below(2) == 0,
             };
             ("RolloutPack", r.encode_to_vec(), false)
         }
-        13 => ("RollbackPack", pb::RollbackPackRequest { name: pack(rng) }.encode_to_vec(), false),
+        13 => (
+            "RollbackPack",
+            pb::RollbackPackRequest { name: pack(rng), force: rng.below(2) == 0 }.encode_to_vec(),
+            false,
+        ),
         14 => ("GetUpgrade", pb::GetUpgradeRequest { name: pack(rng) }.encode_to_vec(), false),
         15 => {
             let r = pb::SendSignalRequest {

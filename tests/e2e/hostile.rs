@@ -413,12 +413,18 @@ fn hostile_inputs_get_invalid_argument_with_short_messages() {
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
 
         // Another tenant's pack does not exist for b, whatever b did with the name.
-        let e = b.rollback_pack(pb::RollbackPackRequest { name: "quick".into() }).await.expect_err("rollback");
+        let e = b
+            .rollback_pack(pb::RollbackPackRequest { name: "quick".into(), force: false })
+            .await
+            .expect_err("rollback");
         assert_eq!(e.code(), Code::NotFound, "{e:?}");
         b.deploy_pack(pb::DeployPackRequest { files: pack("quick", "", QUICK), dry_run: true, ..Default::default() })
             .await
             .expect("dry run");
-        let e = b.rollback_pack(pb::RollbackPackRequest { name: "quick".into() }).await.expect_err("rollback");
+        let e = b
+            .rollback_pack(pb::RollbackPackRequest { name: "quick".into(), force: false })
+            .await
+            .expect_err("rollback");
         assert_eq!(e.code(), Code::NotFound, "after a dry run: {e:?}");
         let e = b
             .rollout_pack(pb::RolloutPackRequest { name: "quick".into(), version: "1".into(), ..Default::default() })

@@ -106,7 +106,7 @@ fn tenants_are_isolated() {
             "same answer as for nothing"
         );
         not_found(
-            b.rollback_pack(pb::RollbackPackRequest { name: "video-encode".into() }).await.map(|_| ()),
+            b.rollback_pack(pb::RollbackPackRequest { name: "video-encode".into(), force: false }).await.map(|_| ()),
             "rollback",
         );
         not_found(
@@ -266,6 +266,7 @@ fn bad_requests_get_precise_errors_and_change_nothing() {
             version: version.into(),
             rollout: rollout as i32,
             canary_fraction,
+            force: false,
         };
         bad(
             a.rollout_pack(rollout("1.0.0", pb::Rollout::Canary, 1.5)).await.map(|_| ()),
@@ -274,7 +275,7 @@ fn bad_requests_get_precise_errors_and_change_nothing() {
         );
         bad(a.rollout_pack(rollout("9.9", pb::Rollout::All, 0.0)).await.map(|_| ()), Code::NotFound, "no version 9.9");
         bad(
-            a.rollback_pack(pb::RollbackPackRequest { name: "video-encode".into() }).await.map(|_| ()),
+            a.rollback_pack(pb::RollbackPackRequest { name: "video-encode".into(), force: false }).await.map(|_| ()),
             Code::FailedPrecondition,
             "no version before",
         );

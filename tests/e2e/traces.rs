@@ -181,6 +181,38 @@ fn one_video_encode_run_is_one_trace_from_client_to_both_workers() {
     });
     assert_eq!(w.status, "completed", "{}", w.reason);
 
+    // A run its caller left out of sampling (flags 00) is traced nowhere:
+    // not by the server's request, turns and dispatches, not by a worker.
+    let unsampled = "00-5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e-00f067aa0ba902b7-00";
+    let out = stoa()
+        .args(["start", "video-encode", "--server", &server.addr, "--token", TOKEN_A, "--json", "--request-id", "t2"])
+        .arg("--facts")
+        .arg(&facts)
+        .args(["--traceparent", unsampled])
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .output()
+        .expect("stoa start");
+    assert!(out.status.success(), "stoa start: {}", String::from_utf8_lossy(&out.stderr));
+    let started: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let quiet = started["workflow_id"].as_str().expect("workflow id").to_string();
+
+    let w = rt.block_on(async {
+        let mut c = client(&server.addr, TOKEN_A).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let w = c
+                .get_workflow(pb::GetWorkflowRequest { workflow_id: quiet.clone(), without_facts: true })
+                .await
+                .expect("get")
+                .into_inner();
+            if w.status != "running" || Instant::now() > deadline {
+                return w;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    assert_eq!(w.status, "completed", "{}", w.reason);
+
     // A caller's traceparent with this process not exporting: the
     // server's request span continues it as given.
     let given = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -251,6 +283,9 @@ fn one_video_encode_run_is_one_trace_from_client_to_both_workers() {
         spans.iter().any(|s| s.trace == given[3..35] && s.parent == given[36..52]),
         "the server continued the --traceparent given to stoa get"
     );
+
+    let leaked: Vec<&Got> = spans.iter().filter(|s| s.trace == unsampled[3..35]).collect();
+    assert!(leaked.is_empty(), "spans of a trace sampled out: {leaked:?}");
 
     // The run's spans make one tree: every parent is there, one root.
     let ids: BTreeMap<&str, &Got> = run.iter().map(|s| (s.id.as_str(), *s)).collect();
