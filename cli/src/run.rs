@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use stoa_engine::dispatch::MockDispatcher;
+use stoa_engine::dispatch::{Dispatcher, MockDispatcher};
 use stoa_engine::local::Local;
 use stoa_engine::store::{SledStore, Store};
 use stoa_engine::workflow::{Input, Status};
 use stoa_engine::WorkflowId;
-use stoa_rules::testcase::{FactSpec, Mock};
+use stoa_rules::testcase::{FactSpec, Mock, SignalSpec, Step};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,11 +34,26 @@ pub struct Args {
     /// Print timeline entries as JSON lines instead of text.
     #[arg(long)]
     json: bool,
-    /// Stay until no timer is pending, firing each when it comes due (in
-    /// real time). Without it, the run ends when no answer is left to feed
-    /// back, and pending timers are listed.
+    /// Stay until no timer or mock answer (`after = "..."`) is pending,
+    /// each turn when it comes due (in real time). Without it, the run ends
+    /// when no answer is ready to feed back, and what is pending is listed.
     #[arg(long)]
     wait_timers: bool,
+    /// After the start: the steps of this TOML file of `[[step]]` tables,
+    /// in order, with the keys of test steps (`advance`, `assert`, `modify`,
+    /// `retract`, `signal`, `cancel`). With any step (this, --signal or
+    /// --advance), the run's clock is virtual from the start on: it moves
+    /// only by `advance`, so a 15-minute timer fires at once.
+    #[arg(long, value_name = "FILE")]
+    steps: Option<PathBuf>,
+    /// Send a signal after the --steps: `NAME` or `NAME=JSON` (the
+    /// payload). May be given several times; sent in order.
+    #[arg(long, value_name = "NAME[=JSON]")]
+    signal: Vec<String>,
+    /// Last, move the virtual clock by this much (e.g. `15m`): due timers
+    /// fire and due mock answers arrive, in time order.
+    #[arg(long, value_name = "DURATION")]
+    advance: Option<humantime::Duration>,
     /// At the end, explain this rule: its firings, and why it matches or
     /// not (as `stoa explain`). May be given several times.
     #[arg(long, value_name = "RULE")]
@@ -50,6 +65,65 @@ pub struct Args {
 struct FactsToml {
     #[serde(default)]
     fact: Vec<FactSpec>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepsToml {
+    #[serde(default)]
+    step: Vec<Step>,
+}
+
+/// The steps `--steps`, `--signal` and `--advance` ask for, in that order.
+fn scripted_steps(args: &Args) -> anyhow::Result<Vec<Step>> {
+    let mut steps = match &args.steps {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let steps = toml::from_str::<StepsToml>(&text).map_err(|e| toml_error(p, &text, &e))?.step;
+            for (n, d) in steps.iter().enumerate().filter_map(|(n, s)| s.advance.as_ref().map(|d| (n, d))) {
+                if let Err(e) = humantime::parse_duration(d.get_ref()) {
+                    anyhow::bail!(
+                        "{}: step {}: `advance = \"{}\"` is not a duration ({e})",
+                        p.display(),
+                        n + 1,
+                        d.get_ref()
+                    );
+                }
+            }
+            steps
+        }
+        None => Vec::new(),
+    };
+    for s in &args.signal {
+        let (name, payload) = match s.split_once('=') {
+            Some((name, json)) => {
+                let v: serde_json::Value =
+                    serde_json::from_str(json).with_context(|| format!("--signal {name}: the payload is not JSON"))?;
+                (name, stoa_rules::Value::from_json(&v))
+            }
+            None => (s.as_str(), stoa_rules::Value::Null),
+        };
+        anyhow::ensure!(!name.trim().is_empty(), "--signal `{s}`: a signal needs a name");
+        let signal = SignalSpec { name: name.to_string(), id: None, payload };
+        steps.push(Step { signal: Some(signal), ..Step::default() });
+    }
+    if let Some(d) = &args.advance {
+        steps.push(Step { advance: Some(toml::Spanned::new(0..0, d.to_string())), ..Step::default() });
+    }
+    Ok(steps)
+}
+
+/// A TOML error with its place, as `file:line:col: message`.
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+    anyhow::anyhow!("{}:{line}:{col}: {}", path.display(), e.message().trim())
+}
+
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
 }
 
 #[derive(serde::Deserialize)]
@@ -83,6 +157,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => Vec::new(),
     };
+    if let Some(e) = mocks.iter().find_map(|m| m.check().err()) {
+        anyhow::bail!("{}: {e}", args.mocks.as_deref().unwrap_or(Path::new("--mocks")).display());
+    }
+    let steps = scripted_steps(&args)?;
     let mut dispatcher = MockDispatcher::new(&mocks);
     let store = match &args.data {
         Some(d) => Some(SledStore::open(d, 64).with_context(|| format!("opening store {}", d.display()))?),
@@ -132,8 +210,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Entries are printed as each turn commits: a `commit` line means the
     // turn is durable (with --data).
     local.drive(&mut dispatcher, &mut |out| print(&out.entries))?;
+    if !steps.is_empty() {
+        local.use_virtual_time();
+        for (n, step) in steps.iter().enumerate() {
+            let printed = local.timeline.len();
+            stoa_engine::harness::run_step(&mut local, n, step, &mut dispatcher)?;
+            print(&local.timeline[printed..]);
+        }
+    }
     while args.wait_timers && local.workflow.status() == Status::Running {
-        let Some((_, due)) = local.next_timer() else { break };
+        let next = [local.next_timer().map(|t| t.1), dispatcher.next_due()].into_iter().flatten().min();
+        let Some(due) = next else { break };
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
         local.advance(due.saturating_sub(now), &mut dispatcher, &mut |out| print(&out.entries))?;
     }

@@ -2,9 +2,9 @@
 //! in-process dispatcher that answers from mocks (for `stoa test` and
 //! `stoa run`). The server's dispatcher speaks gRPC to real workers.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 
-use stoa_rules::testcase::{partial_match, Answer, Mock};
+use stoa_rules::testcase::{after_ms, partial_match, Answer, Mock};
 use stoa_rules::Value;
 
 use crate::fact::InvocationId;
@@ -12,18 +12,25 @@ use crate::workflow::{ErrorKind, Invocation, Outcome};
 
 /// Where invocations go. Outcomes come back after retries, as inputs.
 pub trait Dispatcher {
-    fn dispatch(&mut self, inv: Invocation);
+    /// `inv` was made (and committed) at `now_ms`.
+    fn dispatch(&mut self, inv: Invocation, now_ms: u64);
     /// The invocation is no longer awaited; drop it if not yet run.
     fn cancel(&mut self, id: &InvocationId);
-    /// The next finished invocation, if any.
-    fn next_outcome(&mut self) -> Option<(Invocation, Outcome)>;
+    /// The next outcome ready by `now_ms`, if any.
+    fn next_outcome(&mut self, now_ms: u64) -> Option<(Invocation, Outcome)>;
+    /// When the first outcome not ready yet will be.
+    fn next_due(&self) -> Option<u64>;
 }
 
-/// Answers invocations in the order they were dispatched, from mocks,
-/// applying each function's retry policy (on virtual time: no waiting).
+/// Answers invocations from mocks, in the order they are ready (then in
+/// the order they were dispatched), applying each function's timeouts and
+/// retry policy on the caller's clock: an answer `after` some time, or an
+/// attempt timing out, moves its ready time on.
 pub struct MockDispatcher {
     mocks: Vec<(Mock, Vec<Answer>, usize)>,
-    queue: VecDeque<Invocation>,
+    /// Outcomes by (ready at, dispatch order).
+    ready: BTreeMap<(u64, u64), (Invocation, Outcome)>,
+    seq: u64,
     /// Calls no mock answered: `(function, args)`.
     pub unmocked: Vec<(String, Value)>,
 }
@@ -32,7 +39,8 @@ impl MockDispatcher {
     pub fn new(mocks: &[Mock]) -> MockDispatcher {
         MockDispatcher {
             mocks: mocks.iter().map(|m| (m.clone(), m.answers(), 0)).collect(),
-            queue: VecDeque::new(),
+            ready: BTreeMap::new(),
+            seq: 0,
             unmocked: Vec::new(),
         }
     }
@@ -49,59 +57,84 @@ impl MockDispatcher {
             .map(|(i, _)| i)
     }
 
-    fn answer(&mut self, inv: &Invocation) -> Option<Answer> {
-        let pick = self.mock_for(inv)?;
+    fn answer(&mut self, pick: usize) -> Answer {
         let (_, answers, next) = &mut self.mocks[pick];
         let a = answers[(*next).min(answers.len() - 1)].clone();
         *next += 1;
-        Some(a)
+        a
+    }
+
+    /// Runs every attempt of `inv` from `now`: the outcome and when it is
+    /// ready, or `None` if it never ends (a mock that never answers, with
+    /// no timeout to end its attempts).
+    fn settle(&mut self, inv: &Invocation, now: u64) -> Option<(u64, Outcome)> {
+        let Some(pick) = self.mock_for(inv) else {
+            self.unmocked.push((inv.function.clone(), inv.args.clone()));
+            let message = format!("no mock answers `{}` with args {}", inv.function, inv.args);
+            return Some((now, Outcome::Error { kind: ErrorKind::Failed, message, attempts: 1, retryable: false }));
+        };
+        let (never, heartbeats) = (self.mocks[pick].0.never, self.mocks[pick].0.heartbeats);
+        // What ends an attempt that runs too long: its start-to-close
+        // timeout, or its heartbeat timeout if the worker stalls.
+        let limits = [(inv.timeout_ms, "start-to-close"), (if heartbeats { 0 } else { inv.heartbeat_ms }, "heartbeat")];
+        let limit = limits.into_iter().filter(|(ms, _)| *ms > 0).min_by_key(|(ms, _)| *ms);
+        let max = inv.retry.max_attempts.max(1);
+        let mut at = now;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let answer = if never { None } else { Some(self.answer(pick)) };
+            let runs = answer.as_ref().map(|a| after_ms(a.after.as_deref()));
+            let outcome = match (runs, limit) {
+                (runs, Some((ms, which))) if runs.is_none_or(|r| r > ms) => {
+                    at = at.saturating_add(ms);
+                    // The server's words for it.
+                    let message = format!("attempt {attempt} ran past its {which} timeout");
+                    Outcome::Error { kind: ErrorKind::Timeout, message, attempts: attempt, retryable: true }
+                }
+                (None, _) => return None,
+                (Some(runs), _) => {
+                    at = at.saturating_add(runs);
+                    let answer = answer.expect("runs implies an answer");
+                    match answer.error {
+                        None => Outcome::Ok { value: answer.returns.unwrap_or(Value::Null), attempts: attempt },
+                        Some(e) => Outcome::Error {
+                            kind: ErrorKind::Failed,
+                            message: e.message,
+                            attempts: attempt,
+                            retryable: e.retryable,
+                        },
+                    }
+                }
+            };
+            // Backoffs take no time here: a test's clock moves only where
+            // its steps say, and a call retried at once reads the same.
+            match outcome {
+                Outcome::Error { retryable: true, .. } if attempt < max => {}
+                outcome => return Some((at, outcome)),
+            }
+        }
     }
 }
 
 impl Dispatcher for MockDispatcher {
-    fn dispatch(&mut self, inv: Invocation) {
-        self.queue.push_back(inv);
+    fn dispatch(&mut self, inv: Invocation, now_ms: u64) {
+        if let Some((at, outcome)) = self.settle(&inv, now_ms) {
+            self.seq += 1;
+            self.ready.insert((at, self.seq), (inv, outcome));
+        }
     }
 
     fn cancel(&mut self, id: &InvocationId) {
-        self.queue.retain(|i| &i.id != id);
+        self.ready.retain(|_, (i, _)| &i.id != id);
     }
 
-    fn next_outcome(&mut self) -> Option<(Invocation, Outcome)> {
-        // A call of a mock that never answers stays waiting: it leaves the
-        // queue unanswered (the workflow keeps waiting on it).
-        let inv = loop {
-            let inv = self.queue.pop_front()?;
-            if !self.mock_for(&inv).is_some_and(|m| self.mocks[m].0.never) {
-                break inv;
-            }
-        };
-        let max = inv.retry.max_attempts.max(1);
-        let mut attempt = 0;
-        let outcome = loop {
-            attempt += 1;
-            let Some(answer) = self.answer(&inv) else {
-                self.unmocked.push((inv.function.clone(), inv.args.clone()));
-                break Outcome::Error {
-                    kind: ErrorKind::Failed,
-                    message: format!("no mock answers `{}` with args {}", inv.function, inv.args),
-                    attempts: attempt,
-                    retryable: false,
-                };
-            };
-            match answer.error {
-                None => break Outcome::Ok { value: answer.returns.unwrap_or(Value::Null), attempts: attempt },
-                Some(e) if e.retryable && attempt < max => continue,
-                Some(e) => {
-                    break Outcome::Error {
-                        kind: ErrorKind::Failed,
-                        message: e.message,
-                        attempts: attempt,
-                        retryable: e.retryable,
-                    }
-                }
-            }
-        };
-        Some((inv, outcome))
+    fn next_outcome(&mut self, now_ms: u64) -> Option<(Invocation, Outcome)> {
+        let (&key, _) = self.ready.iter().next().filter(|((at, _), _)| *at <= now_ms)?;
+        self.ready.remove(&key)
+    }
+
+    fn next_due(&self) -> Option<u64> {
+        self.ready.keys().next().map(|(at, _)| *at)
     }
 }

@@ -127,7 +127,8 @@ fn explain_missed(case: &TestCase, local: &Local, r: &Report) -> Vec<String> {
         .collect()
 }
 
-fn run_step(l: &mut Local, n: usize, step: &Step, dispatcher: &mut MockDispatcher) -> Result<(), local::Error> {
+/// Runs step `n` (from 0) of a test, or of a scripted `stoa run`.
+pub fn run_step(l: &mut Local, n: usize, step: &Step, dispatcher: &mut MockDispatcher) -> Result<(), local::Error> {
     let ignore_finished = |r: Result<_, local::Error>| match r {
         Err(local::Error::Rejected(Rejected::NotRunning(_))) => Ok(()),
         Err(e) => Err(e),
@@ -149,6 +150,15 @@ fn run_step(l: &mut Local, n: usize, step: &Step, dispatcher: &mut MockDispatche
     if let Some(reason) = &step.cancel {
         ignore_finished(l.apply(Input::Cancel { reason: reason.clone(), grace_ms: None }, dispatcher))?;
     }
+    if let Some(change) = &step.modify {
+        for id in selected(l, n, &change.ty, change.fields.as_ref())? {
+            ignore_finished(l.apply(Input::Modify { id, fields: change.set.clone() }, dispatcher))?;
+        }
+    }
+    if let Some(which) = &step.retract {
+        let ids = selected(l, n, &which.ty, which.fields.as_ref())?;
+        ignore_finished(l.apply(Input::Retract { ids }, dispatcher))?;
+    }
     l.drive(dispatcher, &mut |_| {})?;
     if let Some(d) = &step.advance {
         // Checked by `stoa check` (compile), so a bad duration here is a bug.
@@ -156,6 +166,25 @@ fn run_step(l: &mut Local, n: usize, step: &Step, dispatcher: &mut MockDispatche
         l.advance(by, dispatcher, &mut |_| {})?;
     }
     Ok(())
+}
+
+/// The ids of the facts of type `ty` whose fields contain `fields`; a step
+/// that selects none is an error (a test that modifies nothing would pass
+/// for the wrong reason).
+fn selected(l: &Local, n: usize, ty: &str, fields: Option<&stoa_rules::Value>) -> Result<Vec<u64>, local::Error> {
+    let ids: Vec<u64> = l
+        .workflow
+        .facts()
+        .into_iter()
+        .filter(|f| *f.ty.name() == *ty)
+        .filter(|f| fields.is_none_or(|want| partial_match(want, &fields_value(&f.fields))))
+        .map(|f| f.id)
+        .collect();
+    if ids.is_empty() {
+        let with = fields.map(|f| format!(" with {f}")).unwrap_or_default();
+        return Err(local::Error::Step(format!("step {}: no {ty} fact{with}", n + 1)));
+    }
+    Ok(ids)
 }
 
 fn fired(timeline: &[Entry]) -> Vec<String> {
@@ -224,6 +253,30 @@ fn check_expectations(case: &TestCase, local: &Local, r: &mut Report) {
             let g = got.get(f).copied().unwrap_or(0);
             if g != *n {
                 r.failures.push(format!("function `{f}` was called {g} time(s), expected {n}"));
+            }
+        }
+    }
+    if let Some(attempts) = &x.attempts {
+        let mut function_of: BTreeMap<&crate::fact::InvocationId, &str> = BTreeMap::new();
+        let mut got: BTreeMap<&str, u64> = BTreeMap::new();
+        for e in &r.timeline {
+            match &e.event {
+                Event::Invoked(i) => {
+                    function_of.insert(&i.invocation, &i.function);
+                }
+                Event::ResultApplied { invocation, attempts, .. } => {
+                    if let Some(f) = function_of.get(invocation) {
+                        *got.entry(f).or_default() += u64::from(*attempts);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (f, n) in attempts {
+            let f = f.get_ref();
+            let g = got.get(f.as_str()).copied().unwrap_or(0);
+            if g != *n {
+                r.failures.push(format!("function `{f}` was attempted {g} time(s), expected {n}"));
             }
         }
     }

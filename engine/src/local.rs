@@ -27,6 +27,9 @@ pub enum Error {
     WrongPack { id: WorkflowId, stored: String, given: String },
     #[error("cannot rebuild workflow: {0}")]
     Restore(String),
+    /// A scripted step (a test's, `stoa run`'s) that cannot be done.
+    #[error("{0}")]
+    Step(String),
 }
 
 /// Virtual time: every turn is one millisecond after the previous one, so
@@ -92,9 +95,24 @@ impl<'s> Local<'s> {
         let mut pending: Vec<_> = workflow.waiting().map(|w| w.invocation.clone()).collect();
         pending.sort_by_key(|i| i.created_ms);
         for inv in pending {
-            dispatcher.dispatch(inv);
+            dispatcher.dispatch(inv, now);
         }
         Ok(Local { workflow, store: Some(store), timeline: Vec::new(), now, virtual_time: false })
+    }
+
+    /// From now on the clock moves only as told (`advance`), from where it
+    /// is: a scripted local run need not wait for its timers.
+    pub fn use_virtual_time(&mut self) {
+        self.virtual_time = true;
+    }
+
+    /// The time the next turn runs at (`tick` without moving the clock).
+    fn turn_time(&self) -> u64 {
+        if self.virtual_time {
+            self.now + 1
+        } else {
+            wall_ms().max(self.now)
+        }
     }
 
     fn tick(&mut self) -> u64 {
@@ -114,16 +132,18 @@ impl<'s> Local<'s> {
         }
         for inv in &out.invocations {
             if !out.cancelled.contains(&inv.id) {
-                dispatcher.dispatch(inv.clone());
+                dispatcher.dispatch(inv.clone(), now);
             }
         }
         self.timeline.extend(out.entries.iter().cloned());
         Ok(out)
     }
 
-    /// Moves the clock forward by `by_ms`: the timers due by then fire, in
-    /// due order, one turn per due instant, with the clock at its due time; answers are
-    /// fed back after each. Virtual time does not wait; wall time sleeps.
+    /// Moves the clock forward by `by_ms`: the timers due by then fire and
+    /// the answers due by then arrive, in time order (a timer first when
+    /// both fall on one instant), each turn with the clock at its time;
+    /// answers are fed back after each. Virtual time does not wait; wall
+    /// time sleeps.
     pub fn advance(
         &mut self,
         by_ms: u64,
@@ -132,13 +152,27 @@ impl<'s> Local<'s> {
     ) -> Result<(), Error> {
         let base = if self.virtual_time { self.now } else { wall_ms().max(self.now) };
         let until = base.saturating_add(by_ms);
-        while let Some(t) = self.next_timer().filter(|t| t.1 <= until) {
-            self.wait_until(t.1);
-            let ids = self.workflow.timers().filter(|x| x.due_ms == t.1).map(|x| x.id).collect();
-            match self.apply(Input::Timers { ids }, dispatcher) {
-                Ok(out) => on_turn(&out),
-                Err(Error::Rejected(Rejected::NotRunning(_))) => break,
-                Err(e) => return Err(e),
+        loop {
+            let timer = self.next_timer().map(|t| t.1).filter(|&due| due <= until);
+            let answer = dispatcher.next_due().filter(|&due| due <= until);
+            let at = match (timer, answer) {
+                (None, None) => break,
+                (Some(t), Some(a)) => t.min(a),
+                (t, a) => t.or(a).expect("one is set"),
+            };
+            self.wait_until(at);
+            if timer == Some(at) {
+                let ids = self.workflow.timers().filter(|x| x.due_ms == at).map(|x| x.id).collect();
+                match self.apply(Input::Timers { ids }, dispatcher) {
+                    Ok(out) => on_turn(&out),
+                    // Finished: its timers are gone; answers still drain.
+                    Err(Error::Rejected(Rejected::NotRunning(_))) => {
+                        if self.next_timer().is_some_and(|t| t.1 == at) {
+                            break;
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             self.drive(dispatcher, on_turn)?;
         }
@@ -171,7 +205,8 @@ impl<'s> Local<'s> {
         dispatcher: &mut dyn Dispatcher,
         on_turn: &mut dyn FnMut(&TurnOutput),
     ) -> Result<(), Error> {
-        while let Some((inv, outcome)) = dispatcher.next_outcome() {
+        // An answer is ready if it is due by the time the next turn runs.
+        while let Some((inv, outcome)) = dispatcher.next_outcome(self.turn_time()) {
             match self.apply(Input::Result { invocation: inv.id, outcome }, dispatcher) {
                 Ok(out) => on_turn(&out),
                 Err(Error::Rejected(Rejected::UnknownInvocation(_) | Rejected::NotRunning(_))) => {}

@@ -298,6 +298,12 @@ pub enum Input {
     Retract {
         ids: Vec<FactId>,
     },
+    /// Changes fields of a fact from outside (a test step, `stoa run`), as
+    /// a rule's `modify` would: null removes a field.
+    Modify {
+        id: FactId,
+        fields: Fields,
+    },
     Result {
         invocation: InvocationId,
         outcome: Outcome,
@@ -332,6 +338,7 @@ impl Input {
             Input::Start { facts } => format!("start with {} fact(s)", facts.len()),
             Input::Assert { facts } => format!("assert {} fact(s)", facts.len()),
             Input::Retract { ids } => format!("retract {ids:?}"),
+            Input::Modify { id, .. } => format!("modify f{id}"),
             Input::Result { invocation, outcome: Outcome::Ok { .. } } => format!("result of {invocation}"),
             Input::Result { invocation, outcome: Outcome::Error { kind, .. } } => {
                 format!("error ({kind:?}) of {invocation}").to_lowercase()
@@ -669,6 +676,11 @@ impl Workflow {
                     return Err(Rejected::UnknownFact(*id));
                 }
             }
+            Input::Modify { id, .. } => {
+                if self.net.fact(*id).is_none() {
+                    return Err(Rejected::UnknownFact(*id));
+                }
+            }
             Input::Result { invocation, .. } => {
                 if !self.waiting.contains_key(invocation) {
                     return Err(Rejected::UnknownInvocation(invocation.clone()));
@@ -914,6 +926,7 @@ impl Workflow {
                     self.retract(id, "retracted by request")?;
                 }
             }
+            Input::Modify { id, fields } => self.modify(id, fields)?,
             Input::Result { invocation, outcome } => self.apply_result(invocation, outcome)?,
             Input::Cancel { reason, grace_ms } => self.cancel(reason, grace_ms.unwrap_or(DEFAULT_CANCEL_GRACE_MS))?,
             Input::Terminate { reason } => {

@@ -34,6 +34,10 @@ pub struct Answer {
     pub returns: Option<Value>,
     #[serde(default)]
     pub error: Option<MockError>,
+    /// How long the attempt runs before this answer (virtual time in
+    /// tests), e.g. "10m"; the mock's `after` if unset.
+    #[serde(default)]
+    pub after: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -49,9 +53,13 @@ fn yes() -> bool {
 }
 
 /// Answers calls of one function, optionally only those whose arguments
-/// contain `args`. `returns`/`error` answer every call; `answers` answers
-/// calls in turn and repeats its last answer; `never` leaves every call
-/// waiting (a worker that never answers: timers and cancellations race it).
+/// contain `args`. `returns`/`error` answer every attempt; `answers`
+/// answers attempts in turn and repeats its last answer; `after` makes each
+/// attempt take that long (virtual time); `never` takes every attempt and
+/// never answers. An attempt that runs past the function's `timeout`, or
+/// past its `heartbeat` timeout with `heartbeats = false` (a stalled
+/// worker), times out there, and is retried as the function's policy says:
+/// so a timer racing a slow call and both timeouts can be tested.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mock {
@@ -66,15 +74,45 @@ pub struct Mock {
     pub answers: Vec<Answer>,
     #[serde(default)]
     pub never: bool,
+    /// How long each attempt runs before it answers, e.g. "10m".
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Whether the worker heartbeats while it runs (the SDKs do); false
+    /// lets a function's heartbeat timeout end a long attempt.
+    #[serde(default = "yes")]
+    pub heartbeats: bool,
 }
 
 impl Mock {
     pub fn answers(&self) -> Vec<Answer> {
-        if !self.answers.is_empty() {
-            return self.answers.clone();
+        let mut answers = match self.answers.is_empty() {
+            true => vec![Answer { returns: self.returns.clone(), error: self.error.clone(), after: None }],
+            false => self.answers.clone(),
+        };
+        for a in &mut answers {
+            if a.after.is_none() {
+                a.after = self.after.clone();
+            }
         }
-        vec![Answer { returns: self.returns.clone(), error: self.error.clone() }]
+        answers
     }
+
+    /// Checks the durations a mock holds; the message names the mock.
+    pub fn check(&self) -> Result<(), String> {
+        let durations = self.answers.iter().filter_map(|a| a.after.as_ref()).chain(self.after.as_ref());
+        for d in durations {
+            if let Err(e) = humantime::parse_duration(d) {
+                let f = self.function.get_ref();
+                return Err(format!("mock of `{f}`: `after = \"{d}\"` is not a duration ({e}); write e.g. \"10m\""));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Milliseconds of a duration `Mock::check` accepted.
+pub fn after_ms(after: Option<&str>) -> u64 {
+    after.and_then(|d| humantime::parse_duration(d).ok()).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -105,8 +143,12 @@ pub struct Expect {
     /// Rules that must not fire.
     #[serde(default)]
     pub not_fired: Vec<toml::Spanned<String>>,
-    /// Invocations made, by function, with counts.
+    /// Calls rules made, by function (each `call(...)` once, however many
+    /// attempts it took).
     pub calls: Option<BTreeMap<toml::Spanned<String>, u64>>,
+    /// Attempts by function, over the calls that were answered (a retried
+    /// call counts each try; a call still waiting counts none).
+    pub attempts: Option<BTreeMap<toml::Spanned<String>, u64>>,
     #[serde(default)]
     pub facts: Vec<FactExpectation>,
     /// Types of which no fact may remain.
@@ -152,6 +194,35 @@ pub struct Step {
     /// deadline is 5 minutes of virtual time).
     #[serde(default)]
     pub cancel: Option<String>,
+    /// Change the facts that match, as a `modify` from outside would.
+    #[serde(default)]
+    pub modify: Option<FactChange>,
+    /// Retract the facts that match.
+    #[serde(default)]
+    pub retract: Option<FactSelector>,
+}
+
+/// The facts of a type whose fields contain `fields` (all of that type
+/// without it).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactSelector {
+    #[serde(rename = "type")]
+    pub ty: String,
+    #[serde(default, rename = "where")]
+    pub fields: Option<Value>,
+}
+
+/// A `modify` step: the facts `type`/`where` select get `set` (null
+/// removes a field).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactChange {
+    #[serde(rename = "type")]
+    pub ty: String,
+    #[serde(default, rename = "where")]
+    pub fields: Option<Value>,
+    pub set: Fields,
 }
 
 /// A signal sent by a test step.
@@ -180,6 +251,9 @@ pub fn parse_tests(path: &Path, src: &str) -> Result<Vec<TestCase>, Diagnostic> 
         Diagnostic::error(path, pos, Code::TestFile, one_line(e.message()))
     })?;
     for t in &file.tests {
+        if let Some(e) = t.get_ref().mocks.iter().find_map(|m| m.check().err()) {
+            return Err(Diagnostic::error(path, map.pos(t.span().start), Code::TestFile, e));
+        }
         for d in t.get_ref().steps.iter().filter_map(|s| s.advance.as_ref()) {
             if let Err(e) = humantime::parse_duration(d.get_ref()) {
                 let msg = format!("`advance = \"{}\"` is not a duration ({e}); write e.g. \"15m\"", d.get_ref());

@@ -13,6 +13,7 @@ mod examples;
 mod explain;
 mod fuzz;
 mod hostile;
+mod local_run;
 mod metrics;
 #[cfg(target_os = "linux")]
 mod postgres;
