@@ -181,7 +181,11 @@ fn the_python_example_worker_runs_the_inventory_pack() {
         .nth(1)
         .and_then(|rest| rest.split("```").next())
         .expect("functions/README.md has a ```python block");
-    assert!(example.contains(block.trim()), "functions/README.md's Python example is not in {}", example_path.display());
+    assert!(
+        example.contains(block.trim()),
+        "functions/README.md's Python example is not in {}",
+        example_path.display()
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(dir.path());
@@ -224,7 +228,8 @@ fn the_python_example_worker_runs_the_inventory_pack() {
             .collect();
         let o4 = orders.iter().find(|o| o["id"] == "o4").expect("o4");
         assert_eq!(o4["reason"], "payment failed: card declined");
-        let charged: Vec<&Value> = orders.iter().filter(|o| o["charge"].as_str().is_some_and(|c| c.starts_with("ch_"))).collect();
+        let charged: Vec<&Value> =
+            orders.iter().filter(|o| o["charge"].as_str().is_some_and(|c| c.starts_with("ch_"))).collect();
         assert!(!charged.is_empty(), "some orders were charged by the Python worker: {orders:?}");
     });
 }

@@ -77,15 +77,7 @@ impl Server {
     fn spawn_at(listen: &str, store: &[&std::ffi::OsStr], extra: &[&str], env: &[(&str, &str)]) -> Server {
         use std::io::BufRead;
         let mut child = stoa()
-            .args([
-                "serve",
-                "--listen",
-                listen,
-                "--token",
-                &format!("a={TOKEN_A}"),
-                "--token",
-                &format!("b={TOKEN_B}"),
-            ])
+            .args(["serve", "--listen", listen, "--token", &format!("a={TOKEN_A}"), "--token", &format!("b={TOKEN_B}")])
             .args(store)
             .args(extra)
             .envs(env.iter().copied())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import logging
 import sys
 import typing
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -244,7 +245,12 @@ def _first_parameter_hint(handler: Callable) -> Any:
     except Exception:
         hints = {}
     hint = hints.get(first.name, first.annotation)
-    if isinstance(hint, str):  # an annotation that did not resolve
+    if isinstance(hint, str):
+        # Postponed annotations that do not resolve (a class defined inside a
+        # function, say): the arguments go unchecked rather than fail.
+        logging.getLogger("stoa_worker").warning(
+            "the type hint %r of %s's arguments does not resolve: they are passed unchecked", hint, handler
+        )
         return Any
     return hint
 

@@ -43,7 +43,13 @@ from ._args import Decoder, decoder_for, encode_result, handler_arity
 from ._backoff import Backoff
 from ._context import Context
 from ._failure import Failure, Refused
-from ._proto import stoa_pb2, stoa_pb2_grpc
+try:
+    from ._proto import stoa_pb2, stoa_pb2_grpc
+except ImportError as error:  # pragma: no cover - a source tree, not a built package
+    raise ImportError(
+        f"the gRPC stubs of stoa_worker are missing ({error}): they are generated when the package is built; "
+        "install it (pip install ./functions/python) rather than importing it from src/"
+    ) from error
 from ._tracing import Tracing
 
 __all__ = ["Worker", "SDK_NAME"]
