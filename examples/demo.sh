@@ -12,7 +12,7 @@ token="demo-token-0001"
 export STOA_SERVER="http://127.0.0.1:$port" STOA_TOKEN="$token"
 
 cargo build --release -q -p stoa-cli -p stoa-functions
-bin=target/release
+bin="${CARGO_TARGET_DIR:-target}/release"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -27,6 +27,25 @@ grep "listening on" "$data.log"
 pids+=($!)
 
 # A fresh request id each run; --watch follows the timeline until the end.
+# Its first line is "<workflow id> started".
+started="$data.start.out"
 "$bin/stoa" start video-encode --facts examples/packs/video-encode/facts.json \
-    --request-id "demo-$(date +%s%N)" --watch
+    --request-id "demo-$(date +%s%N)" --watch | tee "$started"
+wf="$(head -1 "$started" | cut -d' ' -f1)"
+rm -f "$started"
 "$bin/stoa" ls --limit 5
+
+# What to type to look at what just ran. The server stops with this script;
+# its data stays in $data, so the same server serves it again.
+show() { printf '  %-64s # %s\n' "$1" "$2"; }
+echo
+echo "Workflow $wf ran on the server above (logs: $data.log, worker: $data.worker.log)."
+echo "To look at it, start the server on the same data, then ask it:"
+echo
+show "$bin/stoa serve --listen 127.0.0.1:$port --data $data --token demo=$token &" "the same server, in the background"
+show "export STOA_SERVER=$STOA_SERVER STOA_TOKEN=$STOA_TOKEN" "where the commands below go"
+show "$bin/stoa ls" "workflows, newest first"
+show "$bin/stoa get $wf" "status, result, facts"
+show "$bin/stoa watch $wf" "its timeline: every turn, call and answer"
+show "$bin/stoa explain $wf \"assemble\"" "why a rule fired (or does not), with values"
+show "$bin/stoa --help" "every command"

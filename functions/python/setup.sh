@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Prepares the Python worker: creates functions/python/.venv if it is missing,
-# installs requirements.txt into it, and generates the stoa.v1 gRPC stubs into
-# generated/ (git-ignored) with grpcio-tools' bundled protoc, so no system
-# protoc is needed. Safe to run again; PYTHON picks the interpreter.
+# Prepares functions/python/.venv for the tests and examples: creates it if it
+# is missing, installs requirements.txt (pinned: grpcio, OpenTelemetry,
+# pytest, the build requirements), then the stoa-worker package itself from this folder, as a user
+# would (`pip install ./functions/python`). Building the package generates the
+# gRPC stubs from proto/stoa/v1/stoa.proto with grpcio-tools' bundled protoc
+# (setup.py), so no system protoc is needed. Needs Python 3.9+ with the venv
+# module (Debian: python3-venv) and the package registry (PyPI).
+# Safe to run again; it reinstalls the package, so SDK changes are picked up.
+# PYTHON picks the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,28 +21,26 @@ if [ -z "$python" ]; then
     done
 fi
 if [ -z "$python" ]; then
-    echo "setup.sh: no python3 found; set PYTHON" >&2
+    echo "setup.sh: no python3 found; install Python 3.9 or newer, or set PYTHON" >&2
     exit 1
 fi
 
 if [ ! -x .venv/bin/python ]; then
     echo "creating .venv with $python"
-    "$python" -m venv .venv
+    if ! "$python" -m venv .venv; then
+        rm -rf .venv
+        echo "setup.sh: '$python -m venv' failed; on Debian or Ubuntu: apt-get install python3-venv" >&2
+        exit 1
+    fi
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
-
-# Generate into a fresh folder, then swap it in, so a failed run leaves the
-# previous stubs in place.
-rm -rf generated.tmp
-mkdir -p generated.tmp
-.venv/bin/python -m grpc_tools.protoc \
-    -I ../../proto \
-    --python_out=generated.tmp \
-    --grpc_python_out=generated.tmp \
-    ../../proto/stoa/v1/stoa.proto
-# Regular packages rather than namespace ones, so `stoa.v1` cannot be
-# shadowed by something else on sys.path.
-touch generated.tmp/stoa/__init__.py generated.tmp/stoa/v1/__init__.py
+pip=(.venv/bin/python -m pip --quiet --disable-pip-version-check)
+"${pip[@]}" install -r requirements.txt
+# The SDK, built (stubs generated) and installed like any package; without
+# build isolation, since requirements.txt holds the build requirements (a
+# test builds the wheel with isolation, as `pip install ./functions/python`
+# does). Stubs of the older layout (generated/) are gone.
 rm -rf generated
-mv generated.tmp generated
-echo "ready: .venv/bin/python media_worker.py --help"
+"${pip[@]}" install --no-build-isolation --force-reinstall --no-deps .
+# Build leftovers of setuptools in this folder.
+rm -rf build src/stoa_worker.egg-info
+echo "ready: .venv/bin/python examples/media_worker.py --help"

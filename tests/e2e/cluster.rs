@@ -467,7 +467,7 @@ fn the_python_worker_serves_every_server_of_a_cluster() {
     let (_pg, _url, servers, now) = cluster("python", 3);
     let _worker = Proc(
         std::process::Command::new(crate::support::python())
-            .arg(crate::support::repo().join("functions/python/media_worker.py"))
+            .arg(crate::support::repo().join("functions/python/examples/media_worker.py"))
             .args(["--server", &now[2], "--token", TOKEN_A, "--concurrency", "8", "--work-scale", "0"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -18,6 +18,7 @@ mod metrics;
 #[cfg(target_os = "linux")]
 mod postgres;
 mod protocol;
+mod python_sdk;
 mod schedules;
 mod server;
 mod server_crash;

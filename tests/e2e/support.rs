@@ -64,18 +64,20 @@ impl Server {
         Server::spawn(&["--store".as_ref(), store.as_ref()], extra, &[])
     }
 
+    /// A server on `data` listening on `listen` (`127.0.0.1:PORT`): to
+    /// restart one where its workers expect it.
+    pub fn start_listening(data: &std::path::Path, listen: &str) -> Server {
+        Server::spawn_at(listen, &["--data".as_ref(), data.as_os_str()], &[], &[])
+    }
+
     fn spawn(store: &[&std::ffi::OsStr], extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::spawn_at("127.0.0.1:0", store, extra, env)
+    }
+
+    fn spawn_at(listen: &str, store: &[&std::ffi::OsStr], extra: &[&str], env: &[(&str, &str)]) -> Server {
         use std::io::BufRead;
         let mut child = stoa()
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--token",
-                &format!("a={TOKEN_A}"),
-                "--token",
-                &format!("b={TOKEN_B}"),
-            ])
+            .args(["serve", "--listen", listen, "--token", &format!("a={TOKEN_A}"), "--token", &format!("b={TOKEN_B}")])
             .args(store)
             .args(extra)
             .envs(env.iter().copied())

@@ -134,7 +134,7 @@ fn one_video_encode_run_is_one_trace_from_client_to_both_workers() {
     );
     let mut py = Proc(
         Command::new(python())
-            .arg(repo().join("functions/python/media_worker.py"))
+            .arg(repo().join("functions/python/examples/media_worker.py"))
             .args(["--server", &server.addr, "--token", TOKEN_A, "--work-scale", "0"])
             .args(["--functions", "media.split,media.assemble,media.index"])
             .envs(otel)

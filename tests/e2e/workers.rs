@@ -112,7 +112,7 @@ fn video_encode_completes_with_the_python_worker() {
     let server = Server::start(dir.path());
     let _worker = Proc(
         Command::new(python())
-            .arg(repo().join("functions/python/media_worker.py"))
+            .arg(repo().join("functions/python/examples/media_worker.py"))
             .args(["--server", &server.addr, "--token", TOKEN_A, "--concurrency", "8", "--work-scale", "0"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

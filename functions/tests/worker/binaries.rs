@@ -140,7 +140,7 @@ async fn the_python_worker_answers_like_the_rust_worker() {
 
     let mut server = FakeServer::start();
     let mut command = Command::new(python);
-    command.current_dir(python_dir()).arg("media_worker.py");
+    command.current_dir(python_dir()).arg("examples/media_worker.py");
     let worker = Worker::start(command, &server, "0");
     let session = server.session().await;
     let results = exchange(worker, session).await;
@@ -165,7 +165,7 @@ async fn the_python_worker_heartbeats_reconnects_and_drains_on_sigterm() {
     }
     let mut server = FakeServer::start();
     let mut command = Command::new(python);
-    command.current_dir(python_dir()).arg("media_worker.py");
+    command.current_dir(python_dir()).arg("examples/media_worker.py");
     // Slow work (about half a second an AV1 chunk), to have something in flight.
     let worker = Worker::start(command, &server, "50");
     let session = server.session().await;
@@ -202,7 +202,7 @@ async fn the_python_worker_drains_when_the_server_asks_then_reconnects() {
     }
     let mut server = FakeServer::start();
     let mut command = Command::new(python);
-    command.current_dir(python_dir()).arg("media_worker.py");
+    command.current_dir(python_dir()).arg("examples/media_worker.py");
     let worker = Worker::start(command, &server, "50");
     let mut session = server.session().await;
     let mut encode =

@@ -6,8 +6,10 @@ bench.noop for benchmarks) with the same definitions as the Rust worker
 arguments, so both workers answer alike; simulated CPU work sized by the
 arguments. Change both together.
 
-Run `./setup.sh` once, then:
-    .venv/bin/python media_worker.py --server http://127.0.0.1:7233 --token t-secret
+Uses the installed stoa-worker package (`pip install ./functions/python`;
+functions/python/setup.sh installs it into functions/python/.venv):
+    functions/python/.venv/bin/python functions/python/examples/media_worker.py \
+        --server http://127.0.0.1:7233 --token t-secret
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ import argparse
 import hashlib
 import logging
 import os
-import signal
 import sys
-import threading
+from dataclasses import dataclass
+from typing import List
 
-from stoa_worker import Failure, Refused, Worker
+from stoa_worker import Context, Failure, Refused, Worker
 
 MEDIA_FUNCTIONS = ["media.split", "media.encode", "media.assemble", "media.index"]
 ALL_FUNCTIONS = MEDIA_FUNCTIONS + ["bench.noop"]
@@ -70,54 +72,78 @@ def work(seed: int, units: int, scale: float) -> None:
         digest = hashlib.sha256(digest).digest()
 
 
+# The arguments of each function; the SDK checks them against these types
+# and fails an attempt fatally, naming the field, when they do not fit.
+@dataclass
+class SplitArgs:
+    uri: str
+    chunk_seconds: int
+
+
+@dataclass
+class EncodeArgs:
+    uri: str
+    codec: str
+    index: int
+
+
+@dataclass
+class AssembleArgs:
+    source: str
+    parts: List[str]
+
+
+@dataclass
+class IndexArgs:
+    uri: str
+
+
 class Media:
     def __init__(self, work_scale: float, fail_rate: float):
         self.work_scale = work_scale
         self.fail_rate = fail_rate
 
-    def check_fail(self, ctx) -> None:
+    def check_fail(self, ctx: Context) -> None:
         """Fails this attempt on purpose at --fail-rate, chosen from the
         invocation id and attempt like the Rust worker."""
         if self.fail_rate > 0 and fnv1a(ctx.invocation_id, str(ctx.attempt)) / MASK64 < self.fail_rate:
             raise Failure(f"simulated failure of attempt {ctx.attempt} (--fail-rate)")
 
-    def split(self, args, ctx):
+    def split(self, args: SplitArgs, ctx: Context) -> dict:
         self.check_fail(ctx)
-        if args["chunk_seconds"] < 1:
+        if args.chunk_seconds < 1:
             raise Failure.fatal("chunk_seconds must be at least 1")
-        value = fnv1a(args["uri"])
+        value = fnv1a(args.uri)
         duration_seconds = 60 + value % 3541
-        chunks = -(-duration_seconds // args["chunk_seconds"])
+        chunks = -(-duration_seconds // args.chunk_seconds)
         work(value, 1 + min(chunks // 100, 3), self.work_scale)
-        return {"chunks": chunks, "prefix": f"s3://chunks/{stem(args['uri'])}-{hex8(value)}"}
+        return {"chunks": chunks, "prefix": f"s3://chunks/{stem(args.uri)}-{hex8(value)}"}
 
-    def encode(self, args, ctx):
+    def encode(self, args: EncodeArgs, ctx: Context) -> dict:
         self.check_fail(ctx)
-        codec, index = args["codec"], args["index"]
+        codec, index = args.codec, args.index
         if not codec:
             raise Failure.fatal("codec is empty")
         if index < 0:
             raise Failure.fatal("bad arguments for media.encode: field `index`: must not be negative")
-        value = fnv1a(args["uri"], codec, str(index))
+        value = fnv1a(args.uri, codec, str(index))
         work(value, CODEC_COST.get(codec, 5), self.work_scale)
         return {"uri": f"s3://encoded/{hex8(value)}/{index:05d}-{codec}.mp4"}
 
-    def assemble(self, args, ctx):
+    def assemble(self, args: AssembleArgs, ctx: Context) -> dict:
         self.check_fail(ctx)
-        parts = args["parts"]
+        parts = args.parts
         if not parts:
             raise Failure.fatal("no parts to assemble")
-        if not all(isinstance(part, str) for part in parts):
-            raise Failure.fatal("bad arguments for media.assemble: field `parts`: expected strings")
-        value = fnv1a(args["source"], *parts)
+        value = fnv1a(args.source, *parts)
         work(value, 1 + min(len(parts) // 50, 9), self.work_scale)
-        return {"uri": f"s3://out/{stem(args['source'])}-{hex8(value)}.mp4"}
+        return {"uri": f"s3://out/{stem(args.source)}-{hex8(value)}.mp4"}
 
-    def index(self, args, ctx):
+    def index(self, args: IndexArgs, ctx: Context) -> dict:
         self.check_fail(ctx)
-        value = fnv1a(args["uri"])
+        value = fnv1a(args.uri)
         work(value, 2, self.work_scale)
-        return {"index": f"{without_extension(args['uri'])}.idx"}
+        return {"index": f"{without_extension(args.uri)}.idx"}
 
 
 def parse_args(argv=None):
@@ -159,33 +185,27 @@ def main(argv=None) -> int:
     worker = Worker(args.server, token=args.token, name=args.name, max_in_flight=args.concurrency,
                     drain_timeout=args.drain_timeout, service_name="stoa-worker-media.py")
     media = Media(args.work_scale, args.fail_rate)
-    specs = {
-        "media.split": (media.split, {"uri": str, "chunk_seconds": int}),
-        "media.encode": (media.encode, {"uri": str, "codec": str, "index": int}),
-        "media.assemble": (media.assemble, {"source": str, "parts": list}),
-        "media.index": (media.index, {"uri": str}),
+    handlers = {
+        "media.split": media.split,
+        "media.encode": media.encode,
+        "media.assemble": media.assemble,
+        "media.index": media.index,
     }
     for name in filter(None, args.functions.split(",")):
         if name == "bench.noop":
-            worker.function("bench.noop", raw=True)(lambda args_json, ctx: args_json)
-        elif name in specs:
-            handler, spec = specs[name]
-            worker.function(name, args=spec)(handler)
+            # Raw: the JSON text goes back as it came, not decoded at all.
+            worker.function("bench.noop", lambda args_json, ctx: args_json, raw=True)
+        elif name in handlers:
+            # Plain (sync) handlers: each runs on a thread of its own.
+            worker.function(name, handlers[name])
         else:
             print(f"unknown function `{name}`: choose from {', '.join(ALL_FUNCTIONS)}", file=sys.stderr)
             return 2
 
-    stop = threading.Event()
-
-    def on_signal(signum, _frame):
-        logging.info("stopping (%s): finishing the work in flight", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     logging.info("starting: server %s, functions %s, concurrency %d", args.server, args.functions, args.concurrency)
     try:
-        worker.run(stop)
+        # Until SIGTERM or Ctrl-C; then the work in flight is answered first.
+        worker.run()
     except Refused as error:
         logging.error("the server refused the worker: %s", error)
         return 1

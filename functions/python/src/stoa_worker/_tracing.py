@@ -7,7 +7,8 @@ dispatch span, whose W3C `traceparent` comes with the invocation; it is named
 after the function and carries the invocation's ids. Spans are batched and
 exported on a thread of the OpenTelemetry SDK; `shutdown` sends the rest.
 
-The worker runs without the OpenTelemetry packages when tracing is off.
+The worker runs without the OpenTelemetry packages when tracing is off; the
+`tracing` extra (`pip install './functions/python[tracing]'`) installs them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from typing import Any, Optional
 
 log = logging.getLogger("stoa_worker")
 
@@ -42,7 +44,9 @@ class Tracing:
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
             from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
         except ImportError as error:
-            log.warning("traces not exported: the OpenTelemetry packages are missing (%s); run setup.sh", error)
+            log.warning(
+                "traces not exported: the OpenTelemetry packages are missing (%s); install stoa-worker[tracing]", error
+            )
             return
         service = os.environ.get("OTEL_SERVICE_NAME", "").strip() or service_name
         self._provider = TracerProvider(resource=Resource.create({"service.name": service}))
@@ -54,7 +58,7 @@ class Tracing:
     def exporting(self) -> bool:
         return self._tracer is not None
 
-    def function_span(self, ctx):
+    def function_span(self, ctx: Any) -> Any:
         """A context manager around one call: the span of `ctx`'s function,
         child of the invocation's `traceparent` (a malformed one starts a new
         trace; the propagator validates it)."""
@@ -78,7 +82,7 @@ class Tracing:
         )
 
     @staticmethod
-    def outcome(span, outcome: str, error: str | None = None) -> None:
+    def outcome(span: Any, outcome: str, error: Optional[str] = None) -> None:
         """Records how the call ended on its span (None when off)."""
         if span is None:
             return
