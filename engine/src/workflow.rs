@@ -222,6 +222,21 @@ pub enum Binding {
 
 /// Whether setting field `k` to `v` changes `fields` (null removes a field,
 /// even one that holds null).
+/// `args` checked against the function's declared arguments, defaults
+/// filled in: what the worker receives always fits the schema.
+fn checked_args(function: &str, schema: &stoa_rules::manifest::Schema, args: Value) -> Result<Value, TurnError> {
+    let label = stoa_rules::manifest::args_label(function);
+    let Some(mut fields) = stoa_rules::Fields::from_json(&args.to_json()) else {
+        return Err(TurnError(format!("call(\"{function}\"): the arguments must be a map (its schema is {label})")));
+    };
+    schema.fill_defaults(&mut fields);
+    let problems = schema.violations(&label, &fields);
+    if !problems.is_empty() {
+        return Err(TurnError(format!("call(\"{function}\"): {}", problems.join("; "))));
+    }
+    Ok(Value::from_json(&fields.to_json()))
+}
+
 /// Why strict mode refuses a fact of a type without a schema.
 fn undeclared(ty: &str) -> String {
     format!("{} has no schema in pack.toml, and the pack is strict (`[facts] strict = true`)", shown(ty))
@@ -1177,6 +1192,10 @@ impl Workflow {
                 Effect::Call { function, args, options } => {
                     let Some(spec) = self.pack.manifest.functions.get(&function) else {
                         return Err(TurnError(format!("call: function `{function}` is not declared in pack.toml")));
+                    };
+                    let args = match &spec.args {
+                        Some(schema) => checked_args(&function, schema, args)?,
+                        None => args,
                     };
                     let (timeout, heartbeat, retry) = (spec.timeout, spec.heartbeat, spec.retry.clone());
                     let options = CallOptions {

@@ -73,6 +73,11 @@ pub struct FunctionSpec {
     #[serde(with = "millis", default)]
     pub heartbeat: Duration,
     pub retry: RetryPolicy,
+    /// What `call` must pass (a map that fits this schema), if declared:
+    /// checked by `stoa check` where the map is written out, and at run
+    /// time (defaults filled in) before the call is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Schema>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -305,6 +310,9 @@ struct RawFunction {
     heartbeat: Option<toml::Spanned<String>>,
     #[serde(default)]
     retry: Option<RawRetry>,
+    /// The arguments' schema, written as a fact schema's fields.
+    #[serde(default)]
+    args: Option<toml::Spanned<RawFacts>>,
 }
 
 #[derive(Deserialize)]
@@ -402,7 +410,15 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
         Ok(r) => r,
         Err(e) => {
             let pos = e.span().map(at).unwrap_or_default();
-            let msg = crate::testcase::one_line(e.message());
+            let mut msg = crate::testcase::one_line(e.message());
+            // A table only its subtables define (`[functions."f".args]`
+            // with no `[functions."f"]`) has no place of its own, which the
+            // TOML reader reports in its own words.
+            if msg.contains("expected a borrowed string") {
+                msg = "this table's parent is not written out: add its own header above it (e.g. \
+                       `[functions.\"f\"]` before `[functions.\"f\".args]`), or write the table inline"
+                    .into();
+            }
             return Err(vec![Diagnostic::error(path, pos, Code::Manifest, msg)]);
         }
     };
@@ -469,7 +485,21 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
             ));
         }
         let heartbeat = f.heartbeat.as_ref().and_then(duration).unwrap_or(Duration::ZERO);
-        functions.insert(fname.clone(), FunctionSpec { timeout, heartbeat, retry });
+        let args = match f.args.as_ref().map(|a| (a.span(), a.get_ref())) {
+            None => None,
+            Some((_, RawFacts::Schema(fields))) => {
+                Some(schema_of(path, &map, &args_label(fname), fields, &mut diags.borrow_mut()))
+            }
+            Some((span, RawFacts::Strict(_))) => {
+                let msg = format!(
+                    "function `{}`: args is a table of fields, e.g. args = {{ order = \"string\" }}",
+                    shown(fname)
+                );
+                diags.borrow_mut().push(Diagnostic::error(path, at(span), Code::Manifest, msg));
+                None
+            }
+        };
+        functions.insert(fname.clone(), FunctionSpec { timeout, heartbeat, retry, args });
     }
     let mut diags = diags.into_inner();
     let (facts, strict_facts) = fact_schemas(path, &map, &raw.facts, &mut diags);
@@ -565,6 +595,28 @@ fn fact_schemas(
                 fields
             }
         };
+        facts.insert(ty.clone(), schema_of(path, map, ty, fields, diags));
+    }
+    (facts, strict)
+}
+
+/// How diagnostics and errors name the arguments of function `f`.
+pub fn args_label(f: &str) -> String {
+    format!("{f}(args)")
+}
+
+/// The schema `fields` declare; `owner` (a fact type, or a function's
+/// arguments) names it in diagnostics.
+fn schema_of(
+    path: &Path,
+    map: &SourceMap,
+    owner: &str,
+    fields: &BTreeMap<String, toml::Spanned<RawField>>,
+    diags: &mut Vec<Diagnostic>,
+) -> Schema {
+    let at = |span: std::ops::Range<usize>| map.pos(span.start);
+    let ty = owner;
+    {
         let mut schema = Schema::default();
         for (fname, spec) in fields {
             let (text, span, default) = match spec.get_ref() {
@@ -608,9 +660,8 @@ fn fact_schemas(
             };
             schema.fields.insert(fname.clone(), FieldSpec { ty: t, optional, default });
         }
-        facts.insert(ty.clone(), schema);
+        schema
     }
-    (facts, strict)
 }
 
 /// `[limits]`: known names, whole numbers from 1 (a zero would mean
@@ -682,6 +733,27 @@ index = "integer"
                 pack.toml:7:11: error[E0006]: `ten minutes` is not a duration (expected number at 0); write e.g. "30s", "5m", "1h"
                 pack.toml:8:47: error[E0006]: `2x` is not a duration (unknown time unit "x", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); write e.g. "30s", "5m", "1h"
                 pack.toml:11:9: error[E0006]: unknown field type `integer` for Chunk.index; expected string, int, float, number, bool, array, map or any (add `?` for optional)"#]],
+        );
+    }
+
+    #[test]
+    fn function_args_declare_a_schema_and_a_headerless_parent_is_explained() {
+        let src = "[pack]\nname = \"p\"\nversion = \"1\"\n[functions.f]\n[functions.f.args]\nid = \"string\"\nn = { type = \"int\", default = 2 }\n";
+        let m = parse_manifest(Path::new("pack.toml"), src).expect("parses");
+        let args = m.functions["f"].args.as_ref().expect("an args schema");
+        assert_eq!(args.fields["n"].default, Some(Value::Int(2)));
+        assert!(!args.fields["id"].optional);
+        check(
+            "[pack]\nname = \"p\"\nversion = \"1\"\n[functions.f.args]\nid = \"str\"\n",
+            expect_test::expect![[
+                r#"pack.toml:4:14: error[E0006]: this table's parent is not written out: add its own header above it (e.g. `[functions."f"]` before `[functions."f".args]`), or write the table inline"#
+            ]],
+        );
+        check(
+            "[pack]\nname = \"p\"\nversion = \"1\"\n[functions.f]\nargs = { id = \"str\" }\n",
+            expect_test::expect![[
+                r#"pack.toml:5:15: error[E0006]: unknown field type `str` for f(args).id; expected string, int, float, number, bool, array, map or any (add `?` for optional)"#
+            ]],
         );
     }
 

@@ -262,10 +262,22 @@ impl<'m> PackCheck<'m> {
                     Some(ty) => (ty, map, false),
                     None => return,
                 },
+                // The sandbox spells `call` as `Call` (a reserved word).
+                ("call" | "Call", [RExpr::StringConstant(function, _), map, ..]) => {
+                    (crate::manifest::args_label(function), map, true)
+                }
                 _ => return,
             };
-            let (Some(schema), RExpr::Map(entries, map_pos)) = (self.schema(&ty), map) else { return };
-            let what = if new { f.name.as_str() } else { "modify" };
+            let schema = match ty.strip_suffix("(args)") {
+                Some(function) => self.manifest.functions.get(function).and_then(|spec| spec.args.as_ref()),
+                None => self.schema(&ty),
+            };
+            let (Some(schema), RExpr::Map(entries, map_pos)) = (schema, map) else { return };
+            let what = match (new, f.name.as_str()) {
+                (false, _) => "modify",
+                (true, "Call") => "call",
+                (true, name) => name,
+            };
             for (key, value) in &entries.0 {
                 let name = key.name.as_str();
                 if name.starts_with('_') {

@@ -303,3 +303,50 @@ facts = [{ type = "Order", fields = { id = "o" } }]
     m.facts["Order"].fill_defaults(&mut f);
     assert_eq!(f.to_json().to_string(), r#"{"id":"o","status":"new","tries":0}"#);
 }
+
+/// `[functions."f".args]` declares what `call` passes: names, literal types
+/// and required arguments are checked where the map is written.
+#[test]
+fn call_arguments_are_checked_against_the_function_args_schema() {
+    let manifest = r#"[pack]
+name = "shop"
+version = "1"
+
+[functions."stock.reserve"]
+timeout = "1m"
+
+[functions."stock.reserve".args]
+order = "string"
+qty = { type = "int", default = 1 }
+note = "string?"
+
+[facts.Order]
+id = "string"
+"#;
+    check_with(
+        manifest,
+        r#"rule "reserve" {
+    match { o: Order() }
+    action {
+        call("stock.reserve", #{ ordr: o.id, qty: "two" });
+        call("stock.reserve", #{ order: o.id });
+        call("stock.reserve", o);
+    }
+}
+"#,
+        None,
+        expect![[r#"
+            shop/shop.rules:4:31: error[E0008]: call: stock.reserve(args) needs `order` (required by the schema, without a default)
+              |
+            4 |         call("stock.reserve", #{ ordr: o.id, qty: "two" });
+              |                               ^
+            shop/shop.rules:4:34: error[E0013]: call: `ordr` is not a field of stock.reserve(args); did you mean `order`?
+              |
+            4 |         call("stock.reserve", #{ ordr: o.id, qty: "two" });
+              |                                  ^
+            shop/shop.rules:4:51: error[E0014]: call: stock.reserve(args).qty must be int, found string
+              |
+            4 |         call("stock.reserve", #{ ordr: o.id, qty: "two" });
+              |                                                   ^"#]],
+    );
+}
