@@ -1453,6 +1453,32 @@ impl Workflow {
         Ok(id)
     }
 
+    /// Renames the fields the move from `before`'s schemas to this pack's
+    /// renames (`from` in either), in every fact that holds the old name,
+    /// as a `modify`: rules that match the new name see the facts change.
+    fn rename_fields(&mut self, before: &stoa_rules::manifest::Manifest) -> Result<(), TurnError> {
+        let pack = self.pack.clone();
+        for (ty, new) in &pack.manifest.facts {
+            let Some(old) = before.facts.get(ty) else { continue };
+            for (a, b) in stoa_rules::manifest::renames(old, new) {
+                let (ka, kb) = (Sym::new(&a), Sym::new(&b));
+                let held: Vec<(FactId, Value)> = self
+                    .facts()
+                    .into_iter()
+                    .filter(|f| &*f.ty.name() == ty && f.fields.get(kb).is_none())
+                    .filter_map(|f| Some((f.id, f.fields.get(ka)?.clone())))
+                    .collect();
+                for (id, v) in held {
+                    let mut change = Fields::new();
+                    change.set(kb, v);
+                    change.set(ka, Value::Null);
+                    self.modify(id, change)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn modify(&mut self, id: FactId, changes: Fields) -> Result<(), TurnError> {
         let Some(old) = self.net.fact(id).cloned() else {
             return Err(TurnError(format!("modify: fact f{id} does not exist (was it retracted?)")));
@@ -1713,6 +1739,7 @@ impl Workflow {
             let fresh = plan.fresh_for(&old_pack);
             self.rebuild(facts, &fresh)?;
             self.meta.pack_version = to.clone();
+            self.rename_fields(&old_pack.manifest)?;
             self.fire_all()
         })();
         let mut out = TurnOutput { turn: self.meta.turn, firings: self.turn.firings, ..TurnOutput::default() };
@@ -3135,6 +3162,36 @@ rule "av1" {
         assert_eq!(wf.meta().status, Status::Running);
         let order = wf.facts().into_iter().find(|f| &*f.ty.name() == "Order").unwrap();
         assert_eq!(order.fields.to_json(), serde_json::json!({"id": "o1", "status": "shipped", "reminded": true}));
+    }
+
+    #[test]
+    fn a_declared_rename_moves_live_facts_and_a_rollback_moves_them_back() {
+        let v1 = pack_version(
+            r#"rule "ship" { match { o: Order(status == "new") s: Ship() } action { modify(o, #{ status: "shipped" }); retract(s); } }"#,
+            "[facts.Order]\nid = \"string\"\nstatus = \"string\"\n",
+            "1",
+        );
+        let v2 = pack_version(
+            r#"rule "ship" { match { o: Order(state == "new") s: Ship() } action { modify(o, #{ state: "shipped" }); retract(s); } }"#,
+            "[facts.Order]\nid = \"string\"\nstate = { type = \"string\", from = \"status\" }\n",
+            "2",
+        );
+        let mut wf = Workflow::new(WorkflowId::new("rename"), v1.clone(), 0);
+        let order = facts(serde_json::json!([{"type": "Order", "fields": {"id": "o1", "status": "new"}}]));
+        wf.apply(Input::Start { facts: order }, 1).unwrap();
+        let out = wf.upgrade(v2, 2).unwrap();
+        assert_eq!(out.error, None, "{}", lines(&out));
+        assert_eq!(wf_order(&wf), serde_json::json!({"id": "o1", "state": "new"}));
+        let out = wf.upgrade(v1, 3).unwrap();
+        assert_eq!(out.error, None, "{}", lines(&out));
+        assert_eq!(wf_order(&wf), serde_json::json!({"id": "o1", "status": "new"}));
+        let out = wf.apply(Input::Assert { facts: facts(serde_json::json!([{"type": "Ship"}])) }, 4).unwrap();
+        assert_eq!(out.error, None, "{}", lines(&out));
+        assert_eq!(wf_order(&wf), serde_json::json!({"id": "o1", "status": "shipped"}));
+    }
+
+    fn wf_order(wf: &Workflow) -> serde_json::Value {
+        wf.facts().into_iter().find(|f| &*f.ty.name() == "Order").unwrap().fields.to_json()
     }
 
     #[test]

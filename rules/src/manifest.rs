@@ -14,7 +14,7 @@ use crate::value::{Fields, Sym, Value};
 
 mod compat;
 mod schedule;
-pub use compat::{schema_changes, SchemaChange};
+pub use compat::{renames, schema_changes, SchemaChange};
 use schedule::{schedules, RawSchedule};
 pub use schedule::{valid_schedule_name, CatchUp, ScheduleSpec};
 
@@ -173,6 +173,10 @@ pub struct FieldSpec {
     /// Filled in when a new fact lacks the field (as CLIPS's slot defaults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<Value>,
+    /// The field's name in earlier versions: an upgrade renames it in the
+    /// facts of live workflows (and a rollback renames it back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 impl FieldSpec {
@@ -333,7 +337,11 @@ enum RawFacts {
 /// A schema field: `"string?"`, or `{ type = "string", default = "new" }`.
 enum RawField {
     Short(String),
-    Long { ty: Option<toml::Spanned<String>>, default: Option<toml::Spanned<toml::Value>> },
+    Long {
+        ty: Option<toml::Spanned<String>>,
+        default: Option<toml::Spanned<toml::Value>>,
+        from: Option<toml::Spanned<String>>,
+    },
 }
 
 // By hand rather than `#[serde(untagged)]`, which buffers its input and so
@@ -374,17 +382,18 @@ impl<'de> Deserialize<'de> for RawField {
                 Ok(RawField::Short(s.to_string()))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<RawField, A::Error> {
-                let (mut ty, mut default) = (None, None);
+                let (mut ty, mut default, mut from) = (None, None, None);
                 while let Some(k) = m.next_key::<String>()? {
                     match k.as_str() {
                         "type" => ty = Some(m.next_value()?),
                         "default" => default = Some(m.next_value()?),
+                        "from" => from = Some(m.next_value()?),
                         other => {
-                            return Err(serde::de::Error::unknown_field(other, &["type", "default"]));
+                            return Err(serde::de::Error::unknown_field(other, &["type", "default", "from"]));
                         }
                     }
                 }
-                Ok(RawField::Long { ty, default })
+                Ok(RawField::Long { ty, default, from })
             }
         }
         d.deserialize_any(V)
@@ -619,9 +628,11 @@ fn schema_of(
     {
         let mut schema = Schema::default();
         for (fname, spec) in fields {
-            let (text, span, default) = match spec.get_ref() {
-                RawField::Short(t) => (t.trim(), spec.span(), None),
-                RawField::Long { ty: Some(t), default } => (t.get_ref().trim(), t.span(), default.as_ref()),
+            let (text, span, default, from) = match spec.get_ref() {
+                RawField::Short(t) => (t.trim(), spec.span(), None, None),
+                RawField::Long { ty: Some(t), default, from } => {
+                    (t.get_ref().trim(), t.span(), default.as_ref(), from.as_ref())
+                }
                 RawField::Long { ty: None, .. } => {
                     let msg = format!("{ty}.{fname}: a field written as a table needs `type`, e.g. {{ type = \"string\", default = \"new\" }}");
                     diags.push(Diagnostic::error(path, at(spec.span()), Code::Manifest, msg));
@@ -658,7 +669,16 @@ fn schema_of(
                     }
                 },
             };
-            schema.fields.insert(fname.clone(), FieldSpec { ty: t, optional, default });
+            let from = match from {
+                Some(f) if f.get_ref() == fname || fields.contains_key(f.get_ref()) => {
+                    let msg = format!("{ty}.{fname}: `from = \"{}\"` names a field of this schema; it names the field's old name, gone from the schema", shown(f.get_ref()));
+                    diags.push(Diagnostic::error(path, at(f.span()), Code::Manifest, msg));
+                    None
+                }
+                Some(f) => Some(f.get_ref().clone()),
+                None => None,
+            };
+            schema.fields.insert(fname.clone(), FieldSpec { ty: t, optional, default, from });
         }
         schema
     }
@@ -931,7 +951,7 @@ at = { type = "int", default = 2026-01-01 }
         );
         check(
             "[pack]\nname = \"p\"\nversion = \"1\"\n[facts.O]\ns = { type = \"string\", defualt = \"x\" }\n",
-            expect_test::expect!["pack.toml:5:5: error[E0006]: unknown field `defualt`, expected `type` or `default`"],
+            expect_test::expect!["pack.toml:5:5: error[E0006]: unknown field `defualt`, expected one of `type`, `default`, `from`"],
         );
         let m = parse_manifest(
             Path::new("pack.toml"),
@@ -946,7 +966,7 @@ at = { type = "int", default = 2026-01-01 }
     #[test]
     fn a_modified_fact_keeps_fields_it_had_that_the_schema_does_not_know() {
         let mut s = Schema::default();
-        s.fields.insert("n".into(), FieldSpec { ty: FieldType::Int, optional: false, default: None });
+        s.fields.insert("n".into(), FieldSpec { ty: FieldType::Int, optional: false, default: None, from: None });
         let f = |j: serde_json::Value| Fields::from_json(&j).unwrap();
         let before = f(serde_json::json!({"n": 1, "extra": true}));
         assert_eq!(s.check_modified("C", &f(serde_json::json!({"n": 2, "extra": true})), &before), Ok(()));
@@ -960,7 +980,7 @@ at = { type = "int", default = 2026-01-01 }
     #[test]
     fn schema_names_the_field() {
         let mut s = Schema::default();
-        s.fields.insert("index".into(), FieldSpec { ty: FieldType::Int, optional: false, default: None });
+        s.fields.insert("index".into(), FieldSpec { ty: FieldType::Int, optional: false, default: None, from: None });
         let f = Fields::from_json(&serde_json::json!({"index": "3"})).unwrap();
         assert_eq!(s.check("Chunk", &f).unwrap_err(), "Chunk.index must be int, found string \"3\"");
     }

@@ -43,8 +43,22 @@ pub fn schema_changes(from: &Manifest, to: &Manifest) -> Vec<SchemaChange> {
             (Some(o), Some(n)) => (o, n),
             (None, None) => continue,
         };
+        // Renames, either way: `to` declares one (an upgrade), or `from`
+        // did and `to` has the old name again (a rollback).
+        let mut renamed = std::collections::BTreeSet::new();
+        for (a, b) in renames(old, new) {
+            let (o, n) = (&old.fields[&a], &new.fields[&b]);
+            let what = format!("renamed from `{a}` to `{b}`: live facts are renamed with the move");
+            let (what, compatible) = match retyped(o, n) {
+                Some((change, ok)) => (format!("{what}; {change}"), ok),
+                None => (what, true),
+            };
+            change(ty, Some(&b), what, compatible);
+            renamed.insert(a);
+            renamed.insert(b);
+        }
         let fields: std::collections::BTreeSet<&String> = old.fields.keys().chain(new.fields.keys()).collect();
-        for f in fields {
+        for f in fields.into_iter().filter(|f| !renamed.contains(*f)) {
             let (what, compatible) = match (old.fields.get(f), new.fields.get(f)) {
                 (None, Some(n)) if n.default.is_some() => (format!("added, {}, with a default", n.ty.name()), true),
                 (None, Some(n)) if n.optional => (format!("added, {}, optional", n.ty.name()), true),
@@ -68,6 +82,23 @@ pub fn schema_changes(from: &Manifest, to: &Manifest) -> Vec<SchemaChange> {
         }
     }
     out
+}
+
+/// The fields moving from schema `old` to `new` renames: `(old name, new
+/// name)`, where one of the two versions declares the rename (`from`) and
+/// the field exists under one name in each.
+pub fn renames(old: &super::Schema, new: &super::Schema) -> Vec<(String, String)> {
+    let forward = new.fields.iter().filter_map(|(n, spec)| Some((spec.from.clone()?, n.clone())));
+    let back = old.fields.iter().filter_map(|(o, spec)| Some((o.clone(), spec.from.clone()?)));
+    forward
+        .chain(back)
+        .filter(|(a, b)| {
+            old.fields.contains_key(a)
+                && !old.fields.contains_key(b)
+                && new.fields.contains_key(b)
+                && !new.fields.contains_key(a)
+        })
+        .collect()
 }
 
 /// How one field changed, if it did.
@@ -114,6 +145,20 @@ mod tests {
     }
 
     const V1: &str = "[facts.Order]\nid = \"string\"\nstatus = \"string\"\nqty = \"int\"\n";
+
+    #[test]
+    fn a_declared_rename_is_compatible_both_ways() {
+        let v2 = "[facts.Order]\nid = \"string\"\nstate = { type = \"string\", from = \"status\" }\nqty = \"int\"\n";
+        expect_test::expect![[r#"
+            ok  Order.state: renamed from `status` to `state`: live facts are renamed with the move"#]]
+        .assert_eq(&changes(V1, v2));
+        expect_test::expect![[r#"
+            ok  Order.status: renamed from `state` to `status`: live facts are renamed with the move"#]]
+        .assert_eq(&changes(v2, V1));
+        // Without `from` it is a removal and an addition.
+        let undeclared = "[facts.Order]\nid = \"string\"\nstate = \"string\"\nqty = \"int\"\n";
+        assert!(changes(V1, undeclared).contains("NOT Order.state: added"), "{}", changes(V1, undeclared));
+    }
 
     #[test]
     fn adding_an_optional_field_and_rolling_it_back_are_compatible() {
