@@ -951,7 +951,9 @@ at = { type = "int", default = 2026-01-01 }
         );
         check(
             "[pack]\nname = \"p\"\nversion = \"1\"\n[facts.O]\ns = { type = \"string\", defualt = \"x\" }\n",
-            expect_test::expect!["pack.toml:5:5: error[E0006]: unknown field `defualt`, expected one of `type`, `default`, `from`"],
+            expect_test::expect![
+                "pack.toml:5:5: error[E0006]: unknown field `defualt`, expected one of `type`, `default`, `from`"
+            ],
         );
         let m = parse_manifest(
             Path::new("pack.toml"),
