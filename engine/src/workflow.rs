@@ -354,8 +354,8 @@ pub enum Rejected {
     NotRunning(&'static str),
     #[error("invocation {0} is not awaited by this workflow (already answered, cancelled, or unknown)")]
     UnknownInvocation(InvocationId),
-    #[error("fact {0}: {1}")]
-    InvalidFact(usize, String),
+    #[error("{0}")]
+    InvalidFacts(InvalidFacts),
     #[error("fact f{0} does not exist")]
     UnknownFact(FactId),
     #[error("timer {0} is not pending (already fired or cancelled)")]
@@ -366,6 +366,32 @@ pub enum Rejected {
     /// happened, and the in-memory workflow is to be reloaded.
     #[error("the turn was interrupted: the server is stopping")]
     Interrupted,
+}
+
+/// The problems of facts a client gave: (index of the fact, what is wrong),
+/// in order, each naming its field.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InvalidFacts(pub Vec<(usize, String)>);
+
+impl std::fmt::Display for InvalidFacts {
+    /// `fact 0: …` for one problem; `3 problems: fact 0: …; fact 2: …` for
+    /// more (the first 20, then how many more).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const SHOWN: usize = 20;
+        if self.0.len() > 1 {
+            write!(f, "{} problems: ", self.0.len())?;
+        }
+        for (n, (i, e)) in self.0.iter().take(SHOWN).enumerate() {
+            if n > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "fact {i}: {e}")?;
+        }
+        if self.0.len() > SHOWN {
+            write!(f, "; and {} more", self.0.len() - SHOWN)?;
+        }
+        Ok(())
+    }
 }
 
 /// The delta of one committed turn.
@@ -633,28 +659,30 @@ impl Workflow {
         self.timers.values()
     }
 
+    /// Every problem of every fact, not only the first: a client fixing
+    /// its input learns all of them at once.
     fn validate(&self, facts: &[FactSpec]) -> Result<(), Rejected> {
+        let mut problems = Vec::new();
         for (i, f) in facts.iter().enumerate() {
             if !stoa_rules::value::valid_type_name(&f.ty) {
                 let (ty, rule) = (stoa_rules::diagnostic::shown(&f.ty), stoa_rules::sandbox::TYPE_NAME_RULE);
-                return Err(Rejected::InvalidFact(i, format!("type `{ty}`: {rule}")));
+                problems.push((i, format!("type `{ty}`: {rule}")));
+                continue;
             }
-            if let Some((k, _)) = f.fields.iter().find(|(k, _)| k.with_name(|n| n.starts_with('_'))) {
-                return Err(Rejected::InvalidFact(i, format!("field `{k}` starts with `_`, which is reserved")));
+            for (k, _) in f.fields.iter().filter(|(k, _)| k.with_name(|n| n.starts_with('_'))) {
+                problems.push((i, format!("field `{k}` starts with `_`, which is reserved")));
             }
             match self.pack.manifest.facts.get(&f.ty) {
-                Some(schema) => {
-                    if let Some(e) = schema.violations_new(&f.ty, &f.fields).into_iter().next() {
-                        return Err(Rejected::InvalidFact(i, e));
-                    }
-                }
-                None if self.strict_refuses(&f.ty) => {
-                    return Err(Rejected::InvalidFact(i, undeclared(&f.ty)));
-                }
+                Some(schema) => problems.extend(schema.violations_new(&f.ty, &f.fields).into_iter().map(|e| (i, e))),
+                None if self.strict_refuses(&f.ty) => problems.push((i, undeclared(&f.ty))),
                 None => {}
             }
         }
-        Ok(())
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Rejected::InvalidFacts(InvalidFacts(problems)))
+        }
     }
 
     /// Applies one input as a turn.
@@ -2734,6 +2762,25 @@ mod schema_tests {
         assert_eq!(
             wf.apply(Input::Start { facts: bad }, 1).unwrap_err().to_string(),
             "fact 0: C.n must be int, found float 1.5"
+        );
+        assert_eq!(wf.meta().turn, 0);
+    }
+
+    #[test]
+    fn a_request_with_bad_facts_is_refused_with_every_problem() {
+        let p = pack(r#"rule "r" { match { c: C() } action { log("x"); } }"#, "[facts.C]\nn = \"int\"\n");
+        let mut wf = Workflow::new(WorkflowId::new("all"), p, 0);
+        let fact = |v: serde_json::Value| FactSpec { ty: "C".into(), fields: Fields::from_json(&v).unwrap() };
+        let bad = vec![
+            fact(serde_json::json!({"n": 1, "colour": "red"})),
+            fact(serde_json::json!({"n": 2})),
+            fact(serde_json::json!({"n": 3, "size": 4})),
+            fact(serde_json::json!({"n": "three"})),
+        ];
+        assert_eq!(
+            wf.apply(Input::Start { facts: bad }, 1).unwrap_err().to_string(),
+            "3 problems: fact 0: C.colour is not a field of the schema of C; \
+             fact 2: C.size is not a field of the schema of C; fact 3: C.n must be int, found string \"three\""
         );
         assert_eq!(wf.meta().turn, 0);
     }
