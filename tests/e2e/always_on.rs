@@ -100,6 +100,7 @@ async fn all_running(c: &mut Client, pack: &str) -> Vec<pb::WorkflowSummary> {
                 status: "running".into(),
                 page_size: 1000,
                 page_token: token,
+                newest_first: false,
             })
             .await
             .expect("ls")

@@ -158,13 +158,13 @@ fn stoa_test_explains_a_missed_rule_and_holds_the_coverage_minimum() {
     std::fs::write(pack.join("tests/t.toml"), test("new")).expect("write");
     let o = stoa().arg("test").arg(pack).output().expect("stoa test");
     let out = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert_eq!(o.status.code(), Some(3), "{out}");
     assert!(out.contains("why:") && out.contains(r#""new" == "pending""#), "{out}");
     // Passing tests, but the error section never runs: 2 of 3 items.
     std::fs::write(pack.join("tests/t.toml"), test("pending")).expect("write");
     let o = stoa().arg("test").arg(pack).arg("--coverage").output().expect("stoa test");
     let out = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert_eq!(o.status.code(), Some(3), "{out}");
     assert!(out.contains(r#"sections never run: "encode" error"#), "{out}");
     assert!(out.contains("coverage 75.0% is below the pack's [tests] min_coverage = 90"), "{out}");
     let o = stoa().arg("test").arg(pack).args(["--coverage", "--json"]).output().expect("stoa test");
