@@ -90,7 +90,7 @@ fn explain_answers_from_a_server_and_names_what_is_wrong() {
     let o = explain(&server, TOKEN_A, &[&wf, "--fact", "f99"]);
     assert!(text(&o).contains("has no fact f99"), "{}", text(&o));
     let o = explain(&server, TOKEN_A, &["wf_a.nope", "split source"]);
-    assert!(text(&o).contains("NotFound"), "{}", text(&o));
+    assert!(text(&o).contains("NOT_FOUND (5)"), "{}", text(&o));
     let o = explain(&server, TOKEN_A, &[&wf, "--fact", "twelve"]);
     assert!(!o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("a fact id is like f12"), "{}", text(&o));
