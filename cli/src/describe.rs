@@ -67,10 +67,21 @@ pub async fn run(c: &mut Client, args: Args, json: bool) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-/// A timeline entry's line: a turn's first line carries its wall-clock time.
+/// A timeline entry's line: a turn's first line carries its wall-clock
+/// time, and so does a failed attempt.
 pub fn timeline_line(e: &pb::TimelineEntry) -> String {
     match e.kind.as_str() {
         "turn_started" => format!("{}  · {}", e.text, when::local_precise(e.at_ms)),
+        "attempt_failed" => {
+            let v: serde_json::Value = serde_json::from_str(&e.json).unwrap_or_default();
+            let a = &v["event"];
+            match (a["invocation"].as_str(), a["attempt"].as_u64(), a["at_ms"].as_u64(), a["error"].as_str()) {
+                (Some(inv), Some(n), Some(at), Some(error)) => {
+                    format!("  failed {inv} attempt {n} at {}: {error}", when::local_precise(at))
+                }
+                _ => e.text.clone(),
+            }
+        }
         _ => e.text.clone(),
     }
 }

@@ -87,10 +87,17 @@ impl Dispatcher for MockDispatcher {
                     message: format!("no mock answers `{}` with args {}", inv.function, inv.args),
                     attempts: attempt,
                     retryable: false,
+                    failed: vec![],
                 };
             };
             match answer.error {
-                None => break Outcome::Ok { value: answer.returns.unwrap_or(Value::Null), attempts: attempt },
+                None => {
+                    break Outcome::Ok {
+                        value: answer.returns.unwrap_or(Value::Null),
+                        attempts: attempt,
+                        failed: vec![],
+                    }
+                }
                 Some(e) if e.retryable && attempt < max => continue,
                 Some(e) => {
                     break Outcome::Error {
@@ -98,6 +105,7 @@ impl Dispatcher for MockDispatcher {
                         message: e.message,
                         attempts: attempt,
                         retryable: e.retryable,
+                        failed: vec![],
                     }
                 }
             }

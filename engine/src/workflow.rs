@@ -274,8 +274,33 @@ pub struct Waiting {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "lowercase")]
 pub enum Outcome {
-    Ok { value: Value, attempts: u32 },
-    Error { kind: ErrorKind, message: String, attempts: u32, retryable: bool },
+    Ok {
+        value: Value,
+        attempts: u32,
+        /// Attempts before this outcome that failed (recorded on the
+        /// timeline before the result).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        failed: Vec<FailedAttempt>,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+        attempts: u32,
+        retryable: bool,
+        /// Attempts before the last one that failed.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        failed: Vec<FailedAttempt>,
+    },
+}
+
+/// An attempt of an invocation that failed (or was lost with its worker)
+/// and was tried again, as the dispatcher saw it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailedAttempt {
+    pub attempt: u32,
+    /// When it ended, in ms since the epoch.
+    pub at_ms: u64,
+    pub error: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -1783,8 +1808,19 @@ impl Workflow {
         };
         let matched: Vec<(FactId, u32)> =
             w.matched.iter().map(|(id, v)| (*id, self.net.fact(*id).map(|f| f.version).unwrap_or(*v))).collect();
+        let failed = match &outcome {
+            Outcome::Ok { failed, .. } | Outcome::Error { failed, .. } => failed,
+        };
+        for f in failed {
+            self.record(Event::AttemptFailed(Box::new(crate::timeline::AttemptFailed {
+                invocation: inv.clone(),
+                attempt: f.attempt,
+                at_ms: f.at_ms,
+                error: f.error.clone(),
+            })));
+        }
         match outcome {
-            Outcome::Ok { value, attempts } => {
+            Outcome::Ok { value, attempts, .. } => {
                 self.record(Event::ResultApplied { invocation: inv, ok: true, value: value.clone(), attempts });
                 if let Some(section) = &rule.reaction {
                     self.record(Event::Fired {
@@ -1796,7 +1832,7 @@ impl Workflow {
                     self.run_section(rule, section, SectionKind::Reaction, values, &w.bindings, &matched)?;
                 }
             }
-            Outcome::Error { kind, message, attempts, retryable } => {
+            Outcome::Error { kind, message, attempts, retryable, .. } => {
                 let err = {
                     let mut m = BTreeMap::new();
                     m.insert(Arc::from("kind"), Value::str(&format!("{kind:?}").to_lowercase()));
@@ -2710,9 +2746,15 @@ mod sandbox_tests {
         } else {
             let inv = out.invocations[0].id.clone();
             let outcome = if section == "reaction" {
-                Outcome::Ok { value: Value::Null, attempts: 1 }
+                Outcome::Ok { value: Value::Null, attempts: 1, failed: vec![] }
             } else {
-                Outcome::Error { kind: ErrorKind::Failed, message: "x".into(), attempts: 1, retryable: false }
+                Outcome::Error {
+                    kind: ErrorKind::Failed,
+                    message: "x".into(),
+                    attempts: 1,
+                    retryable: false,
+                    failed: vec![],
+                }
             };
             wf.apply(Input::Result { invocation: inv, outcome }, 2).unwrap()
         };
@@ -2764,6 +2806,22 @@ mod schema_tests {
             "fact 0: C.n must be int, found float 1.5"
         );
         assert_eq!(wf.meta().turn, 0);
+    }
+
+    #[test]
+    fn failed_attempts_of_an_outcome_go_on_the_timeline_before_it() {
+        let p =
+            pack(r#"rule "r" { match { c: C() } action { call("media.encode", #{}); } reaction { complete(); } }"#, "");
+        let mut wf = Workflow::new(WorkflowId::new("attempts"), p, 0);
+        let start = vec![FactSpec { ty: "C".into(), fields: Fields::default() }];
+        let out = wf.apply(Input::Start { facts: start }, 1).unwrap();
+        let invocation = out.invocations[0].id.clone();
+        let failed = vec![FailedAttempt { attempt: 1, at_ms: 2, error: "worker crashed".into() }];
+        let outcome = Outcome::Ok { value: Value::Null, attempts: 2, failed };
+        let out = wf.apply(Input::Result { invocation, outcome }, 10).unwrap();
+        let lines: Vec<String> = out.entries.iter().map(Entry::line).collect();
+        assert_eq!(lines[1], "  failed inv_attempts.1 attempt 1 (8ms before): worker crashed", "{lines:#?}");
+        assert!(lines[2].starts_with("  result  inv_attempts.1 after 2 attempt(s)"), "{lines:#?}");
     }
 
     #[test]
@@ -3019,7 +3077,7 @@ rule "fan out" {
         assert_eq!(inv.function, "workflow:child");
         assert_eq!(inv.args.to_string(), r#"{"ancestry":["test"],"facts":[{"fields":{"n":1},"type":"Part"}]}"#);
         assert_eq!(inv.retry.max_attempts, 1);
-        let done = Outcome::Ok { value: Value::Int(7), attempts: 1 };
+        let done = Outcome::Ok { value: Value::Int(7), attempts: 1, failed: vec![] };
         wf.apply(Input::Result { invocation: inv.id.clone(), outcome: done }, 2).unwrap();
         assert_eq!(wf.meta().result.to_string(), r#"{"child":7}"#);
     }
@@ -3076,7 +3134,10 @@ rule "av1" {
         let (mut done, out) = start("done");
         for inv in &out.invocations {
             let _ = done.apply(
-                Input::Result { invocation: inv.id.clone(), outcome: Outcome::Ok { value: Value::Null, attempts: 1 } },
+                Input::Result {
+                    invocation: inv.id.clone(),
+                    outcome: Outcome::Ok { value: Value::Null, attempts: 1, failed: vec![] },
+                },
                 2,
             );
         }

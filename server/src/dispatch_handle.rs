@@ -83,13 +83,9 @@ pub struct Inspected {
     pub workers: u32,
 }
 
-/// An attempt that ended without a final outcome.
-#[derive(Clone, Debug, PartialEq)]
-pub struct FailedAttempt {
-    pub attempt: u32,
-    pub at_ms: u64,
-    pub error: String,
-}
+/// An attempt that ended without a final outcome (the engine's type: the
+/// outcome carries them to the timeline).
+pub use stoa_engine::workflow::FailedAttempt;
 
 /// How many failed attempts an invocation keeps in memory.
 pub const KEPT_FAILURES: usize = 10;

@@ -514,7 +514,8 @@ impl Dispatcher {
                     Ok(v) => {
                         let attempts = item.attempt;
                         item.metrics.attempt(Attempt::Ok);
-                        self.finish(item, Outcome::Ok { value: stoa_rules::Value::from_json(&v), attempts })
+                        let failed = item.failed.clone();
+                        self.finish(item, Outcome::Ok { value: stoa_rules::Value::from_json(&v), attempts, failed })
                     }
                     Err(e) => {
                         self.fail(item, ErrorKind::Failed, format!("the worker's answer is not JSON: {e}"), false)
@@ -580,7 +581,11 @@ impl Dispatcher {
         } else {
             let attempts = item.attempt;
             item.metrics.attempt(if timeout { Attempt::Timeout } else { Attempt::Error });
-            self.finish(item, Outcome::Error { kind, message, attempts, retryable });
+            // The last failure is the outcome itself; those before it go
+            // on the timeline as failed attempts.
+            let mut failed = std::mem::take(&mut item.failed);
+            failed.pop();
+            self.finish(item, Outcome::Error { kind, message, attempts, retryable, failed });
         }
     }
 

@@ -1613,12 +1613,13 @@ fn dispatched(out: &TurnOutput) -> impl Iterator<Item = &stoa_engine::workflow::
 /// What a finished child workflow answers its parent.
 pub(crate) fn child_outcome(meta: &Meta) -> Outcome {
     match meta.status {
-        Status::Completed => Outcome::Ok { value: meta.result.clone(), attempts: 1 },
+        Status::Completed => Outcome::Ok { value: meta.result.clone(), attempts: 1, failed: vec![] },
         _ => Outcome::Error {
             kind: stoa_engine::workflow::ErrorKind::Failed,
             message: format!("child workflow {} failed: {}", meta.id, meta.reason.clone().unwrap_or_default()),
             attempts: 1,
             retryable: false,
+            failed: vec![],
         },
     }
 }

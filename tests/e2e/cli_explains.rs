@@ -64,7 +64,7 @@ fn until(what: &str, mut f: impl FnMut() -> Option<String>) -> String {
 fn describe_shows_attempts_errors_retries_workers_and_timers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(&dir.path().join("data"));
-    shop(&server, dir.path(), "30s");
+    shop(&server, dir.path(), "10s");
     let wf = start(&server, r#"{"type": "Order", "fields": {"id": "o-1", "status": "new"}}"#, "d1");
 
     let out = ok(cli(&server, &["describe", &wf]));
@@ -100,7 +100,35 @@ fn describe_shows_attempts_errors_retries_workers_and_timers() {
     assert_eq!(w["last_error"], "test failure", "{v}");
     assert!(w["retry_at_ms"].as_u64() > v["created_ms"].as_u64(), "{v}");
     assert_eq!(v["timeline"][0]["event"]["kind"], "turn_started", "{v}");
-    drop(worker);
+    // Once it is answered, the timeline holds the failed attempt with its
+    // error and time, before the result.
+    rt.block_on(async {
+        let mut w = worker;
+        let mut c = client(&server.addr, TOKEN_A).await;
+        // Attempt 2 comes to this session after the backoff (8 to 12 s).
+        let inv = w.invocations(Duration::from_secs(60)).await.pop().expect("attempt 2");
+        assert_eq!(inv.attempt, 2);
+        assert!(w.answer(&inv, serde_json::json!({"receipt": "r-1"})).await);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while c
+            .get_workflow(pb::GetWorkflowRequest { workflow_id: wf.clone(), without_facts: true })
+            .await
+            .expect("get")
+            .into_inner()
+            .status
+            == "running"
+        {
+            assert!(Instant::now() < deadline, "not completed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let out = ok(cli(&server, &["describe", &wf]));
+    let failed = out.find(" attempt 1 at 20").unwrap_or_else(|| panic!("the failed attempt on the timeline: {out}"));
+    assert!(out[failed..].contains(": test failure"), "{out}");
+    let result = out.find("result  ").unwrap_or_else(|| panic!("{out}"));
+    assert!(failed < result && out.contains("after 2 attempt(s)"), "{out}");
+    let watched = ok(cli(&server, &["watch", &wf]));
+    assert!(watched.contains(" attempt 1 at 20") && watched.contains("turn 2 ── result of"), "{watched}");
 
     // Timers: the approval example's 48-hour escalation.
     ok(cli(&server, &["deploy", repo().join("examples/packs/approval").to_str().expect("utf-8")]));
