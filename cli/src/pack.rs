@@ -11,7 +11,7 @@ use stoa_rules::Diagnostic;
 /// and a caret) to stderr. Returns the pack if it has no error.
 pub fn load(dir: &Path) -> anyhow::Result<(Option<Arc<Pack>>, Vec<Diagnostic>)> {
     if !dir.is_dir() {
-        anyhow::bail!("{}: not a pack directory", dir.display());
+        return Err(crate::exit::usage(format!("{}: not a pack directory", dir.display())));
     }
     let source = PackSource::read_dir(dir).with_context(|| format!("reading pack {}", dir.display()))?;
     let (pack, diags) = compile(&source);
