@@ -775,8 +775,18 @@ impl Dispatcher {
     }
 }
 
-/// Keeps a failed attempt's error for `stoa describe` (the last few).
-fn note_failure(item: &mut Item, at_ms: u64, error: String) {
+/// Keeps a failed attempt's error for `stoa describe` and the timeline
+/// (the last few, each cut to `KEPT_ERROR_BYTES`: a worker chooses them).
+fn note_failure(item: &mut Item, at_ms: u64, mut error: String) {
+    const KEPT_ERROR_BYTES: usize = 1024;
+    if error.len() > KEPT_ERROR_BYTES {
+        let mut end = KEPT_ERROR_BYTES;
+        while !error.is_char_boundary(end) {
+            end -= 1;
+        }
+        error.truncate(end);
+        error.push('…');
+    }
     if item.failed.len() == KEPT_FAILURES {
         item.failed.remove(0);
     }
