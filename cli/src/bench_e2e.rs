@@ -183,6 +183,7 @@ pub(crate) async fn count_completed(c: &mut Client, pack: &str) -> anyhow::Resul
                 status: "completed".into(),
                 page_size: 1000,
                 page_token: token,
+                newest_first: false,
             })
             .await?
             .into_inner();

@@ -7,13 +7,18 @@ mod bench_e2e;
 mod bench_explain;
 mod bench_safety;
 mod bench_schedules;
+mod change;
+mod describe;
+mod exit;
 mod explain;
+mod init;
 mod pack;
 mod remote;
 mod run;
 mod schedule;
 mod serve;
 mod test;
+mod when;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,7 +31,13 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "stoa", version, about = "Stoa: workflows as packs of forward-chaining rules", long_about = None)]
+#[command(
+    name = "stoa",
+    version,
+    about = "Stoa: workflows as packs of forward-chaining rules",
+    long_about = None,
+    after_help = exit::HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,10 +45,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Make a new pack: a directory with pack.toml (a fact schema and a
+    /// function), a rule that calls the function, and a test with a mock;
+    /// it passes `stoa check` and `stoa test` as it is.
+    ///
+    /// Example: stoa init orders && stoa test orders
+    Init(init::Args),
     /// Check a pack without running it: syntax of every file, undefined
-    /// variables, unknown functions, calls to undeclared functions, schema
-    /// violations in test data. Prints every problem as
-    /// `path:line:col: error[CODE]: message`; exits 1 if there is an error.
+    /// variables, unknown functions, calls to undeclared functions, rules
+    /// and test data against the fact schemas. Prints every problem as
+    /// `path:line:col: error[CODE]: message`; exits 3 if there is an error.
+    ///
+    /// Example: stoa check examples/packs/video-encode
     Check {
         /// The pack directory (holding pack.toml).
         pack: PathBuf,
@@ -45,25 +64,42 @@ enum Command {
     /// Run the pack's test cases (tests/*.toml) in-process with mocked
     /// functions on virtual time. Ends with `N passed, N failed` and lists
     /// the rules no test fired; a failed test that expected a rule to fire
-    /// shows why it did not (as `stoa explain`). Exits 1 if any test failed
+    /// shows why it did not (as `stoa explain`). Exits 3 if any test failed
     /// or coverage is below the pack's `[tests] min_coverage`.
     ///
-    /// Example: stoa test examples/video-encode --coverage
+    /// Example: stoa test examples/packs/video-encode --coverage
     Test(test::Args),
     /// Run one workflow in-process with mocked functions and print its
     /// timeline. With --data it is stored and can be resumed with --id.
+    /// Exits 4 if the workflow failed.
+    ///
+    /// Example: stoa run examples/packs/video-encode --facts examples/packs/video-encode/facts.json --mocks examples/packs/video-encode/mocks.toml
     Run(run::Args),
     /// Why a rule of a workflow fired, or why it does not fire now; or,
     /// with --fact, where a fact came from. Reads the workflow's committed
     /// state and timeline, and changes nothing (docs/rules.md, "Explain").
+    ///
+    /// Example: stoa explain wf_acme.1a2b "encode chunk"
     Explain(explain::Args),
-    /// Benchmarks. `stoa bench engine` prints the engine's figures
-    /// (firings per second, insert cost and bytes per fact, durable turns
-    /// per second); timers cover the turns, not process start.
-    #[command(subcommand)]
+    /// Benchmarks (for developers of Stoa; not listed in `stoa --help`).
+    /// `stoa bench engine` prints the engine's figures (firings per second,
+    /// insert cost and bytes per fact, durable turns per second); timers
+    /// cover the turns, not process start.
+    ///
+    /// Example: stoa bench engine --quick
+    #[command(subcommand, hide = true)]
     Bench(BenchCommand),
     /// Run the server: multi-tenant gRPC API, function dispatcher, embedded
-    /// store. Stops gracefully on SIGINT/SIGTERM.
+    /// store (./stoa-data unless --data, --store or the config file say
+    /// otherwise). Stops gracefully on SIGINT/SIGTERM.
+    ///
+    /// Logs go to stderr at `info`: workflows started and ended, workers
+    /// connected and gone, deploys and rollouts. STOA_LOG sets the level or
+    /// an env_filter expression (`STOA_LOG=debug`,
+    /// `STOA_LOG=info,stoa_server::dispatcher=debug`); h2, hyper, tower,
+    /// sled and tokio_postgres stay at `warn` unless it names them.
+    ///
+    /// Example: stoa serve --listen 127.0.0.1:7233 --token acme=s3cret --data ./stoa-data
     Serve(serve::Args),
     #[command(flatten)]
     Remote(remote::Command),
@@ -71,6 +107,8 @@ enum Command {
     /// pack with the schedule's facts, exactly once even across server
     /// restarts. A pack can define them too (`[schedules.NAME]` in
     /// pack.toml; see docs/schedules.md).
+    ///
+    /// Example: stoa schedule ls
     #[command(subcommand)]
     Schedule(schedule::Command),
 }
@@ -140,6 +178,7 @@ fn main() -> ExitCode {
         })
     });
     let result = match cli.command {
+        Command::Init(args) => init::run(args),
         Command::Check { pack } => check(&pack),
         Command::Test(args) => test::run(args),
         Command::Run(args) => run::run(args),
@@ -162,7 +201,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            exit::code_of(&e)
         }
     }
 }
@@ -185,7 +224,7 @@ fn check(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
         None => {
             println!("{}: {errors} error(s), {warnings} warning(s)", dir.display());
-            Ok(ExitCode::from(1))
+            Ok(ExitCode::from(exit::CHECK_FAILED))
         }
     }
 }
@@ -196,5 +235,36 @@ mod tests {
     fn the_command_line_is_well_formed() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    /// Every command a user sees has an example, and every argument a
+    /// description; benchmarks are not in the list.
+    #[test]
+    fn every_command_explains_itself() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+                let path = format!("{path} {}", sub.get_name());
+                let long = sub.get_long_about().or(sub.get_about()).map(|a| a.to_string()).unwrap_or_default();
+                if sub.get_subcommands().next().is_none() {
+                    if !long.contains("Example: stoa ") {
+                        missing.push(format!("{path}: no `Example: stoa …`"));
+                    }
+                    for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+                        if arg.get_help().is_none() && arg.get_long_help().is_none() && arg.get_id() != "help" {
+                            missing.push(format!("{path}: argument {} has no description", arg.get_id()));
+                        }
+                    }
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let cli = super::Cli::command();
+        let mut missing = Vec::new();
+        walk(&cli, "stoa", &mut missing);
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+        let bench = cli.find_subcommand("bench").expect("bench");
+        assert!(bench.is_hide_set(), "bench is out of the user commands' list");
+        assert!(super::exit::HELP.contains("stoa bench"));
     }
 }

@@ -11,7 +11,7 @@ use stoa_rules::Diagnostic;
 /// and a caret) to stderr. Returns the pack if it has no error.
 pub fn load(dir: &Path) -> anyhow::Result<(Option<Arc<Pack>>, Vec<Diagnostic>)> {
     if !dir.is_dir() {
-        anyhow::bail!("{}: not a pack directory", dir.display());
+        return Err(crate::exit::usage(format!("{}: not a pack directory", dir.display())));
     }
     let source = PackSource::read_dir(dir).with_context(|| format!("reading pack {}", dir.display()))?;
     let (pack, diags) = compile(&source);
@@ -21,11 +21,15 @@ pub fn load(dir: &Path) -> anyhow::Result<(Option<Arc<Pack>>, Vec<Diagnostic>)> 
     Ok((pack.map(Arc::new), diags))
 }
 
-/// Like `load`, but a pack with errors is an error.
+/// Like `load`, but a pack with errors is an error (exit status 3, as
+/// `stoa check` finding them).
 pub fn load_ok(dir: &Path) -> anyhow::Result<Arc<Pack>> {
     let (pack, diags) = load(dir)?;
     let errors = diags.iter().filter(|d| d.is_error()).count();
     pack.ok_or_else(|| {
-        anyhow::anyhow!("{}: {errors} error(s); fix them first (`stoa check` lists them)", dir.display())
+        anyhow::Error::new(crate::exit::CheckFailed(format!(
+            "{}: {errors} error(s); fix them first (`stoa check` lists them)",
+            dir.display()
+        )))
     })
 }

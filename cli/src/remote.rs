@@ -14,7 +14,7 @@ pub struct Conn {
     /// Server address.
     #[arg(long, env = "STOA_SERVER", default_value = "http://127.0.0.1:7233")]
     pub server: String,
-    /// Bearer token; it names your tenant.
+    /// Bearer token; it names your tenant (`stoa serve --token TENANT=TOKEN`).
     #[arg(long, env = "STOA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Print JSON for scripts instead of text.
@@ -34,10 +34,11 @@ impl Conn {
     /// `--traceparent` if given. Disabled when no exporter is configured.
     pub(crate) fn span(&self, command: &str) -> anyhow::Result<tracing::Span> {
         if let Some(tp) = &self.traceparent {
-            anyhow::ensure!(
-                stoa_telemetry::TraceParent::parse(tp).is_some(),
-                "--traceparent {tp:?}: not a W3C traceparent (00-<32 hex digits>-<16 hex digits>-<2 hex digits>)"
-            );
+            if stoa_telemetry::TraceParent::parse(tp).is_none() {
+                return Err(crate::exit::usage(format!(
+                    "--traceparent {tp:?}: not a W3C traceparent (00-<32 hex digits>-<16 hex digits>-<2 hex digits>)"
+                )));
+            }
         }
         let span = tracing::info_span!("client", otel.name = format!("stoa {command}"), otel.kind = "client");
         stoa_telemetry::set_parent(&span, self.traceparent.as_deref(), None);
@@ -49,9 +50,12 @@ impl Conn {
 pub enum Command {
     /// Upload a pack; the server checks it like `stoa check` and rejects it
     /// whole if it has errors (the deployed version stays).
+    ///
+    /// Example: stoa deploy examples/packs/video-encode --canary 0.1
     Deploy {
         #[command(flatten)]
         conn: Conn,
+        /// The pack directory (holding pack.toml).
         pack: PathBuf,
         /// Check on the server and preview the upgrade: which rules would
         /// gain activations in live workflows, and how many. Changes nothing.
@@ -62,17 +66,22 @@ pub enum Command {
     },
     /// Make a deployed version the one workflows run (promote a canary,
     /// or go to any deployed version); live workflows are upgraded.
+    ///
+    /// Example: stoa rollout video-encode 1.1.0
     Rollout {
         #[command(flatten)]
         conn: Conn,
         /// Pack name.
         name: String,
+        /// A deployed version of the pack (`stoa packs` lists them).
         version: String,
         #[command(flatten)]
         rollout: RolloutArgs,
     },
     /// Drop the pack's canary, or else go back to the version stable
     /// before the current one; live workflows move back, keeping their facts.
+    ///
+    /// Example: stoa rollback video-encode
     Rollback {
         #[command(flatten)]
         conn: Conn,
@@ -87,6 +96,8 @@ pub enum Command {
         force: bool,
     },
     /// Show the progress of a pack's newest upgrade.
+    ///
+    /// Example: stoa upgrade video-encode --wait
     Upgrade {
         #[command(flatten)]
         conn: Conn,
@@ -98,6 +109,8 @@ pub enum Command {
     },
     /// Send a signal: to one workflow (--workflow), or to every pack that
     /// subscribes to its name. The same --id is acted on once.
+    ///
+    /// Example: stoa signal approval.decided --payload '{"request": "r1", "approved": true}'
     Signal {
         #[command(flatten)]
         conn: Conn,
@@ -109,29 +122,42 @@ pub enum Command {
         /// JSON payload.
         #[arg(long, default_value = "null")]
         payload: String,
+        /// Deliver it to this workflow only (a `Signal` fact), not to the
+        /// packs that subscribe to the name.
         #[arg(long)]
         workflow: Option<String>,
     },
     /// Show a signal's lineage: what led to it, the workflows it started or
     /// unblocked, and the signals those emitted, as a tree.
+    ///
+    /// Example: stoa lineage cli-4242-1733400000
     Lineage {
         #[command(flatten)]
         conn: Conn,
+        /// The signal's id (as `stoa signal` printed it).
         signal: String,
     },
-    /// List deployed packs and their versions.
+    /// List deployed packs: name, the version new workflows start on, every
+    /// version deployed (oldest first), and a canary if one runs.
+    ///
+    /// Example: stoa packs
     Packs {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Start a workflow of a deployed pack.
+    /// Start a workflow of a deployed pack. Facts the pack's schemas refuse
+    /// are all reported at once, with their index and field.
+    ///
+    /// Example: stoa start video-encode --facts examples/packs/video-encode/facts.json --watch
     Start {
         #[command(flatten)]
         conn: Conn,
         /// Pack name.
         pack: String,
-        /// Start facts: JSON array of {"type", "fields"}, or TOML [[fact]].
-        #[arg(long)]
+        /// Start facts: a file (a JSON array of {"type", "fields"}, or TOML
+        /// [[fact]] tables), or that JSON inline (`'[{"type": "Job",
+        /// "fields": {}}]'`; one object is one fact).
+        #[arg(long, value_name = "FILE|JSON")]
         facts: PathBuf,
         /// Idempotency key: the same id starts one workflow. Default: random.
         #[arg(long)]
@@ -140,35 +166,75 @@ pub enum Command {
         #[arg(long)]
         watch: bool,
     },
-    /// Show a workflow: status, facts, waiting activations.
+    /// Show a workflow: status with its times, facts, waiting activations
+    /// (with their attempts), pending timers. `stoa describe` adds the
+    /// recent timeline.
+    ///
+    /// Example: stoa get wf_acme.1a2b --no-facts
     Get {
         #[command(flatten)]
         conn: Conn,
+        /// The workflow id (`wf_…`, as `stoa start` or `stoa ls` print it).
         workflow: String,
         /// Leave the facts out.
         #[arg(long)]
         no_facts: bool,
     },
-    /// List workflows.
+    /// Describe a workflow: status with wall-clock times, each waiting
+    /// invocation with its attempt, last error, next retry and whether a
+    /// connected worker serves its function, pending timers (local time and
+    /// how far off), and the recent timeline with the times of its turns.
+    ///
+    /// Example: stoa describe wf_acme.1a2b --timeline 50
+    Describe(crate::describe::Args),
+    /// List workflows, newest first (by start time), with column headers.
+    ///
+    /// Example: stoa ls --pack video-encode --status running --limit 20
     Ls {
         #[command(flatten)]
         conn: Conn,
+        /// Only workflows of this pack.
         #[arg(long)]
         pack: Option<String>,
-        /// running, completed, failed or cancelled.
+        /// Only workflows in this status: running, completed, failed or
+        /// cancelled.
         #[arg(long)]
         status: Option<String>,
+        /// Show at most this many.
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// In workflow id order instead of newest first (cheaper on a
+        /// tenant with very many workflows: newest first reads them all
+        /// for each page).
+        #[arg(long)]
+        by_id: bool,
     },
-    /// Follow a workflow's timeline live (from the start, or from --from).
+    /// Follow a workflow's timeline live (from the start, or from --from),
+    /// with the wall-clock time of each turn. Exits 4 if the workflow
+    /// fails.
+    ///
+    /// Example: stoa watch wf_acme.1a2b --from 40
     Watch {
         #[command(flatten)]
         conn: Conn,
+        /// The workflow id.
         workflow: String,
+        /// The first timeline entry to show (entries are numbered from 1).
         #[arg(long, default_value_t = 1)]
         from: u64,
     },
+    /// Assert facts into a running workflow: one turn, whose result and
+    /// timeline entries are printed. Exits 4 if the turn failed the
+    /// workflow.
+    ///
+    /// Example: stoa assert wf_acme.1a2b --facts '{"type": "Pause", "fields": {"reason": "maintenance"}}'
+    Assert(crate::change::AssertArgs),
+    /// Retract facts of a running workflow by id: one turn, whose result
+    /// and timeline entries are printed. Exits 4 if the turn failed the
+    /// workflow.
+    ///
+    /// Example: stoa retract wf_acme.1a2b f12 f13
+    Retract(crate::change::RetractArgs),
     /// Cancel a running workflow: its waiting invocations and timers are
     /// cancelled; if its pack has rules over `Cancelled` facts, one is
     /// asserted so they can clean up (release what the workflow holds)
@@ -179,6 +245,7 @@ pub enum Command {
     Cancel {
         #[command(flatten)]
         conn: Conn,
+        /// The workflow id.
         workflow: String,
         /// Why; kept as the workflow's reason and in the `Cancelled` fact.
         #[arg(long, default_value = "cancelled by stoa cancel")]
@@ -221,7 +288,7 @@ impl RolloutArgs {
     }
 }
 
-type Client = StoaClient<InterceptedService<Channel, Caller>>;
+pub(crate) type Client = StoaClient<InterceptedService<Channel, Caller>>;
 
 #[derive(Clone)]
 pub struct Bearer(pub tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
@@ -258,7 +325,7 @@ impl tonic::service::Interceptor for Caller {
 /// (the command's span), else `--traceparent` as given.
 pub(crate) async fn connect(c: &Conn) -> anyhow::Result<Client> {
     use stoa_telemetry::propagate::{traceparent, tracestate};
-    let token = c.token.clone().context("no token: pass --token or set STOA_TOKEN")?;
+    let token = c.token.clone().ok_or_else(|| crate::exit::usage("no token: pass --token or set STOA_TOKEN"))?;
     let bearer = Bearer(format!("Bearer {token}").parse().context("the token is not valid ASCII")?);
     let current = tracing::Span::current();
     let (tp, ts) = match traceparent(&current) {
@@ -275,8 +342,9 @@ pub(crate) async fn connect(c: &Conn) -> anyhow::Result<Client> {
     Ok(StoaClient::with_interceptor(channel, caller).max_decoding_message_size(64 << 20))
 }
 
+/// A server's refusal, naming its gRPC status (exit status 1).
 pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+    anyhow::anyhow!("{}", crate::exit::status(&s))
 }
 
 pub fn pack_files(dir: &Path) -> anyhow::Result<Vec<pb::PackFile>> {
@@ -288,11 +356,21 @@ pub fn pack_files(dir: &Path) -> anyhow::Result<Vec<pb::PackFile>> {
         .collect())
 }
 
+/// Facts from `--facts`: a file, or JSON given inline (an array of facts,
+/// or one fact object).
 pub(crate) fn facts_in(path: &Path) -> anyhow::Result<Vec<pb::FactInput>> {
-    Ok(crate::run::read_facts(path)?
-        .into_iter()
-        .map(|f| pb::FactInput { r#type: f.ty, fields_json: f.fields.to_json().to_string() })
-        .collect())
+    let inline = path.to_str().map(str::trim_start).filter(|t| t.starts_with('[') || t.starts_with('{'));
+    let specs = match inline {
+        Some(text) => {
+            let v: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| crate::exit::usage(format!("--facts: not JSON: {e}")))?;
+            let v = if v.is_object() { serde_json::Value::Array(vec![v]) } else { v };
+            serde_json::from_value::<Vec<stoa_rules::testcase::FactSpec>>(v)
+                .map_err(|e| crate::exit::usage(format!("--facts: {e}")))?
+        }
+        None => crate::run::read_facts(path)?,
+    };
+    Ok(specs.into_iter().map(|f| pb::FactInput { r#type: f.ty, fields_json: f.fields.to_json().to_string() }).collect())
 }
 
 pub(crate) fn print_json(v: &impl serde::Serialize) {
@@ -314,6 +392,9 @@ impl Command {
             | Command::Ls { conn, .. }
             | Command::Watch { conn, .. }
             | Command::Cancel { conn, .. } => conn,
+            Command::Describe(a) => &a.conn,
+            Command::Assert(a) => &a.conn,
+            Command::Retract(a) => &a.conn,
         }
     }
 
@@ -332,6 +413,9 @@ impl Command {
             Command::Ls { .. } => "ls",
             Command::Watch { .. } => "watch",
             Command::Cancel { .. } => "cancel",
+            Command::Describe(_) => "describe",
+            Command::Assert(_) => "assert",
+            Command::Retract(_) => "retract",
         }
     }
 }
@@ -498,6 +582,9 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Packs { .. } => {
             let r = c.list_packs(pb::ListPacksRequest {}).await.map_err(status_err)?.into_inner();
+            if !json && !r.packs.is_empty() {
+                println!("{:<24} {:<12} VERSIONS", "NAME", "STABLE");
+            }
             for p in r.packs {
                 if json {
                     print_json(&serde_json::json!({"name": p.name, "versions": p.versions, "functions": p.functions,
@@ -547,56 +634,18 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
                 .map_err(status_err)?
                 .into_inner();
             if json {
-                let facts: Vec<_> = w
-                    .facts
-                    .iter()
-                    .map(|f| serde_json::json!({"id": f.id, "type": f.r#type, "version": f.version, "fields": serde_json::from_str::<serde_json::Value>(&f.fields_json).unwrap_or_default()}))
-                    .collect();
-                let waiting: Vec<_> = w.waiting.iter().map(|x| serde_json::json!({"invocation": x.invocation_id, "rule": x.rule, "function": x.function, "facts": x.fact_ids})).collect();
-                let timers: Vec<_> = w
-                    .timers
-                    .iter()
-                    .map(|t| serde_json::json!({"id": t.id, "type": t.r#type, "due_ms": t.due_ms, "rule": t.rule}))
-                    .collect();
-                let origin = serde_json::from_str::<serde_json::Value>(&w.origin_json).unwrap_or_default();
-                print_json(
-                    &serde_json::json!({"id": w.id, "pack": w.pack, "pack_version": w.pack_version, "status": w.status, "result": serde_json::from_str::<serde_json::Value>(&w.result_json).unwrap_or_default(), "reason": w.reason, "turn": w.turn, "fact_count": w.fact_count, "facts": facts, "waiting": waiting, "timers": timers, "origin": origin, "traceparent": w.traceparent}),
-                );
+                print_json(&crate::describe::workflow_json(&w));
             } else {
-                println!("{}  {} {}  {}  turn {}", w.id, w.pack, w.pack_version, w.status, w.turn);
-                if !w.reason.is_empty() {
-                    println!("reason: {}", w.reason);
-                }
-                if w.result_json != "null" {
-                    println!("result: {}", w.result_json);
-                }
-                println!("{} fact(s)", w.fact_count);
-                for f in &w.facts {
-                    println!("  f{}@{} {} {}", f.id, f.version, f.r#type, f.fields_json);
-                }
-                if !w.waiting.is_empty() {
-                    println!("{} waiting activation(s)", w.waiting.len());
-                    for x in &w.waiting {
-                        println!("  {} {} <- rule \"{}\" {}", x.invocation_id, x.function, x.rule, x.args_json);
-                    }
-                }
-                if !w.timers.is_empty() {
-                    println!("{} pending timer(s)", w.timers.len());
-                    for t in &w.timers {
-                        println!("  timer {} {} due at {} ms <- rule \"{}\"", t.id, t.r#type, t.due_ms, t.rule);
-                    }
-                }
-                if !w.origin_json.is_empty() && !w.origin_json.contains(r#""by":"request""#) {
-                    println!("started by: {}", w.origin_json);
-                }
-                if !w.traceparent.is_empty() {
-                    println!("trace: {}", w.traceparent);
-                }
+                crate::describe::print_workflow(&w, crate::when::now_ms());
             }
         }
-        Command::Ls { pack, status, limit, .. } => {
+        Command::Describe(args) => return crate::describe::run(&mut c, args, json).await,
+        Command::Assert(args) => return crate::change::assert(&mut c, args, json).await,
+        Command::Retract(args) => return crate::change::retract(&mut c, args, json).await,
+        Command::Ls { pack, status, limit, by_id, .. } => {
             let mut token = String::new();
             let mut shown = 0;
+            let now = crate::when::now_ms();
             loop {
                 let page = (limit - shown).min(1000);
                 let r = c
@@ -605,17 +654,28 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
                         status: status.clone().unwrap_or_default(),
                         page_size: page,
                         page_token: token,
+                        newest_first: !by_id,
                     })
                     .await
                     .map_err(status_err)?
                     .into_inner();
+                if !json && shown == 0 && !r.workflows.is_empty() {
+                    println!("{:<40} {:<20} {:<8} {:<10} STARTED", "ID", "PACK", "VERSION", "STATUS");
+                }
                 for w in &r.workflows {
                     if json {
                         print_json(
-                            &serde_json::json!({"id": w.id, "pack": w.pack, "pack_version": w.pack_version, "status": w.status, "updated_ms": w.updated_ms}),
+                            &serde_json::json!({"id": w.id, "pack": w.pack, "pack_version": w.pack_version, "status": w.status, "created_ms": w.created_ms, "updated_ms": w.updated_ms}),
                         );
                     } else {
-                        println!("{:<40} {:<20} {:<8} {}", w.id, w.pack, w.pack_version, w.status);
+                        println!(
+                            "{:<40} {:<20} {:<8} {:<10} {}",
+                            w.id,
+                            w.pack,
+                            w.pack_version,
+                            w.status,
+                            crate::when::both(w.created_ms, now)
+                        );
                     }
                 }
                 shown += r.workflows.len() as u32;
@@ -731,8 +791,8 @@ async fn follow(c: &mut Client, workflow: &str, from: u64, json: bool) -> anyhow
         if json {
             println!("{}", e.json);
         } else {
-            println!("{}", e.text);
+            println!("{}", crate::describe::timeline_line(&e));
         }
     }
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed { ExitCode::from(crate::exit::WORKFLOW_FAILED) } else { ExitCode::SUCCESS })
 }

@@ -27,8 +27,10 @@ pub struct Args {
     /// Store the workflow in this directory (sled), so it can be resumed.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Workflow id. With --data and an existing id, the workflow is resumed:
-    /// its pending invocations are answered again by the mocks.
+    /// Workflow id: 1 to 128 letters, digits, `-`, `_` or `.`; `wf_` is
+    /// put in front unless it starts with it (`order-7` is `wf_order-7`).
+    /// With --data and an existing id, the workflow is resumed: its pending
+    /// invocations are answered again by the mocks. Default: run-<pid>.
     #[arg(long)]
     id: Option<String>,
     /// Print timeline entries as JSON lines instead of text.
@@ -258,5 +260,5 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         use std::io::Write;
         let _ = writeln!(std::io::stdout(), "\n{}", stoa_engine::explain::rule_text(&e).trim_end());
     }
-    Ok(if meta.status == Status::Failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if meta.status == Status::Failed { ExitCode::from(crate::exit::WORKFLOW_FAILED) } else { ExitCode::SUCCESS })
 }

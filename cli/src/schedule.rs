@@ -10,19 +10,26 @@ use crate::remote::{connect, facts_in, print_json, status_err, Conn};
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// List the tenant's schedules with their next tick.
+    ///
+    /// Example: stoa schedule ls --json
     Ls {
         #[command(flatten)]
         conn: Conn,
     },
     /// Show a schedule: timing, policy, next ticks, recent runs.
+    ///
+    /// Example: stoa schedule get nightly-report
     Get {
         #[command(flatten)]
         conn: Conn,
+        /// The schedule's name.
         name: String,
     },
     /// Create a schedule, or replace the one of that name. Ticks count
     /// from now (a replacement with the same cron and time zone keeps its
     /// place).
+    ///
+    /// Example: stoa schedule create nightly-report --pack report --cron "0 2 * * *" --timezone Europe/Paris --facts facts.json
     Create {
         #[command(flatten)]
         conn: Conn,
@@ -39,8 +46,9 @@ pub enum Command {
         /// IANA time zone of the cron fields, e.g. Europe/Paris.
         #[arg(long, default_value = "UTC")]
         timezone: String,
-        /// Start facts: JSON array of {"type", "fields"}, or TOML [[fact]].
-        #[arg(long)]
+        /// Start facts: a file (a JSON array of {"type", "fields"}, or TOML
+        /// [[fact]] tables), or that JSON inline. Default: none.
+        #[arg(long, value_name = "FILE|JSON")]
         facts: Option<PathBuf>,
         /// Ticks missed while the server was down: skip (none), one (the
         /// latest) or all.
@@ -54,30 +62,42 @@ pub enum Command {
         paused: bool,
     },
     /// Stop running ticks until `resume`.
+    ///
+    /// Example: stoa schedule pause nightly-report
     Pause {
         #[command(flatten)]
         conn: Conn,
+        /// The schedule's name.
         name: String,
     },
     /// Run ticks again, from now on (the ticks of the pause are not run).
+    ///
+    /// Example: stoa schedule resume nightly-report
     Resume {
         #[command(flatten)]
         conn: Conn,
+        /// The schedule's name.
         name: String,
     },
     /// Start the schedule's workflow now, outside its ticks.
+    ///
+    /// Example: stoa schedule trigger nightly-report --request-id rerun-2026-12-05
     Trigger {
         #[command(flatten)]
         conn: Conn,
+        /// The schedule's name.
         name: String,
         /// Idempotency key: the same id triggers one workflow. Default: new.
         #[arg(long)]
         request_id: Option<String>,
     },
     /// Delete a schedule (the workflows it started stay).
+    ///
+    /// Example: stoa schedule delete nightly-report
     Delete {
         #[command(flatten)]
         conn: Conn,
+        /// The schedule's name.
         name: String,
     },
 }

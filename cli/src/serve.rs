@@ -12,12 +12,13 @@ use tokio_util::sync::CancellationToken;
 #[derive(clap::Args)]
 pub struct Args {
     /// Config file (TOML): listen, metrics_listen, store, data_dir, cache_mb, [postgres], [[tenants]] with
-    /// name and tokens, [limits], [function_concurrency]. Flags override it.
-    #[arg(long)]
+    /// name and tokens, [limits], [function_concurrency] (docs/operations.md). Flags override it.
+    /// Default: none (the defaults shown here).
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Address to listen on (port 0 picks a free port; the address is
-    /// printed as `listening on ADDR`).
-    #[arg(long)]
+    /// printed as `listening on ADDR`). Default: 127.0.0.1:7233.
+    #[arg(long, value_name = "ADDR")]
     listen: Option<std::net::SocketAddr>,
     /// Where state is kept: sled:DIR (the embedded store, the default:
     /// sled:stoa-data) or postgres://USER@HOST:PORT/DATABASE (PostgreSQL,
@@ -26,10 +27,11 @@ pub struct Args {
     #[arg(long, env = "STOA_STORE", value_name = "sled:DIR|postgres://…", hide_env_values = true)]
     store: Option<String>,
     /// Directory of the embedded store (the same as --store sled:DIR).
-    #[arg(long, conflicts_with = "store")]
+    /// Default: ./stoa-data (`data_dir` in the config file).
+    #[arg(long, conflicts_with = "store", value_name = "DIR")]
     data: Option<PathBuf>,
-    /// sled's page cache, in MiB.
-    #[arg(long)]
+    /// sled's page cache, in MiB. Default: 32.
+    #[arg(long, value_name = "MIB")]
     cache_mb: Option<u64>,
     /// With PostgreSQL: the address the cluster's other servers and its
     /// workers reach this server at (default: the listen address).
@@ -47,13 +49,16 @@ pub struct Args {
     /// `metrics_listen` in the config file, or STOA_METRICS_LISTEN.
     #[arg(long, env = "STOA_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
-    /// A tenant and one of its tokens, as TENANT=TOKEN; repeatable.
+    /// A tenant and one of its tokens, as TENANT=TOKEN; repeatable. Clients
+    /// pass the token (`--token` or STOA_TOKEN); it names their tenant.
     #[arg(long = "token", value_name = "TENANT=TOKEN")]
     tokens: Vec<String>,
     /// Log lines on stderr as `text` (default) or `json` (one object a
     /// line, with tenant, workflow, invocation and trace ids as fields where
     /// they apply). Also `log_format` in the config file. STOA_LOG sets the
-    /// level (default info). Traces: set OTEL_EXPORTER_OTLP_ENDPOINT (and
+    /// level (default info: workflows started and ended, workers connected
+    /// and gone, deploys, rollouts; `STOA_LOG=debug`, or an env_filter
+    /// expression such as `info,stoa_server::dispatcher=debug`). Traces: set OTEL_EXPORTER_OTLP_ENDPOINT (and
     /// OTEL_SERVICE_NAME, default stoa-server) to export spans over
     /// OTLP/gRPC; see docs/operations.md.
     #[arg(long, env = "STOA_LOG_FORMAT", value_name = "text|json")]

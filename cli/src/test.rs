@@ -101,7 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let (Some(min), Some(c)) = (below, &cov) {
         eprintln!("error: coverage {:.1}% is below the pack's [tests] min_coverage = {min}", c.percent);
     }
-    Ok(if failed.is_empty() && below.is_none() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed.is_empty() && below.is_none() { ExitCode::SUCCESS } else { ExitCode::from(crate::exit::CHECK_FAILED) })
 }
 
 fn coverage_text(c: &Coverage) -> String {

@@ -85,7 +85,7 @@ fn e0001_rule_file_syntax() {
     check(
         "tests/data/broken/syntax",
         expect![[r#"
-            exit: 1
+            exit: 3
             --- stdout
             tests/data/broken/syntax: 18 error(s), 0 warning(s)
             --- stderr
@@ -189,7 +189,7 @@ fn e0001_unbalanced_brackets() {
     check(
         "tests/data/broken/unbalanced",
         expect![[r#"
-            exit: 1
+            exit: 3
             --- stdout
             tests/data/broken/unbalanced: 2 error(s), 0 warning(s)
             --- stderr
@@ -212,7 +212,7 @@ fn e0001_unclosed_comment() {
     check(
         "tests/data/broken/unclosed_comment",
         expect![[r#"
-            exit: 1
+            exit: 3
             --- stdout
             tests/data/broken/unclosed_comment: 1 error(s), 0 warning(s)
             --- stderr
@@ -232,7 +232,7 @@ fn e0002_script_syntax() {
     check(
         "tests/data/broken/script",
         expect![[r#"
-            exit: 1
+            exit: 3
             --- stdout
             tests/data/broken/script: 10 error(s), 0 warning(s)
             --- stderr
@@ -296,7 +296,7 @@ fn e0003_undefined_variable() {
     check(
         "tests/data/broken/undefined",
         expect![[r#"
-            exit: 1
+            exit: 3
             --- stdout
             tests/data/broken/undefined: 6 error(s), 0 warning(s)
             --- stderr
@@ -340,7 +340,7 @@ fn e0004_unknown_function() {
     check(
         "tests/data/broken/unknown_fn",
         expect![[r#"
-            exit: 1
+            exit: 3
             --- stdout
             tests/data/broken/unknown_fn: 7 error(s), 0 warning(s)
             --- stderr
@@ -390,7 +390,7 @@ fn e0005_undeclared_function() {
     check(
         "tests/data/broken/undeclared",
         expect![[r#"
-            exit: 1
+            exit: 3
             --- stdout
             tests/data/broken/undeclared: 4 error(s), 0 warning(s)
             --- stderr
@@ -425,7 +425,7 @@ fn e0006_manifest_values() {
     check(
         "tests/data/broken/manifest_values",
         expect![[r#"
-            exit: 1
+            exit: 3
             --- stdout
             tests/data/broken/manifest_values: 6 error(s), 0 warning(s)
             --- stderr
@@ -472,7 +472,7 @@ fn e0006_manifest_unknown_key() {
     check(
         "tests/data/broken/manifest_unknown_key",
         expect![[r#"
-            exit: 1
+            exit: 3
             --- stdout
             tests/data/broken/manifest_unknown_key: 1 error(s), 0 warning(s)
             --- stderr
@@ -491,7 +491,7 @@ fn e0006_manifest_wrong_type() {
     check(
         "tests/data/broken/manifest_type",
         expect![[r#"
-            exit: 1
+            exit: 3
             --- stdout
             tests/data/broken/manifest_type: 1 error(s), 0 warning(s)
             --- stderr
@@ -510,7 +510,7 @@ fn e0006_manifest_toml_syntax() {
     check(
         "tests/data/broken/manifest_toml",
         expect![[r#"
-            exit: 1
+            exit: 3
             --- stdout
             tests/data/broken/manifest_toml: 1 error(s), 0 warning(s)
             --- stderr
@@ -528,7 +528,7 @@ fn e0006_manifest_error_does_not_hide_test_file_errors() {
     check(
         "tests/data/broken/manifest_hides_tests",
         expect![[r#"
-            exit: 1
+            exit: 3
             --- stdout
             tests/data/broken/manifest_hides_tests: 3 error(s), 0 warning(s)
             --- stderr
@@ -558,7 +558,7 @@ fn e0007_test_file() {
     check(
         "tests/data/broken/test_file",
         expect![[r#"
-            exit: 1
+            exit: 3
             --- stdout
             tests/data/broken/test_file: 9 error(s), 0 warning(s)
             --- stderr
@@ -618,36 +618,36 @@ fn rules_are_read_against_the_schemas() {
     check(
         "tests/data/broken/schema_names",
         expect![[r#"
-        exit: 1
-        --- stdout
-        tests/data/broken/schema_names: 4 error(s), 1 warning(s)
-        --- stderr
-        tests/data/broken/schema_names/orders.rules:3:22: error[E0013]: `stauts` is not a field of Order: reading it always gives (); did you mean `status`?
-          |
-        3 |     match { o: Order(stauts == "new", amount > "0") }
-          |                      ^
+            exit: 3
+            --- stdout
+            tests/data/broken/schema_names: 4 error(s), 1 warning(s)
+            --- stderr
+            tests/data/broken/schema_names/orders.rules:3:22: error[E0013]: `stauts` is not a field of Order: reading it always gives (); did you mean `status`?
+              |
+            3 |     match { o: Order(stauts == "new", amount > "0") }
+              |                      ^
 
-        tests/data/broken/schema_names/orders.rules:3:48: error[E0014]: Order.amount holds number values; comparing it with string "0" is always false
-          |
-        3 |     match { o: Order(stauts == "new", amount > "0") }
-          |                                                ^
+            tests/data/broken/schema_names/orders.rules:3:48: error[E0014]: Order.amount holds number values; comparing it with string "0" is always false
+              |
+            3 |     match { o: Order(stauts == "new", amount > "0") }
+              |                                                ^
 
-        tests/data/broken/schema_names/orders.rules:6:55: error[E0013]: `reservaton` is not a field of Order: reading it always gives (); did you mean `reservation`?
-          |
-        6 |         call("stock.reserve", #{ order: o.id, hold: o.reservaton });
-          |                                                       ^
+            tests/data/broken/schema_names/orders.rules:6:55: error[E0013]: `reservaton` is not a field of Order: reading it always gives (); did you mean `reservation`?
+              |
+            6 |         call("stock.reserve", #{ order: o.id, hold: o.reservaton });
+              |                                                       ^
 
-        tests/data/broken/schema_names/orders.rules:8:29: error[E0013]: modify: `trackng` is not a field of Order; did you mean `tracking`?
-          |
-        8 |     reaction { modify(o, #{ trackng: result.tracking }); }
-          |                             ^
+            tests/data/broken/schema_names/orders.rules:8:29: error[E0013]: modify: `trackng` is not a field of Order; did you mean `tracking`?
+              |
+            8 |     reaction { modify(o, #{ trackng: result.tracking }); }
+              |                             ^
 
-        tests/data/broken/schema_names/orders.rules:12:16: warning[E0015]: no schema declares `Ordr`, and no rule, test or schedule gives a fact of that type; did you mean `Order`?
-           |
-        12 |     match { o: Ordr(status == "reserved") }
-           |                ^
+            tests/data/broken/schema_names/orders.rules:12:16: warning[E0015]: no schema declares `Ordr`, and no rule, test or schedule gives a fact of that type; did you mean `Order`?
+               |
+            12 |     match { o: Ordr(status == "reserved") }
+               |                ^
 
-    "#]],
+        "#]],
     );
 }
 
@@ -659,7 +659,7 @@ fn e0008_schema() {
     check(
         "tests/data/broken/schema",
         expect![[r#"
-            exit: 1
+            exit: 3
             --- stdout
             tests/data/broken/schema: 7 error(s), 0 warning(s)
             --- stderr
@@ -708,7 +708,7 @@ fn e0009_duplicate_rule() {
     check(
         "tests/data/broken/duplicate",
         expect![[r#"
-            exit: 1
+            exit: 3
             --- stdout
             tests/data/broken/duplicate: 2 error(s), 0 warning(s)
             --- stderr
@@ -734,7 +734,7 @@ fn e0010_no_manifest() {
     check(
         "tests/data/broken/no_manifest",
         expect![[r#"
-            exit: 1
+            exit: 3
             --- stdout
             tests/data/broken/no_manifest: 1 error(s), 0 warning(s)
             --- stderr
@@ -752,7 +752,7 @@ fn e0010_no_rules() {
     check(
         "tests/data/broken/no_rules",
         expect![[r#"
-            exit: 1
+            exit: 3
             --- stdout
             tests/data/broken/no_rules: 2 error(s), 0 warning(s)
             --- stderr
@@ -793,7 +793,7 @@ fn many_errors_sorted_by_file_and_position() {
     check(
         "tests/data/broken/many",
         expect![[r#"
-            exit: 1
+            exit: 3
             --- stdout
             tests/data/broken/many: 10 error(s), 1 warning(s)
             --- stderr
@@ -862,25 +862,25 @@ fn e0011_schedule() {
     check(
         "tests/data/broken/schedule",
         expect![[r#"
-        exit: 1
-        --- stdout
-        tests/data/broken/schedule: 3 error(s), 0 warning(s)
-        --- stderr
-        tests/data/broken/schedule/pack.toml:6:8: error[E0011]: schedule `report`: cron: `0 25 * * *`: hour field `25`: 25 is out of range 0-23
-          |
-        6 | cron = "0 25 * * *"
-          |        ^
+            exit: 3
+            --- stdout
+            tests/data/broken/schedule: 3 error(s), 0 warning(s)
+            --- stderr
+            tests/data/broken/schedule/pack.toml:6:8: error[E0011]: schedule `report`: cron: `0 25 * * *`: hour field `25`: 25 is out of range 0-23
+              |
+            6 | cron = "0 25 * * *"
+              |        ^
 
-        tests/data/broken/schedule/pack.toml:7:12: error[E0011]: schedule `report`: timezone: `Europe/Pariss` is not a time zone of the IANA database; write e.g. "UTC" or "Europe/Paris"
-          |
-        7 | timezone = "Europe/Pariss"
-          |            ^
+            tests/data/broken/schedule/pack.toml:7:12: error[E0011]: schedule `report`: timezone: `Europe/Pariss` is not a time zone of the IANA database; write e.g. "UTC" or "Europe/Paris"
+              |
+            7 | timezone = "Europe/Pariss"
+              |            ^
 
-        tests/data/broken/schedule/pack.toml:8:12: error[E0011]: schedule `report`: catch_up `sometimes`: expected "skip", "one" or "all"
-          |
-        8 | catch_up = "sometimes"
-          |            ^
+            tests/data/broken/schedule/pack.toml:8:12: error[E0011]: schedule `report`: catch_up `sometimes`: expected "skip", "one" or "all"
+              |
+            8 | catch_up = "sometimes"
+              |            ^
 
-    "#]],
+        "#]],
     );
 }

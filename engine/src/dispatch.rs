@@ -8,7 +8,7 @@ use stoa_rules::testcase::{after_ms, partial_match, Answer, Mock};
 use stoa_rules::Value;
 
 use crate::fact::InvocationId;
-use crate::workflow::{ErrorKind, Invocation, Outcome};
+use crate::workflow::{ErrorKind, FailedAttempt, Invocation, Outcome};
 
 /// Where invocations go. Outcomes come back after retries, as inputs.
 pub trait Dispatcher {
@@ -71,7 +71,9 @@ impl MockDispatcher {
         let Some(pick) = self.mock_for(inv) else {
             self.unmocked.push((inv.function.clone(), inv.args.clone()));
             let message = format!("no mock answers `{}` with args {}", inv.function, inv.args);
-            return Some((now, Outcome::Error { kind: ErrorKind::Failed, message, attempts: 1, retryable: false }));
+            let outcome =
+                Outcome::Error { kind: ErrorKind::Failed, message, attempts: 1, retryable: false, failed: vec![] };
+            return Some((now, outcome));
         };
         let (never, heartbeats) = (self.mocks[pick].0.never, self.mocks[pick].0.heartbeats);
         // What ends an attempt that runs too long: its start-to-close
@@ -81,6 +83,9 @@ impl MockDispatcher {
         let max = inv.retry.max_attempts.max(1);
         let mut at = now;
         let mut attempt = 0;
+        // The attempts that failed and were tried again, as the server
+        // records them on the timeline.
+        let mut failed: Vec<FailedAttempt> = Vec::new();
         loop {
             attempt += 1;
             let answer = if never { None } else { Some(self.answer(pick)) };
@@ -90,19 +95,30 @@ impl MockDispatcher {
                     at = at.saturating_add(ms);
                     // The server's words for it.
                     let message = format!("attempt {attempt} ran past its {which} timeout");
-                    Outcome::Error { kind: ErrorKind::Timeout, message, attempts: attempt, retryable: true }
+                    Outcome::Error {
+                        kind: ErrorKind::Timeout,
+                        message,
+                        attempts: attempt,
+                        retryable: true,
+                        failed: vec![],
+                    }
                 }
                 (None, _) => return None,
                 (Some(runs), _) => {
                     at = at.saturating_add(runs);
                     let answer = answer.expect("runs implies an answer");
                     match answer.error {
-                        None => Outcome::Ok { value: answer.returns.unwrap_or(Value::Null), attempts: attempt },
+                        None => Outcome::Ok {
+                            value: answer.returns.unwrap_or(Value::Null),
+                            attempts: attempt,
+                            failed: vec![],
+                        },
                         Some(e) => Outcome::Error {
                             kind: ErrorKind::Failed,
                             message: e.message,
                             attempts: attempt,
                             retryable: e.retryable,
+                            failed: vec![],
                         },
                     }
                 }
@@ -110,8 +126,15 @@ impl MockDispatcher {
             // Backoffs take no time here: a test's clock moves only where
             // its steps say, and a call retried at once reads the same.
             match outcome {
-                Outcome::Error { retryable: true, .. } if attempt < max => {}
-                outcome => return Some((at, outcome)),
+                Outcome::Error { retryable: true, message, .. } if attempt < max => {
+                    failed.push(FailedAttempt { attempt, at_ms: at, error: message });
+                }
+                mut outcome => {
+                    match &mut outcome {
+                        Outcome::Ok { failed: f, .. } | Outcome::Error { failed: f, .. } => *f = failed,
+                    }
+                    return Some((at, outcome));
+                }
             }
         }
     }

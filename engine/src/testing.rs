@@ -48,7 +48,7 @@ fn pack_files(rules: &str, manifest_extra: &str, version: &str, files: &[(&str, 
 fn echo(args: &Value) -> Outcome {
     let mut m = std::collections::BTreeMap::new();
     m.insert(Arc::from("echo"), args.clone());
-    Outcome::Ok { value: Value::Map(Arc::new(m)), attempts: 1 }
+    Outcome::Ok { value: Value::Map(Arc::new(m)), attempts: 1, failed: vec![] }
 }
 
 /// Runs a workflow, answering its invocations in the order they were made.

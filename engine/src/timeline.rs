@@ -128,6 +128,9 @@ pub enum Event {
         rule: String,
     },
     SignalEmitted(Box<SignalEmitted>),
+    /// An attempt of an invocation failed and was tried again; recorded in
+    /// the turn that applies the invocation's outcome, before it.
+    AttemptFailed(Box<AttemptFailed>),
     /// The workflow moved to another version of its pack.
     Upgraded(Box<Upgraded>),
     /// The upgrade's turn failed and was rolled back; the version stays.
@@ -147,6 +150,15 @@ pub struct Invoked {
     pub args: Value,
     pub priority: i64,
     pub rule: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttemptFailed {
+    pub invocation: InvocationId,
+    pub attempt: u32,
+    /// When the attempt failed, in ms since the epoch.
+    pub at_ms: u64,
+    pub error: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -224,6 +236,11 @@ impl Entry {
             Event::TimerFired { id, ty } => format!("  timer  {id} {ty} fired"),
             Event::TimerCancelled { id, rule } => format!("  timer  {id} cancelled by \"{rule}\""),
             Event::SignalEmitted(e) => format!("  emit   {} {} ({})", e.name, e.payload, e.signal),
+            Event::AttemptFailed(a) => {
+                let ago =
+                    humantime::format_duration(std::time::Duration::from_millis(self.at_ms.saturating_sub(a.at_ms)));
+                format!("  failed {} attempt {} ({ago} before): {}", a.invocation, a.attempt, a.error)
+            }
             Event::Upgraded(u) => {
                 let Upgraded { from, to, added, changed, removed } = &**u;
                 let list = |what: &str, v: &[String]| {
@@ -273,6 +290,15 @@ mod tests {
                 r#"{"kind":"signal_emitted","signal":"s1","name":"done","payload":null}"#,
             ),
             (
+                Event::AttemptFailed(Box::new(AttemptFailed {
+                    invocation: InvocationId::new("inv_w.1"),
+                    attempt: 1,
+                    at_ms: 5,
+                    error: "boom".into(),
+                })),
+                r#"{"kind":"attempt_failed","invocation":"inv_w.1","attempt":1,"at_ms":5,"error":"boom"}"#,
+            ),
+            (
                 Event::Upgraded(Box::new(Upgraded {
                     from: "1".into(),
                     to: "2".into(),
@@ -297,5 +323,17 @@ mod tests {
             assert_eq!(serde_json::to_string(&event).unwrap(), json);
             assert_eq!(serde_json::from_str::<Event>(json).unwrap(), event);
         }
+    }
+
+    #[test]
+    fn a_failed_attempt_reads_with_its_error_and_how_long_before() {
+        let event = Event::AttemptFailed(Box::new(AttemptFailed {
+            invocation: InvocationId::new("inv_w.1"),
+            attempt: 2,
+            at_ms: 1_000,
+            error: "timeout".into(),
+        }));
+        let e = Entry { seq: 1, turn: 3, at_ms: 3_500, at_us: 0, event };
+        assert_eq!(e.line(), "  failed inv_w.1 attempt 2 (2s 500ms before): timeout");
     }
 }

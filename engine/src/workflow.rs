@@ -289,8 +289,33 @@ pub struct Waiting {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "lowercase")]
 pub enum Outcome {
-    Ok { value: Value, attempts: u32 },
-    Error { kind: ErrorKind, message: String, attempts: u32, retryable: bool },
+    Ok {
+        value: Value,
+        attempts: u32,
+        /// Attempts before this outcome that failed (recorded on the
+        /// timeline before the result).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        failed: Vec<FailedAttempt>,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+        attempts: u32,
+        retryable: bool,
+        /// Attempts before the last one that failed.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        failed: Vec<FailedAttempt>,
+    },
+}
+
+/// An attempt of an invocation that failed (or was lost with its worker)
+/// and was tried again, as the dispatcher saw it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailedAttempt {
+    pub attempt: u32,
+    /// When it ended, in ms since the epoch.
+    pub at_ms: u64,
+    pub error: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -376,8 +401,8 @@ pub enum Rejected {
     NotRunning(&'static str),
     #[error("invocation {0} is not awaited by this workflow (already answered, cancelled, or unknown)")]
     UnknownInvocation(InvocationId),
-    #[error("fact {0}: {1}")]
-    InvalidFact(usize, String),
+    #[error("{0}")]
+    InvalidFacts(InvalidFacts),
     #[error("fact f{0} does not exist")]
     UnknownFact(FactId),
     #[error("timer {0} is not pending (already fired or cancelled)")]
@@ -388,6 +413,32 @@ pub enum Rejected {
     /// happened, and the in-memory workflow is to be reloaded.
     #[error("the turn was interrupted: the server is stopping")]
     Interrupted,
+}
+
+/// The problems of facts a client gave: (index of the fact, what is wrong),
+/// in order, each naming its field.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InvalidFacts(pub Vec<(usize, String)>);
+
+impl std::fmt::Display for InvalidFacts {
+    /// `fact 0: …` for one problem; `3 problems: fact 0: …; fact 2: …` for
+    /// more (the first 20, then how many more).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const SHOWN: usize = 20;
+        if self.0.len() > 1 {
+            write!(f, "{} problems: ", self.0.len())?;
+        }
+        for (n, (i, e)) in self.0.iter().take(SHOWN).enumerate() {
+            if n > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "fact {i}: {e}")?;
+        }
+        if self.0.len() > SHOWN {
+            write!(f, "; and {} more", self.0.len() - SHOWN)?;
+        }
+        Ok(())
+    }
 }
 
 /// The delta of one committed turn.
@@ -655,28 +706,30 @@ impl Workflow {
         self.timers.values()
     }
 
+    /// Every problem of every fact, not only the first: a client fixing
+    /// its input learns all of them at once.
     fn validate(&self, facts: &[FactSpec]) -> Result<(), Rejected> {
+        let mut problems = Vec::new();
         for (i, f) in facts.iter().enumerate() {
             if !stoa_rules::value::valid_type_name(&f.ty) {
                 let (ty, rule) = (stoa_rules::diagnostic::shown(&f.ty), stoa_rules::sandbox::TYPE_NAME_RULE);
-                return Err(Rejected::InvalidFact(i, format!("type `{ty}`: {rule}")));
+                problems.push((i, format!("type `{ty}`: {rule}")));
+                continue;
             }
-            if let Some((k, _)) = f.fields.iter().find(|(k, _)| k.with_name(|n| n.starts_with('_'))) {
-                return Err(Rejected::InvalidFact(i, format!("field `{k}` starts with `_`, which is reserved")));
+            for (k, _) in f.fields.iter().filter(|(k, _)| k.with_name(|n| n.starts_with('_'))) {
+                problems.push((i, format!("field `{k}` starts with `_`, which is reserved")));
             }
             match self.pack.manifest.facts.get(&f.ty) {
-                Some(schema) => {
-                    if let Some(e) = schema.violations_new(&f.ty, &f.fields).into_iter().next() {
-                        return Err(Rejected::InvalidFact(i, e));
-                    }
-                }
-                None if self.strict_refuses(&f.ty) => {
-                    return Err(Rejected::InvalidFact(i, undeclared(&f.ty)));
-                }
+                Some(schema) => problems.extend(schema.violations_new(&f.ty, &f.fields).into_iter().map(|e| (i, e))),
+                None if self.strict_refuses(&f.ty) => problems.push((i, undeclared(&f.ty))),
                 None => {}
             }
         }
-        Ok(())
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Rejected::InvalidFacts(InvalidFacts(problems)))
+        }
     }
 
     /// Applies one input as a turn.
@@ -1827,8 +1880,19 @@ impl Workflow {
         };
         let matched: Vec<(FactId, u32)> =
             w.matched.iter().map(|(id, v)| (*id, self.net.fact(*id).map(|f| f.version).unwrap_or(*v))).collect();
+        let failed = match &outcome {
+            Outcome::Ok { failed, .. } | Outcome::Error { failed, .. } => failed,
+        };
+        for f in failed {
+            self.record(Event::AttemptFailed(Box::new(crate::timeline::AttemptFailed {
+                invocation: inv.clone(),
+                attempt: f.attempt,
+                at_ms: f.at_ms,
+                error: f.error.clone(),
+            })));
+        }
         match outcome {
-            Outcome::Ok { value, attempts } => {
+            Outcome::Ok { value, attempts, .. } => {
                 self.record(Event::ResultApplied { invocation: inv, ok: true, value: value.clone(), attempts });
                 if let Some(section) = &rule.reaction {
                     self.record(Event::Fired {
@@ -1840,7 +1904,7 @@ impl Workflow {
                     self.run_section(rule, section, SectionKind::Reaction, values, &w.bindings, &matched)?;
                 }
             }
-            Outcome::Error { kind, message, attempts, retryable } => {
+            Outcome::Error { kind, message, attempts, retryable, .. } => {
                 let err = {
                     let mut m = BTreeMap::new();
                     m.insert(Arc::from("kind"), Value::str(&format!("{kind:?}").to_lowercase()));
@@ -2754,9 +2818,15 @@ mod sandbox_tests {
         } else {
             let inv = out.invocations[0].id.clone();
             let outcome = if section == "reaction" {
-                Outcome::Ok { value: Value::Null, attempts: 1 }
+                Outcome::Ok { value: Value::Null, attempts: 1, failed: vec![] }
             } else {
-                Outcome::Error { kind: ErrorKind::Failed, message: "x".into(), attempts: 1, retryable: false }
+                Outcome::Error {
+                    kind: ErrorKind::Failed,
+                    message: "x".into(),
+                    attempts: 1,
+                    retryable: false,
+                    failed: vec![],
+                }
             };
             wf.apply(Input::Result { invocation: inv, outcome }, 2).unwrap()
         };
@@ -2806,6 +2876,41 @@ mod schema_tests {
         assert_eq!(
             wf.apply(Input::Start { facts: bad }, 1).unwrap_err().to_string(),
             "fact 0: C.n must be int, found float 1.5"
+        );
+        assert_eq!(wf.meta().turn, 0);
+    }
+
+    #[test]
+    fn failed_attempts_of_an_outcome_go_on_the_timeline_before_it() {
+        let p =
+            pack(r#"rule "r" { match { c: C() } action { call("media.encode", #{}); } reaction { complete(); } }"#, "");
+        let mut wf = Workflow::new(WorkflowId::new("attempts"), p, 0);
+        let start = vec![FactSpec { ty: "C".into(), fields: Fields::default() }];
+        let out = wf.apply(Input::Start { facts: start }, 1).unwrap();
+        let invocation = out.invocations[0].id.clone();
+        let failed = vec![FailedAttempt { attempt: 1, at_ms: 2, error: "worker crashed".into() }];
+        let outcome = Outcome::Ok { value: Value::Null, attempts: 2, failed };
+        let out = wf.apply(Input::Result { invocation, outcome }, 10).unwrap();
+        let lines: Vec<String> = out.entries.iter().map(Entry::line).collect();
+        assert_eq!(lines[1], "  failed inv_attempts.1 attempt 1 (8ms before): worker crashed", "{lines:#?}");
+        assert!(lines[2].starts_with("  result  inv_attempts.1 after 2 attempt(s)"), "{lines:#?}");
+    }
+
+    #[test]
+    fn a_request_with_bad_facts_is_refused_with_every_problem() {
+        let p = pack(r#"rule "r" { match { c: C() } action { log("x"); } }"#, "[facts.C]\nn = \"int\"\n");
+        let mut wf = Workflow::new(WorkflowId::new("all"), p, 0);
+        let fact = |v: serde_json::Value| FactSpec { ty: "C".into(), fields: Fields::from_json(&v).unwrap() };
+        let bad = vec![
+            fact(serde_json::json!({"n": 1, "colour": "red"})),
+            fact(serde_json::json!({"n": 2})),
+            fact(serde_json::json!({"n": 3, "size": 4})),
+            fact(serde_json::json!({"n": "three"})),
+        ];
+        assert_eq!(
+            wf.apply(Input::Start { facts: bad }, 1).unwrap_err().to_string(),
+            "3 problems: fact 0: C.colour is not a field of the schema of C; \
+             fact 2: C.size is not a field of the schema of C; fact 3: C.n must be int, found string \"three\""
         );
         assert_eq!(wf.meta().turn, 0);
     }
@@ -3044,7 +3149,7 @@ rule "fan out" {
         assert_eq!(inv.function, "workflow:child");
         assert_eq!(inv.args.to_string(), r#"{"ancestry":["test"],"facts":[{"fields":{"n":1},"type":"Part"}]}"#);
         assert_eq!(inv.retry.max_attempts, 1);
-        let done = Outcome::Ok { value: Value::Int(7), attempts: 1 };
+        let done = Outcome::Ok { value: Value::Int(7), attempts: 1, failed: vec![] };
         wf.apply(Input::Result { invocation: inv.id.clone(), outcome: done }, 2).unwrap();
         assert_eq!(wf.meta().result.to_string(), r#"{"child":7}"#);
     }
@@ -3101,7 +3206,10 @@ rule "av1" {
         let (mut done, out) = start("done");
         for inv in &out.invocations {
             let _ = done.apply(
-                Input::Result { invocation: inv.id.clone(), outcome: Outcome::Ok { value: Value::Null, attempts: 1 } },
+                Input::Result {
+                    invocation: inv.id.clone(),
+                    outcome: Outcome::Ok { value: Value::Null, attempts: 1, failed: vec![] },
+                },
                 2,
             );
         }

@@ -48,6 +48,90 @@ impl StoaService {
     }
 }
 
+impl StoaService {
+    /// A page of a tenant's workflows newest first (by start time, then
+    /// id), after the page token's place in that order.
+    ///
+    /// The store keeps workflows in id order (ids are hashes), so each page
+    /// reads every workflow of the tenant once, in chunks, and keeps only
+    /// the `size` first in this order (a bounded heap: memory for one
+    /// page, time linear in the tenant's workflows). The token is the last
+    /// one shown (`<created ms hex>:<id>`), so paging neither repeats nor
+    /// skips a workflow; ones started meanwhile come before the first page.
+    fn newest_first(
+        &self,
+        tenant: &str,
+        token: &str,
+        size: usize,
+        keep: impl Fn(&stoa_engine::workflow::Meta) -> bool,
+        summary: impl Fn(stoa_engine::workflow::Meta) -> pb::WorkflowSummary,
+    ) -> Result<(Vec<pb::WorkflowSummary>, String), Status> {
+        use std::cmp::Reverse;
+        type Key = (Reverse<u64>, String);
+        let cursor: Option<Key> = match token {
+            "" => None,
+            t => {
+                let bad = || Status::invalid_argument("page_token: not a token from this API (with newest_first)");
+                let (ms, id) = t.split_once(':').ok_or_else(bad)?;
+                Some((Reverse(u64::from_str_radix(ms, 16).map_err(|_| bad())?), id.to_string()))
+            }
+        };
+        // The `size` smallest keys after the cursor; the largest on top.
+        let mut best: std::collections::BinaryHeap<(Key, HeapItem)> = std::collections::BinaryHeap::new();
+        let mut more = false;
+        let mut after: Option<WorkflowId> = None;
+        loop {
+            let metas = self.runtime.list(tenant, after.as_ref(), 1000)?;
+            let done = metas.len() < 1000;
+            for m in metas {
+                after = Some(m.id.clone());
+                let key = (Reverse(m.created_ms), m.id.to_string());
+                if !keep(&m) || cursor.as_ref().is_some_and(|c| key <= *c) {
+                    continue;
+                }
+                if best.len() == size {
+                    if best.peek().is_some_and(|(top, _)| key >= *top) {
+                        more = true;
+                        continue;
+                    }
+                    best.pop();
+                    more = true;
+                }
+                best.push((key, HeapItem(summary(m))));
+            }
+            if done {
+                break;
+            }
+        }
+        let page: Vec<(Key, HeapItem)> = best.into_sorted_vec();
+        let next = match page.last() {
+            Some(((Reverse(ms), id), _)) if more => format!("{ms:x}:{id}"),
+            _ => String::new(),
+        };
+        Ok((page.into_iter().map(|(_, s)| s.0).collect(), next))
+    }
+}
+
+/// A summary in the heap of `newest_first`, ordered by its key alone.
+struct HeapItem(pb::WorkflowSummary);
+
+impl PartialEq for HeapItem {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for HeapItem {}
+impl PartialOrd for HeapItem {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for HeapItem {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
 /// A client's call, as the coordinator gets it: the same body and token,
 /// in this server's span of it.
 fn onward<T>(req: Request<T>) -> Request<T> {
@@ -112,6 +196,62 @@ fn diag_out(d: &stoa_rules::Diagnostic) -> pb::Diagnostic {
         severity: if d.is_error() { "error" } else { "warning" }.into(),
         code: d.code.as_str().into(),
         message: d.message.clone(),
+    }
+}
+
+/// A workflow as `GetWorkflow` answers, with what the dispatcher knows of
+/// its waiting invocations (`inspected`, in the order of `snap.waiting`).
+fn workflow_out(
+    snap: stoa_engine::workflow::Snapshot,
+    without_facts: bool,
+    inspected: Option<Vec<crate::dispatch_handle::Inspected>>,
+) -> pb::Workflow {
+    let m = &snap.meta;
+    let mut inspected = inspected.unwrap_or_default().into_iter();
+    pb::Workflow {
+        id: m.id.to_string(),
+        pack: m.pack.clone(),
+        pack_version: m.pack_version.clone(),
+        status: m.status.as_str().into(),
+        result_json: m.result.to_string(),
+        reason: m.reason.clone().unwrap_or_default(),
+        turn: m.turn,
+        created_ms: m.created_ms,
+        updated_ms: m.updated_ms,
+        fact_count: snap.facts.len() as u64,
+        facts: if without_facts { vec![] } else { snap.facts.iter().map(fact_out).collect() },
+        waiting: snap
+            .waiting
+            .iter()
+            .map(|w| {
+                let d = inspected.next().unwrap_or_default();
+                pb::WaitingActivation {
+                    invocation_id: w.invocation.id.to_string(),
+                    rule: w.rule.clone(),
+                    function: w.invocation.function.clone(),
+                    args_json: w.invocation.args.to_string(),
+                    fact_ids: w.matched.iter().map(|(id, _)| *id).collect(),
+                    state: d.state.into(),
+                    attempt: d.attempt,
+                    last_error: d.failed.last().map(|f| f.error.clone()).unwrap_or_default(),
+                    retry_at_ms: d.retry_at_ms,
+                    workers: d.workers,
+                    failed_attempts: d
+                        .failed
+                        .into_iter()
+                        .map(|f| pb::FailedAttempt { attempt: f.attempt, at_ms: f.at_ms, error: f.error })
+                        .collect(),
+                }
+            })
+            .collect(),
+        origin_json: serde_json::to_string(&m.origin).unwrap_or_default(),
+        timers: snap
+            .timers
+            .iter()
+            .map(|t| pb::PendingTimer { id: t.id, due_ms: t.due_ms, r#type: t.ty.to_string(), rule: t.rule.clone() })
+            .collect(),
+        traceparent: m.traceparent.clone().unwrap_or_default(),
+        timeline_seq: m.timeline_seq,
     }
 }
 
@@ -438,46 +578,31 @@ impl pb::stoa_server::Stoa for StoaService {
 
     async fn get_workflow(&self, req: Request<pb::GetWorkflowRequest>) -> Result<Response<pb::Workflow>, Status> {
         let tenant = tenant(&req)?;
-        let req = req.into_inner();
-        let id = workflow_id(&req.workflow_id)?;
+        let forwarded = req.metadata().get(FORWARDED).is_some();
+        let body = req.get_ref().clone();
+        let id = workflow_id(&body.workflow_id)?;
         let snap = self.runtime.get(&tenant, &id)?;
-        let m = &snap.meta;
-        Ok(Response::new(pb::Workflow {
-            id: m.id.to_string(),
-            pack: m.pack.clone(),
-            pack_version: m.pack_version.clone(),
-            status: m.status.as_str().into(),
-            result_json: m.result.to_string(),
-            reason: m.reason.clone().unwrap_or_default(),
-            turn: m.turn,
-            created_ms: m.created_ms,
-            updated_ms: m.updated_ms,
-            fact_count: snap.facts.len() as u64,
-            facts: if req.without_facts { vec![] } else { snap.facts.iter().map(fact_out).collect() },
-            waiting: snap
-                .waiting
-                .iter()
-                .map(|w| pb::WaitingActivation {
-                    invocation_id: w.invocation.id.to_string(),
-                    rule: w.rule.clone(),
-                    function: w.invocation.function.clone(),
-                    args_json: w.invocation.args.to_string(),
-                    fact_ids: w.matched.iter().map(|(id, _)| *id).collect(),
-                })
-                .collect(),
-            origin_json: serde_json::to_string(&m.origin).unwrap_or_default(),
-            timers: snap
-                .timers
-                .iter()
-                .map(|t| pb::PendingTimer {
-                    id: t.id,
-                    due_ms: t.due_ms,
-                    r#type: t.ty.to_string(),
-                    rule: t.rule.clone(),
-                })
-                .collect(),
-            traceparent: m.traceparent.clone().unwrap_or_default(),
-        }))
+        // What its invocations are doing is known to the dispatcher of the
+        // server that owns the workflow: in a cluster, ask that one (it reads
+        // the same store); if it does not answer, say nothing of them.
+        if !snap.waiting.is_empty() && !forwarded {
+            if let Place::There(address) = self.runtime.opts.placement.place(&id) {
+                if let Some(peers) = &self.runtime.opts.peers {
+                    if let Ok(channel) = peers.channel(&address) {
+                        let mut client =
+                            pb::stoa_client::StoaClient::new(channel).max_decoding_message_size(usize::MAX);
+                        match client.get_workflow(onward(req)).await {
+                            Ok(r) => return Ok(r),
+                            Err(e) => tracing::debug!(%address, error = %e, "the owner did not describe the workflow"),
+                        }
+                    }
+                }
+                return Ok(Response::new(workflow_out(snap, body.without_facts, None)));
+            }
+        }
+        let asked = snap.waiting.iter().map(|w| (w.invocation.id.clone(), w.invocation.function.clone())).collect();
+        let inspected = self.runtime.dispatch_state(&tenant, asked).await;
+        Ok(Response::new(workflow_out(snap, body.without_facts, inspected)))
     }
 
     async fn list_workflows(
@@ -497,6 +622,21 @@ impl pb::stoa_server::Stoa for StoaService {
         if !req.status.is_empty() && !matches!(req.status.as_str(), "running" | "completed" | "failed" | "cancelled") {
             return Err(Status::invalid_argument("status: one of running, completed, failed, cancelled"));
         }
+        let keep = |m: &stoa_engine::workflow::Meta| {
+            (req.pack.is_empty() || m.pack == req.pack) && (req.status.is_empty() || m.status.as_str() == req.status)
+        };
+        let summary = |m: stoa_engine::workflow::Meta| pb::WorkflowSummary {
+            id: m.id.to_string(),
+            pack: m.pack,
+            pack_version: m.pack_version,
+            status: m.status.as_str().into(),
+            updated_ms: m.updated_ms,
+            created_ms: m.created_ms,
+        };
+        if req.newest_first {
+            let (workflows, next_page_token) = self.newest_first(&tenant, &req.page_token, size, keep, summary)?;
+            return Ok(Response::new(pb::ListWorkflowsResponse { workflows, next_page_token }));
+        }
         let mut after = if req.page_token.is_empty() {
             None
         } else {
@@ -513,18 +653,11 @@ impl pb::stoa_server::Stoa for StoaService {
             let done = metas.len() < 1000;
             for m in metas {
                 after = Some(m.id.clone());
-                let keep = (req.pack.is_empty() || m.pack == req.pack)
-                    && (req.status.is_empty() || m.status.as_str() == req.status);
-                if keep {
-                    out.push(pb::WorkflowSummary {
-                        id: m.id.to_string(),
-                        pack: m.pack,
-                        pack_version: m.pack_version,
-                        status: m.status.as_str().into(),
-                        updated_ms: m.updated_ms,
-                    });
+                if keep(&m) {
+                    let id = m.id.to_string();
+                    out.push(summary(m));
                     if out.len() == size {
-                        next = m.id.to_string();
+                        next = id;
                         break 'scan;
                     }
                 }

@@ -26,7 +26,13 @@ impl Runtime {
         let args = inv.args.to_json();
         let facts: Result<Vec<FactSpec>, _> = serde_json::from_value(args["facts"].clone());
         let ancestry: Vec<String> = serde_json::from_value(args["ancestry"].clone()).unwrap_or_default();
-        let fail = |message: String| Outcome::Error { kind: ErrorKind::Failed, message, attempts: 1, retryable: false };
+        let fail = |message: String| Outcome::Error {
+            kind: ErrorKind::Failed,
+            message,
+            attempts: 1,
+            retryable: false,
+            failed: vec![],
+        };
         let origin = Origin::Parent { invocation: inv.id.clone(), ancestry };
         let what = format!("starting the child of {}", inv.id);
         let request = child_request(&inv.id);

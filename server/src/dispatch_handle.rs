@@ -57,7 +57,38 @@ pub enum Event {
     },
     /// A scrape: the dispatcher's gauges (backlog, workers, slots).
     Gauges(tokio::sync::oneshot::Sender<crate::metrics::Gauges>),
+    /// What it knows of these invocations of a tenant (each with its
+    /// function), in the same order (`stoa describe`).
+    Inspect {
+        tenant: String,
+        invocations: Vec<(InvocationId, String)>,
+        tx: tokio::sync::oneshot::Sender<Vec<Inspected>>,
+    },
 }
+
+/// What the dispatcher knows of one invocation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Inspected {
+    /// "queued", "running", "backoff", "answered" (its outcome is being
+    /// applied), or "" (not here).
+    pub state: &'static str,
+    /// The attempt being made or to be made next, from 1 (0: not here).
+    pub attempt: u32,
+    /// When the next attempt is due (ms since the epoch), while backing off.
+    pub retry_at_ms: u64,
+    /// Failed attempts since this server took it on, oldest first (the
+    /// last `KEPT_FAILURES`).
+    pub failed: Vec<FailedAttempt>,
+    /// Sessions of the tenant serving the function, not draining.
+    pub workers: u32,
+}
+
+/// An attempt that ended without a final outcome (the engine's type: the
+/// outcome carries them to the timeline).
+pub use stoa_engine::workflow::FailedAttempt;
+
+/// How many failed attempts an invocation keeps in memory.
+pub const KEPT_FAILURES: usize = 10;
 
 /// A cheap, cloneable handle to the dispatcher task.
 #[derive(Clone)]
@@ -72,6 +103,14 @@ impl DispatchHandle {
     pub async fn gauges(&self) -> Option<crate::metrics::Gauges> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.tx.send(Event::Gauges(tx)).ok()?;
+        rx.await.ok()
+    }
+
+    /// What the dispatcher knows of these invocations (each with its
+    /// function), in order; `None` once it has stopped.
+    pub async fn inspect(&self, tenant: String, invocations: Vec<(InvocationId, String)>) -> Option<Vec<Inspected>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx.send(Event::Inspect { tenant, invocations, tx }).ok()?;
         rx.await.ok()
     }
 

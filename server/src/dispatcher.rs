@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, Instant};
 use crate::committer::Committer;
-use crate::dispatch_handle::{DispatchHandle, Event, SessionId};
+use crate::dispatch_handle::{DispatchHandle, Event, FailedAttempt, Inspected, SessionId, KEPT_FAILURES};
 use crate::error::ApiError;
 use crate::metrics::{name, tenant_label, Attempt, FunctionMetrics, Gauges, Metrics};
 
@@ -81,6 +81,8 @@ struct Item {
     attempt: u32,
     /// Attempts that ended in a function failure or timeout (retry budget).
     failures: u32,
+    /// The last failed attempts, for `stoa describe` (memory only).
+    failed: Vec<FailedAttempt>,
     /// Workers that refused this attempt in a row (`NOT_STARTED`); paces
     /// the next offer so that refusals cannot spin.
     refusals: u32,
@@ -281,6 +283,8 @@ impl Dispatcher {
                         if let Some(item) = self.items.get_mut(&id) {
                             let made = Attempts { made: item.attempt, failures: item.failures, retry_at_ms: 0 };
                             self.committer.record_attempts(id.clone(), made);
+                            let error = "the worker disconnected (not counted against the retry policy)";
+                            note_failure(item, self.opts.clock.now_ms(), error.into());
                             item.metrics.attempt(Attempt::LostWorker);
                             item.attempt += 1;
                             item.state = State::Queued;
@@ -295,6 +299,9 @@ impl Dispatcher {
             Event::Result { session, result } => self.result(session, result),
             Event::Gauges(tx) => {
                 let _ = tx.send(self.gauges());
+            }
+            Event::Inspect { tenant, invocations, tx } => {
+                let _ = tx.send(invocations.iter().map(|(id, f)| self.inspect(&tenant, id, f)).collect());
             }
             Event::Heartbeat { session, invocation, attempt } => {
                 let id = InvocationId::new(invocation);
@@ -334,6 +341,7 @@ impl Dispatcher {
             tenant: tenant.to_string(),
             attempt: attempts.made + 1,
             failures: attempts.failures,
+            failed: Vec::new(),
             refusals: 0,
             state,
             span: tracing::Span::none(),
@@ -506,7 +514,8 @@ impl Dispatcher {
                     Ok(v) => {
                         let attempts = item.attempt;
                         item.metrics.attempt(Attempt::Ok);
-                        self.finish(item, Outcome::Ok { value: stoa_rules::Value::from_json(&v), attempts })
+                        let failed = item.failed.clone();
+                        self.finish(item, Outcome::Ok { value: stoa_rules::Value::from_json(&v), attempts, failed })
                     }
                     Err(e) => {
                         self.fail(item, ErrorKind::Failed, format!("the worker's answer is not JSON: {e}"), false)
@@ -544,6 +553,7 @@ impl Dispatcher {
         item.span = tracing::Span::none();
         item.failures += 1;
         item.refusals = 0;
+        note_failure(&mut item, self.opts.clock.now_ms(), message.clone());
         let timeout = kind == ErrorKind::Timeout;
         if retryable && item.failures < item.inv.retry.max_attempts.max(1) {
             item.metrics.attempt(if timeout { Attempt::Timeout } else { Attempt::Retry });
@@ -571,7 +581,11 @@ impl Dispatcher {
         } else {
             let attempts = item.attempt;
             item.metrics.attempt(if timeout { Attempt::Timeout } else { Attempt::Error });
-            self.finish(item, Outcome::Error { kind, message, attempts, retryable });
+            // The last failure is the outcome itself; those before it go
+            // on the timeline as failed attempts.
+            let mut failed = std::mem::take(&mut item.failed);
+            failed.pop();
+            self.finish(item, Outcome::Error { kind, message, attempts, retryable, failed });
         }
     }
 
@@ -740,6 +754,47 @@ impl Dispatcher {
         self.queues.get_mut(&key).expect("queue").pop();
         Some(top.2)
     }
+}
+
+impl Dispatcher {
+    fn inspect(&self, tenant: &str, id: &InvocationId, function: &str) -> Inspected {
+        let workers = self
+            .sessions
+            .values()
+            .filter(|s| !s.draining && s.tenant == tenant && s.functions.iter().any(|f| f == function))
+            .count() as u32;
+        let Some(item) = self.items.get(id).filter(|i| i.tenant == tenant) else {
+            let state = if self.delivering.contains(id) { "answered" } else { "" };
+            return Inspected { state, workers, ..Inspected::default() };
+        };
+        let (state, retry_at_ms) = match item.state {
+            State::Queued => ("queued", 0),
+            State::Leased { .. } => ("running", 0),
+            State::Backoff { until } => {
+                let now = self.opts.clock.now();
+                ("backoff", self.opts.clock.now_ms() + until.saturating_duration_since(now).as_millis() as u64)
+            }
+        };
+        Inspected { state, attempt: item.attempt, retry_at_ms, failed: item.failed.clone(), workers }
+    }
+}
+
+/// Keeps a failed attempt's error for `stoa describe` and the timeline
+/// (the last few, each cut to `KEPT_ERROR_BYTES`: a worker chooses them).
+fn note_failure(item: &mut Item, at_ms: u64, mut error: String) {
+    const KEPT_ERROR_BYTES: usize = 1024;
+    if error.len() > KEPT_ERROR_BYTES {
+        let mut end = KEPT_ERROR_BYTES;
+        while !error.is_char_boundary(end) {
+            end -= 1;
+        }
+        error.truncate(end);
+        error.push('…');
+    }
+    if item.failed.len() == KEPT_FAILURES {
+        item.failed.remove(0);
+    }
+    item.failed.push(FailedAttempt { attempt: item.attempt, at_ms, error });
 }
 
 fn drain_msg(until: Instant, now: Instant) -> pb::ServerMessage {

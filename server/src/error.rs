@@ -74,7 +74,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
             ApiError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
             ApiError::ResourceExhausted(m) => tonic::Status::resource_exhausted(m),
-            ApiError::Rejected(r @ (Rejected::InvalidFact(..) | Rejected::UnknownFact(_))) => {
+            ApiError::Rejected(r @ (Rejected::InvalidFacts(..) | Rejected::UnknownFact(_))) => {
                 tonic::Status::invalid_argument(r.to_string())
             }
             ApiError::Rejected(r) => tonic::Status::failed_precondition(r.to_string()),

@@ -58,23 +58,54 @@ pub fn client_id(field: &str, s: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// The facts of a request, or every problem of every fact in one
+/// INVALID_ARGUMENT (the first 20, then how many more), each naming the
+/// fact by index and the field.
 pub(crate) fn facts_in(facts: Vec<pb::FactInput>) -> Result<Vec<FactSpec>, Status> {
-    facts
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| {
-            fact_type(&format!("facts[{i}].type"), &f.r#type)?;
-            let json = if f.fields_json.trim().is_empty() { "{}" } else { f.fields_json.as_str() };
-            let v: serde_json::Value = serde_json::from_str(json)
-                .map_err(|e| Status::invalid_argument(format!("facts[{i}].fields_json: not JSON: {e}")))?;
-            let fields = Fields::from_json(&v)
-                .ok_or_else(|| Status::invalid_argument(format!("facts[{i}].fields_json: must be a JSON object")))?;
-            for (k, _) in fields.iter() {
-                k.with_name(|k| field_name(&format!("facts[{i}].fields_json"), k))?;
+    let mut problems: Vec<String> = Vec::new();
+    let mut out = Vec::with_capacity(facts.len());
+    for (i, f) in facts.into_iter().enumerate() {
+        let mut ok = true;
+        let mut check = |r: Result<(), Status>| {
+            if let Err(s) = r {
+                problems.push(s.message().to_string());
+                ok = false;
             }
-            Ok(FactSpec { ty: f.r#type, fields })
-        })
-        .collect()
+        };
+        check(fact_type(&format!("facts[{i}].type"), &f.r#type));
+        let json = if f.fields_json.trim().is_empty() { "{}" } else { f.fields_json.as_str() };
+        let fields = match serde_json::from_str::<serde_json::Value>(json) {
+            Err(e) => {
+                check(Err(Status::invalid_argument(format!("facts[{i}].fields_json: not JSON: {e}"))));
+                None
+            }
+            Ok(v) => match Fields::from_json(&v) {
+                None => {
+                    check(Err(Status::invalid_argument(format!("facts[{i}].fields_json: must be a JSON object"))));
+                    None
+                }
+                Some(fields) => {
+                    for (k, _) in fields.iter() {
+                        check(k.with_name(|k| field_name(&format!("facts[{i}].fields_json"), k)));
+                    }
+                    Some(fields)
+                }
+            },
+        };
+        if let (true, Some(fields)) = (ok, fields) {
+            out.push(FactSpec { ty: f.r#type, fields });
+        }
+    }
+    match problems.len() {
+        0 => Ok(out),
+        1 => Err(Status::invalid_argument(problems.remove(0))),
+        n => {
+            const SHOWN: usize = 20;
+            let more = if n > SHOWN { format!("; and {} more", n - SHOWN) } else { String::new() };
+            problems.truncate(SHOWN);
+            Err(Status::invalid_argument(format!("{n} problems: {}{more}", problems.join("; "))))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -171,8 +202,12 @@ mod tests {
                 }
                 Err(s) => {
                     prop_assert_eq!(s.code(), tonic::Code::InvalidArgument);
-                    prop_assert!(s.message().starts_with("facts["), "{}", s.message());
-                    prop_assert!(s.message().len() < 400, "a {}-byte message", s.message().len());
+                    // One problem, or several (each bounded): `N problems: facts[…`.
+                    let m = s.message();
+                    let first = m.split_once(" problems: ").map_or(m, |(_, rest)| rest);
+                    prop_assert!(first.starts_with("facts["), "{}", m);
+                    prop_assert!(m.len() < 400 * 20, "a {}-byte message", m.len());
+                    prop_assert!(m.split("; facts[").all(|p| p.len() < 400), "{}", m);
                 }
             }
             Ok(())
@@ -180,6 +215,25 @@ mod tests {
         if let Err(e) = result {
             panic!("{e}");
         }
+    }
+
+    #[test]
+    fn every_problem_of_every_fact_is_reported_at_once() {
+        let fact = |ty: &str, json: &str| pb::FactInput { r#type: ty.into(), fields_json: json.into() };
+        let e =
+            facts_in(vec![fact("Job", r#"{"_id": 1}"#), fact("Job", "{}"), fact("no spaces", "[1]"), fact("Job", "{")])
+                .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let m = e.message();
+        assert!(m.starts_with("4 problems: facts[0].fields_json: `_id`"), "{m}");
+        for p in [
+            "facts[2].type: `no spaces`",
+            "facts[2].fields_json: must be a JSON object",
+            "facts[3].fields_json: not JSON",
+        ] {
+            assert!(m.contains(p), "{p} in {m}");
+        }
+        assert!(!m.contains("facts[1]"), "{m}");
     }
 
     #[test]

@@ -436,6 +436,7 @@ impl Runtime {
             files,
         };
         self.store.put_pack(&rec)?;
+        tracing::info!(tenant, pack = %name, version = %rec.version, rules = pack.rules.len(), "pack deployed");
         let mut versions = self.packs.entry(key).or_default();
         versions.list.push(Version {
             version: rec.version,
@@ -1471,6 +1472,16 @@ impl Runtime {
         self.store.load(id)?.ok_or_else(missing)
     }
 
+    /// What this server's dispatcher knows of these invocations (each with
+    /// its function); `None` once it has stopped.
+    pub async fn dispatch_state(
+        &self,
+        tenant: &str,
+        invocations: Vec<(stoa_engine::InvocationId, String)>,
+    ) -> Option<Vec<crate::dispatch_handle::Inspected>> {
+        self.dispatch.inspect(tenant.to_string(), invocations).await
+    }
+
     pub fn list(&self, tenant: &str, after: Option<&WorkflowId>, limit: usize) -> Result<Vec<Meta>, ApiError> {
         self.store.workflows(&format!("{}{tenant}.", WorkflowId::PREFIX), after, limit).map_err(ApiError::from)
     }
@@ -1570,18 +1581,20 @@ const MOVE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 /// A turn made on this server, as `routed` takes it.
 type Local<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, ApiError>> + Send + 'a>>;
 
-/// A workflow's start and end in the log: a failure at `info` (someone
-/// may want to know), the rest at `debug` (a busy server starts thousands
-/// a second). Field values are computed only when the line is written.
+/// A workflow's start and end in the log, at `info`: what a server does
+/// is what its default log says. A busy server starts thousands a second;
+/// `STOA_LOG=warn` (or `info,stoa_server::runtime=warn`) keeps them out
+/// (the benchmarks do). Field values are computed only when the line is
+/// written.
 fn log_lifecycle(tenant: &str, turn: u64, meta: &Meta) {
     let trace_id = || meta.traceparent.as_deref().and_then(stoa_telemetry::traceparent::trace_id_of);
     match meta.status {
         Status::Running if turn == 1 => {
-            tracing::debug!(tenant, workflow = %meta.id, pack = %meta.pack, version = %meta.pack_version, trace_id = trace_id(), "workflow started")
+            tracing::info!(tenant, workflow = %meta.id, pack = %meta.pack, version = %meta.pack_version, trace_id = trace_id(), "workflow started")
         }
         Status::Running => {}
         Status::Completed => {
-            tracing::debug!(tenant, workflow = %meta.id, turn, trace_id = trace_id(), "workflow completed")
+            tracing::info!(tenant, workflow = %meta.id, turn, trace_id = trace_id(), "workflow completed")
         }
         Status::Failed | Status::Cancelled => tracing::info!(
             tenant,
@@ -1608,12 +1621,13 @@ fn dispatched(out: &TurnOutput) -> impl Iterator<Item = &stoa_engine::workflow::
 /// What a finished child workflow answers its parent.
 pub(crate) fn child_outcome(meta: &Meta) -> Outcome {
     match meta.status {
-        Status::Completed => Outcome::Ok { value: meta.result.clone(), attempts: 1 },
+        Status::Completed => Outcome::Ok { value: meta.result.clone(), attempts: 1, failed: vec![] },
         _ => Outcome::Error {
             kind: stoa_engine::workflow::ErrorKind::Failed,
             message: format!("child workflow {} failed: {}", meta.id, meta.reason.clone().unwrap_or_default()),
             attempts: 1,
             retryable: false,
+            failed: vec![],
         },
     }
 }

@@ -101,6 +101,11 @@ impl Runtime {
         let v = serde_json::to_value(&rollout).map_err(internal)?;
         self.store.put_aux("rollout", &format!("{tenant}/{name}"), &v)?;
         self.set_rollout(tenant, name, rollout.clone(), pack);
+        tracing::info!(tenant, pack = name, version, mode = ?mode, "rollout: {} runs {version}", match mode {
+            Mode::All => "every workflow",
+            Mode::NewOnly => "every new workflow",
+            Mode::Canary(_) => "a canary of the workflows",
+        });
         if mode == Mode::NewOnly {
             return Ok((rollout, None));
         }

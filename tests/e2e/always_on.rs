@@ -101,6 +101,7 @@ async fn all_running(c: &mut Client, pack: &str) -> Vec<pb::WorkflowSummary> {
                 status: "running".into(),
                 page_size: 1000,
                 page_token: token,
+                newest_first: false,
             })
             .await
             .expect("ls")
@@ -568,7 +569,10 @@ fn the_cli_previews_upgrades_and_shows_lineage() {
     .assert_eq(&dry);
     let out = stoa(&["deploy", v2.to_str().expect("utf-8")]);
     assert!(out.contains("upgrade of cli-up to 2: done — 3 of 3 looked at, 3 upgraded, 0 failed"), "{out}");
-    assert_eq!(stoa(&["packs"]), format!("{:<24} {:<12} 1, 2\n", "cli-up", "2"));
+    assert_eq!(
+        stoa(&["packs"]),
+        format!("{:<24} {:<12} VERSIONS\n{:<24} {:<12} 1, 2\n", "NAME", "STABLE", "cli-up", "2")
+    );
     stoa(&["rollout", "cli-up", "1", "--canary", "0.5"]);
     assert!(stoa(&["packs"]).ends_with("1, 2 (canary 1 on 50.0%)\n"));
     let back = stoa(&["rollback", "cli-up"]);

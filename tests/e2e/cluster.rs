@@ -586,3 +586,68 @@ rule "assemble" {
     assert_eq!(children, 80, "a child started twice, or not at all");
     drop(servers);
 }
+
+/// `GetWorkflow` (what `stoa describe` shows) asked of any server of a
+/// cluster tells what the owner's dispatcher knows of a waiting
+/// invocation: its attempt, last error, next retry, and the workers that
+/// serve its function there.
+#[test]
+fn any_server_describes_the_attempts_its_owner_knows() {
+    let (_pg, _url, servers, addrs) = cluster("describe", 2);
+    let manifest =
+        "[functions.\"t.work\"]\ntimeout = \"30s\"\nretry = { max_attempts = 3, initial_backoff = \"60s\" }\n";
+    let rules = r#"rule "work" { match { j: Job() } action { call("t.work", #{}); } reaction { complete(); } }"#;
+    rt().block_on(async {
+        let mut c = client(&addrs[0], TOKEN_A).await;
+        let files = signal_pack("slow", manifest, rules);
+        c.deploy_pack(pb::DeployPackRequest { files, ..Default::default() }).await.expect("deploy");
+        // A worker on each server: each owner leases its own invocations.
+        let mut workers = Vec::new();
+        for a in &addrs {
+            workers.push(crate::client::RawWorker::connect(a, TOKEN_A, &["t.work"], 64).await.expect("worker"));
+        }
+        let mut ids = Vec::new();
+        for i in 0..8 {
+            let facts = facts(serde_json::json!([{"type": "Job", "fields": {}}]));
+            let r = pb::StartWorkflowRequest { pack: "slow".into(), facts, request_id: format!("d{i}") };
+            ids.push(c.start_workflow(r).await.expect("start").into_inner().workflow_id);
+        }
+        let mut failed = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while failed < ids.len() {
+            assert!(Instant::now() < deadline, "{failed} of {} invocations came", ids.len());
+            for w in &mut workers {
+                for inv in w.invocations(Duration::from_millis(200)).await {
+                    assert!(w.fail(&inv, true, pb::FailureKind::Failed).await);
+                    failed += 1;
+                }
+            }
+        }
+        for a in &addrs {
+            let mut c = client(a, TOKEN_A).await;
+            for id in &ids {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    let w = c
+                        .get_workflow(pb::GetWorkflowRequest { workflow_id: id.clone(), without_facts: true })
+                        .await
+                        .expect("get")
+                        .into_inner();
+                    let x = &w.waiting[0];
+                    if x.state == "backoff" {
+                        assert_eq!(
+                            (x.attempt, x.last_error.as_str(), x.workers),
+                            (2, "test failure", 1),
+                            "{a} {id}: {x:?}"
+                        );
+                        assert!(x.retry_at_ms > w.created_ms, "{x:?}");
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "{a} {id}: {x:?}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    drop(servers);
+}

@@ -352,6 +352,7 @@ fn request(rng: &mut Rng, me: &Known, other: &Known) -> (&'static str, Vec<u8>, 
                 status: ["", "running", "completed", "failed", "x"][rng.below(5) as usize].into(),
                 page_size: number(rng) as u32,
                 page_token: wf_id(rng, me, other),
+                newest_first: rng.below(2) == 0,
             };
             ("ListWorkflows", r.encode_to_vec(), false)
         }

@@ -4,6 +4,7 @@ mod always_on;
 mod bench_programs;
 mod cancel;
 mod cli;
+mod cli_explains;
 mod client;
 #[cfg(target_os = "linux")]
 mod cluster;

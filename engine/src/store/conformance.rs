@@ -88,7 +88,7 @@ pub(crate) fn chunks(n: i64) -> Vec<FactSpec> {
 }
 
 pub(crate) fn ok() -> Outcome {
-    Outcome::Ok { value: Value::Null, attempts: 1 }
+    Outcome::Ok { value: Value::Null, attempts: 1, failed: vec![] }
 }
 
 fn workflow(id: &str) -> Workflow {

@@ -537,8 +537,10 @@ rule "encode" {
                 seen.fetch_add(1, Ordering::SeqCst);
             }
         }));
-        let result =
-            wf.apply(Input::Result { invocation: inv, outcome: Outcome::Ok { value: Value::Null, attempts: 1 } }, 2);
+        let result = wf.apply(
+            Input::Result { invocation: inv, outcome: Outcome::Ok { value: Value::Null, attempts: 1, failed: vec![] } },
+            2,
+        );
         let result = result.unwrap();
         for recovered in [false, true] {
             let store = MemStore::open(reopened.image());

@@ -58,7 +58,10 @@ fn cancel(grace_ms: Option<u64>) -> Step {
 fn answer() -> Step {
     Box::new(|wf| {
         let w = wf.waiting().next().expect("a waiting invocation");
-        Input::Result { invocation: w.invocation.id.clone(), outcome: Outcome::Ok { value: Value::Null, attempts: 1 } }
+        Input::Result {
+            invocation: w.invocation.id.clone(),
+            outcome: Outcome::Ok { value: Value::Null, attempts: 1, failed: vec![] },
+        }
     })
 }
 
