@@ -597,7 +597,7 @@ fn e0007_test_file() {
             19 | facts = [{ type = "chunk", fields = { i = 1 } }]
                |          ^
 
-            tests/data/broken/test_file/tests/c_unknown_key.toml:7:1: error[E0007]: unknown field `fires`, expected one of `status`, `result`, `reason`, `fired`, `fired_count`, `not_fired`, `calls`, `facts`, `no_facts`, `emitted`, `pending_timers`
+            tests/data/broken/test_file/tests/c_unknown_key.toml:7:1: error[E0007]: unknown field `fires`, expected one of `status`, `result`, `reason`, `fired`, `fired_count`, `not_fired`, `calls`, `attempts`, `facts`, `no_facts`, `emitted`, `pending_timers`
               |
             7 | fires = ["encode"]
               | ^
