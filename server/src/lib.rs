@@ -195,7 +195,8 @@ pub async fn serve_with_faults(
     if !http_listeners.is_empty() {
         let scrape =
             Arc::new(scrape::Scrape::new(metrics.clone(), core.runtime.clone(), core.dispatch.clone(), store_for_size));
-        let console = console::Console::new(core.runtime.clone(), core.schedules.clone(), auth.clone());
+        let console =
+            console::Console::new(core.runtime.clone(), core.schedules.clone(), auth.clone(), shutdown.child_token());
         for (l, serves) in http_listeners {
             let router = http::router(serves.metrics.then(|| scrape.clone()), serves.console.then(|| console.clone()));
             tokio::spawn(http::serve(l, router, shutdown.clone()));

@@ -7,6 +7,7 @@ mod cli;
 mod client;
 #[cfg(target_os = "linux")]
 mod cluster;
+mod console;
 mod crash;
 mod docs;
 mod examples;

@@ -33,6 +33,7 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use maud::html;
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
@@ -48,11 +49,13 @@ pub(crate) struct Console {
     pub auth: Auth,
     pub sessions: Sessions,
     pub counts: workflows::CountCache,
+    /// Cancelled at the server's stop: event streams end with it.
+    pub stop: CancellationToken,
 }
 
 impl Console {
-    pub fn new(runtime: Arc<Runtime>, schedules: Arc<Scheduler>, auth: Auth) -> Arc<Console> {
-        Arc::new(Console { runtime, schedules, auth, sessions: Sessions::default(), counts: Default::default() })
+    pub fn new(runtime: Arc<Runtime>, schedules: Arc<Scheduler>, auth: Auth, stop: CancellationToken) -> Arc<Console> {
+        Arc::new(Console { runtime, schedules, auth, sessions: Sessions::default(), counts: Default::default(), stop })
     }
 }
 

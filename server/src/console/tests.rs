@@ -97,7 +97,7 @@ impl Fixture {
         let shutdown = CancellationToken::new();
         let core = Core::start(&config, policies, parts, &shutdown, None).unwrap();
         let auth = crate::auth::Auth::new([(TOKEN_A.into(), "a".into()), (TOKEN_B.into(), "b".into())].into());
-        let console = Console::new(core.runtime.clone(), core.schedules.clone(), auth);
+        let console = Console::new(core.runtime.clone(), core.schedules.clone(), auth, shutdown.child_token());
         let router = crate::http::router(None, Some(console.clone()));
         Fixture { router, console, core: Some(core), shutdown, committer: Some(thread), _dir: dir }
     }

@@ -195,7 +195,12 @@ pub async fn list(State(console): St, tenant: Tenant, Query(q): Query<ListQuery>
             _ => Listing { rows: vec![], next: None, stopped: false },
         }
     };
-    let counts = counts(&console, &tenant.name)?;
+    // Up to `COUNT_SCAN` records: off the async threads.
+    let counts = {
+        let c = console.clone();
+        let t = tenant.name.clone();
+        console.runtime.blocking(move || counts(&c, &t)).await.map_err(|_| PageError::Internal)??
+    };
     let packs: Vec<String> = rt.packs(&tenant.name).into_iter().map(|(n, _, _)| n).collect();
     let body = html! {
         h1 { "Workflows" }
@@ -628,6 +633,9 @@ pub async fn events(
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, Infallible>>(16);
     let base = format!("/workflows/{id}");
+    let stop = console.stop.clone();
+    // Owned by the connection: it ends when the browser goes (its next
+    // send fails, within a second), the workflow ends, or the server stops.
     tokio::spawn(async move {
         let started = Instant::now();
         loop {
@@ -670,6 +678,7 @@ pub async fn events(
             // A new entry, or a second: in a cluster the workflow may
             // run elsewhere, and its entries reach this store only.
             tokio::select! {
+                _ = stop.cancelled() => break,
                 r = live.recv() => if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) { break },
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {
                     if tx.send(Ok(": keep-alive\n\n".into())).await.is_err() { break }

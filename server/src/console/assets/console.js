@@ -48,6 +48,11 @@
     if (!box || box.hasAttribute("data-streaming") || !window.EventSource) { return; }
     box.setAttribute("data-streaming", "");
     var src = new EventSource(box.getAttribute("data-live"));
+    var leaving = false;
+    // A form sent from this page (cancel, assert) navigates: no reload then.
+    document.addEventListener("submit", function (ev) {
+      if (!ev.defaultPrevented) { leaving = true; src.close(); }
+    });
     function fragment(html) {
       var t = document.createElement("template");
       t.innerHTML = html;
@@ -63,7 +68,7 @@
     src.addEventListener("end", function () {
       src.close();
       // Finished: show its final state (status, facts, result).
-      window.location.reload();
+      if (!leaving) { window.location.reload(); }
     });
   }
 
