@@ -65,7 +65,7 @@ pub fn status(s: &str) -> Markup {
 
 /// An id with a copy button (the button only works with scripts on).
 pub fn copyable(id: &str) -> Markup {
-    html! { code.id { (id) } " " button.copy type="button" data-copy=(id) title="Copy" { "⧉" } }
+    html! { code.id { (id) } " " button.copy type="button" data-copy=(id) title="Copy the id" { "copy" } }
 }
 
 /// A fact field's value: strings as they are, the rest as JSON.

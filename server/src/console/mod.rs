@@ -76,6 +76,7 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/workflows/{id}/rules/{rule}", get(explain::rule))
         .route("/packs", get(packs::list))
         .route("/schedules", get(packs::schedules))
+        .route("/schedules/{name}/{action}", post(packs::schedule_action))
         .route("/assets/{name}", get(assets::serve))
         .with_state(console)
         .layer(axum::middleware::from_fn(guard))
@@ -184,7 +185,12 @@ pub(crate) enum PageError {
 impl From<ApiError> for PageError {
     fn from(e: ApiError) -> PageError {
         // The gRPC mapping bounds messages and keeps internal details in the log.
-        let status = tonic::Status::from(e);
+        PageError::from(tonic::Status::from(e))
+    }
+}
+
+impl From<tonic::Status> for PageError {
+    fn from(status: tonic::Status) -> PageError {
         let m = status.message().to_string();
         match status.code() {
             tonic::Code::NotFound => PageError::NotFound(m),

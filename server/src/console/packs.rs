@@ -2,9 +2,14 @@
 //! upgrade job's progress) and schedules (next ticks, last runs), read from
 //! this server's runtime and scheduler.
 
-use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
 use maud::html;
+use serde::Deserialize;
+use stoa_proto::v1 as pb;
+
+use stoa_engine::WorkflowId;
 
 use super::layout::{self, time};
 use super::{PageError, St, Tenant};
@@ -64,15 +69,33 @@ pub async fn list(State(console): St, tenant: Tenant) -> Result<Response, PageEr
     Ok(layout::page("Packs", Some(&tenant), body).into_response())
 }
 
-pub async fn schedules(State(console): St, tenant: Tenant) -> Result<Response, PageError> {
+#[derive(Deserialize, Default)]
+pub struct Done {
+    #[serde(default)]
+    done: String,
+    #[serde(default)]
+    workflow: String,
+}
+
+pub async fn schedules(State(console): St, tenant: Tenant, Query(q): Query<Done>) -> Result<Response, PageError> {
     let list = crate::schedule::api::list(&console.schedules, &tenant.name).schedules;
+    let notice = match q.done.as_str() {
+        "pause" => Some("Paused."),
+        "resume" => Some("Resumed."),
+        "trigger" => Some("Triggered."),
+        _ => None,
+    };
+    let started = WorkflowId::parse(&q.workflow).ok().filter(|w| crate::runtime::tenant_of(w) == tenant.name);
     let ms = |t: i64| time(t.max(0) as u64);
     let body = html! {
+        @if let Some(n) = notice {
+            p.notice role="status" { (n) @if let Some(w) = &started { " Started " a href={ "/workflows/" (w) } { code { (w) } } "." } }
+        }
         h1 { "Schedules" }
         @if list.is_empty() { p.muted { "No schedule. A pack's " code { "[schedules]" } " or " code { "stoa schedule put" } " makes one." } }
         @else {
             table.grid {
-                thead { tr { th { "Schedule" } th { "Pack" } th { "Cron" } th { "State" } th { "Next ticks" } th { "Last runs" } } }
+                thead { tr { th { "Schedule" } th { "Pack" } th { "Cron" } th { "State" } th { "Next ticks" } th { "Last runs" } th { "Actions" } } }
                 tbody { @for s in &list {
                     tr id={ "schedule-" (s.name) } {
                         td { b { (s.name) } @if s.from_pack { " " span.muted { "(from the pack)" } } }
@@ -86,10 +109,55 @@ pub async fn schedules(State(console): St, tenant: Tenant) -> Result<Response, P
                         td { @for r in s.runs.iter().rev().take(5) {
                             a href={ "/workflows/" (r.workflow_id) } { (ms(r.due_ms)) } " " span.muted { (r.kind) } br;
                         } }
+                        td {
+                            @let base = format!("/schedules/{}", super::percent_encode(&s.name));
+                            @let toggle = if s.paused { "resume" } else { "pause" };
+                            form.inline method="post" action={ (base) "/" (toggle) } {
+                                input type="hidden" name="csrf" value=(tenant.csrf);
+                                button type="submit" { (toggle) }
+                            }
+                            " "
+                            form.inline method="post" action={ (base) "/trigger" } data-confirm={ "Start a workflow of " (s.name) " now?" } {
+                                input type="hidden" name="csrf" value=(tenant.csrf);
+                                button type="submit" { "trigger" }
+                            }
+                        }
                     }
                 } }
             }
         }
     };
     Ok(layout::page("Schedules", Some(&tenant), body).into_response())
+}
+
+/// `POST /schedules/{name}/{pause|resume|trigger}`, as the schedule RPCs
+/// do; on the cluster's coordinator only (which runs the schedules).
+pub async fn schedule_action(
+    State(console): St,
+    tenant: Tenant,
+    Path((name, action)): Path<(String, String)>,
+    Form(form): Form<super::CsrfForm>,
+) -> Result<Response, PageError> {
+    tenant.check_csrf(&form.csrf)?;
+    if !matches!(console.runtime.opts.placement.coordinator(), crate::placement::Place::Here(_)) {
+        return Err(PageError::Conflict(
+            "schedules are run by the cluster's coordinator: use its console for this".into(),
+        ));
+    }
+    let s = &console.schedules;
+    let r = pb::ScheduleRef { name };
+    let workflow = match action.as_str() {
+        "pause" => crate::schedule::api::pause(s, &tenant.name, r, true).map(|_| String::new())?,
+        "resume" => crate::schedule::api::pause(s, &tenant.name, r, false).map(|_| String::new())?,
+        "trigger" => {
+            let req = pb::TriggerScheduleRequest { name: r.name, request_id: String::new() };
+            crate::schedule::api::trigger(s, &tenant.name, req).await?.workflow_id
+        }
+        _ => return Err(PageError::NotFound("no such action".into())),
+    };
+    let mut to = format!("/schedules?done={action}");
+    if !workflow.is_empty() {
+        to.push_str(&format!("&workflow={}", super::percent_encode(&workflow)));
+    }
+    Ok(Redirect::to(&to).into_response())
 }

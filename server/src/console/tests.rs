@@ -361,3 +361,43 @@ async fn the_list_filters_by_status_pack_and_text_and_counts() {
     assert_eq!(f.get("/nope", Some(&s)).await.status, StatusCode::NOT_FOUND);
     f.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_pause_resume_and_trigger_from_the_page() {
+    let f = Fixture::new().await;
+    let toml = format!(
+        "{PACK_TOML}\n[schedules.hourly]\ncron = \"0 0 * * *\"\n\
+         facts = [{{ type = \"Order\", fields = {{ id = \"s1\", note = \"scheduled\", status = \"new\" }} }}]\n"
+    );
+    let files: BTreeMap<String, String> =
+        [("pack.toml".to_string(), toml), ("orders.rules".to_string(), RULES.to_string())].into();
+    let (pack, _, _) = f.console.runtime.deploy("a", files, false).await.unwrap();
+    f.console.schedules.install_pack("a", "orders", &pack.manifest.schedules).unwrap();
+    let s = f.login(TOKEN_A).await;
+    let page = f.get("/schedules", Some(&s)).await;
+    assert!(page.body.contains("hourly") && page.body.contains("0 0 * * *"), "{}", page.body);
+    // Tenant b sees none of it.
+    let b = f.login(TOKEN_B).await;
+    assert!(!f.get("/schedules", Some(&b)).await.body.contains("hourly"));
+    assert_eq!(
+        f.post("/schedules/hourly/pause", Some(&b), &format!("csrf={}", b.csrf)).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    assert_eq!(f.post("/schedules/hourly/pause", Some(&s), "").await.status, StatusCode::FORBIDDEN);
+    let a = f.post("/schedules/hourly/pause", Some(&s), &format!("csrf={}", s.csrf)).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let page = f.get("/schedules?done=pause", Some(&s)).await;
+    assert!(page.body.contains("badge cancelled\">paused") && page.body.contains("Paused."), "{}", page.body);
+    let a = f.post("/schedules/hourly/resume", Some(&s), &format!("csrf={}", s.csrf)).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    let a = f.post("/schedules/hourly/trigger", Some(&s), &format!("csrf={}", s.csrf)).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let to = a.headers[header::LOCATION].to_str().unwrap().to_string();
+    let started = to.split("workflow=").nth(1).expect("the started workflow").replace("%2E", ".");
+    let w = f.console.runtime.get("a", &WorkflowId::parse(&started).unwrap()).unwrap();
+    assert_eq!(w.meta.pack, "orders");
+    let page = f.get(&to, Some(&s)).await;
+    assert!(page.body.contains("Triggered.") && page.body.contains(&started), "{}", page.body);
+    f.stop().await;
+}

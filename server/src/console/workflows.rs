@@ -475,8 +475,8 @@ fn assert_section(tenant: &Tenant, base: &str, pack: Option<&stoa_rules::compile
     let schemas = pack.map(|p| &p.manifest.facts);
     let schema = schemas.and_then(|s| s.get(&a.ty));
     html! {
-        section {
-            h2 { "Assert a fact" }
+        details.assert open[!a.type_errors.is_empty() || !a.field_errors.is_empty()] {
+            summary { "Assert a fact" }
             form.assert method="post" action={ (base) "/facts" } {
                 input type="hidden" name="csrf" value=(tenant.csrf);
                 div.field class=[(!a.type_errors.is_empty()).then_some("invalid")] {

@@ -25,8 +25,8 @@
       b.addEventListener("click", function () {
         if (navigator.clipboard) {
           navigator.clipboard.writeText(b.getAttribute("data-copy")).then(function () {
-            b.textContent = "✓";
-            setTimeout(function () { b.textContent = "⧉"; }, 1200);
+            b.textContent = "copied";
+            setTimeout(function () { b.textContent = "copy"; }, 1200);
           });
         }
       });
