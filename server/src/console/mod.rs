@@ -75,6 +75,8 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/workflows/{id}/facts/{fact}", get(explain::fact))
         .route("/workflows/{id}/rules/{rule}", get(explain::rule))
         .route("/packs", get(packs::list))
+        .route("/packs/{name}/rollout", post(packs::rollout))
+        .route("/packs/{name}/rollback", post(packs::rollback))
         .route("/schedules", get(packs::schedules))
         .route("/schedules/{name}/{action}", post(packs::schedule_action))
         .route("/assets/{name}", get(assets::serve))

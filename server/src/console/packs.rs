@@ -13,9 +13,15 @@ use stoa_engine::WorkflowId;
 
 use super::layout::{self, time};
 use super::{PageError, St, Tenant};
+use crate::upgrade::Mode;
 
-pub async fn list(State(console): St, tenant: Tenant) -> Result<Response, PageError> {
+pub async fn list(State(console): St, tenant: Tenant, Query(q): Query<Done>) -> Result<Response, PageError> {
     let rt = &console.runtime;
+    let notice = match q.done.as_str() {
+        "rollout" => Some("Rollout started."),
+        "rollback" => Some("Rolled back."),
+        _ => None,
+    };
     let packs = rt.packs(&tenant.name);
     let mut running_job = false;
     let mut rows = Vec::new();
@@ -26,6 +32,7 @@ pub async fn list(State(console): St, tenant: Tenant) -> Result<Response, PageEr
         rows.push((name, versions, pack, rollout, job));
     }
     let body = html! {
+        @if let Some(n) = notice { (layout::notice(n)) }
         h1 { "Packs" }
         // Reloaded every 2 s while an upgrade job runs (with scripts on).
         section #packs hx-get=[running_job.then_some("/packs")] hx-trigger=[running_job.then_some("every 2s")]
@@ -53,6 +60,32 @@ pub async fn list(State(console): St, tenant: Tenant) -> Result<Response, PageEr
                         dt { "Rules" } dd { (pack.rules.len()) }
                         dt { "Functions" } dd { @for f in pack.manifest.functions.keys() { code { (f) } " " } }
                     }
+                    div.actions {
+                        form.inline method="post" action={ "/packs/" (super::percent_encode(name)) "/rollout" } {
+                            input type="hidden" name="csrf" value=(tenant.csrf);
+                            label { "Roll out "
+                                select name="version" { @for v in versions.iter().rev() { option value=(v) { (v) } } }
+                            }
+                            select name="mode" {
+                                option value="all" { "to all workflows" }
+                                option value="canary" { "as a canary on" }
+                                option value="new_only" { "to new workflows only" }
+                            }
+                            input type="number" name="percent" value="10" min="0.1" max="100" step="0.1" size="5" aria-label="canary percent";
+                            "% "
+                            button type="submit" { "Roll out" }
+                        }
+                        @if versions.len() > 1 || canary.is_some() {
+                            " "
+                            form.inline method="post" action={ "/packs/" (super::percent_encode(name)) "/rollback" }
+                                data-confirm={ "Roll " (name) " back?" } {
+                                input type="hidden" name="csrf" value=(tenant.csrf);
+                                button.danger type="submit" {
+                                    @if canary.is_some() { "Drop the canary" } @else { "Roll back" }
+                                }
+                            }
+                        }
+                    }
                     @if let Some(j) = job {
                         div.job {
                             "Upgrade to " b { (j.version) } ": " (j.state) " — "
@@ -67,6 +100,74 @@ pub async fn list(State(console): St, tenant: Tenant) -> Result<Response, PageEr
         }
     };
     Ok(layout::page("Packs", Some(&tenant), body).into_response())
+}
+
+/// Changing which version runs is the coordinator's (as the rollout RPCs).
+fn coordinator_only(console: &super::Console) -> Result<(), PageError> {
+    if matches!(console.runtime.opts.placement.coordinator(), crate::placement::Place::Here(_)) {
+        return Ok(());
+    }
+    Err(PageError::Conflict("the cluster's coordinator does this: use its console".into()))
+}
+
+#[derive(Deserialize)]
+pub struct RolloutForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    mode: String,
+    #[serde(default)]
+    percent: Option<f64>,
+}
+
+/// `POST /packs/{name}/rollout`: a version to all, as a canary, or to new
+/// workflows only.
+pub async fn rollout(
+    State(console): St,
+    tenant: Tenant,
+    Path(name): Path<String>,
+    Form(form): Form<RolloutForm>,
+) -> Result<Response, PageError> {
+    tenant.check_csrf(&form.csrf)?;
+    coordinator_only(&console)?;
+    let known = console.runtime.packs(&tenant.name).into_iter().find(|(n, _, _)| *n == name);
+    let Some((_, versions, _)) = known else { return Err(PageError::NotFound(format!("no pack {}", shown(&name)))) };
+    if !versions.contains(&form.version) {
+        return Err(PageError::NotFound(format!("pack {} has no version {}", shown(&name), shown(&form.version))));
+    }
+    let mode = match (form.mode.as_str(), form.percent) {
+        ("all", _) => Mode::All,
+        ("new_only", _) => Mode::NewOnly,
+        ("canary", Some(p)) if p > 0.0 && p <= 100.0 => Mode::Canary(p / 100.0),
+        ("canary", _) => {
+            return Err(PageError::BadRequest("percent: a canary is on more than 0% and at most 100%".into()))
+        }
+        _ => return Err(PageError::BadRequest("mode: all, canary or new_only".into())),
+    };
+    let (rt, t, n, v) = (console.runtime.clone(), tenant.name.clone(), name.clone(), form.version.clone());
+    super::workflows::detached(async move { rt.rollout(&t, &n, &v, mode).await }).await?;
+    Ok(Redirect::to(&format!("/packs?done=rollout#{}", super::percent_encode(&name))).into_response())
+}
+
+/// `POST /packs/{name}/rollback`: the canary dropped, or the version before
+/// the stable one made stable.
+pub async fn rollback(
+    State(console): St,
+    tenant: Tenant,
+    Path(name): Path<String>,
+    Form(form): Form<super::CsrfForm>,
+) -> Result<Response, PageError> {
+    tenant.check_csrf(&form.csrf)?;
+    coordinator_only(&console)?;
+    let (rt, t, n) = (console.runtime.clone(), tenant.name.clone(), name.clone());
+    super::workflows::detached(async move { rt.rollback(&t, &n).await }).await?;
+    Ok(Redirect::to(&format!("/packs?done=rollback#{}", super::percent_encode(&name))).into_response())
+}
+
+fn shown(s: &str) -> String {
+    stoa_rules::diagnostic::shown(s).to_string()
 }
 
 #[derive(Deserialize, Default)]
@@ -139,11 +240,7 @@ pub async fn schedule_action(
     Form(form): Form<super::CsrfForm>,
 ) -> Result<Response, PageError> {
     tenant.check_csrf(&form.csrf)?;
-    if !matches!(console.runtime.opts.placement.coordinator(), crate::placement::Place::Here(_)) {
-        return Err(PageError::Conflict(
-            "schedules are run by the cluster's coordinator: use its console for this".into(),
-        ));
-    }
+    coordinator_only(&console)?;
     let s = &console.schedules;
     let r = pb::ScheduleRef { name };
     let workflow = match action.as_str() {

@@ -67,8 +67,10 @@ struct Fixture {
 impl Fixture {
     async fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.tenants = vec![TenantConfig::new("a", TOKEN_A), TenantConfig::new("b", TOKEN_B)];
+        let mut config = Config {
+            tenants: vec![TenantConfig::new("a", TOKEN_A), TenantConfig::new("b", TOKEN_B)],
+            ..Config::default()
+        };
         config.limits.worker_drain_ms = 100;
         let policies = config.policies().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), 8).unwrap());
@@ -399,5 +401,53 @@ async fn schedules_pause_resume_and_trigger_from_the_page() {
     assert_eq!(w.meta.pack, "orders");
     let page = f.get(&to, Some(&s)).await;
     assert!(page.body.contains("Triggered.") && page.body.contains(&started), "{}", page.body);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_rollout_and_its_rollback_from_the_packs_page() {
+    let f = Fixture::new().await;
+    let rt = &f.console.runtime;
+    let files = |v: &str| -> BTreeMap<String, String> {
+        [
+            ("pack.toml".to_string(), PACK_TOML.replace("version = \"1\"", &format!("version = \"{v}\""))),
+            (
+                "orders.rules".to_string(),
+                RULES.replace("ship.it\", #{ id: o.id }", &format!("ship.it\", #{{ id: o.id, v: {v} }}")),
+            ),
+        ]
+        .into()
+    };
+    rt.deploy("a", files("1"), false).await.unwrap();
+    rt.rollout("a", "orders", "1", crate::upgrade::Mode::All).await.unwrap();
+    rt.deploy("a", files("2"), false).await.unwrap();
+    let s = f.login(TOKEN_A).await;
+    let page = f.get("/packs", Some(&s)).await;
+    assert!(page.body.contains("<dt>Stable</dt><dd><b>1</b>"), "{}", page.body);
+
+    let path = "/packs/orders/rollout";
+    assert_eq!(f.post(path, Some(&s), "version=2&mode=canary&percent=25").await.status, StatusCode::FORBIDDEN);
+    let a = f.post(path, Some(&s), &format!("csrf={}&version=2&mode=canary&percent=0", s.csrf)).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let a = f.post(path, Some(&s), &format!("csrf={}&version=9&mode=all", s.csrf)).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let a = f.post(path, Some(&s), &format!("csrf={}&version=2&mode=canary&percent=25", s.csrf)).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let page = f.get("/packs?done=rollout", Some(&s)).await;
+    assert!(
+        page.body.contains("Rollout started.") && page.body.contains("<b>2</b> on 25.0% of workflows"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("Drop the canary"), "{}", page.body);
+    // Another tenant cannot touch it.
+    let b = f.login(TOKEN_B).await;
+    let other = f.post("/packs/orders/rollback", Some(&b), &format!("csrf={}", b.csrf)).await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND, "{}", other.body);
+
+    let a = f.post("/packs/orders/rollback", Some(&s), &format!("csrf={}", s.csrf)).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.body);
+    let r = rt.rollout_of("a", "orders").unwrap();
+    assert_eq!((r.stable.as_str(), r.canary.is_none()), ("1", true));
     f.stop().await;
 }

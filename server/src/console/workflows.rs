@@ -638,11 +638,7 @@ pub async fn events(
     // send fails, within a second), the workflow ends, or the server stops.
     tokio::spawn(async move {
         let started = Instant::now();
-        loop {
-            let entries = match rt.timeline(&tenant.name, &id, next, TIMELINE_PAGE) {
-                Ok(e) => e,
-                Err(_) => break,
-            };
+        while let Ok(entries) = rt.timeline(&tenant.name, &id, next, TIMELINE_PAGE) {
             let mut out = String::new();
             let mut ended = false;
             for e in &entries {
@@ -717,7 +713,7 @@ pub struct CancelForm {
 
 /// Runs a turn on its own task: a browser that goes away must not cancel
 /// it between its commit and what follows (see `api::detached`).
-async fn detached<T: Send + 'static>(
+pub(crate) async fn detached<T: Send + 'static>(
     f: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
 ) -> Result<T, PageError> {
     match tokio::spawn(f).await {
