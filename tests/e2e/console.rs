@@ -405,6 +405,14 @@ fn console_in_a_real_browser() {
             assert!(Instant::now() < deadline, "the live workflow's invocation never came");
         };
         assert!(w.answer(&inv, serde_json::json!({"ok": true})).await);
+        // The session stays until the answer is applied (dropped at once,
+        // it could close before the answer left).
+        let deadline = Instant::now() + WAIT;
+        while status_of(&server.addr, TOKEN_A, &ids[0]).await != "completed" {
+            assert!(Instant::now() < deadline, "the answer was never applied");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(w);
     });
     browser.wait_for("the live update to completed", |s| s.contains("badge completed"));
     assert!(browser.count("ol.entries li") > entries, "the timeline grew");
