@@ -23,11 +23,12 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// (with `console`), or both.
 pub(crate) fn router(scrape: Option<Arc<Scrape>>, console: Option<Arc<Console>>) -> Router {
     let mut router = Router::new();
+    let with_metrics = scrape.is_some();
     if let Some(s) = scrape {
         router = router.merge(Router::new().route("/metrics", get(metrics)).with_state(s));
     }
     match console {
-        Some(c) => router.merge(console::router(c)).fallback(console::not_found),
+        Some(c) => router.merge(console::router(c)).fallback(move || console::not_found(with_metrics)),
         None => router.fallback(not_found),
     }
 }

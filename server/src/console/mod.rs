@@ -84,9 +84,15 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .layer(axum::middleware::from_fn(guard))
 }
 
-/// The answer to a path no route serves.
-pub(crate) async fn not_found() -> Response {
-    PageError::NotFound("no such page".into()).into_response()
+/// The answer to a path no route serves (naming `/metrics` when this
+/// listener serves it too).
+pub(crate) async fn not_found(metrics: bool) -> Response {
+    let m = if metrics {
+        "no such page; the console starts at /workflows, metrics are at /metrics"
+    } else {
+        "no such page"
+    };
+    PageError::NotFound(m.into()).into_response()
 }
 
 /// Headers on every answer; POSTs from another site refused.
