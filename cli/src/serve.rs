@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Config file (TOML): listen, metrics_listen, store, data_dir, cache_mb, [postgres], [[tenants]] with
+    /// Config file (TOML): listen, http_listen, metrics_listen, store, data_dir, cache_mb, [postgres], [[tenants]] with
     /// name and tokens, [limits], [function_concurrency] (docs/operations.md). Flags override it.
     /// Default: none (the defaults shown here).
     #[arg(long, value_name = "FILE")]
@@ -42,11 +42,20 @@ pub struct Args {
     /// last renewal (default 5000).
     #[arg(long, value_name = "MS")]
     lease_ms: Option<u64>,
+    /// Serve HTTP on this address: the web console (log in with a tenant's
+    /// token; see docs/console.md) and Prometheus metrics at /metrics
+    /// (unless --metrics-listen names another address). Port 0 picks a
+    /// free port, printed as `console on http://ADDR/`. Also `http_listen`
+    /// in the config file, or STOA_HTTP_LISTEN.
+    #[arg(long, env = "STOA_HTTP_LISTEN", value_name = "ADDR")]
+    http_listen: Option<std::net::SocketAddr>,
     /// Serve Prometheus metrics over HTTP on this address, at /metrics (the
     /// backlog per function for autoscalers, latencies, outcomes, turns,
     /// commits, firings; see docs/operations.md). Off unless given; port 0
     /// picks a free port, printed as `metrics listening on ADDR`. Also
-    /// `metrics_listen` in the config file, or STOA_METRICS_LISTEN.
+    /// `metrics_listen` in the config file, or STOA_METRICS_LISTEN. Alone,
+    /// the console is served there too (as with --http-listen); with
+    /// --http-listen at another address, this one serves /metrics only.
     #[arg(long, env = "STOA_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
     /// A tenant and one of its tokens, as TENANT=TOKEN; repeatable. Clients
@@ -78,6 +87,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     if let Some(l) = args.listen {
         config.listen = l;
+    }
+    if let Some(h) = args.http_listen {
+        config.http_listen = Some(h);
     }
     if let Some(m) = args.metrics_listen {
         config.metrics_listen = Some(m);
@@ -148,7 +160,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             if let Some(http) = at.http {
                 println!("metrics listening on {http}");
             }
-            tracing::info!(address = %at.grpc, metrics = ?at.http, traces_exported = exporting, "serving");
+            if let Some(console) = at.console {
+                println!("console on http://{console}/");
+            }
+            tracing::info!(address = %at.grpc, metrics = ?at.http, console = ?at.console, traces_exported = exporting, "serving");
             println!("listening on {}", at.grpc);
             let _ = std::io::stdout().flush();
         };

@@ -20,6 +20,11 @@ impl Auth {
         Auth { tokens: Arc::new(tokens) }
     }
 
+    /// The tenant a token belongs to (the console's login).
+    pub fn tenant_for(&self, token: &str) -> Option<String> {
+        self.tokens.get(token).cloned()
+    }
+
     pub fn check<T>(&self, mut req: Request<T>) -> Result<Request<T>, Status> {
         let header = req
             .metadata()

@@ -18,8 +18,15 @@ use stoa_rules::limits::Limits as PackLimits;
 pub struct Config {
     /// Address to listen on; port 0 picks a free one.
     pub listen: SocketAddr,
-    /// Where to serve HTTP: Prometheus metrics on `GET /metrics`; unset:
-    /// no HTTP listener and no metrics. Port 0 picks a free one.
+    /// Where to serve HTTP: the web console (`/`) and Prometheus metrics
+    /// (`GET /metrics`, unless `metrics_listen` names another address).
+    /// Port 0 picks a free one.
+    pub http_listen: Option<SocketAddr>,
+    /// Where to serve Prometheus metrics. Alone, an alias of `http_listen`
+    /// (console and metrics on one listener); with `http_listen` at another
+    /// address, a listener of its own that serves `/metrics` only (and the
+    /// console's listener serves no metrics). Both unset: no HTTP listener
+    /// and no metrics.
     pub metrics_listen: Option<SocketAddr>,
     /// Where state is kept: `sled:DIR` (the embedded store; the default,
     /// in `data_dir`) or `postgres://…` (PostgreSQL, shared by the servers
@@ -47,6 +54,13 @@ pub struct Config {
     pub function_concurrency: BTreeMap<String, usize>,
     /// How `stoa serve` writes its log lines on stderr.
     pub log_format: LogFormat,
+}
+
+/// What one HTTP listener serves (`Config::http_listeners`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpServes {
+    pub console: bool,
+    pub metrics: bool,
 }
 
 /// Log lines as text for people, or one JSON object a line for a log
@@ -209,6 +223,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:7233".parse().expect("address"),
+            http_listen: None,
             metrics_listen: None,
             store: None,
             data_dir: PathBuf::from("stoa-data"),
@@ -302,6 +317,22 @@ impl Config {
         Err(format!("store `{scheme}…`: expected sled:DIR or postgres://USER@HOST/DATABASE"))
     }
 
+    /// The HTTP listeners to bind and what each serves: one for both
+    /// console and metrics, unless `http_listen` and `metrics_listen` name
+    /// two addresses (then metrics stay off the console's listener).
+    pub fn http_listeners(&self) -> Vec<(SocketAddr, HttpServes)> {
+        const BOTH: HttpServes = HttpServes { console: true, metrics: true };
+        match (self.http_listen, self.metrics_listen) {
+            (None, None) => vec![],
+            (Some(a), None) | (None, Some(a)) => vec![(a, BOTH)],
+            (Some(h), Some(m)) if h == m => vec![(h, BOTH)],
+            (Some(h), Some(m)) => vec![
+                (h, HttpServes { console: true, metrics: false }),
+                (m, HttpServes { console: false, metrics: true }),
+            ],
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         self.store_spec()?;
         if self.postgres.pool_size == 0 || self.postgres.partitions == 0 {
@@ -309,6 +340,9 @@ impl Config {
         }
         if let Some(m) = self.metrics_listen.filter(|m| *m == self.listen && m.port() != 0) {
             return Err(format!("metrics_listen {m} is the gRPC listen address; give it a port of its own"));
+        }
+        if let Some(h) = self.http_listen.filter(|h| *h == self.listen && h.port() != 0) {
+            return Err(format!("http_listen {h} is the gRPC listen address; give it a port of its own"));
         }
         if !(400..=600_000).contains(&self.postgres.lease_ms) {
             return Err(format!("postgres.lease_ms: {} is outside 400..=600000", self.postgres.lease_ms));
@@ -422,5 +456,26 @@ tokens = ["bbbbbbbbbb"]
         let e = parse(&format!("metrics_listen = \"localhost\"\n{tenant}")).unwrap_err();
         assert!(e.contains("invalid socket address"), "{e}");
         assert_eq!(parse(tenant).unwrap().metrics_listen, None);
+    }
+
+    #[test]
+    fn one_http_listener_serves_console_and_metrics_unless_two_are_named() {
+        let tenant = "[[tenants]]\nname = \"a\"\ntokens = [\"aaaaaaaaaa\"]\n";
+        let listeners = |text: &str| parse(&format!("{text}{tenant}")).unwrap().http_listeners();
+        let both = HttpServes { console: true, metrics: true };
+        let (h, m): (SocketAddr, SocketAddr) = ("127.0.0.1:8080".parse().unwrap(), "127.0.0.1:9464".parse().unwrap());
+        assert_eq!(listeners(""), vec![]);
+        assert_eq!(listeners("http_listen = \"127.0.0.1:8080\"\n"), vec![(h, both)]);
+        assert_eq!(listeners("metrics_listen = \"127.0.0.1:9464\"\n"), vec![(m, both)]);
+        assert_eq!(
+            listeners("http_listen = \"127.0.0.1:8080\"\nmetrics_listen = \"127.0.0.1:8080\"\n"),
+            vec![(h, both)]
+        );
+        assert_eq!(
+            listeners("http_listen = \"127.0.0.1:8080\"\nmetrics_listen = \"127.0.0.1:9464\"\n"),
+            vec![(h, HttpServes { console: true, metrics: false }), (m, HttpServes { console: false, metrics: true })]
+        );
+        let e = parse(&format!("listen = \"127.0.0.1:7233\"\nhttp_listen = \"127.0.0.1:7233\"\n{tenant}")).unwrap_err();
+        assert_eq!(e, "http_listen 127.0.0.1:7233 is the gRPC listen address; give it a port of its own");
     }
 }

@@ -1,6 +1,7 @@
-//! The server's HTTP listener (`--metrics-listen`): Prometheus metrics on
-//! `GET /metrics`. One axum `Router`, so that later pages (the console)
-//! join it with `Router::merge` on the same listener.
+//! The server's HTTP listeners (`--http-listen`, `--metrics-listen`): one
+//! axum `Router` each, with Prometheus metrics on `GET /metrics` and the
+//! web console (`console`) as `Config::http_listeners` says, served until
+//! shutdown.
 
 use std::sync::Arc;
 
@@ -12,14 +13,24 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::console::{self, Console};
 use crate::scrape::Scrape;
 
 /// Prometheus's text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Every route of the HTTP listener.
-pub fn router(scrape: Arc<Scrape>) -> Router {
-    Router::new().route("/metrics", get(metrics)).with_state(scrape).fallback(not_found)
+/// Every route of one listener: metrics (with `scrape`), the console
+/// (with `console`), or both.
+pub(crate) fn router(scrape: Option<Arc<Scrape>>, console: Option<Arc<Console>>) -> Router {
+    let mut router = Router::new();
+    let with_metrics = scrape.is_some();
+    if let Some(s) = scrape {
+        router = router.merge(Router::new().route("/metrics", get(metrics)).with_state(s));
+    }
+    match console {
+        Some(c) => router.merge(console::router(c)).fallback(move || console::not_found(with_metrics)),
+        None => router.fallback(not_found),
+    }
 }
 
 async fn metrics(State(scrape): State<Arc<Scrape>>) -> impl IntoResponse {

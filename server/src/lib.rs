@@ -13,6 +13,7 @@ mod cluster;
 mod committer;
 mod compat;
 pub mod config;
+mod console;
 mod dispatch_handle;
 mod dispatcher;
 mod error;
@@ -100,8 +101,10 @@ fn advertised(config: &Config, bound: SocketAddr) -> Result<String, String> {
 #[derive(Clone, Copy, Debug)]
 pub struct Listening {
     pub grpc: SocketAddr,
-    /// HTTP (`/metrics`), with `metrics_listen` set.
+    /// HTTP serving `/metrics`, with `metrics_listen` or `http_listen` set.
     pub http: Option<SocketAddr>,
+    /// HTTP serving the web console, with `http_listen` or `metrics_listen` set.
+    pub console: Option<SocketAddr>,
 }
 
 /// Runs the server until `shutdown` is cancelled. `on_listen` receives the
@@ -128,13 +131,22 @@ pub async fn serve_with_faults(
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let http_listener = match config.metrics_listen {
-        Some(a) => Some(tokio::net::TcpListener::bind(a).await.map_err(|e| format!("metrics listen on {a}: {e}"))?),
-        None => None,
-    };
-    let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose().map_err(|e| e.to_string())?;
+    let mut http_listeners = Vec::new();
+    let (mut http_addr, mut console_addr) = (None, None);
+    for (a, serves) in config.http_listeners() {
+        let what = if config.http_listen == Some(a) { "http" } else { "metrics" };
+        let l = tokio::net::TcpListener::bind(a).await.map_err(|e| format!("{what} listen on {a}: {e}"))?;
+        let bound = l.local_addr().map_err(|e| e.to_string())?;
+        if serves.metrics {
+            http_addr = Some(bound);
+        }
+        if serves.console {
+            console_addr = Some(bound);
+        }
+        http_listeners.push((l, serves));
+    }
     // Counted only when someone can read them.
-    let metrics = if http_listener.is_some() { metrics::Metrics::on() } else { metrics::Metrics::off() };
+    let metrics = if http_addr.is_some() { metrics::Metrics::on() } else { metrics::Metrics::off() };
     let (store, pg) = open_store(&config)?;
     let member = match pg {
         Some(pg) => {
@@ -174,12 +186,6 @@ pub async fn serve_with_faults(
         metrics: metrics.clone(),
     };
     let core = Core::start(&config, policies, parts, &shutdown, Some(health_reporter))?;
-    if let Some(l) = http_listener {
-        let scrape = scrape::Scrape::new(metrics.clone(), core.runtime.clone(), core.dispatch.clone(), store_for_size);
-        tokio::spawn(http::serve(l, http::router(Arc::new(scrape)), shutdown.clone()));
-        tokio::spawn(metrics.clone().upkeep(shutdown.clone()));
-    }
-
     let mut tokens = HashMap::new();
     for t in &config.tenants {
         for tok in &t.tokens {
@@ -187,6 +193,19 @@ pub async fn serve_with_faults(
         }
     }
     let auth = auth::Auth::new(tokens);
+    if !http_listeners.is_empty() {
+        let scrape =
+            Arc::new(scrape::Scrape::new(metrics.clone(), core.runtime.clone(), core.dispatch.clone(), store_for_size));
+        let console =
+            console::Console::new(core.runtime.clone(), core.schedules.clone(), auth.clone(), shutdown.child_token());
+        for (l, serves) in http_listeners {
+            let router = http::router(serves.metrics.then(|| scrape.clone()), serves.console.then(|| console.clone()));
+            tokio::spawn(http::serve(l, router, shutdown.clone()));
+        }
+        if http_addr.is_some() {
+            tokio::spawn(metrics.clone().upkeep(shutdown.clone()));
+        }
+    }
     let max = config.limits.max_request_bytes;
     use tonic::service::interceptor::InterceptedService;
     let stoa = InterceptedService::new(
@@ -229,7 +248,7 @@ pub async fn serve_with_faults(
         })
         .max_decoding_message_size(max)
     });
-    on_listen(Listening { grpc: addr, http: http_addr });
+    on_listen(Listening { grpc: addr, http: http_addr, console: console_addr });
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -1486,6 +1486,19 @@ impl Runtime {
         self.store.workflows(&format!("{}{tenant}.", WorkflowId::PREFIX), after, limit).map_err(ApiError::from)
     }
 
+    /// `list` of the workflows whose key (the id after `wf_<tenant>.`)
+    /// starts with `key_prefix`: a search by id prefix reads only those.
+    pub fn list_prefix(
+        &self,
+        tenant: &str,
+        key_prefix: &str,
+        after: Option<&WorkflowId>,
+        limit: usize,
+    ) -> Result<Vec<Meta>, ApiError> {
+        let prefix = format!("{}{tenant}.{key_prefix}", WorkflowId::PREFIX);
+        self.store.workflows(&prefix, after, limit).map_err(ApiError::from)
+    }
+
     pub fn timeline(&self, tenant: &str, id: &WorkflowId, from: u64, limit: usize) -> Result<Vec<Entry>, ApiError> {
         if tenant_of(id) != tenant {
             return Err(ApiError::NotFound(format!("workflow {id} does not exist")));

@@ -404,7 +404,8 @@ fn default_server_logs_say_what_happens() {
         .map_while(Result::ok)
         .find_map(|l| l.strip_prefix("listening on ").map(|a| format!("http://{a}")))
         .expect("the server's address");
-    let server = Server { child: std::process::Command::new("true").spawn().expect("true"), addr, metrics: None };
+    let server =
+        Server { child: std::process::Command::new("true").spawn().expect("true"), addr, metrics: None, console: None };
     shop(&server, dir.path(), "1s");
     let wf = start(&server, r#"{"type": "Order", "fields": {"id": "o-1", "status": "new"}}"#, "log");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");

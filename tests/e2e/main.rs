@@ -8,6 +8,7 @@ mod cli_explains;
 mod client;
 #[cfg(target_os = "linux")]
 mod cluster;
+mod console;
 mod crash;
 mod docs;
 mod examples;

@@ -41,6 +41,9 @@ pub struct Server {
     pub addr: String,
     /// `host:port` of the HTTP listener, when `--metrics-listen` was given.
     pub metrics: Option<String>,
+    /// `http://host:port` of the web console, when `--http-listen` (or
+    /// `--metrics-listen`) was given.
+    pub console: Option<String>,
 }
 
 pub const TOKEN_A: &str = "token-tenant-a";
@@ -89,20 +92,23 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            // The metrics address comes first, if at all.
-            let mut metrics = None;
+            // The metrics and console addresses come first, if at all.
+            let (mut metrics, mut console) = (None, None);
             for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(a) = line.strip_prefix("metrics listening on ") {
                     metrics = Some(a.to_string());
                 }
+                if let Some(a) = line.strip_prefix("console on ") {
+                    console = Some(a.trim_end_matches('/').to_string());
+                }
                 if let Some(a) = line.strip_prefix("listening on ") {
-                    let _ = tx.send((a.to_string(), metrics.take()));
+                    let _ = tx.send((a.to_string(), metrics.take(), console.take()));
                 }
             }
         });
-        let (addr, metrics) =
+        let (addr, metrics, console) =
             rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the server did not start within 30 s");
-        Server { child, addr: format!("http://{addr}"), metrics }
+        Server { child, addr: format!("http://{addr}"), metrics, console }
     }
 
     /// SIGKILL, then wait.

@@ -1,0 +1,838 @@
+//! Workflow pages: the filtered list with counts per status, one
+//! workflow (facts, waiting invocations, timers, timeline by turn, rules),
+//! its live timeline (server-sent events), and the cancel and assert
+//! actions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use dashmap::DashMap;
+use maud::{html, Markup};
+use serde::Deserialize;
+use stoa_engine::timeline::{Entry, Event};
+use stoa_engine::workflow::{Input, Meta, Origin, Snapshot, Status, CHILD_PREFIX};
+use stoa_engine::WorkflowId;
+use stoa_rules::testcase::FactSpec;
+use stoa_rules::Fields;
+
+use super::layout::{self, copyable, status, time, value};
+use super::{Console, PageError, St, Tenant};
+use crate::error::ApiError;
+use crate::runtime::{tenant_of, Runtime};
+
+/// Rows of a list page.
+pub const PAGE_SIZE: usize = 50;
+/// Workflows a list request reads at most looking for a page of matches;
+/// past it the page ends early with a link to go on from there.
+const MAX_SCAN: usize = 20_000;
+/// Workflows counted per status at most (the first, by id).
+const COUNT_SCAN: usize = 10_000;
+/// How long counts are reused.
+const COUNT_TTL: Duration = Duration::from_secs(5);
+/// Timeline entries on one page.
+pub const TIMELINE_PAGE: usize = 200;
+/// Facts shown on a workflow's page at most.
+const MAX_FACTS_SHOWN: usize = 1_000;
+const STATUSES: [&str; 4] = ["running", "completed", "failed", "cancelled"];
+
+/// Counts per status of a tenant's workflows (the first `COUNT_SCAN`).
+#[derive(Clone, Default)]
+pub struct Counts {
+    by_status: [u64; 4],
+    truncated: bool,
+}
+
+pub type CountCache = DashMap<String, (Instant, Counts)>;
+
+fn counts(console: &Console, tenant: &str) -> Result<Counts, ApiError> {
+    if let Some(c) = console.counts.get(tenant).filter(|c| c.0.elapsed() < COUNT_TTL) {
+        return Ok(c.1.clone());
+    }
+    let mut c = Counts::default();
+    let mut after: Option<WorkflowId> = None;
+    let mut seen = 0;
+    loop {
+        let metas = console.runtime.list(tenant, after.as_ref(), 1000)?;
+        let done = metas.len() < 1000;
+        for m in &metas {
+            c.by_status[STATUSES.iter().position(|s| *s == m.status.as_str()).unwrap_or(0)] += 1;
+        }
+        seen += metas.len();
+        after = metas.last().map(|m| m.id.clone());
+        if done {
+            break;
+        }
+        if seen >= COUNT_SCAN {
+            c.truncated = true;
+            break;
+        }
+    }
+    console.counts.insert(tenant.to_string(), (Instant::now(), c.clone()));
+    Ok(c)
+}
+
+#[derive(Deserialize, Default)]
+pub struct ListQuery {
+    #[serde(default)]
+    pack: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    after: String,
+}
+
+impl ListQuery {
+    /// This filter's URL, from `after`.
+    fn url(&self, after: Option<&str>, status: Option<&str>) -> String {
+        let mut parts = Vec::new();
+        let status = status.unwrap_or(&self.status);
+        for (k, v) in [("pack", self.pack.as_str()), ("status", status), ("q", self.q.as_str())] {
+            if !v.is_empty() {
+                parts.push(format!("{k}={}", super::percent_encode(v)));
+            }
+        }
+        if let Some(a) = after {
+            parts.push(format!("after={}", super::percent_encode(a)));
+        }
+        if parts.is_empty() {
+            "/workflows".into()
+        } else {
+            format!("/workflows?{}", parts.join("&"))
+        }
+    }
+}
+
+/// One page of a filtered list.
+struct Listing {
+    rows: Vec<Meta>,
+    /// Where the next page starts, if there may be one.
+    next: Option<String>,
+    /// The page ended early: `MAX_SCAN` workflows read.
+    stopped: bool,
+}
+
+/// Reads the tenant's workflows whose key starts with `key_prefix`, from
+/// `after`, until a page of those `keep` accepts (or `MAX_SCAN` read).
+fn scan(
+    rt: &Runtime,
+    tenant: &str,
+    key_prefix: &str,
+    mut after: Option<WorkflowId>,
+    keep: impl Fn(&Meta) -> bool,
+) -> Result<Listing, ApiError> {
+    let mut rows = Vec::new();
+    let mut read = 0;
+    loop {
+        let metas = rt.list_prefix(tenant, key_prefix, after.as_ref(), 1000)?;
+        let done = metas.len() < 1000;
+        for m in metas {
+            read += 1;
+            after = Some(m.id.clone());
+            if keep(&m) {
+                rows.push(m);
+                if rows.len() == PAGE_SIZE {
+                    return Ok(Listing { rows, next: after.map(|a| a.to_string()), stopped: false });
+                }
+            }
+        }
+        if done {
+            return Ok(Listing { rows, next: None, stopped: false });
+        }
+        if read >= MAX_SCAN {
+            return Ok(Listing { rows, next: after.map(|a| a.to_string()), stopped: true });
+        }
+    }
+}
+
+pub async fn list(State(console): St, tenant: Tenant, Query(q): Query<ListQuery>) -> Result<Response, PageError> {
+    if !q.pack.is_empty() && !stoa_rules::manifest::valid_pack_name(&q.pack) {
+        return Err(PageError::BadRequest("pack: not a pack name".into()));
+    }
+    if !q.status.is_empty() && !STATUSES.contains(&q.status.as_str()) {
+        return Err(PageError::BadRequest("status: one of running, completed, failed, cancelled".into()));
+    }
+    if q.q.len() > 256 || q.q.chars().any(char::is_control) {
+        return Err(PageError::BadRequest("q: at most 256 characters, without control characters".into()));
+    }
+    let after = match q.after.as_str() {
+        "" => None,
+        a => match WorkflowId::parse(a) {
+            Ok(id) if tenant_of(&id) == tenant.name => Some(id),
+            _ => return Err(PageError::BadRequest("after: not a workflow of this list".into())),
+        },
+    };
+    let rt = &console.runtime;
+    let keep =
+        |m: &Meta| (q.pack.is_empty() || m.pack == q.pack) && (q.status.is_empty() || m.status.as_str() == q.status);
+    let text = q.q.trim();
+    let own = format!("{}{}.", WorkflowId::PREFIX, tenant.name);
+    let listing = if text.is_empty() {
+        scan(rt, &tenant.name, "", after, keep)?
+    } else if let Some(key) = text.strip_prefix(&own) {
+        scan(rt, &tenant.name, key, after, keep)?
+    } else if text.starts_with(WorkflowId::PREFIX) {
+        // Another tenant's id, or none: nothing of this tenant starts so.
+        Listing { rows: vec![], next: None, stopped: false }
+    } else {
+        // A request id names one workflow; else the text may start a key.
+        let by_request = rt.workflow_for_request(&tenant.name, text).ok().and_then(|id| rt.get(&tenant.name, &id).ok());
+        match by_request {
+            Some(snap) if after.is_none() => {
+                let rows = if keep(&snap.meta) { vec![snap.meta] } else { vec![] };
+                Listing { rows, next: None, stopped: false }
+            }
+            _ if text.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) => {
+                scan(rt, &tenant.name, text, after, keep)?
+            }
+            _ => Listing { rows: vec![], next: None, stopped: false },
+        }
+    };
+    // Up to `COUNT_SCAN` records: off the async threads.
+    let counts = {
+        let c = console.clone();
+        let t = tenant.name.clone();
+        console.runtime.blocking(move || counts(&c, &t)).await.map_err(|_| PageError::Internal)??
+    };
+    let packs: Vec<String> = rt.packs(&tenant.name).into_iter().map(|(n, _, _)| n).collect();
+    let body = html! {
+        h1 { "Workflows" }
+        nav.counts aria-label="Counts per status" {
+            a href=(q.url(None, Some(""))) class=[q.status.is_empty().then_some("on")] { "all" }
+            @for (i, s) in STATUSES.iter().enumerate() {
+                a href=(q.url(None, Some(s))) class=[(q.status == *s).then_some("on")] {
+                    (status(s)) " " span.n { (counts.by_status[i]) }
+                }
+            }
+            @if counts.truncated { span.muted { " (counted over the first " (COUNT_SCAN) " workflows)" } }
+        }
+        form.filters method="get" action="/workflows" hx-get="/workflows" hx-trigger="change, submit" hx-target="#list" hx-select="#list" hx-swap="outerHTML" hx-push-url="true" {
+            label { "Pack "
+                select name="pack" {
+                    option value="" { "any" }
+                    @for p in &packs { option value=(p) selected[*p == q.pack] { (p) } }
+                }
+            }
+            label { "Status "
+                select name="status" {
+                    option value="" { "any" }
+                    @for s in STATUSES { option value=(s) selected[s == q.status] { (s) } }
+                }
+            }
+            label { "Id or request id " input type="search" name="q" value=(q.q) placeholder="wf_… or a request id" size="36"; }
+            button type="submit" { "Filter" }
+        }
+        section #list {
+            @if listing.rows.is_empty() {
+                p.muted { "No workflow matches." }
+            } @else {
+                table.grid {
+                    thead { tr { th { "Workflow" } th { "Pack" } th { "Version" } th { "Status" } th { "Turn" } th { "Updated" } } }
+                    tbody {
+                        @for m in &listing.rows {
+                            tr {
+                                td { a href={ "/workflows/" (m.id) } { code { (m.id) } } }
+                                td { (m.pack) }
+                                td { (m.pack_version) }
+                                td { (status(m.status.as_str())) }
+                                td.num { (m.turn) }
+                                td { (time(m.updated_ms)) }
+                            }
+                        }
+                    }
+                }
+            }
+            nav.pager {
+                @if !q.after.is_empty() { a href=(q.url(None, None)) { "« First" } }
+                @if let Some(next) = &listing.next {
+                    a rel="next" href=(q.url(Some(next), None)) { "Next »" }
+                    @if listing.stopped { span.muted { " (read " (MAX_SCAN) " workflows without filling the page)" } }
+                }
+            }
+        }
+    };
+    Ok(layout::page("Workflows", Some(&tenant), body).into_response())
+}
+
+/// A workflow id from a URL; a malformed one is a page that does not exist.
+fn parse_id(s: &str) -> Result<WorkflowId, PageError> {
+    WorkflowId::parse(s).map_err(|_| PageError::NotFound(format!("workflow {} does not exist", shown(s))))
+}
+
+fn shown(s: &str) -> String {
+    stoa_rules::diagnostic::shown(s).to_string()
+}
+
+#[derive(Deserialize, Default)]
+pub struct ShowQuery {
+    /// First timeline entry shown; unset: the latest page.
+    #[serde(default)]
+    from: Option<u64>,
+    /// What the last action did (`cancelled`, `asserted`).
+    #[serde(default)]
+    done: String,
+}
+
+/// The assert form as sent, with what is wrong with it.
+#[derive(Default)]
+pub struct AssertState {
+    ty: String,
+    fields: String,
+    type_errors: Vec<String>,
+    field_errors: Vec<String>,
+    /// Fields the errors name (marked in the schema table).
+    bad_fields: BTreeSet<String>,
+}
+
+pub async fn show(
+    State(console): St,
+    tenant: Tenant,
+    Path(id): Path<String>,
+    Query(q): Query<ShowQuery>,
+) -> Result<Response, PageError> {
+    let id = parse_id(&id)?;
+    let notice = match q.done.as_str() {
+        "cancelled" => Some("Cancel requested."),
+        "asserted" => Some("Fact asserted."),
+        _ => None,
+    };
+    let page = workflow_page(&console, &tenant, &id, q.from, notice, AssertState::default())?;
+    Ok(page.into_response())
+}
+
+fn workflow_page(
+    console: &Console,
+    tenant: &Tenant,
+    id: &WorkflowId,
+    from: Option<u64>,
+    notice: Option<&str>,
+    assert: AssertState,
+) -> Result<Markup, PageError> {
+    let rt = &console.runtime;
+    let snap = rt.get(&tenant.name, id)?;
+    let m = &snap.meta;
+    let last = m.timeline_seq;
+    let from = from.unwrap_or_else(|| last.saturating_sub(TIMELINE_PAGE as u64 - 1)).max(1);
+    let entries = rt.timeline(&tenant.name, id, from, TIMELINE_PAGE)?;
+    let pack = rt.pack_version(&tenant.name, &m.pack, &m.pack_version);
+    let running = m.status == Status::Running;
+    let at_end = entries.last().is_none_or(|e| e.seq >= last);
+    let base = format!("/workflows/{id}");
+    let body = html! {
+        @if let Some(n) = notice { (layout::notice(n)) }
+        h1 { "Workflow " (copyable(id.as_str())) }
+        dl.meta {
+            dt { "Status" } dd #status { (status(m.status.as_str()))
+                @if let Some(c) = &m.cancelling { " " span.muted { "cancelling: " (c.reason) } } }
+            dt { "Pack" } dd { a href={ "/packs#" (m.pack) } { (m.pack) } " version " (m.pack_version) }
+            dt { "Turn" } dd { (m.turn) }
+            dt { "Created" } dd { (time(m.created_ms)) }
+            dt { "Updated" } dd { (time(m.updated_ms)) }
+            dt { "Origin" } dd { (origin(rt, &tenant.name, m)) }
+            @if let Some(r) = &m.reason { dt { "Reason" } dd.error { (r) } }
+            @if m.status == Status::Completed { dt { "Result" } dd { code { (m.result.to_string()) } } }
+        }
+        @if running && m.cancelling.is_none() {
+            form.inline.danger method="post" action={ (base) "/cancel" } data-confirm="Cancel this workflow?" {
+                input type="hidden" name="csrf" value=(tenant.csrf);
+                input type="text" name="reason" placeholder="reason (optional)" maxlength="500";
+                button.danger type="submit" { "Cancel workflow" }
+            }
+        }
+        (facts_section(&snap, &base))
+        (waiting_section(rt, &tenant.name, &snap, &base))
+        @if !snap.timers.is_empty() {
+            section {
+                h2 { "Pending timers (" (snap.timers.len()) ")" }
+                table.grid { thead { tr { th { "Timer" } th { "Due" } th { "Fact type" } th { "Set by rule" } } }
+                    tbody { @for t in &snap.timers { tr { td.num { (t.id) } td { (time(t.due_ms)) } td { (t.ty) } td { (rule_link(&base, &t.rule)) } } } } }
+            }
+        }
+        @if running { (assert_section(tenant, &base, pack.as_deref(), &assert)) }
+        section {
+            h2 { "Timeline" }
+            (timeline_pager(&base, from, last, entries.len()))
+            div #timeline data-live=[(running && at_end).then(|| format!("{base}/events?from={}", entries.last().map_or(from, |e| e.seq + 1)))] {
+                @for (turn, group) in by_turn(&entries) { (turn_group(&base, turn, group)) }
+            }
+            (timeline_pager(&base, from, last, entries.len()))
+        }
+        @if let Some(p) = &pack {
+            section {
+                h2 { "Rules of " (m.pack) " " (m.pack_version) }
+                p.muted { "Why does a rule fire, or not? Pick it:" }
+                ul.rules { @for r in &p.rules { li { (rule_link(&base, &r.name)) } } }
+            }
+        }
+    };
+    Ok(layout::page(&format!("Workflow {id}"), Some(tenant), body))
+}
+
+fn rule_link(base: &str, rule: &str) -> Markup {
+    html! { a href={ (base) "/rules/" (super::percent_encode(rule)) } { (rule) } }
+}
+
+fn fact_link(base: &str, id: u64) -> Markup {
+    html! { a href={ (base) "/facts/" (id) } { "f" (id) } }
+}
+
+fn origin(rt: &Runtime, tenant: &str, m: &Meta) -> Markup {
+    match &m.origin {
+        Origin::Request => {
+            let request = m.request.as_deref().and_then(|r| r.split_once('/')).map(|(_, r)| r).unwrap_or("");
+            html! { "a client's start" @if !request.is_empty() { " (request id " code { (request) } ")" } }
+        }
+        Origin::Parent { invocation, .. } => match invocation.workflow() {
+            Some(parent) if rt.get(tenant, &parent).is_ok() => {
+                html! { "child of " a href={ "/workflows/" (parent) } { code { (parent) } } " (" code { (invocation) } ")" }
+            }
+            _ => html! { "child of a workflow no longer stored (" code { (invocation) } ")" },
+        },
+        Origin::Signal { signal } => html! { "signal " code { (signal) } },
+        Origin::Schedule { schedule } => html! { "schedule " a href="/schedules" { (schedule) } },
+    }
+}
+
+fn facts_section(snap: &Snapshot, base: &str) -> Markup {
+    let mut by_type: BTreeMap<String, Vec<&stoa_engine::Fact>> = BTreeMap::new();
+    for f in snap.facts.iter().take(MAX_FACTS_SHOWN) {
+        by_type.entry(f.ty.to_string()).or_default().push(f);
+    }
+    html! {
+        section {
+            h2 { "Facts (" (snap.facts.len()) ")" }
+            @if snap.facts.len() > MAX_FACTS_SHOWN { p.muted { "The first " (MAX_FACTS_SHOWN) " are shown." } }
+            @for (ty, facts) in &by_type {
+                @let columns: BTreeSet<String> = facts.iter().flat_map(|f| f.fields.iter().map(|(k, _)| k.to_string())).collect();
+                h3 { (ty) " " span.muted { "(" (facts.len()) ")" } }
+                div.scroll { table.grid.facts {
+                    thead { tr { th { "Fact" } th { "Version" } @for c in &columns { th { (c) } } } }
+                    tbody { @for f in facts {
+                        tr {
+                            td { (fact_link(base, f.id)) }
+                            td.num { (f.version) }
+                            @for c in &columns {
+                                td { @if let Some(v) = f.fields.get(stoa_rules::Sym::new(c)) { (value(v)) } }
+                            }
+                        }
+                    } }
+                } }
+            }
+        }
+    }
+}
+
+fn waiting_section(rt: &Runtime, tenant: &str, snap: &Snapshot, base: &str) -> Markup {
+    if snap.waiting.is_empty() {
+        return html! {};
+    }
+    html! {
+        section {
+            h2 { "Waiting invocations (" (snap.waiting.len()) ")" }
+            table.grid {
+                thead { tr { th { "Invocation" } th { "Function" } th { "Rule" } th { "Matched" } th { "Arguments" } th { "Since" } } }
+                tbody { @for w in snap.waiting.iter().take(500) {
+                    tr {
+                        td { code { (w.invocation.id) } }
+                        td {
+                            @if let Some(pack) = w.invocation.function.strip_prefix(CHILD_PREFIX) {
+                                "child " (pack)
+                                @if let Ok(child) = rt.workflow_for_request(tenant, &format!("child:{}", w.invocation.id)) {
+                                    " " a href={ "/workflows/" (child) } { "open" }
+                                }
+                            } @else { (w.invocation.function) }
+                        }
+                        td { (rule_link(base, &w.rule)) }
+                        td { @for (id, v) in &w.matched { (fact_link(base, *id)) "@" (v) " " } }
+                        td { code.clip { (clip(&w.invocation.args.to_string(), 200)) } }
+                        td { (time(w.invocation.created_ms)) }
+                    }
+                } }
+            }
+        }
+    }
+}
+
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn assert_section(tenant: &Tenant, base: &str, pack: Option<&stoa_rules::compile::Pack>, a: &AssertState) -> Markup {
+    let schemas = pack.map(|p| &p.manifest.facts);
+    let schema = schemas.and_then(|s| s.get(&a.ty));
+    html! {
+        details.assert open[!a.type_errors.is_empty() || !a.field_errors.is_empty()] {
+            summary { "Assert a fact" }
+            form.assert method="post" action={ (base) "/facts" } {
+                input type="hidden" name="csrf" value=(tenant.csrf);
+                div.field class=[(!a.type_errors.is_empty()).then_some("invalid")] {
+                    label for="assert-type" { "Type" }
+                    input #assert-type type="text" name="type" value=(a.ty) list="fact-types" required maxlength="128"
+                        aria-invalid=[(!a.type_errors.is_empty()).then_some("true")];
+                    @if let Some(s) = schemas { datalist #fact-types { @for t in s.keys() { option value=(t) {} } } }
+                    @for e in &a.type_errors { p.error role="alert" { (e) } }
+                }
+                div.field class=[(!a.field_errors.is_empty()).then_some("invalid")] {
+                    label for="assert-fields" { "Fields (a JSON object)" }
+                    textarea #assert-fields name="fields" rows="3" cols="60" placeholder=r#"{"status": "approved"}"#
+                        aria-invalid=[(!a.field_errors.is_empty()).then_some("true")] { (a.fields) }
+                    @for e in &a.field_errors { p.error role="alert" { (e) } }
+                }
+                @if let Some(s) = schema {
+                    table.grid.schema {
+                        caption { "Schema of " (a.ty) }
+                        thead { tr { th { "Field" } th { "Type" } th { "Required" } } }
+                        tbody { @for (name, spec) in &s.fields {
+                            tr class=[a.bad_fields.contains(name).then_some("invalid")] {
+                                td { (name) } td { (spec.ty.name()) }
+                                td { @if spec.optional { "no" } @else if spec.default.is_some() { "default " (value(spec.default.as_ref().unwrap_or(&stoa_rules::Value::Null))) } @else { "yes" } }
+                            }
+                        } }
+                    }
+                }
+                button type="submit" { "Assert" }
+            }
+        }
+    }
+}
+
+fn timeline_pager(base: &str, from: u64, last: u64, shown: usize) -> Markup {
+    let page = TIMELINE_PAGE as u64;
+    let end = from + shown as u64; // first entry after this page
+    html! {
+        nav.pager {
+            span.muted { "entries " (from) "–" (end.saturating_sub(1).max(from)) " of " (last) " " }
+            @if from > 1 {
+                a href={ (base) "?from=1" } { "« First" } " "
+                a href={ (base) "?from=" (from.saturating_sub(page).max(1)) } { "‹ Older" } " "
+            }
+            @if end <= last {
+                a href={ (base) "?from=" (end) } { "Newer ›" } " "
+                a href={ (base) } { "Latest »" }
+            }
+        }
+    }
+}
+
+/// Entries grouped by turn, in order.
+fn by_turn(entries: &[Entry]) -> Vec<(u64, &[Entry])> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=entries.len() {
+        if i == entries.len() || entries[i].turn != entries[start].turn {
+            out.push((entries[start].turn, &entries[start..i]));
+            start = i;
+        }
+    }
+    out
+}
+
+fn turn_group(base: &str, turn: u64, entries: &[Entry]) -> Markup {
+    let input = entries.iter().find_map(|e| match &e.event {
+        Event::TurnStarted { input } => Some(input.as_str()),
+        _ => None,
+    });
+    let failed = entries.iter().any(|e| matches!(e.event, Event::TurnFailed { .. }));
+    html! {
+        details.turn open class=[failed.then_some("failed")] data-turn=(turn) {
+            summary {
+                "turn " (turn)
+                @if let Some(i) = input { " · " (clip(i, 160)) }
+                @if let Some(e) = entries.first() { " · " (time(e.at_ms)) }
+            }
+            ol.entries { @for e in entries { (entry_item(base, e)) } }
+        }
+    }
+}
+
+pub fn entry_kind(e: &Event) -> &'static str {
+    match e {
+        Event::TurnStarted { .. } => "turn_started",
+        Event::Fired { .. } => "fired",
+        Event::Inserted { .. } => "inserted",
+        Event::Modified { .. } => "modified",
+        Event::Retracted { .. } => "retracted",
+        Event::Invoked(_) => "invoked",
+        Event::ResultApplied { .. } => "result_applied",
+        Event::AttemptFailed(_) => "attempt_failed",
+        Event::InvocationCancelled { .. } => "invocation_cancelled",
+        Event::Log { .. } => "log",
+        Event::Completed { .. } => "completed",
+        Event::Failed { .. } => "failed",
+        Event::Cancelled { .. } => "cancelled",
+        Event::TurnFailed { .. } => "turn_failed",
+        Event::TurnCommitted { .. } => "turn_committed",
+        Event::TimerSet { .. } => "timer_set",
+        Event::TimerFired { .. } => "timer_fired",
+        Event::TimerCancelled { .. } => "timer_cancelled",
+        Event::SignalEmitted(_) => "signal_emitted",
+        Event::Upgraded(_) => "upgraded",
+        Event::UpgradeFailed { .. } => "upgrade_failed",
+    }
+}
+
+fn entry_item(base: &str, e: &Entry) -> Markup {
+    let link = match &e.event {
+        Event::Fired { rule, .. } => {
+            Some(html! { a.why href={ (base) "/rules/" (super::percent_encode(rule)) } { "why" } })
+        }
+        Event::Inserted { id, .. } | Event::Modified { id, .. } => Some(fact_link(base, *id)),
+        _ => None,
+    };
+    html! {
+        li class={ "e " (entry_kind(&e.event)) } id={ "e" (e.seq) } {
+            span.seq { (e.seq) } " "
+            span.text { (clip(&e.line(), 2000)) }
+            @if let Some(l) = link { " " (l) }
+        }
+    }
+}
+
+/// `/workflows/{id}/events?from=N`: the timeline from entry N on, as
+/// server-sent events (`turn`: a new turn's group; `entry`: an entry of
+/// the last group; `end`: the workflow finished). Read from the store
+/// (durable entries only); the runtime's live feed only wakes it.
+pub async fn events(
+    State(console): St,
+    tenant: Tenant,
+    Path(id): Path<String>,
+    Query(q): Query<ShowQuery>,
+    headers: HeaderMap,
+) -> Result<Response, PageError> {
+    let id = parse_id(&id)?;
+    let rt = console.runtime.clone();
+    let mut live = rt.subscribe(&id);
+    let snap = match rt.get(&tenant.name, &id) {
+        Ok(s) => s,
+        Err(e) => {
+            drop(live);
+            rt.unsubscribe_if_idle(&id);
+            return Err(e.into());
+        }
+    };
+    // A reconnecting EventSource says where it was.
+    let resumed = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let mut next = resumed.map(|s| s + 1).or(q.from).unwrap_or(snap.meta.timeline_seq + 1).max(1);
+    let mut last_turn = if next > 1 {
+        rt.timeline(&tenant.name, &id, next - 1, 1).ok().and_then(|e| e.first().map(|e| e.turn)).unwrap_or(0)
+    } else {
+        0
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, Infallible>>(16);
+    let base = format!("/workflows/{id}");
+    let stop = console.stop.clone();
+    // Owned by the connection: it ends when the browser goes (its next
+    // send fails, within a second), the workflow ends, or the server stops.
+    tokio::spawn(async move {
+        let started = Instant::now();
+        while let Ok(entries) = rt.timeline(&tenant.name, &id, next, TIMELINE_PAGE) {
+            let mut out = String::new();
+            let mut ended = false;
+            for e in &entries {
+                next = e.seq + 1;
+                ended |= matches!(e.event, Event::Completed { .. } | Event::Failed { .. } | Event::Cancelled { .. });
+                if e.turn != last_turn {
+                    last_turn = e.turn;
+                    sse(&mut out, "turn", e.seq, &turn_group(&base, e.turn, std::slice::from_ref(e)).into_string());
+                } else {
+                    sse(&mut out, "entry", e.seq, &entry_item(&base, e).into_string());
+                }
+            }
+            if entries.is_empty() {
+                // Finished with nothing left to send.
+                match rt.get(&tenant.name, &id) {
+                    Ok(s) if s.meta.status != Status::Running && next > s.meta.timeline_seq => ended = true,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            if ended {
+                out.push_str("event: end\ndata: \n\n");
+            }
+            if !out.is_empty() && tx.send(Ok(out)).await.is_err() {
+                break;
+            }
+            if ended || started.elapsed() > Duration::from_secs(1800) {
+                break;
+            }
+            if entries.len() == TIMELINE_PAGE {
+                continue;
+            }
+            // A new entry, or a second: in a cluster the workflow may
+            // run elsewhere, and its entries reach this store only.
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                r = live.recv() => if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) { break },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if tx.send(Ok(": keep-alive\n\n".into())).await.is_err() { break }
+                }
+            }
+        }
+        drop(live);
+        rt.unsubscribe_if_idle(&id);
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-store")], body).into_response())
+}
+
+/// One server-sent event; every line of `data` gets its own `data:`.
+fn sse(out: &mut String, event: &str, id: u64, data: &str) {
+    out.push_str("event: ");
+    out.push_str(event);
+    out.push_str("\nid: ");
+    out.push_str(&id.to_string());
+    out.push('\n');
+    for line in data.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line.trim_end_matches('\r'));
+        out.push('\n');
+    }
+    out.push('\n');
+}
+
+#[derive(Deserialize)]
+pub struct CancelForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// Runs a turn on its own task: a browser that goes away must not cancel
+/// it between its commit and what follows (see `api::detached`).
+pub(crate) async fn detached<T: Send + 'static>(
+    f: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, PageError> {
+    match tokio::spawn(f).await {
+        Ok(r) => r.map_err(PageError::from),
+        Err(_) => Err(PageError::Internal),
+    }
+}
+
+pub async fn cancel(
+    State(console): St,
+    tenant: Tenant,
+    Path(id): Path<String>,
+    Form(form): Form<CancelForm>,
+) -> Result<Response, PageError> {
+    tenant.check_csrf(&form.csrf)?;
+    let id = parse_id(&id)?;
+    let reason = form.reason.trim();
+    if reason.len() > 500 || reason.chars().any(char::is_control) {
+        return Err(PageError::BadRequest("reason: at most 500 characters, without control characters".into()));
+    }
+    let reason = if reason.is_empty() { "cancelled from the console".to_string() } else { reason.to_string() };
+    console.runtime.get(&tenant.name, &id)?;
+    let (rt, t, wf) = (console.runtime.clone(), tenant.name.clone(), id.clone());
+    let out = detached(async move { rt.turn(&t, &wf, Input::Cancel { reason, grace_ms: None }).await }).await?;
+    if let Some(e) = out.error {
+        return Err(PageError::Conflict(e));
+    }
+    console.counts.remove(&tenant.name);
+    Ok(Redirect::to(&format!("/workflows/{id}?done=cancelled")).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct AssertForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default, rename = "type")]
+    ty: String,
+    #[serde(default)]
+    fields: String,
+}
+
+pub async fn assert(
+    State(console): St,
+    tenant: Tenant,
+    Path(id): Path<String>,
+    Form(form): Form<AssertForm>,
+) -> Result<Response, PageError> {
+    tenant.check_csrf(&form.csrf)?;
+    let id = parse_id(&id)?;
+    let snap = console.runtime.get(&tenant.name, &id)?;
+    let pack = console.runtime.pack_version(&tenant.name, &snap.meta.pack, &snap.meta.pack_version);
+    let mut state =
+        AssertState { ty: form.ty.trim().to_string(), fields: form.fields.clone(), ..AssertState::default() };
+    let fields = check_assert(pack.as_deref(), &mut state);
+    if let Some(fields) = fields {
+        let facts = vec![FactSpec { ty: state.ty.clone(), fields }];
+        let (rt, t, wf) = (console.runtime.clone(), tenant.name.clone(), id.clone());
+        match detached(async move { rt.turn(&t, &wf, Input::Assert { facts }).await }).await {
+            Ok(out) if out.error.is_none() => {
+                return Ok(Redirect::to(&format!("/workflows/{id}?done=asserted")).into_response());
+            }
+            Ok(out) => state.field_errors.push(format!("the turn failed: {}", out.error.unwrap_or_default())),
+            Err(PageError::BadRequest(m) | PageError::Conflict(m)) => state.field_errors.push(m),
+            Err(e) => return Err(e),
+        }
+    }
+    let page = workflow_page(&console, &tenant, &id, None, None, state)?;
+    Ok((StatusCode::UNPROCESSABLE_ENTITY, page).into_response())
+}
+
+/// The fields of a fact to assert, or `None` with the errors in `state`:
+/// the type's name, the JSON, field names, then the pack's schema (every
+/// violation, each naming its field).
+pub(crate) fn check_assert(pack: Option<&stoa_rules::compile::Pack>, state: &mut AssertState) -> Option<Fields> {
+    if !stoa_rules::value::valid_type_name(&state.ty) {
+        state.type_errors.push(format!("`{}`: {}", shown(&state.ty), stoa_rules::sandbox::TYPE_NAME_RULE));
+    }
+    let text = if state.fields.trim().is_empty() { "{}" } else { state.fields.as_str() };
+    let fields = match serde_json::from_str::<serde_json::Value>(text) {
+        Err(e) => {
+            state.field_errors.push(format!("not JSON: {e}"));
+            None
+        }
+        Ok(v) => match Fields::from_json(&v) {
+            None => {
+                state.field_errors.push("must be a JSON object".into());
+                None
+            }
+            Some(f) => Some(f),
+        },
+    };
+    let fields = fields?;
+    for (k, _) in fields.iter() {
+        let name = k.to_string();
+        if name.is_empty() || name.len() > 128 || name.starts_with('_') || name.chars().any(char::is_control) {
+            state.field_errors.push(format!("field `{}`: 1 to 128 characters, not starting with `_`", shown(&name)));
+            state.bad_fields.insert(name);
+        }
+    }
+    if let Some(pack) = pack.filter(|_| state.type_errors.is_empty()) {
+        match pack.manifest.facts.get(&state.ty) {
+            Some(schema) => {
+                for v in schema.violations_new(&state.ty, &fields) {
+                    // "Type.field …": mark the field.
+                    if let Some(f) = v.strip_prefix(&format!("{}.", state.ty)).and_then(|r| r.split(' ').next()) {
+                        state.bad_fields.insert(f.to_string());
+                    }
+                    state.field_errors.push(v);
+                }
+            }
+            None if pack.manifest.strict_facts && !stoa_rules::manifest::BUILTIN_TYPES.contains(&state.ty.as_str()) => {
+                state.type_errors.push(format!(
+                    "{} has no schema in pack.toml, and the pack is strict (`[facts] strict = true`)",
+                    shown(&state.ty)
+                ));
+            }
+            None => {}
+        }
+    }
+    (state.type_errors.is_empty() && state.field_errors.is_empty()).then_some(fields)
+}
