@@ -68,9 +68,8 @@ pub(crate) struct TurnSpan {
 
 impl TurnSpan {
     pub fn new(id: &WorkflowId) -> TurnSpan {
-        // The same call site filter as the span itself: free when nothing
-        // exports spans.
-        let caller = tracing::enabled!(kind: tracing::metadata::Kind::SPAN, tracing::Level::INFO).then(|| {
+        // Free when nothing exports spans.
+        let caller = stoa_telemetry::setup::spans_exported().then(|| {
             let current = Span::current();
             match current.id() {
                 Some(_) => current,

@@ -135,6 +135,18 @@ fn exported<S>() -> impl Filter<S> {
         .with_max_level_hint(LevelFilter::INFO)
 }
 
+/// Whether this process exports spans (`init` found an endpoint).
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether spans are exported: code that would do work to make a span
+/// (find its parent, say) asks this first. A plain flag rather than
+/// `tracing::enabled!`, which with per-layer filters leaves the filters'
+/// per-thread state set when no span or event follows, and so drops the
+/// thread's next log line.
+pub fn spans_exported() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Installs the global subscriber. Panics if one is installed already.
 pub fn init(opts: Options) -> Telemetry {
     // TRACE: no bound of its own, so the log filter's level bounds both.
@@ -164,6 +176,7 @@ pub fn init(opts: Options) -> Telemetry {
             .with_location(false)
             .with_filter(exported())
     });
+    EXPORTING.store(otel.is_some(), std::sync::atomic::Ordering::Relaxed);
     tracing_subscriber::registry().with(logs).with(otel).init();
     Telemetry { provider, runtime }
 }
