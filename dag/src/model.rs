@@ -43,6 +43,12 @@ impl ParamType {
         ParamType::ALL.iter().find(|(_, t)| *t == self).map_or("?", |(n, _)| n)
     }
 
+    /// The name with its article: "an int", "a string".
+    pub fn a(self) -> String {
+        let n = self.name();
+        format!("{} {n}", if n.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" })
+    }
+
     /// Whether a literal value (no `${...}` in it) is of this type.
     pub fn holds(self, node: &Node) -> bool {
         match (self, &node.kind) {
@@ -376,7 +382,7 @@ fn read_param(r: &mut Reader<'_>, name: Name, decl: &Node) -> Option<Param> {
             r.error(
                 d.pos,
                 Code::DagType,
-                format!("parameter `{}` is a {}, but its default is {}", name.text, ty.name(), d.what()),
+                format!("parameter `{}` is {}, but its default is {}", name.text, ty.a(), d.what()),
             );
         }
     }

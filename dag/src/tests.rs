@@ -86,3 +86,418 @@ fn the_examples_compile_and_their_tests_pass() {
     let failures: Vec<String> = dirs.iter().flat_map(|d| run_dir(d)).collect();
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+#[test]
+fn yaml_syntax_errors_point_into_the_file() {
+    check_diags(
+        "id: x\nsteps: [\n  - a\n",
+        expect![[r#"
+        workflow.yaml:3:3: error[E0016]: YAML: "-" is only valid inside a block
+          |
+        3 |   - a
+          |   ^"#]],
+    );
+    check_diags(
+        "id: x\nbase: &b { a: 1 }\nsteps: *b\n",
+        expect![[r#"
+        workflow.yaml:2:7: error[E0016]: YAML: anchors and aliases are not supported in a definition
+          |
+        2 | base: &b { a: 1 }
+          |       ^"#]],
+    );
+}
+
+#[test]
+fn unknown_keys_and_shapes() {
+    check_diags(
+        r#"
+id: x
+stpes: []
+steps:
+  - id: a
+    type: fucntion
+  - id: b
+    function: f
+    dependson: [a]
+    retry: { error: { attempts: 0 } }
+  - type: noop
+  - id: 9lives
+    type: sleep
+"#,
+        expect![[r#"
+            workflow.yaml:3:1: error[E0016]: unknown key `stpes` in the definition; expected one of id, version, description, params, steps, outputs
+              |
+            3 | stpes: []
+              | ^
+            workflow.yaml:6:11: error[E0016]: unknown step type `fucntion`; did you mean `function`? (function, noop, sleep or subworkflow)
+              |
+            6 |     type: fucntion
+              |           ^
+            workflow.yaml:9:5: error[E0016]: unknown key `dependson` in a step; did you mean `depends_on`?
+              |
+            9 |     dependson: [a]
+              |     ^
+            workflow.yaml:10:33: error[E0020]: `attempts` of `retry.error` must be a whole number from 1 to 100, found an int
+               |
+            10 |     retry: { error: { attempts: 0 } }
+               |                                 ^
+            workflow.yaml:11:5: error[E0016]: a step has no `id`
+               |
+            11 |   - type: noop
+               |     ^
+            workflow.yaml:12:5: error[E0016]: a step is a sleep step but has no `duration` in its params
+               |
+            12 |   - id: 9lives
+               |     ^
+            workflow.yaml:12:9: error[E0016]: a step id `9lives` must start with a letter or `_` and hold only letters, digits, `_`, `-`, `.` (at most 128 bytes)
+               |
+            12 |   - id: 9lives
+               |         ^"#]],
+    );
+}
+
+#[test]
+fn duplicate_step_ids() {
+    check_diags(
+        r#"
+id: x
+steps:
+  - { id: a, type: noop }
+  - { id: b, type: noop }
+  - { id: a, type: noop }
+"#,
+        expect![[r#"
+            workflow.yaml:6:11: error[E0017]: step `a` is defined twice (first on line 4)
+              |
+            6 |   - { id: a, type: noop }
+              |           ^"#]],
+    );
+}
+
+#[test]
+fn unknown_dependencies_say_what_is_near() {
+    check_diags(
+        r#"
+id: x
+steps:
+  - { id: extract, type: noop }
+  - { id: load, type: noop, depends_on: [extarct, nothing] }
+"#,
+        expect![[r#"
+            workflow.yaml:5:42: error[E0018]: step `load` depends on `extarct`, which is not a step of this definition; did you mean `extract`?
+              |
+            5 |   - { id: load, type: noop, depends_on: [extarct, nothing] }
+              |                                          ^
+            workflow.yaml:5:51: error[E0018]: step `load` depends on `nothing`, which is not a step of this definition
+              |
+            5 |   - { id: load, type: noop, depends_on: [extarct, nothing] }
+              |                                                   ^"#]],
+    );
+}
+
+#[test]
+fn cycles_are_named() {
+    check_diags(
+        r#"
+id: x
+steps:
+  - { id: a, type: noop, depends_on: [c] }
+  - { id: b, type: noop, depends_on: [a] }
+  - { id: c, type: noop, depends_on: [b] }
+  - { id: d, type: noop, depends_on: [d] }
+  - { id: e, type: noop, depends_on: [a] }
+"#,
+        expect![[r#"
+            workflow.yaml:5:39: error[E0019]: the dependencies form a cycle: `a` → `c` → `b` → `a` (each depends on the next)
+              |
+            5 |   - { id: b, type: noop, depends_on: [a] }
+              |                                       ^
+            workflow.yaml:7:39: error[E0019]: step `d` depends on itself
+              |
+            7 |   - { id: d, type: noop, depends_on: [d] }
+              |                                       ^"#]],
+    );
+}
+
+#[test]
+fn parameter_types() {
+    check_diags(
+        r#"
+id: x
+params:
+  n: { type: int, default: "ten" }
+  f: { type: float, default: 1 }
+  s: { type: text }
+  d: { type: int, default: 5 }
+steps:
+  - id: wait
+    type: sleep
+    params: { duration: "${d}" }
+  - id: w2
+    type: sleep
+    params: { duration: "soon" }
+    timeout: 5m
+"#,
+        expect![[r#"
+            workflow.yaml:4:28: error[E0020]: parameter `n` is an int, but its default is a string
+              |
+            4 |   n: { type: int, default: "ten" }
+              |                            ^
+            workflow.yaml:6:14: error[E0020]: unknown parameter type `text`; expected one of string, int, float, bool, list, map
+              |
+            6 |   s: { type: text }
+              |              ^
+            workflow.yaml:11:26: error[E0020]: the `duration` of a sleep step must be a string, but parameter `d` is an int
+               |
+            11 |     params: { duration: "${d}" }
+               |                          ^
+            workflow.yaml:14:25: error[E0020]: the `duration` of a sleep step `soon` is not a duration like "30s" or "1h 30m"
+               |
+            14 |     params: { duration: "soon" }
+               |                         ^
+            workflow.yaml:15:14: error[E0016]: `timeout` is for function steps only so far; step `w2` is a sleep step
+               |
+            15 |     timeout: 5m
+               |              ^"#]],
+    );
+}
+
+#[test]
+fn references_to_params_and_outputs() {
+    check_diags(
+        r#"
+id: x
+params:
+  day: string
+steps:
+  - id: a
+    function: f
+    outputs: [rows]
+    params: { d: "${dya}", r: "${rows@b}" }
+  - id: b
+    function: g
+    depends_on: [a]
+    params: { r: "${row@a}", s: "${rows@nope}", t: "x ${oops" }
+  - id: c
+    type: noop
+    depends_on:
+      - { step: a, when: "${rows@a} > 1 && ${x@b}" }
+"#,
+        expect![[r#"
+            workflow.yaml:9:19: error[E0018]: step `a` reads `${dya}`, but the definition has no parameter `dya`
+              |
+            9 |     params: { d: "${dya}", r: "${rows@b}" }
+              |                   ^
+            workflow.yaml:9:32: error[E0018]: step `a` reads `${rows@b}`, but step `b` is not upstream of it (add it to `depends_on`, directly or through another step)
+              |
+            9 |     params: { d: "${dya}", r: "${rows@b}" }
+              |                                ^
+            workflow.yaml:13:19: error[E0018]: step `b` reads `${row@a}`, but step `a` has no output `row`; did you mean `rows`?
+               |
+            13 |     params: { r: "${row@a}", s: "${rows@nope}", t: "x ${oops" }
+               |                   ^
+            workflow.yaml:13:34: error[E0018]: step `b` reads `${rows@nope}`, but there is no step `nope`
+               |
+            13 |     params: { r: "${row@a}", s: "${rows@nope}", t: "x ${oops" }
+               |                                  ^
+            workflow.yaml:13:52: error[E0018]: `${` without its closing `}`
+               |
+            13 |     params: { r: "${row@a}", s: "${rows@nope}", t: "x ${oops" }
+               |                                                    ^
+            workflow.yaml:17:44: error[E0018]: the condition on `a` of step `c` reads `${x@b}`, but step `b` is not upstream of it (add it to `depends_on`, directly or through another step)
+               |
+            17 |       - { step: a, when: "${rows@a} > 1 && ${x@b}" }
+               |                                            ^"#]],
+    );
+}
+
+#[test]
+fn the_size_limit() {
+    let mut y = String::from("id: big\nsteps:\n");
+    for i in 0..1001 {
+        y.push_str(&format!("  - {{ id: s{i}, type: noop }}\n"));
+    }
+    check_diags(
+        &y,
+        expect![[r#"
+        workflow.yaml:3:3: error[E0021]: 1001 steps; a definition may have at most 1000
+          |
+        3 |   - { id: s0, type: noop }
+          |   ^"#]],
+    );
+}
+
+#[test]
+fn a_small_dag_compiles_to_readable_rules() {
+    let yaml = r#"
+id: small
+params:
+  n: { type: int, default: 3 }
+steps:
+  - id: fetch
+    function: web.fetch
+    params: { url: "https://x/${n}", n: "${n}" }
+    outputs: [size]
+    retry:
+      error: { attempts: 2 }
+  - id: report
+    type: noop
+    depends_on:
+      - { step: fetch, when: "${size@fetch} > 0" }
+    params: { size: "${size@fetch}" }
+outputs:
+  size: ${size@report}
+"#;
+    let (def, diags) = check(Path::new("workflow.yaml"), yaml);
+    assert!(diags.is_empty(), "{diags:?}");
+    let (manifest, rules) = def.expect("no errors").emit();
+    expect![[r##"
+        # Compiled by `stoa dag compile` from workflow.yaml (definition `small`).
+        # Do not edit: change the definition and compile it again.
+
+        [pack]
+        name = "small"
+        version = "1"
+
+        # Steps retry by their own policies, in the rules (per failure kind,
+        # with durable backoff timers): the dispatcher makes one attempt per call.
+        [functions."web.fetch"]
+        retry = { max_attempts = 1 }
+
+        # The instance: `running`, then `completed` or `failed`.
+        [facts.Dag]
+        id = "string"
+        state = "string"
+        params = "map"
+
+        # One per step: `waiting`, `running`, `retrying`, `done`, `failed`, `skipped`.
+        [facts.Step]
+        id = "string"
+        state = "string"
+        outputs = "map"
+        errors = "int"
+        timeouts = "int"
+        error = "string?"
+
+        [facts.StepTimer]
+        step = "string"
+
+        [facts.StepRetry]
+        step = "string"
+    "##]]
+    .assert_eq(&manifest);
+    expect![[r#"
+        // Compiled by `stoa dag compile` from workflow.yaml (definition `small`
+        // version 1). Do not edit: change the definition and compile it again.
+        // A step's facts are read as `s_ID` (the step id, `-` and `.` as `_`).
+
+        // The instance starts: its parameters checked and defaulted (from a
+        // `Params` fact, if the start request gives one), one Step per step.
+        rule "dag start" {
+            match {
+                given: collect(Params())
+                not Dag()
+            }
+            action {
+                let p = if given.len() > 0 { given[0] } else { #{} };
+                let params = #{};
+                let errors = [];
+                // n: int
+                let v = p["n"];
+                if v == () { v = 3; }
+                if v != () && type_of(v) != "i64" { errors.push("parameter `n` must be an int, not " + type_of(v)); }
+                params["n"] = v;
+                for k in p.keys() {
+                    if !k.starts_with("_") && !(k in ["n"]) { errors.push("unknown parameter `" + k + "`"); }
+                }
+                if errors.len() > 0 {
+                    let why = "";
+                    for e in errors { if why != "" { why += "; "; } why += e; }
+                    fail(why);
+                } else {
+                    insert("Dag", #{ id: "small", state: "running", params: params });
+                    insert("Step", #{ id: "fetch", state: "waiting", outputs: #{}, errors: 0, timeouts: 0 });
+                    insert("Step", #{ id: "report", state: "waiting", outputs: #{}, errors: 0, timeouts: 0 });
+                }
+            }
+        }
+
+        // ---- Step `fetch` (workflow.yaml:6:9): calls `web.fetch`, at the start.
+        rule "step fetch" {
+            match {
+                d: Dag(state == "running")
+                me: Step(id == "fetch", state == "waiting")
+            }
+            action {
+                modify(me, #{ state: "running" });
+                call("web.fetch", #{ "url": ("" + "https://x/" + `${d.params["n"]}`), "n": d.params["n"] });
+            }
+            reaction {
+                let out = if type_of(result) == "map" { result } else { #{ value: result } };
+                let missing = ["size"].filter(|k| !(k in out));
+                if missing.len() > 0 {
+                    modify(me, #{ state: "failed", error: `the result of web.fetch lacks output(s) ${missing}` });
+                } else {
+                    modify(me, #{ state: "done", outputs: out });
+                }
+            }
+            error {
+                if error.kind != "timeout" && error.retryable && me.errors + 1 < 2 {
+                    // retry.error: 2 attempts
+                    modify(me, #{ state: "waiting", errors: me.errors + 1 });
+                } else {
+                    modify(me, #{ state: "failed", error: error.message });
+                }
+            }
+        }
+
+        // ---- Step `report` (workflow.yaml:12:9): does nothing (its params are its outputs), after `fetch` (when ${size@fetch} > 0).
+        rule "step report" {
+            match {
+                d: Dag(state == "running")
+                me: Step(id == "report", state == "waiting")
+                s_fetch: Step(id == "fetch", state == "done")
+                test(((s_fetch.outputs["size"]) > 0))
+            }
+            action {
+                modify(me, #{ state: "done", outputs: #{ "size": s_fetch.outputs["size"] } });
+            }
+        }
+        // Every dependency of `report` ended, but one was skipped or a condition is false: `report` is skipped.
+        rule "step report skipped" {
+            match {
+                d: Dag(state == "running")
+                me: Step(id == "report", state == "waiting")
+                s_fetch: Step(id == "fetch", state in ["done", "skipped"])
+                test(!((s_fetch.state == "done" && ((s_fetch.outputs["size"]) > 0))))
+            }
+            action { modify(me, #{ state: "skipped" }); }
+        }
+
+        // A step failed for good: so does the instance.
+        rule "dag failed" {
+            match {
+                d: Dag(state == "running")
+                s: Step(state == "failed")
+            }
+            action {
+                modify(d, #{ state: "failed" });
+                fail(`step ${s.id} failed: ${s.error}`);
+            }
+        }
+
+        // Every step is done or skipped: the instance completes with its outputs.
+        rule "dag completed" {
+            salience -1
+            match {
+                d: Dag(state == "running")
+                not Step(state in ["waiting", "running", "retrying"])
+                s_report: Step(id == "report")
+            }
+            action {
+                modify(d, #{ state: "completed" });
+                complete(#{ "size": s_report.outputs["size"] });
+            }
+        }
+    "#]].assert_eq(&rules);
+}

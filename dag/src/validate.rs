@@ -163,7 +163,7 @@ impl Ctx<'_, '_> {
                         self.r.error(
                             at,
                             Code::DagType,
-                            format!("{what} must be a string, but parameter `{p}` is a {}", d.ty.name()),
+                            format!("{what} must be a string, but parameter `{p}` is {}", d.ty.a()),
                         );
                     }
                 }
