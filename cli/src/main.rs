@@ -7,6 +7,7 @@ mod bench_e2e;
 mod bench_explain;
 mod bench_safety;
 mod bench_schedules;
+mod dag;
 mod explain;
 mod pack;
 mod remote;
@@ -73,6 +74,10 @@ enum Command {
     /// pack.toml; see docs/schedules.md).
     #[command(subcommand)]
     Schedule(schedule::Command),
+    /// DAG definitions (workflow.yaml): check them, compile them to packs
+    /// (docs/dags.md).
+    #[command(subcommand)]
+    Dag(dag::Command),
 }
 
 #[derive(Subcommand)]
@@ -155,6 +160,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Remote(cmd) => remote::run(cmd),
         Command::Schedule(cmd) => schedule::run(cmd),
+        Command::Dag(cmd) => dag::run(cmd),
     };
     // Exports the command's span before the process ends.
     drop(telemetry);

@@ -235,8 +235,16 @@ fn rules(dag: &Dag, g: &Graph, source_name: &str) -> String {
     let _ = writeln!(out, "// version {}). Do not edit: change the definition and compile it again.", dag.version);
     let _ = writeln!(out, "// A step's facts are read as `s_ID` (the step id, `-` and `.` as `_`).\n");
     start_rule(&mut out, dag);
+    // A step can be skipped only below a condition: without one upstream,
+    // every dependency ends done (or the instance fails), and a skip rule
+    // would be dead code.
+    let mut skippable = vec![false; dag.steps.len()];
+    for i in crate::validate::topo(&g.deps) {
+        let s = &dag.steps[i];
+        skippable[i] = s.depends_on.iter().any(|d| d.when.is_some()) || g.deps[i].iter().any(|&j| skippable[j]);
+    }
     for (i, s) in dag.steps.iter().enumerate() {
-        step_rules(&mut out, dag, g, &names, &acc, i, s, source_name);
+        step_rules(&mut out, dag, g, &names, &acc, i, s, source_name, skippable[i]);
     }
     end_rules(&mut out, dag, g, &names, &acc);
     out
@@ -323,6 +331,7 @@ fn step_rules(
     i: usize,
     s: &Step,
     src: &str,
+    skippable: bool,
 ) {
     let id = &s.id.text;
     let what = match &s.ty {
@@ -426,7 +435,7 @@ fn step_rules(
         out.push_str("}\n");
     }
     // The skip rule: every dependency ended, and the step cannot run.
-    if !deps.is_empty() {
+    if skippable && !deps.is_empty() {
         let ok: Vec<String> = deps
             .iter()
             .enumerate()

@@ -51,15 +51,15 @@ impl ParamType {
 
     /// Whether a literal value (no `${...}` in it) is of this type.
     pub fn holds(self, node: &Node) -> bool {
-        match (self, &node.kind) {
-            (ParamType::String, Kind::Scalar(Scalar::Str(_))) => true,
-            (ParamType::Int, Kind::Scalar(Scalar::Int(_))) => true,
-            (ParamType::Float, Kind::Scalar(Scalar::Int(_) | Scalar::Float(_))) => true,
-            (ParamType::Bool, Kind::Scalar(Scalar::Bool(_))) => true,
-            (ParamType::List, Kind::Seq(_)) => true,
-            (ParamType::Map, Kind::Map(_)) => true,
-            _ => false,
-        }
+        matches!(
+            (self, &node.kind),
+            (ParamType::String, Kind::Scalar(Scalar::Str(_)))
+                | (ParamType::Int, Kind::Scalar(Scalar::Int(_)))
+                | (ParamType::Float, Kind::Scalar(Scalar::Int(_) | Scalar::Float(_)))
+                | (ParamType::Bool, Kind::Scalar(Scalar::Bool(_)))
+                | (ParamType::List, Kind::Seq(_))
+                | (ParamType::Map, Kind::Map(_))
+        )
     }
 }
 
@@ -184,10 +184,7 @@ impl Reader<'_> {
         };
         let mut out: Vec<(Name, &Node)> = Vec::new();
         for (k, v) in entries {
-            let Some(key) = k.as_str().or(match &k.kind {
-                Kind::Scalar(Scalar::Int(_) | Scalar::Bool(_) | Scalar::Float(_)) => None,
-                _ => None,
-            }) else {
+            let Some(key) = k.as_str() else {
                 self.format(k.pos, format!("a key of {what} must be a string, found {}", k.what()));
                 continue;
             };
@@ -507,10 +504,6 @@ fn read_step(r: &mut Reader<'_>, node: &Node) -> Option<Step> {
         if !matches!(ty, StepType::Function(_)) {
             r.format(t.pos, format!("`timeout` is for function steps only so far; {what} is a {} step", ty.name()));
         }
-    }
-    if retry.timeout.is_some() && timeout.is_none() && matches!(ty, Some(StepType::Function(_))) {
-        // Without a step timeout the function's own (pack.toml) applies;
-        // that is fine, nothing to report.
     }
     let mut outputs = Vec::new();
     if let Some(o) = get("outputs") {

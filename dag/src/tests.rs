@@ -39,13 +39,28 @@ steps:
 /// Compiles a definition directory and runs its tests on the engine,
 /// returning a line per failure.
 fn run_dir(dir: &Path) -> Vec<String> {
-    let source = Source::read(dir).unwrap_or_else(|d| panic!("{d}"));
+    run_source(dir, Source::read(dir).unwrap_or_else(|d| panic!("{d}")))
+}
+
+/// Compiles a definition and runs the tests given with it.
+fn run_inline(yaml: &str, tests: &str) {
+    let source = Source {
+        path: "workflow.yaml".into(),
+        text: yaml.to_string(),
+        tests: [(std::path::PathBuf::from("tests/t.toml"), tests.to_string())].into_iter().collect(),
+    };
+    let failures = run_source(Path::new("inline"), source);
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+fn run_source(dir: &Path, source: Source) -> Vec<String> {
     let (pack, diags) = source.compile(dir);
     let Some(pack) = pack else {
         panic!("{}: {}", dir.display(), diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))
     };
     let (compiled, diags) = stoa_rules::compile::compile(&pack);
-    let errors: Vec<String> = pack.render(diags.iter().filter(|d| d.is_error() || true));
+    // Warnings too: a compiled pack should not have any.
+    let errors: Vec<String> = pack.render(&diags);
     let Some(compiled) = compiled else {
         panic!(
             "{}: the compiled pack does not compile:\n{}\n{}",
@@ -500,4 +515,137 @@ outputs:
             }
         }
     "#]].assert_eq(&rules);
+}
+
+#[test]
+fn a_subworkflow_chosen_by_a_parameter_passes_params_in_and_outputs_back() {
+    run_inline(
+        r#"
+id: parent
+params:
+  child: { type: string, default: video-encode }
+steps:
+  - id: encode
+    type: subworkflow
+    workflow: ${child}
+    params: { uri: "s3://a.mov" }
+    outputs: [uri]
+  - id: publish
+    function: cdn.publish
+    depends_on: [encode]
+    params: { uri: "${uri@encode}" }
+"#,
+        r#"
+[[test]]
+name = "the child's result is the step's outputs"
+facts = [{ type = "Params", fields = { child = "encoder-v2" } }]
+[[test.mock]]
+function = "workflow:encoder-v2"
+returns = { uri = "s3://a.mp4" }
+[[test.mock]]
+function = "cdn.publish"
+args = { uri = "s3://a.mp4" }
+returns = {}
+[test.expect]
+status = "completed"
+calls = { "workflow:encoder-v2" = 1, "cdn.publish" = 1 }
+
+[[test]]
+name = "a child that fails fails the step"
+[[test.mock]]
+function = "workflow:video-encode"
+error = { message = "bad codec" }
+[test.expect]
+status = "failed"
+reason = "step encode failed: bad codec"
+"#,
+    );
+}
+
+#[test]
+fn a_gated_step_waits_for_its_signal() {
+    run_inline(
+        r#"
+id: daily
+params:
+  day: { type: int, default: 3 }
+steps:
+  - id: prepare
+    type: noop
+  - id: load
+    function: warehouse.load
+    depends_on: [prepare]
+    gate: { signal: partition.ready, match: { day: "${day}" } }
+"#,
+        r#"
+[[test]]
+name = "a signal for another day does not open the gate"
+[[test.step]]
+signal = { name = "partition.ready", payload = { day = 2 } }
+[test.expect]
+status = "running"
+not_fired = ["step load"]
+
+[[test]]
+name = "the matching signal does"
+[[test.mock]]
+function = "warehouse.load"
+returns = {}
+[[test.step]]
+signal = { name = "partition.ready", payload = { day = 3 } }
+[test.expect]
+status = "completed"
+fired = ["dag start", "step prepare", "step load", "dag completed"]
+"#,
+    );
+}
+
+#[test]
+fn a_result_without_a_declared_output_fails_the_step() {
+    run_inline(
+        r#"
+id: outs
+steps:
+  - { id: a, function: f, outputs: [rows, path] }
+"#,
+        r#"
+[[test]]
+name = "missing output"
+[[test.mock]]
+function = "f"
+returns = { rows = 1 }
+[test.expect]
+status = "failed"
+reason = "step a failed: the result of f lacks output(s) [\"path\"]"
+"#,
+    );
+}
+
+#[test]
+fn any_waits_for_the_first_branch_done() {
+    run_inline(
+        r#"
+id: race
+steps:
+  - { id: fast, function: f }
+  - { id: slow, function: s }
+  - { id: after, type: noop, depends_on: { any: [fast, slow] } }
+"#,
+        r#"
+[[test]]
+name = "the join runs once, after the first"
+[[test.mock]]
+function = "f"
+returns = {}
+[[test.mock]]
+function = "s"
+after = "1h"
+returns = {}
+[test.expect]
+status = "running"
+fired_count = { "step after after fast" = 1 }
+not_fired = ["step after after slow"]
+facts = [{ type = "Step", fields = { id = "after", state = "done" } }]
+"#,
+    );
 }
