@@ -56,7 +56,10 @@ pub fn source(path: &Path, root: &Path) -> anyhow::Result<(Option<PackSource>, V
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Check { path } => {
-            let root = path.join("(compiled)");
+            // The compiled files are shown under a directory that says what
+            // they are (they exist only in memory).
+            let dir = if path.is_dir() { path.clone() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
+            let root = dir.join("(compiled)");
             let (pack, diags) = source(&path, &root)?;
             let Some(pack) = pack else {
                 let errors = diags.iter().filter(|d| d.is_error()).count();
