@@ -386,8 +386,14 @@ fn step_rules(
     let gate = |out: &mut String| {
         if let Some(gt) = &s.gate {
             let _ = writeln!(out, "        g: Signal(name == {})", rhai_str(&gt.signal.text));
+            // A signal whose payload is not a map matches no field.
             for (k, v) in &gt.fields {
-                let _ = writeln!(out, "        test(g.payload[{}] == {})", rhai_str(&k.text), value(v, acc));
+                let _ = writeln!(
+                    out,
+                    "        test(type_of(g.payload) == \"map\" && g.payload[{}] == {})",
+                    rhai_str(&k.text),
+                    value(v, acc)
+                );
             }
         }
     };
@@ -445,6 +451,7 @@ fn step_rules(
             })
             .collect();
         let joined = ok.join(if s.mode == Mode::Any { " || " } else { " && " });
+        out.push('\n');
         let _ = writeln!(
             out,
             "// Every dependency of `{id}` ended, but {}: `{id}` is skipped.",

@@ -116,9 +116,14 @@ pub fn text_expr(pieces: &[Piece], access: &dyn Fn(&Ref) -> String) -> String {
         [Piece::Lit(l)] => rhai_str(l),
         _ => {
             // Starting from a string makes every `+` a concatenation.
-            let mut out = String::from("(\"\"");
-            for p in pieces {
-                out.push_str(" + ");
+            let mut out = String::from("(");
+            if !matches!(pieces.first(), Some(Piece::Lit(_))) {
+                out.push_str("\"\"");
+            }
+            for (i, p) in pieces.iter().enumerate() {
+                if i > 0 || !matches!(p, Piece::Lit(_)) {
+                    out.push_str(" + ");
+                }
                 match p {
                     Piece::Lit(l) => out.push_str(&rhai_str(l)),
                     Piece::Ref(r, _) => out.push_str(&format!("`${{{}}}`", access(r))),
@@ -166,8 +171,10 @@ mod tests {
         let p = pieces("s3://b/${day}/${n@split}.csv $${x}").unwrap();
         assert_eq!(
             text_expr(&p, &access),
-            r#"("" + "s3://b/" + `${d.params.day}` + "/" + `${split.outputs.n}` + ".csv ${x}")"#
+            r#"("s3://b/" + `${d.params.day}` + "/" + `${split.outputs.n}` + ".csv ${x}")"#
         );
+        let p = pieces("${day}-x").unwrap();
+        assert_eq!(text_expr(&p, &access), r#"("" + `${d.params.day}` + "-x")"#);
         let p = pieces("${ rows@extract } > 10 && \"a\" != ${day}").unwrap();
         assert_eq!(condition_expr(&p, &access), r#"((extract.outputs.rows) > 10 && "a" != (d.params.day))"#);
         assert_eq!(rhai_str("a\"b\\\n\u{1}"), r#""a\"b\\\n\u0001""#);

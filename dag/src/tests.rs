@@ -445,7 +445,7 @@ outputs:
             }
             action {
                 modify(me, #{ state: "running" });
-                call("web.fetch", #{ "url": ("" + "https://x/" + `${d.params["n"]}`), "n": d.params["n"] });
+                call("web.fetch", #{ "url": ("https://x/" + `${d.params["n"]}`), "n": d.params["n"] });
             }
             reaction {
                 let out = if type_of(result) == "map" { result } else { #{ value: result } };
@@ -478,6 +478,7 @@ outputs:
                 modify(me, #{ state: "done", outputs: #{ "size": s_fetch.outputs["size"] } });
             }
         }
+
         // Every dependency of `report` ended, but one was skipped or a condition is false: `report` is skipped.
         rule "step report skipped" {
             match {
@@ -585,6 +586,13 @@ signal = { name = "partition.ready", payload = { day = 2 } }
 [test.expect]
 status = "running"
 not_fired = ["step load"]
+
+[[test]]
+name = "nor does a signal without a payload"
+[[test.step]]
+signal = { name = "partition.ready" }
+[test.expect]
+status = "running"
 
 [[test]]
 name = "the matching signal does"
