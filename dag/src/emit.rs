@@ -251,7 +251,7 @@ fn rules(dag: &Dag, g: &Graph, source_name: &str) -> String {
 }
 
 fn start_rule(out: &mut String, dag: &Dag) {
-    out.push_str("// The instance starts: its parameters checked and defaulted (from a\n// `Params` fact, if the start request gives one), one Step per step.\n");
+    out.push_str("// The instance starts: its parameters checked and defaulted (from a\n// `Params` fact, if the start request gives one). Each step's rules make\n// its Step fact (`step ID new`).\n");
     out.push_str(
         "rule \"dag start\" {\n    match {\n        given: collect(Params())\n        not Dag()\n    }\n    action {\n",
     );
@@ -311,13 +311,6 @@ fn start_rule(out: &mut String, dag: &Dag) {
         "            insert(\"Dag\", #{{ id: {}, state: \"running\", params: params }});",
         rhai_str(&dag.id.text)
     );
-    for s in &dag.steps {
-        let _ = writeln!(
-            out,
-            "            insert(\"Step\", #{{ id: {}, state: \"waiting\", outputs: #{{}}, errors: 0, timeouts: 0 }});",
-            rhai_str(&s.id.text)
-        );
-    }
     out.push_str("        }\n    }\n}\n\n");
 }
 
@@ -361,6 +354,17 @@ fn step_rules(
         format!("after {mode}{}", ds.join(", "))
     };
     let _ = writeln!(out, "// ---- Step `{id}` ({src}:{}:{}): {what}, {deps_text}.", s.id.pos.line, s.id.pos.col);
+    // The step's fact, made by a rule of its own (not by `dag start`), so
+    // that a new version of the definition that adds a step gives it to
+    // the instances already running, where it starts if its dependencies
+    // are done.
+    let _ = writeln!(
+        out,
+        "rule {} {{\n    salience 10\n    match {{\n        d: Dag(state == \"running\")\n        not Step(id == {})\n    }}\n    action {{ insert(\"Step\", #{{ id: {}, state: \"waiting\", outputs: #{{}}, errors: 0, timeouts: 0 }}); }}\n}}\n",
+        rhai_str(&format!("step {id} new")),
+        rhai_str(id),
+        rhai_str(id)
+    );
     let reads = reads(s, g);
     let deps = &g.deps[i];
     // The step's own fact is `me` in its rules.

@@ -407,7 +407,8 @@ outputs:
         // A step's facts are read as `s_ID` (the step id, `-` and `.` as `_`).
 
         // The instance starts: its parameters checked and defaulted (from a
-        // `Params` fact, if the start request gives one), one Step per step.
+        // `Params` fact, if the start request gives one). Each step's rules make
+        // its Step fact (`step ID new`).
         rule "dag start" {
             match {
                 given: collect(Params())
@@ -431,13 +432,20 @@ outputs:
                     fail(why);
                 } else {
                     insert("Dag", #{ id: "small", state: "running", params: params });
-                    insert("Step", #{ id: "fetch", state: "waiting", outputs: #{}, errors: 0, timeouts: 0 });
-                    insert("Step", #{ id: "report", state: "waiting", outputs: #{}, errors: 0, timeouts: 0 });
                 }
             }
         }
 
         // ---- Step `fetch` (workflow.yaml:6:9): calls `web.fetch`, at the start.
+        rule "step fetch new" {
+            salience 10
+            match {
+                d: Dag(state == "running")
+                not Step(id == "fetch")
+            }
+            action { insert("Step", #{ id: "fetch", state: "waiting", outputs: #{}, errors: 0, timeouts: 0 }); }
+        }
+
         rule "step fetch" {
             match {
                 d: Dag(state == "running")
@@ -467,6 +475,15 @@ outputs:
         }
 
         // ---- Step `report` (workflow.yaml:12:9): does nothing (its params are its outputs), after `fetch` (when ${size@fetch} > 0).
+        rule "step report new" {
+            salience 10
+            match {
+                d: Dag(state == "running")
+                not Step(id == "report")
+            }
+            action { insert("Step", #{ id: "report", state: "waiting", outputs: #{}, errors: 0, timeouts: 0 }); }
+        }
+
         rule "step report" {
             match {
                 d: Dag(state == "running")
@@ -603,7 +620,7 @@ returns = {}
 signal = { name = "partition.ready", payload = { day = 3 } }
 [test.expect]
 status = "completed"
-fired = ["dag start", "step prepare", "step load", "dag completed"]
+fired = ["dag start", "step prepare new", "step load new", "step prepare", "step load", "dag completed"]
 "#,
     );
 }
@@ -656,4 +673,35 @@ not_fired = ["step after after slow"]
 facts = [{ type = "Step", fields = { id = "after", state = "done" } }]
 "#,
     );
+}
+
+/// A pack compiled from a definition's text, without tests.
+fn pack_of(yaml: &str) -> std::sync::Arc<stoa_rules::compile::Pack> {
+    let source = Source { path: "workflow.yaml".into(), text: yaml.to_string(), tests: Default::default() };
+    let (pack, diags) = source.compile(Path::new("p"));
+    let pack = pack.unwrap_or_else(|| panic!("{diags:?}"));
+    let (compiled, diags) = stoa_rules::compile::compile(&pack);
+    std::sync::Arc::new(compiled.unwrap_or_else(|| panic!("{diags:?}")))
+}
+
+#[test]
+fn a_new_version_that_adds_a_step_reaches_a_running_instance() {
+    use stoa_engine::{Input, Workflow, WorkflowId};
+    let v1 = "id: up\nsteps:\n  - { id: a, type: noop, params: { x: 1 } }\n  - { id: b, type: sleep, depends_on: [a], params: { duration: 1h } }\n";
+    let v2 = format!("{v1}  - {{ id: c, type: noop, depends_on: [a], params: {{ y: \"${{x@a}}\" }} }}\n");
+    let mut wf = Workflow::new(WorkflowId::new("wf_up"), pack_of(v1), 0);
+    wf.apply(Input::Start { facts: Vec::new() }, 1).expect("start");
+    let out = wf.upgrade(pack_of(&v2), 2).expect("upgrade");
+    let lines: Vec<String> = out.entries.iter().map(|e| e.line()).filter(|l| l.contains("fire")).collect();
+    expect![[r#"
+          fire   step c new (f1@1)
+          fire   step c (f1@1, f4@1, f2@2)"#]]
+    .assert_eq(&lines.join("\n"));
+    let steps: Vec<String> =
+        wf.facts().iter().filter(|f| f.ty.to_string() == "Step").map(|f| format!("{}", f.fields.to_json())).collect();
+    expect![[r#"
+        {"errors":0,"id":"a","outputs":{"x":1},"state":"done","timeouts":0}
+        {"errors":0,"id":"b","outputs":{},"state":"running","timeouts":0}
+        {"errors":0,"id":"c","outputs":{"y":1},"state":"done","timeouts":0}"#]]
+    .assert_eq(&steps.join("\n"));
 }
