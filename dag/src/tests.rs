@@ -692,7 +692,8 @@ fn a_new_version_that_adds_a_step_reaches_a_running_instance() {
     let mut wf = Workflow::new(WorkflowId::new("wf_up"), pack_of(v1), 0);
     wf.apply(Input::Start { facts: Vec::new() }, 1).expect("start");
     let out = wf.upgrade(pack_of(&v2), 2).expect("upgrade");
-    let lines: Vec<String> = out.entries.iter().map(|e| e.line()).filter(|l| l.contains("fire")).collect();
+    let lines: Vec<String> =
+        out.entries.iter().map(|e| e.line().trim().to_string()).filter(|l| l.starts_with("fire")).collect();
     expect![[r#"
           fire   step c new (f1@1)
           fire   step c (f1@1, f4@1, f2@2)"#]]
