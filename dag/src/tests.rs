@@ -319,6 +319,10 @@ steps:
                |
             13 |     params: { r: "${row@a}", s: "${rows@nope}", t: "x ${oops" }
                |                                                    ^
+            workflow.yaml:17:26: error[E0016]: the condition on `a` of step `c` is not a valid expression: Expecting a boolean expression, not ()
+               |
+            17 |       - { step: a, when: "${rows@a} > 1 && ${x@b}" }
+               |                          ^
             workflow.yaml:17:44: error[E0018]: the condition on `a` of step `c` reads `${x@b}`, but step `b` is not upstream of it (add it to `depends_on`, directly or through another step)
                |
             17 |       - { step: a, when: "${rows@a} > 1 && ${x@b}" }
@@ -732,4 +736,36 @@ fn a_thousand_steps_with_random_dependencies_complete() {
     wf.apply(stoa_engine::Input::Start { facts: Vec::new() }, 1).expect("start");
     assert_eq!(wf.status(), stoa_engine::Status::Completed, "{:?}", wf.meta());
     eprintln!("1,000 steps: compiled in {compiled:?}, ran in {:?}", t.elapsed() - compiled);
+}
+
+#[test]
+fn conditions_are_expressions_over_references() {
+    check_diags(
+        r#"
+id: x
+steps:
+  - { id: a, function: f, outputs: [rows] }
+  - id: b
+    type: noop
+    depends_on:
+      - { step: a, when: "rows > 5" }
+  - id: c
+    type: noop
+    depends_on:
+      - { step: a, when: "${rows@a} >" }
+  - id: d
+    type: noop
+    depends_on:
+      - { step: a, when: "${rows@a} > 5 && true" }
+"#,
+        expect![[r#"
+            workflow.yaml:8:26: error[E0016]: the condition on `a` of step `b` is not a valid expression: undefined variable `rows`
+              |
+            8 |       - { step: a, when: "rows > 5" }
+              |                          ^
+            workflow.yaml:12:26: error[E0016]: the condition on `a` of step `c` is not a valid expression: Script is incomplete
+               |
+            12 |       - { step: a, when: "${rows@a} >" }
+               |                          ^"#]],
+    );
 }

@@ -54,6 +54,8 @@ struct Ctx<'a, 'r> {
     map: &'a SourceMap,
     dag: &'a Dag,
     index: &'a HashMap<String, usize>,
+    /// Built on the first condition to check.
+    sandbox: Option<stoa_rules::sandbox::Sandbox>,
 }
 
 impl Ctx<'_, '_> {
@@ -172,6 +174,27 @@ impl Ctx<'_, '_> {
     }
 }
 
+/// A condition must be a Rhai expression that reads nothing but its
+/// references (`rows > 5` instead of `${rows@a} > 5` is an undefined
+/// variable); checked here so that the error points into the YAML, not
+/// into the compiled rules.
+fn check_condition(cx: &mut Ctx<'_, '_>, ps: &[Piece], pos: Pos, what: &str) {
+    let code: String = ps
+        .iter()
+        .map(|p| match p {
+            Piece::Lit(l) => l.as_str(),
+            Piece::Ref(..) => "()",
+        })
+        .collect();
+    let sandbox =
+        cx.sandbox.get_or_insert_with(|| stoa_rules::sandbox::Sandbox::new(&stoa_rules::limits::Limits::default()));
+    if let Err(errors) = sandbox.compile(&code, &[], true) {
+        if let Some(e) = errors.first() {
+            cx.r.error(pos, Code::DagFormat, format!("{what} is not a valid expression: {}", e.message));
+        }
+    }
+}
+
 /// The names a step's outputs may be read by.
 pub fn outputs_of(s: &Step) -> Vec<&str> {
     match s.ty {
@@ -250,7 +273,7 @@ pub(crate) fn check(r: &mut Reader<'_>, map: &SourceMap, dag: &Dag) -> Graph {
             }
         }
     }
-    let mut cx = Ctx { r, map, dag, index: &index };
+    let mut cx = Ctx { r, map, dag, index: &index, sandbox: None };
     for (i, s) in dag.steps.iter().enumerate() {
         let up = &upstream[i];
         let reader = format!("step `{}`", s.id.text);
@@ -268,9 +291,11 @@ pub(crate) fn check(r: &mut Reader<'_>, map: &SourceMap, dag: &Dag) -> Graph {
             if let Some(w) = &d.when {
                 // A condition reads its own dependency or what is upstream.
                 let dep = index.get(&d.step.text).copied();
-                cx.refs_in_text(&w.text, w.pos, &format!("the condition on `{}` of {reader}", d.step.text), &|j| {
-                    up[j] || Some(j) == dep
-                });
+                let what = format!("the condition on `{}` of {reader}", d.step.text);
+                let ps = cx.refs_in_text(&w.text, w.pos, &what, &|j| up[j] || Some(j) == dep);
+                if !ps.is_empty() {
+                    check_condition(&mut cx, &ps, w.pos, &what);
+                }
             }
         }
         if let Some(g) = &s.gate {
