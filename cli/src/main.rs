@@ -8,6 +8,7 @@ mod bench_explain;
 mod bench_safety;
 mod bench_schedules;
 mod change;
+mod dag;
 mod describe;
 mod exit;
 mod explain;
@@ -111,6 +112,12 @@ enum Command {
     /// Example: stoa schedule ls
     #[command(subcommand)]
     Schedule(schedule::Command),
+    /// DAG definitions (workflow.yaml): check them, compile them to packs
+    /// (docs/dags.md).
+    ///
+    /// Example: stoa dag check examples/dags/etl
+    #[command(subcommand)]
+    Dag(dag::Command),
 }
 
 #[derive(Subcommand)]
@@ -194,6 +201,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Remote(cmd) => remote::run(cmd),
         Command::Schedule(cmd) => schedule::run(cmd),
+        Command::Dag(cmd) => dag::run(cmd),
     };
     // Exports the command's span before the process ends.
     drop(telemetry);

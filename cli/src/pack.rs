@@ -13,12 +13,25 @@ pub fn load(dir: &Path) -> anyhow::Result<(Option<Arc<Pack>>, Vec<Diagnostic>)> 
     if !dir.is_dir() {
         return Err(crate::exit::usage(format!("{}: not a pack directory", dir.display())));
     }
-    let source = PackSource::read_dir(dir).with_context(|| format!("reading pack {}", dir.display()))?;
-    let (pack, diags) = compile(&source);
+    let (source, mut diags) = read_source(dir)?;
+    let Some(source) = source else { return Ok((None, diags)) };
+    let (pack, more) = compile(&source);
+    diags.extend(more);
     for d in source.render(&diags) {
         eprintln!("{d}\n");
     }
     Ok((pack.map(Arc::new), diags))
+}
+
+/// The files of the pack at `dir`; for a DAG definition directory
+/// (`workflow.yaml` and no `pack.toml`), the pack it compiles to, in
+/// memory, its diagnostics printed (`None` if it has an error).
+pub fn read_source(dir: &Path) -> anyhow::Result<(Option<PackSource>, Vec<Diagnostic>)> {
+    if crate::dag::is_definition(dir) {
+        return crate::dag::source(dir, dir);
+    }
+    let source = PackSource::read_dir(dir).with_context(|| format!("reading pack {}", dir.display()))?;
+    Ok((Some(source), Vec::new()))
 }
 
 /// Like `load`, but a pack with errors is an error (exit status 3, as

@@ -348,7 +348,8 @@ pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
 }
 
 pub fn pack_files(dir: &Path) -> anyhow::Result<Vec<pb::PackFile>> {
-    let src = stoa_rules::compile::PackSource::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let (src, _) = crate::pack::read_source(dir)?;
+    let src = src.ok_or_else(|| anyhow::anyhow!("{}: the definition has errors; nothing sent", dir.display()))?;
     Ok(src
         .files
         .into_iter()

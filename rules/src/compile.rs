@@ -357,7 +357,9 @@ pub fn compile_within(source: &PackSource, ceilings: Option<&Ceilings<'_>>) -> (
                     }
                 }
                 if rule.reaction.is_some() || rule.error.is_some() {
-                    let calls = rule.action.as_ref().is_some_and(|a| !Sandbox::called_functions(&a.script).is_empty());
+                    let calls = rule.action.as_ref().is_some_and(|a| {
+                        !Sandbox::called_functions(&a.script).is_empty() || Sandbox::starts_children(&a.script)
+                    });
                     if !calls {
                         diags.push(Diagnostic::warning(
                             &path,
@@ -451,7 +453,8 @@ fn check_tests(
             .map(|m| (&m.function, "mocks"))
             .chain(x.calls.iter().flatten().map(|(f, _)| (f, "expects calls of")));
         for (f, verb) in functions {
-            if m.is_some_and(|m| !m.functions.contains_key(f.get_ref())) {
+            // A child workflow is awaited (and mocked) as `workflow:PACK`.
+            if m.is_some_and(|m| !m.functions.contains_key(f.get_ref())) && !f.get_ref().starts_with("workflow:") {
                 error(
                     at(f.span()),
                     Code::UndeclaredFunction,

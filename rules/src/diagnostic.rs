@@ -53,6 +53,20 @@ pub enum Code {
     FieldType,
     /// A fact type that looks misspelt, or, in strict mode, has no schema.
     UnknownType,
+    /// A DAG definition (`workflow.yaml`) that is not well formed: YAML
+    /// syntax, an unknown key, a value of the wrong shape.
+    DagFormat,
+    /// Two steps of a DAG with the same id.
+    DagDuplicate,
+    /// A DAG reference to a step, parameter or output that does not exist,
+    /// or to a step that is not upstream of the one reading it.
+    DagReference,
+    /// A cycle among a DAG's dependencies.
+    DagCycle,
+    /// A DAG parameter value of the wrong type.
+    DagType,
+    /// A DAG past a limit (steps per definition).
+    DagLimit,
 }
 
 impl Code {
@@ -73,6 +87,12 @@ impl Code {
             Code::UnknownField => "E0013",
             Code::FieldType => "E0014",
             Code::UnknownType => "E0015",
+            Code::DagFormat => "E0016",
+            Code::DagDuplicate => "E0017",
+            Code::DagReference => "E0018",
+            Code::DagCycle => "E0019",
+            Code::DagType => "E0020",
+            Code::DagLimit => "E0021",
         }
     }
 }

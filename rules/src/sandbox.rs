@@ -320,6 +320,18 @@ impl Sandbox {
         out
     }
 
+    /// Whether a script calls `start_workflow` (awaited like a function).
+    pub fn starts_children(script: &Script) -> bool {
+        let mut found = false;
+        script.ast.walk(&mut |path| {
+            if let Some((f, _)) = fn_call(path.last()) {
+                found |= f.name == "start_workflow";
+            }
+            !found
+        });
+        found
+    }
+
     fn run_scope(script: &Script, values: Vec<ScriptValue>) -> Scope<'static> {
         let mut scope = Scope::with_capacity(values.len());
         for (name, v) in script.vars.iter().zip(values) {

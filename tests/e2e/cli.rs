@@ -57,3 +57,53 @@ fn a_second_server_on_a_locked_data_directory_says_so() {
     assert!(rest.iter().any(|l| l.contains("locked by another process")), "{rest:?}");
     assert!(!rest.iter().any(|l| l.contains("Os {")), "{rest:?}");
 }
+
+/// `stoa dag check` and `stoa dag compile` on the example definitions,
+/// and on a broken one: the compiled pack passes `stoa test`, as does the
+/// definition directory itself (compiled in memory); a definition with an
+/// error exits 3 with its diagnostics, and nothing is written.
+#[test]
+fn dag_definitions_check_compile_and_test() {
+    let run = |args: &[&str]| {
+        let out = stoa().args(args).output().expect("run stoa");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let etl = repo().join("examples/dags/etl");
+    let etl = etl.to_str().expect("utf-8 path");
+    let (code, stdout, stderr) = run(&["dag", "check", etl]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("etl 1: compiles to"), "{stdout}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("pack");
+    let (code, stdout, stderr) = run(&["dag", "compile", etl, "--out", out.to_str().expect("utf-8")]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(out.join("workflow.rules").is_file() && out.join("tests/etl.toml").is_file());
+    for pack in [out.to_str().expect("utf-8"), etl] {
+        let (code, stdout, stderr) = run(&["test", pack]);
+        assert_eq!(code, Some(0), "{stdout}{stderr}");
+        assert!(stdout.contains("5 passed, 0 failed"), "{stdout}");
+    }
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).expect("mkdir");
+    std::fs::write(
+        bad.join("workflow.yaml"),
+        "id: bad\nsteps:\n  - { id: a, type: noop, depends_on: [b] }\n  - { id: b, type: noop, depends_on: [a] }\n",
+    )
+    .expect("write");
+    let bad_out = dir.path().join("bad-pack");
+    let (code, stdout, stderr) =
+        run(&["dag", "compile", bad.to_str().expect("utf-8"), "--out", bad_out.to_str().expect("utf-8")]);
+    assert_eq!(code, Some(3), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("workflow.yaml:4:39: error[E0019]: the dependencies form a cycle: `a` → `b` → `a`"),
+        "{stderr}"
+    );
+    assert!(!bad_out.exists());
+    let (code, _, stderr) = run(&["test", bad.to_str().expect("utf-8")]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("error[E0019]"), "{stderr}");
+}

@@ -1,0 +1,135 @@
+//! `stoa dag`: Maestro-style DAG definitions (`workflow.yaml`, see
+//! docs/dags.md) checked, and compiled to the rule pack they become.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Subcommand;
+use stoa_rules::compile::{compile, PackSource};
+use stoa_rules::diagnostic::SourceMap;
+use stoa_rules::Diagnostic;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Check a definition (a directory holding workflow.yaml, or the file):
+    /// its format, step ids, dependencies and cycles, parameter types,
+    /// references to parameters and upstream outputs; then the rule pack it
+    /// compiles to. Prints every problem as `path:line:col:
+    /// error[CODE]: message`; exits 3 if there is an error.
+    ///
+    /// Example: stoa dag check examples/dags/etl
+    Check {
+        /// The definition directory, or its workflow.yaml.
+        path: PathBuf,
+    },
+    /// Compile a definition to a rule pack directory (pack.toml,
+    /// workflow.rules, and the definition's tests/*.toml), which `stoa
+    /// check`, `stoa test`, `stoa run` and `stoa deploy` take (they also take
+    /// the definition directory itself). Exits 3 if the definition has an
+    /// error, writing nothing.
+    ///
+    /// Example: stoa dag compile examples/dags/etl --out /tmp/etl-pack
+    Compile {
+        /// The definition directory, or its workflow.yaml.
+        path: PathBuf,
+        /// The pack directory to write (created if missing; its pack.toml,
+        /// workflow.rules and tests are replaced).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Whether `dir` is a definition directory rather than a pack.
+pub fn is_definition(dir: &Path) -> bool {
+    dir.join(stoa_dag::FILE).is_file() && !dir.join("pack.toml").exists()
+}
+
+/// The pack a definition compiles to, shown under `root`; prints the
+/// definition's diagnostics to stderr. `None` if it has an error.
+pub fn source(path: &Path, root: &Path) -> anyhow::Result<(Option<PackSource>, Vec<Diagnostic>)> {
+    let src = stoa_dag::Source::read(path).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let (pack, diags) = src.compile(root);
+    let map = SourceMap::new(&src.text);
+    for d in &diags {
+        eprintln!("{}\n", d.render_in(Some(&map)));
+    }
+    Ok((pack, diags))
+}
+
+pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Check { path } => {
+            // The compiled files are shown under a directory that says what
+            // they are (they exist only in memory).
+            let dir = if path.is_dir() { path.clone() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
+            let root = dir.join("(compiled)");
+            let (pack, diags) = source(&path, &root)?;
+            let Some(pack) = pack else {
+                let errors = diags.iter().filter(|d| d.is_error()).count();
+                println!("{}: {errors} error(s), {} warning(s)", path.display(), diags.len() - errors);
+                return Ok(ExitCode::from(crate::exit::CHECK_FAILED));
+            };
+            // The definition is sound; what is left to find is in the rules
+            // it became (a condition that is not a valid expression).
+            let (compiled, rdiags) = compile(&pack);
+            for d in pack.render(&rdiags) {
+                eprintln!("{d}\n");
+            }
+            match compiled {
+                Some(p) => {
+                    println!(
+                        "{} {}: compiles to {} rule(s), {} test(s), {} warning(s), no errors",
+                        p.manifest.name,
+                        p.manifest.version,
+                        p.rules.len(),
+                        p.tests.len(),
+                        diags.len() + rdiags.len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    let errors = rdiags.iter().filter(|d| d.is_error()).count();
+                    println!("{}: {errors} error(s) in the compiled rules", path.display());
+                    Ok(ExitCode::from(crate::exit::CHECK_FAILED))
+                }
+            }
+        }
+        Command::Compile { path, out } => {
+            let (pack, diags) = source(&path, &out)?;
+            let Some(pack) = pack else {
+                let errors = diags.iter().filter(|d| d.is_error()).count();
+                println!("{}: {errors} error(s); nothing written", path.display());
+                return Ok(ExitCode::from(crate::exit::CHECK_FAILED));
+            };
+            let (compiled, rdiags) = compile(&pack);
+            for d in pack.render(&rdiags) {
+                eprintln!("{d}\n");
+            }
+            for (rel, text) in &pack.files {
+                let p = out.join(rel);
+                if let Some(parent) = p.parent() {
+                    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+                }
+                std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+            }
+            match compiled {
+                Some(p) => {
+                    println!(
+                        "wrote {}: {} {}, {} rule(s), {} test(s)",
+                        out.display(),
+                        p.manifest.name,
+                        p.manifest.version,
+                        p.rules.len(),
+                        p.tests.len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    println!("wrote {}, but its rules do not compile (see above)", out.display());
+                    Ok(ExitCode::from(crate::exit::CHECK_FAILED))
+                }
+            }
+        }
+    }
+}

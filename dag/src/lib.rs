@@ -1,0 +1,142 @@
+//! Maestro-style DAG definitions: a `workflow.yaml` of steps with
+//! dependencies, parameters and outputs, checked with `file:line:col`
+//! diagnostics and compiled to a rule pack (`pack.toml` and
+//! `workflow.rules`) that `stoa_rules::compile` accepts. No I/O but
+//! reading a definition's directory; no network, no engine.
+//!
+//! ```text
+//! workflow.yaml ─► yaml (spanned nodes) ─► model (Dag) ─► validate (Graph)
+//!                                                      └─► emit (pack files)
+//! ```
+
+#![deny(missing_docs)]
+
+mod emit;
+mod expr;
+/// The definition model.
+#[allow(missing_docs)]
+pub mod model;
+mod validate;
+mod yaml;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use stoa_rules::compile::PackSource;
+use stoa_rules::diagnostic::SourceMap;
+use stoa_rules::{Code, Diagnostic};
+
+pub use model::{Dag, MAX_STEPS};
+pub use validate::Graph;
+
+/// The file a definition directory holds.
+pub const FILE: &str = "workflow.yaml";
+
+/// A definition that passed every check, ready to compile.
+pub struct Definition {
+    /// The model read from the YAML.
+    pub dag: Dag,
+    /// Its dependency graph.
+    pub graph: Graph,
+    /// The file's name as the compiled pack's comments cite it.
+    source_name: String,
+}
+
+/// Checks a definition's text; `path` is shown in diagnostics. Returns the
+/// definition if it has no error, and every diagnostic, sorted by position.
+pub fn check(path: &Path, text: &str) -> (Option<Definition>, Vec<Diagnostic>) {
+    let mut r = model::Reader { path, diags: Vec::new() };
+    let root = match yaml::parse(text) {
+        Ok(n) => n,
+        Err(e) => {
+            r.error(e.pos, Code::DagFormat, format!("YAML: {}", e.message));
+            return (None, r.diags);
+        }
+    };
+    let dag = model::read(&mut r, &root);
+    let map = SourceMap::new(text);
+    let graph = dag.as_ref().map(|d| validate::check(&mut r, &map, d));
+    let mut diags = r.diags;
+    diags.sort_by_key(|d| d.pos);
+    let ok = !diags.iter().any(Diagnostic::is_error);
+    let source_name = path.file_name().map_or(FILE.to_string(), |f| f.to_string_lossy().into_owned());
+    let def = match (dag, graph) {
+        (Some(dag), Some(graph)) if ok => Some(Definition { dag, graph, source_name }),
+        _ => None,
+    };
+    (def, diags)
+}
+
+impl Definition {
+    /// The compiled pack's `pack.toml` and `workflow.rules`.
+    pub fn emit(&self) -> (String, String) {
+        emit::emit(&self.dag, &self.graph, &self.source_name)
+    }
+}
+
+/// A definition directory (or a `workflow.yaml` file) read from disk: the
+/// definition's text and the test files beside it (`tests/**/*.toml`),
+/// which the compiled pack keeps.
+pub struct Source {
+    /// The definition file, as diagnostics show it.
+    pub path: PathBuf,
+    /// Its text.
+    pub text: String,
+    /// Test files, by path relative to the directory.
+    pub tests: BTreeMap<PathBuf, String>,
+}
+
+impl Source {
+    /// Reads `DIR/workflow.yaml` and `DIR/tests/**/*.toml`, or one file.
+    pub fn read(at: &Path) -> Result<Source, Diagnostic> {
+        let (dir, path) = if at.is_dir() {
+            (at.to_path_buf(), at.join(FILE))
+        } else {
+            (at.parent().unwrap_or(Path::new(".")).to_path_buf(), at.to_path_buf())
+        };
+        let io = |p: &Path, e: std::io::Error| {
+            Diagnostic::error(p, stoa_rules::Pos::new(1, 1), Code::Pack, format!("cannot read: {e}"))
+        };
+        let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
+        let text = stoa_rules::compile::file_text(&path, bytes)?;
+        let mut tests = BTreeMap::new();
+        let tdir = dir.join("tests");
+        if tdir.is_dir() && at.is_dir() {
+            let mut stack = vec![tdir];
+            while let Some(d) = stack.pop() {
+                let entries = std::fs::read_dir(&d).map_err(|e| io(&d, e))?;
+                for e in entries {
+                    let e = e.map_err(|e| io(&d, e))?;
+                    let p = e.path();
+                    if p.is_dir() {
+                        stack.push(p);
+                    } else if p.extension().is_some_and(|x| x == "toml") {
+                        let bytes = std::fs::read(&p).map_err(|e| io(&p, e))?;
+                        let rel = p.strip_prefix(&dir).unwrap_or(&p).to_path_buf();
+                        tests.insert(rel, stoa_rules::compile::file_text(&p, bytes)?);
+                    }
+                }
+            }
+        }
+        Ok(Source { path, text, tests })
+    }
+
+    /// Checks and compiles the definition into the files of a pack shown
+    /// under `root` (the directory `stoa dag compile --out` writes, or the
+    /// definition's own for a compile in memory): `pack.toml`,
+    /// `workflow.rules` and the tests. `None` when the definition has an
+    /// error; the diagnostics either way.
+    pub fn compile(&self, root: &Path) -> (Option<PackSource>, Vec<Diagnostic>) {
+        let (def, diags) = check(&self.path, &self.text);
+        let Some(def) = def else { return (None, diags) };
+        let (manifest, rules) = def.emit();
+        let mut files = BTreeMap::new();
+        files.insert(PathBuf::from("pack.toml"), manifest);
+        files.insert(PathBuf::from("workflow.rules"), rules);
+        files.extend(self.tests.clone());
+        (Some(PackSource { root: root.to_path_buf(), files }), diags)
+    }
+}
+
+#[cfg(test)]
+mod tests;
