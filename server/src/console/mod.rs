@@ -68,6 +68,7 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/workflows", get(workflows::list))
+        .route("/workflows/cancel", post(workflows::cancel_many))
         .route("/workflows/{id}", get(workflows::show))
         .route("/workflows/{id}/events", get(workflows::events))
         .route("/workflows/{id}/cancel", post(workflows::cancel))

@@ -365,6 +365,35 @@ async fn the_list_filters_by_status_pack_and_text_and_counts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_cancel_says_how_many_then_cancels_them_and_no_other_tenants() {
+    let f = Fixture::new().await;
+    let mine = [f.order("a", "one").await, f.order("a", "two").await];
+    let theirs = f.order("b", "three").await;
+    let s = f.login(TOKEN_A).await;
+    let list = f.get("/workflows", Some(&s)).await;
+    assert!(list.body.contains("Cancel every running workflow"), "{}", list.body);
+    // Without the session's token: refused, nothing asked.
+    let bad = f.post("/workflows/cancel", Some(&s), "csrf=nope&pack=orders").await;
+    assert_eq!(bad.status, StatusCode::FORBIDDEN);
+    let ask = f.post("/workflows/cancel", Some(&s), &format!("csrf={}&pack=orders", s.csrf)).await;
+    assert_eq!(ask.status, StatusCode::OK);
+    assert!(ask.body.contains("Cancel 2 running workflows of pack orders?"), "{}", ask.body);
+    // A stale count (one more started since) is refused.
+    let stale = f.post("/workflows/cancel", Some(&s), &format!("csrf={}&pack=orders&confirm=1", s.csrf)).await;
+    assert_eq!(stale.status, StatusCode::CONFLICT, "{}", stale.body);
+    let done =
+        f.post("/workflows/cancel", Some(&s), &format!("csrf={}&pack=orders&confirm=2&reason=drill", s.csrf)).await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    assert_eq!(done.headers[header::LOCATION], "/workflows?done=cancelled-2");
+    for id in &mine {
+        let w = f.console.runtime.get("a", id).unwrap();
+        assert_eq!(w.meta.status.as_str(), "cancelled", "{:?}", w.meta.reason);
+    }
+    assert_eq!(f.console.runtime.get("b", &theirs).unwrap().meta.status.as_str(), "running");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedules_pause_resume_and_trigger_from_the_page() {
     let f = Fixture::new().await;
     let toml = format!(

@@ -87,6 +87,9 @@ pub struct ListQuery {
     q: String,
     #[serde(default)]
     after: String,
+    /// What the last action did (`cancelled-N`).
+    #[serde(default)]
+    done: String,
 }
 
 impl ListQuery {
@@ -202,8 +205,10 @@ pub async fn list(State(console): St, tenant: Tenant, Query(q): Query<ListQuery>
         console.runtime.blocking(move || counts(&c, &t)).await.map_err(|_| PageError::Internal)??
     };
     let packs: Vec<String> = rt.packs(&tenant.name).into_iter().map(|(n, _, _)| n).collect();
+    let done = q.done.strip_prefix("cancelled-").and_then(|n| n.parse::<usize>().ok());
     let body = html! {
         h1 { "Workflows" }
+        @if let Some(n) = done { p.notice { "Cancelled " (n) " workflow(s); their cleanup rules run now." } }
         nav.counts aria-label="Counts per status" {
             a href=(q.url(None, Some(""))) class=[q.status.is_empty().then_some("on")] { "all" }
             @for (i, s) in STATUSES.iter().enumerate() {
@@ -228,6 +233,18 @@ pub async fn list(State(console): St, tenant: Tenant, Query(q): Query<ListQuery>
             }
             label { "Id or request id " input type="search" name="q" value=(q.q) placeholder="wf_… or a request id" size="36"; }
             button type="submit" { "Filter" }
+        }
+        @if q.q.trim().is_empty() && (q.status.is_empty() || q.status == "running") && counts.by_status[0] > 0 {
+            form.bulk method="post" action="/workflows/cancel" {
+                input type="hidden" name="csrf" value=(tenant.csrf);
+                input type="hidden" name="pack" value=(q.pack);
+                button type="submit" {
+                    "Cancel every running workflow"
+                    @if !q.pack.is_empty() { " of " (q.pack) }
+                    "…"
+                }
+                span.muted { " (asks to confirm, with how many)" }
+            }
         }
         section #list {
             @if listing.rows.is_empty() {
@@ -744,6 +761,115 @@ pub async fn cancel(
     }
     console.counts.remove(&tenant.name);
     Ok(Redirect::to(&format!("/workflows/{id}?done=cancelled")).into_response())
+}
+
+/// At most this many workflows are cancelled by one bulk action, and at
+/// most `MAX_SCAN` × 5 read to find them.
+const BULK_MAX: usize = 10_000;
+
+#[derive(Deserialize)]
+pub struct BulkCancelForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    pack: String,
+    #[serde(default)]
+    reason: String,
+    /// How many the confirmation page said; absent: show it.
+    #[serde(default)]
+    confirm: Option<usize>,
+}
+
+/// The running workflows of `pack` (any pack if empty), at most
+/// `BULK_MAX`; whether there may be more.
+fn running_of(rt: &Runtime, tenant: &str, pack: &str) -> Result<(Vec<WorkflowId>, bool), ApiError> {
+    let (mut out, mut after, mut read) = (Vec::new(), None, 0);
+    loop {
+        let metas = rt.list_prefix(tenant, "", after.as_ref(), 1000)?;
+        let done = metas.len() < 1000;
+        for m in metas {
+            read += 1;
+            if m.status == Status::Running && (pack.is_empty() || m.pack == pack) {
+                if out.len() == BULK_MAX {
+                    return Ok((out, true));
+                }
+                out.push(m.id.clone());
+            }
+            after = Some(m.id);
+        }
+        if done {
+            return Ok((out, false));
+        }
+        if read >= MAX_SCAN * 5 {
+            return Ok((out, true));
+        }
+    }
+}
+
+/// `POST /workflows/cancel`: cancels every running workflow of the filter
+/// (a pack, or all). The first post shows how many and asks to confirm;
+/// the second, carrying that number, cancels them (their cleanup rules
+/// run, as `stoa cancel`).
+pub async fn cancel_many(
+    State(console): St,
+    tenant: Tenant,
+    Form(form): Form<BulkCancelForm>,
+) -> Result<Response, PageError> {
+    tenant.check_csrf(&form.csrf)?;
+    if !form.pack.is_empty() && !stoa_rules::manifest::valid_pack_name(&form.pack) {
+        return Err(PageError::BadRequest("pack: not a pack name".into()));
+    }
+    let reason = form.reason.trim();
+    if reason.len() > 500 || reason.chars().any(char::is_control) {
+        return Err(PageError::BadRequest("reason: at most 500 characters, without control characters".into()));
+    }
+    let reason = if reason.is_empty() { "cancelled from the console".to_string() } else { reason.to_string() };
+    let (rt, t, pack) = (console.runtime.clone(), tenant.name.clone(), form.pack.clone());
+    let (ids, more) =
+        console.runtime.blocking(move || running_of(&rt, &t, &pack)).await.map_err(|_| PageError::Internal)??;
+    let which = if form.pack.is_empty() {
+        "running workflows".to_string()
+    } else {
+        format!("running workflows of pack {}", form.pack)
+    };
+    let Some(confirmed) = form.confirm else {
+        let body = html! {
+            h1 { "Cancel " (ids.len()) " " (which) "?" }
+            @if more { p.muted { "(at most " (BULK_MAX) " at once; run it again for the rest)" } }
+            p { "Each runs its pack's cleanup rules (a Cancelled fact), then ends as cancelled. This cannot be undone." }
+            form method="post" action="/workflows/cancel" {
+                input type="hidden" name="csrf" value=(tenant.csrf);
+                input type="hidden" name="pack" value=(form.pack);
+                input type="hidden" name="confirm" value=(ids.len());
+                label { "Reason " input type="text" name="reason" value=(reason) size="40"; }
+                " "
+                button.danger type="submit" disabled[ids.is_empty()] { "Cancel " (ids.len()) }
+                " " a href="/workflows" { "Back" }
+            }
+        };
+        return Ok(layout::page("Cancel workflows", Some(&tenant), body).into_response());
+    };
+    // More started meanwhile: the count confirmed no longer holds.
+    if ids.len() > confirmed {
+        return Err(PageError::Conflict(format!(
+            "{} {which} now, {confirmed} confirmed; nothing was cancelled: confirm again",
+            ids.len()
+        )));
+    }
+    let (rt, t) = (console.runtime.clone(), tenant.name.clone());
+    let cancelled = detached(async move {
+        let mut n = 0usize;
+        for id in ids {
+            // Ended meanwhile, or moved: not this action's concern.
+            if let Ok(out) = rt.turn(&t, &id, Input::Cancel { reason: reason.clone(), grace_ms: None }).await {
+                n += usize::from(out.error.is_none());
+            }
+        }
+        Ok(n)
+    })
+    .await?;
+    console.counts.remove(&tenant.name);
+    Ok(Redirect::to(&format!("/workflows?done=cancelled-{cancelled}")).into_response())
 }
 
 #[derive(Deserialize)]
