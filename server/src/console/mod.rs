@@ -72,6 +72,7 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/workflows/{id}", get(workflows::show))
         .route("/workflows/{id}/events", get(workflows::events))
         .route("/workflows/{id}/cancel", post(workflows::cancel))
+        .route("/workflows/{id}/signal", post(workflows::signal))
         .route("/workflows/{id}/facts", post(workflows::assert))
         .route("/workflows/{id}/facts/{fact}", get(explain::fact))
         .route("/workflows/{id}/rules/{rule}", get(explain::rule))

@@ -394,6 +394,29 @@ async fn a_bulk_cancel_says_how_many_then_cancels_them_and_no_other_tenants() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_sent_from_the_page_arrives_as_a_signal_fact() {
+    let f = Fixture::new().await;
+    let id = f.order("a", "n").await;
+    let s = f.login(TOKEN_A).await;
+    let page = f.get(&format!("/workflows/{id}"), Some(&s)).await;
+    assert!(page.body.contains("Send signal"), "{}", page.body);
+    let path = format!("/workflows/{id}/signal");
+    let bad = f.post(&path, Some(&s), &format!("csrf={}&name=go&payload=%7Bnope", s.csrf)).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("payload: not JSON"), "{}", bad.body);
+    assert_eq!(f.post(&path, Some(&s), "csrf=nope&name=go").await.status, StatusCode::FORBIDDEN);
+    let b = f.login(TOKEN_B).await;
+    assert_eq!(f.post(&path, Some(&b), &format!("csrf={}&name=go", b.csrf)).await.status, StatusCode::NOT_FOUND);
+    let sent = f.post(&path, Some(&s), &format!("csrf={}&name=go&payload=%7B%22day%22%3A3%7D", s.csrf)).await;
+    assert_eq!(sent.status, StatusCode::SEE_OTHER, "{}", sent.body);
+    let snap = f.console.runtime.get("a", &id).unwrap();
+    let signal = snap.facts.iter().find(|f| &*f.ty.name() == "Signal").expect("a Signal fact");
+    let fields = signal.fields.to_json();
+    assert_eq!((fields["name"].as_str(), fields["payload"]["day"].as_i64()), (Some("go"), Some(3)), "{fields}");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedules_pause_resume_and_trigger_from_the_page() {
     let f = Fixture::new().await;
     let toml = format!(

@@ -318,6 +318,7 @@ pub async fn show(
     let notice = match q.done.as_str() {
         "cancelled" => Some("Cancel requested."),
         "asserted" => Some("Fact asserted."),
+        "signalled" => Some("Signal sent."),
         _ => None,
     };
     let page = workflow_page(&console, &tenant, &id, q.from, notice, AssertState::default())?;
@@ -361,6 +362,14 @@ fn workflow_page(
                 input type="hidden" name="csrf" value=(tenant.csrf);
                 input type="text" name="reason" placeholder="reason (optional)" maxlength="500";
                 button.danger type="submit" { "Cancel workflow" }
+            }
+        }
+        @if running {
+            form.inline method="post" action={ (base) "/signal" } {
+                input type="hidden" name="csrf" value=(tenant.csrf);
+                input type="text" name="name" placeholder="signal name" required maxlength="200";
+                input type="text" name="payload" placeholder="payload (JSON, optional)" size="30";
+                button type="submit" { "Send signal" }
             }
         }
         (facts_section(&snap, &base))
@@ -870,6 +879,54 @@ pub async fn cancel_many(
     .await?;
     console.counts.remove(&tenant.name);
     Ok(Redirect::to(&format!("/workflows?done=cancelled-{cancelled}")).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct SignalForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    payload: String,
+}
+
+/// `POST /workflows/{id}/signal`: a signal to this workflow (a `Signal`
+/// fact with the name and JSON payload), with a new signal id; routed as
+/// the API routes it, so the cluster's coordinator does it.
+pub async fn signal(
+    State(console): St,
+    tenant: Tenant,
+    Path(id): Path<String>,
+    Form(form): Form<SignalForm>,
+) -> Result<Response, PageError> {
+    tenant.check_csrf(&form.csrf)?;
+    let id = parse_id(&id)?;
+    let name = form.name.trim();
+    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+        return Err(PageError::BadRequest("name: required, at most 200 bytes, without control characters".into()));
+    }
+    let payload = match form.payload.trim() {
+        "" => serde_json::Value::Null,
+        text => serde_json::from_str(text).map_err(|e| PageError::BadRequest(format!("payload: not JSON: {e}")))?,
+    };
+    // Another tenant's workflow does not exist for this one.
+    console.runtime.get(&tenant.name, &id)?;
+    if !matches!(console.runtime.opts.placement.coordinator(), crate::placement::Place::Here(_)) {
+        return Err(PageError::Conflict("the cluster's coordinator routes signals: use its console".into()));
+    }
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes).map_err(|_| PageError::Internal)?;
+    let signal = stoa_engine::workflow::Signal {
+        id: format!("console-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        name: name.to_string(),
+        payload: stoa_rules::Value::from_json(&payload),
+        from: None,
+        at_ms: console.runtime.clock.now_ms(),
+    };
+    let (rt, t, wf) = (console.runtime.clone(), tenant.name.clone(), id.clone());
+    detached(async move { rt.route_signal(&t, signal, Some(wf)).await }).await?;
+    Ok(Redirect::to(&format!("/workflows/{id}?done=signalled")).into_response())
 }
 
 #[derive(Deserialize)]
