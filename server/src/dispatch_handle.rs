@@ -57,6 +57,12 @@ pub enum Event {
     },
     /// A scrape: the dispatcher's gauges (backlog, workers, slots).
     Gauges(tokio::sync::oneshot::Sender<crate::metrics::Gauges>),
+    /// The tenant's worker sessions and its backlog per function (the
+    /// console's workers page).
+    Workers {
+        tenant: String,
+        tx: tokio::sync::oneshot::Sender<WorkersView>,
+    },
     /// What it knows of these invocations of a tenant (each with its
     /// function), in the same order (`stoa describe`).
     Inspect {
@@ -83,6 +89,34 @@ pub struct Inspected {
     pub workers: u32,
 }
 
+/// A tenant's workers as the dispatcher sees them.
+#[derive(Clone, Debug, Default)]
+pub struct WorkersView {
+    pub sessions: Vec<WorkerSession>,
+    /// Every function with a session or an invocation, by name.
+    pub functions: Vec<FunctionLoad>,
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerSession {
+    pub session: SessionId,
+    pub functions: Vec<String>,
+    pub max_in_flight: usize,
+    pub in_flight: usize,
+    pub draining: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct FunctionLoad {
+    pub function: String,
+    pub queued: usize,
+    pub running: usize,
+    pub backoff: usize,
+    /// Sessions serving it, not draining, and their free slots.
+    pub workers: u32,
+    pub free_slots: usize,
+}
+
 /// An attempt that ended without a final outcome (the engine's type: the
 /// outcome carries them to the timeline).
 pub use stoa_engine::workflow::FailedAttempt;
@@ -103,6 +137,14 @@ impl DispatchHandle {
     pub async fn gauges(&self) -> Option<crate::metrics::Gauges> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.tx.send(Event::Gauges(tx)).ok()?;
+        rx.await.ok()
+    }
+
+    /// The tenant's worker sessions and backlog; `None` once the
+    /// dispatcher has stopped.
+    pub async fn workers(&self, tenant: String) -> Option<WorkersView> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx.send(Event::Workers { tenant, tx }).ok()?;
         rx.await.ok()
     }
 

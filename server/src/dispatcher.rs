@@ -300,6 +300,9 @@ impl Dispatcher {
             Event::Gauges(tx) => {
                 let _ = tx.send(self.gauges());
             }
+            Event::Workers { tenant, tx } => {
+                let _ = tx.send(self.workers_of(&tenant));
+            }
             Event::Inspect { tenant, invocations, tx } => {
                 let _ = tx.send(invocations.iter().map(|(id, f)| self.inspect(&tenant, id, f)).collect());
             }
@@ -757,6 +760,42 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
+    fn workers_of(&self, tenant: &str) -> crate::dispatch_handle::WorkersView {
+        use crate::dispatch_handle::{FunctionLoad, WorkerSession, WorkersView};
+        let mut functions: BTreeMap<String, FunctionLoad> = BTreeMap::new();
+        fn load<'m>(functions: &'m mut BTreeMap<String, FunctionLoad>, f: &str) -> &'m mut FunctionLoad {
+            functions
+                .entry(f.to_string())
+                .or_insert_with(|| FunctionLoad { function: f.to_string(), ..Default::default() })
+        }
+        let mut sessions = Vec::new();
+        for (id, s) in self.sessions.iter().filter(|(_, s)| s.tenant == tenant) {
+            for f in &s.functions {
+                let l = load(&mut functions, f);
+                if !s.draining {
+                    l.workers += 1;
+                    l.free_slots += s.max_in_flight.saturating_sub(s.in_flight.len());
+                }
+            }
+            sessions.push(WorkerSession {
+                session: *id,
+                functions: s.functions.clone(),
+                max_in_flight: s.max_in_flight,
+                in_flight: s.in_flight.len(),
+                draining: s.draining,
+            });
+        }
+        for item in self.items.values().filter(|i| i.tenant == tenant) {
+            let l = load(&mut functions, &item.inv.function);
+            match item.state {
+                State::Queued => l.queued += 1,
+                State::Leased { .. } => l.running += 1,
+                State::Backoff { .. } => l.backoff += 1,
+            }
+        }
+        WorkersView { sessions, functions: functions.into_values().collect() }
+    }
+
     fn inspect(&self, tenant: &str, id: &InvocationId, function: &str) -> Inspected {
         let workers = self
             .sessions

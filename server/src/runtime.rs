@@ -1482,6 +1482,12 @@ impl Runtime {
         self.dispatch.inspect(tenant.to_string(), invocations).await
     }
 
+    /// The tenant's worker sessions on this server and its backlog per
+    /// function; `None` once the dispatcher has stopped.
+    pub async fn workers_of(&self, tenant: &str) -> Option<crate::dispatch_handle::WorkersView> {
+        self.dispatch.workers(tenant.to_string()).await
+    }
+
     pub fn list(&self, tenant: &str, after: Option<&WorkflowId>, limit: usize) -> Result<Vec<Meta>, ApiError> {
         self.store.workflows(&format!("{}{tenant}.", WorkflowId::PREFIX), after, limit).map_err(ApiError::from)
     }

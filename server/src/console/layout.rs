@@ -29,6 +29,7 @@ pub fn page(title: &str, tenant: Option<&Tenant>, body: Markup) -> Markup {
                         a href="/workflows" { "Workflows" }
                         a href="/packs" { "Packs" }
                         a href="/schedules" { "Schedules" }
+                        a href="/workers" { "Workers" }
                     }
                     @if let Some(t) = tenant {
                         span.who { "tenant " b.tenant { (t.name) } }

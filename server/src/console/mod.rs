@@ -80,6 +80,7 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/packs/{name}/rollout", post(packs::rollout))
         .route("/packs/{name}/rollback", post(packs::rollback))
         .route("/schedules", get(packs::schedules))
+        .route("/workers", get(packs::workers))
         .route("/schedules/{name}/{action}", post(packs::schedule_action))
         .route("/assets/{name}", get(assets::serve))
         .with_state(console)

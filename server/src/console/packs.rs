@@ -258,3 +258,52 @@ pub async fn schedule_action(
     }
     Ok(Redirect::to(&to).into_response())
 }
+
+/// `/workers`: this server's worker sessions of the tenant (functions,
+/// slots, in flight, draining) and the backlog per function (queued,
+/// running, backing off) against the workers and free slots serving it.
+pub async fn workers(State(console): St, tenant: Tenant) -> Result<Response, PageError> {
+    let view = console.runtime.workers_of(&tenant.name).await.ok_or(PageError::Internal)?;
+    let body = html! {
+        h1 { "Workers" }
+        p.muted { "On this server; in a cluster each server has its own sessions and backlog." }
+        section {
+            h2 { "Backlog per function" }
+            @if view.functions.is_empty() {
+                p.muted { "No worker session and no invocation." }
+            } @else {
+                table.grid {
+                    thead { tr { th { "Function" } th { "Queued" } th { "Running" } th { "Backing off" } th { "Workers" } th { "Free slots" } } }
+                    tbody {
+                        @for f in &view.functions {
+                            tr class=[(f.queued > 0 && f.workers == 0).then_some("invalid")] {
+                                td { code { (f.function) } }
+                                td.num { (f.queued) } td.num { (f.running) } td.num { (f.backoff) }
+                                td.num { (f.workers) } td.num { (f.free_slots) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section {
+            h2 { "Sessions (" (view.sessions.len()) ")" }
+            @if !view.sessions.is_empty() {
+                table.grid {
+                    thead { tr { th { "Session" } th { "Functions" } th { "In flight" } th { "Slots" } th { "State" } } }
+                    tbody {
+                        @for s in &view.sessions {
+                            tr {
+                                td.num { (s.session) }
+                                td { (s.functions.join(", ")) }
+                                td.num { (s.in_flight) } td.num { (s.max_in_flight) }
+                                td { @if s.draining { "draining" } @else { "serving" } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(layout::page("Workers", Some(&tenant), body).into_response())
+}

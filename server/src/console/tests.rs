@@ -417,6 +417,21 @@ async fn a_signal_sent_from_the_page_arrives_as_a_signal_fact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_page_shows_the_backlog_no_worker_serves() {
+    let f = Fixture::new().await;
+    f.order("a", "one").await;
+    let s = f.login(TOKEN_A).await;
+    let page = f.get("/workers", Some(&s)).await;
+    assert_eq!(page.status, StatusCode::OK);
+    // ship.it: one queued (or running), no worker: the row is marked.
+    assert!(page.body.contains("<code>ship.it</code>"), "{}", page.body);
+    assert!(page.body.contains("Sessions (0)"), "{}", page.body);
+    let b = f.login(TOKEN_B).await;
+    assert!(!f.get("/workers", Some(&b)).await.body.contains("ship.it"), "another tenant's backlog stays hidden");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedules_pause_resume_and_trigger_from_the_page() {
     let f = Fixture::new().await;
     let toml = format!(
