@@ -252,25 +252,25 @@ impl<'m> PackCheck<'m> {
                 ASTNode::Expr(RExpr::FnCall(f, p)) | ASTNode::Stmt(Stmt::FnCall(f, p)) => (f, *p),
                 _ => return,
             };
-            let (ty, map, new) = match (f.name.as_str(), &f.args[..]) {
+            let (ty, map, new, schema) = match (f.name.as_str(), &f.args[..]) {
                 ("insert", [RExpr::StringConstant(ty, p), map])
                 | ("after" | "at", [_, RExpr::StringConstant(ty, p), map]) => {
                     uses.push(TypeUse { path: path.into(), pos: at(*p), ty: ty.to_string(), inserted: true });
-                    (ty.to_string(), map, true)
+                    (ty.to_string(), map, true, self.schema(ty))
                 }
                 ("modify", [fact, map]) => match fact_type(fact) {
-                    Some(ty) => (ty, map, false),
+                    Some(ty) => {
+                        let schema = self.schema(&ty);
+                        (ty, map, false, schema)
+                    }
                     None => return,
                 },
                 // The sandbox spells `call` as `Call` (a reserved word).
                 ("call" | "Call", [RExpr::StringConstant(function, _), map, ..]) => {
-                    (crate::manifest::args_label(function), map, true)
+                    let schema = self.manifest.functions.get(function.as_str()).and_then(|spec| spec.args.as_ref());
+                    (crate::manifest::args_label(function), map, true, schema)
                 }
                 _ => return,
-            };
-            let schema = match ty.strip_suffix("(args)") {
-                Some(function) => self.manifest.functions.get(function).and_then(|spec| spec.args.as_ref()),
-                None => self.schema(&ty),
             };
             let (Some(schema), RExpr::Map(entries, map_pos)) = (schema, map) else { return };
             let what = match (new, f.name.as_str()) {

@@ -528,6 +528,18 @@ rule "two days" { match { n: count(Report()) test(n == 2) } action { complete(#{
 
 /// The CLI side, as docs/always-on.md shows it: a dry run's preview, the
 /// deploy's progress to the end, a signal and its lineage.
+/// `stoa ARGS` against `server` as tenant a: success, stdout, stderr.
+fn stoa_as_a(server: &Server, args: &[&str]) -> (bool, String, String) {
+    let out = crate::support::stoa()
+        .args(args)
+        .env("STOA_SERVER", &server.addr)
+        .env("STOA_TOKEN", TOKEN_A)
+        .output()
+        .expect("stoa");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
 #[test]
 fn the_cli_previews_upgrades_and_shows_lineage() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -545,15 +557,9 @@ fn the_cli_previews_upgrades_and_shows_lineage() {
     );
     let server = Server::start(&tmp.path().join("data"));
     let stoa = |args: &[&str]| {
-        let out = crate::support::stoa()
-            .args(args)
-            .env("STOA_SERVER", &server.addr)
-            .env("STOA_TOKEN", TOKEN_A)
-            .output()
-            .expect("stoa");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "stoa {args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
-        text
+        let (ok, out, err) = stoa_as_a(&server, args);
+        assert!(ok, "stoa {args:?}: {out}{err}");
+        out
     };
     stoa(&["deploy", v1.to_str().expect("utf-8")]);
     for i in 0..3 {
@@ -681,14 +687,8 @@ rule "ship" {
     );
     let server = Server::start(&tmp.path().join("data"));
     let stoa = |args: &[&str]| {
-        let out = crate::support::stoa()
-            .args(args)
-            .env("STOA_SERVER", &server.addr)
-            .env("STOA_TOKEN", TOKEN_A)
-            .output()
-            .expect("stoa");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
+        let (ok, out, err) = stoa_as_a(&server, args);
+        (ok, format!("{out}{err}"))
     };
     let path = |v: &str| dir(v).to_str().expect("utf-8").to_string();
     assert!(stoa(&["deploy", &path("v1")]).0);

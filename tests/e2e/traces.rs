@@ -114,6 +114,23 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
 }
 
+/// The workflow once it is no longer running (or after a minute).
+async fn finished(addr: &str, wf: &str) -> pb::Workflow {
+    let mut c = client(addr, TOKEN_A).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let w = c
+            .get_workflow(pb::GetWorkflowRequest { workflow_id: wf.to_string(), without_facts: true })
+            .await
+            .expect("get")
+            .into_inner();
+        if w.status != "running" || Instant::now() > deadline {
+            return w;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[test]
 fn one_video_encode_run_is_one_trace_from_client_to_both_workers() {
     let rt = runtime();
@@ -164,21 +181,7 @@ fn one_video_encode_run_is_one_trace_from_client_to_both_workers() {
     let started: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let wf = started["workflow_id"].as_str().expect("workflow id").to_string();
 
-    let w = rt.block_on(async {
-        let mut c = client(&server.addr, TOKEN_A).await;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let w = c
-                .get_workflow(pb::GetWorkflowRequest { workflow_id: wf.clone(), without_facts: true })
-                .await
-                .expect("get")
-                .into_inner();
-            if w.status != "running" || Instant::now() > deadline {
-                return w;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
+    let w = rt.block_on(finished(&server.addr, &wf));
     assert_eq!(w.status, "completed", "{}", w.reason);
 
     // A run its caller left out of sampling (flags 00) is traced nowhere:
@@ -196,21 +199,7 @@ fn one_video_encode_run_is_one_trace_from_client_to_both_workers() {
     let started: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let quiet = started["workflow_id"].as_str().expect("workflow id").to_string();
 
-    let w = rt.block_on(async {
-        let mut c = client(&server.addr, TOKEN_A).await;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let w = c
-                .get_workflow(pb::GetWorkflowRequest { workflow_id: quiet.clone(), without_facts: true })
-                .await
-                .expect("get")
-                .into_inner();
-            if w.status != "running" || Instant::now() > deadline {
-                return w;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
+    let w = rt.block_on(finished(&server.addr, &quiet));
     assert_eq!(w.status, "completed", "{}", w.reason);
 
     // A caller's traceparent with this process not exporting: the
