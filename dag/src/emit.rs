@@ -16,7 +16,7 @@
 
 use std::fmt::Write;
 
-use crate::expr::{condition_expr, pieces, rhai_str, text_expr, Piece, Ref};
+use crate::expr::{condition_expr, pieces, rhai_str, text_expr, Ref};
 use crate::model::{Dag, Mode, ParamType, Step, StepType};
 use crate::validate::Graph;
 use crate::yaml::{Kind, Node, Scalar};
@@ -92,6 +92,11 @@ fn value(node: &Node, acc: &dyn Fn(&Ref) -> String) -> String {
     }
 }
 
+/// A value that reads no reference as Rhai.
+pub(crate) fn value_of(node: &Node) -> String {
+    value(node, &|_| "()".into())
+}
+
 fn map_of<'a>(entries: impl Iterator<Item = (&'a str, &'a Node)>, acc: &dyn Fn(&Ref) -> String) -> String {
     let parts: Vec<String> = entries.map(|(k, v)| format!("{}: {}", rhai_str(k), value(v, acc))).collect();
     if parts.is_empty() {
@@ -152,10 +157,7 @@ fn strings_in(node: &Node, out: &mut Vec<String>) {
 
 fn collect_texts_str(s: &str, out: &mut Vec<Ref>) {
     if let Ok(ps) = pieces(s) {
-        out.extend(ps.into_iter().filter_map(|p| match p {
-            Piece::Ref(r, _) => Some(r),
-            Piece::Lit(_) => None,
-        }));
+        out.extend(crate::compute::refs(&ps));
     }
 }
 
@@ -219,6 +221,7 @@ step = "string"
 step = "string"
 "#,
     );
+    crate::triggers::manifest(&mut m, dag, source_name);
     m
 }
 
@@ -252,10 +255,11 @@ fn rules(dag: &Dag, g: &Graph, source_name: &str) -> String {
 
 fn start_rule(out: &mut String, dag: &Dag) {
     out.push_str("// The instance starts: its parameters checked and defaulted (from a\n// `Params` fact, if the start request gives one). Each step's rules make\n// its Step fact (`step ID new`).\n");
-    out.push_str(
-        "rule \"dag start\" {\n    match {\n        given: collect(Params())\n        not Dag()\n    }\n    action {\n",
-    );
+    out.push_str("rule \"dag start\" {\n    match {\n        given: collect(Params())\n");
+    crate::triggers::start_match(out, dag);
+    out.push_str("        not Dag()\n    }\n    action {\n");
     out.push_str("        let p = if given.len() > 0 { given[0] } else { #{} };\n        let params = #{};\n        let errors = [];\n");
+    crate::triggers::start_params(out, dag);
     for prm in &dag.params {
         let k = rhai_str(&prm.name.text);
         let type_name = match prm.ty {

@@ -26,6 +26,9 @@ pub enum Piece {
     Lit(String),
     /// A reference and its byte offset in the text (of the `$`).
     Ref(Ref, usize),
+    /// `${{ rhai }}`: an expression computing a value (see `crate::compute`),
+    /// its own pieces (Rhai text and references), and its offset.
+    Expr(Vec<Piece>, usize),
 }
 
 /// A malformed reference: its byte offset and what is wrong.
@@ -51,6 +54,20 @@ pub fn pieces(s: &str) -> Result<Vec<Piece>, BadRef> {
         if rest.starts_with("$${") {
             lit.push_str("${");
             i += 3;
+        } else if rest.starts_with("${{") {
+            let (inner, len) = crate::compute::split(rest).map_err(|m| BadRef { at: i, message: m })?;
+            let inner = pieces(inner).map_err(|b| BadRef { at: i + 3 + b.at, message: b.message })?;
+            if inner.iter().any(|p| matches!(p, Piece::Expr(..))) {
+                return Err(BadRef {
+                    at: i,
+                    message: "`${{` inside an expression: write the inner one as Rhai".into(),
+                });
+            }
+            if !lit.is_empty() {
+                out.push(Piece::Lit(std::mem::take(&mut lit)));
+            }
+            out.push(Piece::Expr(inner, i));
+            i += len;
         } else if rest.starts_with("${") {
             let Some(end) = rest.find('}') else {
                 return Err(BadRef { at: i, message: "`${` without its closing `}`".into() });
@@ -113,6 +130,7 @@ pub fn text_expr(pieces: &[Piece], access: &dyn Fn(&Ref) -> String) -> String {
     match pieces {
         [] => "\"\"".to_string(),
         [Piece::Ref(r, _)] => access(r),
+        [Piece::Expr(e, _)] => condition_expr(e, access),
         [Piece::Lit(l)] => rhai_str(l),
         _ => {
             // Starting from a string makes every `+` a concatenation.
@@ -127,6 +145,7 @@ pub fn text_expr(pieces: &[Piece], access: &dyn Fn(&Ref) -> String) -> String {
                 match p {
                     Piece::Lit(l) => out.push_str(&rhai_str(l)),
                     Piece::Ref(r, _) => out.push_str(&format!("`${{{}}}`", access(r))),
+                    Piece::Expr(e, _) => out.push_str(&format!("`${{{}}}`", condition_expr(e, access))),
                 }
             }
             out.push(')');
@@ -147,6 +166,7 @@ pub fn condition_expr(pieces: &[Piece], access: &dyn Fn(&Ref) -> String) -> Stri
                 out.push_str(&access(r));
                 out.push(')');
             }
+            Piece::Expr(e, _) => out.push_str(&condition_expr(e, access)),
         }
     }
     out.push(')');

@@ -11,11 +11,13 @@
 
 #![deny(missing_docs)]
 
+mod compute;
 mod emit;
 mod expr;
 /// The definition model.
 #[allow(missing_docs)]
 pub mod model;
+mod triggers;
 mod validate;
 mod yaml;
 
@@ -54,6 +56,9 @@ pub fn check(path: &Path, text: &str) -> (Option<Definition>, Vec<Diagnostic>) {
         }
     };
     let dag = model::read(&mut r, &root);
+    if let Some(d) = &dag {
+        triggers::check(&mut r, d);
+    }
     let map = SourceMap::new(text);
     let graph = dag.as_ref().map(|d| validate::check(&mut r, &map, d));
     let mut diags = r.diags;
@@ -140,3 +145,5 @@ impl Source {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ops;

@@ -159,6 +159,7 @@ pub struct Dag {
     pub steps: Vec<Step>,
     /// The result the instance completes with: name to value.
     pub outputs: Vec<(Name, Node)>,
+    pub triggers: Vec<crate::triggers::Trigger>,
 }
 
 pub(crate) struct Reader<'a> {
@@ -171,13 +172,13 @@ impl Reader<'_> {
         self.diags.push(Diagnostic::error(self.path, pos, code, msg));
     }
 
-    fn format(&mut self, pos: Pos, msg: impl Into<String>) {
+    pub(crate) fn format(&mut self, pos: Pos, msg: impl Into<String>) {
         self.error(pos, Code::DagFormat, msg);
     }
 
     /// The entries of a map node, each key a string; reports keys not in
     /// `known` (with "did you mean") and repeated keys.
-    fn map<'n>(&mut self, node: &'n Node, what: &str, known: &[&str]) -> Vec<(Name, &'n Node)> {
+    pub(crate) fn map<'n>(&mut self, node: &'n Node, what: &str, known: &[&str]) -> Vec<(Name, &'n Node)> {
         let Kind::Map(entries) = &node.kind else {
             self.format(node.pos, format!("{what} must be a map, found {}", node.what()));
             return Vec::new();
@@ -204,7 +205,7 @@ impl Reader<'_> {
         out
     }
 
-    fn string(&mut self, node: &Node, what: &str) -> Option<Name> {
+    pub(crate) fn string(&mut self, node: &Node, what: &str) -> Option<Name> {
         match &node.kind {
             Kind::Scalar(Scalar::Str(s)) => Some(Name { text: s.clone(), pos: node.pos }),
             // A plain number where a name or duration is expected reads as
@@ -247,7 +248,7 @@ impl Reader<'_> {
         ok
     }
 
-    fn list<'n>(&mut self, node: &'n Node, what: &str) -> &'n [Node] {
+    pub(crate) fn list<'n>(&mut self, node: &'n Node, what: &str) -> &'n [Node] {
         match &node.kind {
             Kind::Seq(items) => items,
             _ => {
@@ -285,7 +286,7 @@ fn humantime_like(s: &str) -> bool {
     humantime::parse_duration(s).is_ok()
 }
 
-const TOP: &[&str] = &["id", "version", "description", "params", "steps", "outputs"];
+const TOP: &[&str] = &["id", "version", "description", "params", "steps", "outputs", "triggers"];
 const STEP: &[&str] =
     &["id", "type", "function", "workflow", "params", "depends_on", "retry", "timeout", "outputs", "gate"];
 
@@ -337,7 +338,8 @@ pub(crate) fn read(r: &mut Reader<'_>, root: &Node) -> Option<Dag> {
             }
         }
     }
-    Some(Dag { id: id?, version, description, params, steps, outputs })
+    let triggers = get("triggers").map(|t| crate::triggers::read(r, t)).unwrap_or_default();
+    Some(Dag { id: id?, version, description, params, steps, outputs, triggers })
 }
 
 fn read_param(r: &mut Reader<'_>, name: Name, decl: &Node) -> Option<Param> {

@@ -8,7 +8,7 @@ use expect_test::{expect, Expect};
 use super::*;
 
 /// Every diagnostic of a definition, rendered with its source line.
-fn check_diags(yaml: &str, expected: Expect) {
+pub(crate) fn check_diags(yaml: &str, expected: Expect) {
     let (_, diags) = check(Path::new("workflow.yaml"), yaml);
     let map = SourceMap::new(yaml);
     let text: Vec<String> = diags.iter().map(|d| d.render_in(Some(&map))).collect();
@@ -38,12 +38,12 @@ steps:
 
 /// Compiles a definition directory and runs its tests on the engine,
 /// returning a line per failure.
-fn run_dir(dir: &Path) -> Vec<String> {
+pub(crate) fn run_dir(dir: &Path) -> Vec<String> {
     run_source(dir, Source::read(dir).unwrap_or_else(|d| panic!("{d}")))
 }
 
 /// Compiles a definition and runs the tests given with it.
-fn run_inline(yaml: &str, tests: &str) {
+pub(crate) fn run_inline(yaml: &str, tests: &str) {
     let source = Source {
         path: "workflow.yaml".into(),
         text: yaml.to_string(),
@@ -140,7 +140,7 @@ steps:
     type: sleep
 "#,
         expect![[r#"
-            workflow.yaml:3:1: error[E0016]: unknown key `stpes` in the definition; expected one of id, version, description, params, steps, outputs
+            workflow.yaml:3:1: error[E0016]: unknown key `stpes` in the definition; expected one of id, version, description, params, steps, outputs, triggers
               |
             3 | stpes: []
               | ^
@@ -680,7 +680,7 @@ facts = [{ type = "Step", fields = { id = "after", state = "done" } }]
 }
 
 /// A pack compiled from a definition's text, without tests.
-fn pack_of(yaml: &str) -> std::sync::Arc<stoa_rules::compile::Pack> {
+pub(crate) fn pack_of(yaml: &str) -> std::sync::Arc<stoa_rules::compile::Pack> {
     let source = Source { path: "workflow.yaml".into(), text: yaml.to_string(), tests: Default::default() };
     let (pack, diags) = source.compile(Path::new("p"));
     let pack = pack.unwrap_or_else(|| panic!("{diags:?}"));

@@ -69,8 +69,7 @@ impl Ctx<'_, '_> {
                 return Vec::new();
             }
         };
-        for piece in &ps {
-            let Piece::Ref(r, _) = piece else { continue };
+        for r in &crate::compute::refs(&ps) {
             let at = ref_pos(self.map, pos, r);
             match r {
                 Ref::Param(p) => {
@@ -138,6 +137,18 @@ impl Ctx<'_, '_> {
                 }
             }
         }
+        for e in crate::compute::exprs(&ps) {
+            let sandbox = self
+                .sandbox
+                .get_or_insert_with(|| stoa_rules::sandbox::Sandbox::new(&stoa_rules::limits::Limits::default()));
+            if let Err(m) = crate::compute::check(sandbox, e, &[]) {
+                self.r.error(
+                    pos,
+                    Code::DagFormat,
+                    format!("{reader} computes a value that is not a Rhai expression: {m}"),
+                );
+            }
+        }
         ps
     }
 
@@ -183,7 +194,7 @@ fn check_condition(cx: &mut Ctx<'_, '_>, ps: &[Piece], pos: Pos, what: &str) {
         .iter()
         .map(|p| match p {
             Piece::Lit(l) => l.as_str(),
-            Piece::Ref(..) => "()",
+            Piece::Ref(..) | Piece::Expr(..) => "()",
         })
         .collect();
     let sandbox =
