@@ -279,6 +279,16 @@ fn start_rule(out: &mut String, dag: &Dag) {
         );
         let _ = writeln!(out, "        let v = p[{k}];");
         match &prm.default {
+            Some(d) if crate::compute::computes(d) => {
+                // A default that computes reads the parameters before it.
+                let acc = |r: &Ref| match r {
+                    Ref::Param(p) => format!("params[{}]", rhai_str(p)),
+                    Ref::Output { .. } => "()".into(),
+                };
+                out.push_str("        if v == () {\n");
+                crate::compute::guarded(out, "            ", "v", &value(d, &acc), &prm.name.text, "errors", None);
+                out.push_str("        }\n");
+            }
             Some(d) => {
                 let _ = writeln!(out, "        if v == () {{ v = {}; }}", value(d, &|_| "()".into()));
             }
@@ -443,7 +453,7 @@ fn step_rules(
         }
         gate(out);
         out.push_str("    }\n    action {\n");
-        start_action(out, s, acc);
+        crate::compute::guarded_start(out, s, acc, &value, start_action);
         out.push_str("    }\n");
         end_sections(out, s, acc);
         out.push_str("}\n");

@@ -377,7 +377,7 @@ fn read_param(r: &mut Reader<'_>, name: Name, decl: &Node) -> Option<Param> {
         return None;
     };
     if let Some(d) = &default {
-        if !ty.holds(d) && !matches!(d.kind, Kind::Scalar(Scalar::Null)) {
+        if !ty.holds(d) && !matches!(d.kind, Kind::Scalar(Scalar::Null)) && !crate::compute::computes(d) {
             r.error(
                 d.pos,
                 Code::DagType,

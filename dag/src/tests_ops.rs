@@ -154,3 +154,138 @@ status = "completed"
 "#,
     );
 }
+
+#[test]
+fn computed_values_run_in_the_sandbox() {
+    run_inline(
+        r#"
+id: computed
+params:
+  day: { type: string, default: "2026-03-14" }
+  limit: { type: int, default: 10 }
+  year: { type: string, default: "${{ ${day}.sub_string(0, 4) }}" }
+  pages: { type: int, default: "${{ (${limit} + 2) / 3 }}" }
+steps:
+  - id: split
+    type: noop
+    params: { parts: [1, 2, 3] }
+  - id: fetch
+    function: web.fetch
+    depends_on: [split]
+    params:
+      n: "${{ ${limit} * 2 }}"
+      label: "run-${{ ${year} }}-${{ ${parts@split}.len() }}"
+      total: "${{ if ${limit} > 5 { 1 } else { 0 } }}"
+      firsts: ["${{ ${parts@split}[0] }}", "${day}"]
+outputs:
+  pages: "${{ ${pages} }}"
+"#,
+        r#"
+[[test]]
+name = "params compute from parameters and outputs, with their types"
+[[test.mock]]
+function = "web.fetch"
+args = { n = 20, label = "run-2026-3", total = 1, firsts = [1, "2026-03-14"] }
+returns = {}
+[test.expect]
+status = "completed"
+result = { pages = 4 }
+"#,
+    );
+}
+
+#[test]
+fn a_value_that_cannot_be_computed_fails_its_step_by_name() {
+    run_inline(
+        r#"
+id: checked
+params:
+  day: { type: string, default: "2026-03-14" }
+  n: { type: int, default: "${{ ${day}.len() > 3 }}" }
+  which: { type: string, default: fetch }
+steps:
+  - { id: a, type: noop, params: { wait: 5, child: 3 } }
+  - id: fetch
+    function: web.fetch
+    depends_on: [{ step: a, when: "${which} == \"fetch\"" }]
+    params: { n: "${{ ${day} * 2 }}", m: "${{ ${day}.missing }}" }
+  - id: pause
+    type: sleep
+    depends_on: [{ step: a, when: "${which} == \"pause\"" }]
+    params: { duration: "${wait@a}" }
+  - id: child
+    type: subworkflow
+    workflow: "${{ ${child@a} + 1 }}"
+    depends_on: [{ step: a, when: "${which} == \"child\"" }]
+"#,
+        r#"
+[[test]]
+name = "a default of the wrong type fails the start"
+[test.expect]
+status = "failed"
+reason = "parameter `n` must be an int, not bool"
+
+[[test]]
+name = "a step fails with every problem of its values"
+facts = [{ type = "Params", fields = { n = 1 } }]
+[test.expect]
+status = "failed"
+reason = "step fetch failed: parameter `n`: Function not found: * (&str | ImmutableString | String, i64); parameter `m`: Unknown property 'missing' - a getter is not registered for type 'string'"
+
+[[test]]
+name = "a duration read from an output must be a string"
+facts = [{ type = "Params", fields = { n = 1, which = "pause" } }]
+[test.expect]
+status = "failed"
+reason = "step pause failed: parameter `duration`: must be a string, not i64"
+
+[[test]]
+name = "so must a computed child workflow name"
+facts = [{ type = "Params", fields = { n = 1, which = "child" } }]
+[test.expect]
+status = "failed"
+reason = "step child failed: parameter `workflow`: must be a string, not i64"
+"#,
+    );
+}
+
+#[test]
+fn computed_values_are_checked_before_the_run() {
+    check_diags(
+        r#"
+id: x
+params:
+  a: { type: int, default: "${{ ${b} + 1 }}" }
+  b: { type: int, default: "${{ ${b} }}" }
+  c: { type: int, default: "${{ 1 }} and text" }
+steps:
+  - { id: s, type: noop, params: { v: "${{ ${a} + }}", w: "${{ ${v@t} }}", x: "${{ 1 }" } }
+  - { id: t, type: noop, params: { v: 1 }, depends_on: [s] }
+"#,
+        expect![[r#"
+            workflow.yaml:4:33: error[E0018]: the default of `a` reads `${b}`, which is declared after it; a default reads the parameters declared before it
+              |
+            4 |   a: { type: int, default: "${{ ${b} + 1 }}" }
+              |                                 ^
+            workflow.yaml:5:33: error[E0018]: the default of `b` reads `${b}`, which is declared by this very parameter; a default reads the parameters declared before it
+              |
+            5 |   b: { type: int, default: "${{ ${b} }}" }
+              |                                 ^
+            workflow.yaml:6:28: error[E0020]: parameter `c` is an int, but its default is text with an expression in it, a string
+              |
+            6 |   c: { type: int, default: "${{ 1 }} and text" }
+              |                            ^
+            workflow.yaml:8:39: error[E0016]: step `s` computes a value that is not a Rhai expression: Unexpected ')'
+              |
+            8 |   - { id: s, type: noop, params: { v: "${{ ${a} + }}", w: "${{ ${v@t} }}", x: "${{ 1 }" } }
+              |                                       ^
+            workflow.yaml:8:64: error[E0018]: step `s` reads `${v@t}`, but step `t` is not upstream of it (add it to `depends_on`, directly or through another step)
+              |
+            8 |   - { id: s, type: noop, params: { v: "${{ ${a} + }}", w: "${{ ${v@t} }}", x: "${{ 1 }" } }
+              |                                                                ^
+            workflow.yaml:8:79: error[E0018]: `${{` closed by a single `}`: an expression ends with `}}`
+              |
+            8 |   - { id: s, type: noop, params: { v: "${{ ${a} + }}", w: "${{ ${v@t} }}", x: "${{ 1 }" } }
+              |                                                                               ^"#]],
+    );
+}

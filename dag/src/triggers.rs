@@ -484,6 +484,7 @@ pub fn start_params(out: &mut String, dag: &Dag) {
                     let expr = crate::emit::value_of(v);
                     let var = format!("t{i}");
                     let _ = writeln!(out, "                {{");
+                    let _ = writeln!(out, "                    let {var} = ();");
                     compute::guarded(
                         out,
                         "                    ",

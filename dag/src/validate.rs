@@ -26,7 +26,7 @@ pub struct Graph {
 /// source text, found from the node's start (a YAML scalar may be quoted,
 /// folded or span lines, so offsets in its value are not offsets in the
 /// text).
-fn ref_pos(map: &SourceMap, node_pos: Pos, r: &Ref) -> Pos {
+pub(crate) fn ref_pos(map: &SourceMap, node_pos: Pos, r: &Ref) -> Pos {
     let start = map.offset(node_pos);
     let text = &map.text[start.min(map.text.len())..];
     // The reference as written may have spaces inside the braces.
@@ -318,14 +318,19 @@ pub(crate) fn check(r: &mut Reader<'_>, map: &SourceMap, dag: &Dag) -> Graph {
     for (name, v) in &dag.outputs {
         cx.refs_in_value(v, &format!("the definition's output `{}`", name.text), &|_| true);
     }
-    for p in &dag.params {
+    for (i, p) in dag.params.iter().enumerate() {
         if let Some(d) = &p.default {
             cx.refs_in_value(d, &format!("the default of `{}`", p.name.text), &|_| false);
-            if matches!(&d.kind, Kind::Scalar(Scalar::Str(s)) if s.contains("${")) {
+            if crate::compute::computes(d) {
+                crate::compute::check_default(cx.r, map, dag, i, d);
+            } else if matches!(&d.kind, Kind::Scalar(Scalar::Str(s)) if s.contains("${")) {
                 cx.r.error(
                     d.pos,
                     Code::DagReference,
-                    format!("the default of `{}` may not hold references", p.name.text),
+                    format!(
+                        "the default of `{}` may not hold references; a default that computes is `${{{{ ... }}}}`",
+                        p.name.text
+                    ),
                 );
             }
         }
