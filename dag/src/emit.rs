@@ -221,6 +221,7 @@ step = "string"
 step = "string"
 "#,
     );
+    crate::breakpoints::manifest(&mut m);
     crate::triggers::manifest(&mut m, dag, source_name);
     m
 }
@@ -249,6 +250,7 @@ fn rules(dag: &Dag, g: &Graph, source_name: &str) -> String {
     for (i, s) in dag.steps.iter().enumerate() {
         step_rules(&mut out, dag, g, &names, &acc, i, s, source_name, skippable[i]);
     }
+    crate::breakpoints::rules(&mut out, dag);
     end_rules(&mut out, dag, g, &names, &acc);
     out
 }
@@ -452,6 +454,7 @@ fn step_rules(
             }
         }
         gate(out);
+        crate::breakpoints::guard(out, id);
         out.push_str("    }\n    action {\n");
         crate::compute::guarded_start(out, s, acc, &value, start_action);
         out.push_str("    }\n");

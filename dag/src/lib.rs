@@ -11,6 +11,7 @@
 
 #![deny(missing_docs)]
 
+mod breakpoints;
 mod compute;
 mod emit;
 mod expr;

@@ -403,6 +403,10 @@ outputs:
 
         [facts.StepRetry]
         step = "string"
+
+        # Holds a step (`"*"`: every step) before it starts; see docs/dags.md.
+        [facts.Breakpoint]
+        step = "string"
     "##]]
     .assert_eq(&manifest);
     expect![[r#"
@@ -454,6 +458,7 @@ outputs:
             match {
                 d: Dag(state == "running")
                 me: Step(id == "fetch", state == "waiting")
+                not Breakpoint(step in ["fetch", "*"])
             }
             action {
                 modify(me, #{ state: "running" });
@@ -494,6 +499,7 @@ outputs:
                 me: Step(id == "report", state == "waiting")
                 s_fetch: Step(id == "fetch", state == "done")
                 test(((s_fetch.outputs["size"]) > 0))
+                not Breakpoint(step in ["report", "*"])
             }
             action {
                 modify(me, #{ state: "done", outputs: #{ "size": s_fetch.outputs["size"] } });
@@ -509,6 +515,32 @@ outputs:
                 test(!((s_fetch.state == "done" && ((s_fetch.outputs["size"]) > 0))))
             }
             action { modify(me, #{ state: "skipped" }); }
+        }
+
+        // A `dag.resume` signal clears the breakpoint on its payload's `step`, or
+        // every one without a step.
+        rule "dag resume" {
+            match {
+                s: Signal(name == "dag.resume")
+                held: collect(Breakpoint())
+            }
+            action {
+                let step = if type_of(s.payload) == "map" { s.payload.step } else { () };
+                for b in held { if step == () || b.step == step { retract(b); } }
+                retract(s);
+            }
+        }
+
+        // A breakpoint on no step of this definition holds nothing: it is
+        // dropped, and the timeline says so.
+        rule "dag breakpoint unknown" {
+            match {
+                b: Breakpoint(step != "*", !(step in ["fetch", "report"]))
+            }
+            action {
+                log(`breakpoint on step ${b.step} dropped: no such step`);
+                retract(b);
+            }
         }
 
         // A step failed for good: so does the instance.

@@ -289,3 +289,93 @@ steps:
               |                                                                               ^"#]],
     );
 }
+
+#[test]
+fn a_breakpoint_holds_a_step_until_resumed() {
+    run_inline(
+        r#"
+id: held
+steps:
+  - { id: prepare, function: w.prepare }
+  - { id: load, function: w.load, depends_on: [prepare] }
+  - { id: report, type: noop, depends_on: [load] }
+"#,
+        r#"
+[[test]]
+name = "a breakpoint given at the start holds its step; a resume signal lets it go"
+facts = [{ type = "Breakpoint", fields = { step = "load" } }]
+[[test.mock]]
+function = "w.prepare"
+returns = {}
+[[test.mock]]
+function = "w.load"
+returns = {}
+[[test.step]]
+advance = "1h"
+[[test.step]]
+signal = { name = "dag.resume", payload = { step = "other" } }
+[test.expect]
+status = "running"
+not_fired = ["step load"]
+facts = [
+  { type = "Step", fields = { id = "prepare", state = "done" } },
+  { type = "Step", fields = { id = "load", state = "waiting" } },
+  { type = "Breakpoint", fields = { step = "load" } },
+]
+
+[[test]]
+name = "resumed by the signal"
+facts = [{ type = "Breakpoint", fields = { step = "load" } }]
+[[test.mock]]
+function = "w.prepare"
+returns = {}
+[[test.mock]]
+function = "w.load"
+returns = {}
+[[test.step]]
+signal = { name = "dag.resume", payload = { step = "load" } }
+[test.expect]
+status = "completed"
+no_facts = ["Breakpoint", "Signal"]
+
+[[test]]
+name = "asserted into a running instance, and resumed by retracting it"
+[[test.mock]]
+function = "w.prepare"
+after = "1m"
+returns = {}
+[[test.mock]]
+function = "w.load"
+returns = {}
+[[test.step]]
+assert = [{ type = "Breakpoint", fields = { step = "*" } }]
+[[test.step]]
+advance = "2m"
+[[test.step]]
+assert = [{ type = "Breakpoint", fields = { step = "lod" } }]
+[test.expect]
+status = "running"
+fired_count = { "dag breakpoint unknown" = 1 }
+not_fired = ["step load"]
+
+[[test]]
+name = "retracting the breakpoint resumes"
+[[test.mock]]
+function = "w.prepare"
+after = "1m"
+returns = {}
+[[test.mock]]
+function = "w.load"
+returns = {}
+[[test.step]]
+assert = [{ type = "Breakpoint", fields = { step = "*" } }]
+[[test.step]]
+advance = "2m"
+[[test.step]]
+retract = { type = "Breakpoint" }
+[test.expect]
+status = "completed"
+fired_count = { "step load" = 1, "step report" = 1 }
+"#,
+    );
+}
