@@ -38,6 +38,22 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Restart a DAG instance as a new instance of its definition, keeping
+    /// the outputs of the steps that are done upstream of where it starts
+    /// again: by default the steps that did not finish (failed, or never
+    /// reached) run again; --from STEP runs that step and what is
+    /// downstream of it; --all runs everything with the same parameters.
+    /// The new run is linked to this one (`stoa dag runs`); the same
+    /// restart asked twice gives the same run. Prints the new run's id.
+    ///
+    /// Example: stoa dag restart wf_acme.1a2b --from transform
+    Restart(crate::dag_ops::RestartArgs),
+    /// Show an instance across its restarts: each run (oldest first) with
+    /// its status and where it started again, then each step of the last
+    /// run with the run that produced its state. Give the newest run's id.
+    ///
+    /// Example: stoa dag runs wf_acme.9f8e
+    Runs(crate::dag_ops::RunsArgs),
 }
 
 /// Whether `dir` is a definition directory rather than a pack.
@@ -59,6 +75,8 @@ pub fn source(path: &Path, root: &Path) -> anyhow::Result<(Option<PackSource>, V
 
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
+        Command::Restart(args) => crate::dag_ops::restart(args),
+        Command::Runs(args) => crate::dag_ops::runs(args),
         Command::Check { path } => {
             // The compiled files are shown under a directory that says what
             // they are (they exist only in memory).

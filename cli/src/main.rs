@@ -9,6 +9,7 @@ mod bench_safety;
 mod bench_schedules;
 mod change;
 mod dag;
+mod dag_ops;
 mod describe;
 mod exit;
 mod explain;

@@ -780,7 +780,7 @@ async fn progress(c: &mut Client, mut job: pb::UpgradeJob) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn follow(c: &mut Client, workflow: &str, from: u64, json: bool) -> anyhow::Result<ExitCode> {
+pub(crate) async fn follow(c: &mut Client, workflow: &str, from: u64, json: bool) -> anyhow::Result<ExitCode> {
     let mut stream = c
         .watch_workflow(pb::WatchWorkflowRequest { workflow_id: workflow.to_string(), from_seq: from })
         .await

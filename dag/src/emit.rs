@@ -222,6 +222,7 @@ step = "string"
 "#,
     );
     crate::breakpoints::manifest(&mut m);
+    crate::restart::manifest(&mut m);
     crate::triggers::manifest(&mut m, dag, source_name);
     m
 }
@@ -250,6 +251,7 @@ fn rules(dag: &Dag, g: &Graph, source_name: &str) -> String {
     for (i, s) in dag.steps.iter().enumerate() {
         step_rules(&mut out, dag, g, &names, &acc, i, s, source_name, skippable[i]);
     }
+    crate::restart::rules(&mut out, dag, g);
     crate::breakpoints::rules(&mut out, dag);
     end_rules(&mut out, dag, g, &names, &acc);
     out

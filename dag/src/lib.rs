@@ -18,6 +18,7 @@ mod expr;
 /// The definition model.
 #[allow(missing_docs)]
 pub mod model;
+pub mod restart;
 mod triggers;
 mod validate;
 mod yaml;

@@ -407,6 +407,15 @@ outputs:
         # Holds a step (`"*"`: every step) before it starts; see docs/dags.md.
         [facts.Breakpoint]
         step = "string"
+
+        # A restart of a previous run (see docs/dags.md, "Restart").
+        [facts.Restart]
+        of = "string"
+        from = "string"
+        attempt = "int"
+        steps = "map"
+        produced = "map"
+        kept = "map?"
     "##]]
     .assert_eq(&manifest);
     expect![[r#"
@@ -515,6 +524,35 @@ outputs:
                 test(!((s_fetch.state == "done" && ((s_fetch.outputs["size"]) > 0))))
             }
             action { modify(me, #{ state: "skipped" }); }
+        }
+
+        // A restart of a previous run: its done steps are kept, but `from` and
+        // what is downstream of it (in dependency order) run again.
+        rule "dag restart" {
+            salience 20
+            match {
+                d: Dag(state == "running")
+                r: Restart()
+                not Step()
+            }
+            action {
+                let order = [["fetch", []], ["report", ["fetch"]]];
+                let again = #{};
+                for e in order {
+                    if r.from == "*" || e[0] == r.from { again[e[0]] = true; continue; }
+                    for dep in e[1] { if dep in again { again[e[0]] = true; break; } }
+                }
+                let kept = #{};
+                for e in order {
+                    let id = e[0];
+                    let old = r.steps[id];
+                    if old != () && old.state == "done" && !(id in again) {
+                        insert("Step", #{ id: id, state: "done", outputs: old.outputs, errors: old.errors, timeouts: old.timeouts });
+                        kept[id] = if r.produced[id] != () { r.produced[id] } else { r.of };
+                    }
+                }
+                modify(r, #{ kept: kept });
+            }
         }
 
         // A `dag.resume` signal clears the breakpoint on its payload's `step`, or

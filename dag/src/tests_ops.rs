@@ -5,7 +5,7 @@ use std::path::Path;
 
 use expect_test::expect;
 
-use crate::tests::{check_diags, run_inline};
+use crate::tests::{check_diags, pack_of, run_inline};
 
 #[test]
 fn triggers_become_the_packs_schedules_and_subscriptions() {
@@ -378,4 +378,129 @@ status = "completed"
 fired_count = { "step load" = 1, "step report" = 1 }
 "#,
     );
+}
+
+#[test]
+fn a_restart_keeps_what_is_upstream_of_its_step_and_runs_the_rest() {
+    run_inline(
+        r#"
+id: etl
+params:
+  day: string
+steps:
+  - { id: extract, function: x, outputs: [rows], params: { day: "${day}" } }
+  - { id: side, function: s }
+  - { id: transform, function: t, depends_on: [extract], params: { rows: "${rows@extract}" } }
+  - { id: load, function: l, depends_on: [transform] }
+"#,
+        r#"
+[[test]]
+name = "from the failed step: done steps are kept, with their outputs"
+facts = [
+  { type = "Params", fields = { day = "d1" } },
+  { type = "Restart", fields = { of = "wf_1", from = "", attempt = 2, produced = {}, steps = { extract = { id = "extract", state = "done", outputs = { rows = 5 }, errors = 0, timeouts = 0 }, side = { id = "side", state = "done", outputs = {}, errors = 1, timeouts = 0 } } } },
+]
+[[test.mock]]
+function = "t"
+args = { rows = 5 }
+returns = {}
+[[test.mock]]
+function = "l"
+returns = {}
+[test.expect]
+status = "completed"
+calls = { x = 0, s = 0, t = 1, l = 1 }
+facts = [{ type = "Restart", fields = { kept = { extract = "wf_1", side = "wf_1" } } }]
+
+[[test]]
+name = "from a step: it and what is below it run again; a second restart says which run made each step"
+facts = [
+  { type = "Params", fields = { day = "d1" } },
+  { type = "Restart", fields = { of = "wf_2", from = "transform", attempt = 3, produced = { extract = "wf_1" }, steps = { extract = { id = "extract", state = "done", outputs = { rows = 5 }, errors = 0, timeouts = 0 }, side = { id = "side", state = "done", outputs = {}, errors = 0, timeouts = 0 }, transform = { id = "transform", state = "done", outputs = {}, errors = 0, timeouts = 0 }, load = { id = "load", state = "done", outputs = {}, errors = 0, timeouts = 0 } } } },
+]
+[[test.mock]]
+function = "t"
+returns = {}
+[[test.mock]]
+function = "l"
+returns = {}
+[test.expect]
+status = "completed"
+calls = { x = 0, s = 0, t = 1, l = 1 }
+facts = [{ type = "Restart", fields = { kept = { extract = "wf_1", side = "wf_2" } } }]
+
+[[test]]
+name = "from the start: everything runs again"
+facts = [
+  { type = "Params", fields = { day = "d1" } },
+  { type = "Restart", fields = { of = "wf_1", from = "*", attempt = 2, produced = {}, steps = { extract = { id = "extract", state = "done", outputs = { rows = 5 }, errors = 0, timeouts = 0 } } } },
+]
+[[test.mock]]
+function = "x"
+returns = { rows = 6 }
+[[test.mock]]
+function = "s"
+returns = {}
+[[test.mock]]
+function = "t"
+args = { rows = 6 }
+returns = {}
+[[test.mock]]
+function = "l"
+returns = {}
+[test.expect]
+status = "completed"
+calls = { x = 1, s = 1, t = 1, l = 1 }
+"#,
+    );
+}
+
+#[test]
+fn a_failed_run_restarted_from_its_plan_completes() {
+    use crate::restart::{plan, From, Run};
+    use stoa_engine::{Input, Status, Workflow, WorkflowId};
+    let yaml = "id: r\nsteps:\n  - { id: a, type: noop, params: { n: 1 } }\n  - { id: b, type: noop, depends_on: [a], params: { m: \"${{ ${n@a} / ${n@a} }}\" } }\n  - { id: c, type: noop, depends_on: [a], params: { k: \"${{ 1 / (${n@a} - 1) }}\" } }\n";
+    let mut wf = Workflow::new(WorkflowId::new("wf_r1"), pack_of(yaml), 0);
+    wf.apply(Input::Start { facts: Vec::new() }, 1).expect("start");
+    assert_eq!(wf.status(), Status::Failed);
+    let facts_of = |wf: &Workflow| -> Vec<(String, serde_json::Value)> {
+        wf.facts().iter().map(|f| (f.ty.to_string(), f.fields.to_json())).collect()
+    };
+    let run1 = Run {
+        id: "wf_r1".into(),
+        pack: "r".into(),
+        status: "failed".into(),
+        reason: String::new(),
+        facts: facts_of(&wf),
+    };
+    let (facts, request) = plan(&run1, &From::Unfinished).expect("plan");
+    assert_eq!(request, "restart:wf_r1:");
+    // The definition is fixed (c no longer divides by zero) and restarted:
+    // a and b are kept, c runs again.
+    let fixed = yaml.replace("1 / (${n@a} - 1)", "1 / ${n@a}");
+    let specs: Vec<stoa_rules::testcase::FactSpec> = facts
+        .iter()
+        .map(|(t, f)| serde_json::from_value(serde_json::json!({"type": t, "fields": f})).expect("fact"))
+        .collect();
+    let mut wf2 = Workflow::new(WorkflowId::new("wf_r2"), pack_of(&fixed), 0);
+    wf2.apply(Input::Start { facts: specs }, 2).expect("restart");
+    assert_eq!(wf2.status(), Status::Completed, "{:?}", wf2.meta());
+    let run2 = Run {
+        id: "wf_r2".into(),
+        pack: "r".into(),
+        status: "completed".into(),
+        reason: String::new(),
+        facts: facts_of(&wf2),
+    };
+    expect![[r#"
+        RUN  ID                                       STATUS     FROM         REASON
+        1    wf_r1                                    failed     -
+        2    wf_r2                                    completed  unfinished
+
+        STEP                     STATE      RUN
+        a                        done       1 wf_r1
+        b                        done       2 wf_r2
+        c                        done       2 wf_r2
+    "#]]
+    .assert_eq(&crate::restart::view(&[run1, run2]));
 }

@@ -10,6 +10,7 @@ mod client;
 mod cluster;
 mod console;
 mod crash;
+mod dag_ops;
 mod docs;
 mod examples;
 mod explain;

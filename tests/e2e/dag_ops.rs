@@ -1,0 +1,125 @@
+//! DAG definitions on a real server through the CLI: a signal trigger and
+//! a gate's subscription, a breakpoint set and resumed, and a restart
+//! after a fix with the view across runs.
+
+use crate::support::{stoa, Server, TOKEN_A};
+
+struct Cli {
+    conn: Vec<String>,
+}
+
+impl Cli {
+    fn run(&self, args: &[&str]) -> String {
+        let out = stoa().args(args).args(&self.conn).output().expect("run stoa");
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "stoa {args:?}: {stdout}{stderr}");
+        stdout.into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let text = self.run(&a);
+        serde_json::from_str(text.lines().last().unwrap_or("null")).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    /// Waits until the workflow is no longer running; its JSON view.
+    fn settled(&self, wf: &str, want: &str) -> serde_json::Value {
+        for _ in 0..200 {
+            let w = self.json(&["get", wf]);
+            if w["status"] == want {
+                return w;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("{wf} never became {want}: {}", self.json(&["get", wf]));
+    }
+
+    /// The newest workflow of a pack.
+    fn newest(&self, pack: &str) -> String {
+        let out = self.run(&["ls", "--pack", pack, "--limit", "1"]);
+        out.lines().nth(1).and_then(|l| l.split_whitespace().next()).expect("a workflow").to_string()
+    }
+}
+
+fn write(dir: &std::path::Path, yaml: &str) -> String {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::write(dir.join("workflow.yaml"), yaml).expect("write");
+    dir.display().to_string()
+}
+
+#[test]
+fn triggers_breakpoints_and_restarts_on_a_server() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&tmp.path().join("data"));
+    let cli = Cli { conn: vec!["--server".into(), server.addr.clone(), "--token".into(), TOKEN_A.into()] };
+
+    // A signal trigger starts an instance with the payload as parameters;
+    // its gate takes the broadcast signal for its region only.
+    let gated = write(
+        &tmp.path().join("gated"),
+        r#"
+id: gated
+params:
+  region: string
+triggers:
+  - signal: gated.go
+steps:
+  - { id: a, type: noop, params: { r: "${region}" } }
+  - { id: b, type: noop, depends_on: [a], gate: { signal: ready, match: { region: "${region}" } } }
+outputs:
+  region: ${r@a}
+"#,
+    );
+    cli.run(&["deploy", &gated]);
+    cli.run(&["signal", "gated.go", "--id", "go-1", "--payload", r#"{"region": "us"}"#]);
+    let wf = cli.newest("gated");
+    cli.settled(&wf, "running");
+    cli.run(&["signal", "ready", "--id", "ready-eu", "--payload", r#"{"region": "eu"}"#]);
+    cli.settled(&wf, "running");
+    cli.run(&["signal", "ready", "--id", "ready-us", "--payload", r#"{"region": "us"}"#]);
+    let w = cli.settled(&wf, "completed");
+    assert!(w["result"].to_string().contains("us"), "{w}");
+
+    // A step computes a value that fails; a breakpoint holds another.
+    let v1 = "id: fix\nparams:\n  n: { type: int, default: 0 }\nsteps:\n  - { id: a, type: noop, params: { x: 2 } }\n  - { id: b, type: noop, depends_on: [a], params: { y: \"${{ ${x@a} * 10 }}\" } }\n  - { id: c, type: noop, depends_on: [b], params: { z: \"${{ ${y@b} / ${n} }}\" } }\n";
+    let fix = write(&tmp.path().join("fix"), v1);
+    cli.run(&["deploy", &fix]);
+    let started = cli.json(&[
+        "start",
+        "fix",
+        "--facts",
+        r#"[{"type": "Breakpoint", "fields": {"step": "c"}}]"#,
+        "--request-id",
+        "fix-1",
+    ]);
+    let first = started["workflow_id"].as_str().expect("id").to_string();
+    cli.settled(&first, "running");
+    cli.run(&["signal", "dag.resume", "--workflow", &first, "--payload", r#"{"step": "c"}"#]);
+    let w = cli.settled(&first, "failed");
+    assert_eq!(w["reason"], "step c failed: parameter `z`: Division by zero: 20 / 0", "{w}");
+
+    // Fixed and deployed, the run is restarted: a and b are kept.
+    write(
+        &tmp.path().join("fix"),
+        &v1.replace("/ ${n} }}", "/ (${n} + 1) }}").replace("id: fix\n", "id: fix\nversion: \"2\"\n"),
+    );
+    cli.run(&["deploy", &fix]);
+    let r = cli.json(&["dag", "restart", &first]);
+    let second = r["workflow_id"].as_str().expect("id").to_string();
+    assert_eq!(cli.json(&["dag", "restart", &first])["workflow_id"], second.as_str(), "the same restart, the same run");
+    cli.settled(&second, "completed");
+    let view = cli.json(&["dag", "runs", &second]);
+    let by: Vec<(String, String)> = view["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| (s["step"].as_str().unwrap_or("").to_string(), s["run"].as_str().unwrap_or("").to_string()))
+        .collect();
+    assert_eq!(
+        by,
+        vec![("a".into(), first.clone()), ("b".into(), first.clone()), ("c".into(), second.clone())],
+        "{view}"
+    );
+    assert_eq!(view["runs"].as_array().map(Vec::len), Some(2), "{view}");
+}
