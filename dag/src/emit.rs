@@ -224,6 +224,7 @@ step = "string"
     crate::breakpoints::manifest(&mut m);
     crate::restart::manifest(&mut m);
     crate::triggers::manifest(&mut m, dag, source_name);
+    crate::strategy::manifest(&mut m, &dag.strategy, source_name);
     m
 }
 
@@ -457,6 +458,7 @@ fn step_rules(
         }
         gate(out);
         crate::breakpoints::guard(out, id);
+        crate::strategy::guard(out, &dag.strategy, s);
         out.push_str("    }\n    action {\n");
         crate::compute::guarded_start(out, s, acc, &value, start_action);
         out.push_str("    }\n");

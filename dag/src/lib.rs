@@ -19,6 +19,7 @@ mod expr;
 #[allow(missing_docs)]
 pub mod model;
 pub mod restart;
+mod strategy;
 mod triggers;
 mod validate;
 mod yaml;

@@ -160,6 +160,7 @@ pub struct Dag {
     /// The result the instance completes with: name to value.
     pub outputs: Vec<(Name, Node)>,
     pub triggers: Vec<crate::triggers::Trigger>,
+    pub strategy: crate::strategy::Strategy,
 }
 
 pub(crate) struct Reader<'a> {
@@ -286,7 +287,8 @@ fn humantime_like(s: &str) -> bool {
     humantime::parse_duration(s).is_ok()
 }
 
-const TOP: &[&str] = &["id", "version", "description", "params", "steps", "outputs", "triggers"];
+const TOP: &[&str] =
+    &["id", "version", "description", "params", "steps", "outputs", "triggers", "run_strategy", "concurrency"];
 const STEP: &[&str] =
     &["id", "type", "function", "workflow", "params", "depends_on", "retry", "timeout", "outputs", "gate"];
 
@@ -339,7 +341,8 @@ pub(crate) fn read(r: &mut Reader<'_>, root: &Node) -> Option<Dag> {
         }
     }
     let triggers = get("triggers").map(|t| crate::triggers::read(r, t)).unwrap_or_default();
-    Some(Dag { id: id?, version, description, params, steps, outputs, triggers })
+    let strategy = crate::strategy::read(r, get("run_strategy"), get("concurrency"));
+    Some(Dag { id: id?, version, description, params, steps, outputs, triggers, strategy })
 }
 
 fn read_param(r: &mut Reader<'_>, name: Name, decl: &Node) -> Option<Param> {

@@ -140,7 +140,7 @@ steps:
     type: sleep
 "#,
         expect![[r#"
-            workflow.yaml:3:1: error[E0016]: unknown key `stpes` in the definition; expected one of id, version, description, params, steps, outputs, triggers
+            workflow.yaml:3:1: error[E0016]: unknown key `stpes` in the definition; expected one of id, version, description, params, steps, outputs, triggers, run_strategy, concurrency
               |
             3 | stpes: []
               | ^

@@ -504,3 +504,82 @@ fn a_failed_run_restarted_from_its_plan_completes() {
     "#]]
     .assert_eq(&crate::restart::view(&[run1, run2]));
 }
+
+#[test]
+fn concurrency_caps_the_steps_running_at_once() {
+    use stoa_engine::{Input, Workflow, WorkflowId};
+    let yaml = "id: c\nconcurrency: 2\nsteps:\n  - { id: a, function: f }\n  - { id: b, function: f }\n  - { id: c, function: f }\n  - { id: d, type: noop }\n  - { id: e, function: f, depends_on: [d] }\n";
+    let mut wf = Workflow::new(WorkflowId::new("wf_c"), pack_of(yaml), 0);
+    let out = wf.apply(Input::Start { facts: Vec::new() }, 1).expect("start");
+    assert_eq!(out.invocations.len(), 2, "two of four start");
+    run_inline(
+        yaml,
+        r#"
+[[test]]
+name = "every step runs, two at a time"
+[[test.mock]]
+function = "f"
+after = "1m"
+returns = {}
+[[test.step]]
+advance = "1m"
+[[test.step]]
+advance = "1m"
+[test.expect]
+status = "completed"
+calls = { f = 4 }
+"#,
+    );
+}
+
+#[test]
+fn run_strategies_compile_to_the_manifest() {
+    let (def, diags) = crate::check(
+        Path::new("workflow.yaml"),
+        "id: s\nrun_strategy: { mode: parallel, limit: 3 }\nsteps:\n  - { id: a, type: noop }\n",
+    );
+    assert!(diags.is_empty(), "{diags:?}");
+    let (manifest, _) = def.expect("ok").emit();
+    assert!(manifest.ends_with("[run_strategy]\nmode = \"parallel\"\nlimit = 3\n"), "{manifest}");
+    let source = crate::Source {
+        path: "workflow.yaml".into(),
+        text: "id: s\nrun_strategy: strict_sequential\nsteps:\n  - { id: a, type: noop }\n".into(),
+        tests: Default::default(),
+    };
+    let (pack, _) = source.compile(Path::new("p"));
+    let (compiled, diags) = stoa_rules::compile::compile(&pack.expect("compiles"));
+    assert_eq!(
+        compiled.unwrap_or_else(|| panic!("{diags:?}")).manifest.run_strategy,
+        Some(stoa_rules::manifest::RunStrategy::StrictSequential)
+    );
+    check_diags(
+        r#"
+id: x
+run_strategy: { mode: paralel, limit: 0 }
+concurrency: 0
+steps:
+  - { id: a, type: noop }
+"#,
+        expect![[r#"
+            workflow.yaml:3:23: error[E0016]: unknown run strategy `paralel`; did you mean `parallel`?
+              |
+            3 | run_strategy: { mode: paralel, limit: 0 }
+              |                       ^
+            workflow.yaml:3:39: error[E0020]: `limit` must be a whole number from 1 to 1000000, found an int
+              |
+            3 | run_strategy: { mode: paralel, limit: 0 }
+              |                                       ^
+            workflow.yaml:4:14: error[E0020]: `concurrency` must be a whole number from 1 to 1000, found an int
+              |
+            4 | concurrency: 0
+              |              ^"#]],
+    );
+    check_diags(
+        "id: x\nrun_strategy: { mode: sequential, limit: 2 }\nsteps:\n  - { id: a, type: noop }\n",
+        expect![[r#"
+            workflow.yaml:2:23: error[E0016]: `limit` is for `parallel`; `sequential` runs one at a time
+              |
+            2 | run_strategy: { mode: sequential, limit: 2 }
+              |                       ^"#]],
+    );
+}

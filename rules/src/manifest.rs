@@ -43,6 +43,106 @@ pub struct Manifest {
     /// `[tests]`: what `stoa test` requires of the pack's tests.
     #[serde(default)]
     pub tests: TestSettings,
+    /// `[run_strategy]`: what a start does while other workflows of the
+    /// pack run (enforced by the server that starts them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_strategy: Option<RunStrategy>,
+}
+
+/// `[run_strategy]` in pack.toml: what happens to a new workflow of the
+/// pack while others of it (of the same tenant) are running.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum RunStrategy {
+    /// At most `limit` run at once; later starts wait in a queue, in order.
+    Parallel { limit: u32 },
+    /// One at a time, in the order they were started.
+    Sequential,
+    /// One at a time; a failed one stops the queue until a restart of it
+    /// completes.
+    StrictSequential,
+    /// A start while one runs is refused.
+    FirstOnly,
+    /// A start cancels those running.
+    LastOnly,
+}
+
+impl RunStrategy {
+    /// The modes as written.
+    pub const MODES: [&'static str; 5] = ["parallel", "sequential", "strict_sequential", "first_only", "last_only"];
+
+    /// How many may run at once; `None`: no queue (first and last only).
+    pub fn limit(self) -> Option<u32> {
+        match self {
+            RunStrategy::Parallel { limit } => Some(limit),
+            RunStrategy::Sequential | RunStrategy::StrictSequential => Some(1),
+            RunStrategy::FirstOnly | RunStrategy::LastOnly => None,
+        }
+    }
+
+    pub fn mode(self) -> &'static str {
+        match self {
+            RunStrategy::Parallel { .. } => "parallel",
+            RunStrategy::Sequential => "sequential",
+            RunStrategy::StrictSequential => "strict_sequential",
+            RunStrategy::FirstOnly => "first_only",
+            RunStrategy::LastOnly => "last_only",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRunStrategy {
+    mode: toml::Spanned<String>,
+    limit: Option<toml::Spanned<i64>>,
+}
+
+fn run_strategy(
+    path: &Path,
+    map: &SourceMap,
+    raw: &toml::Spanned<RawRunStrategy>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<RunStrategy> {
+    let r = raw.get_ref();
+    let mut err = |span: std::ops::Range<usize>, msg: String| {
+        diags.push(Diagnostic::error(path, map.pos(span.start), Code::Manifest, msg));
+    };
+    let limit = match &r.limit {
+        Some(l) if (1..=1_000_000).contains(l.get_ref()) => Some(*l.get_ref() as u32),
+        Some(l) => {
+            err(l.span(), format!("[run_strategy] limit = {}: from 1 to 1000000", l.get_ref()));
+            return None;
+        }
+        None => None,
+    };
+    let s = match (r.mode.get_ref().as_str(), limit) {
+        ("parallel", Some(limit)) => RunStrategy::Parallel { limit },
+        ("parallel", None) => {
+            err(
+                raw.span(),
+                "[run_strategy] mode = \"parallel\" needs a `limit` (at most that many run at once)".into(),
+            );
+            return None;
+        }
+        (m @ ("sequential" | "strict_sequential" | "first_only" | "last_only"), Some(_)) => {
+            let l = r.limit.as_ref().map_or(raw.span(), |l| l.span());
+            err(l, format!("[run_strategy] `limit` is for mode \"parallel\"; mode \"{m}\" runs one at a time"));
+            return None;
+        }
+        ("sequential", None) => RunStrategy::Sequential,
+        ("strict_sequential", None) => RunStrategy::StrictSequential,
+        ("first_only", None) => RunStrategy::FirstOnly,
+        ("last_only", None) => RunStrategy::LastOnly,
+        (m, _) => {
+            err(
+                r.mode.span(),
+                format!("[run_strategy] mode `{}`: expected one of {}", shown(m), RunStrategy::MODES.join(", ")),
+            );
+            return None;
+        }
+    };
+    Some(s)
 }
 
 /// `[tests]` in pack.toml.
@@ -296,6 +396,8 @@ struct RawManifest {
     schedules: BTreeMap<String, toml::Spanned<RawSchedule>>,
     #[serde(default)]
     tests: Option<toml::Spanned<TestSettings>>,
+    #[serde(default)]
+    run_strategy: Option<toml::Spanned<RawRunStrategy>>,
 }
 
 #[derive(Deserialize)]
@@ -550,6 +652,7 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
     }
     let (limits, limits_set) = limits(path, &map, &raw.limits, &mut diags);
     let schedules = schedules(path, &map, &raw.schedules, &facts, strict_facts, &mut diags);
+    let run_strategy = raw.run_strategy.as_ref().and_then(|r| run_strategy(path, &map, r, &mut diags));
     if !diags.is_empty() {
         diags.sort_by_key(|d| d.pos);
         return Err(diags);
@@ -566,6 +669,7 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
         signals: raw.signals.into_iter().map(|(k, v)| (k, v.into_inner())).collect(),
         schedules,
         tests: raw.tests.map(|t| t.into_inner()).unwrap_or_default(),
+        run_strategy,
     })
 }
 
