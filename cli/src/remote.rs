@@ -614,9 +614,11 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
                 .map_err(status_err)?
                 .into_inner();
             if json {
-                print_json(
-                    &serde_json::json!({"workflow_id": r.workflow_id, "created": r.created, "request_id": request_id}),
-                );
+                print_json(&serde_json::json!({
+                    "workflow_id": r.workflow_id, "created": r.created, "queued": r.queued, "request_id": request_id,
+                }));
+            } else if r.queued {
+                println!("{} queued by the pack's run strategy: it starts when a running one ends", r.workflow_id);
             } else {
                 println!(
                     "{} {}",
@@ -624,7 +626,8 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
                     if r.created { "started" } else { "already started by this request id" }
                 );
             }
-            if watch {
+            // A queued workflow has no timeline yet to follow.
+            if watch && !r.queued {
                 return follow(&mut c, &r.workflow_id, 1, json).await;
             }
         }

@@ -547,8 +547,14 @@ impl pb::stoa_server::Stoa for StoaService {
         input::client_id("request_id", &req.request_id)?;
         let facts = input::facts_in(req.facts)?;
         let rt = self.runtime.clone();
-        let (id, created) = detached(async move { rt.start(&tenant, &req.pack, facts, &req.request_id).await }).await?;
-        Ok(Response::new(pb::StartWorkflowResponse { workflow_id: id.to_string(), created }))
+        let (id, created, queued) = detached(async move {
+            let (id, created) = rt.start(&tenant, &req.pack, facts, &req.request_id).await?;
+            let queued = rt.run_strategy_of(&tenant, &req.pack).is_some()
+                && rt.is_queued(&tenant, &req.pack, &req.request_id)?;
+            Ok::<_, crate::error::ApiError>((id, created, queued))
+        })
+        .await?;
+        Ok(Response::new(pb::StartWorkflowResponse { workflow_id: id.to_string(), created, queued }))
     }
 
     async fn assert_facts(&self, req: Request<pb::AssertFactsRequest>) -> Result<Response<pb::TurnResponse>, Status> {

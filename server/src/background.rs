@@ -40,6 +40,7 @@ pub async fn run(rt: Arc<Runtime>, mut rx: mpsc::UnboundedReceiver<Background>, 
     let here = rt.opts.placement.here();
     load_timers(&rt, &mut due, &here);
     resume_signals(&rt, &shutdown, &here);
+    rt.resume_run_queues();
     // Upgrade jobs run on one server of a cluster (see `cluster`).
     if rt.opts.placement.is_coordinator() {
         rt.resume_upgrades();
@@ -54,45 +55,46 @@ pub async fn run(rt: Arc<Runtime>, mut rx: mpsc::UnboundedReceiver<Background>, 
         // In a fixed order (a random one would not replay): due timers
         // before new messages, which could otherwise hold them back.
         tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(wait) => {
-                let now = rt.clock.now_ms();
-                while due.first().is_some_and(|t| t.0 <= now) {
-                    let (at, wf, id) = due.pop_first().expect("checked");
-                    // Timers of one workflow due at the same instant: one turn.
-                    let mut ids = vec![id];
-                    while let Some(next) = due.first().filter(|t| t.0 == at && t.1 == wf) {
-                        ids.push(next.2);
-                        due.pop_first();
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {
+                    let now = rt.clock.now_ms();
+                    while due.first().is_some_and(|t| t.0 <= now) {
+                        let (at, wf, id) = due.pop_first().expect("checked");
+                        // Timers of one workflow due at the same instant: one turn.
+                        let mut ids = vec![id];
+                        while let Some(next) = due.first().filter(|t| t.0 == at && t.1 == wf) {
+                            ids.push(next.2);
+                            due.pop_first();
+                        }
+                        let permit = permits.clone().acquire_owned().await.expect("never closed");
+                        let rt = rt.clone();
+                        tokio::spawn(async move {
+                            fire(&rt, wf, ids, at).await;
+                            drop(permit);
+                        });
                     }
-                    let permit = permits.clone().acquire_owned().await.expect("never closed");
-                    let rt = rt.clone();
-                    tokio::spawn(async move {
-                        fire(&rt, wf, ids, at).await;
-                        drop(permit);
-                    });
                 }
+                msg = rx.recv() => match msg {
+                    None => break,
+                    Some(Background::Timer { workflow, id, due_ms }) => {
+                        due.insert((due_ms, workflow, id));
+                    }
+                    Some(Background::Healed) => {
+                        // Firing a timer twice is harmless: its turn deletes it.
+                        let here = rt.opts.placement.here();
+                        load_timers(&rt, &mut due, &here);
+                        resume_signals(&rt, &shutdown, &here);
+        rt.resume_run_queues();
+                    }
+                    Some(Background::Adopt(parts)) => {
+                        load_timers(&rt, &mut due, &parts);
+                        resume_signals(&rt, &shutdown, &parts);
+                    }
+                    Some(Background::Forget(parts)) => due.retain(|(_, wf, _)| !parts.has(wf)),
+                    Some(other) => handle(&rt, other, &shutdown),
+                },
             }
-            msg = rx.recv() => match msg {
-                None => break,
-                Some(Background::Timer { workflow, id, due_ms }) => {
-                    due.insert((due_ms, workflow, id));
-                }
-                Some(Background::Healed) => {
-                    // Firing a timer twice is harmless: its turn deletes it.
-                    let here = rt.opts.placement.here();
-                    load_timers(&rt, &mut due, &here);
-                    resume_signals(&rt, &shutdown, &here);
-                }
-                Some(Background::Adopt(parts)) => {
-                    load_timers(&rt, &mut due, &parts);
-                    resume_signals(&rt, &shutdown, &parts);
-                }
-                Some(Background::Forget(parts)) => due.retain(|(_, wf, _)| !parts.has(wf)),
-                Some(other) => handle(&rt, other, &shutdown),
-            },
-        }
     }
 }
 
@@ -159,6 +161,15 @@ fn handle(rt: &Arc<Runtime>, msg: Background, stop: &CancellationToken) {
                 rt.start_child(inv, &stop).instrument(span).await
             }
             Background::CancelChild(inv) => rt.cancel_child(inv, &stop).await,
+            Background::RunNext { tenant, pack, ended } => {
+                let what = format!("starting queued workflows of {pack}");
+                let next = until_stored(&*rt.store, &rt.clock, &stop, &what, || {
+                    rt.run_next(&tenant, &pack, Some(ended.clone()))
+                });
+                if let Err(e) = next.await {
+                    tracing::error!(tenant, pack, error = %e, "starting queued workflows");
+                }
+            }
             Background::ChildDone { parent, outcome } => {
                 let what = format!("answering parent invocation {parent}");
                 if let Err(e) =

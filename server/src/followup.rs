@@ -24,6 +24,13 @@ pub enum Background {
         outcome: Outcome,
     },
     Healed,
+    /// A workflow of a pack with a run strategy ended: start what its
+    /// queue holds, if there is room (see `run_strategy`).
+    RunNext {
+        tenant: String,
+        pack: String,
+        ended: (WorkflowId, stoa_engine::workflow::Status, Option<String>),
+    },
     /// Partitions came to this server: act on their stored timers and
     /// signals to route.
     Adopt(Parts),

@@ -31,6 +31,7 @@ mod retention;
 mod retry;
 mod rollout;
 mod route_locks;
+mod run_strategy;
 mod runtime;
 mod schedule;
 mod scrape;

@@ -1058,6 +1058,21 @@ impl Runtime {
         request_id: &str,
         origin: Origin,
     ) -> Result<(WorkflowId, bool), ApiError> {
+        if let Some(strategy) = self.run_strategy_of(tenant, pack) {
+            return self.start_by_strategy(strategy, tenant, pack, facts, request_id, origin).await;
+        }
+        self.start_now(tenant, pack, facts, request_id, origin).await
+    }
+
+    /// `start_as` without the pack's run strategy (see `run_strategy`).
+    pub(crate) async fn start_now(
+        self: &Arc<Self>,
+        tenant: &str,
+        pack: &str,
+        facts: Vec<FactSpec>,
+        request_id: &str,
+        origin: Origin,
+    ) -> Result<(WorkflowId, bool), ApiError> {
         // Where it lives: ids of a cluster are all the 128-bit kind (the
         // older kind exists in the embedded store only, on a server alone).
         let id = Self::id_for_request(tenant, request_id);
@@ -1441,6 +1456,15 @@ impl Runtime {
                 let _ = self
                     .background
                     .send(Background::ChildDone { parent: invocation.clone(), outcome: child_outcome(meta) });
+            }
+        }
+        if let Some(meta) = out.meta.as_ref().filter(|m| m.status != Status::Running) {
+            if self.run_strategy_of(tenant, &meta.pack).is_some() {
+                let _ = self.background.send(Background::RunNext {
+                    tenant: tenant.to_string(),
+                    pack: meta.pack.clone(),
+                    ended: (meta.id.clone(), meta.status, meta.request.clone()),
+                });
             }
         }
         if let Some(tx) = self.watchers.get(id) {

@@ -396,3 +396,5 @@ fn a_member_advertises_a_reachable_address() {
     config.postgres.advertise = Some("stoa-2.internal:7233".into());
     assert_eq!(crate::advertised(&config, any).unwrap(), "stoa-2.internal:7233");
 }
+
+mod run_strategy;
