@@ -56,9 +56,10 @@ pub enum Command {
     Runs(crate::dag_ops::RunsArgs),
 }
 
-/// Whether `dir` is a definition directory rather than a pack.
+/// Whether `dir` is a definition directory (workflow.yaml or
+/// workflow.json) rather than a pack.
 pub fn is_definition(dir: &Path) -> bool {
-    dir.join(stoa_dag::FILE).is_file() && !dir.join("pack.toml").exists()
+    stoa_dag::definition_file(dir).is_some() && !dir.join("pack.toml").exists()
 }
 
 /// The pack a definition compiles to, shown under `root`; prints the

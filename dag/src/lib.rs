@@ -37,6 +37,16 @@ pub use validate::Graph;
 /// The file a definition directory holds.
 pub const FILE: &str = "workflow.yaml";
 
+/// The same definition written as JSON (which is YAML, so it is read, and
+/// its diagnostics placed, the same way): what the API takes from
+/// programs. A directory with both is read from `workflow.yaml`.
+pub const JSON_FILE: &str = "workflow.json";
+
+/// The definition file of a directory, if it has one.
+pub fn definition_file(dir: &Path) -> Option<PathBuf> {
+    [FILE, JSON_FILE].iter().map(|f| dir.join(f)).find(|p| p.is_file())
+}
+
 /// A definition that passed every check, ready to compile.
 pub struct Definition {
     /// The model read from the YAML.
@@ -98,7 +108,7 @@ impl Source {
     /// Reads `DIR/workflow.yaml` and `DIR/tests/**/*.toml`, or one file.
     pub fn read(at: &Path) -> Result<Source, Diagnostic> {
         let (dir, path) = if at.is_dir() {
-            (at.to_path_buf(), at.join(FILE))
+            (at.to_path_buf(), definition_file(at).unwrap_or_else(|| at.join(FILE)))
         } else {
             (at.parent().unwrap_or(Path::new(".")).to_path_buf(), at.to_path_buf())
         };

@@ -583,3 +583,33 @@ steps:
               |                       ^"#]],
     );
 }
+
+#[test]
+fn a_definition_in_json_is_read_with_its_positions() {
+    let json = "{\n\t\"id\": \"j\",\n  \"params\": { \"n\": { \"type\": \"int\", \"default\": 2 } },\n  \"steps\": [\n    { \"id\": \"a\", \"type\": \"noop\", \"params\": { \"m\": \"${{ ${n} * 2 }}\" } },\n    { \"id\": \"b\", \"type\": \"noop\", \"depends_on\": [\"c\"] }\n  ]\n}\n";
+    let (_, diags) = crate::check(Path::new("workflow.json"), json);
+    let map = stoa_rules::diagnostic::SourceMap::new(json);
+    let text: Vec<String> = diags.iter().map(|d| d.render_in(Some(&map))).collect();
+    expect![[r#"
+        workflow.json:6:49: error[E0018]: step `b` depends on `c`, which is not a step of this definition; did you mean `a`?
+          |
+        6 |     { "id": "b", "type": "noop", "depends_on": ["c"] }
+          |                                                 ^"#]].assert_eq(&text.join("\n"));
+    let good = json.replace("[\"c\"]", "[\"a\"]");
+    run_inline_named("workflow.json", &good, "[[test]]\nname = \"runs\"\n[test.expect]\nstatus = \"completed\"\nfacts = [{ type = \"Step\", fields = { id = \"a\", outputs = { m = 4 } } }]\n");
+}
+
+fn run_inline_named(name: &str, text: &str, tests: &str) {
+    let source = crate::Source {
+        path: name.into(),
+        text: text.to_string(),
+        tests: [(std::path::PathBuf::from("tests/t.toml"), tests.to_string())].into_iter().collect(),
+    };
+    let (pack, diags) = source.compile(Path::new("inline"));
+    let pack = pack.unwrap_or_else(|| panic!("{diags:?}"));
+    let (compiled, diags) = stoa_rules::compile::compile(&pack);
+    let compiled = std::sync::Arc::new(compiled.unwrap_or_else(|| panic!("{diags:?}")));
+    let reports = stoa_engine::harness::run_tests(&compiled, None);
+    let failures: Vec<String> = reports.iter().filter(|r| !r.passed()).map(|r| r.failures.join("\n")).collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

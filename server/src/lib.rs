@@ -14,6 +14,7 @@ mod committer;
 mod compat;
 pub mod config;
 mod console;
+mod definitions;
 mod dispatch_handle;
 mod dispatcher;
 mod error;

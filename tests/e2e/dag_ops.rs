@@ -123,3 +123,52 @@ outputs:
     );
     assert_eq!(view["runs"].as_array().map(Vec::len), Some(2), "{view}");
 }
+
+/// A program deploys a definition as JSON through the API; the server
+/// compiles it, and refuses a bad one with its diagnostics as the error.
+#[test]
+fn a_json_definition_is_deployed_through_the_api() {
+    use stoa_proto::v1 as pb;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&tmp.path().join("data"));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let mut c = crate::client::client(&server.addr, TOKEN_A).await;
+        let file = |text: &str| pb::PackFile { path: "workflow.json".into(), content: text.as_bytes().to_vec() };
+        let bad = "{\"id\": \"api\",\n \"steps\": [{\"id\": \"a\", \"type\": \"noop\", \"depends_on\": [\"z\"]}]}";
+        let err = c
+            .deploy_pack(pb::DeployPackRequest { files: vec![file(bad)], ..Default::default() })
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            err.message().contains("workflow.json:2:55: error[E0018]: step `a` depends on `z`, which is not a step"),
+            "{}",
+            err.message()
+        );
+        let good = r#"{"id": "api", "params": {"n": {"type": "int", "default": 3}},
+                       "steps": [{"id": "a", "type": "noop", "params": {"m": "${{ ${n} + 1 }}"}}],
+                       "outputs": {"m": "${m@a}"}}"#;
+        let r = c
+            .deploy_pack(pb::DeployPackRequest { files: vec![file(good)], ..Default::default() })
+            .await
+            .expect("deploy")
+            .into_inner();
+        assert_eq!((r.name.as_str(), r.version.as_str()), ("api", "1"));
+        let started = c
+            .start_workflow(pb::StartWorkflowRequest {
+                pack: "api".into(),
+                facts: crate::client::facts(serde_json::json!([{"type": "Params", "fields": {"n": 41}}])),
+                request_id: "api-1".into(),
+            })
+            .await
+            .expect("start")
+            .into_inner();
+        let w = c
+            .get_workflow(pb::GetWorkflowRequest { workflow_id: started.workflow_id, without_facts: true })
+            .await
+            .expect("get")
+            .into_inner();
+        assert_eq!((w.status.as_str(), w.result_json.as_str()), ("completed", r#"{"m":42}"#));
+    });
+}
