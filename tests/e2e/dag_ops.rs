@@ -26,7 +26,9 @@ impl Cli {
     /// Waits until the workflow is no longer running; its JSON view.
     fn settled(&self, wf: &str, want: &str) -> serde_json::Value {
         for _ in 0..200 {
-            let w = self.json(&["get", wf]);
+            // A queued workflow is not found until it starts.
+            let out = stoa().args(["get", wf, "--json"]).args(&self.conn).output().expect("run stoa");
+            let w: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
             if w["status"] == want {
                 return w;
             }
@@ -171,4 +173,35 @@ fn a_json_definition_is_deployed_through_the_api() {
             .into_inner();
         assert_eq!((w.status.as_str(), w.result_json.as_str()), ("completed", r#"{"m":42}"#));
     });
+}
+
+/// A sequential definition on a real server: the second start waits in
+/// the queue, and starts by itself when the first ends.
+#[test]
+fn a_sequential_definition_queues_its_second_run() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&tmp.path().join("data"));
+    let cli = Cli { conn: vec!["--server".into(), server.addr.clone(), "--token".into(), TOKEN_A.into()] };
+    let dir = write(
+        &tmp.path().join("seq"),
+        "id: seq\nrun_strategy: sequential\nparams:\n  k: string\nsteps:\n  - { id: wait, type: noop, gate: { signal: go, match: { k: \"${k}\" } } }\n",
+    );
+    cli.run(&["deploy", &dir]);
+    let start = |k: &str| {
+        let facts = format!(r#"[{{"type": "Params", "fields": {{"k": "{k}"}}}}]"#);
+        cli.json(&["start", "seq", "--facts", &facts, "--request-id", k])
+    };
+    let first = start("one");
+    assert_eq!(first["queued"], false, "{first}");
+    let second = start("two");
+    assert_eq!(second["queued"], true, "{second}");
+    let text =
+        cli.run(&["start", "seq", "--facts", r#"[{"type": "Params", "fields": {"k": "two"}}]"#, "--request-id", "two"]);
+    assert!(text.contains("queued by the pack's run strategy"), "{text}");
+    let (w1, w2) = (first["workflow_id"].as_str().expect("id"), second["workflow_id"].as_str().expect("id"));
+    cli.run(&["signal", "go", "--id", "go-one", "--payload", r#"{"k": "one"}"#]);
+    cli.settled(w1, "completed");
+    cli.settled(w2, "running");
+    cli.run(&["signal", "go", "--id", "go-two", "--payload", r#"{"k": "two"}"#]);
+    cli.settled(w2, "completed");
 }
