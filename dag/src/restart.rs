@@ -90,7 +90,12 @@ impl Run {
 /// The facts and request id that restart `run`, or why it cannot be.
 pub fn plan(run: &Run, from: &From) -> Result<(Vec<(String, Value)>, String), String> {
     let Some(dag) = run.first("Dag") else {
-        return Err(format!("{} is not an instance of a DAG definition (it has no Dag fact)", run.id));
+        return Err(format!(
+            "{} has no Dag fact: it is not an instance of a DAG definition, or it failed at its start ({}), \
+             before any step; start a new instance instead",
+            run.id,
+            if run.reason.is_empty() { "no reason given" } else { run.reason.as_str() }
+        ));
     };
     if run.status == "running" {
         return Err(format!(
