@@ -83,6 +83,18 @@ outputs:
     let w = cli.settled(&wf, "completed");
     assert!(w["result"].to_string().contains("us"), "{w}");
 
+    // Cron triggers are the pack's schedules once it is deployed, with a
+    // tick's parameters; a tick started by hand runs like one.
+    let daily = crate::support::repo().join("examples/dags/daily");
+    cli.run(&["deploy", daily.to_str().expect("utf-8")]);
+    let schedules = cli.run(&["schedule", "ls"]);
+    assert!(schedules.contains("daily.cron1") && schedules.contains("daily-us"), "{schedules}");
+    cli.run(&["schedule", "trigger", "daily-us", "--request-id", "tick-1"]);
+    let tick = cli.newest("daily");
+    let w = cli.settled(&tick, "running");
+    let dag = w["facts"].as_array().and_then(|fs| fs.iter().find(|f| f["type"] == "Dag")).expect("a Dag fact");
+    assert_eq!(dag["fields"]["params"], serde_json::json!({"region": "us", "partition": "latest"}), "{w}");
+
     // A step computes a value that fails; a breakpoint holds another.
     let v1 = "id: fix\nparams:\n  n: { type: int, default: 0 }\nsteps:\n  - { id: a, type: noop, params: { x: 2 } }\n  - { id: b, type: noop, depends_on: [a], params: { y: \"${{ ${x@a} * 10 }}\" } }\n  - { id: c, type: noop, depends_on: [b], params: { z: \"${{ ${y@b} / ${n} }}\" } }\n";
     let fix = write(&tmp.path().join("fix"), v1);
