@@ -116,9 +116,21 @@ impl Runtime {
             if start {
                 let request = format!("signal:{}:{pack}", signal.id);
                 let origin = Origin::Signal { signal: signal.id.clone() };
-                let (wf, _) = self.start_as(tenant, &pack, vec![signal.fact()], &request, origin).await?;
-                if !rec.started.contains(&wf) {
-                    rec.started.push(wf);
+                match self.start_as(tenant, &pack, vec![signal.fact()], &request, origin).await {
+                    Ok((wf, _)) if !rec.started.contains(&wf) => rec.started.push(wf),
+                    Ok(_) => {}
+                    // The pack's run strategy drops this start (first_only
+                    // while one runs): the signal still goes everywhere else.
+                    Err(ApiError::FailedPrecondition(why)) if self.run_strategy_of(tenant, &pack).is_some() => {
+                        tracing::info!(
+                            tenant,
+                            pack,
+                            signal = signal.id,
+                            why,
+                            "a signal subscription's start was dropped"
+                        );
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             if deliver {

@@ -217,3 +217,26 @@ fn a_sequential_definition_queues_its_second_run() {
     cli.run(&["signal", "go", "--id", "go-two", "--payload", r#"{"k": "two"}"#]);
     cli.settled(w2, "completed");
 }
+
+/// A first_only definition started by a signal: a second signal while the
+/// first run lives starts nothing, and is still routed (not an error).
+#[test]
+fn a_first_only_signal_trigger_drops_a_start_while_one_runs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&tmp.path().join("data"));
+    let cli = Cli { conn: vec!["--server".into(), server.addr.clone(), "--token".into(), TOKEN_A.into()] };
+    let dir = write(
+        &tmp.path().join("once"),
+        "id: once\nrun_strategy: first_only\ntriggers:\n  - signal: kick\nsteps:\n  - { id: wait, type: noop, gate: { signal: go } }\n",
+    );
+    cli.run(&["deploy", &dir]);
+    cli.run(&["signal", "kick", "--id", "kick-1"]);
+    let first = cli.newest("once");
+    cli.settled(&first, "running");
+    cli.run(&["signal", "kick", "--id", "kick-2"]);
+    let listed = cli.run(&["ls", "--pack", "once"]);
+    assert_eq!(listed.lines().count(), 2, "one run and the header: {listed}");
+    let err = stoa().args(["start", "once", "--facts", "[]"]).args(&cli.conn).output().expect("run stoa");
+    let stderr = String::from_utf8_lossy(&err.stderr);
+    assert!(!err.status.success() && stderr.contains("first_only: this start is dropped"), "{stderr}");
+}
