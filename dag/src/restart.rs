@@ -164,13 +164,21 @@ pub fn view(runs: &[Run]) -> String {
 }
 
 /// Each step of a run, its state, and the run that produced that state.
+/// A waiting step a breakpoint names shows as `held` (it may still wait
+/// for its dependencies too; `stoa explain` says which).
 pub fn producers(run: &Run) -> Vec<(String, String, String)> {
     let kept = run.first("Restart").and_then(|r| r.get("kept")).and_then(Value::as_object);
+    let held: Vec<&str> =
+        run.facts.iter().filter(|(t, _)| t == "Breakpoint").filter_map(|(_, f)| f["step"].as_str()).collect();
     run.steps()
         .filter_map(|s| {
             let id = s["id"].as_str()?;
             let by = kept.and_then(|k| k.get(id)).and_then(Value::as_str).unwrap_or(&run.id);
-            Some((id.to_string(), s["state"].as_str().unwrap_or("?").to_string(), by.to_string()))
+            let mut state = s["state"].as_str().unwrap_or("?").to_string();
+            if state == "waiting" && (held.contains(&id) || held.contains(&"*")) {
+                state = "held".into();
+            }
+            Some((id.to_string(), state, by.to_string()))
         })
         .collect()
 }
@@ -299,6 +307,12 @@ mod tests {
         );
         assert_eq!(plan(&r, &From::Step("c".into())).unwrap_err(), "wf_1 has no step `c`; its steps: a, b");
         assert_eq!(plan(&r, &From::Start).unwrap().0[1].1["steps"], json!({}));
+        let mut held = r.clone();
+        held.facts.push(("Breakpoint".into(), json!({"step": "b"})));
+        held.facts.push(("Step".into(), json!({"id": "c", "state": "waiting"})));
+        held.facts.push(("Breakpoint".into(), json!({"step": "c"})));
+        let states: Vec<String> = producers(&held).into_iter().map(|(id, st, _)| format!("{id} {st}")).collect();
+        assert_eq!(states, ["a done", "b failed", "c held"]);
         let running = Run { status: "running".into(), ..r.clone() };
         assert!(plan(&running, &From::Unfinished).unwrap_err().contains("is running"));
     }
