@@ -17,7 +17,7 @@
 use std::fmt::Write;
 
 use crate::expr::{condition_expr, pieces, rhai_str, text_expr, Piece, Ref};
-use crate::model::{Dag, Mode, ParamType, Step, StepType};
+use crate::model::{Dag, Mode, Over, ParamType, Step, StepType};
 use crate::validate::Graph;
 use crate::yaml::{Kind, Node, Scalar};
 
@@ -77,7 +77,7 @@ fn float(f: f64) -> String {
 }
 
 /// A YAML value as a Rhai expression.
-fn value(node: &Node, acc: &dyn Fn(&Ref) -> String) -> String {
+pub(crate) fn value(node: &Node, acc: &dyn Fn(&Ref) -> String) -> String {
     match &node.kind {
         Kind::Scalar(Scalar::Null) => "()".into(),
         Kind::Scalar(Scalar::Bool(b)) => b.to_string(),
@@ -125,6 +125,18 @@ fn reads(step: &Step, g: &Graph) -> Vec<usize> {
     if let StepType::Subworkflow(w) = &step.ty {
         strings_in(w, &mut strings);
     }
+    if let Some(f) = &step.facts {
+        strings_in(f, &mut strings);
+    }
+    if let StepType::Foreach(f) = &step.ty {
+        match &f.over {
+            Over::List(o) => strings_in(o, &mut strings),
+            Over::Range { from, to } => {
+                strings_in(from, &mut strings);
+                strings_in(to, &mut strings);
+            }
+        }
+    }
     if let Some(gate) = &step.gate {
         for (_, v) in &gate.fields {
             strings_in(v, &mut strings);
@@ -166,9 +178,31 @@ fn cond(text: &str, acc: &dyn Fn(&Ref) -> String) -> String {
     }
 }
 
-/// The files of the pack: `pack.toml` and `workflow.rules`.
-pub fn emit(dag: &Dag, g: &Graph, source_name: &str) -> (String, String) {
-    (manifest(dag, source_name), rules(dag, g, source_name))
+/// A compiled pack: its name, `pack.toml` and `workflow.rules`.
+pub struct Emitted {
+    /// The pack's name: the definition's id, or `PARENT.STEP` for a body.
+    pub name: String,
+    /// `pack.toml`.
+    pub manifest: String,
+    /// `workflow.rules`.
+    pub rules: String,
+}
+
+/// The packs a definition compiles to: its foreach bodies' (innermost
+/// first, as they must be deployed), then its own, last.
+pub fn emit(dag: &Dag, g: &Graph, source_name: &str) -> Vec<Emitted> {
+    let mut out = Vec::new();
+    for (i, s) in dag.steps.iter().enumerate() {
+        if let (StepType::Foreach(f), Some(bg)) = (&s.ty, g.bodies.get(&i)) {
+            out.extend(emit(&f.body, bg, source_name));
+        }
+    }
+    out.push(Emitted {
+        name: dag.id.text.clone(),
+        manifest: manifest(dag, source_name),
+        rules: rules(dag, g, source_name),
+    });
+    out
 }
 
 fn manifest(dag: &Dag, source_name: &str) -> String {
@@ -219,6 +253,9 @@ step = "string"
 step = "string"
 "#,
     );
+    if dag.steps.iter().any(|s| matches!(s.ty, StepType::Foreach(_))) {
+        m.push_str(crate::foreach::SCHEMAS);
+    }
     m
 }
 
@@ -259,6 +296,7 @@ fn start_rule(out: &mut String, dag: &Dag) {
     for prm in &dag.params {
         let k = rhai_str(&prm.name.text);
         let type_name = match prm.ty {
+            ParamType::Any => "",
             ParamType::String => "string",
             ParamType::Int => "i64",
             ParamType::Float => "f64",
@@ -289,13 +327,15 @@ fn start_rule(out: &mut String, dag: &Dag) {
         if prm.ty == ParamType::Float {
             let _ = writeln!(out, "        if type_of(v) == \"i64\" {{ v = v.to_float(); }}");
         }
-        let _ = writeln!(
-            out,
-            "        if v != () && type_of(v) != \"{type_name}\" {{ errors.push(\"parameter `{}` must be a{} {}, not \" + type_of(v)); }}",
-            prm.name.text,
-            if prm.ty == ParamType::Int { "n" } else { "" },
-            prm.ty.name()
-        );
+        if prm.ty != ParamType::Any {
+            let _ = writeln!(
+                out,
+                "        if v != () && type_of(v) != \"{type_name}\" {{ errors.push(\"parameter `{}` must be a{} {}, not \" + type_of(v)); }}",
+                prm.name.text,
+                if prm.ty == ParamType::Int { "n" } else { "" },
+                prm.ty.name()
+            );
+        }
         let _ = writeln!(out, "        params[{k}] = v;");
     }
     let declared: Vec<String> = dag.params.iter().map(|p| rhai_str(&p.name.text)).collect();
@@ -332,6 +372,11 @@ fn step_rules(
         StepType::Noop => "does nothing (its params are its outputs)".into(),
         StepType::Sleep => "sleeps on a durable timer".into(),
         StepType::Subworkflow(_) => "runs a child workflow".into(),
+        StepType::Foreach(f) => format!(
+            "runs `{}` once per item, {} at a time",
+            f.body.id.text,
+            if f.concurrency == 1 { "one".to_string() } else { f.concurrency.to_string() }
+        ),
     };
     let deps_text = if s.depends_on.is_empty() {
         "at the start".to_string()
@@ -444,6 +489,9 @@ fn step_rules(
         end_sections(out, s, acc);
         out.push_str("}\n");
     }
+    if let StepType::Foreach(f) = &s.ty {
+        crate::foreach::loop_rules(out, s, f);
+    }
     // The skip rule: every dependency ended, and the step cannot run.
     if skippable && !deps.is_empty() {
         let ok: Vec<String> = deps
@@ -505,12 +553,13 @@ fn step_rules(
             }
             StepType::Subworkflow(w) => {
                 let _ = writeln!(out, "        modify(me, #{{ state: \"running\" }});");
-                let _ = writeln!(
-                    out,
-                    "        start_workflow({}, [#{{ type: \"Params\", fields: {params} }}]);",
-                    value(w, acc)
-                );
+                let facts = match &s.facts {
+                    Some(f) => value(f, acc),
+                    None => format!("[#{{ type: \"Params\", fields: {params} }}]"),
+                };
+                let _ = writeln!(out, "        start_workflow({}, {facts});", value(w, acc));
             }
+            StepType::Foreach(f) => crate::foreach::start_action(out, s, f, &params, acc),
         }
     }
 
@@ -603,7 +652,13 @@ fn end_rules(out: &mut String, dag: &Dag, g: &Graph, names: &Names, acc: &dyn Fn
     if backoff {
         out.push_str("// A retry's backoff is over: the step waits to start again.\nrule \"dag retry\" {\n    match {\n        t: StepRetry()\n        s: Step(id == t.step, state == \"retrying\")\n    }\n    action { retract(t); modify(s, #{ state: \"waiting\" }); }\n}\n\n");
     }
-    out.push_str("// A step failed for good: so does the instance.\nrule \"dag failed\" {\n    match {\n        d: Dag(state == \"running\")\n        s: Step(state == \"failed\")\n    }\n    action {\n        modify(d, #{ state: \"failed\" });\n        fail(`step ${s.id} failed: ${s.error}`);\n    }\n}\n\n");
+    // An iteration's failure names its number: the foreach's step reports
+    // the first one it saw.
+    let prefix = match &dag.iteration {
+        Some(it) => format!("iteration ${{d.params[{}]}}: ", rhai_str(&it.index)),
+        None => String::new(),
+    };
+    let _ = writeln!(out, "// A step failed for good: so does the instance.\nrule \"dag failed\" {{\n    match {{\n        d: Dag(state == \"running\")\n        s: Step(state == \"failed\")\n    }}\n    action {{\n        modify(d, #{{ state: \"failed\" }});\n        fail(`{prefix}step ${{s.id}} failed: ${{s.error}}`);\n    }}\n}}\n");
     out.push_str("// Every step is done or skipped: the instance completes");
     let mut reads: Vec<usize> = Vec::new();
     let mut strings = Vec::new();

@@ -13,6 +13,7 @@
 
 mod emit;
 mod expr;
+mod foreach;
 /// The definition model.
 #[allow(missing_docs)]
 pub mod model;
@@ -26,7 +27,8 @@ use stoa_rules::compile::PackSource;
 use stoa_rules::diagnostic::SourceMap;
 use stoa_rules::{Code, Diagnostic};
 
-pub use model::{Dag, MAX_STEPS};
+pub use emit::Emitted;
+pub use model::{Dag, MAX_FOREACH_DEPTH, MAX_ITERATIONS, MAX_STEPS};
 pub use validate::Graph;
 
 /// The file a definition directory holds.
@@ -68,10 +70,18 @@ pub fn check(path: &Path, text: &str) -> (Option<Definition>, Vec<Diagnostic>) {
 }
 
 impl Definition {
-    /// The compiled pack's `pack.toml` and `workflow.rules`.
-    pub fn emit(&self) -> (String, String) {
+    /// The packs the definition compiles to: one per foreach body
+    /// (innermost first), then its own, last.
+    pub fn emit(&self) -> Vec<Emitted> {
         emit::emit(&self.dag, &self.graph, &self.source_name)
     }
+}
+
+/// Where `stoa dag compile --out DIR` puts a foreach body's pack: under a
+/// dot-directory, which a pack directory's reader skips, so that `DIR`
+/// stays the definition's own pack.
+pub fn body_dir(root: &Path, name: &str) -> PathBuf {
+    root.join(".foreach").join(name)
 }
 
 /// A definition directory (or a `workflow.yaml` file) read from disk: the
@@ -127,16 +137,40 @@ impl Source {
     /// `workflow.rules` and the tests. `None` when the definition has an
     /// error; the diagnostics either way.
     pub fn compile(&self, root: &Path) -> (Option<PackSource>, Vec<Diagnostic>) {
+        let (packs, diags) = self.compile_all(root);
+        (packs.and_then(|mut p| p.pop()), diags)
+    }
+
+    /// Like `compile`, with the packs of the foreach bodies before the
+    /// definition's own (last): the order to deploy them in. A body's
+    /// pack is shown under `body_dir(root, name)`; the tests go with the
+    /// definition's own.
+    pub fn compile_all(&self, root: &Path) -> (Option<Vec<PackSource>>, Vec<Diagnostic>) {
         let (def, diags) = check(&self.path, &self.text);
         let Some(def) = def else { return (None, diags) };
-        let (manifest, rules) = def.emit();
-        let mut files = BTreeMap::new();
-        files.insert(PathBuf::from("pack.toml"), manifest);
-        files.insert(PathBuf::from("workflow.rules"), rules);
-        files.extend(self.tests.clone());
-        (Some(PackSource { root: root.to_path_buf(), files }), diags)
+        let emitted = def.emit();
+        let last = emitted.len() - 1;
+        let packs = emitted
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let mut files = BTreeMap::new();
+                files.insert(PathBuf::from("pack.toml"), e.manifest);
+                files.insert(PathBuf::from("workflow.rules"), e.rules);
+                let root = if i == last {
+                    files.extend(self.tests.clone());
+                    root.to_path_buf()
+                } else {
+                    body_dir(root, &e.name)
+                };
+                PackSource { root, files }
+            })
+            .collect();
+        (Some(packs), diags)
     }
 }
 
+#[cfg(test)]
+mod family_tests;
 #[cfg(test)]
 mod tests;

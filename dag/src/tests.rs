@@ -54,10 +54,16 @@ fn run_inline(yaml: &str, tests: &str) {
 }
 
 fn run_source(dir: &Path, source: Source) -> Vec<String> {
-    let (pack, diags) = source.compile(dir);
-    let Some(pack) = pack else {
+    let (packs, diags) = source.compile_all(dir);
+    let Some(mut packs) = packs else {
         panic!("{}: {}", dir.display(), diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))
     };
+    // The foreach bodies' packs compile, without a warning, too.
+    let pack = packs.pop().expect("the definition's own pack");
+    for body in &packs {
+        let (compiled, diags) = stoa_rules::compile::compile(body);
+        assert!(compiled.is_some() && diags.is_empty(), "{}: {:?}", body.root.display(), body.render(&diags));
+    }
     let (compiled, diags) = stoa_rules::compile::compile(&pack);
     // Warnings too: a compiled pack should not have any.
     let errors: Vec<String> = pack.render(&diags);
@@ -144,7 +150,7 @@ steps:
               |
             3 | stpes: []
               | ^
-            workflow.yaml:6:11: error[E0016]: unknown step type `fucntion`; did you mean `function`? (function, noop, sleep or subworkflow)
+            workflow.yaml:6:11: error[E0016]: unknown step type `fucntion`; did you mean `function`? (function, noop, sleep, subworkflow or foreach)
               |
             6 |     type: fucntion
               |           ^
@@ -258,7 +264,7 @@ steps:
               |
             4 |   n: { type: int, default: "ten" }
               |                            ^
-            workflow.yaml:6:14: error[E0020]: unknown parameter type `text`; expected one of string, int, float, bool, list, map
+            workflow.yaml:6:14: error[E0020]: unknown parameter type `text`; expected one of string, int, float, bool, list, map, any
               |
             6 |   s: { type: text }
               |              ^
@@ -369,7 +375,9 @@ outputs:
 "#;
     let (def, diags) = check(Path::new("workflow.yaml"), yaml);
     assert!(diags.is_empty(), "{diags:?}");
-    let (manifest, rules) = def.expect("no errors").emit();
+    let mut packs = def.expect("no errors").emit();
+    assert_eq!(packs.len(), 1);
+    let Emitted { manifest, rules, .. } = packs.pop().unwrap();
     expect![[r##"
         # Compiled by `stoa dag compile` from workflow.yaml (definition `small`).
         # Do not edit: change the definition and compile it again.
@@ -767,5 +775,68 @@ steps:
                |
             12 |       - { step: a, when: "${rows@a} >" }
                |                          ^"#]],
+    );
+}
+
+#[test]
+fn foreach_limits_and_shapes() {
+    check_diags(
+        r#"
+id: big
+params: { n: int }
+steps:
+  - { id: a, type: noop, params: { x: 1 } }
+  - id: each
+    foreach:
+      range: { from: 0, to: 100001 }
+      concurrency: 0
+      steps:
+        - { id: b, type: noop, params: { y: "${x@a}" } }
+  - id: items
+    foreach:
+      over: 42
+      as: n
+      orderd: true
+      steps:
+        - id: one
+          foreach:
+            over: [1]
+            steps:
+              - id: two
+                foreach:
+                  over: [1]
+                  steps:
+                    - id: three
+                      foreach: { over: [1], steps: [{ id: four, type: noop }] }
+"#,
+        expect![[r#"
+            workflow.yaml:8:29: error[E0021]: the foreach of step `each` runs over 100001 numbers (0 to 100001); a foreach runs at most 100000
+              |
+            8 |       range: { from: 0, to: 100001 }
+              |                             ^
+            workflow.yaml:9:20: error[E0020]: `concurrency` must be a whole number from 1 to 10000, found an int
+              |
+            9 |       concurrency: 0
+              |                    ^
+            workflow.yaml:11:46: error[E0018]: step `b` reads `${x@a}`, but there is no step `a` in this foreach (its steps read their own steps' outputs; pass others in through the foreach step's `params`); did you mean `b`?
+               |
+            11 |         - { id: b, type: noop, params: { y: "${x@a}" } }
+               |                                              ^
+            workflow.yaml:14:13: error[E0020]: `over` of the foreach of step `items` must be a list or a reference to one, found an int
+               |
+            14 |       over: 42
+               |             ^
+            workflow.yaml:15:11: error[E0017]: the foreach's `n` would hide the parameter `n` (line 3); name it otherwise
+               |
+            15 |       as: n
+               |           ^
+            workflow.yaml:16:7: error[E0016]: unknown key `orderd` in the foreach of step `items`; expected one of over, range, as, index, concurrency, sequential, on_failure, steps
+               |
+            16 |       orderd: true
+               |       ^
+            workflow.yaml:27:32: error[E0021]: the foreach of step `three` is nested 4 deep; foreach blocks nest at most 3 deep
+               |
+            27 |                       foreach: { over: [1], steps: [{ id: four, type: noop }] }
+               |                                ^"#]],
     );
 }
