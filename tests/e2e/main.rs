@@ -10,6 +10,7 @@ mod client;
 mod cluster;
 mod console;
 mod crash;
+mod dags;
 mod docs;
 mod examples;
 mod explain;
