@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Subcommand;
 use stoa_rules::compile::{compile, PackSource};
-use stoa_rules::diagnostic::SourceMap;
 use stoa_rules::Diagnostic;
 
 #[derive(Subcommand)]
@@ -57,9 +56,8 @@ pub fn source(path: &Path, root: &Path) -> anyhow::Result<(Option<PackSource>, V
 pub fn sources(path: &Path, root: &Path) -> anyhow::Result<(Option<Vec<PackSource>>, Vec<Diagnostic>)> {
     let src = stoa_dag::Source::read(path).map_err(|d| anyhow::anyhow!("{d}"))?;
     let (packs, diags) = src.compile_all(root);
-    let map = SourceMap::new(&src.text);
     for d in &diags {
-        eprintln!("{}\n", d.render_in(Some(&map)));
+        eprintln!("{}\n", src.render(d));
     }
     Ok((packs, diags))
 }

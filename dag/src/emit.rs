@@ -524,18 +524,24 @@ fn step_rules(
         let params = map_of(s.params.iter().map(|(k, v)| (k.text.as_str(), v)), acc);
         match &s.ty {
             StepType::Function(f) => {
-                let _ = writeln!(out, "        modify(me, #{{ state: \"running\" }});");
-                match &s.timeout {
-                    Some(t) => {
-                        let _ = writeln!(
-                            out,
-                            "        call({}, {params}, #{{ timeout: {} }});",
-                            rhai_str(&f.text),
-                            value(&str_node(&t.text), acc)
-                        );
+                let call = match &s.timeout {
+                    Some(t) => format!(
+                        "call({}, args, #{{ timeout: {} }});",
+                        rhai_str(&f.text),
+                        value(&str_node(&t.text), acc)
+                    ),
+                    None => format!("call({}, args);", rhai_str(&f.text)),
+                };
+                let _ = writeln!(out, "        let args = {params};");
+                match s.typed.as_ref().and_then(crate::types::run_checks) {
+                    // A computed param of the wrong type fails the step
+                    // before the call, naming the param.
+                    Some(checks) => {
+                        let _ = writeln!(out, "        {checks}");
+                        let _ = writeln!(out, "        if why != \"\" {{\n            modify(me, #{{ state: \"failed\", error: why }});\n        }} else {{\n            modify(me, #{{ state: \"running\" }});\n            {call}\n        }}");
                     }
                     None => {
-                        let _ = writeln!(out, "        call({}, {params});", rhai_str(&f.text));
+                        let _ = writeln!(out, "        modify(me, #{{ state: \"running\" }});\n        {call}");
                     }
                 }
             }

@@ -29,7 +29,12 @@ pub fn err(kind: ErrorKind, message: &str) -> Outcome {
 
 /// Every pack a definition compiles to, by name.
 pub fn packs(yaml: &str) -> HashMap<String, Arc<Pack>> {
-    let source = Source { path: "workflow.yaml".into(), text: yaml.to_string(), tests: Default::default() };
+    let source = Source {
+        path: "workflow.yaml".into(),
+        text: yaml.to_string(),
+        tests: Default::default(),
+        imports: Default::default(),
+    };
     let (packs, diags) = source.compile_all(Path::new("p"));
     let packs = packs.unwrap_or_else(|| panic!("{diags:?}"));
     packs

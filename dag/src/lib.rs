@@ -17,6 +17,7 @@ mod foreach;
 /// The definition model.
 #[allow(missing_docs)]
 pub mod model;
+mod types;
 mod validate;
 mod yaml;
 
@@ -47,6 +48,15 @@ pub struct Definition {
 /// Checks a definition's text; `path` is shown in diagnostics. Returns the
 /// definition if it has no error, and every diagnostic, sorted by position.
 pub fn check(path: &Path, text: &str) -> (Option<Definition>, Vec<Diagnostic>) {
+    check_with(path, text, &Imports::new())
+}
+
+/// The files a definition's `import` names, by the name as written: the
+/// path diagnostics show, and the text.
+pub type Imports = BTreeMap<String, (PathBuf, String)>;
+
+/// `check`, with the text of the files the definition imports.
+pub fn check_with(path: &Path, text: &str, imports: &Imports) -> (Option<Definition>, Vec<Diagnostic>) {
     let mut r = model::Reader { path, diags: Vec::new() };
     let root = match yaml::parse(text) {
         Ok(n) => n,
@@ -55,7 +65,7 @@ pub fn check(path: &Path, text: &str) -> (Option<Definition>, Vec<Diagnostic>) {
             return (None, r.diags);
         }
     };
-    let dag = model::read(&mut r, &root);
+    let dag = model::read(&mut r, &root, imports);
     let map = SourceMap::new(text);
     let graph = dag.as_ref().map(|d| validate::check(&mut r, &map, d));
     let mut diags = r.diags;
@@ -94,6 +104,33 @@ pub struct Source {
     pub text: String,
     /// Test files, by path relative to the directory.
     pub tests: BTreeMap<PathBuf, String>,
+    /// The files its `import` names that could be read.
+    pub imports: Imports,
+}
+
+/// The most files a definition may import, and their size.
+const MAX_IMPORTS: usize = 32;
+const MAX_IMPORT_BYTES: u64 = 1 << 20;
+
+/// The files `import` names in a definition's text, read from `dir`; one
+/// that cannot be read is left out (the check reports it at its place).
+fn read_imports(dir: &Path, text: &str) -> Imports {
+    let mut out = Imports::new();
+    let Ok(root) = yaml::parse(text) else { return out };
+    let yaml::Kind::Map(entries) = &root.kind else { return out };
+    let Some((_, list)) = entries.iter().find(|(k, _)| k.as_str() == Some("import")) else { return out };
+    let yaml::Kind::Seq(items) = &list.kind else { return out };
+    for item in items.iter().take(MAX_IMPORTS) {
+        let Some(name) = item.as_str() else { continue };
+        let path = dir.join(name);
+        let small = std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() <= MAX_IMPORT_BYTES);
+        if let (true, Ok(bytes)) = (small, std::fs::read(&path)) {
+            if let Ok(text) = stoa_rules::compile::file_text(&path, bytes) {
+                out.insert(name.to_string(), (path, text));
+            }
+        }
+    }
+    out
 }
 
 impl Source {
@@ -128,7 +165,8 @@ impl Source {
                 }
             }
         }
-        Ok(Source { path, text, tests })
+        let imports = read_imports(&dir, &text);
+        Ok(Source { path, text, tests, imports })
     }
 
     /// Checks and compiles the definition into the files of a pack shown
@@ -146,7 +184,7 @@ impl Source {
     /// pack is shown under `body_dir(root, name)`; the tests go with the
     /// definition's own.
     pub fn compile_all(&self, root: &Path) -> (Option<Vec<PackSource>>, Vec<Diagnostic>) {
-        let (def, diags) = check(&self.path, &self.text);
+        let (def, diags) = check_with(&self.path, &self.text, &self.imports);
         let Some(def) = def else { return (None, diags) };
         let emitted = def.emit();
         let last = emitted.len() - 1;
@@ -174,3 +212,16 @@ impl Source {
 mod family_tests;
 #[cfg(test)]
 mod tests;
+
+impl Source {
+    /// A diagnostic rendered with its source line, from the definition or
+    /// the imported file it is in.
+    pub fn render(&self, d: &Diagnostic) -> String {
+        let text = if d.path == self.path {
+            Some(self.text.as_str())
+        } else {
+            self.imports.values().find(|(p, _)| *p == d.path).map(|(_, t)| t.as_str())
+        };
+        d.render_in(text.map(SourceMap::new).as_ref())
+    }
+}

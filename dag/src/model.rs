@@ -202,6 +202,8 @@ pub struct Step {
     /// outputs are its params.
     pub outputs: Vec<Name>,
     pub gate: Option<Gate>,
+    /// (steps of a declared step type) the type and its run-time checks.
+    pub typed: Option<crate::types::Typed>,
     /// (subworkflow steps) the child's start facts, `[{ type, fields }]`,
     /// instead of a `Params` fact of the step's params: for a child that
     /// is a rule pack rather than a definition.
@@ -231,13 +233,13 @@ impl Reader<'_> {
         self.diags.push(Diagnostic::error(self.path, pos, code, msg));
     }
 
-    fn format(&mut self, pos: Pos, msg: impl Into<String>) {
+    pub(crate) fn format(&mut self, pos: Pos, msg: impl Into<String>) {
         self.error(pos, Code::DagFormat, msg);
     }
 
     /// The entries of a map node, each key a string; reports keys not in
     /// `known` (with "did you mean") and repeated keys.
-    fn map<'n>(&mut self, node: &'n Node, what: &str, known: &[&str]) -> Vec<(Name, &'n Node)> {
+    pub(crate) fn map<'n>(&mut self, node: &'n Node, what: &str, known: &[&str]) -> Vec<(Name, &'n Node)> {
         let Kind::Map(entries) = &node.kind else {
             self.format(node.pos, format!("{what} must be a map, found {}", node.what()));
             return Vec::new();
@@ -264,7 +266,7 @@ impl Reader<'_> {
         out
     }
 
-    fn string(&mut self, node: &Node, what: &str) -> Option<Name> {
+    pub(crate) fn string(&mut self, node: &Node, what: &str) -> Option<Name> {
         match &node.kind {
             Kind::Scalar(Scalar::Str(s)) => Some(Name { text: s.clone(), pos: node.pos }),
             // A plain number where a name or duration is expected reads as
@@ -279,7 +281,7 @@ impl Reader<'_> {
 
     /// A step id, parameter or output name: letters, digits, `_`, and for
     /// step ids also `-` and `.`; at most 128 bytes.
-    fn ident(&mut self, node: &Node, what: &str, extra: &[char]) -> Option<Name> {
+    pub(crate) fn ident(&mut self, node: &Node, what: &str, extra: &[char]) -> Option<Name> {
         let name = self.string(node, what)?;
         self.check_ident(&name, what, extra).then_some(name)
     }
@@ -307,7 +309,7 @@ impl Reader<'_> {
         ok
     }
 
-    fn list<'n>(&mut self, node: &'n Node, what: &str) -> &'n [Node] {
+    pub(crate) fn list<'n>(&mut self, node: &'n Node, what: &str) -> &'n [Node] {
         match &node.kind {
             Kind::Seq(items) => items,
             _ => {
@@ -317,7 +319,7 @@ impl Reader<'_> {
         }
     }
 
-    fn duration(&mut self, node: &Node, what: &str) -> Option<Name> {
+    pub(crate) fn duration(&mut self, node: &Node, what: &str) -> Option<Name> {
         let n = self.string(node, what)?;
         if n.text.contains("${") {
             return Some(n);
@@ -345,7 +347,7 @@ fn humantime_like(s: &str) -> bool {
     humantime::parse_duration(s).is_ok()
 }
 
-const TOP: &[&str] = &["id", "version", "description", "params", "steps", "outputs"];
+const TOP: &[&str] = &["id", "version", "description", "import", "types", "params", "steps", "outputs"];
 const STEP: &[&str] = &[
     "id",
     "type",
@@ -365,6 +367,7 @@ const FOREACH: &[&str] = &["over", "range", "as", "index", "concurrency", "seque
 /// What a step list is read within: the definition's id, version and
 /// parameters (a foreach body sees its parent's), and the foreach depth.
 pub(crate) struct Scope<'a> {
+    pub types: &'a [crate::types::TypeDecl],
     pub id: &'a str,
     pub version: &'a str,
     pub params: &'a [Param],
@@ -372,9 +375,46 @@ pub(crate) struct Scope<'a> {
 }
 
 /// Reads a definition; `None` when its shape is too broken to go on.
-pub(crate) fn read(r: &mut Reader<'_>, root: &Node) -> Option<Dag> {
+/// `imports` holds the text of each file its `import` may name (by the
+/// name as written), read by the caller.
+pub(crate) fn read(
+    r: &mut Reader<'_>,
+    root: &Node,
+    imports: &std::collections::BTreeMap<String, (std::path::PathBuf, String)>,
+) -> Option<Dag> {
     let top = r.map(root, "the definition", TOP);
     let get = |k: &str| top.iter().find(|(n, _)| n.text == k).map(|(_, v)| *v);
+    let mut types = Vec::new();
+    if let Some(list) = get("import") {
+        for item in r.list(list, "`import`").to_vec() {
+            let Some(name) = r.string(&item, "an imported file") else { continue };
+            let Some((path, text)) = imports.get(&name.text) else {
+                r.error(
+                    name.pos,
+                    Code::DagReference,
+                    format!("cannot read `{}`: no such file beside the definition", shown(&name.text)),
+                );
+                continue;
+            };
+            let mut ir = Reader { path, diags: Vec::new() };
+            match crate::yaml::parse(text) {
+                Ok(node) => {
+                    let m = ir.map(&node, "a library of step types", &["description", "types"]);
+                    if let Some((_, t)) = m.iter().find(|(k, _)| k.text == "types") {
+                        crate::types::read(&mut ir, t, &mut types);
+                    }
+                }
+                Err(e) => ir.error(e.pos, Code::DagFormat, format!("YAML: {}", e.message)),
+            }
+            if ir.diags.iter().any(Diagnostic::is_error) {
+                r.error(name.pos, Code::DagReference, format!("`{}` has errors (below)", shown(&name.text)));
+            }
+            r.diags.append(&mut ir.diags);
+        }
+    }
+    if let Some(t) = get("types") {
+        crate::types::read(r, t, &mut types);
+    }
     let id = match get("id") {
         Some(n) => r.ident(n, "the definition id", &['-', '.']),
         None => {
@@ -392,7 +432,13 @@ pub(crate) fn read(r: &mut Reader<'_>, root: &Node) -> Option<Dag> {
             }
         }
     }
-    let scope = Scope { id: id.as_ref().map_or("", |i| i.text.as_str()), version: &version, params: &params, depth: 0 };
+    let scope = Scope {
+        types: &types,
+        id: id.as_ref().map_or("", |i| i.text.as_str()),
+        version: &version,
+        params: &params,
+        depth: 0,
+    };
     let steps = match get("steps") {
         Some(s) => read_steps(r, s, &scope),
         None => {
@@ -419,7 +465,7 @@ fn read_steps(r: &mut Reader<'_>, s: &Node, scope: &Scope<'_>) -> Vec<Step> {
     items.iter().take(MAX_STEPS).filter_map(|item| read_step(r, item, scope)).collect()
 }
 
-fn read_param(r: &mut Reader<'_>, name: Name, decl: &Node) -> Option<Param> {
+pub(crate) fn read_param(r: &mut Reader<'_>, name: Name, decl: &Node) -> Option<Param> {
     if !r.check_ident(&name, "a parameter name", &[]) {
         return None;
     }
@@ -466,7 +512,7 @@ fn read_param(r: &mut Reader<'_>, name: Name, decl: &Node) -> Option<Param> {
     Some(Param { name, ty, default })
 }
 
-fn read_policy(r: &mut Reader<'_>, node: &Node, what: &str) -> Option<Policy> {
+pub(crate) fn read_policy(r: &mut Reader<'_>, node: &Node, what: &str) -> Option<Policy> {
     let m = r.map(node, what, &["attempts", "backoff"]);
     let mut attempts = 1;
     let mut backoff = None;
@@ -531,10 +577,16 @@ fn read_step(r: &mut Reader<'_>, node: &Node, scope: &Scope<'_>) -> Option<Step>
                 None
             }
         },
+        Some(other) if scope.types.iter().any(|t| t.name.text == other) => {
+            scope.types.iter().find(|t| t.name.text == other).map(|t| StepType::Function(t.function.clone()))
+        }
         Some(other) => {
             let t = ty_name.as_ref().map_or(node.pos, |t| t.pos);
-            let kinds = ["function", "noop", "sleep", "subworkflow", "foreach"];
-            let hint = stoa_rules::diagnostic::closest(other, kinds)
+            let kinds: Vec<&str> = ["function", "noop", "sleep", "subworkflow", "foreach"]
+                .into_iter()
+                .chain(scope.types.iter().map(|t| t.name.text.as_str()))
+                .collect();
+            let hint = stoa_rules::diagnostic::closest(other, kinds.iter().copied())
                 .map(|c| format!("; did you mean `{c}`?"))
                 .unwrap_or_default();
             r.format(
@@ -566,6 +618,8 @@ fn read_step(r: &mut Reader<'_>, node: &Node, scope: &Scope<'_>) -> Option<Step>
             }
         }
     }
+    let decl = ty_name.as_ref().and_then(|n| scope.types.iter().find(|t| t.name.text == n.text));
+    let typed = decl.map(|t| crate::types::apply(r, t, &mut params, &what, node.pos));
     if ty == Some(StepType::Sleep) {
         match params.iter().find(|(n, _)| n.text == "duration") {
             Some((_, d)) => {
@@ -589,7 +643,16 @@ fn read_step(r: &mut Reader<'_>, node: &Node, scope: &Scope<'_>) -> Option<Step>
             }
         }
     }
-    let timeout = get("timeout").and_then(|t| r.duration(t, "`timeout`"));
+    let mut timeout = get("timeout").and_then(|t| r.duration(t, "`timeout`"));
+    // A step of a type takes the type's policies unless it gives its own.
+    if let Some(t) = decl {
+        if get("retry").is_none() {
+            retry = t.retry.clone();
+        }
+        if timeout.is_none() {
+            timeout = t.timeout.clone();
+        }
+    }
     if let (Some(t), Some(ty)) = (&timeout, &ty) {
         if !matches!(ty, StepType::Function(_)) {
             r.format(t.pos, format!("`timeout` is for function steps only so far; {what} is a {} step", ty.name()));
@@ -609,8 +672,11 @@ fn read_step(r: &mut Reader<'_>, node: &Node, scope: &Scope<'_>) -> Option<Step>
             r.format(o.pos, "a foreach step declares no `outputs`: its outputs are `total`, `succeeded` and `failed`");
         }
     }
+    if let (Some(t), None) = (decl, get("outputs")) {
+        outputs = t.outputs.clone();
+    }
     if let (Some(StepType::Foreach(f)), Some(node)) = (&mut ty, get("foreach")) {
-        body_steps(r, f, node, &params, scope.depth);
+        body_steps(r, f, node, &params, scope.depth, scope.types);
     }
     if let (Some(StepType::Foreach(_)), Some(rt)) = (&ty, get("retry")) {
         r.format(rt.pos, "a foreach step has no `retry`: give the steps of its body theirs");
@@ -652,7 +718,7 @@ fn read_step(r: &mut Reader<'_>, node: &Node, scope: &Scope<'_>) -> Option<Step>
         }
         f.clone()
     });
-    Some(Step { id: id?, ty: ty?, params, mode, depends_on, retry, timeout, outputs, gate, facts })
+    Some(Step { id: id?, ty: ty?, params, mode, depends_on, retry, timeout, outputs, gate, typed, facts })
 }
 
 fn read_deps(r: &mut Reader<'_>, node: &Node) -> (Mode, Vec<Dep>) {
@@ -834,7 +900,14 @@ fn read_foreach(r: &mut Reader<'_>, node: &Node, step: &Name, scope: &Scope<'_>)
 /// Reads a foreach's body steps, in a scope of the parameters its
 /// iterations get: the parent's, the item, the index and the step's own
 /// `params` (each of any type).
-fn body_steps(r: &mut Reader<'_>, f: &mut Foreach, foreach: &Node, step_params: &[(Name, Node)], depth: usize) {
+fn body_steps(
+    r: &mut Reader<'_>,
+    f: &mut Foreach,
+    foreach: &Node,
+    step_params: &[(Name, Node)],
+    depth: usize,
+    types: &[crate::types::TypeDecl],
+) {
     for (n, _) in step_params {
         if let Some(p) = f.body.params.iter().find(|p| p.name.text == n.text) {
             r.error(
@@ -851,7 +924,8 @@ fn body_steps(r: &mut Reader<'_>, f: &mut Foreach, foreach: &Node, step_params: 
     }
     let Kind::Map(entries) = &foreach.kind else { return };
     let Some((_, steps)) = entries.iter().find(|(k, _)| k.as_str() == Some("steps")) else { return };
-    let scope = Scope { id: &f.body.id.text, version: &f.body.version, params: &f.body.params, depth: depth + 1 };
+    let scope =
+        Scope { types, id: &f.body.id.text, version: &f.body.version, params: &f.body.params, depth: depth + 1 };
     f.body.steps = read_steps(r, steps, &scope);
 }
 

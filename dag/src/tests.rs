@@ -48,6 +48,7 @@ fn run_inline(yaml: &str, tests: &str) {
         path: "workflow.yaml".into(),
         text: yaml.to_string(),
         tests: [(std::path::PathBuf::from("tests/t.toml"), tests.to_string())].into_iter().collect(),
+        imports: Default::default(),
     };
     let failures = run_source(Path::new("inline"), source);
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -689,7 +690,12 @@ facts = [{ type = "Step", fields = { id = "after", state = "done" } }]
 
 /// A pack compiled from a definition's text, without tests.
 fn pack_of(yaml: &str) -> std::sync::Arc<stoa_rules::compile::Pack> {
-    let source = Source { path: "workflow.yaml".into(), text: yaml.to_string(), tests: Default::default() };
+    let source = Source {
+        path: "workflow.yaml".into(),
+        text: yaml.to_string(),
+        tests: Default::default(),
+        imports: Default::default(),
+    };
     let (pack, diags) = source.compile(Path::new("p"));
     let pack = pack.unwrap_or_else(|| panic!("{diags:?}"));
     let (compiled, diags) = stoa_rules::compile::compile(&pack);
@@ -839,4 +845,112 @@ steps:
             27 |                       foreach: { over: [1], steps: [{ id: four, type: noop }] }
                |                                ^"#]],
     );
+}
+
+const MEDIA_TYPES: &str = r#"
+types:
+  video-encode:
+    function: media.encode
+    params:
+      uri: string
+      codec: { type: string, default: h264 }
+      index: int
+    outputs: [uri]
+    retry: { error: { attempts: 2 } }
+"#;
+
+fn with_types(yaml: &str) -> Source {
+    let imports: Imports =
+        [("types.yaml".to_string(), (std::path::PathBuf::from("types.yaml"), MEDIA_TYPES.to_string()))].into();
+    Source { path: "workflow.yaml".into(), text: yaml.to_string(), tests: Default::default(), imports }
+}
+
+#[test]
+fn steps_of_a_type_are_checked_against_its_schema() {
+    let src = with_types(
+        r#"
+id: t
+import: [types.yaml, missing.yaml]
+params: { n: int, s: string }
+types:
+  noop: { function: x }
+steps:
+  - { id: a, type: video-encode, params: { uri: "s3://a", index: "1" } }
+  - { id: b, type: video-encode, params: { url: "s3://a", index: 1 } }
+  - { id: c, type: video-encode, params: { uri: "${s}", index: "n=${n}" } }
+  - { id: d, type: video-encod, params: {} }
+"#,
+    );
+    let (_, diags) = src.compile(Path::new("p"));
+    let text: Vec<String> = diags.iter().map(|d| src.render(d)).collect();
+    expect![[r#"
+        workflow.yaml:3:22: error[E0018]: cannot read `missing.yaml`: no such file beside the definition
+          |
+        3 | import: [types.yaml, missing.yaml]
+          |                      ^
+        workflow.yaml:6:3: error[E0017]: `noop` is a built-in step type; name yours otherwise
+          |
+        6 |   noop: { function: x }
+          |   ^
+        workflow.yaml:8:66: error[E0020]: param `index` of step type `video-encode` is an int, not a string
+          |
+        8 |   - { id: a, type: video-encode, params: { uri: "s3://a", index: "1" } }
+          |                                                                  ^
+        workflow.yaml:9:5: error[E0018]: step `b` lacks param `uri`, which step type `video-encode` requires (a string)
+          |
+        9 |   - { id: b, type: video-encode, params: { url: "s3://a", index: 1 } }
+          |     ^
+        workflow.yaml:9:44: error[E0018]: step `b` gives `url`, which step type `video-encode` does not take; did you mean `uri`?
+          |
+        9 |   - { id: b, type: video-encode, params: { url: "s3://a", index: 1 } }
+          |                                            ^
+        workflow.yaml:10:64: error[E0020]: param `index` of step type `video-encode` is an int, but this value is text
+           |
+        10 |   - { id: c, type: video-encode, params: { uri: "${s}", index: "n=${n}" } }
+           |                                                                ^
+        workflow.yaml:11:20: error[E0016]: unknown step type `video-encod`; did you mean `video-encode`? (function, noop, sleep, subworkflow or foreach)
+           |
+        11 |   - { id: d, type: video-encod, params: {} }
+           |                    ^"#]]
+    .assert_eq(&text.join("\n"));
+}
+
+#[test]
+fn a_typed_step_takes_the_types_defaults_and_checks_computed_values_when_it_starts() {
+    let src = with_types(
+        r#"
+id: t
+import: [types.yaml]
+params: { i: any }
+steps:
+  - { id: e, type: video-encode, params: { uri: "s3://a", index: "${i}" } }
+outputs: { uri: "${uri@e}" }
+"#,
+    );
+    let mut src = src;
+    src.tests.insert(
+        "tests/t.toml".into(),
+        r#"
+[[test]]
+name = "the defaults fill the call, the type's retry applies"
+facts = [{ type = "Params", fields = { i = 3 } }]
+[[test.mock]]
+function = "media.encode"
+args = { uri = "s3://a", codec = "h264", index = 3 }
+answers = [{ error = { message = "busy", retryable = true } }, { returns = { uri = "s3://out" } }]
+[test.expect]
+status = "completed"
+result = { uri = "s3://out" }
+
+[[test]]
+name = "a computed param of the wrong type fails the step before the call"
+facts = [{ type = "Params", fields = { i = "three" } }]
+[test.expect]
+status = "failed"
+reason = "step e failed: param `index` of step type `video-encode` must be an int, not string"
+"#
+        .into(),
+    );
+    let failures = run_source(Path::new("inline"), src);
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

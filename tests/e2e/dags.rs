@@ -1,7 +1,8 @@
 //! DAG definitions through a real server: `stoa deploy` of a definition
 //! with a foreach deploys its body's pack first; the video pipeline runs
 //! the `video-encode` rule pack once per codec (a foreach of sub-workflows)
-//! with the real Rust media worker; a foreach of 300 iterations never runs
+//! with the real Rust media worker, and so does a foreach of steps of step
+//! types over the chunks of a split; a foreach of 300 iterations never runs
 //! more than its concurrency, as counted from the parent's timeline.
 
 use std::process::{Command, Output, Stdio};
@@ -114,6 +115,19 @@ fn the_video_pipeline_runs_video_encode_per_codec_with_the_real_worker() {
         let of = |p: &str| all.workflows.iter().filter(|w| w.pack == p && w.status == "completed").count();
         assert_eq!((of("video-pipeline"), of("video-pipeline.renditions"), of("video-encode")), (1, 3, 3));
     });
+    // Steps of step types (from an imported file), a foreach over the
+    // range of chunks the split answered, with the same worker.
+    ok(cli(&server, &["deploy", "examples/dags/encode-parts"]));
+    let id = start(&server, "encode-parts", serde_json::json!({ "source": "s3://in/short.mov", "chunk_seconds": 600 }));
+    rt().block_on(async {
+        let mut c = client(&server.addr, TOKEN_A).await;
+        let w = wait_done(&mut c, &id, Duration::from_secs(90)).await;
+        assert_eq!(w.status, "completed", "{}", w.reason);
+        let result: serde_json::Value = serde_json::from_str(&w.result_json).expect("result");
+        let chunks = result["chunks"].as_u64().expect("chunks");
+        assert!((1..=6).contains(&chunks), "a source of 1 to 60 minutes in chunks of 10: {result}");
+        assert_eq!(children(&mut c, &id).await.1 as u64, chunks);
+    });
 }
 
 #[test]
@@ -139,6 +153,6 @@ fn a_foreach_of_300_never_runs_more_than_its_concurrency() {
         );
         let (most, started) = children(&mut c, &id).await;
         assert_eq!(started, 300);
-        assert!(most <= 20 && most >= 10, "at most 20 at once, and more than a few: {most}");
+        assert!((10..=20).contains(&most), "at most 20 at once, and more than a few: {most}");
     });
 }
