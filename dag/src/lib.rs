@@ -43,6 +43,8 @@ pub struct Definition {
     pub graph: Graph,
     /// The file's name as the compiled pack's comments cite it.
     source_name: String,
+    /// The templates its steps run, each compiled to a pack of its own.
+    templates: Vec<Definition>,
 }
 
 /// Checks a definition's text; `path` is shown in diagnostics. Returns the
@@ -65,33 +67,70 @@ pub fn check_with(path: &Path, text: &str, imports: &Imports) -> (Option<Definit
             return (None, r.diags);
         }
     };
-    let dag = model::read(&mut r, &root, imports);
+    // Imported definitions are templates: checked on their own first (a
+    // template imports nothing), so that steps using them are checked
+    // against their parameters.
+    let mut templates = Vec::new();
+    for (name, (tpath, ttext)) in imports {
+        if !types::is_template(ttext) {
+            continue;
+        }
+        let (def, diags) = check_with(tpath, ttext, &Imports::new());
+        r.diags.extend(diags);
+        match def {
+            Some(d) => templates.push((name.clone(), d)),
+            None => r.diags.push(Diagnostic::error(
+                path,
+                stoa_rules::Pos::new(1, 1),
+                Code::DagReference,
+                format!("the imported template `{name}` has errors (shown at its lines)"),
+            )),
+        }
+    }
+    let signatures: Vec<types::TypeDecl> = templates.iter().map(|(_, d)| types::signature(&d.dag)).collect();
+    let dag = model::read(&mut r, &root, imports, &signatures);
     let map = SourceMap::new(text);
     let graph = dag.as_ref().map(|d| validate::check(&mut r, &map, d));
     let mut diags = r.diags;
-    diags.sort_by_key(|d| d.pos);
+    diags.sort_by(|a, b| (a.path != path, &a.path, a.pos).cmp(&(b.path != path, &b.path, b.pos)));
     let ok = !diags.iter().any(Diagnostic::is_error);
     let source_name = path.file_name().map_or(FILE.to_string(), |f| f.to_string_lossy().into_owned());
     let def = match (dag, graph) {
-        (Some(dag), Some(graph)) if ok => Some(Definition { dag, graph, source_name }),
+        (Some(dag), Some(graph)) if ok => {
+            // Only the templates a step uses are compiled with it.
+            let used = |id: &str| dag_uses(&dag, id);
+            let templates = templates.into_iter().map(|(_, d)| d).filter(|d| used(&d.dag.id.text)).collect();
+            Some(Definition { dag, graph, source_name, templates })
+        }
         _ => None,
     };
     (def, diags)
+}
+
+/// Whether a step of `dag` (or of a foreach body in it) runs template `id`.
+fn dag_uses(dag: &Dag, id: &str) -> bool {
+    dag.steps.iter().any(|s| match &s.ty {
+        model::StepType::Subworkflow(w) => s.typed.as_ref().is_some_and(|t| t.name == id) && w.as_str() == Some(id),
+        model::StepType::Foreach(f) => dag_uses(&f.body, id),
+        _ => false,
+    })
 }
 
 impl Definition {
     /// The packs the definition compiles to: one per foreach body
     /// (innermost first), then its own, last.
     pub fn emit(&self) -> Vec<Emitted> {
-        emit::emit(&self.dag, &self.graph, &self.source_name)
+        let mut out: Vec<Emitted> = self.templates.iter().flat_map(Definition::emit).collect();
+        out.extend(emit::emit(&self.dag, &self.graph, &self.source_name));
+        out
     }
 }
 
-/// Where `stoa dag compile --out DIR` puts a foreach body's pack: under a
+/// Where `stoa dag compile --out DIR` puts a foreach body's or a template's pack: under a
 /// dot-directory, which a pack directory's reader skips, so that `DIR`
 /// stays the definition's own pack.
 pub fn body_dir(root: &Path, name: &str) -> PathBuf {
-    root.join(".foreach").join(name)
+    root.join(".packs").join(name)
 }
 
 /// A definition directory (or a `workflow.yaml` file) read from disk: the

@@ -381,10 +381,11 @@ pub(crate) fn read(
     r: &mut Reader<'_>,
     root: &Node,
     imports: &std::collections::BTreeMap<String, (std::path::PathBuf, String)>,
+    templates: &[crate::types::TypeDecl],
 ) -> Option<Dag> {
     let top = r.map(root, "the definition", TOP);
     let get = |k: &str| top.iter().find(|(n, _)| n.text == k).map(|(_, v)| *v);
-    let mut types = Vec::new();
+    let mut types: Vec<crate::types::TypeDecl> = templates.to_vec();
     if let Some(list) = get("import") {
         for item in r.list(list, "`import`").to_vec() {
             let Some(name) = r.string(&item, "an imported file") else { continue };
@@ -396,6 +397,9 @@ pub(crate) fn read(
                 );
                 continue;
             };
+            if crate::types::is_template(text) {
+                continue;
+            }
             let mut ir = Reader { path, diags: Vec::new() };
             match crate::yaml::parse(text) {
                 Ok(node) => {
@@ -578,7 +582,13 @@ fn read_step(r: &mut Reader<'_>, node: &Node, scope: &Scope<'_>) -> Option<Step>
             }
         },
         Some(other) if scope.types.iter().any(|t| t.name.text == other) => {
-            scope.types.iter().find(|t| t.name.text == other).map(|t| StepType::Function(t.function.clone()))
+            scope.types.iter().find(|t| t.name.text == other).map(|t| match t.template {
+                true => StepType::Subworkflow(Node {
+                    pos: t.function.pos,
+                    kind: Kind::Scalar(Scalar::Str(t.function.text.clone())),
+                }),
+                false => StepType::Function(t.function.clone()),
+            })
         }
         Some(other) => {
             let t = ty_name.as_ref().map_or(node.pos, |t| t.pos);

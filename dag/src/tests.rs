@@ -147,7 +147,7 @@ steps:
     type: sleep
 "#,
         expect![[r#"
-            workflow.yaml:3:1: error[E0016]: unknown key `stpes` in the definition; expected one of id, version, description, params, steps, outputs
+            workflow.yaml:3:1: error[E0016]: unknown key `stpes` in the definition; expected one of id, version, description, import, types, params, steps, outputs
               |
             3 | stpes: []
               | ^
@@ -465,8 +465,9 @@ outputs:
                 me: Step(id == "fetch", state == "waiting")
             }
             action {
+                let args = #{ "url": ("https://x/" + `${d.params["n"]}`), "n": d.params["n"] };
                 modify(me, #{ state: "running" });
-                call("web.fetch", #{ "url": ("https://x/" + `${d.params["n"]}`), "n": d.params["n"] });
+                call("web.fetch", args);
             }
             reaction {
                 let out = if type_of(result) == "map" { result } else { #{ value: result } };
@@ -953,4 +954,41 @@ reason = "step e failed: param `index` of step type `video-encode` must be an in
     );
     let failures = run_source(Path::new("inline"), src);
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn a_template_is_checked_in_its_file_and_where_it_is_used() {
+    let template = "id: etl-day\nparams: { table: string, limit: { type: int, default: 10 } }\nsteps:\n  - { id: x, function: etl.x }\noutputs: { rows: 1 }\n";
+    let broken = "id: broken\nsteps:\n  - { id: x, function: etl.x, depends_on: [y] }\n";
+    let imports: Imports = [
+        ("etl-day.yaml".to_string(), ("etl-day.yaml".into(), template.to_string())),
+        ("broken.yaml".to_string(), ("broken.yaml".into(), broken.to_string())),
+    ]
+    .into();
+    let src = Source {
+        path: "workflow.yaml".into(),
+        text: "id: w\nimport: [etl-day.yaml, broken.yaml]\nsteps:\n  - { id: a, type: etl-day, params: { limit: many } }\n".into(),
+        tests: Default::default(),
+        imports,
+    };
+    let (_, diags) = src.compile(Path::new("p"));
+    let text: Vec<String> = diags.iter().map(|d| src.render(d)).collect();
+    expect![[r#"
+        workflow.yaml:1:1: error[E0018]: the imported template `broken.yaml` has errors (shown at its lines)
+          |
+        1 | id: w
+          | ^
+        workflow.yaml:4:5: error[E0018]: step `a` lacks param `table`, which template `etl-day` requires (a string)
+          |
+        4 |   - { id: a, type: etl-day, params: { limit: many } }
+          |     ^
+        workflow.yaml:4:46: error[E0020]: param `limit` of template `etl-day` is an int, not a string
+          |
+        4 |   - { id: a, type: etl-day, params: { limit: many } }
+          |                                              ^
+        broken.yaml:3:44: error[E0018]: step `x` depends on `y`, which is not a step of this definition; did you mean `x`?
+          |
+        3 |   - { id: x, function: etl.x, depends_on: [y] }
+          |                                            ^"#]]
+    .assert_eq(&text.join("\n"));
 }

@@ -35,7 +35,10 @@ pub const BUILT_IN: [&str; 5] = ["function", "noop", "sleep", "subworkflow", "fo
 #[derive(Clone, Debug, PartialEq)]
 pub struct TypeDecl {
     pub name: Name,
+    /// The function it calls, or for a template the pack it starts.
     pub function: Name,
+    /// A template: an imported definition, run as a sub-workflow.
+    pub template: bool,
     pub params: Vec<Param>,
     pub outputs: Vec<Name>,
     pub timeout: Option<Name>,
@@ -47,6 +50,8 @@ pub struct TypeDecl {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Typed {
     pub name: String,
+    /// A template's instance checks its own parameters when it starts.
+    pub template: bool,
     pub checks: Vec<(String, ParamType)>,
 }
 
@@ -111,7 +116,17 @@ pub(crate) fn read(r: &mut Reader<'_>, node: &Node, into: &mut Vec<TypeDecl>) {
                 }
             }
         }
-        into.push(TypeDecl { name, function, params, outputs, timeout, retry });
+        into.push(TypeDecl { name, function, template: false, params, outputs, timeout, retry });
+    }
+}
+
+impl TypeDecl {
+    fn kind(&self) -> &'static str {
+        if self.template {
+            "template"
+        } else {
+            "step type"
+        }
     }
 }
 
@@ -140,7 +155,12 @@ pub(crate) fn apply(
             r.error(
                 name.pos,
                 Code::DagReference,
-                format!("{what} gives `{}`, which step type `{}` does not take{hint}", shown(&name.text), t.name.text),
+                format!(
+                    "{what} gives `{}`, which {} `{}` does not take{hint}",
+                    shown(&name.text),
+                    t.kind(),
+                    t.name.text
+                ),
             );
             continue;
         };
@@ -155,8 +175,9 @@ pub(crate) fn apply(
                     value.pos,
                     Code::DagType,
                     format!(
-                        "param `{}` of step type `{}` is {}, but this value is text",
+                        "param `{}` of {} `{}` is {}, but this value is text",
                         name.text,
+                        t.kind(),
                         t.name.text,
                         decl.ty.a()
                     ),
@@ -167,8 +188,9 @@ pub(crate) fn apply(
                 value.pos,
                 Code::DagType,
                 format!(
-                    "param `{}` of step type `{}` is {}, not {}",
+                    "param `{}` of {} `{}` is {}, not {}",
                     name.text,
+                    t.kind(),
                     t.name.text,
                     decl.ty.a(),
                     value.what()
@@ -186,21 +208,22 @@ pub(crate) fn apply(
                 at,
                 Code::DagReference,
                 format!(
-                    "{what} lacks param `{}`, which step type `{}` requires ({})",
+                    "{what} lacks param `{}`, which {} `{}` requires ({})",
                     p.name.text,
+                    t.kind(),
                     t.name.text,
                     p.ty.a()
                 ),
             ),
         }
     }
-    Typed { name: t.name.text.clone(), checks }
+    Typed { name: t.name.text.clone(), template: t.template, checks }
 }
 
 /// Rhai over `args` that yields why a computed param has the wrong type,
 /// or "" (in a step's action, before its call).
 pub(crate) fn run_checks(t: &Typed) -> Option<String> {
-    if t.checks.is_empty() {
+    if t.checks.is_empty() || t.template {
         return None;
     }
     let mut out = String::from("let why = \"\";");
@@ -223,4 +246,26 @@ pub(crate) fn run_checks(t: &Typed) -> Option<String> {
         ));
     }
     Some(out)
+}
+
+/// Whether an imported file is a definition (a template), not a library
+/// of step types: it has `steps`.
+pub fn is_template(text: &str) -> bool {
+    match crate::yaml::parse(text) {
+        Ok(Node { kind: Kind::Map(entries), .. }) => entries.iter().any(|(k, _)| k.as_str() == Some("steps")),
+        _ => false,
+    }
+}
+
+/// A template as a step type: its parameters, and its outputs.
+pub fn signature(dag: &crate::model::Dag) -> TypeDecl {
+    TypeDecl {
+        name: dag.id.clone(),
+        function: dag.id.clone(),
+        template: true,
+        params: dag.params.clone(),
+        outputs: dag.outputs.iter().map(|(n, _)| n.clone()).collect(),
+        timeout: None,
+        retry: Retry::default(),
+    }
 }
