@@ -224,10 +224,10 @@ fn manifest(dag: &Dag, source_name: &str) -> String {
     functions.sort_unstable();
     functions.dedup();
     if !functions.is_empty() {
-        let _ = writeln!(m, "\n# Steps retry by their own policies, in the rules (per failure kind,\n# with durable backoff timers): the dispatcher makes one attempt per call.");
+        let _ = writeln!(m, "\n# Steps retry by their own policies, in the rules (per failure kind,\n# with durable backoff timers): the dispatcher makes one attempt per call,\n# and answers a lost worker as a failure of kind `lost` at once.");
     }
     for f in functions {
-        let _ = writeln!(m, "[functions.{}]\nretry = {{ max_attempts = 1 }}", toml_str(f));
+        let _ = writeln!(m, "[functions.{}]\nretry = {{ max_attempts = 1, max_lost = 1 }}", toml_str(f));
     }
     m.push_str(
         r#"
@@ -244,6 +244,7 @@ state = "string"
 outputs = "map"
 errors = "int"
 timeouts = "int"
+lost = { type = "int", default = 0 }
 error = "string?"
 
 [facts.StepTimer]
@@ -405,7 +406,7 @@ fn step_rules(
     // are done.
     let _ = writeln!(
         out,
-        "rule {} {{\n    salience 10\n    match {{\n        d: Dag(state == \"running\")\n        not Step(id == {})\n    }}\n    action {{ insert(\"Step\", #{{ id: {}, state: \"waiting\", outputs: #{{}}, errors: 0, timeouts: 0 }}); }}\n}}\n",
+        "rule {} {{\n    salience 10\n    match {{\n        d: Dag(state == \"running\")\n        not Step(id == {})\n    }}\n    action {{ insert(\"Step\", #{{ id: {}, state: \"waiting\", outputs: #{{}}, errors: 0, timeouts: 0, lost: 0 }}); }}\n}}\n",
         rhai_str(&format!("step {id} new")),
         rhai_str(id),
         rhai_str(id)
@@ -598,7 +599,11 @@ fn step_rules(
             let _ = writeln!(
                 out,
                 "            // retry.{}: {} attempts{}",
-                if counter == "errors" { "error" } else { "timeout" },
+                match counter {
+                    "errors" => "error",
+                    "timeouts" => "timeout",
+                    _ => "platform",
+                },
                 p.attempts,
                 p.backoff.as_ref().map(|b| format!(", {} apart", b.text)).unwrap_or_default()
             );
@@ -629,7 +634,12 @@ fn step_rules(
             kind = "} else ";
         }
         if let Some(p) = &s.retry.error {
-            retry(out, kind, "errors", p, "error.kind != \"timeout\" && error.retryable");
+            retry(out, kind, "errors", p, "error.kind == \"failed\" && error.retryable");
+            kind = "} else ";
+        }
+        if matches!(s.ty, StepType::Function(_)) {
+            let default = crate::model::Policy { attempts: crate::model::PLATFORM_ATTEMPTS, backoff: None };
+            retry(out, kind, "lost", s.retry.platform.as_ref().unwrap_or(&default), "error.kind == \"lost\"");
             kind = "} else ";
         }
         if kind.is_empty() {
@@ -651,10 +661,11 @@ fn end_rules(out: &mut String, dag: &Dag, g: &Graph, names: &Names, acc: &dyn Fn
     if dag.steps.iter().any(|s| s.ty == StepType::Sleep) {
         out.push_str("// A sleep step's timer is due: the step is done.\nrule \"dag sleep done\" {\n    match {\n        t: StepTimer()\n        s: Step(id == t.step, state == \"running\")\n    }\n    action { retract(t); modify(s, #{ state: \"done\" }); }\n}\n\n");
     }
-    let backoff = dag
-        .steps
-        .iter()
-        .any(|s| [&s.retry.error, &s.retry.timeout].iter().any(|p| p.as_ref().is_some_and(|p| p.backoff.is_some())));
+    let backoff = dag.steps.iter().any(|s| {
+        [&s.retry.error, &s.retry.timeout, &s.retry.platform]
+            .iter()
+            .any(|p| p.as_ref().is_some_and(|p| p.backoff.is_some()))
+    });
     if backoff {
         out.push_str("// A retry's backoff is over: the step waits to start again.\nrule \"dag retry\" {\n    match {\n        t: StepRetry()\n        s: Step(id == t.step, state == \"retrying\")\n    }\n    action { retract(t); modify(s, #{ state: \"waiting\" }); }\n}\n\n");
     }

@@ -407,3 +407,37 @@ steps:
         ]
     );
 }
+
+#[test]
+fn a_lost_worker_is_retried_by_the_platform_policy_not_the_error_one() {
+    let yaml = r#"
+id: lossy
+steps:
+  - id: each
+    foreach:
+      range: { to: 3 }
+      on_failure: continue
+      steps:
+        - id: call
+          function: crashy
+          params: { i: "${index}" }
+          retry:
+            error: { attempts: 1 }
+            platform: { attempts: 3 }
+"#;
+    // 0 loses its worker twice, then answers; 1 every time; 2 never.
+    let mut f = Family::new(packs(yaml));
+    let root = f.start("lossy", serde_json::json!({}));
+    let mut calls: HashMap<i64, u32> = HashMap::new();
+    f.run(&mut |_, args| {
+        let i = args["i"].as_i64().unwrap();
+        let k = calls.entry(i).or_default();
+        *k += 1;
+        match (i, *k) {
+            (0, 1 | 2) | (1, _) => err(ErrorKind::Lost, "the worker running it was lost 1 time(s)"),
+            _ => ok(serde_json::json!({})),
+        }
+    });
+    assert_eq!((calls[&0], calls[&1], calls[&2]), (3, 3, 1));
+    assert_eq!(f.steps(root)["each"].1, serde_json::json!({ "total": 3, "succeeded": 2, "failed": 1 }));
+}

@@ -179,7 +179,14 @@ pub struct Retry {
     pub error: Option<Policy>,
     /// An attempt ran past the step's `timeout`.
     pub timeout: Option<Policy>,
+    /// The worker running an attempt was lost (crashed, disconnected);
+    /// default `PLATFORM_ATTEMPTS` attempts, at once.
+    pub platform: Option<Policy>,
 }
+
+/// Attempts of a step whose workers are lost, unless its `retry.platform`
+/// says otherwise (Maestro's default platform retry limit).
+pub const PLATFORM_ATTEMPTS: u32 = 10;
 
 /// Wait for a signal before starting: `name`, and payload fields equal to
 /// values (which may be references).
@@ -645,13 +652,7 @@ fn read_step(r: &mut Reader<'_>, node: &Node, scope: &Scope<'_>) -> Option<Step>
     };
     let mut retry = Retry::default();
     if let Some(rt) = get("retry") {
-        for (k, v) in r.map(rt, "`retry`", &["error", "timeout"]) {
-            let p = read_policy(r, v, &format!("`retry.{}`", k.text));
-            match k.text.as_str() {
-                "error" => retry.error = p,
-                _ => retry.timeout = p,
-            }
-        }
+        retry = read_retry(r, rt);
     }
     let mut timeout = get("timeout").and_then(|t| r.duration(t, "`timeout`"));
     // A step of a type takes the type's policies unless it gives its own.
@@ -968,4 +969,18 @@ fn read_range(r: &mut Reader<'_>, node: &Node, what: &str) -> Option<Over> {
         }
     }
     Some(Over::Range { from, to })
+}
+
+/// `retry: { error, timeout, platform }`, each a policy.
+pub(crate) fn read_retry(r: &mut Reader<'_>, node: &Node) -> Retry {
+    let mut retry = Retry::default();
+    for (k, v) in r.map(node, "`retry`", &["error", "timeout", "platform"]) {
+        let p = read_policy(r, v, &format!("`retry.{}`", k.text));
+        match k.text.as_str() {
+            "error" => retry.error = p,
+            "timeout" => retry.timeout = p,
+            _ => retry.platform = p,
+        }
+    }
+    retry
 }

@@ -388,9 +388,10 @@ outputs:
         version = "1"
 
         # Steps retry by their own policies, in the rules (per failure kind,
-        # with durable backoff timers): the dispatcher makes one attempt per call.
+        # with durable backoff timers): the dispatcher makes one attempt per call,
+        # and answers a lost worker as a failure of kind `lost` at once.
         [functions."web.fetch"]
-        retry = { max_attempts = 1 }
+        retry = { max_attempts = 1, max_lost = 1 }
 
         # The instance: `running`, then `completed` or `failed`.
         [facts.Dag]
@@ -405,6 +406,7 @@ outputs:
         outputs = "map"
         errors = "int"
         timeouts = "int"
+        lost = { type = "int", default = 0 }
         error = "string?"
 
         [facts.StepTimer]
@@ -456,7 +458,7 @@ outputs:
                 d: Dag(state == "running")
                 not Step(id == "fetch")
             }
-            action { insert("Step", #{ id: "fetch", state: "waiting", outputs: #{}, errors: 0, timeouts: 0 }); }
+            action { insert("Step", #{ id: "fetch", state: "waiting", outputs: #{}, errors: 0, timeouts: 0, lost: 0 }); }
         }
 
         rule "step fetch" {
@@ -479,9 +481,12 @@ outputs:
                 }
             }
             error {
-                if error.kind != "timeout" && error.retryable && me.errors + 1 < 2 {
+                if error.kind == "failed" && error.retryable && me.errors + 1 < 2 {
                     // retry.error: 2 attempts
                     modify(me, #{ state: "waiting", errors: me.errors + 1 });
+                } else if error.kind == "lost" && me.lost + 1 < 10 {
+                    // retry.platform: 10 attempts
+                    modify(me, #{ state: "waiting", lost: me.lost + 1 });
                 } else {
                     modify(me, #{ state: "failed", error: error.message });
                 }
@@ -495,7 +500,7 @@ outputs:
                 d: Dag(state == "running")
                 not Step(id == "report")
             }
-            action { insert("Step", #{ id: "report", state: "waiting", outputs: #{}, errors: 0, timeouts: 0 }); }
+            action { insert("Step", #{ id: "report", state: "waiting", outputs: #{}, errors: 0, timeouts: 0, lost: 0 }); }
         }
 
         rule "step report" {
@@ -720,9 +725,9 @@ fn a_new_version_that_adds_a_step_reaches_a_running_instance() {
     let steps: Vec<String> =
         wf.facts().iter().filter(|f| f.ty.to_string() == "Step").map(|f| format!("{}", f.fields.to_json())).collect();
     expect![[r#"
-        {"errors":0,"id":"a","outputs":{"x":1},"state":"done","timeouts":0}
-        {"errors":0,"id":"b","outputs":{},"state":"running","timeouts":0}
-        {"errors":0,"id":"c","outputs":{"y":1},"state":"done","timeouts":0}"#]]
+        {"errors":0,"id":"a","lost":0,"outputs":{"x":1},"state":"done","timeouts":0}
+        {"errors":0,"id":"b","lost":0,"outputs":{},"state":"running","timeouts":0}
+        {"errors":0,"id":"c","lost":0,"outputs":{"y":1},"state":"done","timeouts":0}"#]]
     .assert_eq(&steps.join("\n"));
 }
 

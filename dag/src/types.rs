@@ -26,7 +26,7 @@
 use stoa_rules::diagnostic::{closest, shown};
 use stoa_rules::Code;
 
-use crate::model::{read_param, read_policy, Name, Param, ParamType, Reader, Retry};
+use crate::model::{read_param, read_retry, Name, Param, ParamType, Reader, Retry};
 use crate::yaml::{Kind, Node, Scalar};
 
 /// Names a step type may not take: the built-in kinds.
@@ -106,16 +106,7 @@ pub(crate) fn read(r: &mut Reader<'_>, node: &Node, into: &mut Vec<TypeDecl>) {
             }
         }
         let timeout = get("timeout").and_then(|t| r.duration(t, "`timeout`"));
-        let mut retry = Retry::default();
-        if let Some(rt) = get("retry") {
-            for (k, v) in r.map(rt, "`retry`", &["error", "timeout"]) {
-                let p = read_policy(r, v, &format!("`retry.{}`", k.text));
-                match k.text.as_str() {
-                    "error" => retry.error = p,
-                    _ => retry.timeout = p,
-                }
-            }
-        }
+        let retry = get("retry").map(|rt| read_retry(r, rt)).unwrap_or_default();
         into.push(TypeDecl { name, function, template: false, params, outputs, timeout, retry });
     }
 }

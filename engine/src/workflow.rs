@@ -325,6 +325,9 @@ pub enum ErrorKind {
     Failed,
     /// An attempt ran past its start-to-close or heartbeat timeout.
     Timeout,
+    /// The worker running an attempt was lost (it crashed or disconnected)
+    /// as many times as the function's `max_lost` allows.
+    Lost,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

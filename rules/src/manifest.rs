@@ -89,6 +89,11 @@ pub struct RetryPolicy {
     #[serde(with = "millis")]
     pub max_backoff: Duration,
     pub multiplier: f64,
+    /// Attempts whose worker was lost (crashed, disconnected) after which
+    /// the invocation fails with kind `lost`; none: a lost attempt is
+    /// offered again without end, not counted against `max_attempts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lost: Option<u32>,
 }
 
 impl Default for RetryPolicy {
@@ -98,6 +103,7 @@ impl Default for RetryPolicy {
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
             multiplier: 2.0,
+            max_lost: None,
         }
     }
 }
@@ -326,6 +332,7 @@ struct RawRetry {
     initial_backoff: Option<toml::Spanned<String>>,
     max_backoff: Option<toml::Spanned<String>>,
     multiplier: Option<f64>,
+    max_lost: Option<u32>,
 }
 
 /// An entry of `[facts]`: `strict = true`, or the schema of a type.
@@ -466,6 +473,7 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
             None => d,
             Some(r) => RetryPolicy {
                 max_attempts: r.max_attempts.unwrap_or(d.max_attempts).max(1),
+                max_lost: r.max_lost.map(|n| n.max(1)),
                 initial_backoff: r.initial_backoff.as_ref().and_then(duration).unwrap_or(d.initial_backoff),
                 max_backoff: r.max_backoff.as_ref().and_then(duration).unwrap_or(d.max_backoff),
                 multiplier: match r.multiplier {

@@ -280,6 +280,20 @@ impl Dispatcher {
                     let mut lost: Vec<InvocationId> = s.in_flight.into_iter().collect();
                     lost.sort_unstable();
                     for id in lost {
+                        // Past the function's `max_lost`, a lost attempt
+                        // is the invocation's failure, of kind `lost`: a
+                        // poison input that kills every worker ends.
+                        let over = self.items.get(&id).and_then(|i| {
+                            let times = i.attempt.saturating_sub(i.failures);
+                            i.inv.retry.max_lost.filter(|m| times >= *m).map(|_| times)
+                        });
+                        if let Some((times, item)) = over.and_then(|t| self.items.remove(&id).map(|i| (t, i))) {
+                            let (t, f) = (item.tenant.clone(), item.inv.function.clone());
+                            self.dec_in_flight(&t, &f);
+                            let message = format!("the worker running it was lost {times} time(s), as many as the function's max_lost allows");
+                            self.fail(item, ErrorKind::Lost, message, false);
+                            continue;
+                        }
                         if let Some(item) = self.items.get_mut(&id) {
                             let made = Attempts { made: item.attempt, failures: item.failures, retry_at_ms: 0 };
                             self.committer.record_attempts(id.clone(), made);

@@ -156,3 +156,45 @@ fn a_foreach_of_300_never_runs_more_than_its_concurrency() {
         assert!((10..=20).contains(&most), "at most 20 at once, and more than a few: {most}");
     });
 }
+
+#[test]
+fn a_worker_lost_mid_step_is_retried_by_the_steps_platform_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let def = dir.path().join("poison");
+    std::fs::create_dir_all(&def).expect("mkdir");
+    std::fs::write(
+        def.join("workflow.yaml"),
+        "id: poison\nsteps:\n  - id: eat\n    function: poison.eat\n    retry: { error: { attempts: 5 }, platform: { attempts: 2 } }\n",
+    )
+    .expect("write");
+    ok(cli(&server, &["deploy", def.to_str().expect("utf-8")]));
+    let id = start(&server, "poison", serde_json::json!({}));
+    rt().block_on(async {
+        // Each worker takes the call and dies with it: the dispatcher
+        // answers `lost` at once (the compiled `max_lost = 1`), and the
+        // step's platform policy, not its error one, decides.
+        for _ in 0..2 {
+            let mut w =
+                crate::client::RawWorker::connect(&server.addr, TOKEN_A, &["poison.eat"], 1).await.expect("worker");
+            let got = w.invocations(Duration::from_secs(20)).await;
+            assert_eq!(got.len(), 1, "one call per attempt");
+            drop(w);
+        }
+        let mut c = client(&server.addr, TOKEN_A).await;
+        let w = wait_done(&mut c, &id, Duration::from_secs(30)).await;
+        assert_eq!(w.status, "failed");
+        assert_eq!(
+            w.reason,
+            "step eat failed: the worker running it was lost 1 time(s), as many as the function's max_lost allows"
+        );
+        let full = c
+            .get_workflow(pb::GetWorkflowRequest { workflow_id: id.clone(), without_facts: false })
+            .await
+            .expect("get")
+            .into_inner();
+        let step = full.facts.iter().find(|f| f.r#type == "Step").expect("the step's fact");
+        let fields: serde_json::Value = serde_json::from_str(&step.fields_json).expect("json");
+        assert_eq!((fields["lost"].as_i64(), fields["errors"].as_i64()), (Some(1), Some(0)), "{fields}");
+    });
+}
