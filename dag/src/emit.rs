@@ -227,7 +227,18 @@ fn manifest(dag: &Dag, source_name: &str) -> String {
         let _ = writeln!(m, "\n# Steps retry by their own policies, in the rules (per failure kind,\n# with durable backoff timers): the dispatcher makes one attempt per call,\n# and answers a lost worker as a failure of kind `lost` at once.");
     }
     for f in functions {
+        // A step's `concurrency` caps its function in the pack: the lowest
+        // of the steps calling it.
+        let cap = dag
+            .steps
+            .iter()
+            .filter(|s| matches!(&s.ty, StepType::Function(g) if g.text == f))
+            .filter_map(|s| s.concurrency)
+            .min();
         let _ = writeln!(m, "[functions.{}]\nretry = {{ max_attempts = 1, max_lost = 1 }}", toml_str(f));
+        if let Some(c) = cap {
+            let _ = writeln!(m, "concurrency = {c}");
+        }
     }
     m.push_str(
         r#"

@@ -209,6 +209,9 @@ pub struct Step {
     /// outputs are its params.
     pub outputs: Vec<Name>,
     pub gate: Option<Gate>,
+    /// (function steps) at most this many calls of its function running
+    /// at once for the tenant, across instances.
+    pub concurrency: Option<u32>,
     /// (steps of a declared step type) the type and its run-time checks.
     pub typed: Option<crate::types::Typed>,
     /// (subworkflow steps) the child's start facts, `[{ type, fields }]`,
@@ -366,6 +369,7 @@ const STEP: &[&str] = &[
     "depends_on",
     "retry",
     "timeout",
+    "concurrency",
     "outputs",
     "gate",
 ];
@@ -729,7 +733,27 @@ fn read_step(r: &mut Reader<'_>, node: &Node, scope: &Scope<'_>) -> Option<Step>
         }
         f.clone()
     });
-    Some(Step { id: id?, ty: ty?, params, mode, depends_on, retry, timeout, outputs, gate, typed, facts })
+    let concurrency = get("concurrency").and_then(|c| match (&c.kind, &ty) {
+        (Kind::Scalar(Scalar::Int(n)), Some(StepType::Function(_))) if (1..=1_000_000).contains(n) => Some(*n as u32),
+        (_, Some(StepType::Function(_))) => {
+            r.error(
+                c.pos,
+                Code::DagType,
+                format!("`concurrency` must be a whole number from 1 to 1000000, found {}", c.what()),
+            );
+            None
+        }
+        (_, Some(StepType::Foreach(_))) => {
+            r.format(c.pos, "a foreach's concurrency goes inside its `foreach` block");
+            None
+        }
+        (_, Some(t)) => {
+            r.format(c.pos, format!("`concurrency` is for function steps; {what} is a {} step", t.name()));
+            None
+        }
+        (_, None) => None,
+    });
+    Some(Step { id: id?, ty: ty?, params, mode, depends_on, retry, timeout, concurrency, outputs, gate, typed, facts })
 }
 
 fn read_deps(r: &mut Reader<'_>, node: &Node) -> (Mode, Vec<Dep>) {

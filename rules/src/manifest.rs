@@ -78,6 +78,10 @@ pub struct FunctionSpec {
     /// time (defaults filled in) before the call is made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<Schema>,
+    /// At most this many calls of the function running at once for the
+    /// tenant (across its workflows); none: as many as workers take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -323,6 +327,7 @@ struct RawFunction {
     /// The arguments' schema, written as a fact schema's fields.
     #[serde(default)]
     args: Option<toml::Spanned<RawFacts>>,
+    concurrency: Option<toml::Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -516,7 +521,20 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
                 None
             }
         };
-        functions.insert(fname.clone(), FunctionSpec { timeout, heartbeat, retry, args });
+        let concurrency = match &f.concurrency {
+            None => None,
+            Some(c) if (1..=1_000_000).contains(c.get_ref()) => Some(*c.get_ref() as u32),
+            Some(c) => {
+                diags.borrow_mut().push(Diagnostic::error(
+                    path,
+                    at(c.span()),
+                    Code::Manifest,
+                    format!("function `{}`: concurrency must be from 1 to 1000000, not {}", shown(fname), c.get_ref()),
+                ));
+                None
+            }
+        };
+        functions.insert(fname.clone(), FunctionSpec { timeout, heartbeat, retry, args, concurrency });
     }
     let mut diags = diags.into_inner();
     let (facts, strict_facts) = fact_schemas(path, &map, &raw.facts, &mut diags);

@@ -198,3 +198,43 @@ fn a_worker_lost_mid_step_is_retried_by_the_steps_platform_policy() {
         assert_eq!((fields["lost"].as_i64(), fields["errors"].as_i64()), (Some(1), Some(0)), "{fields}");
     });
 }
+
+#[test]
+fn a_steps_concurrency_caps_its_calls_across_iterations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let def = dir.path().join("capped");
+    std::fs::create_dir_all(&def).expect("mkdir");
+    std::fs::write(
+        def.join("workflow.yaml"),
+        "id: capped\nsteps:\n  - id: each\n    foreach:\n      range: { to: 30 }\n      concurrency: 30\n      steps:\n        - { id: call, function: slow.fn, concurrency: 3, params: { i: \"${index}\" } }\n",
+    )
+    .expect("write");
+    ok(cli(&server, &["deploy", def.to_str().expect("utf-8")]));
+    let id = start(&server, "capped", serde_json::json!({}));
+    rt().block_on(async {
+        // A worker that would take 100 at once holds each call 50 ms: the
+        // server never hands it more than the step's 3.
+        let mut w = crate::client::RawWorker::connect(&server.addr, TOKEN_A, &["slow.fn"], 100).await.expect("worker");
+        let (mut held, mut most, mut answered) = (Vec::<(Instant, pb::Invocation)>::new(), 0, 0);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while answered < 30 && Instant::now() < deadline {
+            for inv in w.invocations(Duration::from_millis(10)).await {
+                held.push((Instant::now(), inv));
+            }
+            most = most.max(held.len());
+            let (due, keep): (Vec<_>, Vec<_>) =
+                held.into_iter().partition(|(t, _)| t.elapsed() > Duration::from_millis(50));
+            held = keep;
+            for (_, inv) in due {
+                assert!(w.answer(&inv, serde_json::json!({})).await, "session open");
+                answered += 1;
+            }
+        }
+        assert_eq!(answered, 30);
+        assert_eq!(most, 3, "the step's concurrency, and no less");
+        let mut c = client(&server.addr, TOKEN_A).await;
+        let w = wait_done(&mut c, &id, Duration::from_secs(30)).await;
+        assert_eq!(w.status, "completed", "{}", w.reason);
+    });
+}
