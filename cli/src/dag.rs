@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Subcommand;
 use stoa_rules::compile::{compile, PackSource};
-use stoa_rules::diagnostic::SourceMap;
 use stoa_rules::Diagnostic;
 
 #[derive(Subcommand)]
@@ -65,13 +64,19 @@ pub fn is_definition(dir: &Path) -> bool {
 /// The pack a definition compiles to, shown under `root`; prints the
 /// definition's diagnostics to stderr. `None` if it has an error.
 pub fn source(path: &Path, root: &Path) -> anyhow::Result<(Option<PackSource>, Vec<Diagnostic>)> {
+    let (packs, diags) = sources(path, root)?;
+    Ok((packs.and_then(|mut p| p.pop()), diags))
+}
+
+/// Every pack a definition compiles to: its foreach bodies' (innermost
+/// first), then its own, last; the order to deploy them in.
+pub fn sources(path: &Path, root: &Path) -> anyhow::Result<(Option<Vec<PackSource>>, Vec<Diagnostic>)> {
     let src = stoa_dag::Source::read(path).map_err(|d| anyhow::anyhow!("{d}"))?;
-    let (pack, diags) = src.compile(root);
-    let map = SourceMap::new(&src.text);
+    let (packs, diags) = src.compile_all(root);
     for d in &diags {
-        eprintln!("{}\n", d.render_in(Some(&map)));
+        eprintln!("{}\n", src.render(d));
     }
-    Ok((pack, diags))
+    Ok((packs, diags))
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
@@ -83,72 +88,74 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             // they are (they exist only in memory).
             let dir = if path.is_dir() { path.clone() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
             let root = dir.join("(compiled)");
-            let (pack, diags) = source(&path, &root)?;
-            let Some(pack) = pack else {
+            let (packs, diags) = sources(&path, &root)?;
+            let Some(packs) = packs else {
                 let errors = diags.iter().filter(|d| d.is_error()).count();
                 println!("{}: {errors} error(s), {} warning(s)", path.display(), diags.len() - errors);
                 return Ok(ExitCode::from(crate::exit::CHECK_FAILED));
             };
             // The definition is sound; what is left to find is in the rules
             // it became (a condition that is not a valid expression).
-            let (compiled, rdiags) = compile(&pack);
-            for d in pack.render(&rdiags) {
-                eprintln!("{d}\n");
-            }
-            match compiled {
-                Some(p) => {
-                    println!(
+            let mut failed = false;
+            for pack in &packs {
+                let (compiled, rdiags) = compile(pack);
+                for d in pack.render(&rdiags) {
+                    eprintln!("{d}\n");
+                }
+                match compiled {
+                    Some(p) => println!(
                         "{} {}: compiles to {} rule(s), {} test(s), {} warning(s), no errors",
                         p.manifest.name,
                         p.manifest.version,
                         p.rules.len(),
                         p.tests.len(),
                         diags.len() + rdiags.len()
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => {
-                    let errors = rdiags.iter().filter(|d| d.is_error()).count();
-                    println!("{}: {errors} error(s) in the compiled rules", path.display());
-                    Ok(ExitCode::from(crate::exit::CHECK_FAILED))
+                    ),
+                    None => {
+                        let errors = rdiags.iter().filter(|d| d.is_error()).count();
+                        println!("{}: {errors} error(s) in the compiled rules", pack.root.display());
+                        failed = true;
+                    }
                 }
             }
+            Ok(if failed { ExitCode::from(crate::exit::CHECK_FAILED) } else { ExitCode::SUCCESS })
         }
         Command::Compile { path, out } => {
-            let (pack, diags) = source(&path, &out)?;
-            let Some(pack) = pack else {
+            let (packs, diags) = sources(&path, &out)?;
+            let Some(packs) = packs else {
                 let errors = diags.iter().filter(|d| d.is_error()).count();
                 println!("{}: {errors} error(s); nothing written", path.display());
                 return Ok(ExitCode::from(crate::exit::CHECK_FAILED));
             };
-            let (compiled, rdiags) = compile(&pack);
-            for d in pack.render(&rdiags) {
-                eprintln!("{d}\n");
-            }
-            for (rel, text) in &pack.files {
-                let p = out.join(rel);
-                if let Some(parent) = p.parent() {
-                    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            let mut failed = false;
+            for pack in &packs {
+                let (compiled, rdiags) = compile(pack);
+                for d in pack.render(&rdiags) {
+                    eprintln!("{d}\n");
                 }
-                std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
-            }
-            match compiled {
-                Some(p) => {
-                    println!(
+                for (rel, text) in &pack.files {
+                    let p = pack.root.join(rel);
+                    if let Some(parent) = p.parent() {
+                        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+                    }
+                    std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+                }
+                match compiled {
+                    Some(p) => println!(
                         "wrote {}: {} {}, {} rule(s), {} test(s)",
-                        out.display(),
+                        pack.root.display(),
                         p.manifest.name,
                         p.manifest.version,
                         p.rules.len(),
                         p.tests.len()
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => {
-                    println!("wrote {}, but its rules do not compile (see above)", out.display());
-                    Ok(ExitCode::from(crate::exit::CHECK_FAILED))
+                    ),
+                    None => {
+                        println!("wrote {}, but its rules do not compile (see above)", pack.root.display());
+                        failed = true;
+                    }
                 }
             }
+            Ok(if failed { ExitCode::from(crate::exit::CHECK_FAILED) } else { ExitCode::SUCCESS })
         }
     }
 }

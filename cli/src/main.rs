@@ -3,6 +3,7 @@
 mod bench;
 mod bench_always_on;
 mod bench_collector;
+mod bench_dag;
 mod bench_e2e;
 mod bench_explain;
 mod bench_safety;
@@ -143,6 +144,11 @@ enum BenchCommand {
     /// the same instant, a server process, p50/p99/max of start time minus
     /// due time (run from the repository root).
     Schedules(bench_schedules::Args),
+    /// DAG definitions on a server process: a foreach of 100,000 noop
+    /// iterations 1,000 at a time, a nested foreach of 300 x 300, and a
+    /// 1,000-step DAG against the same steps written as rules (run from
+    /// the repository root, after `cargo build --release --workspace`).
+    Dag(bench_dag::Args),
     /// What the server's limits protect: the RSS of 100,000 live
     /// workflows, RSS drift under 50 clients for a minute, a 50,000-rule
     /// pack's deploy, first start and upgrade beside another tenant's
@@ -197,6 +203,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Case(args)) => bench::run_case(args),
         Command::Bench(BenchCommand::Explain(args)) => bench_explain::run(args),
         Command::Bench(BenchCommand::Schedules(args)) => bench_schedules::run(args),
+        Command::Bench(BenchCommand::Dag(args)) => bench_dag::run(args),
         Command::Bench(BenchCommand::Safety(args)) => bench_safety::run(args),
         Command::Bench(BenchCommand::Soak(args)) => bench_safety::soak(args),
         Command::Serve(args) => serve::run(args),

@@ -350,11 +350,25 @@ pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
 pub fn pack_files(dir: &Path) -> anyhow::Result<Vec<pb::PackFile>> {
     let (src, _) = crate::pack::read_source(dir)?;
     let src = src.ok_or_else(|| anyhow::anyhow!("{}: the definition has errors; nothing sent", dir.display()))?;
-    Ok(src
-        .files
+    Ok(wire_files(src))
+}
+
+/// The packs to deploy for `dir`, in order: one for a pack; for a DAG
+/// definition, its foreach bodies' (innermost first), then its own.
+pub fn pack_file_sets(dir: &Path) -> anyhow::Result<Vec<Vec<pb::PackFile>>> {
+    if !crate::dag::is_definition(dir) {
+        return Ok(vec![pack_files(dir)?]);
+    }
+    let (packs, _) = crate::dag::sources(dir, dir)?;
+    let packs = packs.ok_or_else(|| anyhow::anyhow!("{}: the definition has errors; nothing sent", dir.display()))?;
+    Ok(packs.into_iter().map(wire_files).collect())
+}
+
+fn wire_files(src: stoa_rules::compile::PackSource) -> Vec<pb::PackFile> {
+    src.files
         .into_iter()
         .map(|(p, t)| pb::PackFile { path: p.to_string_lossy().replace('\\', "/"), content: t.into_bytes() })
-        .collect())
+        .collect()
 }
 
 /// Facts from `--facts`: a file, or JSON given inline (an array of facts,
@@ -434,65 +448,69 @@ async fn run_async(cmd: Command) -> anyhow::Result<ExitCode> {
     let json = conn.json;
     match cmd {
         Command::Deploy { pack, dry_run, rollout, .. } => {
-            let files = pack_files(&pack)?;
-            let (mode, canary_fraction) = rollout.mode();
-            let force = rollout.force;
-            let r =
-                c.deploy_pack(pb::DeployPackRequest { files, dry_run, rollout: mode, canary_fraction, force }).await;
-            let r = match r {
-                Ok(r) => r.into_inner(),
-                Err(s) if s.code() == tonic::Code::InvalidArgument => {
-                    eprintln!("{}", s.message());
-                    return Ok(ExitCode::from(1));
-                }
-                Err(s) => return Err(status_err(s)),
-            };
-            for d in &r.diagnostics {
-                eprintln!("{}:{}:{}: {}[{}]: {}", d.path, d.line, d.col, d.severity, d.code, d.message);
-            }
-            if json {
-                let preview: Vec<_> = r
-                    .preview
-                    .iter()
-                    .map(
-                        |g| serde_json::json!({"rule": g.rule, "activations": g.activations, "workflows": g.workflows}),
-                    )
-                    .collect();
-                print_json(
-                    &serde_json::json!({"name": r.name, "version": r.version, "digest": r.digest, "changed": r.changed, "dry_run": dry_run,
-                        "rules_added": r.rules_added, "rules_changed": r.rules_changed, "rules_removed": r.rules_removed,
-                        "live_workflows": r.live_workflows, "preview": preview,
-                        "schema_changes": r.schema_changes.iter().map(impact_json).collect::<Vec<_>>()}),
-                );
-            } else {
-                let what = match (dry_run, r.changed) {
-                    (true, _) => "checked (dry run)",
-                    (false, true) => "deployed",
-                    (false, false) => "already deployed (no change)",
+            // A definition with foreach blocks is several packs: the bodies
+            // first, so that the definition never starts one not deployed.
+            for files in pack_file_sets(&pack)? {
+                let (mode, canary_fraction) = rollout.mode();
+                let force = rollout.force;
+                let r = c
+                    .deploy_pack(pb::DeployPackRequest { files, dry_run, rollout: mode, canary_fraction, force })
+                    .await;
+                let r = match r {
+                    Ok(r) => r.into_inner(),
+                    Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                        eprintln!("{}", s.message());
+                        return Ok(ExitCode::from(1));
+                    }
+                    Err(s) => return Err(status_err(s)),
                 };
-                println!("{} {} {what}", r.name, r.version);
-                for (what, list) in
-                    [("new", &r.rules_added), ("changed", &r.rules_changed), ("removed", &r.rules_removed)]
-                {
-                    if !list.is_empty() {
-                        println!("  {what} rules: {}", list.join(", "));
+                for d in &r.diagnostics {
+                    eprintln!("{}:{}:{}: {}[{}]: {}", d.path, d.line, d.col, d.severity, d.code, d.message);
+                }
+                if json {
+                    let preview: Vec<_> = r
+                        .preview
+                        .iter()
+                        .map(
+                            |g| serde_json::json!({"rule": g.rule, "activations": g.activations, "workflows": g.workflows}),
+                        )
+                        .collect();
+                    print_json(
+                        &serde_json::json!({"name": r.name, "version": r.version, "digest": r.digest, "changed": r.changed, "dry_run": dry_run,
+                            "rules_added": r.rules_added, "rules_changed": r.rules_changed, "rules_removed": r.rules_removed,
+                            "live_workflows": r.live_workflows, "preview": preview,
+                            "schema_changes": r.schema_changes.iter().map(impact_json).collect::<Vec<_>>()}),
+                    );
+                } else {
+                    let what = match (dry_run, r.changed) {
+                        (true, _) => "checked (dry run)",
+                        (false, true) => "deployed",
+                        (false, false) => "already deployed (no change)",
+                    };
+                    println!("{} {} {what}", r.name, r.version);
+                    for (what, list) in
+                        [("new", &r.rules_added), ("changed", &r.rules_changed), ("removed", &r.rules_removed)]
+                    {
+                        if !list.is_empty() {
+                            println!("  {what} rules: {}", list.join(", "));
+                        }
+                    }
+                    for i in &r.schema_changes {
+                        println!("  {}", impact_line(i));
+                    }
+                    if dry_run {
+                        println!("  {} live workflow(s) would be upgraded", r.live_workflows);
+                        for g in &r.preview {
+                            println!(
+                                "  rule \"{}\" would gain {} activation(s) in {} workflow(s)",
+                                g.rule, g.activations, g.workflows
+                            );
+                        }
                     }
                 }
-                for i in &r.schema_changes {
-                    println!("  {}", impact_line(i));
+                if let Some(job) = r.upgrade.filter(|_| !rollout.no_wait && !json) {
+                    progress(&mut c, job).await?;
                 }
-                if dry_run {
-                    println!("  {} live workflow(s) would be upgraded", r.live_workflows);
-                    for g in &r.preview {
-                        println!(
-                            "  rule \"{}\" would gain {} activation(s) in {} workflow(s)",
-                            g.rule, g.activations, g.workflows
-                        );
-                    }
-                }
-            }
-            if let Some(job) = r.upgrade.filter(|_| !rollout.no_wait && !json) {
-                progress(&mut c, job).await?;
             }
         }
         Command::Rollout { name, version, rollout, .. } => {

@@ -17,7 +17,7 @@
 use std::fmt::Write;
 
 use crate::expr::{condition_expr, pieces, rhai_str, text_expr, Ref};
-use crate::model::{Dag, Mode, ParamType, Step, StepType};
+use crate::model::{Dag, Mode, Over, ParamType, Step, StepType};
 use crate::validate::Graph;
 use crate::yaml::{Kind, Node, Scalar};
 
@@ -77,7 +77,7 @@ fn float(f: f64) -> String {
 }
 
 /// A YAML value as a Rhai expression.
-fn value(node: &Node, acc: &dyn Fn(&Ref) -> String) -> String {
+pub(crate) fn value(node: &Node, acc: &dyn Fn(&Ref) -> String) -> String {
     match &node.kind {
         Kind::Scalar(Scalar::Null) => "()".into(),
         Kind::Scalar(Scalar::Bool(b)) => b.to_string(),
@@ -130,6 +130,18 @@ fn reads(step: &Step, g: &Graph) -> Vec<usize> {
     if let StepType::Subworkflow(w) = &step.ty {
         strings_in(w, &mut strings);
     }
+    if let Some(f) = &step.facts {
+        strings_in(f, &mut strings);
+    }
+    if let StepType::Foreach(f) = &step.ty {
+        match &f.over {
+            Over::List(o) => strings_in(o, &mut strings),
+            Over::Range { from, to } => {
+                strings_in(from, &mut strings);
+                strings_in(to, &mut strings);
+            }
+        }
+    }
     if let Some(gate) = &step.gate {
         for (_, v) in &gate.fields {
             strings_in(v, &mut strings);
@@ -168,9 +180,31 @@ fn cond(text: &str, acc: &dyn Fn(&Ref) -> String) -> String {
     }
 }
 
-/// The files of the pack: `pack.toml` and `workflow.rules`.
-pub fn emit(dag: &Dag, g: &Graph, source_name: &str) -> (String, String) {
-    (manifest(dag, source_name), rules(dag, g, source_name))
+/// A compiled pack: its name, `pack.toml` and `workflow.rules`.
+pub struct Emitted {
+    /// The pack's name: the definition's id, or `PARENT.STEP` for a body.
+    pub name: String,
+    /// `pack.toml`.
+    pub manifest: String,
+    /// `workflow.rules`.
+    pub rules: String,
+}
+
+/// The packs a definition compiles to: its foreach bodies' (innermost
+/// first, as they must be deployed), then its own, last.
+pub fn emit(dag: &Dag, g: &Graph, source_name: &str) -> Vec<Emitted> {
+    let mut out = Vec::new();
+    for (i, s) in dag.steps.iter().enumerate() {
+        if let (StepType::Foreach(f), Some(bg)) = (&s.ty, g.bodies.get(&i)) {
+            out.extend(emit(&f.body, bg, source_name));
+        }
+    }
+    out.push(Emitted {
+        name: dag.id.text.clone(),
+        manifest: manifest(dag, source_name),
+        rules: rules(dag, g, source_name),
+    });
+    out
 }
 
 fn manifest(dag: &Dag, source_name: &str) -> String {
@@ -192,10 +226,21 @@ fn manifest(dag: &Dag, source_name: &str) -> String {
     functions.sort_unstable();
     functions.dedup();
     if !functions.is_empty() {
-        let _ = writeln!(m, "\n# Steps retry by their own policies, in the rules (per failure kind,\n# with durable backoff timers): the dispatcher makes one attempt per call.");
+        let _ = writeln!(m, "\n# Steps retry by their own policies, in the rules (per failure kind,\n# with durable backoff timers): the dispatcher makes one attempt per call,\n# and answers a lost worker as a failure of kind `lost` at once.");
     }
     for f in functions {
-        let _ = writeln!(m, "[functions.{}]\nretry = {{ max_attempts = 1 }}", toml_str(f));
+        // A step's `concurrency` caps its function in the pack: the lowest
+        // of the steps calling it.
+        let cap = dag
+            .steps
+            .iter()
+            .filter(|s| matches!(&s.ty, StepType::Function(g) if g.text == f))
+            .filter_map(|s| s.concurrency)
+            .min();
+        let _ = writeln!(m, "[functions.{}]\nretry = {{ max_attempts = 1, max_lost = 1 }}", toml_str(f));
+        if let Some(c) = cap {
+            let _ = writeln!(m, "concurrency = {c}");
+        }
     }
     m.push_str(
         r#"
@@ -212,6 +257,7 @@ state = "string"
 outputs = "map"
 errors = "int"
 timeouts = "int"
+lost = { type = "int", default = 0 }
 error = "string?"
 
 [facts.StepTimer]
@@ -221,6 +267,9 @@ step = "string"
 step = "string"
 "#,
     );
+    if dag.steps.iter().any(|s| matches!(s.ty, StepType::Foreach(_))) {
+        m.push_str(crate::foreach::SCHEMAS);
+    }
     crate::breakpoints::manifest(&mut m);
     crate::restart::manifest(&mut m);
     crate::triggers::manifest(&mut m, dag, source_name);
@@ -268,6 +317,7 @@ fn start_rule(out: &mut String, dag: &Dag) {
     for prm in &dag.params {
         let k = rhai_str(&prm.name.text);
         let type_name = match prm.ty {
+            ParamType::Any => "",
             ParamType::String => "string",
             ParamType::Int => "i64",
             ParamType::Float => "f64",
@@ -308,13 +358,15 @@ fn start_rule(out: &mut String, dag: &Dag) {
         if prm.ty == ParamType::Float {
             let _ = writeln!(out, "        if type_of(v) == \"i64\" {{ v = v.to_float(); }}");
         }
-        let _ = writeln!(
-            out,
-            "        if v != () && type_of(v) != \"{type_name}\" {{ errors.push(\"parameter `{}` must be a{} {}, not \" + type_of(v)); }}",
-            prm.name.text,
-            if prm.ty == ParamType::Int { "n" } else { "" },
-            prm.ty.name()
-        );
+        if prm.ty != ParamType::Any {
+            let _ = writeln!(
+                out,
+                "        if v != () && type_of(v) != \"{type_name}\" {{ errors.push(\"parameter `{}` must be a{} {}, not \" + type_of(v)); }}",
+                prm.name.text,
+                if prm.ty == ParamType::Int { "n" } else { "" },
+                prm.ty.name()
+            );
+        }
         let _ = writeln!(out, "        params[{k}] = v;");
     }
     let declared: Vec<String> = dag.params.iter().map(|p| rhai_str(&p.name.text)).collect();
@@ -351,6 +403,11 @@ fn step_rules(
         StepType::Noop => "does nothing (its params are its outputs)".into(),
         StepType::Sleep => "sleeps on a durable timer".into(),
         StepType::Subworkflow(_) => "runs a child workflow".into(),
+        StepType::Foreach(f) => format!(
+            "runs `{}` once per item, {} at a time",
+            f.body.id.text,
+            if f.concurrency == 1 { "one".to_string() } else { f.concurrency.to_string() }
+        ),
     };
     let deps_text = if s.depends_on.is_empty() {
         "at the start".to_string()
@@ -379,7 +436,7 @@ fn step_rules(
     // are done.
     let _ = writeln!(
         out,
-        "rule {} {{\n    salience 10\n    match {{\n        d: Dag(state == \"running\")\n        not Step(id == {})\n    }}\n    action {{ insert(\"Step\", #{{ id: {}, state: \"waiting\", outputs: #{{}}, errors: 0, timeouts: 0 }}); }}\n}}\n",
+        "rule {} {{\n    salience 10\n    match {{\n        d: Dag(state == \"running\")\n        not Step(id == {})\n    }}\n    action {{ insert(\"Step\", #{{ id: {}, state: \"waiting\", outputs: #{{}}, errors: 0, timeouts: 0, lost: 0 }}); }}\n}}\n",
         rhai_str(&format!("step {id} new")),
         rhai_str(id),
         rhai_str(id)
@@ -465,6 +522,9 @@ fn step_rules(
         end_sections(out, s, acc);
         out.push_str("}\n");
     }
+    if let StepType::Foreach(f) = &s.ty {
+        crate::foreach::loop_rules(out, s, f);
+    }
     // The skip rule: every dependency ended, and the step cannot run.
     if skippable && !deps.is_empty() {
         let ok: Vec<String> = deps
@@ -497,18 +557,24 @@ fn step_rules(
         let params = map_of(s.params.iter().map(|(k, v)| (k.text.as_str(), v)), acc);
         match &s.ty {
             StepType::Function(f) => {
-                let _ = writeln!(out, "        modify(me, #{{ state: \"running\" }});");
-                match &s.timeout {
-                    Some(t) => {
-                        let _ = writeln!(
-                            out,
-                            "        call({}, {params}, #{{ timeout: {} }});",
-                            rhai_str(&f.text),
-                            value(&str_node(&t.text), acc)
-                        );
+                let call = match &s.timeout {
+                    Some(t) => format!(
+                        "call({}, args, #{{ timeout: {} }});",
+                        rhai_str(&f.text),
+                        value(&str_node(&t.text), acc)
+                    ),
+                    None => format!("call({}, args);", rhai_str(&f.text)),
+                };
+                let _ = writeln!(out, "        let args = {params};");
+                match s.typed.as_ref().and_then(crate::types::run_checks) {
+                    // A computed param of the wrong type fails the step
+                    // before the call, naming the param.
+                    Some(checks) => {
+                        let _ = writeln!(out, "        {checks}");
+                        let _ = writeln!(out, "        if why != \"\" {{\n            modify(me, #{{ state: \"failed\", error: why }});\n        }} else {{\n            modify(me, #{{ state: \"running\" }});\n            {call}\n        }}");
                     }
                     None => {
-                        let _ = writeln!(out, "        call({}, {params});", rhai_str(&f.text));
+                        let _ = writeln!(out, "        modify(me, #{{ state: \"running\" }});\n        {call}");
                     }
                 }
             }
@@ -526,12 +592,13 @@ fn step_rules(
             }
             StepType::Subworkflow(w) => {
                 let _ = writeln!(out, "        modify(me, #{{ state: \"running\" }});");
-                let _ = writeln!(
-                    out,
-                    "        start_workflow({}, [#{{ type: \"Params\", fields: {params} }}]);",
-                    value(w, acc)
-                );
+                let facts = match &s.facts {
+                    Some(f) => value(f, acc),
+                    None => format!("[#{{ type: \"Params\", fields: {params} }}]"),
+                };
+                let _ = writeln!(out, "        start_workflow({}, {facts});", value(w, acc));
             }
+            StepType::Foreach(f) => crate::foreach::start_action(out, s, f, &params, acc),
         }
     }
 
@@ -564,7 +631,11 @@ fn step_rules(
             let _ = writeln!(
                 out,
                 "            // retry.{}: {} attempts{}",
-                if counter == "errors" { "error" } else { "timeout" },
+                match counter {
+                    "errors" => "error",
+                    "timeouts" => "timeout",
+                    _ => "platform",
+                },
                 p.attempts,
                 p.backoff.as_ref().map(|b| format!(", {} apart", b.text)).unwrap_or_default()
             );
@@ -595,7 +666,12 @@ fn step_rules(
             kind = "} else ";
         }
         if let Some(p) = &s.retry.error {
-            retry(out, kind, "errors", p, "error.kind != \"timeout\" && error.retryable");
+            retry(out, kind, "errors", p, "error.kind == \"failed\" && error.retryable");
+            kind = "} else ";
+        }
+        if matches!(s.ty, StepType::Function(_)) {
+            let default = crate::model::Policy { attempts: crate::model::PLATFORM_ATTEMPTS, backoff: None };
+            retry(out, kind, "lost", s.retry.platform.as_ref().unwrap_or(&default), "error.kind == \"lost\"");
             kind = "} else ";
         }
         if kind.is_empty() {
@@ -617,14 +693,21 @@ fn end_rules(out: &mut String, dag: &Dag, g: &Graph, names: &Names, acc: &dyn Fn
     if dag.steps.iter().any(|s| s.ty == StepType::Sleep) {
         out.push_str("// A sleep step's timer is due: the step is done.\nrule \"dag sleep done\" {\n    match {\n        t: StepTimer()\n        s: Step(id == t.step, state == \"running\")\n    }\n    action { retract(t); modify(s, #{ state: \"done\" }); }\n}\n\n");
     }
-    let backoff = dag
-        .steps
-        .iter()
-        .any(|s| [&s.retry.error, &s.retry.timeout].iter().any(|p| p.as_ref().is_some_and(|p| p.backoff.is_some())));
+    let backoff = dag.steps.iter().any(|s| {
+        [&s.retry.error, &s.retry.timeout, &s.retry.platform]
+            .iter()
+            .any(|p| p.as_ref().is_some_and(|p| p.backoff.is_some()))
+    });
     if backoff {
         out.push_str("// A retry's backoff is over: the step waits to start again.\nrule \"dag retry\" {\n    match {\n        t: StepRetry()\n        s: Step(id == t.step, state == \"retrying\")\n    }\n    action { retract(t); modify(s, #{ state: \"waiting\" }); }\n}\n\n");
     }
-    out.push_str("// A step failed for good: so does the instance.\nrule \"dag failed\" {\n    match {\n        d: Dag(state == \"running\")\n        s: Step(state == \"failed\")\n    }\n    action {\n        modify(d, #{ state: \"failed\" });\n        fail(`step ${s.id} failed: ${s.error}`);\n    }\n}\n\n");
+    // An iteration's failure names its number: the foreach's step reports
+    // the first one it saw.
+    let prefix = match &dag.iteration {
+        Some(it) => format!("iteration ${{d.params[{}]}}: ", rhai_str(&it.index)),
+        None => String::new(),
+    };
+    let _ = writeln!(out, "// A step failed for good: so does the instance.\nrule \"dag failed\" {{\n    match {{\n        d: Dag(state == \"running\")\n        s: Step(state == \"failed\")\n    }}\n    action {{\n        modify(d, #{{ state: \"failed\" }});\n        fail(`{prefix}step ${{s.id}} failed: ${{s.error}}`);\n    }}\n}}\n");
     out.push_str("// Every step is done or skipped: the instance completes");
     let mut reads: Vec<usize> = Vec::new();
     let mut strings = Vec::new();

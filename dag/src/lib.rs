@@ -15,12 +15,14 @@ mod breakpoints;
 mod compute;
 mod emit;
 mod expr;
+mod foreach;
 /// The definition model.
 #[allow(missing_docs)]
 pub mod model;
 pub mod restart;
 mod strategy;
 mod triggers;
+mod types;
 mod validate;
 mod yaml;
 
@@ -31,7 +33,8 @@ use stoa_rules::compile::PackSource;
 use stoa_rules::diagnostic::SourceMap;
 use stoa_rules::{Code, Diagnostic};
 
-pub use model::{Dag, MAX_STEPS};
+pub use emit::Emitted;
+pub use model::{Dag, MAX_FOREACH_DEPTH, MAX_ITERATIONS, MAX_STEPS};
 pub use validate::Graph;
 
 /// The file a definition directory holds.
@@ -55,11 +58,22 @@ pub struct Definition {
     pub graph: Graph,
     /// The file's name as the compiled pack's comments cite it.
     source_name: String,
+    /// The templates its steps run, each compiled to a pack of its own.
+    templates: Vec<Definition>,
 }
 
 /// Checks a definition's text; `path` is shown in diagnostics. Returns the
 /// definition if it has no error, and every diagnostic, sorted by position.
 pub fn check(path: &Path, text: &str) -> (Option<Definition>, Vec<Diagnostic>) {
+    check_with(path, text, &Imports::new())
+}
+
+/// The files a definition's `import` names, by the name as written: the
+/// path diagnostics show, and the text.
+pub type Imports = BTreeMap<String, (PathBuf, String)>;
+
+/// `check`, with the text of the files the definition imports.
+pub fn check_with(path: &Path, text: &str, imports: &Imports) -> (Option<Definition>, Vec<Diagnostic>) {
     let mut r = model::Reader { path, diags: Vec::new() };
     let root = match yaml::parse(text) {
         Ok(n) => n,
@@ -68,28 +82,73 @@ pub fn check(path: &Path, text: &str) -> (Option<Definition>, Vec<Diagnostic>) {
             return (None, r.diags);
         }
     };
-    let dag = model::read(&mut r, &root);
+    // Imported definitions are templates: checked on their own first (a
+    // template imports nothing), so that steps using them are checked
+    // against their parameters.
+    let mut templates = Vec::new();
+    for (name, (tpath, ttext)) in imports {
+        if !types::is_template(ttext) {
+            continue;
+        }
+        let (def, diags) = check_with(tpath, ttext, &Imports::new());
+        r.diags.extend(diags);
+        match def {
+            Some(d) => templates.push((name.clone(), d)),
+            None => r.diags.push(Diagnostic::error(
+                path,
+                stoa_rules::Pos::new(1, 1),
+                Code::DagReference,
+                format!("the imported template `{name}` has errors (shown at its lines)"),
+            )),
+        }
+    }
+    let signatures: Vec<types::TypeDecl> = templates.iter().map(|(_, d)| types::signature(&d.dag)).collect();
+    let dag = model::read(&mut r, &root, imports, &signatures);
     if let Some(d) = &dag {
         triggers::check(&mut r, d);
     }
     let map = SourceMap::new(text);
     let graph = dag.as_ref().map(|d| validate::check(&mut r, &map, d));
     let mut diags = r.diags;
-    diags.sort_by_key(|d| d.pos);
+    diags.sort_by(|a, b| (a.path != path, &a.path, a.pos).cmp(&(b.path != path, &b.path, b.pos)));
     let ok = !diags.iter().any(Diagnostic::is_error);
     let source_name = path.file_name().map_or(FILE.to_string(), |f| f.to_string_lossy().into_owned());
     let def = match (dag, graph) {
-        (Some(dag), Some(graph)) if ok => Some(Definition { dag, graph, source_name }),
+        (Some(dag), Some(graph)) if ok => {
+            // Only the templates a step uses are compiled with it.
+            let used = |id: &str| dag_uses(&dag, id);
+            let templates = templates.into_iter().map(|(_, d)| d).filter(|d| used(&d.dag.id.text)).collect();
+            Some(Definition { dag, graph, source_name, templates })
+        }
         _ => None,
     };
     (def, diags)
 }
 
+/// Whether a step of `dag` (or of a foreach body in it) runs template `id`.
+fn dag_uses(dag: &Dag, id: &str) -> bool {
+    dag.steps.iter().any(|s| match &s.ty {
+        model::StepType::Subworkflow(w) => s.typed.as_ref().is_some_and(|t| t.name == id) && w.as_str() == Some(id),
+        model::StepType::Foreach(f) => dag_uses(&f.body, id),
+        _ => false,
+    })
+}
+
 impl Definition {
-    /// The compiled pack's `pack.toml` and `workflow.rules`.
-    pub fn emit(&self) -> (String, String) {
-        emit::emit(&self.dag, &self.graph, &self.source_name)
+    /// The packs the definition compiles to: one per foreach body
+    /// (innermost first), then its own, last.
+    pub fn emit(&self) -> Vec<Emitted> {
+        let mut out: Vec<Emitted> = self.templates.iter().flat_map(Definition::emit).collect();
+        out.extend(emit::emit(&self.dag, &self.graph, &self.source_name));
+        out
     }
+}
+
+/// Where `stoa dag compile --out DIR` puts a foreach body's or a template's pack: under a
+/// dot-directory, which a pack directory's reader skips, so that `DIR`
+/// stays the definition's own pack.
+pub fn body_dir(root: &Path, name: &str) -> PathBuf {
+    root.join(".packs").join(name)
 }
 
 /// A definition directory (or a `workflow.yaml` file) read from disk: the
@@ -102,6 +161,33 @@ pub struct Source {
     pub text: String,
     /// Test files, by path relative to the directory.
     pub tests: BTreeMap<PathBuf, String>,
+    /// The files its `import` names that could be read.
+    pub imports: Imports,
+}
+
+/// The most files a definition may import, and their size.
+const MAX_IMPORTS: usize = 32;
+const MAX_IMPORT_BYTES: u64 = 1 << 20;
+
+/// The files `import` names in a definition's text, read from `dir`; one
+/// that cannot be read is left out (the check reports it at its place).
+fn read_imports(dir: &Path, text: &str) -> Imports {
+    let mut out = Imports::new();
+    let Ok(root) = yaml::parse(text) else { return out };
+    let yaml::Kind::Map(entries) = &root.kind else { return out };
+    let Some((_, list)) = entries.iter().find(|(k, _)| k.as_str() == Some("import")) else { return out };
+    let yaml::Kind::Seq(items) = &list.kind else { return out };
+    for item in items.iter().take(MAX_IMPORTS) {
+        let Some(name) = item.as_str() else { continue };
+        let path = dir.join(name);
+        let small = std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() <= MAX_IMPORT_BYTES);
+        if let (true, Ok(bytes)) = (small, std::fs::read(&path)) {
+            if let Ok(text) = stoa_rules::compile::file_text(&path, bytes) {
+                out.insert(name.to_string(), (path, text));
+            }
+        }
+    }
+    out
 }
 
 impl Source {
@@ -136,7 +222,8 @@ impl Source {
                 }
             }
         }
-        Ok(Source { path, text, tests })
+        let imports = read_imports(&dir, &text);
+        Ok(Source { path, text, tests, imports })
     }
 
     /// Checks and compiles the definition into the files of a pack shown
@@ -145,18 +232,55 @@ impl Source {
     /// `workflow.rules` and the tests. `None` when the definition has an
     /// error; the diagnostics either way.
     pub fn compile(&self, root: &Path) -> (Option<PackSource>, Vec<Diagnostic>) {
-        let (def, diags) = check(&self.path, &self.text);
+        let (packs, diags) = self.compile_all(root);
+        (packs.and_then(|mut p| p.pop()), diags)
+    }
+
+    /// Like `compile`, with the packs of the foreach bodies before the
+    /// definition's own (last): the order to deploy them in. A body's
+    /// pack is shown under `body_dir(root, name)`; the tests go with the
+    /// definition's own.
+    pub fn compile_all(&self, root: &Path) -> (Option<Vec<PackSource>>, Vec<Diagnostic>) {
+        let (def, diags) = check_with(&self.path, &self.text, &self.imports);
         let Some(def) = def else { return (None, diags) };
-        let (manifest, rules) = def.emit();
-        let mut files = BTreeMap::new();
-        files.insert(PathBuf::from("pack.toml"), manifest);
-        files.insert(PathBuf::from("workflow.rules"), rules);
-        files.extend(self.tests.clone());
-        (Some(PackSource { root: root.to_path_buf(), files }), diags)
+        let emitted = def.emit();
+        let last = emitted.len() - 1;
+        let packs = emitted
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let mut files = BTreeMap::new();
+                files.insert(PathBuf::from("pack.toml"), e.manifest);
+                files.insert(PathBuf::from("workflow.rules"), e.rules);
+                let root = if i == last {
+                    files.extend(self.tests.clone());
+                    root.to_path_buf()
+                } else {
+                    body_dir(root, &e.name)
+                };
+                PackSource { root, files }
+            })
+            .collect();
+        (Some(packs), diags)
     }
 }
 
 #[cfg(test)]
+mod family_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_ops;
+
+impl Source {
+    /// A diagnostic rendered with its source line, from the definition or
+    /// the imported file it is in.
+    pub fn render(&self, d: &Diagnostic) -> String {
+        let text = if d.path == self.path {
+            Some(self.text.as_str())
+        } else {
+            self.imports.values().find(|(p, _)| *p == d.path).map(|(_, t)| t.as_str())
+        };
+        d.render_in(text.map(SourceMap::new).as_ref())
+    }
+}

@@ -5,12 +5,21 @@
 
 use std::path::Path;
 
+use stoa_rules::diagnostic::shown;
 use stoa_rules::{Code, Diagnostic, Pos};
 
 use crate::yaml::{Kind, Node, Scalar};
 
 /// The most steps one definition may have (Maestro's limit is about 1K).
 pub const MAX_STEPS: usize = 1000;
+/// The most iterations one foreach may run (Maestro's own cap is 25,000).
+pub const MAX_ITERATIONS: i64 = 100_000;
+/// How deep foreach blocks may nest (each level is a level of child
+/// workflows, and workflows nest at most 8 deep).
+pub const MAX_FOREACH_DEPTH: usize = 3;
+/// A foreach's iterations running at once: the default and the most.
+pub const DEFAULT_CONCURRENCY: u32 = 100;
+pub const MAX_CONCURRENCY: u32 = 10_000;
 
 /// A name as written, with where.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,16 +36,19 @@ pub enum ParamType {
     Bool,
     List,
     Map,
+    /// Any value: a foreach's item, whose type the list decides.
+    Any,
 }
 
 impl ParamType {
-    pub const ALL: [(&'static str, ParamType); 6] = [
+    pub const ALL: [(&'static str, ParamType); 7] = [
         ("string", ParamType::String),
         ("int", ParamType::Int),
         ("float", ParamType::Float),
         ("bool", ParamType::Bool),
         ("list", ParamType::List),
         ("map", ParamType::Map),
+        ("any", ParamType::Any),
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +57,9 @@ impl ParamType {
 
     /// The name with its article: "an int", "a string".
     pub fn a(self) -> String {
+        if self == ParamType::Any {
+            return "any value".into();
+        }
         let n = self.name();
         format!("{} {n}", if n.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" })
     }
@@ -59,6 +74,7 @@ impl ParamType {
                 | (ParamType::Bool, Kind::Scalar(Scalar::Bool(_)))
                 | (ParamType::List, Kind::Seq(_))
                 | (ParamType::Map, Kind::Map(_))
+                | (ParamType::Any, _)
         )
     }
 }
@@ -82,6 +98,43 @@ pub enum StepType {
     /// Starts a workflow of the pack `workflow` (which may be `${param}`)
     /// with the step's params as its `Params` fact, and waits for it.
     Subworkflow(Node),
+    /// Runs a sub-DAG once per item, each iteration a child workflow.
+    Foreach(Box<Foreach>),
+}
+
+/// What a foreach iterates over.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Over {
+    /// A list value (literal, or a reference to a list).
+    List(Node),
+    /// Whole numbers from `from` up to `to` (excluded).
+    Range { from: Node, to: Node },
+}
+
+/// A foreach block: its items, how many run at once, and its body, a
+/// definition of its own that compiles to its own pack.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Foreach {
+    /// Where `foreach:` is written.
+    pub pos: Pos,
+    pub over: Over,
+    /// The body's parameter holding the item (`as:`, default `item`).
+    pub var: Name,
+    /// The body's parameter holding the iteration's number, from 0
+    /// (`index:`, default `index`).
+    pub index: Name,
+    pub concurrency: u32,
+    /// `stop` (default): the first failed iteration stops new ones from
+    /// starting; `continue`: every iteration runs.
+    pub keep_going: bool,
+    pub body: Dag,
+}
+
+/// What makes a definition the body of a foreach.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Iteration {
+    /// The parameter holding the iteration's number.
+    pub index: String,
 }
 
 impl StepType {
@@ -91,6 +144,7 @@ impl StepType {
             StepType::Noop => "noop",
             StepType::Sleep => "sleep",
             StepType::Subworkflow(_) => "subworkflow",
+            StepType::Foreach(_) => "foreach",
         }
     }
 }
@@ -125,7 +179,14 @@ pub struct Retry {
     pub error: Option<Policy>,
     /// An attempt ran past the step's `timeout`.
     pub timeout: Option<Policy>,
+    /// The worker running an attempt was lost (crashed, disconnected);
+    /// default `PLATFORM_ATTEMPTS` attempts, at once.
+    pub platform: Option<Policy>,
 }
+
+/// Attempts of a step whose workers are lost, unless its `retry.platform`
+/// says otherwise (Maestro's default platform retry limit).
+pub const PLATFORM_ATTEMPTS: u32 = 10;
 
 /// Wait for a signal before starting: `name`, and payload fields equal to
 /// values (which may be references).
@@ -148,6 +209,15 @@ pub struct Step {
     /// outputs are its params.
     pub outputs: Vec<Name>,
     pub gate: Option<Gate>,
+    /// (function steps) at most this many calls of its function running
+    /// at once for the tenant, across instances.
+    pub concurrency: Option<u32>,
+    /// (steps of a declared step type) the type and its run-time checks.
+    pub typed: Option<crate::types::Typed>,
+    /// (subworkflow steps) the child's start facts, `[{ type, fields }]`,
+    /// instead of a `Params` fact of the step's params: for a child that
+    /// is a rule pack rather than a definition.
+    pub facts: Option<Node>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -159,6 +229,8 @@ pub struct Dag {
     pub steps: Vec<Step>,
     /// The result the instance completes with: name to value.
     pub outputs: Vec<(Name, Node)>,
+    /// Set when this definition is a foreach's body.
+    pub iteration: Option<Iteration>,
     pub triggers: Vec<crate::triggers::Trigger>,
     pub strategy: crate::strategy::Strategy,
 }
@@ -221,7 +293,7 @@ impl Reader<'_> {
 
     /// A step id, parameter or output name: letters, digits, `_`, and for
     /// step ids also `-` and `.`; at most 128 bytes.
-    fn ident(&mut self, node: &Node, what: &str, extra: &[char]) -> Option<Name> {
+    pub(crate) fn ident(&mut self, node: &Node, what: &str, extra: &[char]) -> Option<Name> {
         let name = self.string(node, what)?;
         self.check_ident(&name, what, extra).then_some(name)
     }
@@ -259,7 +331,7 @@ impl Reader<'_> {
         }
     }
 
-    fn duration(&mut self, node: &Node, what: &str) -> Option<Name> {
+    pub(crate) fn duration(&mut self, node: &Node, what: &str) -> Option<Name> {
         let n = self.string(node, what)?;
         if n.text.contains("${") {
             return Some(n);
@@ -287,15 +359,91 @@ fn humantime_like(s: &str) -> bool {
     humantime::parse_duration(s).is_ok()
 }
 
-const TOP: &[&str] =
-    &["id", "version", "description", "params", "steps", "outputs", "triggers", "run_strategy", "concurrency"];
-const STEP: &[&str] =
-    &["id", "type", "function", "workflow", "params", "depends_on", "retry", "timeout", "outputs", "gate"];
+const TOP: &[&str] = &[
+    "id",
+    "version",
+    "description",
+    "import",
+    "types",
+    "params",
+    "steps",
+    "outputs",
+    "triggers",
+    "run_strategy",
+    "concurrency",
+];
+const STEP: &[&str] = &[
+    "id",
+    "type",
+    "function",
+    "workflow",
+    "facts",
+    "foreach",
+    "params",
+    "depends_on",
+    "retry",
+    "timeout",
+    "concurrency",
+    "outputs",
+    "gate",
+];
+const FOREACH: &[&str] = &["over", "range", "as", "index", "concurrency", "sequential", "on_failure", "steps"];
+
+/// What a step list is read within: the definition's id, version and
+/// parameters (a foreach body sees its parent's), and the foreach depth.
+pub(crate) struct Scope<'a> {
+    pub types: &'a [crate::types::TypeDecl],
+    pub id: &'a str,
+    pub version: &'a str,
+    pub params: &'a [Param],
+    pub depth: usize,
+}
 
 /// Reads a definition; `None` when its shape is too broken to go on.
-pub(crate) fn read(r: &mut Reader<'_>, root: &Node) -> Option<Dag> {
+/// `imports` holds the text of each file its `import` may name (by the
+/// name as written), read by the caller.
+pub(crate) fn read(
+    r: &mut Reader<'_>,
+    root: &Node,
+    imports: &std::collections::BTreeMap<String, (std::path::PathBuf, String)>,
+    templates: &[crate::types::TypeDecl],
+) -> Option<Dag> {
     let top = r.map(root, "the definition", TOP);
     let get = |k: &str| top.iter().find(|(n, _)| n.text == k).map(|(_, v)| *v);
+    let mut types: Vec<crate::types::TypeDecl> = templates.to_vec();
+    if let Some(list) = get("import") {
+        for item in r.list(list, "`import`").to_vec() {
+            let Some(name) = r.string(&item, "an imported file") else { continue };
+            let Some((path, text)) = imports.get(&name.text) else {
+                r.error(
+                    name.pos,
+                    Code::DagReference,
+                    format!("cannot read `{}`: no such file beside the definition", shown(&name.text)),
+                );
+                continue;
+            };
+            if crate::types::is_template(text) {
+                continue;
+            }
+            let mut ir = Reader { path, diags: Vec::new() };
+            match crate::yaml::parse(text) {
+                Ok(node) => {
+                    let m = ir.map(&node, "a library of step types", &["description", "types"]);
+                    if let Some((_, t)) = m.iter().find(|(k, _)| k.text == "types") {
+                        crate::types::read(&mut ir, t, &mut types);
+                    }
+                }
+                Err(e) => ir.error(e.pos, Code::DagFormat, format!("YAML: {}", e.message)),
+            }
+            if ir.diags.iter().any(Diagnostic::is_error) {
+                r.error(name.pos, Code::DagReference, format!("`{}` has errors (below)", shown(&name.text)));
+            }
+            r.diags.append(&mut ir.diags);
+        }
+    }
+    if let Some(t) = get("types") {
+        crate::types::read(r, t, &mut types);
+    }
     let id = match get("id") {
         Some(n) => r.ident(n, "the definition id", &['-', '.']),
         None => {
@@ -313,25 +461,20 @@ pub(crate) fn read(r: &mut Reader<'_>, root: &Node) -> Option<Dag> {
             }
         }
     }
-    let mut steps = Vec::new();
-    match get("steps") {
-        Some(s) => {
-            let items = r.list(s, "`steps`");
-            if items.len() > MAX_STEPS {
-                r.error(
-                    s.pos,
-                    Code::DagLimit,
-                    format!("{} steps; a definition may have at most {MAX_STEPS}", items.len()),
-                );
-            }
-            for item in items.iter().take(MAX_STEPS) {
-                if let Some(step) = read_step(r, item) {
-                    steps.push(step);
-                }
-            }
+    let scope = Scope {
+        types: &types,
+        id: id.as_ref().map_or("", |i| i.text.as_str()),
+        version: &version,
+        params: &params,
+        depth: 0,
+    };
+    let steps = match get("steps") {
+        Some(s) => read_steps(r, s, &scope),
+        None => {
+            r.format(root.pos, "the definition has no `steps`");
+            Vec::new()
         }
-        None => r.format(root.pos, "the definition has no `steps`"),
-    }
+    };
     let mut outputs = Vec::new();
     if let Some(o) = get("outputs") {
         for (name, v) in r.map(o, "`outputs`", &[]) {
@@ -342,10 +485,18 @@ pub(crate) fn read(r: &mut Reader<'_>, root: &Node) -> Option<Dag> {
     }
     let triggers = get("triggers").map(|t| crate::triggers::read(r, t)).unwrap_or_default();
     let strategy = crate::strategy::read(r, get("run_strategy"), get("concurrency"));
-    Some(Dag { id: id?, version, description, params, steps, outputs, triggers, strategy })
+    Some(Dag { id: id?, version, description, params, steps, outputs, iteration: None, triggers, strategy })
 }
 
-fn read_param(r: &mut Reader<'_>, name: Name, decl: &Node) -> Option<Param> {
+fn read_steps(r: &mut Reader<'_>, s: &Node, scope: &Scope<'_>) -> Vec<Step> {
+    let items = r.list(s, "`steps`");
+    if items.len() > MAX_STEPS {
+        r.error(s.pos, Code::DagLimit, format!("{} steps; a definition may have at most {MAX_STEPS}", items.len()));
+    }
+    items.iter().take(MAX_STEPS).filter_map(|item| read_step(r, item, scope)).collect()
+}
+
+pub(crate) fn read_param(r: &mut Reader<'_>, name: Name, decl: &Node) -> Option<Param> {
     if !r.check_ident(&name, "a parameter name", &[]) {
         return None;
     }
@@ -392,7 +543,7 @@ fn read_param(r: &mut Reader<'_>, name: Name, decl: &Node) -> Option<Param> {
     Some(Param { name, ty, default })
 }
 
-fn read_policy(r: &mut Reader<'_>, node: &Node, what: &str) -> Option<Policy> {
+pub(crate) fn read_policy(r: &mut Reader<'_>, node: &Node, what: &str) -> Option<Policy> {
     let m = r.map(node, what, &["attempts", "backoff"]);
     let mut attempts = 1;
     let mut backoff = None;
@@ -412,7 +563,7 @@ fn read_policy(r: &mut Reader<'_>, node: &Node, what: &str) -> Option<Policy> {
     Some(Policy { attempts, backoff })
 }
 
-fn read_step(r: &mut Reader<'_>, node: &Node) -> Option<Step> {
+fn read_step(r: &mut Reader<'_>, node: &Node, scope: &Scope<'_>) -> Option<Step> {
     let m = r.map(node, "a step", STEP);
     let get = |k: &str| m.iter().find(|(n, _)| n.text == k).map(|(_, v)| *v);
     let id = match get("id") {
@@ -426,12 +577,13 @@ fn read_step(r: &mut Reader<'_>, node: &Node) -> Option<Step> {
     let ty_name = match get("type") {
         Some(t) => r.string(t, "`type`"),
         None if get("function").is_some() => Some(Name { text: "function".into(), pos: node.pos }),
+        None if get("foreach").is_some() => Some(Name { text: "foreach".into(), pos: node.pos }),
         None => {
-            r.format(node.pos, format!("{what} has no `type` (function, noop, sleep or subworkflow)"));
+            r.format(node.pos, format!("{what} has no `type` (function, noop, sleep, subworkflow or foreach)"));
             None
         }
     };
-    let ty = match ty_name.as_ref().map(|t| t.text.as_str()) {
+    let mut ty = match ty_name.as_ref().map(|t| t.text.as_str()) {
         Some("function") => match get("function") {
             Some(f) => r.string(f, "`function`").map(StepType::Function),
             None => {
@@ -448,16 +600,36 @@ fn read_step(r: &mut Reader<'_>, node: &Node) -> Option<Step> {
                 None
             }
         },
+        Some("foreach") => match (get("foreach"), &id) {
+            (Some(f), Some(step_id)) => read_foreach(r, f, step_id, scope).map(|f| StepType::Foreach(Box::new(f))),
+            (Some(_), None) => None,
+            (None, _) => {
+                r.format(node.pos, format!("{what} is a foreach step but has no `foreach`"));
+                None
+            }
+        },
+        Some(other) if scope.types.iter().any(|t| t.name.text == other) => {
+            scope.types.iter().find(|t| t.name.text == other).map(|t| match t.template {
+                true => StepType::Subworkflow(Node {
+                    pos: t.function.pos,
+                    kind: Kind::Scalar(Scalar::Str(t.function.text.clone())),
+                }),
+                false => StepType::Function(t.function.clone()),
+            })
+        }
         Some(other) => {
             let t = ty_name.as_ref().map_or(node.pos, |t| t.pos);
-            let kinds = ["function", "noop", "sleep", "subworkflow"];
-            let hint = stoa_rules::diagnostic::closest(other, kinds)
+            let kinds: Vec<&str> = ["function", "noop", "sleep", "subworkflow", "foreach"]
+                .into_iter()
+                .chain(scope.types.iter().map(|t| t.name.text.as_str()))
+                .collect();
+            let hint = stoa_rules::diagnostic::closest(other, kinds.iter().copied())
                 .map(|c| format!("; did you mean `{c}`?"))
                 .unwrap_or_default();
             r.format(
                 t,
                 format!(
-                    "unknown step type `{}`{hint} (function, noop, sleep or subworkflow)",
+                    "unknown step type `{}`{hint} (function, noop, sleep, subworkflow or foreach)",
                     stoa_rules::diagnostic::shown(other)
                 ),
             );
@@ -468,6 +640,8 @@ fn read_step(r: &mut Reader<'_>, node: &Node) -> Option<Step> {
     for (key, fits) in [
         ("function", matches!(ty, Some(StepType::Function(_)))),
         ("workflow", matches!(ty, Some(StepType::Subworkflow(_)))),
+        ("foreach", matches!(ty, Some(StepType::Foreach(_)))),
+        ("facts", matches!(ty, Some(StepType::Subworkflow(_)))),
     ] {
         if let (Some(v), false, Some(t)) = (get(key), fits, &ty) {
             r.format(v.pos, format!("`{key}` is for {key} steps; {what} is a {} step", t.name()));
@@ -481,6 +655,8 @@ fn read_step(r: &mut Reader<'_>, node: &Node) -> Option<Step> {
             }
         }
     }
+    let decl = ty_name.as_ref().and_then(|n| scope.types.iter().find(|t| t.name.text == n.text));
+    let typed = decl.map(|t| crate::types::apply(r, t, &mut params, &what, node.pos));
     if ty == Some(StepType::Sleep) {
         match params.iter().find(|(n, _)| n.text == "duration") {
             Some((_, d)) => {
@@ -496,15 +672,18 @@ fn read_step(r: &mut Reader<'_>, node: &Node) -> Option<Step> {
     };
     let mut retry = Retry::default();
     if let Some(rt) = get("retry") {
-        for (k, v) in r.map(rt, "`retry`", &["error", "timeout"]) {
-            let p = read_policy(r, v, &format!("`retry.{}`", k.text));
-            match k.text.as_str() {
-                "error" => retry.error = p,
-                _ => retry.timeout = p,
-            }
+        retry = read_retry(r, rt);
+    }
+    let mut timeout = get("timeout").and_then(|t| r.duration(t, "`timeout`"));
+    // A step of a type takes the type's policies unless it gives its own.
+    if let Some(t) = decl {
+        if get("retry").is_none() {
+            retry = t.retry.clone();
+        }
+        if timeout.is_none() {
+            timeout = t.timeout.clone();
         }
     }
-    let timeout = get("timeout").and_then(|t| r.duration(t, "`timeout`"));
     if let (Some(t), Some(ty)) = (&timeout, &ty) {
         if !matches!(ty, StepType::Function(_)) {
             r.format(t.pos, format!("`timeout` is for function steps only so far; {what} is a {} step", ty.name()));
@@ -520,6 +699,18 @@ fn read_step(r: &mut Reader<'_>, node: &Node) -> Option<Step> {
         if let (Some(StepType::Noop | StepType::Sleep), Some(t)) = (&ty, &ty_name) {
             r.format(o.pos, format!("a {} step declares no `outputs` (a noop's outputs are its params)", t.text));
         }
+        if let Some(StepType::Foreach(_)) = &ty {
+            r.format(o.pos, "a foreach step declares no `outputs`: its outputs are `total`, `succeeded` and `failed`");
+        }
+    }
+    if let (Some(t), None) = (decl, get("outputs")) {
+        outputs = t.outputs.clone();
+    }
+    if let (Some(StepType::Foreach(f)), Some(node)) = (&mut ty, get("foreach")) {
+        body_steps(r, f, node, &params, scope.depth, scope.types);
+    }
+    if let (Some(StepType::Foreach(_)), Some(rt)) = (&ty, get("retry")) {
+        r.format(rt.pos, "a foreach step has no `retry`: give the steps of its body theirs");
     }
     let gate = get("gate").and_then(|g| {
         let m = r.map(g, "`gate`", &["signal", "match"]);
@@ -540,7 +731,45 @@ fn read_step(r: &mut Reader<'_>, node: &Node) -> Option<Step> {
         }
         Some(Gate { signal: signal?, fields })
     });
-    Some(Step { id: id?, ty: ty?, params, mode, depends_on, retry, timeout, outputs, gate })
+    let facts = get("facts").map(|f| {
+        for item in r.list(f, "`facts`") {
+            let m = r.map(item, "a start fact", &["type", "fields"]);
+            match m.iter().find(|(k, _)| k.text == "type") {
+                Some((_, t)) => {
+                    r.ident(t, "a fact type", &[]);
+                }
+                None => r.format(item.pos, "a start fact has no `type`"),
+            }
+            if let Some((_, fields)) = m.iter().find(|(k, _)| k.text == "fields") {
+                r.map(fields, "a start fact's `fields`", &[]);
+            }
+        }
+        if !params.is_empty() {
+            r.format(f.pos, format!("{what} gives `facts`, so its `params` would go nowhere: put them in the facts"));
+        }
+        f.clone()
+    });
+    let concurrency = get("concurrency").and_then(|c| match (&c.kind, &ty) {
+        (Kind::Scalar(Scalar::Int(n)), Some(StepType::Function(_))) if (1..=1_000_000).contains(n) => Some(*n as u32),
+        (_, Some(StepType::Function(_))) => {
+            r.error(
+                c.pos,
+                Code::DagType,
+                format!("`concurrency` must be a whole number from 1 to 1000000, found {}", c.what()),
+            );
+            None
+        }
+        (_, Some(StepType::Foreach(_))) => {
+            r.format(c.pos, "a foreach's concurrency goes inside its `foreach` block");
+            None
+        }
+        (_, Some(t)) => {
+            r.format(c.pos, format!("`concurrency` is for function steps; {what} is a {} step", t.name()));
+            None
+        }
+        (_, None) => None,
+    });
+    Some(Step { id: id?, ty: ty?, params, mode, depends_on, retry, timeout, concurrency, outputs, gate, typed, facts })
 }
 
 fn read_deps(r: &mut Reader<'_>, node: &Node) -> (Mode, Vec<Dep>) {
@@ -587,4 +816,213 @@ fn read_deps(r: &mut Reader<'_>, node: &Node) -> (Mode, Vec<Dep>) {
         }
     }
     (mode, deps)
+}
+
+fn read_foreach(r: &mut Reader<'_>, node: &Node, step: &Name, scope: &Scope<'_>) -> Option<Foreach> {
+    let what = format!("the foreach of step `{}`", step.text);
+    let m = r.map(node, &what, FOREACH);
+    let get = |k: &str| m.iter().find(|(n, _)| n.text == k).map(|(_, v)| *v);
+    if scope.depth + 1 > MAX_FOREACH_DEPTH {
+        r.error(
+            node.pos,
+            Code::DagLimit,
+            format!("{what} is nested {} deep; foreach blocks nest at most {MAX_FOREACH_DEPTH} deep", scope.depth + 1),
+        );
+        return None;
+    }
+    let over = match (get("over"), get("range")) {
+        (Some(o), None) => {
+            if let Kind::Seq(items) = &o.kind {
+                if items.len() as i64 > MAX_ITERATIONS {
+                    r.error(
+                        o.pos,
+                        Code::DagLimit,
+                        format!("{what} runs over {} items; a foreach runs at most {MAX_ITERATIONS}", items.len()),
+                    );
+                }
+            } else if !matches!(&o.kind, Kind::Scalar(Scalar::Str(s)) if s.contains("${")) {
+                r.error(
+                    o.pos,
+                    Code::DagType,
+                    format!("`over` of {what} must be a list or a reference to one, found {}", o.what()),
+                );
+            }
+            Some(Over::List(o.clone()))
+        }
+        (None, Some(rg)) => read_range(r, rg, &what),
+        (Some(o), Some(_)) => {
+            r.format(o.pos, format!("{what} has both `over` and `range`; give one"));
+            None
+        }
+        (None, None) => {
+            r.format(node.pos, format!("{what} has neither `over` (a list) nor `range` (`{{ from: 0, to: N }}`)"));
+            None
+        }
+    };
+    let var = match get("as") {
+        Some(v) => r.ident(v, "the name of a foreach's item (`as`)", &[])?,
+        None => Name { text: "item".into(), pos: node.pos },
+    };
+    let index = match get("index") {
+        Some(v) => r.ident(v, "the name of a foreach's index (`index`)", &[])?,
+        None => Name { text: "index".into(), pos: node.pos },
+    };
+    let sequential = match get("sequential") {
+        Some(Node { kind: Kind::Scalar(Scalar::Bool(b)), .. }) => *b,
+        Some(v) => {
+            r.error(v.pos, Code::DagType, format!("`sequential` must be true or false, found {}", v.what()));
+            false
+        }
+        None => false,
+    };
+    let mut concurrency = DEFAULT_CONCURRENCY;
+    if let Some(c) = get("concurrency") {
+        match c.kind {
+            Kind::Scalar(Scalar::Int(n)) if (1..=MAX_CONCURRENCY as i64).contains(&n) => concurrency = n as u32,
+            _ => r.error(
+                c.pos,
+                Code::DagType,
+                format!("`concurrency` must be a whole number from 1 to {MAX_CONCURRENCY}, found {}", c.what()),
+            ),
+        }
+        if sequential {
+            r.format(c.pos, "a sequential foreach runs one iteration at a time: drop `concurrency`");
+        }
+    }
+    if sequential {
+        concurrency = 1;
+    }
+    let keep_going = match get("on_failure") {
+        Some(v) => match r.string(v, "`on_failure`").as_ref().map(|n| n.text.as_str()) {
+            Some("stop") => false,
+            Some("continue") => true,
+            Some(other) => {
+                r.format(v.pos, format!("`on_failure` is `stop` or `continue`, not `{}`", shown(other)));
+                false
+            }
+            None => false,
+        },
+        None => false,
+    };
+    // The body sees its parent's parameters, the item and the index, and
+    // the foreach step's own params (given once, passed to each iteration).
+    let mut params: Vec<Param> = scope.params.to_vec();
+    for p in &mut params {
+        p.default = None;
+    }
+    // A name given (`as:`, `index:`) may not hide a parameter; a default
+    // one does, so that a nested foreach's `item` and `index` are its own.
+    let given = [get("as").is_some(), get("index").is_some()];
+    for ((n, ty), given) in [(&var, ParamType::Any), (&index, ParamType::Int)].into_iter().zip(given) {
+        if let Some(at) = params.iter().position(|p| p.name.text == n.text) {
+            if given {
+                r.error(
+                    n.pos,
+                    Code::DagDuplicate,
+                    format!(
+                        "the foreach's `{}` would hide the parameter `{}` (line {}); name it otherwise",
+                        n.text, n.text, params[at].name.pos.line
+                    ),
+                );
+            }
+            params.remove(at);
+        }
+        params.push(Param { name: n.clone(), ty, default: None });
+    }
+    if var.text == index.text {
+        r.error(index.pos, Code::DagDuplicate, format!("the foreach's item and index are both named `{}`", var.text));
+    }
+    if get("steps").is_none() {
+        r.format(node.pos, format!("{what} has no `steps`"));
+    }
+    let body = Dag {
+        id: Name { text: format!("{}.{}", scope.id, step.text), pos: step.pos },
+        version: scope.version.to_string(),
+        description: Some(format!("The iterations of step `{}` of `{}`.", step.text, scope.id)),
+        params,
+        // Read by `body_steps` once the step's own params are known.
+        steps: Vec::new(),
+        outputs: Vec::new(),
+        iteration: Some(Iteration { index: index.text.clone() }),
+        triggers: Vec::new(),
+        strategy: Default::default(),
+    };
+    Some(Foreach { pos: node.pos, over: over?, var, index, concurrency, keep_going, body })
+}
+
+/// Reads a foreach's body steps, in a scope of the parameters its
+/// iterations get: the parent's, the item, the index and the step's own
+/// `params` (each of any type).
+fn body_steps(
+    r: &mut Reader<'_>,
+    f: &mut Foreach,
+    foreach: &Node,
+    step_params: &[(Name, Node)],
+    depth: usize,
+    types: &[crate::types::TypeDecl],
+) {
+    for (n, _) in step_params {
+        if let Some(p) = f.body.params.iter().find(|p| p.name.text == n.text) {
+            r.error(
+                n.pos,
+                Code::DagDuplicate,
+                format!(
+                    "the foreach's param `{}` would hide the parameter `{}` (line {})",
+                    n.text, n.text, p.name.pos.line
+                ),
+            );
+        } else {
+            f.body.params.push(Param { name: n.clone(), ty: ParamType::Any, default: None });
+        }
+    }
+    let Kind::Map(entries) = &foreach.kind else { return };
+    let Some((_, steps)) = entries.iter().find(|(k, _)| k.as_str() == Some("steps")) else { return };
+    let scope =
+        Scope { types, id: &f.body.id.text, version: &f.body.version, params: &f.body.params, depth: depth + 1 };
+    f.body.steps = read_steps(r, steps, &scope);
+}
+
+fn read_range(r: &mut Reader<'_>, node: &Node, what: &str) -> Option<Over> {
+    let m = r.map(node, &format!("the `range` of {what}"), &["from", "to"]);
+    let zero = Node { pos: node.pos, kind: Kind::Scalar(Scalar::Int(0)) };
+    let from = m.iter().find(|(k, _)| k.text == "from").map_or(zero, |(_, v)| (*v).clone());
+    let Some(to) = m.iter().find(|(k, _)| k.text == "to").map(|(_, v)| (*v).clone()) else {
+        r.format(node.pos, format!("the `range` of {what} has no `to` (the first number past the end)"));
+        return None;
+    };
+    for v in [&from, &to] {
+        let ok = matches!(&v.kind, Kind::Scalar(Scalar::Int(_)))
+            || matches!(&v.kind, Kind::Scalar(Scalar::Str(s)) if s.contains("${"));
+        if !ok {
+            r.error(v.pos, Code::DagType, format!("a range's bounds are whole numbers, found {}", v.what()));
+            return None;
+        }
+    }
+    if let (Kind::Scalar(Scalar::Int(a)), Kind::Scalar(Scalar::Int(b))) = (&from.kind, &to.kind) {
+        if b.saturating_sub(*a) > MAX_ITERATIONS {
+            r.error(
+                to.pos,
+                Code::DagLimit,
+                format!(
+                    "{what} runs over {} numbers ({a} to {b}); a foreach runs at most {MAX_ITERATIONS}",
+                    b.saturating_sub(*a)
+                ),
+            );
+        }
+    }
+    Some(Over::Range { from, to })
+}
+
+/// `retry: { error, timeout, platform }`, each a policy.
+pub(crate) fn read_retry(r: &mut Reader<'_>, node: &Node) -> Retry {
+    let mut retry = Retry::default();
+    for (k, v) in r.map(node, "`retry`", &["error", "timeout", "platform"]) {
+        let p = read_policy(r, v, &format!("`retry.{}`", k.text));
+        match k.text.as_str() {
+            "error" => retry.error = p,
+            "timeout" => retry.timeout = p,
+            _ => retry.platform = p,
+        }
+    }
+    retry
 }

@@ -48,16 +48,23 @@ pub(crate) fn run_inline(yaml: &str, tests: &str) {
         path: "workflow.yaml".into(),
         text: yaml.to_string(),
         tests: [(std::path::PathBuf::from("tests/t.toml"), tests.to_string())].into_iter().collect(),
+        imports: Default::default(),
     };
     let failures = run_source(Path::new("inline"), source);
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 fn run_source(dir: &Path, source: Source) -> Vec<String> {
-    let (pack, diags) = source.compile(dir);
-    let Some(pack) = pack else {
+    let (packs, diags) = source.compile_all(dir);
+    let Some(mut packs) = packs else {
         panic!("{}: {}", dir.display(), diags.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))
     };
+    // The foreach bodies' packs compile, without a warning, too.
+    let pack = packs.pop().expect("the definition's own pack");
+    for body in &packs {
+        let (compiled, diags) = stoa_rules::compile::compile(body);
+        assert!(compiled.is_some() && diags.is_empty(), "{}: {:?}", body.root.display(), body.render(&diags));
+    }
     let (compiled, diags) = stoa_rules::compile::compile(&pack);
     // Warnings too: a compiled pack should not have any.
     let errors: Vec<String> = pack.render(&diags);
@@ -140,11 +147,11 @@ steps:
     type: sleep
 "#,
         expect![[r#"
-            workflow.yaml:3:1: error[E0016]: unknown key `stpes` in the definition; expected one of id, version, description, params, steps, outputs, triggers, run_strategy, concurrency
+            workflow.yaml:3:1: error[E0016]: unknown key `stpes` in the definition; expected one of id, version, description, import, types, params, steps, outputs, triggers, run_strategy, concurrency
               |
             3 | stpes: []
               | ^
-            workflow.yaml:6:11: error[E0016]: unknown step type `fucntion`; did you mean `function`? (function, noop, sleep or subworkflow)
+            workflow.yaml:6:11: error[E0016]: unknown step type `fucntion`; did you mean `function`? (function, noop, sleep, subworkflow or foreach)
               |
             6 |     type: fucntion
               |           ^
@@ -258,7 +265,7 @@ steps:
               |
             4 |   n: { type: int, default: "ten" }
               |                            ^
-            workflow.yaml:6:14: error[E0020]: unknown parameter type `text`; expected one of string, int, float, bool, list, map
+            workflow.yaml:6:14: error[E0020]: unknown parameter type `text`; expected one of string, int, float, bool, list, map, any
               |
             6 |   s: { type: text }
               |              ^
@@ -369,7 +376,9 @@ outputs:
 "#;
     let (def, diags) = check(Path::new("workflow.yaml"), yaml);
     assert!(diags.is_empty(), "{diags:?}");
-    let (manifest, rules) = def.expect("no errors").emit();
+    let mut packs = def.expect("no errors").emit();
+    assert_eq!(packs.len(), 1);
+    let Emitted { manifest, rules, .. } = packs.pop().unwrap();
     expect![[r##"
         # Compiled by `stoa dag compile` from workflow.yaml (definition `small`).
         # Do not edit: change the definition and compile it again.
@@ -379,9 +388,10 @@ outputs:
         version = "1"
 
         # Steps retry by their own policies, in the rules (per failure kind,
-        # with durable backoff timers): the dispatcher makes one attempt per call.
+        # with durable backoff timers): the dispatcher makes one attempt per call,
+        # and answers a lost worker as a failure of kind `lost` at once.
         [functions."web.fetch"]
-        retry = { max_attempts = 1 }
+        retry = { max_attempts = 1, max_lost = 1 }
 
         # The instance: `running`, then `completed` or `failed`.
         [facts.Dag]
@@ -396,6 +406,7 @@ outputs:
         outputs = "map"
         errors = "int"
         timeouts = "int"
+        lost = { type = "int", default = 0 }
         error = "string?"
 
         [facts.StepTimer]
@@ -460,7 +471,7 @@ outputs:
                 d: Dag(state == "running")
                 not Step(id == "fetch")
             }
-            action { insert("Step", #{ id: "fetch", state: "waiting", outputs: #{}, errors: 0, timeouts: 0 }); }
+            action { insert("Step", #{ id: "fetch", state: "waiting", outputs: #{}, errors: 0, timeouts: 0, lost: 0 }); }
         }
 
         rule "step fetch" {
@@ -470,8 +481,9 @@ outputs:
                 not Breakpoint(step in ["fetch", "*"])
             }
             action {
+                let args = #{ "url": ("https://x/" + `${d.params["n"]}`), "n": d.params["n"] };
                 modify(me, #{ state: "running" });
-                call("web.fetch", #{ "url": ("https://x/" + `${d.params["n"]}`), "n": d.params["n"] });
+                call("web.fetch", args);
             }
             reaction {
                 let out = if type_of(result) == "map" { result } else { #{ value: result } };
@@ -483,9 +495,12 @@ outputs:
                 }
             }
             error {
-                if error.kind != "timeout" && error.retryable && me.errors + 1 < 2 {
+                if error.kind == "failed" && error.retryable && me.errors + 1 < 2 {
                     // retry.error: 2 attempts
                     modify(me, #{ state: "waiting", errors: me.errors + 1 });
+                } else if error.kind == "lost" && me.lost + 1 < 10 {
+                    // retry.platform: 10 attempts
+                    modify(me, #{ state: "waiting", lost: me.lost + 1 });
                 } else {
                     modify(me, #{ state: "failed", error: error.message });
                 }
@@ -499,7 +514,7 @@ outputs:
                 d: Dag(state == "running")
                 not Step(id == "report")
             }
-            action { insert("Step", #{ id: "report", state: "waiting", outputs: #{}, errors: 0, timeouts: 0 }); }
+            action { insert("Step", #{ id: "report", state: "waiting", outputs: #{}, errors: 0, timeouts: 0, lost: 0 }); }
         }
 
         rule "step report" {
@@ -751,7 +766,12 @@ facts = [{ type = "Step", fields = { id = "after", state = "done" } }]
 
 /// A pack compiled from a definition's text, without tests.
 pub(crate) fn pack_of(yaml: &str) -> std::sync::Arc<stoa_rules::compile::Pack> {
-    let source = Source { path: "workflow.yaml".into(), text: yaml.to_string(), tests: Default::default() };
+    let source = Source {
+        path: "workflow.yaml".into(),
+        text: yaml.to_string(),
+        tests: Default::default(),
+        imports: Default::default(),
+    };
     let (pack, diags) = source.compile(Path::new("p"));
     let pack = pack.unwrap_or_else(|| panic!("{diags:?}"));
     let (compiled, diags) = stoa_rules::compile::compile(&pack);
@@ -775,9 +795,9 @@ fn a_new_version_that_adds_a_step_reaches_a_running_instance() {
     let steps: Vec<String> =
         wf.facts().iter().filter(|f| f.ty.to_string() == "Step").map(|f| format!("{}", f.fields.to_json())).collect();
     expect![[r#"
-        {"errors":0,"id":"a","outputs":{"x":1},"state":"done","timeouts":0}
-        {"errors":0,"id":"b","outputs":{},"state":"running","timeouts":0}
-        {"errors":0,"id":"c","outputs":{"y":1},"state":"done","timeouts":0}"#]]
+        {"errors":0,"id":"a","lost":0,"outputs":{"x":1},"state":"done","timeouts":0}
+        {"errors":0,"id":"b","lost":0,"outputs":{},"state":"running","timeouts":0}
+        {"errors":0,"id":"c","lost":0,"outputs":{"y":1},"state":"done","timeouts":0}"#]]
     .assert_eq(&steps.join("\n"));
 }
 
@@ -838,4 +858,212 @@ steps:
             12 |       - { step: a, when: "${rows@a} >" }
                |                          ^"#]],
     );
+}
+
+#[test]
+fn foreach_limits_and_shapes() {
+    check_diags(
+        r#"
+id: big
+params: { n: int }
+steps:
+  - { id: a, type: noop, params: { x: 1 } }
+  - id: each
+    foreach:
+      range: { from: 0, to: 100001 }
+      concurrency: 0
+      steps:
+        - { id: b, type: noop, params: { y: "${x@a}" } }
+  - id: items
+    foreach:
+      over: 42
+      as: n
+      orderd: true
+      steps:
+        - id: one
+          foreach:
+            over: [1]
+            steps:
+              - id: two
+                foreach:
+                  over: [1]
+                  steps:
+                    - id: three
+                      foreach: { over: [1], steps: [{ id: four, type: noop }] }
+"#,
+        expect![[r#"
+            workflow.yaml:8:29: error[E0021]: the foreach of step `each` runs over 100001 numbers (0 to 100001); a foreach runs at most 100000
+              |
+            8 |       range: { from: 0, to: 100001 }
+              |                             ^
+            workflow.yaml:9:20: error[E0020]: `concurrency` must be a whole number from 1 to 10000, found an int
+              |
+            9 |       concurrency: 0
+              |                    ^
+            workflow.yaml:11:46: error[E0018]: step `b` reads `${x@a}`, but there is no step `a` in this foreach (its steps read their own steps' outputs; pass others in through the foreach step's `params`); did you mean `b`?
+               |
+            11 |         - { id: b, type: noop, params: { y: "${x@a}" } }
+               |                                              ^
+            workflow.yaml:14:13: error[E0020]: `over` of the foreach of step `items` must be a list or a reference to one, found an int
+               |
+            14 |       over: 42
+               |             ^
+            workflow.yaml:15:11: error[E0017]: the foreach's `n` would hide the parameter `n` (line 3); name it otherwise
+               |
+            15 |       as: n
+               |           ^
+            workflow.yaml:16:7: error[E0016]: unknown key `orderd` in the foreach of step `items`; expected one of over, range, as, index, concurrency, sequential, on_failure, steps
+               |
+            16 |       orderd: true
+               |       ^
+            workflow.yaml:27:32: error[E0021]: the foreach of step `three` is nested 4 deep; foreach blocks nest at most 3 deep
+               |
+            27 |                       foreach: { over: [1], steps: [{ id: four, type: noop }] }
+               |                                ^"#]],
+    );
+}
+
+const MEDIA_TYPES: &str = r#"
+types:
+  video-encode:
+    function: media.encode
+    params:
+      uri: string
+      codec: { type: string, default: h264 }
+      index: int
+    outputs: [uri]
+    retry: { error: { attempts: 2 } }
+"#;
+
+fn with_types(yaml: &str) -> Source {
+    let imports: Imports =
+        [("types.yaml".to_string(), (std::path::PathBuf::from("types.yaml"), MEDIA_TYPES.to_string()))].into();
+    Source { path: "workflow.yaml".into(), text: yaml.to_string(), tests: Default::default(), imports }
+}
+
+#[test]
+fn steps_of_a_type_are_checked_against_its_schema() {
+    let src = with_types(
+        r#"
+id: t
+import: [types.yaml, missing.yaml]
+params: { n: int, s: string }
+types:
+  noop: { function: x }
+steps:
+  - { id: a, type: video-encode, params: { uri: "s3://a", index: "1" } }
+  - { id: b, type: video-encode, params: { url: "s3://a", index: 1 } }
+  - { id: c, type: video-encode, params: { uri: "${s}", index: "n=${n}" } }
+  - { id: d, type: video-encod, params: {} }
+"#,
+    );
+    let (_, diags) = src.compile(Path::new("p"));
+    let text: Vec<String> = diags.iter().map(|d| src.render(d)).collect();
+    expect![[r#"
+        workflow.yaml:3:22: error[E0018]: cannot read `missing.yaml`: no such file beside the definition
+          |
+        3 | import: [types.yaml, missing.yaml]
+          |                      ^
+        workflow.yaml:6:3: error[E0017]: `noop` is a built-in step type; name yours otherwise
+          |
+        6 |   noop: { function: x }
+          |   ^
+        workflow.yaml:8:66: error[E0020]: param `index` of step type `video-encode` is an int, not a string
+          |
+        8 |   - { id: a, type: video-encode, params: { uri: "s3://a", index: "1" } }
+          |                                                                  ^
+        workflow.yaml:9:5: error[E0018]: step `b` lacks param `uri`, which step type `video-encode` requires (a string)
+          |
+        9 |   - { id: b, type: video-encode, params: { url: "s3://a", index: 1 } }
+          |     ^
+        workflow.yaml:9:44: error[E0018]: step `b` gives `url`, which step type `video-encode` does not take; did you mean `uri`?
+          |
+        9 |   - { id: b, type: video-encode, params: { url: "s3://a", index: 1 } }
+          |                                            ^
+        workflow.yaml:10:64: error[E0020]: param `index` of step type `video-encode` is an int, but this value is text
+           |
+        10 |   - { id: c, type: video-encode, params: { uri: "${s}", index: "n=${n}" } }
+           |                                                                ^
+        workflow.yaml:11:20: error[E0016]: unknown step type `video-encod`; did you mean `video-encode`? (function, noop, sleep, subworkflow or foreach)
+           |
+        11 |   - { id: d, type: video-encod, params: {} }
+           |                    ^"#]]
+    .assert_eq(&text.join("\n"));
+}
+
+#[test]
+fn a_typed_step_takes_the_types_defaults_and_checks_computed_values_when_it_starts() {
+    let src = with_types(
+        r#"
+id: t
+import: [types.yaml]
+params: { i: any }
+steps:
+  - { id: e, type: video-encode, params: { uri: "s3://a", index: "${i}" } }
+outputs: { uri: "${uri@e}" }
+"#,
+    );
+    let mut src = src;
+    src.tests.insert(
+        "tests/t.toml".into(),
+        r#"
+[[test]]
+name = "the defaults fill the call, the type's retry applies"
+facts = [{ type = "Params", fields = { i = 3 } }]
+[[test.mock]]
+function = "media.encode"
+args = { uri = "s3://a", codec = "h264", index = 3 }
+answers = [{ error = { message = "busy", retryable = true } }, { returns = { uri = "s3://out" } }]
+[test.expect]
+status = "completed"
+result = { uri = "s3://out" }
+
+[[test]]
+name = "a computed param of the wrong type fails the step before the call"
+facts = [{ type = "Params", fields = { i = "three" } }]
+[test.expect]
+status = "failed"
+reason = "step e failed: param `index` of step type `video-encode` must be an int, not string"
+"#
+        .into(),
+    );
+    let failures = run_source(Path::new("inline"), src);
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn a_template_is_checked_in_its_file_and_where_it_is_used() {
+    let template = "id: etl-day\nparams: { table: string, limit: { type: int, default: 10 } }\nsteps:\n  - { id: x, function: etl.x }\noutputs: { rows: 1 }\n";
+    let broken = "id: broken\nsteps:\n  - { id: x, function: etl.x, depends_on: [y] }\n";
+    let imports: Imports = [
+        ("etl-day.yaml".to_string(), ("etl-day.yaml".into(), template.to_string())),
+        ("broken.yaml".to_string(), ("broken.yaml".into(), broken.to_string())),
+    ]
+    .into();
+    let src = Source {
+        path: "workflow.yaml".into(),
+        text: "id: w\nimport: [etl-day.yaml, broken.yaml]\nsteps:\n  - { id: a, type: etl-day, params: { limit: many } }\n".into(),
+        tests: Default::default(),
+        imports,
+    };
+    let (_, diags) = src.compile(Path::new("p"));
+    let text: Vec<String> = diags.iter().map(|d| src.render(d)).collect();
+    expect![[r#"
+        workflow.yaml:1:1: error[E0018]: the imported template `broken.yaml` has errors (shown at its lines)
+          |
+        1 | id: w
+          | ^
+        workflow.yaml:4:5: error[E0018]: step `a` lacks param `table`, which template `etl-day` requires (a string)
+          |
+        4 |   - { id: a, type: etl-day, params: { limit: many } }
+          |     ^
+        workflow.yaml:4:46: error[E0020]: param `limit` of template `etl-day` is an int, not a string
+          |
+        4 |   - { id: a, type: etl-day, params: { limit: many } }
+          |                                              ^
+        broken.yaml:3:44: error[E0018]: step `x` depends on `y`, which is not a step of this definition; did you mean `x`?
+          |
+        3 |   - { id: x, function: etl.x, depends_on: [y] }
+          |                                            ^"#]]
+    .assert_eq(&text.join("\n"));
 }

@@ -539,12 +539,13 @@ fn run_strategies_compile_to_the_manifest() {
         "id: s\nrun_strategy: { mode: parallel, limit: 3 }\nsteps:\n  - { id: a, type: noop }\n",
     );
     assert!(diags.is_empty(), "{diags:?}");
-    let (manifest, _) = def.expect("ok").emit();
+    let manifest = def.expect("ok").emit().pop().expect("a pack").manifest;
     assert!(manifest.ends_with("[run_strategy]\nmode = \"parallel\"\nlimit = 3\n"), "{manifest}");
     let source = crate::Source {
         path: "workflow.yaml".into(),
         text: "id: s\nrun_strategy: strict_sequential\nsteps:\n  - { id: a, type: noop }\n".into(),
         tests: Default::default(),
+        imports: Default::default(),
     };
     let (pack, _) = source.compile(Path::new("p"));
     let (compiled, diags) = stoa_rules::compile::compile(&pack.expect("compiles"));
@@ -604,6 +605,7 @@ fn run_inline_named(name: &str, text: &str, tests: &str) {
         path: name.into(),
         text: text.to_string(),
         tests: [(std::path::PathBuf::from("tests/t.toml"), tests.to_string())].into_iter().collect(),
+        imports: Default::default(),
     };
     let (pack, diags) = source.compile(Path::new("inline"));
     let pack = pack.unwrap_or_else(|| panic!("{diags:?}"));

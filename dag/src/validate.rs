@@ -20,6 +20,8 @@ pub struct Graph {
     pub deps: Vec<Vec<usize>>,
     /// Per step, whether each other step is upstream of it (transitively).
     pub upstream: Vec<Vec<bool>>,
+    /// The graphs of foreach bodies, by the foreach step's index.
+    pub bodies: HashMap<usize, Graph>,
 }
 
 /// Where a reference is: the node's position moved to the `${` in the
@@ -87,9 +89,12 @@ impl Ctx<'_, '_> {
                 }
                 Ref::Output { name, step } => {
                     let Some(&j) = self.index.get(step) else {
-                        let hint = closest(step, self.dag.steps.iter().map(|s| s.id.text.as_str()))
+                        let mut hint = closest(step, self.dag.steps.iter().map(|s| s.id.text.as_str()))
                             .map(|c| format!("; did you mean `{c}`?"))
                             .unwrap_or_default();
+                        if self.dag.iteration.is_some() {
+                            hint = format!(" in this foreach (its steps read their own steps' outputs; pass others in through the foreach step's `params`){hint}");
+                        }
                         self.r.error(
                             at,
                             Code::DagReference,
@@ -211,6 +216,7 @@ pub fn outputs_of(s: &Step) -> Vec<&str> {
     match s.ty {
         StepType::Noop => s.params.iter().map(|(n, _)| n.text.as_str()).collect(),
         StepType::Sleep => Vec::new(),
+        StepType::Foreach(_) => vec!["total", "succeeded", "failed"],
         _ => s.outputs.iter().map(|n| n.text.as_str()).collect(),
     }
 }
@@ -295,6 +301,18 @@ pub(crate) fn check(r: &mut Reader<'_>, map: &SourceMap, dag: &Dag) -> Graph {
             cx.refs_in_value(w, &reader, &|j| up[j]);
             cx.string_value(w, "the `workflow` of a subworkflow step");
         }
+        if let Some(f) = &s.facts {
+            cx.refs_in_value(f, &reader, &|j| up[j]);
+        }
+        if let StepType::Foreach(f) = &s.ty {
+            match &f.over {
+                crate::model::Over::List(o) => cx.refs_in_value(o, &reader, &|j| up[j]),
+                crate::model::Over::Range { from, to } => {
+                    cx.refs_in_value(from, &reader, &|j| up[j]);
+                    cx.refs_in_value(to, &reader, &|j| up[j]);
+                }
+            }
+        }
         if let (StepType::Sleep, Some((_, d))) = (&s.ty, s.params.iter().find(|(n, _)| n.text == "duration")) {
             cx.string_value(d, "the `duration` of a sleep step");
         }
@@ -335,7 +353,13 @@ pub(crate) fn check(r: &mut Reader<'_>, map: &SourceMap, dag: &Dag) -> Graph {
             }
         }
     }
-    Graph { index, deps, upstream }
+    let mut bodies = HashMap::new();
+    for (i, s) in dag.steps.iter().enumerate() {
+        if let StepType::Foreach(f) = &s.ty {
+            bodies.insert(i, check(cx.r, map, &f.body));
+        }
+    }
+    Graph { index, deps, upstream, bodies }
 }
 
 /// Steps in an order where each comes after its dependencies (steps on a

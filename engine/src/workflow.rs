@@ -210,6 +210,10 @@ pub struct Invocation {
     /// applies its answer, join that trace even after a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The function's `concurrency` in its pack: at most this many of the
+    /// tenant's calls of it run at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
 }
 
 /// What a waiting activation bound, slot by slot.
@@ -325,6 +329,9 @@ pub enum ErrorKind {
     Failed,
     /// An attempt ran past its start-to-close or heartbeat timeout.
     Timeout,
+    /// The worker running an attempt was lost (it crashed or disconnected)
+    /// as many times as the function's `max_lost` allows.
+    Lost,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -1251,11 +1258,13 @@ impl Workflow {
                         None => args,
                     };
                     let (timeout, heartbeat, retry) = (spec.timeout, spec.heartbeat, spec.retry.clone());
+                    let concurrency = spec.concurrency;
                     let options = CallOptions {
                         timeout_ms: Some(options.timeout_ms.unwrap_or(timeout.as_millis() as u64)),
                         ..options
                     };
-                    self.invoke(rule, function, args, options, heartbeat.as_millis() as u64, retry, bindings, matched);
+                    let limits = (heartbeat.as_millis() as u64, retry, concurrency);
+                    self.invoke(rule, function, args, options, limits, bindings, matched);
                 }
                 Effect::StartChild { pack, facts, options } => {
                     let mut ancestry = match &self.meta.origin {
@@ -1284,7 +1293,15 @@ impl Workflow {
                     let args = Value::Map(Arc::new(args));
                     // A child is started once; its own rules handle its failures.
                     let retry = RetryPolicy { max_attempts: 1, ..RetryPolicy::default() };
-                    self.invoke(rule, format!("{CHILD_PREFIX}{pack}"), args, options, 0, retry, bindings, matched);
+                    self.invoke(
+                        rule,
+                        format!("{CHILD_PREFIX}{pack}"),
+                        args,
+                        options,
+                        (0, retry, None),
+                        bindings,
+                        matched,
+                    );
                 }
                 Effect::Timer { id, due, ty, fields } => {
                     debug_assert_eq!(id, self.meta.next_timer);
@@ -1634,8 +1651,7 @@ impl Workflow {
         function: String,
         args: Value,
         options: CallOptions,
-        heartbeat_ms: u64,
-        retry: RetryPolicy,
+        (heartbeat_ms, retry, concurrency): (u64, RetryPolicy, Option<u32>),
         bindings: &[Binding],
         matched: &[(FactId, u32)],
     ) {
@@ -1653,6 +1669,7 @@ impl Workflow {
             rule: rule.name.clone(),
             created_ms: self.turn.now,
             traceparent: self.trace.clone(),
+            concurrency,
         };
         self.record(Event::Invoked(Box::new(timeline::Invoked {
             invocation: id,

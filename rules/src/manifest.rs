@@ -178,6 +178,10 @@ pub struct FunctionSpec {
     /// time (defaults filled in) before the call is made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<Schema>,
+    /// At most this many calls of the function running at once for the
+    /// tenant (across its workflows); none: as many as workers take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -189,6 +193,11 @@ pub struct RetryPolicy {
     #[serde(with = "millis")]
     pub max_backoff: Duration,
     pub multiplier: f64,
+    /// Attempts whose worker was lost (crashed, disconnected) after which
+    /// the invocation fails with kind `lost`; none: a lost attempt is
+    /// offered again without end, not counted against `max_attempts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lost: Option<u32>,
 }
 
 impl Default for RetryPolicy {
@@ -198,6 +207,7 @@ impl Default for RetryPolicy {
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
             multiplier: 2.0,
+            max_lost: None,
         }
     }
 }
@@ -419,6 +429,7 @@ struct RawFunction {
     /// The arguments' schema, written as a fact schema's fields.
     #[serde(default)]
     args: Option<toml::Spanned<RawFacts>>,
+    concurrency: Option<toml::Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -428,6 +439,7 @@ struct RawRetry {
     initial_backoff: Option<toml::Spanned<String>>,
     max_backoff: Option<toml::Spanned<String>>,
     multiplier: Option<f64>,
+    max_lost: Option<u32>,
 }
 
 /// An entry of `[facts]`: `strict = true`, or the schema of a type.
@@ -568,6 +580,7 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
             None => d,
             Some(r) => RetryPolicy {
                 max_attempts: r.max_attempts.unwrap_or(d.max_attempts).max(1),
+                max_lost: r.max_lost.map(|n| n.max(1)),
                 initial_backoff: r.initial_backoff.as_ref().and_then(duration).unwrap_or(d.initial_backoff),
                 max_backoff: r.max_backoff.as_ref().and_then(duration).unwrap_or(d.max_backoff),
                 multiplier: match r.multiplier {
@@ -610,7 +623,20 @@ pub fn parse_manifest(path: &Path, src: &str) -> Result<Manifest, Vec<Diagnostic
                 None
             }
         };
-        functions.insert(fname.clone(), FunctionSpec { timeout, heartbeat, retry, args });
+        let concurrency = match &f.concurrency {
+            None => None,
+            Some(c) if (1..=1_000_000).contains(c.get_ref()) => Some(*c.get_ref() as u32),
+            Some(c) => {
+                diags.borrow_mut().push(Diagnostic::error(
+                    path,
+                    at(c.span()),
+                    Code::Manifest,
+                    format!("function `{}`: concurrency must be from 1 to 1000000, not {}", shown(fname), c.get_ref()),
+                ));
+                None
+            }
+        };
+        functions.insert(fname.clone(), FunctionSpec { timeout, heartbeat, retry, args, concurrency });
     }
     let mut diags = diags.into_inner();
     let (facts, strict_facts) = fact_schemas(path, &map, &raw.facts, &mut diags);

@@ -364,7 +364,17 @@ impl pb::stoa_server::Stoa for StoaService {
         let t = tenant.clone();
         let dry_run = req.dry_run;
         let gate = (!req.force).then_some(mode);
-        let (pack, diags, changed) = detached(async move { rt.deploy(&t, files, dry_run, gate).await }).await?;
+        let (pack, diags, changed) = detached(async move {
+            // A definition (workflow.yaml or .json, no pack.toml) is
+            // compiled here; its foreach bodies' packs go first.
+            let mut packs = crate::definitions::expand(files)?;
+            let own = packs.pop().unwrap_or_default();
+            for body in packs {
+                rt.deploy(&t, body, dry_run, gate).await?;
+            }
+            rt.deploy(&t, own, dry_run, gate).await
+        })
+        .await?;
         let name = pack.manifest.name.clone();
         let stable =
             self.runtime.rollout_of(&tenant, &name).and_then(|r| self.runtime.pack_version(&tenant, &name, &r.stable));

@@ -4,46 +4,63 @@
 //! compile` would, so that programs can deploy a definition as JSON
 //! without the CLI. The definition file stays among the pack's files (the
 //! compiler reads `.rules` and tests only), so the deployed version keeps
-//! its source. A definition with an error is refused whole, with every
-//! diagnostic at its place in the definition, as INVALID_ARGUMENT.
+//! its source. A definition with foreach blocks or templates is several
+//! packs, deployed in order (bodies first) as the CLI does. A definition
+//! with an error is refused whole, with every diagnostic at its place in
+//! the definition, as INVALID_ARGUMENT.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use stoa_rules::diagnostic::SourceMap;
-
 use crate::error::ApiError;
 
-/// The files of the pack to compile: `files` themselves, or those a
-/// definition among them compiles to.
-pub(crate) fn expand(files: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ApiError> {
+/// The packs to deploy, in order: `files` themselves, or the packs a
+/// definition among them compiles to (its foreach bodies and templates
+/// first, its own last). The request's other `.yaml` and `.json` files are
+/// what the definition may `import`.
+pub(crate) fn expand(files: BTreeMap<String, String>) -> Result<Vec<BTreeMap<String, String>>, ApiError> {
     if files.contains_key("pack.toml") {
-        return Ok(files);
+        return Ok(vec![files]);
     }
     let Some(name) = [stoa_dag::FILE, stoa_dag::JSON_FILE].into_iter().find(|f| files.contains_key(*f)) else {
-        return Ok(files);
+        return Ok(vec![files]);
     };
     let tests: BTreeMap<PathBuf, String> = files
         .iter()
         .filter(|(p, _)| p.starts_with("tests/") && p.ends_with(".toml"))
         .map(|(p, t)| (PathBuf::from(p), t.clone()))
         .collect();
-    let text = files[name].clone();
-    let source = stoa_dag::Source { path: PathBuf::from(name), text, tests };
-    let (pack, diags) = source.compile(Path::new(""));
-    let Some(pack) = pack else {
-        let map = SourceMap::new(&source.text);
-        let errors: Vec<String> = diags.iter().filter(|d| d.is_error()).map(|d| d.render_in(Some(&map))).collect();
+    let imports: stoa_dag::Imports = files
+        .iter()
+        .filter(|(p, _)| p.as_str() != name && (p.ends_with(".yaml") || p.ends_with(".json")))
+        .map(|(p, t)| (p.clone(), (PathBuf::from(p), t.clone())))
+        .collect();
+    let source = stoa_dag::Source { path: PathBuf::from(name), text: files[name].clone(), tests, imports };
+    let (packs, diags) = source.compile_all(Path::new(""));
+    let Some(packs) = packs else {
+        let errors: Vec<String> = diags.iter().filter(|d| d.is_error()).map(|d| source.render(d)).collect();
         return Err(ApiError::InvalidArgument(format!(
             "the definition has {} error(s); nothing was deployed\n{}",
             errors.len(),
             errors.join("\n\n")
         )));
     };
-    let mut out: BTreeMap<String, String> =
-        pack.files.into_iter().map(|(p, t)| (p.to_string_lossy().replace('\\', "/"), t)).collect();
-    out.insert(name.to_string(), source.text);
-    Ok(out)
+    let last = packs.len().saturating_sub(1);
+    Ok(packs
+        .into_iter()
+        .enumerate()
+        .map(|(i, pack)| {
+            let mut out: BTreeMap<String, String> = pack
+                .files
+                .into_iter()
+                .map(|(p, t)| (p.strip_prefix(&pack.root).unwrap_or(&p).to_string_lossy().replace('\\', "/"), t))
+                .collect();
+            if i == last {
+                out.insert(name.to_string(), source.text.clone());
+            }
+            out
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -59,7 +76,14 @@ mod tests {
         )]
         .into();
         let out = expand(files).unwrap();
-        assert_eq!(out.keys().collect::<Vec<_>>(), ["pack.toml", "workflow.json", "workflow.rules"]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].keys().collect::<Vec<_>>(), ["pack.toml", "workflow.json", "workflow.rules"]);
+        let foreach = r#"{"id": "f", "params": {"xs": {"type": "list", "default": [1, 2]}},
+            "steps": [{"id": "each", "foreach": {"over": "${xs}", "as": "x", "steps": [{"id": "a", "type": "noop"}]}}]}"#;
+        let packs = expand([("workflow.json".to_string(), foreach.to_string())].into()).unwrap();
+        let names: Vec<bool> = packs.iter().map(|p| p.contains_key("workflow.json")).collect();
+        assert_eq!(names, [false, true], "the body's pack first, then the definition's own with its source");
+        assert!(packs[0]["pack.toml"].contains("name = \"f.each\""), "{}", packs[0]["pack.toml"]);
         let bad: BTreeMap<String, String> = [(
             "workflow.json".to_string(),
             "{\"id\": \"j\",\n \"steps\": [{\"id\": \"a\", \"tpye\": \"noop\"}]}".to_string(),

@@ -121,6 +121,9 @@ struct Dispatcher {
     sessions: BTreeMap<SessionId, Session>,
     tenant_in_flight: HashMap<String, usize>,
     function_in_flight: HashMap<String, usize>,
+    /// Per tenant and function, calls running: against the pack's
+    /// `concurrency` of the function (which its invocations carry).
+    tenant_function_in_flight: HashMap<(String, String), usize>,
     pending: Arc<DashMap<String, AtomicUsize>>,
     seq: u64,
     /// Each ends with the invocation whose outcome it applied (or gave up
@@ -156,6 +159,7 @@ pub async fn run(
         sessions: BTreeMap::new(),
         tenant_in_flight: HashMap::new(),
         function_in_flight: HashMap::new(),
+        tenant_function_in_flight: HashMap::new(),
         pending: handle.pending.clone(),
         seq: 0,
         deliveries: JoinSet::new(),
@@ -280,6 +284,20 @@ impl Dispatcher {
                     let mut lost: Vec<InvocationId> = s.in_flight.into_iter().collect();
                     lost.sort_unstable();
                     for id in lost {
+                        // Past the function's `max_lost`, a lost attempt
+                        // is the invocation's failure, of kind `lost`: a
+                        // poison input that kills every worker ends.
+                        let over = self.items.get(&id).and_then(|i| {
+                            let times = i.attempt.saturating_sub(i.failures);
+                            i.inv.retry.max_lost.filter(|m| times >= *m).map(|_| times)
+                        });
+                        if let Some((times, item)) = over.and_then(|t| self.items.remove(&id).map(|i| (t, i))) {
+                            let (t, f) = (item.tenant.clone(), item.inv.function.clone());
+                            self.dec_in_flight(&t, &f);
+                            let message = format!("the worker running it was lost {times} time(s), as many as the function's max_lost allows");
+                            self.fail(item, ErrorKind::Lost, message, false);
+                            continue;
+                        }
                         if let Some(item) = self.items.get_mut(&id) {
                             let made = Attempts { made: item.attempt, failures: item.failures, retry_at_ms: 0 };
                             self.committer.record_attempts(id.clone(), made);
@@ -473,6 +491,13 @@ impl Dispatcher {
         }
         if let Some(n) = self.function_in_flight.get_mut(function) {
             *n = n.saturating_sub(1);
+        }
+        let key = (tenant.to_string(), function.to_string());
+        if let Some(n) = self.tenant_function_in_flight.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.tenant_function_in_flight.remove(&key);
+            }
         }
     }
 
@@ -701,6 +726,7 @@ impl Dispatcher {
                     workflow_id: item.inv.workflow.to_string(),
                     traceparent,
                 });
+                *self.tenant_function_in_flight.entry((tenant.clone(), function.clone())).or_default() += 1;
                 *self.tenant_in_flight.entry(tenant).or_default() += 1;
                 *self.function_in_flight.entry(function).or_default() += 1;
                 self.sessions.get_mut(&sid).expect("session").in_flight.insert(id);
@@ -748,6 +774,13 @@ impl Dispatcher {
                 q.pop();
             }
             if let Some(top) = q.peek() {
+                // The pack's own cap on the function, for this tenant (the
+                // first queued call's: packs that call it may differ).
+                let cap = self.items.get(&top.2).and_then(|i| i.inv.concurrency);
+                let running = self.tenant_function_in_flight.get(&key).copied().unwrap_or(0);
+                if cap.is_some_and(|c| running >= c as usize) {
+                    continue;
+                }
                 if best.as_ref().is_none_or(|(b, _)| top > b) {
                     best = Some((top.clone(), key));
                 }

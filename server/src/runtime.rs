@@ -367,7 +367,6 @@ impl Runtime {
         let compiled = self
             .pool
             .run(tenant, move || {
-                let files = crate::definitions::expand(files)?;
                 let src = source_of(&files);
                 let ceilings = Ceilings { limits: &rt.policy(&t).ceilings, owner: &owner, reject_explicit: true };
                 let (pack, diags) = (rt.opts.compile)(&src, &ceilings);

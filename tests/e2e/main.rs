@@ -11,6 +11,7 @@ mod cluster;
 mod console;
 mod crash;
 mod dag_ops;
+mod dags;
 mod docs;
 mod examples;
 mod explain;

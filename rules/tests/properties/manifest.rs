@@ -343,6 +343,7 @@ fn retry_backoff_is_bounded_for_any_policy() {
             initial_backoff: Duration::from_millis(initial),
             max_backoff: Duration::from_millis(max),
             multiplier,
+            max_lost: None,
         };
         let b = r.backoff(attempt);
         prop_assert!(b <= r.max_backoff.max(r.initial_backoff));
