@@ -615,3 +615,61 @@ fn run_inline_named(name: &str, text: &str, tests: &str) {
     let failures: Vec<String> = reports.iter().filter(|r| !r.passed()).map(|r| r.failures.join("\n")).collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn a_typed_steps_computed_params_are_checked_against_its_type_when_it_starts() {
+    let types = "description: t\ntypes:\n  enc:\n    function: media.encode\n    params:\n      uri: string\n      index: int\n";
+    let yaml = r#"
+id: typed
+import: [types.yaml]
+params:
+  n: { type: int, default: 2 }
+steps:
+  - { id: a, type: noop, params: { i: 3, s: "x" } }
+  - id: enc
+    type: enc
+    depends_on: [a]
+    params: { uri: "${{ \"s3://\" + ${s@a} }}", index: "${{ ${i@a} * ${n} }}" }
+  - id: bad
+    type: enc
+    depends_on: [enc]
+    params: { uri: "u", index: "${{ ${s@a} + 1 }}" }
+"#;
+    let source = crate::Source {
+        path: "workflow.yaml".into(),
+        text: yaml.to_string(),
+        tests: [(
+            std::path::PathBuf::from("tests/t.toml"),
+            r#"
+[[test]]
+name = "the computed int passes its type, the computed string does not"
+[[test.mock]]
+function = "media.encode"
+args = { uri = "s3://x", index = 6 }
+returns = {}
+[test.expect]
+status = "failed"
+reason = "step bad failed: param `index` of step type `enc` must be an int, not string"
+calls = { "media.encode" = 1 }
+"#
+            .to_string(),
+        )]
+        .into_iter()
+        .collect(),
+        imports: [("types.yaml".to_string(), (std::path::PathBuf::from("types.yaml"), types.to_string()))]
+            .into_iter()
+            .collect(),
+    };
+    let (pack, diags) = source.compile(Path::new("inline"));
+    let pack =
+        pack.unwrap_or_else(|| panic!("{}", diags.iter().map(|d| source.render(d)).collect::<Vec<_>>().join("\n")));
+    let (compiled, diags) = stoa_rules::compile::compile(&pack);
+    let compiled = std::sync::Arc::new(compiled.unwrap_or_else(|| panic!("{diags:?}")));
+    let reports = stoa_engine::harness::run_tests(&compiled, None);
+    let failures: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| format!("{}\n{}", r.failures.join("\n"), r.timeline_excerpt(40).join("\n")))
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

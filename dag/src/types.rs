@@ -158,7 +158,9 @@ pub(crate) fn apply(
         let computed = matches!(&value.kind, Kind::Scalar(Scalar::Str(s)) if s.contains("${"));
         if computed {
             // Text around a reference is a string whatever it reads.
-            let lone = matches!(&value.kind, Kind::Scalar(Scalar::Str(s)) if s.trim_start().starts_with("${") && s.trim_end().ends_with('}') && s.matches("${").count() == 1);
+            // A lone reference or `${{ expression }}` keeps its value's type.
+            let lone = matches!(&value.kind, Kind::Scalar(Scalar::Str(s))
+                if matches!(crate::expr::pieces(s).as_deref(), Ok([crate::expr::Piece::Ref(..) | crate::expr::Piece::Expr(..)])));
             if lone && decl.ty != ParamType::Any {
                 checks.push((name.text.clone(), decl.ty));
             } else if !lone && !matches!(decl.ty, ParamType::String | ParamType::Any) {
