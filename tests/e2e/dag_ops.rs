@@ -240,3 +240,34 @@ fn a_first_only_signal_trigger_drops_a_start_while_one_runs() {
     let stderr = String::from_utf8_lossy(&err.stderr);
     assert!(!err.status.success() && stderr.contains("first_only: this start is dropped"), "{stderr}");
 }
+
+/// One foreach iteration restarted: an iteration is a workflow of the
+/// body's pack, so it restarts like any run, on the fixed version.
+#[test]
+fn one_failed_foreach_iteration_restarts_on_its_own() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&tmp.path().join("data"));
+    let cli = Cli { conn: vec!["--server".into(), server.addr.clone(), "--token".into(), TOKEN_A.into()] };
+    let v1 = "id: fan\nparams: { d: { type: int, default: 2 } }\nsteps:\n  - id: each\n    foreach:\n      range: { to: 4 }\n      on_failure: continue\n      steps:\n        - { id: calc, type: noop, params: { q: \"${{ 12 / (${index} - ${d}) }}\" } }\n";
+    let dir = write(&tmp.path().join("fan"), v1);
+    cli.run(&["deploy", &dir]);
+    let wf = cli.json(&["start", "fan", "--facts", r#"{"type": "Params", "fields": {}}"#])["workflow_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let w = cli.settled(&wf, "failed");
+    assert!(w["reason"].as_str().is_some_and(|r| r.starts_with("step each failed: 1 of 4 iterations failed")), "{w}");
+    let failed = cli.run(&["ls", "--pack", "fan.each", "--status", "failed"]);
+    let it = failed.lines().nth(1).and_then(|l| l.split_whitespace().next()).expect("the failed iteration").to_string();
+    // Fixed, deployed (the body's pack gets version 2), and that one
+    // iteration restarted: the other three are not run again.
+    write(&tmp.path().join("fan"), &v1.replace("- ${d}", "+ ${d}").replace("id: fan\n", "id: fan\nversion: \"2\"\n"));
+    cli.run(&["deploy", &dir]);
+    let again = cli.json(&["dag", "restart", &it])["workflow_id"].as_str().expect("id").to_string();
+    let done = cli.settled(&again, "completed");
+    assert_eq!(done["pack_version"], "2", "{done}");
+    let runs = cli.json(&["dag", "runs", &again]);
+    assert_eq!(runs["runs"].as_array().map(Vec::len), Some(2), "{runs}");
+    let all = cli.run(&["ls", "--pack", "fan.each"]);
+    assert_eq!(all.lines().count() - 1, 5, "4 iterations and 1 restart: {all}");
+}
