@@ -1492,6 +1492,22 @@ impl Runtime {
         self.store.workflows(&format!("{}{tenant}.", WorkflowId::PREFIX), after, limit).map_err(ApiError::from)
     }
 
+    /// A page of the tenant's workflows newest first, from the store's list
+    /// index: whatever `q.tenant` says, only `tenant`'s.
+    pub fn list_page(&self, tenant: &str, q: &stoa_engine::store::ListQuery<'_>) -> Result<Vec<Meta>, ApiError> {
+        let q = stoa_engine::store::ListQuery { tenant, ..q.clone() };
+        self.store.list(&q).map_err(ApiError::from)
+    }
+
+    /// How many workflows of the tenant's family there are, per status.
+    pub fn list_counts(
+        &self,
+        tenant: &str,
+        family: stoa_engine::store::Family<'_>,
+    ) -> Result<stoa_engine::store::ListCounts, ApiError> {
+        self.store.list_counts(tenant, family).map_err(ApiError::from)
+    }
+
     /// `list` of the workflows whose key (the id after `wf_<tenant>.`)
     /// starts with `key_prefix`: a search by id prefix reads only those.
     pub fn list_prefix(

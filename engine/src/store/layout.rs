@@ -11,7 +11,8 @@
 //! starts, `c/<wf>/<due ms hex>` the timers due at one instant (they fire
 //! in one turn, which deletes one record), `x/<kind>/<key>` server records
 //! (see `Store::put_aux`),
-//! `p/<tenant>/<pack>/<seq hex>` deployed packs.
+//! `p/<tenant>/<pack>/<seq hex>` deployed packs; `l/`, `n/` and `i/list`
+//! the list index (see `index`).
 
 use serde::{Deserialize, Serialize};
 
@@ -117,7 +118,7 @@ pub(super) fn count_writes(turns: &[Commit<'_>]) -> usize {
         .iter()
         .map(|c| {
             let out = c.output;
-            usize::from(out.meta.is_some())
+            usize::from(out.meta.is_some()) * (1 + super::index::WRITES_PER_META)
                 + usize::from(out.meta.as_ref().is_some_and(|m| m.status.is_finished()))
                 + out.facts_put.len()
                 + out.facts_deleted.len()

@@ -10,12 +10,14 @@
 pub mod codec;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod index;
 mod layout;
 #[cfg(any(test, feature = "mem"))]
 mod mem;
 #[cfg(feature = "sled")]
 mod sled_store;
 
+pub use index::{Family, ListCounts, ListQuery, ListStatus};
 pub use layout::{decode_run, encode_run, timeline_runs, turn_writes, Write};
 #[cfg(any(test, feature = "mem"))]
 pub use mem::{Fault, FaultHook, Image, MemStore, Op};
@@ -148,6 +150,13 @@ pub trait Store: Send + Sync {
     /// Metadata of workflows whose id starts with `prefix`, in id order,
     /// after `after` (exclusive), at most `limit`.
     fn workflows(&self, prefix: &str, after: Option<&WorkflowId>, limit: usize) -> Result<Vec<Meta>, Error>;
+
+    /// A page of a tenant's workflows, newest first, from the list index
+    /// (`index`): reads the page, not the workflows before it.
+    fn list(&self, q: &ListQuery<'_>) -> Result<Vec<Meta>, Error>;
+
+    /// How many workflows of a tenant's family there are, per status.
+    fn list_counts(&self, tenant: &str, family: Family<'_>) -> Result<ListCounts, Error>;
 
     /// Stores a deployed pack version (durably).
     fn put_pack(&self, pack: &PackRecord) -> Result<(), Error>;

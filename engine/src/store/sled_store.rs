@@ -42,6 +42,7 @@ use crate::timeline::Entry;
 use crate::workflow::{Invocation, Meta, Snapshot, Timer, Waiting};
 
 use super::codec::{decode, encode, FORMAT};
+use super::index::{self, Counts, Family, ListCounts, ListQuery};
 use super::layout::{batches, count_writes, decode_run, each_write, finished_id, finished_key, key, workflow_prefixes};
 use super::{Attempts, Commit, Error, Health, HealthWatcher, PackRecord, Parts, Store};
 
@@ -80,6 +81,9 @@ struct Shared {
     closed: Mutex<bool>,
     wake: Condvar,
     watchers: Mutex<Vec<HealthWatcher>>,
+    /// Held by the writers of the list index's counts (commits and
+    /// retention's deletes), which read them, then write them.
+    index: Mutex<()>,
     /// Heal attempts that fail on purpose (tests of the backoff).
     #[cfg(test)]
     refuse_heals: std::sync::atomic::AtomicU32,
@@ -199,8 +203,70 @@ impl Handles {
             tracing::info!("completing a large commit cut short");
             h.apply_in_batches(&decode_journal(&k, &v)?, &k)?;
         }
+        if h.tree.get(index::MARKER).map_err(io)?.is_none() {
+            h.build_index()?;
+        }
         h.db.flush().map_err(io)?;
         Ok(h)
+    }
+
+    /// Builds the list index from the metas, for a store an older build
+    /// wrote. From scratch each time (a build a crash cut short left no
+    /// marker), in bounded batches; the marker goes with the counts, last.
+    fn build_index(&self) -> Result<(), Error> {
+        let metas = self.tree.scan_prefix(b"m/").count();
+        if metas > 0 {
+            tracing::info!(workflows = metas, "building the workflow list index");
+        }
+        let mut batch = sled::Batch::default();
+        let mut writes = 0;
+        for prefix in [&b"l/"[..], b"n/"] {
+            for k in self.tree.scan_prefix(prefix).keys() {
+                batch.remove(k.map_err(io)?);
+                writes += 1;
+                if writes == MAX_BATCH_WRITES {
+                    self.tree.apply_batch(std::mem::take(&mut batch)).map_err(io)?;
+                    writes = 0;
+                }
+            }
+        }
+        let mut counts: std::collections::BTreeMap<Vec<u8>, u64> = Default::default();
+        for kv in self.tree.scan_prefix(b"m/") {
+            let (k, v) = kv.map_err(io)?;
+            let meta: Meta = decode(&k, &v)?;
+            let wf = meta.id.as_str();
+            let has = |kind: &str| -> Result<bool, Error> {
+                Ok(self.tree.scan_prefix(key(&[kind, wf, ""])).next().transpose().map_err(io)?.is_some())
+            };
+            let (waiting, timers) = (has("w")?, has("c")?);
+            let meta = index::with_stored_waits(meta, waiting, timers);
+            for (rec, count) in index::placement(&meta) {
+                batch.insert(rec, encode(&()));
+                *counts.entry(count).or_default() += 1;
+                writes += 1;
+            }
+            if writes >= MAX_BATCH_WRITES {
+                self.tree.apply_batch(std::mem::take(&mut batch)).map_err(io)?;
+                self.db.flush().map_err(io)?;
+                writes = 0;
+            }
+        }
+        self.tree.apply_batch(std::mem::take(&mut batch)).map_err(io)?;
+        for (k, n) in counts {
+            batch.insert(k, encode(&n));
+        }
+        batch.insert(index::MARKER, encode(&index::VERSION));
+        self.tree.apply_batch(batch).map_err(io)?;
+        Ok(())
+    }
+
+    fn stored_meta(&self, id: &WorkflowId) -> Result<Option<Meta>, Error> {
+        let mk = key(&["m", id.as_str()]);
+        self.tree.get(&mk).map_err(io)?.map(|v| decode(&mk, &v)).transpose()
+    }
+
+    fn count(&self, k: &[u8]) -> Result<u64, Error> {
+        index::decode_count(k, self.tree.get(k).map_err(io)?.as_deref())
     }
 
     /// A write and a flush: whether the store can write again.
@@ -277,6 +343,7 @@ impl SledStore {
             closed: Mutex::new(false),
             wake: Condvar::new(),
             watchers: Mutex::new(Vec::new()),
+            index: Mutex::new(()),
             #[cfg(test)]
             refuse_heals: Default::default(),
         });
@@ -453,10 +520,22 @@ impl Store for SledStore {
     }
 
     fn commit(&self, turns: &[Commit<'_>]) -> Result<(), Error> {
+        let _index = self.shared.index.lock().unwrap_or_else(PoisonError::into_inner);
         self.with(|h| {
             for group in batches(turns, MAX_BATCH_WRITES) {
                 if count_writes(group) <= MAX_BATCH_WRITES {
                     let mut batch = sled::Batch::default();
+                    // Read before the batch applies: where each workflow
+                    // was filed until now.
+                    index::index_writes(
+                        group,
+                        |id| h.stored_meta(id),
+                        |k| h.count(k),
+                        |k, v| match v {
+                            Some(v) => batch.insert(k, v),
+                            None => batch.remove(k),
+                        },
+                    )?;
                     each_write(group, |k, v| match v {
                         Some(v) => batch.insert(k, v),
                         None => batch.remove(k),
@@ -467,6 +546,12 @@ impl Store for SledStore {
                     // journal is flushed; the batches after it only spread
                     // the writes out.
                     let mut journal = vec![FORMAT];
+                    index::index_writes(
+                        group,
+                        |id| h.stored_meta(id),
+                        |k| h.count(k),
+                        |k, v| push_write(&mut journal, &k, v.as_deref()),
+                    )?;
                     each_write(group, |k, v| push_write(&mut journal, &k, v.as_deref()));
                     let journal = sled::IVec::from(journal);
                     let jkey = h.next_journal.fetch_add(1, Ordering::Relaxed).to_be_bytes();
@@ -507,6 +592,36 @@ impl Store for SledStore {
                 None => key(&["m", prefix]),
             };
             h.range(start, &key(&["m", prefix]), limit)
+        })
+    }
+
+    fn list(&self, q: &ListQuery<'_>) -> Result<Vec<Meta>, Error> {
+        self.with(|h| {
+            let (low, high) = index::page_range(q);
+            let mut out = Vec::new();
+            for k in h.tree.range(low.as_slice()..high.as_slice()).keys().rev() {
+                if out.len() >= q.limit {
+                    break;
+                }
+                let k = k.map_err(io)?;
+                let id = index::id_of(&k).ok_or_else(|| Error::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: "not a list index key".into(),
+                })?;
+                // Written in the same batch as its record: absent only
+                // if both are.
+                if let Some(m) = h.stored_meta(&id)? {
+                    out.push(m);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn list_counts(&self, tenant: &str, family: Family<'_>) -> Result<ListCounts, Error> {
+        self.with(|h| {
+            let values = index::count_keys(tenant, family).iter().map(|k| h.count(k)).collect::<Result<Vec<_>, _>>()?;
+            Ok(index::counts_from(&values))
         })
     }
 
@@ -622,8 +737,10 @@ impl Store for SledStore {
     }
 
     fn delete_finished(&self, ids: &[WorkflowId]) -> Result<usize, Error> {
+        let _index = self.shared.index.lock().unwrap_or_else(PoisonError::into_inner);
         self.with(|h| {
             let mut batch = sled::Batch::default();
+            let mut counts = Counts::default();
             let (mut writes, mut deleted) = (0, 0);
             for id in ids {
                 let mk = key(&["m", id.as_str()]);
@@ -647,14 +764,29 @@ impl Store for SledStore {
                         keys.push(k.map_err(io)?.to_vec());
                     }
                 }
-                if writes > 0 && writes + keys.len() > MAX_BATCH_WRITES {
+                if writes > 0 && writes + keys.len() + index::WRITES_PER_META > MAX_BATCH_WRITES {
+                    counts.write(
+                        |k| h.count(k),
+                        |k, v| match v {
+                            Some(v) => batch.insert(k, v),
+                            None => batch.remove(k),
+                        },
+                    )?;
                     h.tree.apply_batch(std::mem::take(&mut batch)).map_err(io)?;
                     writes = 0;
                 }
-                writes += keys.len();
+                writes += keys.len() + index::WRITES_PER_META;
                 keys.into_iter().for_each(|k| batch.remove(k));
+                index::refile(&index::placement(&meta), &[], &mut counts, |k, _| batch.remove(k));
                 deleted += 1;
             }
+            counts.write(
+                |k| h.count(k),
+                |k, v| match v {
+                    Some(v) => batch.insert(k, v),
+                    None => batch.remove(k),
+                },
+            )?;
             h.tree.apply_batch(batch).map_err(io)?;
             Ok(deleted)
         })
@@ -815,6 +947,61 @@ mod tests {
         assert!(wf.apply(Input::Result { invocation: inv, outcome: ok() }, 3).is_err());
     }
 
+    /// A store written before the list index has none: opening it builds
+    /// one from the metas (a running workflow's waits from its records),
+    /// which answers as if it had been kept all along.
+    #[test]
+    fn opening_a_store_without_a_list_index_builds_it() {
+        use crate::store::{Family, ListQuery, ListStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let p = pack(RULES, "");
+        let (mut a, mut b) =
+            (Workflow::new(WorkflowId::new("wf_t.a"), p.clone(), 1), Workflow::new(WorkflowId::new("wf_t.b"), p, 2));
+        let page = |s: &SledStore, status| {
+            let q = ListQuery {
+                tenant: "t",
+                family: Family::Pack("test"),
+                status,
+                since_ms: None,
+                until_ms: None,
+                before: None,
+                limit: 10,
+            };
+            let ids: Vec<String> = s.list(&q).unwrap().into_iter().map(|m| m.id.to_string()).collect();
+            (ids, s.list_counts("t", Family::All).unwrap())
+        };
+        let before = {
+            let store = SledStore::open(dir.path(), 8).unwrap();
+            let out = a.apply(Input::Start { facts: chunks(1) }, 1).unwrap();
+            commit(&store, &a, &out);
+            let out = b.apply(Input::Start { facts: vec![] }, 2).unwrap();
+            commit(&store, &b, &out);
+            let before = (page(&store, None), page(&store, Some(ListStatus::WaitingInvocation)));
+            // As an older build left it: no index, metas without waits.
+            store
+                .with(|h| {
+                    for k in h.tree.iter().keys() {
+                        let k = k.map_err(io)?;
+                        if k.starts_with(b"l/") || k.starts_with(b"n/") || &*k == index::MARKER {
+                            h.tree.remove(k).map_err(io)?;
+                        } else if k.starts_with(b"m/") {
+                            let mut m: Meta = decode(&k, &h.tree.get(&k).map_err(io)?.unwrap())?;
+                            m.waiting = 0;
+                            h.tree.insert(k, encode(&m)).map_err(io)?;
+                        }
+                    }
+                    h.db.flush().map_err(io)
+                })
+                .unwrap();
+            assert!(page(&store, None).0.is_empty());
+            before
+        };
+        let store = SledStore::open(dir.path(), 8).unwrap();
+        assert_eq!((page(&store, None), page(&store, Some(ListStatus::WaitingInvocation))), before);
+        assert_eq!(before.1 .0, ["wf_t.a"]);
+        assert_eq!(before.0 .0, ["wf_t.b", "wf_t.a"]);
+    }
+
     #[test]
     fn a_commit_past_the_batch_bound_goes_through_the_journal() {
         let dir = tempfile::tempdir().unwrap();
@@ -825,7 +1012,9 @@ mod tests {
         let turns = [Commit { workflow: &id, output: &out, request_id: Some("req"), epoch: None }];
         let mut all: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         each_write(&turns, |k, v| all.push((k, v)));
-        assert_eq!(all.len(), count_writes(&turns));
+        index::index_writes(&turns, |_| Ok(None), |_| Ok(0), |k, v| all.push((k, v))).unwrap();
+        // The bound also reserves room for the list index's writes.
+        assert!(all.len() <= count_writes(&turns));
         assert!(all.len() > MAX_BATCH_WRITES, "{} writes", all.len());
         let mut journal = vec![FORMAT];
         for (k, v) in &all {
