@@ -72,6 +72,13 @@ impl ListStatus {
         ListStatus::ALL.into_iter().find(|l| l.as_str() == s)
     }
 
+    /// Whether every workflow with status `other` has this one too.
+    pub fn includes(self, other: ListStatus) -> bool {
+        self == other
+            || (self == ListStatus::Running
+                && matches!(other, ListStatus::WaitingInvocation | ListStatus::WaitingTimer))
+    }
+
     /// Whether a workflow with this meta has this status.
     pub fn has(self, m: &Meta) -> bool {
         match self {

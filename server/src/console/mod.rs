@@ -48,14 +48,13 @@ pub(crate) struct Console {
     pub schedules: Arc<Scheduler>,
     pub auth: Auth,
     pub sessions: Sessions,
-    pub counts: workflows::CountCache,
     /// Cancelled at the server's stop: event streams end with it.
     pub stop: CancellationToken,
 }
 
 impl Console {
     pub fn new(runtime: Arc<Runtime>, schedules: Arc<Scheduler>, auth: Auth, stop: CancellationToken) -> Arc<Console> {
-        Arc::new(Console { runtime, schedules, auth, sessions: Sessions::default(), counts: Default::default(), stop })
+        Arc::new(Console { runtime, schedules, auth, sessions: Sessions::default(), stop })
     }
 }
 
@@ -69,6 +68,7 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/logout", post(logout))
         .route("/workflows", get(workflows::list))
         .route("/workflows/cancel", post(workflows::cancel_many))
+        .route("/workflows/signal", post(workflows::signal_many))
         .route("/workflows/{id}", get(workflows::show))
         .route("/workflows/{id}/events", get(workflows::events))
         .route("/workflows/{id}/cancel", post(workflows::cancel))
