@@ -1000,6 +1000,23 @@ impl Store for PgStore {
         })
     }
 
+    fn requests(&self, prefix: &str, limit: usize) -> Result<Vec<(String, WorkflowId)>, Error> {
+        let (from, end, limit) = (prefix.to_string(), prefix_end(prefix), int(limit as u64));
+        self.call(move |client| async move {
+            let rows = match &end {
+                Some(end) => {
+                    let sql = "SELECT key, wf FROM requests WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3";
+                    client.query(&client.prepare_cached(sql).await?, &[&from, end, &limit]).await?
+                }
+                None => {
+                    let sql = "SELECT key, wf FROM requests WHERE key >= $1 ORDER BY key LIMIT $2";
+                    client.query(&client.prepare_cached(sql).await?, &[&from, &limit]).await?
+                }
+            };
+            Ok(rows.iter().map(|r| (r.get::<_, String>(0), WorkflowId::new(r.get::<_, &str>(1)))).collect())
+        })
+    }
+
     fn pending(&self, id: &InvocationId) -> Result<bool, Error> {
         let Some(wf) = id.workflow() else { return Ok(false) };
         let (wf, inv) = (wf.as_str().to_string(), id.as_str().to_string());

@@ -1492,6 +1492,34 @@ impl Runtime {
         self.store.workflows(&format!("{}{tenant}.", WorkflowId::PREFIX), after, limit).map_err(ApiError::from)
     }
 
+    /// The meta of one of the tenant's workflows, without its facts.
+    pub fn meta_of(&self, tenant: &str, id: &WorkflowId) -> Result<Option<Meta>, ApiError> {
+        if tenant_of(id) != tenant {
+            return Ok(None);
+        }
+        let metas = self.store.workflows(id.as_str(), None, 1).map_err(ApiError::from)?;
+        Ok(metas.into_iter().next().filter(|m| m.id == *id))
+    }
+
+    /// The children a workflow started (at most `limit`): the workflows of
+    /// the requests `child:<its invocation ids>`.
+    pub fn children_of(&self, tenant: &str, id: &WorkflowId, limit: usize) -> Result<Vec<Meta>, ApiError> {
+        if tenant_of(id) != tenant {
+            return Ok(Vec::new());
+        }
+        // `InvocationId::of` without the counter: the prefix of them all.
+        let invs = format!("inv_{}.", &id.as_str()[WorkflowId::PREFIX.len()..]);
+        let requests = self.store.requests(&format!("{tenant}/child:{invs}"), limit).map_err(ApiError::from)?;
+        let mut out = Vec::new();
+        for (_, child) in requests {
+            if let Some(m) = self.meta_of(tenant, &child)? {
+                out.push(m);
+            }
+        }
+        out.sort_by_key(|m| m.created_ms);
+        Ok(out)
+    }
+
     /// A page of the tenant's workflows newest first, from the store's list
     /// index: whatever `q.tenant` says, only `tenant`'s.
     pub fn list_page(&self, tenant: &str, q: &stoa_engine::store::ListQuery<'_>) -> Result<Vec<Meta>, ApiError> {

@@ -62,6 +62,9 @@ impl Store for Gate {
     fn list(&self, q: &stoa_engine::store::ListQuery<'_>) -> Result<Vec<Meta>, Error> {
         self.inner.list(q)
     }
+    fn requests(&self, prefix: &str, limit: usize) -> Result<Vec<(String, WorkflowId)>, Error> {
+        self.inner.requests(prefix, limit)
+    }
     fn list_counts(
         &self,
         tenant: &str,
@@ -295,6 +298,9 @@ impl Store for Flaky {
     }
     fn list(&self, q: &stoa_engine::store::ListQuery<'_>) -> Result<Vec<Meta>, Error> {
         self.inner.list(q)
+    }
+    fn requests(&self, prefix: &str, limit: usize) -> Result<Vec<(String, WorkflowId)>, Error> {
+        self.inner.requests(prefix, limit)
     }
     fn list_counts(
         &self,

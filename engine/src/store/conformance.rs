@@ -388,6 +388,10 @@ pub fn finished_workflows_are_deleted_whole(b: &mut dyn Backend) {
     assert_stored(&*store, &third);
     assert_stored(&*store, &running);
     assert_eq!(store.request("t/run").unwrap(), Some(running.id().clone()));
+    let by_prefix = |p: &str, n| store.requests(p, n).unwrap().into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    assert_eq!(by_prefix("t/r", 10), ["t/r1", "t/r3", "t/run"]);
+    assert_eq!(by_prefix("t/r", 1), ["t/r1"]);
+    assert!(by_prefix("u/", 10).is_empty());
     assert_eq!(ids(store.finished_before(1000, 10).unwrap()), ["wf_t.f3"]);
     assert_eq!(store.outbox(&Parts::All).unwrap().len(), 1);
 }

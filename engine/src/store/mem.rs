@@ -441,6 +441,18 @@ impl Store for MemStore {
         self.run(Op::Read, false, |st| st.get(&key(&["r", request_id])))
     }
 
+    fn requests(&self, prefix: &str, limit: usize) -> Result<Vec<(String, WorkflowId)>, Error> {
+        self.run(Op::Read, false, |st| {
+            let within = key(&["r", prefix]);
+            st.live
+                .range(within.clone()..)
+                .take_while(|(k, _)| k.starts_with(&within))
+                .take(limit)
+                .map(|(k, v)| Ok((String::from_utf8_lossy(&k[2..]).into_owned(), decode(k, v)?)))
+                .collect()
+        })
+    }
+
     fn pending(&self, id: &InvocationId) -> Result<bool, Error> {
         self.run(Op::Read, false, |st| {
             let Some(wf) = id.workflow() else { return Ok(false) };

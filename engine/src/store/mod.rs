@@ -192,6 +192,11 @@ pub trait Store: Send + Sync {
     /// The workflow a client request id started, if any.
     fn request(&self, request_id: &str) -> Result<Option<WorkflowId>, Error>;
 
+    /// Client request ids that start with `prefix` and the workflows they
+    /// started, in key order, at most `limit` (a parent's children are the
+    /// requests `<tenant>/child:<its invocation ids>`).
+    fn requests(&self, prefix: &str, limit: usize) -> Result<Vec<(String, WorkflowId)>, Error>;
+
     /// Whether an invocation is still pending.
     fn pending(&self, id: &InvocationId) -> Result<bool, Error>;
 

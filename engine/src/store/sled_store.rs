@@ -710,6 +710,19 @@ impl Store for SledStore {
         })
     }
 
+    fn requests(&self, prefix: &str, limit: usize) -> Result<Vec<(String, WorkflowId)>, Error> {
+        self.with(|h| {
+            h.tree
+                .scan_prefix(key(&["r", prefix]))
+                .take(limit)
+                .map(|kv| {
+                    let (k, v) = kv.map_err(io)?;
+                    Ok((String::from_utf8_lossy(&k[2..]).into_owned(), decode(&k, &v)?))
+                })
+                .collect()
+        })
+    }
+
     fn pending(&self, id: &InvocationId) -> Result<bool, Error> {
         self.with(|h| {
             let Some(wf) = id.workflow() else { return Ok(false) };

@@ -76,6 +76,7 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/workflows/{id}/facts", post(workflows::assert))
         .route("/workflows/{id}/facts/{fact}", get(explain::fact))
         .route("/workflows/{id}/rules/{rule}", get(explain::rule))
+        .route("/signals/{id}", get(workflows::signal_page))
         .route("/packs", get(packs::list))
         .route("/packs/{name}/rollout", post(packs::rollout))
         .route("/packs/{name}/rollback", post(packs::rollback))

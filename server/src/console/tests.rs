@@ -486,6 +486,72 @@ async fn a_signal_sent_from_the_page_arrives_as_a_signal_fact() {
     f.stop().await;
 }
 
+/// A parent that starts an `orders` child and emits a signal.
+const PARENT_TOML: &str = "[pack]\nname = \"parent\"\nversion = \"1\"\n";
+const PARENT_RULES: &str = r#"
+rule "spawn" {
+    match { g: Go() }
+    action {
+        start_workflow("orders", [#{ type: "Order", fields: #{ id: "c1", note: "child", status: "new" } }]);
+        emit("hello", #{ from: "parent" });
+    }
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workflow_page_shows_attempts_family_and_signal_lineage() {
+    let f = Fixture::new().await;
+    f.order("a", "one").await;
+    let rt = f.console.runtime.clone();
+    let files: BTreeMap<String, String> =
+        [("pack.toml".to_string(), PARENT_TOML.to_string()), ("p.rules".to_string(), PARENT_RULES.to_string())].into();
+    rt.deploy("a", files, false, None).await.unwrap();
+    let go: Vec<FactSpec> = serde_json::from_value(serde_json::json!([{"type": "Go", "fields": {}}])).unwrap();
+    let (parent, _) = rt.start("a", "parent", go, "req-parent").await.unwrap();
+    let s = f.login(TOKEN_A).await;
+    // The child starts and the signal is routed after the parent's turn.
+    let mut page = String::new();
+    for _ in 0..100 {
+        page = f.get(&format!("/workflows/{parent}"), Some(&s)).await.body;
+        if page.contains("Parent and children") && page.contains("Out (1)") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(page.contains("Parent and children") && page.contains("(this one)"), "{page}");
+    let child = page
+        .split("<ul class=\"tree\"><li><a href=\"/workflows/")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a child link")
+        .to_string();
+    assert!(page.contains("Out (1)") && page.contains("hello"), "{page}");
+    let signal = page.split("href=\"/signals/").nth(1).and_then(|r| r.split('"').next()).expect("a signal").to_string();
+    // The child: its parent above it, its invocation queued with no worker,
+    // attempt 1.
+    let mut child_page = f.get(&format!("/workflows/{child}"), Some(&s)).await;
+    for _ in 0..100 {
+        if child_page.body.contains("queued") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        child_page = f.get(&format!("/workflows/{child}"), Some(&s)).await;
+    }
+    assert!(child_page.body.contains(&format!("<a href=\"/workflows/{parent}\">")), "{}", child_page.body);
+    assert!(child_page.body.contains("queued <span class=\"error\">(no worker)</span>"), "{}", child_page.body);
+    assert!(child_page.body.contains(">1 of "), "{}", child_page.body);
+    // The signal's lineage names the parent that emitted it.
+    let lineage = f.get(&format!("/signals/{signal}"), Some(&s)).await;
+    assert_eq!(lineage.status, StatusCode::OK, "{}", lineage.body);
+    assert!(lineage.body.contains("hello") && lineage.body.contains(parent.as_str()), "{}", lineage.body);
+    // Another tenant sees neither.
+    let b = f.login(TOKEN_B).await;
+    assert_eq!(f.get(&format!("/signals/{signal}"), Some(&b)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(f.get(&format!("/workflows/{child}"), Some(&b)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(f.get("/signals/%01x", Some(&s)).await.status, StatusCode::NOT_FOUND);
+    f.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_workers_page_shows_the_backlog_no_worker_serves() {
     let f = Fixture::new().await;

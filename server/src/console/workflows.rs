@@ -464,11 +464,18 @@ pub async fn show(
         "signalled" => Some("Signal sent."),
         _ => None,
     };
-    let page = workflow_page(&console, &tenant, &id, q.from, notice, AssertState::default())?;
+    let page = workflow_page(&console, &tenant, &id, q.from, notice, AssertState::default()).await?;
     Ok(page.into_response())
 }
 
-fn workflow_page(
+/// Children shown at most, per workflow of the tree.
+const MAX_CHILDREN: usize = 200;
+/// Ancestors shown at most.
+const MAX_ANCESTORS: usize = 16;
+/// Signals emitted shown at most.
+const MAX_SIGNALS_OUT: usize = 200;
+
+async fn workflow_page(
     console: &Console,
     tenant: &Tenant,
     id: &WorkflowId,
@@ -478,6 +485,11 @@ fn workflow_page(
 ) -> Result<Markup, PageError> {
     let rt = &console.runtime;
     let snap = rt.get(&tenant.name, id)?;
+    // What this server's dispatcher knows of the invocations it waits on:
+    // in a cluster another server may hold them (their rows say so).
+    let asked =
+        snap.waiting.iter().take(500).map(|w| (w.invocation.id.clone(), w.invocation.function.clone())).collect();
+    let inspected = rt.dispatch_state(&tenant.name, asked).await.unwrap_or_default();
     let m = &snap.meta;
     let last = m.timeline_seq;
     let from = from.unwrap_or_else(|| last.saturating_sub(TIMELINE_PAGE as u64 - 1)).max(1);
@@ -516,7 +528,9 @@ fn workflow_page(
             }
         }
         (facts_section(&snap, &base))
-        (waiting_section(rt, &tenant.name, &snap, &base))
+        (waiting_section(rt, &tenant.name, &snap, &base, &inspected))
+        (family_section(rt, &tenant.name, m)?)
+        (signals_section(rt, &tenant.name, &snap)?)
         @if !snap.timers.is_empty() {
             section {
                 h2 { "Pending timers (" (snap.timers.len()) ")" }
@@ -598,7 +612,13 @@ fn facts_section(snap: &Snapshot, base: &str) -> Markup {
     }
 }
 
-fn waiting_section(rt: &Runtime, tenant: &str, snap: &Snapshot, base: &str) -> Markup {
+fn waiting_section(
+    rt: &Runtime,
+    tenant: &str,
+    snap: &Snapshot,
+    base: &str,
+    inspected: &[crate::dispatch_handle::Inspected],
+) -> Markup {
     if snap.waiting.is_empty() {
         return html! {};
     }
@@ -606,8 +626,12 @@ fn waiting_section(rt: &Runtime, tenant: &str, snap: &Snapshot, base: &str) -> M
         section {
             h2 { "Waiting invocations (" (snap.waiting.len()) ")" }
             table.grid {
-                thead { tr { th { "Invocation" } th { "Function" } th { "Rule" } th { "Matched" } th { "Arguments" } th { "Since" } } }
-                tbody { @for w in snap.waiting.iter().take(500) {
+                thead { tr {
+                    th { "Invocation" } th { "Function" } th { "Rule" } th { "Matched" } th { "Arguments" } th { "Since" }
+                    th { "State" } th { "Attempt" } th { "Worker" } th { "Deadline" }
+                } }
+                tbody { @for (i, w) in snap.waiting.iter().take(500).enumerate() {
+                    @let d = inspected.get(i);
                     tr {
                         td { code { (w.invocation.id) } }
                         td {
@@ -622,11 +646,160 @@ fn waiting_section(rt: &Runtime, tenant: &str, snap: &Snapshot, base: &str) -> M
                         td { @for (id, v) in &w.matched { (fact_link(base, *id)) "@" (v) " " } }
                         td { code.clip { (clip(&w.invocation.args.to_string(), 200)) } }
                         td { (time(w.invocation.created_ms)) }
+                        @match d {
+                            Some(d) if !d.state.is_empty() => {
+                                td { (d.state) @if d.state == "queued" && d.workers == 0 { " " span.error { "(no worker)" } } }
+                                td.num title=[d.failed.last().map(|f| format!("last failure: {}", clip(&f.error, 300)))] {
+                                    (d.attempt) " of " (w.invocation.retry.max_attempts)
+                                    @if !d.failed.is_empty() { " " span.muted { "(" (d.failed.len()) " failed)" } }
+                                }
+                                td { @if let Some(sid) = d.session { a href="/workers" { "session " (sid) } } }
+                                td {
+                                    @if d.deadline_ms > 0 { (time(d.deadline_ms)) }
+                                    @else if d.retry_at_ms > 0 { "retry " (time(d.retry_at_ms)) }
+                                }
+                            }
+                            _ => { td.muted colspan="4" { "not on this server's dispatcher" } }
+                        }
                     }
                 } }
             }
         }
     }
+}
+
+/// The workflow among its own: its ancestors, it, and the children it
+/// started (two levels down), each linked, with its status.
+fn family_section(rt: &Runtime, tenant: &str, m: &Meta) -> Result<Markup, PageError> {
+    let mut ancestors = Vec::new();
+    let mut cur = m.origin.clone();
+    while let Origin::Parent { invocation, .. } = cur {
+        let Some(parent) = invocation.workflow().and_then(|p| rt.meta_of(tenant, &p).ok().flatten()) else { break };
+        if ancestors.len() == MAX_ANCESTORS {
+            break;
+        }
+        cur = parent.origin.clone();
+        ancestors.push(parent);
+    }
+    let children = rt.children_of(tenant, &m.id, MAX_CHILDREN)?;
+    if ancestors.is_empty() && children.is_empty() {
+        return Ok(html! {});
+    }
+    let mut grandchildren = Vec::with_capacity(children.len());
+    for c in &children {
+        grandchildren.push(rt.children_of(tenant, &c.id, MAX_CHILDREN)?);
+    }
+    ancestors.reverse();
+    let node = |w: &Meta, this: bool| {
+        html! {
+            @if this { b { code { (w.id) } } " (this one)" }
+            @else { a href={ "/workflows/" (w.id) } { code { (w.id) } } }
+            " " span.muted { (w.pack) " " (w.pack_version) } " " (list_status(w))
+        }
+    };
+    fn nest(levels: &[Markup], inner: Markup) -> Markup {
+        match levels.split_first() {
+            None => inner,
+            Some((first, rest)) => html! { ul.tree { li { (first) (nest(rest, inner)) } } },
+        }
+    }
+    let up: Vec<Markup> = ancestors.iter().map(|a| node(a, false)).collect();
+    let this = html! {
+        ul.tree { li {
+            (node(m, true))
+            @if !children.is_empty() {
+                ul.tree { @for (c, gc) in children.iter().zip(&grandchildren) {
+                    li {
+                        (node(c, false))
+                        @if !gc.is_empty() { ul.tree { @for g in gc { li { (node(g, false)) } } } }
+                    }
+                } }
+            }
+        } }
+    };
+    Ok(html! {
+        section #family {
+            h2 { "Parent and children" }
+            (nest(&up, this))
+            @if children.len() == MAX_CHILDREN { p.muted { "The first " (MAX_CHILDREN) " children are shown." } }
+        }
+    })
+}
+
+/// Signals in (the `Signal` facts it holds, and the one that started it)
+/// and out (those it emitted, with what they started and unblocked), each
+/// linked to its lineage.
+fn signals_section(rt: &Runtime, tenant: &str, snap: &Snapshot) -> Result<Markup, PageError> {
+    let incoming: Vec<(String, String)> = snap
+        .facts
+        .iter()
+        .filter(|f| &*f.ty.name() == "Signal")
+        .filter_map(|f| {
+            let j = f.fields.to_json();
+            Some((j["id"].as_str()?.to_string(), j["name"].as_str().unwrap_or("").to_string()))
+        })
+        .take(MAX_SIGNALS_OUT)
+        .collect();
+    let started_by = match &snap.meta.origin {
+        Origin::Signal { signal } => Some(signal.clone()),
+        _ => None,
+    };
+    let out = rt.emitted_by(tenant, &snap.meta.id, MAX_SIGNALS_OUT)?;
+    if incoming.is_empty() && started_by.is_none() && out.is_empty() {
+        return Ok(html! {});
+    }
+    let link = |id: &str| html! { a href={ "/signals/" (super::percent_encode(id)) } { code { (id) } } };
+    let wf_links = |ids: &[WorkflowId]| html! { @for w in ids { a href={ "/workflows/" (w) } { code { (w) } } " " } };
+    Ok(html! {
+        section #signals {
+            h2 { "Signals" }
+            @if let Some(s) = &started_by { p { "Started by signal " (link(s)) "." } }
+            @if !incoming.is_empty() {
+                h3 { "In (" (incoming.len()) ")" }
+                table.grid { thead { tr { th { "Signal" } th { "Name" } } }
+                    tbody { @for (id, name) in &incoming { tr { td { (link(id)) } td { (name) } } } } }
+            }
+            @if !out.is_empty() {
+                h3 { "Out (" (out.len()) ")" }
+                table.grid { thead { tr { th { "Signal" } th { "Name" } th { "Started" } th { "Delivered to" } } }
+                    tbody { @for r in &out { tr {
+                        td { (link(&r.signal.id)) } td { (r.signal.name) }
+                        td { (wf_links(&r.started)) } td { (wf_links(&r.delivered)) }
+                    } } } }
+            }
+        }
+    })
+}
+
+/// `/signals/{id}`: a signal's lineage: the signals upstream of it, it,
+/// and what its workflows emitted in turn, each with the workflows it
+/// started and unblocked. Another tenant's signal does not exist here.
+pub async fn signal_page(State(console): St, tenant: Tenant, Path(id): Path<String>) -> Result<Response, PageError> {
+    if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+        return Err(PageError::NotFound(format!("signal {} was never sent", shown(&id))));
+    }
+    let chain = console.runtime.lineage(&tenant.name, &id)?;
+    let wf_link = |w: &WorkflowId| html! { a href={ "/workflows/" (w) } { code { (w) } } };
+    let body = html! {
+        h1 { "Signal " (copyable(&id)) }
+        p.muted { "Its lineage: the signals upstream of it, then it and what the workflows it reached emitted." }
+        table.grid {
+            thead { tr { th { "Signal" } th { "Name" } th { "Emitted by" } th { "At" } th { "Started" } th { "Delivered to" } } }
+            tbody { @for (depth, r) in &chain {
+                tr class=[(r.signal.id == id).then_some("on")] {
+                    td class={ "depth d" ((*depth).min(8)) } {
+                        a href={ "/signals/" (super::percent_encode(&r.signal.id)) } { code { (r.signal.id) } }
+                    }
+                    td { (r.signal.name) }
+                    td { @match &r.signal.from { Some(w) => (wf_link(w)), None => span.muted { "a client" } } }
+                    td { (time(r.signal.at_ms)) }
+                    td { @for w in &r.started { (wf_link(w)) " " } }
+                    td { @for w in &r.delivered { (wf_link(w)) " " } }
+                }
+            } }
+        }
+    };
+    Ok(layout::page(&format!("Signal {id}"), Some(&tenant), body).into_response())
 }
 
 fn clip(s: &str, max: usize) -> String {
@@ -1220,7 +1393,7 @@ pub async fn assert(
             Err(e) => return Err(e),
         }
     }
-    let page = workflow_page(&console, &tenant, &id, None, None, state)?;
+    let page = workflow_page(&console, &tenant, &id, None, None, state).await?;
     Ok((StatusCode::UNPROCESSABLE_ENTITY, page).into_response())
 }
 
