@@ -16,6 +16,7 @@
 
 mod assets;
 mod explain;
+mod graph;
 mod layout;
 mod packs;
 mod session;
@@ -71,6 +72,7 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/workflows/signal", post(workflows::signal_many))
         .route("/workflows/{id}", get(workflows::show))
         .route("/workflows/{id}/events", get(workflows::events))
+        .route("/workflows/{id}/graph", get(graph::page))
         .route("/workflows/{id}/cancel", post(workflows::cancel))
         .route("/workflows/{id}/signal", post(workflows::signal))
         .route("/workflows/{id}/facts", post(workflows::assert))

@@ -549,6 +549,12 @@ async fn the_workflow_page_shows_attempts_family_and_signal_lineage() {
     assert_eq!(f.get(&format!("/signals/{signal}"), Some(&b)).await.status, StatusCode::NOT_FOUND);
     assert_eq!(f.get(&format!("/workflows/{child}"), Some(&b)).await.status, StatusCode::NOT_FOUND);
     assert_eq!(f.get("/signals/%01x", Some(&s)).await.status, StatusCode::NOT_FOUND);
+    // The parent's firing graph: its start, the firing, linked.
+    let graph = f.get(&format!("/workflows/{parent}/graph"), Some(&s)).await;
+    assert!(graph.body.contains("<svg class=\"graph\""), "{}", graph.body);
+    assert!(graph.body.contains(">spawn</text>") && graph.body.contains(&format!("/workflows/{parent}/facts/1")));
+    assert_eq!(f.get(&format!("/workflows/{parent}/graph"), Some(&b)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(f.get(&format!("/workflows/{parent}/graph?from=x"), Some(&s)).await.status, StatusCode::BAD_REQUEST);
     f.stop().await;
 }
 

@@ -422,7 +422,7 @@ pub async fn list(State(console): St, tenant: Tenant, Query(q): Query<ListQuery>
 }
 
 /// A workflow id from a URL; a malformed one is a page that does not exist.
-fn parse_id(s: &str) -> Result<WorkflowId, PageError> {
+pub(super) fn parse_id(s: &str) -> Result<WorkflowId, PageError> {
     WorkflowId::parse(s).map_err(|_| PageError::NotFound(format!("workflow {} does not exist", shown(s))))
 }
 
@@ -541,6 +541,7 @@ async fn workflow_page(
         @if running { (assert_section(tenant, &base, pack.as_deref(), &assert)) }
         section {
             h2 { "Timeline" }
+            p { a href={ (base) "/graph?from=" (from) } { "Firing graph of these entries" } }
             (timeline_pager(&base, from, last, entries.len()))
             div #timeline data-live=[(running && at_end).then(|| format!("{base}/events?from={}", entries.last().map_or(from, |e| e.seq + 1)))] {
                 @for (turn, group) in by_turn(&entries) { (turn_group(&base, turn, group)) }
@@ -852,7 +853,7 @@ fn assert_section(tenant: &Tenant, base: &str, pack: Option<&stoa_rules::compile
     }
 }
 
-fn timeline_pager(base: &str, from: u64, last: u64, shown: usize) -> Markup {
+pub(super) fn timeline_pager(base: &str, from: u64, last: u64, shown: usize) -> Markup {
     let page = TIMELINE_PAGE as u64;
     let end = from + shown as u64; // first entry after this page
     html! {
