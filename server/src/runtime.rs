@@ -610,6 +610,21 @@ impl Runtime {
         versions.trim(keep);
     }
 
+    /// One deployed version of a pack, compiled again on the turn pool if
+    /// it is not kept in memory.
+    pub async fn pack_compiled(
+        self: &Arc<Self>,
+        tenant: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Arc<Pack>, ApiError> {
+        if let Some(p) = self.pack_version(tenant, name, version) {
+            return Ok(p);
+        }
+        let (rt, t, n, v) = (self.clone(), tenant.to_string(), name.to_string(), version.to_string());
+        self.pool.run(tenant, move || rt.pack(&t, &n, Some(&v))).await.map_err(internal)?
+    }
+
     /// One deployed version of a pack, if it is compiled now.
     pub fn pack_version(&self, tenant: &str, name: &str, version: &str) -> Option<Arc<Pack>> {
         self.packs.get(&(tenant.to_string(), name.to_string()))?.get(version)

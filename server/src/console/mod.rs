@@ -81,6 +81,7 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/signals/{id}", get(workflows::signal_page))
         .route("/packs", get(packs::list))
         .route("/packs/{name}/rollout", post(packs::rollout))
+        .route("/packs/{name}/diff", get(packs::diff))
         .route("/packs/{name}/rollback", post(packs::rollback))
         .route("/schedules", get(packs::schedules))
         .route("/workers", get(packs::workers))

@@ -630,9 +630,23 @@ async fn a_canary_rollout_and_its_rollback_from_the_packs_page() {
     rt.deploy("a", files("1"), false, None).await.unwrap();
     rt.rollout("a", "orders", "1", crate::upgrade::Mode::All, false).await.unwrap();
     rt.deploy("a", files("2"), false, None).await.unwrap();
+    let facts: Vec<FactSpec> = serde_json::from_value(serde_json::json!([
+        {"type": "Order", "fields": {"id": "o1", "note": "live", "status": "new"}}
+    ]))
+    .unwrap();
+    rt.start("a", "orders", facts, "req-live").await.unwrap();
     let s = f.login(TOKEN_A).await;
     let page = f.get("/packs", Some(&s)).await;
     assert!(page.body.contains("<dt>Stable</dt><dd><b>1</b>"), "{}", page.body);
+    // The dry run of version 2: `ship` changed; the live workflow moves.
+    let diff = f.get("/packs/orders/diff?version=2&mode=all", Some(&s)).await;
+    assert_eq!(diff.status, StatusCode::OK, "{}", diff.body);
+    assert!(diff.body.contains("Changed (1)") && diff.body.contains("<code>ship</code>"), "{}", diff.body);
+    assert!(diff.body.contains("1 live workflow(s) would move to 2"), "{}", diff.body);
+    assert_eq!(f.get("/packs/orders/diff?version=9", Some(&s)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(f.get("/packs/orders/diff?version=2&mode=canary", Some(&s)).await.status, StatusCode::BAD_REQUEST);
+    let b = f.login(TOKEN_B).await;
+    assert_eq!(f.get("/packs/orders/diff?version=2", Some(&b)).await.status, StatusCode::NOT_FOUND);
 
     let path = "/packs/orders/rollout";
     assert_eq!(f.post(path, Some(&s), "version=2&mode=canary&percent=25").await.status, StatusCode::FORBIDDEN);
@@ -650,7 +664,6 @@ async fn a_canary_rollout_and_its_rollback_from_the_packs_page() {
     );
     assert!(page.body.contains("Drop the canary"), "{}", page.body);
     // Another tenant cannot touch it.
-    let b = f.login(TOKEN_B).await;
     let other = f.post("/packs/orders/rollback", Some(&b), &format!("csrf={}", b.csrf)).await;
     assert_eq!(other.status, StatusCode::NOT_FOUND, "{}", other.body);
 
