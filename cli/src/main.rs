@@ -3,6 +3,7 @@
 mod bench;
 mod bench_always_on;
 mod bench_collector;
+mod bench_console;
 mod bench_e2e;
 mod bench_explain;
 mod bench_safety;
@@ -129,6 +130,10 @@ enum BenchCommand {
     /// How long `explain` takes on a workflow of 100,000 facts, per kind
     /// of answer (in this process).
     Explain(bench_explain::Args),
+    /// The web console's server time per page with 100,000 workflows
+    /// stored (the list: first page, filtered pages, a deep page) and on a
+    /// workflow of 20,000 timeline entries (a server process over loopback).
+    Console(bench_console::Args),
     /// One run of one engine case, in this process (used by `bench engine`).
     #[command(hide = true)]
     Case(bench::CaseArgs),
@@ -195,6 +200,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::AlwaysOn(args)) => bench_always_on::run(args),
         Command::Bench(BenchCommand::Case(args)) => bench::run_case(args),
         Command::Bench(BenchCommand::Explain(args)) => bench_explain::run(args),
+        Command::Bench(BenchCommand::Console(args)) => bench_console::run(args),
         Command::Bench(BenchCommand::Schedules(args)) => bench_schedules::run(args),
         Command::Bench(BenchCommand::Safety(args)) => bench_safety::run(args),
         Command::Bench(BenchCommand::Soak(args)) => bench_safety::soak(args),
