@@ -29,7 +29,7 @@ const ROW_H: u32 = 34;
 const NODE_W: u32 = 168;
 const NODE_H: u32 = 24;
 /// Characters of a label shown in a node (the whole in its tooltip).
-const LABEL_CHARS: usize = 24;
+const LABEL_CHARS: usize = 21;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Key {

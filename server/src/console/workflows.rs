@@ -349,7 +349,9 @@ pub async fn list(State(console): St, tenant: Tenant, Query(q): Query<ListQuery>
                 span.muted { " (counts of the pack and version, whatever the time or text)" }
             }
         }
-        form.filters method="get" action="/workflows" hx-get="/workflows" hx-trigger="change, submit" hx-target="#list" hx-select="#list" hx-swap="outerHTML" hx-push-url="true" {
+        // The whole page follows the filter: its counts and the bulk forms
+        // carry it too.
+        form.filters method="get" action="/workflows" hx-get="/workflows" hx-trigger="change, submit" hx-target="main" hx-select="main" hx-swap="outerHTML" hx-push-url="true" {
             label { "Pack "
                 select name="pack" {
                     option value="" { "any" }
