@@ -182,7 +182,10 @@ fn tag_names(m: &Meta) -> impl Iterator<Item = &'static str> + '_ {
 }
 
 /// Where a workflow is filed: (record key, count key) pairs.
-pub(super) fn placement(m: &Meta) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub(super) type Filing = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Where the index files a workflow with this meta.
+pub(super) fn placement(m: &Meta) -> Filing {
     let t = tenant(&m.id);
     let families = [Family::All, Family::Pack(&m.pack), Family::Version(&m.pack, &m.pack_version)];
     let mut out = Vec::with_capacity(9);
@@ -311,7 +314,7 @@ pub(super) fn index_writes(
 ) -> Result<(), Error> {
     // A later turn of the same workflow moves it from where the earlier
     // one of this group put it, which the store does not hold yet.
-    let mut filed: HashMap<&WorkflowId, Vec<(Vec<u8>, Vec<u8>)>> = HashMap::new();
+    let mut filed: HashMap<&WorkflowId, Filing> = HashMap::new();
     let mut counts = Counts::default();
     let mut metas = Vec::new();
     super::turn_writes(turns, |write| {

@@ -256,9 +256,9 @@ mod tests {
         let ty = stoa_rules::Sym::new("Job");
         let entries = vec![
             e(1, 1, Event::TurnStarted { input: "start with 1 fact(s)".into() }),
-            e(2, 1, Event::Inserted { id: 1, ty: ty.clone(), fields: Default::default() }),
+            e(2, 1, Event::Inserted { id: 1, ty, fields: Default::default() }),
             e(3, 1, Event::Fired { rule: "split".into(), section: SectionKind::Action, facts: vec![(1, 1)] }),
-            e(4, 1, Event::Inserted { id: 2, ty: ty.clone(), fields: Default::default() }),
+            e(4, 1, Event::Inserted { id: 2, ty, fields: Default::default() }),
             e(5, 2, Event::TurnStarted { input: "result".into() }),
             e(6, 2, Event::Fired { rule: "encode".into(), section: SectionKind::Reaction, facts: vec![(2, 1)] }),
             e(7, 2, Event::Modified { id: 2, ty, version: 2, before: Default::default(), after: Default::default() }),
