@@ -4,7 +4,7 @@
 //!
 //! Every store keeps it in the same atomic write as the workflow's meta,
 //! so after a crash it says what the metas say. What the index files a
-//! workflow under is a function of its meta alone (`Placement`).
+//! workflow under is a function of its meta alone (`placement`).
 //!
 //! Key-value stores (`SledStore`, `MemStore`) keep it under three
 //! prefixes of their own, disjoint from `layout`'s (`m f w t e a r c x p`
@@ -298,9 +298,9 @@ pub(super) fn refile(
     }
 }
 
-/// Records the index writes of a group of turns at most makes per meta
-/// (three families times at most two tags removed and added, and their
-/// counts): what batches reserve for them.
+/// Records the index writes of a group of turns make at most per meta
+/// (three families times at most three tags, removed and added, and as
+/// many counts): what batches reserve for them.
 pub(super) const WRITES_PER_META: usize = 3 * 3 * 2 + 3 * 3 * 2;
 
 /// The index writes of a group of turns that one atomic batch commits:
