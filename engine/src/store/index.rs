@@ -81,19 +81,18 @@ impl ListStatus {
 
     /// Whether a workflow with this meta has this status.
     pub fn has(self, m: &Meta) -> bool {
-        match self {
-            ListStatus::Running => m.status == Status::Running,
-            ListStatus::WaitingInvocation => m.status == Status::Running && m.waiting > 0,
-            ListStatus::WaitingTimer => m.status == Status::Running && m.waiting == 0 && m.timers > 0,
-            ListStatus::Completed => m.status == Status::Completed,
-            ListStatus::Failed => m.status == Status::Failed,
-            ListStatus::Cancelled => m.status == Status::Cancelled,
-        }
+        self.has_parts(m.status, m.waiting, m.timers)
     }
 
-    /// The statuses of a workflow (one or two).
-    pub fn of(m: &Meta) -> impl Iterator<Item = ListStatus> + '_ {
-        ListStatus::ALL.into_iter().filter(|s| s.has(m))
+    fn has_parts(self, status: Status, waiting: u32, timers: u32) -> bool {
+        match self {
+            ListStatus::Running => status == Status::Running,
+            ListStatus::WaitingInvocation => status == Status::Running && waiting > 0,
+            ListStatus::WaitingTimer => status == Status::Running && waiting == 0 && timers > 0,
+            ListStatus::Completed => status == Status::Completed,
+            ListStatus::Failed => status == Status::Failed,
+            ListStatus::Cancelled => status == Status::Cancelled,
+        }
     }
 }
 
@@ -177,23 +176,54 @@ pub fn tenant(id: &WorkflowId) -> &str {
     body.split_once('.').map(|(t, _)| t).unwrap_or("")
 }
 
-fn tag_names(m: &Meta) -> impl Iterator<Item = &'static str> + '_ {
-    std::iter::once("all").chain(ListStatus::of(m).map(ListStatus::as_str))
-}
-
 /// Where a workflow is filed: (record key, count key) pairs.
 pub(super) type Filing = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// The fields of a stored meta that say where it is filed: what a commit
+/// decodes of the meta it replaces, every turn (the rest, a result
+/// included, is skipped).
+#[derive(serde::Deserialize)]
+pub(super) struct Filed {
+    id: WorkflowId,
+    pack: String,
+    pack_version: String,
+    status: Status,
+    created_ms: u64,
+    #[serde(default)]
+    waiting: u32,
+    #[serde(default)]
+    timers: u32,
+}
+
+impl Filed {
+    pub fn placement(&self) -> Filing {
+        let (status, waiting, timers) = (self.status, self.waiting, self.timers);
+        let tags = ListStatus::ALL.into_iter().filter(move |s| s.has_parts(status, waiting, timers));
+        place(&self.id, &self.pack, &self.pack_version, self.created_ms, tags)
+    }
+}
+
 /// Where the index files a workflow with this meta.
 pub(super) fn placement(m: &Meta) -> Filing {
-    let t = tenant(&m.id);
-    let families = [Family::All, Family::Pack(&m.pack), Family::Version(&m.pack, &m.pack_version)];
+    let tags = ListStatus::ALL.into_iter().filter(|s| s.has(m));
+    place(&m.id, &m.pack, &m.pack_version, m.created_ms, tags)
+}
+
+fn place(
+    id: &WorkflowId,
+    pack: &str,
+    version: &str,
+    created_ms: u64,
+    tags: impl Iterator<Item = ListStatus>,
+) -> Filing {
+    let t = tenant(id);
+    let tags: Vec<&str> = std::iter::once("all").chain(tags.map(ListStatus::as_str)).collect();
     let mut out = Vec::with_capacity(9);
-    for f in families {
+    for f in [Family::All, Family::Pack(pack), Family::Version(pack, version)] {
         let fk = f.key();
-        for tag in tag_names(m) {
+        for tag in &tags {
             let count = format!("n/{t}/{fk}/{tag}").into_bytes();
-            let rec = format!("l/{t}/{fk}/{tag}/{:016x}/{}", m.created_ms, m.id.as_str()).into_bytes();
+            let rec = format!("l/{t}/{fk}/{tag}/{created_ms:016x}/{}", id.as_str()).into_bytes();
             out.push((rec, count));
         }
     }
@@ -308,7 +338,7 @@ pub(super) const WRITES_PER_META: usize = 3 * 3 * 2 + 3 * 3 * 2;
 /// it (`stored`) to where the new one files it, and the counts follow.
 pub(super) fn index_writes(
     turns: &[Commit<'_>],
-    mut stored: impl FnMut(&WorkflowId) -> Result<Option<Meta>, Error>,
+    mut stored: impl FnMut(&WorkflowId) -> Result<Option<Filed>, Error>,
     read_count: impl FnMut(&[u8]) -> Result<u64, Error>,
     mut w: impl FnMut(Vec<u8>, Option<Vec<u8>>),
 ) -> Result<(), Error> {
@@ -325,7 +355,7 @@ pub(super) fn index_writes(
     for m in metas {
         let old = match filed.remove(&m.id) {
             Some(o) => o,
-            None => stored(&m.id)?.map(|o| placement(&o)).unwrap_or_default(),
+            None => stored(&m.id)?.map(|o| o.placement()).unwrap_or_default(),
         };
         let new = placement(m);
         refile(&old, &new, &mut counts, &mut w);

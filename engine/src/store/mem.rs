@@ -303,7 +303,7 @@ impl Store for MemStore {
                 let mut filing = Vec::new();
                 index::index_writes(
                     turn,
-                    |id| st.get(&key(&["m", id.as_str()])),
+                    |id| st.get::<index::Filed>(&key(&["m", id.as_str()])),
                     |k| index::decode_count(k, st.live.get(k).map(Vec::as_slice)),
                     |k, v| filing.push((k, v)),
                 )?;

@@ -265,6 +265,12 @@ impl Handles {
         self.tree.get(&mk).map_err(io)?.map(|v| decode(&mk, &v)).transpose()
     }
 
+    /// Where the stored meta of a workflow has it filed in the list index.
+    fn stored_filing(&self, id: &WorkflowId) -> Result<Option<index::Filed>, Error> {
+        let mk = key(&["m", id.as_str()]);
+        self.tree.get(&mk).map_err(io)?.map(|v| decode(&mk, &v)).transpose()
+    }
+
     fn count(&self, k: &[u8]) -> Result<u64, Error> {
         index::decode_count(k, self.tree.get(k).map_err(io)?.as_deref())
     }
@@ -529,7 +535,7 @@ impl Store for SledStore {
                     // was filed until now.
                     index::index_writes(
                         group,
-                        |id| h.stored_meta(id),
+                        |id| h.stored_filing(id),
                         |k| h.count(k),
                         |k, v| match v {
                             Some(v) => batch.insert(k, v),
@@ -548,7 +554,7 @@ impl Store for SledStore {
                     let mut journal = vec![FORMAT];
                     index::index_writes(
                         group,
-                        |id| h.stored_meta(id),
+                        |id| h.stored_filing(id),
                         |k| h.count(k),
                         |k, v| push_write(&mut journal, &k, v.as_deref()),
                     )?;
