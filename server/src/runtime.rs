@@ -1527,7 +1527,10 @@ impl Runtime {
         let requests = self.store.requests(&format!("{tenant}/child:{invs}"), limit).map_err(ApiError::from)?;
         let mut out = Vec::new();
         for (_, child) in requests {
-            if let Some(m) = self.meta_of(tenant, &child)? {
+            // An id with dots of its own shares the prefix: keep only
+            // those this workflow's invocations started.
+            let Some(m) = self.meta_of(tenant, &child)? else { continue };
+            if matches!(&m.origin, Origin::Parent { invocation, .. } if invocation.workflow().as_ref() == Some(id)) {
                 out.push(m);
             }
         }
