@@ -196,6 +196,32 @@ pub(super) struct Filed {
 }
 
 impl Filed {
+    fn of(m: &Meta) -> Filed {
+        Filed {
+            id: m.id.clone(),
+            pack: m.pack.clone(),
+            pack_version: m.pack_version.clone(),
+            status: m.status,
+            created_ms: m.created_ms,
+            waiting: m.waiting,
+            timers: m.timers,
+        }
+    }
+
+    fn tags(&self) -> [bool; 6] {
+        ListStatus::ALL.map(|s| s.has_parts(self.status, self.waiting, self.timers))
+    }
+
+    /// Whether both are filed under the same keys (most turns change
+    /// nothing the index files by: they need not build a key).
+    fn same_place(&self, other: &Filed) -> bool {
+        self.created_ms == other.created_ms
+            && self.tags() == other.tags()
+            && self.pack == other.pack
+            && self.pack_version == other.pack_version
+            && self.id == other.id
+    }
+
     pub fn placement(&self) -> Filing {
         let (status, waiting, timers) = (self.status, self.waiting, self.timers);
         let tags = ListStatus::ALL.into_iter().filter(move |s| s.has_parts(status, waiting, timers));
@@ -328,9 +354,9 @@ pub(super) fn refile(
     }
 }
 
-/// Records the index writes of a group of turns make at most per meta
-/// (three families times at most three tags, removed and added, and as
-/// many counts): what batches reserve for them.
+/// Records the index writes make at most per meta (three families times
+/// at most three tags, removed and added, and as many counts): what
+/// retention's batches reserve per workflow deleted.
 pub(super) const WRITES_PER_META: usize = 3 * 3 * 2 + 3 * 3 * 2;
 
 /// The index writes of a group of turns that one atomic batch commits:
@@ -344,7 +370,7 @@ pub(super) fn index_writes(
 ) -> Result<(), Error> {
     // A later turn of the same workflow moves it from where the earlier
     // one of this group put it, which the store does not hold yet.
-    let mut filed: HashMap<&WorkflowId, Filing> = HashMap::new();
+    let mut filed: HashMap<&WorkflowId, Filed> = HashMap::new();
     let mut counts = Counts::default();
     let mut metas = Vec::new();
     super::turn_writes(turns, |write| {
@@ -354,11 +380,14 @@ pub(super) fn index_writes(
     });
     for m in metas {
         let old = match filed.remove(&m.id) {
-            Some(o) => o,
-            None => stored(&m.id)?.map(|o| o.placement()).unwrap_or_default(),
+            Some(o) => Some(o),
+            None => stored(&m.id)?,
         };
-        let new = placement(m);
-        refile(&old, &new, &mut counts, &mut w);
+        let new = Filed::of(m);
+        if !old.as_ref().is_some_and(|o| o.same_place(&new)) {
+            let old = old.map(|o| o.placement()).unwrap_or_default();
+            refile(&old, &new.placement(), &mut counts, &mut w);
+        }
         filed.insert(&m.id, new);
     }
     counts.write(read_count, w)

@@ -118,7 +118,7 @@ pub(super) fn count_writes(turns: &[Commit<'_>]) -> usize {
         .iter()
         .map(|c| {
             let out = c.output;
-            usize::from(out.meta.is_some()) * (1 + super::index::WRITES_PER_META)
+            usize::from(out.meta.is_some())
                 + usize::from(out.meta.as_ref().is_some_and(|m| m.status.is_finished()))
                 + out.facts_put.len()
                 + out.facts_deleted.len()
