@@ -3,6 +3,7 @@
 mod bench;
 mod bench_always_on;
 mod bench_collector;
+mod bench_console;
 mod bench_dag;
 mod bench_e2e;
 mod bench_explain;
@@ -131,6 +132,10 @@ enum BenchCommand {
     /// How long `explain` takes on a workflow of 100,000 facts, per kind
     /// of answer (in this process).
     Explain(bench_explain::Args),
+    /// The web console's server time per page with 100,000 workflows
+    /// stored (the list: first page, filtered pages, a deep page) and on a
+    /// workflow of 20,000 timeline entries (a server process over loopback).
+    Console(bench_console::Args),
     /// One run of one engine case, in this process (used by `bench engine`).
     #[command(hide = true)]
     Case(bench::CaseArgs),
@@ -202,6 +207,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::AlwaysOn(args)) => bench_always_on::run(args),
         Command::Bench(BenchCommand::Case(args)) => bench::run_case(args),
         Command::Bench(BenchCommand::Explain(args)) => bench_explain::run(args),
+        Command::Bench(BenchCommand::Console(args)) => bench_console::run(args),
         Command::Bench(BenchCommand::Schedules(args)) => bench_schedules::run(args),
         Command::Bench(BenchCommand::Dag(args)) => bench_dag::run(args),
         Command::Bench(BenchCommand::Safety(args)) => bench_safety::run(args),

@@ -91,6 +91,18 @@ pub struct Meta {
     /// the engine): turns with no other parent join this trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// Invocations (and children) it waits on after its last turn, and
+    /// its pending timers: kept on the meta so that a store's list index
+    /// can tell "waiting on an invocation" from "waiting on a timer"
+    /// without reading anything else (see `store::index`).
+    #[serde(default, skip_serializing_if = "is_zero32")]
+    pub waiting: u32,
+    #[serde(default, skip_serializing_if = "is_zero32")]
+    pub timers: u32,
+}
+
+fn is_zero32(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A cancellation under way: the pack's rules react to the `Cancelled`
@@ -565,6 +577,8 @@ impl Workflow {
             request: None,
             cancelling: None,
             traceparent: None,
+            waiting: 0,
+            timers: 0,
         };
         Workflow {
             net: Network::new(pack.clone()),
@@ -871,6 +885,8 @@ impl Workflow {
     /// Hands the turn's entries, invocations and signals to its output.
     fn end_turn(&mut self, mut out: TurnOutput, now_ms: u64) -> TurnOutput {
         self.meta.updated_ms = now_ms;
+        self.meta.waiting = u32::try_from(self.waiting.len()).unwrap_or(u32::MAX);
+        self.meta.timers = u32::try_from(self.timers.len()).unwrap_or(u32::MAX);
         out.entries = std::mem::take(&mut self.turn.entries);
         out.invocations = std::mem::take(&mut self.turn.invocations);
         out.cancelled.extend(std::mem::take(&mut self.turn.cancelled));

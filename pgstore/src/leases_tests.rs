@@ -178,6 +178,8 @@ fn start_of(wf: &WorkflowId) -> TurnOutput {
         request: None,
         cancelling: None,
         traceparent: None,
+        waiting: 0,
+        timers: 0,
     };
     TurnOutput { turn: 1, meta: Some(meta), ..TurnOutput::default() }
 }

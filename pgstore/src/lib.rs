@@ -37,7 +37,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use stoa_engine::fact::{InvocationId, WorkflowId};
 use stoa_engine::store::codec::{decode, encode};
 use stoa_engine::store::{
-    decode_run, Attempts, Commit, Error, Health, HealthWatcher, PackRecord, Parts, Store, SIGNAL_OUTBOX,
+    decode_run, Attempts, Commit, Error, Family, Health, HealthWatcher, ListCounts, ListQuery, ListStatus, PackRecord,
+    Parts, Store, SIGNAL_OUTBOX,
 };
 use stoa_engine::timeline::Entry;
 use stoa_engine::workflow::{Invocation, Meta, Snapshot, Timer, Waiting};
@@ -221,7 +222,9 @@ impl PgStore {
         (store.partitions, store.secret) = store
             .wait(async move {
                 let client = pool.get().await.map_err(|e| setup(Fail::from(e)))?;
-                migrate(&client, wanted).await
+                let migrated = migrate(&client, wanted).await?;
+                fill_list_columns(&client).await?;
+                Ok(migrated)
             })
             .map_err(|e| match e {
                 Error::Io(m) => Error::Setup(format!("opening the PostgreSQL store: {m}")),
@@ -441,6 +444,49 @@ async fn migrate(client: &Client, partitions: u32) -> Result<(u32, String), Erro
     Ok((stored as u32, row.get(1)))
 }
 
+/// Gives rows an older build wrote their list index columns (schema 3),
+/// a batch at a time; a running workflow's waits from its rows in
+/// `waiting` and `timers`, since its meta did not carry them yet. Each
+/// batch is one statement: a server stopped half-way leaves the rest to
+/// the next open.
+async fn fill_list_columns(client: &Client) -> Result<(), Error> {
+    let io = |e: tokio_postgres::Error| Error::Io(format!("filling the list index: {}", describe(&e)));
+    loop {
+        let rows = client
+            .query(
+                "SELECT w.id, w.meta, EXISTS (SELECT 1 FROM waiting x WHERE x.wf = w.id), \
+                 EXISTS (SELECT 1 FROM timers x WHERE x.wf = w.id) FROM workflows w WHERE w.tenant IS NULL LIMIT 500",
+                &[],
+            )
+            .await
+            .map_err(io)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let (mut id, mut tenant, mut created, mut version, mut waits) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for r in &rows {
+            let key: &str = r.get(0);
+            let meta: Meta = decode(key.as_bytes(), r.get(1))?;
+            let meta = stoa_engine::store::index::with_stored_waits(meta, r.get(2), r.get(3));
+            tenant.push(stoa_engine::store::index::tenant(&meta.id).to_string());
+            created.push(int(meta.created_ms));
+            version.push(meta.pack_version.clone());
+            waits.push(rows::waits(&meta));
+            id.push(key.to_string());
+        }
+        client
+            .execute(
+                "UPDATE workflows w SET tenant = t.tenant, created_ms = t.created, version = t.version, waits = t.waits \
+                 FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[]) \
+                 AS t(id, tenant, created, version, waits) WHERE w.id = t.id",
+                &[&id, &tenant, &created, &version, &waits],
+            )
+            .await
+            .map_err(io)?;
+    }
+}
+
 /// The first string after every string that starts with `prefix`, if
 /// there is one (`None` for the empty prefix: no upper bound).
 fn prefix_end(prefix: &str) -> Option<String> {
@@ -475,10 +521,13 @@ fn decoded<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T,
     decode(key.as_bytes(), bytes).map_err(Fail::Other)
 }
 
-const UPSERT_WORKFLOWS: &str = "INSERT INTO workflows (id, part, status, pack, finished_ms, meta) \
-     SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::int8[], $6::bytea[]) \
+const UPSERT_WORKFLOWS: &str =
+    "INSERT INTO workflows (id, part, status, pack, finished_ms, meta, tenant, created_ms, version, waits) \
+     SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::int8[], $6::bytea[], $7::text[], \
+     $8::int8[], $9::text[], $10::text[]) \
      ON CONFLICT (id) DO UPDATE SET part = excluded.part, status = excluded.status, pack = excluded.pack, \
-     finished_ms = excluded.finished_ms, meta = excluded.meta";
+     finished_ms = excluded.finished_ms, meta = excluded.meta, tenant = excluded.tenant, \
+     created_ms = excluded.created_ms, version = excluded.version, waits = excluded.waits";
 const UPSERT_FACTS: &str =
     "INSERT INTO facts (wf, id, body) SELECT * FROM unnest($1::text[], $2::int8[], $3::bytea[]) \
      ON CONFLICT (wf, id) DO UPDATE SET body = excluded.body";
@@ -546,9 +595,21 @@ fn statements(rows: Rows) -> Vec<Statement> {
     let mut add = |sql, params: Vec<Box<dyn ToSql + Sync + Send>>| out.push(statement(sql, params));
     let (puts, _) = rows.workflows.split();
     if !puts.is_empty() {
-        let (id, part, status, rest) = split4(puts, |(id, r)| (id, r.part, r.status, (r.pack, r.finished_ms, r.meta)));
-        let (pack, finished, meta) = split3(rest, |x| x);
-        add(UPSERT_WORKFLOWS, params![id, part, status, pack, finished, meta]);
+        let (id, part, status, rest) = split4(puts, |(id, r)| {
+            (id, r.part, r.status, (r.pack, r.finished_ms, r.meta, r.tenant, r.created_ms, r.version, r.waits))
+        });
+        let (mut pack, mut finished, mut meta) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut tenant, mut created, mut version, mut waits) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (p, f, m, t, c, v, w) in rest {
+            pack.push(p);
+            finished.push(f);
+            meta.push(m);
+            tenant.push(t);
+            created.push(c);
+            version.push(v);
+            waits.push(w);
+        }
+        add(UPSERT_WORKFLOWS, params![id, part, status, pack, finished, meta, tenant, created, version, waits]);
     }
     let (puts, deletes) = rows.facts.split();
     if !puts.is_empty() {
@@ -724,6 +785,88 @@ impl Store for PgStore {
         })
     }
 
+    fn list(&self, q: &ListQuery<'_>) -> Result<Vec<Meta>, Error> {
+        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = params![q.tenant.to_string()];
+        let mut conds = vec!["tenant = $1".to_string()];
+        let mut param = |p: Box<dyn ToSql + Sync + Send>| {
+            params.push(p);
+            format!("${}", params.len())
+        };
+        match q.family {
+            Family::All => {}
+            Family::Pack(p) => conds.push(format!("pack = {}", param(Box::new(p.to_string())))),
+            Family::Version(p, v) => {
+                conds.push(format!("pack = {}", param(Box::new(p.to_string()))));
+                conds.push(format!("version = {}", param(Box::new(v.to_string()))));
+            }
+        }
+        if let Some(s) = q.status {
+            // Constants of this build, never a tenant's text.
+            conds.push(match s {
+                ListStatus::WaitingInvocation => "waits = 'invocation'".into(),
+                ListStatus::WaitingTimer => "waits = 'timer'".into(),
+                other => format!("status = '{}'", other.as_str()),
+            });
+        }
+        if let Some(t) = q.since_ms {
+            conds.push(format!("created_ms >= {}", param(Box::new(int(t)))));
+        }
+        if let Some(t) = q.until_ms {
+            conds.push(format!("created_ms < {}", param(Box::new(int(t)))));
+        }
+        if let Some((ms, id)) = q.before {
+            let (a, b) = (param(Box::new(int(ms))), param(Box::new(id.as_str().to_string())));
+            conds.push(format!("(created_ms, id) < ({a}, {b})"));
+        }
+        let limit = param(Box::new(int(q.limit as u64)));
+        let sql = format!(
+            "SELECT id, meta FROM workflows WHERE {} ORDER BY created_ms DESC, id DESC LIMIT {limit}",
+            conds.join(" AND ")
+        );
+        self.call(move |client| async move {
+            let st = client.prepare_cached(&sql).await?;
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|b| &**b as &(dyn ToSql + Sync)).collect();
+            let rows = client.query(&st, &refs).await?;
+            rows.iter().map(|r| decoded(r.get(0), r.get(1))).collect()
+        })
+    }
+
+    fn list_counts(&self, tenant: &str, family: Family<'_>) -> Result<ListCounts, Error> {
+        let (pack, version) = match family {
+            Family::All => (None, None),
+            Family::Pack(p) => (Some(p.to_string()), None),
+            Family::Version(p, v) => (Some(p.to_string()), Some(v.to_string())),
+        };
+        let tenant = tenant.to_string();
+        self.call(move |client| async move {
+            let sql = "SELECT status, waits, count(*) FROM workflows WHERE tenant = $1 \
+                       AND ($2::text IS NULL OR pack = $2) AND ($3::text IS NULL OR version = $3) GROUP BY status, waits";
+            let st = client.prepare_cached(sql).await?;
+            let mut c = ListCounts::default();
+            for r in client.query(&st, &[&tenant, &pack, &version]).await? {
+                let (status, waits, n): (String, Option<String>, i64) = (r.get(0), r.get(1), r.get(2));
+                let n = n.max(0) as u64;
+                c.all += n;
+                let mut add = |s: ListStatus| c.by_status[s as usize] += n;
+                match status.as_str() {
+                    "running" => {
+                        add(ListStatus::Running);
+                        match waits.as_deref() {
+                            Some("invocation") => add(ListStatus::WaitingInvocation),
+                            Some("timer") => add(ListStatus::WaitingTimer),
+                            _ => {}
+                        }
+                    }
+                    "completed" => add(ListStatus::Completed),
+                    "failed" => add(ListStatus::Failed),
+                    "cancelled" => add(ListStatus::Cancelled),
+                    _ => {}
+                }
+            }
+            Ok(c)
+        })
+    }
+
     fn put_pack(&self, pack: &PackRecord) -> Result<(), Error> {
         let (tenant, name, seq, body) = (pack.tenant.clone(), pack.name.clone(), int(pack.seq), encode(pack));
         self.call(move |client| async move {
@@ -854,6 +997,23 @@ impl Store for PgStore {
         self.call(move |client| async move {
             let st = client.prepare_cached("SELECT wf FROM requests WHERE key = $1").await?;
             Ok(client.query_opt(&st, &[&key]).await?.map(|r| WorkflowId::new(r.get::<_, &str>(0))))
+        })
+    }
+
+    fn requests(&self, prefix: &str, limit: usize) -> Result<Vec<(String, WorkflowId)>, Error> {
+        let (from, end, limit) = (prefix.to_string(), prefix_end(prefix), int(limit as u64));
+        self.call(move |client| async move {
+            let rows = match &end {
+                Some(end) => {
+                    let sql = "SELECT key, wf FROM requests WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3";
+                    client.query(&client.prepare_cached(sql).await?, &[&from, end, &limit]).await?
+                }
+                None => {
+                    let sql = "SELECT key, wf FROM requests WHERE key >= $1 ORDER BY key LIMIT $2";
+                    client.query(&client.prepare_cached(sql).await?, &[&from, &limit]).await?
+                }
+            };
+            Ok(rows.iter().map(|r| (r.get::<_, String>(0), WorkflowId::new(r.get::<_, &str>(1)))).collect())
         })
     }
 

@@ -46,6 +46,23 @@ pub struct WorkflowRow {
     pub pack: String,
     pub finished_ms: Option<i64>,
     pub meta: Vec<u8>,
+    /// The list index's columns (`stoa_engine::store::index`).
+    pub tenant: String,
+    pub created_ms: i64,
+    pub version: String,
+    pub waits: Option<&'static str>,
+}
+
+/// What a running workflow waits on, as the `waits` column says it.
+pub fn waits(meta: &stoa_engine::workflow::Meta) -> Option<&'static str> {
+    use stoa_engine::store::ListStatus;
+    if ListStatus::WaitingInvocation.has(meta) {
+        Some("invocation")
+    } else if ListStatus::WaitingTimer.has(meta) {
+        Some("timer")
+    } else {
+        None
+    }
 }
 
 /// Everything a group commit writes, owned (it crosses to the store's
@@ -84,6 +101,10 @@ impl Rows {
                         pack: meta.pack.clone(),
                         finished_ms: finished.then(|| int(meta.updated_ms)),
                         meta: encode(meta),
+                        tenant: stoa_engine::store::index::tenant(&meta.id).to_string(),
+                        created_ms: int(meta.created_ms),
+                        version: meta.pack_version.clone(),
+                        waits: waits(meta),
                     },
                 );
             }

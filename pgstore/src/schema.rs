@@ -13,7 +13,7 @@
 //! of its own.
 
 /// The schema this build writes and reads.
-pub const VERSION: i32 = 2;
+pub const VERSION: i32 = 3;
 
 /// Partitions of a cluster created without saying how many.
 pub const DEFAULT_PARTITIONS: u32 = 256;
@@ -104,6 +104,26 @@ CREATE TABLE members (
     // turn to another (set at migration, from the migrating server's
     // randomness: whoever reads the database is trusted anyway).
     (2, "ALTER TABLE cluster ADD COLUMN secret TEXT"),
+    // The list index (`stoa_engine::store::index`): columns of the
+    // workflow's own row, so it is written by the same statement as the
+    // meta, and B-tree indexes that page newest first by tenant, then by
+    // status, waits, pack and version. Rows of an older build get their
+    // values at open (`PgStore::fill_list_columns`).
+    (
+        3,
+        r#"
+ALTER TABLE workflows ADD COLUMN tenant TEXT COLLATE "C";
+ALTER TABLE workflows ADD COLUMN created_ms BIGINT;
+ALTER TABLE workflows ADD COLUMN version TEXT COLLATE "C";
+ALTER TABLE workflows ADD COLUMN waits TEXT COLLATE "C";
+CREATE INDEX workflows_list ON workflows (tenant, created_ms, id);
+CREATE INDEX workflows_list_status ON workflows (tenant, status, created_ms, id);
+CREATE INDEX workflows_list_waits ON workflows (tenant, waits, created_ms, id) WHERE waits IS NOT NULL;
+CREATE INDEX workflows_list_pack ON workflows (tenant, pack, created_ms, id);
+CREATE INDEX workflows_list_pack_status ON workflows (tenant, pack, status, created_ms, id);
+CREATE INDEX workflows_list_version ON workflows (tenant, pack, version, created_ms, id);
+"#,
+    ),
 ];
 
 /// The table that records applied migrations.

@@ -77,23 +77,49 @@ fn a_database_with_a_newer_schema_is_refused_and_left_alone() {
     drop(PgStore::open(&pg.url(&db), Options::default()).unwrap());
     pg.psql(&db, "INSERT INTO stoa_schema (version) VALUES (99)").unwrap();
     let err = PgStore::open(&pg.url(&db), Options::default()).err().expect("refused").to_string();
-    assert_eq!(err, "the database's Stoa schema is version 99, newer than this build's (2): run a newer stoa");
-    assert_eq!(pg.psql(&db, "SELECT count(*) FROM stoa_schema").unwrap(), "3");
+    assert_eq!(err, "the database's Stoa schema is version 99, newer than this build's (3): run a newer stoa");
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM stoa_schema").unwrap(), "4");
 }
 
-/// A database made by the first schema gets the second at open: the
-/// cluster's secret, the same for every server after.
+/// A database made by the first schema gets the later ones at open: the
+/// cluster's secret, the same for every server after; the list index's
+/// columns, filled for the workflows already there (a running one's waits
+/// from its rows).
 #[test]
 fn an_older_schema_is_migrated_at_open() {
+    use stoa_engine::store::{Commit, Family, ListQuery, ListStatus};
+    use stoa_engine::workflow::{Input, Workflow};
     let pg = shared_postgres();
     let db = fresh_database(&pg);
-    drop(PgStore::open(&pg.url(&db), Options::default()).unwrap());
-    pg.psql(&db, "DELETE FROM stoa_schema WHERE version = 2; ALTER TABLE cluster DROP COLUMN secret").unwrap();
+    {
+        let store = PgStore::open(&pg.url(&db), Options::default()).unwrap();
+        let p = stoa_engine::store::conformance::rules_pack();
+        let mut wf = Workflow::new(stoa_engine::WorkflowId::new("wf_t.a"), p, 7);
+        let out = wf.apply(Input::Start { facts: stoa_engine::store::conformance::chunks(1) }, 7).unwrap();
+        store.commit(&[Commit { workflow: wf.id(), output: &out, request_id: None, epoch: None }]).unwrap();
+    }
+    pg.psql(
+        &db,
+        "DELETE FROM stoa_schema WHERE version >= 2; ALTER TABLE cluster DROP COLUMN secret; \
+         ALTER TABLE workflows DROP COLUMN tenant, DROP COLUMN created_ms, DROP COLUMN version, DROP COLUMN waits",
+    )
+    .unwrap();
     let a = PgStore::open(&pg.url(&db), Options::default()).unwrap();
     let b = PgStore::open(&pg.url(&db), Options::default()).unwrap();
     assert_eq!(a.secret().len(), 64);
     assert_eq!(a.secret(), b.secret());
-    assert_eq!(pg.psql(&db, "SELECT max(version) FROM stoa_schema").unwrap(), "2");
+    assert_eq!(pg.psql(&db, "SELECT max(version) FROM stoa_schema").unwrap(), "3");
+    let q = ListQuery {
+        tenant: "t",
+        family: Family::Version("test", "1"),
+        status: Some(ListStatus::WaitingInvocation),
+        since_ms: Some(7),
+        until_ms: None,
+        before: None,
+        limit: 5,
+    };
+    assert_eq!(a.list(&q).unwrap().len(), 1);
+    assert_eq!(a.list_counts("t", Family::All).unwrap().by_status, [1, 1, 0, 0, 0, 0]);
 }
 
 #[test]
@@ -112,7 +138,7 @@ fn migrations_apply_once_with_servers_starting_together() {
     for o in opened {
         assert_eq!(o.join().unwrap().unwrap(), 64);
     }
-    assert_eq!(pg.psql(&db, "SELECT count(*) FROM stoa_schema").unwrap(), "2");
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM stoa_schema").unwrap(), "3");
     assert_eq!(pg.psql(&db, "SELECT count(*) FROM partitions").unwrap(), "64");
     // An existing cluster keeps its partitions.
     let again = PgStore::open(&url, Options { partitions: 8, ..Options::default() }).unwrap();

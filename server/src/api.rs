@@ -58,77 +58,44 @@ impl StoaService {
     /// page, time linear in the tenant's workflows). The token is the last
     /// one shown (`<created ms hex>:<id>`), so paging neither repeats nor
     /// skips a workflow; ones started meanwhile come before the first page.
+    /// A page newest first, from the store's list index: reads the page,
+    /// not the workflows before it.
     fn newest_first(
         &self,
         tenant: &str,
         token: &str,
         size: usize,
-        keep: impl Fn(&stoa_engine::workflow::Meta) -> bool,
+        pack: &str,
+        status: &str,
         summary: impl Fn(stoa_engine::workflow::Meta) -> pb::WorkflowSummary,
     ) -> Result<(Vec<pb::WorkflowSummary>, String), Status> {
-        use std::cmp::Reverse;
-        type Key = (Reverse<u64>, String);
-        let cursor: Option<Key> = match token {
+        use stoa_engine::store::{Family, ListQuery, ListStatus};
+        let cursor = match token {
             "" => None,
             t => {
                 let bad = || Status::invalid_argument("page_token: not a token from this API (with newest_first)");
                 let (ms, id) = t.split_once(':').ok_or_else(bad)?;
-                Some((Reverse(u64::from_str_radix(ms, 16).map_err(|_| bad())?), id.to_string()))
+                let id = workflow_id(id).map_err(|_| bad())?;
+                Some((u64::from_str_radix(ms, 16).map_err(|_| bad())?, id))
             }
         };
-        // The `size` smallest keys after the cursor; the largest on top.
-        let mut best: std::collections::BinaryHeap<(Key, HeapItem)> = std::collections::BinaryHeap::new();
-        let mut more = false;
-        let mut after: Option<WorkflowId> = None;
-        loop {
-            let metas = self.runtime.list(tenant, after.as_ref(), 1000)?;
-            let done = metas.len() < 1000;
-            for m in metas {
-                after = Some(m.id.clone());
-                let key = (Reverse(m.created_ms), m.id.to_string());
-                if !keep(&m) || cursor.as_ref().is_some_and(|c| key <= *c) {
-                    continue;
-                }
-                if best.len() == size {
-                    if best.peek().is_some_and(|(top, _)| key >= *top) {
-                        more = true;
-                        continue;
-                    }
-                    best.pop();
-                    more = true;
-                }
-                best.push((key, HeapItem(summary(m))));
-            }
-            if done {
-                break;
-            }
-        }
-        let page: Vec<(Key, HeapItem)> = best.into_sorted_vec();
-        let next = match page.last() {
-            Some(((Reverse(ms), id), _)) if more => format!("{ms:x}:{id}"),
+        let q = ListQuery {
+            tenant,
+            family: if pack.is_empty() { Family::All } else { Family::Pack(pack) },
+            status: ListStatus::parse(status),
+            since_ms: None,
+            until_ms: None,
+            before: cursor.as_ref().map(|(ms, id)| (*ms, id)),
+            limit: size + 1,
+        };
+        let mut metas = self.runtime.list_page(tenant, &q)?;
+        let more = metas.len() > size;
+        metas.truncate(size);
+        let next = match metas.last() {
+            Some(m) if more => format!("{:x}:{}", m.created_ms, m.id),
             _ => String::new(),
         };
-        Ok((page.into_iter().map(|(_, s)| s.0).collect(), next))
-    }
-}
-
-/// A summary in the heap of `newest_first`, ordered by its key alone.
-struct HeapItem(pb::WorkflowSummary);
-
-impl PartialEq for HeapItem {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl Eq for HeapItem {}
-impl PartialOrd for HeapItem {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for HeapItem {
-    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
-        std::cmp::Ordering::Equal
+        Ok((metas.into_iter().map(summary).collect(), next))
     }
 }
 
@@ -650,7 +617,8 @@ impl pb::stoa_server::Stoa for StoaService {
             created_ms: m.created_ms,
         };
         if req.newest_first {
-            let (workflows, next_page_token) = self.newest_first(&tenant, &req.page_token, size, keep, summary)?;
+            let (workflows, next_page_token) =
+                self.newest_first(&tenant, &req.page_token, size, &req.pack, &req.status, summary)?;
             return Ok(Response::new(pb::ListWorkflowsResponse { workflows, next_page_token }));
         }
         let mut after = if req.page_token.is_empty() {

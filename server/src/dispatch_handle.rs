@@ -87,6 +87,11 @@ pub struct Inspected {
     pub failed: Vec<FailedAttempt>,
     /// Sessions of the tenant serving the function, not draining.
     pub workers: u32,
+    /// The worker session running the attempt, while one does.
+    pub session: Option<SessionId>,
+    /// When the running attempt times out (start-to-close; ms since the
+    /// epoch), while one runs.
+    pub deadline_ms: u64,
 }
 
 /// A tenant's workers as the dispatcher sees them.

@@ -839,15 +839,22 @@ impl Dispatcher {
             let state = if self.delivering.contains(id) { "answered" } else { "" };
             return Inspected { state, workers, ..Inspected::default() };
         };
-        let (state, retry_at_ms) = match item.state {
-            State::Queued => ("queued", 0),
-            State::Leased { .. } => ("running", 0),
-            State::Backoff { until } => {
-                let now = self.opts.clock.now();
-                ("backoff", self.opts.clock.now_ms() + until.saturating_duration_since(now).as_millis() as u64)
-            }
+        let (now, now_ms) = (self.opts.clock.now(), self.opts.clock.now_ms());
+        let at_ms = |t: Instant| now_ms + t.saturating_duration_since(now).as_millis() as u64;
+        let (state, retry_at_ms, session, deadline_ms) = match item.state {
+            State::Queued => ("queued", 0, None, 0),
+            State::Leased { session, deadline, .. } => ("running", 0, Some(session), at_ms(deadline)),
+            State::Backoff { until } => ("backoff", at_ms(until), None, 0),
         };
-        Inspected { state, attempt: item.attempt, retry_at_ms, failed: item.failed.clone(), workers }
+        Inspected {
+            state,
+            attempt: item.attempt,
+            retry_at_ms,
+            failed: item.failed.clone(),
+            workers,
+            session,
+            deadline_ms,
+        }
     }
 }
 

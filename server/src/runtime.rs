@@ -610,6 +610,21 @@ impl Runtime {
         versions.trim(keep);
     }
 
+    /// One deployed version of a pack, compiled again on the turn pool if
+    /// it is not kept in memory.
+    pub async fn pack_compiled(
+        self: &Arc<Self>,
+        tenant: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Arc<Pack>, ApiError> {
+        if let Some(p) = self.pack_version(tenant, name, version) {
+            return Ok(p);
+        }
+        let (rt, t, n, v) = (self.clone(), tenant.to_string(), name.to_string(), version.to_string());
+        self.pool.run(tenant, move || rt.pack(&t, &n, Some(&v))).await.map_err(internal)?
+    }
+
     /// One deployed version of a pack, if it is compiled now.
     pub fn pack_version(&self, tenant: &str, name: &str, version: &str) -> Option<Arc<Pack>> {
         self.packs.get(&(tenant.to_string(), name.to_string()))?.get(version)
@@ -1514,6 +1529,53 @@ impl Runtime {
 
     pub fn list(&self, tenant: &str, after: Option<&WorkflowId>, limit: usize) -> Result<Vec<Meta>, ApiError> {
         self.store.workflows(&format!("{}{tenant}.", WorkflowId::PREFIX), after, limit).map_err(ApiError::from)
+    }
+
+    /// The meta of one of the tenant's workflows, without its facts.
+    pub fn meta_of(&self, tenant: &str, id: &WorkflowId) -> Result<Option<Meta>, ApiError> {
+        if tenant_of(id) != tenant {
+            return Ok(None);
+        }
+        let metas = self.store.workflows(id.as_str(), None, 1).map_err(ApiError::from)?;
+        Ok(metas.into_iter().next().filter(|m| m.id == *id))
+    }
+
+    /// The children a workflow started (at most `limit`): the workflows of
+    /// the requests `child:<its invocation ids>`.
+    pub fn children_of(&self, tenant: &str, id: &WorkflowId, limit: usize) -> Result<Vec<Meta>, ApiError> {
+        if tenant_of(id) != tenant {
+            return Ok(Vec::new());
+        }
+        // `InvocationId::of` without the counter: the prefix of them all.
+        let invs = format!("inv_{}.", &id.as_str()[WorkflowId::PREFIX.len()..]);
+        let requests = self.store.requests(&format!("{tenant}/child:{invs}"), limit).map_err(ApiError::from)?;
+        let mut out = Vec::new();
+        for (_, child) in requests {
+            // An id with dots of its own shares the prefix: keep only
+            // those this workflow's invocations started.
+            let Some(m) = self.meta_of(tenant, &child)? else { continue };
+            if matches!(&m.origin, Origin::Parent { invocation, .. } if invocation.workflow().as_ref() == Some(id)) {
+                out.push(m);
+            }
+        }
+        out.sort_by_key(|m| m.created_ms);
+        Ok(out)
+    }
+
+    /// A page of the tenant's workflows newest first, from the store's list
+    /// index: whatever `q.tenant` says, only `tenant`'s.
+    pub fn list_page(&self, tenant: &str, q: &stoa_engine::store::ListQuery<'_>) -> Result<Vec<Meta>, ApiError> {
+        let q = stoa_engine::store::ListQuery { tenant, ..q.clone() };
+        self.store.list(&q).map_err(ApiError::from)
+    }
+
+    /// How many workflows of the tenant's family there are, per status.
+    pub fn list_counts(
+        &self,
+        tenant: &str,
+        family: stoa_engine::store::Family<'_>,
+    ) -> Result<stoa_engine::store::ListCounts, ApiError> {
+        self.store.list_counts(tenant, family).map_err(ApiError::from)
     }
 
     /// `list` of the workflows whose key (the id after `wf_<tenant>.`)

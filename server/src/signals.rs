@@ -170,6 +170,21 @@ impl Runtime {
         Ok(out)
     }
 
+    /// The signals a workflow emitted that were routed (at most `limit`),
+    /// with what each started and unblocked.
+    pub fn emitted_by(&self, tenant: &str, wf: &WorkflowId, limit: usize) -> Result<Vec<SignalRecord>, ApiError> {
+        let mut out = Vec::new();
+        for (_, v) in self.store.scan_aux("signal-by", &format!("{tenant}/{wf}/")).map_err(ApiError::from)? {
+            if out.len() >= limit {
+                break;
+            }
+            if let Some(r) = v.as_str().and_then(|s| self.signal_record(tenant, s).ok().flatten()) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
     /// The chain around a signal: the signals upstream of it (the one that
     /// started the workflow that emitted it, and so on), then it and what
     /// its workflows emitted, depth-first. Each with its depth.

@@ -59,6 +59,19 @@ impl Store for Gate {
     fn workflows(&self, prefix: &str, after: Option<&WorkflowId>, limit: usize) -> Result<Vec<Meta>, Error> {
         self.inner.workflows(prefix, after, limit)
     }
+    fn list(&self, q: &stoa_engine::store::ListQuery<'_>) -> Result<Vec<Meta>, Error> {
+        self.inner.list(q)
+    }
+    fn requests(&self, prefix: &str, limit: usize) -> Result<Vec<(String, WorkflowId)>, Error> {
+        self.inner.requests(prefix, limit)
+    }
+    fn list_counts(
+        &self,
+        tenant: &str,
+        family: stoa_engine::store::Family<'_>,
+    ) -> Result<stoa_engine::store::ListCounts, Error> {
+        self.inner.list_counts(tenant, family)
+    }
     fn put_pack(&self, pack: &PackRecord) -> Result<(), Error> {
         self.inner.put_pack(pack)
     }
@@ -282,6 +295,19 @@ impl Store for Flaky {
     }
     fn workflows(&self, prefix: &str, after: Option<&WorkflowId>, limit: usize) -> Result<Vec<Meta>, Error> {
         self.inner.workflows(prefix, after, limit)
+    }
+    fn list(&self, q: &stoa_engine::store::ListQuery<'_>) -> Result<Vec<Meta>, Error> {
+        self.inner.list(q)
+    }
+    fn requests(&self, prefix: &str, limit: usize) -> Result<Vec<(String, WorkflowId)>, Error> {
+        self.inner.requests(prefix, limit)
+    }
+    fn list_counts(
+        &self,
+        tenant: &str,
+        family: stoa_engine::store::Family<'_>,
+    ) -> Result<stoa_engine::store::ListCounts, Error> {
+        self.inner.list_counts(tenant, family)
     }
     fn put_pack(&self, pack: &PackRecord) -> Result<(), Error> {
         self.inner.put_pack(pack)

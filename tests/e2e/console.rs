@@ -450,3 +450,143 @@ fn console_in_a_real_browser() {
     browser.wait_for("the 404 page", |s| s.contains("404 Not Found"));
     eprintln!("console screenshots: {}", shots.display());
 }
+
+/// The browser binaries, or `None` after saying why the test skips (a
+/// failure under CI or with `STOA_REQUIRE_BROWSER=1`).
+fn browser_or_skip(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let found = browser_binaries();
+    if found.is_none() {
+        let required = std::env::var_os("CI").is_some() || std::env::var_os("STOA_REQUIRE_BROWSER").is_some();
+        assert!(!required, "chromium and chromedriver are missing: run tests/e2e/setup-browser.sh");
+        eprintln!(
+            "SKIPPED {test}: chromium and chromedriver are not installed \
+             (tests/e2e/setup-browser.sh installs them; CI=1 or STOA_REQUIRE_BROWSER=1 makes this a failure)"
+        );
+    }
+    found
+}
+
+/// Rows of the list shown now.
+fn rows(browser: &Browser) -> usize {
+    browser.count("#list table.grid tbody tr")
+}
+
+/// The list with filters and pages, a bulk cancel over a filter (not a
+/// pack), the firing graph clicked through to a firing and to a fact, and
+/// a version's dry run.
+#[test]
+fn console_filters_bulk_cancel_graph_and_diff_in_a_real_browser() {
+    let Some((chromium, chromedriver)) =
+        browser_or_skip("console_filters_bulk_cancel_graph_and_diff_in_a_real_browser")
+    else {
+        return;
+    };
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with(dir.path(), &["--http-listen", "127.0.0.1:0"]);
+    let web = server.console.clone().expect("console address");
+    let rt = rt();
+    let requests: Vec<String> = (0..60).map(|i| format!("f-{i:02}")).collect();
+    let ids = rt.block_on(start(&server.addr, TOKEN_A, &requests.iter().map(String::as_str).collect::<Vec<_>>()));
+    let browser = Browser::start(&chromium, &chromedriver);
+    browser.go(&format!("{web}/login"));
+    browser.type_in("#token", TOKEN_A);
+    browser.click("button[type=submit]");
+    browser.wait_for("the list", |s| s.contains(&ids[59]));
+
+    // Newest first, 50 a page; the next page has the other 10.
+    assert_eq!(rows(&browser), 50);
+    assert!(browser.source().contains(&ids[59]) && !browser.source().contains(&format!("/workflows/{}\"", ids[0])));
+    browser.click("a[rel=next]");
+    browser.wait_for("the second page", |s| s.contains(&format!("/workflows/{}\"", ids[0])));
+    assert_eq!(rows(&browser), 10);
+    // Filters: a status (with its count), then a request id typed in.
+    browser.go(&format!("{web}/workflows?status=waiting-invocation&pack=once"));
+    browser.wait_for("the filtered list", |s| s.contains("waiting on an invocation"));
+    assert!(browser.source().contains("<span class=\"n\">60</span>"), "60 counted");
+    browser.type_in("input[name=q]", "f-07");
+    browser.click("form.filters button[type=submit]");
+    browser.wait_for("one row", |s| s.contains(&ids[7]) && !s.contains(&ids[8]));
+    assert_eq!(rows(&browser), 1);
+    browser.screenshot(&shots, "workflows-filtered");
+
+    // Bulk cancel over that filter (a request id, no pack): it says how
+    // many, then cancels that one only.
+    browser.click("div.bulk form[action='/workflows/cancel'] button");
+    browser.wait_for("the confirmation", |s| s.contains("Cancel 1 running workflow(s)?"));
+    assert!(browser.source().contains("id or request id “f-07”"), "the filter in words");
+    browser.screenshot(&shots, "bulk-cancel-confirm");
+    browser.click("button.danger");
+    browser.wait_for("the notice", |s| s.contains("Cancelled 1 workflow(s)"));
+    let deadline = Instant::now() + WAIT;
+    while rt.block_on(status_of(&server.addr, TOKEN_A, &ids[7])) != "cancelled" {
+        assert!(Instant::now() < deadline, "the workflow was never cancelled");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(rt.block_on(status_of(&server.addr, TOKEN_A, &ids[8])), "running");
+
+    // The firing graph of a workflow: a firing leads to its timeline
+    // entry, a fact to its history.
+    browser.go(&format!("{web}/workflows/{}/graph", ids[3]));
+    browser.wait_for("the graph", |s| s.contains("<svg") && s.contains("class=\"node firing\""));
+    browser.screenshot(&shots, "firing-graph");
+    browser.click("svg a.firing");
+    browser.wait_for("the firing's entry", |s| s.contains("Timeline") && s.contains("fire   work"));
+    assert!(browser.url().contains("#e"), "{}", browser.url());
+    browser.go(&format!("{web}/workflows/{}/graph", ids[3]));
+    browser.wait_for("the graph again", |s| s.contains("class=\"node fact\""));
+    browser.click("svg a.fact");
+    browser.wait_for("the fact's page", |s| s.contains("Job") && s.contains("/facts/1"));
+    assert!(browser.url().ends_with(&format!("/workflows/{}/facts/1", ids[3])), "{}", browser.url());
+
+    // A second version as a canary on almost nothing; its dry run against
+    // the stable one: a new rule, and the activations it would gain.
+    rt.block_on(async {
+        let mut c = client(&server.addr, TOKEN_A).await;
+        let files = crate::client::pack_files("tests/packs/once")
+            .into_iter()
+            .map(|mut f| {
+                let text = String::from_utf8(f.content).expect("utf-8");
+                f.content = match f.path.as_str() {
+                    "pack.toml" => text.replace("version = \"1\"", "version = \"2\"").into_bytes(),
+                    _ => format!("{text}\nrule \"note\" {{\n    match {{ j: Job(state == \"running\") }}\n    action {{ log(\"seen\"); }}\n}}\n").into_bytes(),
+                };
+                f
+            })
+            .collect();
+        c.deploy_pack(pb::DeployPackRequest {
+            files,
+            rollout: pb::Rollout::Canary as i32,
+            canary_fraction: 0.0001,
+            ..Default::default()
+        })
+        .await
+        .expect("deploy version 2");
+    });
+    browser.go(&format!("{web}/packs"));
+    browser.wait_for("the packs page", |s| s.contains("Show the diff"));
+    browser.click("article.pack form[action$='/diff'] button");
+    browser.wait_for("the dry run", |s| s.contains("Dry run: once 2") && s.contains("New (1)"));
+    let page = browser.source();
+    assert!(page.contains("<code>note</code>"), "{page}");
+    assert!(page.contains("Activations gained") && page.contains("live workflow(s) would move to 2"), "{page}");
+    browser.screenshot(&shots, "pack-diff");
+
+    // A worker takes the invocations and keeps them: the workflow page
+    // shows the attempt running, on which session, until when.
+    let worker = rt.block_on(async {
+        let mut w = RawWorker::connect(&server.addr, TOKEN_A, &["t.work"], 100).await.expect("worker");
+        let deadline = Instant::now() + WAIT;
+        let mut taken = 0;
+        while taken < 59 && Instant::now() < deadline {
+            taken += w.invocations(Duration::from_secs(2)).await.len();
+        }
+        w
+    });
+    browser.go(&format!("{web}/workflows/{}", ids[8]));
+    browser.wait_for("the running attempt", |s| s.contains("Waiting invocations") && s.contains(">session "));
+    browser.screenshot(&shots, "workflow-waiting");
+    drop(worker);
+    eprintln!("console screenshots: {}", shots.display());
+}

@@ -103,7 +103,7 @@ fn bad_stores_are_refused_with_the_reason() {
     pg.psql("newer", "INSERT INTO stoa_schema (version) VALUES (7)").unwrap();
     let err = refused(&["--store", &url]);
     assert!(
-        err.contains("the database's Stoa schema is version 7, newer than this build's (2): run a newer stoa"),
+        err.contains("the database's Stoa schema is version 7, newer than this build's (3): run a newer stoa"),
         "{err}"
     );
 }

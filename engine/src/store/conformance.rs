@@ -11,9 +11,9 @@ use std::sync::Arc;
 use stoa_rules::testcase::FactSpec;
 use stoa_rules::Value;
 
-use super::{Attempts, Commit, PackRecord, Parts, Store, SIGNAL_OUTBOX};
+use super::{Attempts, Commit, Family, ListQuery, ListStatus, PackRecord, Parts, Store, SIGNAL_OUTBOX};
 use crate::fact::WorkflowId;
-use crate::testing::pack;
+use crate::testing::{pack, pack_version};
 use crate::workflow::{Input, Outcome, Status, Timer, TurnOutput, Workflow};
 
 /// Where the checks get stores from.
@@ -44,6 +44,7 @@ macro_rules! store_conformance {
             packs_by_tenant_in_deploy_order
             emitted_signals_wait_in_the_signal_outbox
             an_owner_reads_its_partitions_only
+            the_list_index_follows_every_turn
         );
     };
     (@tests $backend:expr; $($name:ident)*) => {
@@ -59,7 +60,7 @@ macro_rules! store_conformance {
 
 /// A pack with a step per chunk, a signal and timers: what every check
 /// (and the stores' own tests) commit turns of.
-pub(crate) const RULES: &str = r#"
+pub const RULES: &str = r#"
 rule "encode" {
     match { c: Chunk(status == "pending") }
     action { modify(c, #{ status: "encoding" }); call("media.encode", #{ i: c.i }); }
@@ -83,12 +84,17 @@ fn fact(ty: &str, fields: serde_json::Value) -> FactSpec {
     serde_json::from_value(serde_json::json!({"type": ty, "fields": fields})).expect("fact")
 }
 
-pub(crate) fn chunks(n: i64) -> Vec<FactSpec> {
+pub fn chunks(n: i64) -> Vec<FactSpec> {
     (0..n).map(|i| fact("Chunk", serde_json::json!({"i": i, "status": "pending"}))).collect()
 }
 
 pub(crate) fn ok() -> Outcome {
     Outcome::Ok { value: Value::Null, attempts: 1, failed: vec![] }
+}
+
+/// `RULES` as a pack (version 1), for other stores' own tests.
+pub fn rules_pack() -> Arc<stoa_rules::compile::Pack> {
+    pack(RULES, "")
 }
 
 fn workflow(id: &str) -> Workflow {
@@ -382,6 +388,10 @@ pub fn finished_workflows_are_deleted_whole(b: &mut dyn Backend) {
     assert_stored(&*store, &third);
     assert_stored(&*store, &running);
     assert_eq!(store.request("t/run").unwrap(), Some(running.id().clone()));
+    let by_prefix = |p: &str, n| store.requests(p, n).unwrap().into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    assert_eq!(by_prefix("t/r", 10), ["t/r1", "t/r3", "t/run"]);
+    assert_eq!(by_prefix("t/r", 1), ["t/r1"]);
+    assert!(by_prefix("u/", 10).is_empty());
     assert_eq!(ids(store.finished_before(1000, 10).unwrap()), ["wf_t.f3"]);
     assert_eq!(store.outbox(&Parts::All).unwrap().len(), 1);
 }
@@ -493,4 +503,93 @@ pub fn an_owner_reads_its_partitions_only(b: &mut dyn Backend) {
     assert!(store.attempts(&nothing).unwrap().is_empty());
     assert_eq!(store.outbox(&Parts::All).unwrap().len(), 6);
     assert_eq!(store.timers(&Parts::All).unwrap().len(), 9);
+}
+
+/// The list index: a tenant's workflows newest first (ties by id), by
+/// pack, version, status and creation time, paged from a cursor and
+/// counted; it follows each turn (two of one workflow in one commit too),
+/// a deletion and a reopening, and never shows another tenant's.
+pub fn the_list_index_follows_every_turn(b: &mut dyn Backend) {
+    let store = b.fresh();
+    let start = |id: &str, version: &str, at: u64, facts: Vec<FactSpec>| {
+        let mut wf = Workflow::new(WorkflowId::new(id), pack_version(RULES, "", version), at);
+        let out = wf.apply(Input::Start { facts }, at).unwrap();
+        commit(&*store, &wf, &out, None);
+        (wf, out)
+    };
+    let job = vec![fact("Job", serde_json::json!({}))];
+    let (mut a, a_out) = start("wf_t.a", "1", 10, chunks(1));
+    let (_b, _) = start("wf_t.b", "1", 20, job);
+    let (mut c, c_out) = start("wf_t.c", "1", 30, chunks(1));
+    let out = c.apply(Input::Result { invocation: c_out.invocations[0].id.clone(), outcome: ok() }, 31).unwrap();
+    commit(&*store, &c, &out, None);
+    let (_d, _) = start("wf_t.d", "2", 30, vec![]);
+    let (mut e, _) = start("wf_t.e", "1", 40, chunks(1));
+    let out = e.apply(Input::Terminate { reason: "r".into() }, 41).unwrap();
+    commit(&*store, &e, &out, None);
+    start("wf_u.z", "1", 50, vec![]);
+    // Two turns of one workflow in one commit.
+    let mut f = Workflow::new(WorkflowId::new("wf_t.f"), pack(RULES, ""), 5);
+    let f1 = f.apply(Input::Start { facts: chunks(1) }, 5).unwrap();
+    let f2 = f.apply(Input::Result { invocation: f1.invocations[0].id.clone(), outcome: ok() }, 6).unwrap();
+    store
+        .commit(&[
+            Commit { workflow: f.id(), output: &f1, request_id: None, epoch: None },
+            Commit { workflow: f.id(), output: &f2, request_id: None, epoch: None },
+        ])
+        .unwrap();
+
+    fn q<'a>(
+        family: Family<'a>,
+        status: Option<ListStatus>,
+        before: Option<(u64, &'a WorkflowId)>,
+        limit: usize,
+    ) -> ListQuery<'a> {
+        ListQuery { tenant: "t", family, status, since_ms: None, until_ms: None, before, limit }
+    }
+    let ids = |store: &dyn Store, q: ListQuery<'_>| {
+        store.list(&q).unwrap().into_iter().map(|m| m.id.as_str()["wf_t.".len()..].to_string()).collect::<Vec<_>>()
+    };
+    let check = |store: &dyn Store| {
+        assert_eq!(ids(store, q(Family::All, None, None, 10)), ["e", "d", "c", "b", "a", "f"]);
+        assert_eq!(ids(store, q(Family::All, None, None, 2)), ["e", "d"]);
+        let d = WorkflowId::new("wf_t.d");
+        assert_eq!(ids(store, q(Family::All, None, Some((30, &d)), 2)), ["c", "b"]);
+        let b = WorkflowId::new("wf_t.b");
+        assert_eq!(ids(store, q(Family::All, None, Some((20, &b)), 10)), ["a", "f"]);
+        let st = |s| ids(store, q(Family::All, Some(s), None, 10));
+        assert_eq!(st(ListStatus::Running), ["d", "b", "a"]);
+        assert_eq!(st(ListStatus::WaitingInvocation), ["a"]);
+        assert_eq!(st(ListStatus::WaitingTimer), ["b"]);
+        assert_eq!(st(ListStatus::Completed), ["c", "f"]);
+        assert_eq!(st(ListStatus::Cancelled), ["e"]);
+        assert!(st(ListStatus::Failed).is_empty());
+        assert_eq!(ids(store, q(Family::Version("test", "2"), None, None, 10)), ["d"]);
+        assert_eq!(ids(store, q(Family::Version("test", "1"), Some(ListStatus::Running), None, 10)), ["b", "a"]);
+        assert_eq!(ids(store, q(Family::Pack("test"), None, None, 3)), ["e", "d", "c"]);
+        assert!(ids(store, q(Family::Pack("other"), None, None, 3)).is_empty());
+        let window = ListQuery { since_ms: Some(20), until_ms: Some(40), ..q(Family::All, None, None, 10) };
+        assert_eq!(ids(store, window), ["d", "c", "b"]);
+        let c = store.list_counts("t", Family::All).unwrap();
+        assert_eq!((c.all, c.by_status), (6, [3, 1, 1, 2, 0, 1]));
+        let c = store.list_counts("t", Family::Version("test", "1")).unwrap();
+        assert_eq!((c.all, c.by_status), (5, [2, 1, 1, 2, 0, 1]));
+        let u = store.list_counts("u", Family::All).unwrap();
+        assert_eq!((u.all, u.by_status), (1, [1, 0, 0, 0, 0, 0]));
+    };
+    check(&*store);
+    let store = b.reopen(store);
+    check(&*store);
+
+    // `a` completes and `c` is deleted: both move or leave, counts follow.
+    let out = a.apply(Input::Result { invocation: a_out.invocations[0].id.clone(), outcome: ok() }, 60).unwrap();
+    commit(&*store, &a, &out, None);
+    assert_eq!(store.delete_finished(&[c.id().clone()]).unwrap(), 1);
+    store.commit(&[]).unwrap();
+    let store = b.reopen(store);
+    assert_eq!(ids(&*store, q(Family::All, Some(ListStatus::Completed), None, 10)), ["a", "f"]);
+    assert!(ids(&*store, q(Family::All, Some(ListStatus::WaitingInvocation), None, 10)).is_empty());
+    assert_eq!(ids(&*store, q(Family::All, None, None, 10)), ["e", "d", "b", "a", "f"]);
+    let c = store.list_counts("t", Family::All).unwrap();
+    assert_eq!((c.all, c.by_status), (5, [2, 0, 1, 2, 0, 1]));
 }

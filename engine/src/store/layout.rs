@@ -11,7 +11,8 @@
 //! starts, `c/<wf>/<due ms hex>` the timers due at one instant (they fire
 //! in one turn, which deletes one record), `x/<kind>/<key>` server records
 //! (see `Store::put_aux`),
-//! `p/<tenant>/<pack>/<seq hex>` deployed packs.
+//! `p/<tenant>/<pack>/<seq hex>` deployed packs; `l/`, `n/` and `i/list`
+//! the list index (see `index`).
 
 use serde::{Deserialize, Serialize};
 

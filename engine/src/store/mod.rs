@@ -10,12 +10,14 @@
 pub mod codec;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod index;
 mod layout;
 #[cfg(any(test, feature = "mem"))]
 mod mem;
 #[cfg(feature = "sled")]
 mod sled_store;
 
+pub use index::{Family, ListCounts, ListQuery, ListStatus};
 pub use layout::{decode_run, encode_run, timeline_runs, turn_writes, Write};
 #[cfg(any(test, feature = "mem"))]
 pub use mem::{Fault, FaultHook, Image, MemStore, Op};
@@ -149,6 +151,13 @@ pub trait Store: Send + Sync {
     /// after `after` (exclusive), at most `limit`.
     fn workflows(&self, prefix: &str, after: Option<&WorkflowId>, limit: usize) -> Result<Vec<Meta>, Error>;
 
+    /// A page of a tenant's workflows, newest first, from the list index
+    /// (`index`): reads the page, not the workflows before it.
+    fn list(&self, q: &ListQuery<'_>) -> Result<Vec<Meta>, Error>;
+
+    /// How many workflows of a tenant's family there are, per status.
+    fn list_counts(&self, tenant: &str, family: Family<'_>) -> Result<ListCounts, Error>;
+
     /// Stores a deployed pack version (durably).
     fn put_pack(&self, pack: &PackRecord) -> Result<(), Error>;
 
@@ -182,6 +191,11 @@ pub trait Store: Send + Sync {
 
     /// The workflow a client request id started, if any.
     fn request(&self, request_id: &str) -> Result<Option<WorkflowId>, Error>;
+
+    /// Client request ids that start with `prefix` and the workflows they
+    /// started, in key order, at most `limit` (a parent's children are the
+    /// requests `<tenant>/child:<its invocation ids>`).
+    fn requests(&self, prefix: &str, limit: usize) -> Result<Vec<(String, WorkflowId)>, Error>;
 
     /// Whether an invocation is still pending.
     fn pending(&self, id: &InvocationId) -> Result<bool, Error>;

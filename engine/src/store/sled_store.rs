@@ -42,6 +42,7 @@ use crate::timeline::Entry;
 use crate::workflow::{Invocation, Meta, Snapshot, Timer, Waiting};
 
 use super::codec::{decode, encode, FORMAT};
+use super::index::{self, Counts, Family, ListCounts, ListQuery};
 use super::layout::{batches, count_writes, decode_run, each_write, finished_id, finished_key, key, workflow_prefixes};
 use super::{Attempts, Commit, Error, Health, HealthWatcher, PackRecord, Parts, Store};
 
@@ -80,6 +81,9 @@ struct Shared {
     closed: Mutex<bool>,
     wake: Condvar,
     watchers: Mutex<Vec<HealthWatcher>>,
+    /// Held by the writers of the list index's counts (commits and
+    /// retention's deletes), which read them, then write them.
+    index: Mutex<()>,
     /// Heal attempts that fail on purpose (tests of the backoff).
     #[cfg(test)]
     refuse_heals: std::sync::atomic::AtomicU32,
@@ -199,8 +203,115 @@ impl Handles {
             tracing::info!("completing a large commit cut short");
             h.apply_in_batches(&decode_journal(&k, &v)?, &k)?;
         }
+        if h.tree.get(index::MARKER).map_err(io)?.is_none() {
+            h.build_index()?;
+        }
         h.db.flush().map_err(io)?;
         Ok(h)
+    }
+
+    /// Builds the list index from the metas, for a store an older build
+    /// wrote. From scratch each time (a build a crash cut short left no
+    /// marker), in bounded batches; the marker goes with the counts, last.
+    fn build_index(&self) -> Result<(), Error> {
+        let metas = self.tree.scan_prefix(b"m/").count();
+        if metas > 0 {
+            tracing::info!(workflows = metas, "building the workflow list index");
+        }
+        let mut batch = sled::Batch::default();
+        let mut writes = 0;
+        for prefix in [&b"l/"[..], b"n/"] {
+            for k in self.tree.scan_prefix(prefix).keys() {
+                batch.remove(k.map_err(io)?);
+                writes += 1;
+                if writes == MAX_BATCH_WRITES {
+                    self.tree.apply_batch(std::mem::take(&mut batch)).map_err(io)?;
+                    writes = 0;
+                }
+            }
+        }
+        let mut counts: std::collections::BTreeMap<Vec<u8>, u64> = Default::default();
+        for kv in self.tree.scan_prefix(b"m/") {
+            let (k, v) = kv.map_err(io)?;
+            let meta: Meta = decode(&k, &v)?;
+            let wf = meta.id.as_str();
+            let has = |kind: &str| -> Result<bool, Error> {
+                Ok(self.tree.scan_prefix(key(&[kind, wf, ""])).next().transpose().map_err(io)?.is_some())
+            };
+            let (waiting, timers) = (has("w")?, has("c")?);
+            let meta = index::with_stored_waits(meta, waiting, timers);
+            for (rec, count) in index::placement(&meta) {
+                batch.insert(rec, encode(&()));
+                *counts.entry(count).or_default() += 1;
+                writes += 1;
+            }
+            if writes >= MAX_BATCH_WRITES {
+                self.tree.apply_batch(std::mem::take(&mut batch)).map_err(io)?;
+                self.db.flush().map_err(io)?;
+                writes = 0;
+            }
+        }
+        self.tree.apply_batch(std::mem::take(&mut batch)).map_err(io)?;
+        for (k, n) in counts {
+            batch.insert(k, encode(&n));
+        }
+        batch.insert(index::MARKER, encode(&index::VERSION));
+        self.tree.apply_batch(batch).map_err(io)?;
+        Ok(())
+    }
+
+    fn stored_meta(&self, id: &WorkflowId) -> Result<Option<Meta>, Error> {
+        let mk = key(&["m", id.as_str()]);
+        self.tree.get(&mk).map_err(io)?.map(|v| decode(&mk, &v)).transpose()
+    }
+
+    /// Where the stored meta of a workflow has it filed in the list index.
+    fn stored_filing(&self, id: &WorkflowId) -> Result<Option<index::Filed>, Error> {
+        let mk = key(&["m", id.as_str()]);
+        self.tree.get(&mk).map_err(io)?.map(|v| decode(&mk, &v)).transpose()
+    }
+
+    /// Writes a group of whole turns atomically, with their list index
+    /// writes. Those are known only once the stored metas are read (most
+    /// turns have none), so a group they take past the bound is split in
+    /// halves, each read again after the one before it applied; a single
+    /// turn past it goes through the journal.
+    fn commit_group(&self, group: &[Commit<'_>]) -> Result<(), Error> {
+        // Read before the batch applies: where each workflow was filed.
+        let mut filing = Vec::new();
+        index::index_writes(group, |id| self.stored_filing(id), |k| self.count(k), |k, v| filing.push((k, v)))?;
+        let writes = count_writes(group) + filing.len();
+        if writes <= MAX_BATCH_WRITES {
+            let mut batch = sled::Batch::default();
+            let mut put = |k: Vec<u8>, v: Option<Vec<u8>>| match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            };
+            filing.into_iter().for_each(|(k, v)| put(k, v));
+            each_write(group, &mut put);
+            return self.tree.apply_batch(batch).map_err(io);
+        }
+        if group.len() > 1 {
+            let (a, b) = group.split_at(group.len() / 2);
+            self.commit_group(a)?;
+            return self.commit_group(b);
+        }
+        // One turn past the bound: durable and atomic once the journal is
+        // flushed; the batches after it only spread the writes out.
+        let mut journal = vec![FORMAT];
+        for (k, v) in &filing {
+            push_write(&mut journal, k, v.as_deref());
+        }
+        each_write(group, |k, v| push_write(&mut journal, &k, v.as_deref()));
+        let journal = sled::IVec::from(journal);
+        let jkey = self.next_journal.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+        self.journal.insert(jkey, journal.clone()).map_err(io)?;
+        self.db.flush().map_err(io)?;
+        self.apply_in_batches(&decode_journal(&jkey, &journal)?, &jkey)
+    }
+
+    fn count(&self, k: &[u8]) -> Result<u64, Error> {
+        index::decode_count(k, self.tree.get(k).map_err(io)?.as_deref())
     }
 
     /// A write and a flush: whether the store can write again.
@@ -277,6 +388,7 @@ impl SledStore {
             closed: Mutex::new(false),
             wake: Condvar::new(),
             watchers: Mutex::new(Vec::new()),
+            index: Mutex::new(()),
             #[cfg(test)]
             refuse_heals: Default::default(),
         });
@@ -453,27 +565,10 @@ impl Store for SledStore {
     }
 
     fn commit(&self, turns: &[Commit<'_>]) -> Result<(), Error> {
+        let _index = self.shared.index.lock().unwrap_or_else(PoisonError::into_inner);
         self.with(|h| {
             for group in batches(turns, MAX_BATCH_WRITES) {
-                if count_writes(group) <= MAX_BATCH_WRITES {
-                    let mut batch = sled::Batch::default();
-                    each_write(group, |k, v| match v {
-                        Some(v) => batch.insert(k, v),
-                        None => batch.remove(k),
-                    });
-                    h.tree.apply_batch(batch).map_err(io)?;
-                } else {
-                    // One turn past the bound: durable and atomic once the
-                    // journal is flushed; the batches after it only spread
-                    // the writes out.
-                    let mut journal = vec![FORMAT];
-                    each_write(group, |k, v| push_write(&mut journal, &k, v.as_deref()));
-                    let journal = sled::IVec::from(journal);
-                    let jkey = h.next_journal.fetch_add(1, Ordering::Relaxed).to_be_bytes();
-                    h.journal.insert(jkey, journal.clone()).map_err(io)?;
-                    h.db.flush().map_err(io)?;
-                    h.apply_in_batches(&decode_journal(&jkey, &journal)?, &jkey)?;
-                }
+                h.commit_group(group)?;
             }
             h.db.flush().map_err(io)?;
             Ok(())
@@ -507,6 +602,36 @@ impl Store for SledStore {
                 None => key(&["m", prefix]),
             };
             h.range(start, &key(&["m", prefix]), limit)
+        })
+    }
+
+    fn list(&self, q: &ListQuery<'_>) -> Result<Vec<Meta>, Error> {
+        self.with(|h| {
+            let (low, high) = index::page_range(q);
+            let mut out = Vec::new();
+            for k in h.tree.range(low.as_slice()..high.as_slice()).keys().rev() {
+                if out.len() >= q.limit {
+                    break;
+                }
+                let k = k.map_err(io)?;
+                let id = index::id_of(&k).ok_or_else(|| Error::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: "not a list index key".into(),
+                })?;
+                // Written in the same batch as its record: absent only
+                // if both are.
+                if let Some(m) = h.stored_meta(&id)? {
+                    out.push(m);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn list_counts(&self, tenant: &str, family: Family<'_>) -> Result<ListCounts, Error> {
+        self.with(|h| {
+            let values = index::count_keys(tenant, family).iter().map(|k| h.count(k)).collect::<Result<Vec<_>, _>>()?;
+            Ok(index::counts_from(&values))
         })
     }
 
@@ -595,6 +720,19 @@ impl Store for SledStore {
         })
     }
 
+    fn requests(&self, prefix: &str, limit: usize) -> Result<Vec<(String, WorkflowId)>, Error> {
+        self.with(|h| {
+            h.tree
+                .scan_prefix(key(&["r", prefix]))
+                .take(limit)
+                .map(|kv| {
+                    let (k, v) = kv.map_err(io)?;
+                    Ok((String::from_utf8_lossy(&k[2..]).into_owned(), decode(&k, &v)?))
+                })
+                .collect()
+        })
+    }
+
     fn pending(&self, id: &InvocationId) -> Result<bool, Error> {
         self.with(|h| {
             let Some(wf) = id.workflow() else { return Ok(false) };
@@ -622,8 +760,10 @@ impl Store for SledStore {
     }
 
     fn delete_finished(&self, ids: &[WorkflowId]) -> Result<usize, Error> {
+        let _index = self.shared.index.lock().unwrap_or_else(PoisonError::into_inner);
         self.with(|h| {
             let mut batch = sled::Batch::default();
+            let mut counts = Counts::default();
             let (mut writes, mut deleted) = (0, 0);
             for id in ids {
                 let mk = key(&["m", id.as_str()]);
@@ -647,14 +787,29 @@ impl Store for SledStore {
                         keys.push(k.map_err(io)?.to_vec());
                     }
                 }
-                if writes > 0 && writes + keys.len() > MAX_BATCH_WRITES {
+                if writes > 0 && writes + keys.len() + index::WRITES_PER_META > MAX_BATCH_WRITES {
+                    counts.write(
+                        |k| h.count(k),
+                        |k, v| match v {
+                            Some(v) => batch.insert(k, v),
+                            None => batch.remove(k),
+                        },
+                    )?;
                     h.tree.apply_batch(std::mem::take(&mut batch)).map_err(io)?;
                     writes = 0;
                 }
-                writes += keys.len();
+                writes += keys.len() + index::WRITES_PER_META;
                 keys.into_iter().for_each(|k| batch.remove(k));
+                index::refile(&index::placement(&meta), &[], &mut counts, |k, _| batch.remove(k));
                 deleted += 1;
             }
+            counts.write(
+                |k| h.count(k),
+                |k, v| match v {
+                    Some(v) => batch.insert(k, v),
+                    None => batch.remove(k),
+                },
+            )?;
             h.tree.apply_batch(batch).map_err(io)?;
             Ok(deleted)
         })
@@ -815,6 +970,96 @@ mod tests {
         assert!(wf.apply(Input::Result { invocation: inv, outcome: ok() }, 3).is_err());
     }
 
+    /// A store written before the list index has none: opening it builds
+    /// one from the metas (a running workflow's waits from its records),
+    /// which answers as if it had been kept all along.
+    #[test]
+    fn opening_a_store_without_a_list_index_builds_it() {
+        use crate::store::{Family, ListQuery, ListStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let p = pack(RULES, "");
+        let (mut a, mut b) =
+            (Workflow::new(WorkflowId::new("wf_t.a"), p.clone(), 1), Workflow::new(WorkflowId::new("wf_t.b"), p, 2));
+        let page = |s: &SledStore, status| {
+            let q = ListQuery {
+                tenant: "t",
+                family: Family::Pack("test"),
+                status,
+                since_ms: None,
+                until_ms: None,
+                before: None,
+                limit: 10,
+            };
+            let ids: Vec<String> = s.list(&q).unwrap().into_iter().map(|m| m.id.to_string()).collect();
+            (ids, s.list_counts("t", Family::All).unwrap())
+        };
+        let before = {
+            let store = SledStore::open(dir.path(), 8).unwrap();
+            let out = a.apply(Input::Start { facts: chunks(1) }, 1).unwrap();
+            commit(&store, &a, &out);
+            let out = b.apply(Input::Start { facts: vec![] }, 2).unwrap();
+            commit(&store, &b, &out);
+            let before = (page(&store, None), page(&store, Some(ListStatus::WaitingInvocation)));
+            // As an older build left it: no index, metas without waits.
+            store
+                .with(|h| {
+                    for k in h.tree.iter().keys() {
+                        let k = k.map_err(io)?;
+                        if k.starts_with(b"l/") || k.starts_with(b"n/") || &*k == index::MARKER {
+                            h.tree.remove(k).map_err(io)?;
+                        } else if k.starts_with(b"m/") {
+                            let mut m: Meta = decode(&k, &h.tree.get(&k).map_err(io)?.unwrap())?;
+                            m.waiting = 0;
+                            h.tree.insert(k, encode(&m)).map_err(io)?;
+                        }
+                    }
+                    h.db.flush().map_err(io)
+                })
+                .unwrap();
+            assert!(page(&store, None).0.is_empty());
+            before
+        };
+        let store = SledStore::open(dir.path(), 8).unwrap();
+        assert_eq!((page(&store, None), page(&store, Some(ListStatus::WaitingInvocation))), before);
+        assert_eq!(before.1 .0, ["wf_t.a"]);
+        assert_eq!(before.0 .0, ["wf_t.b", "wf_t.a"]);
+    }
+
+    /// A group commit whose index writes take it past the bound of a
+    /// batch is split (each part atomic), and the index is exact after.
+    #[test]
+    fn a_group_its_index_writes_take_past_the_bound_is_split() {
+        use crate::store::{Family, ListQuery, ListStatus};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8).unwrap();
+        let p = pack(RULES, "");
+        let mut wfs: Vec<Workflow> =
+            (0..200).map(|i| Workflow::new(WorkflowId::new(format!("wf_t.w{i:03}")), p.clone(), i)).collect();
+        let outs: Vec<_> = wfs.iter_mut().map(|w| w.apply(Input::Start { facts: chunks(1) }, 1).unwrap()).collect();
+        let turns: Vec<Commit<'_>> = wfs
+            .iter()
+            .zip(&outs)
+            .map(|(w, o)| Commit { workflow: w.id(), output: o, request_id: None, epoch: None })
+            .collect();
+        assert!(count_writes(&turns) <= MAX_BATCH_WRITES, "one group by its own writes");
+        assert!(count_writes(&turns) + 200 * 9 > MAX_BATCH_WRITES, "not with its index writes");
+        store.commit(&turns).unwrap();
+        let c = store.list_counts("t", Family::All).unwrap();
+        assert_eq!((c.all, c.of(ListStatus::WaitingInvocation)), (200, 200));
+        let q = ListQuery {
+            tenant: "t",
+            family: Family::Pack("test"),
+            status: Some(ListStatus::Running),
+            since_ms: None,
+            until_ms: None,
+            before: None,
+            limit: 1000,
+        };
+        let ids: Vec<String> = store.list(&q).unwrap().into_iter().map(|m| m.id.to_string()).collect();
+        let expected: Vec<String> = (0..200).rev().map(|i| format!("wf_t.w{i:03}")).collect();
+        assert_eq!(ids, expected);
+    }
+
     #[test]
     fn a_commit_past_the_batch_bound_goes_through_the_journal() {
         let dir = tempfile::tempdir().unwrap();
@@ -825,7 +1070,9 @@ mod tests {
         let turns = [Commit { workflow: &id, output: &out, request_id: Some("req"), epoch: None }];
         let mut all: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         each_write(&turns, |k, v| all.push((k, v)));
-        assert_eq!(all.len(), count_writes(&turns));
+        index::index_writes(&turns, |_| Ok(None), |_| Ok(0), |k, v| all.push((k, v))).unwrap();
+        // (The bound counts the turn's own writes; its index writes come on top.)
+        assert!(all.len() > count_writes(&turns));
         assert!(all.len() > MAX_BATCH_WRITES, "{} writes", all.len());
         let mut journal = vec![FORMAT];
         for (k, v) in &all {

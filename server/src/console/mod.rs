@@ -16,6 +16,7 @@
 
 mod assets;
 mod explain;
+mod graph;
 mod layout;
 mod packs;
 mod session;
@@ -48,14 +49,13 @@ pub(crate) struct Console {
     pub schedules: Arc<Scheduler>,
     pub auth: Auth,
     pub sessions: Sessions,
-    pub counts: workflows::CountCache,
     /// Cancelled at the server's stop: event streams end with it.
     pub stop: CancellationToken,
 }
 
 impl Console {
     pub fn new(runtime: Arc<Runtime>, schedules: Arc<Scheduler>, auth: Auth, stop: CancellationToken) -> Arc<Console> {
-        Arc::new(Console { runtime, schedules, auth, sessions: Sessions::default(), counts: Default::default(), stop })
+        Arc::new(Console { runtime, schedules, auth, sessions: Sessions::default(), stop })
     }
 }
 
@@ -69,15 +69,19 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/logout", post(logout))
         .route("/workflows", get(workflows::list))
         .route("/workflows/cancel", post(workflows::cancel_many))
+        .route("/workflows/signal", post(workflows::signal_many))
         .route("/workflows/{id}", get(workflows::show))
         .route("/workflows/{id}/events", get(workflows::events))
+        .route("/workflows/{id}/graph", get(graph::page))
         .route("/workflows/{id}/cancel", post(workflows::cancel))
         .route("/workflows/{id}/signal", post(workflows::signal))
         .route("/workflows/{id}/facts", post(workflows::assert))
         .route("/workflows/{id}/facts/{fact}", get(explain::fact))
         .route("/workflows/{id}/rules/{rule}", get(explain::rule))
+        .route("/signals/{id}", get(workflows::signal_page))
         .route("/packs", get(packs::list))
         .route("/packs/{name}/rollout", post(packs::rollout))
+        .route("/packs/{name}/diff", get(packs::diff))
         .route("/packs/{name}/rollback", post(packs::rollback))
         .route("/schedules", get(packs::schedules))
         .route("/workers", get(packs::workers))
@@ -103,8 +107,15 @@ async fn guard(req: Request, next: Next) -> Response {
     if req.method() != Method::GET && req.method() != Method::HEAD && !same_origin(req.headers()) {
         return PageError::Forbidden("this form was sent from another site".into()).into_response();
     }
+    let started = std::time::Instant::now();
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
+    // The page's server time, for the browser's tools and `stoa bench
+    // console` (a duration reveals nothing a client could not time itself).
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    if let Ok(v) = HeaderValue::from_str(&format!("app;dur={ms:.3}")) {
+        h.insert("server-timing", v);
+    }
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(

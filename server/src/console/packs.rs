@@ -86,6 +86,18 @@ pub async fn list(State(console): St, tenant: Tenant, Query(q): Query<Done>) -> 
                             }
                         }
                     }
+                    form.inline method="get" action={ "/packs/" (super::percent_encode(name)) "/diff" } {
+                        label { "Dry run of "
+                            select name="version" { @for v in versions.iter().rev() { option value=(v) { (v) } } }
+                        }
+                        select name="mode" {
+                            option value="all" { "to all workflows" }
+                            option value="canary" { "as a canary on" }
+                        }
+                        input type="number" name="percent" value="10" min="0.1" max="100" step="0.1" size="5" aria-label="canary percent";
+                        "% "
+                        button type="submit" { "Show the diff" }
+                    }
                     @if let Some(j) = job {
                         div.job {
                             "Upgrade to " b { (j.version) } ": " (j.state) " — "
@@ -137,15 +149,7 @@ pub async fn rollout(
     if !versions.contains(&form.version) {
         return Err(PageError::NotFound(format!("pack {} has no version {}", shown(&name), shown(&form.version))));
     }
-    let mode = match (form.mode.as_str(), form.percent) {
-        ("all", _) => Mode::All,
-        ("new_only", _) => Mode::NewOnly,
-        ("canary", Some(p)) if p > 0.0 && p <= 100.0 => Mode::Canary(p / 100.0),
-        ("canary", _) => {
-            return Err(PageError::BadRequest("percent: a canary is on more than 0% and at most 100%".into()))
-        }
-        _ => return Err(PageError::BadRequest("mode: all, canary or new_only".into())),
-    };
+    let mode = mode_of(&form.mode, form.percent)?;
     let (rt, t, n, v) = (console.runtime.clone(), tenant.name.clone(), name.clone(), form.version.clone());
     super::workflows::detached(async move { rt.rollout(&t, &n, &v, mode, false).await }).await?;
     Ok(Redirect::to(&format!("/packs?done=rollout#{}", super::percent_encode(&name))).into_response())
@@ -164,6 +168,118 @@ pub async fn rollback(
     let (rt, t, n) = (console.runtime.clone(), tenant.name.clone(), name.clone());
     super::workflows::detached(async move { rt.rollback(&t, &n, false).await }).await?;
     Ok(Redirect::to(&format!("/packs?done=rollback#{}", super::percent_encode(&name))).into_response())
+}
+
+/// A rollout mode from a form.
+fn mode_of(mode: &str, percent: Option<f64>) -> Result<Mode, PageError> {
+    Ok(match (mode, percent) {
+        ("all", _) => Mode::All,
+        ("new_only", _) => Mode::NewOnly,
+        ("canary", Some(p)) if p > 0.0 && p <= 100.0 => Mode::Canary(p / 100.0),
+        ("canary", _) => {
+            return Err(PageError::BadRequest("percent: a canary is on more than 0% and at most 100%".into()))
+        }
+        _ => return Err(PageError::BadRequest("mode: all, canary or new_only".into())),
+    })
+}
+
+#[derive(Deserialize)]
+pub struct DiffQuery {
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    mode: String,
+    #[serde(default)]
+    percent: Option<f64>,
+}
+
+/// `/packs/{name}/diff?version=V&mode=M&percent=P`: the dry run of rolling
+/// a deployed version out, as `stoa deploy --dry-run` reports it: rules
+/// new, changed and removed against the stable version, the schema
+/// changes and the live facts they reach, and the activations the live
+/// workflows the mode selects would gain (each of those workflows is
+/// loaded and previewed on the turn pool; nothing changes).
+pub async fn diff(
+    State(console): St,
+    tenant: Tenant,
+    Path(name): Path<String>,
+    Query(q): Query<DiffQuery>,
+) -> Result<Response, PageError> {
+    let rt = &console.runtime;
+    let known = rt.packs(&tenant.name).into_iter().find(|(n, _, _)| *n == name);
+    let Some((_, versions, _)) = known else { return Err(PageError::NotFound(format!("no pack {}", shown(&name)))) };
+    if !versions.contains(&q.version) {
+        return Err(PageError::NotFound(format!("pack {} has no version {}", shown(&name), shown(&q.version))));
+    }
+    let mode = mode_of(if q.mode.is_empty() { "all" } else { &q.mode }, q.percent)?;
+    let stable_version = rt.rollout_of(&tenant.name, &name).map(|r| r.stable).or_else(|| versions.last().cloned());
+    let target = rt.pack_compiled(&tenant.name, &name, &q.version).await?;
+    let stable = match &stable_version {
+        Some(v) => Some(rt.pack_compiled(&tenant.name, &name, v).await?),
+        None => None,
+    };
+    let changes = stable.as_ref().map(|old| stoa_engine::Workflow::rule_changes(old, &target)).unwrap_or_default();
+    let impacts = rt.schema_impact(&tenant.name, &name, &target, mode, true).await?;
+    let preview = rt.preview(&tenant.name, &target, mode).await?;
+    let mode_text = match mode {
+        Mode::All => "to all workflows".to_string(),
+        Mode::NewOnly => "to new workflows only".to_string(),
+        Mode::Canary(f) => format!("as a canary on {:.1}% of workflows", f * 100.0),
+    };
+    let rule_list = |title: &str, class: &str, rules: &[String]| {
+        html! {
+            @if !rules.is_empty() {
+                h3 { (title) " (" (rules.len()) ")" }
+                ul class=(class) { @for r in rules { li { code { (r) } } } }
+            }
+        }
+    };
+    let body = html! {
+        h1 { "Dry run: " (name) " " (q.version) " " span.muted { (mode_text) } }
+        p { a href={ "/packs#" (super::percent_encode(&name)) } { "« Packs" } }
+        section #rules {
+            h2 { "Rules against the stable version " @if let Some(v) = &stable_version { b { (v) } } }
+            @if changes.added.is_empty() && changes.changed.is_empty() && changes.removed.is_empty() {
+                p.muted { "No rule is new, changed or removed." }
+            }
+            (rule_list("New", "diff added", &changes.added))
+            (rule_list("Changed", "diff changed", &changes.changed))
+            (rule_list("Removed", "diff removed", &changes.removed))
+        }
+        section #schemas {
+            h2 { "Schema changes" }
+            @if impacts.is_empty() { p.muted { "None." } } @else {
+                table.grid {
+                    thead { tr { th { "Change" } th { "Compatible" } th { "From version" } th { "Live workflows" } th { "Live facts" } } }
+                    tbody { @for i in &impacts {
+                        tr class=[i.blocks().then_some("dies")] {
+                            td { code { (i.change.ty) @if let Some(f) = &i.change.field { "." (f) } } " " (i.change.what) }
+                            td { @if i.change.compatible { "yes" } @else { span.error { "no" } } }
+                            td { (i.from) }
+                            td.num { (i.workflows) }
+                            td.num { (i.facts) }
+                        }
+                    } }
+                }
+                @if impacts.iter().any(|i| i.blocks()) {
+                    p.error { "A rollout would move live facts across an incompatible change: it is refused unless forced." }
+                }
+            }
+        }
+        section #gains {
+            h2 { "Activations gained" }
+            p.muted { (preview.workflows) " live workflow(s) would move to " (q.version) "." }
+            @if preview.gains.is_empty() { p.muted { "No rule would get a new activation." } } @else {
+                table.grid {
+                    thead { tr { th { "Rule" } th { "Activations" } th { "Workflows" } } }
+                    tbody { @for (rule, (acts, wfs)) in &preview.gains {
+                        tr { td { code { (rule) } } td.num { (acts) } td.num { (wfs) } }
+                    } }
+                }
+            }
+        }
+    };
+    Ok(layout::page(&format!("Dry run of {name} {}", q.version), Some(&tenant), body).into_response())
 }
 
 fn shown(s: &str) -> String {

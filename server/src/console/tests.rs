@@ -344,14 +344,50 @@ async fn the_list_filters_by_status_pack_and_text_and_counts() {
     let list = f.get("/workflows", Some(&s)).await;
     assert!(list.body.contains(one.as_str()) && list.body.contains(two.as_str()), "{}", list.body);
     assert!(list.body.contains("<span class=\"n\">2</span>"), "two running: {}", list.body);
+    // Newest first.
+    assert!(list.body.find(two.as_str()) < list.body.find(one.as_str()), "{}", list.body);
     let done = f.get("/workflows?status=completed", Some(&s)).await;
     assert!(!done.body.contains(one.as_str()) && done.body.contains("No workflow matches."), "{}", done.body);
+    let waiting = f.get("/workflows?status=waiting-invocation&pack=orders&version=1", Some(&s)).await;
+    assert!(waiting.body.contains(one.as_str()) && waiting.body.contains("waiting on an invocation"));
+    assert!(f.get("/workflows?status=waiting-timer", Some(&s)).await.body.contains("No workflow matches."));
+    assert!(f.get("/workflows?pack=orders&version=2", Some(&s)).await.body.contains("No workflow matches."));
     let by_request = f.get("/workflows?q=req-one", Some(&s)).await;
     assert!(by_request.body.contains(one.as_str()) && !by_request.body.contains(two.as_str()));
     let prefix = &one.as_str()[..one.as_str().len() - 20];
     let by_prefix = f.get(&format!("/workflows?q={prefix}"), Some(&s)).await;
     assert!(by_prefix.body.contains(one.as_str()), "{}", by_prefix.body);
-    assert_eq!(f.get("/workflows?status=nope", Some(&s)).await.status, StatusCode::BAD_REQUEST);
+    // Created in a window (UTC): now is in it, a day ago's window is empty.
+    let today = jiff::Timestamp::now().strftime("%Y-%m-%d").to_string();
+    let window = f.get(&format!("/workflows?since={today}"), Some(&s)).await;
+    assert!(window.body.contains(one.as_str()), "{}", window.body);
+    let before = f.get(&format!("/workflows?until={today}T00%3A00"), Some(&s)).await;
+    assert!(before.body.contains("No workflow matches."), "{}", before.body);
+    // Pages of one, newest first, through the link of each page.
+    let first = f.get("/workflows?size=1", Some(&s)).await;
+    assert!(first.body.contains(two.as_str()) && !first.body.contains(one.as_str()), "{}", first.body);
+    let next = first.body.split("rel=\"next\" href=\"").nth(1).and_then(|r| r.split('"').next()).expect("a next page");
+    let second = f.get(&next.replace("&amp;", "&"), Some(&s)).await;
+    assert!(second.body.contains(one.as_str()) && !second.body.contains(two.as_str()), "{}", second.body);
+    assert!(!second.body.contains("rel=\"next\""), "the last page: {}", second.body);
+    // Hostile filters and page tokens are refused, never read.
+    let b_id = f.order("b", "theirs").await;
+    for bad in [
+        "/workflows?status=nope".to_string(),
+        "/workflows?version=1".into(),
+        "/workflows?pack=orders&version=a%20b".into(),
+        "/workflows?since=yesterday".into(),
+        "/workflows?size=100000".into(),
+        "/workflows?before=nope".into(),
+        "/workflows?before=99999999999999999999999:wf_a.x".into(),
+        format!("/workflows?before=1:{b_id}"),
+        "/workflows?pack=%3Cscript%3E".into(),
+    ] {
+        assert_eq!(f.get(&bad, Some(&s)).await.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let b = f.login(TOKEN_B).await;
+    let theirs = f.get("/workflows", Some(&b)).await;
+    assert!(theirs.body.contains(b_id.as_str()) && !theirs.body.contains(one.as_str()), "{}", theirs.body);
     assert_eq!(f.get("/workflows?pack=orders", Some(&s)).await.status, StatusCode::OK);
     // The packs and schedules pages, and the embedded assets.
     let packs = f.get("/packs", Some(&s)).await;
@@ -371,25 +407,59 @@ async fn a_bulk_cancel_says_how_many_then_cancels_them_and_no_other_tenants() {
     let theirs = f.order("b", "three").await;
     let s = f.login(TOKEN_A).await;
     let list = f.get("/workflows", Some(&s)).await;
-    assert!(list.body.contains("Cancel every running workflow"), "{}", list.body);
+    assert!(list.body.contains("Cancel the running workflows of this filter"), "{}", list.body);
     // Without the session's token: refused, nothing asked.
     let bad = f.post("/workflows/cancel", Some(&s), "csrf=nope&pack=orders").await;
     assert_eq!(bad.status, StatusCode::FORBIDDEN);
     let ask = f.post("/workflows/cancel", Some(&s), &format!("csrf={}&pack=orders", s.csrf)).await;
     assert_eq!(ask.status, StatusCode::OK);
-    assert!(ask.body.contains("Cancel 2 running workflows of pack orders?"), "{}", ask.body);
+    assert!(ask.body.contains("Cancel 2 running workflow(s)?") && ask.body.contains("pack orders"), "{}", ask.body);
+    // A filter by request id: one; by a finished status: none.
+    let one = f.post("/workflows/cancel", Some(&s), &format!("csrf={}&q=req-one", s.csrf)).await;
+    assert!(one.body.contains("Cancel 1 running workflow(s)?"), "{}", one.body);
+    let none = f.post("/workflows/cancel", Some(&s), &format!("csrf={}&status=failed", s.csrf)).await;
+    assert!(none.body.contains("Cancel 0 running workflow(s)?"), "{}", none.body);
     // A stale count (one more started since) is refused.
     let stale = f.post("/workflows/cancel", Some(&s), &format!("csrf={}&pack=orders&confirm=1", s.csrf)).await;
     assert_eq!(stale.status, StatusCode::CONFLICT, "{}", stale.body);
-    let done =
-        f.post("/workflows/cancel", Some(&s), &format!("csrf={}&pack=orders&confirm=2&reason=drill", s.csrf)).await;
+    for id in &mine {
+        assert_eq!(f.console.runtime.get("a", id).unwrap().meta.status.as_str(), "running");
+    }
+    let form = format!("csrf={}&pack=orders&status=waiting-invocation&confirm=2&reason=drill", s.csrf);
+    let done = f.post("/workflows/cancel", Some(&s), &form).await;
     assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
-    assert_eq!(done.headers[header::LOCATION], "/workflows?done=cancelled-2");
+    assert_eq!(done.headers[header::LOCATION], "/workflows?pack=orders&status=waiting-invocation&done=cancelled-2");
     for id in &mine {
         let w = f.console.runtime.get("a", id).unwrap();
         assert_eq!(w.meta.status.as_str(), "cancelled", "{:?}", w.meta.reason);
     }
     assert_eq!(f.console.runtime.get("b", &theirs).unwrap().meta.status.as_str(), "running");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_signal_reaches_each_running_workflow_of_the_filter() {
+    let f = Fixture::new().await;
+    let mine = [f.order("a", "one").await, f.order("a", "two").await];
+    let theirs = f.order("b", "three").await;
+    let s = f.login(TOKEN_A).await;
+    let ask = f.post("/workflows/signal", Some(&s), &format!("csrf={}&status=running", s.csrf)).await;
+    assert!(ask.body.contains("Signal 2 running workflow(s)?"), "{}", ask.body);
+    let bad = f.post("/workflows/signal", Some(&s), &format!("csrf={}&confirm=2&name=go&payload=%7B", s.csrf)).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
+    let sent = f
+        .post("/workflows/signal", Some(&s), &format!("csrf={}&status=running&confirm=2&name=go&payload=7", s.csrf))
+        .await;
+    assert_eq!(sent.status, StatusCode::SEE_OTHER, "{}", sent.body);
+    assert_eq!(sent.headers[header::LOCATION], "/workflows?status=running&done=signalled-2");
+    let signals = |tenant: &str, id: &WorkflowId| {
+        let snap = f.console.runtime.get(tenant, id).unwrap();
+        snap.facts.iter().filter(|f| &*f.ty.name() == "Signal").count()
+    };
+    for id in &mine {
+        assert_eq!(signals("a", id), 1, "{id}");
+    }
+    assert_eq!(signals("b", &theirs), 0);
     f.stop().await;
 }
 
@@ -413,6 +483,78 @@ async fn a_signal_sent_from_the_page_arrives_as_a_signal_fact() {
     let signal = snap.facts.iter().find(|f| &*f.ty.name() == "Signal").expect("a Signal fact");
     let fields = signal.fields.to_json();
     assert_eq!((fields["name"].as_str(), fields["payload"]["day"].as_i64()), (Some("go"), Some(3)), "{fields}");
+    f.stop().await;
+}
+
+/// A parent that starts an `orders` child and emits a signal.
+const PARENT_TOML: &str = "[pack]\nname = \"parent\"\nversion = \"1\"\n";
+const PARENT_RULES: &str = r#"
+rule "spawn" {
+    match { g: Go() }
+    action {
+        start_workflow("orders", [#{ type: "Order", fields: #{ id: "c1", note: "child", status: "new" } }]);
+        emit("hello", #{ from: "parent" });
+    }
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workflow_page_shows_attempts_family_and_signal_lineage() {
+    let f = Fixture::new().await;
+    f.order("a", "one").await;
+    let rt = f.console.runtime.clone();
+    let files: BTreeMap<String, String> =
+        [("pack.toml".to_string(), PARENT_TOML.to_string()), ("p.rules".to_string(), PARENT_RULES.to_string())].into();
+    rt.deploy("a", files, false, None).await.unwrap();
+    let go: Vec<FactSpec> = serde_json::from_value(serde_json::json!([{"type": "Go", "fields": {}}])).unwrap();
+    let (parent, _) = rt.start("a", "parent", go, "req-parent").await.unwrap();
+    let s = f.login(TOKEN_A).await;
+    // The child starts and the signal is routed after the parent's turn.
+    let mut page = String::new();
+    for _ in 0..100 {
+        page = f.get(&format!("/workflows/{parent}"), Some(&s)).await.body;
+        if page.contains("Parent and children") && page.contains("Out (1)") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(page.contains("Parent and children") && page.contains("(this one)"), "{page}");
+    let child = page
+        .split("<ul class=\"tree\"><li><a href=\"/workflows/")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a child link")
+        .to_string();
+    assert!(page.contains("Out (1)") && page.contains("hello"), "{page}");
+    let signal = page.split("href=\"/signals/").nth(1).and_then(|r| r.split('"').next()).expect("a signal").to_string();
+    // The child: its parent above it, its invocation queued with no worker,
+    // attempt 1.
+    let mut child_page = f.get(&format!("/workflows/{child}"), Some(&s)).await;
+    for _ in 0..100 {
+        if child_page.body.contains("queued") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        child_page = f.get(&format!("/workflows/{child}"), Some(&s)).await;
+    }
+    assert!(child_page.body.contains(&format!("<a href=\"/workflows/{parent}\">")), "{}", child_page.body);
+    assert!(child_page.body.contains("queued <span class=\"error\">(no worker)</span>"), "{}", child_page.body);
+    assert!(child_page.body.contains(">1 of "), "{}", child_page.body);
+    // The signal's lineage names the parent that emitted it.
+    let lineage = f.get(&format!("/signals/{signal}"), Some(&s)).await;
+    assert_eq!(lineage.status, StatusCode::OK, "{}", lineage.body);
+    assert!(lineage.body.contains("hello") && lineage.body.contains(parent.as_str()), "{}", lineage.body);
+    // Another tenant sees neither.
+    let b = f.login(TOKEN_B).await;
+    assert_eq!(f.get(&format!("/signals/{signal}"), Some(&b)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(f.get(&format!("/workflows/{child}"), Some(&b)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(f.get("/signals/%01x", Some(&s)).await.status, StatusCode::NOT_FOUND);
+    // The parent's firing graph: its start, the firing, linked.
+    let graph = f.get(&format!("/workflows/{parent}/graph"), Some(&s)).await;
+    assert!(graph.body.contains("<svg class=\"graph\""), "{}", graph.body);
+    assert!(graph.body.contains(">spawn</text>") && graph.body.contains(&format!("/workflows/{parent}/facts/1")));
+    assert_eq!(f.get(&format!("/workflows/{parent}/graph"), Some(&b)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(f.get(&format!("/workflows/{parent}/graph?from=x"), Some(&s)).await.status, StatusCode::BAD_REQUEST);
     f.stop().await;
 }
 
@@ -488,9 +630,23 @@ async fn a_canary_rollout_and_its_rollback_from_the_packs_page() {
     rt.deploy("a", files("1"), false, None).await.unwrap();
     rt.rollout("a", "orders", "1", crate::upgrade::Mode::All, false).await.unwrap();
     rt.deploy("a", files("2"), false, None).await.unwrap();
+    let facts: Vec<FactSpec> = serde_json::from_value(serde_json::json!([
+        {"type": "Order", "fields": {"id": "o1", "note": "live", "status": "new"}}
+    ]))
+    .unwrap();
+    rt.start("a", "orders", facts, "req-live").await.unwrap();
     let s = f.login(TOKEN_A).await;
     let page = f.get("/packs", Some(&s)).await;
     assert!(page.body.contains("<dt>Stable</dt><dd><b>1</b>"), "{}", page.body);
+    // The dry run of version 2: `ship` changed; the live workflow moves.
+    let diff = f.get("/packs/orders/diff?version=2&mode=all", Some(&s)).await;
+    assert_eq!(diff.status, StatusCode::OK, "{}", diff.body);
+    assert!(diff.body.contains("Changed (1)") && diff.body.contains("<code>ship</code>"), "{}", diff.body);
+    assert!(diff.body.contains("1 live workflow(s) would move to 2"), "{}", diff.body);
+    assert_eq!(f.get("/packs/orders/diff?version=9", Some(&s)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(f.get("/packs/orders/diff?version=2&mode=canary", Some(&s)).await.status, StatusCode::BAD_REQUEST);
+    let b = f.login(TOKEN_B).await;
+    assert_eq!(f.get("/packs/orders/diff?version=2", Some(&b)).await.status, StatusCode::NOT_FOUND);
 
     let path = "/packs/orders/rollout";
     assert_eq!(f.post(path, Some(&s), "version=2&mode=canary&percent=25").await.status, StatusCode::FORBIDDEN);
@@ -508,7 +664,6 @@ async fn a_canary_rollout_and_its_rollback_from_the_packs_page() {
     );
     assert!(page.body.contains("Drop the canary"), "{}", page.body);
     // Another tenant cannot touch it.
-    let b = f.login(TOKEN_B).await;
     let other = f.post("/packs/orders/rollback", Some(&b), &format!("csrf={}", b.csrf)).await;
     assert_eq!(other.status, StatusCode::NOT_FOUND, "{}", other.body);
 
