@@ -12,6 +12,7 @@ use stoa_proto::v1 as pb;
 
 use crate::client::{client, Client};
 use crate::support::{stoa, worker_bin, Proc, Server, TOKEN_A};
+use crate::workers::wait_done;
 
 fn cli(server: &Server, args: &[&str]) -> Output {
     stoa().args(args).args(["--server", &server.addr, "--token", TOKEN_A]).output().expect("run stoa")
@@ -21,21 +22,6 @@ fn ok(o: Output) -> String {
     let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(o.status.success(), "{text}");
     text
-}
-
-async fn wait_done(c: &mut Client, id: &str, within: Duration) -> pb::Workflow {
-    let deadline = Instant::now() + within;
-    loop {
-        let w = c
-            .get_workflow(pb::GetWorkflowRequest { workflow_id: id.into(), without_facts: true })
-            .await
-            .expect("get")
-            .into_inner();
-        if w.status != "running" || Instant::now() > deadline {
-            return w;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// `stoa start PACK --facts JSON`: the workflow id it prints.

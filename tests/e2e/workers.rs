@@ -35,7 +35,8 @@ fn encode_facts(uri: &str, chunk_seconds: i64) -> Vec<pb::FactInput> {
     ]))
 }
 
-async fn wait_done(c: &mut Client, id: &str, within: Duration) -> pb::Workflow {
+/// Polls a workflow until it is no longer running, or `within` passed.
+pub(crate) async fn wait_done(c: &mut Client, id: &str, within: Duration) -> pb::Workflow {
     let deadline = Instant::now() + within;
     loop {
         let w = c
