@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use stoa_engine::store::SIGNAL_OUTBOX;
-use stoa_engine::workflow::{Input, Origin, Signal, Status};
+use stoa_engine::workflow::{Input, Origin, Signal};
 use stoa_engine::WorkflowId;
 
 use crate::error::ApiError;
@@ -157,15 +157,31 @@ impl Runtime {
         Ok(())
     }
 
-    /// Running workflows of a pack, from the store's index.
+    /// Running workflows of a pack, newest first, from the store's list
+    /// index: as many reads as the pack has running workflows, not as the
+    /// tenant has workflows (run strategies ask at every start and end).
     pub(crate) fn running_of(&self, tenant: &str, pack: &str) -> Result<Vec<WorkflowId>, ApiError> {
-        let mut out = Vec::new();
-        let mut after: Option<WorkflowId> = None;
+        use stoa_engine::store::{Family, ListQuery, ListStatus};
+        let mut out: Vec<WorkflowId> = Vec::new();
+        let mut last: Option<(u64, WorkflowId)> = None;
         loop {
-            let page = self.list(tenant, after.as_ref(), 1000)?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.id.clone());
-            out.extend(page.into_iter().filter(|m| m.pack == pack && m.status == Status::Running).map(|m| m.id));
+            let q = ListQuery {
+                tenant,
+                family: Family::Pack(pack),
+                status: Some(ListStatus::Running),
+                since_ms: None,
+                until_ms: None,
+                before: last.as_ref().map(|(t, id)| (*t, id)),
+                limit: 1000,
+            };
+            let page = self.store.list(&q).map_err(ApiError::from)?;
+            let full = page.len() == q.limit;
+            let next = page.last().map(|m| (m.created_ms, m.id.clone()));
+            out.extend(page.into_iter().map(|m| m.id));
+            match next {
+                Some(n) if full => last = Some(n),
+                _ => break,
+            }
         }
         Ok(out)
     }
