@@ -10,7 +10,7 @@
 //!   overhead per step.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -75,7 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             "nested" => rt.block_on(foreach(&args, &dir, &addr, pid, args.nested, Some(args.nested))),
             _ => rt.block_on(steps(&args, &dir, &addr, pid)),
         };
-        let disk = dir_size(&dir.join("store"));
+        let disk = crate::bench_safety::dir_bytes(&dir.join("store"));
         drop(server);
         let mut f = f?;
         f["store_mib"] = serde_json::json!(disk as f64 / (1 << 20) as f64);
@@ -353,20 +353,4 @@ async fn steps(args: &Args, dir: &Path, addr: &str, pid: u32) -> anyhow::Result<
 fn request_id() -> String {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     format!("bench-dag-{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
-}
-
-fn dir_size(p: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack: Vec<PathBuf> = vec![p.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
 }

@@ -417,7 +417,7 @@ async fn rules(args: &Args, addr: &str, pid: u32) -> anyhow::Result<serde_json::
 }
 
 /// Bytes of the files under `dir`.
-fn dir_bytes(dir: &Path) -> u64 {
+pub(crate) fn dir_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries
         .flatten()

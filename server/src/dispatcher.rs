@@ -121,9 +121,10 @@ struct Dispatcher {
     sessions: BTreeMap<SessionId, Session>,
     tenant_in_flight: HashMap<String, usize>,
     function_in_flight: HashMap<String, usize>,
-    /// Per tenant and function, calls running: against the pack's
-    /// `concurrency` of the function (which its invocations carry).
-    tenant_function_in_flight: HashMap<(String, String), usize>,
+    /// Per tenant, then function, running calls that carry a pack's
+    /// `concurrency` of their function (only those: uncapped calls, the
+    /// common case, cost nothing here).
+    capped_in_flight: HashMap<String, HashMap<String, usize>>,
     pending: Arc<DashMap<String, AtomicUsize>>,
     seq: u64,
     /// Each ends with the invocation whose outcome it applied (or gave up
@@ -159,7 +160,7 @@ pub async fn run(
         sessions: BTreeMap::new(),
         tenant_in_flight: HashMap::new(),
         function_in_flight: HashMap::new(),
-        tenant_function_in_flight: HashMap::new(),
+        capped_in_flight: HashMap::new(),
         pending: handle.pending.clone(),
         seq: 0,
         deliveries: JoinSet::new(),
@@ -292,8 +293,9 @@ impl Dispatcher {
                             i.inv.retry.max_lost.filter(|m| times >= *m).map(|_| times)
                         });
                         if let Some((times, item)) = over.and_then(|t| self.items.remove(&id).map(|i| (t, i))) {
-                            let (t, f) = (item.tenant.clone(), item.inv.function.clone());
-                            self.dec_in_flight(&t, &f);
+                            let (t, f, c) =
+                                (item.tenant.clone(), item.inv.function.clone(), item.inv.concurrency.is_some());
+                            self.dec_in_flight(&t, &f, c);
                             let message = format!("the worker running it was lost {times} time(s), as many as the function's max_lost allows");
                             self.fail(item, ErrorKind::Lost, message, false);
                             continue;
@@ -307,8 +309,9 @@ impl Dispatcher {
                             item.attempt += 1;
                             item.state = State::Queued;
                             item.ready = self.opts.clock.now();
-                            let (t, f) = (item.tenant.clone(), item.inv.function.clone());
-                            self.dec_in_flight(&t, &f);
+                            let (t, f, c) =
+                                (item.tenant.clone(), item.inv.function.clone(), item.inv.concurrency.is_some());
+                            self.dec_in_flight(&t, &f, c);
                             self.queue(&id);
                         }
                     }
@@ -485,18 +488,16 @@ impl Dispatcher {
         }
     }
 
-    fn dec_in_flight(&mut self, tenant: &str, function: &str) {
+    fn dec_in_flight(&mut self, tenant: &str, function: &str, capped: bool) {
         if let Some(n) = self.tenant_in_flight.get_mut(tenant) {
             *n = n.saturating_sub(1);
         }
         if let Some(n) = self.function_in_flight.get_mut(function) {
             *n = n.saturating_sub(1);
         }
-        let key = (tenant.to_string(), function.to_string());
-        if let Some(n) = self.tenant_function_in_flight.get_mut(&key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.tenant_function_in_flight.remove(&key);
+        if capped {
+            if let Some(n) = self.capped_in_flight.get_mut(tenant).and_then(|m| m.get_mut(function)) {
+                *n = n.saturating_sub(1);
             }
         }
     }
@@ -505,8 +506,8 @@ impl Dispatcher {
         if let Some(s) = self.sessions.get_mut(&session) {
             s.in_flight.remove(&item.inv.id);
         }
-        let (t, f) = (item.tenant.clone(), item.inv.function.clone());
-        self.dec_in_flight(&t, &f);
+        let (t, f, c) = (item.tenant.clone(), item.inv.function.clone(), item.inv.concurrency.is_some());
+        self.dec_in_flight(&t, &f, c);
     }
 
     fn result(&mut self, session: SessionId, r: pb::InvocationResult) {
@@ -714,7 +715,8 @@ impl Dispatcher {
                     .or_else(|| item.inv.traceparent.clone())
                     .unwrap_or_default();
                 item.metrics.schedule_to_start.record(now.saturating_duration_since(item.ready).as_secs_f64());
-                let (tenant, function) = (item.tenant.clone(), item.inv.function.clone());
+                let (tenant, function, capped) =
+                    (item.tenant.clone(), item.inv.function.clone(), item.inv.concurrency.is_some());
                 batch.push(pb::Invocation {
                     id: id.to_string(),
                     function: item.inv.function.clone(),
@@ -726,7 +728,9 @@ impl Dispatcher {
                     workflow_id: item.inv.workflow.to_string(),
                     traceparent,
                 });
-                *self.tenant_function_in_flight.entry((tenant.clone(), function.clone())).or_default() += 1;
+                if capped {
+                    *self.capped_in_flight.entry(tenant.clone()).or_default().entry(function.clone()).or_default() += 1;
+                }
                 *self.tenant_in_flight.entry(tenant).or_default() += 1;
                 *self.function_in_flight.entry(function).or_default() += 1;
                 self.sessions.get_mut(&sid).expect("session").in_flight.insert(id);
@@ -745,8 +749,9 @@ impl Dispatcher {
                     if let Some(item) = self.items.get_mut(&id) {
                         item.state = State::Queued;
                         item.span = tracing::Span::none();
-                        let (t, f) = (item.tenant.clone(), item.inv.function.clone());
-                        self.dec_in_flight(&t, &f);
+                        let (t, f, c) =
+                            (item.tenant.clone(), item.inv.function.clone(), item.inv.concurrency.is_some());
+                        self.dec_in_flight(&t, &f, c);
                         self.sessions.get_mut(&sid).expect("session").in_flight.remove(&id);
                         self.queue(&id);
                     }
@@ -777,7 +782,7 @@ impl Dispatcher {
                 // The pack's own cap on the function, for this tenant (the
                 // first queued call's: packs that call it may differ).
                 let cap = self.items.get(&top.2).and_then(|i| i.inv.concurrency);
-                let running = self.tenant_function_in_flight.get(&key).copied().unwrap_or(0);
+                let running = self.capped_in_flight.get(&key.0).and_then(|m| m.get(&key.1)).copied().unwrap_or(0);
                 if cap.is_some_and(|c| running >= c as usize) {
                     continue;
                 }

@@ -144,11 +144,7 @@ pub async fn rollout(
 ) -> Result<Response, PageError> {
     tenant.check_csrf(&form.csrf)?;
     coordinator_only(&console)?;
-    let known = console.runtime.packs(&tenant.name).into_iter().find(|(n, _, _)| *n == name);
-    let Some((_, versions, _)) = known else { return Err(PageError::NotFound(format!("no pack {}", shown(&name)))) };
-    if !versions.contains(&form.version) {
-        return Err(PageError::NotFound(format!("pack {} has no version {}", shown(&name), shown(&form.version))));
-    }
+    versions_with(&console.runtime, &tenant.name, &name, &form.version)?;
     let mode = mode_of(&form.mode, form.percent)?;
     let (rt, t, n, v) = (console.runtime.clone(), tenant.name.clone(), name.clone(), form.version.clone());
     super::workflows::detached(async move { rt.rollout(&t, &n, &v, mode, false).await }).await?;
@@ -168,6 +164,22 @@ pub async fn rollback(
     let (rt, t, n) = (console.runtime.clone(), tenant.name.clone(), name.clone());
     super::workflows::detached(async move { rt.rollback(&t, &n, false).await }).await?;
     Ok(Redirect::to(&format!("/packs?done=rollback#{}", super::percent_encode(&name))).into_response())
+}
+
+/// The deployed versions of a tenant's pack, if it has `version` (else
+/// the page is a 404: another tenant's pack is no different from none).
+fn versions_with(
+    rt: &crate::runtime::Runtime,
+    tenant: &str,
+    name: &str,
+    version: &str,
+) -> Result<Vec<String>, PageError> {
+    let known = rt.packs(tenant).into_iter().find(|(n, _, _)| n == name);
+    let Some((_, versions, _)) = known else { return Err(PageError::NotFound(format!("no pack {}", shown(name)))) };
+    if !versions.contains(&version.to_string()) {
+        return Err(PageError::NotFound(format!("pack {} has no version {}", shown(name), shown(version))));
+    }
+    Ok(versions)
 }
 
 /// A rollout mode from a form.
@@ -206,11 +218,7 @@ pub async fn diff(
     Query(q): Query<DiffQuery>,
 ) -> Result<Response, PageError> {
     let rt = &console.runtime;
-    let known = rt.packs(&tenant.name).into_iter().find(|(n, _, _)| *n == name);
-    let Some((_, versions, _)) = known else { return Err(PageError::NotFound(format!("no pack {}", shown(&name)))) };
-    if !versions.contains(&q.version) {
-        return Err(PageError::NotFound(format!("pack {} has no version {}", shown(&name), shown(&q.version))));
-    }
+    let versions = versions_with(rt, &tenant.name, &name, &q.version)?;
     let mode = mode_of(if q.mode.is_empty() { "all" } else { &q.mode }, q.percent)?;
     let stable_version = rt.rollout_of(&tenant.name, &name).map(|r| r.stable).or_else(|| versions.last().cloned());
     let target = rt.pack_compiled(&tenant.name, &name, &q.version).await?;
